@@ -1,0 +1,20 @@
+//! finsync's database schema, as SeaORM migrations that run on both SQLite and
+//! PostgreSQL. Migrations describe tables in their own terms and never import the
+//! application's entities, so an old migration keeps meaning what it meant.
+//!
+//! Money and quantities are stored as exact decimal text (see `DbDecimal` in the
+//! application): SQLite has no exact decimal type, and one representation on both
+//! databases keeps the entities identical.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_core_tables;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_create_core_tables::Migration)]
+    }
+}

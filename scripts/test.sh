@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# finsync's one test command, for people and for CI:
+#
+#     scripts/test.sh [extra `cargo test` arguments]
+#
+# The integration tests need PostgreSQL and Redis. If FINSYNC_TEST_DATABASE_URL /
+# FINSYNC_TEST_REDIS_URL are set, those servers are used as they are. Otherwise this
+# script makes sure a PostgreSQL server answers on 127.0.0.1:5432 and a Redis server
+# on 127.0.0.1:6379, installing them from Debian's packages and starting them when
+# needed (with sudo when not run as root), and then runs the whole suite with
+# `cargo test --workspace --all-targets`. The tests create and drop their own
+# databases and use their own Redis key prefixes.
+set -euo pipefail
+
+PG_HOST=127.0.0.1
+PG_PORT=5432
+PG_DEFAULT_URL="postgres://postgres@${PG_HOST}:${PG_PORT}/postgres"
+REDIS_HOST=127.0.0.1
+REDIS_PORT=6379
+REDIS_DEFAULT_URL="redis://${REDIS_HOST}:${REDIS_PORT}"
+WAIT_SECS=30
+
+say() { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# Runs a command as root: directly when we are root, else through sudo.
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run '$*' and sudo is not installed; run it as root, or set FINSYNC_TEST_DATABASE_URL and FINSYNC_TEST_REDIS_URL to servers you already have"
+    fi
+}
+
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 ||
+        die "apt-get not found: install $* yourself, or set FINSYNC_TEST_DATABASE_URL and FINSYNC_TEST_REDIS_URL"
+    if [[ $APT_UPDATED -eq 0 ]]; then
+        say "apt-get update"
+        as_root apt-get update -q || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    say "installing Debian package(s): $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" ||
+        die "could not install $*"
+}
+
+# True when something accepts TCP connections on $1:$2 (bash's /dev/tcp, 2 s timeout).
+tcp_open() {
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" >/dev/null 2>&1
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+
+# 0: accepting connections; 1: answering but not ready (e.g. starting); 2: nothing.
+pg_state() {
+    if command -v pg_isready >/dev/null 2>&1; then
+        local rc=0
+        pg_isready -q -h "$PG_HOST" -p "$PG_PORT" -t 3 || rc=$?
+        case $rc in
+        0) return 0 ;;
+        1) return 1 ;;
+        *) return 2 ;;
+        esac
+    fi
+    tcp_open "$PG_HOST" "$PG_PORT" && return 0
+    return 2
+}
+
+pg_wait() {
+    local i
+    for ((i = 0; i < WAIT_SECS; i++)); do
+        pg_state && return 0
+        sleep 1
+    done
+    return 1
+}
+
+# The newest installed PostgreSQL server version (Debian layout), or nothing.
+pg_installed_version() {
+    local bin
+    bin=$(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -n 1 || true)
+    [[ -n $bin ]] || return 0
+    bin=${bin#/usr/lib/postgresql/}
+    printf '%s\n' "${bin%%/*}"
+}
+
+# Set by pg_start_local: the cluster this script installed, created or started
+# ("VERSION NAME"); empty for a server someone else runs.
+PG_OWNED_CLUSTER=""
+
+pg_start_local() {
+    local version installed=0
+    version=$(pg_installed_version)
+    if [[ -z $version ]]; then
+        installed=1
+        note "no PostgreSQL server is installed"
+        apt_install postgresql
+        version=$(pg_installed_version)
+        [[ -n $version ]] || die "installed the postgresql package but found no server under /usr/lib/postgresql/*/bin/postgres"
+    fi
+    if ! command -v pg_lsclusters >/dev/null 2>&1 || ! command -v pg_ctlcluster >/dev/null 2>&1; then
+        die "PostgreSQL ${version} is installed but pg_lsclusters/pg_ctlcluster (Debian's postgresql-common) are missing: start a server on ${PG_HOST}:${PG_PORT} yourself, or set FINSYNC_TEST_DATABASE_URL"
+    fi
+
+    # A cluster configured for our port, any version; else create one for the newest
+    # installed version.
+    local line cver cname cport cstatus
+    local cluster_version="" cluster_name="" cluster_status=""
+    while read -r cver cname cport cstatus _; do
+        if [[ $cport == "$PG_PORT" ]]; then
+            cluster_version=$cver cluster_name=$cname cluster_status=$cstatus
+            break
+        fi
+    done < <(pg_lsclusters -h 2>/dev/null || true)
+
+    if [[ -z $cluster_name ]]; then
+        cluster_version=$version
+        cluster_name=main
+        line=$(pg_lsclusters -h 2>/dev/null | awk -v v="$version" '$1 == v && $2 == "main"' || true)
+        [[ -z $line ]] || cluster_name=finsync
+        say "creating PostgreSQL cluster ${cluster_version}/${cluster_name} on port ${PG_PORT}"
+        as_root pg_createcluster --port "$PG_PORT" "$cluster_version" "$cluster_name" ||
+            die "pg_createcluster ${cluster_version} ${cluster_name} failed"
+        cluster_status=down
+    fi
+
+    if [[ $cluster_status == online* ]]; then
+        note "cluster ${cluster_version}/${cluster_name} is already running; waiting for it"
+        # Ours only if this script just installed it (the package starts its cluster).
+        [[ $installed -eq 0 ]] || PG_OWNED_CLUSTER="$cluster_version $cluster_name"
+        return 0
+    fi
+    say "starting PostgreSQL cluster ${cluster_version}/${cluster_name}"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$cluster_version" "$cluster_name" start ||
+        die "could not start PostgreSQL cluster ${cluster_version}/${cluster_name}; see /var/log/postgresql/postgresql-${cluster_version}-${cluster_name}.log"
+    PG_OWNED_CLUSTER="$cluster_version $cluster_name"
+}
+
+# Tests connect as `postgres` over TCP without a password. On a cluster that this
+# script started or created, a refusal is fixed by trusting 127.0.0.1 in its
+# pg_hba.conf; a server someone else runs is never changed.
+pg_check_auth() {
+    if ! command -v psql >/dev/null 2>&1; then
+        note "psql not found: cannot check that user postgres may log in without a password"
+        return 0
+    fi
+    local err
+    if err=$(PGCONNECT_TIMEOUT=5 psql -w -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc 'select 1' 2>&1 >/dev/null); then
+        note "user postgres can connect over TCP without a password"
+        return 0
+    fi
+    if ! grep -qiE 'password|authentication|pg_hba' <<<"$err"; then
+        die "PostgreSQL on ${PG_HOST}:${PG_PORT} answers but 'psql -h ${PG_HOST} -U postgres' fails: ${err}
+       Fix that server, or set FINSYNC_TEST_DATABASE_URL to a database URL the tests can use."
+    fi
+    if [[ -z $PG_OWNED_CLUSTER ]]; then
+        die "PostgreSQL on ${PG_HOST}:${PG_PORT} refuses user postgres without a password: ${err}
+       This script does not change a server it did not start. Either allow it (a line
+       'host all all 127.0.0.1/32 trust' at the top of its pg_hba.conf, then reload), or set
+       FINSYNC_TEST_DATABASE_URL=postgres://USER:PASSWORD@HOST:PORT/postgres (a user that may create databases)."
+    fi
+    local version name hba
+    read -r version name <<<"$PG_OWNED_CLUSTER"
+    hba=$(pg_conftool -s "$version" "$name" show hba_file 2>/dev/null || true)
+    [[ -n $hba ]] || hba="/etc/postgresql/${version}/${name}/pg_hba.conf"
+    say "NOTE: cluster ${version}/${name} (started by this script) refused user postgres over TCP;"
+    note "adding 'host all all 127.0.0.1/32 trust' to the top of ${hba} and reloading."
+    note "Any local user can now log in to this cluster as any role over 127.0.0.1."
+    as_root sed -i '1i host    all    all    127.0.0.1/32    trust    # added by finsync scripts/test.sh' "$hba" ||
+        die "could not edit ${hba}"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$name" reload ||
+        die "could not reload PostgreSQL cluster ${version}/${name}"
+    sleep 1
+    err=$(PGCONNECT_TIMEOUT=5 psql -w -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc 'select 1' 2>&1 >/dev/null) ||
+        die "user postgres still cannot connect after the pg_hba.conf change: ${err}"
+    note "user postgres can now connect over TCP without a password"
+}
+
+ensure_postgres() {
+    if [[ -n ${FINSYNC_TEST_DATABASE_URL:-} ]]; then
+        say "PostgreSQL: using FINSYNC_TEST_DATABASE_URL as given"
+        return 0
+    fi
+    say "checking PostgreSQL on ${PG_HOST}:${PG_PORT}…"
+    local state=0
+    pg_state || state=$?
+    case $state in
+    0) note "PostgreSQL is up" ;;
+    1)
+        note "PostgreSQL answers but is not accepting connections yet; waiting up to ${WAIT_SECS} s"
+        pg_wait || die "PostgreSQL on ${PG_HOST}:${PG_PORT} did not become ready within ${WAIT_SECS} s"
+        ;;
+    *)
+        note "nothing answers on ${PG_HOST}:${PG_PORT}"
+        pg_start_local
+        say "waiting for PostgreSQL (up to ${WAIT_SECS} s)…"
+        pg_wait || die "PostgreSQL did not answer on ${PG_HOST}:${PG_PORT} within ${WAIT_SECS} s (cluster ${PG_OWNED_CLUSTER}; see /var/log/postgresql/)"
+        note "PostgreSQL is up"
+        ;;
+    esac
+    pg_check_auth
+    export FINSYNC_TEST_DATABASE_URL="$PG_DEFAULT_URL"
+}
+
+# --------------------------------------------------------------------- Redis
+
+redis_ping() {
+    if command -v redis-cli >/dev/null 2>&1; then
+        [[ $(timeout 3 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]
+        return
+    fi
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "PING\r\n" >&3 && IFS= read -r reply <&3 && [[ $reply == +PONG* ]]' \
+        _ "$REDIS_HOST" "$REDIS_PORT" >/dev/null 2>&1
+}
+
+redis_wait() {
+    local i
+    for ((i = 0; i < WAIT_SECS; i++)); do
+        redis_ping && return 0
+        sleep 1
+    done
+    return 1
+}
+
+ensure_redis() {
+    if [[ -n ${FINSYNC_TEST_REDIS_URL:-} ]]; then
+        say "Redis: using FINSYNC_TEST_REDIS_URL as given"
+        return 0
+    fi
+    say "checking Redis on ${REDIS_HOST}:${REDIS_PORT}…"
+    if redis_ping; then
+        note "Redis is up"
+    else
+        if tcp_open "$REDIS_HOST" "$REDIS_PORT"; then
+            die "something listens on ${REDIS_HOST}:${REDIS_PORT} but does not answer PING with PONG (a Redis with a password?); set FINSYNC_TEST_REDIS_URL to a Redis the tests can use"
+        fi
+        note "nothing answers on ${REDIS_HOST}:${REDIS_PORT}"
+        if ! command -v redis-server >/dev/null 2>&1; then
+            apt_install redis-server
+        fi
+        # Installing the package may have started its own service.
+        if ! redis_ping; then
+            local log="${TMPDIR:-/tmp}/finsync-test-redis.log"
+            say "starting redis-server (no persistence; log: ${log})"
+            redis-server --daemonize yes --bind "$REDIS_HOST" --port "$REDIS_PORT" \
+                --save "" --appendonly no --dir "${TMPDIR:-/tmp}" --logfile "$log" ||
+                die "redis-server failed to start; see ${log}"
+        fi
+        say "waiting for Redis (up to ${WAIT_SECS} s)…"
+        redis_wait || die "Redis did not answer PING on ${REDIS_HOST}:${REDIS_PORT} within ${WAIT_SECS} s; see ${TMPDIR:-/tmp}/finsync-test-redis.log"
+        note "Redis is up"
+    fi
+    export FINSYNC_TEST_REDIS_URL="$REDIS_DEFAULT_URL"
+}
+
+# ---------------------------------------------------------------------- main
+
+main() {
+    cd "$(dirname "${BASH_SOURCE[0]}")/.."
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (https://rustup.rs)"
+    ensure_postgres
+    ensure_redis
+    say "running the test suite: cargo test --workspace --all-targets${*:+ $*}"
+    note "target directory: ${CARGO_TARGET_DIR:-$(pwd)/target}"
+    cargo test --workspace --all-targets "$@"
+}
+
+# Sourcing this file only defines the functions (used to check the service setup on
+# its own); running it runs everything.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main "$@"
+fi

@@ -1,0 +1,265 @@
+//! The admin API: linking users to institutions, a connection's health (status,
+//! reason, consent, token expiry, a relink URL when the user must link again),
+//! and disconnecting (revocation at the institution, then deletion).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Admin;
+use super::{ApiError, ApiState, ErrorCode};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{ConnectionId, ConnectionStatus, UserId};
+use crate::store::{ConnectionRecord, Lease, StoreError};
+use crate::tokens::LinkError;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/admin/connections", post(create_connection))
+        .route(
+            "/admin/connections/{id}",
+            get(get_connection).delete(delete_connection),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewConnection {
+    /// Tenant name.
+    tenant: String,
+    user: String,
+    institution: String,
+}
+
+#[derive(Debug, Serialize)]
+struct LinkResponse {
+    connection_id: String,
+    /// Send the user here; the institution redirects back to `/oauth/callback`.
+    authorize_url: String,
+}
+
+/// Starts linking a tenant's user to an institution.
+async fn create_connection(
+    State(state): State<ApiState>,
+    _: Admin,
+    body: Result<Json<NewConnection>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<LinkResponse>), ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
+    let user = UserId::parse(&body.user)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    let tenant = state
+        .sync
+        .store
+        .tenant_by_name(&body.tenant)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, format!("no tenant `{}`", body.tenant))
+        })?;
+    let start = state
+        .linker
+        .start(tenant.id, &user, &body.institution)
+        .await
+        .map_err(|e| match e {
+            LinkError::Registry(crate::connectors::RegistryError::Unknown(id)) => ApiError::new(
+                ErrorCode::UnknownInstitution,
+                format!("no institution `{id}`"),
+            ),
+            other => ApiError::internal(other),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(LinkResponse {
+            connection_id: start.connection_id.to_string(),
+            authorize_url: start.authorize_url.to_string(),
+        }),
+    ))
+}
+
+#[derive(Debug, Serialize)]
+struct ConnectionView {
+    id: String,
+    tenant_id: String,
+    user_id: String,
+    institution: String,
+    status: ConnectionStatus,
+    /// Why the connection is not healthy, as a stable code and a message.
+    reason: Option<String>,
+    last_failure_at: Option<DateTime<Utc>>,
+    last_synced_at: Option<DateTime<Utc>>,
+    next_sync_at: Option<DateTime<Utc>>,
+    access_token_expires_at: Option<DateTime<Utc>>,
+    refresh_due_at: Option<DateTime<Utc>>,
+    scopes: Option<String>,
+    consent: ConsentView,
+    /// Where to send the user to link again; present when re-authentication is needed.
+    relink_url: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ConsentView {
+    granted_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+    /// The consent ends within `tokens.consent_warning_days`.
+    expiring_soon: bool,
+}
+
+fn connection_id(raw: &str) -> Result<ConnectionId, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("`{raw}` is not a connection id"),
+        )
+    })
+}
+
+async fn load(state: &ApiState, id: ConnectionId) -> Result<ConnectionRecord, ApiError> {
+    match state.sync.store.connection(id).await {
+        Ok(c) => Ok(c),
+        Err(StoreError::NotFound(_)) => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no connection {id}"),
+        )),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+/// A connection's health, for admins.
+async fn get_connection(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let c = load(&state, connection_id(&id)?).await?;
+    let relink_url = if c.status == ConnectionStatus::ReauthRequired {
+        let start = state
+            .linker
+            .start(c.tenant_id, &c.user_id, &c.institution_id)
+            .await
+            .map_err(ApiError::internal)?;
+        Some(start.authorize_url.to_string())
+    } else {
+        None
+    };
+    let warning = chrono::Duration::days(i64::from(state.consent_warning_days));
+    Ok(Json(ConnectionView {
+        id: c.id.to_string(),
+        tenant_id: c.tenant_id.to_string(),
+        user_id: c.user_id.to_string(),
+        institution: c.institution_id,
+        status: c.status,
+        reason: c.last_failure_reason,
+        last_failure_at: c.last_failure_at,
+        last_synced_at: c.last_synced_at,
+        next_sync_at: c.next_sync_at,
+        access_token_expires_at: c.tokens.access_token_expires_at,
+        refresh_due_at: c.tokens.refresh_due_at,
+        scopes: c.scopes,
+        consent: ConsentView {
+            granted_at: c.consent.granted_at,
+            expires_at: c.consent.expires_at,
+            revoked_at: c.consent.revoked_at,
+            expiring_soon: c.consent.revoked_at.is_none()
+                && c.consent
+                    .expires_at
+                    .is_some_and(|at| at - Utc::now() < warning),
+        },
+        relink_url,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+struct Disconnected {
+    id: String,
+    status: ConnectionStatus,
+    /// Whether the institution confirmed the revocation (RFC 7009).
+    revoked_at_institution: bool,
+    /// Why it did not, when it did not.
+    institution_note: Option<String>,
+}
+
+/// Disconnects: revokes the grant at the institution when it supports it, then
+/// deletes the tokens and the synced records and marks the connection revoked (the
+/// row stays as the consent history). A failed revocation at the institution is
+/// reported, and the local deletion still happens.
+async fn delete_connection(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Disconnected>, ApiError> {
+    let id = connection_id(&id)?;
+    load(&state, id).await?;
+    // Under the token lease: no refresh can rotate the token we revoke, or store
+    // new tokens after we delete them.
+    let lease = uuid::Uuid::new_v4().to_string();
+    let mut held = false;
+    for _ in 0..600 {
+        held = state
+            .sync
+            .store
+            .acquire_lease(
+                Lease::Token,
+                id,
+                &lease,
+                Utc::now() + chrono::Duration::minutes(5),
+            )
+            .await
+            .map_err(ApiError::internal)?;
+        if held {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if !held {
+        return Err(ApiError::internal(
+            "the connection's tokens stayed locked by a refresh",
+        ));
+    }
+    let result = disconnect(&state, id).await;
+    state
+        .sync
+        .store
+        .release_lease(Lease::Token, id, &lease)
+        .await
+        .map_err(ApiError::internal)?;
+    result
+}
+
+async fn disconnect(state: &ApiState, id: ConnectionId) -> Result<Json<Disconnected>, ApiError> {
+    let c = load(state, id).await?;
+    let (revoked, note) = match state.sync.tokens.revoke_at_institution(&c).await {
+        Ok(true) => (true, None),
+        Ok(false) => (
+            false,
+            Some("the institution offers no revocation, or no token was held".to_owned()),
+        ),
+        Err(e) => {
+            tracing::warn!(connection = %c.id, error = %e, "Revocation at the institution failed; deleting locally.");
+            (
+                false,
+                Some("the institution could not be reached to revoke the grant".to_owned()),
+            )
+        }
+    };
+    state
+        .sync
+        .store
+        .revoke_connection(c.id)
+        .await
+        .map_err(ApiError::internal)?;
+    let ctx = &state.sync;
+    ctx.refresh_portfolio(&c)
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(connection = %c.id, from = %c.status, status = "revoked", revoked_at_institution = revoked, "Connection disconnected.");
+    Ok(Json(Disconnected {
+        id: c.id.to_string(),
+        status: ConnectionStatus::Revoked,
+        revoked_at_institution: revoked,
+        institution_note: note,
+    }))
+}

@@ -1,0 +1,47 @@
+//! `/healthz` (the process is up), `/readyz` (it can reach its database) and
+//! `/metrics` (Prometheus), with fleet-wide gauges read from the database when
+//! scraped.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use super::ApiState;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(render_metrics))
+}
+
+async fn ready(State(state): State<ApiState>) -> (StatusCode, &'static str) {
+    match state.sync.store.db().ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(e) => {
+            tracing::warn!(error = %e, "Not ready: database unreachable.");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+        }
+    }
+}
+
+/// This process's counters plus gauges that describe the whole fleet: seconds until
+/// the soonest live access token expires per institution, and queue depth.
+async fn render_metrics(State(state): State<ApiState>) -> String {
+    match state.sync.store.soonest_token_expiry().await {
+        Ok(rows) => {
+            let now = chrono::Utc::now();
+            for (institution, expires_at) in rows {
+                let seconds = (expires_at - now).num_milliseconds() as f64 / 1000.0;
+                metrics::gauge!("finsync_token_min_expires_in_seconds", "institution" => institution).set(seconds);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "Token expiry gauge not updated."),
+    }
+    match state.sync.queue.depth().await {
+        Ok(depth) => metrics::gauge!("finsync_queue_depth").set(depth as f64),
+        Err(e) => tracing::warn!(error = %e, "Queue depth gauge not updated."),
+    }
+    state.metrics.render()
+}

@@ -1,0 +1,58 @@
+//! The HTTP API: the versioned read API for advisory apps ([`read`]), the admin API
+//! ([`admin`]), the OAuth callback institutions redirect to ([`callback`]) and
+//! health checks ([`health`]). Handlers read through the store and cache and
+//! enqueue work through `sync`; they never call an institution themselves.
+
+mod admin;
+mod auth;
+mod callback;
+mod error;
+mod health;
+mod read;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::HeaderName;
+use axum::middleware;
+use secrecy::SecretString;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, ErrorCode};
+
+use crate::sync::Context;
+use crate::tokens::Linker;
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct ApiState {
+    pub sync: Context,
+    pub linker: Linker,
+    /// Bearer token for `/admin/*`; `None` disables the admin API.
+    pub admin_token: Option<Arc<SecretString>>,
+    /// Consent ending within this many days is flagged.
+    pub consent_warning_days: u32,
+    /// Renders this process's Prometheus metrics.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .merge(read::routes())
+        .merge(admin::routes())
+        .merge(callback::routes())
+        .merge(health::routes())
+        .fallback(error::not_found)
+        .layer(middleware::from_fn(error::attach_request_id))
+        // Logged without headers: they carry API keys.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}

@@ -1,0 +1,289 @@
+//! Settings, layered: the built-in `config/base.toml`, then `config/<FINSYNC_ENV>.toml`
+//! from the configuration directory, then `FINSYNC__SECTION__KEY` environment
+//! variables. Secrets become `SecretString` the moment they are read.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The defaults compiled into the binary, so an installed `finsync` runs without a
+/// checkout; the file on disk is the same text.
+const BASE: &str = include_str!("../config/base.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The environment these settings were loaded for (`FINSYNC_ENV`), if any.
+    #[serde(default)]
+    pub environment: Option<String>,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub cache: CacheSettings,
+    pub connectors: ConnectorSettings,
+    pub sandbox: SandboxSettings,
+    pub vault: VaultSettings,
+    pub sync: SyncSettings,
+    pub tokens: TokenSettings,
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Access tokens are refreshed in the background once this fraction of their
+    /// lifetime has passed, so a sync almost never waits for a refresh.
+    pub refresh_at_fraction: f64,
+    /// Consent expiring within this many days is flagged to admins.
+    pub consent_warning_days: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where `worker` and `scheduler` processes serve Prometheus metrics (empty:
+    /// nowhere). `serve` always serves them at `/metrics`.
+    pub bind: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub bind: SocketAddr,
+    /// The address institutions redirect users back to; the OAuth callback is
+    /// `<public_url>/oauth/callback`.
+    pub public_url: String,
+    /// Bearer token for `/admin/*`; empty disables the admin API.
+    pub admin_token: SecretString,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://…` for the embedded mode, `postgres://…` for a fleet.
+    pub url: SecretString,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Empty: no Redis; the in-process cache serves alone.
+    pub url: SecretString,
+    /// Every Redis call on a request path gives up after this long and falls back.
+    pub timeout_ms: u64,
+    /// Prefix of every key finsync writes, so several deployments can share a server.
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    pub l1_capacity: u64,
+    pub l1_ttl_secs: u64,
+    pub l2_ttl_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorSettings {
+    /// Directory of connector files; relative paths are taken from the directory
+    /// that holds the configuration directory.
+    pub dir: PathBuf,
+    /// Per-connector base URL overrides (e.g. a sandbox on another port).
+    #[serde(default)]
+    pub base_urls: BTreeMap<String, String>,
+    /// Values for the secret references connector files make, used when the named
+    /// environment variable is not set. Only the sandbox's public credentials belong
+    /// in a committed file.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretString>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Run the sandbox institutions inside this process (embedded mode and demo).
+    pub in_process: bool,
+    /// Connectors served by the sandbox, each at `<sandbox>/<id>`; their base URLs
+    /// point at the in-process sandbox unless `connectors.base_urls` says otherwise.
+    pub institutions: Vec<String>,
+    pub seed: u64,
+    pub token_ttl_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSettings {
+    /// Base64 of a 32-byte key; takes precedence over `key_file`. New tokens are
+    /// sealed with it.
+    pub key: SecretString,
+    /// Earlier keys, comma-separated (base64 has no commas), still able to open
+    /// what they sealed until `finsync tokens rotate-key` has re-sealed everything
+    /// under `key`. One string so that it can come from one environment variable.
+    pub previous_keys: SecretString,
+    /// Where the key lives when `key` is empty; created (owner-only) if missing and
+    /// `generate_key` is on.
+    pub key_file: PathBuf,
+    pub generate_key: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSettings {
+    /// How often a connection is synced by default.
+    pub interval_secs: u64,
+    pub worker_concurrency: usize,
+    /// How often the scheduler looks for due connections.
+    pub scheduler_tick_secs: u64,
+    /// Recent transactions shown in a portfolio.
+    pub recent_transactions: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `pretty` for people, `json` for machines.
+    pub format: String,
+    /// A `tracing` filter, e.g. `info,finsync=debug`.
+    pub filter: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl Settings {
+    /// Loads settings for `FINSYNC_ENV`, or `default_env` when it is unset (none:
+    /// the embedded default).
+    pub fn load(default_env: Option<&str>) -> Result<Self, SettingsError> {
+        let environment = std::env::var("FINSYNC_ENV").ok().filter(|e| !e.is_empty());
+        Self::load_from(&config_dir(), environment.as_deref().or(default_env))
+    }
+
+    pub fn load_from(dir: &Path, environment: Option<&str>) -> Result<Self, SettingsError> {
+        Self::load_layers(dir, environment, true)
+    }
+
+    /// The layers, with or without the process's `FINSYNC__…` variables (tests of
+    /// the files themselves must not depend on the shell they run in).
+    fn load_layers(
+        dir: &Path,
+        environment: Option<&str>,
+        variables: bool,
+    ) -> Result<Self, SettingsError> {
+        let mut builder = Config::builder().add_source(File::from_str(BASE, FileFormat::Toml));
+        if let Some(env) = environment {
+            builder = builder
+                .add_source(File::from(dir.join(format!("{env}.toml"))).required(true))
+                .set_override("environment", env)?;
+        }
+        if variables {
+            builder = builder.add_source(
+                Environment::with_prefix("FINSYNC")
+                    .prefix_separator("__")
+                    .separator("__"),
+            );
+        }
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        if settings.connectors.dir.is_relative() {
+            let root = dir.parent().unwrap_or(dir);
+            settings.connectors.dir = root.join(&settings.connectors.dir);
+        }
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        use secrecy::ExposeSecret;
+        let url = self.database.url.expose_secret();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+        {
+            return Err(SettingsError::Invalid {
+                key: "database.url",
+                problem: "must start with sqlite: or postgres:".into(),
+            });
+        }
+        if url::Url::parse(&self.server.public_url).is_err() {
+            return Err(SettingsError::Invalid {
+                key: "server.public_url",
+                problem: format!("`{}` is not an absolute URL", self.server.public_url),
+            });
+        }
+        if !(self.tokens.refresh_at_fraction > 0.0 && self.tokens.refresh_at_fraction < 1.0) {
+            return Err(SettingsError::Invalid {
+                key: "tokens.refresh_at_fraction",
+                problem: "must be between 0 and 1 (e.g. 0.75)".into(),
+            });
+        }
+        if !matches!(self.log.format.as_str(), "pretty" | "json") {
+            return Err(SettingsError::Invalid {
+                key: "log.format",
+                problem: "must be `pretty` or `json`".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn redis_url(&self) -> Option<&str> {
+        use secrecy::ExposeSecret;
+        Some(self.redis.url.expose_secret()).filter(|u| !u.is_empty())
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis.timeout_ms)
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        use secrecy::ExposeSecret;
+        self.database.url.expose_secret().starts_with("postgres")
+    }
+}
+
+/// `FINSYNC_CONFIG_DIR`, else the `config/` directory of the source tree this binary
+/// was built from: never the current directory.
+pub fn config_dir() -> PathBuf {
+    std::env::var_os("FINSYNC_CONFIG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("config"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_needs_no_servers() {
+        let settings = Settings::load_layers(&config_dir(), None, false).unwrap();
+        assert!(!settings.is_postgres());
+        assert!(settings.redis_url().is_none());
+        assert!(settings.sandbox.in_process);
+        assert!(settings.connectors.dir.ends_with("connectors"));
+        assert!(settings.connectors.dir.is_absolute());
+    }
+
+    #[test]
+    fn every_environment_file_loads() {
+        for env in ["demo", "test", "production"] {
+            let loaded = Settings::load_layers(&config_dir(), Some(env), false);
+            assert!(loaded.is_ok(), "{env}: {:?}", loaded.err());
+        }
+    }
+
+    #[test]
+    fn a_missing_environment_file_is_an_error_not_a_silent_default() {
+        assert!(Settings::load_layers(&config_dir(), Some("nope"), false).is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! Connectors: the abstraction layer between finsync and institutions. An admin
+//! describes an institution in one TOML file under `connectors/` ([`spec`]); it is
+//! validated and compiled into a [`Connector`] ([`validate`]), kept in the
+//! [`Registry`], and run by one generic [`engine`] that fetches pages and [`mapping`]
+//! that turns records into the canonical model. No code here is specific to an
+//! institution.
+
+pub mod engine;
+pub mod fields;
+pub mod mapping;
+pub mod registry;
+pub mod spec;
+pub mod validate;
+
+use std::collections::BTreeMap;
+
+use serde_json_path::JsonPath;
+use url::Url;
+
+use crate::domain::Institution;
+
+pub use engine::{Engine, EngineError, Fetched};
+pub use registry::{Registry, RegistryError};
+pub use spec::{ClientAuth, SignConvention, TokenResponseSpec};
+pub use validate::{Problem, Problems, validate_file, validate_str};
+
+/// A validated connector file, ready to run.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    pub id: String,
+    pub name: String,
+    pub country: String,
+    pub products: Vec<String>,
+    pub base_url: Url,
+    pub auth: OAuth2,
+    pub limits: spec::LimitsSpec,
+    pub errors: Errors,
+    pub accounts: Endpoint,
+    pub holdings: Option<Endpoint>,
+    pub transactions: Option<Endpoint>,
+    /// SHA-256 of the file: which version of the connector produced a record.
+    pub hash: String,
+}
+
+impl Connector {
+    /// The institution this file describes, as the canonical model names it.
+    pub fn institution(&self) -> Institution {
+        Institution {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            country: self.country.clone(),
+            connector_hash: self.hash.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OAuth2 {
+    pub authorize_url: Url,
+    pub token_url: Url,
+    pub revocation_url: Option<Url>,
+    pub client_id: String,
+    /// Name of the variable that holds the client secret.
+    pub client_secret_env: String,
+    pub client_auth: ClientAuth,
+    pub scopes: Vec<String>,
+    pub scope_separator: String,
+    pub pkce: bool,
+    pub rotating_refresh_tokens: bool,
+    pub consent_lifetime_days: Option<u32>,
+    pub login_hint_param: Option<String>,
+    pub extra_token_params: BTreeMap<String, String>,
+    pub token_response: TokenResponseSpec,
+}
+
+#[derive(Debug, Clone)]
+pub struct Errors {
+    pub spec: spec::ErrorSpec,
+    pub code_path: Option<JsonPath>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub method: reqwest::Method,
+    pub url: Url,
+    pub query: BTreeMap<String, String>,
+    pub paging: Paging,
+    pub records: JsonPath,
+    /// The list the records sit in (the records path without its trailing `[*]`),
+    /// when it can be derived: a page without it is unreadable, not empty.
+    pub records_container: Option<JsonPath>,
+    pub fields: mapping::Mapping,
+    pub security: Option<mapping::Mapping>,
+    pub sign: SignConvention,
+}
+
+#[derive(Debug, Clone)]
+pub enum Paging {
+    None,
+    Cursor {
+        cursor_param: String,
+        next_cursor: JsonPath,
+        page_size_param: Option<String>,
+    },
+    Offset {
+        offset_param: String,
+        limit_param: String,
+        total: Option<JsonPath>,
+    },
+    Page {
+        page_param: String,
+        page_size_param: Option<String>,
+        first_page: u32,
+    },
+    LinkHeader {
+        page_size_param: Option<String>,
+    },
+}

@@ -1,0 +1,280 @@
+//! The connector file format, exactly as an admin writes it. Unknown keys are
+//! rejected by serde; everything that needs more than a type check (JSONPath, URLs,
+//! which canonical fields exist and are required) is checked in `validate`, which
+//! reports every problem at once.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorFile {
+    /// Optional; when present it must equal the file stem.
+    pub id: Option<String>,
+    pub name: String,
+    /// ISO 3166-1 alpha-2.
+    pub country: String,
+    pub products: Vec<String>,
+    /// Every relative URL and path in the file is joined to this.
+    pub base_url: String,
+    pub auth: AuthSpec,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    #[serde(default)]
+    pub errors: ErrorSpec,
+    pub endpoints: EndpointsSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthSpec {
+    Oauth2(OAuth2Spec),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Spec {
+    pub authorize_url: String,
+    pub token_url: String,
+    pub revocation_url: Option<String>,
+    pub client_id: String,
+    /// A reference to the secret, never the secret itself.
+    pub client_secret: SecretRef,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    pub scopes: Vec<String>,
+    #[serde(default = "default_scope_separator")]
+    pub scope_separator: String,
+    #[serde(default = "yes")]
+    pub pkce: bool,
+    #[serde(default)]
+    pub rotating_refresh_tokens: bool,
+    /// How long a user's consent lasts at this institution (e.g. 90 days under
+    /// PSD2), if it expires at all.
+    pub consent_lifetime_days: Option<u32>,
+    /// Query parameter that names the user to the institution's login page, if the
+    /// institution supports one.
+    pub login_hint_param: Option<String>,
+    /// Extra parameters sent on every token request.
+    #[serde(default)]
+    pub extra_token_params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub token_response: TokenResponseSpec,
+}
+
+fn default_scope_separator() -> String {
+    " ".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// Name of the environment variable (or `[connectors.secrets]` entry) that holds it.
+    pub env: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic (`client_secret_basic`).
+    #[default]
+    Basic,
+    /// In the form body (`client_secret_post`).
+    Post,
+}
+
+/// How this institution bends RFC 6749 §5.1; the token client straightens it out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenResponseSpec {
+    /// Lifetime assumed when `expires_in` is absent.
+    pub default_lifetime_secs: u64,
+    /// `token_type` to assume when the institution leaves it out.
+    pub default_token_type: String,
+    /// Key under which the token fields are nested, if they are (e.g. `data`).
+    pub nested_under: Option<String>,
+}
+
+impl Default for TokenResponseSpec {
+    fn default() -> Self {
+        Self {
+            default_lifetime_secs: 3600,
+            default_token_type: "Bearer".into(),
+            nested_under: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    pub requests_per_second: Option<u32>,
+    pub requests_per_minute: Option<u32>,
+    pub requests_per_day: Option<u32>,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_concurrency() -> u32 {
+    4
+}
+fn default_page_size() -> u32 {
+    100
+}
+fn default_timeout() -> u64 {
+    30
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        Self {
+            requests_per_second: None,
+            requests_per_minute: None,
+            requests_per_day: None,
+            concurrency: default_concurrency(),
+            page_size: default_page_size(),
+            timeout_secs: default_timeout(),
+        }
+    }
+}
+
+/// What the institution's failures mean.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorSpec {
+    pub reauth_statuses: Vec<u16>,
+    pub rate_limited_statuses: Vec<u16>,
+    pub retry_statuses: Vec<u16>,
+    /// Header that says how long to wait when rate limited (seconds or HTTP date).
+    pub retry_after_header: String,
+    /// Where an error code sits in an error body, e.g. `$.error`.
+    pub code_path: Option<String>,
+    #[serde(default)]
+    pub reauth_codes: Vec<String>,
+    #[serde(default)]
+    pub rate_limited_codes: Vec<String>,
+    #[serde(default)]
+    pub retry_codes: Vec<String>,
+}
+
+impl Default for ErrorSpec {
+    fn default() -> Self {
+        Self {
+            reauth_statuses: vec![401],
+            rate_limited_statuses: vec![429],
+            retry_statuses: vec![500, 502, 503, 504],
+            retry_after_header: "Retry-After".into(),
+            code_path: None,
+            reauth_codes: Vec::new(),
+            rate_limited_codes: Vec::new(),
+            retry_codes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointsSpec {
+    pub accounts: EndpointSpec,
+    pub holdings: Option<EndpointSpec>,
+    pub transactions: Option<EndpointSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    #[serde(default = "default_method")]
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub paging: PagingSpec,
+    /// JSONPath (RFC 9535) to the records in one response page.
+    pub records: String,
+    /// Canonical field name → where it comes from.
+    pub fields: BTreeMap<String, FieldSpec>,
+    /// Holdings only: the security embedded in each holding record.
+    #[serde(default)]
+    pub security_fields: BTreeMap<String, FieldSpec>,
+    /// Transactions only: which direction a positive amount means.
+    #[serde(default)]
+    pub sign_convention: SignConvention,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PagingSpec {
+    /// One request returns everything.
+    #[default]
+    None,
+    /// The body names the next page's cursor; absent or null on the last page.
+    Cursor {
+        cursor_param: String,
+        next_cursor: String,
+        page_size_param: Option<String>,
+    },
+    /// `offset` and `limit` parameters; the last page is short or empty.
+    Offset {
+        offset_param: String,
+        limit_param: String,
+        /// JSONPath to the total record count, when the institution gives one.
+        total: Option<String>,
+    },
+    /// Page numbers from `first_page`; the last page is short or empty.
+    Page {
+        page_param: String,
+        page_size_param: Option<String>,
+        #[serde(default = "one")]
+        first_page: u32,
+    },
+    /// RFC 8288 `Link: <…>; rel="next"` headers.
+    LinkHeader { page_size_param: Option<String> },
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignConvention {
+    /// A positive amount is money into the account (finsync's own convention).
+    #[default]
+    InflowPositive,
+    /// A positive amount is money out of the account (e.g. Plaid's).
+    OutflowPositive,
+}
+
+/// Where one canonical field comes from and how it is converted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// Singular JSONPath relative to the record (`$` is the record).
+    pub path: Option<String>,
+    /// A constant, instead of a path.
+    pub value: Option<String>,
+    /// Used when the path finds nothing or null.
+    pub default: Option<String>,
+    /// The institution's value → finsync's value (after converting it to text).
+    #[serde(default)]
+    pub map: BTreeMap<String, String>,
+    /// Decimal fields: the value is an integer count of 10^-scale units.
+    pub minor_units: Option<u32>,
+    /// Date and time fields: `iso8601` (default), `epoch_seconds`, `epoch_millis`, or
+    /// a strftime pattern such as `%m/%d/%Y`.
+    pub format: Option<String>,
+}

@@ -1,0 +1,543 @@
+//! Turns a connector file into a [`Connector`], or reports every problem in it at
+//! once, each with the file and the field path, in words an admin understands.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde_json_path::JsonPath;
+use url::Url;
+
+use super::fields::{self, FieldDef, Kind};
+use super::mapping::{CompiledField, Mapping, Source, TimeFormat};
+use super::spec::{AuthSpec, ConnectorFile, EndpointSpec, FieldSpec, PagingSpec};
+use super::{Connector, Endpoint, Errors, OAuth2, Paging};
+
+/// One problem in one connector file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    /// Dotted path of the offending key, e.g. `endpoints.accounts.records`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates one file; the connector id is the file stem.
+pub fn validate_file(path: &Path, base_url_override: Option<&str>) -> Result<Connector, Problems> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Problems(vec![Problem {
+            file: file.clone(),
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    validate_str(&file, stem, &text, base_url_override)
+}
+
+/// Validates connector text that would be stored as `<id>.toml`. A base URL override
+/// (from configuration) replaces the file's `base_url`, e.g. to point at a sandbox.
+pub fn validate_str(
+    file: &str,
+    id: &str,
+    text: &str,
+    base_url_override: Option<&str>,
+) -> Result<Connector, Problems> {
+    let mut v = Validator {
+        file: file.to_owned(),
+        problems: Vec::new(),
+    };
+    let deserializer = match toml::de::Deserializer::parse(text) {
+        Ok(d) => d,
+        Err(e) => return Err(Problems(vec![v.toml_problem(text, &e, String::new())])),
+    };
+    let spec: ConnectorFile = match serde_path_to_error::deserialize(deserializer) {
+        Ok(spec) => spec,
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            return Err(Problems(vec![v.toml_problem(text, e.inner(), path)]));
+        }
+    };
+    let connector = v.connector(id, &spec, text, base_url_override);
+    match connector {
+        Some(c) if v.problems.is_empty() => Ok(c),
+        _ => Err(Problems(v.problems)),
+    }
+}
+
+struct Validator {
+    file: String,
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn report(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn toml_problem(&self, text: &str, error: &toml::de::Error, path: String) -> Problem {
+        let location = error.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, str::len) + 1;
+            format!(" (line {line}, column {column})")
+        });
+        Problem {
+            file: self.file.clone(),
+            path,
+            message: format!(
+                "{}{}",
+                error.message().trim_end(),
+                location.unwrap_or_default()
+            ),
+        }
+    }
+
+    fn connector(
+        &mut self,
+        id: &str,
+        spec: &ConnectorFile,
+        text: &str,
+        base_url_override: Option<&str>,
+    ) -> Option<Connector> {
+        if !is_identifier(id) {
+            self.report("", format!("the file name `{id}` must be a connector id: lower-case letters, digits, '-' and '_'"));
+        }
+        if let Some(declared) = &spec.id
+            && declared != id
+        {
+            self.report(
+                "id",
+                format!(
+                    "`{declared}` differs from the file name `{id}`; remove `id` or rename the file"
+                ),
+            );
+        }
+        if spec.country.len() != 2 || !spec.country.chars().all(|c| c.is_ascii_uppercase()) {
+            self.report(
+                "country",
+                format!(
+                    "`{}` is not an ISO 3166 two-letter code like US",
+                    spec.country
+                ),
+            );
+        }
+        for (i, product) in spec.products.iter().enumerate() {
+            if !matches!(product.as_str(), "accounts" | "holdings" | "transactions") {
+                self.report(
+                    format!("products[{i}]"),
+                    format!("unknown product `{product}`: use accounts, holdings or transactions"),
+                );
+            }
+        }
+        let base_url = self.base_url(base_url_override.unwrap_or(&spec.base_url));
+        let auth = base_url
+            .as_ref()
+            .and_then(|base| self.auth(base, &spec.auth));
+        let errors = Errors {
+            code_path: spec
+                .errors
+                .code_path
+                .as_deref()
+                .and_then(|p| self.json_path("errors.code_path", p)),
+            spec: spec.errors.clone(),
+        };
+        if spec.limits.page_size == 0 {
+            self.report("limits.page_size", "must be at least 1");
+        }
+        if spec.limits.concurrency == 0 {
+            self.report("limits.concurrency", "must be at least 1");
+        }
+        let accounts = base_url.as_ref().and_then(|b| {
+            self.endpoint(
+                b,
+                "accounts",
+                &spec.endpoints.accounts,
+                fields::ACCOUNT,
+                None,
+            )
+        });
+        let holdings = spec.endpoints.holdings.as_ref().map(|e| {
+            base_url.as_ref().and_then(|b| {
+                self.endpoint(b, "holdings", e, fields::HOLDING, Some(fields::SECURITY))
+            })
+        });
+        let transactions = spec.endpoints.transactions.as_ref().map(|e| {
+            base_url
+                .as_ref()
+                .and_then(|b| self.endpoint(b, "transactions", e, fields::TRANSACTION, None))
+        });
+        for (product, present) in [
+            ("holdings", holdings.is_some()),
+            ("transactions", transactions.is_some()),
+        ] {
+            if spec.products.iter().any(|p| p == product) && !present {
+                self.report(
+                    format!("endpoints.{product}"),
+                    format!("`{product}` is listed in products but has no endpoint"),
+                );
+            }
+        }
+        Some(Connector {
+            id: id.to_owned(),
+            name: spec.name.clone(),
+            country: spec.country.clone(),
+            products: spec.products.clone(),
+            base_url: base_url?,
+            auth: auth?,
+            limits: spec.limits.clone(),
+            errors,
+            accounts: accounts?,
+            holdings: holdings.flatten(),
+            transactions: transactions.flatten(),
+            hash: crate::fingerprint::sha256_hex(text.as_bytes()),
+        })
+    }
+
+    fn base_url(&mut self, raw: &str) -> Option<Url> {
+        match Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                // A trailing slash makes `join` keep the last path segment.
+                let mut url = url;
+                if !url.path().ends_with('/') {
+                    let path = format!("{}/", url.path());
+                    url.set_path(&path);
+                }
+                Some(url)
+            }
+            Ok(url) => {
+                self.report(
+                    "base_url",
+                    format!("scheme `{}` is not http or https", url.scheme()),
+                );
+                None
+            }
+            Err(e) => {
+                self.report("base_url", format!("`{raw}` is not an absolute URL: {e}"));
+                None
+            }
+        }
+    }
+
+    fn url(&mut self, base: &Url, path: &str, raw: &str) -> Option<Url> {
+        let joined = if raw.starts_with("http://") || raw.starts_with("https://") {
+            Url::parse(raw)
+        } else {
+            base.join(raw.trim_start_matches('/'))
+        };
+        match joined {
+            Ok(url) => Some(url),
+            Err(e) => {
+                self.report(path, format!("`{raw}` is not a URL or a path: {e}"));
+                None
+            }
+        }
+    }
+
+    fn auth(&mut self, base: &Url, auth: &AuthSpec) -> Option<OAuth2> {
+        let AuthSpec::Oauth2(spec) = auth;
+        let authorize_url = self.url(base, "auth.authorize_url", &spec.authorize_url);
+        let token_url = self.url(base, "auth.token_url", &spec.token_url);
+        let revocation_url = spec
+            .revocation_url
+            .as_deref()
+            .map(|u| self.url(base, "auth.revocation_url", u));
+        let env = &spec.client_secret.env;
+        if env.is_empty()
+            || !env
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            self.report(
+                "auth.client_secret.env",
+                format!("`{env}` must be the NAME of an environment variable (A-Z, 0-9, _), never the secret itself"),
+            );
+        }
+        if spec.scopes.is_empty() {
+            self.report("auth.scopes", "list at least one scope");
+        }
+        if spec.scope_separator.is_empty() {
+            self.report("auth.scope_separator", "must not be empty");
+        }
+        if spec.token_response.default_lifetime_secs == 0 {
+            self.report(
+                "auth.token_response.default_lifetime_secs",
+                "must be at least 1",
+            );
+        }
+        Some(OAuth2 {
+            authorize_url: authorize_url?,
+            token_url: token_url?,
+            revocation_url: match revocation_url {
+                Some(url) => Some(url?),
+                None => None,
+            },
+            client_id: spec.client_id.clone(),
+            client_secret_env: env.clone(),
+            client_auth: spec.client_auth,
+            scopes: spec.scopes.clone(),
+            scope_separator: spec.scope_separator.clone(),
+            pkce: spec.pkce,
+            consent_lifetime_days: spec.consent_lifetime_days,
+            rotating_refresh_tokens: spec.rotating_refresh_tokens,
+            login_hint_param: spec.login_hint_param.clone(),
+            extra_token_params: spec.extra_token_params.clone(),
+            token_response: spec.token_response.clone(),
+        })
+    }
+
+    fn json_path(&mut self, path: &str, raw: &str) -> Option<JsonPath> {
+        match JsonPath::parse(raw) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.report(
+                    path,
+                    format!("`{raw}` is not a valid JSONPath (RFC 9535): {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn endpoint(
+        &mut self,
+        base: &Url,
+        name: &str,
+        spec: &EndpointSpec,
+        defs: &'static [FieldDef],
+        security_defs: Option<&'static [FieldDef]>,
+    ) -> Option<Endpoint> {
+        let at = |key: &str| format!("endpoints.{name}.{key}");
+        let method = match spec.method.to_ascii_uppercase().as_str() {
+            "GET" => Some(reqwest::Method::GET),
+            "POST" => Some(reqwest::Method::POST),
+            other => {
+                self.report(
+                    at("method"),
+                    format!("`{other}` is not supported: use GET or POST"),
+                );
+                None
+            }
+        };
+        let url = self.url(base, &at("path"), &spec.path);
+        let records = self.json_path(&at("records"), &spec.records);
+        let records_container = spec
+            .records
+            .strip_suffix("[*]")
+            .and_then(|c| JsonPath::parse(c).ok());
+        let paging = self.paging(&at("paging"), &spec.paging);
+        let fields = self.mapping(&at("fields"), &spec.fields, defs);
+        let security = match security_defs {
+            Some(defs) => {
+                Some(self.mapping(&at("security_fields"), &spec.security_fields, defs)?)
+            }
+            None => {
+                if !spec.security_fields.is_empty() {
+                    self.report(
+                        at("security_fields"),
+                        "only the holdings endpoint has security fields",
+                    );
+                }
+                None
+            }
+        };
+        Some(Endpoint {
+            method: method?,
+            url: url?,
+            query: spec.query.clone(),
+            paging: paging?,
+            records: records?,
+            records_container,
+            fields: fields?,
+            security,
+            sign: spec.sign_convention,
+        })
+    }
+
+    fn paging(&mut self, at: &str, spec: &PagingSpec) -> Option<Paging> {
+        Some(match spec {
+            PagingSpec::None => Paging::None,
+            PagingSpec::Cursor {
+                cursor_param,
+                next_cursor,
+                page_size_param,
+            } => Paging::Cursor {
+                cursor_param: cursor_param.clone(),
+                next_cursor: self.json_path(&format!("{at}.next_cursor"), next_cursor)?,
+                page_size_param: page_size_param.clone(),
+            },
+            PagingSpec::Offset {
+                offset_param,
+                limit_param,
+                total,
+            } => Paging::Offset {
+                offset_param: offset_param.clone(),
+                limit_param: limit_param.clone(),
+                total: match total {
+                    Some(p) => Some(self.json_path(&format!("{at}.total"), p)?),
+                    None => None,
+                },
+            },
+            PagingSpec::Page {
+                page_param,
+                page_size_param,
+                first_page,
+            } => Paging::Page {
+                page_param: page_param.clone(),
+                page_size_param: page_size_param.clone(),
+                first_page: *first_page,
+            },
+            PagingSpec::LinkHeader { page_size_param } => Paging::LinkHeader {
+                page_size_param: page_size_param.clone(),
+            },
+        })
+    }
+
+    fn mapping(
+        &mut self,
+        at: &str,
+        specs: &BTreeMap<String, FieldSpec>,
+        defs: &'static [FieldDef],
+    ) -> Option<Mapping> {
+        let before = self.problems.len();
+        let mut compiled = BTreeMap::new();
+        for (name, spec) in specs {
+            let path = format!("{at}.{name}");
+            let Some(def) = defs.iter().find(|d| d.name == name) else {
+                let known: Vec<_> = defs.iter().map(|d| d.name).collect();
+                self.report(
+                    path,
+                    format!("unknown field; this endpoint maps: {}", known.join(", ")),
+                );
+                continue;
+            };
+            if let Some(field) = self.field(&path, def, spec) {
+                compiled.insert(def.name, field);
+            }
+        }
+        for def in defs.iter().filter(|d| d.required) {
+            if !specs.contains_key(def.name) {
+                self.report(
+                    format!("{at}.{}", def.name),
+                    "required field has no mapping (give a `path`, a `value` or a `default`)",
+                );
+            }
+        }
+        (self.problems.len() == before).then(|| Mapping::new(compiled))
+    }
+
+    fn field(&mut self, at: &str, def: &FieldDef, spec: &FieldSpec) -> Option<CompiledField> {
+        let source = match (&spec.path, &spec.value) {
+            (Some(_), Some(_)) => {
+                self.report(at, "give either `path` or `value`, not both");
+                return None;
+            }
+            (Some(p), None) => {
+                let path = self.json_path(&format!("{at}.path"), p)?;
+                Source::Path(path)
+            }
+            (None, Some(v)) => Source::Const(v.clone()),
+            (None, None) if spec.default.is_some() => Source::Const(String::new()),
+            (None, None) => {
+                self.report(at, "needs a `path`, a `value` or a `default`");
+                return None;
+            }
+        };
+        if spec.minor_units.is_some() && def.kind != Kind::Decimal {
+            self.report(
+                format!("{at}.minor_units"),
+                "only decimal fields can be in minor units",
+            );
+        }
+        if let Some(scale) = spec.minor_units
+            && scale > 18
+        {
+            self.report(format!("{at}.minor_units"), "scale must be 0 to 18");
+        }
+        let format = match (&spec.format, def.kind) {
+            (None, _) => TimeFormat::Iso8601,
+            (Some(f), Kind::Date | Kind::DateTime) => match TimeFormat::parse(f) {
+                Ok(format) => format,
+                Err(message) => {
+                    self.report(format!("{at}.format"), message);
+                    return None;
+                }
+            },
+            (Some(_), _) => {
+                self.report(
+                    format!("{at}.format"),
+                    "only date and date-time fields take a format",
+                );
+                return None;
+            }
+        };
+        if let Kind::Enum(allowed) = def.kind {
+            for (from, to) in &spec.map {
+                if !allowed.contains(&to.as_str()) {
+                    self.report(
+                        format!("{at}.map.{from}"),
+                        format!("`{to}` is not one of: {}", allowed.join(", ")),
+                    );
+                }
+            }
+            for constant in spec.value.iter().chain(spec.default.iter()) {
+                let mapped = spec.map.get(constant).unwrap_or(constant);
+                if !allowed.contains(&mapped.as_str()) {
+                    self.report(
+                        at,
+                        format!("`{constant}` is not one of: {}", allowed.join(", ")),
+                    );
+                }
+            }
+        }
+        Some(CompiledField {
+            source,
+            default: spec.default.clone(),
+            map: spec.map.clone(),
+            minor_units: spec.minor_units,
+            format,
+        })
+    }
+}
+
+fn is_identifier(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}

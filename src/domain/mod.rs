@@ -1,0 +1,14 @@
+//! The canonical model: what finsync means by an account, a security, a holding and a
+//! transaction, whatever institution they came from. Nothing here knows about HTTP,
+//! SQL or any institution; every other module depends on it and it depends on none.
+
+mod ids;
+mod model;
+mod money;
+
+pub use ids::{ConnectionId, TenantId, UserId, UserIdError};
+pub use model::{
+    Account, AccountType, Balances, ConnectionStatus, Holding, Institution, InvestmentType,
+    Security, SecurityType, Snapshot, Transaction, TransactionStatus,
+};
+pub use money::{Currency, CurrencyError, Money};

@@ -1,0 +1,211 @@
+//! Canonical records. The connector engine produces these from an institution's JSON;
+//! the store keeps them; the read API serves them. Every record carries the
+//! institution's own id, which together with the connection is its identity.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::money::{Currency, Money};
+
+/// Declares a closed vocabulary: its wire names, parsing and display in one place.
+macro_rules! vocabulary {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [&'static str] = &[$($text),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(format!(
+                        "`{other}` is not one of: {}",
+                        Self::ALL.join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+vocabulary!(
+    /// Where a connection stands; anything but `Active` means syncs are not attempted.
+    ConnectionStatus {
+        Pending => "pending",
+        Active => "active",
+        ReauthRequired => "reauth_required",
+        Revoked => "revoked",
+        Error => "error",
+    }
+);
+
+vocabulary!(AccountType {
+    Depository => "depository",
+    Investment => "investment",
+    Credit => "credit",
+    Loan => "loan",
+    Other => "other",
+});
+
+vocabulary!(SecurityType {
+    Equity => "equity",
+    Etf => "etf",
+    MutualFund => "mutual_fund",
+    FixedIncome => "fixed_income",
+    Option => "option",
+    Crypto => "crypto",
+    Cash => "cash",
+    Other => "other",
+});
+
+vocabulary!(TransactionStatus {
+    Pending => "pending",
+    Posted => "posted",
+});
+
+vocabulary!(InvestmentType {
+    Buy => "buy",
+    Sell => "sell",
+    Dividend => "dividend",
+    Interest => "interest",
+    Fee => "fee",
+    Transfer => "transfer",
+    Deposit => "deposit",
+    Withdrawal => "withdrawal",
+    Split => "split",
+    Other => "other",
+});
+
+/// An institution, as described by its connector file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Institution {
+    /// The connector file's stem.
+    pub id: String,
+    pub name: String,
+    pub country: String,
+    /// Fingerprint of the connector file in service.
+    pub connector_hash: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balances {
+    pub current: Money,
+    pub available: Option<Money>,
+    pub as_of: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub external_id: String,
+    pub account_type: AccountType,
+    pub subtype: Option<String>,
+    pub name: String,
+    pub official_name: Option<String>,
+    pub mask: Option<String>,
+    pub currency: Currency,
+    pub balances: Balances,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    pub external_id: String,
+    pub ticker: Option<String>,
+    pub cusip: Option<String>,
+    pub isin: Option<String>,
+    pub sedol: Option<String>,
+    pub figi: Option<String>,
+    pub name: String,
+    pub security_type: SecurityType,
+    pub currency: Currency,
+    pub price: Option<Decimal>,
+    pub price_as_of: Option<NaiveDate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub account_external_id: String,
+    pub security_external_id: String,
+    pub quantity: Decimal,
+    pub cost_basis: Option<Money>,
+    pub price: Option<Money>,
+    pub value: Option<Money>,
+    pub as_of: Option<NaiveDate>,
+}
+
+impl Holding {
+    /// Institutions rarely give holdings an id of their own: a position is the pair
+    /// (account, security).
+    pub fn external_id(&self) -> String {
+        format!("{}:{}", self.account_external_id, self.security_external_id)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub external_id: String,
+    pub account_external_id: String,
+    /// Normalized sign: money into the account is positive.
+    pub amount: Money,
+    pub date: NaiveDate,
+    pub status: TransactionStatus,
+    /// The pending transaction this posted one replaces, by the institution's id.
+    pub pending_external_id: Option<String>,
+    pub description: String,
+    pub category: Option<String>,
+    pub investment_type: Option<InvestmentType>,
+    pub security_external_id: Option<String>,
+    pub quantity: Option<Decimal>,
+    pub price: Option<Decimal>,
+}
+
+/// Everything one sync fetched for one connection, already normalized.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub accounts: Vec<Account>,
+    pub securities: Vec<Security>,
+    pub holdings: Vec<Holding>,
+    pub transactions: Vec<Transaction>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vocabularies_round_trip_and_explain_rejections() {
+        assert_eq!(
+            "mutual_fund".parse::<SecurityType>(),
+            Ok(SecurityType::MutualFund)
+        );
+        let err = "bond".parse::<SecurityType>().unwrap_err();
+        assert!(err.contains("fixed_income"), "{err}");
+        assert_eq!(
+            ConnectionStatus::ReauthRequired.to_string(),
+            "reauth_required"
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! The `finsync` binary: one subcommand per role. Everything here is argument
+//! parsing and wiring; the work happens in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+
+use finsync::config::Settings;
+use finsync::sandbox::{self, SandboxConfig};
+use finsync::startup::{App, shutdown_signal};
+use finsync::store::Store;
+use finsync::tokens::Vault;
+use finsync::{connectors, demo, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "finsync",
+    version,
+    about = "Financial data aggregation: connectors, tokens, scheduled syncs, a cached read API."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything in one process on embedded defaults: links demo users to the
+    /// sandbox, syncs them, prints their portfolios and keeps serving the API.
+    Demo {
+        /// Exit after printing the portfolios.
+        #[arg(long)]
+        once: bool,
+    },
+    /// The HTTP API (read API, admin API, OAuth callback, health). In embedded mode
+    /// (SQLite) it also runs the workers and the scheduler.
+    Serve,
+    /// Sync workers; run as many as needed.
+    Worker {
+        /// Syncs run at the same time by this process.
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Enqueues due syncs; safe to run more than one.
+    Scheduler {
+        /// Run one pass and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// The sandbox institutions on their own.
+    Sandbox {
+        #[arg(long, default_value_t = 8091)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Access-token lifetime in seconds.
+        #[arg(long)]
+        token_ttl: Option<u64>,
+    },
+    /// Runs database migrations and exits.
+    Migrate,
+    /// Connector files.
+    #[command(subcommand)]
+    Connectors(ConnectorsCommand),
+    /// Tenants (advisory apps) and their API keys.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+    /// The token vault.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Prints a new random vault key (base64 of 32 bytes) for `vault.key`.
+    GenerateKey,
+    /// Re-seals every stored token under the current `vault.key`. Run it after
+    /// moving the old key to `vault.previous_keys`; it can run while the fleet
+    /// serves, and running it twice does nothing the second time.
+    RotateKey,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectorsCommand {
+    /// Validates connector files and reports every problem in each.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantsCommand {
+    /// Creates a tenant and prints its API key (shown only this once).
+    Create { name: String },
+    /// Issues a new API key for a tenant; the old one stops working.
+    RotateKey { name: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Connectors(ConnectorsCommand::Validate { files }) => Ok(validate(&files)),
+        Command::Demo { once } => {
+            let settings = load_settings(Some("demo"))?;
+            telemetry::init(&settings.log);
+            demo::run(settings, once).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sandbox {
+            port,
+            host,
+            seed,
+            token_ttl,
+        } => {
+            let settings = load_settings(None)?;
+            telemetry::init(&settings.log);
+            let listener = TcpListener::bind((host.as_str(), port))
+                .await
+                .with_context(|| format!("binding {host}:{port}"))?;
+            let config = SandboxConfig {
+                seed: seed.unwrap_or(settings.sandbox.seed),
+                access_token_ttl: Duration::from_secs(
+                    token_ttl.unwrap_or(settings.sandbox.token_ttl_secs),
+                ),
+                ..SandboxConfig::default()
+            };
+            let sandbox = sandbox::spawn(config, listener).await?;
+            println!(
+                "Sandbox institutions at {}  (Meridian Brokerage: {}/meridian)",
+                sandbox.base_url(),
+                sandbox.base_url()
+            );
+            shutdown_signal().await;
+            sandbox.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let settings = load_settings(None)?;
+            telemetry::init(&settings.log);
+            let store = Store::connect(&settings.database.url, 2).await?;
+            store.migrate().await?;
+            println!("Database is up to date.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenants(command) => {
+            let settings = load_settings(None)?;
+            telemetry::init(&settings.log);
+            let store = Store::connect(&settings.database.url, 2).await?;
+            store.migrate().await?;
+            let (tenant, key) = match command {
+                TenantsCommand::Create { name } => store.create_tenant(&name).await?,
+                TenantsCommand::RotateKey { name } => store.rotate_api_key(&name).await?,
+            };
+            println!("tenant:  {} ({})", tenant.name, tenant.id);
+            println!("api key: {}", key.0.expose_secret());
+            println!("Store the key now: finsync keeps only its hash.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokens(TokensCommand::GenerateKey) => {
+            println!("{}", Vault::generate_key().expose_secret());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokens(TokensCommand::RotateKey) => {
+            let settings = load_settings(None)?;
+            telemetry::init(&settings.log);
+            let store = Store::connect(&settings.database.url, 2).await?;
+            store.migrate().await?;
+            let vault = Vault::from_settings(&settings.vault)?;
+            let report = finsync::tokens::rotate::reseal_all(&store, &vault).await?;
+            println!(
+                "Re-sealed {} connection(s) and {} pending link(s) under key {}; {} already were current.",
+                report.connections,
+                report.states,
+                vault.current_key_id(),
+                report.current
+            );
+            if report.skipped > 0 {
+                println!(
+                    "{} changed while this ran: run it again until none does.",
+                    report.skipped
+                );
+            }
+            if report.unreadable > 0 {
+                println!(
+                    "{} could not be opened with any configured key (see the log).",
+                    report.unreadable
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => {
+            let settings = load_settings(None)?;
+            telemetry::init(&settings.log);
+            let listener = TcpListener::bind(settings.server.bind)
+                .await
+                .with_context(|| format!("binding {}", settings.server.bind))?;
+            let public_url = url::Url::parse(&settings.server.public_url)?;
+            let embedded = !settings.is_postgres();
+            let concurrency = settings.sync.worker_concurrency;
+            let app = App::build(settings, public_url).await?;
+            tracing::info!(address = %listener.local_addr()?, embedded, "Serving the API.");
+            if embedded {
+                // SQLite is one machine's database: the API process runs the workers
+                // and the scheduler too.
+                let (api, workers, ()) = tokio::join!(
+                    app.serve(listener, shutdown_signal()),
+                    app.run_workers(concurrency, shutdown_signal()),
+                    app.run_scheduler(shutdown_signal()),
+                );
+                api.and(workers)?;
+            } else {
+                app.serve(listener, shutdown_signal()).await?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker { concurrency } => {
+            let settings = load_settings(None)?;
+            telemetry::init(&settings.log);
+            separate_role_allowed(&settings, "worker")?;
+            let public_url = url::Url::parse(&settings.server.public_url)?;
+            let concurrency = concurrency
+                .unwrap_or(settings.sync.worker_concurrency)
+                .max(1);
+            let app = App::build(settings, public_url).await?;
+            tracing::info!(concurrency, "Worker started.");
+            if !app.settings.metrics.bind.is_empty() {
+                let bind = app.settings.metrics.bind.clone();
+                tokio::spawn(
+                    async move { telemetry::serve_metrics(&bind, shutdown_signal()).await },
+                );
+            }
+            app.run_workers(concurrency, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Scheduler { once } => {
+            let settings = load_settings(None)?;
+            telemetry::init(&settings.log);
+            separate_role_allowed(&settings, "scheduler")?;
+            let public_url = url::Url::parse(&settings.server.public_url)?;
+            let app = App::build(settings, public_url).await?;
+            if once {
+                let enqueued = finsync::sync::scheduler::tick(&app.ctx).await?;
+                println!("Enqueued {enqueued} due sync(s).");
+            } else {
+                tracing::info!("Scheduler started.");
+                if !app.settings.metrics.bind.is_empty() {
+                    let bind = app.settings.metrics.bind.clone();
+                    tokio::spawn(async move {
+                        telemetry::serve_metrics(&bind, shutdown_signal()).await
+                    });
+                }
+                app.run_scheduler(shutdown_signal()).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A worker or scheduler of its own needs the institutions the API process talks
+/// to: with the sandbox inside `serve`'s process, it would talk to another one.
+fn separate_role_allowed(settings: &Settings, role: &str) -> anyhow::Result<()> {
+    if settings.sandbox.in_process {
+        anyhow::bail!(
+            "`finsync {role}` runs on its own only against shared institutions: with the embedded \
+             defaults, `finsync serve` already runs the workers and the scheduler. Run the sandbox \
+             with `finsync sandbox` and set FINSYNC__SANDBOX__IN_PROCESS=false (or use FINSYNC_ENV=production)."
+        );
+    }
+    Ok(())
+}
+
+fn load_settings(default_env: Option<&str>) -> anyhow::Result<Settings> {
+    Ok(Settings::load(default_env)?)
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut failed = 0;
+    for file in files {
+        match connectors::validate_file(file, None) {
+            Ok(c) => println!("ok      {}  ({}: {})", file.display(), c.id, c.name),
+            Err(problems) => {
+                failed += 1;
+                println!(
+                    "invalid {}  ({} problem{})",
+                    file.display(),
+                    problems.0.len(),
+                    if problems.0.len() == 1 { "" } else { "s" }
+                );
+                for problem in &problems.0 {
+                    println!(
+                        "  - {}{}",
+                        if problem.path.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{}: ", problem.path)
+                        },
+                        problem.message
+                    );
+                }
+            }
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

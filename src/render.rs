@@ -1,0 +1,173 @@
+//! Output laid out for a person: a portfolio as tables, amounts aligned, colours
+//! only when the output is a terminal.
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{Attribute, Cell, CellAlignment, Color, ContentArrangement, Table};
+use rust_decimal::Decimal;
+
+use crate::domain::Money;
+use crate::portfolio::Portfolio;
+
+/// Transactions shown per portfolio.
+const SHOWN_TRANSACTIONS: usize = 8;
+
+fn table(headers: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(
+            headers
+                .iter()
+                .map(|h| Cell::new(h).add_attribute(Attribute::Bold)),
+        );
+    table
+}
+
+fn amount(value: &Money) -> Cell {
+    let cell = Cell::new(format!("{} {}", group(value.amount), value.currency))
+        .set_alignment(CellAlignment::Right);
+    if value.amount.is_sign_negative() {
+        cell.fg(Color::Red)
+    } else {
+        cell
+    }
+}
+
+fn number(value: Decimal) -> Cell {
+    Cell::new(group(value)).set_alignment(CellAlignment::Right)
+}
+
+/// `1234567.891` → `1,234,567.891`: every digit kept, thousands grouped.
+pub fn group(value: Decimal) -> String {
+    let text = value.to_string();
+    let (sign, digits) = text
+        .strip_prefix('-')
+        .map_or(("", text.as_str()), |d| ("-", d));
+    let (int, frac) = digits
+        .split_once('.')
+        .map_or((digits, None), |(i, f)| (i, Some(f)));
+    let mut grouped = String::with_capacity(int.len() + int.len() / 3);
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    match frac {
+        Some(f) => format!("{sign}{grouped}.{f}"),
+        None => format!("{sign}{grouped}"),
+    }
+}
+
+/// The whole portfolio as text: accounts, holdings, recent transactions, totals.
+pub fn portfolio(p: &Portfolio) -> String {
+    let mut out = String::new();
+    let freshness = match (&p.freshness.as_of, p.freshness.stale) {
+        (Some(at), false) => format!("fresh as of {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
+        (Some(at), true) => format!(
+            "STALE (last good {}): {}",
+            at.format("%Y-%m-%d %H:%M:%S UTC"),
+            p.freshness.reason.as_deref().unwrap_or("")
+        ),
+        (None, _) => format!(
+            "not synced yet: {}",
+            p.freshness.reason.as_deref().unwrap_or("")
+        ),
+    };
+    out.push_str(&format!("{}  —  {}\n", p.user_id, freshness));
+
+    if p.accounts.is_empty() {
+        out.push_str("  (no accounts yet)\n");
+        return out;
+    }
+    let mut accounts = table(&["Account", "Type", "Mask", "Current", "Available"]);
+    for a in &p.accounts {
+        accounts.add_row(vec![
+            Cell::new(&a.name),
+            Cell::new(format!(
+                "{}{}",
+                a.account_type,
+                a.subtype
+                    .as_deref()
+                    .map(|s| format!(" / {s}"))
+                    .unwrap_or_default()
+            )),
+            Cell::new(a.mask.as_deref().unwrap_or("")),
+            amount(&a.balances.current),
+            a.balances.available.as_ref().map_or_else(
+                || Cell::new("—").set_alignment(CellAlignment::Right),
+                amount,
+            ),
+        ]);
+    }
+    out.push_str(&format!("{accounts}\n"));
+
+    if !p.holdings.is_empty() {
+        let mut holdings = table(&[
+            "Security",
+            "Ticker",
+            "Identifier",
+            "Quantity",
+            "Price",
+            "Value",
+        ]);
+        for h in &p.holdings {
+            let identifier = h
+                .security
+                .cusip
+                .as_deref()
+                .or(h.security.isin.as_deref())
+                .unwrap_or("");
+            holdings.add_row(vec![
+                Cell::new(&h.security.name),
+                Cell::new(h.security.ticker.as_deref().unwrap_or("")),
+                Cell::new(identifier),
+                number(h.quantity),
+                h.price.as_ref().map_or_else(|| Cell::new(""), amount),
+                h.value.as_ref().map_or_else(|| Cell::new(""), amount),
+            ]);
+        }
+        out.push_str(&format!("{holdings}\n"));
+    }
+
+    if !p.transactions.is_empty() {
+        let mut transactions = table(&["Date", "Description", "Status", "Amount"]);
+        for t in p.transactions.iter().take(SHOWN_TRANSACTIONS) {
+            transactions.add_row(vec![
+                Cell::new(t.date),
+                Cell::new(&t.description),
+                Cell::new(t.status),
+                amount(&t.amount),
+            ]);
+        }
+        out.push_str(&format!(
+            "{transactions}\n  ({} of {} recent transactions shown)\n",
+            p.transactions.len().min(SHOWN_TRANSACTIONS),
+            p.transactions.len()
+        ));
+    }
+    let totals: Vec<String> = p
+        .totals
+        .iter()
+        .map(|m| format!("{} {}", group(m.amount), m.currency))
+        .collect();
+    out.push_str(&format!("  Net balance: {}\n", totals.join("  |  ")));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouping_keeps_every_digit() {
+        assert_eq!(
+            group("12345678901234567.89".parse().unwrap()),
+            "12,345,678,901,234,567.89"
+        );
+        assert_eq!(group("-1234.5".parse().unwrap()), "-1,234.5");
+        assert_eq!(group("0.000000001".parse().unwrap()), "0.000000001");
+        assert_eq!(group("123".parse().unwrap()), "123");
+    }
+}

@@ -1,0 +1,201 @@
+//! Wiring: builds a running finsync from settings — database, vault, connectors,
+//! cache, queue, and in embedded mode the sandbox institutions — and starts the
+//! roles (`serve`, `worker`, `scheduler`) `main.rs` asks for.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiState};
+use crate::cache::{Cache, CacheConfig};
+use crate::config::Settings;
+use crate::connectors::{Engine, Registry};
+use crate::sandbox::{self, Sandbox, SandboxConfig};
+use crate::store::Store;
+use crate::sync::{Context, Queue, SyncContext};
+use crate::tokens::{Linker, TokenService, Vault};
+
+/// One process's finsync: every shared part, built once.
+pub struct App {
+    pub ctx: Context,
+    pub linker: Linker,
+    pub settings: Arc<Settings>,
+    /// The in-process sandbox (embedded mode); kept to keep it running.
+    pub sandbox: Option<Sandbox>,
+    pub public_url: url::Url,
+    /// This process's Prometheus recorder.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl App {
+    /// Builds the app. `public_url` is where this deployment's API is reachable
+    /// (institutions redirect users to `<public_url>/oauth/callback`).
+    pub async fn build(mut settings: Settings, public_url: url::Url) -> anyhow::Result<Self> {
+        // Configuration problems first: a production process without a vault key
+        // must refuse to start before it touches anything.
+        let vault = Arc::new(Vault::from_settings(&settings.vault)?);
+        let sandbox = if settings.sandbox.in_process {
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding the in-process sandbox")?;
+            let sandbox = sandbox::spawn(
+                SandboxConfig {
+                    seed: settings.sandbox.seed,
+                    access_token_ttl: Duration::from_secs(settings.sandbox.token_ttl_secs),
+                    ..SandboxConfig::default()
+                },
+                listener,
+            )
+            .await
+            .context("starting the in-process sandbox")?;
+            for id in &settings.sandbox.institutions {
+                settings
+                    .connectors
+                    .base_urls
+                    .entry(id.clone())
+                    .or_insert_with(|| format!("{}/{id}", sandbox.base_url()));
+            }
+            Some(sandbox)
+        } else {
+            None
+        };
+
+        let store = Store::connect(&settings.database.url, settings.database.max_connections)
+            .await
+            .context("connecting to the database")?;
+        store.migrate().await.context("migrating the database")?;
+        let (registry, problems) = Registry::load(
+            &settings.connectors.dir,
+            &settings.connectors.base_urls,
+            settings.connectors.secrets.clone(),
+        )?;
+        for problem in problems.iter().flat_map(|p| &p.0) {
+            tracing::error!(problem = %problem, "Connector file rejected; it is not served.");
+        }
+        for connector in registry.all() {
+            store.upsert_institution(&connector.institution()).await?;
+        }
+        let registry = Arc::new(registry);
+        let cache = Cache::new(CacheConfig {
+            l1_capacity: settings.cache.l1_capacity,
+            l1_ttl: Duration::from_secs(settings.cache.l1_ttl_secs),
+            redis_url: settings.redis_url(),
+            key_prefix: &settings.redis.key_prefix,
+            redis_timeout: settings.redis_timeout(),
+            l2_ttl: Duration::from_secs(settings.cache.l2_ttl_secs),
+        })?;
+        let queue = Queue::setup(&store).await?;
+        let http = crate::http::client();
+        let redirect_uri = public_url.join("oauth/callback")?;
+        let tokens = TokenService {
+            store: store.clone(),
+            vault: vault.clone(),
+            registry: registry.clone(),
+            http: http.clone(),
+            redirect_uri: redirect_uri.clone(),
+            refresh_at_fraction: settings.tokens.refresh_at_fraction,
+        };
+        let linker = Linker {
+            store: store.clone(),
+            vault,
+            registry: registry.clone(),
+            http: http.clone(),
+            redirect_uri,
+            refresh_at_fraction: settings.tokens.refresh_at_fraction,
+        };
+        let ctx = Arc::new(SyncContext {
+            store,
+            cache,
+            registry,
+            engine: Engine::new(http),
+            tokens,
+            queue,
+            interval: chrono::Duration::seconds(
+                i64::try_from(settings.sync.interval_secs).unwrap_or(i64::MAX),
+            ),
+            recent_transactions: settings.sync.recent_transactions,
+        });
+        Ok(Self {
+            ctx,
+            linker,
+            settings: Arc::new(settings),
+            sandbox,
+            public_url,
+            metrics: crate::telemetry::metrics(),
+        })
+    }
+
+    pub fn router(&self) -> axum::Router {
+        let token = self.settings.server.admin_token.expose_secret();
+        api::router(ApiState {
+            sync: self.ctx.clone(),
+            linker: self.linker.clone(),
+            admin_token: (!token.is_empty())
+                .then(|| Arc::new(self.settings.server.admin_token.clone())),
+            consent_warning_days: self.settings.tokens.consent_warning_days,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Serves the API on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs sync workers until `shutdown` resolves; in-flight jobs finish or are
+    /// handed back to the queue.
+    pub async fn run_workers(
+        &self,
+        concurrency: usize,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let monitor = self.ctx.queue.monitor(self.ctx.clone(), concurrency);
+        monitor
+            .run_with_signal(async move {
+                shutdown.await;
+                Ok(())
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("workers: {e}"))
+    }
+
+    /// Runs the scheduler until `shutdown` resolves.
+    pub async fn run_scheduler(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let every = Duration::from_secs(self.settings.sync.scheduler_tick_secs.max(1));
+        crate::sync::scheduler::run(self.ctx.clone(), every, shutdown).await;
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

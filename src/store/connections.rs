@@ -1,0 +1,669 @@
+//! Connections (one user's link to one institution), their sealed tokens, and the
+//! single-use OAuth `state` records that bind a browser redirect to a link attempt.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, NullOrdering};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder, Set,
+};
+
+use super::entities::{connection, oauth_state};
+use super::{Store, StoreError};
+use crate::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
+
+/// A connection as the rest of finsync sees it. Token columns stay sealed bytes.
+#[derive(Debug, Clone)]
+pub struct ConnectionRecord {
+    pub id: ConnectionId,
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub institution_id: String,
+    pub status: ConnectionStatus,
+    pub scopes: Option<String>,
+    pub tokens: TokenColumns,
+    pub last_synced_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    pub last_failure_reason: Option<String>,
+    pub next_sync_at: Option<DateTime<Utc>>,
+    pub consent: Consent,
+    pub created_at: DateTime<Utc>,
+    /// Moves on every change to the row; cached views compare it to detect that
+    /// they were built from an outdated connection.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What the user granted and when; kept after revocation as the consent history.
+#[derive(Debug, Clone, Default)]
+pub struct Consent {
+    pub granted_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Vault ciphertexts of a connection's tokens and when the access token expires.
+#[derive(Clone, Default)]
+pub struct TokenColumns {
+    pub access_token: Option<Vec<u8>>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub access_token_expires_at: Option<DateTime<Utc>>,
+    /// When the background refresh should renew the access token.
+    pub refresh_due_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for TokenColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenColumns")
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "sealed"),
+            )
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "sealed"),
+            )
+            .field("access_token_expires_at", &self.access_token_expires_at)
+            .field("refresh_due_at", &self.refresh_due_at)
+            .finish()
+    }
+}
+
+/// The two things only one process at a time may do to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Syncing it: two syncs would race on the rows.
+    Sync,
+    /// Refreshing or revoking its tokens: a rotating refresh token works once.
+    Token,
+}
+
+impl Lease {
+    fn columns(self) -> (connection::Column, connection::Column) {
+        match self {
+            Self::Sync => (
+                connection::Column::SyncLeaseOwner,
+                connection::Column::SyncLeaseUntil,
+            ),
+            Self::Token => (
+                connection::Column::TokenLeaseOwner,
+                connection::Column::TokenLeaseUntil,
+            ),
+        }
+    }
+}
+
+/// What is stored for one link attempt, keyed by the hash of its `state`.
+pub struct NewState {
+    pub state_hash: String,
+    pub connection_id: ConnectionId,
+    pub sealed_verifier: Vec<u8>,
+    pub redirect_uri: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// The connection for (tenant, user, institution), created `pending` if new. A
+    /// relink reuses the same connection, so its synced data is kept.
+    pub async fn upsert_connection(
+        &self,
+        tenant: TenantId,
+        user: &UserId,
+        institution: &str,
+    ) -> Result<ConnectionRecord, StoreError> {
+        if let Some(existing) = self.find_connection(tenant, user, institution).await? {
+            return Ok(existing);
+        }
+        let now = Utc::now();
+        let row = connection::ActiveModel {
+            id: Set(ConnectionId::new().to_string()),
+            tenant_id: Set(tenant.to_string()),
+            user_id: Set(user.to_string()),
+            institution_id: Set(institution.to_owned()),
+            status: Set(ConnectionStatus::Pending.to_string()),
+            scopes: Set(None),
+            consent_granted_at: Set(None),
+            consent_expires_at: Set(None),
+            consent_revoked_at: Set(None),
+            access_token: Set(None),
+            refresh_token: Set(None),
+            access_token_expires_at: Set(None),
+            refresh_due_at: Set(None),
+            token_lease_owner: Set(None),
+            token_lease_until: Set(None),
+            last_synced_at: Set(None),
+            last_failure_at: Set(None),
+            last_failure_reason: Set(None),
+            next_sync_at: Set(None),
+            sync_lease_owner: Set(None),
+            sync_lease_until: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        match row.insert(self.db()).await {
+            Ok(row) => to_record(row),
+            // Two link requests raced and the unique index let the other win: use
+            // its row. Any other failure is reported as it is.
+            Err(e) => match self.find_connection(tenant, user, institution).await? {
+                Some(existing) => Ok(existing),
+                None => Err(e.into()),
+            },
+        }
+    }
+
+    pub async fn find_connection(
+        &self,
+        tenant: TenantId,
+        user: &UserId,
+        institution: &str,
+    ) -> Result<Option<ConnectionRecord>, StoreError> {
+        connection::Entity::find()
+            .filter(connection::Column::TenantId.eq(tenant.to_string()))
+            .filter(connection::Column::UserId.eq(user.as_str()))
+            .filter(connection::Column::InstitutionId.eq(institution))
+            .one(self.db())
+            .await?
+            .map(to_record)
+            .transpose()
+    }
+
+    pub async fn connection(&self, id: ConnectionId) -> Result<ConnectionRecord, StoreError> {
+        connection::Entity::find_by_id(id.to_string())
+            .one(self.db())
+            .await?
+            .ok_or(StoreError::NotFound("connection"))
+            .and_then(to_record)
+    }
+
+    /// A tenant's connections for one user, oldest first.
+    pub async fn user_connections(
+        &self,
+        tenant: TenantId,
+        user: &UserId,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        connection::Entity::find()
+            .filter(connection::Column::TenantId.eq(tenant.to_string()))
+            .filter(connection::Column::UserId.eq(user.as_str()))
+            .order_by_asc(connection::Column::CreatedAt)
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect()
+    }
+
+    /// Active connections whose next sync is due (or never scheduled).
+    pub async fn due_connections(
+        &self,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        use sea_orm::QuerySelect;
+        connection::Entity::find()
+            .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
+            .filter(
+                Condition::any()
+                    .add(connection::Column::NextSyncAt.is_null())
+                    .add(connection::Column::NextSyncAt.lte(now)),
+            )
+            // Never-synced connections first, on both databases.
+            .order_by_with_nulls(
+                connection::Column::NextSyncAt,
+                Order::Asc,
+                NullOrdering::First,
+            )
+            .limit(limit)
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect()
+    }
+
+    /// Moves `next_sync_at` forward only if it still holds `expected`: of several
+    /// schedulers that saw the same due connection, exactly one wins the claim.
+    pub async fn claim_schedule(
+        &self,
+        id: ConnectionId,
+        expected: Option<DateTime<Utc>>,
+        next: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut update = connection::Entity::update_many()
+            .col_expr(connection::Column::NextSyncAt, Expr::value(next))
+            .filter(connection::Column::Id.eq(id.to_string()));
+        update = match expected {
+            Some(at) => update.filter(connection::Column::NextSyncAt.eq(at)),
+            None => update.filter(connection::Column::NextSyncAt.is_null()),
+        };
+        Ok(update.exec(self.db()).await?.rows_affected == 1)
+    }
+
+    /// Stores freshly granted tokens and the consent, and marks the connection
+    /// active (repairing it if it needed re-authentication).
+    pub async fn save_grant(
+        &self,
+        id: ConnectionId,
+        tokens: TokenColumns,
+        scopes: Option<String>,
+        consent_expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let mut row: connection::ActiveModel = self.connection_row(id).await?.into();
+        row.access_token = Set(tokens.access_token);
+        row.refresh_token = Set(tokens.refresh_token);
+        row.access_token_expires_at = Set(tokens.access_token_expires_at);
+        row.refresh_due_at = Set(tokens.refresh_due_at);
+        row.scopes = Set(scopes);
+        row.status = Set(ConnectionStatus::Active.to_string());
+        row.consent_granted_at = Set(Some(now));
+        row.consent_expires_at = Set(consent_expires_at);
+        row.consent_revoked_at = Set(None);
+        row.last_failure_reason = Set(None);
+        row.next_sync_at = Set(None);
+        row.updated_at = Set(now);
+        row.update(self.db()).await?;
+        Ok(())
+    }
+
+    /// Stores refreshed tokens. A missing refresh token keeps the stored one (the
+    /// institution did not rotate it).
+    ///
+    /// Written only while `lease_owner` holds the token lease and the connection is
+    /// still active: a refresh that outlived its lease, or raced a disconnect,
+    /// must not put tokens back. Returns whether the tokens were stored.
+    pub async fn save_refreshed_tokens(
+        &self,
+        id: ConnectionId,
+        lease_owner: &str,
+        tokens: TokenColumns,
+    ) -> Result<bool, StoreError> {
+        let mut update = connection::Entity::update_many()
+            .col_expr(
+                connection::Column::AccessToken,
+                Expr::value(tokens.access_token),
+            )
+            .col_expr(
+                connection::Column::AccessTokenExpiresAt,
+                Expr::value(tokens.access_token_expires_at),
+            )
+            .col_expr(
+                connection::Column::RefreshDueAt,
+                Expr::value(tokens.refresh_due_at),
+            )
+            .col_expr(connection::Column::UpdatedAt, Expr::value(Utc::now()));
+        if let Some(refresh) = tokens.refresh_token {
+            update = update.col_expr(connection::Column::RefreshToken, Expr::value(refresh));
+        }
+        let saved = update
+            .filter(connection::Column::Id.eq(id.to_string()))
+            .filter(connection::Column::TokenLeaseOwner.eq(lease_owner))
+            .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
+            .exec(self.db())
+            .await?;
+        Ok(saved.rows_affected == 1)
+    }
+
+    /// Moves an *active* connection to `status` with a reason; a connection that
+    /// was revoked or relinked meanwhile is left alone. Returns whether it moved.
+    pub async fn leave_active(
+        &self,
+        id: ConnectionId,
+        status: ConnectionStatus,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let moved = connection::Entity::update_many()
+            .col_expr(connection::Column::Status, Expr::value(status.to_string()))
+            .col_expr(connection::Column::LastFailureAt, Expr::value(now))
+            .col_expr(connection::Column::LastFailureReason, Expr::value(reason))
+            .col_expr(connection::Column::UpdatedAt, Expr::value(now))
+            .filter(connection::Column::Id.eq(id.to_string()))
+            .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
+            .exec(self.db())
+            .await?;
+        Ok(moved.rows_affected == 1)
+    }
+
+    /// Active connections whose consent has ended need the user to grant it again.
+    pub async fn expire_consents(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        let expired: Vec<ConnectionRecord> = connection::Entity::find()
+            .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
+            .filter(connection::Column::ConsentExpiresAt.lte(now))
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect::<Result<_, _>>()?;
+        let mut moved = Vec::new();
+        for c in expired {
+            let reason =
+                "CONNECTION_REAUTH_REQUIRED: the user's consent at the institution has expired";
+            if self
+                .leave_active(c.id, ConnectionStatus::ReauthRequired, reason)
+                .await?
+            {
+                moved.push(c);
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Ends a connection: its tokens are deleted and it is marked revoked; the row
+    /// stays as the consent history. Its synced records are deleted.
+    pub async fn revoke_connection(&self, id: ConnectionId) -> Result<(), StoreError> {
+        use super::entities::{account, holding, security, transaction};
+        let now = Utc::now();
+        let conn = id.to_string();
+        let txn = self.begin_write().await?;
+        let mut row: connection::ActiveModel = connection::Entity::find_by_id(conn.clone())
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound("connection"))?
+            .into();
+        row.access_token = Set(None);
+        row.refresh_token = Set(None);
+        row.access_token_expires_at = Set(None);
+        row.refresh_due_at = Set(None);
+        row.status = Set(ConnectionStatus::Revoked.to_string());
+        row.consent_revoked_at = Set(Some(now));
+        row.next_sync_at = Set(None);
+        row.updated_at = Set(now);
+        row.update(&txn).await?;
+        transaction::Entity::delete_many()
+            .filter(transaction::Column::ConnectionId.eq(&conn))
+            .exec(&txn)
+            .await?;
+        holding::Entity::delete_many()
+            .filter(holding::Column::ConnectionId.eq(&conn))
+            .exec(&txn)
+            .await?;
+        security::Entity::delete_many()
+            .filter(security::Column::ConnectionId.eq(&conn))
+            .exec(&txn)
+            .await?;
+        account::Entity::delete_many()
+            .filter(account::Column::ConnectionId.eq(&conn))
+            .exec(&txn)
+            .await?;
+        oauth_state::Entity::delete_many()
+            .filter(oauth_state::Column::ConnectionId.eq(&conn))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Per institution, when the soonest-expiring access token of an active
+    /// connection expires (for the time-to-expiry gauge).
+    pub async fn soonest_token_expiry(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        use sea_orm::QuerySelect;
+        use sea_orm::sea_query::Func;
+        let rows: Vec<(String, Option<DateTime<Utc>>)> = connection::Entity::find()
+            .select_only()
+            .column(connection::Column::InstitutionId)
+            .expr(Func::min(Expr::col(
+                connection::Column::AccessTokenExpiresAt,
+            )))
+            .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
+            .filter(connection::Column::AccessTokenExpiresAt.is_not_null())
+            .group_by(connection::Column::InstitutionId)
+            .into_tuple()
+            .all(self.db())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(institution, at)| Some((institution, at?)))
+            .collect())
+    }
+
+    /// Active connections whose background token refresh is due.
+    pub async fn due_refreshes(
+        &self,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        use sea_orm::QuerySelect;
+        connection::Entity::find()
+            .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
+            .filter(connection::Column::RefreshToken.is_not_null())
+            .filter(connection::Column::RefreshDueAt.lte(now))
+            .order_by_asc(connection::Column::RefreshDueAt)
+            .limit(limit)
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect()
+    }
+
+    /// Moves `refresh_due_at` on only if it still holds `expected` (see
+    /// [`Store::claim_schedule`]).
+    pub async fn claim_refresh(
+        &self,
+        id: ConnectionId,
+        expected: DateTime<Utc>,
+        next: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let claimed = connection::Entity::update_many()
+            .col_expr(connection::Column::RefreshDueAt, Expr::value(next))
+            .filter(connection::Column::Id.eq(id.to_string()))
+            .filter(connection::Column::RefreshDueAt.eq(expected))
+            .exec(self.db())
+            .await?;
+        Ok(claimed.rows_affected == 1)
+    }
+
+    /// Every connection that holds sealed tokens, for re-sealing under a new key.
+    pub async fn sealed_connections(&self) -> Result<Vec<ConnectionRecord>, StoreError> {
+        connection::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(connection::Column::AccessToken.is_not_null())
+                    .add(connection::Column::RefreshToken.is_not_null()),
+            )
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect()
+    }
+
+    /// Replaces a connection's ciphertexts if they are still `old` (a refresh that
+    /// committed meanwhile is newer and already sealed under the current key).
+    pub async fn reseal_tokens(
+        &self,
+        id: ConnectionId,
+        old: &TokenColumns,
+        access_token: Option<Vec<u8>>,
+        refresh_token: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        let mut update = connection::Entity::update_many()
+            .col_expr(connection::Column::AccessToken, Expr::value(access_token))
+            .col_expr(connection::Column::RefreshToken, Expr::value(refresh_token))
+            .filter(connection::Column::Id.eq(id.to_string()));
+        update = match &old.access_token {
+            Some(a) => update.filter(connection::Column::AccessToken.eq(a.clone())),
+            None => update.filter(connection::Column::AccessToken.is_null()),
+        };
+        update = match &old.refresh_token {
+            Some(r) => update.filter(connection::Column::RefreshToken.eq(r.clone())),
+            None => update.filter(connection::Column::RefreshToken.is_null()),
+        };
+        Ok(update.exec(self.db()).await?.rows_affected == 1)
+    }
+
+    /// Unused link states, for re-sealing their PKCE verifiers under a new key.
+    pub async fn open_states(&self) -> Result<Vec<oauth_state::Model>, StoreError> {
+        Ok(oauth_state::Entity::find()
+            .filter(oauth_state::Column::UsedAt.is_null())
+            .all(self.db())
+            .await?)
+    }
+
+    pub async fn reseal_state(
+        &self,
+        state_hash: &str,
+        verifier: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        oauth_state::Entity::update_many()
+            .col_expr(oauth_state::Column::PkceVerifier, Expr::value(verifier))
+            .filter(oauth_state::Column::StateHash.eq(state_hash))
+            .exec(self.db())
+            .await?;
+        Ok(())
+    }
+
+    /// Records a successful sync that started at `at` and schedules the next one.
+    pub async fn record_sync_success(
+        &self,
+        id: ConnectionId,
+        at: DateTime<Utc>,
+        next_sync_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut row: connection::ActiveModel = self.connection_row(id).await?.into();
+        row.last_synced_at = Set(Some(at));
+        row.next_sync_at = Set(Some(next_sync_at));
+        row.last_failure_reason = Set(None);
+        row.updated_at = Set(Utc::now());
+        row.update(self.db()).await?;
+        Ok(())
+    }
+
+    pub async fn record_sync_failure(
+        &self,
+        id: ConnectionId,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let mut row: connection::ActiveModel = self.connection_row(id).await?.into();
+        row.last_failure_at = Set(Some(now));
+        row.last_failure_reason = Set(Some(reason.to_owned()));
+        row.updated_at = Set(now);
+        row.update(self.db()).await?;
+        Ok(())
+    }
+
+    /// Takes one of the connection's leases for `owner` until `until`, if nobody
+    /// else holds an unexpired one. The same owner (a re-delivered job) may take it
+    /// again. Leases are rows, not locks: a crashed holder's lease simply expires.
+    pub async fn acquire_lease(
+        &self,
+        lease: Lease,
+        id: ConnectionId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (owner_column, until_column) = lease.columns();
+        let taken = connection::Entity::update_many()
+            .col_expr(owner_column, Expr::value(owner))
+            .col_expr(until_column, Expr::value(until))
+            .filter(connection::Column::Id.eq(id.to_string()))
+            .filter(
+                Condition::any()
+                    .add(until_column.is_null())
+                    .add(until_column.lt(Utc::now()))
+                    .add(owner_column.eq(owner)),
+            )
+            .exec(self.db())
+            .await?;
+        Ok(taken.rows_affected == 1)
+    }
+
+    /// Gives a lease back, if `owner` still holds it.
+    pub async fn release_lease(
+        &self,
+        lease: Lease,
+        id: ConnectionId,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        let (owner_column, until_column) = lease.columns();
+        connection::Entity::update_many()
+            .col_expr(owner_column, Expr::value(Option::<String>::None))
+            .col_expr(until_column, Expr::value(Option::<DateTime<Utc>>::None))
+            .filter(connection::Column::Id.eq(id.to_string()))
+            .filter(owner_column.eq(owner))
+            .exec(self.db())
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a link attempt's state, and forgets attempts that expired more than a
+    /// day ago (kept that long so a late callback is reported as expired, not unknown).
+    pub async fn insert_state(&self, state: NewState) -> Result<(), StoreError> {
+        oauth_state::Entity::delete_many()
+            .filter(oauth_state::Column::ExpiresAt.lt(Utc::now() - chrono::Duration::days(1)))
+            .exec(self.db())
+            .await?;
+        oauth_state::ActiveModel {
+            state_hash: Set(state.state_hash),
+            connection_id: Set(state.connection_id.to_string()),
+            pkce_verifier: Set(state.sealed_verifier),
+            redirect_uri: Set(state.redirect_uri),
+            created_at: Set(Utc::now()),
+            expires_at: Set(state.expires_at),
+            used_at: Set(None),
+        }
+        .insert(self.db())
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a state used and returns it, if it exists, is unexpired and unused.
+    /// The conditional update makes it single-use even when two callbacks race.
+    pub async fn consume_state(
+        &self,
+        state_hash: &str,
+    ) -> Result<Option<oauth_state::Model>, StoreError> {
+        let now = Utc::now();
+        let claimed = oauth_state::Entity::update_many()
+            .col_expr(oauth_state::Column::UsedAt, Expr::value(now))
+            .filter(oauth_state::Column::StateHash.eq(state_hash))
+            .filter(oauth_state::Column::UsedAt.is_null())
+            .filter(oauth_state::Column::ExpiresAt.gt(now))
+            .exec(self.db())
+            .await?;
+        if claimed.rows_affected != 1 {
+            return Ok(None);
+        }
+        Ok(oauth_state::Entity::find_by_id(state_hash.to_owned())
+            .one(self.db())
+            .await?)
+    }
+
+    async fn connection_row(&self, id: ConnectionId) -> Result<connection::Model, StoreError> {
+        connection::Entity::find_by_id(id.to_string())
+            .one(self.db())
+            .await?
+            .ok_or(StoreError::NotFound("connection"))
+    }
+}
+
+fn to_record(row: connection::Model) -> Result<ConnectionRecord, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("connection {}: {what}", row.id));
+    Ok(ConnectionRecord {
+        id: row.id.parse().map_err(|_| corrupt("id"))?,
+        tenant_id: row.tenant_id.parse().map_err(|_| corrupt("tenant id"))?,
+        user_id: UserId::parse(&row.user_id).map_err(|_| corrupt("user id"))?,
+        status: row.status.parse().map_err(|_| corrupt("status"))?,
+        institution_id: row.institution_id,
+        scopes: row.scopes,
+        tokens: TokenColumns {
+            access_token: row.access_token,
+            refresh_token: row.refresh_token,
+            access_token_expires_at: row.access_token_expires_at,
+            refresh_due_at: row.refresh_due_at,
+        },
+        last_synced_at: row.last_synced_at,
+        last_failure_at: row.last_failure_at,
+        last_failure_reason: row.last_failure_reason,
+        next_sync_at: row.next_sync_at,
+        consent: Consent {
+            granted_at: row.consent_granted_at,
+            expires_at: row.consent_expires_at,
+            revoked_at: row.consent_revoked_at,
+        },
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}

@@ -1,0 +1,27 @@
+//! The `accounts` table.
+use crate::store::DbDecimal;
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "accounts")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub connection_id: String,
+    pub external_id: String,
+    pub account_type: String,
+    pub subtype: Option<String>,
+    pub name: String,
+    pub official_name: Option<String>,
+    pub mask: Option<String>,
+    pub currency: String,
+    pub balance_current: DbDecimal,
+    pub balance_available: Option<DbDecimal>,
+    pub balance_as_of: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

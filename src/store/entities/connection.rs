@@ -1,0 +1,38 @@
+//! The `connections` table.
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "connections")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub institution_id: String,
+    pub status: String,
+    pub scopes: Option<String>,
+    pub consent_granted_at: Option<DateTimeUtc>,
+    pub consent_expires_at: Option<DateTimeUtc>,
+    pub consent_revoked_at: Option<DateTimeUtc>,
+    /// Vault ciphertext, never the token.
+    pub access_token: Option<Vec<u8>>,
+    /// Vault ciphertext, never the token.
+    pub refresh_token: Option<Vec<u8>>,
+    pub access_token_expires_at: Option<DateTimeUtc>,
+    pub refresh_due_at: Option<DateTimeUtc>,
+    pub token_lease_owner: Option<String>,
+    pub token_lease_until: Option<DateTimeUtc>,
+    pub last_synced_at: Option<DateTimeUtc>,
+    pub last_failure_at: Option<DateTimeUtc>,
+    pub last_failure_reason: Option<String>,
+    pub next_sync_at: Option<DateTimeUtc>,
+    pub sync_lease_owner: Option<String>,
+    pub sync_lease_until: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,11 @@
+//! SeaORM entities, one per table. Plain data: no business rules live here.
+
+pub mod account;
+pub mod connection;
+pub mod holding;
+pub mod institution;
+pub mod oauth_state;
+pub mod security;
+pub mod sync_run;
+pub mod tenant;
+pub mod transaction;

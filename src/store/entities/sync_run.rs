@@ -1,0 +1,26 @@
+//! The `sync_runs` table.
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "sync_runs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub connection_id: String,
+    pub idempotency_key: String,
+    pub started_at: DateTimeUtc,
+    pub finished_at: Option<DateTimeUtc>,
+    pub outcome: String,
+    pub added: i32,
+    pub modified: i32,
+    pub removed: i32,
+    pub unchanged: i32,
+    pub rejected: i32,
+    pub cursor: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,550 @@
+//! Synced records: applying a fetched snapshot as a diff (only what changed is
+//! written, one database transaction per account) and reading a connection's
+//! records back as canonical values.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+
+use super::entities::{account, holding, security, transaction};
+use super::{DbDecimal, Store, StoreError};
+use crate::domain::{
+    Account, Balances, ConnectionId, Currency, Holding, Money, Security, Snapshot, Transaction,
+};
+
+/// What applying a snapshot changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyCounts {
+    pub added: u32,
+    pub modified: u32,
+    pub removed: u32,
+    pub unchanged: u32,
+    /// Records that point at an account the institution did not return.
+    pub orphaned: u32,
+}
+
+/// Which kinds of stored record a snapshot may remove. A list is only complete —
+/// and its absences only mean "removed at the institution" — when every record in
+/// it was read and mapped; otherwise what is stored stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removals {
+    pub accounts: bool,
+    pub holdings: bool,
+    pub transactions: bool,
+}
+
+impl Removals {
+    pub const ALL: Self = Self {
+        accounts: true,
+        holdings: true,
+        transactions: true,
+    };
+}
+
+impl Store {
+    /// Makes the stored records of `connection` equal `snapshot`: inserts new
+    /// records, updates changed ones, deletes the ones the institution no longer
+    /// returns (where `removals` allows), and leaves identical ones untouched.
+    /// Applying the same snapshot twice changes nothing the second time.
+    ///
+    /// Each account is written in its own transaction with its holdings and
+    /// transactions. Securities are upserted first and unused ones deleted last, so
+    /// a holding never points at a missing security, even if a later step fails.
+    pub async fn apply_snapshot(
+        &self,
+        connection: ConnectionId,
+        snapshot: &Snapshot,
+        removals: Removals,
+    ) -> Result<ApplyCounts, StoreError> {
+        let conn = connection.to_string();
+        let mut counts = ApplyCounts::default();
+        let now = Utc::now();
+
+        let txn = self.begin_write().await?;
+        let mut stored_securities: HashMap<String, security::Model> = security::Entity::find()
+            .filter(security::Column::ConnectionId.eq(&conn))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|r| (r.external_id.clone(), r))
+            .collect();
+        for sec in &snapshot.securities {
+            match stored_securities.remove(&sec.external_id) {
+                Some(row) if security_from_row(&row)? == *sec => counts.unchanged += 1,
+                Some(row) => {
+                    security_row(&conn, row.id, sec, now).update(&txn).await?;
+                    counts.modified += 1;
+                }
+                None => {
+                    security_row(&conn, uuid::Uuid::new_v4().to_string(), sec, now)
+                        .insert(&txn)
+                        .await?;
+                    counts.added += 1;
+                }
+            }
+        }
+        txn.commit().await?;
+
+        let mut holdings_by_account: BTreeMap<&str, Vec<&Holding>> = BTreeMap::new();
+        for h in &snapshot.holdings {
+            holdings_by_account
+                .entry(h.account_external_id.as_str())
+                .or_default()
+                .push(h);
+        }
+        let mut transactions_by_account: BTreeMap<&str, Vec<&Transaction>> = BTreeMap::new();
+        for t in &snapshot.transactions {
+            transactions_by_account
+                .entry(t.account_external_id.as_str())
+                .or_default()
+                .push(t);
+        }
+
+        let mut stored_accounts: HashMap<String, account::Model> = account::Entity::find()
+            .filter(account::Column::ConnectionId.eq(&conn))
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(|r| (r.external_id.clone(), r))
+            .collect();
+
+        for acc in &snapshot.accounts {
+            let txn = self.begin_write().await?;
+            match stored_accounts.remove(&acc.external_id) {
+                Some(row) if same_account(&account_from_row(&row)?, acc) => counts.unchanged += 1,
+                Some(row) => {
+                    account_row(&conn, row.id, acc, now).update(&txn).await?;
+                    counts.modified += 1;
+                }
+                None => {
+                    account_row(&conn, uuid::Uuid::new_v4().to_string(), acc, now)
+                        .insert(&txn)
+                        .await?;
+                    counts.added += 1;
+                }
+            }
+            let holdings = holdings_by_account
+                .remove(acc.external_id.as_str())
+                .unwrap_or_default();
+            apply_holdings(
+                &txn,
+                &conn,
+                &acc.external_id,
+                &holdings,
+                removals.holdings,
+                &mut counts,
+            )
+            .await?;
+            let transactions = transactions_by_account
+                .remove(acc.external_id.as_str())
+                .unwrap_or_default();
+            apply_transactions(
+                &txn,
+                &conn,
+                &acc.external_id,
+                &transactions,
+                removals.transactions,
+                &mut counts,
+            )
+            .await?;
+            txn.commit().await?;
+        }
+
+        // Accounts the institution no longer returns go, with their records.
+        if removals.accounts {
+            for gone in stored_accounts.into_values() {
+                let txn = self.begin_write().await?;
+                apply_holdings(&txn, &conn, &gone.external_id, &[], true, &mut counts).await?;
+                apply_transactions(&txn, &conn, &gone.external_id, &[], true, &mut counts).await?;
+                account::Entity::delete_by_id(gone.id).exec(&txn).await?;
+                counts.removed += 1;
+                txn.commit().await?;
+            }
+        }
+
+        // Last, securities that no holding or transaction refers to any more.
+        if removals.holdings && removals.transactions {
+            let txn = self.begin_write().await?;
+            for gone in stored_securities.into_values() {
+                let held = holding::Entity::find()
+                    .filter(holding::Column::ConnectionId.eq(&conn))
+                    .filter(holding::Column::SecurityExternalId.eq(&gone.external_id))
+                    .one(&txn)
+                    .await?
+                    .is_some();
+                let traded = transaction::Entity::find()
+                    .filter(transaction::Column::ConnectionId.eq(&conn))
+                    .filter(transaction::Column::SecurityExternalId.eq(&gone.external_id))
+                    .one(&txn)
+                    .await?
+                    .is_some();
+                if !held && !traded {
+                    security::Entity::delete_by_id(gone.id).exec(&txn).await?;
+                    counts.removed += 1;
+                }
+            }
+            txn.commit().await?;
+        }
+
+        counts.orphaned = u32::try_from(
+            holdings_by_account.values().map(Vec::len).sum::<usize>()
+                + transactions_by_account
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>(),
+        )
+        .unwrap_or(u32::MAX);
+        Ok(counts)
+    }
+
+    /// A connection's records, with its `recent_transactions` newest transactions.
+    pub async fn portfolio(
+        &self,
+        connection: ConnectionId,
+        recent_transactions: u64,
+    ) -> Result<Snapshot, StoreError> {
+        let conn = connection.to_string();
+        let db = self.db();
+        let accounts = account::Entity::find()
+            .filter(account::Column::ConnectionId.eq(&conn))
+            .order_by_asc(account::Column::ExternalId)
+            .all(db)
+            .await?;
+        let securities = security::Entity::find()
+            .filter(security::Column::ConnectionId.eq(&conn))
+            .order_by_asc(security::Column::ExternalId)
+            .all(db)
+            .await?;
+        let holdings = holding::Entity::find()
+            .filter(holding::Column::ConnectionId.eq(&conn))
+            .order_by_asc(holding::Column::ExternalId)
+            .all(db)
+            .await?;
+        let transactions = transaction::Entity::find()
+            .filter(transaction::Column::ConnectionId.eq(&conn))
+            .order_by_desc(transaction::Column::Date)
+            .order_by_asc(transaction::Column::ExternalId)
+            .limit(recent_transactions)
+            .all(db)
+            .await?;
+        Ok(Snapshot {
+            accounts: accounts
+                .iter()
+                .map(account_from_row)
+                .collect::<Result<_, _>>()?,
+            securities: securities
+                .iter()
+                .map(security_from_row)
+                .collect::<Result<_, _>>()?,
+            holdings: holdings
+                .iter()
+                .map(holding_from_row)
+                .collect::<Result<_, _>>()?,
+            transactions: transactions
+                .iter()
+                .map(transaction_from_row)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Every stored record of a connection (all transactions), for checks and exports.
+    pub async fn full_snapshot(&self, connection: ConnectionId) -> Result<Snapshot, StoreError> {
+        self.portfolio(connection, u64::MAX >> 1).await
+    }
+}
+
+async fn apply_holdings<C: ConnectionTrait>(
+    db: &C,
+    conn: &str,
+    account: &str,
+    holdings: &[&Holding],
+    remove_missing: bool,
+    counts: &mut ApplyCounts,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let mut local = ApplyCounts::default();
+    let mut stored: HashMap<String, holding::Model> = holding::Entity::find()
+        .filter(holding::Column::ConnectionId.eq(conn))
+        .filter(holding::Column::AccountExternalId.eq(account))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|r| (r.external_id.clone(), r))
+        .collect();
+    for h in holdings {
+        match stored.remove(&h.external_id()) {
+            Some(row) if holding_from_row(&row)? == **h => local.unchanged += 1,
+            Some(row) => {
+                holding_row(conn, row.id, h, now).update(db).await?;
+                local.modified += 1;
+            }
+            None => {
+                holding_row(conn, uuid::Uuid::new_v4().to_string(), h, now)
+                    .insert(db)
+                    .await?;
+                local.added += 1;
+            }
+        }
+    }
+    if remove_missing {
+        for gone in stored.into_values() {
+            holding::Entity::delete_by_id(gone.id).exec(db).await?;
+            local.removed += 1;
+        }
+    }
+    add(counts, local);
+    Ok(())
+}
+
+async fn apply_transactions<C: ConnectionTrait>(
+    db: &C,
+    conn: &str,
+    account: &str,
+    transactions: &[&Transaction],
+    remove_missing: bool,
+    counts: &mut ApplyCounts,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let mut local = ApplyCounts::default();
+    let mut stored: HashMap<String, transaction::Model> = transaction::Entity::find()
+        .filter(transaction::Column::ConnectionId.eq(conn))
+        .filter(transaction::Column::AccountExternalId.eq(account))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|r| (r.external_id.clone(), r))
+        .collect();
+    for t in transactions {
+        match stored.remove(&t.external_id) {
+            Some(row) if transaction_from_row(&row)? == **t => local.unchanged += 1,
+            Some(row) => {
+                transaction_row(conn, row.id, t, now).update(db).await?;
+                local.modified += 1;
+            }
+            None => {
+                transaction_row(conn, uuid::Uuid::new_v4().to_string(), t, now)
+                    .insert(db)
+                    .await?;
+                local.added += 1;
+            }
+        }
+    }
+    if remove_missing {
+        for gone in stored.into_values() {
+            transaction::Entity::delete_by_id(gone.id).exec(db).await?;
+            local.removed += 1;
+        }
+    }
+    add(counts, local);
+    Ok(())
+}
+
+/// Equal apart from `balances.as_of`: without an institution timestamp, as-of is
+/// when the balance was first seen at this value, so an unchanged balance is not
+/// rewritten just because it was fetched again.
+fn same_account(stored: &Account, fetched: &Account) -> bool {
+    let mut fetched = fetched.clone();
+    fetched.balances.as_of = stored.balances.as_of;
+    *stored == fetched
+}
+
+fn add(total: &mut ApplyCounts, part: ApplyCounts) {
+    total.added += part.added;
+    total.modified += part.modified;
+    total.removed += part.removed;
+    total.unchanged += part.unchanged;
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} `{value}`"))
+}
+
+fn currency(value: &str) -> Result<Currency, StoreError> {
+    value.parse().map_err(|_| corrupt("currency", value))
+}
+
+fn account_row(
+    conn: &str,
+    id: String,
+    a: &Account,
+    now: chrono::DateTime<Utc>,
+) -> account::ActiveModel {
+    account::ActiveModel {
+        id: Set(id),
+        connection_id: Set(conn.to_owned()),
+        external_id: Set(a.external_id.clone()),
+        account_type: Set(a.account_type.to_string()),
+        subtype: Set(a.subtype.clone()),
+        name: Set(a.name.clone()),
+        official_name: Set(a.official_name.clone()),
+        mask: Set(a.mask.clone()),
+        currency: Set(a.currency.to_string()),
+        balance_current: Set(a.balances.current.amount.into()),
+        balance_available: Set(a.balances.available.map(|m| m.amount.into())),
+        balance_as_of: Set(a.balances.as_of),
+        updated_at: Set(now),
+    }
+}
+
+fn account_from_row(r: &account::Model) -> Result<Account, StoreError> {
+    let currency = currency(&r.currency)?;
+    Ok(Account {
+        external_id: r.external_id.clone(),
+        account_type: r
+            .account_type
+            .parse()
+            .map_err(|_| corrupt("account type", &r.account_type))?,
+        subtype: r.subtype.clone(),
+        name: r.name.clone(),
+        official_name: r.official_name.clone(),
+        mask: r.mask.clone(),
+        currency,
+        balances: Balances {
+            current: Money::new(r.balance_current.0, currency),
+            available: r.balance_available.map(|d| Money::new(d.0, currency)),
+            as_of: r.balance_as_of,
+        },
+    })
+}
+
+fn security_row(
+    conn: &str,
+    id: String,
+    s: &Security,
+    now: chrono::DateTime<Utc>,
+) -> security::ActiveModel {
+    security::ActiveModel {
+        id: Set(id),
+        connection_id: Set(conn.to_owned()),
+        external_id: Set(s.external_id.clone()),
+        ticker: Set(s.ticker.clone()),
+        cusip: Set(s.cusip.clone()),
+        isin: Set(s.isin.clone()),
+        sedol: Set(s.sedol.clone()),
+        figi: Set(s.figi.clone()),
+        name: Set(s.name.clone()),
+        security_type: Set(s.security_type.to_string()),
+        currency: Set(s.currency.to_string()),
+        price: Set(s.price.map(DbDecimal)),
+        price_as_of: Set(s.price_as_of),
+        updated_at: Set(now),
+    }
+}
+
+fn security_from_row(r: &security::Model) -> Result<Security, StoreError> {
+    Ok(Security {
+        external_id: r.external_id.clone(),
+        ticker: r.ticker.clone(),
+        cusip: r.cusip.clone(),
+        isin: r.isin.clone(),
+        sedol: r.sedol.clone(),
+        figi: r.figi.clone(),
+        name: r.name.clone(),
+        security_type: r
+            .security_type
+            .parse()
+            .map_err(|_| corrupt("security type", &r.security_type))?,
+        currency: currency(&r.currency)?,
+        price: r.price.map(|d| d.0),
+        price_as_of: r.price_as_of,
+    })
+}
+
+fn holding_row(
+    conn: &str,
+    id: String,
+    h: &Holding,
+    now: chrono::DateTime<Utc>,
+) -> holding::ActiveModel {
+    // A holding's amounts share one currency; the canonical record carries it on each.
+    let currency = [&h.price, &h.value, &h.cost_basis]
+        .into_iter()
+        .flatten()
+        .map(|m| m.currency.to_string())
+        .next()
+        .unwrap_or_default();
+    holding::ActiveModel {
+        id: Set(id),
+        connection_id: Set(conn.to_owned()),
+        external_id: Set(h.external_id()),
+        account_external_id: Set(h.account_external_id.clone()),
+        security_external_id: Set(h.security_external_id.clone()),
+        quantity: Set(h.quantity.into()),
+        cost_basis: Set(h.cost_basis.map(|m| m.amount.into())),
+        price: Set(h.price.map(|m| m.amount.into())),
+        value: Set(h.value.map(|m| m.amount.into())),
+        currency: Set(currency),
+        as_of: Set(h.as_of),
+        updated_at: Set(now),
+    }
+}
+
+fn holding_from_row(r: &holding::Model) -> Result<Holding, StoreError> {
+    let money = |d: Option<DbDecimal>| -> Result<Option<Money>, StoreError> {
+        d.map(|d| Ok(Money::new(d.0, currency(&r.currency)?)))
+            .transpose()
+    };
+    Ok(Holding {
+        account_external_id: r.account_external_id.clone(),
+        security_external_id: r.security_external_id.clone(),
+        quantity: r.quantity.0,
+        cost_basis: money(r.cost_basis)?,
+        price: money(r.price)?,
+        value: money(r.value)?,
+        as_of: r.as_of,
+    })
+}
+
+fn transaction_row(
+    conn: &str,
+    id: String,
+    t: &Transaction,
+    now: chrono::DateTime<Utc>,
+) -> transaction::ActiveModel {
+    transaction::ActiveModel {
+        id: Set(id),
+        connection_id: Set(conn.to_owned()),
+        external_id: Set(t.external_id.clone()),
+        account_external_id: Set(t.account_external_id.clone()),
+        amount: Set(t.amount.amount.into()),
+        currency: Set(t.amount.currency.to_string()),
+        date: Set(t.date),
+        status: Set(t.status.to_string()),
+        pending_external_id: Set(t.pending_external_id.clone()),
+        description: Set(t.description.clone()),
+        category: Set(t.category.clone()),
+        investment_type: Set(t.investment_type.map(|i| i.to_string())),
+        security_external_id: Set(t.security_external_id.clone()),
+        quantity: Set(t.quantity.map(DbDecimal)),
+        price: Set(t.price.map(DbDecimal)),
+        updated_at: Set(now),
+    }
+}
+
+fn transaction_from_row(r: &transaction::Model) -> Result<Transaction, StoreError> {
+    Ok(Transaction {
+        external_id: r.external_id.clone(),
+        account_external_id: r.account_external_id.clone(),
+        amount: Money::new(r.amount.0, currency(&r.currency)?),
+        date: r.date,
+        status: r
+            .status
+            .parse()
+            .map_err(|_| corrupt("transaction status", &r.status))?,
+        pending_external_id: r.pending_external_id.clone(),
+        description: r.description.clone(),
+        category: r.category.clone(),
+        investment_type: r
+            .investment_type
+            .as_deref()
+            .map(|i| i.parse().map_err(|_| corrupt("investment type", i)))
+            .transpose()?,
+        security_external_id: r.security_external_id.clone(),
+        quantity: r.quantity.map(|d| d.0),
+        price: r.price.map(|d| d.0),
+    })
+}

@@ -1,0 +1,84 @@
+//! Sync runs: one row per attempt to sync one connection, with what it changed.
+
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+
+use super::entities::sync_run;
+use super::{Store, StoreError};
+use crate::domain::ConnectionId;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    pub added: u32,
+    pub modified: u32,
+    pub removed: u32,
+    pub unchanged: u32,
+    pub rejected: u32,
+}
+
+impl Store {
+    pub async fn start_run(
+        &self,
+        connection: ConnectionId,
+        idempotency_key: &str,
+    ) -> Result<String, StoreError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        sync_run::ActiveModel {
+            id: Set(id.clone()),
+            connection_id: Set(connection.to_string()),
+            idempotency_key: Set(idempotency_key.to_owned()),
+            started_at: Set(Utc::now()),
+            finished_at: Set(None),
+            outcome: Set("running".into()),
+            added: Set(0),
+            modified: Set(0),
+            removed: Set(0),
+            unchanged: Set(0),
+            rejected: Set(0),
+            cursor: Set(None),
+            error: Set(None),
+        }
+        .insert(self.db())
+        .await?;
+        Ok(id)
+    }
+
+    /// Closes a run: `error` None means it succeeded.
+    pub async fn finish_run(
+        &self,
+        run: &str,
+        counts: RunCounts,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let row = sync_run::Entity::find_by_id(run.to_owned())
+            .one(self.db())
+            .await?
+            .ok_or(StoreError::NotFound("sync run"))?;
+        let mut row: sync_run::ActiveModel = row.into();
+        let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        row.finished_at = Set(Some(Utc::now()));
+        row.outcome = Set(if error.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        }
+        .into());
+        row.added = Set(clamp(counts.added));
+        row.modified = Set(clamp(counts.modified));
+        row.removed = Set(clamp(counts.removed));
+        row.unchanged = Set(clamp(counts.unchanged));
+        row.rejected = Set(clamp(counts.rejected));
+        row.error = Set(error.map(str::to_owned));
+        row.update(self.db()).await?;
+        Ok(())
+    }
+
+    /// A connection's runs, newest first.
+    pub async fn runs(&self, connection: ConnectionId) -> Result<Vec<sync_run::Model>, StoreError> {
+        Ok(sync_run::Entity::find()
+            .filter(sync_run::Column::ConnectionId.eq(connection.to_string()))
+            .order_by_desc(sync_run::Column::StartedAt)
+            .all(self.db())
+            .await?)
+    }
+}

@@ -1,0 +1,53 @@
+//! Syncing: the [`job`]s (a sync, a token refresh), the [`queue`] they run on
+//! (apalis on SQLite or PostgreSQL), the [`pipeline`] that fetches, normalizes and
+//! stores, the background token [`refresh`], and the [`scheduler`] that enqueues
+//! due syncs and refreshes. [`SyncContext`] is the one
+//! shared, immutable context every job receives.
+
+pub mod job;
+pub mod pipeline;
+pub mod queue;
+pub mod refresh;
+pub mod scheduler;
+
+use std::sync::Arc;
+
+pub use job::{Job, RefreshToken, SyncConnection};
+pub use pipeline::{SyncError, SyncOutcome};
+pub use queue::{Queue, QueueError};
+
+use crate::cache::Cache;
+use crate::connectors::{Engine, Registry};
+use crate::store::{ConnectionRecord, Store, StoreError};
+use crate::tokens::TokenService;
+
+/// Everything a sync needs, shared by all jobs of a process.
+pub struct SyncContext {
+    pub store: Store,
+    pub cache: Cache,
+    pub registry: Arc<Registry>,
+    pub engine: Engine,
+    pub tokens: TokenService,
+    pub queue: Queue,
+    /// How often a connection is synced.
+    pub interval: chrono::Duration,
+    /// Transactions kept in the cached portfolio view.
+    pub recent_transactions: u64,
+}
+
+impl SyncContext {
+    /// Rebuilds the cached portfolio of the connection's user after anything that
+    /// changes what the read API shows (a sync, a status change, a disconnect).
+    pub async fn refresh_portfolio(&self, connection: &ConnectionRecord) -> Result<(), StoreError> {
+        crate::portfolio::refresh(
+            &self.store,
+            &self.cache,
+            connection.tenant_id,
+            &connection.user_id,
+            self.recent_transactions,
+        )
+        .await
+    }
+}
+
+pub type Context = Arc<SyncContext>;

@@ -1,0 +1,272 @@
+//! The sync pipeline for one connection: take the connection's sync lease and a
+//! usable token, fetch every page through the connector engine, map, diff against
+//! what is stored and write only what changed, then record the run and refresh the
+//! cached portfolio. A failure at any step leaves the last good data as it was.
+
+use chrono::Utc;
+use tracing::Instrument;
+
+use super::Context;
+use super::job::SyncConnection;
+use crate::connectors::{EngineError, Fetched};
+use crate::domain::ConnectionStatus;
+use crate::store::{ConnectionRecord, Lease, Removals, RunCounts, StoreError};
+use crate::tokens::TokenError;
+
+/// A transient failure is retried on the next schedule slot this much later,
+/// rather than at once.
+const RETRY_LATER: chrono::Duration = chrono::Duration::minutes(5);
+/// How long one sync may hold its connection; a crashed sync's lease expires.
+const LEASE: chrono::Duration = chrono::Duration::minutes(15);
+/// How long a sync that found its connection busy waits before trying again.
+const DEFER: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncOutcome {
+    Synced(RunCounts),
+    /// Nothing to do: the connection is not active, or another sync holds it.
+    Skipped,
+    /// The run failed in a way a retry of the job cannot fix; recorded on the
+    /// connection and the run.
+    Failed,
+}
+
+/// Failures that the queue should retry (the database was unreachable, …).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(super::QueueError),
+}
+
+/// Runs one sync; every log line of it carries the connection and the job's key.
+pub async fn run(
+    ctx: Context,
+    job: SyncConnection,
+    attempt: usize,
+) -> Result<SyncOutcome, SyncError> {
+    let span = tracing::info_span!("sync", connection = %job.connection_id, key = %job.idempotency_key, attempt);
+    sync_connection(&ctx, &job).instrument(span).await
+}
+
+async fn sync_connection(ctx: &Context, job: &SyncConnection) -> Result<SyncOutcome, SyncError> {
+    let connection = match ctx.store.connection(job.connection_id).await {
+        Ok(c) => c,
+        Err(StoreError::NotFound(_)) => return Ok(SyncOutcome::Skipped),
+        Err(e) => return Err(e.into()),
+    };
+    if connection.status != ConnectionStatus::Active {
+        tracing::info!(status = %connection.status, "Sync skipped: connection not active.");
+        return Ok(SyncOutcome::Skipped);
+    }
+    // One sync per connection at a time, fleet-wide: two syncs would race on the
+    // rotating refresh token and on the rows.
+    let owner = &job.idempotency_key;
+    if !ctx
+        .store
+        .acquire_lease(Lease::Sync, connection.id, owner, Utc::now() + LEASE)
+        .await?
+    {
+        // The running sync may have read the connection before whatever asked for
+        // this one; run again once it is done rather than drop the request.
+        let follow_up = SyncConnection {
+            connection_id: connection.id,
+            idempotency_key: format!("deferred:{}:{}", connection.id, uuid::Uuid::new_v4()),
+        };
+        let queued = ctx
+            .queue
+            .enqueue_after(follow_up, DEFER)
+            .await
+            .map_err(SyncError::Queue)?;
+        tracing::info!(
+            queued,
+            "Another sync of this connection is running; this one follows it."
+        );
+        return Ok(SyncOutcome::Skipped);
+    }
+    let outcome = leased_sync(ctx, job, connection.clone()).await;
+    ctx.store
+        .release_lease(Lease::Sync, connection.id, owner)
+        .await?;
+    let outcome = outcome?;
+    ctx.refresh_portfolio(&connection).await?;
+    Ok(outcome)
+}
+
+async fn leased_sync(
+    ctx: &Context,
+    job: &SyncConnection,
+    connection: ConnectionRecord,
+) -> Result<SyncOutcome, SyncError> {
+    let run = ctx
+        .store
+        .start_run(connection.id, &job.idempotency_key)
+        .await?;
+    let started = Utc::now();
+    match fetch_and_store(ctx, &connection).await {
+        Ok(counts) => {
+            ctx.store.finish_run(&run, counts, None).await?;
+            ctx.store
+                .record_sync_success(connection.id, started, started + ctx.interval)
+                .await?;
+            tracing::info!(
+                added = counts.added,
+                modified = counts.modified,
+                removed = counts.removed,
+                unchanged = counts.unchanged,
+                rejected = counts.rejected,
+                "Sync finished."
+            );
+            Ok(SyncOutcome::Synced(counts))
+        }
+        Err(Failure::Store(e)) => {
+            // The database, not the institution, failed: hand the job back to the
+            // queue. Each account's records were written in one transaction, so
+            // what is stored is whole, if older.
+            ctx.store
+                .finish_run(&run, RunCounts::default(), Some(&e.to_string()))
+                .await?;
+            Err(e.into())
+        }
+        Err(failure) => {
+            // The full detail goes to the run and the log; the connection keeps a
+            // stable code and a message fit for a tenant to read.
+            let detail = failure.to_string();
+            let public = failure.public_reason();
+            ctx.store
+                .finish_run(&run, RunCounts::default(), Some(&detail))
+                .await?;
+            if failure.needs_reauth() {
+                // Only an active connection: a disconnect or relink meanwhile wins.
+                if ctx
+                    .store
+                    .leave_active(connection.id, ConnectionStatus::ReauthRequired, &public)
+                    .await?
+                {
+                    tracing::warn!(from = %connection.status, status = "reauth_required", "Connection needs the user to link again.");
+                }
+            } else {
+                ctx.store
+                    .record_sync_failure(connection.id, &public)
+                    .await?;
+                ctx.store
+                    .claim_schedule(
+                        connection.id,
+                        connection.next_sync_at,
+                        Utc::now() + RETRY_LATER,
+                    )
+                    .await?;
+            }
+            tracing::warn!(error = %detail, "Sync failed; the last good data stays.");
+            Ok(SyncOutcome::Failed)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("connector: {0}")]
+    Connector(#[from] crate::connectors::RegistryError),
+    #[error("the institution returned no accounts while {0} are stored; keeping them")]
+    NoAccounts(usize),
+    #[error("storing the data failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("the connection stopped being active during the sync")]
+    NoLongerActive,
+}
+
+impl Failure {
+    fn needs_reauth(&self) -> bool {
+        matches!(
+            self,
+            Self::Token(TokenError::ReauthRequired(_)) | Self::Engine(EngineError::Reauth { .. })
+        )
+    }
+
+    /// What a tenant may read: a stable code and a fixed message, never the
+    /// institution's or our own error text.
+    fn public_reason(&self) -> String {
+        match self {
+            _ if self.needs_reauth() => {
+                "CONNECTION_REAUTH_REQUIRED: the institution needs the user to link again".into()
+            }
+            Self::Engine(EngineError::RateLimited { .. }) => {
+                "RATE_LIMITED: the institution asked us to slow down; retrying later".into()
+            }
+            Self::Engine(EngineError::Unavailable(_)) | Self::Token(TokenError::Refresh(_)) => {
+                "INSTITUTION_UNAVAILABLE: the institution could not be reached; retrying later"
+                    .into()
+            }
+            Self::NoLongerActive => "SYNC_FAILED: the connection changed during the sync".into(),
+            Self::Engine(_) | Self::NoAccounts(_) => {
+                "INSTITUTION_ERROR: the institution's response could not be used; retrying later"
+                    .into()
+            }
+            _ => "SYNC_FAILED: the sync failed on our side; retrying later".into(),
+        }
+    }
+}
+
+async fn fetch_and_store(
+    ctx: &Context,
+    connection: &ConnectionRecord,
+) -> Result<RunCounts, Failure> {
+    let connector = ctx.registry.get(&connection.institution_id)?;
+    let token = ctx.tokens.access_token(connection).await?;
+    let fetched = match ctx.engine.fetch(&connector, &token).await {
+        // The token may have been revoked or expired early: refresh once and retry
+        // before asking the user to link again.
+        Err(EngineError::Reauth { .. }) if connection.tokens.refresh_token.is_some() => {
+            tracing::info!("The institution refused the access token; refreshing it once.");
+            let current = ctx.store.connection(connection.id).await?;
+            let token = ctx.tokens.refreshed_token(&current).await?;
+            ctx.engine.fetch(&connector, &token).await?
+        }
+        other => other?,
+    };
+    apply(ctx, connection, &fetched).await
+}
+
+async fn apply(
+    ctx: &Context,
+    connection: &ConnectionRecord,
+    fetched: &Fetched,
+) -> Result<RunCounts, Failure> {
+    // Disconnected while we fetched: its records were deleted and must stay so.
+    if ctx.store.connection(connection.id).await?.status != ConnectionStatus::Active {
+        return Err(Failure::NoLongerActive);
+    }
+    for rejected in &fetched.rejected {
+        tracing::warn!(endpoint = rejected.endpoint, reason = %rejected.reason, "Record set aside: it does not map.");
+    }
+    if fetched.snapshot.accounts.is_empty() {
+        let stored = ctx.store.portfolio(connection.id, 0).await?.accounts.len();
+        if stored > 0 {
+            return Err(Failure::NoAccounts(stored));
+        }
+    }
+    let removals = Removals {
+        accounts: fetched.complete("accounts"),
+        holdings: fetched.complete("holdings"),
+        transactions: fetched.complete("transactions"),
+    };
+    let applied = ctx
+        .store
+        .apply_snapshot(connection.id, &fetched.snapshot, removals)
+        .await?;
+    Ok(RunCounts {
+        added: applied.added,
+        modified: applied.modified,
+        removed: applied.removed,
+        unchanged: applied.unchanged,
+        rejected: u32::try_from(fetched.rejected.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(applied.orphaned),
+    })
+}

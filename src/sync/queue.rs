@@ -1,0 +1,267 @@
+//! The durable job queue: apalis on SQLite (embedded) or PostgreSQL (fleet), sharing
+//! the store's connection pool. Delivery is at least once; the pipeline makes a
+//! repeated delivery harmless.
+
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
+use sea_orm::sqlx;
+
+use super::job::Job;
+use super::{Context, pipeline, refresh};
+use crate::domain::ConnectionId;
+use crate::store::Store;
+
+/// A worker that stops heart-beating for `HEARTBEAT × MISSED_HEARTBEATS` is presumed
+/// dead and its jobs go back to pending. Set explicitly: the defaults differ per
+/// backend and are minutes long.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+const MISSED_HEARTBEATS: usize = 3;
+
+/// A job still to be done: waiting, claimed, running, or failed with attempts left.
+macro_rules! active_sql {
+    () => {
+        "(status IN ('Pending','Queued','Running') OR (status = 'Failed' AND attempts < max_attempts))"
+    };
+}
+
+/// A job that has not started yet (or will be retried): it will read the
+/// connection's state when it runs, so a second one would add nothing.
+macro_rules! waiting_sql {
+    () => {
+        "(status IN ('Pending','Queued') OR (status = 'Failed' AND attempts < max_attempts))"
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    #[error("job queue: {0}")]
+    Backend(String),
+    #[error("job queue: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+#[derive(Clone)]
+pub enum Queue {
+    Sqlite(SqliteStorage<Job>),
+    Postgres(PostgresStorage<Job>),
+}
+
+impl Queue {
+    /// Creates the queue's tables (idempotent) on the store's own database.
+    pub async fn setup(store: &Store) -> Result<Self, QueueError> {
+        let db = store.db();
+        if store.is_postgres() {
+            let pool = db.get_postgres_connection_pool();
+            PostgresStorage::<()>::setup(pool)
+                .await
+                .map_err(|e| QueueError::Backend(e.to_string()))?;
+            let config = apalis_postgres::Config::default()
+                .queue(Job::QUEUE)
+                .heartbeat_interval(HEARTBEAT)
+                .missed_heartbeats(MISSED_HEARTBEATS);
+            Ok(Self::Postgres(
+                PostgresStorage::new(pool).with_config(config),
+            ))
+        } else {
+            let pool = db.get_sqlite_connection_pool();
+            // Only the migrations: `setup()` would also turn `synchronous` off on
+            // one pooled connection, trading durability we want to keep.
+            SqliteStorage::<()>::migrations()
+                .run(pool)
+                .await
+                .map_err(|e| QueueError::Backend(e.to_string()))?;
+            let config = apalis_sqlite::Config::default()
+                .queue(Job::QUEUE)
+                .heartbeat_interval(HEARTBEAT)
+                .missed_heartbeats(MISSED_HEARTBEATS);
+            Ok(Self::Sqlite(SqliteStorage::new(pool).with_config(config)))
+        }
+    }
+
+    /// Enqueues a job unless one of the same kind for the connection is already
+    /// waiting to start, or this idempotency key was used before. A job that is
+    /// already *running* does not stop a new one being queued: it may have read the
+    /// connection before the change that asks for this one (a relink, new tokens).
+    /// Returns whether a job was added.
+    pub async fn enqueue(&self, job: impl Into<Job>) -> Result<bool, QueueError> {
+        self.push(job.into(), None).await
+    }
+
+    /// Enqueues a job to start after `delay`, on the same terms as [`Self::enqueue`].
+    pub async fn enqueue_after(
+        &self,
+        job: impl Into<Job>,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        self.push(job.into(), Some(delay)).await
+    }
+
+    async fn push(&self, job: Job, delay: Option<Duration>) -> Result<bool, QueueError> {
+        let (connection, kind) = (job.connection_id(), job.kind());
+        if self.waiting_for(connection, kind).await? > 0 {
+            return Ok(false);
+        }
+        let mut task = TaskBuilder::new(job.clone())
+            .idempotency_key(job.idempotency_key())
+            .max_attempts(Job::MAX_ATTEMPTS);
+        if let Some(delay) = delay {
+            task = task.run_after(delay);
+        }
+        let task = task.build();
+        let pushed = match self.clone() {
+            Self::Sqlite(mut storage) => storage.push_task(task).await.map_err(|e| e.to_string()),
+            Self::Postgres(mut storage) => match storage.push_task(task).await {
+                Ok(()) => Ok(()),
+                Err(TaskSinkError::PushError(apalis_postgres::Error::Database(
+                    sqlx::Error::Database(e),
+                ))) if e.is_unique_violation() => {
+                    return Ok(false);
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        pushed.map_err(QueueError::Backend)?;
+        // SQLite ignores a duplicate key silently: the job is new only if it is there now.
+        Ok(self.waiting_for(connection, kind).await? > 0)
+    }
+
+    /// Jobs of one kind (see [`Job::kind`]) for the connection that have not
+    /// started yet or will be retried.
+    pub async fn waiting_for(
+        &self,
+        connection: ConnectionId,
+        kind: &str,
+    ) -> Result<i64, QueueError> {
+        let count = match self {
+            Self::Sqlite(storage) => {
+                sqlx::query_scalar(concat!(
+                    "SELECT COUNT(*) FROM Jobs WHERE job_type = ?1 AND ",
+                    waiting_sql!(),
+                    " AND json_extract(CAST(job AS TEXT), '$.connection_id') = ?2",
+                    " AND json_extract(CAST(job AS TEXT), '$.job') = ?3"
+                ))
+                .bind(Job::QUEUE)
+                .bind(connection.to_string())
+                .bind(kind)
+                .fetch_one(storage.pool())
+                .await?
+            }
+            Self::Postgres(storage) => {
+                sqlx::query_scalar(concat!(
+                    "SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1 AND ",
+                    waiting_sql!(),
+                    " AND convert_from(job, 'UTF8')::jsonb ->> 'connection_id' = $2",
+                    " AND convert_from(job, 'UTF8')::jsonb ->> 'job' = $3"
+                ))
+                .bind(Job::QUEUE)
+                .bind(connection.to_string())
+                .bind(kind)
+                .fetch_one(storage.pool())
+                .await?
+            }
+        };
+        Ok(count)
+    }
+
+    /// Jobs of every connection still to be done (pending, running or retrying).
+    pub async fn depth(&self) -> Result<i64, QueueError> {
+        let count = match self {
+            Self::Sqlite(storage) => {
+                sqlx::query_scalar(concat!(
+                    "SELECT COUNT(*) FROM Jobs WHERE job_type = ?1 AND ",
+                    active_sql!()
+                ))
+                .bind(Job::QUEUE)
+                .fetch_one(storage.pool())
+                .await?
+            }
+            Self::Postgres(storage) => {
+                sqlx::query_scalar(concat!(
+                    "SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1 AND ",
+                    active_sql!()
+                ))
+                .bind(Job::QUEUE)
+                .fetch_one(storage.pool())
+                .await?
+            }
+        };
+        Ok(count)
+    }
+
+    /// A monitor running `concurrency` syncs at a time, restarting its worker after
+    /// a backend error. Worker names are unique per host, process and restart, so a
+    /// dead process's jobs are recognised as orphans and recovered.
+    pub fn monitor(&self, ctx: Context, concurrency: usize) -> Monitor {
+        let base = format!("{}-{}", hostname(), std::process::id());
+        let monitor = match self.clone() {
+            Self::Sqlite(storage) => Monitor::new().register(move |restarts| {
+                WorkerBuilder::new(format!("jobs-{base}-{restarts}"))
+                    .backend(
+                        storage
+                            .clone()
+                            .poll_with_interval(Duration::from_millis(200)),
+                    )
+                    .data(ctx.clone())
+                    .concurrency(concurrency)
+                    .catch_panic()
+                    .build(run_job)
+            }),
+            Self::Postgres(storage) => Monitor::new().register(move |restarts| {
+                WorkerBuilder::new(format!("jobs-{base}-{restarts}"))
+                    // LISTEN/NOTIFY wakes a worker at once; the poll picks up retries.
+                    .backend(
+                        storage
+                            .clone()
+                            .with_pubsub()
+                            .poll_with_interval(Duration::from_secs(1)),
+                    )
+                    .data(ctx.clone())
+                    .concurrency(concurrency)
+                    .catch_panic()
+                    .build(run_job)
+            }),
+        };
+        monitor
+            .should_restart(|ctx, error| {
+                tracing::error!(worker = %ctx.name(), error = %error, restarts = ctx.restarts(), "Worker stopped; restarting.");
+                true
+            })
+            .shutdown_timeout(Duration::from_secs(30))
+    }
+}
+
+/// The job body: runs the job; errors that deserve a retry go back to apalis.
+async fn run_job(job: Job, ctx: Data<Context>, attempt: Attempt) -> Result<(), BoxDynError> {
+    let ctx = Context::clone(&ctx);
+    match job {
+        Job::Sync(job) => pipeline::run(ctx, job, attempt.current())
+            .await
+            .map(|_| ())
+            .map_err(|e| Box::new(e) as BoxDynError),
+        Job::RefreshToken(job) => refresh::run(ctx, job)
+            .await
+            .map_err(|e| Box::new(e) as BoxDynError),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Sqlite(_) => "Queue::Sqlite",
+            Self::Postgres(_) => "Queue::Postgres",
+        })
+    }
+}

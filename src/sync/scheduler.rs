@@ -1,0 +1,126 @@
+//! The scheduler: finds connections that are due and enqueues one sync each. Safe to
+//! run in several processes: a connection's schedule slot is claimed with a
+//! conditional update, so only one scheduler enqueues it, and the queue refuses a
+//! second job for a connection that already has one queued or running.
+
+use std::time::Duration;
+
+use chrono::{SubsecRound, Utc};
+
+use super::job::{RefreshToken, SyncConnection};
+use super::{Context, QueueError};
+use crate::store::StoreError;
+
+/// Connections looked at per tick.
+const BATCH: u64 = 500;
+/// A claimed refresh slot that did not lead to a refresh is due again after this.
+const REFRESH_RETRY: chrono::Duration = chrono::Duration::minutes(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// One pass: enqueues a sync for every due connection and a token refresh for
+/// every due token; returns how many jobs were enqueued. The schedule slot is claimed first (atomically, so of several
+/// schedulers exactly one proceeds) and handed back if the enqueue fails.
+pub async fn tick(ctx: &Context) -> Result<usize, SchedulerError> {
+    // Microseconds: what both databases keep, so a claim compares equal.
+    let now = Utc::now().trunc_subsecs(6);
+    let mut enqueued = 0;
+    for connection in ctx.store.due_connections(now, BATCH).await? {
+        let next = now + ctx.interval;
+        if !ctx
+            .store
+            .claim_schedule(connection.id, connection.next_sync_at, next)
+            .await?
+        {
+            continue;
+        }
+        let job = SyncConnection {
+            connection_id: connection.id,
+            idempotency_key: format!("schedule:{}:{}", connection.id, next.timestamp_millis()),
+        };
+        match ctx.queue.enqueue(job).await {
+            Ok(true) => enqueued += 1,
+            // Already queued or running: that sync covers this slot.
+            Ok(false) => {}
+            Err(e) => {
+                ctx.store
+                    .claim_schedule(
+                        connection.id,
+                        Some(next),
+                        connection.next_sync_at.unwrap_or(now),
+                    )
+                    .await?;
+                return Err(e.into());
+            }
+        }
+    }
+    if enqueued > 0 {
+        tracing::info!(enqueued, "Scheduled due syncs.");
+    }
+    for expired in ctx.store.expire_consents(now).await? {
+        tracing::warn!(connection = %expired.id, from = "active", status = "reauth_required", "Consent expired.");
+        ctx.refresh_portfolio(&expired).await?;
+    }
+    Ok(enqueued + refresh_tick(ctx, now).await?)
+}
+
+/// Enqueues a token refresh for every connection whose refresh is due. The slot is
+/// claimed by moving `refresh_due_at` a retry interval on; a successful refresh
+/// sets the next real one.
+async fn refresh_tick(ctx: &Context, now: chrono::DateTime<Utc>) -> Result<usize, SchedulerError> {
+    let mut enqueued = 0;
+    for connection in ctx.store.due_refreshes(now, BATCH).await? {
+        let Some(due) = connection.tokens.refresh_due_at else {
+            continue;
+        };
+        if !ctx
+            .store
+            .claim_refresh(connection.id, due, now + REFRESH_RETRY)
+            .await?
+        {
+            continue;
+        }
+        let job = RefreshToken {
+            connection_id: connection.id,
+            idempotency_key: format!("refresh:{}:{}", connection.id, due.timestamp_millis()),
+            expires_at: connection.tokens.access_token_expires_at,
+        };
+        match ctx.queue.enqueue(job).await {
+            Ok(true) => enqueued += 1,
+            Ok(false) => {}
+            Err(e) => {
+                ctx.store
+                    .claim_refresh(connection.id, now + REFRESH_RETRY, due)
+                    .await?;
+                return Err(e.into());
+            }
+        }
+    }
+    if enqueued > 0 {
+        tracing::info!(enqueued, "Scheduled token refreshes.");
+    }
+    Ok(enqueued)
+}
+
+/// Ticks every `every` until `shutdown` resolves.
+pub async fn run(ctx: Context, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = interval.tick() => {
+                if let Err(e) = tick(&ctx).await {
+                    tracing::error!(error = %e, "Scheduler tick failed.");
+                }
+            }
+        }
+    }
+}

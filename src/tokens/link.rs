@@ -1,0 +1,170 @@
+//! Linking a user to an institution: the authorization code flow with PKCE and a
+//! single-use, expiring `state`. Only a hash of the state is stored, and the PKCE
+//! verifier is sealed in the vault, so the database alone cannot complete a link.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use secrecy::ExposeSecret;
+
+use super::oauth::{OAuthClient, OAuthError};
+use super::{Vault, VaultError, seal_context, seal_tokens};
+use crate::connectors::{Registry, RegistryError};
+use crate::domain::{ConnectionId, TenantId, UserId};
+use crate::store::{NewState, Store, StoreError};
+
+/// How long a user has to finish at the institution.
+const STATE_LIFETIME: chrono::Duration = chrono::Duration::minutes(10);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    #[error("unknown, expired or already used link state")]
+    InvalidState,
+    #[error("the user did not grant access at the institution ({0})")]
+    Denied(String),
+    #[error("the institution refused the authorization code: {0}")]
+    Exchange(#[from] OAuthError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct LinkStart {
+    pub connection_id: ConnectionId,
+    pub authorize_url: url::Url,
+}
+
+#[derive(Clone)]
+pub struct Linker {
+    pub store: Store,
+    pub vault: Arc<Vault>,
+    pub registry: Arc<Registry>,
+    pub http: reqwest::Client,
+    /// `<public_url>/oauth/callback`.
+    pub redirect_uri: url::Url,
+    pub refresh_at_fraction: f64,
+}
+
+impl Linker {
+    /// Starts (or restarts) linking `user` of `tenant` to `institution`: returns the
+    /// URL to send the user to.
+    pub async fn start(
+        &self,
+        tenant: TenantId,
+        user: &UserId,
+        institution: &str,
+    ) -> Result<LinkStart, LinkError> {
+        let connector = self.registry.get(institution)?;
+        let client = self.client(institution, &self.redirect_uri)?;
+        let connection = self
+            .store
+            .upsert_connection(tenant, user, &connector.id)
+            .await?;
+        let authorization = client.authorize(Some(user.as_str()));
+        let verifier = match &authorization.pkce_verifier {
+            Some(v) => self
+                .vault
+                .seal(&seal_context(connection.id, "pkce_verifier"), v)?,
+            None => Vec::new(),
+        };
+        self.store
+            .insert_state(NewState {
+                state_hash: hash_state(authorization.state.expose_secret()),
+                connection_id: connection.id,
+                sealed_verifier: verifier,
+                redirect_uri: self.redirect_uri.to_string(),
+                expires_at: Utc::now() + STATE_LIFETIME,
+            })
+            .await?;
+        tracing::info!(connection = %connection.id, institution, "Link started.");
+        Ok(LinkStart {
+            connection_id: connection.id,
+            authorize_url: authorization.url,
+        })
+    }
+
+    /// Completes a link from the institution's redirect. The state is consumed
+    /// before anything else happens, so a replay finds it used and changes nothing.
+    pub async fn complete(
+        &self,
+        state: &str,
+        outcome: Result<&str, &str>,
+    ) -> Result<ConnectionId, LinkError> {
+        let record = self
+            .store
+            .consume_state(&hash_state(state))
+            .await?
+            .ok_or(LinkError::InvalidState)?;
+        let connection_id: ConnectionId = record
+            .connection_id
+            .parse()
+            .map_err(|_| StoreError::Corrupt("oauth state connection".into()))?;
+        let code = match outcome {
+            Ok(code) => code,
+            Err(error) => {
+                tracing::info!(connection = %connection_id, error, "Link declined at the institution.");
+                return Err(LinkError::Denied(error.to_owned()));
+            }
+        };
+        let connection = self.store.connection(connection_id).await?;
+        // The exchange must name the redirect URI the authorization used (RFC 6749
+        // §4.1.3), even if this deployment's public URL changed in between.
+        let redirect = url::Url::parse(&record.redirect_uri)
+            .map_err(|_| StoreError::Corrupt("oauth state redirect URI".into()))?;
+        let client = self.client(&connection.institution_id, &redirect)?;
+        let verifier = if record.pkce_verifier.is_empty() {
+            None
+        } else {
+            Some(self.vault.open(
+                &seal_context(connection_id, "pkce_verifier"),
+                &record.pkce_verifier,
+            )?)
+        };
+        let tokens = client.exchange_code(code, verifier.as_ref()).await?;
+        let columns = seal_tokens(
+            &self.vault,
+            connection_id,
+            &tokens,
+            self.refresh_at_fraction,
+        )?;
+        let connector = self.registry.get(&connection.institution_id)?;
+        let consent_expires_at = connector
+            .auth
+            .consent_lifetime_days
+            .map(|days| tokens.issued_at + chrono::Duration::days(i64::from(days)));
+        self.store
+            .save_grant(
+                connection_id,
+                columns,
+                tokens.scopes.clone(),
+                consent_expires_at,
+            )
+            .await?;
+        tracing::info!(
+            connection = %connection_id,
+            from = %connection.status,
+            status = "active",
+            "Connection linked."
+        );
+        Ok(connection_id)
+    }
+
+    fn client(&self, institution: &str, redirect: &url::Url) -> Result<OAuthClient, LinkError> {
+        let connector = self.registry.get(institution)?;
+        let secret = self.registry.client_secret(&connector)?;
+        Ok(OAuthClient::new(
+            &connector,
+            secret,
+            redirect,
+            self.http.clone(),
+        ))
+    }
+}
+
+fn hash_state(state: &str) -> String {
+    crate::fingerprint::sha256_hex(state.as_bytes())
+}

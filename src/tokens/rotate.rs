@@ -1,0 +1,97 @@
+//! Key rotation: re-seals every stored token (and every pending link's PKCE
+//! verifier) under the vault's current key. Safe while the fleet serves: each row
+//! is replaced only if it still holds what was read, so a refresh that committed
+//! meanwhile (already sealed with the current key) is never overwritten.
+
+use super::{Vault, VaultError, seal_context};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotateError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a rotation did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RotateReport {
+    /// Connections whose tokens were re-sealed.
+    pub connections: usize,
+    /// Pending links whose verifiers were re-sealed.
+    pub states: usize,
+    /// Rows already sealed with the current key.
+    pub current: usize,
+    /// Rows that changed between reading and writing: run again to cover them.
+    pub skipped: usize,
+    /// Rows no configured key opens (logged with their connection); left as they are.
+    pub unreadable: usize,
+}
+
+pub async fn reseal_all(store: &Store, vault: &Vault) -> Result<RotateReport, RotateError> {
+    let current = vault.current_key_id();
+    let stale = |sealed: &Option<Vec<u8>>| {
+        sealed
+            .as_deref()
+            .is_some_and(|s| Vault::sealed_with(s) != Some(current))
+    };
+    let mut report = RotateReport::default();
+    for connection in store.sealed_connections().await? {
+        let old = &connection.tokens;
+        if !stale(&old.access_token) && !stale(&old.refresh_token) {
+            report.current += 1;
+            continue;
+        }
+        let reseal =
+            |field: &str, sealed: &Option<Vec<u8>>| -> Result<Option<Vec<u8>>, VaultError> {
+                let context = seal_context(connection.id, field);
+                sealed
+                    .as_deref()
+                    .map(|s| vault.seal(&context, &vault.open(&context, s)?))
+                    .transpose()
+            };
+        let (access, refresh) = match (
+            reseal("access_token", &old.access_token),
+            reseal("refresh_token", &old.refresh_token),
+        ) {
+            (Ok(access), Ok(refresh)) => (access, refresh),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(connection = %connection.id, error = %e, "Tokens no configured key opens; left as they are.");
+                report.unreadable += 1;
+                continue;
+            }
+        };
+        if store
+            .reseal_tokens(connection.id, old, access, refresh)
+            .await?
+        {
+            report.connections += 1;
+        } else {
+            report.skipped += 1;
+        }
+    }
+    for state in store.open_states().await? {
+        if state.pkce_verifier.is_empty()
+            || Vault::sealed_with(&state.pkce_verifier) == Some(current)
+        {
+            continue;
+        }
+        let connection = state
+            .connection_id
+            .parse()
+            .map_err(|_| StoreError::Corrupt("oauth state connection".into()))?;
+        let context = seal_context(connection, "pkce_verifier");
+        let verifier = vault.seal(&context, &vault.open(&context, &state.pkce_verifier)?)?;
+        store.reseal_state(&state.state_hash, verifier).await?;
+        report.states += 1;
+    }
+    tracing::info!(
+        key = current,
+        connections = report.connections,
+        states = report.states,
+        "Vault key rotation finished."
+    );
+    Ok(report)
+}

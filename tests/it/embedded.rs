@@ -1,0 +1,298 @@
+//! The embedded mode end to end: SQLite, the in-process cache, the sandbox; users
+//! linked over real OAuth redirects, synced on the apalis SQLite queue, read back
+//! through the API.
+
+use std::time::Duration;
+
+use finsync::domain::UserId;
+use finsync::sandbox::SandboxConfig;
+use finsync::sync::SyncConnection;
+use serde_json::Value;
+
+use crate::support::{Backend, TestApp, TestDb, assert_matches_sandbox, settings, spawn_sandbox};
+
+const USERS: [&str; 3] = ["demo-alice", "demo-bob", "demo-carol"];
+
+#[tokio::test]
+async fn synced_data_equals_the_sandbox_value_for_value_and_a_resync_changes_nothing() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+
+    let mut connections = Vec::new();
+    for user in USERS {
+        let connection = app.link_and_sync(tenant.id, user).await;
+        let stored = store.full_snapshot(connection).await.unwrap();
+        let expected =
+            finsync::sandbox::data::portfolio(42, SandboxConfig::default().anchor_date, user);
+        assert_matches_sandbox(&stored, &expected);
+        connections.push(connection);
+    }
+
+    // A second sync of unchanged data writes nothing and leaves the same rows.
+    let before = store.full_snapshot(connections[0]).await.unwrap();
+    let since = chrono::Utc::now();
+    let job = SyncConnection {
+        connection_id: connections[0],
+        idempotency_key: "test:resync".into(),
+    };
+    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    app.wait_synced(connections[0], since).await;
+    let runs = store.runs(connections[0]).await.unwrap();
+    let last = &runs[0];
+    assert_eq!(last.outcome, "succeeded");
+    assert_eq!(
+        (last.added, last.modified, last.removed),
+        (0, 0, 0),
+        "a resync of unchanged data writes nothing"
+    );
+    assert!(last.unchanged > 0);
+    assert_eq!(store.full_snapshot(connections[0]).await.unwrap(), before);
+}
+
+#[tokio::test]
+async fn the_api_serves_a_tenant_its_own_users_only() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, key) = store.create_tenant("advisor-a").await.unwrap();
+    let (_, other_key) = store.create_tenant("advisor-b").await.unwrap();
+    app.link_and_sync(tenant.id, "demo-bob").await;
+
+    let http = finsync::http::client();
+    let url = format!("{}/v1/users/demo-bob/portfolio", app.address);
+    let response = http
+        .get(&url)
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&key.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["user_id"], "demo-bob");
+    assert_eq!(body["freshness"]["stale"], false);
+    assert!(body["freshness"]["as_of"].is_string());
+    let expected =
+        finsync::sandbox::data::portfolio(42, SandboxConfig::default().anchor_date, "demo-bob");
+    assert_eq!(
+        body["accounts"].as_array().unwrap().len(),
+        expected.accounts.len()
+    );
+    assert_eq!(
+        body["holdings"].as_array().unwrap().len(),
+        expected.holdings.len()
+    );
+    // Amounts travel as exact strings, never floats.
+    let first = &expected.accounts[0];
+    let account = body["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == first.account_id.as_str())
+        .unwrap();
+    assert_eq!(
+        account["balances"]["current"]["amount"],
+        first.balances.current.as_str()
+    );
+    assert!(body["holdings"][0]["security"]["name"].is_string());
+    assert!(!body["totals"].as_array().unwrap().is_empty());
+    let recent = body["transactions"].as_array().unwrap();
+    assert!(!recent.is_empty() && recent.len() <= 25);
+
+    // Another tenant's key does not see this user at all.
+    let response = http
+        .get(&url)
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&other_key.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "NOT_FOUND");
+    assert!(
+        body["request_id"].is_string(),
+        "errors carry the request id: {body}"
+    );
+
+    let response = http.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let response = http
+        .get(&url)
+        .bearer_auth("fsk_not-a-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = http
+        .get(format!("{}/v1/users/a%20b/portfolio", app.address))
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&key.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+/// apalis-sqlite#58 reports jobs no longer picked up on a long-running server: keep
+/// a worker polling for many cycles before giving it work.
+#[tokio::test]
+async fn a_long_running_sqlite_worker_still_picks_up_jobs() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-carol").await;
+    for round in 0..3 {
+        // About 40 polling cycles (200 ms each) with nothing to do.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let since = chrono::Utc::now();
+        let job = SyncConnection {
+            connection_id: connection,
+            idempotency_key: format!("test:idle:{round}"),
+        };
+        assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+        app.wait_synced(connection, since).await;
+    }
+    let user = UserId::parse("demo-carol").unwrap();
+    assert_eq!(
+        store
+            .user_connections(tenant.id, &user)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// An institution whose responses stop matching its connector file (schema drift):
+/// the sync fails, nothing stored is lost, and readers see the data marked stale.
+#[tokio::test]
+async fn a_response_that_no_longer_matches_keeps_the_last_good_data_and_marks_it_stale() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = app.app.ctx.store.clone();
+    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-alice").await;
+    let before = store.full_snapshot(connection).await.unwrap();
+    drop(app);
+
+    // The same deployment, now with a connector whose records path no longer
+    // matches what the institution sends.
+    let drifted = std::env::temp_dir().join(crate::support::unique("finsync-drift"));
+    std::fs::create_dir_all(&drifted).unwrap();
+    let good = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/meridian.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        drifted.join("meridian.toml"),
+        good.replace("$.transactions[*]", "$.items[*]"),
+    )
+    .unwrap();
+    let mut drifted_settings = settings(&db, None, &sandbox);
+    drifted_settings.connectors.dir = drifted.clone();
+    let app = TestApp::spawn(drifted_settings, true).await;
+    let job = SyncConnection {
+        connection_id: connection,
+        idempotency_key: "test:drift".into(),
+    };
+    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    let mut failure = None;
+    for _ in 0..600 {
+        failure = store
+            .connection(connection)
+            .await
+            .unwrap()
+            .last_failure_reason;
+        if failure.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failure = failure.expect("the drifted sync fails");
+    assert!(failure.starts_with("INSTITUTION_ERROR"), "{failure}");
+    assert_eq!(
+        store.full_snapshot(connection).await.unwrap(),
+        before,
+        "nothing stored was lost"
+    );
+    let runs = store.runs(connection).await.unwrap();
+    assert_eq!(runs[0].outcome, "failed");
+    assert!(
+        runs[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no list of records"),
+        "{:?}",
+        runs[0].error
+    );
+
+    let body = app
+        .get_json(
+            "/v1/users/demo-alice/portfolio",
+            secrecy::ExposeSecret::expose_secret(&key.0),
+        )
+        .await;
+    assert_eq!(body["freshness"]["stale"], true);
+    assert!(
+        body["freshness"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("INSTITUTION_ERROR"),
+        "{body}"
+    );
+    assert_eq!(
+        body["accounts"].as_array().unwrap().len(),
+        before.accounts.len()
+    );
+    std::fs::remove_dir_all(drifted).unwrap();
+}
+
+/// `finsync demo --once` on embedded defaults, as a new user runs it.
+#[test]
+fn the_demo_prints_three_synced_portfolios() {
+    let dir = std::env::temp_dir().join(crate::support::unique("finsync-demo"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_finsync"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FINSYNC") {
+            command.env_remove(key);
+        }
+    }
+    // Port 0: a demo already running on this machine must not make this one fail.
+    let output = command
+        .args(["demo", "--once"])
+        .env("FINSYNC__SERVER__BIND", "127.0.0.1:0")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for user in USERS {
+        assert!(
+            stdout.contains(&format!("{user}  —  fresh as of")),
+            "{user} not synced:\n{stdout}"
+        );
+    }
+    assert_eq!(stdout.matches("Net balance").count(), 3, "{stdout}");
+    // Every digit of the large balance, grouped for reading.
+    assert!(stdout.contains("17,099,494,293,482,280.68 USD"), "{stdout}");
+    assert!(
+        stdout.contains("curl -s -H 'Authorization: Bearer fsk_"),
+        "{stdout}"
+    );
+    assert!(
+        dir.join("data/demo.db").exists(),
+        "the demo keeps its data under ./data/"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

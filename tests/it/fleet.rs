@@ -1,0 +1,201 @@
+//! Fleet mode: `sandbox`, `serve` and two `worker`s as separate processes on
+//! PostgreSQL and Redis. A user linked through the admin API and the real OAuth
+//! redirect is synced by a worker and served by the API, value for value.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use finsync::sandbox::SandboxConfig;
+use reqwest::header::LOCATION;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::support::{
+    ADMIN_TOKEN, Backend, Proc, RedisPrefix, TestDb, VAULT_KEY, assert_matches_sandbox, finsync,
+    free_port, redis_url, spawn, unique, wait_ready,
+};
+
+#[tokio::test]
+async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let prefix = RedisPrefix(unique("finsync_fleet"));
+
+    // The sandbox announces its address on stdout.
+    let mut sandbox_child = finsync(&[])
+        .args(["sandbox", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(sandbox_child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let sandbox_url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("sandbox address")
+        .to_owned();
+    let _sandbox = Proc {
+        name: "sandbox",
+        child: sandbox_child,
+        log: std::env::temp_dir().join(unique("none")),
+    };
+
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let env = vec![
+        ("FINSYNC_ENV", "test".to_owned()),
+        ("FINSYNC__DATABASE__URL", db.url.clone()),
+        ("FINSYNC__REDIS__URL", redis_url()),
+        ("FINSYNC__REDIS__KEY_PREFIX", prefix.0.clone()),
+        ("FINSYNC__VAULT__KEY", VAULT_KEY.to_owned()),
+        ("FINSYNC__SERVER__ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("FINSYNC__SERVER__BIND", format!("127.0.0.1:{port}")),
+        ("FINSYNC__SERVER__PUBLIC_URL", api.clone()),
+        (
+            "FINSYNC__CONNECTORS__BASE_URLS__MERIDIAN",
+            format!("{sandbox_url}/meridian"),
+        ),
+    ];
+
+    assert!(finsync(&env).arg("migrate").status().unwrap().success());
+    let output = finsync(&env)
+        .args(["tenants", "create", "fleet-advisor"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let api_key = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("api key: "))
+        .expect("api key printed")
+        .trim()
+        .to_owned();
+
+    let _serve = spawn("serve", finsync(&env).arg("serve"));
+    let _worker_1 = spawn(
+        "worker-1",
+        finsync(&env).args(["worker", "--concurrency", "2"]),
+    );
+    let _worker_2 = spawn(
+        "worker-2",
+        finsync(&env).args(["worker", "--concurrency", "2"]),
+    );
+    wait_ready(&format!("{api}/readyz")).await;
+
+    let http = finsync::http::client();
+    let link: Value = http
+        .post(format!("{api}/admin/connections"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(
+            &json!({ "tenant": "fleet-advisor", "user": "demo-alice", "institution": "meridian" }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let authorize = link["authorize_url"].as_str().expect("authorize_url");
+    assert!(authorize.starts_with(&sandbox_url), "{authorize}");
+    let consent = http.get(authorize).send().await.unwrap();
+    assert_eq!(consent.status(), 302);
+    let callback = consent.headers()[LOCATION].to_str().unwrap().to_owned();
+    let done = http.get(&callback).send().await.unwrap();
+    assert_eq!(
+        done.status(),
+        200,
+        "{}",
+        done.text().await.unwrap_or_default()
+    );
+
+    // A worker process syncs it; the API process serves it.
+    let url = format!("{api}/v1/users/demo-alice/portfolio");
+    let mut body = Value::Null;
+    for _ in 0..600 {
+        let response = http.get(&url).bearer_auth(&api_key).send().await.unwrap();
+        body = response.json().await.unwrap();
+        if body["freshness"]["stale"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(body["freshness"]["stale"], false, "never synced: {body}");
+
+    let expected =
+        finsync::sandbox::data::portfolio(42, SandboxConfig::default().anchor_date, "demo-alice");
+    assert_eq!(
+        body["accounts"].as_array().unwrap().len(),
+        expected.accounts.len()
+    );
+    for account in &expected.accounts {
+        let served = body["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == account.account_id.as_str())
+            .unwrap();
+        assert_eq!(
+            served["balances"]["current"]["amount"],
+            account.balances.current.as_str()
+        );
+    }
+    let store = finsync::store::Store::connect(&SecretString::from(db.url.clone()), 2)
+        .await
+        .unwrap();
+    let connection_id = link["connection_id"].as_str().unwrap().parse().unwrap();
+    assert_matches_sandbox(
+        &store.full_snapshot(connection_id).await.unwrap(),
+        &expected,
+    );
+
+    // The worker wrote the portfolio view to Redis under this deployment's prefix.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:portfolio:*", prefix.0))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+
+    // The tokens the sandbox issued appear nowhere: not in any table of the
+    // database (ours or the queue's), not in anything the processes logged.
+    let record = store.connection(connection_id).await.unwrap();
+    let vault = finsync::tokens::Vault::single(VAULT_KEY).unwrap();
+    let tokens: Vec<String> = [
+        ("access_token", record.tokens.access_token),
+        ("refresh_token", record.tokens.refresh_token),
+    ]
+    .into_iter()
+    .map(|(field, sealed)| {
+        let opened = vault
+            .open(
+                &finsync::tokens::seal_context(connection_id, field),
+                &sealed.unwrap(),
+            )
+            .unwrap();
+        secrecy::ExposeSecret::expose_secret(&opened).to_owned()
+    })
+    .collect();
+    let dump = crate::support::dump_database(&store).await;
+    assert!(dump.len() > 1000, "the dump has the synced data");
+    let logs: String = [&_serve, &_worker_1, &_worker_2]
+        .iter()
+        .map(|p| std::fs::read_to_string(&p.log).unwrap())
+        .collect();
+    assert!(
+        logs.contains("Sync finished."),
+        "the workers' logs were captured"
+    );
+    for token in &tokens {
+        assert!(token.len() > 16);
+        assert!(
+            !dump.contains(token.as_str()),
+            "a token is stored in plaintext"
+        );
+        assert!(!logs.contains(token.as_str()), "a token was logged");
+    }
+}

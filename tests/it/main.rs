@@ -1,0 +1,14 @@
+//! Integration tests, compiled into one binary. They run against real PostgreSQL
+//! and Redis (`FINSYNC_TEST_DATABASE_URL`, `FINSYNC_TEST_REDIS_URL`, defaulting to
+//! the local servers) and against SQLite files; each test gets its own database and
+//! Redis key prefix, and the sandbox institutions on `127.0.0.1:0`.
+
+mod cache;
+mod connectors;
+mod embedded;
+mod fleet;
+mod linking;
+mod money;
+mod scheduler;
+mod support;
+mod tokens;

@@ -1,0 +1,533 @@
+//! Test helpers: fresh databases (dropped when the guard drops), a sandbox, a
+//! running app with API and workers, and comparison against the sandbox's data.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use finsync::config::Settings;
+use finsync::domain::{ConnectionId, Snapshot, TenantId, UserId};
+use finsync::sandbox::{self, Sandbox, SandboxConfig};
+use finsync::startup::App;
+use rust_decimal::Decimal;
+use sea_orm::{ConnectionTrait, Database};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, base64
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub fn postgres_url() -> String {
+    std::env::var("FINSYNC_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("FINSYNC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of its own for one test; dropped (PostgreSQL) or deleted (SQLite)
+/// when this guard goes out of scope, even if the test panicked.
+pub struct TestDb {
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Postgres { admin_url: String, name: String },
+    Sqlite { dir: std::path::PathBuf },
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(unique("finsync-test"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let url = format!("sqlite://{}?mode=rwc", dir.join("finsync.db").display());
+                Self {
+                    url,
+                    cleanup: Cleanup::Sqlite { dir },
+                }
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_url();
+                let name = unique("finsync_test");
+                let admin = Database::connect(&admin_url)
+                    .await
+                    .expect("PostgreSQL is reachable (see scripts/test.sh)");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await
+                    .unwrap();
+                admin.close().await.unwrap();
+                let mut url = url::Url::parse(&admin_url).unwrap();
+                url.set_path(&format!("/{name}"));
+                Self {
+                    url: url.to_string(),
+                    cleanup: Cleanup::Postgres { admin_url, name },
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::Sqlite { dir } => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Postgres { admin_url, name } => {
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                // Drop runs inside the test's runtime: do the async work on a thread
+                // with a runtime of its own.
+                let _ = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async {
+                        if let Ok(admin) = Database::connect(&admin_url).await {
+                            let _ = admin
+                                .execute_unprepared(&format!(
+                                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                                ))
+                                .await;
+                            let _ = admin.close().await;
+                        }
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// Deletes every Redis key under a test's prefix when dropped.
+pub struct RedisPrefix(pub String);
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let pattern = format!("{}:*", self.0);
+        if let Ok(client) = redis::Client::open(redis_url())
+            && let Ok(mut connection) = client.get_connection()
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query(&mut connection)
+                .unwrap_or_default();
+            for key in keys {
+                let _: Result<(), _> = redis::cmd("DEL").arg(key).query(&mut connection);
+            }
+        }
+    }
+}
+
+pub async fn spawn_sandbox(config: SandboxConfig) -> Sandbox {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    sandbox::spawn(config, listener).await.unwrap()
+}
+
+/// Settings for a test: the test environment with this test's database, Redis
+/// prefix (or no Redis) and sandbox.
+pub fn settings(db: &TestDb, redis_prefix: Option<&str>, sandbox: &Sandbox) -> Settings {
+    let mut settings = Settings::load_from(&finsync::config::config_dir(), Some("test")).unwrap();
+    settings.database.url = SecretString::from(db.url.clone());
+    settings.database.max_connections = 5;
+    match redis_prefix {
+        Some(prefix) => {
+            settings.redis.url = SecretString::from(redis_url());
+            settings.redis.key_prefix = prefix.to_owned();
+        }
+        None => settings.redis.url = SecretString::from(""),
+    }
+    settings.sandbox.in_process = false;
+    settings.vault.key = SecretString::from(VAULT_KEY);
+    settings.server.admin_token = SecretString::from(ADMIN_TOKEN);
+    settings.connectors.base_urls.insert(
+        "meridian".into(),
+        format!("{}/meridian", sandbox.base_url()),
+    );
+    settings
+}
+
+/// An app serving its API on 127.0.0.1:0 with workers running, stopped on drop.
+pub struct TestApp {
+    pub app: Arc<App>,
+    pub address: String,
+    stop: watch::Sender<bool>,
+}
+
+impl TestApp {
+    pub async fn spawn(settings: Settings, workers: bool) -> Self {
+        capture_logs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let app = Arc::new(
+            App::build(settings, url::Url::parse(&format!("{address}/")).unwrap())
+                .await
+                .unwrap(),
+        );
+        let (stop, stopped) = watch::channel(false);
+        let until = move || {
+            let mut rx = stopped.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        tokio::spawn({
+            let (app, shutdown) = (app.clone(), until());
+            async move { app.serve(listener, shutdown).await }
+        });
+        if workers {
+            tokio::spawn({
+                let (app, shutdown) = (app.clone(), until());
+                async move { app.run_workers(2, shutdown).await }
+            });
+        }
+        Self { app, address, stop }
+    }
+
+    /// Links a user over HTTP (authorize → redirect → callback) and waits for the
+    /// first sync to finish.
+    pub async fn link_and_sync(&self, tenant: TenantId, user: &str) -> ConnectionId {
+        let user = UserId::parse(user).unwrap();
+        let since = chrono::Utc::now();
+        let connection =
+            finsync::demo::link_over_http(&self.app, &finsync::http::client(), tenant, &user)
+                .await
+                .unwrap();
+        self.wait_synced(connection, since).await;
+        connection
+    }
+
+    /// `GET <path>` on this app's API with a bearer token; the body as JSON.
+    pub async fn get_json(&self, path: &str, bearer: &str) -> serde_json::Value {
+        finsync::http::client()
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn wait_synced(
+        &self,
+        connection: ConnectionId,
+        since: chrono::DateTime<chrono::Utc>,
+    ) {
+        let outcome = finsync::demo::wait_for_sync(&self.app, connection, since)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Ok(()), "the sync failed");
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn dec(text: &str) -> Decimal {
+    Decimal::from_str(text).unwrap()
+}
+
+/// Asserts that what finsync stored equals the sandbox's data, value for value
+/// and digit for digit (scale included).
+pub fn assert_matches_sandbox(stored: &Snapshot, expected: &sandbox::data::Portfolio) {
+    assert_eq!(stored.accounts.len(), expected.accounts.len(), "accounts");
+    for e in &expected.accounts {
+        let a = stored
+            .accounts
+            .iter()
+            .find(|a| a.external_id == e.account_id)
+            .expect("account stored");
+        assert_eq!(a.name, e.name);
+        assert_eq!(a.official_name.as_deref(), Some(e.official_name.as_str()));
+        assert_eq!(a.account_type.as_str(), e.account_type);
+        assert_eq!(a.subtype.as_deref(), Some(e.subtype.as_str()));
+        assert_eq!(a.mask.as_deref(), Some(e.mask.as_str()));
+        assert_eq!(a.currency.as_str(), e.balances.iso_currency_code);
+        assert_eq!(
+            a.balances.current.amount.to_string(),
+            e.balances.current,
+            "balance of {}",
+            e.account_id
+        );
+        assert_eq!(
+            a.balances.available.map(|m| m.amount.to_string()),
+            e.balances.available
+        );
+    }
+    assert_eq!(stored.holdings.len(), expected.holdings.len(), "holdings");
+    for e in &expected.holdings {
+        let h = stored
+            .holdings
+            .iter()
+            .find(|h| {
+                h.account_external_id == e.account_id
+                    && h.security_external_id == e.security.security_id
+            })
+            .expect("holding stored");
+        assert_eq!(h.quantity.to_string(), e.quantity);
+        assert_eq!(
+            h.cost_basis.map(|m| m.amount.to_string()).as_deref(),
+            Some(e.cost_basis.as_str())
+        );
+        assert_eq!(
+            h.price.map(|m| m.amount.to_string()).as_deref(),
+            Some(e.institution_price.as_str())
+        );
+        assert_eq!(
+            h.value.map(|m| m.amount.to_string()).as_deref(),
+            Some(e.institution_value.as_str())
+        );
+        assert_eq!(
+            h.value.map(|m| m.currency.to_string()).as_deref(),
+            Some(e.iso_currency_code.as_str())
+        );
+        assert_eq!(h.as_of, Some(e.institution_price_as_of));
+        let s = stored
+            .securities
+            .iter()
+            .find(|s| s.external_id == e.security.security_id)
+            .expect("security stored");
+        assert_eq!(s.name, e.security.name);
+        assert_eq!(s.ticker.as_deref(), Some(e.security.ticker_symbol.as_str()));
+        assert_eq!(s.cusip, e.security.cusip);
+        assert_eq!(s.isin, e.security.isin);
+        assert_eq!(
+            s.security_type.as_str(),
+            e.security.security_type.replace(' ', "_")
+        );
+        assert_eq!(
+            s.price.map(|p| p.to_string()).as_deref(),
+            Some(e.security.close_price.as_str())
+        );
+        assert_eq!(s.price_as_of, Some(e.security.close_price_as_of));
+    }
+    assert_eq!(
+        stored.transactions.len(),
+        expected.transactions.len(),
+        "transactions"
+    );
+    for e in &expected.transactions {
+        let t = stored
+            .transactions
+            .iter()
+            .find(|t| t.external_id == e.transaction_id)
+            .expect("transaction stored");
+        // Meridian sends money out as positive; finsync stores money in as positive.
+        assert_eq!(
+            t.amount.amount,
+            -dec(&e.amount),
+            "amount of {}",
+            e.transaction_id
+        );
+        assert_eq!(
+            (-t.amount.amount).to_string(),
+            e.amount,
+            "digits of {}",
+            e.transaction_id
+        );
+        assert_eq!(t.amount.currency.as_str(), e.iso_currency_code);
+        assert_eq!(t.account_external_id, e.account_id);
+        assert_eq!(t.date, e.date);
+        assert_eq!(
+            t.status.as_str(),
+            if e.pending { "pending" } else { "posted" }
+        );
+        assert_eq!(t.pending_external_id, e.pending_transaction_id);
+        assert_eq!(t.description, e.name);
+        assert_eq!(t.category, e.category);
+        assert_eq!(t.investment_type.map(|i| i.to_string()), e.investment_type);
+        assert_eq!(t.security_external_id, e.security_id);
+        assert_eq!(t.quantity.map(|q| q.to_string()), e.quantity);
+        assert_eq!(t.price.map(|p| p.to_string()), e.price);
+    }
+}
+
+/// Every row of every table in the test database, as text.
+pub async fn dump_database(store: &finsync::store::Store) -> String {
+    use sea_orm::{ConnectionTrait, Statement};
+    let backend = sea_orm::DbBackend::Postgres;
+    let tables = store
+        .db()
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT table_schema || '.' || table_name AS name FROM information_schema.tables \
+             WHERE table_schema IN ('public', 'apalis') AND table_type = 'BASE TABLE'",
+        ))
+        .await
+        .unwrap();
+    let mut dump = String::new();
+    for table in tables {
+        let name: String = table.try_get("", "name").unwrap();
+        let rows = store
+            .db()
+            .query_all_raw(Statement::from_string(
+                backend,
+                format!("SELECT t::text AS row FROM {name} t"),
+            ))
+            .await
+            .unwrap();
+        for row in rows {
+            let text: String = row.try_get("", "row").unwrap();
+            // bytea columns print as hex: decode them too, in case a token hides there.
+            dump.push_str(&text);
+            dump.push('\n');
+            for hex in text.split("\\x").skip(1) {
+                let digits: String = hex.chars().take_while(char::is_ascii_hexdigit).collect();
+                let bytes: Vec<u8> = (0..digits.len() / 2)
+                    .filter_map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).ok())
+                    .collect();
+                dump.push_str(&String::from_utf8_lossy(&bytes));
+                dump.push('\n');
+            }
+        }
+    }
+    dump
+}
+
+/// A child process killed when dropped; its output is kept in a file and printed
+/// if the test fails.
+pub struct Proc {
+    pub name: &'static str,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("----- {} -----\n{log}", self.name);
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+pub fn finsync(env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_finsync"));
+    command.env_clear_finsync();
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+trait ClearFinsyncEnv {
+    fn env_clear_finsync(&mut self) -> &mut Self;
+}
+
+impl ClearFinsyncEnv for Command {
+    /// The test's own environment may carry FINSYNC__ settings; the fleet gets
+    /// exactly the ones the test gives it.
+    fn env_clear_finsync(&mut self) -> &mut Self {
+        for (key, _) in std::env::vars() {
+            if key.starts_with("FINSYNC") {
+                self.env_remove(key);
+            }
+        }
+        self
+    }
+}
+
+pub fn spawn(name: &'static str, command: &mut Command) -> Proc {
+    let log = std::env::temp_dir().join(unique(&format!("finsync-{name}")));
+    let file = std::fs::File::create(&log).unwrap();
+    let child = command.stdout(Stdio::null()).stderr(file).spawn().unwrap();
+    Proc { name, child, log }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn wait_ready(url: &str) {
+    let http = finsync::http::client();
+    for _ in 0..300 {
+        if let Ok(r) = http.get(url).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never became ready");
+}
+
+/// Environment for a separate `finsync` process of this test's deployment.
+pub fn process_env(db: &TestDb, sandbox_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("FINSYNC_ENV", "test".to_owned()),
+        ("FINSYNC__DATABASE__URL", db.url.clone()),
+        ("FINSYNC__REDIS__URL", String::new()),
+        ("FINSYNC__VAULT__KEY", VAULT_KEY.to_owned()),
+        (
+            "FINSYNC__CONNECTORS__BASE_URLS__MERIDIAN",
+            format!("{sandbox_url}/meridian"),
+        ),
+    ]
+}
+
+/// Everything finsync logged in this test process, captured by a subscriber that
+/// every test app installs (the first one wins), for leak checks. Set
+/// `FINSYNC_TEST_LOG=FILE` to also get it in a file while debugging.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        if let Ok(path) = std::env::var("FINSYNC_TEST_LOG") {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            file.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug,apalis=info,apalis_core=info,apalis_sql=info,apalis_postgres=info,apalis_sqlite=info,sqlx=warn,sea_orm=warn,hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=warn")
+        .with_writer(|| Capture)
+        .with_ansi(false)
+        .try_init();
+}

@@ -1,0 +1,674 @@
+//! The token lifecycle against the sandbox's real OAuth server: one refresh per
+//! connection across processes, a crash between rotation and commit, refused
+//! grants, background refresh, token-response quirks, revocation, key rotation.
+
+use std::time::Duration;
+
+use apalis::prelude::{TaskBuilder, TaskSink};
+use finsync::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
+use finsync::sandbox::{Sandbox, SandboxConfig, TokenQuirks};
+use finsync::sync::{Job, Queue, SyncConnection, scheduler};
+use finsync::tokens::{Vault, rotate, seal_context};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use crate::support::{
+    ADMIN_TOKEN, Backend, TestApp, TestDb, VAULT_KEY, finsync, process_env, settings, spawn,
+    spawn_sandbox,
+};
+
+fn sandbox_config(ttl_secs: u64) -> SandboxConfig {
+    SandboxConfig {
+        access_token_ttl: Duration::from_secs(ttl_secs),
+        ..SandboxConfig::default()
+    }
+}
+
+async fn open_token(app: &TestApp, connection: ConnectionId, field: &str) -> String {
+    let record = app.app.ctx.store.connection(connection).await.unwrap();
+    let sealed = match field {
+        "access_token" => record.tokens.access_token,
+        _ => record.tokens.refresh_token,
+    }
+    .unwrap();
+    let vault = Vault::single(VAULT_KEY).unwrap();
+    vault
+        .open(&seal_context(connection, field), &sealed)
+        .unwrap()
+        .expose_secret()
+        .to_owned()
+}
+
+async fn link(app: &TestApp, tenant: TenantId, user: &str) -> ConnectionId {
+    let user = UserId::parse(user).unwrap();
+    finsync::demo::link_over_http(&app.app, &finsync::http::client(), tenant, &user)
+        .await
+        .unwrap()
+}
+
+/// Waits until the connection's status or last failure says the sync is over.
+async fn wait_for<F: Fn(&finsync::store::ConnectionRecord) -> bool>(
+    app: &TestApp,
+    id: ConnectionId,
+    done: F,
+) {
+    for _ in 0..600 {
+        if done(&app.app.ctx.store.connection(id).await.unwrap()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for connection {id}");
+}
+
+#[tokio::test]
+async fn fifty_syncs_and_fifty_token_requests_across_processes_refresh_once() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    // This process links the user and asks for tokens; two worker processes sync.
+    let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+    let ctx = app.app.ctx.clone();
+    let (tenant, _) = ctx.store.create_tenant("advisor").await.unwrap();
+    let connection = link(&app, tenant.id, "demo-alice").await;
+    // The stored access token has expired (as far as finsync knows).
+    use sea_orm::{ConnectionTrait, Statement};
+    ctx.store
+        .db()
+        .execute_raw(Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "UPDATE connections SET access_token_expires_at = now() - interval '1 minute', \
+             refresh_due_at = now() - interval '2 minutes' WHERE id = $1",
+            [connection.to_string().into()],
+        ))
+        .await
+        .unwrap();
+    let stale = ctx.store.connection(connection).await.unwrap();
+    assert!(stale.tokens.access_token_expires_at.unwrap() < chrono::Utc::now());
+    let before = sandbox.stats().refreshes;
+
+    let env = process_env(&db, &sandbox.base_url());
+    let _w1 = spawn(
+        "worker-1",
+        finsync(&env).args(["worker", "--concurrency", "4"]),
+    );
+    let _w2 = spawn(
+        "worker-2",
+        finsync(&env).args(["worker", "--concurrency", "4"]),
+    );
+    let Queue::Postgres(storage) = &ctx.queue else {
+        panic!("a PostgreSQL queue")
+    };
+    for n in 0..50 {
+        let job = Job::Sync(SyncConnection {
+            connection_id: connection,
+            idempotency_key: format!("test:burst:{n}"),
+        });
+        storage
+            .clone()
+            .push_task(
+                TaskBuilder::new(job)
+                    .idempotency_key(format!("test:burst:{n}"))
+                    .build(),
+            )
+            .await
+            .unwrap();
+    }
+    let requests = (0..50).map(|_| {
+        let (ctx, stale) = (ctx.clone(), stale.clone());
+        tokio::spawn(async move {
+            ctx.tokens
+                .access_token(&stale)
+                .await
+                .map(|t| t.expose_secret().to_owned())
+        })
+    });
+    let tokens: Vec<String> = futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    assert!(
+        tokens.iter().all(|t| t == &tokens[0]),
+        "every caller got the one refreshed token"
+    );
+
+    // Every job ends done, none failed.
+    for _ in 0..1200 {
+        if ctx.queue.depth().await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ctx.queue.depth().await.unwrap(), 0, "all jobs finished");
+    let failed = ctx
+        .store
+        .db()
+        .query_one_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT COUNT(*) AS n FROM apalis.jobs WHERE status IN ('Failed', 'Killed')",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.try_get::<i64>("", "n").unwrap(), 0, "no job failed");
+    // Every sync that ran succeeded (the others found the connection busy and
+    // deferred to it).
+    let runs = ctx.store.runs(connection).await.unwrap();
+    assert!(!runs.is_empty());
+    assert!(
+        runs.iter().all(|r| r.outcome == "succeeded"),
+        "{:?}",
+        runs.iter()
+            .map(|r| (&r.outcome, &r.error))
+            .collect::<Vec<_>>()
+    );
+    let record = ctx.store.connection(connection).await.unwrap();
+    assert_eq!(record.status, ConnectionStatus::Active);
+    assert!(
+        record.last_synced_at.is_some() && record.last_failure_reason.is_none(),
+        "{:?}",
+        record.last_failure_reason
+    );
+    let stats = sandbox.stats();
+    assert_eq!(
+        stats.refreshes - before,
+        1,
+        "the institution saw exactly one refresh"
+    );
+    assert_eq!(stats.refreshes_rejected, 0);
+
+    // None of the tokens the institution issued reached a log, here or in the workers.
+    let mut logs = crate::support::captured_logs();
+    for worker in [&_w1, &_w2] {
+        logs.push_str(&std::fs::read_to_string(&worker.log).unwrap());
+    }
+    assert!(
+        logs.contains("Access token refreshed."),
+        "the logs were captured"
+    );
+    for token in sandbox.issued_tokens() {
+        assert!(!logs.contains(&token), "an issued token was logged");
+    }
+}
+
+/// A worker that rotated the refresh token at the institution and died before
+/// committing leaves the old refresh token in the database.
+async fn rotate_behind_our_back(sandbox: &Sandbox, refresh_token: &str) {
+    let response = finsync::http::client()
+        .post(format!("{}/meridian/oauth/token", sandbox.base_url()))
+        .basic_auth("finsync-sandbox", Some("meridian-sandbox-secret"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_crash_between_rotation_and_commit_is_survived_within_the_grace_period() {
+    let config = SandboxConfig {
+        refresh_grace: Duration::from_secs(120),
+        ..sandbox_config(1)
+    };
+    let sandbox = spawn_sandbox(config).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-bob").await;
+    rotate_behind_our_back(
+        &sandbox,
+        &open_token(&app, connection, "refresh_token").await,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // the access token expires
+
+    let since = chrono::Utc::now();
+    let job = SyncConnection {
+        connection_id: connection,
+        idempotency_key: "test:after-crash".into(),
+    };
+    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    app.wait_synced(connection, since).await;
+    assert_eq!(
+        app.app
+            .ctx
+            .store
+            .connection(connection)
+            .await
+            .unwrap()
+            .status,
+        ConnectionStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_relink_repairs_it() {
+    let sandbox = spawn_sandbox(sandbox_config(1)).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = app.app.ctx.store.clone();
+    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-bob").await;
+    rotate_behind_our_back(
+        &sandbox,
+        &open_token(&app, connection, "refresh_token").await,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let job = SyncConnection {
+        connection_id: connection,
+        idempotency_key: "test:after-crash".into(),
+    };
+    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    wait_for(&app, connection, |c| {
+        c.status == ConnectionStatus::ReauthRequired
+    })
+    .await;
+    let record = store.connection(connection).await.unwrap();
+    assert!(
+        record
+            .last_failure_reason
+            .as_deref()
+            .unwrap()
+            .starts_with("CONNECTION_REAUTH_REQUIRED")
+    );
+    assert!(record.last_failure_at.is_some());
+    // No retry storm: the refused grant is tried once, and nothing schedules more.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sandbox.stats().refreshes_rejected, 1);
+    assert_eq!(scheduler::tick(&app.app.ctx).await.unwrap(), 0);
+
+    // The tenant sees why; the admin sees it with a relink URL.
+    let http = finsync::http::client();
+    let portfolio = app
+        .get_json("/v1/users/demo-bob/portfolio", key.0.expose_secret())
+        .await;
+    assert_eq!(portfolio["freshness"]["stale"], true);
+    assert!(
+        portfolio["freshness"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("CONNECTION_REAUTH_REQUIRED")
+    );
+    assert!(
+        !portfolio["accounts"].as_array().unwrap().is_empty(),
+        "the last good data is still served"
+    );
+    let admin = app
+        .get_json(&format!("/admin/connections/{connection}"), ADMIN_TOKEN)
+        .await;
+    assert_eq!(admin["status"], "reauth_required");
+    assert_eq!(admin["consent"]["expiring_soon"], false);
+    assert!(
+        admin["consent"]["expires_at"].is_string(),
+        "the connector declares a consent lifetime: {admin}"
+    );
+    let relink = admin["relink_url"].as_str().expect("a relink URL");
+
+    // Following it repairs the same connection.
+    let since = chrono::Utc::now();
+    let consent = http.get(relink).send().await.unwrap();
+    let callback = consent.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(http.get(&callback).send().await.unwrap().status(), 200);
+    app.wait_synced(connection, since).await;
+    assert_eq!(
+        store.connection(connection).await.unwrap().status,
+        ConnectionStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_refreshed_in_the_background_before_they_expire() {
+    let sandbox = spawn_sandbox(sandbox_config(4)).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut settings = settings(&db, None, &sandbox);
+    settings.tokens.refresh_at_fraction = 0.25; // due after one second
+    let app = TestApp::spawn(settings, true).await;
+    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-carol").await;
+    let first = app
+        .app
+        .ctx
+        .store
+        .connection(connection)
+        .await
+        .unwrap()
+        .tokens;
+    assert_eq!(
+        scheduler::tick(&app.app.ctx).await.unwrap(),
+        0,
+        "nothing is due yet"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        scheduler::tick(&app.app.ctx).await.unwrap(),
+        1,
+        "the refresh is due"
+    );
+    wait_for(&app, connection, |c| {
+        c.tokens.access_token_expires_at > first.access_token_expires_at
+    })
+    .await;
+    let after = app.app.ctx.store.connection(connection).await.unwrap();
+    // Renewed while the old token was still valid, with a rotated refresh token.
+    assert!(after.tokens.access_token_expires_at.unwrap() > first.access_token_expires_at.unwrap());
+    assert_ne!(after.tokens.refresh_token, first.refresh_token);
+    assert_eq!(sandbox.stats().refreshes, 1);
+    assert_eq!(after.status, ConnectionStatus::Active);
+
+    let metrics = finsync::http::client()
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("finsync_token_refresh_total"), "{metrics}");
+    assert!(
+        metrics.contains("finsync_token_min_expires_in_seconds{institution=\"meridian\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn unusual_token_responses_work_through_connector_settings() {
+    let quirks = [
+        TokenQuirks {
+            expires_in_as_string: true,
+            ..TokenQuirks::default()
+        },
+        TokenQuirks {
+            omit_expires_in: true,
+            ..TokenQuirks::default()
+        },
+        TokenQuirks {
+            omit_token_type: true,
+            ..TokenQuirks::default()
+        },
+        TokenQuirks {
+            extra_fields: true,
+            ..TokenQuirks::default()
+        },
+    ];
+    for quirk in quirks {
+        let sandbox = spawn_sandbox(SandboxConfig {
+            token_quirks: quirk,
+            ..sandbox_config(1800)
+        })
+        .await;
+        let db = TestDb::new(Backend::Sqlite).await;
+        let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+        let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+        let connection = app.link_and_sync(tenant.id, "demo-alice").await;
+        let record = app.app.ctx.store.connection(connection).await.unwrap();
+        let lifetime = record.tokens.access_token_expires_at.unwrap() - chrono::Utc::now();
+        // Without expires_in the connector's default (3600 s) applies; else the 1800 s sent.
+        let expected = if quirk.omit_expires_in { 3600 } else { 1800 };
+        assert!(
+            (expected - 60..=expected).contains(&lifetime.num_seconds()),
+            "{quirk:?}: {lifetime}"
+        );
+        // And a refresh through the same quirks works too.
+        let token = app.app.ctx.tokens.refreshed_token(&record).await.unwrap();
+        assert!(!token.expose_secret().is_empty(), "{quirk:?}");
+    }
+}
+
+#[tokio::test]
+async fn disconnecting_revokes_at_the_institution_and_deletes_tokens_and_data() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = app.app.ctx.store.clone();
+    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-alice").await;
+    let refresh = open_token(&app, connection, "refresh_token").await;
+
+    let http = finsync::http::client();
+    let url = format!("{}/admin/connections/{connection}", app.address);
+    assert_eq!(
+        http.delete(&url).send().await.unwrap().status(),
+        401,
+        "admins only"
+    );
+    let body: Value = http
+        .delete(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["status"], "revoked");
+    assert_eq!(body["revoked_at_institution"], true, "{body}");
+    assert_eq!(sandbox.stats().revocations, 1);
+    // The institution no longer honours the grant.
+    let response = http
+        .post(format!("{}/meridian/oauth/token", sandbox.base_url()))
+        .basic_auth("finsync-sandbox", Some("meridian-sandbox-secret"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    let record = store.connection(connection).await.unwrap();
+    assert_eq!(record.status, ConnectionStatus::Revoked);
+    assert!(record.tokens.access_token.is_none() && record.tokens.refresh_token.is_none());
+    assert!(
+        record.consent.granted_at.is_some() && record.consent.revoked_at.is_some(),
+        "the consent history stays"
+    );
+    assert!(
+        store
+            .full_snapshot(connection)
+            .await
+            .unwrap()
+            .accounts
+            .is_empty()
+    );
+    let dump = crate::support::dump_database(&store).await;
+    let logs = crate::support::captured_logs();
+    assert!(
+        logs.contains("Connection disconnected."),
+        "the logs were captured"
+    );
+    for token in sandbox.issued_tokens() {
+        assert!(
+            !dump.contains(&token),
+            "an issued token is still in the database"
+        );
+        assert!(!logs.contains(&token), "an issued token was logged");
+    }
+    let portfolio = app
+        .get_json("/v1/users/demo-alice/portfolio", key.0.expose_secret())
+        .await;
+    assert!(
+        portfolio["freshness"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("CONNECTION_REVOKED"),
+        "{portfolio}"
+    );
+    assert!(portfolio["accounts"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn rotating_the_vault_key_reseals_every_token() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = app.app.ctx.store.clone();
+    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-carol").await;
+    let token = open_token(&app, connection, "access_token").await;
+
+    let new_key = Vault::generate_key();
+    let mut ring = Vault::single(new_key.expose_secret()).unwrap();
+    ring.add_key(VAULT_KEY).unwrap();
+    let report = rotate::reseal_all(&store, &ring).await.unwrap();
+    assert_eq!(report.connections, 1);
+    assert_eq!(
+        rotate::reseal_all(&store, &ring).await.unwrap().connections,
+        0,
+        "a second run has nothing to do"
+    );
+
+    // The new key alone opens everything; the old key alone opens nothing.
+    let sealed = store
+        .connection(connection)
+        .await
+        .unwrap()
+        .tokens
+        .access_token
+        .unwrap();
+    let only_new = Vault::single(new_key.expose_secret()).unwrap();
+    let opened = only_new
+        .open(&seal_context(connection, "access_token"), &sealed)
+        .unwrap();
+    assert_eq!(opened.expose_secret(), token);
+    assert!(
+        Vault::single(VAULT_KEY)
+            .unwrap()
+            .open(&seal_context(connection, "access_token"), &sealed)
+            .is_err()
+    );
+}
+
+#[test]
+fn production_without_a_vault_key_refuses_to_start() {
+    let output = finsync(&[
+        ("FINSYNC_ENV", "production".to_owned()),
+        (
+            "FINSYNC__DATABASE__URL",
+            "postgres://nobody@127.0.0.1:1/none".to_owned(),
+        ),
+    ])
+    .arg("worker")
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("vault: no key configured"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_rotate_key_command_reseals_under_the_new_key() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = app.app.ctx.store.clone();
+    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-bob").await;
+
+    let new_key = Vault::generate_key();
+    let mut env = process_env(&db, &sandbox.base_url());
+    env.retain(|(k, _)| *k != "FINSYNC__VAULT__KEY");
+    env.push(("FINSYNC__VAULT__KEY", new_key.expose_secret().to_owned()));
+    env.push(("FINSYNC__VAULT__PREVIOUS_KEYS", VAULT_KEY.to_owned()));
+    let output = finsync(&env)
+        .args(["tokens", "rotate-key"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("Re-sealed 1 connection(s)"), "{stdout}");
+    let sealed = store
+        .connection(connection)
+        .await
+        .unwrap()
+        .tokens
+        .refresh_token
+        .unwrap();
+    assert_eq!(
+        Vault::sealed_with(&sealed),
+        Some(
+            Vault::single(new_key.expose_secret())
+                .unwrap()
+                .current_key_id()
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_that_cannot_reach_the_institution_is_transient_and_keeps_the_tokens() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = app.app.ctx.store.clone();
+    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-carol").await;
+    let stale = store.connection(connection).await.unwrap();
+    sandbox.shutdown().await;
+
+    // The refresh is retried with backoff, then reported as a transient failure.
+    let error = app
+        .app
+        .ctx
+        .tokens
+        .refreshed_token(&stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, finsync::tokens::TokenError::Refresh(_)),
+        "{error}"
+    );
+    let after = store.connection(connection).await.unwrap();
+    assert_eq!(
+        after.status,
+        ConnectionStatus::Active,
+        "a transient failure is not a refused grant"
+    );
+    assert_eq!(
+        after.tokens.refresh_token, stale.tokens.refresh_token,
+        "the stored tokens are untouched"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_consent_asks_the_user_to_link_again() {
+    use finsync::store::entities::connection as row;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+    let store = app.app.ctx.store.clone();
+    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let connection = link(&app, tenant.id, "demo-alice").await;
+    let consent = store.connection(connection).await.unwrap().consent;
+    let lifetime = consent.expires_at.unwrap() - consent.granted_at.unwrap();
+    assert!(
+        (lifetime - chrono::Duration::days(90)).num_seconds().abs() < 60,
+        "the connector's 90-day consent: {lifetime}"
+    );
+
+    row::Entity::update_many()
+        .col_expr(
+            row::Column::ConsentExpiresAt,
+            Expr::value(chrono::Utc::now() - chrono::Duration::minutes(1)),
+        )
+        .filter(row::Column::Id.eq(connection.to_string()))
+        .exec(store.db())
+        .await
+        .unwrap();
+    scheduler::tick(&app.app.ctx).await.unwrap();
+    let record = store.connection(connection).await.unwrap();
+    assert_eq!(record.status, ConnectionStatus::ReauthRequired);
+    assert!(record.last_failure_reason.unwrap().contains("consent"));
+}
