@@ -61,6 +61,12 @@ pub struct ServerSettings {
     pub public_url: String,
     /// Bearer token for `/admin/*`; empty disables the admin API.
     pub admin_token: SecretString,
+    /// Requests per second each API key may make (per API process), and the burst
+    /// it may spend at once.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    /// A user's on-demand syncs: at most one finished request per this many seconds.
+    pub sync_request_interval_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +94,8 @@ pub struct CacheSettings {
     pub l1_capacity: u64,
     pub l1_ttl_secs: u64,
     pub l2_ttl_secs: u64,
+    /// After a failed Redis call, Redis is skipped for this long.
+    pub redis_breaker_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -68,11 +68,11 @@ pub fn portfolio(p: &Portfolio) -> String {
         (Some(at), true) => format!(
             "STALE (last good {}): {}",
             at.format("%Y-%m-%d %H:%M:%S UTC"),
-            p.freshness.reason.as_deref().unwrap_or("")
+            p.freshness.message.as_deref().unwrap_or("")
         ),
         (None, _) => format!(
             "not synced yet: {}",
-            p.freshness.reason.as_deref().unwrap_or("")
+            p.freshness.message.as_deref().unwrap_or("")
         ),
     };
     out.push_str(&format!("{}  —  {}\n", p.user_id, freshness));

@@ -2,6 +2,7 @@
 //! cache, queue, and in embedded mode the sandbox institutions — and starts the
 //! roles (`serve`, `worker`, `scheduler`) `main.rs` asks for.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use anyhow::Context as _;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, KeyLimiter};
 use crate::cache::{Cache, CacheConfig};
 use crate::config::Settings;
 use crate::connectors::{Engine, Registry};
@@ -86,6 +87,7 @@ impl App {
             key_prefix: &settings.redis.key_prefix,
             redis_timeout: settings.redis_timeout(),
             l2_ttl: Duration::from_secs(settings.cache.l2_ttl_secs),
+            breaker_cooldown: Duration::from_millis(settings.cache.redis_breaker_ms),
         })?;
         let queue = Queue::setup(&store).await?;
         let http = crate::http::client();
@@ -137,6 +139,14 @@ impl App {
                 .then(|| Arc::new(self.settings.server.admin_token.clone())),
             consent_warning_days: self.settings.tokens.consent_warning_days,
             metrics: self.metrics.clone(),
+            limiter: KeyLimiter::new(
+                NonZeroU32::new(self.settings.server.rate_limit_per_second)
+                    .unwrap_or(NonZeroU32::MIN),
+                NonZeroU32::new(self.settings.server.rate_limit_burst).unwrap_or(NonZeroU32::MIN),
+            ),
+            sync_request_interval: Duration::from_secs(
+                self.settings.server.sync_request_interval_secs,
+            ),
         })
     }
 
@@ -146,10 +156,15 @@ impl App {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(listener, self.router())
+        // Other processes' writes reach this process's L1 through Redis pub/sub.
+        let invalidations = self.ctx.cache.listen_for_invalidations();
+        let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
-            .await?;
-        Ok(())
+            .await;
+        if let Some(task) = invalidations {
+            task.abort();
+        }
+        Ok(served?)
     }
 
     /// Runs sync workers until `shutdown` resolves; in-flight jobs finish or are

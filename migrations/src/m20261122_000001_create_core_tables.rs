@@ -15,8 +15,6 @@ impl MigrationTrait for Migration {
                     .table(Tenants::Table)
                     .col(string(Tenants::Id).primary_key())
                     .col(string_uniq(Tenants::Name))
-                    // SHA-256 of the API key: a database dump does not hand out keys.
-                    .col(string_uniq(Tenants::ApiKeyHash))
                     .col(timestamp_with_time_zone(Tenants::CreatedAt))
                     .to_owned(),
             )
@@ -347,7 +345,6 @@ enum Tenants {
     Table,
     Id,
     Name,
-    ApiKeyHash,
     CreatedAt,
 }
 

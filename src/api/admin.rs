@@ -2,13 +2,16 @@
 //! reason, consent, token expiry, a relink URL when the user must link again),
 //! and disconnecting (revocation at the institution, then deletion).
 
-use axum::extract::{Path, State};
+use axum::Router;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::Admin;
+use super::error::ErrorBody;
+use super::extract::{Json, Path};
 use super::{ApiError, ApiState, ErrorCode};
 use chrono::{DateTime, Utc};
 
@@ -20,34 +23,42 @@ pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/admin/connections", post(create_connection))
         .route(
-            "/admin/connections/{id}",
+            "/admin/connections/{connection_id}",
             get(get_connection).delete(delete_connection),
         )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewConnection {
+pub(super) struct NewConnection {
     /// Tenant name.
     tenant: String,
     user: String,
     institution: String,
 }
 
-#[derive(Debug, Serialize)]
-struct LinkResponse {
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct LinkResponse {
     connection_id: String,
     /// Send the user here; the institution redirects back to `/oauth/callback`.
     authorize_url: String,
 }
 
 /// Starts linking a tenant's user to an institution.
-async fn create_connection(
+#[utoipa::path(
+    post, path = "/admin/connections", tag = "admin", request_body = NewConnection,
+    responses(
+        (status = 201, body = LinkResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn create_connection(
     State(state): State<ApiState>,
     _: Admin,
-    body: Result<Json<NewConnection>, axum::extract::rejection::JsonRejection>,
+    Json(body): Json<NewConnection>,
 ) -> Result<(StatusCode, Json<LinkResponse>), ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
     let user = UserId::parse(&body.user)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     let tenant = state
@@ -79,8 +90,8 @@ async fn create_connection(
     ))
 }
 
-#[derive(Debug, Serialize)]
-struct ConnectionView {
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ConnectionView {
     id: String,
     tenant_id: String,
     user_id: String,
@@ -99,8 +110,8 @@ struct ConnectionView {
     relink_url: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct ConsentView {
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ConsentView {
     granted_at: Option<DateTime<Utc>>,
     expires_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
@@ -129,22 +140,23 @@ async fn load(state: &ApiState, id: ConnectionId) -> Result<ConnectionRecord, Ap
 }
 
 /// A connection's health, for admins.
-async fn get_connection(
+#[utoipa::path(
+    get, path = "/admin/connections/{connection_id}", tag = "admin",
+    params(("connection_id" = String, Path)),
+    responses(
+        (status = 200, body = ConnectionView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn get_connection(
     State(state): State<ApiState>,
     _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<ConnectionView>, ApiError> {
     let c = load(&state, connection_id(&id)?).await?;
-    let relink_url = if c.status == ConnectionStatus::ReauthRequired {
-        let start = state
-            .linker
-            .start(c.tenant_id, &c.user_id, &c.institution_id)
-            .await
-            .map_err(ApiError::internal)?;
-        Some(start.authorize_url.to_string())
-    } else {
-        None
-    };
+    let relink_url = super::read::relink_url(&state, &c).await?;
     let warning = chrono::Duration::days(i64::from(state.consent_warning_days));
     Ok(Json(ConnectionView {
         id: c.id.to_string(),
@@ -172,8 +184,8 @@ async fn get_connection(
     }))
 }
 
-#[derive(Debug, Serialize)]
-struct Disconnected {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Disconnected {
     id: String,
     status: ConnectionStatus,
     /// Whether the institution confirmed the revocation (RFC 7009).
@@ -186,13 +198,31 @@ struct Disconnected {
 /// deletes the tokens and the synced records and marks the connection revoked (the
 /// row stays as the consent history). A failed revocation at the institution is
 /// reported, and the local deletion still happens.
-async fn delete_connection(
+#[utoipa::path(
+    delete, path = "/admin/connections/{connection_id}", tag = "admin",
+    params(("connection_id" = String, Path)),
+    responses(
+        (status = 200, body = Disconnected), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn delete_connection(
     State(state): State<ApiState>,
     _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Disconnected>, ApiError> {
     let id = connection_id(&id)?;
     load(&state, id).await?;
+    disconnect_leased(&state, id).await.map(Json)
+}
+
+/// Disconnects one connection under its token lease.
+pub(super) async fn disconnect_leased(
+    state: &ApiState,
+    id: ConnectionId,
+) -> Result<Disconnected, ApiError> {
     // Under the token lease: no refresh can rotate the token we revoke, or store
     // new tokens after we delete them.
     let lease = uuid::Uuid::new_v4().to_string();
@@ -219,7 +249,7 @@ async fn delete_connection(
             "the connection's tokens stayed locked by a refresh",
         ));
     }
-    let result = disconnect(&state, id).await;
+    let result = disconnect(state, id).await;
     state
         .sync
         .store
@@ -229,7 +259,7 @@ async fn delete_connection(
     result
 }
 
-async fn disconnect(state: &ApiState, id: ConnectionId) -> Result<Json<Disconnected>, ApiError> {
+async fn disconnect(state: &ApiState, id: ConnectionId) -> Result<Disconnected, ApiError> {
     let c = load(state, id).await?;
     let (revoked, note) = match state.sync.tokens.revoke_at_institution(&c).await {
         Ok(true) => (true, None),
@@ -256,10 +286,10 @@ async fn disconnect(state: &ApiState, id: ConnectionId) -> Result<Json<Disconnec
         .await
         .map_err(ApiError::internal)?;
     tracing::info!(connection = %c.id, from = %c.status, status = "revoked", revoked_at_institution = revoked, "Connection disconnected.");
-    Ok(Json(Disconnected {
+    Ok(Disconnected {
         id: c.id.to_string(),
         status: ConnectionStatus::Revoked,
         revoked_at_institution: revoked,
         institution_note: note,
-    }))
+    })
 }

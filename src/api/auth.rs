@@ -1,19 +1,70 @@
-//! Authentication extractors: a tenant by its API key, an admin by the admin token.
-//! Keys are compared by hash (tenants) or in constant time (admin).
+//! Authentication extractors: a tenant by one of its API keys (with the key's
+//! scopes and a per-key rate limit), an admin by the admin token.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use secrecy::ExposeSecret;
 
 use super::{ApiError, ApiState, ErrorCode};
-use crate::store::TenantRecord;
+use crate::store::{ApiKeyRecord, Scope, TenantRecord};
 
-/// The tenant whose API key authenticated the request.
-pub struct Tenant(pub TenantRecord);
+/// The tenant whose API key authenticated the request, and that key.
+pub struct Tenant {
+    pub tenant: TenantRecord,
+    pub key: ApiKeyRecord,
+}
+
+impl Tenant {
+    /// Refuses the request unless the key carries `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.key.allows(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this API key lacks the `{scope}` scope"),
+            ))
+        }
+    }
+}
 
 /// A request that presented the admin token.
 pub struct Admin;
+
+/// Requests per second per API key, in this process (GCRA, from governor).
+pub struct KeyLimiter {
+    limiter: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+}
+
+impl KeyLimiter {
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Arc<Self> {
+        Arc::new(Self {
+            limiter: DefaultKeyedRateLimiter::keyed(
+                Quota::per_second(per_second).allow_burst(burst),
+            ),
+            clock: DefaultClock::default(),
+        })
+    }
+
+    fn check(&self, key_id: &str) -> Result<(), ApiError> {
+        self.limiter
+            .check_key(&key_id.to_owned())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(self.clock.now());
+                ApiError::rate_limited(
+                    "too many requests for this API key",
+                    wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                )
+            })
+    }
+}
 
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
@@ -34,9 +85,15 @@ impl FromRequestParts<ApiState> for Tenant {
                 "send your API key as `Authorization: Bearer <key>`",
             )
         })?;
-        match state.sync.store.tenant_by_api_key(key).await {
-            Ok(Some(tenant)) => Ok(Self(tenant)),
-            Ok(None) => Err(ApiError::new(ErrorCode::Unauthorized, "unknown API key")),
+        match state.sync.store.authenticate(key).await {
+            Ok(Some((tenant, key))) => {
+                state.limiter.check(&key.id)?;
+                Ok(Self { tenant, key })
+            }
+            Ok(None) => Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "unknown or revoked API key",
+            )),
             Err(e) => Err(ApiError::internal(e)),
         }
     }

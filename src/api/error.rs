@@ -3,24 +3,33 @@
 
 use axum::Json;
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::REQUEST_ID;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Stable, machine-readable error codes. New codes may be added; existing ones
+/// keep their meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     Unauthorized,
+    /// The key is valid but lacks the scope the endpoint needs.
+    Forbidden,
     NotFound,
+    /// The thing to create exists already.
+    Conflict,
     InvalidRequest,
     UnknownInstitution,
     InvalidState,
     ConsentDenied,
     InstitutionError,
     AdminDisabled,
+    /// Too many requests; `Retry-After` says when to try again.
+    RateLimited,
     Internal,
 }
 
@@ -28,6 +37,9 @@ impl ErrorCode {
     fn status(self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound | Self::UnknownInstitution => StatusCode::NOT_FOUND,
             Self::InvalidRequest | Self::InvalidState | Self::ConsentDenied => {
                 StatusCode::BAD_REQUEST
@@ -39,10 +51,13 @@ impl ErrorCode {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds to wait before retrying, sent as `Retry-After`.
+    #[serde(skip)]
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -50,7 +65,23 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs.max(1)),
+            ..Self::new(ErrorCode::RateLimited, message)
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, what)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
     }
 
     /// An unexpected failure: logged in full, answered without details.
@@ -63,10 +94,21 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error response: `{ "error": { "code", "message" }, "request_id" }`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
     error: &'a ApiError,
+    /// Quote it when reporting a problem; it is in our logs.
     request_id: Option<&'a str>,
+}
+
+fn with_retry_after(mut response: Response, error: &ApiError) -> Response {
+    if let Some(secs) = error.retry_after_secs {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }
 
 impl IntoResponse for ApiError {
@@ -74,15 +116,15 @@ impl IntoResponse for ApiError {
         let status = self.code.status();
         let mut response = (
             status,
-            Json(Body {
+            Json(ErrorBody {
                 error: &self,
                 request_id: None,
             }),
         )
             .into_response();
         // The request id is added by `attach_request_id`, which sees the request.
-        response.extensions_mut().insert(self);
-        response
+        response.extensions_mut().insert(self.clone());
+        with_retry_after(response, &self)
     }
 }
 
@@ -96,14 +138,15 @@ pub async fn attach_request_id(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     if let Some(error) = response.extensions_mut().remove::<ApiError>() {
         let status = response.status();
-        return (
+        let response = (
             status,
-            Json(Body {
+            Json(ErrorBody {
                 error: &error,
                 request_id: id.as_deref(),
             }),
         )
             .into_response();
+        return with_retry_after(response, &error);
     }
     response
 }

@@ -11,12 +11,26 @@ use super::ApiState;
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
 }
 
-async fn ready(State(state): State<ApiState>) -> (StatusCode, &'static str) {
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String, content_type = "text/plain")))]
+pub(super) async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The process can reach its database.
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, body = String, content_type = "text/plain"),
+        (status = 503, body = String, content_type = "text/plain"),
+    )
+)]
+pub(super) async fn ready(State(state): State<ApiState>) -> (StatusCode, &'static str) {
     match state.sync.store.db().ping().await {
         Ok(()) => (StatusCode::OK, "ready"),
         Err(e) => {

@@ -1,14 +1,18 @@
-//! The HTTP API: the versioned read API for advisory apps ([`read`]), the admin API
-//! ([`admin`]), the OAuth callback institutions redirect to ([`callback`]) and
-//! health checks ([`health`]). Handlers read through the store and cache and
+//! The HTTP API: the versioned read API for advisory apps ([`read`], [`syncs`]), the
+//! admin API ([`admin`], [`tenants`]), its contract ([`docs`]), the OAuth callback
+//! institutions redirect to ([`callback`]) and health checks ([`health`]). Handlers read through the store and cache and
 //! enqueue work through `sync`; they never call an institution themselves.
 
 mod admin;
 mod auth;
 mod callback;
+mod docs;
 mod error;
+mod extract;
 mod health;
 mod read;
+mod syncs;
+mod tenants;
 
 use std::sync::Arc;
 
@@ -19,6 +23,8 @@ use secrecy::SecretString;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+pub use auth::KeyLimiter;
+pub use docs::document;
 pub use error::{ApiError, ErrorCode};
 
 use crate::sync::Context;
@@ -35,6 +41,10 @@ pub struct ApiState {
     pub consent_warning_days: u32,
     /// Renders this process's Prometheus metrics.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Per-API-key request budget.
+    pub limiter: Arc<KeyLimiter>,
+    /// A user's on-demand syncs: one finished request per this interval.
+    pub sync_request_interval: std::time::Duration,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -42,7 +52,10 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(read::routes())
+        .merge(syncs::routes())
         .merge(admin::routes())
+        .merge(tenants::routes())
+        .merge(docs::routes())
         .merge(callback::routes())
         .merge(health::routes())
         .fallback(error::not_found)

@@ -1,53 +1,386 @@
-//! The read API for advisory apps: `/v1/…`, scoped to the calling tenant.
+//! The read API for advisory apps: `/v1/users/{user_id}/…`, scoped to the calling
+//! tenant. Portfolio, accounts and holdings come from the cached portfolio view;
+//! transactions are paged from the database; connections are read live.
+//! A user of another tenant is simply not found.
 
-use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderName;
 use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Tenant;
-use super::{ApiError, ApiState, ErrorCode};
+use super::error::ErrorBody;
+use super::extract::{Json, Path, Query};
+use super::{ApiError, ApiState};
 use crate::cache::Hit;
-use crate::domain::UserId;
-use crate::portfolio::{self, Portfolio};
+use crate::domain::{ConnectionStatus, InvestmentType, TransactionStatus, UserId};
+use crate::portfolio::{
+    self, AccountView, ConnectionView, Freshness, HoldingView, Portfolio, TransactionView,
+};
+use crate::store::{ConnectionRecord, Scope, TransactionFilter, TransactionPosition};
 
 pub fn routes() -> Router<ApiState> {
-    Router::new().route("/v1/users/{user_id}/portfolio", get(get_portfolio))
+    Router::new()
+        .route("/v1/users/{user_id}/portfolio", get(get_portfolio))
+        .route("/v1/users/{user_id}/accounts", get(get_accounts))
+        .route("/v1/users/{user_id}/holdings", get(get_holdings))
+        .route("/v1/users/{user_id}/transactions", get(get_transactions))
+        .route("/v1/users/{user_id}/connections", get(get_connections))
 }
 
-/// A user's accounts, holdings with securities, recent transactions and totals per
-/// currency, with how fresh they are. Another tenant's user is simply not found.
-/// `x-cache` says where the answer came from (`l1`, `l2`, `miss`).
-async fn get_portfolio(
-    State(state): State<ApiState>,
-    Tenant(tenant): Tenant,
-    Path(user_id): Path<String>,
-) -> Result<([(HeaderName, &'static str); 1], Json<Portfolio>), ApiError> {
-    let user = UserId::parse(&user_id)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const MAX_PAGE: u32 = 500;
+
+type Cached<T> = ([(HeaderName, &'static str); 1], Json<T>);
+
+pub(super) fn user_id(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse(raw).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+fn no_user(user: &UserId) -> ApiError {
+    ApiError::not_found(format!("no user `{user}` with a linked institution"))
+}
+
+/// The cached portfolio of a user of the calling tenant.
+async fn cached(
+    state: &ApiState,
+    tenant: &Tenant,
+    raw_user: &str,
+) -> Result<(Portfolio, Hit), ApiError> {
+    tenant.require(Scope::Read)?;
+    let user = user_id(raw_user)?;
     let ctx = &state.sync;
-    let (portfolio, hit) = portfolio::read(
+    portfolio::read(
         &ctx.store,
         &ctx.cache,
-        tenant.id,
+        tenant.tenant.id,
         &user,
         ctx.recent_transactions,
     )
     .await
-    .map_err(ApiError::internal)?;
-    let source = match hit {
-        Hit::L1 => "l1",
-        Hit::L2 => "l2",
-        Hit::Miss => "miss",
-    };
-    let portfolio = portfolio.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::NotFound,
-            format!("no user `{user}` with a linked institution"),
-        )
-    })?;
-    Ok(([(X_CACHE, source)], Json(portfolio)))
+    .map_err(ApiError::internal)?
+    .ok_or_else(|| no_user(&user))
 }
 
-const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+/// A user's portfolio: accounts, holdings with securities, recent transactions,
+/// totals per currency and allocations, with how fresh each connection's data is.
+/// `x-cache` says where the answer came from (`l1`, `l2`, `miss`).
+#[utoipa::path(
+    get, path = "/v1/users/{user_id}/portfolio", tag = "read",
+    params(("user_id" = String, Path, description = "The tenant's own id for the user")),
+    responses(
+        (status = 200, body = Portfolio, headers(("x-cache" = String, description = "l1, l2 or miss"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn get_portfolio(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Path(user_id): Path<String>,
+) -> Result<Cached<Portfolio>, ApiError> {
+    let (portfolio, hit) = cached(&state, &tenant, &user_id).await?;
+    Ok(([(X_CACHE, hit.as_str())], Json(portfolio)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct AccountsResponse {
+    user_id: String,
+    freshness: Freshness,
+    connections: Vec<ConnectionView>,
+    accounts: Vec<AccountView>,
+}
+
+/// A user's accounts with balances.
+#[utoipa::path(
+    get, path = "/v1/users/{user_id}/accounts", tag = "read",
+    params(("user_id" = String, Path, description = "The tenant's own id for the user")),
+    responses(
+        (status = 200, body = AccountsResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn get_accounts(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Path(user_id): Path<String>,
+) -> Result<Cached<AccountsResponse>, ApiError> {
+    let (p, hit) = cached(&state, &tenant, &user_id).await?;
+    Ok((
+        [(X_CACHE, hit.as_str())],
+        Json(AccountsResponse {
+            user_id: p.user_id,
+            freshness: p.freshness,
+            connections: p.connections,
+            accounts: p.accounts,
+        }),
+    ))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct HoldingsResponse {
+    user_id: String,
+    freshness: Freshness,
+    connections: Vec<ConnectionView>,
+    holdings: Vec<HoldingView>,
+}
+
+/// A user's holdings, each with its security.
+#[utoipa::path(
+    get, path = "/v1/users/{user_id}/holdings", tag = "read",
+    params(("user_id" = String, Path, description = "The tenant's own id for the user")),
+    responses(
+        (status = 200, body = HoldingsResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn get_holdings(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Path(user_id): Path<String>,
+) -> Result<Cached<HoldingsResponse>, ApiError> {
+    let (p, hit) = cached(&state, &tenant, &user_id).await?;
+    Ok((
+        [(X_CACHE, hit.as_str())],
+        Json(HoldingsResponse {
+            user_id: p.user_id,
+            freshness: p.freshness,
+            connections: p.connections,
+            holdings: p.holdings,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TransactionQuery {
+    /// Only this account (the institution's account id, as in `/accounts`).
+    account_id: Option<String>,
+    /// Earliest date, inclusive (YYYY-MM-DD).
+    from: Option<NaiveDate>,
+    /// Latest date, inclusive (YYYY-MM-DD).
+    to: Option<NaiveDate>,
+    status: Option<TransactionStatus>,
+    /// Investment transaction type.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    investment_type: Option<InvestmentType>,
+    /// Page size, 1 to 500; 100 by default.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TransactionsResponse {
+    user_id: String,
+    freshness: Freshness,
+    connections: Vec<ConnectionView>,
+    /// Newest first.
+    transactions: Vec<TransactionView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Cursor {
+    d: NaiveDate,
+    r: String,
+}
+
+fn encode_cursor(position: &TransactionPosition) -> String {
+    let cursor = Cursor {
+        d: position.date,
+        r: position.row_id.clone(),
+    };
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
+}
+
+fn decode_cursor(raw: &str) -> Result<TransactionPosition, ApiError> {
+    let invalid = || ApiError::invalid("`cursor` is not a cursor this API returned");
+    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
+    let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    Ok(TransactionPosition {
+        date: cursor.d,
+        row_id: cursor.r,
+    })
+}
+
+/// A user's transactions, newest first, filtered and paged with an opaque cursor.
+#[utoipa::path(
+    get, path = "/v1/users/{user_id}/transactions", tag = "read",
+    params(("user_id" = String, Path, description = "The tenant's own id for the user"), TransactionQuery),
+    responses(
+        (status = 200, body = TransactionsResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn get_transactions(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Path(user_id): Path<String>,
+    Query(query): Query<TransactionQuery>,
+) -> Result<Json<TransactionsResponse>, ApiError> {
+    tenant.require(Scope::Read)?;
+    let user = self::user_id(&user_id)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "`limit` must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    if let (Some(from), Some(to)) = (query.from, query.to)
+        && from > to
+    {
+        return Err(ApiError::invalid("`from` is after `to`"));
+    }
+    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let store = &state.sync.store;
+    let connections = store
+        .user_connections(tenant.tenant.id, &user)
+        .await
+        .map_err(ApiError::internal)?;
+    if connections.is_empty() {
+        return Err(no_user(&user));
+    }
+    let ids: Vec<_> = connections.iter().map(|c| c.id).collect();
+    let filter = TransactionFilter {
+        account: query.account_id,
+        from: query.from,
+        to: query.to,
+        status: query.status,
+        investment_type: query.investment_type,
+    };
+    // One extra row says whether there is a next page.
+    let mut page = store
+        .transactions_page(&ids, &filter, after.as_ref(), u64::from(limit) + 1)
+        .await
+        .map_err(ApiError::internal)?;
+    let next_cursor = if page.len() > limit as usize {
+        page.truncate(limit as usize);
+        page.last().map(|t| encode_cursor(&t.position))
+    } else {
+        None
+    };
+    let (mut freshness, connections) = portfolio::connection_views(&connections);
+    if state.sync.cache.degraded() {
+        freshness.mark_cache_degraded();
+    }
+    Ok(Json(TransactionsResponse {
+        user_id: user.to_string(),
+        freshness,
+        connections,
+        transactions: page
+            .into_iter()
+            .map(|t| TransactionView::from_record(t.connection.to_string(), t.transaction))
+            .collect(),
+        next_cursor,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ConnectionsResponse {
+    user_id: String,
+    freshness: Freshness,
+    connections: Vec<ConnectionDetail>,
+}
+
+/// One of the user's connections, with what an app needs to show its health.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ConnectionDetail {
+    id: String,
+    institution: String,
+    status: ConnectionStatus,
+    freshness: Freshness,
+    last_synced_at: Option<DateTime<Utc>>,
+    last_failure_at: Option<DateTime<Utc>>,
+    next_sync_at: Option<DateTime<Utc>>,
+    consent_expires_at: Option<DateTime<Utc>>,
+    /// Where to send the user to link again; present when re-authentication is needed.
+    relink_url: Option<String>,
+}
+
+/// A user's connections: status, last sync, reason, and a relink URL when the user
+/// must link the institution again.
+#[utoipa::path(
+    get, path = "/v1/users/{user_id}/connections", tag = "read",
+    params(("user_id" = String, Path, description = "The tenant's own id for the user")),
+    responses(
+        (status = 200, body = ConnectionsResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn get_connections(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Path(user_id): Path<String>,
+) -> Result<Json<ConnectionsResponse>, ApiError> {
+    tenant.require(Scope::Read)?;
+    let user = self::user_id(&user_id)?;
+    let records = state
+        .sync
+        .store
+        .user_connections(tenant.tenant.id, &user)
+        .await
+        .map_err(ApiError::internal)?;
+    if records.is_empty() {
+        return Err(no_user(&user));
+    }
+    let (freshness, views) = portfolio::connection_views(&records);
+    let mut connections = Vec::with_capacity(records.len());
+    for (record, view) in records.iter().zip(views) {
+        connections.push(ConnectionDetail {
+            relink_url: relink_url(&state, record).await?,
+            id: view.id,
+            institution: view.institution,
+            status: view.status,
+            freshness: view.freshness,
+            last_synced_at: record.last_synced_at,
+            last_failure_at: record.last_failure_at,
+            next_sync_at: record.next_sync_at,
+            consent_expires_at: record.consent.expires_at,
+        });
+    }
+    Ok(Json(ConnectionsResponse {
+        user_id: user.to_string(),
+        freshness,
+        connections,
+    }))
+}
+
+/// A fresh single-use link for a connection that needs the user again.
+pub(super) async fn relink_url(
+    state: &ApiState,
+    record: &ConnectionRecord,
+) -> Result<Option<String>, ApiError> {
+    if record.status != ConnectionStatus::ReauthRequired {
+        return Ok(None);
+    }
+    let start = state
+        .linker
+        .start(record.tenant_id, &record.user_id, &record.institution_id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Some(start.authorize_url.to_string()))
+}

@@ -1,23 +1,44 @@
 //! The read cache: moka in this process (L1) in front of Redis shared by the fleet
 //! (L2), behind one interface. Values are opaque bytes (serialized views) so the
-//! cache knows nothing of what it holds. Every Redis call has its own tight timeout
-//! and any Redis failure is a miss, never an error: the caller falls back to the
-//! database and keeps answering.
+//! cache knows nothing of what it holds.
+//!
+//! Three rules keep it honest:
+//! - Every Redis call has its own tight timeout, and a failure trips a breaker that
+//!   skips Redis for a cool-down: while Redis is down or slow, reads go to the
+//!   database without waiting on it.
+//! - A writer publishes every change on a Redis channel and each process drops its
+//!   L1 copy when the message arrives. While this process is not subscribed (Redis
+//!   down, or no listener started), its L1 could miss such a message, so L1 is not
+//!   trusted and reads go to Redis or the database instead.
+//! - Concurrent misses of one key are coalesced: one loader runs, the others wait
+//!   for its value.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use moka::future::Cache as Moka;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-/// Where a read was answered from, for metrics and tests.
+/// Where a read was answered from, for metrics, tests and the `x-cache` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hit {
     L1,
     L2,
     Miss,
+}
+
+impl Hit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::L1 => "l1",
+            Self::L2 => "l2",
+            Self::Miss => "miss",
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -26,6 +47,9 @@ pub struct CacheStats {
     pub l2_hits: AtomicU64,
     pub misses: AtomicU64,
     pub l2_errors: AtomicU64,
+    /// Redis calls not made because the breaker was open.
+    pub l2_skipped: AtomicU64,
+    pub invalidations_received: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -37,10 +61,38 @@ pub struct Cache {
 
 #[derive(Clone)]
 struct RedisL2 {
+    client: redis::Client,
     connection: ConnectionManager,
     prefix: String,
     timeout: Duration,
     ttl: Duration,
+    breaker: Arc<Breaker>,
+    /// Whether this process is subscribed to invalidations right now.
+    subscribed: Arc<AtomicBool>,
+}
+
+/// Opens after a failed Redis call and stays open for `cooldown`; the first call
+/// after that is the probe that closes it again or re-opens it.
+struct Breaker {
+    epoch: Instant,
+    open_until_ms: AtomicU64,
+    cooldown: Duration,
+}
+
+impl Breaker {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn allows(&self) -> bool {
+        self.now_ms() >= self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn trip(&self) {
+        let until =
+            self.now_ms() + u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX / 2);
+        self.open_until_ms.store(until, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +106,13 @@ pub struct CacheConfig<'a> {
     pub key_prefix: &'a str,
     pub redis_timeout: Duration,
     pub l2_ttl: Duration,
+    /// How long Redis is left alone after a failed call.
+    pub breaker_cooldown: Duration,
 }
 
 impl Cache {
     /// Builds the cache. Redis is connected lazily: an unreachable Redis at start is
-    /// not an error, reads just miss L2 until it is back.
+    /// not an error, reads just go to the database until it is back.
     pub fn new(config: CacheConfig<'_>) -> Result<Self, CacheError> {
         let l1 = Moka::builder()
             .max_capacity(config.l1_capacity)
@@ -75,10 +129,20 @@ impl Cache {
                     .set_response_timeout(Some(config.redis_timeout))
                     .set_number_of_retries(1);
                 Some(RedisL2 {
-                    connection: ConnectionManager::new_lazy_with_config(client, manager_config)?,
+                    connection: ConnectionManager::new_lazy_with_config(
+                        client.clone(),
+                        manager_config,
+                    )?,
+                    client,
                     prefix: config.key_prefix.to_owned(),
                     timeout: config.redis_timeout,
                     ttl: config.l2_ttl,
+                    breaker: Arc::new(Breaker {
+                        epoch: Instant::now(),
+                        open_until_ms: AtomicU64::new(0),
+                        cooldown: config.breaker_cooldown,
+                    }),
+                    subscribed: Arc::default(),
                 })
             }
         };
@@ -93,105 +157,240 @@ impl Cache {
         &self.stats
     }
 
-    /// Looks in L1, then L2 (filling L1 on an L2 hit).
-    pub async fn get(&self, key: &str) -> (Option<Arc<Vec<u8>>>, Hit) {
-        if let Some(value) = self.l1.get(key).await {
-            self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
-            return (Some(value), Hit::L1);
-        }
-        if let Some(l2) = &self.l2 {
-            let mut connection = l2.connection.clone();
-            let full = l2.key(key);
-            match tokio::time::timeout(l2.timeout, connection.get::<_, Option<Vec<u8>>>(&full))
-                .await
-            {
-                Ok(Ok(Some(bytes))) => {
-                    let value = Arc::new(bytes);
-                    self.l1.insert(key.to_owned(), value.clone()).await;
-                    self.stats.l2_hits.fetch_add(1, Ordering::Relaxed);
-                    return (Some(value), Hit::L2);
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => self.l2_failed("get", &e.to_string()),
-                Err(_) => self.l2_failed("get", "timed out"),
-            }
-        }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        (None, Hit::Miss)
+    /// Whether answers may be slower or missing other processes' changes: Redis is
+    /// configured but failing, or this process is not receiving invalidations.
+    pub fn degraded(&self) -> bool {
+        self.l2
+            .as_ref()
+            .is_some_and(|l2| !l2.breaker.allows() || !l2.subscribed.load(Ordering::Relaxed))
     }
 
-    /// Stores in L1 and L2. An L2 failure is logged, not returned: the database
-    /// still has the data.
+    fn l1_trusted(&self) -> bool {
+        self.l2
+            .as_ref()
+            .is_none_or(|l2| l2.subscribed.load(Ordering::Relaxed))
+    }
+
+    /// The value under `key`: from L1, else L2, else `load` (the database), whose
+    /// value is then cached unless a writer cached a newer one meanwhile. Concurrent
+    /// misses of one key share one `load`. A `load` error is returned, not cached.
+    pub async fn get_or_load<E, F>(&self, key: &str, load: F) -> Result<(Arc<Vec<u8>>, Hit), Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<Vec<u8>, E>>,
+    {
+        let through = async {
+            if let Some(value) = self.l2_get(key).await {
+                self.stats.l2_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((value, Hit::L2));
+            }
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            let value = Arc::new(load.await?);
+            self.l2_fill(key, &value).await;
+            Ok((value, Hit::Miss))
+        };
+        if !self.l1_trusted() {
+            return through.await.map_err(Arc::new);
+        }
+        if let Some(value) = self.l1.get(key).await {
+            self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((value, Hit::L1));
+        }
+        // Which layer answered is only known to the caller whose loader ran; the
+        // others waited on it and count as L1 hits.
+        let answered = std::sync::Mutex::new(Hit::L1);
+        let value = self
+            .l1
+            .try_get_with(key.to_owned(), async {
+                let (value, hit) = through.await?;
+                *answered.lock().unwrap_or_else(|e| e.into_inner()) = hit;
+                Ok(value)
+            })
+            .await?;
+        let hit = *answered.lock().unwrap_or_else(|e| e.into_inner());
+        if hit == Hit::L1 {
+            self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok((value, hit))
+    }
+
+    /// Stores a value a writer just built from committed data, in L1 and L2, and
+    /// tells every process to drop its L1 copy. An L2 failure is logged, not
+    /// returned: the database still has the data.
     pub async fn put(&self, key: &str, value: Vec<u8>) {
         let value = Arc::new(value);
         self.l1.insert(key.to_owned(), value.clone()).await;
-        if let Some(l2) = &self.l2 {
-            let mut connection = l2.connection.clone();
-            let write = connection.set_ex::<_, _, ()>(
-                l2.key(key),
-                value.as_slice(),
-                l2.ttl.as_secs().max(1),
-            );
-            let failure = match tokio::time::timeout(l2.timeout, write).await {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "timed out".to_owned(),
-            };
-            self.l2_failed("put", &failure);
-            // An older value left in Redis would be served as current: drop it.
-            let mut connection = l2.connection.clone();
-            if !matches!(
-                tokio::time::timeout(l2.timeout, connection.del::<_, ()>(l2.key(key))).await,
-                Ok(Ok(()))
-            ) {
-                self.l2_failed("invalidate", "could not drop the outdated value");
+        let Some(l2) = self.l2_allowed() else {
+            return;
+        };
+        let mut connection = l2.connection.clone();
+        let write =
+            connection.set_ex::<_, _, ()>(l2.key(key), value.as_slice(), l2.ttl.as_secs().max(1));
+        match tokio::time::timeout(l2.timeout, write).await {
+            Ok(Ok(())) => self.publish(l2, key).await,
+            Ok(Err(e)) => {
+                self.l2_failed(l2, "put", &e.to_string());
+                // An older value left in Redis would be served as current: drop it.
+                self.l2_delete(l2, key).await;
+            }
+            Err(_) => {
+                self.l2_failed(l2, "put", "timed out");
+                self.l2_delete(l2, key).await;
             }
         }
     }
 
-    /// Stores a value read through from the database, unless a value is already
-    /// there: a writer with newer data (a sync that just committed) always wins over
-    /// a reader that built its value a moment before.
-    pub async fn fill(&self, key: &str, value: Vec<u8>) {
-        let value = Arc::new(value);
-        self.l1.entry(key.to_owned()).or_insert(value.clone()).await;
-        if let Some(l2) = &self.l2 {
-            let mut connection = l2.connection.clone();
-            let mut set = redis::cmd("SET");
-            set.arg(l2.key(key))
-                .arg(value.as_slice())
-                .arg("NX")
-                .arg("EX")
-                .arg(l2.ttl.as_secs().max(1));
-            match tokio::time::timeout(
-                l2.timeout,
-                set.query_async::<Option<String>>(&mut connection),
-            )
-            .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => self.l2_failed("fill", &e.to_string()),
-                Err(_) => self.l2_failed("fill", "timed out"),
-            }
-        }
-    }
-
-    /// Forgets a key everywhere, so the next read goes to the database. L1 in other
-    /// processes expires by its short TTL.
+    /// Forgets a key everywhere, so the next read goes to the database.
     pub async fn invalidate(&self, key: &str) {
         self.l1.invalidate(key).await;
-        if let Some(l2) = &self.l2 {
-            let mut connection = l2.connection.clone();
-            match tokio::time::timeout(l2.timeout, connection.del::<_, ()>(l2.key(key))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => self.l2_failed("invalidate", &e.to_string()),
-                Err(_) => self.l2_failed("invalidate", "timed out"),
+        if let Some(l2) = self.l2_allowed() {
+            self.l2_delete(l2, key).await;
+        }
+    }
+
+    /// Forgets a key in this process only (for a reader that knows its copy is old).
+    pub async fn forget_locally(&self, key: &str) {
+        self.l1.invalidate(key).await;
+    }
+
+    /// Keeps this process subscribed to other processes' invalidations until the
+    /// returned task is aborted. Without Redis there is nothing to listen to.
+    pub fn listen_for_invalidations(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let l2 = self.l2.clone()?;
+        let l1 = self.l1.clone();
+        let stats = self.stats.clone();
+        Some(tokio::spawn(async move {
+            let channel = l2.channel();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let subscription = tokio::time::timeout(Duration::from_secs(2), async {
+                    let mut pubsub = l2.client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                })
+                .await;
+                let pubsub = match subscription {
+                    Ok(Ok(pubsub)) => pubsub,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "Cannot subscribe to cache invalidations; L1 is bypassed.");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "Subscribing to cache invalidations timed out; L1 is bypassed."
+                        );
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                // Messages sent while unsubscribed are lost: start from an empty L1.
+                l1.invalidate_all();
+                l2.subscribed.store(true, Ordering::Relaxed);
+                backoff = Duration::from_millis(100);
+                tracing::info!("Subscribed to cache invalidations.");
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    if let Ok(key) = message.get_payload::<String>() {
+                        stats.invalidations_received.fetch_add(1, Ordering::Relaxed);
+                        l1.invalidate(&key).await;
+                    }
+                }
+                l2.subscribed.store(false, Ordering::Relaxed);
+                tracing::warn!(
+                    "Lost the cache invalidation channel; L1 is bypassed until it is back."
+                );
+            }
+        }))
+    }
+
+    fn l2_allowed(&self) -> Option<&RedisL2> {
+        let l2 = self.l2.as_ref()?;
+        if l2.breaker.allows() {
+            Some(l2)
+        } else {
+            self.stats.l2_skipped.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    async fn l2_get(&self, key: &str) -> Option<Arc<Vec<u8>>> {
+        let l2 = self.l2_allowed()?;
+        let mut connection = l2.connection.clone();
+        match tokio::time::timeout(
+            l2.timeout,
+            connection.get::<_, Option<Vec<u8>>>(l2.key(key)),
+        )
+        .await
+        {
+            Ok(Ok(value)) => value.map(Arc::new),
+            Ok(Err(e)) => {
+                self.l2_failed(l2, "get", &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.l2_failed(l2, "get", "timed out");
+                None
             }
         }
     }
 
-    fn l2_failed(&self, operation: &str, error: &str) {
+    /// Stores a value read through from the database, unless one is already there:
+    /// a writer with newer data (a sync that just committed) wins over a reader
+    /// that built its value a moment before.
+    async fn l2_fill(&self, key: &str, value: &[u8]) {
+        let Some(l2) = self.l2_allowed() else {
+            return;
+        };
+        let mut connection = l2.connection.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(l2.key(key))
+            .arg(value)
+            .arg("NX")
+            .arg("EX")
+            .arg(l2.ttl.as_secs().max(1));
+        match tokio::time::timeout(
+            l2.timeout,
+            set.query_async::<Option<String>>(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => self.l2_failed(l2, "fill", &e.to_string()),
+            Err(_) => self.l2_failed(l2, "fill", "timed out"),
+        }
+    }
+
+    async fn l2_delete(&self, l2: &RedisL2, key: &str) {
+        let mut connection = l2.connection.clone();
+        match tokio::time::timeout(l2.timeout, connection.del::<_, ()>(l2.key(key))).await {
+            Ok(Ok(())) => self.publish(l2, key).await,
+            Ok(Err(e)) => self.l2_failed(l2, "invalidate", &e.to_string()),
+            Err(_) => self.l2_failed(l2, "invalidate", "timed out"),
+        }
+    }
+
+    async fn publish(&self, l2: &RedisL2, key: &str) {
+        let mut connection = l2.connection.clone();
+        match tokio::time::timeout(
+            l2.timeout,
+            connection.publish::<_, _, ()>(l2.channel(), key),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.l2_failed(l2, "publish", &e.to_string()),
+            Err(_) => self.l2_failed(l2, "publish", "timed out"),
+        }
+    }
+
+    fn l2_failed(&self, l2: &RedisL2, operation: &str, error: &str) {
+        l2.breaker.trip();
         self.stats.l2_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("finsync_cache_redis_errors_total", "operation" => operation.to_owned())
+            .increment(1);
         tracing::warn!(
             operation,
             error,
@@ -203,5 +402,9 @@ impl Cache {
 impl RedisL2 {
     fn key(&self, key: &str) -> String {
         format!("{}:{key}", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:invalidate", self.prefix)
     }
 }

@@ -190,6 +190,22 @@ impl Store {
             .collect()
     }
 
+    /// Every connection of a tenant, by user.
+    pub async fn tenant_connections(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        connection::Entity::find()
+            .filter(connection::Column::TenantId.eq(tenant.to_string()))
+            .order_by_asc(connection::Column::UserId)
+            .order_by_asc(connection::Column::CreatedAt)
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect()
+    }
+
     /// Active connections whose next sync is due (or never scheduled).
     pub async fn due_connections(
         &self,
@@ -337,8 +353,7 @@ impl Store {
             .collect::<Result<_, _>>()?;
         let mut moved = Vec::new();
         for c in expired {
-            let reason =
-                "CONNECTION_REAUTH_REQUIRED: the user's consent at the institution has expired";
+            let reason = "REAUTH_REQUIRED: the user's consent at the institution has expired";
             if self
                 .leave_active(c.id, ConnectionStatus::ReauthRequired, reason)
                 .await?

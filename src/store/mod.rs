@@ -10,6 +10,7 @@ pub mod entities;
 mod institutions;
 mod records;
 mod runs;
+mod sync_requests;
 mod tenants;
 
 use std::path::Path;
@@ -24,9 +25,12 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use connections::{ConnectionRecord, Consent, Lease, NewState, TokenColumns};
 pub use decimal::DbDecimal;
-pub use records::{ApplyCounts, Removals};
+pub use records::{
+    ApplyCounts, PagedTransaction, Removals, TransactionFilter, TransactionPosition,
+};
 pub use runs::RunCounts;
-pub use tenants::{ApiKey, TenantRecord};
+pub use sync_requests::SyncRequestRecord;
+pub use tenants::{ApiKey, ApiKeyRecord, Scope, TenantRecord};
 
 /// Advisory lock key that serialises migrations across a fleet ("fsmigrat").
 const MIGRATION_LOCK: i64 = 0x6673_6d69_6772_6174;

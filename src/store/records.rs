@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::Utc;
+use chrono::{NaiveDate, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set,
@@ -13,7 +13,8 @@ use sea_orm::{
 use super::entities::{account, holding, security, transaction};
 use super::{DbDecimal, Store, StoreError};
 use crate::domain::{
-    Account, Balances, ConnectionId, Currency, Holding, Money, Security, Snapshot, Transaction,
+    Account, Balances, ConnectionId, Currency, Holding, InvestmentType, Money, Security, Snapshot,
+    Transaction, TransactionStatus,
 };
 
 /// What applying a snapshot changed.
@@ -547,4 +548,92 @@ fn transaction_from_row(r: &transaction::Model) -> Result<Transaction, StoreErro
         quantity: r.quantity.map(|d| d.0),
         price: r.price.map(|d| d.0),
     })
+}
+
+/// Which transactions a page holds.
+#[derive(Debug, Clone, Default)]
+pub struct TransactionFilter {
+    pub account: Option<String>,
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    pub status: Option<TransactionStatus>,
+    pub investment_type: Option<InvestmentType>,
+}
+
+/// Where the previous page ended: transactions come newest first, ties by row id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionPosition {
+    pub date: NaiveDate,
+    pub row_id: String,
+}
+
+/// One transaction with the connection it came from and its position for paging.
+#[derive(Debug, Clone)]
+pub struct PagedTransaction {
+    pub connection: ConnectionId,
+    pub position: TransactionPosition,
+    pub transaction: Transaction,
+}
+
+impl Store {
+    /// Up to `limit` transactions of the given connections after `after`, newest
+    /// first, matching `filter`.
+    pub async fn transactions_page(
+        &self,
+        connections: &[ConnectionId],
+        filter: &TransactionFilter,
+        after: Option<&TransactionPosition>,
+        limit: u64,
+    ) -> Result<Vec<PagedTransaction>, StoreError> {
+        use sea_orm::sea_query::Condition;
+        let mut query = transaction::Entity::find().filter(
+            transaction::Column::ConnectionId.is_in(connections.iter().map(ToString::to_string)),
+        );
+        if let Some(account) = &filter.account {
+            query = query.filter(transaction::Column::AccountExternalId.eq(account));
+        }
+        if let Some(from) = filter.from {
+            query = query.filter(transaction::Column::Date.gte(from));
+        }
+        if let Some(to) = filter.to {
+            query = query.filter(transaction::Column::Date.lte(to));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(transaction::Column::Status.eq(status.as_str()));
+        }
+        if let Some(kind) = filter.investment_type {
+            query = query.filter(transaction::Column::InvestmentType.eq(kind.as_str()));
+        }
+        if let Some(after) = after {
+            query = query.filter(
+                Condition::any()
+                    .add(transaction::Column::Date.lt(after.date))
+                    .add(
+                        Condition::all()
+                            .add(transaction::Column::Date.eq(after.date))
+                            .add(transaction::Column::Id.gt(after.row_id.as_str())),
+                    ),
+            );
+        }
+        query
+            .order_by_desc(transaction::Column::Date)
+            .order_by_asc(transaction::Column::Id)
+            .limit(limit)
+            .all(self.db())
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(PagedTransaction {
+                    connection: row.connection_id.parse().map_err(|_| {
+                        StoreError::Corrupt(format!("transaction {}: connection id", row.id))
+                    })?,
+                    position: TransactionPosition {
+                        date: row.date,
+                        row_id: row.id.clone(),
+                    },
+                    transaction: transaction_from_row(row)?,
+                })
+            })
+            .collect()
+    }
 }

@@ -1,12 +1,18 @@
-//! Tenants and their API keys. Only a SHA-256 of each key is stored; the key itself
-//! is shown once, when it is created.
+//! Tenants and their API keys. A key is `fsk_<prefix>_<secret>`: the prefix finds
+//! the key and is safe to show; only a SHA-256 of the whole key is stored, so the
+//! key itself is visible once, when it is issued. Keys carry scopes and can be
+//! revoked one by one.
 
-use chrono::Utc;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
 use rand::RngExt;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 
-use super::entities::tenant;
+use super::entities::{api_key, tenant};
 use super::{Store, StoreError};
 use crate::domain::TenantId;
 
@@ -14,65 +20,223 @@ use crate::domain::TenantId;
 pub struct TenantRecord {
     pub id: TenantId,
     pub name: String,
+    pub created_at: DateTime<Utc>,
 }
 
-/// A freshly minted API key: `fsk_` + 40 random characters.
-pub struct ApiKey(pub SecretString);
+/// What a key may do: `read` portfolios, or also request `sync`s.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Sync,
+}
 
-impl ApiKey {
-    fn generate() -> Self {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-        let mut rng = rand::rng();
-        let key: String = (0..40)
-            .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-            .collect();
-        Self(SecretString::from(format!("fsk_{key}")))
+impl Scope {
+    pub const ALL: [Scope; 2] = [Scope::Read, Scope::Sync];
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Read => "read",
+            Self::Sync => "sync",
+        })
     }
 }
 
-pub fn hash_api_key(key: &str) -> String {
+impl FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "read" => Ok(Self::Read),
+            "sync" => Ok(Self::Sync),
+            other => Err(format!("unknown scope `{other}` (expected read or sync)")),
+        }
+    }
+}
+
+/// An API key as listings show it: never the key itself.
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub prefix: String,
+    pub scopes: Vec<Scope>,
+    pub label: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKeyRecord {
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+}
+
+/// A freshly issued API key, visible only now.
+pub struct ApiKey(pub SecretString);
+
+const KEY_TAG: &str = "fsk_";
+const PREFIX_LEN: usize = 8;
+const SECRET_LEN: usize = 32;
+
+impl ApiKey {
+    fn generate() -> (Self, String) {
+        let prefix = random_text(PREFIX_LEN);
+        let key = format!("{KEY_TAG}{prefix}_{}", random_text(SECRET_LEN));
+        (Self(SecretString::from(key)), prefix)
+    }
+}
+
+fn random_text(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// The prefix of a presented key, if it has the shape of one.
+fn prefix_of(key: &str) -> Option<&str> {
+    let (prefix, secret) = key.strip_prefix(KEY_TAG)?.split_once('_')?;
+    (prefix.len() == PREFIX_LEN && secret.len() == SECRET_LEN).then_some(prefix)
+}
+
+fn hash_api_key(key: &str) -> String {
     crate::fingerprint::sha256_hex(key.as_bytes())
 }
 
+/// Compares two hashes without an early exit.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 impl Store {
-    /// Creates a tenant and returns its API key (the only time it is visible).
+    /// Creates a tenant with a first key scoped `read` and `sync`.
     pub async fn create_tenant(&self, name: &str) -> Result<(TenantRecord, ApiKey), StoreError> {
-        let id = TenantId::new();
-        let key = ApiKey::generate();
+        let record = TenantRecord {
+            id: TenantId::new(),
+            name: name.to_owned(),
+            created_at: Utc::now(),
+        };
         tenant::ActiveModel {
-            id: Set(id.to_string()),
-            name: Set(name.to_owned()),
-            api_key_hash: Set(hash_api_key(key.0.expose_secret())),
-            created_at: Set(Utc::now()),
+            id: Set(record.id.to_string()),
+            name: Set(record.name.clone()),
+            created_at: Set(record.created_at),
         }
         .insert(self.db())
         .await?;
-        Ok((
-            TenantRecord {
-                id,
-                name: name.to_owned(),
-            },
-            key,
-        ))
+        let (_, key) = self.issue_api_key(record.id, &Scope::ALL, None).await?;
+        Ok((record, key))
     }
 
-    /// Issues a new key for an existing tenant; the old one stops working.
+    /// Issues a new key for a tenant.
+    pub async fn issue_api_key(
+        &self,
+        tenant: TenantId,
+        scopes: &[Scope],
+        label: Option<&str>,
+    ) -> Result<(ApiKeyRecord, ApiKey), StoreError> {
+        let (key, prefix) = ApiKey::generate();
+        let mut scopes = scopes.to_vec();
+        scopes.sort();
+        scopes.dedup();
+        let row = api_key::ActiveModel {
+            id: Set(uuid::Uuid::new_v4().to_string()),
+            tenant_id: Set(tenant.to_string()),
+            prefix: Set(prefix),
+            key_hash: Set(hash_api_key(key.0.expose_secret())),
+            scopes: Set(join_scopes(&scopes)),
+            label: Set(label.map(str::to_owned)),
+            created_at: Set(Utc::now()),
+            revoked_at: Set(None),
+        }
+        .insert(self.db())
+        .await?;
+        Ok((key_record(row)?, key))
+    }
+
+    /// Revokes every live key of the named tenant and issues a new one.
     pub async fn rotate_api_key(&self, name: &str) -> Result<(TenantRecord, ApiKey), StoreError> {
-        let row = tenant::Entity::find()
-            .filter(tenant::Column::Name.eq(name))
-            .one(self.db())
+        let tenant = self
+            .tenant_by_name(name)
             .await?
             .ok_or(StoreError::NotFound("tenant"))?;
-        let key = ApiKey::generate();
-        let mut active: tenant::ActiveModel = row.clone().into();
-        active.api_key_hash = Set(hash_api_key(key.0.expose_secret()));
-        active.update(self.db()).await?;
-        Ok((to_record(row)?, key))
+        api_key::Entity::update_many()
+            .col_expr(
+                api_key::Column::RevokedAt,
+                sea_orm::sea_query::Expr::value(Utc::now()),
+            )
+            .filter(api_key::Column::TenantId.eq(tenant.id.to_string()))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(self.db())
+            .await?;
+        let (_, key) = self.issue_api_key(tenant.id, &Scope::ALL, None).await?;
+        Ok((tenant, key))
     }
 
-    pub async fn tenant_by_api_key(&self, key: &str) -> Result<Option<TenantRecord>, StoreError> {
-        tenant::Entity::find()
-            .filter(tenant::Column::ApiKeyHash.eq(hash_api_key(key)))
+    /// The tenant's keys, newest first, revoked ones included.
+    pub async fn api_keys(&self, tenant: TenantId) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        api_key::Entity::find()
+            .filter(api_key::Column::TenantId.eq(tenant.to_string()))
+            .order_by_desc(api_key::Column::CreatedAt)
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(key_record)
+            .collect()
+    }
+
+    /// Revokes one key; `false` when the tenant has no such live key.
+    pub async fn revoke_api_key(&self, tenant: TenantId, id: &str) -> Result<bool, StoreError> {
+        let result = api_key::Entity::update_many()
+            .col_expr(
+                api_key::Column::RevokedAt,
+                sea_orm::sea_query::Expr::value(Utc::now()),
+            )
+            .filter(api_key::Column::Id.eq(id))
+            .filter(api_key::Column::TenantId.eq(tenant.to_string()))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(self.db())
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// The tenant and key a presented key belongs to, if it is live.
+    pub async fn authenticate(
+        &self,
+        key: &str,
+    ) -> Result<Option<(TenantRecord, ApiKeyRecord)>, StoreError> {
+        let Some(prefix) = prefix_of(key) else {
+            return Ok(None);
+        };
+        let Some(row) = api_key::Entity::find()
+            .filter(api_key::Column::Prefix.eq(prefix))
+            .one(self.db())
+            .await?
+        else {
+            return Ok(None);
+        };
+        if row.revoked_at.is_some() || !same(&row.key_hash, &hash_api_key(key)) {
+            return Ok(None);
+        }
+        let record = key_record(row)?;
+        let tenant = self
+            .tenant(record.tenant_id)
+            .await?
+            .ok_or(StoreError::NotFound("tenant"))?;
+        Ok(Some((tenant, record)))
+    }
+
+    pub async fn tenant(&self, id: TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        tenant::Entity::find_by_id(id.to_string())
             .one(self.db())
             .await?
             .map(to_record)
@@ -87,6 +251,24 @@ impl Store {
             .map(to_record)
             .transpose()
     }
+
+    pub async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        tenant::Entity::find()
+            .order_by_asc(tenant::Column::Name)
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect()
+    }
+}
+
+fn join_scopes(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(Scope::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn to_record(row: tenant::Model) -> Result<TenantRecord, StoreError> {
@@ -96,5 +278,44 @@ fn to_record(row: tenant::Model) -> Result<TenantRecord, StoreError> {
             .parse()
             .map_err(|_| StoreError::Corrupt(format!("tenant id `{}`", row.id)))?,
         name: row.name,
+        created_at: row.created_at,
     })
+}
+
+fn key_record(row: api_key::Model) -> Result<ApiKeyRecord, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("api key {}: {what}", row.id));
+    Ok(ApiKeyRecord {
+        tenant_id: row.tenant_id.parse().map_err(|_| corrupt("tenant id"))?,
+        scopes: row
+            .scopes
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|_| corrupt("scopes"))?,
+        id: row.id,
+        prefix: row.prefix,
+        label: row.label,
+        created_at: row.created_at,
+        revoked_at: row.revoked_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_keys_have_the_shape_authentication_expects() {
+        let (key, prefix) = ApiKey::generate();
+        assert_eq!(prefix_of(key.0.expose_secret()), Some(prefix.as_str()));
+        assert_eq!(prefix_of("fsk_short_secret"), None);
+        assert_eq!(prefix_of("not a key"), None);
+    }
+
+    #[test]
+    fn hashes_compare_by_content() {
+        assert!(same("abc", "abc"));
+        assert!(!same("abc", "abd"));
+        assert!(!same("abc", "ab"));
+    }
 }

@@ -90,9 +90,7 @@ async fn sync_connection(ctx: &Context, job: &SyncConnection) -> Result<SyncOutc
     ctx.store
         .release_lease(Lease::Sync, connection.id, owner)
         .await?;
-    let outcome = outcome?;
-    ctx.refresh_portfolio(&connection).await?;
-    Ok(outcome)
+    outcome
 }
 
 async fn leased_sync(
@@ -107,10 +105,13 @@ async fn leased_sync(
     let started = Utc::now();
     match fetch_and_store(ctx, &connection).await {
         Ok(counts) => {
-            ctx.store.finish_run(&run, counts, None).await?;
             ctx.store
                 .record_sync_success(connection.id, started, started + ctx.interval)
                 .await?;
+            // The run reads as finished only once readers see its data: a read
+            // right after a sync reports done must not get the view before it.
+            ctx.refresh_portfolio(&connection).await?;
+            ctx.store.finish_run(&run, counts, None).await?;
             tracing::info!(
                 added = counts.added,
                 modified = counts.modified,
@@ -135,9 +136,6 @@ async fn leased_sync(
             // stable code and a message fit for a tenant to read.
             let detail = failure.to_string();
             let public = failure.public_reason();
-            ctx.store
-                .finish_run(&run, RunCounts::default(), Some(&detail))
-                .await?;
             if failure.needs_reauth() {
                 // Only an active connection: a disconnect or relink meanwhile wins.
                 if ctx
@@ -159,6 +157,10 @@ async fn leased_sync(
                     )
                     .await?;
             }
+            ctx.refresh_portfolio(&connection).await?;
+            ctx.store
+                .finish_run(&run, RunCounts::default(), Some(&detail))
+                .await?;
             tracing::warn!(error = %detail, "Sync failed; the last good data stays.");
             Ok(SyncOutcome::Failed)
         }
@@ -194,7 +196,7 @@ impl Failure {
     fn public_reason(&self) -> String {
         match self {
             _ if self.needs_reauth() => {
-                "CONNECTION_REAUTH_REQUIRED: the institution needs the user to link again".into()
+                "REAUTH_REQUIRED: the institution needs the user to link again".into()
             }
             Self::Engine(EngineError::RateLimited { .. }) => {
                 "RATE_LIMITED: the institution asked us to slow down; retrying later".into()

@@ -39,7 +39,7 @@ async fn refresh(ctx: &Context, job: &RefreshToken) -> Result<(), SyncError> {
             tracing::warn!(detail, "The institution refused the grant.");
             (
                 ConnectionStatus::ReauthRequired,
-                "CONNECTION_REAUTH_REQUIRED: the institution needs the user to link again",
+                "REAUTH_REQUIRED: the institution needs the user to link again",
             )
         }
         // Transient: tried again at the next slot.

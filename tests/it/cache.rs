@@ -20,26 +20,122 @@ fn config<'a>(url: Option<&'a str>, prefix: &'a str) -> CacheConfig<'a> {
         key_prefix: prefix,
         redis_timeout: Duration::from_millis(50),
         l2_ttl: Duration::from_secs(60),
+        breaker_cooldown: Duration::from_secs(60),
     }
 }
 
+/// A loader standing in for the database, counting how often it is asked.
+fn loader(
+    calls: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    value: &'static [u8],
+) -> impl std::future::Future<Output = Result<Vec<u8>, std::convert::Infallible>> {
+    let calls = calls.clone();
+    async move {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(value.to_vec())
+    }
+}
+
+async fn read(
+    cache: &Cache,
+    calls: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> (Vec<u8>, Hit) {
+    let (value, hit) = tokio::time::timeout(
+        Duration::from_secs(5),
+        cache.get_or_load("k", loader(calls, b"from-db")),
+    )
+    .await
+    .expect("no stall")
+    .unwrap();
+    (value.to_vec(), hit)
+}
+
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what} never happened");
+}
+
 #[tokio::test]
-async fn a_value_written_by_one_process_is_read_from_redis_by_another() {
+async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
     let prefix = RedisPrefix(unique("finsync_test"));
     let url = redis_url();
     let writer = Cache::new(config(Some(&url), &prefix.0)).unwrap();
     let reader = Cache::new(config(Some(&url), &prefix.0)).unwrap();
-    writer.put("k", b"value".to_vec()).await;
-    let (value, hit) = reader.get("k").await;
+    assert!(reader.degraded(), "not yet subscribed to invalidations");
+    let listener = reader.listen_for_invalidations().unwrap();
+    eventually("subscription", || !reader.degraded()).await;
+    let calls = std::sync::Arc::default();
+
+    writer.put("k", b"v1".to_vec()).await;
+    assert_eq!(read(&reader, &calls).await, (b"v1".to_vec(), Hit::L2));
     assert_eq!(
-        (value.as_deref().map(Vec::as_slice), hit),
-        (Some(&b"value"[..]), Hit::L2)
+        read(&reader, &calls).await,
+        (b"v1".to_vec(), Hit::L1),
+        "an L2 hit fills L1"
     );
-    let (_, hit) = reader.get("k").await;
-    assert_eq!(hit, Hit::L1, "an L2 hit fills L1");
+
+    writer.put("k", b"v2".to_vec()).await;
+    eventually("the invalidation message", || {
+        reader
+            .stats()
+            .invalidations_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    })
+    .await;
+    assert_eq!(
+        read(&reader, &calls).await,
+        (b"v2".to_vec(), Hit::L2),
+        "L1 dropped v1"
+    );
+
     writer.invalidate("k").await;
-    let other = Cache::new(config(Some(&url), &prefix.0)).unwrap();
-    assert_eq!(other.get("k").await.1, Hit::Miss);
+    eventually("the second invalidation", || {
+        reader
+            .stats()
+            .invalidations_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    })
+    .await;
+    assert_eq!(
+        read(&reader, &calls).await,
+        (b"from-db".to_vec(), Hit::Miss)
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    listener.abort();
+}
+
+#[tokio::test]
+async fn concurrent_misses_of_one_key_load_once() {
+    let cache = Cache::new(config(None, "p")).unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reads = (0..20).map(|_| {
+        let calls = calls.clone();
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_or_load("k", async move {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, std::convert::Infallible>(b"v".to_vec())
+                })
+                .await
+                .unwrap()
+        }
+    });
+    let results = futures::future::join_all(reads).await;
+    assert!(results.iter().all(|(v, _)| v.as_slice() == b"v"));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        results.iter().filter(|(_, hit)| *hit == Hit::Miss).count(),
+        1
+    );
 }
 
 /// A server that accepts connections and never answers: a hung Redis.
@@ -56,32 +152,31 @@ async fn black_hole() -> String {
 }
 
 #[tokio::test]
-async fn a_hung_or_missing_redis_is_a_miss_not_an_error() {
+async fn a_hung_or_missing_redis_sends_reads_to_the_database_and_is_then_skipped() {
     for url in [black_hole().await, "redis://127.0.0.1:1".to_owned()] {
         let cache = Cache::new(config(Some(&url), "p")).unwrap();
+        let calls = std::sync::Arc::default();
         // redis-rs blocks the *second* call to a dead server for about 9 s unless
-        // every call has its own timeout: make several. The bound only turns such a
-        // stall into a failure; it does not measure speed.
+        // every call has its own timeout: make several.
         for _ in 0..3 {
-            let (value, hit) = tokio::time::timeout(Duration::from_secs(5), cache.get("k"))
-                .await
-                .expect("no stall");
-            assert!(value.is_none());
-            assert_eq!(hit, Hit::Miss);
+            assert_eq!(read(&cache, &calls).await, (b"from-db".to_vec(), Hit::Miss));
         }
         tokio::time::timeout(Duration::from_secs(20), cache.put("k", vec![1]))
             .await
             .expect("no hang");
-        assert!(
-            cache
-                .stats()
-                .l2_errors
-                .load(std::sync::atomic::Ordering::Relaxed)
-                >= 1,
+        let stats = cache.stats();
+        assert_eq!(
+            stats.l2_errors.load(std::sync::atomic::Ordering::Relaxed),
+            1,
             "{url}"
         );
-        // L1 still works without Redis.
-        assert_eq!(cache.get("k").await.1, Hit::L1);
+        assert!(
+            stats.l2_skipped.load(std::sync::atomic::Ordering::Relaxed) >= 3,
+            "the breaker skips Redis after a failure: {url}"
+        );
+        assert!(cache.degraded());
+        // Without invalidations L1 could be outdated: every read goes to the loader.
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }
 
@@ -105,7 +200,8 @@ async fn portfolios_are_served_from_the_database_while_redis_hangs() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["freshness"]["stale"], false);
+    assert_eq!(body["freshness"]["stale"], false, "{body}");
+    assert_eq!(body["freshness"]["reason"], "CACHE_DEGRADED", "{body}");
     assert!(
         app.app
             .ctx

@@ -239,11 +239,12 @@ async fn a_response_that_no_longer_matches_keeps_the_last_good_data_and_marks_it
         )
         .await;
     assert_eq!(body["freshness"]["stale"], true);
+    assert_eq!(body["freshness"]["reason"], "SYNC_FAILED", "{body}");
     assert!(
-        body["freshness"]["reason"]
+        body["freshness"]["message"]
             .as_str()
             .unwrap()
-            .starts_with("INSTITUTION_ERROR"),
+            .contains("could not be used"),
         "{body}"
     );
     assert_eq!(

@@ -274,7 +274,7 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
             .last_failure_reason
             .as_deref()
             .unwrap()
-            .starts_with("CONNECTION_REAUTH_REQUIRED")
+            .starts_with("REAUTH_REQUIRED")
     );
     assert!(record.last_failure_at.is_some());
     // No retry storm: the refused grant is tried once, and nothing schedules more.
@@ -292,7 +292,7 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
         portfolio["freshness"]["reason"]
             .as_str()
             .unwrap()
-            .starts_with("CONNECTION_REAUTH_REQUIRED")
+            .starts_with("REAUTH_REQUIRED")
     );
     assert!(
         !portfolio["accounts"].as_array().unwrap().is_empty(),

@@ -8,8 +8,6 @@ pub struct Model {
     pub id: String,
     #[sea_orm(unique)]
     pub name: String,
-    #[sea_orm(unique)]
-    pub api_key_hash: String,
     pub created_at: DateTimeUtc,
 }
 

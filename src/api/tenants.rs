@@ -1,0 +1,426 @@
+//! Tenant management for admins: tenants, their API keys (issued with scopes,
+//! listed by prefix, revoked one by one) and their users (listed, or removed with
+//! every connection disconnected and its data deleted).
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::admin::{Disconnected, disconnect_leased};
+use super::auth::Admin;
+use super::error::ErrorBody;
+use super::extract::{Json, Path};
+use super::read::user_id;
+use super::{ApiError, ApiState, ErrorCode};
+use crate::domain::{ConnectionStatus, TenantId};
+use crate::store::{ApiKey, ApiKeyRecord, Scope, TenantRecord};
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/admin/tenants", get(list_tenants).post(create_tenant))
+        .route("/admin/tenants/{tenant_id}", get(get_tenant))
+        .route(
+            "/admin/tenants/{tenant_id}/keys",
+            get(list_keys).post(create_key),
+        )
+        .route(
+            "/admin/tenants/{tenant_id}/keys/{key_id}",
+            delete(revoke_key),
+        )
+        .route("/admin/tenants/{tenant_id}/users", get(list_users))
+        .route(
+            "/admin/tenants/{tenant_id}/users/{user_id}",
+            delete(delete_user),
+        )
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TenantView {
+    id: String,
+    name: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<TenantRecord> for TenantView {
+    fn from(t: TenantRecord) -> Self {
+        Self {
+            id: t.id.to_string(),
+            name: t.name,
+            created_at: t.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct KeyView {
+    id: String,
+    /// Identifies the key (`fsk_<prefix>_…`) without revealing it.
+    prefix: String,
+    scopes: Vec<Scope>,
+    label: Option<String>,
+    created_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKeyRecord> for KeyView {
+    fn from(k: ApiKeyRecord) -> Self {
+        Self {
+            id: k.id,
+            prefix: k.prefix,
+            scopes: k.scopes,
+            label: k.label,
+            created_at: k.created_at,
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
+/// A key as issued: the only time the key itself is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct IssuedKey {
+    #[serde(flatten)]
+    key: KeyView,
+    /// The API key. Store it now: finsync keeps only its hash.
+    secret: String,
+}
+
+fn issued(record: ApiKeyRecord, key: &ApiKey) -> IssuedKey {
+    IssuedKey {
+        key: record.into(),
+        secret: key.0.expose_secret().to_owned(),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewTenant {
+    /// 1 to 64 letters, digits, `-`, `_` or `.`; unique.
+    name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct CreatedTenant {
+    tenant: TenantView,
+    /// A first key, scoped `read` and `sync`.
+    api_key: IssuedKey,
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Creates a tenant with a first API key.
+#[utoipa::path(
+    post, path = "/admin/tenants", tag = "admin", request_body = NewTenant,
+    responses(
+        (status = 201, body = CreatedTenant), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn create_tenant(
+    State(state): State<ApiState>,
+    _: Admin,
+    Json(body): Json<NewTenant>,
+) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
+    if !valid_name(&body.name) {
+        return Err(ApiError::invalid(
+            "a tenant name is 1 to 64 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    let store = &state.sync.store;
+    if store
+        .tenant_by_name(&body.name)
+        .await
+        .map_err(ApiError::internal)?
+        .is_some()
+    {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("a tenant named `{}` exists", body.name),
+        ));
+    }
+    let (tenant, key) = store
+        .create_tenant(&body.name)
+        .await
+        .map_err(ApiError::internal)?;
+    let record = store
+        .api_keys(tenant.id)
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal("the new tenant has no key"))?;
+    tracing::info!(tenant = %tenant.id, name = %tenant.name, "Tenant created.");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedTenant {
+            tenant: tenant.into(),
+            api_key: issued(record, &key),
+        }),
+    ))
+}
+
+/// Every tenant.
+#[utoipa::path(
+    get, path = "/admin/tenants", tag = "admin",
+    responses(
+        (status = 200, body = Vec<TenantView>), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn list_tenants(
+    State(state): State<ApiState>,
+    _: Admin,
+) -> Result<Json<Vec<TenantView>>, ApiError> {
+    let tenants = state
+        .sync
+        .store
+        .tenants()
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(tenants.into_iter().map(Into::into).collect()))
+}
+
+async fn tenant(state: &ApiState, raw: &str) -> Result<TenantRecord, ApiError> {
+    let id: TenantId = raw
+        .parse()
+        .map_err(|_| ApiError::invalid(format!("`{raw}` is not a tenant id")))?;
+    state
+        .sync
+        .store
+        .tenant(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no tenant `{raw}`")))
+}
+
+/// One tenant.
+#[utoipa::path(
+    get, path = "/admin/tenants/{tenant_id}", tag = "admin",
+    params(("tenant_id" = String, Path)),
+    responses(
+        (status = 200, body = TenantView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn get_tenant(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    Ok(Json(tenant(&state, &tenant_id).await?.into()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewKey {
+    /// What the key may do; at least one.
+    scopes: Vec<Scope>,
+    /// A note for people, e.g. where the key is used.
+    label: Option<String>,
+}
+
+/// Issues a new API key for the tenant.
+#[utoipa::path(
+    post, path = "/admin/tenants/{tenant_id}/keys", tag = "admin", request_body = NewKey,
+    params(("tenant_id" = String, Path)),
+    responses(
+        (status = 201, body = IssuedKey), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn create_key(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(tenant_id): Path<String>,
+    Json(body): Json<NewKey>,
+) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
+    let tenant = tenant(&state, &tenant_id).await?;
+    if body.scopes.is_empty() {
+        return Err(ApiError::invalid("a key needs at least one scope"));
+    }
+    if body.label.as_ref().is_some_and(|l| l.chars().count() > 200) {
+        return Err(ApiError::invalid("a label is at most 200 characters"));
+    }
+    let (record, key) = state
+        .sync
+        .store
+        .issue_api_key(tenant.id, &body.scopes, body.label.as_deref())
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(tenant = %tenant.id, key = %record.prefix, "API key issued.");
+    Ok((StatusCode::CREATED, Json(issued(record, &key))))
+}
+
+/// The tenant's API keys, revoked ones included; never the keys themselves.
+#[utoipa::path(
+    get, path = "/admin/tenants/{tenant_id}/keys", tag = "admin",
+    params(("tenant_id" = String, Path)),
+    responses(
+        (status = 200, body = Vec<KeyView>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn list_keys(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<Vec<KeyView>>, ApiError> {
+    let tenant = tenant(&state, &tenant_id).await?;
+    let keys = state
+        .sync
+        .store
+        .api_keys(tenant.id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(keys.into_iter().map(Into::into).collect()))
+}
+
+/// Revokes one key at once; requests with it are refused from now on.
+#[utoipa::path(
+    delete, path = "/admin/tenants/{tenant_id}/keys/{key_id}", tag = "admin",
+    params(("tenant_id" = String, Path), ("key_id" = String, Path)),
+    responses(
+        (status = 204), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn revoke_key(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path((tenant_id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = tenant(&state, &tenant_id).await?;
+    if state
+        .sync
+        .store
+        .revoke_api_key(tenant.id, &key_id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        tracing::info!(tenant = %tenant.id, key = %key_id, "API key revoked.");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no live key `{key_id}`")))
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct UserView {
+    user_id: String,
+    connections: Vec<UserConnection>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct UserConnection {
+    id: String,
+    institution: String,
+    status: ConnectionStatus,
+    last_synced_at: Option<DateTime<Utc>>,
+}
+
+/// The tenant's users and their connections.
+#[utoipa::path(
+    get, path = "/admin/tenants/{tenant_id}/users", tag = "admin",
+    params(("tenant_id" = String, Path)),
+    responses(
+        (status = 200, body = Vec<UserView>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn list_users(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<Vec<UserView>>, ApiError> {
+    let tenant = tenant(&state, &tenant_id).await?;
+    let connections = state
+        .sync
+        .store
+        .tenant_connections(tenant.id)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut users: BTreeMap<String, Vec<UserConnection>> = BTreeMap::new();
+    for c in connections {
+        users
+            .entry(c.user_id.to_string())
+            .or_default()
+            .push(UserConnection {
+                id: c.id.to_string(),
+                institution: c.institution_id,
+                status: c.status,
+                last_synced_at: c.last_synced_at,
+            });
+    }
+    Ok(Json(
+        users
+            .into_iter()
+            .map(|(user_id, connections)| UserView {
+                user_id,
+                connections,
+            })
+            .collect(),
+    ))
+}
+
+/// Removes a user: every connection is disconnected (revoked at the institution
+/// when it supports it) and its synced data deleted.
+#[utoipa::path(
+    delete, path = "/admin/tenants/{tenant_id}/users/{user_id}", tag = "admin",
+    params(("tenant_id" = String, Path), ("user_id" = String, Path)),
+    responses(
+        (status = 200, body = Vec<Disconnected>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn delete_user(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path((tenant_id, raw_user)): Path<(String, String)>,
+) -> Result<Json<Vec<Disconnected>>, ApiError> {
+    let tenant = tenant(&state, &tenant_id).await?;
+    let user = user_id(&raw_user)?;
+    let connections = state
+        .sync
+        .store
+        .user_connections(tenant.id, &user)
+        .await
+        .map_err(ApiError::internal)?;
+    if connections.is_empty() {
+        return Err(ApiError::not_found(format!("no user `{user}`")));
+    }
+    let mut results = Vec::new();
+    for c in connections
+        .iter()
+        .filter(|c| c.status != ConnectionStatus::Revoked)
+    {
+        results.push(disconnect_leased(&state, c.id).await?);
+    }
+    tracing::info!(tenant = %tenant.id, user = %user, connections = results.len(), "User removed.");
+    Ok(Json(results))
+}

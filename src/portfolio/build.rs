@@ -1,0 +1,263 @@
+//! Builds the portfolio view from the store: one pass over the user's connections,
+//! with totals per currency, allocations and freshness.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+
+use super::views::{
+    AccountShare, AccountView, Allocation, BalancesView, ConnectionView, Freshness, HoldingView,
+    Portfolio, SecurityTypeShare, SecurityView, StaleReason, TransactionView,
+};
+use crate::domain::{
+    AccountType, ConnectionStatus, Currency, Money, SecurityType, TenantId, UserId,
+};
+use crate::store::{ConnectionRecord, Store, StoreError};
+
+/// The portfolio straight from the database.
+pub async fn build(
+    store: &Store,
+    tenant: TenantId,
+    user: &UserId,
+    recent_transactions: u64,
+) -> Result<Option<Portfolio>, StoreError> {
+    let connections = store.user_connections(tenant, user).await?;
+    assemble(store, user, connections, recent_transactions).await
+}
+
+pub(super) async fn assemble(
+    store: &Store,
+    user: &UserId,
+    connections: Vec<ConnectionRecord>,
+    recent_transactions: u64,
+) -> Result<Option<Portfolio>, StoreError> {
+    if connections.is_empty() {
+        return Ok(None);
+    }
+    let mut portfolio = Portfolio {
+        user_id: user.to_string(),
+        freshness: Freshness::current(None),
+        connections: Vec::new(),
+        accounts: Vec::new(),
+        holdings: Vec::new(),
+        transactions: Vec::new(),
+        totals: Vec::new(),
+        allocation: Allocation::default(),
+    };
+    let mut totals: BTreeMap<Currency, Decimal> = BTreeMap::new();
+    for connection in &connections {
+        let cid = connection.id.to_string();
+        let stored = store.portfolio(connection.id, recent_transactions).await?;
+        for a in stored.accounts {
+            let sign = match a.account_type {
+                AccountType::Credit | AccountType::Loan => Decimal::NEGATIVE_ONE,
+                _ => Decimal::ONE,
+            };
+            let total = totals.entry(a.currency).or_default();
+            // Beyond Decimal's range (about 7.9e28) a total means nothing; say so
+            // rather than panic.
+            match sign
+                .checked_mul(a.balances.current.amount)
+                .and_then(|v| total.checked_add(v))
+            {
+                Some(sum) => *total = sum,
+                None => {
+                    tracing::warn!(currency = %a.currency, "Portfolio total out of range; left out.")
+                }
+            }
+            portfolio.accounts.push(AccountView {
+                connection_id: cid.clone(),
+                id: a.external_id,
+                name: a.name,
+                official_name: a.official_name,
+                account_type: a.account_type,
+                subtype: a.subtype,
+                mask: a.mask,
+                currency: a.currency,
+                balances: BalancesView {
+                    current: a.balances.current,
+                    available: a.balances.available,
+                    as_of: a.balances.as_of,
+                },
+            });
+        }
+        for h in stored.holdings {
+            let Some(s) = stored
+                .securities
+                .iter()
+                .find(|s| s.external_id == h.security_external_id)
+            else {
+                continue;
+            };
+            portfolio.holdings.push(HoldingView {
+                connection_id: cid.clone(),
+                account_id: h.account_external_id,
+                quantity: h.quantity,
+                cost_basis: h.cost_basis,
+                price: h.price,
+                value: h.value,
+                as_of: h.as_of,
+                security: SecurityView {
+                    id: s.external_id.clone(),
+                    name: s.name.clone(),
+                    security_type: s.security_type,
+                    ticker: s.ticker.clone(),
+                    cusip: s.cusip.clone(),
+                    isin: s.isin.clone(),
+                    sedol: s.sedol.clone(),
+                    figi: s.figi.clone(),
+                    currency: s.currency,
+                    price: s.price,
+                    price_as_of: s.price_as_of,
+                },
+            });
+        }
+        for t in stored.transactions {
+            portfolio
+                .transactions
+                .push(TransactionView::from_record(cid.clone(), t));
+        }
+    }
+    portfolio
+        .transactions
+        .sort_by(|a, b| b.date.cmp(&a.date).then_with(|| a.id.cmp(&b.id)));
+    portfolio
+        .transactions
+        .truncate(usize::try_from(recent_transactions).unwrap_or(usize::MAX));
+    portfolio.totals = totals
+        .into_iter()
+        .map(|(currency, amount)| Money::new(amount, currency))
+        .collect();
+    (portfolio.freshness, portfolio.connections) = connection_views(&connections);
+    portfolio.allocation = allocation(&portfolio);
+    Ok(Some(portfolio))
+}
+
+/// The user's connections as the API shows them, and their combined freshness:
+/// the oldest `as_of`, and the first stale connection's reason.
+pub fn connection_views(connections: &[ConnectionRecord]) -> (Freshness, Vec<ConnectionView>) {
+    let mut combined = Freshness::current(None);
+    let mut views = Vec::with_capacity(connections.len());
+    for connection in connections {
+        let freshness = connection_freshness(connection);
+        if freshness.stale && !combined.stale {
+            combined.stale = true;
+            combined.reason = freshness.reason;
+            combined.message = freshness.message.clone();
+        }
+        combined.as_of = match (combined.as_of, freshness.as_of) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        views.push(ConnectionView {
+            id: connection.id.to_string(),
+            institution: connection.institution_id.clone(),
+            status: connection.status,
+            freshness,
+        });
+    }
+    (combined, views)
+}
+
+/// Whether one connection's data is current, and if not, why.
+fn connection_freshness(c: &ConnectionRecord) -> Freshness {
+    // Stored reasons start with their stable code (see the sync pipeline).
+    let stored = |fallback: StaleReason, message: &str| match &c.last_failure_reason {
+        Some(reason) => {
+            let (code, text) = StaleReason::from_stored(reason);
+            Freshness::stale(c.last_synced_at, code, text)
+        }
+        None => Freshness::stale(c.last_synced_at, fallback, message),
+    };
+    let pending = || {
+        Freshness::stale(
+            None,
+            StaleReason::SyncPending,
+            "the first sync has not finished yet",
+        )
+    };
+    match c.status {
+        ConnectionStatus::ReauthRequired => stored(
+            StaleReason::ReauthRequired,
+            "the user must link the institution again",
+        ),
+        ConnectionStatus::Revoked => Freshness::stale(
+            c.last_synced_at,
+            StaleReason::ConnectionRevoked,
+            "the user disconnected this institution",
+        ),
+        ConnectionStatus::Pending => pending(),
+        ConnectionStatus::Error => stored(StaleReason::SyncFailed, "the last sync failed"),
+        ConnectionStatus::Active => match (c.last_synced_at, c.last_failure_at) {
+            (Some(ok), Some(failed)) if failed > ok => {
+                stored(StaleReason::SyncFailed, "the last sync failed")
+            }
+            (None, Some(_)) => stored(StaleReason::SyncFailed, "the last sync failed"),
+            (None, None) => pending(),
+            (ok, _) => Freshness::current(ok),
+        },
+    }
+}
+
+/// Weights to six decimal places; a currency whose total is zero gets none.
+fn weight(part: Decimal, total: Decimal) -> Decimal {
+    if total.is_zero() {
+        Decimal::ZERO
+    } else {
+        part.checked_div(total)
+            .map(|w| w.round_dp(6))
+            .unwrap_or_default()
+    }
+}
+
+fn allocation(portfolio: &Portfolio) -> Allocation {
+    let mut by_type: BTreeMap<(Currency, &'static str), (SecurityType, Decimal)> = BTreeMap::new();
+    let mut type_totals: BTreeMap<Currency, Decimal> = BTreeMap::new();
+    for h in &portfolio.holdings {
+        let Some(value) = h.value else { continue };
+        let entry = by_type
+            .entry((value.currency, h.security.security_type.as_str()))
+            .or_insert((h.security.security_type, Decimal::ZERO));
+        entry.1 = entry.1.checked_add(value.amount).unwrap_or(entry.1);
+        let total = type_totals.entry(value.currency).or_default();
+        *total = total.checked_add(value.amount).unwrap_or(*total);
+    }
+    let mut account_totals: BTreeMap<Currency, Decimal> = BTreeMap::new();
+    let assets: Vec<&AccountView> = portfolio
+        .accounts
+        .iter()
+        .filter(|a| !matches!(a.account_type, AccountType::Credit | AccountType::Loan))
+        .collect();
+    for a in &assets {
+        let total = account_totals
+            .entry(a.balances.current.currency)
+            .or_default();
+        *total = total
+            .checked_add(a.balances.current.amount)
+            .unwrap_or(*total);
+    }
+    Allocation {
+        by_security_type: by_type
+            .into_iter()
+            .map(
+                |((currency, _), (security_type, amount))| SecurityTypeShare {
+                    security_type,
+                    value: Money::new(amount, currency),
+                    weight: weight(amount, type_totals[&currency]),
+                },
+            )
+            .collect(),
+        by_account: assets
+            .into_iter()
+            .map(|a| AccountShare {
+                connection_id: a.connection_id.clone(),
+                account_id: a.id.clone(),
+                value: a.balances.current,
+                weight: weight(
+                    a.balances.current.amount,
+                    account_totals[&a.balances.current.currency],
+                ),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,112 @@
+//! The portfolio read model: everything an advisory app sees for one user, across
+//! all their connections, with how fresh it is. Built from the store ([`build`]),
+//! cached as JSON (moka → Redis), and rebuilt after every change so readers rarely
+//! touch the database.
+
+mod build;
+mod views;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+pub use build::{build, connection_views};
+pub use views::{
+    AccountShare, AccountView, Allocation, BalancesView, ConnectionView, Freshness, HoldingView,
+    Portfolio, SecurityTypeShare, SecurityView, StaleReason, TransactionView,
+};
+
+use crate::cache::{Cache, Hit};
+use crate::domain::{ConnectionId, TenantId, UserId};
+use crate::store::{ConnectionRecord, Store, StoreError};
+
+/// The cache key of a user's portfolio. The version names the view's shape, so a
+/// deploy that changes it never reads views cached by the previous release.
+pub fn cache_key(tenant: TenantId, user: &UserId) -> String {
+    format!("portfolio:v2:{tenant}:{user}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("no such user")]
+    NoSuchUser,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cached portfolio: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// Reads the portfolio: cache first, then the database (filling the cache).
+/// `None` when the tenant has no such user. While the cache is degraded the
+/// answer says so in its freshness.
+pub async fn read(
+    store: &Store,
+    cache: &Cache,
+    tenant: TenantId,
+    user: &UserId,
+    recent_transactions: u64,
+) -> Result<Option<(Portfolio, Hit)>, Arc<ReadError>> {
+    let key = cache_key(tenant, user);
+    let load = async {
+        let portfolio = build(store, tenant, user, recent_transactions)
+            .await?
+            .ok_or(ReadError::NoSuchUser)?;
+        Ok::<_, ReadError>(serde_json::to_vec(&portfolio)?)
+    };
+    let (bytes, hit) = match cache.get_or_load(&key, load).await {
+        Ok(found) => found,
+        Err(e) if matches!(*e, ReadError::NoSuchUser) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut portfolio: Portfolio = match serde_json::from_slice(&bytes) {
+        Ok(portfolio) => portfolio,
+        Err(e) => {
+            tracing::warn!(error = %e, "Dropping an unreadable cached portfolio.");
+            cache.invalidate(&key).await;
+            let Some(portfolio) = build(store, tenant, user, recent_transactions)
+                .await
+                .map_err(|e| Arc::new(e.into()))?
+            else {
+                return Ok(None);
+            };
+            portfolio
+        }
+    };
+    if cache.degraded() {
+        portfolio.freshness.mark_cache_degraded();
+    }
+    Ok(Some((portfolio, hit)))
+}
+
+/// Rebuilds the cached view after a change (a sync, a status change).
+///
+/// Two writers can race: one builds from the connections as they were, another
+/// commits a change and caches its newer view, then the first one's older view
+/// lands on top. So after writing, the connections are read again; if any moved
+/// while the view was built, the view is dropped and the next read rebuilds it.
+pub async fn refresh(
+    store: &Store,
+    cache: &Cache,
+    tenant: TenantId,
+    user: &UserId,
+    recent_transactions: u64,
+) -> Result<(), StoreError> {
+    let key = cache_key(tenant, user);
+    let connections = store.user_connections(tenant, user).await?;
+    let built_from = versions(&connections);
+    match build::assemble(store, user, connections, recent_transactions).await? {
+        Some(p) => match serde_json::to_vec(&p) {
+            Ok(bytes) => cache.put(&key, bytes).await,
+            Err(_) => cache.invalidate(&key).await,
+        },
+        None => cache.invalidate(&key).await,
+    }
+    if versions(&store.user_connections(tenant, user).await?) != built_from {
+        cache.invalidate(&key).await;
+    }
+    Ok(())
+}
+
+fn versions(connections: &[ConnectionRecord]) -> Vec<(ConnectionId, DateTime<Utc>)> {
+    connections.iter().map(|c| (c.id, c.updated_at)).collect()
+}

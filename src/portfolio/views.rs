@@ -1,0 +1,236 @@
+//! What the read API shows of a user: the portfolio and its parts, with how fresh
+//! each connection's data is. Plain data, serialized as the API's JSON and cached.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::domain::{
+    AccountType, ConnectionStatus, Currency, InvestmentType, Money, SecurityType, Transaction,
+    TransactionStatus,
+};
+
+/// Why data is not current, as a stable code apps can branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StaleReason {
+    /// The first sync has not finished yet.
+    SyncPending,
+    /// The institution is down or timing out; syncs are retried.
+    InstitutionUnavailable,
+    /// The user must link the institution again.
+    ReauthRequired,
+    /// The last sync failed for another reason; it is retried.
+    SyncFailed,
+    /// The institution asked finsync to slow down; syncs resume later.
+    RateLimited,
+    /// The shared cache is unreachable: the answer was read from the database, and
+    /// changes made through other API processes may take a moment to show.
+    CacheDegraded,
+    /// The user disconnected the institution; nothing is kept.
+    ConnectionRevoked,
+}
+
+impl StaleReason {
+    /// Reads the code a stored failure reason starts with (`CODE: message`).
+    pub fn from_stored(reason: &str) -> (Self, &str) {
+        let (code, message) = reason.split_once(':').unwrap_or((reason, ""));
+        let code = match code.trim() {
+            "REAUTH_REQUIRED" => Self::ReauthRequired,
+            "INSTITUTION_UNAVAILABLE" => Self::InstitutionUnavailable,
+            "RATE_LIMITED" => Self::RateLimited,
+            "SYNC_PENDING" => Self::SyncPending,
+            "CONNECTION_REVOKED" => Self::ConnectionRevoked,
+            _ => Self::SyncFailed,
+        };
+        (code, message.trim())
+    }
+}
+
+/// How fresh the data is. `stale` data is still the last good data: it is served,
+/// with the reason, rather than dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Freshness {
+    /// When the data was last synced successfully.
+    pub as_of: Option<DateTime<Utc>>,
+    pub stale: bool,
+    pub reason: Option<StaleReason>,
+    /// The reason in words, for people.
+    pub message: Option<String>,
+}
+
+impl Freshness {
+    pub fn current(as_of: Option<DateTime<Utc>>) -> Self {
+        Self {
+            as_of,
+            stale: false,
+            reason: None,
+            message: None,
+        }
+    }
+
+    pub fn stale(as_of: Option<DateTime<Utc>>, reason: StaleReason, message: &str) -> Self {
+        Self {
+            as_of,
+            stale: true,
+            reason: Some(reason),
+            message: Some(message.to_owned()),
+        }
+    }
+
+    /// Marks an answer given while the shared cache is down, unless it already
+    /// carries a more important reason.
+    pub fn mark_cache_degraded(&mut self) {
+        if self.reason.is_none() {
+            self.reason = Some(StaleReason::CacheDegraded);
+            self.message =
+                Some("the shared cache is unavailable; read from the database".to_owned());
+        }
+    }
+}
+
+/// Where the money is: by security type (holdings' market value) and by account
+/// (balances of asset accounts), each weighted within its currency.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Allocation {
+    pub by_security_type: Vec<SecurityTypeShare>,
+    pub by_account: Vec<AccountShare>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SecurityTypeShare {
+    #[serde(rename = "type")]
+    pub security_type: SecurityType,
+    pub value: Money,
+    /// Share of the currency's total, 0 to 1, to six decimal places.
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "0.254")]
+    pub weight: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccountShare {
+    pub connection_id: String,
+    pub account_id: String,
+    pub value: Money,
+    /// Share of the currency's total, 0 to 1, to six decimal places.
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "0.5")]
+    pub weight: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Portfolio {
+    pub user_id: String,
+    pub freshness: Freshness,
+    pub connections: Vec<ConnectionView>,
+    pub accounts: Vec<AccountView>,
+    pub holdings: Vec<HoldingView>,
+    pub transactions: Vec<TransactionView>,
+    /// Net of account balances per currency: assets add, credit and loans subtract.
+    pub totals: Vec<Money>,
+    pub allocation: Allocation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionView {
+    pub id: String,
+    pub institution: String,
+    pub status: ConnectionStatus,
+    pub freshness: Freshness,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccountView {
+    pub connection_id: String,
+    pub id: String,
+    pub name: String,
+    pub official_name: Option<String>,
+    #[serde(rename = "type")]
+    pub account_type: AccountType,
+    pub subtype: Option<String>,
+    pub mask: Option<String>,
+    pub currency: Currency,
+    pub balances: BalancesView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BalancesView {
+    pub current: Money,
+    pub available: Option<Money>,
+    pub as_of: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HoldingView {
+    pub connection_id: String,
+    pub account_id: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "10.5")]
+    pub quantity: Decimal,
+    pub cost_basis: Option<Money>,
+    pub price: Option<Money>,
+    pub value: Option<Money>,
+    pub as_of: Option<NaiveDate>,
+    pub security: SecurityView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SecurityView {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub security_type: SecurityType,
+    pub ticker: Option<String>,
+    pub cusip: Option<String>,
+    pub isin: Option<String>,
+    pub sedol: Option<String>,
+    pub figi: Option<String>,
+    pub currency: Currency,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>)]
+    pub price: Option<Decimal>,
+    pub price_as_of: Option<NaiveDate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TransactionView {
+    pub connection_id: String,
+    pub id: String,
+    pub account_id: String,
+    pub amount: Money,
+    pub date: NaiveDate,
+    pub status: TransactionStatus,
+    pub pending_transaction_id: Option<String>,
+    pub description: String,
+    pub category: Option<String>,
+    pub investment_type: Option<InvestmentType>,
+    pub security_id: Option<String>,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>)]
+    pub quantity: Option<Decimal>,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>)]
+    pub price: Option<Decimal>,
+}
+
+impl TransactionView {
+    pub fn from_record(connection_id: String, t: Transaction) -> Self {
+        Self {
+            connection_id,
+            id: t.external_id,
+            account_id: t.account_external_id,
+            amount: t.amount,
+            date: t.date,
+            status: t.status,
+            pending_transaction_id: t.pending_external_id,
+            description: t.description,
+            category: t.category,
+            investment_type: t.investment_type,
+            security_id: t.security_external_id,
+            quantity: t.quantity,
+            price: t.price,
+        }
+    }
+}
