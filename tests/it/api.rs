@@ -1,0 +1,545 @@
+//! The read API as advisory apps use it: every route scoped to the calling tenant,
+//! keys with scopes, revocation and a rate limit, paged transactions, on-demand
+//! syncs whose data is readable as soon as they report done, stale data served
+//! with the right reason, and the contract it publishes.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use finsync::domain::{ConnectionStatus, TransactionStatus};
+use finsync::sandbox::SandboxConfig;
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use crate::support::{
+    ADMIN_TOKEN, Backend, RedisPrefix, TestApp, TestDb, settings, spawn_sandbox, unique,
+};
+
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    bearer: &str,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let response = finsync::http::client()
+        .request(method, format!("{}{path}", app.address))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+/// Polls a sync until it stops running and returns its last status.
+async fn wait_for(app: &TestApp, sync_id: &str, key: &str) -> Value {
+    for _ in 0..300 {
+        let (status, _, body) = call(app, Method::GET, &format!("/v1/syncs/{sync_id}"), key).await;
+        assert_eq!(status, 200, "{body}");
+        if !matches!(body["status"].as_str(), Some("queued" | "running")) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("sync {sync_id} never finished");
+}
+
+#[tokio::test]
+async fn every_route_answers_not_found_for_another_tenants_ids() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    let (owner, owner_key) = store.create_tenant("owner").await.unwrap();
+    let (_, other_key) = store.create_tenant("other").await.unwrap();
+    let owner_key = owner_key.0.expose_secret().to_owned();
+    app.link_and_sync(owner.id, "demo-alice").await;
+    let (status, _, sync) = call(&app, Method::POST, "/v1/users/demo-alice/sync", &owner_key).await;
+    assert_eq!(status, 202, "{sync}");
+    let sync_id = sync["id"].as_str().unwrap();
+
+    // Every tenant route in the published contract, with the owner's ids.
+    let document = finsync::api::document();
+    let mut walked = 0;
+    for (path, item) in &document.paths.paths {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let concrete = path
+            .replace("{user_id}", "demo-alice")
+            .replace("{sync_id}", sync_id);
+        for (method, present) in [
+            (Method::GET, item.get.is_some()),
+            (Method::POST, item.post.is_some()),
+            (Method::DELETE, item.delete.is_some()),
+        ] {
+            if !present {
+                continue;
+            }
+            let (status, _, body) =
+                call(&app, method.clone(), &concrete, other_key.0.expose_secret()).await;
+            assert_eq!(
+                status, 404,
+                "{method} {concrete} for another tenant: {body}"
+            );
+            assert_eq!(body["error"]["code"], "NOT_FOUND");
+            assert!(body["request_id"].is_string());
+            let (status, _, body) = call(&app, method.clone(), &concrete, &owner_key).await;
+            assert!(
+                status.is_success() || status == 429,
+                "{method} {concrete} for its owner: {status} {body}"
+            );
+            walked += 1;
+        }
+    }
+    assert_eq!(walked, 7, "every /v1 operation was walked");
+}
+
+#[tokio::test]
+async fn keys_are_hashed_scoped_revocable_and_rate_limited() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut settings = settings(&db, None, &sandbox);
+    settings.server.rate_limit_per_second = 1;
+    settings.server.rate_limit_burst = 3;
+    let app = TestApp::spawn(settings, true).await;
+    let http = finsync::http::client();
+
+    // An admin creates a tenant over the API; its first key works at once.
+    let created: Value = http
+        .post(format!("{}/admin/tenants", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "advisor"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tenant_id = created["tenant"]["id"].as_str().unwrap().to_owned();
+    let first_key = created["api_key"]["secret"].as_str().unwrap().to_owned();
+    assert_eq!(created["api_key"]["scopes"], json!(["read", "sync"]));
+    let duplicate = http
+        .post(format!("{}/admin/tenants", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "advisor"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(duplicate.status(), 409);
+
+    let tenant = tenant_id.parse().unwrap();
+    app.link_and_sync(tenant, "demo-bob").await;
+
+    // A read-only key reads but may not ask for syncs.
+    let issued: Value = http
+        .post(format!("{}/admin/tenants/{tenant_id}/keys", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"scopes": ["read"], "label": "dashboard"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let read_only = issued["secret"].as_str().unwrap().to_owned();
+    let (status, _, _) = call(&app, Method::GET, "/v1/users/demo-bob/accounts", &read_only).await;
+    assert_eq!(status, 200);
+    let (status, _, body) = call(&app, Method::POST, "/v1/users/demo-bob/sync", &read_only).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::FORBIDDEN, &json!("FORBIDDEN"))
+    );
+
+    // Listings show prefixes, never keys; the database holds only hashes.
+    let keys: Value = http
+        .get(format!("{}/admin/tenants/{tenant_id}/keys", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    assert!(!keys.to_string().contains(&read_only));
+    let dump = crate::support::dump_database(&app.app.ctx.store).await;
+    assert!(!dump.contains(&read_only) && !dump.contains(&first_key));
+
+    // Revoked: refused at once.
+    let key_id = issued["id"].as_str().unwrap();
+    let revoked = http
+        .delete(format!(
+            "{}/admin/tenants/{tenant_id}/keys/{key_id}",
+            app.address
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    let (status, _, _) = call(&app, Method::GET, "/v1/users/demo-bob/accounts", &read_only).await;
+    assert_eq!(status, 401);
+
+    // The other key has its own budget: a burst of 3, then 429 with Retry-After.
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..6 {
+        let (status, headers, body) =
+            call(&app, Method::GET, "/v1/users/demo-bob/holdings", &first_key).await;
+        if status == 429 {
+            assert_eq!(body["error"]["code"], "RATE_LIMITED");
+            retry_after = headers.get("retry-after").cloned();
+        }
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let wait: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+    assert!(wait >= 1);
+}
+
+#[tokio::test]
+async fn transactions_are_filtered_and_paged_with_an_opaque_cursor() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let key = key.0.expose_secret().to_owned();
+    let connection = app.link_and_sync(tenant.id, "demo-alice").await;
+    let stored = store.full_snapshot(connection).await.unwrap().transactions;
+    assert!(stored.len() > 10, "enough transactions to page through");
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => "/v1/users/demo-alice/transactions?limit=7".to_owned(),
+            Some(c) => format!("/v1/users/demo-alice/transactions?limit=7&cursor={c}"),
+        };
+        let (status, _, page) = call(&app, Method::GET, &path, &key).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page["transactions"].as_array().unwrap().len() <= 7);
+        assert_eq!(page["freshness"]["stale"], false);
+        seen.extend(page["transactions"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let ids: Vec<&str> = seen.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    let unique_ids: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), stored.len(), "every transaction once");
+    assert_eq!(unique_ids.len(), stored.len(), "no duplicates across pages");
+    let dates: Vec<&str> = seen.iter().map(|t| t["date"].as_str().unwrap()).collect();
+    assert!(dates.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    // Amounts are exact strings, as stored.
+    for t in &seen {
+        let original = stored
+            .iter()
+            .find(|s| s.external_id == t["id"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(t["amount"]["amount"], original.amount.amount.to_string());
+    }
+
+    let pending = stored
+        .iter()
+        .filter(|t| t.status == TransactionStatus::Pending)
+        .count();
+    let (_, _, page) = call(
+        &app,
+        Method::GET,
+        "/v1/users/demo-alice/transactions?status=pending&limit=500",
+        &key,
+    )
+    .await;
+    assert_eq!(page["transactions"].as_array().unwrap().len(), pending);
+    let middle = stored[stored.len() / 2].date;
+    let (_, _, page) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/users/demo-alice/transactions?from={middle}&to={middle}&limit=500"),
+        &key,
+    )
+    .await;
+    let expected = stored.iter().filter(|t| t.date == middle).count();
+    assert_eq!(page["transactions"].as_array().unwrap().len(), expected);
+
+    for bad in [
+        "cursor=not-a-cursor",
+        "limit=0",
+        "limit=501",
+        "status=settled",
+        "from=2026-02-30",
+        "from=2026-03-02&to=2026-03-01",
+        "colour=blue",
+    ] {
+        let (status, _, body) = call(
+            &app,
+            Method::GET,
+            &format!("/v1/users/demo-alice/transactions?{bad}"),
+            &key,
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "INVALID_REQUEST", "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn a_requested_sync_is_coalesced_limited_and_readable_once_done() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let prefix = RedisPrefix(unique("finsync_test"));
+    let app = TestApp::spawn(settings(&db, Some(&prefix.0), &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let key = key.0.expose_secret().to_owned();
+    let connection = app.link_and_sync(tenant.id, "demo-carol").await;
+    // Cache the view as it is now, so a stale L1 copy would show.
+    let (_, _, before) = call(&app, Method::GET, "/v1/users/demo-carol/portfolio", &key).await;
+
+    let (status, headers, first) =
+        call(&app, Method::POST, "/v1/users/demo-carol/sync", &key).await;
+    assert_eq!(status, 202, "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        headers["location"].to_str().unwrap(),
+        format!("/v1/syncs/{id}")
+    );
+    // Asked again at once: the same request while it runs, or a clear 429 once done.
+    let (status, headers, again) =
+        call(&app, Method::POST, "/v1/users/demo-carol/sync", &key).await;
+    match status.as_u16() {
+        202 => assert_eq!(
+            (again["id"].as_str(), &again["coalesced"]),
+            (Some(id.as_str()), &json!(true))
+        ),
+        429 => assert!(headers.contains_key("retry-after")),
+        other => panic!("unexpected {other}: {again}"),
+    }
+
+    let done = wait_for(&app, &id, &key).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["connections"][0]["connection_id"],
+        connection.to_string()
+    );
+    let synced_at = store
+        .connection(connection)
+        .await
+        .unwrap()
+        .last_synced_at
+        .unwrap();
+    let (_, _, after) = call(&app, Method::GET, "/v1/users/demo-carol/portfolio", &key).await;
+    assert_eq!(
+        after["freshness"]["as_of"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap(),
+        synced_at,
+        "the read right after done shows that sync (before: {})",
+        before["freshness"]["as_of"]
+    );
+
+    let (status, headers, body) = call(&app, Method::POST, "/v1/users/demo-carol/sync", &key).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn stale_data_is_served_with_the_reason_when_the_institution_is_down() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let key = key.0.expose_secret().to_owned();
+    app.link_and_sync(tenant.id, "demo-alice").await;
+    let (_, _, good) = call(&app, Method::GET, "/v1/users/demo-alice/portfolio", &key).await;
+    sandbox.shutdown().await;
+
+    let (status, _, sync) = call(&app, Method::POST, "/v1/users/demo-alice/sync", &key).await;
+    assert_eq!(status, 202);
+    let done = wait_for(&app, sync["id"].as_str().unwrap(), &key).await;
+    assert_eq!(done["status"], "failed", "{done}");
+
+    for path in [
+        "portfolio",
+        "accounts",
+        "holdings",
+        "transactions",
+        "connections",
+    ] {
+        let (status, _, body) = call(
+            &app,
+            Method::GET,
+            &format!("/v1/users/demo-alice/{path}"),
+            &key,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["freshness"]["stale"], true, "{path}: {body}");
+        assert_eq!(
+            body["freshness"]["reason"], "INSTITUTION_UNAVAILABLE",
+            "{path}: {body}"
+        );
+        assert_eq!(
+            body["freshness"]["as_of"], good["freshness"]["as_of"],
+            "{path}"
+        );
+        assert_eq!(
+            body["connections"][0]["freshness"]["reason"], "INSTITUTION_UNAVAILABLE",
+            "{path}"
+        );
+    }
+    let (_, _, body) = call(&app, Method::GET, "/v1/users/demo-alice/portfolio", &key).await;
+    assert_eq!(
+        body["accounts"], good["accounts"],
+        "the last good data is served"
+    );
+    assert_eq!(body["holdings"], good["holdings"]);
+}
+
+#[tokio::test]
+async fn a_connection_that_needs_the_user_shows_why_and_a_relink_url() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let ctx = &app.app.ctx;
+    let (tenant, key) = ctx.store.create_tenant("advisor").await.unwrap();
+    let key = key.0.expose_secret().to_owned();
+    let connection = app.link_and_sync(tenant.id, "demo-bob").await;
+    assert!(
+        ctx.store
+            .leave_active(
+                connection,
+                ConnectionStatus::ReauthRequired,
+                "REAUTH_REQUIRED: the institution needs the user to link again",
+            )
+            .await
+            .unwrap()
+    );
+    let record = ctx.store.connection(connection).await.unwrap();
+    ctx.refresh_portfolio(&record).await.unwrap();
+
+    let (_, _, body) = call(&app, Method::GET, "/v1/users/demo-bob/connections", &key).await;
+    let c = &body["connections"][0];
+    assert_eq!(c["status"], "reauth_required");
+    assert_eq!(c["freshness"]["reason"], "REAUTH_REQUIRED");
+    assert!(c["last_synced_at"].is_string());
+    let relink = c["relink_url"].as_str().unwrap();
+    assert!(
+        relink.starts_with(&format!("{}/meridian/oauth/authorize", sandbox.base_url())),
+        "{relink}"
+    );
+    let (_, _, portfolio) = call(&app, Method::GET, "/v1/users/demo-bob/portfolio", &key).await;
+    assert_eq!(portfolio["freshness"]["reason"], "REAUTH_REQUIRED");
+    assert!(
+        !portfolio["accounts"].as_array().unwrap().is_empty(),
+        "data kept"
+    );
+}
+
+#[tokio::test]
+async fn admins_list_and_remove_a_tenants_users() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let (tenant, key) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    app.link_and_sync(tenant.id, "demo-alice").await;
+    app.link_and_sync(tenant.id, "demo-bob").await;
+    let http = finsync::http::client();
+    let users = format!("{}/admin/tenants/{}/users", app.address, tenant.id);
+    let listed: Value = http
+        .get(&users)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["demo-alice", "demo-bob"]);
+
+    let removed = http
+        .delete(format!("{users}/demo-alice"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    let (_, _, portfolio) = call(
+        &app,
+        Method::GET,
+        "/v1/users/demo-alice/portfolio",
+        key.0.expose_secret(),
+    )
+    .await;
+    assert_eq!(portfolio["freshness"]["reason"], "CONNECTION_REVOKED");
+    assert!(portfolio["accounts"].as_array().unwrap().is_empty());
+    let (status, _, _) = call(
+        &app,
+        Method::GET,
+        "/v1/users/demo-bob/accounts",
+        key.0.expose_secret(),
+    )
+    .await;
+    assert_eq!(status, 200, "the other user is untouched");
+}
+
+#[tokio::test]
+async fn the_contract_and_its_docs_page_are_served() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+    let http = finsync::http::client();
+    let document: Value = http
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/users/{user_id}/portfolio",
+        "/v1/users/{user_id}/transactions",
+        "/v1/syncs/{sync_id}",
+        "/admin/tenants/{tenant_id}/keys",
+    ] {
+        assert!(document["paths"][path].is_object(), "{path}");
+    }
+    let page = http
+        .get(format!("{}/docs", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("/v1/users/{user_id}/transactions"));
+    assert!(page.contains("`next_cursor` of the previous page") || page.contains("next_cursor"));
+}
