@@ -9,7 +9,9 @@
 # on 127.0.0.1:6379, installing them from Debian's packages and starting them when
 # needed (with sudo when not run as root), and then runs the whole suite with
 # `cargo test --workspace --all-targets`. The tests create and drop their own
-# databases and use their own Redis key prefixes.
+# databases and use their own Redis key prefixes. The API contract test also needs
+# schemathesis, which is installed from PyPI into a venv under ~/.cache (or
+# FINSYNC_SCHEMATHESIS names one you have).
 set -euo pipefail
 
 PG_HOST=127.0.0.1
@@ -263,6 +265,36 @@ ensure_redis() {
     export FINSYNC_TEST_REDIS_URL="$REDIS_DEFAULT_URL"
 }
 
+# ------------------------------------------------------------- schemathesis
+
+# The contract test fuzzes the API with schemathesis (PyPI), kept in a venv outside
+# the clone so reruns reuse it. Its version is pinned in scripts/requirements-test.txt.
+ensure_schemathesis() {
+    if [[ -n ${FINSYNC_SCHEMATHESIS:-} ]]; then
+        say "schemathesis: using FINSYNC_SCHEMATHESIS as given"
+        return 0
+    fi
+    local tools="${FINSYNC_TOOLS_DIR:-${HOME:-/tmp}/.cache/finsync-tools}"
+    local venv="${tools}/venv" requirements="scripts/requirements-test.txt"
+    local stamp="${venv}/.requirements"
+    if [[ -x ${venv}/bin/schemathesis ]] && cmp -s "$requirements" "$stamp"; then
+        note "schemathesis is installed in ${venv}"
+    else
+        say "installing Python test tools into ${venv}"
+        if ! command -v python3 >/dev/null 2>&1; then
+            apt_install python3 python3-venv
+        elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+            apt_install python3-venv
+        fi
+        mkdir -p "$tools"
+        python3 -m venv "$venv" || die "could not create a Python venv in ${venv}"
+        "${venv}/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" ||
+            die "could not install ${requirements} from PyPI"
+        cp "$requirements" "$stamp"
+    fi
+    export FINSYNC_SCHEMATHESIS="${venv}/bin/schemathesis"
+}
+
 # ---------------------------------------------------------------------- main
 
 main() {
@@ -270,6 +302,7 @@ main() {
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (https://rustup.rs)"
     ensure_postgres
     ensure_redis
+    ensure_schemathesis
     say "running the test suite: cargo test --workspace --all-targets${*:+ $*}"
     note "target directory: ${CARGO_TARGET_DIR:-$(pwd)/target}"
     cargo test --workspace --all-targets "$@"

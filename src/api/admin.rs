@@ -91,7 +91,7 @@ pub(super) async fn create_connection(
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ConnectionView {
+pub(super) struct ConnectionHealth {
     id: String,
     tenant_id: String,
     user_id: String,
@@ -144,7 +144,7 @@ async fn load(state: &ApiState, id: ConnectionId) -> Result<ConnectionRecord, Ap
     get, path = "/admin/connections/{connection_id}", tag = "admin",
     params(("connection_id" = String, Path)),
     responses(
-        (status = 200, body = ConnectionView), (status = 400, body = ErrorBody),
+        (status = 200, body = ConnectionHealth), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
@@ -154,11 +154,11 @@ pub(super) async fn get_connection(
     State(state): State<ApiState>,
     _: Admin,
     Path(id): Path<String>,
-) -> Result<Json<ConnectionView>, ApiError> {
+) -> Result<Json<ConnectionHealth>, ApiError> {
     let c = load(&state, connection_id(&id)?).await?;
     let relink_url = super::read::relink_url(&state, &c).await?;
     let warning = chrono::Duration::days(i64::from(state.consent_warning_days));
-    Ok(Json(ConnectionView {
+    Ok(Json(ConnectionHealth {
         id: c.id.to_string(),
         tenant_id: c.tenant_id.to_string(),
         user_id: c.user_id.to_string(),

@@ -6,6 +6,7 @@
 mod api;
 mod cache;
 mod connectors;
+mod contract;
 mod embedded;
 mod fleet;
 mod linking;
