@@ -65,6 +65,9 @@ pub struct ServerSettings {
     /// it may spend at once.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// How long an API process trusts a key it authenticated; a key revoked through
+    /// another process stops working there within this time.
+    pub api_key_cache_secs: u64,
     /// A user's on-demand syncs: at most one finished request per this many seconds.
     pub sync_request_interval_secs: u64,
 }
@@ -96,6 +99,8 @@ pub struct CacheSettings {
     pub l2_ttl_secs: u64,
     /// After a failed Redis call, Redis is skipped for this long.
     pub redis_breaker_ms: u64,
+    /// While Redis is unreachable, a value is kept in this process this long at most.
+    pub degraded_l1_ttl_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]

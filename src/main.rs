@@ -75,6 +75,36 @@ enum Command {
     /// The token vault.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Benchmarks, printed as tables with ratios measured side by side.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Cached portfolio reads beside a trivial endpoint: on PostgreSQL + Redis, with
+    /// Redis stopped, and on the embedded default. Needs PostgreSQL and redis-server.
+    Api {
+        /// Requests per second in every series.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Measured seconds per series (after a one-second warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Requests in flight at most.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// A PostgreSQL server where a scratch database may be created and dropped.
+        #[arg(
+            long,
+            env = "FINSYNC_BENCH_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database_url: String,
+        /// The redis-server binary; the bench runs its own on a free port.
+        #[arg(long, default_value = "redis-server")]
+        redis_server: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +212,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("tenant:  {} ({})", tenant.name, tenant.id);
             println!("api key: {}", key.0.expose_secret());
             println!("Store the key now: finsync keeps only its hash.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Api {
+            rate,
+            seconds,
+            concurrency,
+            database_url,
+            redis_server,
+        }) => {
+            let mut settings = load_settings(None)?;
+            // Progress and the table go to the terminal; only problems are logged.
+            settings.log.filter = "warn".into();
+            telemetry::init(&settings.log);
+            finsync::bench::run_api(finsync::bench::ApiBench {
+                rate,
+                seconds,
+                concurrency,
+                database_url,
+                redis_server,
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokens(TokensCommand::GenerateKey) => {

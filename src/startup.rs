@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
-use crate::api::{self, ApiState, KeyLimiter};
+use crate::api::{self, ApiState, KeyCache, KeyLimiter};
 use crate::cache::{Cache, CacheConfig};
 use crate::config::Settings;
 use crate::connectors::{Engine, Registry};
@@ -88,6 +88,7 @@ impl App {
             redis_timeout: settings.redis_timeout(),
             l2_ttl: Duration::from_secs(settings.cache.l2_ttl_secs),
             breaker_cooldown: Duration::from_millis(settings.cache.redis_breaker_ms),
+            degraded_l1_ttl: Duration::from_millis(settings.cache.degraded_l1_ttl_ms),
         })?;
         let queue = Queue::setup(&store).await?;
         let http = crate::http::client();
@@ -144,6 +145,7 @@ impl App {
                     .unwrap_or(NonZeroU32::MIN),
                 NonZeroU32::new(self.settings.server.rate_limit_burst).unwrap_or(NonZeroU32::MIN),
             ),
+            keys: KeyCache::new(Duration::from_secs(self.settings.server.api_key_cache_secs)),
             sync_request_interval: Duration::from_secs(
                 self.settings.server.sync_request_interval_secs,
             ),

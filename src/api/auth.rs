@@ -1,8 +1,10 @@
 //! Authentication extractors: a tenant by one of its API keys (with the key's
-//! scopes and a per-key rate limit), an admin by the admin token.
+//! scopes and a per-key rate limit; recently seen keys are cached briefly), an
+//! admin by the admin token.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -12,7 +14,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use secrecy::ExposeSecret;
 
 use super::{ApiError, ApiState, ErrorCode};
-use crate::store::{ApiKeyRecord, Scope, TenantRecord};
+use crate::store::{ApiKeyRecord, Scope, Store, TenantRecord};
 
 /// The tenant whose API key authenticated the request, and that key.
 pub struct Tenant {
@@ -66,6 +68,52 @@ impl KeyLimiter {
     }
 }
 
+/// Keys this process recently authenticated, so a read does not pay two database
+/// queries for its key. Entries live `ttl`: a key revoked through another process
+/// stops working here within that time (at once in the revoking process).
+pub struct KeyCache {
+    known: moka::future::Cache<String, (TenantRecord, ApiKeyRecord)>,
+}
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            known: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        })
+    }
+
+    async fn authenticate(
+        &self,
+        store: &Store,
+        key: &str,
+    ) -> Result<(TenantRecord, ApiKeyRecord), ApiError> {
+        // By hash: the cache never holds a key itself.
+        let id = crate::fingerprint::sha256_hex(key.as_bytes());
+        if let Some(found) = self.known.get(&id).await {
+            return Ok(found);
+        }
+        match store.authenticate(key).await {
+            Ok(Some(found)) => {
+                self.known.insert(id, found.clone()).await;
+                Ok(found)
+            }
+            Ok(None) => Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "unknown or revoked API key",
+            )),
+            Err(e) => Err(ApiError::internal(e)),
+        }
+    }
+
+    /// After a revocation: nothing authenticated before it is trusted any more.
+    pub fn forget_all(&self) {
+        self.known.invalidate_all();
+    }
+}
+
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -85,17 +133,9 @@ impl FromRequestParts<ApiState> for Tenant {
                 "send your API key as `Authorization: Bearer <key>`",
             )
         })?;
-        match state.sync.store.authenticate(key).await {
-            Ok(Some((tenant, key))) => {
-                state.limiter.check(&key.id)?;
-                Ok(Self { tenant, key })
-            }
-            Ok(None) => Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                "unknown or revoked API key",
-            )),
-            Err(e) => Err(ApiError::internal(e)),
-        }
+        let (tenant, key) = state.keys.authenticate(&state.sync.store, key).await?;
+        state.limiter.check(&key.id)?;
+        Ok(Self { tenant, key })
     }
 }
 

@@ -23,7 +23,7 @@ use secrecy::SecretString;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-pub use auth::KeyLimiter;
+pub use auth::{KeyCache, KeyLimiter};
 pub use docs::document;
 pub use error::{ApiError, ErrorCode};
 
@@ -43,6 +43,8 @@ pub struct ApiState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Per-API-key request budget.
     pub limiter: Arc<KeyLimiter>,
+    /// Recently authenticated keys.
+    pub keys: Arc<KeyCache>,
     /// A user's on-demand syncs: one finished request per this interval.
     pub sync_request_interval: std::time::Duration,
 }

@@ -319,6 +319,7 @@ pub(super) async fn revoke_key(
         .await
         .map_err(ApiError::internal)?
     {
+        state.keys.forget_all();
         tracing::info!(tenant = %tenant.id, key = %key_id, "API key revoked.");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -9,7 +9,8 @@
 //! - A writer publishes every change on a Redis channel and each process drops its
 //!   L1 copy when the message arrives. While this process is not subscribed (Redis
 //!   down, or no listener started), its L1 could miss such a message, so L1 is not
-//!   trusted and reads go to Redis or the database instead.
+//!   trusted: reads use a second in-process cache whose entries live only briefly
+//!   (`degraded_l1_ttl`), so what they serve is at most that old.
 //! - Concurrent misses of one key are coalesced: one loader runs, the others wait
 //!   for its value.
 
@@ -55,6 +56,10 @@ pub struct CacheStats {
 #[derive(Clone)]
 pub struct Cache {
     l1: Moka<String, Arc<Vec<u8>>>,
+    /// Used instead of `l1` while invalidations may be missed: its entries live so
+    /// briefly that what it serves is at most that old, and concurrent misses still
+    /// share one load, so a Redis outage does not turn every read into a query.
+    brief: Moka<String, Arc<Vec<u8>>>,
     l2: Option<RedisL2>,
     stats: Arc<CacheStats>,
 }
@@ -108,6 +113,8 @@ pub struct CacheConfig<'a> {
     pub l2_ttl: Duration,
     /// How long Redis is left alone after a failed call.
     pub breaker_cooldown: Duration,
+    /// How long a value lives in this process while invalidations may be missed.
+    pub degraded_l1_ttl: Duration,
 }
 
 impl Cache {
@@ -146,8 +153,13 @@ impl Cache {
                 })
             }
         };
+        let brief = Moka::builder()
+            .max_capacity(config.l1_capacity)
+            .time_to_live(config.degraded_l1_ttl)
+            .build();
         Ok(Self {
             l1,
+            brief,
             l2,
             stats: Arc::default(),
         })
@@ -189,18 +201,19 @@ impl Cache {
             self.l2_fill(key, &value).await;
             Ok((value, Hit::Miss))
         };
-        if !self.l1_trusted() {
-            return through.await.map_err(Arc::new);
-        }
-        if let Some(value) = self.l1.get(key).await {
+        let l1 = if self.l1_trusted() {
+            &self.l1
+        } else {
+            &self.brief
+        };
+        if let Some(value) = l1.get(key).await {
             self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
             return Ok((value, Hit::L1));
         }
         // Which layer answered is only known to the caller whose loader ran; the
         // others waited on it and count as L1 hits.
         let answered = std::sync::Mutex::new(Hit::L1);
-        let value = self
-            .l1
+        let value = l1
             .try_get_with(key.to_owned(), async {
                 let (value, hit) = through.await?;
                 *answered.lock().unwrap_or_else(|e| e.into_inner()) = hit;
@@ -220,6 +233,7 @@ impl Cache {
     pub async fn put(&self, key: &str, value: Vec<u8>) {
         let value = Arc::new(value);
         self.l1.insert(key.to_owned(), value.clone()).await;
+        self.brief.insert(key.to_owned(), value.clone()).await;
         let Some(l2) = self.l2_allowed() else {
             return;
         };
@@ -242,7 +256,7 @@ impl Cache {
 
     /// Forgets a key everywhere, so the next read goes to the database.
     pub async fn invalidate(&self, key: &str) {
-        self.l1.invalidate(key).await;
+        self.forget_locally(key).await;
         if let Some(l2) = self.l2_allowed() {
             self.l2_delete(l2, key).await;
         }
@@ -251,6 +265,7 @@ impl Cache {
     /// Forgets a key in this process only (for a reader that knows its copy is old).
     pub async fn forget_locally(&self, key: &str) {
         self.l1.invalidate(key).await;
+        self.brief.invalidate(key).await;
     }
 
     /// Keeps this process subscribed to other processes' invalidations until the

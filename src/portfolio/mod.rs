@@ -36,16 +36,34 @@ pub enum ReadError {
     Serialize(#[from] serde_json::Error),
 }
 
+/// A portfolio as the cache holds it: serialized, ready to send as it is.
+pub struct CachedPortfolio {
+    pub json: Arc<Vec<u8>>,
+    pub hit: Hit,
+    /// The shared cache is unavailable; the answer must say so.
+    pub degraded: bool,
+}
+
+impl CachedPortfolio {
+    /// The portfolio itself, with the degraded notice applied.
+    pub fn parse(&self) -> Result<Portfolio, serde_json::Error> {
+        let mut portfolio: Portfolio = serde_json::from_slice(&self.json)?;
+        if self.degraded {
+            portfolio.freshness.mark_cache_degraded();
+        }
+        Ok(portfolio)
+    }
+}
+
 /// Reads the portfolio: cache first, then the database (filling the cache).
-/// `None` when the tenant has no such user. While the cache is degraded the
-/// answer says so in its freshness.
+/// `None` when the tenant has no such user.
 pub async fn read(
     store: &Store,
     cache: &Cache,
     tenant: TenantId,
     user: &UserId,
     recent_transactions: u64,
-) -> Result<Option<(Portfolio, Hit)>, Arc<ReadError>> {
+) -> Result<Option<CachedPortfolio>, Arc<ReadError>> {
     let key = cache_key(tenant, user);
     let load = async {
         let portfolio = build(store, tenant, user, recent_transactions)
@@ -53,29 +71,15 @@ pub async fn read(
             .ok_or(ReadError::NoSuchUser)?;
         Ok::<_, ReadError>(serde_json::to_vec(&portfolio)?)
     };
-    let (bytes, hit) = match cache.get_or_load(&key, load).await {
-        Ok(found) => found,
-        Err(e) if matches!(*e, ReadError::NoSuchUser) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut portfolio: Portfolio = match serde_json::from_slice(&bytes) {
-        Ok(portfolio) => portfolio,
-        Err(e) => {
-            tracing::warn!(error = %e, "Dropping an unreadable cached portfolio.");
-            cache.invalidate(&key).await;
-            let Some(portfolio) = build(store, tenant, user, recent_transactions)
-                .await
-                .map_err(|e| Arc::new(e.into()))?
-            else {
-                return Ok(None);
-            };
-            portfolio
-        }
-    };
-    if cache.degraded() {
-        portfolio.freshness.mark_cache_degraded();
+    match cache.get_or_load(&key, load).await {
+        Ok((json, hit)) => Ok(Some(CachedPortfolio {
+            json,
+            hit,
+            degraded: cache.degraded(),
+        })),
+        Err(e) if matches!(*e, ReadError::NoSuchUser) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(Some((portfolio, hit)))
 }
 
 /// Rebuilds the cached view after a change (a sync, a status change).
