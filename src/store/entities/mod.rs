@@ -1,11 +1,15 @@
 //! SeaORM entities, one per table. Plain data: no business rules live here.
 
 pub mod account;
+pub mod api_key;
 pub mod connection;
 pub mod holding;
 pub mod institution;
 pub mod oauth_state;
 pub mod security;
+pub mod sync_request;
 pub mod sync_run;
 pub mod tenant;
 pub mod transaction;
+pub mod webhook_delivery;
+pub mod webhook_endpoint;
