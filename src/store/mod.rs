@@ -11,6 +11,7 @@ mod institutions;
 mod records;
 mod runs;
 mod tenants;
+mod webhooks;
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,6 +28,10 @@ pub use decimal::DbDecimal;
 pub use records::{ApplyCounts, Removals};
 pub use runs::RunCounts;
 pub use tenants::{ApiKey, TenantRecord};
+pub use webhooks::{
+    Attempt, ClaimedDelivery, DeliveryQuery, NewWebhookEndpoint, NextStep, WebhookDelivery,
+    WebhookEndpoint,
+};
 
 /// Advisory lock key that serialises migrations across a fleet ("fsmigrat").
 const MIGRATION_LOCK: i64 = 0x6673_6d69_6772_6174;
