@@ -19,7 +19,7 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-pub use link::{LinkError, LinkStart, Linker};
+pub use link::{LinkError, LinkStart, Linked, Linker};
 pub use oauth::{OAuthClient, OAuthError, TokenSet};
 pub use vault::{Vault, VaultError};
 
