@@ -196,9 +196,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let vault = Vault::from_settings(&settings.vault)?;
             let report = finsync::tokens::rotate::reseal_all(&store, &vault).await?;
             println!(
-                "Re-sealed {} connection(s) and {} pending link(s) under key {}; {} already were current.",
+                "Re-sealed {} connection(s), {} pending link(s) and {} webhook secret(s) under key {}; {} already were current.",
                 report.connections,
                 report.states,
+                report.webhook_secrets,
                 vault.current_key_id(),
                 report.current
             );
