@@ -12,3 +12,4 @@ mod money;
 mod scheduler;
 mod support;
 mod tokens;
+mod webhooks;
