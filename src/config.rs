@@ -30,6 +30,7 @@ pub struct Settings {
     pub vault: VaultSettings,
     pub sync: SyncSettings,
     pub tokens: TokenSettings,
+    pub webhooks: WebhookSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
 }
@@ -42,6 +43,26 @@ pub struct TokenSettings {
     pub refresh_at_fraction: f64,
     /// Consent expiring within this many days is flagged to admins.
     pub consent_warning_days: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Attempts per delivery, the first included; after the last failed one the
+    /// delivery is marked `failed`.
+    pub max_attempts: u32,
+    /// Each POST gives up after this long; a slow receiver counts as a failure.
+    pub timeout_ms: u64,
+    /// How often an idle delivery loop looks for due deliveries.
+    pub poll_interval_ms: u64,
+    /// Wait before the second attempt; it doubles with each further attempt, plus
+    /// up to as much again in random jitter so that retries of many deliveries do
+    /// not arrive together.
+    pub backoff_base_ms: u64,
+    /// Ceiling of the doubling (before jitter).
+    pub backoff_max_ms: u64,
+    /// Deliveries one loop claims and sends at once.
+    pub batch_size: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +260,27 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 key: "tokens.refresh_at_fraction",
                 problem: "must be between 0 and 1 (e.g. 0.75)".into(),
+            });
+        }
+        let webhooks = &self.webhooks;
+        for (key, value) in [
+            ("webhooks.max_attempts", u64::from(webhooks.max_attempts)),
+            ("webhooks.timeout_ms", webhooks.timeout_ms),
+            ("webhooks.poll_interval_ms", webhooks.poll_interval_ms),
+            ("webhooks.backoff_base_ms", webhooks.backoff_base_ms),
+            ("webhooks.batch_size", webhooks.batch_size),
+        ] {
+            if value == 0 {
+                return Err(SettingsError::Invalid {
+                    key,
+                    problem: "must be at least 1".into(),
+                });
+            }
+        }
+        if webhooks.backoff_max_ms < webhooks.backoff_base_ms {
+            return Err(SettingsError::Invalid {
+                key: "webhooks.backoff_max_ms",
+                problem: "must not be below webhooks.backoff_base_ms".into(),
             });
         }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {

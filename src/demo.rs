@@ -57,6 +57,10 @@ pub async fn run(settings: Settings, once: bool) -> anyhow::Result<()> {
         let (app, shutdown) = (app.clone(), until_stopped());
         async move { app.run_workers(concurrency, shutdown).await }
     });
+    let webhooks = tokio::spawn({
+        let (app, shutdown) = (app.clone(), until_stopped());
+        async move { app.run_webhooks(shutdown).await }
+    });
     boot.finish_with_message(format!("finsync is up: API {public_url}"));
 
     let tenant = match app.ctx.store.tenant_by_name(DEMO_TENANT).await? {
@@ -127,6 +131,7 @@ pub async fn run(settings: Settings, once: bool) -> anyhow::Result<()> {
     }
     server.await??;
     workers.await??;
+    webhooks.await?;
     Ok(())
 }
 

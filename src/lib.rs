@@ -16,6 +16,8 @@
 //!   engine that fetches and maps an institution's data.
 //! - [`tokens`]: the vault and OAuth2 (linking, code exchange, refresh).
 //! - [`sync`]: the sync job, the queue it runs on, the pipeline and the scheduler.
+//! - [`webhooks`]: outgoing webhooks to tenants: events, signatures, and the
+//!   delivery loop that sends, retries and logs them.
 //! - [`portfolio`]: the read model advisory apps receive, built from the store and
 //!   kept in the cache.
 //! - [`api`]: the HTTP API (read API, admin API, OAuth callback, health).
@@ -40,3 +42,4 @@ pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod tokens;
+pub mod webhooks;

@@ -38,9 +38,9 @@ enum Command {
         once: bool,
     },
     /// The HTTP API (read API, admin API, OAuth callback, health). In embedded mode
-    /// (SQLite) it also runs the workers and the scheduler.
+    /// (SQLite) it also runs the workers, the webhook deliveries and the scheduler.
     Serve,
-    /// Sync workers; run as many as needed.
+    /// Sync workers and webhook deliveries; run as many as needed.
     Worker {
         /// Syncs run at the same time by this process.
         #[arg(long)]
@@ -247,9 +247,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let vault = Vault::from_settings(&settings.vault)?;
             let report = finsync::tokens::rotate::reseal_all(&store, &vault).await?;
             println!(
-                "Re-sealed {} connection(s) and {} pending link(s) under key {}; {} already were current.",
+                "Re-sealed {} connection(s), {} pending link(s) and {} webhook secret(s) under key {}; {} already were current.",
                 report.connections,
                 report.states,
+                report.webhook_secrets,
                 vault.current_key_id(),
                 report.current
             );
@@ -280,11 +281,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let app = App::build(settings, public_url).await?;
             tracing::info!(address = %listener.local_addr()?, embedded, "Serving the API.");
             if embedded {
-                // SQLite is one machine's database: the API process runs the workers
-                // and the scheduler too.
-                let (api, workers, ()) = tokio::join!(
+                // SQLite is one machine's database: the API process runs the workers,
+                // the webhook deliveries and the scheduler too.
+                let (api, workers, (), ()) = tokio::join!(
                     app.serve(listener, shutdown_signal()),
                     app.run_workers(concurrency, shutdown_signal()),
+                    app.run_webhooks(shutdown_signal()),
                     app.run_scheduler(shutdown_signal()),
                 );
                 api.and(workers)?;
@@ -309,7 +311,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     async move { telemetry::serve_metrics(&bind, shutdown_signal()).await },
                 );
             }
-            app.run_workers(concurrency, shutdown_signal()).await?;
+            // Workers also send webhooks: both are background work that any
+            // number of worker processes share through the database.
+            let (workers, ()) = tokio::join!(
+                app.run_workers(concurrency, shutdown_signal()),
+                app.run_webhooks(shutdown_signal()),
+            );
+            workers?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Scheduler { once } => {

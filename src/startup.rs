@@ -18,11 +18,14 @@ use crate::sandbox::{self, Sandbox, SandboxConfig};
 use crate::store::Store;
 use crate::sync::{Context, Queue, SyncContext};
 use crate::tokens::{Linker, TokenService, Vault};
+use crate::webhooks::{Deliverer, DeliveryPolicy};
 
 /// One process's finsync: every shared part, built once.
 pub struct App {
     pub ctx: Context,
     pub linker: Linker,
+    /// Sends queued webhook deliveries; its loop runs where the workers run.
+    pub webhooks: Deliverer,
     pub settings: Arc<Settings>,
     /// The in-process sandbox (embedded mode); kept to keep it running.
     pub sandbox: Option<Sandbox>,
@@ -101,6 +104,12 @@ impl App {
             redirect_uri: redirect_uri.clone(),
             refresh_at_fraction: settings.tokens.refresh_at_fraction,
         };
+        let webhooks = Deliverer {
+            store: store.clone(),
+            vault: vault.clone(),
+            http: http.clone(),
+            policy: DeliveryPolicy::from(&settings.webhooks),
+        };
         let linker = Linker {
             store: store.clone(),
             vault,
@@ -124,6 +133,7 @@ impl App {
         Ok(Self {
             ctx,
             linker,
+            webhooks,
             settings: Arc::new(settings),
             sandbox,
             public_url,
@@ -184,6 +194,11 @@ impl App {
             })
             .await
             .map_err(|e| anyhow::anyhow!("workers: {e}"))
+    }
+
+    /// Runs the webhook delivery loop until `shutdown` resolves.
+    pub async fn run_webhooks(&self, shutdown: impl std::future::Future<Output = ()>) {
+        crate::webhooks::run(self.webhooks.clone(), shutdown).await;
     }
 
     /// Runs the scheduler until `shutdown` resolves.

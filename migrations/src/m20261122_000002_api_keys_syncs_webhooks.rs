@@ -90,6 +90,16 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // Every event looks up its tenant's endpoints.
+        manager
+            .create_index(
+                Index::create()
+                    .name("webhook_endpoints_tenant")
+                    .table(WebhookEndpoints::Table)
+                    .col(WebhookEndpoints::TenantId)
+                    .to_owned(),
+            )
+            .await?;
         manager
             .create_table(
                 Table::create()
@@ -110,6 +120,14 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone_null(
                         WebhookDeliveries::DeliveredAt,
                     ))
+                    // When the next attempt is due; a pending delivery is sent once
+                    // this has passed.
+                    .col(timestamp_with_time_zone(WebhookDeliveries::NextAttemptAt))
+                    // Which delivery loop is sending it, and until when: several
+                    // worker processes claim due deliveries, and a crashed one's
+                    // claim expires instead of holding the delivery forever.
+                    .col(string_null(WebhookDeliveries::LeaseOwner))
+                    .col(timestamp_with_time_zone_null(WebhookDeliveries::LeaseUntil))
                     .foreign_key(
                         ForeignKey::create()
                             .from(WebhookDeliveries::Table, WebhookDeliveries::EndpointId)
@@ -126,6 +144,27 @@ impl MigrationTrait for Migration {
                     .table(WebhookDeliveries::Table)
                     .col(WebhookDeliveries::TenantId)
                     .col(WebhookDeliveries::CreatedAt)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("webhook_deliveries_endpoint_created")
+                    .table(WebhookDeliveries::Table)
+                    .col(WebhookDeliveries::EndpointId)
+                    .col(WebhookDeliveries::CreatedAt)
+                    .to_owned(),
+            )
+            .await?;
+        // What the delivery loops poll for: pending deliveries by due time.
+        manager
+            .create_index(
+                Index::create()
+                    .name("webhook_deliveries_due")
+                    .table(WebhookDeliveries::Table)
+                    .col(WebhookDeliveries::Status)
+                    .col(WebhookDeliveries::NextAttemptAt)
                     .to_owned(),
             )
             .await?;
@@ -217,4 +256,7 @@ enum WebhookDeliveries {
     CreatedAt,
     LastAttemptAt,
     DeliveredAt,
+    NextAttemptAt,
+    LeaseOwner,
+    LeaseUntil,
 }

@@ -1,5 +1,6 @@
 //! `GET /oauth/callback`: where institutions send the user back after consent.
-//! Completes the link and enqueues the connection's first sync.
+//! Completes the link, announces a repaired connection to the tenant's webhooks,
+//! and enqueues the connection's first sync.
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -8,8 +9,10 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use super::{ApiError, ApiState, ErrorCode};
+use crate::domain::ConnectionStatus;
 use crate::sync::SyncConnection;
 use crate::tokens::LinkError;
+use crate::webhooks::{self, EventData, WebhookEvent};
 
 pub fn routes() -> Router<ApiState> {
     Router::new().route("/oauth/callback", get(callback))
@@ -41,7 +44,7 @@ async fn callback(
             ));
         }
     };
-    let connection = state
+    let linked = state
         .linker
         .complete(link_state, outcome)
         .await
@@ -61,6 +64,17 @@ async fn callback(
             LinkError::Exchange(e) => ApiError::new(ErrorCode::InstitutionError, e.to_string()),
             other => ApiError::internal(other),
         })?;
+    let connection = linked.connection_id;
+    if linked.previous.status == ConnectionStatus::ReauthRequired {
+        let data = EventData::connection(&linked.previous, ConnectionStatus::Active);
+        webhooks::announce(
+            &state.sync.store,
+            linked.previous.tenant_id,
+            WebhookEvent::ConnectionRepaired,
+            &data,
+        )
+        .await;
+    }
     let job = SyncConnection {
         connection_id: connection,
         idempotency_key: format!("link:{connection}:{}", uuid::Uuid::new_v4()),

@@ -50,6 +50,15 @@ uuid_id!(
     ConnectionId
 );
 
+uuid_id!(
+    /// One webhook endpoint a tenant registered.
+    WebhookEndpointId
+);
+uuid_id!(
+    /// One event's delivery to one endpoint, with all its attempts.
+    WebhookDeliveryId
+);
+
 /// A tenant's own identifier for one of its users. Tenants choose these, so they are
 /// checked: 1 to 128 characters of letters, digits, `-`, `_`, `.`, `@`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

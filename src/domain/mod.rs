@@ -6,9 +6,9 @@ mod ids;
 mod model;
 mod money;
 
-pub use ids::{ConnectionId, TenantId, UserId, UserIdError};
+pub use ids::{ConnectionId, TenantId, UserId, UserIdError, WebhookDeliveryId, WebhookEndpointId};
 pub use model::{
-    Account, AccountType, Balances, ConnectionStatus, Holding, Institution, InvestmentType,
-    Security, SecurityType, Snapshot, Transaction, TransactionStatus,
+    Account, AccountType, Balances, ConnectionStatus, DeliveryStatus, Holding, Institution,
+    InvestmentType, Security, SecurityType, Snapshot, Transaction, TransactionStatus, WebhookEvent,
 };
 pub use money::{Currency, CurrencyError, Money};

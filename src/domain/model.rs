@@ -113,6 +113,26 @@ vocabulary!(InvestmentType {
     Other => "other",
 });
 
+vocabulary!(
+    /// What a tenant's webhook endpoint can subscribe to; the names are the wire
+    /// names tenants see in payloads and headers.
+    WebhookEvent {
+        SyncCompleted => "sync.completed",
+        ConnectionReauthRequired => "connection.reauth_required",
+        ConnectionRepaired => "connection.repaired",
+    }
+);
+
+vocabulary!(
+    /// Where one webhook delivery stands: `pending` until it is delivered (a 2xx
+    /// answer) or has used up its attempts (`failed`).
+    DeliveryStatus {
+        Pending => "pending",
+        Delivered => "delivered",
+        Failed => "failed",
+    }
+);
+
 /// An institution, as described by its connector file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Institution {

@@ -12,6 +12,7 @@ mod records;
 mod runs;
 mod sync_requests;
 mod tenants;
+mod webhooks;
 
 use std::path::Path;
 use std::time::Duration;
@@ -31,6 +32,10 @@ pub use records::{
 pub use runs::RunCounts;
 pub use sync_requests::SyncRequestRecord;
 pub use tenants::{ApiKey, ApiKeyRecord, Scope, TenantRecord};
+pub use webhooks::{
+    Attempt, ClaimedDelivery, DeliveryQuery, NewWebhookEndpoint, NextStep, WebhookDelivery,
+    WebhookEndpoint,
+};
 
 /// Advisory lock key that serialises migrations across a fleet ("fsmigrat").
 const MIGRATION_LOCK: i64 = 0x6673_6d69_6772_6174;

@@ -18,8 +18,10 @@ pub use queue::{Queue, QueueError};
 
 use crate::cache::Cache;
 use crate::connectors::{Engine, Registry};
+use crate::domain::ConnectionStatus;
 use crate::store::{ConnectionRecord, Store, StoreError};
 use crate::tokens::TokenService;
+use crate::webhooks::{self, EventData, WebhookEvent};
 
 /// Everything a sync needs, shared by all jobs of a process.
 pub struct SyncContext {
@@ -47,6 +49,20 @@ impl SyncContext {
             self.recent_transactions,
         )
         .await
+    }
+
+    /// Tells the tenant's webhooks that a connection now needs the user to link
+    /// again; `reason` is the public reason recorded on it.
+    pub async fn announce_reauth_required(&self, connection: &ConnectionRecord, reason: &str) {
+        let data =
+            EventData::connection(connection, ConnectionStatus::ReauthRequired).with_reason(reason);
+        webhooks::announce(
+            &self.store,
+            connection.tenant_id,
+            WebhookEvent::ConnectionReauthRequired,
+            &data,
+        )
+        .await;
     }
 }
 

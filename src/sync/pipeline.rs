@@ -12,6 +12,7 @@ use crate::connectors::{EngineError, Fetched};
 use crate::domain::ConnectionStatus;
 use crate::store::{ConnectionRecord, Lease, Removals, RunCounts, StoreError};
 use crate::tokens::TokenError;
+use crate::webhooks::{self, EventData, WebhookEvent};
 
 /// A transient failure is retried on the next schedule slot this much later,
 /// rather than at once.
@@ -112,6 +113,15 @@ async fn leased_sync(
             // right after a sync reports done must not get the view before it.
             ctx.refresh_portfolio(&connection).await?;
             ctx.store.finish_run(&run, counts, None).await?;
+            let data =
+                EventData::connection(&connection, ConnectionStatus::Active).with_counts(counts);
+            webhooks::announce(
+                &ctx.store,
+                connection.tenant_id,
+                WebhookEvent::SyncCompleted,
+                &data,
+            )
+            .await;
             tracing::info!(
                 added = counts.added,
                 modified = counts.modified,
@@ -144,6 +154,7 @@ async fn leased_sync(
                     .await?
                 {
                     tracing::warn!(from = %connection.status, status = "reauth_required", "Connection needs the user to link again.");
+                    ctx.announce_reauth_required(&connection, &public).await;
                 }
             } else {
                 ctx.store

@@ -63,6 +63,9 @@ async fn refresh(ctx: &Context, job: &RefreshToken) -> Result<(), SyncError> {
         .await?
     {
         tracing::warn!(from = %connection.status, status = %status, "Connection left active.");
+        if status == ConnectionStatus::ReauthRequired {
+            ctx.announce_reauth_required(&connection, reason).await;
+        }
         ctx.refresh_portfolio(&connection).await?;
     }
     Ok(())

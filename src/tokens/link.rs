@@ -11,7 +11,7 @@ use super::oauth::{OAuthClient, OAuthError};
 use super::{Vault, VaultError, seal_context, seal_tokens};
 use crate::connectors::{Registry, RegistryError};
 use crate::domain::{ConnectionId, TenantId, UserId};
-use crate::store::{NewState, Store, StoreError};
+use crate::store::{ConnectionRecord, NewState, Store, StoreError};
 
 /// How long a user has to finish at the institution.
 const STATE_LIFETIME: chrono::Duration = chrono::Duration::minutes(10);
@@ -31,6 +31,14 @@ pub enum LinkError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A completed link.
+pub struct Linked {
+    pub connection_id: ConnectionId,
+    /// The connection as it was before: what the link changed it from (a
+    /// `reauth_required` connection has just been repaired).
+    pub previous: ConnectionRecord,
 }
 
 pub struct LinkStart {
@@ -93,7 +101,7 @@ impl Linker {
         &self,
         state: &str,
         outcome: Result<&str, &str>,
-    ) -> Result<ConnectionId, LinkError> {
+    ) -> Result<Linked, LinkError> {
         let record = self
             .store
             .consume_state(&hash_state(state))
@@ -150,7 +158,10 @@ impl Linker {
             status = "active",
             "Connection linked."
         );
-        Ok(connection_id)
+        Ok(Linked {
+            connection_id,
+            previous: connection,
+        })
     }
 
     fn client(&self, institution: &str, redirect: &url::Url) -> Result<OAuthClient, LinkError> {

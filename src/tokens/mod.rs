@@ -19,12 +19,12 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-pub use link::{LinkError, LinkStart, Linker};
+pub use link::{LinkError, LinkStart, Linked, Linker};
 pub use oauth::{OAuthClient, OAuthError, TokenSet};
 pub use vault::{Vault, VaultError};
 
 use crate::connectors::{Registry, RegistryError};
-use crate::domain::ConnectionId;
+use crate::domain::{ConnectionId, WebhookEndpointId};
 use crate::store::{ConnectionRecord, Lease, Store, StoreError, TokenColumns};
 
 /// An access token this close to expiry is refreshed before use.
@@ -57,6 +57,11 @@ pub enum TokenError {
 /// Context string binding a sealed value to its row and column.
 pub fn seal_context(connection: ConnectionId, field: &str) -> String {
     format!("connection:{connection}:{field}")
+}
+
+/// Context string binding a webhook endpoint's sealed signing secret to its row.
+pub fn webhook_secret_context(endpoint: WebhookEndpointId) -> String {
+    format!("webhook_endpoint:{endpoint}:secret")
 }
 
 /// Seals a token set into the columns the store keeps, with the background refresh

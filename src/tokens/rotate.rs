@@ -1,9 +1,10 @@
 //! Key rotation: re-seals every stored token (and every pending link's PKCE
-//! verifier) under the vault's current key. Safe while the fleet serves: each row
+//! verifier, and every webhook endpoint's signing secret) under the vault's
+//! current key. Safe while the fleet serves: each row
 //! is replaced only if it still holds what was read, so a refresh that committed
 //! meanwhile (already sealed with the current key) is never overwritten.
 
-use super::{Vault, VaultError, seal_context};
+use super::{Vault, VaultError, seal_context, webhook_secret_context};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,8 @@ pub struct RotateReport {
     pub connections: usize,
     /// Pending links whose verifiers were re-sealed.
     pub states: usize,
+    /// Webhook endpoints whose signing secrets were re-sealed.
+    pub webhook_secrets: usize,
     /// Rows already sealed with the current key.
     pub current: usize,
     /// Rows that changed between reading and writing: run again to cover them.
@@ -87,10 +90,35 @@ pub async fn reseal_all(store: &Store, vault: &Vault) -> Result<RotateReport, Ro
         store.reseal_state(&state.state_hash, verifier).await?;
         report.states += 1;
     }
+    for endpoint in store.all_webhook_endpoints().await? {
+        let old = &endpoint.sealed_secret;
+        if Vault::sealed_with(old) == Some(current) {
+            report.current += 1;
+            continue;
+        }
+        let context = webhook_secret_context(endpoint.id);
+        let sealed = match vault.open(&context, old) {
+            Ok(secret) => vault.seal(&context, &secret)?,
+            Err(e) => {
+                tracing::error!(endpoint = %endpoint.id, error = %e, "Webhook secret no configured key opens; left as it is.");
+                report.unreadable += 1;
+                continue;
+            }
+        };
+        if store
+            .reseal_webhook_secret(endpoint.id, old, sealed)
+            .await?
+        {
+            report.webhook_secrets += 1;
+        } else {
+            report.skipped += 1;
+        }
+    }
     tracing::info!(
         key = current,
         connections = report.connections,
         states = report.states,
+        webhook_secrets = report.webhook_secrets,
         "Vault key rotation finished."
     );
     Ok(report)

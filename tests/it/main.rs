@@ -14,3 +14,4 @@ mod money;
 mod scheduler;
 mod support;
 mod tokens;
+mod webhooks;

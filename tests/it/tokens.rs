@@ -24,7 +24,7 @@ fn sandbox_config(ttl_secs: u64) -> SandboxConfig {
     }
 }
 
-async fn open_token(app: &TestApp, connection: ConnectionId, field: &str) -> String {
+pub(crate) async fn open_token(app: &TestApp, connection: ConnectionId, field: &str) -> String {
     let record = app.app.ctx.store.connection(connection).await.unwrap();
     let sealed = match field {
         "access_token" => record.tokens.access_token,
@@ -193,7 +193,7 @@ async fn fifty_syncs_and_fifty_token_requests_across_processes_refresh_once() {
 
 /// A worker that rotated the refresh token at the institution and died before
 /// committing leaves the old refresh token in the database.
-async fn rotate_behind_our_back(sandbox: &Sandbox, refresh_token: &str) {
+pub(crate) async fn rotate_behind_our_back(sandbox: &Sandbox, refresh_token: &str) {
     let response = finsync::http::client()
         .post(format!("{}/meridian/oauth/token", sandbox.base_url()))
         .basic_auth("finsync-sandbox", Some("meridian-sandbox-secret"))
