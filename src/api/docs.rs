@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{ApiState, admin, health, read, syncs, tenants};
+use super::{ApiState, admin, health, read, syncs, tenants, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,12 +27,15 @@ use super::{ApiState, admin, health, read, syncs, tenants};
         tenants::create_tenant, tenants::list_tenants, tenants::get_tenant,
         tenants::create_key, tenants::list_keys, tenants::revoke_key,
         tenants::list_users, tenants::delete_user,
+        webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint,
+        webhooks::endpoint_deliveries, webhooks::admin_deliveries,
         health::healthz, health::ready,
     ),
     modifiers(&Security),
     tags(
         (name = "read", description = "Portfolios for advisory apps (API key, scope `read`)"),
         (name = "syncs", description = "On-demand syncs (API key, scope `sync` to request)"),
+        (name = "webhooks", description = "Signed event deliveries to tenants' endpoints (API key; `sync` scope to change)"),
         (name = "admin", description = "Tenants, keys, users and connections (admin token)"),
         (name = "health", description = "Liveness and readiness"),
     )

@@ -1,5 +1,6 @@
 //! The HTTP API: the versioned read API for advisory apps ([`read`], [`syncs`]), the
-//! admin API ([`admin`], [`tenants`]), its contract ([`docs`]), the OAuth callback
+//! admin API ([`admin`], [`tenants`]), tenants' webhooks ([`webhooks`]), its
+//! contract ([`docs`]), the OAuth callback
 //! institutions redirect to ([`callback`]) and health checks ([`health`]). Handlers read through the store and cache and
 //! enqueue work through `sync`; they never call an institution themselves.
 
@@ -13,6 +14,7 @@ mod health;
 mod read;
 mod syncs;
 mod tenants;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -57,6 +59,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(syncs::routes())
         .merge(admin::routes())
         .merge(tenants::routes())
+        .merge(webhooks::routes())
         .merge(docs::routes())
         .merge(callback::routes())
         .merge(health::routes())

@@ -33,6 +33,24 @@ async fn call(
     (status, headers, body)
 }
 
+async fn call_json(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    bearer: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let response = finsync::http::client()
+        .request(method, format!("{}{path}", app.address))
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 /// Polls a sync until it stops running and returns its last status.
 async fn wait_for(app: &TestApp, sync_id: &str, key: &str) -> Value {
     for _ in 0..300 {
@@ -59,6 +77,16 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
     let (status, _, sync) = call(&app, Method::POST, "/v1/users/demo-alice/sync", &owner_key).await;
     assert_eq!(status, 202, "{sync}");
     let sync_id = sync["id"].as_str().unwrap();
+    let (status, hook) = call_json(
+        &app,
+        Method::POST,
+        "/v1/webhooks",
+        &owner_key,
+        json!({"url": "http://127.0.0.1:9/hook", "events": ["sync.completed"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{hook}");
+    let webhook_id = hook["id"].as_str().unwrap();
 
     // Every tenant route in the published contract, with the owner's ids.
     let document = finsync::api::document();
@@ -67,9 +95,14 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
         if !path.starts_with("/v1/") {
             continue;
         }
+        if !path.contains('{') {
+            // No id in it: it can only name the caller's own things.
+            continue;
+        }
         let concrete = path
             .replace("{user_id}", "demo-alice")
-            .replace("{sync_id}", sync_id);
+            .replace("{sync_id}", sync_id)
+            .replace("{webhook_id}", webhook_id);
         for (method, present) in [
             (Method::GET, item.get.is_some()),
             (Method::POST, item.post.is_some()),
@@ -94,7 +127,7 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
             walked += 1;
         }
     }
-    assert_eq!(walked, 7, "every /v1 operation was walked");
+    assert_eq!(walked, 9, "every /v1 operation with an id was walked");
 }
 
 #[tokio::test]
@@ -542,4 +575,130 @@ async fn the_contract_and_its_docs_page_are_served() {
         .unwrap();
     assert!(page.contains("/v1/users/{user_id}/transactions"));
     assert!(page.contains("`next_cursor` of the previous page") || page.contains("next_cursor"));
+}
+
+/// A receiver that answers 200 and keeps what it was sent.
+async fn receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |headers: axum::http::HeaderMap, body: String| {
+                let seen = seen.clone();
+                async move {
+                    let signature = headers["finsync-signature"].to_str().unwrap().to_owned();
+                    seen.lock().unwrap().push((signature, body));
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn tenants_manage_webhooks_and_read_their_delivery_log() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let key = key.0.expose_secret().to_owned();
+    let (_, read_only) = store
+        .issue_api_key(tenant.id, &[finsync::store::Scope::Read], None)
+        .await
+        .unwrap();
+    let (url, seen) = receiver().await;
+    let (status, _) = call_json(
+        &app,
+        Method::POST,
+        "/v1/webhooks",
+        read_only.0.expose_secret(),
+        json!({"url": url, "events": ["sync.completed"]}),
+    )
+    .await;
+    assert_eq!(status, 403, "registering needs the sync scope");
+
+    for (body, code) in [
+        (
+            json!({"url": "ftp://example.com/x", "events": ["sync.completed"]}),
+            400,
+        ),
+        (json!({"url": url, "events": []}), 400),
+        (json!({"url": url, "events": ["sync.exploded"]}), 400),
+        (json!({"url": url}), 400),
+    ] {
+        let (status, answer) =
+            call_json(&app, Method::POST, "/v1/webhooks", &key, body.clone()).await;
+        assert_eq!(status.as_u16(), code, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], "INVALID_REQUEST");
+    }
+    let (status, hook) = call_json(
+        &app,
+        Method::POST,
+        "/v1/webhooks",
+        &key,
+        json!({"url": url, "events": ["sync.completed", "connection.repaired"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{hook}");
+    let secret = secrecy::SecretString::from(hook["secret"].as_str().unwrap().to_owned());
+    let id = hook["id"].as_str().unwrap().to_owned();
+    let (_, _, listed) = call(&app, Method::GET, "/v1/webhooks", &key).await;
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert!(listed[0].get("secret").is_none(), "secrets are shown once");
+
+    app.link_and_sync(tenant.id, "demo-carol").await;
+    assert_eq!(app.app.webhooks.deliver_due().await.unwrap(), 1);
+    let (signature, body) = seen.lock().unwrap()[0].clone();
+    finsync::webhooks::verify(
+        &secret,
+        &signature,
+        body.as_bytes(),
+        chrono::Utc::now(),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let event: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(event["type"], "sync.completed");
+    assert_eq!(event["data"]["user_id"], "demo-carol");
+
+    let (status, _, log) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/webhooks/{id}/deliveries"),
+        &key,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(log[0]["status"], "delivered");
+    assert_eq!(log[0]["attempts"], 1);
+    assert_eq!(log[0]["last_status_code"], 200);
+    let admin_log: Value = finsync::http::client()
+        .get(format!(
+            "{}/admin/webhooks/deliveries?tenant_id={}",
+            app.address, tenant.id
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(admin_log[0]["id"], log[0]["id"]);
+
+    let (status, _, _) = call(&app, Method::DELETE, &format!("/v1/webhooks/{id}"), &key).await;
+    assert_eq!(status, 204);
+    let (status, _, _) = call(&app, Method::DELETE, &format!("/v1/webhooks/{id}"), &key).await;
+    assert_eq!(status, 404, "already removed");
+    let (_, _, listed) = call(&app, Method::GET, "/v1/webhooks", &key).await;
+    assert!(listed[0]["disabled_at"].is_string());
 }

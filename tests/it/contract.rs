@@ -107,6 +107,16 @@ async fn the_api_keeps_its_contract_under_generated_requests() {
         .await
         .unwrap();
 
+    let hook = finsync::webhooks::register_endpoint(
+        store,
+        &app.app.linker.vault,
+        tenant.id,
+        "http://127.0.0.1:9/hook",
+        &[finsync::webhooks::WebhookEvent::SyncCompleted],
+    )
+    .await
+    .unwrap();
+
     let work = std::env::temp_dir().join(crate::support::unique("finsync-contract"));
     std::fs::create_dir_all(&work).unwrap();
     let user = ("user_id", "demo-alice".to_owned());
@@ -115,7 +125,11 @@ async fn the_api_keeps_its_contract_under_generated_requests() {
         &work,
         "^/(v1|healthz|readyz)",
         key.0.expose_secret(),
-        &[user.clone(), ("sync_id", sync.id)],
+        &[
+            user.clone(),
+            ("sync_id", sync.id),
+            ("webhook_id", hook.endpoint.id.to_string()),
+        ],
     )
     .await;
     // Last: these may disconnect the user or revoke the spare key.

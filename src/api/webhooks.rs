@@ -1,0 +1,320 @@
+//! Outgoing webhooks over HTTP: tenants register, list and remove their endpoints
+//! and read their delivery log (`/v1/webhooks`); admins read every tenant's log
+//! (`/admin/webhooks/deliveries`). Signing and delivery live in `crate::webhooks`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{Admin, Tenant};
+use super::error::ErrorBody;
+use super::extract::{Json, Path, Query};
+use super::{ApiError, ApiState};
+use crate::domain::{DeliveryStatus, TenantId, WebhookEndpointId, WebhookEvent};
+use crate::store::{DeliveryQuery, Scope, WebhookDelivery, WebhookEndpoint};
+use crate::webhooks::{self, WebhookError};
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/webhooks", get(list_endpoints).post(create_endpoint))
+        .route("/v1/webhooks/{webhook_id}", delete(delete_endpoint))
+        .route(
+            "/v1/webhooks/{webhook_id}/deliveries",
+            get(endpoint_deliveries),
+        )
+        .route("/admin/webhooks/deliveries", get(admin_deliveries))
+}
+
+const DEFAULT_PAGE: u64 = 50;
+const MAX_PAGE: u64 = 500;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct EndpointView {
+    id: String,
+    url: String,
+    events: Vec<WebhookEvent>,
+    created_at: DateTime<Utc>,
+    disabled_at: Option<DateTime<Utc>>,
+}
+
+impl From<WebhookEndpoint> for EndpointView {
+    fn from(e: WebhookEndpoint) -> Self {
+        Self {
+            id: e.id.to_string(),
+            url: e.url,
+            events: e.events,
+            created_at: e.created_at,
+            disabled_at: e.disabled_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewEndpoint {
+    /// Where deliveries are POSTed (http or https).
+    url: String,
+    events: Vec<WebhookEvent>,
+}
+
+/// An endpoint as registered: the only time its signing secret is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RegisteredEndpoint {
+    #[serde(flatten)]
+    endpoint: EndpointView,
+    /// Verifies `finsync-signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">`.
+    secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct DeliveryView {
+    id: String,
+    endpoint_id: String,
+    tenant_id: String,
+    event: WebhookEvent,
+    status: DeliveryStatus,
+    attempts: u32,
+    last_status_code: Option<u16>,
+    last_error: Option<String>,
+    created_at: DateTime<Utc>,
+    last_attempt_at: Option<DateTime<Utc>>,
+    delivered_at: Option<DateTime<Utc>>,
+    /// When a pending delivery is tried next.
+    next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl From<WebhookDelivery> for DeliveryView {
+    fn from(d: WebhookDelivery) -> Self {
+        Self {
+            next_attempt_at: (d.status == DeliveryStatus::Pending).then_some(d.next_attempt_at),
+            id: d.id.to_string(),
+            endpoint_id: d.endpoint_id.to_string(),
+            tenant_id: d.tenant_id.to_string(),
+            event: d.event,
+            status: d.status,
+            attempts: d.attempts,
+            last_status_code: d.last_status_code,
+            last_error: d.last_error,
+            created_at: d.created_at,
+            last_attempt_at: d.last_attempt_at,
+            delivered_at: d.delivered_at,
+        }
+    }
+}
+
+fn endpoint_id(raw: &str) -> Result<WebhookEndpointId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::invalid(format!("`{raw}` is not a webhook id")))
+}
+
+fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::invalid(format!(
+            "`limit` must be between 1 and {MAX_PAGE}"
+        )))
+    }
+}
+
+/// Registers an endpoint for some events. Deliveries are signed with the returned
+/// secret and retried with backoff until the endpoint answers 2xx.
+#[utoipa::path(
+    post, path = "/v1/webhooks", tag = "webhooks", request_body = NewEndpoint,
+    responses(
+        (status = 201, body = RegisteredEndpoint), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn create_endpoint(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Json(body): Json<NewEndpoint>,
+) -> Result<(StatusCode, Json<RegisteredEndpoint>), ApiError> {
+    tenant.require(Scope::Sync)?;
+    let registered = webhooks::register_endpoint(
+        &state.sync.store,
+        &state.linker.vault,
+        tenant.tenant.id,
+        &body.url,
+        &body.events,
+    )
+    .await
+    .map_err(|e| match e {
+        WebhookError::InvalidUrl(_) | WebhookError::NoEvents => ApiError::invalid(e.to_string()),
+        other => ApiError::internal(other),
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisteredEndpoint {
+            secret: registered.secret.expose_secret().to_owned(),
+            endpoint: registered.endpoint.into(),
+        }),
+    ))
+}
+
+/// The tenant's endpoints, removed ones included; never their secrets.
+#[utoipa::path(
+    get, path = "/v1/webhooks", tag = "webhooks",
+    responses(
+        (status = 200, body = Vec<EndpointView>), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn list_endpoints(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+) -> Result<Json<Vec<EndpointView>>, ApiError> {
+    tenant.require(Scope::Read)?;
+    let endpoints = state
+        .sync
+        .store
+        .webhook_endpoints(tenant.tenant.id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(endpoints.into_iter().map(Into::into).collect()))
+}
+
+/// Removes an endpoint: nothing more is sent to it, and its pending deliveries end
+/// as failed.
+#[utoipa::path(
+    delete, path = "/v1/webhooks/{webhook_id}", tag = "webhooks",
+    params(("webhook_id" = String, Path)),
+    responses(
+        (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn delete_endpoint(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Path(webhook_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    tenant.require(Scope::Sync)?;
+    let id = endpoint_id(&webhook_id)?;
+    if state
+        .sync
+        .store
+        .disable_webhook_endpoint(tenant.tenant.id, id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "no active webhook `{webhook_id}`"
+        )))
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeliveryPage {
+    /// Newest first; 1 to 500, 50 by default.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u64>,
+}
+
+/// An endpoint's delivery log, newest first.
+#[utoipa::path(
+    get, path = "/v1/webhooks/{webhook_id}/deliveries", tag = "webhooks",
+    params(("webhook_id" = String, Path), DeliveryPage),
+    responses(
+        (status = 200, body = Vec<DeliveryView>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn endpoint_deliveries(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Path(webhook_id): Path<String>,
+    Query(page): Query<DeliveryPage>,
+) -> Result<Json<Vec<DeliveryView>>, ApiError> {
+    tenant.require(Scope::Read)?;
+    let id = endpoint_id(&webhook_id)?;
+    let limit = page_size(page.limit)?;
+    let store = &state.sync.store;
+    let owned = store
+        .webhook_endpoints(tenant.tenant.id)
+        .await
+        .map_err(ApiError::internal)?
+        .iter()
+        .any(|e| e.id == id);
+    if !owned {
+        return Err(ApiError::not_found(format!("no webhook `{webhook_id}`")));
+    }
+    let deliveries = store
+        .webhook_deliveries(DeliveryQuery {
+            tenant: Some(tenant.tenant.id),
+            endpoint: Some(id),
+            limit,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(deliveries.into_iter().map(Into::into).collect()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminDeliveryQuery {
+    /// Only this tenant's deliveries.
+    tenant_id: Option<String>,
+    /// Only this endpoint's deliveries.
+    webhook_id: Option<String>,
+    /// Newest first; 1 to 500, 50 by default.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u64>,
+}
+
+/// Every tenant's webhook deliveries, newest first: what was sent, how often, and
+/// how the receiver answered.
+#[utoipa::path(
+    get, path = "/admin/webhooks/deliveries", tag = "admin",
+    params(AdminDeliveryQuery),
+    responses(
+        (status = 200, body = Vec<DeliveryView>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn admin_deliveries(
+    State(state): State<ApiState>,
+    _: Admin,
+    Query(query): Query<AdminDeliveryQuery>,
+) -> Result<Json<Vec<DeliveryView>>, ApiError> {
+    let tenant = query
+        .tenant_id
+        .as_deref()
+        .map(|raw| {
+            raw.parse::<TenantId>()
+                .map_err(|_| ApiError::invalid(format!("`{raw}` is not a tenant id")))
+        })
+        .transpose()?;
+    let endpoint = query.webhook_id.as_deref().map(endpoint_id).transpose()?;
+    let deliveries = state
+        .sync
+        .store
+        .webhook_deliveries(DeliveryQuery {
+            tenant,
+            endpoint,
+            limit: page_size(query.limit)?,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(deliveries.into_iter().map(Into::into).collect()))
+}
