@@ -63,6 +63,9 @@ pub struct WebhookSettings {
     pub backoff_max_ms: u64,
     /// Deliveries one loop claims and sends at once.
     pub batch_size: u64,
+    /// Allow endpoints on loopback and private addresses (development and tests
+    /// only: otherwise a tenant could make workers call the internal network).
+    pub allow_private_targets: bool,
 }
 
 #[derive(Debug, Deserialize)]

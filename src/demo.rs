@@ -110,7 +110,7 @@ pub async fn run(settings: Settings, once: bool) -> anyhow::Result<()> {
     }
 
     let key = api_key.0.expose_secret();
-    println!("API:      {public_url}");
+    println!("API:      {public_url}   (reference: {public_url}docs, {public_url}openapi.json)");
     println!("API key:  {key}   (tenant `{DEMO_TENANT}`; a new key is issued each demo run)");
     println!(
         "Try:      curl -s -H 'Authorization: Bearer {key}' {public_url}v1/users/{}/portfolio",

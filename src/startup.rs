@@ -155,6 +155,7 @@ impl App {
                     .unwrap_or(NonZeroU32::MIN),
                 NonZeroU32::new(self.settings.server.rate_limit_burst).unwrap_or(NonZeroU32::MIN),
             ),
+            allow_private_webhooks: self.settings.webhooks.allow_private_targets,
             keys: KeyCache::new(Duration::from_secs(self.settings.server.api_key_cache_secs)),
             sync_request_interval: Duration::from_secs(
                 self.settings.server.sync_request_interval_secs,

@@ -4,6 +4,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
@@ -73,6 +74,8 @@ impl KeyLimiter {
 /// stops working here within that time (at once in the revoking process).
 pub struct KeyCache {
     known: moka::future::Cache<String, (TenantRecord, ApiKeyRecord)>,
+    /// Moves on every revocation, so a lookup that raced one is not kept.
+    revocations: std::sync::atomic::AtomicU64,
 }
 
 impl KeyCache {
@@ -82,6 +85,7 @@ impl KeyCache {
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            revocations: Default::default(),
         })
     }
 
@@ -95,9 +99,15 @@ impl KeyCache {
         if let Some(found) = self.known.get(&id).await {
             return Ok(found);
         }
+        let before = self.revocations.load(Ordering::SeqCst);
         match store.authenticate(key).await {
             Ok(Some(found)) => {
-                self.known.insert(id, found.clone()).await;
+                self.known.insert(id.clone(), found.clone()).await;
+                // Inserted first, checked after: a revocation in between either
+                // cleared the entry or shows here.
+                if self.revocations.load(Ordering::SeqCst) != before {
+                    self.known.invalidate(&id).await;
+                }
                 Ok(found)
             }
             Ok(None) => Err(ApiError::new(
@@ -110,6 +120,7 @@ impl KeyCache {
 
     /// After a revocation: nothing authenticated before it is trusted any more.
     pub fn forget_all(&self) {
+        self.revocations.fetch_add(1, Ordering::SeqCst);
         self.known.invalidate_all();
     }
 }

@@ -47,6 +47,8 @@ pub struct ApiState {
     pub limiter: Arc<KeyLimiter>,
     /// Recently authenticated keys.
     pub keys: Arc<KeyCache>,
+    /// Whether webhook endpoints may be private addresses.
+    pub allow_private_webhooks: bool,
     /// A user's on-demand syncs: one finished request per this interval.
     pub sync_request_interval: std::time::Duration,
 }

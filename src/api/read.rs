@@ -195,7 +195,10 @@ pub(super) async fn get_holdings(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TransactionQuery {
-    /// Only this account (the institution's account id, as in `/accounts`).
+    /// Only this connection (an id from `/connections`).
+    connection_id: Option<String>,
+    /// Only this account (the institution's account id, as in `/accounts`; give
+    /// `connection_id` too when two institutions use the same id).
     account_id: Option<String>,
     /// Earliest date, inclusive (YYYY-MM-DD).
     from: Option<NaiveDate>,
@@ -288,7 +291,15 @@ pub(super) async fn get_transactions(
     if connections.is_empty() {
         return Err(no_user(&user));
     }
-    let ids: Vec<_> = connections.iter().map(|c| c.id).collect();
+    let mut ids: Vec<_> = connections.iter().map(|c| c.id).collect();
+    if let Some(raw) = &query.connection_id {
+        ids.retain(|id| id.to_string() == *raw);
+        if ids.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "user `{user}` has no connection `{raw}`"
+            )));
+        }
+    }
     let filter = TransactionFilter {
         account: query.account_id,
         from: query.from,

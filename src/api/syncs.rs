@@ -1,8 +1,9 @@
 //! On-demand syncs: `POST /v1/users/{user_id}/sync` asks for fresh data for every
 //! active connection of a user, and `GET /v1/syncs/{id}` says how it went.
-//! Requests are coalesced (a user's unfinished request is returned again rather
-//! than queued twice) and rate-limited per user (one finished request per
-//! `server.sync_request_interval_secs`).
+//! Within `server.sync_request_interval_secs` of a user's last request, an
+//! unfinished request is returned again rather than queued twice, and a finished
+//! one answers 429. A job already waiting for a connection serves a new request
+//! too (the queue holds one waiting sync per connection).
 
 use axum::Router;
 use axum::extract::State;
@@ -21,7 +22,7 @@ use super::read::user_id;
 use super::{ApiError, ApiState};
 use crate::domain::ConnectionStatus;
 use crate::store::{Scope, SyncRequestRecord};
-use crate::sync::SyncConnection;
+use crate::sync::{SYNC_LEASE, SyncConnection};
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -212,7 +213,11 @@ async fn status(
             .await
             .map_err(ApiError::internal)?;
         let succeeded = runs.iter().rev().find(|r| r.outcome == "succeeded");
-        let running = runs.iter().find(|r| r.finished_at.is_none());
+        // A run unfinished after the sync lease ran out was abandoned (its worker
+        // died): it no longer counts as running.
+        let running = runs
+            .iter()
+            .find(|r| r.finished_at.is_none() && r.started_at + SYNC_LEASE > Utc::now());
         let (status, run) = if let Some(run) = succeeded {
             (SyncState::Succeeded, Some(run))
         } else if let Some(run) = running {

@@ -151,17 +151,10 @@ pub(super) async fn create_tenant(
             format!("a tenant named `{}` exists", body.name),
         ));
     }
-    let (tenant, key) = store
-        .create_tenant(&body.name)
+    let (tenant, record, key) = store
+        .create_tenant_with_key(&body.name)
         .await
         .map_err(ApiError::internal)?;
-    let record = store
-        .api_keys(tenant.id)
-        .await
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::internal("the new tenant has no key"))?;
     tracing::info!(tenant = %tenant.id, name = %tenant.name, "Tenant created.");
     Ok((
         StatusCode::CREATED,

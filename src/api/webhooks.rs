@@ -140,6 +140,11 @@ pub(super) async fn create_endpoint(
     Json(body): Json<NewEndpoint>,
 ) -> Result<(StatusCode, Json<RegisteredEndpoint>), ApiError> {
     tenant.require(Scope::Sync)?;
+    if let Ok(url) = url::Url::parse(&body.url)
+        && let Err(why) = webhooks::target::check_host(&url, state.allow_private_webhooks)
+    {
+        return Err(ApiError::invalid(format!("the endpoint URL {why}")));
+    }
     let registered = webhooks::register_endpoint(
         &state.sync.store,
         &state.linker.vault,

@@ -62,6 +62,9 @@ pub struct Cache {
     brief: Moka<String, Arc<Vec<u8>>>,
     l2: Option<RedisL2>,
     stats: Arc<CacheStats>,
+    /// Moves on every change this process makes or hears of. A load that saw it
+    /// move may have put an older value over a newer one, so its value is dropped.
+    epoch: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -76,8 +79,8 @@ struct RedisL2 {
     subscribed: Arc<AtomicBool>,
 }
 
-/// Opens after a failed Redis call and stays open for `cooldown`; the first call
-/// after that is the probe that closes it again or re-opens it.
+/// Opens after a failed Redis call and stays open for `cooldown`, during which
+/// reads skip Redis. After it, calls try Redis again; the next failure re-opens it.
 struct Breaker {
     epoch: Instant,
     open_until_ms: AtomicU64,
@@ -97,6 +100,18 @@ impl Breaker {
         let until =
             self.now_ms() + u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX / 2);
         self.open_until_ms.store(until, Ordering::Relaxed);
+    }
+}
+
+/// How often each listening process proves its subscription still delivers.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Aborts a background task when its owner ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -162,6 +177,7 @@ impl Cache {
             brief,
             l2,
             stats: Arc::default(),
+            epoch: Arc::default(),
         })
     }
 
@@ -213,6 +229,7 @@ impl Cache {
         // Which layer answered is only known to the caller whose loader ran; the
         // others waited on it and count as L1 hits.
         let answered = std::sync::Mutex::new(Hit::L1);
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let value = l1
             .try_get_with(key.to_owned(), async {
                 let (value, hit) = through.await?;
@@ -221,6 +238,10 @@ impl Cache {
             })
             .await?;
         let hit = *answered.lock().unwrap_or_else(|e| e.into_inner());
+        // moka stores what the loader returned even over a value put meanwhile.
+        if hit != Hit::L1 && self.epoch.load(Ordering::SeqCst) != epoch {
+            l1.invalidate(key).await;
+        }
         if hit == Hit::L1 {
             self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
         }
@@ -232,9 +253,12 @@ impl Cache {
     /// returned: the database still has the data.
     pub async fn put(&self, key: &str, value: Vec<u8>) {
         let value = Arc::new(value);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.l1.insert(key.to_owned(), value.clone()).await;
         self.brief.insert(key.to_owned(), value.clone()).await;
-        let Some(l2) = self.l2_allowed() else {
+        // Writes try Redis even while the breaker is open: skipping one would leave
+        // an older value there for every process to serve.
+        let Some(l2) = &self.l2 else {
             return;
         };
         let mut connection = l2.connection.clone();
@@ -257,13 +281,14 @@ impl Cache {
     /// Forgets a key everywhere, so the next read goes to the database.
     pub async fn invalidate(&self, key: &str) {
         self.forget_locally(key).await;
-        if let Some(l2) = self.l2_allowed() {
+        if let Some(l2) = &self.l2 {
             self.l2_delete(l2, key).await;
         }
     }
 
     /// Forgets a key in this process only (for a reader that knows its copy is old).
     pub async fn forget_locally(&self, key: &str) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.l1.invalidate(key).await;
         self.brief.invalidate(key).await;
     }
@@ -274,8 +299,26 @@ impl Cache {
         let l2 = self.l2.clone()?;
         let l1 = self.l1.clone();
         let stats = self.stats.clone();
+        let epoch = self.epoch.clone();
         Some(tokio::spawn(async move {
             let channel = l2.channel();
+            // A subscription can die silently (a half-open connection, a fail-over):
+            // heartbeats published on the channel prove it still delivers.
+            let beat = tokio::spawn({
+                let (mut connection, channel) = (l2.connection.clone(), channel.clone());
+                async move {
+                    let mut ticks = tokio::time::interval(HEARTBEAT);
+                    loop {
+                        ticks.tick().await;
+                        let _ = tokio::time::timeout(
+                            HEARTBEAT,
+                            connection.publish::<_, _, ()>(&channel, ""),
+                        )
+                        .await;
+                    }
+                }
+            });
+            let _stop_beating = AbortOnDrop(beat);
             let mut backoff = Duration::from_millis(100);
             loop {
                 let subscription = tokio::time::timeout(Duration::from_secs(2), async {
@@ -302,15 +345,23 @@ impl Cache {
                     }
                 };
                 // Messages sent while unsubscribed are lost: start from an empty L1.
+                epoch.fetch_add(1, Ordering::SeqCst);
                 l1.invalidate_all();
                 l2.subscribed.store(true, Ordering::Relaxed);
                 backoff = Duration::from_millis(100);
                 tracing::info!("Subscribed to cache invalidations.");
                 let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
-                    if let Ok(key) = message.get_payload::<String>() {
-                        stats.invalidations_received.fetch_add(1, Ordering::Relaxed);
-                        l1.invalidate(&key).await;
+                while let Ok(Some(message)) =
+                    tokio::time::timeout(HEARTBEAT * 3, messages.next()).await
+                {
+                    match message.get_payload::<String>() {
+                        Ok(key) if !key.is_empty() => {
+                            stats.invalidations_received.fetch_add(1, Ordering::Relaxed);
+                            epoch.fetch_add(1, Ordering::SeqCst);
+                            l1.invalidate(&key).await;
+                        }
+                        // Heartbeats, and anything unreadable.
+                        _ => {}
                     }
                 }
                 l2.subscribed.store(false, Ordering::Relaxed);

@@ -87,7 +87,8 @@ pub async fn read(
 /// Two writers can race: one builds from the connections as they were, another
 /// commits a change and caches its newer view, then the first one's older view
 /// lands on top. So after writing, the connections are read again; if any moved
-/// while the view was built, the view is dropped and the next read rebuilds it.
+/// while the view was built, it is built and written again. The key is never
+/// left empty for a reader to fill with a view it built before the change.
 pub async fn refresh(
     store: &Store,
     cache: &Cache,
@@ -95,19 +96,26 @@ pub async fn refresh(
     user: &UserId,
     recent_transactions: u64,
 ) -> Result<(), StoreError> {
+    const ROUNDS: usize = 5;
     let key = cache_key(tenant, user);
-    let connections = store.user_connections(tenant, user).await?;
-    let built_from = versions(&connections);
-    match build::assemble(store, user, connections, recent_transactions).await? {
-        Some(p) => match serde_json::to_vec(&p) {
-            Ok(bytes) => cache.put(&key, bytes).await,
-            Err(_) => cache.invalidate(&key).await,
-        },
-        None => cache.invalidate(&key).await,
+    let mut connections = store.user_connections(tenant, user).await?;
+    for _ in 0..ROUNDS {
+        let built_from = versions(&connections);
+        let Some(view) = build::assemble(store, user, connections, recent_transactions).await?
+        else {
+            cache.invalidate(&key).await;
+            return Ok(());
+        };
+        let json = serde_json::to_vec(&view).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        cache.put(&key, json).await;
+        connections = store.user_connections(tenant, user).await?;
+        if versions(&connections) == built_from {
+            return Ok(());
+        }
     }
-    if versions(&store.user_connections(tenant, user).await?) != built_from {
-        cache.invalidate(&key).await;
-    }
+    // Still changing after several rounds: whoever changes it next rewrites it.
+    tracing::warn!(user = %user, "A portfolio kept changing while it was cached; dropped.");
+    cache.invalidate(&key).await;
     Ok(())
 }
 

@@ -11,6 +11,10 @@ use super::entities::{connection, oauth_state};
 use super::{Store, StoreError};
 use crate::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
 
+/// The reason a connection whose consent ended is given.
+pub const CONSENT_EXPIRED: &str =
+    "REAUTH_REQUIRED: the user's consent at the institution has expired";
+
 /// A connection as the rest of finsync sees it. Token columns stay sealed bytes.
 #[derive(Debug, Clone)]
 pub struct ConnectionRecord {
@@ -353,7 +357,7 @@ impl Store {
             .collect::<Result<_, _>>()?;
         let mut moved = Vec::new();
         for c in expired {
-            let reason = "REAUTH_REQUIRED: the user's consent at the institution has expired";
+            let reason = CONSENT_EXPIRED;
             if self
                 .leave_active(c.id, ConnectionStatus::ReauthRequired, reason)
                 .await?

@@ -24,7 +24,7 @@ use sea_orm::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-pub use connections::{ConnectionRecord, Consent, Lease, NewState, TokenColumns};
+pub use connections::{CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, TokenColumns};
 pub use decimal::DbDecimal;
 pub use records::{
     ApplyCounts, PagedTransaction, Removals, TransactionFilter, TransactionPosition,

@@ -121,6 +121,15 @@ fn same(a: &str, b: &str) -> bool {
 impl Store {
     /// Creates a tenant with a first key scoped `read` and `sync`.
     pub async fn create_tenant(&self, name: &str) -> Result<(TenantRecord, ApiKey), StoreError> {
+        let (tenant, _, key) = self.create_tenant_with_key(name).await?;
+        Ok((tenant, key))
+    }
+
+    /// [`Self::create_tenant`], also returning the key as listings show it.
+    pub async fn create_tenant_with_key(
+        &self,
+        name: &str,
+    ) -> Result<(TenantRecord, ApiKeyRecord, ApiKey), StoreError> {
         let record = TenantRecord {
             id: TenantId::new(),
             name: name.to_owned(),
@@ -133,8 +142,8 @@ impl Store {
         }
         .insert(self.db())
         .await?;
-        let (_, key) = self.issue_api_key(record.id, &Scope::ALL, None).await?;
-        Ok((record, key))
+        let (listed, key) = self.issue_api_key(record.id, &Scope::ALL, None).await?;
+        Ok((record, listed, key))
     }
 
     /// Issues a new key for a tenant.
@@ -163,22 +172,24 @@ impl Store {
         Ok((key_record(row)?, key))
     }
 
-    /// Revokes every live key of the named tenant and issues a new one.
+    /// Issues a new key for the named tenant, then revokes every other live one:
+    /// if issuing fails, the old keys still work.
     pub async fn rotate_api_key(&self, name: &str) -> Result<(TenantRecord, ApiKey), StoreError> {
         let tenant = self
             .tenant_by_name(name)
             .await?
             .ok_or(StoreError::NotFound("tenant"))?;
+        let (issued, key) = self.issue_api_key(tenant.id, &Scope::ALL, None).await?;
         api_key::Entity::update_many()
             .col_expr(
                 api_key::Column::RevokedAt,
                 sea_orm::sea_query::Expr::value(Utc::now()),
             )
             .filter(api_key::Column::TenantId.eq(tenant.id.to_string()))
+            .filter(api_key::Column::Id.ne(issued.id))
             .filter(api_key::Column::RevokedAt.is_null())
             .exec(self.db())
             .await?;
-        let (_, key) = self.issue_api_key(tenant.id, &Scope::ALL, None).await?;
         Ok((tenant, key))
     }
 
@@ -228,11 +239,10 @@ impl Store {
             return Ok(None);
         }
         let record = key_record(row)?;
-        let tenant = self
+        Ok(self
             .tenant(record.tenant_id)
             .await?
-            .ok_or(StoreError::NotFound("tenant"))?;
-        Ok(Some((tenant, record)))
+            .map(|tenant| (tenant, record)))
     }
 
     pub async fn tenant(&self, id: TenantId) -> Result<Option<TenantRecord>, StoreError> {

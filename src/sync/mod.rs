@@ -13,7 +13,7 @@ pub mod scheduler;
 use std::sync::Arc;
 
 pub use job::{Job, RefreshToken, SyncConnection};
-pub use pipeline::{SyncError, SyncOutcome};
+pub use pipeline::{LEASE as SYNC_LEASE, SyncError, SyncOutcome};
 pub use queue::{Queue, QueueError};
 
 use crate::cache::Cache;

@@ -18,7 +18,7 @@ use crate::webhooks::{self, EventData, WebhookEvent};
 /// rather than at once.
 const RETRY_LATER: chrono::Duration = chrono::Duration::minutes(5);
 /// How long one sync may hold its connection; a crashed sync's lease expires.
-const LEASE: chrono::Duration = chrono::Duration::minutes(15);
+pub const LEASE: chrono::Duration = chrono::Duration::minutes(15);
 /// How long a sync that found its connection busy waits before trying again.
 const DEFER: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -146,6 +146,7 @@ async fn leased_sync(
             // stable code and a message fit for a tenant to read.
             let detail = failure.to_string();
             let public = failure.public_reason();
+            let mut needs_user = false;
             if failure.needs_reauth() {
                 // Only an active connection: a disconnect or relink meanwhile wins.
                 if ctx
@@ -154,7 +155,7 @@ async fn leased_sync(
                     .await?
                 {
                     tracing::warn!(from = %connection.status, status = "reauth_required", "Connection needs the user to link again.");
-                    ctx.announce_reauth_required(&connection, &public).await;
+                    needs_user = true;
                 }
             } else {
                 ctx.store
@@ -172,6 +173,10 @@ async fn leased_sync(
             ctx.store
                 .finish_run(&run, RunCounts::default(), Some(&detail))
                 .await?;
+            // Announced once readers see it, like a finished sync.
+            if needs_user {
+                ctx.announce_reauth_required(&connection, &public).await;
+            }
             tracing::warn!(error = %detail, "Sync failed; the last good data stays.");
             Ok(SyncOutcome::Failed)
         }

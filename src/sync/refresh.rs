@@ -63,10 +63,10 @@ async fn refresh(ctx: &Context, job: &RefreshToken) -> Result<(), SyncError> {
         .await?
     {
         tracing::warn!(from = %connection.status, status = %status, "Connection left active.");
+        ctx.refresh_portfolio(&connection).await?;
         if status == ConnectionStatus::ReauthRequired {
             ctx.announce_reauth_required(&connection, reason).await;
         }
-        ctx.refresh_portfolio(&connection).await?;
     }
     Ok(())
 }

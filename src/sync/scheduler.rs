@@ -65,9 +65,9 @@ pub async fn tick(ctx: &Context) -> Result<usize, SchedulerError> {
     }
     for expired in ctx.store.expire_consents(now).await? {
         tracing::warn!(connection = %expired.id, from = "active", status = "reauth_required", "Consent expired.");
-        ctx.announce_reauth_required(&expired, "REAUTH_REQUIRED")
-            .await;
         ctx.refresh_portfolio(&expired).await?;
+        ctx.announce_reauth_required(&expired, crate::store::CONSENT_EXPIRED)
+            .await;
     }
     Ok(enqueued + refresh_tick(ctx, now).await?)
 }

@@ -33,6 +33,8 @@ pub struct DeliveryPolicy {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub batch_size: u64,
+    /// Deliver to private and loopback addresses too (see [`super::target`]).
+    pub allow_private_targets: bool,
 }
 
 impl From<&WebhookSettings> for DeliveryPolicy {
@@ -44,6 +46,7 @@ impl From<&WebhookSettings> for DeliveryPolicy {
             backoff_base: Duration::from_millis(s.backoff_base_ms),
             backoff_max: Duration::from_millis(s.backoff_max_ms),
             batch_size: s.batch_size,
+            allow_private_targets: s.allow_private_targets,
         }
     }
 }
@@ -136,7 +139,17 @@ impl Deliverer {
                 &webhook_secret_context(endpoint.id),
                 &endpoint.sealed_secret,
             ) {
-                Ok(secret) => self.send(&delivery, &endpoint.url, &secret).await,
+                Ok(secret) => {
+                    match super::target::check_resolved(
+                        &endpoint.url,
+                        self.policy.allow_private_targets,
+                    )
+                    .await
+                    {
+                        Ok(()) => self.send(&delivery, &endpoint.url, &secret).await,
+                        Err(refused) => Sent::Failed(refused),
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "Webhook secret cannot be opened.");
                     Sent::Failed("the endpoint's signing secret cannot be opened".into())
@@ -265,6 +278,7 @@ mod tests {
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(60),
             batch_size: 10,
+            allow_private_targets: false,
         }
     }
 

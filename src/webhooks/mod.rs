@@ -6,7 +6,7 @@
 //! [`emit`] (the payload, queued for every subscribed endpoint), the
 //! [`signature`] scheme with the [`verify`] function receivers use, and the
 //! [`delivery`] loop that claims due deliveries, sends them and records each
-//! attempt. Rows live in the store; nothing here decides *when* an event happens:
+//! attempt, to public addresses only ([`target`]). Rows live in the store; nothing here decides *when* an event happens:
 //! the sync pipeline, the token refresh, the scheduler and the OAuth callback call
 //! [`announce`] where a connection's state changes.
 //!
@@ -16,6 +16,7 @@
 
 pub mod delivery;
 pub mod signature;
+pub mod target;
 
 use chrono::{SubsecRound, Utc};
 use rand::RngExt;

@@ -702,3 +702,80 @@ async fn tenants_manage_webhooks_and_read_their_delivery_log() {
     let (_, _, listed) = call(&app, Method::GET, "/v1/webhooks", &key).await;
     assert!(listed[0]["disabled_at"].is_string());
 }
+
+#[tokio::test]
+async fn webhooks_cannot_point_at_the_internal_network() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut settings = settings(&db, None, &sandbox);
+    settings.webhooks.allow_private_targets = false;
+    let app = TestApp::spawn(settings, true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let (url, seen) = receiver().await;
+    for target in [
+        url.as_str(),
+        "http://169.254.169.254/latest/meta-data",
+        "http://localhost:8080/admin",
+        "http://[::1]/x",
+        "http://10.0.0.5/x",
+    ] {
+        let (status, body) = call_json(
+            &app,
+            Method::POST,
+            "/v1/webhooks",
+            key.0.expose_secret(),
+            json!({"url": target, "events": ["sync.completed"]}),
+        )
+        .await;
+        assert_eq!(status, 400, "{target}: {body}");
+    }
+
+    // A name that resolves to a private address is refused when delivering: this
+    // machine's own name (it resolves to loopback or the local network), else
+    // `localhost`, which the same check refuses by name.
+    let host = String::from_utf8(
+        std::process::Command::new("hostname")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let private = match tokio::net::lookup_host((host.as_str(), 80)).await {
+        Ok(addresses) => addresses
+            .into_iter()
+            .all(|a| !finsync::webhooks::target::is_public(a.ip())),
+        Err(_) => false,
+    };
+    let by_name = url.replace("127.0.0.1", if private { &host } else { "localhost" });
+    let endpoint = finsync::webhooks::register_endpoint(
+        store,
+        &app.app.linker.vault,
+        tenant.id,
+        &by_name,
+        &[finsync::webhooks::WebhookEvent::SyncCompleted],
+    )
+    .await
+    .unwrap();
+    app.link_and_sync(tenant.id, "demo-alice").await;
+    app.app.webhooks.deliver_due().await.unwrap();
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the receiver"
+    );
+    let log = store
+        .webhook_deliveries(finsync::store::DeliveryQuery {
+            tenant: Some(tenant.id),
+            endpoint: Some(endpoint.endpoint.id),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert!(
+        log[0].last_error.as_deref().unwrap().starts_with("REFUSED"),
+        "{:?}",
+        log[0].last_error
+    );
+}

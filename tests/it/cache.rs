@@ -170,9 +170,11 @@ async fn a_hung_or_missing_redis_sends_reads_to_the_database_and_is_then_skipped
         assert_eq!(read(&cache, &calls).await, (b"from-db".to_vec(), Hit::Miss));
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
         let stats = cache.stats();
+        // The first read's GET, then the write's SET and DEL: writes try Redis
+        // even while the breaker is open, so an old value cannot outlive them.
         assert_eq!(
             stats.l2_errors.load(std::sync::atomic::Ordering::Relaxed),
-            1,
+            3,
             "{url}"
         );
         assert!(

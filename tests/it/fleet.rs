@@ -161,6 +161,60 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
         .unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
 
+    // Read after sync across processes: the API process holds the view; a worker
+    // runs a requested sync; once the API says it is done, a read shows it.
+    let requested: Value = http
+        .post(format!("{api}/v1/users/demo-alice/sync"))
+        .bearer_auth(&api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sync_url = format!("{api}/v1/syncs/{}", requested["id"].as_str().unwrap());
+    let mut status = Value::Null;
+    for _ in 0..600 {
+        status = http
+            .get(&sync_url)
+            .bearer_auth(&api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["status"] != "queued" && status["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["status"], "succeeded", "{status}");
+    let synced_at = store
+        .connection(link["connection_id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap()
+        .last_synced_at
+        .unwrap();
+    let after: Value = http
+        .get(&url)
+        .bearer_auth(&api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        after["freshness"]["as_of"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap(),
+        synced_at,
+        "the first read after the sync reports done shows it"
+    );
+
     // The tokens the sandbox issued appear nowhere: not in any table of the
     // database (ours or the queue's), not in anything the processes logged.
     let record = store.connection(connection_id).await.unwrap();

@@ -422,6 +422,7 @@ fn policy(backoff_base: Duration, batch_size: u64) -> DeliveryPolicy {
         backoff_base,
         backoff_max: backoff_base * 8,
         batch_size,
+        allow_private_targets: true,
     }
 }
 
