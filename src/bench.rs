@@ -5,7 +5,8 @@
 //!
 //! The load is open-loop: requests are scheduled at a fixed rate and each one's
 //! latency counts from when it was due, so a stalled server shows as latency
-//! rather than as fewer requests (no coordinated omission). The bench seeds its
+//! rather than as fewer requests (no coordinated omission). The two endpoints'
+//! requests are interleaved in one run, so both meet the same server state. The bench seeds its
 //! own data (one user with 3 accounts and 90 holdings) in a scratch database and
 //! starts its own Redis, which it can then stop.
 
@@ -68,15 +69,13 @@ pub async fn run_api(bench: ApiBench) -> anyhow::Result<()> {
         !fleet.app.ctx.cache.degraded()
     })
     .await?;
-    results.push(measure(&bench, &fleet, "fleet", "/healthz").await?);
-    results.push(measure(&bench, &fleet, "fleet", fleet.portfolio).await?);
+    results.extend(measure(&bench, &fleet, "fleet").await?);
     redis.stop();
     wait_until("the cache notices Redis is gone", || {
         fleet.app.ctx.cache.degraded()
     })
     .await?;
-    results.push(measure(&bench, &fleet, "redis stopped", "/healthz").await?);
-    results.push(measure(&bench, &fleet, "redis stopped", fleet.portfolio).await?);
+    results.extend(measure(&bench, &fleet, "redis stopped").await?);
     fleet.stop();
     scratch.drop_database().await?;
 
@@ -84,8 +83,7 @@ pub async fn run_api(bench: ApiBench) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let sqlite = format!("sqlite://{}?mode=rwc", dir.join("finsync.db").display());
     let embedded = Server::start(&sqlite, None).await?;
-    results.push(measure(&bench, &embedded, "embedded", "/healthz").await?);
-    results.push(measure(&bench, &embedded, "embedded", embedded.portfolio).await?);
+    results.extend(measure(&bench, &embedded, "embedded").await?);
     embedded.stop();
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -253,36 +251,45 @@ fn snapshot() -> Snapshot {
     snapshot
 }
 
-/// Sends `rate` requests per second to `path` for the bench's duration (after a
-/// one-second warm-up that is not recorded).
+/// What one endpoint recorded during a run.
+struct Recorder {
+    latency: Histogram<u64>,
+    failed: u64,
+}
+
+/// Sends `rate` requests per second to each endpoint, interleaved (the trivial
+/// endpoint, then the portfolio, then the trivial one again…), so both see the
+/// same server at the same moments, for the bench's duration after a one-second
+/// warm-up that is not recorded.
 async fn measure(
     bench: &ApiBench,
     server: &Server,
     setup: &'static str,
-    path: &str,
-) -> anyhow::Result<Series> {
-    let endpoint: &'static str = if path == "/healthz" {
-        "/healthz (trivial)"
-    } else {
-        "portfolio (cached)"
-    };
+) -> anyhow::Result<[Series; 2]> {
+    let paths = ["/healthz", server.portfolio];
     let client = crate::http::client();
-    let url = format!("{}{path}", server.address);
     let key = server.key.expose_secret().to_owned();
     let progress = ProgressBar::new(bench.seconds + 1).with_style(
         ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} s")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    progress.set_message(format!("{setup}: {endpoint} at {} req/s", bench.rate));
+    progress.set_message(format!(
+        "{setup}: /healthz and portfolio at {} req/s each",
+        bench.rate
+    ));
 
     let warm_up = Duration::from_secs(1);
     let total = warm_up + Duration::from_secs(bench.seconds);
-    let interval = Duration::from_secs_f64(1.0 / f64::from(bench.rate.max(1)));
+    let per_second = u64::from(bench.rate.max(1)) * paths.len() as u64;
+    let interval = Duration::from_secs_f64(1.0 / per_second as f64);
     let permits = Arc::new(Semaphore::new(bench.concurrency.max(1)));
-    let latency = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut recorders = Vec::new();
+    for _ in paths {
+        recorders.push(Arc::new(std::sync::Mutex::new(Recorder {
+            latency: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+            failed: 0,
+        })));
+    }
     let start = Instant::now();
     let mut sent = 0u64;
     let mut tasks = tokio::task::JoinSet::new();
@@ -292,12 +299,14 @@ async fn measure(
             break;
         }
         tokio::time::sleep_until(due.into()).await;
-        if sent.is_multiple_of(u64::from(bench.rate.max(1))) {
+        if sent.is_multiple_of(per_second) {
             progress.set_position(start.elapsed().as_secs());
         }
+        let which = usize::try_from(sent % paths.len() as u64).unwrap_or_default();
         let recorded = due.duration_since(start) >= warm_up;
-        let (client, url, key) = (client.clone(), url.clone(), key.clone());
-        let (permits, latency, failed) = (permits.clone(), latency.clone(), failed.clone());
+        let url = format!("{}{}", server.address, paths[which]);
+        let (client, key) = (client.clone(), key.clone());
+        let (permits, recorder) = (permits.clone(), recorders[which].clone());
         tasks.spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
@@ -308,11 +317,9 @@ async fn measure(
             };
             if recorded {
                 let micros = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
-                if let Ok(mut histogram) = latency.lock() {
-                    histogram.saturating_record(micros.max(1));
-                }
-                if !ok {
-                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(mut recorder) = recorder.lock() {
+                    recorder.latency.saturating_record(micros.max(1));
+                    recorder.failed += u64::from(!ok);
                 }
             }
         });
@@ -323,18 +330,23 @@ async fn measure(
     while tasks.join_next().await.is_some() {}
     progress.finish_and_clear();
     let elapsed = start.elapsed().saturating_sub(warm_up);
-    let latency = latency
-        .lock()
-        .map_err(|_| anyhow::anyhow!("latency histogram poisoned"))?
-        .clone();
-    Ok(Series {
-        setup,
-        endpoint,
-        sent: latency.len(),
-        failed: failed.load(std::sync::atomic::Ordering::Relaxed),
-        elapsed,
-        latency,
-    })
+    let series = |index: usize, endpoint: &'static str| -> anyhow::Result<Series> {
+        let recorder = recorders[index]
+            .lock()
+            .map_err(|_| anyhow::anyhow!("latency histogram poisoned"))?;
+        Ok(Series {
+            setup,
+            endpoint,
+            sent: recorder.latency.len(),
+            failed: recorder.failed,
+            elapsed,
+            latency: recorder.latency.clone(),
+        })
+    };
+    Ok([
+        series(0, "/healthz (trivial)")?,
+        series(1, "portfolio (cached)")?,
+    ])
 }
 
 fn ms(micros: u64) -> String {
@@ -371,7 +383,7 @@ fn print(bench: &ApiBench, results: &[Series]) {
         ]);
     }
     println!(
-        "finsync bench api: {} req/s per series for {} s, at most {} in flight; latency from when each request was due\n",
+        "finsync bench api: {} req/s to each endpoint, interleaved, for {} s, at most {} in flight; latency from when each request was due\n",
         bench.rate, bench.seconds, bench.concurrency
     );
     println!("{table}\n");

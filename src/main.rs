@@ -85,7 +85,7 @@ enum BenchCommand {
     /// Cached portfolio reads beside a trivial endpoint: on PostgreSQL + Redis, with
     /// Redis stopped, and on the embedded default. Needs PostgreSQL and redis-server.
     Api {
-        /// Requests per second in every series.
+        /// Requests per second to each endpoint (the two are interleaved).
         #[arg(long, default_value_t = 1000)]
         rate: u32,
         /// Measured seconds per series (after a one-second warm-up).
