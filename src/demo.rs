@@ -188,7 +188,8 @@ pub async fn link_over_http(
     Ok(start.connection_id)
 }
 
-/// Waits for a sync that started after `since`; `Err(reason)` if it failed.
+/// Waits for a sync that started after `since` to finish (its data and the cached
+/// view in place); `Err(reason)` if it failed or the connection left `active`.
 pub async fn wait_for_sync(
     app: &App,
     connection: ConnectionId,
@@ -197,17 +198,23 @@ pub async fn wait_for_sync(
     let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
     loop {
         let record = app.ctx.store.connection(connection).await?;
-        if record.last_synced_at.is_some_and(|at| at >= since)
-            && record.last_failure_reason.is_none()
-        {
+        // Done when a run that started since then has finished: only then are its
+        // data and the cached view in place.
+        let runs = app.ctx.store.runs_since(connection, since).await?;
+        if runs.iter().any(|r| r.outcome == "succeeded") {
             return Ok(Ok(()));
         }
-        if record.status != ConnectionStatus::Active {
+        let running = runs.iter().any(|r| r.finished_at.is_none());
+        if record.status != ConnectionStatus::Active && !running {
             return Ok(Err(record
                 .last_failure_reason
                 .unwrap_or_else(|| record.status.to_string())));
         }
-        if let Some(reason) = record.last_failure_reason {
+        // A failed run whose reason reached the connection; a database failure
+        // leaves none and its job is retried.
+        if let Some(reason) = record.last_failure_reason
+            && runs.iter().any(|r| r.outcome == "failed")
+        {
             return Ok(Err(reason));
         }
         if tokio::time::Instant::now() > deadline {

@@ -200,20 +200,12 @@ async fn a_response_that_no_longer_matches_keeps_the_last_good_data_and_marks_it
         connection_id: connection,
         idempotency_key: "test:drift".into(),
     };
+    let since = chrono::Utc::now();
     assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
-    let mut failure = None;
-    for _ in 0..600 {
-        failure = store
-            .connection(connection)
-            .await
-            .unwrap()
-            .last_failure_reason;
-        if failure.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let failure = failure.expect("the drifted sync fails");
+    let failure = finsync::demo::wait_for_sync(&app.app, connection, since)
+        .await
+        .unwrap()
+        .expect_err("the drifted sync fails");
     assert!(failure.starts_with("INSTITUTION_ERROR"), "{failure}");
     assert_eq!(
         store.full_snapshot(connection).await.unwrap(),

@@ -263,12 +263,14 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
         connection_id: connection,
         idempotency_key: "test:after-crash".into(),
     };
+    let since = chrono::Utc::now();
     assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
-    wait_for(&app, connection, |c| {
-        c.status == ConnectionStatus::ReauthRequired
-    })
-    .await;
+    let outcome = finsync::demo::wait_for_sync(&app.app, connection, since)
+        .await
+        .unwrap();
+    assert!(outcome.is_err(), "the sync fails");
     let record = store.connection(connection).await.unwrap();
+    assert_eq!(record.status, ConnectionStatus::ReauthRequired);
     assert!(
         record
             .last_failure_reason
