@@ -58,15 +58,6 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("sync_runs_idempotency_key")
-                    .table(SyncRuns::Table)
-                    .col(SyncRuns::IdempotencyKey)
-                    .to_owned(),
-            )
-            .await?;
 
         manager
             .create_table(
@@ -172,14 +163,6 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_index(
-                Index::drop()
-                    .name("sync_runs_idempotency_key")
-                    .table(SyncRuns::Table)
-                    .to_owned(),
-            )
-            .await?;
         for table in [
             WebhookDeliveries::Table.into_iden(),
             WebhookEndpoints::Table.into_iden(),
@@ -198,12 +181,6 @@ impl MigrationTrait for Migration {
 enum Tenants {
     Table,
     Id,
-}
-
-#[derive(DeriveIden)]
-enum SyncRuns {
-    Table,
-    IdempotencyKey,
 }
 
 #[derive(DeriveIden)]
