@@ -61,8 +61,9 @@ pub fn document() -> Document {
 }
 
 pub fn routes() -> Router<ApiState> {
-    let json = document().to_json().unwrap_or_default();
-    let page = render(&document());
+    let document = document();
+    let json = document.to_json().unwrap_or_default();
+    let page = render(&document);
     Router::new()
         .route(
             "/openapi.json",

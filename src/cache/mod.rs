@@ -264,17 +264,11 @@ impl Cache {
         let mut connection = l2.connection.clone();
         let write =
             connection.set_ex::<_, _, ()>(l2.key(key), value.as_slice(), l2.ttl.as_secs().max(1));
-        match tokio::time::timeout(l2.timeout, write).await {
-            Ok(Ok(())) => self.publish(l2, key).await,
-            Ok(Err(e)) => {
-                self.l2_failed(l2, "put", &e.to_string());
-                // An older value left in Redis would be served as current: drop it.
-                self.l2_delete(l2, key).await;
-            }
-            Err(_) => {
-                self.l2_failed(l2, "put", "timed out");
-                self.l2_delete(l2, key).await;
-            }
+        if self.l2_call(l2, "put", write).await.is_some() {
+            self.publish(l2, key).await;
+        } else {
+            // An older value left in Redis would be served as current: drop it.
+            self.l2_delete(l2, key).await;
         }
     }
 
@@ -329,15 +323,14 @@ impl Cache {
                 .await;
                 let pubsub = match subscription {
                     Ok(Ok(pubsub)) => pubsub,
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "Cannot subscribe to cache invalidations; L1 is bypassed.");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                    Err(_) => {
+                    failed => {
+                        let error = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".to_owned(),
+                        };
                         tracing::warn!(
-                            "Subscribing to cache invalidations timed out; L1 is bypassed."
+                            error,
+                            "Cannot subscribe to cache invalidations; L1 is bypassed."
                         );
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -385,22 +378,8 @@ impl Cache {
     async fn l2_get(&self, key: &str) -> Option<Arc<Vec<u8>>> {
         let l2 = self.l2_allowed()?;
         let mut connection = l2.connection.clone();
-        match tokio::time::timeout(
-            l2.timeout,
-            connection.get::<_, Option<Vec<u8>>>(l2.key(key)),
-        )
-        .await
-        {
-            Ok(Ok(value)) => value.map(Arc::new),
-            Ok(Err(e)) => {
-                self.l2_failed(l2, "get", &e.to_string());
-                None
-            }
-            Err(_) => {
-                self.l2_failed(l2, "get", "timed out");
-                None
-            }
-        }
+        let read = connection.get::<_, Option<Vec<u8>>>(l2.key(key));
+        self.l2_call(l2, "get", read).await.flatten().map(Arc::new)
     }
 
     /// Stores a value read through from the database, unless one is already there:
@@ -417,38 +396,42 @@ impl Cache {
             .arg("NX")
             .arg("EX")
             .arg(l2.ttl.as_secs().max(1));
-        match tokio::time::timeout(
-            l2.timeout,
-            set.query_async::<Option<String>>(&mut connection),
-        )
-        .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => self.l2_failed(l2, "fill", &e.to_string()),
-            Err(_) => self.l2_failed(l2, "fill", "timed out"),
-        }
+        let fill = set.query_async::<Option<String>>(&mut connection);
+        self.l2_call(l2, "fill", fill).await;
     }
 
     async fn l2_delete(&self, l2: &RedisL2, key: &str) {
         let mut connection = l2.connection.clone();
-        match tokio::time::timeout(l2.timeout, connection.del::<_, ()>(l2.key(key))).await {
-            Ok(Ok(())) => self.publish(l2, key).await,
-            Ok(Err(e)) => self.l2_failed(l2, "invalidate", &e.to_string()),
-            Err(_) => self.l2_failed(l2, "invalidate", "timed out"),
+        let delete = connection.del::<_, ()>(l2.key(key));
+        if self.l2_call(l2, "invalidate", delete).await.is_some() {
+            self.publish(l2, key).await;
         }
     }
 
     async fn publish(&self, l2: &RedisL2, key: &str) {
         let mut connection = l2.connection.clone();
-        match tokio::time::timeout(
-            l2.timeout,
-            connection.publish::<_, _, ()>(l2.channel(), key),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.l2_failed(l2, "publish", &e.to_string()),
-            Err(_) => self.l2_failed(l2, "publish", "timed out"),
+        let publish = connection.publish::<_, _, ()>(l2.channel(), key);
+        self.l2_call(l2, "publish", publish).await;
+    }
+
+    /// Runs one Redis call under its own timeout; a failure or a timeout trips the
+    /// breaker, is logged and counted, and comes back as `None`.
+    async fn l2_call<T>(
+        &self,
+        l2: &RedisL2,
+        operation: &str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(l2.timeout, call).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(e)) => {
+                self.l2_failed(l2, operation, &e.to_string());
+                None
+            }
+            Err(_) => {
+                self.l2_failed(l2, operation, "timed out");
+                None
+            }
         }
     }
 
