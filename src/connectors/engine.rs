@@ -4,6 +4,7 @@
 //! retried with exponential backoff and jitter; a rate limit waits as long as the
 //! institution asks (within reason).
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -38,6 +39,9 @@ pub enum EngineError {
     Unreadable(String),
     #[error("the institution rejected the request: HTTP {status}")]
     Rejected { status: u16 },
+    /// Sync-token paging: the data changed while paging; start again.
+    #[error("the institution's data changed while paging")]
+    Restart,
 }
 
 impl EngineError {
@@ -52,6 +56,19 @@ pub struct Rejected {
     pub endpoint: &'static str,
     pub reason: FieldError,
 }
+
+/// Every record of one endpoint across its pages, and the ids the institution said
+/// were removed (sync-token paging).
+#[derive(Debug, Default)]
+pub struct Pages {
+    pub records: Vec<Value>,
+    pub removed: Vec<String>,
+    pub requests: usize,
+}
+
+/// Times a sync-token loop starts again because the data changed under it, before
+/// the run gives up until later.
+const MAX_RESTARTS: usize = 3;
 
 /// Everything fetched for one connection, mapped.
 #[derive(Debug, Default)]
@@ -90,12 +107,14 @@ impl Engine {
         let mut out = Fetched::default();
         let fetched_at = Utc::now();
 
-        let (records, requests) = self
+        let pages = self
             .fetch_records(connector, &connector.accounts, token)
             .await?;
-        out.requests += requests;
-        for record in &records {
-            match mapping::account(&connector.accounts.fields, record, fetched_at) {
+        out.requests += pages.requests;
+        for record in &pages.records {
+            match checked(connector, record)
+                .and_then(|()| mapping::account(&connector.accounts.fields, record, fetched_at))
+            {
                 Ok(account) => out.snapshot.accounts.push(account),
                 Err(reason) => out.rejected.push(Rejected {
                     endpoint: "accounts",
@@ -105,11 +124,13 @@ impl Engine {
         }
 
         if let Some(endpoint) = &connector.holdings {
-            let (records, requests) = self.fetch_records(connector, endpoint, token).await?;
-            out.requests += requests;
+            let pages = self.fetch_records(connector, endpoint, token).await?;
+            out.requests += pages.requests;
             let security_mapping = endpoint.security.as_ref().unwrap_or(&endpoint.fields);
-            for record in &records {
-                match mapping::holding(&endpoint.fields, security_mapping, record) {
+            for record in &pages.records {
+                match checked(connector, record)
+                    .and_then(|()| mapping::holding(&endpoint.fields, security_mapping, record))
+                {
                     Ok((holding, security)) => {
                         if !out
                             .snapshot
@@ -130,42 +151,91 @@ impl Engine {
         }
 
         if let Some(endpoint) = &connector.transactions {
-            let (records, requests) = self.fetch_records(connector, endpoint, token).await?;
-            out.requests += requests;
-            for record in &records {
-                match mapping::transaction(&endpoint.fields, endpoint.sign, record) {
-                    Ok(transaction) => out.snapshot.transactions.push(transaction),
+            let pages = self.fetch_records(connector, endpoint, token).await?;
+            out.requests += pages.requests;
+            // A later page's version of a transaction (sync-token `modified`) replaces
+            // an earlier one; a removed one goes.
+            let mut at: HashMap<String, usize> = HashMap::new();
+            for record in &pages.records {
+                match checked(connector, record)
+                    .and_then(|()| mapping::transaction(&endpoint.fields, endpoint.sign, record))
+                {
+                    Ok(transaction) => match at.get(&transaction.external_id) {
+                        Some(&i) => out.snapshot.transactions[i] = transaction,
+                        None => {
+                            at.insert(
+                                transaction.external_id.clone(),
+                                out.snapshot.transactions.len(),
+                            );
+                            out.snapshot.transactions.push(transaction);
+                        }
+                    },
                     Err(reason) => out.rejected.push(Rejected {
                         endpoint: "transactions",
                         reason,
                     }),
                 }
             }
+            let removed: HashSet<&str> = pages.removed.iter().map(String::as_str).collect();
+            out.snapshot
+                .transactions
+                .retain(|t| !removed.contains(t.external_id.as_str()));
         }
         Ok(out)
     }
 
-    /// Every record of one endpoint, across all its pages; returns the records and
-    /// the number of requests made.
+    /// Every record of one endpoint, across all its pages and date windows.
     pub async fn fetch_records(
         &self,
         connector: &Connector,
         endpoint: &Endpoint,
         token: &SecretString,
-    ) -> Result<(Vec<Value>, usize), EngineError> {
+    ) -> Result<Pages, EngineError> {
+        let Some(window) = &endpoint.window else {
+            return self.walk(connector, endpoint, token, Vec::new()).await;
+        };
+        let mut out = Pages::default();
+        for (from, to) in window.steps(Utc::now().date_naive()) {
+            let range = vec![
+                (
+                    window.from_param.clone(),
+                    from.format(&window.format).to_string(),
+                ),
+                (
+                    window.to_param.clone(),
+                    to.format(&window.format).to_string(),
+                ),
+            ];
+            let pages = self.walk(connector, endpoint, token, range).await?;
+            out.records.extend(pages.records);
+            out.removed.extend(pages.removed);
+            out.requests += pages.requests;
+        }
+        Ok(out)
+    }
+
+    /// Follows the endpoint's paging from the first page to the last, with `fixed`
+    /// parameters on every request the connector builds.
+    async fn walk(
+        &self,
+        connector: &Connector,
+        endpoint: &Endpoint,
+        token: &SecretString,
+        fixed: Vec<(String, String)>,
+    ) -> Result<Pages, EngineError> {
         let page_size = connector.limits.page_size;
-        let mut records = Vec::new();
-        let mut url = endpoint.url.clone();
-        let mut page_params: Vec<(String, String)> = Vec::new();
-        let mut seen_cursors = std::collections::HashSet::new();
+        let mut first_params = fixed;
         match &endpoint.paging {
             Paging::None => {}
             Paging::Cursor {
                 page_size_param, ..
             }
-            | Paging::LinkHeader { page_size_param } => {
+            | Paging::LinkHeader { page_size_param }
+            | Paging::SyncToken {
+                page_size_param, ..
+            } => {
                 if let Some(p) = page_size_param {
-                    page_params.push((p.clone(), page_size.to_string()));
+                    first_params.push((p.clone(), page_size.to_string()));
                 }
             }
             Paging::Offset {
@@ -173,122 +243,190 @@ impl Engine {
                 limit_param,
                 ..
             } => {
-                page_params.push((offset_param.clone(), "0".into()));
-                page_params.push((limit_param.clone(), page_size.to_string()));
+                first_params.push((offset_param.clone(), "0".into()));
+                first_params.push((limit_param.clone(), page_size.to_string()));
             }
             Paging::Page {
                 page_param,
                 page_size_param,
                 first_page,
             } => {
-                page_params.push((page_param.clone(), first_page.to_string()));
+                first_params.push((page_param.clone(), first_page.to_string()));
                 if let Some(p) = page_size_param {
-                    page_params.push((p.clone(), page_size.to_string()));
+                    first_params.push((p.clone(), page_size.to_string()));
                 }
             }
         }
 
-        for page in 1..=MAX_PAGES {
-            let (headers, body) = self
-                .get_page(connector, endpoint, &url, &page_params, token)
-                .await?;
-            if let Some(container) = &endpoint.records_container
-                && !matches!(
-                    container.query(&body).at_most_one(),
-                    Ok(Some(Value::Array(_)))
-                )
-            {
-                return Err(EngineError::Unreadable(format!(
-                    "page {page} of {} has no list of records where the connector says",
-                    endpoint.url.path()
-                )));
-            }
-            let found: Vec<Value> = endpoint
-                .records
-                .query(&body)
-                .all()
-                .into_iter()
-                .cloned()
-                .collect();
-            let count = found.len();
-            records.extend(found);
-            let next = match &endpoint.paging {
-                Paging::None => None,
-                Paging::Cursor {
-                    cursor_param,
-                    next_cursor,
-                    ..
-                } => match next_cursor.query(&body).at_most_one() {
-                    Ok(Some(Value::String(c))) if !c.is_empty() => {
-                        if !seen_cursors.insert(c.clone()) {
-                            return Err(EngineError::Unreadable(format!(
-                                "the cursor repeated after page {page}"
-                            )));
-                        }
-                        set_param(&mut page_params, cursor_param, c.clone());
-                        Some(())
+        let mut out = Pages::default();
+        let mut restarts = 0;
+        'restart: loop {
+            let mut records = Vec::new();
+            let mut removed = Vec::new();
+            let mut url = endpoint.url.clone();
+            let mut page_params = first_params.clone();
+            let mut seen_cursors = std::collections::HashSet::new();
+            for page in 1..=MAX_PAGES {
+                out.requests += 1;
+                let (headers, body) = match self
+                    .get_page(connector, endpoint, &url, &page_params, token)
+                    .await
+                {
+                    Err(EngineError::Restart) if restarts < MAX_RESTARTS => {
+                        restarts += 1;
+                        tracing::info!(institution = %connector.id, restarts, "The data changed while paging; starting again.");
+                        continue 'restart;
                     }
-                    Ok(Some(Value::Number(n))) => {
-                        set_param(&mut page_params, cursor_param, n.to_string());
-                        Some(())
+                    Err(EngineError::Restart) => {
+                        return Err(EngineError::Unavailable(format!(
+                            "the data kept changing while paging ({restarts} restarts)"
+                        )));
                     }
-                    _ => None,
-                },
-                Paging::Offset {
-                    offset_param,
-                    total,
-                    ..
-                } => {
-                    let offset = records.len();
-                    let total = total
-                        .as_ref()
-                        .and_then(|t| t.query(&body).at_most_one().ok().flatten())
-                        .and_then(|v| v.to_string().parse::<usize>().ok());
-                    // Without a total, only an empty page ends the list: institutions
-                    // may cap the page size below what was asked for.
-                    let more = match total {
-                        Some(total) => offset < total && count > 0,
-                        None => count > 0,
-                    };
-                    more.then(|| set_param(&mut page_params, offset_param, offset.to_string()))
+                    other => other?,
+                };
+                if let Some(container) = &endpoint.records_container
+                    && !matches!(
+                        container.query(&body).at_most_one(),
+                        Ok(Some(Value::Array(_)))
+                    )
+                {
+                    return Err(EngineError::Unreadable(format!(
+                        "page {page} of {} has no list of records where the connector says",
+                        endpoint.url.path()
+                    )));
                 }
-                Paging::Page {
-                    page_param,
-                    first_page,
-                    ..
-                } => (count > 0).then(|| {
-                    let next = u64::from(*first_page) + page as u64;
-                    set_param(&mut page_params, page_param, next.to_string())
-                }),
-                Paging::LinkHeader { .. } => match next_link(&headers) {
-                    Some(link) => {
-                        let next = endpoint.url.join(&link).map_err(|e| {
-                            EngineError::Unreadable(format!(
-                                "the Link header's next URL is invalid: {e}"
-                            ))
-                        })?;
-                        // The bearer token goes only where the connector said it may.
-                        if next.origin() != endpoint.url.origin() {
-                            return Err(EngineError::Unreadable(format!(
-                                "the Link header points to another origin ({})",
-                                next.origin().ascii_serialization()
-                            )));
+                let mut found: Vec<Value> = endpoint
+                    .records
+                    .query(&body)
+                    .all()
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                if let Some(modified) = &endpoint.modified {
+                    found.extend(modified.query(&body).all().into_iter().cloned());
+                }
+                if let Some(path) = &endpoint.removed {
+                    removed.extend(
+                        path.query(&body)
+                            .all()
+                            .into_iter()
+                            .filter_map(|id| match id {
+                                Value::String(s) => Some(s.clone()),
+                                Value::Number(n) => Some(n.to_string()),
+                                _ => None,
+                            }),
+                    );
+                }
+                let count = found.len();
+                records.extend(found);
+                let next = match &endpoint.paging {
+                    Paging::None => None,
+                    Paging::Cursor {
+                        cursor_param,
+                        next_cursor,
+                        ..
+                    } => match next_cursor.query(&body).at_most_one() {
+                        Ok(Some(Value::String(c))) if !c.is_empty() => {
+                            if !seen_cursors.insert(c.clone()) {
+                                return Err(EngineError::Unreadable(format!(
+                                    "the cursor repeated after page {page}"
+                                )));
+                            }
+                            set_param(&mut page_params, cursor_param, c.clone());
+                            Some(())
                         }
-                        url = next;
-                        // The next link carries every parameter it needs.
-                        page_params.clear();
-                        Some(())
+                        Ok(Some(Value::Number(n))) => {
+                            set_param(&mut page_params, cursor_param, n.to_string());
+                            Some(())
+                        }
+                        _ => None,
+                    },
+                    Paging::Offset {
+                        offset_param,
+                        total,
+                        ..
+                    } => {
+                        let offset = records.len();
+                        let total = total
+                            .as_ref()
+                            .and_then(|t| t.query(&body).at_most_one().ok().flatten())
+                            .and_then(|v| v.to_string().parse::<usize>().ok());
+                        // Without a total, only an empty page ends the list: institutions
+                        // may cap the page size below what was asked for.
+                        let more = match total {
+                            Some(total) => offset < total && count > 0,
+                            None => count > 0,
+                        };
+                        more.then(|| set_param(&mut page_params, offset_param, offset.to_string()))
                     }
-                    None => None,
-                },
-            };
-            if next.is_none() {
-                return Ok((records, page));
+                    Paging::Page {
+                        page_param,
+                        first_page,
+                        ..
+                    } => (count > 0).then(|| {
+                        let next = u64::from(*first_page) + page as u64;
+                        set_param(&mut page_params, page_param, next.to_string())
+                    }),
+                    Paging::SyncToken {
+                        token_param,
+                        next_token,
+                        has_more,
+                        ..
+                    } => {
+                        let more = matches!(
+                            has_more.query(&body).at_most_one(),
+                            Ok(Some(Value::Bool(true)))
+                        );
+                        match next_token.query(&body).at_most_one() {
+                            Ok(Some(Value::String(t))) if more && !t.is_empty() => {
+                                if !seen_cursors.insert(t.clone()) {
+                                    return Err(EngineError::Unreadable(format!(
+                                        "the sync token repeated after page {page}"
+                                    )));
+                                }
+                                set_param(&mut page_params, token_param, t.clone());
+                                Some(())
+                            }
+                            _ if more => {
+                                return Err(EngineError::Unreadable(format!(
+                                    "page {page} has more changes but no next token"
+                                )));
+                            }
+                            _ => None,
+                        }
+                    }
+                    Paging::LinkHeader { .. } => match next_link(&headers) {
+                        Some(link) => {
+                            let next = endpoint.url.join(&link).map_err(|e| {
+                                EngineError::Unreadable(format!(
+                                    "the Link header's next URL is invalid: {e}"
+                                ))
+                            })?;
+                            // The bearer token goes only where the connector said it may.
+                            if next.origin() != endpoint.url.origin() {
+                                return Err(EngineError::Unreadable(format!(
+                                    "the Link header points to another origin ({})",
+                                    next.origin().ascii_serialization()
+                                )));
+                            }
+                            url = next;
+                            // The next link carries every parameter it needs.
+                            page_params.clear();
+                            Some(())
+                        }
+                        None => None,
+                    },
+                };
+                if next.is_none() {
+                    out.records = records;
+                    out.removed = removed;
+                    return Ok(out);
+                }
             }
+            return Err(EngineError::Unreadable(format!(
+                "paging did not end after {MAX_PAGES} pages"
+            )));
         }
-        Err(EngineError::Unreadable(format!(
-            "paging did not end after {MAX_PAGES} pages"
-        )))
     }
 
     async fn get_page(
@@ -319,7 +457,13 @@ impl Engine {
             let headers = response.headers().clone();
             let bytes = read_body(response).await?;
             if !status.is_success() {
-                return Err(classify(connector, status.as_u16(), &headers, &bytes));
+                return Err(classify(
+                    connector,
+                    &endpoint.paging,
+                    status.as_u16(),
+                    &headers,
+                    &bytes,
+                ));
             }
             let body: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| EngineError::Unreadable(format!("{} is not JSON: {e}", url.path())))?;
@@ -374,7 +518,13 @@ fn set_param(params: &mut Vec<(String, String)>, name: &str, value: String) {
 }
 
 /// What a failed response means, by the connector's declared error semantics.
-fn classify(connector: &Connector, status: u16, headers: &HeaderMap, body: &[u8]) -> EngineError {
+fn classify(
+    connector: &Connector,
+    paging: &Paging,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> EngineError {
     let spec = &connector.errors.spec;
     let code = connector.errors.code_path.as_ref().and_then(|path| {
         let body: Value = serde_json::from_slice(body).ok()?;
@@ -384,7 +534,15 @@ fn classify(connector: &Connector, status: u16, headers: &HeaderMap, body: &[u8]
         }
     });
     let has_code = |codes: &[String]| code.as_ref().is_some_and(|c| codes.contains(c));
-    if spec.reauth_statuses.contains(&status) || has_code(&spec.reauth_codes) {
+    if let Paging::SyncToken {
+        restart_statuses,
+        restart_codes,
+        ..
+    } = paging
+        && (restart_statuses.contains(&status) || has_code(restart_codes))
+    {
+        EngineError::Restart
+    } else if spec.reauth_statuses.contains(&status) || has_code(&spec.reauth_codes) {
         EngineError::Reauth { status }
     } else if spec.rate_limited_statuses.contains(&status) || has_code(&spec.rate_limited_codes) {
         EngineError::RateLimited {
@@ -397,11 +555,40 @@ fn classify(connector: &Connector, status: u16, headers: &HeaderMap, body: &[u8]
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
+/// Whether the institution marked this record as one it could not produce.
+fn checked(connector: &Connector, record: &Value) -> Result<(), FieldError> {
+    let Some(path) = &connector.errors.record_error else {
+        return Ok(());
+    };
+    match path.query(record).at_most_one() {
+        Ok(None | Some(Value::Null | Value::Bool(false))) => Ok(()),
+        Ok(Some(Value::String(s))) if s.is_empty() => Ok(()),
+        Ok(Some(marker)) => Err(FieldError::Invalid {
+            field: "record",
+            problem: format!("the institution marked it as bad ({marker})"),
+        }),
+        Err(_) => Err(FieldError::Invalid {
+            field: "record",
+            problem: "the record-error path matches more than one value".into(),
+        }),
+    }
+}
+
+const TEN_YEARS_SECS: i64 = 10 * 366 * 24 * 3600;
+
+/// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3), or a reset moment in
+/// epoch seconds.
 fn retry_after(headers: &HeaderMap, name: &str) -> Option<Duration> {
     let value = headers.get(name)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if let Ok(seconds) = value.parse::<i64>() {
+        // Headers such as `X-RateLimit-Reset` send the moment as epoch seconds; no
+        // institution asks for a wait of more than ten years.
+        if seconds > TEN_YEARS_SECS {
+            return (chrono::DateTime::from_timestamp(seconds, 0)? - Utc::now())
+                .to_std()
+                .ok();
+        }
+        return u64::try_from(seconds).ok().map(Duration::from_secs);
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     (at.with_timezone(&Utc) - Utc::now()).to_std().ok()
@@ -435,7 +622,335 @@ fn next_link(headers: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Query, State};
+    use axum::response::IntoResponse;
     use reqwest::header::HeaderValue;
+
+    /// A connector for an institution at `base`, with one transactions endpoint given
+    /// as TOML lines.
+    fn connector(base: &str, transactions: &str) -> Connector {
+        let text = format!(
+            r#"
+name = "Test"
+country = "US"
+products = ["accounts", "transactions"]
+base_url = "{base}"
+[auth]
+type = "oauth2"
+authorize_url = "authorize"
+token_url = "token"
+client_id = "c"
+client_secret = {{ env = "TEST_SECRET" }}
+scopes = ["all"]
+[errors]
+reauth_statuses = [401]
+rate_limited_statuses = [429]
+retry_statuses = [503]
+retry_after_header = "Retry-After"
+code_path = "$.error"
+record_error = "$.error"
+[endpoints.accounts]
+path = "accounts"
+records = "$.accounts[*]"
+[endpoints.accounts.fields]
+external_id = {{ path = "$.id" }}
+account_type = {{ value = "depository" }}
+name = {{ path = "$.id" }}
+currency = {{ value = "USD" }}
+balance_current = {{ value = "0" }}
+[endpoints.transactions]
+{transactions}
+[endpoints.transactions.fields]
+external_id = {{ path = "$.id" }}
+account_external_id = {{ value = "a1" }}
+amount = {{ path = "$.amount" }}
+currency = {{ value = "USD" }}
+date = {{ path = "$.date" }}
+description = {{ path = "$.name" }}
+"#
+        );
+        match crate::connectors::validate_str("test.toml", "test", &text, None) {
+            Ok(c) => c,
+            Err(problems) => panic!("{problems}"),
+        }
+    }
+
+    async fn serve(router: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        base
+    }
+
+    fn txn(id: &str, amount: &str, date: &str) -> Value {
+        serde_json::json!({"id": id, "amount": amount, "date": date, "name": format!("txn {id}")})
+    }
+
+    fn ids(fetched: &Fetched) -> Vec<(String, String)> {
+        let mut ids: Vec<_> = fetched
+            .snapshot
+            .transactions
+            .iter()
+            .map(|t| (t.external_id.clone(), t.amount.amount.to_string()))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Sync-token pages: added, modified and removed merge into one list; a 409 in
+    /// the middle starts the loop again from the first token.
+    #[tokio::test]
+    async fn sync_token_paging_merges_changes_and_restarts_when_the_data_moves() {
+        #[derive(Default)]
+        struct Institution {
+            requests: Vec<Option<String>>,
+            conflicted: bool,
+        }
+        let state = Arc::new(Mutex::new(Institution::default()));
+        async fn sync(
+            State(state): State<Arc<Mutex<Institution>>>,
+            Query(query): Query<std::collections::HashMap<String, String>>,
+        ) -> axum::response::Response {
+            let mut state = state.lock().unwrap();
+            let cursor = query.get("cursor").cloned();
+            state.requests.push(cursor.clone());
+            let page = |added: Vec<Value>,
+                        modified: Vec<Value>,
+                        removed: &[&str],
+                        next: &str,
+                        more: bool| {
+                axum::Json(serde_json::json!({
+                    "added": added,
+                    "modified": modified,
+                    "removed": removed.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>(),
+                    "next": next,
+                    "has_more": more,
+                }))
+                .into_response()
+            };
+            match cursor.as_deref() {
+                None => page(
+                    vec![
+                        txn("t1", "1.10", "2026-11-01"),
+                        txn("t2", "2.20", "2026-11-02"),
+                    ],
+                    vec![],
+                    &[],
+                    "c1",
+                    true,
+                ),
+                Some("c1") if !state.conflicted => {
+                    state.conflicted = true;
+                    (
+                        axum::http::StatusCode::CONFLICT,
+                        axum::Json(serde_json::json!({"error": "mutation_during_pagination"})),
+                    )
+                        .into_response()
+                }
+                Some("c1") => page(
+                    vec![txn("t3", "-3.000000001", "2026-11-03")],
+                    vec![txn("t1", "1.15", "2026-11-01")],
+                    &["t2"],
+                    "c2",
+                    false,
+                ),
+                Some(other) => panic!("unexpected cursor {other}"),
+            }
+        }
+        let base = serve(
+            axum::Router::new()
+                .route("/sync", axum::routing::get(sync))
+                .with_state(Arc::clone(&state)),
+        )
+        .await;
+        let connector = connector(
+            &base,
+            r#"path = "sync"
+records = "$.added[*]"
+modified = "$.modified[*]"
+removed = "$.removed[*].id"
+paging = { type = "sync-token", token_param = "cursor", next_token = "$.next", has_more = "$.has_more", restart_statuses = [409] }"#,
+        );
+        let endpoint = connector.transactions.clone().unwrap();
+        let engine = Engine::new(crate::http::client());
+        let token = SecretString::from("t");
+        let pages = engine
+            .fetch_records(&connector, &endpoint, &token)
+            .await
+            .unwrap();
+        assert_eq!(pages.removed, vec!["t2".to_owned()]);
+        assert_eq!(
+            state.lock().unwrap().requests,
+            vec![None, Some("c1".into()), None, Some("c1".into())]
+        );
+        let mut fetched = Fetched::default();
+        let mapping = &endpoint.fields;
+        let mut at: HashMap<String, usize> = HashMap::new();
+        for record in &pages.records {
+            let t = mapping::transaction(mapping, endpoint.sign, record).unwrap();
+            match at.get(&t.external_id) {
+                Some(&i) => fetched.snapshot.transactions[i] = t,
+                None => {
+                    at.insert(t.external_id.clone(), fetched.snapshot.transactions.len());
+                    fetched.snapshot.transactions.push(t);
+                }
+            }
+        }
+        fetched
+            .snapshot
+            .transactions
+            .retain(|t| !pages.removed.contains(&t.external_id));
+        assert_eq!(
+            ids(&fetched),
+            vec![
+                ("t1".into(), "1.15".into()),
+                ("t3".into(), "-3.000000001".into())
+            ]
+        );
+    }
+
+    /// A date window walks the whole history in steps, each step paged by Link
+    /// headers, and every record arrives exactly once.
+    #[tokio::test]
+    async fn date_windows_cover_the_history_once_each_paged_by_link_headers() {
+        let today = Utc::now().date_naive();
+        let all: Vec<Value> = (0..12u64)
+            .map(|i| {
+                let date = today - chrono::Days::new(i);
+                txn(&format!("t{i}"), &format!("{i}.01"), &date.to_string())
+            })
+            .collect();
+        /// Every request's window and page offset.
+        type Seen = Arc<Mutex<Vec<(String, String, usize)>>>;
+        let seen: Seen = Arc::default();
+        let state = (Arc::new(all), Arc::clone(&seen));
+        async fn window(
+            State((all, seen)): State<(Arc<Vec<Value>>, Seen)>,
+            Query(query): Query<std::collections::HashMap<String, String>>,
+        ) -> axum::response::Response {
+            let (from, to) = (query["start"].clone(), query["end"].clone());
+            let skip: usize = query.get("skip").map_or(0, |s| s.parse().unwrap());
+            seen.lock().unwrap().push((from.clone(), to.clone(), skip));
+            let parse = |d: &str| chrono::NaiveDate::parse_from_str(d, "%Y%m%d").unwrap();
+            let (from_date, to_date) = (parse(&from), parse(&to));
+            let inside: Vec<&Value> = all
+                .iter()
+                .filter(|t| {
+                    let d: chrono::NaiveDate = t["date"].as_str().unwrap().parse().unwrap();
+                    (from_date..=to_date).contains(&d)
+                })
+                .collect();
+            let page: Vec<&Value> = inside.iter().skip(skip).take(2).copied().collect();
+            let mut response = axum::Json(serde_json::json!({ "items": page })).into_response();
+            if skip + 2 < inside.len() {
+                let link = format!(
+                    "</window?start={from}&end={to}&skip={}>; rel=\"next\"",
+                    skip + 2
+                );
+                response
+                    .headers_mut()
+                    .insert(LINK, HeaderValue::from_str(&link).unwrap());
+            }
+            response
+        }
+        let base = serve(
+            axum::Router::new()
+                .route("/window", axum::routing::get(window))
+                .with_state(state),
+        )
+        .await;
+        let connector = connector(
+            &base,
+            r#"path = "window"
+records = "$.items[*]"
+paging = { type = "link-header" }
+window = { from_param = "start", to_param = "end", format = "%Y%m%d", step_days = 4, history_days = 10 }"#,
+        );
+        let endpoint = connector.transactions.clone().unwrap();
+        let engine = Engine::new(crate::http::client());
+        let pages = engine
+            .fetch_records(&connector, &endpoint, &SecretString::from("t"))
+            .await
+            .unwrap();
+        // Days 0..=10 back are in the history; day 11 is not.
+        let mut got: Vec<String> = pages
+            .records
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = (0..=10).map(|i| format!("t{i}")).collect();
+        want.sort();
+        assert_eq!(got, want);
+        let windows: std::collections::BTreeSet<(String, String)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(f, t, _)| (f.clone(), t.clone()))
+            .collect();
+        let fmt = |d: chrono::NaiveDate| d.format("%Y%m%d").to_string();
+        let expected: std::collections::BTreeSet<(String, String)> = [(10, 7), (6, 3), (2, 0)]
+            .into_iter()
+            .map(|(from, to)| {
+                (
+                    fmt(today - chrono::Days::new(from)),
+                    fmt(today - chrono::Days::new(to)),
+                )
+            })
+            .collect();
+        assert_eq!(windows, expected);
+        assert_eq!(pages.requests, seen.lock().unwrap().len());
+    }
+
+    #[tokio::test]
+    async fn records_the_institution_marks_bad_are_set_aside() {
+        async fn list() -> axum::Json<Value> {
+            axum::Json(serde_json::json!({"items": [
+                txn("t1", "1.00", "2026-11-01"),
+                {"id": "t2", "error": "DATA_UNAVAILABLE"},
+            ], "accounts": [{"id": "a1"}]}))
+        }
+        let base = serve(
+            axum::Router::new()
+                .route("/list", axum::routing::get(list))
+                .route("/accounts", axum::routing::get(list)),
+        )
+        .await;
+        let connector = connector(&base, "path = \"list\"\nrecords = \"$.items[*]\"");
+        let fetched = Engine::new(crate::http::client())
+            .fetch(&connector, &SecretString::from("t"))
+            .await
+            .unwrap();
+        assert_eq!(ids(&fetched), vec![("t1".into(), "1.00".into())]);
+        assert_eq!(fetched.rejected.len(), 1);
+        assert!(
+            fetched.rejected[0]
+                .reason
+                .to_string()
+                .contains("DATA_UNAVAILABLE"),
+            "{:?}",
+            fetched.rejected
+        );
+        assert!(!fetched.complete("transactions"));
+    }
+
+    #[test]
+    fn retry_after_accepts_an_epoch_reset_moment() {
+        let mut headers = HeaderMap::new();
+        let at = Utc::now().timestamp() + 3600;
+        headers.insert(
+            "X-RateLimit-Reset",
+            HeaderValue::from_str(&at.to_string()).unwrap(),
+        );
+        let wait = retry_after(&headers, "X-RateLimit-Reset").unwrap();
+        // Minutes of scheduling delay would still leave it within the bounds.
+        assert!(
+            wait <= Duration::from_secs(3600) && wait >= Duration::from_secs(3000),
+            "{wait:?}"
+        );
+    }
 
     #[test]
     fn link_headers_yield_the_next_page() {

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use serde_json_path::JsonPath;
@@ -64,6 +65,8 @@ pub struct CompiledField {
     pub map: BTreeMap<String, String>,
     pub minor_units: Option<u32>,
     pub format: TimeFormat,
+    /// Zone of times sent without an offset; UTC when `None`.
+    pub timezone: Option<Tz>,
 }
 
 /// Why one record could not be mapped. Never carries the record's values beyond
@@ -173,11 +176,8 @@ impl Mapping {
         let Some(text) = self.text(record, name)? else {
             return Ok(None);
         };
-        let format = self
-            .fields
-            .get(name)
-            .map_or(TimeFormat::Iso8601, |f| f.format);
-        parse_date(&text, format)
+        let (format, zone) = self.time_format(name);
+        parse_date(&text, format, zone)
             .map(Some)
             .ok_or_else(|| FieldError::Invalid {
                 field: name,
@@ -193,15 +193,20 @@ impl Mapping {
         let Some(text) = self.text(record, name)? else {
             return Ok(None);
         };
-        let format = self
-            .fields
-            .get(name)
-            .map_or(TimeFormat::Iso8601, |f| f.format);
-        parse_date_time(&text, format)
+        let (format, zone) = self.time_format(name);
+        parse_date_time(&text, format, zone)
             .map(Some)
             .ok_or_else(|| FieldError::Invalid {
                 field: name,
                 problem: format!("`{text}` is not a date-time in the declared format"),
+            })
+    }
+
+    fn time_format(&self, name: &str) -> (TimeFormat, Tz) {
+        self.fields
+            .get(name)
+            .map_or((TimeFormat::Iso8601, Tz::UTC), |f| {
+                (f.format, f.timezone.unwrap_or(Tz::UTC))
             })
     }
 
@@ -242,23 +247,33 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, rust_decimal::Error> {
     }
 }
 
-fn parse_date(text: &str, format: TimeFormat) -> Option<NaiveDate> {
+/// A date as the institution meant it: a time with an offset or an epoch timestamp
+/// falls on its date in the declared zone.
+fn parse_date(text: &str, format: TimeFormat, zone: Tz) -> Option<NaiveDate> {
     match format {
         TimeFormat::Iso8601 => NaiveDate::parse_from_str(text, "%Y-%m-%d")
             .ok()
             .or_else(|| {
                 DateTime::parse_from_rfc3339(text)
                     .ok()
-                    .map(|d| d.date_naive())
+                    .map(|d| d.with_timezone(&zone).date_naive())
             }),
-        TimeFormat::Pattern(p) => NaiveDate::parse_from_str(text, p).ok(),
+        TimeFormat::Pattern(p) => NaiveDate::parse_from_str(text, p).ok().or_else(|| {
+            parse_date_time(text, format, zone).map(|d| d.with_timezone(&zone).date_naive())
+        }),
         TimeFormat::EpochSeconds | TimeFormat::EpochMillis => {
-            parse_date_time(text, format).map(|d| d.date_naive())
+            parse_date_time(text, format, zone).map(|d| d.with_timezone(&zone).date_naive())
         }
     }
 }
 
-fn parse_date_time(text: &str, format: TimeFormat) -> Option<DateTime<Utc>> {
+/// An instant; a time without an offset is read in the declared zone.
+fn parse_date_time(text: &str, format: TimeFormat, zone: Tz) -> Option<DateTime<Utc>> {
+    let local = |naive: NaiveDateTime| {
+        zone.from_local_datetime(&naive)
+            .earliest()
+            .map(|d| d.with_timezone(&Utc))
+    };
     match format {
         TimeFormat::Iso8601 => DateTime::parse_from_rfc3339(text)
             .ok()
@@ -266,12 +281,13 @@ fn parse_date_time(text: &str, format: TimeFormat) -> Option<DateTime<Utc>> {
             .or_else(|| {
                 NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
                     .ok()
-                    .map(|d| d.and_utc())
+                    .and_then(local)
             })
             .or_else(|| {
-                parse_date(text, format)
+                NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                    .ok()
                     .and_then(|d| d.and_hms_opt(0, 0, 0))
-                    .map(|d| d.and_utc())
+                    .and_then(local)
             }),
         TimeFormat::EpochSeconds => text
             .parse::<i64>()
@@ -281,14 +297,15 @@ fn parse_date_time(text: &str, format: TimeFormat) -> Option<DateTime<Utc>> {
             .parse::<i64>()
             .ok()
             .and_then(DateTime::from_timestamp_millis),
-        TimeFormat::Pattern(p) => NaiveDateTime::parse_from_str(text, p)
+        TimeFormat::Pattern(p) => DateTime::parse_from_str(text, p)
             .ok()
-            .map(|d| d.and_utc())
+            .map(|d| d.with_timezone(&Utc))
+            .or_else(|| NaiveDateTime::parse_from_str(text, p).ok().and_then(local))
             .or_else(|| {
                 NaiveDate::parse_from_str(text, p)
                     .ok()
                     .and_then(|d| d.and_hms_opt(0, 0, 0))
-                    .map(|d| d.and_utc())
+                    .and_then(local)
             }),
     }
 }
@@ -399,6 +416,7 @@ mod tests {
             map: BTreeMap::new(),
             minor_units: None,
             format: TimeFormat::Iso8601,
+            timezone: None,
         }
     }
 
@@ -440,15 +458,42 @@ mod tests {
 
     #[test]
     fn dates_in_declared_formats() {
+        let utc = Tz::UTC;
         assert_eq!(
-            parse_date("11/20/2026", TimeFormat::parse("%m/%d/%Y").unwrap()),
+            parse_date("11/20/2026", TimeFormat::parse("%m/%d/%Y").unwrap(), utc),
             NaiveDate::from_ymd_opt(2026, 11, 20)
         );
         assert_eq!(
-            parse_date("1795132800", TimeFormat::EpochSeconds),
+            parse_date("1795132800", TimeFormat::EpochSeconds, utc),
             NaiveDate::from_ymd_opt(2026, 11, 20)
         );
         assert!(TimeFormat::parse("dd/mm").is_err());
+    }
+
+    #[test]
+    fn time_zones_decide_dates_and_instants() {
+        let new_york: Tz = "America/New_York".parse().unwrap();
+        // 2026-11-20T03:00:00Z is still the 19th in New York.
+        assert_eq!(
+            parse_date("1795143600", TimeFormat::EpochSeconds, new_york),
+            NaiveDate::from_ymd_opt(2026, 11, 19)
+        );
+        assert_eq!(
+            parse_date("1795143600000", TimeFormat::EpochMillis, Tz::UTC),
+            NaiveDate::from_ymd_opt(2026, 11, 20)
+        );
+        // A local time without an offset is read in the declared zone (EST, UTC-5).
+        let pattern = TimeFormat::parse("%m/%d/%Y %H:%M").unwrap();
+        assert_eq!(
+            parse_date_time("11/20/2026 09:30", pattern, new_york).map(|d| d.to_rfc3339()),
+            Some("2026-11-20T14:30:00+00:00".to_owned())
+        );
+        // An explicit offset wins over the zone.
+        assert_eq!(
+            parse_date_time("2026-11-20T09:30:00+01:00", TimeFormat::Iso8601, new_york)
+                .map(|d| d.to_rfc3339()),
+            Some("2026-11-20T08:30:00+00:00".to_owned())
+        );
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub struct OAuth2 {
 pub struct Errors {
     pub spec: spec::ErrorSpec,
     pub code_path: Option<JsonPath>,
+    pub record_error: Option<JsonPath>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +93,45 @@ pub struct Endpoint {
     pub fields: mapping::Mapping,
     pub security: Option<mapping::Mapping>,
     pub sign: SignConvention,
+    /// Sync-token paging: records changed since the token.
+    pub modified: Option<JsonPath>,
+    /// Sync-token paging: ids of records removed since the token.
+    pub removed: Option<JsonPath>,
+    pub window: Option<Window>,
+}
+
+/// A date range walked in steps; see [`spec::WindowSpec`].
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub from_param: String,
+    pub to_param: String,
+    pub format: String,
+    pub step_days: u32,
+    pub history_days: u32,
+    pub lookback_days: u32,
+}
+
+impl Window {
+    /// The inclusive `(from, to)` steps that cover `[today - history_days, today]`,
+    /// oldest first.
+    pub fn steps(&self, today: chrono::NaiveDate) -> Vec<(chrono::NaiveDate, chrono::NaiveDate)> {
+        let days = |n: u32| chrono::Days::new(u64::from(n));
+        let mut steps = Vec::new();
+        let Some(mut from) = today.checked_sub_days(days(self.history_days)) else {
+            return steps;
+        };
+        while from <= today {
+            let to = from
+                .checked_add_days(days(self.step_days.saturating_sub(1)))
+                .map_or(today, |to| to.min(today));
+            steps.push((from, to));
+            match to.succ_opt() {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        steps
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -114,5 +154,13 @@ pub enum Paging {
     },
     LinkHeader {
         page_size_param: Option<String>,
+    },
+    SyncToken {
+        token_param: String,
+        next_token: JsonPath,
+        has_more: JsonPath,
+        page_size_param: Option<String>,
+        restart_statuses: Vec<u16>,
+        restart_codes: Vec<String>,
     },
 }

@@ -164,6 +164,9 @@ pub struct ErrorSpec {
     pub rate_limited_codes: Vec<String>,
     #[serde(default)]
     pub retry_codes: Vec<String>,
+    /// JSONPath, relative to one record, to a marker the institution sets on a record
+    /// it could not produce (e.g. `$.error`): such a record is set aside as bad.
+    pub record_error: Option<String>,
 }
 
 impl Default for ErrorSpec {
@@ -177,6 +180,7 @@ impl Default for ErrorSpec {
             reauth_codes: Vec::new(),
             rate_limited_codes: Vec::new(),
             retry_codes: Vec::new(),
+            record_error: None,
         }
     }
 }
@@ -209,6 +213,35 @@ pub struct EndpointSpec {
     /// Transactions only: which direction a positive amount means.
     #[serde(default)]
     pub sign_convention: SignConvention,
+    /// Sync-token paging: JSONPath to records changed since the token, mapped like
+    /// `records` and replacing an earlier record with the same id.
+    pub modified: Option<String>,
+    /// Sync-token paging: JSONPath to the ids of records removed since the token.
+    pub removed: Option<String>,
+    /// Walk a date range in steps, each step paged by `paging`.
+    pub window: Option<WindowSpec>,
+}
+
+/// A date range walked in steps: `[today - history_days, today]`, one request loop
+/// per step of `step_days`, with `from_param` and `to_param` (both inclusive).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    pub from_param: String,
+    pub to_param: String,
+    /// strftime pattern of the two dates.
+    #[serde(default = "default_window_format")]
+    pub format: String,
+    pub step_days: u32,
+    pub history_days: u32,
+    /// How far before the last synced date an incremental sync starts again, for
+    /// records the institution posts late.
+    #[serde(default)]
+    pub lookback_days: u32,
+}
+
+fn default_window_format() -> String {
+    "%Y-%m-%d".into()
 }
 
 fn default_method() -> String {
@@ -243,6 +276,21 @@ pub enum PagingSpec {
     },
     /// RFC 8288 `Link: <…>; rel="next"` headers.
     LinkHeader { page_size_param: Option<String> },
+    /// Changes since a token (added / modified / removed), in the style of Plaid's
+    /// `/transactions/sync`: pages follow `next_token` while `has_more` is true.
+    SyncToken {
+        token_param: String,
+        next_token: String,
+        has_more: String,
+        page_size_param: Option<String>,
+        /// Statuses that mean "the data changed while you paged: start again from
+        /// the token you began with".
+        #[serde(default)]
+        restart_statuses: Vec<u16>,
+        /// Error codes (at `errors.code_path`) with the same meaning.
+        #[serde(default)]
+        restart_codes: Vec<String>,
+    },
 }
 
 fn one() -> u32 {
@@ -277,4 +325,7 @@ pub struct FieldSpec {
     /// Date and time fields: `iso8601` (default), `epoch_seconds`, `epoch_millis`, or
     /// a strftime pattern such as `%m/%d/%Y`.
     pub format: Option<String>,
+    /// IANA time zone (e.g. `America/New_York`) of times sent without an offset, and
+    /// in which an epoch timestamp falls on its date. UTC when absent.
+    pub timezone: Option<String>,
 }

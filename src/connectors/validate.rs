@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
+use chrono_tz::Tz;
 use serde_json_path::JsonPath;
+use serde_path_to_error::Segment;
 use url::Url;
 
 use super::fields::{self, FieldDef, Kind};
 use super::mapping::{CompiledField, Mapping, Source, TimeFormat};
-use super::spec::{AuthSpec, ConnectorFile, EndpointSpec, FieldSpec, PagingSpec};
-use super::{Connector, Endpoint, Errors, OAuth2, Paging};
+use super::spec::{AuthSpec, ConnectorFile, EndpointSpec, FieldSpec, PagingSpec, WindowSpec};
+use super::{Connector, Endpoint, Errors, OAuth2, Paging, Window};
 
 /// One problem in one connector file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,10 +85,16 @@ pub fn validate_str(
     };
     let spec: ConnectorFile = match serde_path_to_error::deserialize(deserializer) {
         Ok(spec) => spec,
-        Err(e) => {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            return Err(Problems(vec![v.toml_problem(text, e.inner(), path)]));
+        Err(first) => {
+            // The first problem comes with its line; the rest are found on the parsed
+            // tree, which no longer knows lines.
+            let (_, path) = offending_key(first.path(), first.inner().message());
+            v.problems
+                .push(v.toml_problem(text, first.inner(), path.clone()));
+            if let Ok(tree) = toml::from_str::<toml::Value>(text) {
+                v.every_shape_problem(tree, &path);
+            }
+            return Err(Problems(v.problems));
         }
     };
     let connector = v.connector(id, &spec, text, base_url_override);
@@ -101,6 +109,79 @@ struct Validator {
     problems: Vec<Problem>,
 }
 
+/// Longest date window and history, in days.
+const MAX_WINDOW_DAYS: u32 = 36_600;
+
+/// Most shape problems one file is searched for; a file with more is hopeless anyway.
+const MAX_SHAPE_PROBLEMS: usize = 100;
+
+/// `a.b[0].c`, or empty for the whole file.
+fn display_path(path: &serde_path_to_error::Path) -> String {
+    let path = path.to_string();
+    if path == "." { String::new() } else { path }
+}
+
+/// The path of the key a serde error is about, as segments and as text. Inside a
+/// tagged table (`auth`, `paging`) an unknown key's path stops at the table, so the
+/// key named in the message is added.
+fn offending_key(path: &serde_path_to_error::Path, message: &str) -> (Vec<Segment>, String) {
+    let mut segments: Vec<Segment> = path.iter().cloned().collect();
+    let mut shown = display_path(path);
+    if message.starts_with("unknown field")
+        && let Some(name) = quoted(message)
+        && !matches!(segments.last(), Some(Segment::Map { key }) if key == name)
+    {
+        segments.push(Segment::Map {
+            key: name.to_owned(),
+        });
+        shown = if shown.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{shown}.{name}")
+        };
+    }
+    (segments, shown)
+}
+
+/// Placeholders tried, in turn, for a missing key, so the keys after it are still
+/// checked; none of them is ever reported.
+fn placeholders() -> [toml::Value; 5] {
+    [
+        toml::Value::String(String::new()),
+        toml::Value::Integer(0),
+        toml::Value::Boolean(false),
+        toml::Value::Array(Vec::new()),
+        toml::Value::Table(toml::Table::new()),
+    ]
+}
+
+/// A key of `tree` by its serde path, as a (table, key) pair to edit.
+fn parent_and_key<'t>(
+    tree: &'t mut toml::Value,
+    segments: &[Segment],
+) -> Option<(&'t mut toml::Table, String)> {
+    let (last, parents) = segments.split_last()?;
+    let mut node = tree;
+    for segment in parents {
+        node = match segment {
+            Segment::Map { key } => node.as_table_mut()?.get_mut(key)?,
+            Segment::Seq { index } => node.as_array_mut()?.get_mut(*index)?,
+            _ => return None,
+        };
+    }
+    match last {
+        Segment::Map { key } => Some((node.as_table_mut()?, key.clone())),
+        _ => None,
+    }
+}
+
+/// The name inside the first pair of backticks of a serde message.
+fn quoted(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
 impl Validator {
     fn report(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
@@ -110,9 +191,83 @@ impl Validator {
         });
     }
 
+    /// Reports every problem serde finds in the file's shape, not just the first: an
+    /// unknown or ill-typed key is reported and dropped, a missing one is reported and
+    /// stood in for by a placeholder, and the tree is read again. `known` was already
+    /// reported (with its line).
+    fn every_shape_problem(&mut self, mut tree: toml::Value, known: &str) {
+        // The missing key a placeholder stands in for, and the next placeholder to try.
+        let mut standing_in: Option<(Vec<Segment>, String, usize)> = None;
+        // Keys dropped for their type: that they are then missing is no news.
+        let mut dropped: Vec<String> = Vec::new();
+        for _ in 0..MAX_SHAPE_PROBLEMS * placeholders().len() {
+            let error = match serde_path_to_error::deserialize::<_, ConnectorFile>(tree.clone()) {
+                Ok(_) => return,
+                Err(error) => error,
+            };
+            let message = error.inner().message().trim_end().to_owned();
+            let (mut segments, path) = offending_key(error.path(), &message);
+            if let Some((at, shown, next)) = &mut standing_in
+                && path.starts_with(shown.as_str())
+            {
+                // The placeholder has the wrong shape: try the next one.
+                let Some(value) = placeholders().into_iter().nth(*next) else {
+                    return;
+                };
+                *next += 1;
+                match parent_and_key(&mut tree, at) {
+                    Some((table, key)) => table.insert(key, value),
+                    None => return,
+                };
+                continue;
+            }
+            standing_in = None;
+            let missing = quoted(&message)
+                .filter(|_| message.starts_with("missing field"))
+                .map(|name| match path.as_str() {
+                    "" => name.to_owned(),
+                    parent => format!("{parent}.{name}"),
+                });
+            let already = (path == known && self.problems.len() == 1)
+                || missing.as_ref().is_some_and(|m| dropped.contains(m));
+            if !already {
+                self.report(path.clone(), message.clone());
+            }
+            if self.problems.len() >= MAX_SHAPE_PROBLEMS {
+                return;
+            }
+            match missing {
+                Some(shown) => {
+                    let Some(name) = quoted(&message) else { return };
+                    segments.push(Segment::Map {
+                        key: name.to_owned(),
+                    });
+                    let Some((table, key)) = parent_and_key(&mut tree, &segments) else {
+                        return;
+                    };
+                    table.insert(key, toml::Value::String(String::new()));
+                    standing_in = Some((segments, shown, 1));
+                }
+                None => {
+                    let Some((table, key)) = parent_and_key(&mut tree, &segments) else {
+                        return;
+                    };
+                    if table.remove(&key).is_none() {
+                        return;
+                    }
+                    dropped.push(path);
+                }
+            }
+        }
+    }
+
     fn toml_problem(&self, text: &str, error: &toml::de::Error, path: String) -> Problem {
         let location = error.span().map(|span| {
-            let before = &text[..span.start.min(text.len())];
+            let mut start = span.start.min(text.len());
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let before = &text[..start];
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, str::len) + 1;
             format!(" (line {line}, column {column})")
@@ -175,6 +330,11 @@ impl Validator {
                 .code_path
                 .as_deref()
                 .and_then(|p| self.json_path("errors.code_path", p)),
+            record_error: spec
+                .errors
+                .record_error
+                .as_deref()
+                .and_then(|p| self.json_path("errors.record_error", p)),
             spec: spec.errors.clone(),
         };
         if spec.limits.page_size == 0 {
@@ -376,6 +536,35 @@ impl Validator {
                 None
             }
         };
+        let sync_token = matches!(spec.paging, PagingSpec::SyncToken { .. });
+        if sync_token && name != "transactions" {
+            self.report(
+                at("paging"),
+                "`sync-token` paging is for the transactions endpoint only",
+            );
+        }
+        let mut changes = |key: &str, raw: &Option<String>| match raw {
+            Some(_) if !sync_token => {
+                self.report(
+                    at(key),
+                    "only an endpoint with `sync-token` paging has modified and removed records",
+                );
+                None
+            }
+            Some(raw) => Some(self.json_path(&at(key), raw)),
+            None => None,
+        };
+        let modified = changes("modified", &spec.modified);
+        let removed = changes("removed", &spec.removed);
+        let window = spec.window.as_ref().and_then(|w| {
+            if sync_token {
+                self.report(
+                    at("window"),
+                    "a `sync-token` endpoint already fetches only what changed; remove the window",
+                );
+            }
+            self.window(&at("window"), w)
+        });
         Some(Endpoint {
             method: method?,
             url: url?,
@@ -386,6 +575,49 @@ impl Validator {
             fields: fields?,
             security,
             sign: spec.sign_convention,
+            modified: modified.flatten(),
+            removed: removed.flatten(),
+            window,
+        })
+    }
+
+    fn window(&mut self, at: &str, spec: &WindowSpec) -> Option<Window> {
+        let before = self.problems.len();
+        if spec.step_days == 0 || spec.step_days > MAX_WINDOW_DAYS {
+            self.report(
+                format!("{at}.step_days"),
+                format!("must be 1 to {MAX_WINDOW_DAYS}"),
+            );
+        }
+        if spec.history_days > MAX_WINDOW_DAYS {
+            self.report(
+                format!("{at}.history_days"),
+                format!("must be at most {MAX_WINDOW_DAYS} (about 100 years)"),
+            );
+        }
+        if spec.lookback_days > spec.history_days {
+            self.report(
+                format!("{at}.lookback_days"),
+                "cannot reach further back than `history_days`",
+            );
+        }
+        if spec.from_param.is_empty() || spec.to_param.is_empty() {
+            self.report(at, "`from_param` and `to_param` must name query parameters");
+        }
+        match TimeFormat::parse(&spec.format) {
+            Ok(TimeFormat::Pattern(_)) => {}
+            _ => self.report(
+                format!("{at}.format"),
+                format!("`{}` is not a strftime pattern like %Y-%m-%d", spec.format),
+            ),
+        }
+        (self.problems.len() == before).then(|| Window {
+            from_param: spec.from_param.clone(),
+            to_param: spec.to_param.clone(),
+            format: spec.format.clone(),
+            step_days: spec.step_days,
+            history_days: spec.history_days,
+            lookback_days: spec.lookback_days,
         })
     }
 
@@ -425,6 +657,25 @@ impl Validator {
             PagingSpec::LinkHeader { page_size_param } => Paging::LinkHeader {
                 page_size_param: page_size_param.clone(),
             },
+            PagingSpec::SyncToken {
+                token_param,
+                next_token,
+                has_more,
+                page_size_param,
+                restart_statuses,
+                restart_codes,
+            } => {
+                let next_token = self.json_path(&format!("{at}.next_token"), next_token);
+                let has_more = self.json_path(&format!("{at}.has_more"), has_more);
+                Paging::SyncToken {
+                    token_param: token_param.clone(),
+                    next_token: next_token?,
+                    has_more: has_more?,
+                    page_size_param: page_size_param.clone(),
+                    restart_statuses: restart_statuses.clone(),
+                    restart_codes: restart_codes.clone(),
+                }
+            }
         })
     }
 
@@ -506,6 +757,26 @@ impl Validator {
                 return None;
             }
         };
+        let timezone = match (&spec.timezone, def.kind) {
+            (None, _) => None,
+            (Some(zone), Kind::Date | Kind::DateTime) => match zone.parse::<Tz>() {
+                Ok(zone) => Some(zone),
+                Err(_) => {
+                    self.report(
+                        format!("{at}.timezone"),
+                        format!("`{zone}` is not an IANA time zone like America/New_York"),
+                    );
+                    return None;
+                }
+            },
+            (Some(_), _) => {
+                self.report(
+                    format!("{at}.timezone"),
+                    "only date and date-time fields take a time zone",
+                );
+                return None;
+            }
+        };
         if let Kind::Enum(allowed) = def.kind {
             for (from, to) in &spec.map {
                 if !allowed.contains(&to.as_str()) {
@@ -531,6 +802,7 @@ impl Validator {
             map: spec.map.clone(),
             minor_units: spec.minor_units,
             format,
+            timezone,
         })
     }
 }

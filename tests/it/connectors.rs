@@ -4,6 +4,7 @@
 use std::process::Command;
 
 use finsync::connectors::{validate_file, validate_str};
+use proptest::prelude::*;
 
 fn connectors_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors")
@@ -65,6 +66,36 @@ fn unknown_keys_are_rejected_with_their_location() {
 }
 
 #[test]
+fn every_shape_problem_is_reported_at_once() {
+    let good = std::fs::read_to_string(connectors_dir().join("meridian.toml")).unwrap();
+    let broken = good
+        .replace("page_size = 10", "page_size = \"ten\"")
+        .replace("pkce = true", "pkce = true\npcke = false")
+        .replace(r#"records = "$.holdings[*]""#, "")
+        .replacen(
+            r#"amount = { path = "$.amount" }"#,
+            r#"amount = { path = "$.amount", scale = 2 }"#,
+            1,
+        );
+    let problems = validate_str("m.toml", "meridian", &broken, None).unwrap_err();
+    let report = problems.to_string();
+    for expected in [
+        "m.toml: auth.pcke: unknown field `pcke`",
+        "m.toml: limits.page_size: invalid type: string \"ten\", expected u32",
+        "m.toml: endpoints.holdings: missing field `records`",
+        "m.toml: endpoints.transactions.fields.amount.scale: unknown field `scale`",
+    ] {
+        assert!(
+            report.contains(expected),
+            "missing `{expected}` in:\n{report}"
+        );
+    }
+    assert_eq!(problems.0.len(), 4, "{report}");
+    // The first problem in the file also says where it is.
+    assert!(problems.0[0].message.contains("line"), "{report}");
+}
+
+#[test]
 fn the_cli_validates_files_and_fails_on_a_bad_one() {
     let dir = std::env::temp_dir().join(crate::support::unique("finsync-connectors"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -94,4 +125,74 @@ fn the_cli_validates_files_and_fails_on_a_bad_one() {
         .unwrap();
     assert!(ok.status.success());
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Pieces of connector syntax, so mutations reach past the TOML parser into the
+/// connector checks.
+const FRAGMENTS: &[&str] = &[
+    "\n",
+    "[",
+    "]",
+    "=",
+    "\"",
+    "{",
+    "}",
+    ",",
+    "$.",
+    "[*]",
+    "é",
+    "\u{0}",
+    "type = \"sync-token\"",
+    "type = \"date-window\"",
+    "paging = { type = \"offset\" }",
+    "window = { from_param = \"a\", to_param = \"b\", step_days = 0, history_days = 4294967295 }",
+    "format = \"%Q\"",
+    "timezone = \"Mars/Olympus\"",
+    "minor_units = 99",
+    "[endpoints.x]",
+    "records = \"$..*\"",
+    "path = \"$[?@.a]\"",
+    "base_url = \"::\"",
+    "= 1e999",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Whatever an admin saves, validation answers with a connector or problems,
+    /// and never panics.
+    #[test]
+    fn the_validator_never_panics_on_arbitrary_text(text in any::<String>()) {
+        let _ = validate_str("fuzz.toml", "fuzz", &text, None);
+    }
+
+    #[test]
+    fn the_validator_never_panics_on_mutated_connector_files(
+        file in prop::sample::select(vec!["meridian.toml", "harbor.toml", "keystone.toml"]),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), 0usize..40, prop::sample::select(FRAGMENTS)), 1..6),
+    ) {
+        let Ok(mut text) = std::fs::read_to_string(connectors_dir().join(file)) else {
+            return Ok(());
+        };
+        for (at, cut, fragment) in edits {
+            let mut start = at.index(text.len() + 1);
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let mut end = (start + cut).min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.replace_range(start..end, fragment);
+        }
+        match validate_str("fuzz.toml", "fuzz", &text, None) {
+            Ok(_) => {}
+            Err(problems) => {
+                prop_assert!(!problems.0.is_empty());
+                for problem in &problems.0 {
+                    prop_assert!(!problem.message.is_empty());
+                }
+            }
+        }
+    }
 }
