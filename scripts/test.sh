@@ -11,7 +11,10 @@
 # `cargo test --workspace --all-targets`. The tests create and drop their own
 # databases and use their own Redis key prefixes. The API contract test also needs
 # schemathesis, which is installed from PyPI into a venv under ~/.cache (or
-# FINSYNC_SCHEMATHESIS names one you have).
+# FINSYNC_SCHEMATHESIS names one you have), and the OAuth interop test needs Node.js
+# (from Debian's packages when missing) and the npm packages pinned in
+# tests/interop, installed under ~/.cache (or FINSYNC_INTEROP_NODE_MODULES names
+# a node_modules that has them).
 set -euo pipefail
 
 PG_HOST=127.0.0.1
@@ -295,6 +298,36 @@ ensure_schemathesis() {
     export FINSYNC_SCHEMATHESIS="${venv}/bin/schemathesis"
 }
 
+# ------------------------------------------------------- oauth2-mock-server
+
+# The OAuth interop test runs a third-party authorization server, the npm package
+# oauth2-mock-server, pinned by tests/interop/package-lock.json. Its node_modules
+# live outside the clone (reinstalled only when the lock changes); the test runs
+# tests/interop/institution.js with NODE_PATH pointing there.
+ensure_oauth2_mock_server() {
+    if [[ -n ${FINSYNC_INTEROP_NODE_MODULES:-} ]]; then
+        say "oauth2-mock-server: using FINSYNC_INTEROP_NODE_MODULES as given"
+        return 0
+    fi
+    local tools="${FINSYNC_TOOLS_DIR:-${HOME:-/tmp}/.cache/finsync-tools}"
+    local dir="${tools}/interop" lock="tests/interop/package-lock.json"
+    local stamp="${dir}/.installed-lock"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    if [[ -f ${dir}/node_modules/oauth2-mock-server/package.json ]] && cmp -s "$lock" "$stamp"; then
+        note "oauth2-mock-server is installed in ${dir}"
+    else
+        say "installing tests/interop's npm packages into ${dir}"
+        mkdir -p "$dir"
+        cp tests/interop/package.json tests/interop/.npmrc "$lock" "$dir/"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) ||
+            die "could not install ${lock} from the npm registry"
+        cp "$lock" "$stamp"
+    fi
+    export FINSYNC_INTEROP_NODE_MODULES="${dir}/node_modules"
+}
+
 # ---------------------------------------------------------------------- main
 
 main() {
@@ -303,6 +336,7 @@ main() {
     ensure_postgres
     ensure_redis
     ensure_schemathesis
+    ensure_oauth2_mock_server
     say "running the test suite: cargo test --workspace --all-targets${*:+ $*}"
     note "target directory: ${CARGO_TARGET_DIR:-$(pwd)/target}"
     cargo test --workspace --all-targets "$@"

@@ -78,7 +78,7 @@ pub async fn run(settings: Settings, once: bool) -> anyhow::Result<()> {
             &format!("{user}: linking to Meridian Brokerage over OAuth…"),
         );
         let user = UserId::parse(user)?;
-        let connection = link_over_http(&app, &http, tenant.id, &user).await?;
+        let connection = link_over_http(&app, &http, tenant.id, &user, DEMO_INSTITUTION).await?;
         bar.set_message(format!("{user}: linked; syncing…"));
         linked.push((user, connection, bar));
     }
@@ -146,16 +146,18 @@ fn step(progress: &MultiProgress, message: &str) -> ProgressBar {
     bar
 }
 
-/// Links a user the way a browser would: the authorization URL answers with a
-/// redirect to our callback (the sandbox approves demo users without a login page),
-/// and following it completes the link and enqueues the first sync.
+/// Links a user to `institution` the way a browser would: the authorization URL
+/// answers with a redirect to our callback (the sandbox approves demo users without
+/// a login page, as do test authorization servers), and following it completes the
+/// link and enqueues the first sync.
 pub async fn link_over_http(
     app: &App,
     http: &reqwest::Client,
     tenant: TenantId,
     user: &UserId,
+    institution: &str,
 ) -> anyhow::Result<ConnectionId> {
-    let start = app.linker.start(tenant, user, DEMO_INSTITUTION).await?;
+    let start = app.linker.start(tenant, user, institution).await?;
     let consent = http
         .get(start.authorize_url.clone())
         .send()

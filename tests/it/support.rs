@@ -145,6 +145,17 @@ pub async fn spawn_sandbox(config: SandboxConfig) -> Sandbox {
 /// Settings for a test: the test environment with this test's database, Redis
 /// prefix (or no Redis) and sandbox.
 pub fn settings(db: &TestDb, redis_prefix: Option<&str>, sandbox: &Sandbox) -> Settings {
+    let mut settings = base_settings(db, redis_prefix);
+    settings.connectors.base_urls.insert(
+        "meridian".into(),
+        format!("{}/meridian", sandbox.base_url()),
+    );
+    settings
+}
+
+/// Settings for a test that brings its own institutions: the test environment with
+/// this test's database and Redis prefix (or no Redis), and no sandbox.
+pub fn base_settings(db: &TestDb, redis_prefix: Option<&str>) -> Settings {
     let mut settings = Settings::load_from(&finsync::config::config_dir(), Some("test")).unwrap();
     settings.database.url = SecretString::from(db.url.clone());
     settings.database.max_connections = 5;
@@ -158,10 +169,6 @@ pub fn settings(db: &TestDb, redis_prefix: Option<&str>, sandbox: &Sandbox) -> S
     settings.sandbox.in_process = false;
     settings.vault.key = SecretString::from(VAULT_KEY);
     settings.server.admin_token = SecretString::from(ADMIN_TOKEN);
-    settings.connectors.base_urls.insert(
-        "meridian".into(),
-        format!("{}/meridian", sandbox.base_url()),
-    );
     settings
 }
 
@@ -207,10 +214,15 @@ impl TestApp {
     pub async fn link_and_sync(&self, tenant: TenantId, user: &str) -> ConnectionId {
         let user = UserId::parse(user).unwrap();
         let since = chrono::Utc::now();
-        let connection =
-            finsync::demo::link_over_http(&self.app, &finsync::http::client(), tenant, &user)
-                .await
-                .unwrap();
+        let connection = finsync::demo::link_over_http(
+            &self.app,
+            &finsync::http::client(),
+            tenant,
+            &user,
+            "meridian",
+        )
+        .await
+        .unwrap();
         self.wait_synced(connection, since).await;
         connection
     }

@@ -41,9 +41,15 @@ pub(crate) async fn open_token(app: &TestApp, connection: ConnectionId, field: &
 
 async fn link(app: &TestApp, tenant: TenantId, user: &str) -> ConnectionId {
     let user = UserId::parse(user).unwrap();
-    finsync::demo::link_over_http(&app.app, &finsync::http::client(), tenant, &user)
-        .await
-        .unwrap()
+    finsync::demo::link_over_http(
+        &app.app,
+        &finsync::http::client(),
+        tenant,
+        &user,
+        "meridian",
+    )
+    .await
+    .unwrap()
 }
 
 /// Waits until the connection's status or last failure says the sync is over.
