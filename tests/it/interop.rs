@@ -97,7 +97,7 @@ impl Institution {
             _process: process,
         };
         std::fs::create_dir_all(&institution.connectors).unwrap();
-        let file = institution.connectors.join("harbor.toml");
+        let file = institution.connectors.join("lighthouse.toml");
         std::fs::write(&file, institution.connector()).unwrap();
         finsync::connectors::validate_file(&file, None)
             .unwrap_or_else(|problems| panic!("the connector file is invalid: {problems}"));
@@ -208,13 +208,13 @@ async fn a_third_party_oauth2_server_links_refreshes_and_revokes() {
 
     // Linking follows the server's real redirect back to finsync's callback.
     let linked_at = chrono::Utc::now();
-    let user = UserId::parse("harbor-user").unwrap();
+    let user = UserId::parse("lighthouse-user").unwrap();
     let connection = finsync::demo::link_over_http(
         &app.app,
         &finsync::http::client(),
         tenant.id,
         &user,
-        "harbor",
+        "lighthouse",
     )
     .await
     .unwrap();
