@@ -163,8 +163,9 @@ async fn seed(app: &App) -> anyhow::Result<SecretString> {
         .ctx
         .registry
         .all()
-        .next()
+        .first()
         .context("no connector is configured")?
+        .connector
         .id
         .clone();
     let connection = store

@@ -141,6 +141,9 @@ pub struct ConnectorSettings {
     /// in a committed file.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretString>,
+    /// How often each process looks for changed connector files and newly stored
+    /// versions, in milliseconds.
+    pub reload_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,6 +14,10 @@
 //! - [`cache`]: moka in front of Redis, behind one interface, with fallback.
 //! - [`connectors`]: connector files, their validation, the registry and the generic
 //!   engine that fetches and maps an institution's data.
+//! - [`check`]: `finsync connectors check`, a connector proved against its live
+//!   institution.
+//! - [`catalog`]: which version of each connector is in service, following the
+//!   connectors directory and the admin API across the fleet.
 //! - [`tokens`]: the vault and OAuth2 (linking, code exchange, refresh).
 //! - [`sync`]: the sync job, the queue it runs on, the pipeline and the scheduler.
 //! - [`webhooks`]: outgoing webhooks to tenants: events, signatures, and the
@@ -28,6 +32,8 @@
 pub mod api;
 pub mod bench;
 pub mod cache;
+pub mod catalog;
+pub mod check;
 pub mod config;
 pub mod connectors;
 pub mod demo;

@@ -15,7 +15,7 @@ use finsync::sandbox::{self, SandboxConfig};
 use finsync::startup::{App, shutdown_signal};
 use finsync::store::Store;
 use finsync::tokens::Vault;
-use finsync::{connectors, demo, telemetry};
+use finsync::{connectors, demo, render, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -124,6 +124,17 @@ enum ConnectorsCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Links the institution's test user and runs every endpoint of connector ID
+    /// once: records fetched and mapped, fields missing or unparsable. Stores nothing.
+    Check {
+        id: String,
+        /// The institution's test user (it must approve this user without a login page).
+        #[arg(long, default_value = "test-check")]
+        user: String,
+        /// Check this file as connector ID instead of the version in service.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +169,48 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Connectors(ConnectorsCommand::Validate { files }) => Ok(validate(&files)),
+        Command::Connectors(ConnectorsCommand::Check { id, user, file }) => {
+            let mut settings = load_settings(None)?;
+            settings.log.filter = "warn".into();
+            telemetry::init(&settings.log);
+            let public_url = url::Url::parse(&settings.server.public_url)?;
+            let app = App::build(settings, public_url.clone()).await?;
+            let registry = app.catalog.registry();
+            let connector = match file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    match registry.validate(&path.display().to_string(), &id, &text) {
+                        Ok(connector) => std::sync::Arc::new(connector),
+                        Err(problems) => {
+                            println!("{problems}");
+                            return Ok(ExitCode::from(1));
+                        }
+                    }
+                }
+                None => registry.get(&id)?,
+            };
+            let secret = registry.client_secret(&connector)?;
+            let redirect = public_url.join("oauth/callback")?;
+            println!(
+                "Checking {} ({}) as `{user}`…",
+                connector.name, connector.id
+            );
+            let reports = finsync::check::check(
+                &connector,
+                secret,
+                &redirect,
+                &user,
+                finsync::http::client(),
+            )
+            .await?;
+            println!("{}", render::check(&reports));
+            Ok(if reports.iter().all(|r| r.is_clean()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Demo { once } => {
             let settings = load_settings(Some("demo"))?;
             telemetry::init(&settings.log);

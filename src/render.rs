@@ -171,3 +171,38 @@ mod tests {
         assert_eq!(group("123".parse().unwrap()), "123");
     }
 }
+
+/// The report of `finsync connectors check`: one row per endpoint, then the field
+/// problems with examples.
+pub fn check(reports: &[crate::check::EndpointReport]) -> String {
+    let mut table = table(&["endpoint", "requests", "fetched", "mapped", "result"]);
+    let mut details = String::new();
+    for r in reports {
+        let result = match &r.failure {
+            Some(failure) => Cell::new(format!("failed: {failure}")).fg(Color::Red),
+            None if r.is_clean() => Cell::new("ok").fg(Color::Green),
+            None => Cell::new(format!("{} not mapped", r.fetched - r.mapped)).fg(Color::Yellow),
+        };
+        table.add_row(vec![
+            Cell::new(r.endpoint),
+            Cell::new(r.requests).set_alignment(CellAlignment::Right),
+            Cell::new(r.fetched).set_alignment(CellAlignment::Right),
+            Cell::new(r.mapped).set_alignment(CellAlignment::Right),
+            result,
+        ]);
+        for (field, (count, examples)) in &r.unparsable {
+            details.push_str(&format!(
+                "\n{}.{field}: {count} record(s) not mapped, e.g. {}",
+                r.endpoint,
+                examples.join("; ")
+            ));
+        }
+        for (field, count) in &r.absent {
+            details.push_str(&format!(
+                "\n{}.{field}: empty in {count} of {} record(s)",
+                r.endpoint, r.fetched
+            ));
+        }
+    }
+    format!("{table}{details}")
+}

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState, KeyCache, KeyLimiter};
 use crate::cache::{Cache, CacheConfig};
+use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::connectors::{Engine, Registry};
 use crate::sandbox::{self, Sandbox, SandboxConfig};
@@ -23,6 +24,8 @@ use crate::webhooks::{Deliverer, DeliveryPolicy};
 /// One process's finsync: every shared part, built once.
 pub struct App {
     pub ctx: Context,
+    /// The connectors in service; follows the directory and the database.
+    pub catalog: Catalog,
     pub linker: Linker,
     /// Sends queued webhook deliveries; its loop runs where the workers run.
     pub webhooks: Deliverer,
@@ -71,18 +74,16 @@ impl App {
             .await
             .context("connecting to the database")?;
         store.migrate().await.context("migrating the database")?;
-        let (registry, problems) = Registry::load(
-            &settings.connectors.dir,
-            &settings.connectors.base_urls,
+        let registry = Arc::new(Registry::new(
+            settings.connectors.base_urls.clone(),
             settings.connectors.secrets.clone(),
-        )?;
-        for problem in problems.iter().flat_map(|p| &p.0) {
-            tracing::error!(problem = %problem, "Connector file rejected; it is not served.");
-        }
-        for connector in registry.all() {
-            store.upsert_institution(&connector.institution()).await?;
-        }
-        let registry = Arc::new(registry);
+        ));
+        let catalog = Catalog::new(
+            store.clone(),
+            registry.clone(),
+            settings.connectors.dir.clone(),
+        );
+        catalog.sync().await.context("loading the connectors")?;
         let cache = Cache::new(CacheConfig {
             l1_capacity: settings.cache.l1_capacity,
             l1_ttl: Duration::from_secs(settings.cache.l1_ttl_secs),
@@ -132,6 +133,7 @@ impl App {
         });
         Ok(Self {
             ctx,
+            catalog,
             linker,
             webhooks,
             settings: Arc::new(settings),
@@ -145,6 +147,7 @@ impl App {
         let token = self.settings.server.admin_token.expose_secret();
         api::router(ApiState {
             sync: self.ctx.clone(),
+            catalog: self.catalog.clone(),
             linker: self.linker.clone(),
             admin_token: (!token.is_empty())
                 .then(|| Arc::new(self.settings.server.admin_token.clone())),
@@ -171,13 +174,23 @@ impl App {
     ) -> anyhow::Result<()> {
         // Other processes' writes reach this process's L1 through Redis pub/sub.
         let invalidations = self.ctx.cache.listen_for_invalidations();
+        let catalog = self.follow_connectors();
         let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await;
         if let Some(task) = invalidations {
             task.abort();
         }
+        catalog.abort();
         Ok(served?)
+    }
+
+    /// Keeps this process's connectors current in the background; abort the task
+    /// when the role stops.
+    fn follow_connectors(&self) -> tokio::task::JoinHandle<()> {
+        let catalog = self.catalog.clone();
+        let every = Duration::from_millis(self.settings.connectors.reload_ms.max(100));
+        tokio::spawn(async move { catalog.run(every, std::future::pending()).await })
     }
 
     /// Runs sync workers until `shutdown` resolves; in-flight jobs finish or are
@@ -188,13 +201,16 @@ impl App {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let monitor = self.ctx.queue.monitor(self.ctx.clone(), concurrency);
-        monitor
+        let catalog = self.follow_connectors();
+        let ran = monitor
             .run_with_signal(async move {
                 shutdown.await;
                 Ok(())
             })
             .await
-            .map_err(|e| anyhow::anyhow!("workers: {e}"))
+            .map_err(|e| anyhow::anyhow!("workers: {e}"));
+        catalog.abort();
+        ran
     }
 
     /// Runs the webhook delivery loop until `shutdown` resolves.
@@ -205,7 +221,9 @@ impl App {
     /// Runs the scheduler until `shutdown` resolves.
     pub async fn run_scheduler(&self, shutdown: impl std::future::Future<Output = ()>) {
         let every = Duration::from_secs(self.settings.sync.scheduler_tick_secs.max(1));
+        let catalog = self.follow_connectors();
         crate::sync::scheduler::run(self.ctx.clone(), every, shutdown).await;
+        catalog.abort();
     }
 }
 

@@ -10,6 +10,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_core_tables;
 mod m20261122_000002_api_keys_syncs_webhooks;
+mod m20261122_000003_connector_versions;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_create_core_tables::Migration),
             Box::new(m20261122_000002_api_keys_syncs_webhooks::Migration),
+            Box::new(m20261122_000003_connector_versions::Migration),
         ]
     }
 }

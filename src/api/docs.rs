@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{ApiState, admin, health, read, syncs, tenants, webhooks};
+use super::{ApiState, admin, connectors, health, read, syncs, tenants, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,7 @@ use super::{ApiState, admin, health, read, syncs, tenants, webhooks};
         read::get_portfolio, read::get_accounts, read::get_holdings, read::get_transactions,
         read::get_connections, syncs::request_sync, syncs::get_sync,
         admin::create_connection, admin::get_connection, admin::delete_connection,
+        connectors::list_connectors, connectors::get_connector, connectors::put_connector,
         tenants::create_tenant, tenants::list_tenants, tenants::get_tenant,
         tenants::create_key, tenants::list_keys, tenants::revoke_key,
         tenants::list_users, tenants::delete_user,
@@ -36,7 +37,7 @@ use super::{ApiState, admin, health, read, syncs, tenants, webhooks};
         (name = "read", description = "Portfolios for advisory apps (API key, scope `read`)"),
         (name = "syncs", description = "On-demand syncs (API key, scope `sync` to request)"),
         (name = "webhooks", description = "Signed event deliveries to tenants' endpoints (API key; `sync` scope to change)"),
-        (name = "admin", description = "Tenants, keys, users and connections (admin token)"),
+        (name = "admin", description = "Tenants, keys, users, connections and connectors (admin token)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     /// The thing to create exists already.
     Conflict,
     InvalidRequest,
+    /// A connector file that does not validate; the message lists every problem.
+    InvalidConnector,
     UnknownInstitution,
     InvalidState,
     ConsentDenied,
@@ -44,6 +46,7 @@ impl ErrorCode {
             Self::InvalidRequest | Self::InvalidState | Self::ConsentDenied => {
                 StatusCode::BAD_REQUEST
             }
+            Self::InvalidConnector => StatusCode::UNPROCESSABLE_ENTITY,
             Self::InstitutionError => StatusCode::BAD_GATEWAY,
             Self::AdminDisabled => StatusCode::FORBIDDEN,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -7,6 +7,7 @@
 mod admin;
 mod auth;
 mod callback;
+mod connectors;
 mod docs;
 mod error;
 mod extract;
@@ -36,6 +37,8 @@ use crate::tokens::Linker;
 #[derive(Clone)]
 pub struct ApiState {
     pub sync: Context,
+    /// Connectors in service, and publishing new versions.
+    pub catalog: crate::catalog::Catalog,
     pub linker: Linker,
     /// Bearer token for `/admin/*`; `None` disables the admin API.
     pub admin_token: Option<Arc<SecretString>>,
@@ -53,13 +56,14 @@ pub struct ApiState {
     pub sync_request_interval: std::time::Duration,
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(read::routes())
         .merge(syncs::routes())
         .merge(admin::routes())
+        .merge(connectors::routes())
         .merge(tenants::routes())
         .merge(webhooks::routes())
         .merge(docs::routes())

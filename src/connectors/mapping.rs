@@ -93,6 +93,11 @@ impl Mapping {
         Self { fields }
     }
 
+    /// The canonical fields this mapping fills.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.fields.keys().copied()
+    }
+
     /// The field's value as text, after defaults and the value map; `None` when the
     /// record has nothing there and no default is declared.
     pub fn text(&self, record: &Value, name: &'static str) -> Result<Option<String>, FieldError> {

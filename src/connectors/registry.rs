@@ -1,13 +1,15 @@
-//! The registry: every valid connector from the connectors directory, by id, and
-//! the client secrets their files refer to.
+//! The registry: the connectors this process serves, by id, with the version of each
+//! in service, the problems of connector files it had to refuse, and the client
+//! secrets the files refer to. It changes while the process runs (see
+//! [`crate::catalog`]); readers always get a whole connector, old or new.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use secrecy::SecretString;
 
-use super::{Connector, Problems, validate_file};
+use super::{Connector, Problems, validate_str};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -25,58 +27,106 @@ pub enum RegistryError {
     MissingSecret { connector: String, env: String },
 }
 
-#[derive(Debug, Clone, Default)]
+/// A connector in service and the stored version it was built from.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub connector: Arc<Connector>,
+    pub version: i64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    served: BTreeMap<String, Served>,
+    /// Connector files on disk this process refused, by connector id.
+    refused: BTreeMap<String, Problems>,
+}
+
+#[derive(Debug, Default)]
 pub struct Registry {
-    connectors: BTreeMap<String, Arc<Connector>>,
+    state: RwLock<State>,
+    base_urls: BTreeMap<String, String>,
     secrets: BTreeMap<String, SecretString>,
 }
 
 impl Registry {
-    /// Loads every `*.toml` in `dir`. Valid files are served; each invalid file is
-    /// returned with all its problems and left out, so one bad file never takes the
-    /// others down.
-    pub fn load(
-        dir: &Path,
-        base_urls: &BTreeMap<String, String>,
+    /// An empty registry; `base_urls` override the files' own (e.g. to point at a
+    /// sandbox) and `secrets` stand in for unset secret variables.
+    pub fn new(
+        base_urls: BTreeMap<String, String>,
         secrets: BTreeMap<String, SecretString>,
-    ) -> Result<(Self, Vec<Problems>), RegistryError> {
+    ) -> Self {
         // Variable names are upper case; configuration keys arrive lower-cased from
         // FINSYNC__… variables, so compare without case.
         let secrets = secrets
             .into_iter()
             .map(|(k, v)| (k.to_ascii_uppercase(), v))
             .collect();
-        let mut registry = Self {
-            connectors: BTreeMap::new(),
+        Self {
+            state: RwLock::default(),
+            base_urls,
             secrets,
-        };
-        let mut problems = Vec::new();
-        for path in connector_files(dir)? {
-            let id = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default();
-            match validate_file(&path, base_urls.get(id).map(String::as_str)) {
-                Ok(connector) => {
-                    registry
-                        .connectors
-                        .insert(connector.id.clone(), Arc::new(connector));
-                }
-                Err(p) => problems.push(p),
-            }
         }
-        Ok((registry, problems))
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-written map: every
+        // write is a single insert or remove.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Validates connector text as it would be served under `id`, with this
+    /// process's base-URL override for that id.
+    pub fn validate(&self, file: &str, id: &str, text: &str) -> Result<Connector, Problems> {
+        validate_str(file, id, text, self.base_urls.get(id).map(String::as_str))
+    }
+
+    /// Puts a validated connector in service (replacing any older version).
+    pub fn install(&self, connector: Connector, version: i64) {
+        self.write().served.insert(
+            connector.id.clone(),
+            Served {
+                connector: Arc::new(connector),
+                version,
+            },
+        );
+    }
+
+    /// Records that the file for `id` was refused (or, with `None`, is fine again).
+    /// Returns whether that changed anything, so callers report a problem once.
+    pub fn set_refused(&self, id: &str, problems: Option<Problems>) -> bool {
+        let mut state = self.write();
+        match problems {
+            Some(problems) => {
+                state.refused.insert(id.to_owned(), problems.clone()) != Some(problems)
+            }
+            None => state.refused.remove(id).is_some(),
+        }
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Connector>, RegistryError> {
-        self.connectors
+        self.read()
+            .served
             .get(id)
-            .cloned()
+            .map(|s| Arc::clone(&s.connector))
             .ok_or_else(|| RegistryError::Unknown(id.to_owned()))
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Connector>> {
-        self.connectors.values()
+    pub fn served(&self, id: &str) -> Option<Served> {
+        self.read().served.get(id).cloned()
+    }
+
+    /// Every connector in service, by id.
+    pub fn all(&self) -> Vec<Served> {
+        self.read().served.values().cloned().collect()
+    }
+
+    /// Files refused, by connector id.
+    pub fn refused(&self) -> BTreeMap<String, Problems> {
+        self.read().refused.clone()
     }
 
     /// The connector's client secret: the environment variable it names, else the

@@ -26,6 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use connections::{CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, TokenColumns};
 pub use decimal::DbDecimal;
+pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};
 pub use records::{
     ApplyCounts, PagedTransaction, Removals, TransactionFilter, TransactionPosition,
 };
@@ -54,6 +55,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0} not found")]
     NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// The database, shared by every part of one process.

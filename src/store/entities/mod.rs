@@ -3,6 +3,7 @@
 pub mod account;
 pub mod api_key;
 pub mod connection;
+pub mod connector_version;
 pub mod holding;
 pub mod institution;
 pub mod oauth_state;

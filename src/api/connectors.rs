@@ -1,0 +1,272 @@
+//! The admin API for connectors: which version of each connector is in service and
+//! how its institution's connections are doing, every stored version with who
+//! published it, and publishing a new version (validated first; a bad text changes
+//! nothing).
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::auth::Admin;
+use super::error::ErrorBody;
+use super::extract::{Json, Path};
+use super::{ApiError, ApiState, ErrorCode, REQUEST_ID};
+use crate::catalog::CatalogError;
+use crate::connectors::registry::Served;
+use crate::store::{ConnectorVersion, InstitutionHealth, Published};
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/admin/connectors", get(list_connectors))
+        .route(
+            "/admin/connectors/{connector_id}",
+            get(get_connector).put(put_connector),
+        )
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ConnectorSummary {
+    id: String,
+    /// Absent when no version of this connector is in service (its file was refused).
+    name: Option<String>,
+    /// The version in service in the process that answered.
+    version: Option<i64>,
+    /// SHA-256 of the text in service.
+    hash: Option<String>,
+    health: HealthView,
+    /// Problems of the file in the connectors directory, when it was refused; the
+    /// version in service stays until a valid one arrives.
+    file_problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct HealthView {
+    /// `ok`, `degraded` (some connections failing or needing the user), `down`
+    /// (every connection failing), or `unused` (no connections).
+    status: String,
+    connections: u64,
+    /// Connections by status.
+    by_status: BTreeMap<String, u64>,
+    /// Connections whose last sync failed.
+    failing: u64,
+    last_synced_at: Option<DateTime<Utc>>,
+    last_failure_at: Option<DateTime<Utc>>,
+}
+
+impl From<InstitutionHealth> for HealthView {
+    fn from(h: InstitutionHealth) -> Self {
+        let needs_user = h.connections - h.by_status.get("active").copied().unwrap_or(0);
+        let status = if h.connections == 0 {
+            "unused"
+        } else if h.failing == h.connections {
+            "down"
+        } else if h.failing > 0 || needs_user > 0 {
+            "degraded"
+        } else {
+            "ok"
+        };
+        Self {
+            status: status.to_owned(),
+            connections: h.connections,
+            by_status: h.by_status,
+            failing: h.failing,
+            last_synced_at: h.last_synced_at,
+            last_failure_at: h.last_failure_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct VersionView {
+    version: i64,
+    hash: String,
+    /// `file` or `api`.
+    source: String,
+    /// The file's path, or the admin request that published it.
+    actor: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<&ConnectorVersion> for VersionView {
+    fn from(v: &ConnectorVersion) -> Self {
+        Self {
+            version: v.version,
+            hash: v.hash.clone(),
+            source: v.source.clone(),
+            actor: v.actor.clone(),
+            created_at: v.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ConnectorDetail {
+    #[serde(flatten)]
+    summary: ConnectorSummary,
+    /// The connector file in service.
+    content: Option<String>,
+    /// Every stored version, newest first.
+    versions: Vec<VersionView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PublishResponse {
+    id: String,
+    /// Whether this text became a new version (false: it already was the latest).
+    created: bool,
+    #[serde(flatten)]
+    version: VersionView,
+}
+
+async fn summary(
+    state: &ApiState,
+    id: &str,
+    served: Option<Served>,
+    refused: Option<&crate::connectors::Problems>,
+) -> Result<ConnectorSummary, ApiError> {
+    let health = state
+        .sync
+        .store
+        .institution_health(id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(ConnectorSummary {
+        id: id.to_owned(),
+        name: served.as_ref().map(|s| s.connector.name.clone()),
+        version: served.as_ref().map(|s| s.version),
+        hash: served.as_ref().map(|s| s.connector.hash.clone()),
+        health: health.into(),
+        file_problems: refused
+            .map(|p| p.0.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+    })
+}
+
+/// Every connector: the version in service, its health, and refused files.
+#[utoipa::path(
+    get, path = "/admin/connectors", tag = "admin",
+    responses(
+        (status = 200, body = Vec<ConnectorSummary>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn list_connectors(
+    State(state): State<ApiState>,
+    _: Admin,
+) -> Result<Json<Vec<ConnectorSummary>>, ApiError> {
+    let registry = state.catalog.registry();
+    let refused = registry.refused();
+    let mut served: BTreeMap<String, Served> = registry
+        .all()
+        .into_iter()
+        .map(|s| (s.connector.id.clone(), s))
+        .collect();
+    let ids: std::collections::BTreeSet<String> =
+        served.keys().chain(refused.keys()).cloned().collect();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let this = served.remove(&id);
+        out.push(summary(&state, &id, this, refused.get(&id)).await?);
+    }
+    Ok(Json(out))
+}
+
+/// One connector: its text in service and every stored version.
+#[utoipa::path(
+    get, path = "/admin/connectors/{connector_id}", tag = "admin",
+    params(("connector_id" = String, Path)),
+    responses(
+        (status = 200, body = ConnectorDetail),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn get_connector(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<ConnectorDetail>, ApiError> {
+    let registry = state.catalog.registry();
+    let served = registry.served(&id);
+    let refused = registry.refused();
+    let versions = state
+        .sync
+        .store
+        .connector_versions(&id)
+        .await
+        .map_err(ApiError::internal)?;
+    if served.is_none() && versions.is_empty() && !refused.contains_key(&id) {
+        return Err(ApiError::not_found(format!("no connector `{id}`")));
+    }
+    let content = served.as_ref().and_then(|s| {
+        versions
+            .iter()
+            .find(|v| v.version == s.version)
+            .map(|v| v.content.clone())
+    });
+    Ok(Json(ConnectorDetail {
+        summary: summary(&state, &id, served, refused.get(&id)).await?,
+        content,
+        versions: versions.iter().map(VersionView::from).collect(),
+    }))
+}
+
+/// Publishes a connector file (the TOML text is the body). It is validated first:
+/// an invalid text gets 422 with every problem and changes nothing. A valid one is
+/// stored as the next version and served by every process within
+/// `connectors.reload_ms`.
+#[utoipa::path(
+    put, path = "/admin/connectors/{connector_id}", tag = "admin",
+    params(("connector_id" = String, Path)),
+    request_body(content = String, content_type = "application/toml"),
+    responses(
+        (status = 201, description = "A new version", body = PublishResponse),
+        (status = 200, description = "Already the latest version", body = PublishResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn put_connector(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
+    let request = headers
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let actor = format!("admin API (request {request})");
+    let published = state
+        .catalog
+        .publish(&id, &body, &actor)
+        .await
+        .map_err(|e| match e {
+            CatalogError::Invalid(problems) => {
+                ApiError::new(ErrorCode::InvalidConnector, problems.to_string())
+            }
+            other => ApiError::internal(other),
+        })?;
+    let (status, created, version) = match &published {
+        Published::New(v) => (StatusCode::CREATED, true, v),
+        Published::Unchanged(v) => (StatusCode::OK, false, v),
+    };
+    Ok((
+        status,
+        Json(PublishResponse {
+            id,
+            created,
+            version: version.into(),
+        }),
+    ))
+}
