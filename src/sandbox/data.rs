@@ -11,6 +11,10 @@ use chrono::{Datelike, Days, NaiveDate, Weekday};
 use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
+mod epochs;
+
+pub use self::epochs::{EpochState, portfolio_at};
+
 /// Everything one sandbox user can read from Meridian.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Portfolio {
@@ -92,7 +96,8 @@ pub struct Transaction {
     pub pending_transaction_id: Option<String>,
     pub name: String,
     pub category: Option<String>,
-    /// `buy`, `sell`, `dividend`, `fee`, `deposit` or `withdrawal`; absent on cash activity.
+    /// `buy`, `sell`, `dividend`, `fee`, `deposit`, `withdrawal` or (from epoch 3, see
+    /// [`portfolio_at`]) `split`; absent on cash activity.
     pub investment_type: Option<String>,
     pub security_id: Option<String>,
     /// Negative on a sell.
