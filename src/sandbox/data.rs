@@ -1,5 +1,6 @@
 //! The sandbox's seeded data: every user's accounts, holdings and transactions as a pure
-//! function of `(seed, anchor_date, user_id)`.
+//! function of `(seed, anchor_date, user_id)`, and of an epoch for data that changes over
+//! time ([`portfolio_at`], in the `epochs` submodule).
 //!
 //! Numbers are kept as exact decimal strings and computed with scaled integers, never `f64`,
 //! so the JSON the API serves and the values a test expects agree digit for digit. The same
