@@ -1,5 +1,6 @@
 //! The sandbox's seeded data: every user's accounts, holdings and transactions as a pure
-//! function of `(seed, anchor_date, user_id)`.
+//! function of `(seed, anchor_date, user_id)`, and of an epoch for data that changes over
+//! time ([`portfolio_at`], in the `epochs` submodule).
 //!
 //! Numbers are kept as exact decimal strings and computed with scaled integers, never `f64`,
 //! so the JSON the API serves and the values a test expects agree digit for digit. The same
@@ -10,6 +11,10 @@ use std::fmt;
 use chrono::{Datelike, Days, NaiveDate, Weekday};
 use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
+
+mod epochs;
+
+pub use self::epochs::{EpochState, portfolio_at};
 
 /// Everything one sandbox user can read from Meridian.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -92,7 +97,8 @@ pub struct Transaction {
     pub pending_transaction_id: Option<String>,
     pub name: String,
     pub category: Option<String>,
-    /// `buy`, `sell`, `dividend`, `fee`, `deposit` or `withdrawal`; absent on cash activity.
+    /// `buy`, `sell`, `dividend`, `fee`, `deposit`, `withdrawal` or (from epoch 3, see
+    /// [`portfolio_at`]) `split`; absent on cash activity.
     pub investment_type: Option<String>,
     pub security_id: Option<String>,
     /// Negative on a sell.

@@ -1,5 +1,7 @@
-//! Meridian's data API: accounts, holdings and transactions of the token's user, behind
-//! Bearer authentication (RFC 6750) with one scope per endpoint, paged by opaque cursors.
+//! Meridian's data API: accounts, holdings and transactions of the token's user at the
+//! world's current epoch, behind Bearer authentication (RFC 6750) with one scope per
+//! endpoint, paged by opaque cursors; and `/v1/transactions/sync`, which answers what
+//! changed since a cursor, in the style of Plaid's `/transactions/sync`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,15 +17,21 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::data::{self, Portfolio};
+use super::data::Portfolio;
 use super::grants::Scope;
 use super::{AppState, Stats};
+
+mod sync;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/meridian/v1/accounts", get(accounts))
         .route("/meridian/v1/holdings", get(holdings))
         .route("/meridian/v1/transactions", get(transactions))
+        .route(
+            "/meridian/v1/transactions/sync",
+            get(sync::transactions_sync),
+        )
 }
 
 const DEFAULT_PAGE_SIZE: usize = 50;
@@ -44,6 +52,8 @@ enum ApiError {
     InsufficientScope(Scope),
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("the data changed while a sync was paging through it")]
+    SyncMutation,
 }
 
 #[derive(Serialize)]
@@ -76,6 +86,15 @@ impl IntoResponse for ApiError {
                 "invalid_request",
                 None,
                 Some(message.clone()),
+            ),
+            Self::SyncMutation => (
+                StatusCode::CONFLICT,
+                "sync_mutation_during_pagination",
+                None,
+                Some(
+                    "the data changed while paging; restart from the cursor this sync began with"
+                        .to_owned(),
+                ),
             ),
         };
         tracing::debug!(%status, reason = %self, "Sandbox API request refused.");
@@ -118,7 +137,7 @@ async fn accounts(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
     serve(&app, &headers, query, Scope::Accounts, |portfolio| {
-        portfolio.accounts
+        &portfolio.accounts
     })
 }
 
@@ -128,7 +147,7 @@ async fn holdings(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
     serve(&app, &headers, query, Scope::Holdings, |portfolio| {
-        portfolio.holdings
+        &portfolio.holdings
     })
 }
 
@@ -138,37 +157,27 @@ async fn transactions(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
     serve(&app, &headers, query, Scope::Transactions, |portfolio| {
-        portfolio.transactions
+        &portfolio.transactions
     })
 }
 
 /// Authenticates, checks `scope`, and answers with one page of what `select` picks from the
-/// user's portfolio. The response key is the scope's name.
+/// user's portfolio at the current epoch. The response key is the scope's name.
 fn serve<T: Serialize>(
     app: &AppState,
     headers: &HeaderMap,
     query: Result<Query<PageQuery>, QueryRejection>,
     scope: Scope,
-    select: impl FnOnce(Portfolio) -> Vec<T>,
+    select: impl FnOnce(&Portfolio) -> &[T],
 ) -> Response {
     Stats::bump(&app.stats.api_requests);
-    let outcome = (|| {
-        let token = bearer_token(headers).ok_or(ApiError::InvalidToken)?;
-        let bearer = app
-            .grants
-            .authenticate(token, Instant::now())
-            .ok_or(ApiError::InvalidToken)?;
-        if !bearer.scopes.contains(scope) {
-            return Err(ApiError::InsufficientScope(scope));
-        }
+    let outcome = (|| -> Result<Response, ApiError> {
+        let user_id = authorize(app, headers, scope)?;
         let Query(query) =
             query.map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))?;
         let count = page_size(query.count.as_deref())?;
-        let items = select(data::portfolio(
-            app.config.seed,
-            app.config.anchor_date,
-            &bearer.user_id,
-        ));
+        let state = app.world.state(&user_id, app.world.epoch());
+        let items = select(state.portfolio());
         let start = match query.cursor.as_deref().filter(|cursor| !cursor.is_empty()) {
             Some(cursor) => decode_cursor(cursor, scope, items.len())?,
             None => 0,
@@ -183,6 +192,19 @@ fn serve<T: Serialize>(
         .into_response())
     })();
     outcome.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The user of the request's access token, if that token is valid and carries `scope`.
+fn authorize(app: &AppState, headers: &HeaderMap, scope: Scope) -> Result<String, ApiError> {
+    let token = bearer_token(headers).ok_or(ApiError::InvalidToken)?;
+    let bearer = app
+        .grants
+        .authenticate(token, Instant::now())
+        .ok_or(ApiError::InvalidToken)?;
+    if !bearer.scopes.contains(scope) {
+        return Err(ApiError::InsufficientScope(scope));
+    }
+    Ok(bearer.user_id)
 }
 
 /// The token of an `Authorization: Bearer …` header; the scheme is case-insensitive.
@@ -234,6 +256,7 @@ fn decode_cursor(cursor: &str, scope: Scope, total: usize) -> Result<usize, ApiE
 mod tests {
     use std::collections::HashSet;
 
+    use super::super::data;
     use super::super::test_support::TestSandbox;
     use super::*;
 

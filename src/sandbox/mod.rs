@@ -6,7 +6,10 @@
 //! - [`oauth`]: its OAuth2 authorization server (RFC 6749, PKCE per RFC 7636, revocation per
 //!   RFC 7009), keeping codes and tokens in [`grants`];
 //! - [`meridian`]: its bearer-protected, cursor-paged data API;
-//! - [`data`]: the deterministic data that API serves, also callable directly by tests.
+//! - [`data`]: the deterministic data that API serves, also callable directly by tests,
+//!   at every epoch of the world;
+//! - [`world`]: the world clock, the epoch all institutions serve their data at, advanced
+//!   through `/sandbox/admin`, on a timer, or by [`Sandbox::advance`].
 //!
 //! This module owns the configuration, the router and the running-server handle.
 
@@ -16,6 +19,7 @@ mod meridian;
 mod oauth;
 #[cfg(test)]
 mod test_support;
+mod world;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -35,6 +39,7 @@ use tokio::task::JoinHandle;
 
 use self::grants::GrantStore;
 pub use self::oauth::TokenQuirks;
+use self::world::World;
 
 const DEFAULT_ANCHOR_DATE: NaiveDate = match NaiveDate::from_ymd_opt(2026, 11, 20) {
     Some(date) => date,
@@ -60,6 +65,12 @@ pub struct SandboxConfig {
     pub refresh_grace: Duration,
     /// Non-standard shapes of successful token responses; the default is standard.
     pub token_quirks: TokenQuirks,
+    /// The epoch the world starts at (see [`data::portfolio_at`]); 0, the default, serves
+    /// exactly [`data::portfolio`].
+    pub start_epoch: u32,
+    /// Advances the world one epoch every period, so data changes on its own; `None`, the
+    /// default, or zero leaves it to [`Sandbox::advance`] and `POST /sandbox/admin/advance`.
+    pub advance_every: Option<Duration>,
 }
 
 impl Default for SandboxConfig {
@@ -72,6 +83,8 @@ impl Default for SandboxConfig {
             anchor_date: DEFAULT_ANCHOR_DATE,
             refresh_grace: Duration::ZERO,
             token_quirks: TokenQuirks::default(),
+            start_epoch: 0,
+            advance_every: None,
         }
     }
 }
@@ -127,6 +140,7 @@ struct AppState {
     config: SandboxConfig,
     grants: Arc<GrantStore>,
     stats: Arc<Stats>,
+    world: Arc<World>,
 }
 
 /// A running sandbox. Dropping it stops the server too; [`Sandbox::shutdown`] also waits.
@@ -135,6 +149,7 @@ pub struct Sandbox {
     addr: SocketAddr,
     stats: Arc<Stats>,
     grants: Arc<GrantStore>,
+    world: Arc<World>,
     /// Dropping or firing this starts a graceful shutdown.
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
@@ -154,6 +169,16 @@ impl Sandbox {
     /// still valid or not, for tests that prove no token leaks. The list only grows.
     pub fn issued_tokens(&self) -> Vec<String> {
         self.grants.issued_tokens()
+    }
+
+    /// The epoch every institution serves its data at now.
+    pub fn epoch(&self) -> u32 {
+        self.world.epoch()
+    }
+
+    /// Moves every institution's data one epoch on and returns the new epoch.
+    pub fn advance(&self) -> u32 {
+        self.world.advance()
     }
 
     /// Stops accepting connections and waits for requests in flight to finish.
@@ -180,18 +205,38 @@ pub async fn spawn(config: SandboxConfig, listener: TcpListener) -> std::io::Res
         }
         other => other,
     };
-    let (router, stats, grants) = build(config);
+    let advance_every = config.advance_every.filter(|period| !period.is_zero());
+    let world = Arc::new(World::new(
+        config.seed,
+        config.anchor_date,
+        config.start_epoch,
+    ));
+    let (router, stats, grants) = build(config, Arc::clone(&world));
     let (stop, stopped) = oneshot::channel::<()>();
+    let clock = Arc::clone(&world);
     let server = tokio::spawn(async move {
         let shutdown = async {
             // Fired or dropped, either way it is time to stop.
             let _ = stopped.await;
         };
-        if let Err(error) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(%error, "Sandbox server failed.");
+        let serve = async {
+            if let Err(error) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(%error, "Sandbox server failed.");
+            }
+        };
+        let ticking = async {
+            match advance_every {
+                Some(period) => clock.tick(period).await,
+                None => std::future::pending().await,
+            }
+        };
+        // The clock never finishes; it stops with the server.
+        tokio::select! {
+            () = serve => {}
+            () = ticking => {}
         }
     });
     tracing::info!(%addr, "Sandbox listening.");
@@ -199,12 +244,13 @@ pub async fn spawn(config: SandboxConfig, listener: TcpListener) -> std::io::Res
         addr,
         stats,
         grants,
+        world,
         stop,
         server,
     })
 }
 
-fn build(config: SandboxConfig) -> (Router, Arc<Stats>, Arc<GrantStore>) {
+fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<Stats>, Arc<GrantStore>) {
     let stats = Arc::new(Stats::default());
     let grants = Arc::new(GrantStore::new(
         config.access_token_ttl,
@@ -214,12 +260,14 @@ fn build(config: SandboxConfig) -> (Router, Arc<Stats>, Arc<GrantStore>) {
         grants: Arc::clone(&grants),
         config,
         stats: Arc::clone(&stats),
+        world,
     });
     let router = Router::new()
         .route("/", get(describe))
         .route("/meridian", get(describe))
         .merge(oauth::routes())
         .merge(meridian::routes())
+        .merge(world::routes())
         .fallback(not_found)
         .with_state(state);
     (router, stats, grants)
@@ -230,6 +278,12 @@ async fn describe(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "finsync sandbox institutions\n\
          \n\
          Fake financial institutions with real protocols and deterministic data (seed {seed}, as of {anchor}).\n\
+         The data moves in epochs (now {epoch}): each one posts pending transactions under new ids, adds, changes\n\
+         and removes a few, and moves prices; epoch 3 splits a stock 2-for-1. Every institution serves the current epoch.\n\
+         \n\
+         World clock (no authentication: this is a sandbox, anyone who can reach it can move its time)\n\
+         \x20 GET  /sandbox/admin/world        {{\"epoch\", \"seed\", \"anchor_date\"}}\n\
+         \x20 POST /sandbox/admin/advance      moves every institution one epoch on; answers {{\"epoch\"}}\n\
          \n\
          Meridian Brokerage (institution id `meridian`)\n\
          \x20 GET  /meridian/oauth/authorize    OAuth2 authorization (response_type=code, PKCE S256 required)\n\
@@ -239,6 +293,8 @@ async fn describe(State(state): State<Arc<AppState>>) -> impl IntoResponse {
          \x20 GET  /meridian/v1/accounts        scope `accounts`\n\
          \x20 GET  /meridian/v1/holdings        scope `holdings`\n\
          \x20 GET  /meridian/v1/transactions    scope `transactions`\n\
+         \x20 GET  /meridian/v1/transactions/sync  scope `transactions`: {{\"added\", \"modified\", \"removed\", \"next_cursor\", \"has_more\"}}\n\
+         \x20      since `cursor` (none: everything); 409 sync_mutation_during_pagination if the epoch moved mid-paging\n\
          \x20 Data endpoints take a Bearer token and page with `cursor` and `count` (1..=500, default 50).\n\
          \n\
          OAuth client: client_id `{client_id}`, secret from the sandbox configuration.\n\
@@ -246,6 +302,7 @@ async fn describe(State(state): State<Arc<AppState>>) -> impl IntoResponse {
          anyone else sees a consent page.\n",
         seed = state.config.seed,
         anchor = state.config.anchor_date,
+        epoch = state.world.epoch(),
         client_id = state.config.client_id,
     );
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text)

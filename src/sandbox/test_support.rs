@@ -63,6 +63,14 @@ impl TestSandbox {
         self.sandbox.issued_tokens()
     }
 
+    pub(super) fn epoch(&self) -> u32 {
+        self.sandbox.epoch()
+    }
+
+    pub(super) fn advance(&self) -> u32 {
+        self.sandbox.advance()
+    }
+
     pub(super) async fn shutdown(self) {
         self.sandbox.shutdown().await;
     }

@@ -1,0 +1,257 @@
+//! The sandbox's world clock: the epoch every institution serves its data at (see
+//! [`data::portfolio_at`](super::data::portfolio_at)), each user's data at recently
+//! served epochs, and the unauthenticated admin endpoints that read and advance the clock.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::NaiveDate;
+use serde_json::json;
+
+use super::AppState;
+use super::data::EpochState;
+
+/// How many `(user, epoch)` states are kept; enough for a few users syncing from a few
+/// epochs back, small enough that arbitrary login hints cannot grow it.
+const RECENT_STATES: usize = 64;
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/sandbox/admin/advance", post(advance))
+        .route("/sandbox/admin/world", get(describe))
+}
+
+/// The epoch shared by every institution, and the data of each user at it.
+#[derive(Debug)]
+pub(super) struct World {
+    seed: u64,
+    anchor_date: NaiveDate,
+    epoch: AtomicU32,
+    /// Recently served states, so a request steps from the nearest one it can reuse
+    /// instead of replaying every epoch from 0.
+    recent: Mutex<BTreeMap<(String, u32), Arc<EpochState>>>,
+}
+
+impl World {
+    pub(super) fn new(seed: u64, anchor_date: NaiveDate, start_epoch: u32) -> Self {
+        Self {
+            seed,
+            anchor_date,
+            epoch: AtomicU32::new(start_epoch),
+            recent: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The epoch the institutions serve now.
+    pub(super) fn epoch(&self) -> u32 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Moves the world one epoch on and returns the new epoch.
+    pub(super) fn advance(&self) -> u32 {
+        let previous = self
+            .epoch
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |epoch| {
+                Some(epoch.saturating_add(1))
+            })
+            .unwrap_or_else(|epoch| epoch);
+        let epoch = previous.saturating_add(1);
+        tracing::info!(epoch, "Sandbox world advanced.");
+        epoch
+    }
+
+    /// `user_id`'s data at `epoch`.
+    pub(super) fn state(&self, user_id: &str, epoch: u32) -> Arc<EpochState> {
+        let key = (user_id.to_owned(), epoch);
+        let start = {
+            let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(state) = recent.get(&key) {
+                return Arc::clone(state);
+            }
+            recent
+                .range((user_id.to_owned(), 0)..key.clone())
+                .next_back()
+                .map(|(_, state)| Arc::clone(state))
+        };
+        // Stepping happens outside the lock; two requests racing for one state both compute
+        // it, and get equal results.
+        let mut state = match start {
+            Some(state) => Arc::unwrap_or_clone(state),
+            None => EpochState::genesis(self.seed, self.anchor_date, user_id),
+        };
+        while state.epoch() < epoch {
+            state = state.next();
+        }
+        let state = Arc::new(state);
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.insert(key, Arc::clone(&state));
+        if recent.len() > RECENT_STATES {
+            // Clients move forward, so the oldest epoch is the least likely to be asked again.
+            if let Some(oldest) = recent.keys().min_by_key(|(_, epoch)| *epoch).cloned() {
+                recent.remove(&oldest);
+            }
+        }
+        state
+    }
+
+    /// Advances the world every `period`, forever; run it alongside the server.
+    pub(super) async fn tick(&self, period: Duration) {
+        let start = tokio::time::Instant::now() + period;
+        let mut interval = tokio::time::interval_at(start, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            self.advance();
+        }
+    }
+}
+
+async fn advance(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({ "epoch": app.world.advance() }))
+}
+
+async fn describe(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "epoch": app.world.epoch(),
+        "seed": app.world.seed,
+        "anchor_date": app.world.anchor_date,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::super::SandboxConfig;
+    use super::super::data::portfolio_at;
+    use super::super::test_support::TestSandbox;
+    use super::*;
+
+    fn anchor() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 20).expect("valid date")
+    }
+
+    #[test]
+    fn states_agree_with_portfolio_at_whatever_the_order_they_are_asked_in() {
+        let world = World::new(42, anchor(), 0);
+        for epoch in [5, 2, 7, 0, 7, 3] {
+            let state = world.state("demo-alice", epoch);
+            assert_eq!(state.epoch(), epoch);
+            assert_eq!(
+                *state.portfolio(),
+                portfolio_at(42, anchor(), "demo-alice", epoch)
+            );
+        }
+        for user in 0..(RECENT_STATES + 8) {
+            world.state(&format!("user-{user}"), 1);
+        }
+        assert_eq!(world.recent.lock().expect("lock").len(), RECENT_STATES);
+    }
+
+    #[tokio::test]
+    async fn the_admin_endpoints_read_and_advance_the_clock() {
+        let sandbox = TestSandbox::start_with(SandboxConfig {
+            start_epoch: 4,
+            ..SandboxConfig::default()
+        })
+        .await;
+        let world: Value = sandbox
+            .get("/sandbox/admin/world")
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            world,
+            json!({"epoch": 4, "seed": 42, "anchor_date": "2026-11-20"})
+        );
+
+        let advanced = sandbox
+            .post("/sandbox/admin/advance")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(advanced.status(), 200);
+        let advanced: Value = advanced.json().await.expect("json");
+        assert_eq!(advanced, json!({"epoch": 5}));
+        assert_eq!(sandbox.epoch(), 5);
+        assert_eq!(sandbox.advance(), 6);
+
+        let text = sandbox
+            .get("/")
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body");
+        assert!(
+            text.contains("/sandbox/admin/advance") && text.contains("now 6"),
+            "{text}"
+        );
+        sandbox.shutdown().await;
+    }
+
+    /// One endpoint's records, all on one page.
+    async fn fetch(sandbox: &TestSandbox, token: &str, endpoint: &str) -> Value {
+        let mut body: Value = sandbox
+            .get(&format!("/meridian/v1/{endpoint}"))
+            .bearer_auth(token)
+            .query(&[("count", "500")])
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json");
+        assert!(body["next_cursor"].is_null());
+        body[endpoint].take()
+    }
+
+    #[tokio::test]
+    async fn the_data_endpoints_serve_the_current_epoch() {
+        let sandbox = TestSandbox::start().await;
+        let tokens = sandbox
+            .link("demo-alice", "accounts holdings transactions")
+            .await;
+        let token = tokens["access_token"].as_str().expect("token");
+        for epoch in [0, 1, 3] {
+            while sandbox.epoch() < epoch {
+                sandbox.advance();
+            }
+            let wanted = serde_json::to_value(portfolio_at(42, anchor(), "demo-alice", epoch))
+                .expect("json");
+            for endpoint in ["accounts", "holdings", "transactions"] {
+                assert_eq!(
+                    fetch(&sandbox, token, endpoint).await,
+                    wanted[endpoint],
+                    "{endpoint} at {epoch}"
+                );
+            }
+        }
+        sandbox.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_configured_period_advances_the_clock_on_its_own() {
+        let sandbox = TestSandbox::start_with(SandboxConfig {
+            advance_every: Some(Duration::from_millis(10)),
+            ..SandboxConfig::default()
+        })
+        .await;
+        let mut waited = 0;
+        while sandbox.epoch() < 2 {
+            assert!(waited < 1_000, "the clock did not advance");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        sandbox.shutdown().await;
+    }
+}
