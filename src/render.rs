@@ -156,22 +156,6 @@ pub fn portfolio(p: &Portfolio) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grouping_keeps_every_digit() {
-        assert_eq!(
-            group("12345678901234567.89".parse().unwrap()),
-            "12,345,678,901,234,567.89"
-        );
-        assert_eq!(group("-1234.5".parse().unwrap()), "-1,234.5");
-        assert_eq!(group("0.000000001".parse().unwrap()), "0.000000001");
-        assert_eq!(group("123".parse().unwrap()), "123");
-    }
-}
-
 /// The report of `finsync connectors check`: one row per endpoint, then the field
 /// problems with examples.
 pub fn check(reports: &[crate::check::EndpointReport]) -> String {
@@ -205,4 +189,20 @@ pub fn check(reports: &[crate::check::EndpointReport]) -> String {
         }
     }
     format!("{table}{details}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouping_keeps_every_digit() {
+        assert_eq!(
+            group("12345678901234567.89".parse().unwrap()),
+            "12,345,678,901,234,567.89"
+        );
+        assert_eq!(group("-1234.5".parse().unwrap()), "-1,234.5");
+        assert_eq!(group("0.000000001".parse().unwrap()), "0.000000001");
+        assert_eq!(group("123".parse().unwrap()), "123");
+    }
 }

@@ -2,7 +2,7 @@
 //! which version of its file (its fingerprint) is in service, and every version of
 //! every file ever published.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
@@ -151,18 +151,15 @@ pub struct InstitutionHealth {
     pub by_status: std::collections::BTreeMap<String, u64>,
     /// Connections whose last sync failed (a failure after the last success).
     pub failing: u64,
-    pub last_synced_at: Option<chrono::DateTime<Utc>>,
-    pub last_failure_at: Option<chrono::DateTime<Utc>>,
+    pub last_synced_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
 }
 
 impl Store {
     pub async fn institution_health(&self, id: &str) -> Result<InstitutionHealth, StoreError> {
         use super::entities::connection;
-        let rows: Vec<(
-            String,
-            Option<chrono::DateTime<Utc>>,
-            Option<chrono::DateTime<Utc>>,
-        )> = connection::Entity::find()
+        type Row = (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+        let rows: Vec<Row> = connection::Entity::find()
             .select_only()
             .column(connection::Column::Status)
             .column(connection::Column::LastSyncedAt)

@@ -289,3 +289,56 @@ fn the_demo_prints_three_synced_portfolios() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The sandbox's world moves on (new, modified and removed transactions, pending
+/// ones posting, prices moving, a stock split at epoch 3); every sync through
+/// Meridian's sync-token endpoint leaves exactly the institution's data stored.
+#[tokio::test]
+async fn syncs_follow_the_institution_through_changes_removals_and_postings() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let user = "demo-alice";
+    let connection = app.link_and_sync(tenant.id, user).await;
+    let anchor = SandboxConfig::default().anchor_date;
+
+    let (mut removed, mut posted) = (0, 0);
+    for epoch in 1..=4 {
+        let before = store.full_snapshot(connection).await.unwrap();
+        assert_eq!(sandbox.advance(), epoch);
+        let since = chrono::Utc::now();
+        let job = SyncConnection {
+            connection_id: connection,
+            idempotency_key: format!("test:epoch-{epoch}"),
+        };
+        assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+        app.wait_synced(connection, since).await;
+
+        let stored = store.full_snapshot(connection).await.unwrap();
+        let expected = finsync::sandbox::data::portfolio_at(42, anchor, user, epoch);
+        assert_matches_sandbox(&stored, &expected);
+        let run = &store.runs(connection).await.unwrap()[0];
+        assert_eq!(run.outcome, "succeeded");
+        assert!(run.added > 0 && run.modified > 0, "epoch {epoch}: {run:?}");
+        removed += run.removed;
+        // A pending transaction that posted is gone, replaced by one naming it.
+        for t in &stored.transactions {
+            if let Some(pending) = &t.pending_external_id
+                && before
+                    .transactions
+                    .iter()
+                    .any(|b| &b.external_id == pending)
+            {
+                assert!(
+                    !stored.transactions.iter().any(|s| &s.external_id == pending),
+                    "pending {pending} still stored beside its posted transaction"
+                );
+                posted += 1;
+            }
+        }
+    }
+    assert!(removed > 0, "no removal reached the store");
+    assert!(posted > 0, "no pending transaction posted");
+}
