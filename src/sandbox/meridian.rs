@@ -15,9 +15,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::data::{self, Portfolio};
+use super::bearer::bearer_token;
+use super::data::Portfolio;
 use super::grants::Scope;
-use super::{AppState, Stats};
+use super::{AppState, Institution, Stats};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -155,7 +156,7 @@ fn serve<T: Serialize>(
     let outcome = (|| {
         let token = bearer_token(headers).ok_or(ApiError::InvalidToken)?;
         let bearer = app
-            .grants
+            .grants(Institution::Meridian)
             .authenticate(token, Instant::now())
             .ok_or(ApiError::InvalidToken)?;
         if !bearer.scopes.contains(scope) {
@@ -164,11 +165,7 @@ fn serve<T: Serialize>(
         let Query(query) =
             query.map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))?;
         let count = page_size(query.count.as_deref())?;
-        let items = select(data::portfolio(
-            app.config.seed,
-            app.config.anchor_date,
-            &bearer.user_id,
-        ));
+        let items = select(app.portfolio(Institution::Meridian, &bearer.user_id));
         let start = match query.cursor.as_deref().filter(|cursor| !cursor.is_empty()) {
             Some(cursor) => decode_cursor(cursor, scope, items.len())?,
             None => 0,
@@ -183,18 +180,6 @@ fn serve<T: Serialize>(
         .into_response())
     })();
     outcome.unwrap_or_else(IntoResponse::into_response)
-}
-
-/// The token of an `Authorization: Bearer …` header; the scheme is case-insensitive.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let (scheme, token) = headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim()
-        .split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn page_size(count: Option<&str>) -> Result<usize, ApiError> {
@@ -234,6 +219,7 @@ fn decode_cursor(cursor: &str, scope: Scope, total: usize) -> Result<usize, ApiE
 mod tests {
     use std::collections::HashSet;
 
+    use super::super::data;
     use super::super::test_support::TestSandbox;
     use super::*;
 
