@@ -146,16 +146,28 @@ fn step(progress: &MultiProgress, message: &str) -> ProgressBar {
     bar
 }
 
-/// Links a user the way a browser would: the authorization URL answers with a
-/// redirect to our callback (the sandbox approves demo users without a login page),
-/// and following it completes the link and enqueues the first sync.
+/// Links a user to the demo institution the way a browser would; see
+/// [`link_institution_over_http`].
 pub async fn link_over_http(
     app: &App,
     http: &reqwest::Client,
     tenant: TenantId,
     user: &UserId,
 ) -> anyhow::Result<ConnectionId> {
-    let start = app.linker.start(tenant, user, DEMO_INSTITUTION).await?;
+    link_institution_over_http(app, http, tenant, user, DEMO_INSTITUTION).await
+}
+
+/// Links a user to `institution` the way a browser would: the authorization URL answers
+/// with a redirect to our callback (the sandbox approves demo users without a login
+/// page), and following it completes the link and enqueues the first sync.
+pub async fn link_institution_over_http(
+    app: &App,
+    http: &reqwest::Client,
+    tenant: TenantId,
+    user: &UserId,
+    institution: &str,
+) -> anyhow::Result<ConnectionId> {
+    let start = app.linker.start(tenant, user, institution).await?;
     let consent = http
         .get(start.authorize_url.clone())
         .send()

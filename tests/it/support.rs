@@ -158,10 +158,12 @@ pub fn settings(db: &TestDb, redis_prefix: Option<&str>, sandbox: &Sandbox) -> S
     settings.sandbox.in_process = false;
     settings.vault.key = SecretString::from(VAULT_KEY);
     settings.server.admin_token = SecretString::from(ADMIN_TOKEN);
-    settings.connectors.base_urls.insert(
-        "meridian".into(),
-        format!("{}/meridian", sandbox.base_url()),
-    );
+    for institution in sandbox::Institution::ALL {
+        settings.connectors.base_urls.insert(
+            institution.id().into(),
+            format!("{}/{institution}", sandbox.base_url()),
+        );
+    }
     settings
 }
 
@@ -202,15 +204,30 @@ impl TestApp {
         Self { app, address, stop }
     }
 
-    /// Links a user over HTTP (authorize → redirect → callback) and waits for the
-    /// first sync to finish.
+    /// Links a user at Meridian over HTTP (authorize → redirect → callback) and waits
+    /// for the first sync to finish.
     pub async fn link_and_sync(&self, tenant: TenantId, user: &str) -> ConnectionId {
+        self.link_and_sync_at(tenant, user, "meridian").await
+    }
+
+    /// Links a user at `institution` over HTTP and waits for the first sync to finish.
+    pub async fn link_and_sync_at(
+        &self,
+        tenant: TenantId,
+        user: &str,
+        institution: &str,
+    ) -> ConnectionId {
         let user = UserId::parse(user).unwrap();
         let since = chrono::Utc::now();
-        let connection =
-            finsync::demo::link_over_http(&self.app, &finsync::http::client(), tenant, &user)
-                .await
-                .unwrap();
+        let connection = finsync::demo::link_institution_over_http(
+            &self.app,
+            &finsync::http::client(),
+            tenant,
+            &user,
+            institution,
+        )
+        .await
+        .unwrap();
         self.wait_synced(connection, since).await;
         connection
     }
@@ -491,6 +508,18 @@ pub fn process_env(db: &TestDb, sandbox_url: &str) -> Vec<(&'static str, String)
         (
             "FINSYNC__CONNECTORS__BASE_URLS__MERIDIAN",
             format!("{sandbox_url}/meridian"),
+        ),
+        (
+            "FINSYNC__CONNECTORS__BASE_URLS__HARBOR",
+            format!("{sandbox_url}/harbor"),
+        ),
+        (
+            "FINSYNC__CONNECTORS__BASE_URLS__KEYSTONE",
+            format!("{sandbox_url}/keystone"),
+        ),
+        (
+            "FINSYNC__CONNECTORS__BASE_URLS__NORTHWIND",
+            format!("{sandbox_url}/northwind"),
         ),
     ]
 }
