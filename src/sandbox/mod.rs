@@ -683,11 +683,20 @@ mod tests {
     #[tokio::test]
     async fn the_root_describes_the_endpoints() {
         let sandbox = TestSandbox::start().await;
-        for path in ["/", "/meridian"] {
+        for path in ["/", "/meridian", "/harbor", "/keystone", "/northwind"] {
             let response = sandbox.get(path).send().await.expect("request");
             assert_eq!(response.status(), 200);
             let text = response.text().await.expect("body");
-            assert!(text.contains("/meridian/v1/transactions"), "{text}");
+            for endpoint in [
+                "/meridian/v1/transactions",
+                "/harbor/api/transactions",
+                "/keystone/v2/transactions",
+                "/northwind/v1/transactions",
+                "/sandbox/admin/faults/",
+                "FINSYNC-KTC-0001",
+            ] {
+                assert!(text.contains(endpoint), "{endpoint} in {text}");
+            }
         }
         let response = sandbox.get("/nowhere").send().await.expect("request");
         assert_eq!(response.status(), 404);
