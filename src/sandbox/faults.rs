@@ -311,7 +311,8 @@ pub(super) async fn inject(
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    // The sandbox's own pages are small; anything unreadable passes through untouched.
+    // The sandbox's own pages are small and in memory; a body that is not JSON passes
+    // through untouched.
     let Ok(bytes) = to_bytes(body, usize::MAX).await else {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
