@@ -236,11 +236,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..SandboxConfig::default()
             };
             let sandbox = sandbox::spawn(config, listener).await?;
-            println!(
-                "Sandbox institutions at {}  (Meridian Brokerage: {}/meridian)",
-                sandbox.base_url(),
-                sandbox.base_url()
-            );
+            println!("Sandbox institutions at {}", sandbox.base_url());
+            for institution in sandbox::Institution::ALL {
+                println!(
+                    "  {}: {}/{institution}",
+                    institution.name(),
+                    sandbox.base_url()
+                );
+            }
             shutdown_signal().await;
             sandbox.shutdown().await;
             Ok(ExitCode::SUCCESS)

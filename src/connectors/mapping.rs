@@ -388,10 +388,14 @@ pub fn transaction(
 ) -> Result<Transaction, FieldError> {
     let currency = m.currency(record, "currency")?;
     let raw = m.required_decimal(record, "amount")?;
-    let amount = match sign {
+    let mut amount = match sign {
         SignConvention::InflowPositive => raw,
         SignConvention::OutflowPositive => -raw,
     };
+    // Flipping 0.00 must not produce a "-0.00" the institution never sent.
+    if amount.is_zero() {
+        amount.set_sign_positive(true);
+    }
     Ok(Transaction {
         external_id: m.required_text(record, "external_id")?,
         account_external_id: m.required_text(record, "account_external_id")?,

@@ -1,7 +1,9 @@
-//! The authorization server's memory: authorization codes, grants and the tokens issued
-//! under them, with PKCE checking, refresh-token rotation and revocation.
+//! An authorization server's memory: authorization codes, grants and the tokens issued
+//! under them, with PKCE checking, refresh-token rotation and revocation. Each sandbox
+//! institution has its own store, with its own [`GrantPolicy`].
 //!
-//! Rotation may have a grace period, as many providers allow so that a client whose
+//! Refresh tokens either rotate on every use or stay the same for the grant's life. Rotation
+//! may have a grace period, as many providers allow so that a client whose
 //! refresh response was lost can retry: a refresh token rotated out less than the grace
 //! ago is still accepted and rotates again, replacing the grant's live refresh token. With
 //! no grace a rotated-out token is dead at once.
@@ -52,7 +54,8 @@ impl fmt::Display for Scope {
     }
 }
 
-/// A set of scopes; prints in a fixed order, space-separated as in RFC 6749 §3.3.
+/// A set of scopes; prints in a fixed order, space-separated as in RFC 6749 §3.3 (or
+/// joined with an institution's own separator through [`ScopeSet::joined`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct ScopeSet(u8);
 
@@ -65,10 +68,10 @@ impl ScopeSet {
         Self(Scope::ALL.iter().fold(0, |bits, scope| bits | scope.bit()))
     }
 
-    /// Parses a space-separated scope list; an empty list is not an error here, the
-    /// caller decides what it means.
-    pub(super) fn parse(text: &str) -> Result<Self, UnknownScope> {
-        text.split(' ')
+    /// Parses a scope list whose words are separated by `separator` (a space in RFC 6749),
+    /// and only by it; an empty list is not an error here, the caller decides what it means.
+    pub(super) fn parse(text: &str, separator: char) -> Result<Self, UnknownScope> {
+        text.split(separator)
             .filter(|word| !word.is_empty())
             .try_fold(Self(0), |set, word| {
                 Scope::ALL
@@ -87,22 +90,31 @@ impl ScopeSet {
         self.0 & scope.bit() != 0
     }
 
-    fn is_subset_of(self, other: Self) -> bool {
+    pub(super) fn is_subset_of(self, other: Self) -> bool {
         self.0 & !other.0 == 0
+    }
+
+    /// The scope names in a fixed order, joined with `separator`.
+    pub(super) fn joined(self, separator: char) -> String {
+        let mut text = String::new();
+        for scope in Scope::ALL.into_iter().filter(|scope| self.contains(*scope)) {
+            if !text.is_empty() {
+                text.push(separator);
+            }
+            text.push_str(scope.as_str());
+        }
+        text
+    }
+
+    /// The set of exactly these scopes.
+    pub(super) fn of(scopes: &[Scope]) -> Self {
+        Self(scopes.iter().fold(0, |bits, scope| bits | scope.bit()))
     }
 }
 
 impl fmt::Display for ScopeSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for scope in Scope::ALL.into_iter().filter(|scope| self.contains(*scope)) {
-            if !first {
-                f.write_str(" ")?;
-            }
-            f.write_str(scope.as_str())?;
-            first = false;
-        }
-        Ok(())
+        f.write_str(&self.joined(' '))
     }
 }
 
@@ -114,8 +126,9 @@ pub(super) struct Approval {
     pub(super) redirect_uri: String,
     pub(super) user_id: String,
     pub(super) scopes: ScopeSet,
-    /// BASE64URL(SHA-256(code_verifier)), from the authorization request.
-    pub(super) code_challenge: String,
+    /// BASE64URL(SHA-256(code_verifier)), from the authorization request; `None` where
+    /// the institution does not require PKCE and the client sent no challenge.
+    pub(super) code_challenge: Option<String>,
 }
 
 /// A successful token response's contents.
@@ -223,58 +236,80 @@ impl Inner {
             .map(|token| (token.grant, false))
     }
 
+    /// A new access token for `grant`, with `refresh_token` as its companion, or a new
+    /// refresh token too when `refresh_token` is `None`.
     fn issue(
         &mut self,
         grant: GrantId,
         scopes: ScopeSet,
-        ttl: Duration,
+        policy: &GrantPolicy,
+        refresh_token: Option<String>,
         now: Instant,
     ) -> IssuedTokens {
-        let access_token = random_token("mer_at_");
-        let refresh_token = random_token("mer_rt_");
+        let access_token = random_token(policy.token_prefix, "at_");
+        self.issued.push(access_token.clone());
+        let refresh_token = refresh_token.unwrap_or_else(|| {
+            let fresh = random_token(policy.token_prefix, "rt_");
+            self.refresh_tokens.insert(fresh.clone(), grant);
+            self.issued.push(fresh.clone());
+            fresh
+        });
         self.access_tokens.insert(
             access_token.clone(),
             AccessToken {
                 grant,
                 scopes,
-                expires_at: now + ttl,
+                expires_at: now + policy.access_token_ttl,
             },
         );
-        self.refresh_tokens.insert(refresh_token.clone(), grant);
-        self.issued.push(access_token.clone());
-        self.issued.push(refresh_token.clone());
         IssuedTokens {
             access_token,
             refresh_token,
-            expires_in: ttl,
+            expires_in: policy.access_token_ttl,
             scopes,
         }
     }
 }
 
+/// What refreshing does to the refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rotation {
+    /// Every refresh issues a new refresh token. The one presented stays usable for
+    /// `grace` after it was rotated out; zero rejects it at once with `invalid_grant`.
+    Rotate { grace: Duration },
+    /// The grant's refresh token never changes; refreshing returns it again.
+    Keep,
+}
+
+/// How one institution's authorization server issues tokens.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GrantPolicy {
+    /// Starts every code and token, so a token shows which institution issued it
+    /// (e.g. `mer_` gives `mer_ac_…`, `mer_at_…`, `mer_rt_…`).
+    pub(super) token_prefix: &'static str,
+    pub(super) access_token_ttl: Duration,
+    pub(super) rotation: Rotation,
+}
+
 pub(super) struct GrantStore {
     inner: Mutex<Inner>,
-    access_token_ttl: Duration,
-    /// How long a rotated-out refresh token stays usable; zero for none.
-    refresh_grace: Duration,
+    policy: GrantPolicy,
 }
 
 /// Shows no token: the store is all secrets.
 impl fmt::Debug for GrantStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GrantStore")
-            .field("access_token_ttl", &self.access_token_ttl)
-            .field("refresh_grace", &self.refresh_grace)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
 
 impl GrantStore {
-    pub(super) fn new(access_token_ttl: Duration, refresh_grace: Duration) -> Self {
+    pub(super) fn new(policy: GrantPolicy) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
-            access_token_ttl,
-            refresh_grace,
+            policy,
         }
     }
 
@@ -285,7 +320,7 @@ impl GrantStore {
 
     /// Records an approval and returns the single-use code that stands for it.
     pub(super) fn issue_code(&self, approval: Approval, now: Instant) -> String {
-        let code = random_token("mer_ac_");
+        let code = random_token(self.policy.token_prefix, "ac_");
         let mut inner = self.lock();
         inner.purge(now);
         inner.codes.insert(
@@ -305,7 +340,7 @@ impl GrantStore {
         client_id: &str,
         code: &str,
         redirect_uri: &str,
-        code_verifier: &str,
+        code_verifier: Option<&str>,
         now: Instant,
     ) -> Result<IssuedTokens, GrantError> {
         let mut inner = self.lock();
@@ -332,10 +367,17 @@ impl GrantStore {
                 "redirect_uri does not match the authorization request",
             ));
         }
-        if !pkce_matches(code_verifier, &approval.code_challenge) {
-            return Err(GrantError::InvalidGrant(
-                "code_verifier does not match the code_challenge",
-            ));
+        if let Some(challenge) = &approval.code_challenge {
+            let Some(verifier) = code_verifier else {
+                return Err(GrantError::InvalidGrant(
+                    "code_verifier is required: the authorization request sent a code_challenge",
+                ));
+            };
+            if !pkce_matches(verifier, challenge) {
+                return Err(GrantError::InvalidGrant(
+                    "code_verifier does not match the code_challenge",
+                ));
+            }
         }
         let grant = inner.next_grant;
         inner.next_grant += 1;
@@ -354,11 +396,13 @@ impl GrantStore {
                 forget_at: pending.expires_at,
             },
         );
-        Ok(inner.issue(grant, approval.scopes, self.access_token_ttl, now))
+        Ok(inner.issue(grant, approval.scopes, &self.policy, None, now))
     }
 
-    /// Rotates a refresh token: the presented one dies and a new pair is issued. `scopes`
-    /// may narrow the new access token (RFC 6749 §6); the grant keeps its full scope.
+    /// Refreshes: a new access token, and under [`Rotation::Rotate`] a new refresh token
+    /// while the presented one dies; under [`Rotation::Keep`] the presented one is returned
+    /// again. `scopes` may narrow the new access token (RFC 6749 §6); the grant keeps its
+    /// full scope.
     ///
     /// With a grace period the presented token is not forgotten at once: until the grace
     /// has passed since its rotation it is accepted again, each time rotating anew and
@@ -393,14 +437,21 @@ impl GrantStore {
             Some(requested) => requested,
             None => grant.scopes,
         };
+        let grace = match self.policy.rotation {
+            Rotation::Keep => {
+                let kept = Some(refresh_token.to_owned());
+                return Ok(inner.issue(grant_id, scopes, &self.policy, kept, now));
+            }
+            Rotation::Rotate { grace } => grace,
+        };
         if live {
             inner.refresh_tokens.remove(refresh_token);
-            if !self.refresh_grace.is_zero() {
+            if !grace.is_zero() {
                 inner.rotated_refresh_tokens.insert(
                     refresh_token.to_owned(),
                     RotatedRefreshToken {
                         grant: grant_id,
-                        usable_until: now + self.refresh_grace,
+                        usable_until: now + grace,
                     },
                 );
             }
@@ -408,7 +459,7 @@ impl GrantStore {
             // The successor this token's earlier rotation issued, or whatever replaced it.
             inner.refresh_tokens.retain(|_, owner| *owner != grant_id);
         }
-        Ok(inner.issue(grant_id, scopes, self.access_token_ttl, now))
+        Ok(inner.issue(grant_id, scopes, &self.policy, None, now))
     }
 
     /// Revokes a token of `client_id` (RFC 7009). A refresh token, including a rotated-out
@@ -443,6 +494,30 @@ impl GrantStore {
         self.lock().issued.clone()
     }
 
+    /// Revokes every grant, as a user withdrawing consent everywhere at once would; returns
+    /// how many there were.
+    pub(super) fn revoke_all(&self) -> usize {
+        let mut inner = self.lock();
+        let revoked = inner.grants.len();
+        inner.grants.clear();
+        inner.access_tokens.clear();
+        inner.refresh_tokens.clear();
+        inner.rotated_refresh_tokens.clear();
+        inner.codes.clear();
+        inner.spent_codes.clear();
+        revoked
+    }
+
+    /// Makes every live access token expire at `now`; refresh tokens stay valid. Returns
+    /// how many expired.
+    pub(super) fn expire_access_tokens(&self, now: Instant) -> usize {
+        let mut inner = self.lock();
+        inner.purge(now);
+        let expired = inner.access_tokens.len();
+        inner.access_tokens.clear();
+        expired
+    }
+
     /// Resolves a live access token to the user and scopes it carries.
     pub(super) fn authenticate(&self, access_token: &str, now: Instant) -> Option<Bearer> {
         let inner = self.lock();
@@ -458,11 +533,11 @@ impl GrantStore {
     }
 }
 
-/// A prefix plus 32 URL-safe characters from 192 random bits.
-fn random_token(prefix: &str) -> String {
+/// The institution's prefix, the kind's, then 32 URL-safe characters from 192 random bits.
+fn random_token(institution: &str, kind: &str) -> String {
     let mut bytes = [0u8; 24];
     rand::fill(&mut bytes);
-    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+    format!("{institution}{kind}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// RFC 7636 §4.1: 43–128 characters from the unreserved set.
@@ -511,20 +586,36 @@ mod tests {
             redirect_uri: REDIRECT.to_owned(),
             user_id: "demo-alice".to_owned(),
             scopes,
-            code_challenge: CHALLENGE.to_owned(),
+            code_challenge: Some(CHALLENGE.to_owned()),
+        }
+    }
+
+    fn policy(access_token_ttl: Duration, rotation: Rotation) -> GrantPolicy {
+        GrantPolicy {
+            token_prefix: "mer_",
+            access_token_ttl,
+            rotation,
         }
     }
 
     fn store() -> GrantStore {
-        GrantStore::new(Duration::from_secs(3600), Duration::ZERO)
+        GrantStore::new(policy(
+            Duration::from_secs(3600),
+            Rotation::Rotate {
+                grace: Duration::ZERO,
+            },
+        ))
     }
 
     /// A store with a refresh grace, and the tokens of a fresh link made at `now`.
     fn linked_with_grace(grace: Duration, now: Instant) -> (GrantStore, IssuedTokens) {
-        let store = GrantStore::new(Duration::from_secs(3600), grace);
+        let store = GrantStore::new(policy(
+            Duration::from_secs(3600),
+            Rotation::Rotate { grace },
+        ));
         let code = store.issue_code(approval(ScopeSet::all()), now);
         let tokens = store
-            .exchange_code(CLIENT, &code, REDIRECT, VERIFIER, now)
+            .exchange_code(CLIENT, &code, REDIRECT, Some(VERIFIER), now)
             .expect("exchange");
         (store, tokens)
     }
@@ -543,9 +634,9 @@ mod tests {
 
     #[test]
     fn scope_sets_parse_and_print_in_a_fixed_order() {
-        let set = ScopeSet::parse("transactions  accounts").expect("known scopes");
+        let set = ScopeSet::parse("transactions  accounts", ' ').expect("known scopes");
         assert_eq!(set.to_string(), "accounts transactions");
-        assert!(ScopeSet::parse("accounts payments").is_err());
+        assert!(ScopeSet::parse("accounts payments", ' ').is_err());
         assert_eq!(
             ScopeSet::all().to_string(),
             "accounts holdings transactions"
@@ -558,11 +649,11 @@ mod tests {
         let now = Instant::now();
         let code = store.issue_code(approval(ScopeSet::all()), now);
         let tokens = store
-            .exchange_code(CLIENT, &code, REDIRECT, VERIFIER, now)
+            .exchange_code(CLIENT, &code, REDIRECT, Some(VERIFIER), now)
             .expect("first exchange");
         assert!(store.authenticate(&tokens.access_token, now).is_some());
 
-        let replay = store.exchange_code(CLIENT, &code, REDIRECT, VERIFIER, now);
+        let replay = store.exchange_code(CLIENT, &code, REDIRECT, Some(VERIFIER), now);
         assert!(matches!(replay, Err(GrantError::InvalidGrant(_))));
         assert!(store.authenticate(&tokens.access_token, now).is_none());
         assert!(
@@ -580,19 +671,25 @@ mod tests {
         let wrong = "x".repeat(43);
         assert!(
             store
-                .exchange_code(CLIENT, &code, REDIRECT, &wrong, now)
+                .exchange_code(CLIENT, &code, REDIRECT, Some(&wrong), now)
                 .is_err()
         );
         assert!(
             store
-                .exchange_code(CLIENT, &code, REDIRECT, VERIFIER, now)
+                .exchange_code(CLIENT, &code, REDIRECT, Some(VERIFIER), now)
                 .is_err()
         );
 
         let code = store.issue_code(approval(ScopeSet::all()), now);
         assert!(
             store
-                .exchange_code(CLIENT, &code, "http://127.0.0.1:9/other", VERIFIER, now)
+                .exchange_code(
+                    CLIENT,
+                    &code,
+                    "http://127.0.0.1:9/other",
+                    Some(VERIFIER),
+                    now
+                )
                 .is_err()
         );
 
@@ -600,7 +697,7 @@ mod tests {
         let later = now + CODE_TTL + Duration::from_secs(1);
         assert!(
             store
-                .exchange_code(CLIENT, &code, REDIRECT, VERIFIER, later)
+                .exchange_code(CLIENT, &code, REDIRECT, Some(VERIFIER), later)
                 .is_err()
         );
     }
@@ -611,7 +708,7 @@ mod tests {
         let now = Instant::now();
         let code = store.issue_code(approval(ScopeSet::all()), now);
         let first = store
-            .exchange_code(CLIENT, &code, REDIRECT, VERIFIER, now)
+            .exchange_code(CLIENT, &code, REDIRECT, Some(VERIFIER), now)
             .expect("exchange");
         let second = store
             .refresh(CLIENT, &first.refresh_token, None, now)
@@ -726,7 +823,11 @@ mod tests {
                 .refresh(CLIENT, &second.refresh_token, None, now)
                 .is_err()
         );
-        assert!(!format!("{store:?}").contains("mer_"));
+        let debug = format!("{store:?}");
+        assert!(
+            !debug.contains("mer_at_") && !debug.contains("mer_rt_"),
+            "{debug}"
+        );
         assert_eq!(
             store.issued_tokens(),
             [
@@ -742,10 +843,10 @@ mod tests {
     fn refresh_can_narrow_but_not_widen_scope() {
         let store = store();
         let now = Instant::now();
-        let narrow = ScopeSet::parse("accounts").expect("known scope");
+        let narrow = ScopeSet::parse("accounts", ' ').expect("known scope");
         let code = store.issue_code(approval(narrow), now);
         let tokens = store
-            .exchange_code(CLIENT, &code, REDIRECT, VERIFIER, now)
+            .exchange_code(CLIENT, &code, REDIRECT, Some(VERIFIER), now)
             .expect("exchange");
         let widened = store.refresh(CLIENT, &tokens.refresh_token, Some(ScopeSet::all()), now);
         assert!(matches!(widened, Err(GrantError::InvalidScope)));
@@ -758,11 +859,16 @@ mod tests {
 
     #[test]
     fn access_tokens_expire_and_revoking_the_refresh_token_ends_the_grant() {
-        let store = GrantStore::new(Duration::from_secs(10), Duration::ZERO);
+        let store = GrantStore::new(policy(
+            Duration::from_secs(10),
+            Rotation::Rotate {
+                grace: Duration::ZERO,
+            },
+        ));
         let now = Instant::now();
         let code = store.issue_code(approval(ScopeSet::all()), now);
         let tokens = store
-            .exchange_code(CLIENT, &code, REDIRECT, VERIFIER, now)
+            .exchange_code(CLIENT, &code, REDIRECT, Some(VERIFIER), now)
             .expect("exchange");
         assert!(
             store
@@ -772,7 +878,7 @@ mod tests {
 
         let code = store.issue_code(approval(ScopeSet::all()), now);
         let tokens = store
-            .exchange_code(CLIENT, &code, REDIRECT, VERIFIER, now)
+            .exchange_code(CLIENT, &code, REDIRECT, Some(VERIFIER), now)
             .expect("exchange");
         assert!(!store.revoke("someone-else", &tokens.refresh_token, now));
         assert!(store.revoke(CLIENT, &tokens.refresh_token, now));
@@ -783,5 +889,79 @@ mod tests {
                 .is_err()
         );
         assert!(!store.revoke(CLIENT, &tokens.refresh_token, now));
+    }
+
+    #[test]
+    fn a_kept_refresh_token_is_returned_again_and_keeps_working() {
+        let store = GrantStore::new(policy(Duration::from_secs(3600), Rotation::Keep));
+        let now = Instant::now();
+        let code = store.issue_code(approval(ScopeSet::all()), now);
+        let first = store
+            .exchange_code(CLIENT, &code, REDIRECT, Some(VERIFIER), now)
+            .expect("exchange");
+        let second = store
+            .refresh(CLIENT, &first.refresh_token, None, now)
+            .expect("refresh");
+        assert_eq!(second.refresh_token, first.refresh_token);
+        assert_ne!(second.access_token, first.access_token);
+        let third = store
+            .refresh(CLIENT, &first.refresh_token, None, now)
+            .expect("the same token again");
+        assert_eq!(third.refresh_token, first.refresh_token);
+        // Recorded once, when it was issued.
+        assert_eq!(
+            store.issued_tokens(),
+            [
+                first.access_token,
+                first.refresh_token,
+                second.access_token,
+                third.access_token
+            ]
+        );
+    }
+
+    #[test]
+    fn a_code_without_a_challenge_needs_no_verifier() {
+        let store = store();
+        let now = Instant::now();
+        let mut plain = approval(ScopeSet::all());
+        plain.code_challenge = None;
+        let code = store.issue_code(plain, now);
+        store
+            .exchange_code(CLIENT, &code, REDIRECT, None, now)
+            .expect("exchange without PKCE");
+        let code = store.issue_code(approval(ScopeSet::all()), now);
+        assert!(matches!(
+            store.exchange_code(CLIENT, &code, REDIRECT, None, now),
+            Err(GrantError::InvalidGrant(_))
+        ));
+    }
+
+    #[test]
+    fn revoking_everything_and_expiring_access_tokens() {
+        let store = store();
+        let now = Instant::now();
+        let link = || {
+            let code = store.issue_code(approval(ScopeSet::all()), now);
+            store
+                .exchange_code(CLIENT, &code, REDIRECT, Some(VERIFIER), now)
+                .expect("exchange")
+        };
+        let (alice, bob) = (link(), link());
+        assert_eq!(store.expire_access_tokens(now), 2);
+        assert!(store.authenticate(&alice.access_token, now).is_none());
+        let refreshed = store
+            .refresh(CLIENT, &alice.refresh_token, None, now)
+            .expect("refresh tokens survive expiry");
+        assert!(store.authenticate(&refreshed.access_token, now).is_some());
+
+        assert_eq!(store.revoke_all(), 2);
+        assert!(store.authenticate(&refreshed.access_token, now).is_none());
+        for token in [&refreshed.refresh_token, &bob.refresh_token] {
+            assert!(matches!(
+                store.refresh(CLIENT, token, None, now),
+                Err(GrantError::InvalidGrant(_))
+            ));
+        }
     }
 }

@@ -17,9 +17,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::bearer::bearer_token;
 use super::data::Portfolio;
 use super::grants::Scope;
-use super::{AppState, Stats};
+use super::{AppState, Institution, Stats};
 
 mod sync;
 
@@ -176,7 +177,7 @@ fn serve<T: Serialize>(
         let Query(query) =
             query.map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))?;
         let count = page_size(query.count.as_deref())?;
-        let state = app.world.state(&user_id, app.world.epoch());
+        let state = app.world.state(Institution::Meridian.seed(app.config.seed), &user_id, app.world.epoch());
         let items = select(state.portfolio());
         let start = match query.cursor.as_deref().filter(|cursor| !cursor.is_empty()) {
             Some(cursor) => decode_cursor(cursor, scope, items.len())?,
@@ -198,25 +199,13 @@ fn serve<T: Serialize>(
 fn authorize(app: &AppState, headers: &HeaderMap, scope: Scope) -> Result<String, ApiError> {
     let token = bearer_token(headers).ok_or(ApiError::InvalidToken)?;
     let bearer = app
-        .grants
+        .grants(Institution::Meridian)
         .authenticate(token, Instant::now())
         .ok_or(ApiError::InvalidToken)?;
     if !bearer.scopes.contains(scope) {
         return Err(ApiError::InsufficientScope(scope));
     }
     Ok(bearer.user_id)
-}
-
-/// The token of an `Authorization: Bearer …` header; the scheme is case-insensitive.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let (scheme, token) = headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim()
-        .split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn page_size(count: Option<&str>) -> Result<usize, ApiError> {

@@ -2,68 +2,209 @@
 //! payment provider ships a sandbox, so finsync can be demonstrated and tested end to end
 //! without a real bank.
 //!
-//! One institution so far, Meridian Brokerage, under `/meridian`:
-//! - [`oauth`]: its OAuth2 authorization server (RFC 6749, PKCE per RFC 7636, revocation per
-//!   RFC 7009), keeping codes and tokens in [`grants`];
-//! - [`meridian`]: its bearer-protected, cursor-paged data API;
-//! - [`data`]: the deterministic data that API serves, also callable directly by tests,
-//!   at every epoch of the world;
-//! - [`world`]: the world clock, the epoch all institutions serve their data at, advanced
-//!   through `/sandbox/admin`, on a timer, or by [`Sandbox::advance`].
+//! Four institutions, deliberately unlike each other, each under `/<id>`:
+//! - Meridian Brokerage (`meridian`, [`meridian`]): a modern aggregator-style API, cursor
+//!   paging, JSON numbers, Plaid's sign convention, rotating refresh tokens;
+//! - Harbor Savings Bank (`harbor`, [`harbor`]): a retail bank, offset paging, amounts as
+//!   strings of cents with money out positive, US dates, `client_secret_post` only,
+//!   comma-separated scopes, `expires_in` as a string, no PKCE;
+//! - Keystone Trust & Custody (`keystone`, [`keystone`]): a legacy custodian, RFC 8288
+//!   `Link` paging, transactions by date window, 4-decimal strings, securities by CUSIP and
+//!   ISIN, a nested token response without `token_type` or `expires_in`, refresh tokens
+//!   that never change, a daily quota, a per-second limit and slowness under load;
+//! - Northwind Credit Union (`northwind`, [`northwind`]): page-number paging, JSON numbers,
+//!   epoch-millisecond dates, a standard OAuth server.
+//! - the world clock ([`world`]): the epoch every institution serves its data at, advanced
+//!   through `/sandbox/admin`, on a timer, or by [`Sandbox::advance`]; [`data`] yields each
+//!   user's data at every epoch.
 //!
-//! This module owns the configuration, the router and the running-server handle.
+//! Every institution has its own authorization server ([`oauth`], one [`grants`] store
+//! each), and every data API sits behind [`faults`], which injects latency, errors, rate
+//! limits, outages, malformed records and schema drift on demand; [`admin`] changes that
+//! at run time. [`data`] generates the deterministic data every institution serves, each
+//! from its own seed.
+//!
+//! This module owns the configuration, the institutions' identities, the router and the
+//! running-server handle.
 
+mod admin;
+mod bearer;
 pub mod data;
+mod faults;
 mod grants;
+mod harbor;
+mod keystone;
 mod meridian;
+mod northwind;
 mod oauth;
 #[cfg(test)]
 mod test_support;
 mod world;
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::NaiveDate;
 use secrecy::SecretString;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use self::grants::GrantStore;
+use self::data::Portfolio;
+use self::faults::FaultInjector;
+pub use self::faults::{Drift, Faults, FaultsError, Latency, Outage};
+use self::grants::{GrantPolicy, GrantStore, Rotation, Scope, ScopeSet};
+pub use self::keystone::KeystoneLimits;
 pub use self::oauth::TokenQuirks;
 use self::world::World;
+use self::oauth::{AuthServer, ClientAuth, Profile};
 
 const DEFAULT_ANCHOR_DATE: NaiveDate = match NaiveDate::from_ymd_opt(2026, 11, 20) {
     Some(date) => date,
     None => panic!("the default anchor date is a valid date"),
 };
 
+/// One of the sandbox's institutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Institution {
+    Meridian,
+    Harbor,
+    Keystone,
+    Northwind,
+}
+
+impl Institution {
+    /// Every institution, in the order the sandbox lists them.
+    pub const ALL: [Self; 4] = [
+        Self::Meridian,
+        Self::Harbor,
+        Self::Keystone,
+        Self::Northwind,
+    ];
+
+    /// The institution id: its path prefix and its connector file's stem.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Meridian => "meridian",
+            Self::Harbor => "harbor",
+            Self::Keystone => "keystone",
+            Self::Northwind => "northwind",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Meridian => "Meridian Brokerage",
+            Self::Harbor => "Harbor Savings Bank",
+            Self::Keystone => "Keystone Trust & Custody",
+            Self::Northwind => "Northwind Credit Union",
+        }
+    }
+
+    /// Starts the institution's record ids, codes and tokens (`mer_acc_…`, `mer_at_…`).
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Meridian => "mer_",
+            Self::Harbor => "hsb_",
+            Self::Keystone => "ktc_",
+            Self::Northwind => "nwcu_",
+        }
+    }
+
+    /// The OAuth client the institution knows unless configured otherwise. The secrets
+    /// are public, like a payment provider's test keys.
+    fn default_client(self) -> ClientCredentials {
+        let (client_id, secret) = match self {
+            Self::Meridian => ("finsync-sandbox", "meridian-sandbox-secret"),
+            Self::Harbor => ("finsync-harbor", "harbor-sandbox-secret"),
+            Self::Keystone => ("FINSYNC-KTC-0001", "keystone-sandbox-secret"),
+            Self::Northwind => ("finsync-northwind", "northwind-sandbox-secret"),
+        };
+        ClientCredentials {
+            client_id: client_id.to_owned(),
+            client_secret: SecretString::from(secret),
+        }
+    }
+
+    /// Seeds this institution's data: Meridian takes the configured seed as it is, so its
+    /// data stays what it always was; the others salt it, so a user has different
+    /// accounts at each institution.
+    fn seed(self, seed: u64) -> u64 {
+        if self == Self::Meridian {
+            return seed;
+        }
+        let digest = Sha256::digest(self.id().as_bytes());
+        let mut salt = [0u8; 8];
+        salt.copy_from_slice(&digest[..8]);
+        seed ^ u64::from_le_bytes(salt)
+    }
+}
+
+impl fmt::Display for Institution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+/// An id that names no sandbox institution.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no sandbox institution {0:?}; they are meridian, harbor, keystone and northwind")]
+pub struct UnknownInstitution(pub String);
+
+impl FromStr for Institution {
+    type Err = UnknownInstitution;
+
+    fn from_str(id: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|institution| institution.id() == id)
+            .ok_or_else(|| UnknownInstitution(id.to_owned()))
+    }
+}
+
+/// The one OAuth client an institution's authorization server knows.
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
 /// How a sandbox behaves. The same seed and anchor date always yield the same data.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Seeds every user's data; change it to get a different but equally stable world.
+    /// Each institution salts it with its id (Meridian excepted).
     pub seed: u64,
-    /// Lifetime of issued access tokens; short values let tests exercise refresh.
+    /// Lifetime of issued access tokens, at every institution; short values let tests
+    /// exercise refresh.
     pub access_token_ttl: Duration,
-    /// The one OAuth client the authorization server knows.
-    pub client_id: String,
-    pub client_secret: SecretString,
+    /// Each institution's OAuth client by institution id; an institution left out keeps
+    /// its default client (`finsync-sandbox` / `meridian-sandbox-secret`,
+    /// `finsync-harbor` / `harbor-sandbox-secret`, `FINSYNC-KTC-0001` /
+    /// `keystone-sandbox-secret`, `finsync-northwind` / `northwind-sandbox-secret`).
+    pub clients: BTreeMap<String, ClientCredentials>,
     /// "Today" for the data: transactions fall in the 90 days before it, prices close the
     /// trading day before it. Fixed, so data does not drift with the wall clock.
     pub anchor_date: NaiveDate,
-    /// How long a refresh token rotated out by a refresh is still accepted. Presenting it
-    /// again inside the grace rotates again: a fresh pair, and the refresh token issued
-    /// before is invalidated. Zero, the default, rejects it at once with `invalid_grant`.
+    /// How long a refresh token rotated out by a refresh is still accepted, at the
+    /// institutions that rotate them (all but Keystone). Presenting it again inside the
+    /// grace rotates again: a fresh pair, and the refresh token issued before is
+    /// invalidated. Zero, the default, rejects it at once with `invalid_grant`.
     pub refresh_grace: Duration,
-    /// Non-standard shapes of successful token responses; the default is standard.
+    /// Non-standard shapes of Meridian's successful token responses; the default is
+    /// standard. The other institutions' shapes are fixed: they are part of who they are.
     pub token_quirks: TokenQuirks,
     /// The epoch the world starts at (see [`data::portfolio_at`]); 0, the default, serves
     /// exactly [`data::portfolio`].
@@ -71,6 +212,11 @@ pub struct SandboxConfig {
     /// Advances the world one epoch every period, so data changes on its own; `None`, the
     /// default, or zero leaves it to [`Sandbox::advance`] and `POST /sandbox/admin/advance`.
     pub advance_every: Option<Duration>,
+    /// Keystone's quota, rate limit and slowness under load.
+    pub keystone: KeystoneLimits,
+    /// Faults injected into each institution's data API from the start, by institution
+    /// id; `PUT /sandbox/admin/faults/{institution}` changes them at run time.
+    pub faults: BTreeMap<String, Faults>,
 }
 
 impl Default for SandboxConfig {
@@ -78,18 +224,33 @@ impl Default for SandboxConfig {
         Self {
             seed: 42,
             access_token_ttl: Duration::from_secs(3600),
-            client_id: "finsync-sandbox".to_owned(),
-            client_secret: SecretString::from("meridian-sandbox-secret"),
+            clients: Institution::ALL
+                .into_iter()
+                .map(|institution| (institution.id().to_owned(), institution.default_client()))
+                .collect(),
             anchor_date: DEFAULT_ANCHOR_DATE,
             refresh_grace: Duration::ZERO,
             token_quirks: TokenQuirks::default(),
             start_epoch: 0,
             advance_every: None,
+            keystone: KeystoneLimits::default(),
+            faults: BTreeMap::new(),
         }
     }
 }
 
-/// Counters of what the sandbox has been asked to do, for tests that assert traffic.
+impl SandboxConfig {
+    /// The OAuth client `institution` knows.
+    pub fn client(&self, institution: Institution) -> ClientCredentials {
+        self.clients
+            .get(institution.id())
+            .cloned()
+            .unwrap_or_else(|| institution.default_client())
+    }
+}
+
+/// Counters of what the sandbox has been asked to do, across every institution, for tests
+/// that assert traffic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SandboxStats {
     /// Authorization codes issued (auto-approved or through the consent page).
@@ -103,7 +264,8 @@ pub struct SandboxStats {
     pub refreshes_rejected: u64,
     /// Revocation requests answered with 200, whether or not the token was known.
     pub revocations: u64,
-    /// Data API requests, counted before authentication, so rejected ones count too.
+    /// Data API requests that reached an institution's handler (past injected faults and
+    /// Keystone's limits), counted before authentication, so rejected ones count too.
     pub api_requests: u64,
 }
 
@@ -136,20 +298,81 @@ impl Stats {
 }
 
 /// What every handler shares.
+#[derive(Debug)]
 struct AppState {
     config: SandboxConfig,
-    grants: Arc<GrantStore>,
     stats: Arc<Stats>,
+    /// Each institution's authorization server, indexed by [`Institution`].
+    servers: [Arc<AuthServer>; 4],
+    /// Each institution's fault injector, indexed by [`Institution`].
+    faults: [Arc<FaultInjector>; 4],
     world: Arc<World>,
+}
+
+impl AppState {
+    /// The one way every institution reads a user's data: `institution`'s view of the
+    /// seeded world, its ids and names in the institution's own brand.
+    fn portfolio(&self, institution: Institution, user_id: &str) -> Portfolio {
+        let state = self.world.state(
+            institution.seed(self.config.seed),
+            user_id,
+            self.world.epoch(),
+        );
+        rebrand(state.portfolio().clone(), institution)
+    }
+
+    fn grants(&self, institution: Institution) -> &GrantStore {
+        &self.servers[institution as usize].grants
+    }
+
+    fn faults(&self, institution: Institution) -> &FaultInjector {
+        &self.faults[institution as usize]
+    }
+}
+
+/// Renames Meridian's ids and names to `institution`'s: the generator speaks Meridian.
+fn rebrand(mut portfolio: Portfolio, institution: Institution) -> Portfolio {
+    if institution == Institution::Meridian {
+        return portfolio;
+    }
+    let id = |text: &mut String| {
+        if let Some(rest) = text.strip_prefix(Institution::Meridian.prefix()) {
+            *text = format!("{}{rest}", institution.prefix());
+        }
+    };
+    let name = |text: &mut String| {
+        *text = text
+            .replace("Meridian", institution.name())
+            .replace("MERIDIAN", &institution.name().to_uppercase());
+    };
+    for account in &mut portfolio.accounts {
+        id(&mut account.account_id);
+        name(&mut account.official_name);
+    }
+    for holding in &mut portfolio.holdings {
+        id(&mut holding.account_id);
+        id(&mut holding.security.security_id);
+        name(&mut holding.security.name);
+    }
+    for transaction in &mut portfolio.transactions {
+        id(&mut transaction.transaction_id);
+        id(&mut transaction.account_id);
+        if let Some(pending) = &mut transaction.pending_transaction_id {
+            id(pending);
+        }
+        if let Some(security) = &mut transaction.security_id {
+            id(security);
+        }
+        name(&mut transaction.name);
+    }
+    portfolio
 }
 
 /// A running sandbox. Dropping it stops the server too; [`Sandbox::shutdown`] also waits.
 #[derive(Debug)]
 pub struct Sandbox {
     addr: SocketAddr,
-    stats: Arc<Stats>,
-    grants: Arc<GrantStore>,
-    world: Arc<World>,
+    state: Arc<AppState>,
     /// Dropping or firing this starts a graceful shutdown.
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
@@ -162,23 +385,63 @@ impl Sandbox {
     }
 
     pub fn stats(&self) -> SandboxStats {
-        self.stats.snapshot()
+        self.state.stats.snapshot()
     }
 
-    /// Every access and refresh token this sandbox ever issued, in issue order, whether
-    /// still valid or not, for tests that prove no token leaks. The list only grows.
+    /// Every access and refresh token this sandbox ever issued, whether still valid or
+    /// not, for tests that prove no token leaks: institution by institution, each in
+    /// issue order. The list only grows.
     pub fn issued_tokens(&self) -> Vec<String> {
-        self.grants.issued_tokens()
+        self.state
+            .servers
+            .iter()
+            .flat_map(|server| server.grants.issued_tokens())
+            .collect()
+    }
+
+    /// The data `institution` serves to `user_id`, for tests that compare what a client
+    /// stored with what the institution holds.
+    pub fn portfolio(&self, institution: Institution, user_id: &str) -> Portfolio {
+        self.state.portfolio(institution, user_id)
+    }
+
+    /// The faults now injected into `institution`'s data API.
+    pub fn faults(&self, institution: Institution) -> Faults {
+        self.state.faults(institution).get()
+    }
+
+    /// Replaces `institution`'s faults (an outage `for_secs` starts now) and returns them
+    /// as applied.
+    pub fn set_faults(
+        &self,
+        institution: Institution,
+        faults: Faults,
+    ) -> Result<Faults, FaultsError> {
+        self.state.faults(institution).set(faults)
+    }
+
+    /// Revokes every grant at `institution`, as if each user withdrew consent; returns how
+    /// many there were.
+    pub fn revoke_grants(&self, institution: Institution) -> usize {
+        self.state.grants(institution).revoke_all()
+    }
+
+    /// Expires every access token `institution` issued; refresh tokens stay valid.
+    /// Returns how many expired.
+    pub fn expire_tokens(&self, institution: Institution) -> usize {
+        self.state
+            .grants(institution)
+            .expire_access_tokens(Instant::now())
     }
 
     /// The epoch every institution serves its data at now.
     pub fn epoch(&self) -> u32 {
-        self.world.epoch()
+        self.state.world.epoch()
     }
 
     /// Moves every institution's data one epoch on and returns the new epoch.
     pub fn advance(&self) -> u32 {
-        self.world.advance()
+        self.state.world.advance()
     }
 
     /// Stops accepting connections and waits for requests in flight to finish.
@@ -211,7 +474,7 @@ pub async fn spawn(config: SandboxConfig, listener: TcpListener) -> std::io::Res
         config.anchor_date,
         config.start_epoch,
     ));
-    let (router, stats, grants) = build(config, Arc::clone(&world));
+    let (router, state) = build(config, Arc::clone(&world));
     let (stop, stopped) = oneshot::channel::<()>();
     let clock = Arc::clone(&world);
     let server = tokio::spawn(async move {
@@ -242,42 +505,152 @@ pub async fn spawn(config: SandboxConfig, listener: TcpListener) -> std::io::Res
     tracing::info!(%addr, "Sandbox listening.");
     Ok(Sandbox {
         addr,
-        stats,
-        grants,
-        world,
+        state,
         stop,
         server,
     })
 }
 
-fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<Stats>, Arc<GrantStore>) {
+/// Each institution's authorization server profile: how its OAuth deviates.
+fn profile(config: &SandboxConfig, institution: Institution) -> (Profile, Rotation) {
+    let ClientCredentials {
+        client_id,
+        client_secret,
+    } = config.client(institution);
+    let rotate = Rotation::Rotate {
+        grace: config.refresh_grace,
+    };
+    let everything = ScopeSet::all();
+    let (client_auth, scopes, scope_separator, pkce_required, token_quirks, rotation) =
+        match institution {
+            Institution::Meridian => (
+                ClientAuth::Either,
+                everything,
+                ' ',
+                true,
+                config.token_quirks,
+                rotate,
+            ),
+            Institution::Harbor => (
+                ClientAuth::PostOnly,
+                ScopeSet::of(&[Scope::Accounts, Scope::Transactions]),
+                ',',
+                false,
+                TokenQuirks {
+                    expires_in_as_string: true,
+                    ..TokenQuirks::default()
+                },
+                rotate,
+            ),
+            Institution::Keystone => (
+                ClientAuth::BasicOnly,
+                everything,
+                ' ',
+                true,
+                TokenQuirks {
+                    nested_under: Some("result"),
+                    omit_expires_in: true,
+                    omit_token_type: true,
+                    ..TokenQuirks::default()
+                },
+                Rotation::Keep,
+            ),
+            Institution::Northwind => (
+                ClientAuth::Either,
+                ScopeSet::of(&[Scope::Accounts, Scope::Transactions]),
+                ' ',
+                true,
+                TokenQuirks::default(),
+                rotate,
+            ),
+        };
+    let profile = Profile {
+        institution: institution.id(),
+        name: institution.name(),
+        client_id,
+        client_secret,
+        client_auth,
+        scopes,
+        scope_separator,
+        pkce_required,
+        token_quirks,
+    };
+    (profile, rotation)
+}
+
+fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<AppState>) {
     let stats = Arc::new(Stats::default());
-    let grants = Arc::new(GrantStore::new(
-        config.access_token_ttl,
-        config.refresh_grace,
-    ));
+    for id in config.faults.keys() {
+        if id.parse::<Institution>().is_err() {
+            tracing::warn!(institution = %id, "Faults configured for an unknown sandbox institution are ignored.");
+        }
+    }
+    let servers = Institution::ALL.map(|institution| {
+        let (profile, rotation) = profile(&config, institution);
+        Arc::new(AuthServer {
+            profile,
+            grants: GrantStore::new(GrantPolicy {
+                token_prefix: institution.prefix(),
+                access_token_ttl: config.access_token_ttl,
+                rotation,
+            }),
+            stats: Arc::clone(&stats),
+        })
+    });
+    let faults = Institution::ALL.map(|institution| {
+        let initial = config
+            .faults
+            .get(institution.id())
+            .cloned()
+            .unwrap_or_default();
+        Arc::new(FaultInjector::new(institution, config.seed, initial))
+    });
     let state = Arc::new(AppState {
-        grants: Arc::clone(&grants),
         config,
-        stats: Arc::clone(&stats),
+        stats,
+        servers,
+        faults,
         world,
     });
-    let router = Router::new()
+    // Faults wrap each institution's data API from outside, Meridian's untouched routes too.
+    let data_api = |institution: Institution, routes: Router<Arc<AppState>>| {
+        routes.layer(middleware::from_fn_with_state(
+            Arc::clone(&state.faults[institution as usize]),
+            faults::inject,
+        ))
+    };
+    let mut router = Router::new()
         .route("/", get(describe))
-        .route("/meridian", get(describe))
-        .merge(oauth::routes())
-        .merge(meridian::routes())
-        .merge(world::routes())
-        .fallback(not_found)
-        .with_state(state);
-    (router, stats, grants)
+        .merge(data_api(Institution::Meridian, meridian::routes()))
+        .merge(data_api(Institution::Harbor, harbor::routes()))
+        .merge(data_api(
+            Institution::Keystone,
+            keystone::routes(Arc::clone(&state)),
+        ))
+        .merge(data_api(Institution::Northwind, northwind::routes()))
+        .merge(admin::routes())
+        .merge(world::routes());
+    for server in &state.servers {
+        router = router
+            .route(&format!("/{}", server.profile.institution), get(describe))
+            .merge(oauth::routes(Arc::clone(server)));
+    }
+    let router = router.fallback(not_found).with_state(Arc::clone(&state));
+    (router, state)
 }
 
 async fn describe(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let config = &state.config;
+    let client = |institution| config.client(institution).client_id;
+    let keystone = &config.keystone;
     let text = format!(
         "finsync sandbox institutions\n\
          \n\
          Fake financial institutions with real protocols and deterministic data (seed {seed}, as of {anchor}).\n\
+         Every institution has its own OAuth2 server under /<id>/oauth/ (authorize, token, RFC 7009 revoke)\n\
+         and its own client; secrets come from the sandbox configuration.\n\
+         Users whose login_hint starts with `demo` or `test` (demo-alice, demo-bob, demo-carol) are approved at once;\n\
+         anyone else sees a consent page. Each institution seeds its own data: a user differs from one to the next.\n\
          The data moves in epochs (now {epoch}): each one posts pending transactions under new ids, adds, changes\n\
          and removes a few, and moves prices; epoch 3 splits a stock 2-for-1. Every institution serves the current epoch.\n\
          \n\
@@ -285,25 +658,64 @@ async fn describe(State(state): State<Arc<AppState>>) -> impl IntoResponse {
          \x20 GET  /sandbox/admin/world        {{\"epoch\", \"seed\", \"anchor_date\"}}\n\
          \x20 POST /sandbox/admin/advance      moves every institution one epoch on; answers {{\"epoch\"}}\n\
          \n\
-         Meridian Brokerage (institution id `meridian`)\n\
-         \x20 GET  /meridian/oauth/authorize    OAuth2 authorization (response_type=code, PKCE S256 required)\n\
-         \x20 POST /meridian/oauth/authorize    consent form submission\n\
-         \x20 POST /meridian/oauth/token        authorization_code and refresh_token grants (refresh tokens rotate)\n\
-         \x20 POST /meridian/oauth/revoke       RFC 7009 revocation\n\
+         Meridian Brokerage (institution id `meridian`, client `{meridian}`)\n\
+         \x20 OAuth: PKCE S256 required, Basic or body client authentication, space-separated scopes\n\
+         \x20   accounts holdings transactions, refresh tokens rotate.\n\
          \x20 GET  /meridian/v1/accounts        scope `accounts`\n\
          \x20 GET  /meridian/v1/holdings        scope `holdings`\n\
          \x20 GET  /meridian/v1/transactions    scope `transactions`\n\
          \x20 GET  /meridian/v1/transactions/sync  scope `transactions`: {{\"added\", \"modified\", \"removed\", \"next_cursor\", \"has_more\"}}\n\
          \x20      since `cursor` (none: everything); 409 sync_mutation_during_pagination if the epoch moved mid-paging\n\
-         \x20 Data endpoints take a Bearer token and page with `cursor` and `count` (1..=500, default 50).\n\
+         \x20 Bearer token; pages by `cursor` and `count` (1..=500, default 50): {{\"<endpoint>\": [...], \"next_cursor\": ...}}.\n\
+         \x20 Amounts are JSON numbers; a positive transaction amount is money out of the account.\n\
          \n\
-         OAuth client: client_id `{client_id}`, secret from the sandbox configuration.\n\
-         Users whose login_hint starts with `demo` or `test` (demo-alice, demo-bob, demo-carol) are approved at once;\n\
-         anyone else sees a consent page.\n",
-        seed = state.config.seed,
-        anchor = state.config.anchor_date,
+         Harbor Savings Bank (institution id `harbor`, client `{harbor}`), a retail bank\n\
+         \x20 OAuth: client_secret_post only (HTTP Basic is refused), comma-separated scopes `accounts,transactions`,\n\
+         \x20   no PKCE, `expires_in` sent as a string, refresh tokens rotate.\n\
+         \x20 GET  /harbor/api/accounts         scope `accounts`: checking (CHK) and savings (SAV) accounts\n\
+         \x20 GET  /harbor/api/transactions     scope `transactions`\n\
+         \x20 Pages by `offset` and `limit` (1..=100, default 25): {{\"data\": [...], \"total\": N}}.\n\
+         \x20 Amounts and balances are strings of integer cents; a positive amount is money out (a debit).\n\
+         \x20 Dates are MM/DD/YYYY; `status` is PENDING or POSTED, `replaces_pending_id` names the pending one.\n\
+         \n\
+         Keystone Trust & Custody (institution id `keystone`, client `{keystone_client}`), a legacy custodian\n\
+         \x20 OAuth: client_secret_basic only, PKCE S256 required, token responses nested under `result` without\n\
+         \x20   `token_type` or `expires_in`, refresh tokens never change.\n\
+         \x20 GET  /keystone/v2/accounts        scope `accounts`\n\
+         \x20 GET  /keystone/v2/positions       scope `holdings`: securities by CUSIP and ISIN, tickers for listed ones only\n\
+         \x20 GET  /keystone/v2/transactions    scope `transactions`; `from` and `to` (YYYY-MM-DD, inclusive, at most\n\
+         \x20   31 days apart) are required\n\
+         \x20 Pages by RFC 8288 `Link: <...>; rel=\"next\"` headers, `page_size` 1..=200 (default 50): {{\"records\": [...]}}.\n\
+         \x20 Money is a string with 4 decimals; a positive amount is money in. Trade dates are YYYY-MM-DD,\n\
+         \x20   settlement times epoch seconds.\n\
+         \x20 Limits: {quota} requests a day (429 until UTC midnight), {per_second} a second (429, Retry-After: 1);\n\
+         \x20   beyond {slow_after} requests in flight each one adds {latency} ms to every request.\n\
+         \n\
+         Northwind Credit Union (institution id `northwind`, client `{northwind}`)\n\
+         \x20 OAuth: standard; PKCE S256 required, space-separated scopes `accounts transactions`, refresh tokens rotate.\n\
+         \x20 GET  /northwind/v1/accounts       scope `accounts`\n\
+         \x20 GET  /northwind/v1/transactions   scope `transactions`\n\
+         \x20 Pages by `page` (from 1) and `per_page` (1..=100, default 25): {{\"items\": [...], \"page\": 1, \"total_pages\": 3}}.\n\
+         \x20 Amounts are JSON numbers, a positive amount is money in; times are epoch milliseconds.\n\
+         \n\
+         Fault injection (no authentication: this is a sandbox, never expose it)\n\
+         \x20 GET  /sandbox/admin/faults/<id>           the faults injected into an institution's data API\n\
+         \x20 PUT  /sandbox/admin/faults/<id>           replace them: {{\"latency\": {{\"min_ms\": 0, \"max_ms\": 50}},\n\
+         \x20   \"error_rate\": 0.1, \"rate_limit_rate\": 0.1, \"retry_after_secs\": 1, \"outage\": {{\"for_secs\": 30}},\n\
+         \x20   \"malformed_rate\": 0.1, \"drift\": {{\"from\": \"amount\", \"to\": \"amt\"}}}}\n\
+         \x20 POST /sandbox/admin/<id>/revoke-grants    revoke every grant\n\
+         \x20 POST /sandbox/admin/<id>/expire-tokens    expire every access token now\n",
+        seed = config.seed,
+        anchor = config.anchor_date,
         epoch = state.world.epoch(),
-        client_id = state.config.client_id,
+        meridian = client(Institution::Meridian),
+        harbor = client(Institution::Harbor),
+        keystone_client = client(Institution::Keystone),
+        northwind = client(Institution::Northwind),
+        quota = keystone.daily_quota,
+        per_second = keystone.per_second,
+        slow_after = keystone.slow_after_in_flight,
+        latency = keystone.latency_per_extra_request.as_millis(),
     );
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text)
 }
@@ -326,11 +738,20 @@ mod tests {
     #[tokio::test]
     async fn the_root_describes_the_endpoints() {
         let sandbox = TestSandbox::start().await;
-        for path in ["/", "/meridian"] {
+        for path in ["/", "/meridian", "/harbor", "/keystone", "/northwind"] {
             let response = sandbox.get(path).send().await.expect("request");
             assert_eq!(response.status(), 200);
             let text = response.text().await.expect("body");
-            assert!(text.contains("/meridian/v1/transactions"), "{text}");
+            for endpoint in [
+                "/meridian/v1/transactions",
+                "/harbor/api/transactions",
+                "/keystone/v2/transactions",
+                "/northwind/v1/transactions",
+                "/sandbox/admin/faults/",
+                "FINSYNC-KTC-0001",
+            ] {
+                assert!(text.contains(endpoint), "{endpoint} in {text}");
+            }
         }
         let response = sandbox.get("/nowhere").send().await.expect("request");
         assert_eq!(response.status(), 404);

@@ -1,10 +1,12 @@
-//! Meridian's authorization server over HTTP: the authorize endpoint with its consent page,
-//! the token endpoint and revocation. Request checks and error shapes follow RFC 6749
-//! (§4.1, §5.2), RFC 7636 (S256 only) and RFC 7009; codes and tokens live in
-//! [`super::grants`].
+//! The institutions' authorization servers over HTTP: for each, under `/<id>/oauth/`, the
+//! authorize endpoint with its consent page, the token endpoint and revocation. Request
+//! checks and error shapes follow RFC 6749 (§4.1, §5.2), RFC 7636 (S256 only) and RFC 7009;
+//! codes and tokens live in the institution's own [`super::grants::GrantStore`].
 //!
-//! [`TokenQuirks`] bends successful token responses into the non-standard shapes real
-//! providers send, so clients can be tested against them.
+//! A [`Profile`] says how one institution deviates from the common path: which client
+//! authentication it accepts, its scope separator, whether PKCE is required, and
+//! [`TokenQuirks`], which bend successful token responses into the non-standard shapes
+//! real providers send, so clients can be tested against them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,18 +19,67 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::grants::{self, Approval, GrantError, IssuedTokens, ScopeSet};
-use super::{AppState, SandboxConfig, Stats};
+use super::Stats;
+use super::grants::{self, Approval, GrantError, GrantStore, IssuedTokens, ScopeSet};
 
-pub(super) fn routes() -> Router<Arc<AppState>> {
+/// How the token and revocation endpoints let the client authenticate (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClientAuth {
+    /// HTTP Basic (`client_secret_basic`) or credentials in the body (`client_secret_post`).
+    Either,
+    /// `client_secret_basic` only; credentials in the body are refused with 401.
+    BasicOnly,
+    /// `client_secret_post` only; HTTP Basic is refused with 401.
+    PostOnly,
+}
+
+/// One institution's authorization server: who it is, the one client it knows, and how
+/// its protocol deviates from the common path.
+#[derive(Debug)]
+pub(super) struct Profile {
+    /// The institution id, which is also the path prefix: `/<id>/oauth/…`.
+    pub(super) institution: &'static str,
+    /// Shown on the consent page.
+    pub(super) name: &'static str,
+    pub(super) client_id: String,
+    pub(super) client_secret: SecretString,
+    pub(super) client_auth: ClientAuth,
+    /// The scopes the institution offers; a request with none gets all of them.
+    pub(super) scopes: ScopeSet,
+    /// Separates scope names in requests and responses (RFC 6749 says a space).
+    pub(super) scope_separator: char,
+    /// Whether an authorization request must carry an S256 challenge. Where not, a
+    /// challenge that is sent is still checked at the token endpoint.
+    pub(super) pkce_required: bool,
+    pub(super) token_quirks: TokenQuirks,
+}
+
+/// An authorization server: its profile, its grants, and the sandbox's shared counters.
+#[derive(Debug)]
+pub(super) struct AuthServer {
+    pub(super) profile: Profile,
+    pub(super) grants: GrantStore,
+    pub(super) stats: Arc<Stats>,
+}
+
+/// The authorize, token and revocation endpoints of `server`, under its institution's prefix.
+pub(super) fn routes<S>(server: Arc<AuthServer>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let prefix = server.profile.institution;
     Router::new()
-        .route("/meridian/oauth/authorize", get(authorize).post(consent))
-        .route("/meridian/oauth/token", post(token))
-        .route("/meridian/oauth/revoke", post(revoke))
+        .route(
+            &format!("/{prefix}/oauth/authorize"),
+            get(authorize).post(consent),
+        )
+        .route(&format!("/{prefix}/oauth/token"), post(token))
+        .route(&format!("/{prefix}/oauth/revoke"), post(revoke))
+        .with_state(server)
 }
 
 /// Sandbox personas: users whose id starts with one of these skip the consent page.
@@ -66,7 +117,7 @@ struct AuthorizeRequest {
     redirect_url: Url,
     scopes: ScopeSet,
     state: String,
-    code_challenge: String,
+    code_challenge: Option<String>,
     login_hint: Option<String>,
 }
 
@@ -140,7 +191,11 @@ fn is_valid_user_id(user_id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-fn validate(params: &AuthorizeParams, client_id: &str) -> Result<AuthorizeRequest, AuthorizeError> {
+fn validate(
+    params: &AuthorizeParams,
+    profile: &Profile,
+) -> Result<AuthorizeRequest, AuthorizeError> {
+    let client_id = profile.client_id.as_str();
     let given_client = non_empty(&params.client_id)
         .ok_or_else(|| AuthorizeError::Shown("client_id is required.".to_owned()))?;
     if given_client != client_id {
@@ -184,40 +239,55 @@ fn validate(params: &AuthorizeParams, client_id: &str) -> Result<AuthorizeReques
     let state =
         non_empty(&params.state).ok_or_else(|| fail("invalid_request", "state is required"))?;
     let scopes = match non_empty(&params.scope) {
-        Some(text) => {
-            ScopeSet::parse(text).map_err(|error| fail("invalid_scope", &error.to_string()))?
-        }
-        None => ScopeSet::all(),
+        Some(text) => ScopeSet::parse(text, profile.scope_separator)
+            .map_err(|error| fail("invalid_scope", &error.to_string()))?,
+        None => profile.scopes,
     };
+    if !scopes.is_subset_of(profile.scopes) {
+        return Err(fail(
+            "invalid_scope",
+            &format!(
+                "this institution offers only {}",
+                profile.scopes.joined(profile.scope_separator)
+            ),
+        ));
+    }
     // No scope asked for means the default: everything the client may read.
     let scopes = if scopes.is_empty() {
-        ScopeSet::all()
+        profile.scopes
     } else {
         scopes
     };
-    match non_empty(&params.code_challenge_method) {
-        Some("S256") => {}
-        Some(_) => {
+    let challenge_sent = non_empty(&params.code_challenge).is_some()
+        || non_empty(&params.code_challenge_method).is_some();
+    let code_challenge = if profile.pkce_required || challenge_sent {
+        match non_empty(&params.code_challenge_method) {
+            Some("S256") => {}
+            Some(_) => {
+                return Err(fail(
+                    "invalid_request",
+                    "only code_challenge_method=S256 is supported",
+                ));
+            }
+            None => {
+                return Err(fail(
+                    "invalid_request",
+                    "PKCE is required: send code_challenge_method=S256",
+                ));
+            }
+        }
+        let code_challenge = non_empty(&params.code_challenge)
+            .ok_or_else(|| fail("invalid_request", "PKCE is required: send code_challenge"))?;
+        if !grants::is_valid_s256_challenge(code_challenge) {
             return Err(fail(
                 "invalid_request",
-                "only code_challenge_method=S256 is supported",
+                "code_challenge must be 43 base64url characters (S256)",
             ));
         }
-        None => {
-            return Err(fail(
-                "invalid_request",
-                "PKCE is required: send code_challenge_method=S256",
-            ));
-        }
-    }
-    let code_challenge = non_empty(&params.code_challenge)
-        .ok_or_else(|| fail("invalid_request", "PKCE is required: send code_challenge"))?;
-    if !grants::is_valid_s256_challenge(code_challenge) {
-        return Err(fail(
-            "invalid_request",
-            "code_challenge must be 43 base64url characters (S256)",
-        ));
-    }
+        Some(code_challenge.to_owned())
+    } else {
+        None
+    };
     let login_hint = match non_empty(&params.login_hint) {
         Some(hint) if is_valid_user_id(hint) => Some(hint.to_owned()),
         Some(_) => {
@@ -234,13 +304,13 @@ fn validate(params: &AuthorizeParams, client_id: &str) -> Result<AuthorizeReques
         redirect_url,
         scopes,
         state: state.to_owned(),
-        code_challenge: code_challenge.to_owned(),
+        code_challenge,
         login_hint,
     })
 }
 
 async fn authorize(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<AuthServer>>,
     query: Result<Query<AuthorizeParams>, QueryRejection>,
 ) -> Response {
     let params = match query {
@@ -253,7 +323,7 @@ async fn authorize(
             .into_response();
         }
     };
-    let request = match validate(&params, &app.config.client_id) {
+    let request = match validate(&params, &app.profile) {
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
@@ -265,12 +335,12 @@ async fn authorize(
         {
             approve(&app, request, user_id)
         }
-        hint => consent_page(&request, hint.as_deref(), None),
+        hint => consent_page(&app.profile, &request, hint.as_deref(), None),
     }
 }
 
 async fn consent(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<AuthServer>>,
     form: Result<Form<ConsentForm>, FormRejection>,
 ) -> Response {
     let form = match form {
@@ -283,7 +353,7 @@ async fn consent(
             .into_response();
         }
     };
-    let request = match validate(&form.request, &app.config.client_id) {
+    let request = match validate(&form.request, &app.profile) {
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
@@ -293,6 +363,7 @@ async fn consent(
                 approve(&app, request, user_id.to_owned())
             }
             typed => consent_page(
+                &app.profile,
                 &request,
                 typed,
                 Some("Enter a user id of 1 to 64 letters, digits, '.', '_' or '-'."),
@@ -318,7 +389,7 @@ async fn consent(
 }
 
 /// Issues a code for `user_id` and sends the browser back to the client with it.
-fn approve(app: &AppState, request: AuthorizeRequest, user_id: String) -> Response {
+fn approve(app: &AuthServer, request: AuthorizeRequest, user_id: String) -> Response {
     let approval = Approval {
         client_id: request.client_id,
         redirect_uri: request.redirect_uri,
@@ -352,28 +423,32 @@ fn escape_html(text: &str) -> String {
 /// The page a non-persona user sees: a user id field and Approve/Deny, carrying the
 /// request along in hidden fields. `problem` marks a resubmission that was refused.
 fn consent_page(
+    profile: &Profile,
     request: &AuthorizeRequest,
     user_id: Option<&str>,
     problem: Option<&str>,
 ) -> Response {
-    let scope = request.scopes.to_string();
-    let hidden: String = [
+    let scope = request.scopes.joined(profile.scope_separator);
+    let mut fields = vec![
         ("response_type", "code"),
         ("client_id", request.client_id.as_str()),
         ("redirect_uri", request.redirect_uri.as_str()),
         ("scope", scope.as_str()),
         ("state", request.state.as_str()),
-        ("code_challenge", request.code_challenge.as_str()),
-        ("code_challenge_method", "S256"),
-    ]
-    .iter()
-    .map(|(name, value)| {
-        format!(
-            "    <input type=\"hidden\" name=\"{name}\" value=\"{}\">\n",
-            escape_html(value)
-        )
-    })
-    .collect();
+    ];
+    if let Some(challenge) = &request.code_challenge {
+        fields.push(("code_challenge", challenge.as_str()));
+        fields.push(("code_challenge_method", "S256"));
+    }
+    let hidden: String = fields
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "    <input type=\"hidden\" name=\"{name}\" value=\"{}\">\n",
+                escape_html(value)
+            )
+        })
+        .collect();
     let problem_html = problem
         .map(|text| format!("  <p class=\"problem\">{}</p>\n", escape_html(text)))
         .unwrap_or_default();
@@ -382,11 +457,11 @@ fn consent_page(
 <html lang="en">
 <head>
   <meta charset="utf-8">
-  <title>Meridian Brokerage · Authorize access</title>
+  <title>{institution} · Authorize access</title>
   <style>body{{font-family:system-ui,sans-serif;max-width:30rem;margin:3rem auto;padding:0 1rem}}.problem{{color:#b00020}}button{{margin-right:.5rem}}</style>
 </head>
 <body>
-  <h1>Meridian Brokerage</h1>
+  <h1>{institution}</h1>
   <p><strong>{client}</strong> asks to read your <strong>{scopes}</strong>.</p>
 {problem_html}  <form method="post" action="authorize">
 {hidden}    <p><label>User id <input name="user_id" value="{user}" maxlength="64" required autofocus></label></p>
@@ -396,6 +471,7 @@ fn consent_page(
 </body>
 </html>
 "#,
+        institution = escape_html(profile.name),
         client = escape_html(&request.client_id),
         scopes = escape_html(&scope),
         user = escape_html(user_id.unwrap_or_default()),
@@ -466,18 +542,20 @@ struct ErrorBody<'a> {
     error_description: String,
 }
 
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
+impl OAuthError {
+    /// The RFC 6749 §5.2 response; a 401 challenges for Basic credentials in `realm`.
+    fn response(self, realm: &str) -> Response {
         let body = ErrorBody {
             error: self.code(),
             error_description: self.to_string(),
         };
         let mut response = (self.status(), no_store(), Json(body)).into_response();
-        if self.status() == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"meridian\""),
-            );
+        if self.status() == StatusCode::UNAUTHORIZED
+            && let Ok(challenge) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\""))
+        {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }
@@ -507,6 +585,8 @@ struct TokenForm {
 /// for both grant types; error responses are never affected. The default is standard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenQuirks {
+    /// The whole response nested under this key, e.g. `{"result":{"access_token":…}}`.
+    pub nested_under: Option<&'static str>,
     /// `"expires_in":"3600"`, a string instead of a number.
     pub expires_in_as_string: bool,
     /// No `expires_in` at all; wins over `expires_in_as_string`.
@@ -549,7 +629,8 @@ struct ExtraMeta {
 }
 
 impl TokenResponse {
-    fn new(tokens: IssuedTokens, quirks: TokenQuirks) -> Self {
+    fn new(tokens: IssuedTokens, profile: &Profile) -> Self {
+        let quirks = profile.token_quirks;
         let seconds = tokens.expires_in.as_secs();
         let expires_in = match quirks {
             TokenQuirks {
@@ -567,11 +648,11 @@ impl TokenResponse {
             token_type: (!quirks.omit_token_type).then_some("Bearer"),
             expires_in,
             refresh_token: tokens.refresh_token,
-            scope: tokens.scopes.to_string(),
+            scope: tokens.scopes.joined(profile.scope_separator),
             extra: quirks.extra_fields.then_some(ExtraFields {
                 id_token_hint: "x",
                 meta: ExtraMeta {
-                    issued_by: "meridian",
+                    issued_by: profile.institution,
                 },
             }),
         }
@@ -579,16 +660,19 @@ impl TokenResponse {
 }
 
 async fn token(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<AuthServer>>,
     headers: HeaderMap,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> Response {
     match grant(&app, &headers, form) {
         Ok(tokens) => {
-            let body = TokenResponse::new(tokens, app.config.token_quirks);
-            (no_store(), Json(body)).into_response()
+            let body = TokenResponse::new(tokens, &app.profile);
+            match app.profile.token_quirks.nested_under {
+                Some(key) => (no_store(), Json(serde_json::json!({ key: body }))).into_response(),
+                None => (no_store(), Json(body)).into_response(),
+            }
         }
-        Err(error) => error.into_response(),
+        Err(error) => error.response(app.profile.institution),
     }
 }
 
@@ -597,7 +681,7 @@ fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, OAuthE
 }
 
 fn grant(
-    app: &AppState,
+    app: &AuthServer,
     headers: &HeaderMap,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> Result<IssuedTokens, OAuthError> {
@@ -608,7 +692,7 @@ fn grant(
         ))
     })?;
     let client_id = authenticate_client(
-        &app.config,
+        &app.profile,
         headers,
         form.client_id.as_deref(),
         form.client_secret.as_deref(),
@@ -618,7 +702,11 @@ fn grant(
         Some("authorization_code") => {
             let code = required(&form.code, "code")?;
             let redirect_uri = required(&form.redirect_uri, "redirect_uri")?;
-            let verifier = required(&form.code_verifier, "code_verifier")?;
+            let verifier = if app.profile.pkce_required {
+                Some(required(&form.code_verifier, "code_verifier")?)
+            } else {
+                non_empty(&form.code_verifier)
+            };
             let tokens = app
                 .grants
                 .exchange_code(&client_id, code, redirect_uri, verifier, now)?;
@@ -629,7 +717,7 @@ fn grant(
             let refresh_token = required(&form.refresh_token, "refresh_token")?;
             let scopes = match non_empty(&form.scope) {
                 Some(text) => {
-                    let scopes = ScopeSet::parse(text)
+                    let scopes = ScopeSet::parse(text, app.profile.scope_separator)
                         .map_err(|error| OAuthError::InvalidScope(error.to_string()))?;
                     (!scopes.is_empty()).then_some(scopes)
                 }
@@ -666,7 +754,7 @@ struct RevokeForm {
 }
 
 async fn revoke(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<AuthServer>>,
     headers: HeaderMap,
     form: Result<Form<RevokeForm>, FormRejection>,
 ) -> Response {
@@ -679,7 +767,7 @@ async fn revoke(
         })
         .and_then(|Form(form)| {
             let client_id = authenticate_client(
-                &app.config,
+                &app.profile,
                 &headers,
                 form.client_id.as_deref(),
                 form.client_secret.as_deref(),
@@ -694,23 +782,24 @@ async fn revoke(
             Stats::bump(&app.stats.revocations);
             (StatusCode::OK, no_store()).into_response()
         }
-        Err(error) => error.into_response(),
+        Err(error) => error.response(app.profile.institution),
     }
 }
 
 /// Authenticates the client by HTTP Basic (`client_secret_basic`) or by credentials in the
-/// body (`client_secret_post`), returning its id. Using both at once is refused (RFC 6749 §2.3).
+/// body (`client_secret_post`), as far as the profile accepts each, returning its id. Using
+/// both at once is refused (RFC 6749 §2.3).
 fn authenticate_client(
-    config: &SandboxConfig,
+    profile: &Profile,
     headers: &HeaderMap,
     body_id: Option<&str>,
     body_secret: Option<&str>,
 ) -> Result<String, OAuthError> {
     let is_client = |id: &str, secret: &str| {
-        id == config.client_id
+        id == profile.client_id
             && grants::constant_time_eq(
                 secret.as_bytes(),
-                config.client_secret.expose_secret().as_bytes(),
+                profile.client_secret.expose_secret().as_bytes(),
             )
     };
     let refused = || {
@@ -718,7 +807,21 @@ fn authenticate_client(
             "client authentication failed: unknown client or wrong secret".to_owned(),
         )
     };
-    let Some(authorization) = headers.get(header::AUTHORIZATION) else {
+    let authorization = headers.get(header::AUTHORIZATION);
+    match profile.client_auth {
+        ClientAuth::PostOnly if authorization.is_some() => {
+            return Err(OAuthError::InvalidClient(
+                "this institution accepts only client_id and client_secret in the body (client_secret_post)".to_owned(),
+            ));
+        }
+        ClientAuth::BasicOnly if authorization.is_none() => {
+            return Err(OAuthError::InvalidClient(
+                "this institution accepts only HTTP Basic client authentication (client_secret_basic)".to_owned(),
+            ));
+        }
+        _ => {}
+    }
+    let Some(authorization) = authorization else {
         return match (body_id, body_secret) {
             (Some(id), Some(secret)) if is_client(id, secret) => Ok(id.to_owned()),
             (Some(_), Some(_)) => Err(refused()),
@@ -783,6 +886,7 @@ fn form_decoded(text: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::SandboxConfig;
     use super::super::test_support::{
         CHALLENGE, REDIRECT_URI, TestSandbox, VERIFIER, location_query,
     };

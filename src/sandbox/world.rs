@@ -34,7 +34,7 @@ pub(super) struct World {
     epoch: AtomicU32,
     /// Recently served states, so a request steps from the nearest one it can reuse
     /// instead of replaying every epoch from 0.
-    recent: Mutex<BTreeMap<(String, u32), Arc<EpochState>>>,
+    recent: Mutex<BTreeMap<(u64, String, u32), Arc<EpochState>>>,
 }
 
 impl World {
@@ -65,16 +65,17 @@ impl World {
         epoch
     }
 
-    /// `user_id`'s data at `epoch`.
-    pub(super) fn state(&self, user_id: &str, epoch: u32) -> Arc<EpochState> {
-        let key = (user_id.to_owned(), epoch);
+    /// `user_id`'s data at `epoch` in the world seeded with `seed` (each institution
+    /// salts the sandbox's seed with its own).
+    pub(super) fn state(&self, seed: u64, user_id: &str, epoch: u32) -> Arc<EpochState> {
+        let key = (seed, user_id.to_owned(), epoch);
         let start = {
             let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(state) = recent.get(&key) {
                 return Arc::clone(state);
             }
             recent
-                .range((user_id.to_owned(), 0)..key.clone())
+                .range((seed, user_id.to_owned(), 0)..key.clone())
                 .next_back()
                 .map(|(_, state)| Arc::clone(state))
         };
@@ -82,7 +83,7 @@ impl World {
         // it, and get equal results.
         let mut state = match start {
             Some(state) => Arc::unwrap_or_clone(state),
-            None => EpochState::genesis(self.seed, self.anchor_date, user_id),
+            None => EpochState::genesis(seed, self.anchor_date, user_id),
         };
         while state.epoch() < epoch {
             state = state.next();
@@ -92,7 +93,7 @@ impl World {
         recent.insert(key, Arc::clone(&state));
         if recent.len() > RECENT_STATES {
             // Clients move forward, so the oldest epoch is the least likely to be asked again.
-            if let Some(oldest) = recent.keys().min_by_key(|(_, epoch)| *epoch).cloned() {
+            if let Some(oldest) = recent.keys().min_by_key(|(_, _, epoch)| *epoch).cloned() {
                 recent.remove(&oldest);
             }
         }
@@ -140,7 +141,7 @@ mod tests {
     fn states_agree_with_portfolio_at_whatever_the_order_they_are_asked_in() {
         let world = World::new(42, anchor(), 0);
         for epoch in [5, 2, 7, 0, 7, 3] {
-            let state = world.state("demo-alice", epoch);
+            let state = world.state(42, "demo-alice", epoch);
             assert_eq!(state.epoch(), epoch);
             assert_eq!(
                 *state.portfolio(),
@@ -148,7 +149,7 @@ mod tests {
             );
         }
         for user in 0..(RECENT_STATES + 8) {
-            world.state(&format!("user-{user}"), 1);
+            world.state(42, &format!("user-{user}"), 1);
         }
         assert_eq!(world.recent.lock().expect("lock").len(), RECENT_STATES);
     }

@@ -190,7 +190,7 @@ async fn a_response_that_no_longer_matches_keeps_the_last_good_data_and_marks_it
     .unwrap();
     std::fs::write(
         drifted.join("meridian.toml"),
-        good.replace("$.transactions[*]", "$.items[*]"),
+        good.replace(r#"records = "$.added[*]""#, r#"records = "$.items[*]""#),
     )
     .unwrap();
     let mut drifted_settings = settings(&db, None, &sandbox);

@@ -9,6 +9,7 @@ mod connectors;
 mod contract;
 mod embedded;
 mod fleet;
+mod institutions;
 mod interop;
 mod linking;
 mod money;

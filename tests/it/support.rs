@@ -146,10 +146,12 @@ pub async fn spawn_sandbox(config: SandboxConfig) -> Sandbox {
 /// prefix (or no Redis) and sandbox.
 pub fn settings(db: &TestDb, redis_prefix: Option<&str>, sandbox: &Sandbox) -> Settings {
     let mut settings = base_settings(db, redis_prefix);
-    settings.connectors.base_urls.insert(
-        "meridian".into(),
-        format!("{}/meridian", sandbox.base_url()),
-    );
+    for institution in sandbox::Institution::ALL {
+        settings.connectors.base_urls.insert(
+            institution.id().into(),
+            format!("{}/{institution}", sandbox.base_url()),
+        );
+    }
     settings
 }
 
@@ -209,9 +211,19 @@ impl TestApp {
         Self { app, address, stop }
     }
 
-    /// Links a user over HTTP (authorize → redirect → callback) and waits for the
-    /// first sync to finish.
+    /// Links a user at Meridian over HTTP (authorize → redirect → callback) and waits
+    /// for the first sync to finish.
     pub async fn link_and_sync(&self, tenant: TenantId, user: &str) -> ConnectionId {
+        self.link_and_sync_at(tenant, user, "meridian").await
+    }
+
+    /// Links a user at `institution` over HTTP and waits for the first sync to finish.
+    pub async fn link_and_sync_at(
+        &self,
+        tenant: TenantId,
+        user: &str,
+        institution: &str,
+    ) -> ConnectionId {
         let user = UserId::parse(user).unwrap();
         let since = chrono::Utc::now();
         let connection = finsync::demo::link_over_http(
@@ -219,7 +231,7 @@ impl TestApp {
             &finsync::http::client(),
             tenant,
             &user,
-            "meridian",
+            institution,
         )
         .await
         .unwrap();
@@ -503,6 +515,18 @@ pub fn process_env(db: &TestDb, sandbox_url: &str) -> Vec<(&'static str, String)
         (
             "FINSYNC__CONNECTORS__BASE_URLS__MERIDIAN",
             format!("{sandbox_url}/meridian"),
+        ),
+        (
+            "FINSYNC__CONNECTORS__BASE_URLS__HARBOR",
+            format!("{sandbox_url}/harbor"),
+        ),
+        (
+            "FINSYNC__CONNECTORS__BASE_URLS__KEYSTONE",
+            format!("{sandbox_url}/keystone"),
+        ),
+        (
+            "FINSYNC__CONNECTORS__BASE_URLS__NORTHWIND",
+            format!("{sandbox_url}/northwind"),
         ),
     ]
 }

@@ -23,7 +23,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::super::data::{Portfolio, Transaction};
-use super::super::{AppState, Stats};
+use super::super::{AppState, Institution, Stats};
 use super::{ApiError, PageQuery, Scope, authorize, page_size};
 
 pub(super) async fn transactions_sync(
@@ -71,8 +71,8 @@ fn sync(
             }
         }
     };
-    let base = position.base.map(|epoch| app.world.state(&user_id, epoch));
-    let target = app.world.state(&user_id, position.target);
+    let base = position.base.map(|epoch| app.world.state(Institution::Meridian.seed(app.config.seed), &user_id, epoch));
+    let target = app.world.state(Institution::Meridian.seed(app.config.seed), &user_id, position.target);
     let changes = Changes::between(
         base.as_ref().map(|state| state.portfolio()),
         target.portfolio(),

@@ -1,0 +1,392 @@
+//! Fault injection: what can go wrong with an institution's data API, on demand. Each
+//! institution has one [`FaultInjector`], set from [`super::SandboxConfig::faults`] and
+//! changed at run time through the admin endpoints; [`inject`] is the middleware that
+//! wraps the institution's data routes.
+//!
+//! Chance is drawn from a random generator seeded from the sandbox seed and the
+//! institution, so a run is repeatable, and a rate of 1.0 (always) or 0.0 (never) is exact.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Institution;
+
+/// Text that looks like a number to a careless parser and is not one.
+pub(super) const GARBAGE_NUMBER: &str = "12,3.4";
+
+/// Faults injected into one institution's data API. Every rate is a probability from 0
+/// to 1, drawn per request (per record for `malformed_rate`). The default injects nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Extra time before every answer, drawn uniformly from the range.
+    pub latency: Option<Latency>,
+    /// Requests answered `503 Service Unavailable`.
+    pub error_rate: f64,
+    /// Requests answered `429 Too Many Requests` with `Retry-After: retry_after_secs`.
+    pub rate_limit_rate: f64,
+    pub retry_after_secs: u64,
+    /// Every request answered 503 while it lasts, with `Retry-After` saying how long.
+    pub outage: Option<Outage>,
+    /// Records whose amounts and quantities become garbage text (`"12,3.4"`), so a client
+    /// must set them aside and keep the rest.
+    pub malformed_rate: f64,
+    /// A field of every record renamed, as when an institution changes its schema.
+    pub drift: Option<Drift>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            latency: None,
+            error_rate: 0.0,
+            rate_limit_rate: 0.0,
+            retry_after_secs: 1,
+            outage: None,
+            malformed_rate: 0.0,
+            drift: None,
+        }
+    }
+}
+
+/// `{"min_ms": 10, "max_ms": 200}`, both inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latency {
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+/// `{"until": "2026-11-20T12:00:00Z"}` or `{"for_secs": 30}`; the second becomes the first
+/// when the faults are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Outage {
+    Until(DateTime<Utc>),
+    ForSecs(u64),
+}
+
+/// `{"from": "amount", "to": "amt"}`: a top-level member of every record renamed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drift {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FaultsError {
+    #[error("`{0}` must be a probability from 0 to 1")]
+    Rate(&'static str),
+    #[error("`latency.min_ms` must not exceed `latency.max_ms`")]
+    Latency,
+    #[error("`drift.from` and `drift.to` must be different, non-empty names")]
+    Drift,
+}
+
+impl Faults {
+    fn validate(&self) -> Result<(), FaultsError> {
+        for (name, rate) in [
+            ("error_rate", self.error_rate),
+            ("rate_limit_rate", self.rate_limit_rate),
+            ("malformed_rate", self.malformed_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(FaultsError::Rate(name));
+            }
+        }
+        if self.latency.is_some_and(|l| l.min_ms > l.max_ms) {
+            return Err(FaultsError::Latency);
+        }
+        if self
+            .drift
+            .as_ref()
+            .is_some_and(|d| d.from.is_empty() || d.to.is_empty() || d.from == d.to)
+        {
+            return Err(FaultsError::Drift);
+        }
+        Ok(())
+    }
+
+    /// With an outage's duration turned into its end, counted from `now`.
+    fn resolved(mut self, now: DateTime<Utc>) -> Self {
+        if let Some(Outage::ForSecs(secs)) = self.outage {
+            let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+            let until = chrono::Duration::try_seconds(secs)
+                .and_then(|span| now.checked_add_signed(span))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            self.outage = Some(Outage::Until(until));
+        }
+        self
+    }
+}
+
+/// One institution's current faults and the generator their chances are drawn from.
+#[derive(Debug)]
+pub(super) struct FaultInjector {
+    /// Where each record keeps the numbers `malformed_rate` spoils.
+    numbers: &'static [&'static str],
+    state: Mutex<(Faults, StdRng)>,
+}
+
+/// What happens to one request, decided before it runs.
+enum Verdict {
+    Outage { retry_after: u64 },
+    RateLimited { retry_after: u64 },
+    Error,
+    Serve,
+}
+
+impl FaultInjector {
+    pub(super) fn new(institution: Institution, seed: u64, initial: Faults) -> Self {
+        let initial = match initial.validate() {
+            Ok(()) => initial.resolved(Utc::now()),
+            Err(error) => {
+                tracing::warn!(%institution, %error, "Configured sandbox faults are invalid; none are injected.");
+                Faults::default()
+            }
+        };
+        let numbers: &'static [&'static str] = match institution {
+            Institution::Meridian => &["amount", "quantity", "balances.current"],
+            Institution::Harbor => &["amount", "ledger_balance"],
+            Institution::Keystone => &["net_amount", "units", "market_value"],
+            Institution::Northwind => &["amount", "balance"],
+        };
+        let rng = StdRng::seed_from_u64(institution.seed(seed) ^ 0xFA17_5EED);
+        Self {
+            numbers,
+            state: Mutex::new((initial, rng)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Faults, StdRng)> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn get(&self) -> Faults {
+        self.lock().0.clone()
+    }
+
+    /// Replaces the faults; an outage given as a duration starts now.
+    pub(super) fn set(&self, faults: Faults) -> Result<Faults, FaultsError> {
+        faults.validate()?;
+        let faults = faults.resolved(Utc::now());
+        self.lock().0 = faults.clone();
+        Ok(faults)
+    }
+
+    /// Draws the request's fate and latency, in a fixed order so runs repeat.
+    fn judge(&self, now: DateTime<Utc>) -> (Verdict, Option<Duration>, Faults) {
+        let mut guard = self.lock();
+        let (faults, rng) = &mut *guard;
+        let delay = faults
+            .latency
+            .map(|l| Duration::from_millis(rng.random_range(l.min_ms..=l.max_ms)));
+        let verdict = match faults.outage {
+            Some(Outage::Until(until)) if until > now => {
+                let left = (until - now).num_milliseconds().max(0) as u64;
+                Verdict::Outage {
+                    retry_after: left.div_ceil(1000).max(1),
+                }
+            }
+            _ if draw(rng, faults.rate_limit_rate) => Verdict::RateLimited {
+                retry_after: faults.retry_after_secs,
+            },
+            _ if draw(rng, faults.error_rate) => Verdict::Error,
+            _ => Verdict::Serve,
+        };
+        (verdict, delay, faults.clone())
+    }
+
+    /// Spoils and renames fields of the records in a successful JSON body, as `faults` says.
+    fn corrupt(&self, body: &mut Value, faults: &Faults) {
+        let Some(records) = records_mut(body) else {
+            return;
+        };
+        let mut guard = self.lock();
+        let rng = &mut guard.1;
+        for record in records.iter_mut().filter_map(Value::as_object_mut) {
+            if draw(rng, faults.malformed_rate) {
+                for path in self.numbers {
+                    spoil(record, path);
+                }
+            }
+            if let Some(drift) = &faults.drift
+                && let Some(value) = record.remove(&drift.from)
+            {
+                record.insert(drift.to.clone(), value);
+            }
+        }
+    }
+}
+
+/// True with probability `rate`: never for 0, always for 1.
+fn draw(rng: &mut StdRng, rate: f64) -> bool {
+    rate > 0.0 && rng.random::<f64>() < rate
+}
+
+/// The records of a page: the one list among the top-level members of the body.
+fn records_mut(body: &mut Value) -> Option<&mut Vec<Value>> {
+    body.as_object_mut()?
+        .values_mut()
+        .find_map(|value| value.as_array_mut())
+}
+
+/// Replaces the number at a dotted `path` of `record`, if there is one, with garbage.
+fn spoil(record: &mut serde_json::Map<String, Value>, path: &str) {
+    let mut parts = path.split('.');
+    let Some(first) = parts.next() else {
+        return;
+    };
+    let mut slot = record.get_mut(first);
+    for part in parts {
+        slot = slot.and_then(|value| value.get_mut(part));
+    }
+    if let Some(value) = slot.filter(|value| !value.is_null()) {
+        *value = Value::from(GARBAGE_NUMBER);
+    }
+}
+
+/// The middleware around an institution's data routes.
+pub(super) async fn inject(
+    State(injector): State<Arc<FaultInjector>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (verdict, delay, faults) = injector.judge(Utc::now());
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let refusal = |status: StatusCode, error: &'static str, retry_after: Option<u64>| {
+        let mut response = (
+            status,
+            Json(serde_json::json!({
+                "error": error,
+                "error_description": "injected by the sandbox's fault configuration",
+            })),
+        )
+            .into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    };
+    match verdict {
+        Verdict::Outage { retry_after } => {
+            return refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                Some(retry_after),
+            );
+        }
+        Verdict::RateLimited { retry_after } => {
+            return refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                Some(retry_after),
+            );
+        }
+        Verdict::Error => {
+            return refusal(StatusCode::SERVICE_UNAVAILABLE, "server_error", None);
+        }
+        Verdict::Serve => {}
+    }
+    let response = next.run(request).await;
+    if (faults.malformed_rate == 0.0 && faults.drift.is_none()) || !response.status().is_success() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // The sandbox's own pages are small and in memory; a body that is not JSON passes
+    // through untouched.
+    let Ok(bytes) = to_bytes(body, usize::MAX).await else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unreadable response body",
+        )
+            .into_response();
+    };
+    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    injector.corrupt(&mut value, &faults);
+    let Ok(text) = serde_json::to_vec(&value) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_faults_are_refused() {
+        let bad_rate = Faults {
+            error_rate: 1.5,
+            ..Faults::default()
+        };
+        assert_eq!(bad_rate.validate(), Err(FaultsError::Rate("error_rate")));
+        let bad_latency = Faults {
+            latency: Some(Latency {
+                min_ms: 10,
+                max_ms: 1,
+            }),
+            ..Faults::default()
+        };
+        assert_eq!(bad_latency.validate(), Err(FaultsError::Latency));
+        let bad_drift = Faults {
+            drift: Some(Drift {
+                from: "amount".into(),
+                to: "amount".into(),
+            }),
+            ..Faults::default()
+        };
+        assert_eq!(bad_drift.validate(), Err(FaultsError::Drift));
+    }
+
+    #[test]
+    fn faults_read_from_json_with_defaults() {
+        let faults: Faults = serde_json::from_str(
+            r#"{"outage": {"for_secs": 30}, "drift": {"from": "a", "to": "b"}}"#,
+        )
+        .expect("json");
+        assert_eq!(faults.outage, Some(Outage::ForSecs(30)));
+        assert_eq!(faults.retry_after_secs, 1);
+        let now = Utc::now();
+        assert_eq!(
+            faults.resolved(now).outage,
+            Some(Outage::Until(now + chrono::Duration::seconds(30)))
+        );
+        assert!(serde_json::from_str::<Faults>(r#"{"eror_rate": 1}"#).is_err());
+    }
+
+    #[test]
+    fn spoiling_reaches_nested_numbers_and_skips_absent_ones() {
+        let mut record =
+            serde_json::json!({"amount": 1, "balances": {"current": "2"}, "memo": null});
+        let map = record.as_object_mut().expect("object");
+        for path in ["amount", "balances.current", "quantity", "memo"] {
+            spoil(map, path);
+        }
+        assert_eq!(
+            record,
+            serde_json::json!({"amount": GARBAGE_NUMBER, "balances": {"current": GARBAGE_NUMBER}, "memo": null})
+        );
+    }
+}

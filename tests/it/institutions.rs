@@ -1,0 +1,192 @@
+//! The sandbox's other institutions through finsync, end to end: a user linked at Harbor
+//! (a shipped connector) and at Northwind (a connector file added from the test fixtures)
+//! is synced, and what finsync stored equals what the institution holds, value for value,
+//! through each one's own units, sign convention and date format.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use finsync::domain::Snapshot;
+use finsync::sandbox::data::Portfolio;
+use finsync::sandbox::{Institution, SandboxConfig};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::support::{Backend, TestApp, TestDb, settings, spawn_sandbox, unique};
+
+fn dec(text: &str) -> Decimal {
+    Decimal::from_str(text).unwrap()
+}
+
+/// How an institution presents the generated portfolio.
+struct View {
+    /// Only depository accounts and their cash activity (a bank), or everything.
+    depository_only: bool,
+    /// Money in whole cents (rounded half away from zero), or every digit.
+    cents: bool,
+    /// Whether the institution sends official names and masks.
+    names_and_masks: bool,
+}
+
+/// Money as the institution sends it, as finsync should store it.
+fn money(view: &View, text: &str) -> String {
+    if view.cents {
+        let mut cents = dec(text).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+        cents.rescale(2);
+        cents.to_string()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Money with the other sign, digits kept.
+fn negated(text: &str) -> String {
+    match text.strip_prefix('-') {
+        Some(magnitude) => magnitude.to_owned(),
+        None => format!("-{text}"),
+    }
+}
+
+fn assert_matches_view(stored: &Snapshot, portfolio: &Portfolio, view: &View) {
+    let accounts: Vec<_> = portfolio
+        .accounts
+        .iter()
+        .filter(|a| !view.depository_only || a.account_type == "depository")
+        .collect();
+    assert!(!accounts.is_empty());
+    assert_eq!(stored.accounts.len(), accounts.len(), "accounts");
+    for e in &accounts {
+        let a = stored
+            .accounts
+            .iter()
+            .find(|a| a.external_id == e.account_id)
+            .expect("account stored");
+        assert_eq!(a.name, e.name);
+        assert_eq!(a.account_type.as_str(), e.account_type);
+        assert_eq!(a.subtype.as_deref(), Some(e.subtype.as_str()));
+        if view.names_and_masks {
+            assert_eq!(a.official_name.as_deref(), Some(e.official_name.as_str()));
+            assert_eq!(a.mask.as_deref(), Some(e.mask.as_str()));
+        }
+        assert_eq!(a.currency.as_str(), e.balances.iso_currency_code);
+        assert_eq!(
+            a.balances.current.amount.to_string(),
+            money(view, &e.balances.current)
+        );
+        assert_eq!(
+            a.balances.available.map(|m| m.amount.to_string()),
+            e.balances.available.as_deref().map(|t| money(view, t))
+        );
+    }
+    assert!(stored.holdings.is_empty() && stored.securities.is_empty());
+
+    let transactions: Vec<_> = portfolio
+        .transactions
+        .iter()
+        .filter(|t| {
+            !view.depository_only
+                || (t.investment_type.is_none()
+                    && accounts.iter().any(|a| a.account_id == t.account_id))
+        })
+        .collect();
+    assert!(transactions.iter().any(|t| t.pending));
+    assert_eq!(
+        stored.transactions.len(),
+        transactions.len(),
+        "transactions"
+    );
+    for e in &transactions {
+        let t = stored
+            .transactions
+            .iter()
+            .find(|t| t.external_id == e.transaction_id)
+            .expect("transaction stored");
+        // The generator's amounts are money out positive; finsync's money in positive.
+        assert_eq!(
+            t.amount.amount.to_string(),
+            money(view, &negated(&e.amount)),
+            "amount of {}",
+            e.transaction_id
+        );
+        assert_eq!(t.amount.currency.as_str(), e.iso_currency_code);
+        assert_eq!(t.account_external_id, e.account_id);
+        assert_eq!(t.date, e.date);
+        assert_eq!(
+            t.status.as_str(),
+            if e.pending { "pending" } else { "posted" }
+        );
+        assert_eq!(t.pending_external_id, e.pending_transaction_id);
+        assert_eq!(t.description, e.name);
+        assert_eq!(t.category, e.category);
+        assert_eq!(t.investment_type, None);
+        assert_eq!(t.quantity, None);
+    }
+}
+
+#[tokio::test]
+async fn a_harbor_user_is_stored_in_dollars_and_cents_with_money_in_positive() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    for user in ["demo-alice", "demo-bob"] {
+        let connection = app.link_and_sync_at(tenant.id, user, "harbor").await;
+        let stored = store.full_snapshot(connection).await.unwrap();
+        let view = View {
+            depository_only: true,
+            cents: true,
+            names_and_masks: true,
+        };
+        assert_matches_view(
+            &stored,
+            &sandbox.portfolio(Institution::Harbor, user),
+            &view,
+        );
+    }
+}
+
+/// A connectors directory of this test's own, removed when dropped.
+struct ConnectorDir(PathBuf);
+
+impl Drop for ConnectorDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn a_northwind_user_is_stored_with_every_digit_from_the_fixture_connector() {
+    let dir = ConnectorDir(std::env::temp_dir().join(unique("finsync-connectors")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/connectors/northwind.toml"),
+        dir.0.join("northwind.toml"),
+    )
+    .unwrap();
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut settings = settings(&db, None, &sandbox);
+    settings.connectors.dir = dir.0.clone();
+    let app = TestApp::spawn(settings, true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let connection = app
+        .link_and_sync_at(tenant.id, "demo-alice", "northwind")
+        .await;
+    let stored = store.full_snapshot(connection).await.unwrap();
+    let view = View {
+        depository_only: false,
+        cents: false,
+        names_and_masks: false,
+    };
+    let portfolio = sandbox.portfolio(Institution::Northwind, "demo-alice");
+    assert!(
+        portfolio
+            .transactions
+            .iter()
+            .any(|t| t.amount.split_once('.').is_some_and(|(_, d)| d.len() > 2)),
+        "some amounts carry more than cents"
+    );
+    assert_matches_view(&stored, &portfolio, &view);
+}
