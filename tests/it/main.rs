@@ -7,6 +7,7 @@ mod api;
 mod cache;
 mod connectors;
 mod contract;
+mod docs;
 mod embedded;
 mod fleet;
 mod institutions;
