@@ -190,3 +190,110 @@ async fn a_northwind_user_is_stored_with_every_digit_from_the_fixture_connector(
     );
     assert_matches_view(&stored, &portfolio, &view);
 }
+
+/// Keystone's money: a string with exactly 4 decimals, rounded half away from zero.
+fn four_decimals(value: Decimal) -> String {
+    let mut rounded = value.round_dp_with_strategy(4, RoundingStrategy::MidpointAwayFromZero);
+    rounded.rescale(4);
+    rounded.to_string()
+}
+
+/// Keystone walks transactions by 31-day windows paged by Link headers, nests its token
+/// response and never rotates refresh tokens; what finsync stores is its custody view of
+/// the user: investment accounts, positions known by CUSIP or ISIN, investment activity.
+#[tokio::test]
+async fn a_keystone_user_is_stored_from_date_windows_and_link_pages() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let user = "demo-carol";
+    let connection = app.link_and_sync_at(tenant.id, user, "keystone").await;
+    let stored = store.full_snapshot(connection).await.unwrap();
+    let portfolio = sandbox.portfolio(Institution::Keystone, user);
+
+    let accounts: Vec<_> = portfolio
+        .accounts
+        .iter()
+        .filter(|a| a.account_type == "investment")
+        .collect();
+    assert!(!accounts.is_empty());
+    assert_eq!(stored.accounts.len(), accounts.len(), "accounts");
+    for e in &accounts {
+        let a = stored
+            .accounts
+            .iter()
+            .find(|a| a.external_id == e.account_id)
+            .expect("account stored");
+        assert_eq!(a.name, e.official_name);
+        assert_eq!(
+            a.balances.current.amount.to_string(),
+            four_decimals(dec(&e.balances.current))
+        );
+    }
+
+    assert_eq!(stored.holdings.len(), portfolio.holdings.len(), "holdings");
+    for e in &portfolio.holdings {
+        let id = e
+            .security
+            .cusip
+            .clone()
+            .or_else(|| e.security.isin.clone())
+            .unwrap_or_else(|| format!("CASH-{}", e.security.iso_currency_code));
+        let h = stored
+            .holdings
+            .iter()
+            .find(|h| h.account_external_id == e.account_id && h.security_external_id == id)
+            .expect("holding stored");
+        assert_eq!(h.quantity.to_string(), e.quantity, "units of {id}");
+        assert_eq!(
+            h.value.as_ref().map(|m| m.amount.to_string()),
+            Some(four_decimals(dec(&e.institution_value)))
+        );
+        let s = stored
+            .securities
+            .iter()
+            .find(|s| s.external_id == id)
+            .expect("security stored");
+        assert_eq!(s.cusip, e.security.cusip);
+        assert_eq!(s.isin, e.security.isin);
+        assert_eq!(s.name, e.security.name.to_uppercase());
+    }
+
+    let transactions: Vec<_> = portfolio
+        .transactions
+        .iter()
+        .filter(|t| {
+            t.investment_type.is_some() && accounts.iter().any(|a| a.account_id == t.account_id)
+        })
+        .collect();
+    assert!(!transactions.is_empty());
+    assert_eq!(
+        stored.transactions.len(),
+        transactions.len(),
+        "transactions"
+    );
+    for e in &transactions {
+        let t = stored
+            .transactions
+            .iter()
+            .find(|t| t.external_id == e.transaction_id)
+            .expect("transaction stored");
+        assert_eq!(
+            t.amount.amount.to_string(),
+            four_decimals(-dec(&e.amount)),
+            "amount of {}",
+            e.transaction_id
+        );
+        assert_eq!(t.date, e.date);
+        assert_eq!(t.quantity.map(|q| q.to_string()), e.quantity);
+    }
+    // Every 31-day window of the 400-day history was asked for (13 of them), besides
+    // accounts and positions.
+    assert!(
+        sandbox.stats().api_requests >= 15,
+        "{:?}",
+        sandbox.stats()
+    );
+}
