@@ -443,11 +443,24 @@ impl Engine {
                 .request(endpoint.method.clone(), url.clone())
                 .bearer_auth(token.expose_secret())
                 .timeout(Duration::from_secs(connector.limits.timeout_secs));
-            if !endpoint.query.is_empty() {
-                request = request.query(&endpoint.query);
-            }
-            if !page_params.is_empty() {
-                request = request.query(page_params);
+            // A next link (Link-header paging) already carries every parameter.
+            let params: Vec<(&str, &str)> = if *url == endpoint.url {
+                endpoint
+                    .query
+                    .iter()
+                    .chain(page_params.iter().map(|(k, v)| (k, v)))
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect()
+            } else {
+                page_params
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect()
+            };
+            if endpoint.method == reqwest::Method::POST {
+                request = request.json(&json_body(&params));
+            } else if !params.is_empty() {
+                request = request.query(&params);
             }
             let response = request.send().await.map_err(|e| {
                 // reqwest's error text names the URL but never the headers.
@@ -482,6 +495,21 @@ impl Engine {
             })
             .await
     }
+}
+
+/// The parameters of a POST request as a JSON object: whole numbers (page sizes,
+/// offsets, page numbers) as numbers, everything else as strings.
+fn json_body(params: &[(&str, &str)]) -> Value {
+    params
+        .iter()
+        .map(|(k, v)| {
+            let value = v
+                .parse::<u64>()
+                .map_or_else(|_| Value::String((*v).to_owned()), Value::from);
+            ((*k).to_owned(), value)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// The response body, refusing one larger than `MAX_BODY_BYTES`.
@@ -934,6 +962,38 @@ window = { from_param = "start", to_param = "end", format = "%Y%m%d", step_days 
             fetched.rejected
         );
         assert!(!fetched.complete("transactions"));
+    }
+
+    /// A POST endpoint gets its parameters as a JSON body, numbers as numbers.
+    #[tokio::test]
+    async fn post_endpoints_send_their_parameters_as_json() {
+        async fn search(axum::Json(body): axum::Json<Value>) -> axum::Json<Value> {
+            let offset = body["offset"].as_u64().expect("offset is a number");
+            assert_eq!(body["account"], "a1");
+            assert_eq!(body["limit"], 100);
+            let items: Vec<Value> = if offset == 0 {
+                vec![txn("t1", "1.00", "2026-11-01")]
+            } else {
+                Vec::new()
+            };
+            axum::Json(serde_json::json!({ "items": items }))
+        }
+        let base = serve(axum::Router::new().route("/search", axum::routing::post(search))).await;
+        let connector = connector(
+            &base,
+            r#"method = "POST"
+path = "search"
+query = { account = "a1" }
+records = "$.items[*]"
+paging = { type = "offset", offset_param = "offset", limit_param = "limit" }"#,
+        );
+        let endpoint = connector.transactions.clone().unwrap();
+        let pages = Engine::new(crate::http::client())
+            .fetch_records(&connector, &endpoint, &SecretString::from("t"))
+            .await
+            .unwrap();
+        assert_eq!(pages.records.len(), 1);
+        assert_eq!(pages.requests, 2);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub struct ConnectorFile {
     pub products: Vec<String>,
     /// Every relative URL and path in the file is joined to this.
     pub base_url: String,
-    pub auth: AuthSpec,
+    pub auth: OAuth2Spec,
     #[serde(default)]
     pub limits: LimitsSpec,
     #[serde(default)]
@@ -26,15 +26,20 @@ pub struct ConnectorFile {
     pub endpoints: EndpointsSpec,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AuthSpec {
-    Oauth2(OAuth2Spec),
+/// How finsync is authorised at the institution. Only OAuth 2.0 exists today; the
+/// `type` key names it so other kinds can come without changing existing files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthType {
+    Oauth2,
 }
 
+/// A plain struct rather than a tagged enum, so that a problem deep inside `[auth]`
+/// is reported with its full path.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Spec {
+    pub r#type: AuthType,
     pub authorize_url: String,
     pub token_url: String,
     pub revocation_url: Option<String>,
@@ -89,22 +94,33 @@ pub enum ClientAuth {
 }
 
 /// How this institution bends RFC 6749 §5.1; the token client straightens it out.
+/// Every key is optional.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenResponseSpec {
     /// Lifetime assumed when `expires_in` is absent.
+    #[serde(default = "default_lifetime")]
     pub default_lifetime_secs: u64,
     /// `token_type` to assume when the institution leaves it out.
+    #[serde(default = "default_token_type")]
     pub default_token_type: String,
     /// Key under which the token fields are nested, if they are (e.g. `data`).
     pub nested_under: Option<String>,
 }
 
+fn default_lifetime() -> u64 {
+    3600
+}
+
+fn default_token_type() -> String {
+    "Bearer".into()
+}
+
 impl Default for TokenResponseSpec {
     fn default() -> Self {
         Self {
-            default_lifetime_secs: 3600,
-            default_token_type: "Bearer".into(),
+            default_lifetime_secs: default_lifetime(),
+            default_token_type: default_token_type(),
             nested_under: None,
         }
     }
@@ -147,14 +163,16 @@ impl Default for LimitsSpec {
     }
 }
 
-/// What the institution's failures mean.
+/// What the institution's failures mean. Every key is optional; a key left out keeps
+/// its default, so `[errors]` need only say what differs.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ErrorSpec {
     pub reauth_statuses: Vec<u16>,
     pub rate_limited_statuses: Vec<u16>,
     pub retry_statuses: Vec<u16>,
-    /// Header that says how long to wait when rate limited (seconds or HTTP date).
+    /// Header that says how long to wait when rate limited (seconds, an HTTP date, or
+    /// a reset moment in epoch seconds).
     pub retry_after_header: String,
     /// Where an error code sits in an error body, e.g. `$.error`.
     pub code_path: Option<String>,
@@ -260,14 +278,15 @@ pub enum PagingSpec {
         next_cursor: String,
         page_size_param: Option<String>,
     },
-    /// `offset` and `limit` parameters; the last page is short or empty.
+    /// `offset` and `limit` parameters; the list ends at `total` when the institution
+    /// gives one, else at an empty page (institutions may send fewer than asked).
     Offset {
         offset_param: String,
         limit_param: String,
         /// JSONPath to the total record count, when the institution gives one.
         total: Option<String>,
     },
-    /// Page numbers from `first_page`; the last page is short or empty.
+    /// Page numbers from `first_page`; an empty page ends the list.
     Page {
         page_param: String,
         page_size_param: Option<String>,

@@ -12,7 +12,7 @@ use url::Url;
 
 use super::fields::{self, FieldDef, Kind};
 use super::mapping::{CompiledField, Mapping, Source, TimeFormat};
-use super::spec::{AuthSpec, ConnectorFile, EndpointSpec, FieldSpec, PagingSpec, WindowSpec};
+use super::spec::{ConnectorFile, EndpointSpec, FieldSpec, OAuth2Spec, PagingSpec, WindowSpec};
 use super::{Connector, Endpoint, Errors, OAuth2, Paging, Window};
 
 /// One problem in one connector file.
@@ -429,8 +429,7 @@ impl Validator {
         }
     }
 
-    fn auth(&mut self, base: &Url, auth: &AuthSpec) -> Option<OAuth2> {
-        let AuthSpec::Oauth2(spec) = auth;
+    fn auth(&mut self, base: &Url, spec: &OAuth2Spec) -> Option<OAuth2> {
         let authorize_url = self.url(base, "auth.authorize_url", &spec.authorize_url);
         let token_url = self.url(base, "auth.token_url", &spec.token_url);
         let revocation_url = spec

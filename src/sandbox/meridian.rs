@@ -177,7 +177,11 @@ fn serve<T: Serialize>(
         let Query(query) =
             query.map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))?;
         let count = page_size(query.count.as_deref())?;
-        let state = app.world.state(Institution::Meridian.seed(app.config.seed), &user_id, app.world.epoch());
+        let state = app.world.state(
+            Institution::Meridian.seed(app.config.seed),
+            &user_id,
+            app.world.epoch(),
+        );
         let items = select(state.portfolio());
         let start = match query.cursor.as_deref().filter(|cursor| !cursor.is_empty()) {
             Some(cursor) => decode_cursor(cursor, scope, items.len())?,

@@ -68,8 +68,8 @@ pub use self::faults::{Drift, Faults, FaultsError, Latency, Outage};
 use self::grants::{GrantPolicy, GrantStore, Rotation, Scope, ScopeSet};
 pub use self::keystone::KeystoneLimits;
 pub use self::oauth::TokenQuirks;
-use self::world::World;
 use self::oauth::{AuthServer, ClientAuth, Profile};
+use self::world::World;
 
 const DEFAULT_ANCHOR_DATE: NaiveDate = match NaiveDate::from_ymd_opt(2026, 11, 20) {
     Some(date) => date,

@@ -70,7 +70,12 @@ fn every_shape_problem_is_reported_at_once() {
     let good = std::fs::read_to_string(connectors_dir().join("meridian.toml")).unwrap();
     let broken = good
         .replace("page_size = 10", "page_size = \"ten\"")
-        .replace("pkce = true", "pkce = true\npcke = false")
+        .replace(
+            "pkce = true",
+            "pkce = true\npcke = false\ntoken_response = { default_lifetime_secs = \"x\" }",
+        )
+        // A partial [errors] table keeps the defaults of what it leaves out.
+        .replace("retry_statuses = [500, 502, 503, 504]\n", "")
         .replace(r#"records = "$.holdings[*]""#, "")
         .replacen(
             r#"amount = { path = "$.amount" }"#,
@@ -81,6 +86,7 @@ fn every_shape_problem_is_reported_at_once() {
     let report = problems.to_string();
     for expected in [
         "m.toml: auth.pcke: unknown field `pcke`",
+        "m.toml: auth.token_response.default_lifetime_secs: invalid type: string \"x\", expected u64",
         "m.toml: limits.page_size: invalid type: string \"ten\", expected u32",
         "m.toml: endpoints.holdings: missing field `records`",
         "m.toml: endpoints.transactions.fields.amount.scale: unknown field `scale`",
@@ -90,7 +96,7 @@ fn every_shape_problem_is_reported_at_once() {
             "missing `{expected}` in:\n{report}"
         );
     }
-    assert_eq!(problems.0.len(), 4, "{report}");
+    assert_eq!(problems.0.len(), 5, "{report}");
     // The first problem in the file also says where it is.
     assert!(problems.0[0].message.contains("line"), "{report}");
 }

@@ -332,7 +332,10 @@ async fn syncs_follow_the_institution_through_changes_removals_and_postings() {
                     .any(|b| &b.external_id == pending)
             {
                 assert!(
-                    !stored.transactions.iter().any(|s| &s.external_id == pending),
+                    !stored
+                        .transactions
+                        .iter()
+                        .any(|s| &s.external_id == pending),
                     "pending {pending} still stored beside its posted transaction"
                 );
                 posted += 1;

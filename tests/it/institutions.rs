@@ -291,9 +291,5 @@ async fn a_keystone_user_is_stored_from_date_windows_and_link_pages() {
     }
     // Every 31-day window of the 400-day history was asked for (13 of them), besides
     // accounts and positions.
-    assert!(
-        sandbox.stats().api_requests >= 15,
-        "{:?}",
-        sandbox.stats()
-    );
+    assert!(sandbox.stats().api_requests >= 15, "{:?}", sandbox.stats());
 }

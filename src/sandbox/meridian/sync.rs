@@ -71,8 +71,15 @@ fn sync(
             }
         }
     };
-    let base = position.base.map(|epoch| app.world.state(Institution::Meridian.seed(app.config.seed), &user_id, epoch));
-    let target = app.world.state(Institution::Meridian.seed(app.config.seed), &user_id, position.target);
+    let base = position.base.map(|epoch| {
+        app.world
+            .state(Institution::Meridian.seed(app.config.seed), &user_id, epoch)
+    });
+    let target = app.world.state(
+        Institution::Meridian.seed(app.config.seed),
+        &user_id,
+        position.target,
+    );
     let changes = Changes::between(
         base.as_ref().map(|state| state.portfolio()),
         target.portfolio(),
