@@ -330,6 +330,21 @@ impl AppState {
     }
 }
 
+/// The data `institution` serves `user_id` at `epoch` in a sandbox seeded with `seed`:
+/// what a sandbox in another process serves, for tests that compare with it.
+pub fn institution_portfolio(
+    seed: u64,
+    anchor_date: NaiveDate,
+    institution: Institution,
+    user_id: &str,
+    epoch: u32,
+) -> Portfolio {
+    rebrand(
+        data::portfolio_at(institution.seed(seed), anchor_date, user_id, epoch),
+        institution,
+    )
+}
+
 /// Renames Meridian's ids and names to `institution`'s: the generator speaks Meridian.
 fn rebrand(mut portfolio: Portfolio, institution: Institution) -> Portfolio {
     if institution == Institution::Meridian {

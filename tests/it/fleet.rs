@@ -2,8 +2,6 @@
 //! PostgreSQL and Redis. A user linked through the admin API and the real OAuth
 //! redirect is synced by a worker and served by the API, value for value.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
 use finsync::sandbox::SandboxConfig;
@@ -12,8 +10,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::support::{
-    ADMIN_TOKEN, Backend, Proc, RedisPrefix, TestDb, VAULT_KEY, assert_matches_sandbox, finsync,
-    free_port, redis_url, spawn, unique, wait_ready,
+    ADMIN_TOKEN, Backend, RedisPrefix, TestDb, VAULT_KEY, assert_matches_sandbox, finsync,
+    free_port, redis_url, spawn, spawn_sandbox_process, unique, wait_ready,
 };
 
 #[tokio::test]
@@ -21,27 +19,7 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
     let db = TestDb::new(Backend::Postgres).await;
     let prefix = RedisPrefix(unique("finsync_fleet"));
 
-    // The sandbox announces its address on stdout.
-    let mut sandbox_child = finsync(&[])
-        .args(["sandbox", "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(sandbox_child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let sandbox_url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("sandbox address")
-        .to_owned();
-    let _sandbox = Proc {
-        name: "sandbox",
-        child: sandbox_child,
-        log: std::env::temp_dir().join(unique("none")),
-    };
+    let (_sandbox, sandbox_url) = spawn_sandbox_process();
 
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
@@ -252,4 +230,162 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
         );
         assert!(!logs.contains(token.as_str()), "a token was logged");
     }
+}
+
+/// An admin adds a fourth institution to a running fleet (API, worker, scheduler as
+/// separate processes) by dropping its connector file into the connectors directory:
+/// every process picks it up, a user links there, and the scheduler's next round
+/// syncs that user again.
+#[tokio::test]
+async fn a_fourth_institution_joins_a_running_fleet_with_a_new_file_only() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let prefix = RedisPrefix(unique("finsync_fleet4"));
+    let (_sandbox, sandbox_url) = spawn_sandbox_process();
+    let connectors = std::env::temp_dir().join(unique("finsync-fleet-connectors"));
+    std::fs::create_dir_all(&connectors).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors");
+    for file in finsync::connectors::registry::connector_files(&shipped).unwrap() {
+        std::fs::copy(&file, connectors.join(file.file_name().unwrap())).unwrap();
+    }
+
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let mut env = vec![
+        ("FINSYNC_ENV", "test".to_owned()),
+        ("FINSYNC__DATABASE__URL", db.url.clone()),
+        ("FINSYNC__REDIS__URL", redis_url()),
+        ("FINSYNC__REDIS__KEY_PREFIX", prefix.0.clone()),
+        ("FINSYNC__VAULT__KEY", VAULT_KEY.to_owned()),
+        ("FINSYNC__SERVER__ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("FINSYNC__SERVER__BIND", format!("127.0.0.1:{port}")),
+        ("FINSYNC__SERVER__PUBLIC_URL", api.clone()),
+        ("FINSYNC__CONNECTORS__DIR", connectors.display().to_string()),
+        ("FINSYNC__CONNECTORS__RELOAD_MS", "300".to_owned()),
+        ("FINSYNC__SYNC__INTERVAL_SECS", "2".to_owned()),
+        ("FINSYNC__SYNC__SCHEDULER_TICK_SECS", "1".to_owned()),
+    ];
+    for id in ["meridian", "harbor", "keystone", "northwind"] {
+        let key = match id {
+            "meridian" => "FINSYNC__CONNECTORS__BASE_URLS__MERIDIAN",
+            "harbor" => "FINSYNC__CONNECTORS__BASE_URLS__HARBOR",
+            "keystone" => "FINSYNC__CONNECTORS__BASE_URLS__KEYSTONE",
+            _ => "FINSYNC__CONNECTORS__BASE_URLS__NORTHWIND",
+        };
+        env.push((key, format!("{sandbox_url}/{id}")));
+    }
+    assert!(finsync(&env).arg("migrate").status().unwrap().success());
+    let _serve = spawn("serve", finsync(&env).arg("serve"));
+    let _worker = spawn(
+        "worker",
+        finsync(&env).args(["worker", "--concurrency", "2"]),
+    );
+    let _scheduler = spawn("scheduler", finsync(&env).arg("scheduler"));
+    wait_ready(&format!("{api}/readyz")).await;
+
+    let http = finsync::http::client();
+    let listed = || async {
+        let body: Value = http
+            .get(format!("{api}/admin/connectors"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed().await, ["harbor", "keystone", "meridian"]);
+
+    // The admin's whole change: one new file.
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/connectors/northwind.toml"),
+        connectors.join("northwind.toml"),
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..300 {
+        ids = listed().await;
+        if ids.iter().any(|id| id == "northwind") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ids.iter().any(|id| id == "northwind"), "{ids:?}");
+
+    let created = http
+        .post(format!("{api}/admin/tenants"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "fleet-advisor" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let link: Value = http
+        .post(format!("{api}/admin/connections"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(
+            &json!({ "tenant": "fleet-advisor", "user": "demo-dave", "institution": "northwind" }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let authorize = link["authorize_url"].as_str().expect("authorize_url");
+    assert!(
+        authorize.starts_with(&format!("{sandbox_url}/northwind/")),
+        "{authorize}"
+    );
+    let consent = http.get(authorize).send().await.unwrap();
+    assert_eq!(consent.status(), 302);
+    let callback = consent.headers()[LOCATION].to_str().unwrap().to_owned();
+    let done = http.get(&callback).send().await.unwrap();
+    assert_eq!(
+        done.status(),
+        200,
+        "{}",
+        done.text().await.unwrap_or_default()
+    );
+
+    // The worker syncs it once on linking; the scheduler's next round syncs it again.
+    let store = finsync::store::Store::connect(&SecretString::from(db.url.clone()), 2)
+        .await
+        .unwrap();
+    let connection = link["connection_id"].as_str().unwrap().parse().unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..600 {
+        runs = store.runs(connection).await.unwrap();
+        if runs
+            .iter()
+            .any(|r| r.idempotency_key.starts_with("schedule:") && r.outcome == "succeeded")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        runs.iter()
+            .any(|r| r.idempotency_key.starts_with("schedule:") && r.outcome == "succeeded"),
+        "no scheduled sync succeeded: {runs:?}"
+    );
+    assert!(runs.iter().all(|r| r.outcome == "succeeded"), "{runs:?}");
+    let stored = store.full_snapshot(connection).await.unwrap();
+    let defaults = SandboxConfig::default();
+    let expected = finsync::sandbox::institution_portfolio(
+        defaults.seed,
+        defaults.anchor_date,
+        finsync::sandbox::Institution::Northwind,
+        "demo-dave",
+        0,
+    );
+    assert_eq!(stored.accounts.len(), expected.accounts.len());
+    assert_eq!(stored.transactions.len(), expected.transactions.len());
+    let _ = std::fs::remove_dir_all(&connectors);
 }

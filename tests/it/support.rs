@@ -1,6 +1,7 @@
 //! Test helpers: fresh databases (dropped when the guard drops), a sandbox, a
 //! running app with API and workers, and comparison against the sandbox's data.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
@@ -491,6 +492,32 @@ pub fn spawn(name: &'static str, command: &mut Command) -> Proc {
     let file = std::fs::File::create(&log).unwrap();
     let child = command.stdout(Stdio::null()).stderr(file).spawn().unwrap();
     Proc { name, child, log }
+}
+
+/// The sandbox as its own process; returns it and its base URL.
+pub fn spawn_sandbox_process() -> (Proc, String) {
+    let mut child = finsync(&[])
+        .args(["sandbox", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    // Keep reading what it prints after, so it never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("sandbox address")
+        .to_owned();
+    let proc = Proc {
+        name: "sandbox",
+        child,
+        log: std::env::temp_dir().join(unique("none")),
+    };
+    (proc, url)
 }
 
 pub fn free_port() -> u16 {
