@@ -5,6 +5,7 @@
 
 mod api;
 mod cache;
+mod catalog;
 mod connectors;
 mod contract;
 mod docs;

@@ -1,0 +1,313 @@
+//! The connector catalog through the admin API: versions published by PUT and by files
+//! dropped into the connectors directory, every process serving the latest valid one,
+//! a bad text or file never replacing it, and `connectors check` against the sandbox.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use finsync::sandbox::{Drift, Faults, Institution, SandboxConfig};
+use serde_json::Value;
+
+use crate::support::{ADMIN_TOKEN, Backend, TestApp, TestDb, settings, spawn_sandbox, unique};
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/connectors/{name}")),
+    )
+    .unwrap()
+}
+
+/// A connectors directory of this test's own, removed when dropped.
+struct ConnectorDir(PathBuf);
+
+impl ConnectorDir {
+    fn with_shipped() -> Self {
+        let dir = std::env::temp_dir().join(unique("finsync-catalog"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors");
+        for file in finsync::connectors::registry::connector_files(&shipped).unwrap() {
+            std::fs::copy(&file, dir.join(file.file_name().unwrap())).unwrap();
+        }
+        Self(dir)
+    }
+}
+
+impl Drop for ConnectorDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn admin(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<String>,
+) -> (u16, Value) {
+    let mut request = finsync::http::client()
+        .request(method, format!("{}{path}", app.address))
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/toml")
+            .body(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn ids(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn connectors_are_published_through_the_api_versioned_and_audited() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    use reqwest::Method;
+
+    let (status, list) = admin(&app, Method::GET, "/admin/connectors", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(&list), ["harbor", "keystone", "meridian"]);
+    assert_eq!(list[2]["version"], 1);
+    assert_eq!(list[2]["health"]["status"], "unused");
+
+    // Without the admin token: refused.
+    let anonymous = finsync::http::client()
+        .put(format!("{}/admin/connectors/northwind", app.address))
+        .body(fixture("northwind.toml"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let text = fixture("northwind.toml");
+    let (status, published) = admin(
+        &app,
+        Method::PUT,
+        "/admin/connectors/northwind",
+        Some(text.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{published}");
+    assert_eq!(
+        (published["version"].clone(), published["created"].clone()),
+        (1.into(), true.into())
+    );
+    assert_eq!(published["source"], "api");
+    assert!(
+        published["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin API")
+    );
+
+    // The same text again adds nothing.
+    let (status, again) = admin(
+        &app,
+        Method::PUT,
+        "/admin/connectors/northwind",
+        Some(text.clone()),
+    )
+    .await;
+    assert_eq!((status, again["created"].clone()), (200, false.into()));
+
+    // A bad text is refused with every problem, and changes nothing.
+    let broken = text
+        .replace(r#"records = "$.items[*]""#, r#"records = "$.items[""#)
+        .replace("page_size = ", "page_sise = ");
+    let (status, refused) = admin(
+        &app,
+        Method::PUT,
+        "/admin/connectors/northwind",
+        Some(broken),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["code"], "INVALID_CONNECTOR");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("page_sise"), "{message}");
+    assert_eq!(
+        store.connector_versions("northwind").await.unwrap().len(),
+        1
+    );
+
+    // A user links at the institution published a moment ago, and syncs.
+    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let connection = app
+        .link_and_sync_at(tenant.id, "demo-erin", "northwind")
+        .await;
+    let stored = store.full_snapshot(connection).await.unwrap();
+    assert!(!stored.accounts.is_empty());
+
+    // A second version replaces the first; the history keeps both.
+    let renamed = text.replace(
+        "name = \"Northwind Credit Union\"",
+        "name = \"Northwind Credit Union (new API)\"",
+    );
+    assert_ne!(renamed, text);
+    let (status, second) = admin(
+        &app,
+        Method::PUT,
+        "/admin/connectors/northwind",
+        Some(renamed.clone()),
+    )
+    .await;
+    assert_eq!((status, second["version"].clone()), (201, 2.into()));
+    let (status, detail) = admin(&app, Method::GET, "/admin/connectors/northwind", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["version"], 2);
+    assert_eq!(detail["name"], "Northwind Credit Union (new API)");
+    assert_eq!(detail["content"], renamed.as_str());
+    let versions: Vec<i64> = detail["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [2, 1]);
+    assert_eq!(detail["health"]["connections"], 1);
+    assert_eq!(detail["health"]["status"], "ok");
+
+    let (status, _) = admin(&app, Method::GET, "/admin/connectors/nowhere", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_file_dropped_in_is_served_and_a_bad_edit_never_replaces_it() {
+    let dir = ConnectorDir::with_shipped();
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut settings = settings(&db, None, &sandbox);
+    settings.connectors.dir = dir.0.clone();
+    settings.connectors.reload_ms = 100;
+    let app = TestApp::spawn(settings, true).await;
+    use reqwest::Method;
+
+    let wait_for = |predicate: fn(&Value) -> bool| {
+        let app = &app;
+        async move {
+            let mut detail = Value::Null;
+            for _ in 0..200 {
+                detail = admin(app, Method::GET, "/admin/connectors/northwind", None)
+                    .await
+                    .1;
+                if predicate(&detail) {
+                    return detail;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the catalog never got there: {detail}");
+        }
+    };
+
+    let text = fixture("northwind.toml");
+    std::fs::write(dir.0.join("northwind.toml"), &text).unwrap();
+    let detail = wait_for(|d| d["version"] == 1).await;
+    assert_eq!(detail["versions"][0]["source"], "file");
+
+    // A broken edit is reported on the connector and the version in service stays.
+    std::fs::write(
+        dir.0.join("northwind.toml"),
+        text.replace(
+            "[endpoints.transactions.fields]",
+            "[endpoints.transactions.fieldz]",
+        ),
+    )
+    .unwrap();
+    let detail = wait_for(|d| !d["file_problems"].as_array().unwrap().is_empty()).await;
+    assert_eq!(detail["version"], 1);
+    assert!(
+        detail["file_problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("fieldz"),
+        "{detail}"
+    );
+    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    app.link_and_sync_at(tenant.id, "demo-frank", "northwind")
+        .await;
+
+    // Fixed, and changed: a new version, the problems gone.
+    std::fs::write(
+        dir.0.join("northwind.toml"),
+        text.replace("page_size = ", "timeout_secs = 20\npage_size = "),
+    )
+    .unwrap();
+    let detail = wait_for(|d| d["version"] == 2).await;
+    assert!(detail["file_problems"].as_array().unwrap().is_empty());
+}
+
+/// `connectors check` links the test user, runs every endpoint once and says what
+/// mapped; a renamed field at the institution shows up as that field missing.
+#[tokio::test]
+async fn a_check_reports_every_endpoint_and_names_the_fields_that_do_not_map() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+    let registry = app.app.catalog.registry();
+    let redirect = url::Url::parse(&format!("{}/oauth/callback", app.address)).unwrap();
+    let check = |id: &'static str| {
+        let connector = registry.get(id).unwrap();
+        let secret = registry.client_secret(&connector).unwrap();
+        let redirect = redirect.clone();
+        async move {
+            finsync::check::check(
+                &connector,
+                secret,
+                &redirect,
+                "test-check",
+                finsync::http::client(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    let reports = check("meridian").await;
+    let endpoints: Vec<_> = reports.iter().map(|r| r.endpoint).collect();
+    assert_eq!(endpoints, ["accounts", "holdings", "transactions"]);
+    for report in &reports {
+        assert!(report.is_clean(), "{report:?}");
+        assert!(report.fetched > 0 && report.requests > 0, "{report:?}");
+    }
+
+    sandbox
+        .set_faults(
+            Institution::Harbor,
+            Faults {
+                drift: Some(Drift {
+                    from: "amount".into(),
+                    to: "amt".into(),
+                }),
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    let reports = check("harbor").await;
+    let transactions = reports
+        .iter()
+        .find(|r| r.endpoint == "transactions")
+        .unwrap();
+    assert!(transactions.fetched > 0);
+    assert_eq!(transactions.mapped, 0, "{transactions:?}");
+    let (count, examples) = &transactions.unparsable["amount"];
+    assert_eq!(*count, transactions.fetched);
+    assert_eq!(examples, &["missing".to_owned()]);
+    assert!(
+        reports
+            .iter()
+            .find(|r| r.endpoint == "accounts")
+            .unwrap()
+            .is_clean()
+    );
+    // The check left no grant behind at the institution.
+    assert!(sandbox.stats().revocations >= 2);
+}
