@@ -133,7 +133,7 @@ pub(super) struct Transaction {
     pub(super) trade_date: String,
     /// The day after the trade at 21:00 UTC, in epoch seconds.
     pub(super) settle_time: i64,
-    /// `BUY`, `SELL`, `DIV`, `FEE`, `DEP` or `WDL`.
+    /// `BUY`, `SELL`, `DIV`, `FEE`, `DEP`, `WDL` or `SPLIT`.
     pub(super) activity: &'static str,
     pub(super) security_no: Option<String>,
     pub(super) units: Option<String>,
@@ -232,6 +232,7 @@ pub(super) fn view(portfolio: &Portfolio) -> (Vec<Account>, Vec<Position>, Vec<T
                 "dividend" => "DIV",
                 "fee" => "FEE",
                 "deposit" => "DEP",
+                "split" => "SPLIT",
                 _ => "WDL",
             };
             let security = t.security_id.as_ref().and_then(|id| {

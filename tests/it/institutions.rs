@@ -129,20 +129,45 @@ async fn a_harbor_user_is_stored_in_dollars_and_cents_with_money_in_positive() {
     let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
     let store = &app.app.ctx.store;
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let view = View {
+        depository_only: true,
+        cents: true,
+        names_and_masks: true,
+    };
+    let mut connections = Vec::new();
     for user in ["demo-alice", "demo-bob"] {
         let connection = app.link_and_sync_at(tenant.id, user, "harbor").await;
         let stored = store.full_snapshot(connection).await.unwrap();
-        let view = View {
-            depository_only: true,
-            cents: true,
-            names_and_masks: true,
-        };
         assert_matches_view(
             &stored,
             &sandbox.portfolio(Institution::Harbor, user),
             &view,
         );
+        connections.push((user, connection));
     }
+
+    // The bank's data moves on: pending card payments post under new ids, some
+    // transactions change or disappear. Each resync leaves exactly what the bank holds.
+    for epoch in 1..=3 {
+        assert_eq!(sandbox.advance(), epoch);
+        for &(user, connection) in &connections {
+            let since = chrono::Utc::now();
+            let job = finsync::sync::SyncConnection {
+                connection_id: connection,
+                idempotency_key: format!("test:harbor-{user}-{epoch}"),
+            };
+            assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+            app.wait_synced(connection, since).await;
+            let stored = store.full_snapshot(connection).await.unwrap();
+            assert_matches_view(
+                &stored,
+                &sandbox.portfolio(Institution::Harbor, user),
+                &view,
+            );
+        }
+    }
+    let runs = store.runs(connections[0].1).await.unwrap();
+    assert!(runs.iter().any(|r| r.removed > 0), "{runs:?}");
 }
 
 /// A connectors directory of this test's own, removed when dropped.
@@ -292,4 +317,45 @@ async fn a_keystone_user_is_stored_from_date_windows_and_link_pages() {
     // Every 31-day window of the 400-day history was asked for (13 of them), besides
     // accounts and positions.
     assert!(sandbox.stats().api_requests >= 15, "{:?}", sandbox.stats());
+
+    // Past the stock split of epoch 3, positions and activity still match.
+    for epoch in 1..=3 {
+        assert_eq!(sandbox.advance(), epoch);
+    }
+    let since = chrono::Utc::now();
+    let job = finsync::sync::SyncConnection {
+        connection_id: connection,
+        idempotency_key: "test:keystone-epoch-3".into(),
+    };
+    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    app.wait_synced(connection, since).await;
+    let stored = store.full_snapshot(connection).await.unwrap();
+    let portfolio = sandbox.portfolio(Institution::Keystone, user);
+    assert_eq!(stored.holdings.len(), portfolio.holdings.len());
+    for e in &portfolio.holdings {
+        assert!(
+            stored
+                .holdings
+                .iter()
+                .any(|h| h.account_external_id == e.account_id
+                    && h.quantity.to_string() == e.quantity),
+            "units of {} at epoch 3",
+            e.security.security_id
+        );
+    }
+    let activity = portfolio
+        .transactions
+        .iter()
+        .filter(|t| {
+            t.investment_type.is_some() && accounts.iter().any(|a| a.account_id == t.account_id)
+        })
+        .count();
+    assert_eq!(stored.transactions.len(), activity);
+    let splits: Vec<_> = stored
+        .transactions
+        .iter()
+        .filter(|t| t.investment_type.map(|i| i.as_str()) == Some("split"))
+        .collect();
+    assert!(!splits.is_empty(), "the split is recorded as a split");
+    assert!(splits.iter().all(|t| t.amount.amount.is_zero()));
 }
