@@ -226,7 +226,7 @@ pub(super) async fn get_connector(
 #[utoipa::path(
     put, path = "/admin/connectors/{connector_id}", tag = "admin",
     params(("connector_id" = String, Path)),
-    request_body(content = String, content_type = "application/toml"),
+    request_body(content = String, content_type = "text/plain", description = "The connector file (TOML); any content type is accepted"),
     responses(
         (status = 201, description = "A new version", body = PublishResponse),
         (status = 200, description = "Already the latest version", body = PublishResponse),

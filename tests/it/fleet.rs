@@ -11,8 +11,30 @@ use serde_json::{Value, json};
 
 use crate::support::{
     ADMIN_TOKEN, Backend, RedisPrefix, TestDb, VAULT_KEY, assert_matches_sandbox, finsync,
-    free_port, redis_url, spawn, spawn_sandbox_process, unique, wait_ready,
+    free_port, process_env, redis_url, spawn, spawn_sandbox_process, unique, wait_ready,
 };
+
+/// The API's address and the environment every process of a test fleet shares: this
+/// test's database and Redis prefix, a free port for `serve`, and every sandbox
+/// institution at `sandbox_url`.
+fn fleet_env(
+    db: &TestDb,
+    prefix: &RedisPrefix,
+    sandbox_url: &str,
+) -> (String, Vec<(&'static str, String)>) {
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let mut env = process_env(db, sandbox_url);
+    env.retain(|(key, _)| *key != "FINSYNC__REDIS__URL");
+    env.extend([
+        ("FINSYNC__REDIS__URL", redis_url()),
+        ("FINSYNC__REDIS__KEY_PREFIX", prefix.0.clone()),
+        ("FINSYNC__SERVER__ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("FINSYNC__SERVER__BIND", format!("127.0.0.1:{port}")),
+        ("FINSYNC__SERVER__PUBLIC_URL", api.clone()),
+    ]);
+    (api, env)
+}
 
 #[tokio::test]
 async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end() {
@@ -21,22 +43,7 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
 
     let (_sandbox, sandbox_url) = spawn_sandbox_process();
 
-    let port = free_port();
-    let api = format!("http://127.0.0.1:{port}");
-    let env = vec![
-        ("FINSYNC_ENV", "test".to_owned()),
-        ("FINSYNC__DATABASE__URL", db.url.clone()),
-        ("FINSYNC__REDIS__URL", redis_url()),
-        ("FINSYNC__REDIS__KEY_PREFIX", prefix.0.clone()),
-        ("FINSYNC__VAULT__KEY", VAULT_KEY.to_owned()),
-        ("FINSYNC__SERVER__ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-        ("FINSYNC__SERVER__BIND", format!("127.0.0.1:{port}")),
-        ("FINSYNC__SERVER__PUBLIC_URL", api.clone()),
-        (
-            "FINSYNC__CONNECTORS__BASE_URLS__MERIDIAN",
-            format!("{sandbox_url}/meridian"),
-        ),
-    ];
+    let (api, env) = fleet_env(&db, &prefix, &sandbox_url);
 
     assert!(finsync(&env).arg("migrate").status().unwrap().success());
     let output = finsync(&env)
@@ -248,31 +255,13 @@ async fn a_fourth_institution_joins_a_running_fleet_with_a_new_file_only() {
         std::fs::copy(&file, connectors.join(file.file_name().unwrap())).unwrap();
     }
 
-    let port = free_port();
-    let api = format!("http://127.0.0.1:{port}");
-    let mut env = vec![
-        ("FINSYNC_ENV", "test".to_owned()),
-        ("FINSYNC__DATABASE__URL", db.url.clone()),
-        ("FINSYNC__REDIS__URL", redis_url()),
-        ("FINSYNC__REDIS__KEY_PREFIX", prefix.0.clone()),
-        ("FINSYNC__VAULT__KEY", VAULT_KEY.to_owned()),
-        ("FINSYNC__SERVER__ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-        ("FINSYNC__SERVER__BIND", format!("127.0.0.1:{port}")),
-        ("FINSYNC__SERVER__PUBLIC_URL", api.clone()),
+    let (api, mut env) = fleet_env(&db, &prefix, &sandbox_url);
+    env.extend([
         ("FINSYNC__CONNECTORS__DIR", connectors.display().to_string()),
         ("FINSYNC__CONNECTORS__RELOAD_MS", "300".to_owned()),
         ("FINSYNC__SYNC__INTERVAL_SECS", "2".to_owned()),
         ("FINSYNC__SYNC__SCHEDULER_TICK_SECS", "1".to_owned()),
-    ];
-    for id in ["meridian", "harbor", "keystone", "northwind"] {
-        let key = match id {
-            "meridian" => "FINSYNC__CONNECTORS__BASE_URLS__MERIDIAN",
-            "harbor" => "FINSYNC__CONNECTORS__BASE_URLS__HARBOR",
-            "keystone" => "FINSYNC__CONNECTORS__BASE_URLS__KEYSTONE",
-            _ => "FINSYNC__CONNECTORS__BASE_URLS__NORTHWIND",
-        };
-        env.push((key, format!("{sandbox_url}/{id}")));
-    }
+    ]);
     assert!(finsync(&env).arg("migrate").status().unwrap().success());
     let _serve = spawn("serve", finsync(&env).arg("serve"));
     let _worker = spawn(
