@@ -175,7 +175,7 @@ async fn seed(app: &App) -> anyhow::Result<SecretString> {
         .save_grant(connection.id, TokenColumns::default(), None, None)
         .await?;
     store
-        .apply_snapshot(connection.id, &snapshot(), Removals::ALL)
+        .apply_snapshot(connection.id, &snapshot(), Removals::all())
         .await?;
     let now = Utc::now();
     store

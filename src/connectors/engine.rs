@@ -8,14 +8,15 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use chrono::Utc;
+use chrono::{NaiveDate, Utc};
 use reqwest::header::{HeaderMap, LINK};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
+use super::incremental::{Position, SyncCursor};
 use super::mapping::{self, FieldError};
 use super::{Connector, Endpoint, Paging};
-use crate::domain::Snapshot;
+use crate::domain::{Coverage, Snapshot};
 
 /// A page loop that has not ended after this many pages is treated as broken paging,
 /// not as an institution with that much data.
@@ -64,6 +65,10 @@ pub struct Pages {
     pub records: Vec<Value>,
     pub removed: Vec<String>,
     pub requests: usize,
+    /// Sync-token paging: the token the last page handed back, to resume from.
+    pub next_token: Option<String>,
+    /// Date windows: the first and last day walked.
+    pub dates: Option<(NaiveDate, NaiveDate)>,
 }
 
 /// Times a sync-token loop starts again because the data changed under it, before
@@ -71,11 +76,27 @@ pub struct Pages {
 const MAX_RESTARTS: usize = 3;
 
 /// Everything fetched for one connection, mapped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Fetched {
     pub snapshot: Snapshot,
     pub rejected: Vec<Rejected>,
     pub requests: usize,
+    /// What the fetched transactions stand for.
+    pub coverage: Coverage,
+    /// Where the next sync of the transactions resumes from, if it can.
+    pub cursor: Option<SyncCursor>,
+}
+
+impl Default for Fetched {
+    fn default() -> Self {
+        Self {
+            snapshot: Snapshot::default(),
+            rejected: Vec::new(),
+            requests: 0,
+            coverage: Coverage::Partial,
+            cursor: None,
+        }
+    }
 }
 
 impl Fetched {
@@ -97,12 +118,15 @@ impl Engine {
         Self { http }
     }
 
-    /// Fetches and maps every endpoint of the connector. A record that does not map
-    /// is set aside with its reason; a page that cannot be read fails the whole fetch.
+    /// Fetches and maps every endpoint of the connector; transactions resume from
+    /// `resume` when it is this connector version's (see [`super::incremental`]). A
+    /// record that does not map is set aside with its reason; a page that cannot be
+    /// read fails the whole fetch.
     pub async fn fetch(
         &self,
         connector: &Connector,
         token: &SecretString,
+        resume: Option<&SyncCursor>,
     ) -> Result<Fetched, EngineError> {
         let mut out = Fetched::default();
         let fetched_at = Utc::now();
@@ -151,7 +175,10 @@ impl Engine {
         }
 
         if let Some(endpoint) = &connector.transactions {
-            let pages = self.fetch_records(connector, endpoint, token).await?;
+            let resume = resume
+                .filter(|c| c.connector_hash == connector.hash)
+                .map(|c| &c.position);
+            let pages = self.fetch_from(connector, endpoint, token, resume).await?;
             out.requests += pages.requests;
             // A later page's version of a transaction (sync-token `modified`) replaces
             // an earlier one; a removed one goes.
@@ -180,6 +207,31 @@ impl Engine {
             out.snapshot
                 .transactions
                 .retain(|t| !removed.contains(t.external_id.as_str()));
+            let mapped = out.complete("transactions");
+            let resumed = matches!(resume, Some(Position::SyncToken(_)));
+            out.coverage = match pages.dates {
+                // Explicit removals stand even when a changed record did not map.
+                _ if resumed => Coverage::Changes {
+                    removed: pages.removed.clone(),
+                },
+                _ if !mapped => Coverage::Partial,
+                Some((from, to)) => Coverage::Dated { from, to },
+                None => Coverage::Everything,
+            };
+            // A record that did not map is fetched again next time: the cursor
+            // only moves past what was stored.
+            let reached = match (pages.next_token, pages.dates) {
+                (Some(token), _) => Some(Position::SyncToken(token)),
+                (None, Some((_, to))) => Some(Position::Through(to)),
+                (None, None) => None,
+            };
+            let position = if mapped { reached } else { resume.cloned() };
+            out.cursor = position.map(|position| SyncCursor {
+                connector_hash: connector.hash.clone(),
+                position,
+            });
+        } else {
+            out.coverage = Coverage::Everything;
         }
         Ok(out)
     }
@@ -191,11 +243,40 @@ impl Engine {
         endpoint: &Endpoint,
         token: &SecretString,
     ) -> Result<Pages, EngineError> {
+        self.fetch_from(connector, endpoint, token, None).await
+    }
+
+    /// The records of one endpoint from where a previous sync got to: after a sync
+    /// token, or from `lookback_days` before the last day covered; from the
+    /// beginning without one.
+    pub async fn fetch_from(
+        &self,
+        connector: &Connector,
+        endpoint: &Endpoint,
+        token: &SecretString,
+        resume: Option<&Position>,
+    ) -> Result<Pages, EngineError> {
         let Some(window) = &endpoint.window else {
-            return self.walk(connector, endpoint, token, Vec::new()).await;
+            let mut fixed = Vec::new();
+            if let (Paging::SyncToken { token_param, .. }, Some(Position::SyncToken(from))) =
+                (&endpoint.paging, resume)
+            {
+                fixed.push((token_param.clone(), from.clone()));
+            }
+            return self.walk(connector, endpoint, token, fixed).await;
         };
-        let mut out = Pages::default();
-        for (from, to) in window.steps(Utc::now().date_naive()) {
+        let today = Utc::now().date_naive();
+        let steps = match resume {
+            Some(Position::Through(through)) => {
+                window.steps_from(window.resume_from(*through, today), today)
+            }
+            _ => window.steps(today),
+        };
+        let mut out = Pages {
+            dates: steps.first().zip(steps.last()).map(|(f, l)| (f.0, l.1)),
+            ..Pages::default()
+        };
+        for (from, to) in steps {
             let range = vec![
                 (
                     window.from_param.clone(),
@@ -266,6 +347,7 @@ impl Engine {
             let mut url = endpoint.url.clone();
             let mut page_params = first_params.clone();
             let mut seen_cursors = std::collections::HashSet::new();
+            let mut next_token_seen: Option<String> = None;
             for page in 1..=MAX_PAGES {
                 out.requests += 1;
                 let (headers, body) = match self
@@ -377,6 +459,10 @@ impl Engine {
                             has_more.query(&body).at_most_one(),
                             Ok(Some(Value::Bool(true)))
                         );
+                        next_token_seen = match next_token.query(&body).at_most_one() {
+                            Ok(Some(Value::String(t))) if !t.is_empty() => Some(t.clone()),
+                            _ => None,
+                        };
                         match next_token.query(&body).at_most_one() {
                             Ok(Some(Value::String(t))) if more && !t.is_empty() => {
                                 if !seen_cursors.insert(t.clone()) {
@@ -420,6 +506,7 @@ impl Engine {
                 if next.is_none() {
                     out.records = records;
                     out.removed = removed;
+                    out.next_token = next_token_seen;
                     return Ok(out);
                 }
             }
@@ -948,7 +1035,7 @@ window = { from_param = "start", to_param = "end", format = "%Y%m%d", step_days 
         .await;
         let connector = connector(&base, "path = \"list\"\nrecords = \"$.items[*]\"");
         let fetched = Engine::new(crate::http::client())
-            .fetch(&connector, &SecretString::from("t"))
+            .fetch(&connector, &SecretString::from("t"), None)
             .await
             .unwrap();
         assert_eq!(ids(&fetched), vec![("t1".into(), "1.00".into())]);

@@ -7,6 +7,7 @@
 
 pub mod engine;
 pub mod fields;
+pub mod incremental;
 pub mod mapping;
 pub mod registry;
 pub mod spec;
@@ -20,6 +21,7 @@ use url::Url;
 use crate::domain::Institution;
 
 pub use engine::{Engine, EngineError, Fetched};
+pub use incremental::{Position, SyncCursor};
 pub use registry::{Registry, RegistryError};
 pub use spec::{ClientAuth, SignConvention, TokenResponseSpec};
 pub use validate::{Problem, Problems, validate_file, validate_str};
@@ -115,11 +117,38 @@ impl Window {
     /// The inclusive `(from, to)` steps that cover `[today - history_days, today]`,
     /// oldest first.
     pub fn steps(&self, today: chrono::NaiveDate) -> Vec<(chrono::NaiveDate, chrono::NaiveDate)> {
+        match today.checked_sub_days(chrono::Days::new(u64::from(self.history_days))) {
+            Some(from) => self.steps_from(from, today),
+            None => Vec::new(),
+        }
+    }
+
+    /// Where an incremental walk starts after a sync that covered up to `through`:
+    /// `lookback_days` before it, never before the history nor after today.
+    pub fn resume_from(
+        &self,
+        through: chrono::NaiveDate,
+        today: chrono::NaiveDate,
+    ) -> chrono::NaiveDate {
+        let days = |n: u32| chrono::Days::new(u64::from(n));
+        let oldest = today
+            .checked_sub_days(days(self.history_days))
+            .unwrap_or(today);
+        through
+            .min(today)
+            .checked_sub_days(days(self.lookback_days))
+            .unwrap_or(oldest)
+            .max(oldest)
+    }
+
+    /// The inclusive steps that cover `[from, today]`, oldest first.
+    pub fn steps_from(
+        &self,
+        mut from: chrono::NaiveDate,
+        today: chrono::NaiveDate,
+    ) -> Vec<(chrono::NaiveDate, chrono::NaiveDate)> {
         let days = |n: u32| chrono::Days::new(u64::from(n));
         let mut steps = Vec::new();
-        let Some(mut from) = today.checked_sub_days(days(self.history_days)) else {
-            return steps;
-        };
         while from <= today {
             let to = from
                 .checked_add_days(days(self.step_days.saturating_sub(1)))

@@ -2,10 +2,12 @@
 //! transaction, whatever institution they came from. Nothing here knows about HTTP,
 //! SQL or any institution; every other module depends on it and it depends on none.
 
+mod coverage;
 mod ids;
 mod model;
 mod money;
 
+pub use coverage::Coverage;
 pub use ids::{ConnectionId, TenantId, UserId, UserIdError, WebhookDeliveryId, WebhookEndpointId};
 pub use model::{
     Account, AccountType, Balances, ConnectionStatus, DeliveryStatus, Holding, Institution,

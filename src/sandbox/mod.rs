@@ -71,10 +71,19 @@ pub use self::oauth::TokenQuirks;
 use self::oauth::{AuthServer, ClientAuth, Profile};
 use self::world::World;
 
-const DEFAULT_ANCHOR_DATE: NaiveDate = match NaiveDate::from_ymd_opt(2026, 11, 20) {
-    Some(date) => date,
-    None => panic!("the default anchor date is a valid date"),
-};
+/// The default "today" of the data: two days before the first time this process asked
+/// (UTC), then the same for the life of the process. Recent, so connectors that read
+/// by date from the real clock find the data; fixed per process, so a test's sandbox
+/// and its expectations agree.
+fn default_anchor_date() -> NaiveDate {
+    static ANCHOR: std::sync::OnceLock<NaiveDate> = std::sync::OnceLock::new();
+    *ANCHOR.get_or_init(|| {
+        let today = chrono::Utc::now().date_naive();
+        today
+            .checked_sub_days(chrono::Days::new(2))
+            .unwrap_or(today)
+    })
+}
 
 /// One of the sandbox's institutions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -196,7 +205,8 @@ pub struct SandboxConfig {
     /// `keystone-sandbox-secret`, `finsync-northwind` / `northwind-sandbox-secret`).
     pub clients: BTreeMap<String, ClientCredentials>,
     /// "Today" for the data: transactions fall in the 90 days before it, prices close the
-    /// trading day before it. Fixed, so data does not drift with the wall clock.
+    /// trading day before it. The same anchor (and seed) always yields the same data;
+    /// the default is two days before the day the process started (UTC).
     pub anchor_date: NaiveDate,
     /// How long a refresh token rotated out by a refresh is still accepted, at the
     /// institutions that rotate them (all but Keystone). Presenting it again inside the
@@ -228,7 +238,7 @@ impl Default for SandboxConfig {
                 .into_iter()
                 .map(|institution| (institution.id().to_owned(), institution.default_client()))
                 .collect(),
-            anchor_date: DEFAULT_ANCHOR_DATE,
+            anchor_date: default_anchor_date(),
             refresh_grace: Duration::ZERO,
             token_quirks: TokenQuirks::default(),
             start_epoch: 0,

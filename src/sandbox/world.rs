@@ -171,7 +171,11 @@ mod tests {
             .expect("json");
         assert_eq!(
             world,
-            json!({"epoch": 4, "seed": 42, "anchor_date": "2026-11-20"})
+            json!({
+                "epoch": 4,
+                "seed": 42,
+                "anchor_date": SandboxConfig::default().anchor_date.to_string()
+            })
         );
 
         let advanced = sandbox

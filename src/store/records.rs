@@ -13,8 +13,8 @@ use sea_orm::{
 use super::entities::{account, holding, security, transaction};
 use super::{DbDecimal, Store, StoreError};
 use crate::domain::{
-    Account, Balances, ConnectionId, Currency, Holding, InvestmentType, Money, Security, Snapshot,
-    Transaction, TransactionStatus,
+    Account, Balances, ConnectionId, Coverage, Currency, Holding, InvestmentType, Money, Security,
+    Snapshot, Transaction, TransactionStatus,
 };
 
 /// What applying a snapshot changed.
@@ -28,22 +28,26 @@ pub struct ApplyCounts {
     pub orphaned: u32,
 }
 
-/// Which kinds of stored record a snapshot may remove. A list is only complete —
-/// and its absences only mean "removed at the institution" — when every record in
-/// it was read and mapped; otherwise what is stored stays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which stored records a snapshot may remove. A list is only complete — and its
+/// absences only mean "removed at the institution" — when every record in it was
+/// read and mapped; otherwise what is stored stays. Transactions may also be only
+/// the ones of some dates, or only what changed (see [`Coverage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Removals {
     pub accounts: bool,
     pub holdings: bool,
-    pub transactions: bool,
+    pub transactions: Coverage,
 }
 
 impl Removals {
-    pub const ALL: Self = Self {
-        accounts: true,
-        holdings: true,
-        transactions: true,
-    };
+    /// The snapshot is everything the institution has.
+    pub fn all() -> Self {
+        Self {
+            accounts: true,
+            holdings: true,
+            transactions: Coverage::Everything,
+        }
+    }
 }
 
 impl Store {
@@ -148,7 +152,7 @@ impl Store {
                 &conn,
                 &acc.external_id,
                 &transactions,
-                removals.transactions,
+                &removals.transactions,
                 &mut counts,
             )
             .await?;
@@ -160,7 +164,15 @@ impl Store {
             for gone in stored_accounts.into_values() {
                 let txn = self.begin_write().await?;
                 apply_holdings(&txn, &conn, &gone.external_id, &[], true, &mut counts).await?;
-                apply_transactions(&txn, &conn, &gone.external_id, &[], true, &mut counts).await?;
+                apply_transactions(
+                    &txn,
+                    &conn,
+                    &gone.external_id,
+                    &[],
+                    &Coverage::Everything,
+                    &mut counts,
+                )
+                .await?;
                 account::Entity::delete_by_id(gone.id).exec(&txn).await?;
                 counts.removed += 1;
                 txn.commit().await?;
@@ -168,7 +180,7 @@ impl Store {
         }
 
         // Last, securities that no holding or transaction refers to any more.
-        if removals.holdings && removals.transactions {
+        if removals.holdings && removals.transactions != Coverage::Partial {
             let txn = self.begin_write().await?;
             for gone in stored_securities.into_values() {
                 let held = holding::Entity::find()
@@ -306,7 +318,7 @@ async fn apply_transactions<C: ConnectionTrait>(
     conn: &str,
     account: &str,
     transactions: &[&Transaction],
-    remove_missing: bool,
+    coverage: &Coverage,
     counts: &mut ApplyCounts,
 ) -> Result<(), StoreError> {
     let now = Utc::now();
@@ -334,8 +346,8 @@ async fn apply_transactions<C: ConnectionTrait>(
             }
         }
     }
-    if remove_missing {
-        for gone in stored.into_values() {
+    for gone in stored.into_values() {
+        if coverage.removes(&gone.external_id, gone.date) {
             transaction::Entity::delete_by_id(gone.id).exec(db).await?;
             local.removed += 1;
         }

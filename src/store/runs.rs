@@ -43,11 +43,13 @@ impl Store {
         Ok(id)
     }
 
-    /// Closes a run: `error` None means it succeeded.
+    /// Closes a run: `error` None means it succeeded, and `cursor` is where the
+    /// next sync resumes from (written only now, after the data it covers).
     pub async fn finish_run(
         &self,
         run: &str,
         counts: RunCounts,
+        cursor: Option<&str>,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         let row = sync_run::Entity::find_by_id(run.to_owned())
@@ -68,9 +70,24 @@ impl Store {
         row.removed = Set(clamp(counts.removed));
         row.unchanged = Set(clamp(counts.unchanged));
         row.rejected = Set(clamp(counts.rejected));
+        row.cursor = Set(cursor.filter(|_| error.is_none()).map(str::to_owned));
         row.error = Set(error.map(str::to_owned));
         row.update(self.db()).await?;
         Ok(())
+    }
+
+    /// The cursor of the connection's last successful run, if it left one.
+    pub async fn last_cursor(
+        &self,
+        connection: ConnectionId,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sync_run::Entity::find()
+            .filter(sync_run::Column::ConnectionId.eq(connection.to_string()))
+            .filter(sync_run::Column::Outcome.eq("succeeded"))
+            .order_by_desc(sync_run::Column::FinishedAt)
+            .one(self.db())
+            .await?
+            .and_then(|run| run.cursor))
     }
 
     /// A connection's runs, newest first.

@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use super::Context;
 use super::job::SyncConnection;
-use crate::connectors::{EngineError, Fetched};
+use crate::connectors::{EngineError, Fetched, SyncCursor};
 use crate::domain::ConnectionStatus;
 use crate::store::{ConnectionRecord, Lease, Removals, RunCounts, StoreError};
 use crate::tokens::TokenError;
@@ -105,14 +105,16 @@ async fn leased_sync(
         .await?;
     let started = Utc::now();
     match fetch_and_store(ctx, &connection).await {
-        Ok(counts) => {
+        Ok((counts, cursor)) => {
             ctx.store
                 .record_sync_success(connection.id, started, started + ctx.interval)
                 .await?;
             // The run reads as finished only once readers see its data: a read
             // right after a sync reports done must not get the view before it.
             ctx.refresh_portfolio(&connection).await?;
-            ctx.store.finish_run(&run, counts, None).await?;
+            ctx.store
+                .finish_run(&run, counts, cursor.as_deref(), None)
+                .await?;
             let data =
                 EventData::connection(&connection, ConnectionStatus::Active).with_counts(counts);
             webhooks::announce(
@@ -137,7 +139,7 @@ async fn leased_sync(
             // queue. Each account's records were written in one transaction, so
             // what is stored is whole, if older.
             ctx.store
-                .finish_run(&run, RunCounts::default(), Some(&e.to_string()))
+                .finish_run(&run, RunCounts::default(), None, Some(&e.to_string()))
                 .await?;
             Err(e.into())
         }
@@ -171,7 +173,7 @@ async fn leased_sync(
             }
             ctx.refresh_portfolio(&connection).await?;
             ctx.store
-                .finish_run(&run, RunCounts::default(), Some(&detail))
+                .finish_run(&run, RunCounts::default(), None, Some(&detail))
                 .await?;
             // Announced once readers see it, like a finished sync.
             if needs_user {
@@ -231,24 +233,33 @@ impl Failure {
     }
 }
 
+/// Fetches, stores, and returns what changed and where the next sync resumes.
 async fn fetch_and_store(
     ctx: &Context,
     connection: &ConnectionRecord,
-) -> Result<RunCounts, Failure> {
+) -> Result<(RunCounts, Option<String>), Failure> {
     let connector = ctx.registry.get(&connection.institution_id)?;
     let token = ctx.tokens.access_token(connection).await?;
-    let fetched = match ctx.engine.fetch(&connector, &token).await {
+    let resume = ctx
+        .store
+        .last_cursor(connection.id)
+        .await?
+        .and_then(|text| SyncCursor::decode(&text, &connector.hash));
+    let fetched = match ctx.engine.fetch(&connector, &token, resume.as_ref()).await {
         // The token may have been revoked or expired early: refresh once and retry
         // before asking the user to link again.
         Err(EngineError::Reauth { .. }) if connection.tokens.refresh_token.is_some() => {
             tracing::info!("The institution refused the access token; refreshing it once.");
             let current = ctx.store.connection(connection.id).await?;
             let token = ctx.tokens.refreshed_token(&current).await?;
-            ctx.engine.fetch(&connector, &token).await?
+            ctx.engine
+                .fetch(&connector, &token, resume.as_ref())
+                .await?
         }
         other => other?,
     };
-    apply(ctx, connection, &fetched).await
+    let counts = apply(ctx, connection, &fetched).await?;
+    Ok((counts, fetched.cursor.as_ref().map(SyncCursor::encode)))
 }
 
 async fn apply(
@@ -272,7 +283,7 @@ async fn apply(
     let removals = Removals {
         accounts: fetched.complete("accounts"),
         holdings: fetched.complete("holdings"),
-        transactions: fetched.complete("transactions"),
+        transactions: fetched.coverage.clone(),
     };
     let applied = ctx
         .store

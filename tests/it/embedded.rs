@@ -304,9 +304,12 @@ async fn syncs_follow_the_institution_through_changes_removals_and_postings() {
     let connection = app.link_and_sync(tenant.id, user).await;
     let anchor = SandboxConfig::default().anchor_date;
 
+    let first_sync_requests = sandbox.stats().api_requests;
     let (mut removed, mut posted) = (0, 0);
+    let mut cursors = vec![store.last_cursor(connection).await.unwrap()];
     for epoch in 1..=4 {
         let before = store.full_snapshot(connection).await.unwrap();
+        let requests_before = sandbox.stats().api_requests;
         assert_eq!(sandbox.advance(), epoch);
         let since = chrono::Utc::now();
         let job = SyncConnection {
@@ -321,6 +324,13 @@ async fn syncs_follow_the_institution_through_changes_removals_and_postings() {
         assert_matches_sandbox(&stored, &expected);
         let run = &store.runs(connection).await.unwrap()[0];
         assert_eq!(run.outcome, "succeeded");
+        // Incremental: only what changed since the stored cursor was asked for.
+        let requests = sandbox.stats().api_requests - requests_before;
+        assert!(
+            requests < first_sync_requests,
+            "epoch {epoch}: {requests} requests, the first sync made {first_sync_requests}"
+        );
+        cursors.push(run.cursor.clone());
         assert!(run.added > 0 && run.modified > 0, "epoch {epoch}: {run:?}");
         removed += run.removed;
         // A pending transaction that posted is gone, replaced by one naming it.
@@ -342,6 +352,13 @@ async fn syncs_follow_the_institution_through_changes_removals_and_postings() {
             }
         }
     }
+    assert!(cursors.iter().all(Option::is_some), "{cursors:?}");
+    cursors.dedup();
+    assert_eq!(
+        cursors.len(),
+        5,
+        "each sync moved the cursor on: {cursors:?}"
+    );
     assert!(removed > 0, "no removal reached the store");
     assert!(posted > 0, "no pending transaction posted");
 }

@@ -314,14 +314,17 @@ async fn a_keystone_user_is_stored_from_date_windows_and_link_pages() {
         assert_eq!(t.date, e.date);
         assert_eq!(t.quantity.map(|q| q.to_string()), e.quantity);
     }
-    // Every 31-day window of the 400-day history was asked for (13 of them), besides
+    // Every 31-day window of the 120-day history was asked for (4 of them), besides
     // accounts and positions.
-    assert!(sandbox.stats().api_requests >= 15, "{:?}", sandbox.stats());
+    assert!(sandbox.stats().api_requests >= 6, "{:?}", sandbox.stats());
 
-    // Past the stock split of epoch 3, positions and activity still match.
+    // Past the stock split of epoch 3: positions are read whole, activity only from
+    // the look-back before the last day covered (7 days), one window instead of 13.
     for epoch in 1..=3 {
         assert_eq!(sandbox.advance(), epoch);
     }
+    let before = store.full_snapshot(connection).await.unwrap();
+    let requests_before = sandbox.stats().api_requests;
     let since = chrono::Utc::now();
     let job = finsync::sync::SyncConnection {
         connection_id: connection,
@@ -329,6 +332,11 @@ async fn a_keystone_user_is_stored_from_date_windows_and_link_pages() {
     };
     assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
     app.wait_synced(connection, since).await;
+    assert_eq!(
+        sandbox.stats().api_requests - requests_before,
+        3,
+        "accounts, positions and one window of activity"
+    );
     let stored = store.full_snapshot(connection).await.unwrap();
     let portfolio = sandbox.portfolio(Institution::Keystone, user);
     assert_eq!(stored.holdings.len(), portfolio.holdings.len());
@@ -343,14 +351,41 @@ async fn a_keystone_user_is_stored_from_date_windows_and_link_pages() {
             e.security.security_id
         );
     }
-    let activity = portfolio
+    let recent_from = chrono::Utc::now().date_naive() - chrono::Days::new(7);
+    let mut recent: Vec<_> = portfolio
         .transactions
         .iter()
         .filter(|t| {
-            t.investment_type.is_some() && accounts.iter().any(|a| a.account_id == t.account_id)
+            t.investment_type.is_some()
+                && accounts.iter().any(|a| a.account_id == t.account_id)
+                && t.date >= recent_from
         })
-        .count();
-    assert_eq!(stored.transactions.len(), activity);
+        .map(|t| t.transaction_id.clone())
+        .collect();
+    let mut stored_recent: Vec<_> = stored
+        .transactions
+        .iter()
+        .filter(|t| t.date >= recent_from)
+        .map(|t| t.external_id.clone())
+        .collect();
+    recent.sort();
+    stored_recent.sort();
+    assert_eq!(
+        stored_recent, recent,
+        "the look-back equals the custodian's"
+    );
+    // Older activity is left as the last full walk stored it.
+    let older = |snapshot: &finsync::domain::Snapshot| {
+        let mut older: Vec<_> = snapshot
+            .transactions
+            .iter()
+            .filter(|t| t.date < recent_from)
+            .map(|t| (t.external_id.clone(), t.amount.amount))
+            .collect();
+        older.sort();
+        older
+    };
+    assert_eq!(older(&stored), older(&before));
     let splits: Vec<_> = stored
         .transactions
         .iter()

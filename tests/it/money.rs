@@ -78,7 +78,7 @@ async fn round_trip(backend: Backend) {
         .unwrap();
     let written = snapshot();
     store
-        .apply_snapshot(connection.id, &written, Removals::ALL)
+        .apply_snapshot(connection.id, &written, Removals::all())
         .await
         .unwrap();
     let read = store.full_snapshot(connection.id).await.unwrap();
@@ -116,7 +116,7 @@ async fn applying_the_same_snapshot_twice_changes_nothing() {
             .await
             .unwrap();
         let first = store
-            .apply_snapshot(connection.id, &snapshot(), Removals::ALL)
+            .apply_snapshot(connection.id, &snapshot(), Removals::all())
             .await
             .unwrap();
         assert_eq!(
@@ -125,7 +125,7 @@ async fn applying_the_same_snapshot_twice_changes_nothing() {
             "{backend:?}"
         );
         let second = store
-            .apply_snapshot(connection.id, &snapshot(), Removals::ALL)
+            .apply_snapshot(connection.id, &snapshot(), Removals::all())
             .await
             .unwrap();
         assert_eq!(
@@ -146,7 +146,7 @@ async fn applying_the_same_snapshot_twice_changes_nothing() {
         // are not removals.
         let incomplete = Removals {
             holdings: false,
-            ..Removals::ALL
+            ..Removals::all()
         };
         let partial = store
             .apply_snapshot(connection.id, &changed, incomplete)
@@ -164,7 +164,7 @@ async fn applying_the_same_snapshot_twice_changes_nothing() {
             "{backend:?}"
         );
         let third = store
-            .apply_snapshot(connection.id, &changed, Removals::ALL)
+            .apply_snapshot(connection.id, &changed, Removals::all())
             .await
             .unwrap();
         assert_eq!(
