@@ -184,6 +184,9 @@ pub struct SyncSettings {
     pub scheduler_tick_secs: u64,
     /// Recent transactions shown in a portfolio.
     pub recent_transactions: u64,
+    /// A sync job whose runs stopped their worker (killed, crashed) this many times
+    /// is parked as failed instead of being delivered again.
+    pub poison_after: u32,
 }
 
 #[derive(Debug, Deserialize)]

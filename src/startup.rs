@@ -130,6 +130,7 @@ impl App {
                 i64::try_from(settings.sync.interval_secs).unwrap_or(i64::MAX),
             ),
             recent_transactions: settings.sync.recent_transactions,
+            poison_after: settings.sync.poison_after.max(1),
         });
         Ok(Self {
             ctx,

@@ -30,7 +30,7 @@ pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSo
 pub use records::{
     ApplyCounts, PagedTransaction, Removals, TransactionFilter, TransactionPosition,
 };
-pub use runs::RunCounts;
+pub use runs::{ABANDONED, RunCounts};
 pub use sync_requests::SyncRequestRecord;
 pub use tenants::{ApiKey, ApiKeyRecord, Scope, TenantRecord};
 pub use webhooks::{

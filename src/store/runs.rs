@@ -1,11 +1,17 @@
 //! Sync runs: one row per attempt to sync one connection, with what it changed.
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
+};
 
 use super::entities::sync_run;
 use super::{Store, StoreError};
 use crate::domain::ConnectionId;
+
+/// The error of a run whose worker stopped before finishing it.
+pub const ABANDONED: &str = "abandoned: the worker stopped during this run";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunCounts {
@@ -74,6 +80,25 @@ impl Store {
         row.error = Set(error.map(str::to_owned));
         row.update(self.db()).await?;
         Ok(())
+    }
+
+    /// Closes every run of this job that is still open — its worker stopped in the
+    /// middle (killed, crashed, lost) before the job was delivered again — as failed,
+    /// and returns how many of the job's runs ever ended that way.
+    pub async fn abandon_runs(&self, idempotency_key: &str) -> Result<u64, StoreError> {
+        sync_run::Entity::update_many()
+            .col_expr(sync_run::Column::Outcome, Expr::value("failed"))
+            .col_expr(sync_run::Column::FinishedAt, Expr::value(Utc::now()))
+            .col_expr(sync_run::Column::Error, Expr::value(ABANDONED))
+            .filter(sync_run::Column::IdempotencyKey.eq(idempotency_key))
+            .filter(sync_run::Column::Outcome.eq("running"))
+            .exec(self.db())
+            .await?;
+        Ok(sync_run::Entity::find()
+            .filter(sync_run::Column::IdempotencyKey.eq(idempotency_key))
+            .filter(sync_run::Column::Error.eq(ABANDONED))
+            .count(self.db())
+            .await?)
     }
 
     /// The cursor of the connection's last successful run, if it left one.

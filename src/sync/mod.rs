@@ -35,6 +35,8 @@ pub struct SyncContext {
     pub interval: chrono::Duration,
     /// Transactions kept in the cached portfolio view.
     pub recent_transactions: u64,
+    /// A job whose runs stopped their worker this many times is parked as failed.
+    pub poison_after: u32,
 }
 
 impl SyncContext {

@@ -99,10 +99,27 @@ async fn leased_sync(
     job: &SyncConnection,
     connection: ConnectionRecord,
 ) -> Result<SyncOutcome, SyncError> {
+    // Runs of this job still open were cut short by their worker stopping. A job
+    // that stopped its worker this often is parked, not tried again for ever.
+    let abandoned = ctx.store.abandon_runs(&job.idempotency_key).await?;
     let run = ctx
         .store
         .start_run(connection.id, &job.idempotency_key)
         .await?;
+    if abandoned >= u64::from(ctx.poison_after) {
+        let reason = format!(
+            "SYNC_FAILED: this sync stopped its worker {abandoned} times; it is parked until the next scheduled one"
+        );
+        tracing::error!(abandoned, "Sync parked: it keeps stopping its worker.");
+        ctx.store
+            .record_sync_failure(connection.id, &reason)
+            .await?;
+        ctx.store
+            .finish_run(&run, RunCounts::default(), None, Some(&reason))
+            .await?;
+        ctx.refresh_portfolio(&connection).await?;
+        return Ok(SyncOutcome::Failed);
+    }
     let started = Utc::now();
     match fetch_and_store(ctx, &connection).await {
         Ok((counts, cursor)) => {

@@ -19,3 +19,4 @@ mod scheduler;
 mod support;
 mod tokens;
 mod webhooks;
+mod workers;
