@@ -378,3 +378,109 @@ async fn a_fourth_institution_joins_a_running_fleet_with_a_new_file_only() {
     assert_eq!(stored.transactions.len(), expected.transactions.len());
     let _ = std::fs::remove_dir_all(&connectors);
 }
+
+/// Two schedulers and three workers as separate processes on PostgreSQL: every
+/// connection is synced once per schedule slot, never twice, slot after slot.
+#[tokio::test]
+async fn two_schedulers_and_three_workers_sync_each_slot_once() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let prefix = RedisPrefix(unique("finsync_slots"));
+    let (_sandbox, sandbox_url) = spawn_sandbox_process();
+    let (api, mut env) = fleet_env(&db, &prefix, &sandbox_url);
+    env.extend([
+        ("FINSYNC__SYNC__INTERVAL_SECS", "3".to_owned()),
+        ("FINSYNC__SYNC__SCHEDULER_TICK_SECS", "1".to_owned()),
+    ]);
+    assert!(finsync(&env).arg("migrate").status().unwrap().success());
+    let _serve = spawn("serve", finsync(&env).arg("serve"));
+    let _workers: Vec<_> = ["worker-a", "worker-b", "worker-c"]
+        .into_iter()
+        .map(|name| spawn(name, finsync(&env).args(["worker", "--concurrency", "2"])))
+        .collect();
+    let _schedulers: Vec<_> = ["scheduler-a", "scheduler-b"]
+        .into_iter()
+        .map(|name| spawn(name, finsync(&env).arg("scheduler")))
+        .collect();
+    wait_ready(&format!("{api}/readyz")).await;
+
+    let http = finsync::http::client();
+    let created = http
+        .post(format!("{api}/admin/tenants"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "slots-advisor" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let mut connections = Vec::new();
+    for user in ["demo-s1", "demo-s2", "demo-s3", "demo-s4"] {
+        let link: Value = http
+            .post(format!("{api}/admin/connections"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "tenant": "slots-advisor", "user": user, "institution": "harbor" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let consent = http
+            .get(link["authorize_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let callback = consent.headers()[LOCATION].to_str().unwrap().to_owned();
+        assert_eq!(http.get(&callback).send().await.unwrap().status(), 200);
+        connections.push(
+            link["connection_id"]
+                .as_str()
+                .unwrap()
+                .parse::<finsync::domain::ConnectionId>()
+                .unwrap(),
+        );
+    }
+
+    // Wait until every connection has had at least three scheduled syncs.
+    let store = finsync::store::Store::connect(&SecretString::from(db.url.clone()), 2)
+        .await
+        .unwrap();
+    let scheduled = |runs: &[finsync::store::entities::sync_run::Model]| {
+        runs.iter()
+            .filter(|r| r.idempotency_key.starts_with("schedule:"))
+            .count()
+    };
+    for _ in 0..600 {
+        let mut enough = true;
+        for connection in &connections {
+            enough &= scheduled(&store.runs(*connection).await.unwrap()) >= 3;
+        }
+        if enough {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for connection in &connections {
+        let runs = store.runs(*connection).await.unwrap();
+        assert!(scheduled(&runs) >= 3, "{runs:?}");
+        // One run per slot: no scheduled key ran twice, and no two runs of the
+        // connection overlapped.
+        let mut keys: Vec<_> = runs
+            .iter()
+            .filter(|r| r.idempotency_key.starts_with("schedule:"))
+            .map(|r| r.idempotency_key.clone())
+            .collect();
+        let total = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), total, "a slot synced twice: {runs:?}");
+        let mut spans: Vec<_> = runs
+            .iter()
+            .filter_map(|r| r.finished_at.map(|f| (r.started_at, f)))
+            .collect();
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(pair[0].1 <= pair[1].0, "two syncs overlapped: {runs:?}");
+        }
+        assert!(runs.iter().all(|r| r.outcome != "failed"), "{runs:?}");
+    }
+}
