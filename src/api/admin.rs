@@ -15,6 +15,7 @@ use super::extract::{Json, Path};
 use super::{ApiError, ApiState, ErrorCode};
 use chrono::{DateTime, Utc};
 
+use crate::connectors::validate::SYNC_INTERVAL_SECS;
 use crate::domain::{ConnectionId, ConnectionStatus, UserId};
 use crate::store::{ConnectionRecord, Lease, StoreError};
 use crate::tokens::LinkError;
@@ -24,7 +25,9 @@ pub fn routes() -> Router<ApiState> {
         .route("/admin/connections", post(create_connection))
         .route(
             "/admin/connections/{connection_id}",
-            get(get_connection).delete(delete_connection),
+            get(get_connection)
+                .patch(update_connection)
+                .delete(delete_connection),
         )
 }
 
@@ -102,6 +105,10 @@ pub(super) struct ConnectionHealth {
     last_failure_at: Option<DateTime<Utc>>,
     last_synced_at: Option<DateTime<Utc>>,
     next_sync_at: Option<DateTime<Utc>>,
+    /// Seconds between scheduled syncs, as in force for this connection.
+    sync_interval_secs: i64,
+    /// Where that interval comes from: `connection`, `connector` or `default`.
+    sync_interval_source: &'static str,
     access_token_expires_at: Option<DateTime<Utc>>,
     refresh_due_at: Option<DateTime<Utc>>,
     scopes: Option<String>,
@@ -156,9 +163,26 @@ pub(super) async fn get_connection(
     Path(id): Path<String>,
 ) -> Result<Json<ConnectionHealth>, ApiError> {
     let c = load(&state, connection_id(&id)?).await?;
-    let relink_url = super::read::relink_url(&state, &c).await?;
+    Ok(Json(health(&state, c).await?))
+}
+
+async fn health(state: &ApiState, c: ConnectionRecord) -> Result<ConnectionHealth, ApiError> {
+    let relink_url = super::read::relink_url(state, &c).await?;
+    let sync_interval_secs = state.sync.interval_for(&c).num_seconds();
+    let sync_interval_source = if c.sync_interval_secs.is_some() {
+        "connection"
+    } else if state
+        .sync
+        .registry
+        .get(&c.institution_id)
+        .is_ok_and(|connector| connector.sync_interval.is_some())
+    {
+        "connector"
+    } else {
+        "default"
+    };
     let warning = chrono::Duration::days(i64::from(state.consent_warning_days));
-    Ok(Json(ConnectionHealth {
+    Ok(ConnectionHealth {
         id: c.id.to_string(),
         tenant_id: c.tenant_id.to_string(),
         user_id: c.user_id.to_string(),
@@ -168,6 +192,8 @@ pub(super) async fn get_connection(
         last_failure_at: c.last_failure_at,
         last_synced_at: c.last_synced_at,
         next_sync_at: c.next_sync_at,
+        sync_interval_secs,
+        sync_interval_source,
         access_token_expires_at: c.tokens.access_token_expires_at,
         refresh_due_at: c.tokens.refresh_due_at,
         scopes: c.scopes,
@@ -181,7 +207,55 @@ pub(super) async fn get_connection(
                     .is_some_and(|at| at - Utc::now() < warning),
         },
         relink_url,
-    }))
+    })
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConnectionUpdate {
+    /// Seconds between scheduled syncs of this connection (60 to 2 592 000); `null`
+    /// goes back to the connector's interval, else the default.
+    #[schema(minimum = 60, maximum = 2_592_000)]
+    sync_interval_secs: Option<u64>,
+}
+
+/// Changes a connection's schedule. The next sync keeps its time; the one after
+/// follows the new interval.
+#[utoipa::path(
+    patch, path = "/admin/connections/{connection_id}", tag = "admin",
+    params(("connection_id" = String, Path)), request_body = ConnectionUpdate,
+    responses(
+        (status = 200, body = ConnectionHealth), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn update_connection(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(id): Path<String>,
+    Json(body): Json<ConnectionUpdate>,
+) -> Result<Json<ConnectionHealth>, ApiError> {
+    let id = connection_id(&id)?;
+    if let Some(secs) = body.sync_interval_secs
+        && !SYNC_INTERVAL_SECS.contains(&secs)
+    {
+        return Err(ApiError::invalid(format!(
+            "sync_interval_secs must be {} to {} (a minute to 30 days)",
+            SYNC_INTERVAL_SECS.start(),
+            SYNC_INTERVAL_SECS.end()
+        )));
+    }
+    load(&state, id).await?;
+    state
+        .sync
+        .store
+        .set_sync_interval(id, body.sync_interval_secs)
+        .await
+        .map_err(ApiError::internal)?;
+    let c = load(&state, id).await?;
+    Ok(Json(health(&state, c).await?))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -23,7 +23,8 @@ use super::{ApiState, admin, connectors, health, read, syncs, tenants, webhooks}
     paths(
         read::get_portfolio, read::get_accounts, read::get_holdings, read::get_transactions,
         read::get_connections, syncs::request_sync, syncs::get_sync,
-        admin::create_connection, admin::get_connection, admin::delete_connection,
+        admin::create_connection, admin::get_connection, admin::update_connection,
+        admin::delete_connection,
         connectors::list_connectors, connectors::get_connector, connectors::put_connector,
         tenants::create_tenant, tenants::list_tenants, tenants::get_tenant,
         tenants::create_key, tenants::list_keys, tenants::revoke_key,

@@ -37,6 +37,8 @@ pub struct Connector {
     pub auth: OAuth2,
     pub limits: spec::LimitsSpec,
     pub errors: Errors,
+    /// How often this institution's connections are synced, if the file says.
+    pub sync_interval: Option<std::time::Duration>,
     pub accounts: Endpoint,
     pub holdings: Option<Endpoint>,
     pub transactions: Option<Endpoint>,

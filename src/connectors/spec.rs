@@ -23,7 +23,17 @@ pub struct ConnectorFile {
     pub limits: LimitsSpec,
     #[serde(default)]
     pub errors: ErrorSpec,
+    /// How often this institution's connections are synced, unless a connection
+    /// says otherwise; absent: the deployment's default (`sync.interval_secs`).
+    pub schedule: Option<ScheduleSpec>,
     pub endpoints: EndpointsSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// Seconds between two scheduled syncs of one connection (60 to 2 592 000).
+    pub interval_secs: u64,
 }
 
 /// How finsync is authorised at the institution. Only OAuth 2.0 exists today; the

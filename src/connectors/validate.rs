@@ -109,6 +109,9 @@ struct Validator {
     problems: Vec<Problem>,
 }
 
+/// Sync intervals a connector or a connection may ask for, in seconds.
+pub const SYNC_INTERVAL_SECS: std::ops::RangeInclusive<u64> = 60..=2_592_000;
+
 /// Longest date window and history, in days.
 const MAX_WINDOW_DAYS: u32 = 36_600;
 
@@ -337,6 +340,18 @@ impl Validator {
                 .and_then(|p| self.json_path("errors.record_error", p)),
             spec: spec.errors.clone(),
         };
+        if let Some(schedule) = &spec.schedule
+            && !SYNC_INTERVAL_SECS.contains(&schedule.interval_secs)
+        {
+            self.report(
+                "schedule.interval_secs",
+                format!(
+                    "must be {} to {} seconds (a minute to 30 days)",
+                    SYNC_INTERVAL_SECS.start(),
+                    SYNC_INTERVAL_SECS.end()
+                ),
+            );
+        }
         if spec.limits.page_size == 0 {
             self.report("limits.page_size", "must be at least 1");
         }
@@ -382,6 +397,10 @@ impl Validator {
             auth: auth?,
             limits: spec.limits.clone(),
             errors,
+            sync_interval: spec
+                .schedule
+                .as_ref()
+                .map(|s| std::time::Duration::from_secs(s.interval_secs)),
             accounts: accounts?,
             holdings: holdings.flatten(),
             transactions: transactions.flatten(),

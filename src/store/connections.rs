@@ -29,6 +29,8 @@ pub struct ConnectionRecord {
     pub last_failure_at: Option<DateTime<Utc>>,
     pub last_failure_reason: Option<String>,
     pub next_sync_at: Option<DateTime<Utc>>,
+    /// This connection's own sync interval, overriding its connector's and the default.
+    pub sync_interval_secs: Option<u64>,
     pub consent: Consent,
     pub created_at: DateTime<Utc>,
     /// Moves on every change to the row; cached views compare it to detect that
@@ -137,6 +139,7 @@ impl Store {
             last_failure_at: Set(None),
             last_failure_reason: Set(None),
             next_sync_at: Set(None),
+            sync_interval_secs: Set(None),
             sync_lease_owner: Set(None),
             sync_lease_until: Set(None),
             created_at: Set(now),
@@ -549,6 +552,19 @@ impl Store {
         Ok(())
     }
 
+    /// Sets (or, with `None`, clears) the connection's own sync interval.
+    pub async fn set_sync_interval(
+        &self,
+        id: ConnectionId,
+        secs: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut row: connection::ActiveModel = self.connection_row(id).await?.into();
+        row.sync_interval_secs = Set(secs.and_then(|s| i64::try_from(s).ok()));
+        row.updated_at = Set(Utc::now());
+        row.update(self.db()).await?;
+        Ok(())
+    }
+
     pub async fn record_sync_failure(
         &self,
         id: ConnectionId,
@@ -677,6 +693,7 @@ fn to_record(row: connection::Model) -> Result<ConnectionRecord, StoreError> {
         last_failure_at: row.last_failure_at,
         last_failure_reason: row.last_failure_reason,
         next_sync_at: row.next_sync_at,
+        sync_interval_secs: row.sync_interval_secs.and_then(|s| u64::try_from(s).ok()),
         consent: Consent {
             granted_at: row.consent_granted_at,
             expires_at: row.consent_expires_at,

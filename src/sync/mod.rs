@@ -40,6 +40,23 @@ pub struct SyncContext {
 }
 
 impl SyncContext {
+    /// How long after a sync the connection is due again: its own interval, else
+    /// its connector's, else the deployment's.
+    pub fn interval_for(&self, connection: &ConnectionRecord) -> chrono::Duration {
+        let own = connection
+            .sync_interval_secs
+            .map(std::time::Duration::from_secs);
+        let connector = || {
+            self.registry
+                .get(&connection.institution_id)
+                .ok()
+                .and_then(|c| c.sync_interval)
+        };
+        own.or_else(connector)
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .unwrap_or(self.interval)
+    }
+
     /// Rebuilds the cached portfolio of the connection's user after anything that
     /// changes what the read API shows (a sync, a status change, a disconnect).
     pub async fn refresh_portfolio(&self, connection: &ConnectionRecord) -> Result<(), StoreError> {

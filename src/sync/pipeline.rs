@@ -124,7 +124,11 @@ async fn leased_sync(
     match fetch_and_store(ctx, &connection).await {
         Ok((counts, cursor)) => {
             ctx.store
-                .record_sync_success(connection.id, started, started + ctx.interval)
+                .record_sync_success(
+                    connection.id,
+                    started,
+                    started + ctx.interval_for(&connection),
+                )
                 .await?;
             // The run reads as finished only once readers see its data: a read
             // right after a sync reports done must not get the view before it.

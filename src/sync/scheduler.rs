@@ -32,7 +32,7 @@ pub async fn tick(ctx: &Context) -> Result<usize, SchedulerError> {
     let now = Utc::now().trunc_subsecs(6);
     let mut enqueued = 0;
     for connection in ctx.store.due_connections(now, BATCH).await? {
-        let next = now + ctx.interval;
+        let next = now + ctx.interval_for(&connection);
         if !ctx
             .store
             .claim_schedule(connection.id, connection.next_sync_at, next)

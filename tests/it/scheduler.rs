@@ -4,9 +4,10 @@
 use finsync::domain::{ConnectionStatus, UserId};
 use finsync::sandbox::SandboxConfig;
 use finsync::store::TokenColumns;
-use finsync::sync::scheduler;
+use finsync::sync::{SyncConnection, scheduler};
+use serde_json::json;
 
-use crate::support::{Backend, TestApp, TestDb, settings, spawn_sandbox};
+use crate::support::{ADMIN_TOKEN, Backend, TestApp, TestDb, settings, spawn_sandbox};
 
 #[tokio::test]
 async fn two_schedulers_enqueue_a_due_connection_once() {
@@ -67,4 +68,77 @@ async fn two_schedulers_enqueue_a_due_connection_once() {
         // Nothing is due again until the interval has passed.
         assert_eq!(scheduler::tick(ctx).await.unwrap(), 0, "{backend:?}");
     }
+}
+
+/// Schedules: the deployment's default, a connector's `[schedule]`, a connection's own
+/// interval set through the admin API, in that order of precedence.
+#[tokio::test]
+async fn a_connection_or_its_connector_can_set_its_own_sync_interval() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let store = &app.app.ctx.store;
+    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-alice").await;
+    let http = finsync::http::client();
+    let url = format!("{}/admin/connections/{connection}", app.address);
+    let patch =
+        |body: serde_json::Value| http.patch(&url).bearer_auth(ADMIN_TOKEN).json(&body).send();
+    let app = &app;
+    let resync = |key: &'static str| async move {
+        let since = chrono::Utc::now();
+        let job = SyncConnection {
+            connection_id: connection,
+            idempotency_key: key.into(),
+        };
+        assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+        app.wait_synced(connection, since).await;
+        let record = store.connection(connection).await.unwrap();
+        (record.next_sync_at.unwrap() - record.last_synced_at.unwrap()).num_seconds()
+    };
+    assert_eq!(resync("test:default").await, 3600);
+
+    let set = patch(json!({ "sync_interval_secs": 600 })).await.unwrap();
+    assert_eq!(set.status(), 200);
+    let health: serde_json::Value = set.json().await.unwrap();
+    assert_eq!(
+        (
+            health["sync_interval_secs"].clone(),
+            health["sync_interval_source"].clone()
+        ),
+        (json!(600), json!("connection"))
+    );
+    assert_eq!(resync("test:own").await, 600);
+
+    // Out of range: refused, and nothing changes.
+    let refused = patch(json!({ "sync_interval_secs": 5 })).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        store
+            .connection(connection)
+            .await
+            .unwrap()
+            .sync_interval_secs,
+        Some(600)
+    );
+
+    // Cleared: the connector's schedule applies, once its file has one.
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/meridian.toml"),
+    )
+    .unwrap();
+    let scheduled = text.replacen("[auth]", "[schedule]\ninterval_secs = 900\n\n[auth]", 1);
+    app.app
+        .catalog
+        .publish("meridian", &scheduled, "test")
+        .await
+        .unwrap();
+    let cleared: serde_json::Value = patch(json!({ "sync_interval_secs": null }))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cleared["sync_interval_source"], "connector");
+    assert_eq!(resync("test:connector").await, 900);
 }

@@ -26,6 +26,7 @@ pub struct Model {
     pub last_failure_at: Option<DateTimeUtc>,
     pub last_failure_reason: Option<String>,
     pub next_sync_at: Option<DateTimeUtc>,
+    pub sync_interval_secs: Option<i64>,
     pub sync_lease_owner: Option<String>,
     pub sync_lease_until: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
