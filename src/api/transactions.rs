@@ -38,13 +38,13 @@ pub(super) struct AnnotateQuery {
 #[serde(deny_unknown_fields)]
 pub(super) struct AnnotateRequest {
     /// Replaces the tags: at most 20, each 1 to 64 characters once trimmed;
-    /// duplicates are kept once.
+    /// a repeated tag is kept once.
     #[serde(default, deserialize_with = "present")]
-    #[schema(nullable = false)]
+    #[schema(nullable = false, max_items = 20)]
     tags: Option<Vec<String>>,
     /// Replaces the note (at most 2000 characters); `null` or an empty note clears it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 2000)]
     note: Option<Option<String>>,
 }
 
@@ -57,25 +57,25 @@ fn validated(request: AnnotateRequest) -> Result<AnnotationChange, ApiError> {
     let tags = match request.tags {
         None => None,
         Some(given) => {
+            if given.len() > MAX_TAGS {
+                return Err(ApiError::invalid(format!(
+                    "at most {MAX_TAGS} tags; got {}",
+                    given.len()
+                )));
+            }
             let mut tags: Vec<String> = Vec::with_capacity(given.len());
-            for tag in given {
+            for (position, tag) in given.iter().enumerate() {
                 let tag = tag.trim();
                 let chars = tag.chars().count();
                 if !(1..=MAX_TAG_CHARS).contains(&chars) {
                     return Err(ApiError::invalid(format!(
-                        "each tag must be 1 to {MAX_TAG_CHARS} characters once trimmed; `{}` is {chars}",
-                        tag.chars().take(MAX_TAG_CHARS).collect::<String>()
+                        "each tag must be 1 to {MAX_TAG_CHARS} characters once trimmed; tag {} has {chars}",
+                        position + 1
                     )));
                 }
                 if !tags.iter().any(|t| t == tag) {
                     tags.push(tag.to_owned());
                 }
-            }
-            if tags.len() > MAX_TAGS {
-                return Err(ApiError::invalid(format!(
-                    "at most {MAX_TAGS} tags; got {}",
-                    tags.len()
-                )));
             }
             Some(tags)
         }
