@@ -8,7 +8,9 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 use sea_orm::sea_query::{Condition, Query};
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
+};
 
 use super::entities::{connection, transaction};
 use super::records::transaction_from_row;
@@ -87,17 +89,29 @@ async fn write_annotations<C: ConnectionTrait>(
 
 /// Before a stored transaction is deleted: the posted transaction of the same
 /// connection that names it as its pending one takes its annotations.
+///
+/// Both rows are read again under a row lock (PostgreSQL; SQLite writers take
+/// turns anyway), so a `PATCH` committed since the sync read them is carried, and
+/// one still running waits and then finds the pending transaction gone.
 pub(super) async fn carry_to_posted<C: ConnectionTrait>(
     db: &C,
     gone: &transaction::Model,
 ) -> Result<(), StoreError> {
-    let annotations = annotations_from_row(gone)?;
+    let Some(gone) = transaction::Entity::find_by_id(gone.id.clone())
+        .lock_exclusive()
+        .one(db)
+        .await?
+    else {
+        return Ok(());
+    };
+    let annotations = annotations_from_row(&gone)?;
     if annotations.is_empty() {
         return Ok(());
     }
     let Some(posted) = transaction::Entity::find()
         .filter(transaction::Column::ConnectionId.eq(&gone.connection_id))
         .filter(transaction::Column::PendingExternalId.eq(&gone.external_id))
+        .lock_exclusive()
         .one(db)
         .await?
     else {
@@ -135,7 +149,12 @@ impl Store {
         if let Some(connection) = connection {
             scope = scope.add(transaction::Column::ConnectionId.eq(connection.to_string()));
         }
-        let mut found = transaction::Entity::find().filter(scope).all(&txn).await?;
+        // Locked, so a sync deleting it or carrying its annotations waits for us.
+        let mut found = transaction::Entity::find()
+            .filter(scope)
+            .lock_exclusive()
+            .all(&txn)
+            .await?;
         let row = match found.len() {
             0 => return Err(StoreError::NotFound("transaction")),
             1 => found.remove(0),
