@@ -1,10 +1,11 @@
 //! Tags and notes users attach to transactions: set through the API with a key that
 //! may write, shown by `/transactions` and the portfolio, kept by every sync, and
-//! carried over when a pending transaction posts under a new id.
+//! carried over when a pending transaction posts under a new id. An id two of a
+//! tenant's connections share needs the connection named.
 
 use finsync::domain::ConnectionId;
 use finsync::sandbox::SandboxConfig;
-use finsync::store::Scope;
+use finsync::store::{Removals, Scope};
 use finsync::sync::SyncConnection;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
@@ -147,7 +148,7 @@ async fn a_posted_transaction_keeps_the_tags_and_note_set_on_its_pending_one() {
 }
 
 #[tokio::test]
-async fn annotations_are_validated_written_only_with_the_sync_scope_and_tenant_scoped() {
+async fn annotations_are_validated_need_the_sync_scope_and_name_one_transaction_of_the_tenant() {
     let sandbox = spawn_sandbox(SandboxConfig::default()).await;
     let db = TestDb::new(Backend::Sqlite).await;
     let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
@@ -198,4 +199,57 @@ async fn annotations_are_validated_written_only_with_the_sync_scope_and_tenant_s
     let unchanged = find(&now, &id).unwrap();
     assert_eq!(unchanged["tags"], json!(["kept"]));
     assert_eq!(unchanged["note"], "kept");
+
+    // Another connection of the tenant with the same institution ids: the id alone
+    // is ambiguous, and `connection_id` picks one.
+    let first: ConnectionId = unchanged["connection_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let user = finsync::domain::UserId::parse("demo-alice").unwrap();
+    let second = store
+        .upsert_connection(tenant.id, &user, "harbor")
+        .await
+        .unwrap()
+        .id;
+    let copy = store.full_snapshot(first).await.unwrap();
+    store
+        .apply_snapshot(second, &copy, Removals::ALL)
+        .await
+        .unwrap();
+    let (status, error) = patch(&app, &id, &key, json!({"tags": ["which"]})).await;
+    assert_eq!(status, 409, "{error}");
+    assert_eq!(error["error"]["code"], "CONFLICT");
+    let (status, view) = patch(
+        &app,
+        &format!("{id}?connection_id={second}"),
+        &key,
+        json!({"tags": ["second"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["connection_id"], second.to_string());
+    let now = transactions(&app, &key).await;
+    let tags: Vec<(&Value, &Value)> = now
+        .iter()
+        .filter(|t| t["id"] == id.as_str())
+        .map(|t| (&t["connection_id"], &t["tags"]))
+        .collect();
+    assert_eq!(tags.len(), 2);
+    for (connection, tags) in tags {
+        let expected = if *connection == first.to_string() {
+            json!(["kept"])
+        } else {
+            json!(["second"])
+        };
+        assert_eq!(*tags, expected);
+    }
+    for query in [
+        format!("connection_id={}", ConnectionId::new()),
+        "connection_id=nope".into(),
+    ] {
+        let (status, error) = patch(&app, &format!("{id}?{query}"), &key, json!({})).await;
+        assert_eq!(status, 404, "{query}: {error}");
+    }
 }
