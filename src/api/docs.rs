@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{ApiState, admin, connectors, health, read, syncs, tenants, webhooks};
+use super::{ApiState, admin, connectors, health, read, syncs, tenants, transactions, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,7 +22,7 @@ use super::{ApiState, admin, connectors, health, read, syncs, tenants, webhooks}
     ),
     paths(
         read::get_portfolio, read::get_accounts, read::get_holdings, read::get_transactions,
-        read::get_connections, syncs::request_sync, syncs::get_sync,
+        read::get_connections, syncs::request_sync, syncs::get_sync, transactions::annotate,
         admin::create_connection, admin::get_connection, admin::update_connection,
         admin::delete_connection,
         connectors::list_connectors, connectors::get_connector, connectors::put_connector,
@@ -37,6 +37,7 @@ use super::{ApiState, admin, connectors, health, read, syncs, tenants, webhooks}
     tags(
         (name = "read", description = "Portfolios for advisory apps (API key, scope `read`)"),
         (name = "syncs", description = "On-demand syncs (API key, scope `sync` to request)"),
+        (name = "annotations", description = "Users' tags and notes on transactions (API key, scope `sync`)"),
         (name = "webhooks", description = "Signed event deliveries to tenants' endpoints (API key; `sync` scope to change)"),
         (name = "admin", description = "Tenants, keys, users, connections and connectors (admin token)"),
         (name = "health", description = "Liveness and readiness"),

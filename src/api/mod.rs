@@ -1,5 +1,5 @@
-//! The HTTP API: the versioned read API for advisory apps ([`read`], [`syncs`]), the
-//! admin API ([`admin`], [`tenants`]), tenants' webhooks ([`webhooks`]), its
+//! The HTTP API: the versioned read API for advisory apps ([`read`], [`syncs`], and
+//! users' tags and notes on [`transactions`]), the admin API ([`admin`], [`tenants`]), tenants' webhooks ([`webhooks`]), its
 //! contract ([`docs`]), the OAuth callback
 //! institutions redirect to ([`callback`]) and health checks ([`health`]). Handlers read through the store and cache and
 //! enqueue work through `sync`; they never call an institution themselves.
@@ -15,6 +15,7 @@ mod health;
 mod read;
 mod syncs;
 mod tenants;
+mod transactions;
 mod webhooks;
 
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(read::routes())
         .merge(syncs::routes())
+        .merge(transactions::routes())
         .merge(admin::routes())
         .merge(connectors::routes())
         .merge(tenants::routes())

@@ -328,7 +328,9 @@ pub(super) async fn get_transactions(
         connections,
         transactions: page
             .into_iter()
-            .map(|t| TransactionView::from_record(t.connection.to_string(), t.transaction))
+            .map(|t| {
+                TransactionView::from_record(t.connection.to_string(), t.transaction, t.annotations)
+            })
             .collect(),
         next_cursor,
     }))

@@ -48,6 +48,7 @@ pub(super) async fn assemble(
     for connection in &connections {
         let cid = connection.id.to_string();
         let stored = store.portfolio(connection.id, recent_transactions).await?;
+        let mut annotations = store.transaction_annotations(connection.id).await?;
         for a in stored.accounts {
             let sign = match a.account_type {
                 AccountType::Credit | AccountType::Loan => Decimal::NEGATIVE_ONE,
@@ -113,9 +114,10 @@ pub(super) async fn assemble(
             });
         }
         for t in stored.transactions {
+            let annotations = annotations.remove(&t.external_id).unwrap_or_default();
             portfolio
                 .transactions
-                .push(TransactionView::from_record(cid.clone(), t));
+                .push(TransactionView::from_record(cid.clone(), t, annotations));
         }
     }
     portfolio

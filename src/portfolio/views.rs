@@ -10,6 +10,7 @@ use crate::domain::{
     AccountType, ConnectionStatus, Currency, InvestmentType, Money, SecurityType, Transaction,
     TransactionStatus,
 };
+use crate::store::Annotations;
 
 /// Why data is not current, as a stable code apps can branch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -213,10 +214,15 @@ pub struct TransactionView {
     #[serde(with = "rust_decimal::serde::str_option")]
     #[schema(value_type = Option<String>)]
     pub price: Option<Decimal>,
+    /// The user's tags (`PATCH /v1/transactions/{transaction_id}`); a posted
+    /// transaction keeps those of the pending one it replaced.
+    pub tags: Vec<String>,
+    /// The user's note, kept like `tags`.
+    pub note: Option<String>,
 }
 
 impl TransactionView {
-    pub fn from_record(connection_id: String, t: Transaction) -> Self {
+    pub fn from_record(connection_id: String, t: Transaction, annotations: Annotations) -> Self {
         Self {
             connection_id,
             id: t.external_id,
@@ -231,6 +237,8 @@ impl TransactionView {
             security_id: t.security_external_id,
             quantity: t.quantity,
             price: t.price,
+            tags: annotations.tags,
+            note: annotations.note,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! institution's id); writes of one account are atomic); they hold no business
 //! rules about when to sync or whom to show what.
 
+mod annotations;
 mod connections;
 mod decimal;
 pub mod entities;
@@ -24,6 +25,7 @@ use sea_orm::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
+pub use annotations::{AnnotatedTransaction, AnnotationChange, Annotations};
 pub use connections::{CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, TokenColumns};
 pub use decimal::DbDecimal;
 pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};

@@ -10,6 +10,7 @@ use sea_orm::{
     QuerySelect, Set,
 };
 
+use super::annotations::{Annotations, annotations_from_row, carry_to_posted};
 use super::entities::{account, holding, security, transaction};
 use super::{DbDecimal, Store, StoreError};
 use crate::domain::{
@@ -54,7 +55,9 @@ impl Store {
     /// Makes the stored records of `connection` equal `snapshot`: inserts new
     /// records, updates changed ones, deletes the ones the institution no longer
     /// returns (where `removals` allows), and leaves identical ones untouched.
-    /// Applying the same snapshot twice changes nothing the second time.
+    /// Applying the same snapshot twice changes nothing the second time. What users
+    /// attached to transactions is never written here, except that a pending
+    /// transaction's annotations pass to the posted one that replaces it.
     ///
     /// Each account is written in its own transaction with its holdings and
     /// transactions. Securities are upserted first and unused ones deleted last, so
@@ -348,6 +351,7 @@ async fn apply_transactions<C: ConnectionTrait>(
     }
     for gone in stored.into_values() {
         if coverage.removes(&gone.external_id, gone.date) {
+            carry_to_posted(db, &gone).await?;
             transaction::Entity::delete_by_id(gone.id).exec(db).await?;
             local.removed += 1;
         }
@@ -535,10 +539,12 @@ fn transaction_row(
         quantity: Set(t.quantity.map(DbDecimal)),
         price: Set(t.price.map(DbDecimal)),
         updated_at: Set(now),
+        // The user's tags and note: never the institution's to write.
+        ..Default::default()
     }
 }
 
-fn transaction_from_row(r: &transaction::Model) -> Result<Transaction, StoreError> {
+pub(super) fn transaction_from_row(r: &transaction::Model) -> Result<Transaction, StoreError> {
     Ok(Transaction {
         external_id: r.external_id.clone(),
         account_external_id: r.account_external_id.clone(),
@@ -585,6 +591,7 @@ pub struct PagedTransaction {
     pub connection: ConnectionId,
     pub position: TransactionPosition,
     pub transaction: Transaction,
+    pub annotations: Annotations,
 }
 
 impl Store {
@@ -644,6 +651,7 @@ impl Store {
                         row_id: row.id.clone(),
                     },
                     transaction: transaction_from_row(row)?,
+                    annotations: annotations_from_row(row)?,
                 })
             })
             .collect()

@@ -51,6 +51,21 @@ async fn call_json(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// `call` for any route with an id: a PATCH carries an empty object (every field
+/// is optional), so only the id can be what a route refuses.
+async fn call_route(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    bearer: &str,
+) -> (StatusCode, Value) {
+    if method == Method::PATCH {
+        return call_json(app, method, path, bearer, json!({})).await;
+    }
+    let (status, _, body) = call(app, method, path, bearer).await;
+    (status, body)
+}
+
 /// Polls a sync until it stops running and returns its last status.
 async fn wait_for(app: &TestApp, sync_id: &str, key: &str) -> Value {
     for _ in 0..300 {
@@ -87,6 +102,14 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
     .await;
     assert_eq!(status, 201, "{hook}");
     let webhook_id = hook["id"].as_str().unwrap();
+    let (_, _, page) = call(
+        &app,
+        Method::GET,
+        "/v1/users/demo-alice/transactions?limit=1",
+        &owner_key,
+    )
+    .await;
+    let transaction_id = page["transactions"][0]["id"].as_str().unwrap();
 
     // Every tenant route in the published contract, with the owner's ids.
     let document = finsync::api::document();
@@ -102,24 +125,26 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
         let concrete = path
             .replace("{user_id}", "demo-alice")
             .replace("{sync_id}", sync_id)
-            .replace("{webhook_id}", webhook_id);
+            .replace("{webhook_id}", webhook_id)
+            .replace("{transaction_id}", transaction_id);
         for (method, present) in [
             (Method::GET, item.get.is_some()),
             (Method::POST, item.post.is_some()),
+            (Method::PATCH, item.patch.is_some()),
             (Method::DELETE, item.delete.is_some()),
         ] {
             if !present {
                 continue;
             }
-            let (status, _, body) =
-                call(&app, method.clone(), &concrete, other_key.0.expose_secret()).await;
+            let (status, body) =
+                call_route(&app, method.clone(), &concrete, other_key.0.expose_secret()).await;
             assert_eq!(
                 status, 404,
                 "{method} {concrete} for another tenant: {body}"
             );
             assert_eq!(body["error"]["code"], "NOT_FOUND");
             assert!(body["request_id"].is_string());
-            let (status, _, body) = call(&app, method.clone(), &concrete, &owner_key).await;
+            let (status, body) = call_route(&app, method.clone(), &concrete, &owner_key).await;
             assert!(
                 status.is_success() || status == 429,
                 "{method} {concrete} for its owner: {status} {body}"
@@ -127,7 +152,7 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
             walked += 1;
         }
     }
-    assert_eq!(walked, 9, "every /v1 operation with an id was walked");
+    assert_eq!(walked, 10, "every /v1 operation with an id was walked");
 }
 
 #[tokio::test]

@@ -117,6 +117,10 @@ async fn the_api_keeps_its_contract_under_generated_requests() {
     .await
     .unwrap();
 
+    let transaction = store.full_snapshot(connection).await.unwrap().transactions[0]
+        .external_id
+        .clone();
+
     let work = std::env::temp_dir().join(crate::support::unique("finsync-contract"));
     std::fs::create_dir_all(&work).unwrap();
     let user = ("user_id", "demo-alice".to_owned());
@@ -129,6 +133,7 @@ async fn the_api_keeps_its_contract_under_generated_requests() {
             user.clone(),
             ("sync_id", sync.id),
             ("webhook_id", hook.endpoint.id.to_string()),
+            ("transaction_id", transaction),
         ],
     )
     .await;

@@ -3,6 +3,7 @@
 //! the local servers) and against SQLite files; each test gets its own database and
 //! Redis key prefix, and the sandbox institutions on `127.0.0.1:0`.
 
+mod annotations;
 mod api;
 mod cache;
 mod catalog;

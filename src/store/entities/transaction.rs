@@ -21,6 +21,9 @@ pub struct Model {
     pub security_external_id: Option<String>,
     pub quantity: Option<DbDecimal>,
     pub price: Option<DbDecimal>,
+    /// What the user attached: a JSON array of tags, and a note. Syncs never write them.
+    pub tags: String,
+    pub note: Option<String>,
     pub updated_at: DateTimeUtc,
 }
 
