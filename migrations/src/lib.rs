@@ -11,6 +11,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_core_tables;
 mod m20261122_000002_api_keys_syncs_webhooks;
 mod m20261122_000003_connector_versions;
+mod m20261122_000005_quarantine;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_core_tables::Migration),
             Box::new(m20261122_000002_api_keys_syncs_webhooks::Migration),
             Box::new(m20261122_000003_connector_versions::Migration),
+            Box::new(m20261122_000005_quarantine::Migration),
         ]
     }
 }

@@ -8,6 +8,7 @@
 pub mod engine;
 pub mod fields;
 pub mod mapping;
+pub mod redact;
 pub mod registry;
 pub mod spec;
 pub mod validate;

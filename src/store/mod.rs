@@ -8,6 +8,7 @@ mod connections;
 mod decimal;
 pub mod entities;
 mod institutions;
+mod quarantine;
 mod records;
 mod runs;
 mod sync_requests;
@@ -27,6 +28,7 @@ use secrecy::{ExposeSecret, SecretString};
 pub use connections::{CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, TokenColumns};
 pub use decimal::DbDecimal;
 pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};
+pub use quarantine::{QuarantineEntry, QuarantineFilter, Refusal, Resolution};
 pub use records::{
     ApplyCounts, PagedTransaction, Removals, TransactionFilter, TransactionPosition,
 };
