@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{ApiState, admin, connectors, health, read, syncs, tenants, webhooks};
+use super::{ApiState, admin, connectors, health, quarantine, read, syncs, tenants, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,6 +30,7 @@ use super::{ApiState, admin, connectors, health, read, syncs, tenants, webhooks}
         tenants::list_users, tenants::delete_user,
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint,
         webhooks::endpoint_deliveries, webhooks::admin_deliveries,
+        quarantine::list_quarantine,
         health::healthz, health::ready,
     ),
     modifiers(&Security),
@@ -37,7 +38,7 @@ use super::{ApiState, admin, connectors, health, read, syncs, tenants, webhooks}
         (name = "read", description = "Portfolios for advisory apps (API key, scope `read`)"),
         (name = "syncs", description = "On-demand syncs (API key, scope `sync` to request)"),
         (name = "webhooks", description = "Signed event deliveries to tenants' endpoints (API key; `sync` scope to change)"),
-        (name = "admin", description = "Tenants, keys, users, connections and connectors (admin token)"),
+        (name = "admin", description = "Tenants, keys, users, connections, connectors and quarantine (admin token)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

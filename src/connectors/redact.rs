@@ -87,10 +87,10 @@ pub fn redact(
         }
     } else {
         for pointer in scalar_at(field) {
-            if let Some(text) = record.pointer(&pointer).and_then(scalar_text) {
-                if !text.is_empty() {
-                    reason = reason.replace(&text, &shape(&text));
-                }
+            if let Some(text) = record.pointer(&pointer).and_then(scalar_text)
+                && !text.is_empty()
+            {
+                reason = reason.replace(&text, &shape(&text));
             }
             restore(&mut out, record, &pointer, |v| {
                 scalar_text(v).map_or(Value::Null, |t| Value::String(shape(&t)))
