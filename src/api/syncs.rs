@@ -69,7 +69,8 @@ pub(super) struct ConnectionSync {
     modified: Option<i32>,
     removed: Option<i32>,
     unchanged: Option<i32>,
-    /// Records the connector refused, kept in quarantine (see `GET /admin/quarantine`).
+    /// Records set aside: refused by the connector (kept in quarantine, see
+    /// `GET /admin/quarantine`) or belonging to an account that was.
     quarantined: Option<i32>,
 }
 

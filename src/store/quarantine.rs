@@ -15,7 +15,7 @@ use super::{ConnectionRecord, Store, StoreError};
 use crate::domain::ConnectionId;
 
 /// Most entries one listing returns, newest seen first.
-pub const LIST_LIMIT: u64 = 1000;
+const LIST_LIMIT: u64 = 1000;
 
 /// How an entry stopped being open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +147,7 @@ impl Store {
         Ok(())
     }
 
-    /// Quarantine entries, newest seen first, at most [`LIST_LIMIT`].
+    /// Quarantine entries, newest seen first, at most 1000 (`LIST_LIMIT`).
     pub async fn quarantine(
         &self,
         filter: &QuarantineFilter,

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use finsync::sandbox::{Faults, Institution, SandboxConfig};
-use finsync::store::{QuarantineEntry, QuarantineFilter};
+use finsync::store::{QuarantineEntry, QuarantineFilter, Refusal, Resolution};
 
 use crate::support::{
     ADMIN_TOKEN, Backend, TestApp, TestDb, dump_database, finsync, process_env, settings,
@@ -178,4 +178,36 @@ async fn records_that_do_not_map_wait_redacted_in_quarantine_until_a_replay_maps
         .await
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
+
+    // Refused again, a record is seen again rather than duplicated; no longer sent,
+    // it is gone.
+    let record = store.connection(connection).await.unwrap();
+    let first = &resolved[0];
+    let refusal = Refusal {
+        endpoint: &first.endpoint,
+        key: &first.record_key,
+        reason: &first.reason,
+        record: &first.record,
+    };
+    store
+        .record_quarantine(&record, &hash, &[refusal, refusal], |_, _| Resolution::Gone)
+        .await
+        .unwrap();
+    let open = store.quarantine(&harbor(true)).await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (open[0].id.as_str(), open[0].times_seen),
+        (first.id.as_str(), 2)
+    );
+    store
+        .record_quarantine(&record, &hash, &[], |_, _| Resolution::Gone)
+        .await
+        .unwrap();
+    let entries = store
+        .quarantine(&QuarantineFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), resolved.len());
+    let gone = entries.iter().find(|e| e.id == first.id).unwrap();
+    assert_eq!(gone.resolution.as_deref(), Some("gone"));
 }
