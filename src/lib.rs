@@ -13,13 +13,14 @@
 //! - [`store`]: SeaORM entities and repositories on SQLite or PostgreSQL.
 //! - [`cache`]: moka in front of Redis, behind one interface, with fallback.
 //! - [`connectors`]: connector files, their validation, the registry and the generic
-//!   engine that fetches and maps an institution's data.
+//!   engine that fetches and maps an institution's data, redacting what does not map.
 //! - [`check`]: `finsync connectors check`, a connector proved against its live
 //!   institution.
 //! - [`catalog`]: which version of each connector is in service, following the
 //!   connectors directory and the admin API across the fleet.
 //! - [`tokens`]: the vault and OAuth2 (linking, code exchange, refresh).
-//! - [`sync`]: the sync job, the queue it runs on, the pipeline and the scheduler.
+//! - [`sync`]: the sync job, the queue it runs on, the pipeline, the scheduler and
+//!   the replay of quarantined records.
 //! - [`webhooks`]: outgoing webhooks to tenants: events, signatures, and the
 //!   delivery loop that sends, retries and logs them.
 //! - [`portfolio`]: the read model advisory apps receive, built from the store and

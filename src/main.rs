@@ -78,6 +78,24 @@ enum Command {
     /// Benchmarks, printed as tables with ratios measured side by side.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Syncs on demand.
+    #[command(subcommand)]
+    Sync(SyncCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SyncCommand {
+    /// Enqueues a sync of every connection with records in quarantine, so they are
+    /// fetched and mapped again by the connector now in service (run it after a
+    /// connector fix). The workers do the syncs; entries that map are resolved.
+    Replay {
+        /// Replay the records in quarantine (the only kind of replay there is).
+        #[arg(long, required = true)]
+        quarantined: bool,
+        /// Only connections of this connector (institution id).
+        #[arg(long)]
+        connector: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,6 +307,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 redis_server,
             })
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync(SyncCommand::Replay {
+            quarantined: _,
+            connector,
+        }) => {
+            let settings = load_settings(None)?;
+            telemetry::init(&settings.log);
+            let store = Store::connect(&settings.database.url, 2).await?;
+            store.migrate().await?;
+            let queue = finsync::sync::Queue::setup(&store).await?;
+            let replayed =
+                finsync::sync::replay::replay_quarantined(&store, &queue, connector.as_deref())
+                    .await?;
+            println!("{}", render::replayed(&replayed));
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokens(TokensCommand::GenerateKey) => {

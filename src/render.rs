@@ -191,6 +191,27 @@ pub fn check(reports: &[crate::check::EndpointReport]) -> String {
     format!("{table}{details}")
 }
 
+/// The report of `finsync sync replay --quarantined`: one row per connection.
+pub fn replayed(replayed: &[crate::sync::replay::Replayed]) -> String {
+    if replayed.is_empty() {
+        return "No connection has records in quarantine: nothing to replay.".into();
+    }
+    let mut table = table(&["connection", "institution", "open entries", "sync"]);
+    for r in replayed {
+        table.add_row(vec![
+            Cell::new(r.connection_id),
+            Cell::new(&r.institution),
+            Cell::new(r.open).set_alignment(CellAlignment::Right),
+            if r.queued {
+                Cell::new("queued").fg(Color::Green)
+            } else {
+                Cell::new("already waiting")
+            },
+        ]);
+    }
+    table.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

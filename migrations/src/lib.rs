@@ -12,6 +12,7 @@ mod m20261122_000001_create_core_tables;
 mod m20261122_000002_api_keys_syncs_webhooks;
 mod m20261122_000003_connector_versions;
 mod m20261122_000004_transaction_annotations;
+mod m20261122_000005_quarantine;
 mod m20261122_000006_sync_schedules;
 
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_api_keys_syncs_webhooks::Migration),
             Box::new(m20261122_000003_connector_versions::Migration),
             Box::new(m20261122_000004_transaction_annotations::Migration),
+            Box::new(m20261122_000005_quarantine::Migration),
             Box::new(m20261122_000006_sync_schedules::Migration),
         ]
     }

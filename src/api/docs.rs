@@ -12,7 +12,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{ApiState, admin, connectors, health, read, syncs, tenants, transactions, webhooks};
+use super::{
+    ApiState, admin, connectors, health, quarantine, read, syncs, tenants, transactions, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +33,7 @@ use super::{ApiState, admin, connectors, health, read, syncs, tenants, transacti
         tenants::list_users, tenants::delete_user,
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint,
         webhooks::endpoint_deliveries, webhooks::admin_deliveries,
+        quarantine::list_quarantine,
         health::healthz, health::ready,
     ),
     modifiers(&Security),
@@ -39,7 +42,7 @@ use super::{ApiState, admin, connectors, health, read, syncs, tenants, transacti
         (name = "syncs", description = "On-demand syncs (API key, scope `sync` to request)"),
         (name = "annotations", description = "Users' tags and notes on transactions (API key, scope `sync`)"),
         (name = "webhooks", description = "Signed event deliveries to tenants' endpoints (API key; `sync` scope to change)"),
-        (name = "admin", description = "Tenants, keys, users, connections and connectors (admin token)"),
+        (name = "admin", description = "Tenants, keys, users, connections, connectors and quarantine (admin token)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

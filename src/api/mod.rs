@@ -1,5 +1,6 @@
 //! The HTTP API: the versioned read API for advisory apps ([`read`], [`syncs`], and
-//! users' tags and notes on [`transactions`]), the admin API ([`admin`], [`tenants`]), tenants' webhooks ([`webhooks`]), its
+//! users' tags and notes on [`transactions`]), the admin API ([`admin`], [`tenants`],
+//! [`quarantine`]), tenants' webhooks ([`webhooks`]), its
 //! contract ([`docs`]), the OAuth callback
 //! institutions redirect to ([`callback`]) and health checks ([`health`]). Handlers read through the store and cache and
 //! enqueue work through `sync`; they never call an institution themselves.
@@ -12,6 +13,7 @@ mod docs;
 mod error;
 mod extract;
 mod health;
+mod quarantine;
 mod read;
 mod syncs;
 mod tenants;
@@ -66,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(transactions::routes())
         .merge(admin::routes())
         .merge(connectors::routes())
+        .merge(quarantine::routes())
         .merge(tenants::routes())
         .merge(webhooks::routes())
         .merge(docs::routes())

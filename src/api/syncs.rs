@@ -69,6 +69,9 @@ pub(super) struct ConnectionSync {
     modified: Option<i32>,
     removed: Option<i32>,
     unchanged: Option<i32>,
+    /// Records set aside: refused by the connector (kept in quarantine, see
+    /// `GET /admin/quarantine`) or belonging to an account that was.
+    quarantined: Option<i32>,
 }
 
 /// Requests a fresh sync of every active connection of the user. Answers 202 with
@@ -239,6 +242,7 @@ async fn status(
             modified: run.map(|r| r.modified),
             removed: run.map(|r| r.removed),
             unchanged: run.map(|r| r.unchanged),
+            quarantined: run.map(|r| r.quarantined),
         });
     }
     let count = |s: SyncState| connections.iter().filter(|c| c.status == s).count();

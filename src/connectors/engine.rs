@@ -14,7 +14,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::incremental::{Position, SyncCursor};
-use super::mapping::{self, FieldError};
+use super::mapping::{self, FieldError, Mapping};
+use super::redact;
 use super::{Connector, Endpoint, Paging};
 use crate::domain::{Coverage, Snapshot};
 
@@ -51,11 +52,37 @@ impl EngineError {
     }
 }
 
-/// One record that could not be mapped, with the reason (no values).
+/// One record that could not be mapped: why, and the record itself already
+/// redacted (see [`redact`]), so no personal value leaves the engine.
 #[derive(Debug, Clone)]
 pub struct Rejected {
     pub endpoint: &'static str,
-    pub reason: FieldError,
+    /// The record's id at the institution, or its digest when that is unreadable.
+    pub key: String,
+    pub reason: String,
+    pub record: Value,
+}
+
+impl Rejected {
+    fn new(
+        endpoint: &'static str,
+        mappings: &[&Mapping],
+        record: &Value,
+        error: &FieldError,
+    ) -> Self {
+        let key_fields: &[&'static str] = if endpoint == "holdings" {
+            &["account_external_id", "security_external_id"]
+        } else {
+            &["external_id"]
+        };
+        let redacted = redact::redact(mappings, key_fields, record, error);
+        Self {
+            endpoint,
+            key: redacted.key,
+            reason: redacted.reason,
+            record: redacted.record,
+        }
+    }
 }
 
 /// Every record of one endpoint across its pages, and the ids the institution said
@@ -140,10 +167,12 @@ impl Engine {
                 .and_then(|()| mapping::account(&connector.accounts.fields, record, fetched_at))
             {
                 Ok(account) => out.snapshot.accounts.push(account),
-                Err(reason) => out.rejected.push(Rejected {
-                    endpoint: "accounts",
-                    reason,
-                }),
+                Err(reason) => out.rejected.push(Rejected::new(
+                    "accounts",
+                    &[&connector.accounts.fields],
+                    record,
+                    &reason,
+                )),
             }
         }
 
@@ -166,10 +195,12 @@ impl Engine {
                         }
                         out.snapshot.holdings.push(holding);
                     }
-                    Err(reason) => out.rejected.push(Rejected {
-                        endpoint: "holdings",
-                        reason,
-                    }),
+                    Err(reason) => out.rejected.push(Rejected::new(
+                        "holdings",
+                        &[&endpoint.fields, security_mapping],
+                        record,
+                        &reason,
+                    )),
                 }
             }
         }
@@ -197,10 +228,12 @@ impl Engine {
                             out.snapshot.transactions.push(transaction);
                         }
                     },
-                    Err(reason) => out.rejected.push(Rejected {
-                        endpoint: "transactions",
-                        reason,
-                    }),
+                    Err(reason) => out.rejected.push(Rejected::new(
+                        "transactions",
+                        &[&endpoint.fields],
+                        record,
+                        &reason,
+                    )),
                 }
             }
             let removed: HashSet<&str> = pages.removed.iter().map(String::as_str).collect();

@@ -82,6 +82,15 @@ pub enum FieldError {
     },
 }
 
+impl FieldError {
+    /// The canonical field the error is about (`record` for a whole-record marker).
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Missing(field) | Self::Invalid { field, .. } => field,
+        }
+    }
+}
+
 /// The compiled field mappings of one endpoint.
 #[derive(Debug, Clone)]
 pub struct Mapping {
@@ -91,6 +100,14 @@ pub struct Mapping {
 impl Mapping {
     pub fn new(fields: BTreeMap<&'static str, CompiledField>) -> Self {
         Self { fields }
+    }
+
+    /// Where in a record the canonical field `name` is read from, when from a path.
+    pub fn path(&self, name: &str) -> Option<&JsonPath> {
+        match &self.fields.get(name)?.source {
+            Source::Path(path) => Some(path),
+            Source::Const(_) => None,
+        }
     }
 
     /// The canonical fields this mapping fills.

@@ -2,13 +2,15 @@
 //! describes an institution in one TOML file under `connectors/` ([`spec`]); it is
 //! validated and compiled into a [`Connector`] ([`validate`]), kept in the
 //! [`Registry`], and run by one generic [`engine`] that fetches pages and [`mapping`]
-//! that turns records into the canonical model. No code here is specific to an
+//! that turns records into the canonical model; a record that does not map is
+//! [`redact`]ed for quarantine. No code here is specific to an
 //! institution.
 
 pub mod engine;
 pub mod fields;
 pub mod incremental;
 pub mod mapping;
+pub mod redact;
 pub mod registry;
 pub mod spec;
 pub mod validate;

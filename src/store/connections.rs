@@ -372,9 +372,9 @@ impl Store {
     }
 
     /// Ends a connection: its tokens are deleted and it is marked revoked; the row
-    /// stays as the consent history. Its synced records are deleted.
+    /// stays as the consent history. Its synced and quarantined records are deleted.
     pub async fn revoke_connection(&self, id: ConnectionId) -> Result<(), StoreError> {
-        use super::entities::{account, holding, security, transaction};
+        use super::entities::{account, holding, quarantined_record, security, transaction};
         let now = Utc::now();
         let conn = id.to_string();
         let txn = self.begin_write().await?;
@@ -410,6 +410,10 @@ impl Store {
             .await?;
         oauth_state::Entity::delete_many()
             .filter(oauth_state::Column::ConnectionId.eq(&conn))
+            .exec(&txn)
+            .await?;
+        quarantined_record::Entity::delete_many()
+            .filter(quarantined_record::Column::ConnectionId.eq(&conn))
             .exec(&txn)
             .await?;
         txn.commit().await?;

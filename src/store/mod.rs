@@ -9,6 +9,7 @@ mod connections;
 mod decimal;
 pub mod entities;
 mod institutions;
+mod quarantine;
 mod records;
 mod runs;
 mod sync_requests;
@@ -29,6 +30,7 @@ pub use annotations::{AnnotatedTransaction, AnnotationChange, Annotations};
 pub use connections::{CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, TokenColumns};
 pub use decimal::DbDecimal;
 pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};
+pub use quarantine::{QuarantineEntry, QuarantineFilter, Refusal, Resolution};
 pub use records::{
     ApplyCounts, PagedTransaction, Removals, TransactionFilter, TransactionPosition,
 };

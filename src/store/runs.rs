@@ -19,7 +19,8 @@ pub struct RunCounts {
     pub modified: u32,
     pub removed: u32,
     pub unchanged: u32,
-    pub rejected: u32,
+    /// Records set aside: put in quarantine, or pointing at an account that was.
+    pub quarantined: u32,
 }
 
 impl Store {
@@ -40,7 +41,7 @@ impl Store {
             modified: Set(0),
             removed: Set(0),
             unchanged: Set(0),
-            rejected: Set(0),
+            quarantined: Set(0),
             cursor: Set(None),
             error: Set(None),
         }
@@ -75,7 +76,7 @@ impl Store {
         row.modified = Set(clamp(counts.modified));
         row.removed = Set(clamp(counts.removed));
         row.unchanged = Set(clamp(counts.unchanged));
-        row.rejected = Set(clamp(counts.rejected));
+        row.quarantined = Set(clamp(counts.quarantined));
         row.cursor = Set(cursor.filter(|_| error.is_none()).map(str::to_owned));
         row.error = Set(error.map(str::to_owned));
         row.update(self.db()).await?;

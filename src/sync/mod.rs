@@ -1,13 +1,14 @@
 //! Syncing: the [`job`]s (a sync, a token refresh), the [`queue`] they run on
 //! (apalis on SQLite or PostgreSQL), the [`pipeline`] that fetches, normalizes and
-//! stores, the background token [`refresh`], and the [`scheduler`] that enqueues
-//! due syncs and refreshes. [`SyncContext`] is the one
+//! stores, the background token [`refresh`], the [`scheduler`] that enqueues
+//! due syncs and refreshes, and the [`replay`] of quarantined records. [`SyncContext`] is the one
 //! shared, immutable context every job receives.
 
 pub mod job;
 pub mod pipeline;
 pub mod queue;
 pub mod refresh;
+pub mod replay;
 pub mod scheduler;
 
 use std::sync::Arc;

@@ -10,7 +10,7 @@ use super::Context;
 use super::job::SyncConnection;
 use crate::connectors::{EngineError, Fetched, SyncCursor};
 use crate::domain::ConnectionStatus;
-use crate::store::{ConnectionRecord, Lease, Removals, RunCounts, StoreError};
+use crate::store::{ConnectionRecord, Lease, Refusal, Removals, Resolution, RunCounts, StoreError};
 use crate::tokens::TokenError;
 use crate::webhooks::{self, EventData, WebhookEvent};
 
@@ -150,7 +150,7 @@ async fn leased_sync(
                 modified = counts.modified,
                 removed = counts.removed,
                 unchanged = counts.unchanged,
-                rejected = counts.rejected,
+                quarantined = counts.quarantined,
                 "Sync finished."
             );
             Ok(SyncOutcome::Synced(counts))
@@ -280,7 +280,44 @@ async fn fetch_and_store(
         other => other?,
     };
     let counts = apply(ctx, connection, &fetched).await?;
+    quarantine(ctx, connection, &connector.hash, &fetched).await?;
     Ok((counts, fetched.cursor.as_ref().map(SyncCursor::encode)))
+}
+
+/// Keeps what this run refused in quarantine and resolves what it no longer
+/// refuses: `mapped` when the record is now stored, else `gone`.
+async fn quarantine(
+    ctx: &Context,
+    connection: &ConnectionRecord,
+    connector_hash: &str,
+    fetched: &Fetched,
+) -> Result<(), StoreError> {
+    let refused: Vec<Refusal<'_>> = fetched
+        .rejected
+        .iter()
+        .map(|r| Refusal {
+            endpoint: r.endpoint,
+            key: &r.key,
+            reason: &r.reason,
+            record: &r.record,
+        })
+        .collect();
+    let snapshot = &fetched.snapshot;
+    let stored = |endpoint: &str, key: &str| match endpoint {
+        "accounts" => snapshot.accounts.iter().any(|a| a.external_id == key),
+        "transactions" => snapshot.transactions.iter().any(|t| t.external_id == key),
+        "holdings" => snapshot.holdings.iter().any(|h| h.external_id() == key),
+        _ => false,
+    };
+    ctx.store
+        .record_quarantine(connection, connector_hash, &refused, |endpoint, key| {
+            if stored(endpoint, key) {
+                Resolution::Mapped
+            } else {
+                Resolution::Gone
+            }
+        })
+        .await
 }
 
 async fn apply(
@@ -293,7 +330,7 @@ async fn apply(
         return Err(Failure::NoLongerActive);
     }
     for rejected in &fetched.rejected {
-        tracing::warn!(endpoint = rejected.endpoint, reason = %rejected.reason, "Record set aside: it does not map.");
+        tracing::warn!(endpoint = rejected.endpoint, key = %rejected.key, reason = %rejected.reason, "Record quarantined: it does not map.");
     }
     if fetched.snapshot.accounts.is_empty() {
         let stored = ctx.store.portfolio(connection.id, 0).await?.accounts.len();
@@ -315,7 +352,7 @@ async fn apply(
         modified: applied.modified,
         removed: applied.removed,
         unchanged: applied.unchanged,
-        rejected: u32::try_from(fetched.rejected.len())
+        quarantined: u32::try_from(fetched.rejected.len())
             .unwrap_or(u32::MAX)
             .saturating_add(applied.orphaned),
     })

@@ -127,7 +127,7 @@ pub struct SyncCounts {
     pub modified: u32,
     pub removed: u32,
     pub unchanged: u32,
-    pub rejected: u32,
+    pub quarantined: u32,
 }
 
 impl From<RunCounts> for SyncCounts {
@@ -137,7 +137,7 @@ impl From<RunCounts> for SyncCounts {
             modified: c.modified,
             removed: c.removed,
             unchanged: c.unchanged,
-            rejected: c.rejected,
+            quarantined: c.quarantined,
         }
     }
 }

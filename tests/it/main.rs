@@ -16,6 +16,7 @@ mod institutions;
 mod interop;
 mod linking;
 mod money;
+mod quarantine;
 mod scheduler;
 mod support;
 mod tokens;

@@ -276,7 +276,7 @@ async fn a_sync_sends_a_signed_sync_completed_event_to_subscribed_endpoints_only
         ("modified", run.modified),
         ("removed", run.removed),
         ("unchanged", run.unchanged),
-        ("rejected", run.rejected),
+        ("quarantined", run.quarantined),
     ] {
         assert_eq!(
             data["counts"][count],

@@ -7,6 +7,7 @@ pub mod connector_version;
 pub mod holding;
 pub mod institution;
 pub mod oauth_state;
+pub mod quarantined_record;
 pub mod security;
 pub mod sync_request;
 pub mod sync_run;

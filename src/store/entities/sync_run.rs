@@ -15,7 +15,9 @@ pub struct Model {
     pub modified: i32,
     pub removed: i32,
     pub unchanged: i32,
-    pub rejected: i32,
+    /// Named `rejected` before quarantine kept the records it counts.
+    #[sea_orm(column_name = "rejected")]
+    pub quarantined: i32,
     pub cursor: Option<String>,
     pub error: Option<String>,
 }
