@@ -130,7 +130,9 @@ impl LocalBudget {
 }
 
 /// Takes permits from every window and checks the blocked key, atomically. Returns
-/// 0 when the permit was taken, else the milliseconds to wait.
+/// 0 when the permit was taken, else the milliseconds to wait. A window's count is
+/// kept a minute past its end, so recent windows can be read back (by an operator,
+/// by tests).
 const TAKE: &str = r"
 local blocked = redis.call('PTTL', KEYS[2])
 if blocked > 0 then return blocked end
@@ -149,7 +151,7 @@ end
 if wait > 0 then return wait end
 for _, window in ipairs(windows) do
   if redis.call('INCR', window[1]) == 1 then
-    redis.call('PEXPIRE', window[1], window[2] * 2)
+    redis.call('PEXPIRE', window[1], window[2] + 60000)
   end
 end
 return 0

@@ -15,6 +15,7 @@ mod institutions;
 mod interop;
 mod linking;
 mod money;
+mod resilience;
 mod scheduler;
 mod support;
 mod tokens;
