@@ -134,6 +134,7 @@ impl Resilience {
         let (admission, state) = guard.breaker.admit();
         publish(institution, state);
         let admission = admission.ok_or(Refusal::CircuitOpen)?;
+        // The semaphore is never closed; were it, refusing is the safe answer.
         let in_flight = guard
             .in_flight
             .clone()
