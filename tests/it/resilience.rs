@@ -3,13 +3,14 @@
 //! institution, and workers sharing Redis share one rate budget.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Query, State};
 use finsync::connectors::Engine;
 use finsync::domain::ConnectionId;
-use finsync::resilience::{BreakerPolicy, Resilience};
+use finsync::resilience::{BreakerPolicy, Outcome, Quota, Refusal, Resilience};
 use finsync::sandbox::{Faults, Institution, SandboxConfig};
 use finsync::sync::SyncConnection;
 use secrecy::SecretString;
@@ -307,4 +308,37 @@ description = {{ path = "$.id" }}
     // The two workers together needed more than one second's budget.
     assert!(sent as u64 > 2 * PER_SECOND, "{sent}");
     assert!(keys.len() >= 3, "{keys:?}");
+}
+
+#[tokio::test]
+async fn without_an_answer_from_redis_each_worker_keeps_the_budget_itself() {
+    // Nothing listens on port 1: every Redis call fails at once.
+    let resilience = Resilience::shared(
+        BreakerPolicy::default(),
+        "redis://127.0.0.1:1",
+        &unique("finsync_test"),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let quota = Quota {
+        per_second: NonZeroU32::new(2),
+        concurrency: 4,
+        ..Quota::default()
+    };
+    let mut passes = Vec::new();
+    for _ in 0..2 {
+        passes.push(
+            resilience
+                .admit("bank", quota, Duration::ZERO)
+                .await
+                .unwrap(),
+        );
+    }
+    let Err(Refusal::Wait(wait)) = resilience.admit("bank", quota, Duration::ZERO).await else {
+        panic!("a third request within the second was let through");
+    };
+    assert!(wait <= Duration::from_secs(1), "{wait:?}");
+    for pass in passes {
+        resilience.settle(pass, Outcome::Answered).await;
+    }
 }
