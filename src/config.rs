@@ -29,6 +29,7 @@ pub struct Settings {
     pub sandbox: SandboxSettings,
     pub vault: VaultSettings,
     pub sync: SyncSettings,
+    pub resilience: ResilienceSettings,
     pub tokens: TokenSettings,
     pub webhooks: WebhookSettings,
     pub metrics: MetricsSettings,
@@ -187,6 +188,30 @@ pub struct SyncSettings {
     /// A sync job whose runs stopped their worker (killed, crashed) this many times
     /// is parked as failed instead of being delivered again.
     pub poison_after: u32,
+}
+
+/// Every institution's circuit breaker (per process).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResilienceSettings {
+    /// Consecutive transient failures (5xx, timeouts) that open the breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker fails requests fast before it lets one probe through.
+    pub breaker_cooldown_ms: u64,
+    /// Each failed probe doubles the cool-down, up to this.
+    pub breaker_max_cooldown_ms: u64,
+}
+
+impl ResilienceSettings {
+    pub fn breaker_policy(&self) -> crate::resilience::BreakerPolicy {
+        crate::resilience::BreakerPolicy {
+            failures: self.breaker_failures.max(1),
+            cooldown: Duration::from_millis(self.breaker_cooldown_ms),
+            max_cooldown: Duration::from_millis(
+                self.breaker_max_cooldown_ms.max(self.breaker_cooldown_ms),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,8 @@
 //!   [`fingerprint`]: SHA-256 fingerprints.
 //! - [`store`]: SeaORM entities and repositories on SQLite or PostgreSQL.
 //! - [`cache`]: moka in front of Redis, behind one interface, with fallback.
+//! - [`resilience`]: per-institution rate budgets (fleet-wide through Redis), pauses
+//!   an institution asked for, concurrency caps and circuit breakers.
 //! - [`connectors`]: connector files, their validation, the registry and the generic
 //!   engine that fetches and maps an institution's data, redacting what does not map.
 //! - [`check`]: `finsync connectors check`, a connector proved against its live
@@ -43,6 +45,7 @@ pub mod fingerprint;
 pub mod http;
 pub mod portfolio;
 pub mod render;
+pub mod resilience;
 pub mod sandbox;
 pub mod startup;
 pub mod store;

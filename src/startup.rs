@@ -15,6 +15,7 @@ use crate::cache::{Cache, CacheConfig};
 use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::connectors::{Engine, Registry};
+use crate::resilience::Resilience;
 use crate::sandbox::{self, Sandbox, SandboxConfig};
 use crate::store::Store;
 use crate::sync::{Context, Queue, SyncContext};
@@ -95,6 +96,16 @@ impl App {
             degraded_l1_ttl: Duration::from_millis(settings.cache.degraded_l1_ttl_ms),
         })?;
         let queue = Queue::setup(&store).await?;
+        let policy = settings.resilience.breaker_policy();
+        let resilience = match settings.redis_url() {
+            Some(url) => Resilience::shared(
+                policy,
+                url,
+                &settings.redis.key_prefix,
+                settings.redis_timeout(),
+            )?,
+            None => Resilience::local(policy),
+        };
         let http = crate::http::client();
         let redirect_uri = public_url.join("oauth/callback")?;
         let tokens = TokenService {
@@ -123,7 +134,7 @@ impl App {
             store,
             cache,
             registry,
-            engine: Engine::new(http),
+            engine: Engine::with_resilience(http, resilience),
             tokens,
             queue,
             interval: chrono::Duration::seconds(

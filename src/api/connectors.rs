@@ -19,6 +19,7 @@ use super::extract::{Json, Path};
 use super::{ApiError, ApiState, ErrorCode, REQUEST_ID};
 use crate::catalog::CatalogError;
 use crate::connectors::registry::Served;
+use crate::resilience::BreakerView;
 use crate::store::{ConnectorVersion, InstitutionHealth, Published};
 
 pub fn routes() -> Router<ApiState> {
@@ -40,6 +41,9 @@ pub(super) struct ConnectorSummary {
     /// SHA-256 of the text in service.
     hash: Option<String>,
     health: HealthView,
+    /// The institution's circuit breaker in the process that answered; absent
+    /// until that process has sent it a request.
+    breaker: Option<BreakerView>,
     /// Problems of the file in the connectors directory, when it was refused; the
     /// version in service stays until a valid one arrives.
     file_problems: Vec<String>,
@@ -142,6 +146,7 @@ async fn summary(
         version: served.as_ref().map(|s| s.version),
         hash: served.as_ref().map(|s| s.connector.hash.clone()),
         health: health.into(),
+        breaker: state.sync.engine.resilience().breaker(id),
         file_problems: refused
             .map(|p| p.0.iter().map(ToString::to_string).collect())
             .unwrap_or_default(),

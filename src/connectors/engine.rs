@@ -2,9 +2,12 @@
 //! user's access token, following the declared paging until the last page, and
 //! classifies failures by the connector's error semantics. Transient failures are
 //! retried with exponential backoff and jitter; a rate limit waits as long as the
-//! institution asks (within reason).
+//! institution asks (within reason). Every attempt, retries included, passes
+//! through the institution's [`Resilience`]: breaker, pauses, concurrency cap and
+//! rate budget.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -18,6 +21,7 @@ use super::mapping::{self, FieldError, Mapping};
 use super::redact;
 use super::{Connector, Endpoint, Paging};
 use crate::domain::{Coverage, Snapshot};
+use crate::resilience::{BreakerPolicy, Outcome, Quota, Refusal, Resilience};
 
 /// A page loop that has not ended after this many pages is treated as broken paging,
 /// not as an institution with that much data.
@@ -138,11 +142,21 @@ impl Fetched {
 #[derive(Clone, Debug)]
 pub struct Engine {
     http: reqwest::Client,
+    resilience: Resilience,
 }
 
 impl Engine {
+    /// An engine whose budgets and breakers are this process's alone.
     pub fn new(http: reqwest::Client) -> Self {
-        Self { http }
+        Self::with_resilience(http, Resilience::local(BreakerPolicy::default()))
+    }
+
+    pub fn with_resilience(http: reqwest::Client, resilience: Resilience) -> Self {
+        Self { http, resilience }
+    }
+
+    pub fn resilience(&self) -> &Resilience {
+        &self.resilience
     }
 
     /// Fetches and maps every endpoint of the connector; transactions resume from
@@ -558,53 +572,33 @@ impl Engine {
         token: &SecretString,
     ) -> Result<(HeaderMap, Value), EngineError> {
         let attempt = || async {
-            let mut request = self
-                .http
-                .request(endpoint.method.clone(), url.clone())
-                .bearer_auth(token.expose_secret())
-                .timeout(Duration::from_secs(connector.limits.timeout_secs));
-            // A next link (Link-header paging) already carries every parameter.
-            let params: Vec<(&str, &str)> = if *url == endpoint.url {
-                endpoint
-                    .query
-                    .iter()
-                    .chain(page_params.iter().map(|(k, v)| (k, v)))
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect()
-            } else {
-                page_params
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect()
+            let pass = self
+                .resilience
+                .admit(&connector.id, quota(connector), MAX_RETRY_AFTER)
+                .await
+                .map_err(|refusal| match refusal {
+                    Refusal::CircuitOpen => EngineError::Unavailable(
+                        "circuit open: the institution keeps failing; not asking it for now".into(),
+                    ),
+                    Refusal::Wait(wait) => EngineError::RateLimited {
+                        retry_after: Some(wait),
+                    },
+                })?;
+            let result = self
+                .send(connector, endpoint, url, page_params, token)
+                .await;
+            let outcome = match &result {
+                Err(EngineError::Unavailable(_)) => Outcome::Unavailable,
+                Err(EngineError::RateLimited { retry_after }) => Outcome::RateLimited(*retry_after),
+                _ => Outcome::Answered,
             };
-            if endpoint.method == reqwest::Method::POST {
-                request = request.json(&json_body(&params));
-            } else if !params.is_empty() {
-                request = request.query(&params);
-            }
-            let response = request.send().await.map_err(|e| {
-                // reqwest's error text names the URL but never the headers.
-                EngineError::Unavailable(e.without_url().to_string())
-            })?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let bytes = read_body(response).await?;
-            if !status.is_success() {
-                return Err(classify(
-                    connector,
-                    &endpoint.paging,
-                    status.as_u16(),
-                    &headers,
-                    &bytes,
-                ));
-            }
-            let body: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| EngineError::Unreadable(format!("{} is not JSON: {e}", url.path())))?;
-            Ok((headers, body))
+            self.resilience.settle(pass, outcome).await;
+            result
         };
         attempt
             .retry(ExponentialBuilder::default().with_jitter().with_min_delay(Duration::from_millis(200)).with_max_times(3))
-            .when(EngineError::is_transient)
+            // While the breaker is not closed a retry would only be refused or add load.
+            .when(|error| error.is_transient() && self.resilience.is_closed(&connector.id))
             .adjust(|error, planned| match error {
                 EngineError::RateLimited { retry_after: Some(wait) } if *wait > MAX_RETRY_AFTER => None,
                 EngineError::RateLimited { retry_after: Some(wait) } => Some(*wait),
@@ -614,6 +608,76 @@ impl Engine {
                 tracing::warn!(institution = %connector.id, error = %error, wait_ms = wait.as_millis() as u64, "Retrying a request.");
             })
             .await
+    }
+
+    /// One request, its answer classified.
+    async fn send(
+        &self,
+        connector: &Connector,
+        endpoint: &Endpoint,
+        url: &url::Url,
+        page_params: &[(String, String)],
+        token: &SecretString,
+    ) -> Result<(HeaderMap, Value), EngineError> {
+        let mut request = self
+            .http
+            .request(endpoint.method.clone(), url.clone())
+            .bearer_auth(token.expose_secret())
+            .timeout(Duration::from_secs(connector.limits.timeout_secs));
+        // A next link (Link-header paging) already carries every parameter.
+        let params: Vec<(&str, &str)> = if *url == endpoint.url {
+            endpoint
+                .query
+                .iter()
+                .chain(page_params.iter().map(|(k, v)| (k, v)))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect()
+        } else {
+            page_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect()
+        };
+        if endpoint.method == reqwest::Method::POST {
+            request = request.json(&json_body(&params));
+        } else if !params.is_empty() {
+            request = request.query(&params);
+        }
+        let response = request.send().await.map_err(|e| {
+            // reqwest's error text names the URL but never the headers.
+            EngineError::Unavailable(e.without_url().to_string())
+        })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = read_body(response).await?;
+        if !status.is_success() {
+            return Err(classify(
+                connector,
+                &endpoint.paging,
+                status.as_u16(),
+                &headers,
+                &bytes,
+            ));
+        }
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| EngineError::Unreadable(format!("{} is not JSON: {e}", url.path())))?;
+        Ok((headers, body))
+    }
+}
+
+/// The connector's `[limits]` as the resilience layer takes them.
+fn quota(connector: &Connector) -> Quota {
+    Quota {
+        per_second: connector
+            .limits
+            .requests_per_second
+            .and_then(NonZeroU32::new),
+        per_minute: connector
+            .limits
+            .requests_per_minute
+            .and_then(NonZeroU32::new),
+        per_day: connector.limits.requests_per_day.and_then(NonZeroU32::new),
+        concurrency: connector.limits.concurrency,
     }
 }
 

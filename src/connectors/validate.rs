@@ -358,6 +358,21 @@ impl Validator {
         if spec.limits.concurrency == 0 {
             self.report("limits.concurrency", "must be at least 1");
         }
+        for (path, limit) in [
+            (
+                "limits.requests_per_second",
+                spec.limits.requests_per_second,
+            ),
+            (
+                "limits.requests_per_minute",
+                spec.limits.requests_per_minute,
+            ),
+            ("limits.requests_per_day", spec.limits.requests_per_day),
+        ] {
+            if limit == Some(0) {
+                self.report(path, "must be at least 1 (leave it out for no limit)");
+            }
+        }
         let accounts = base_url.as_ref().and_then(|b| {
             self.endpoint(
                 b,

@@ -6,8 +6,9 @@
 //! Chance is drawn from a random generator seeded from the sandbox seed and the
 //! institution, so a run is repeatable, and a rate of 1.0 (always) or 0.0 (never) is exact.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::{Body, to_bytes};
@@ -134,12 +135,26 @@ impl Faults {
     }
 }
 
+/// One data API request as the institution saw it, for tests that assert when
+/// requests arrived (a client honouring `Retry-After`, a rate budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    pub at: Instant,
+    /// The status it was answered with.
+    pub status: u16,
+}
+
+/// Arrivals kept per institution; older ones are dropped so a long-running sandbox
+/// does not grow.
+const ARRIVALS_KEPT: usize = 10_000;
+
 /// One institution's current faults and the generator their chances are drawn from.
 #[derive(Debug)]
 pub(super) struct FaultInjector {
     /// Where each record keeps the numbers `malformed_rate` spoils.
     numbers: &'static [&'static str],
     state: Mutex<(Faults, StdRng)>,
+    arrivals: Mutex<VecDeque<Arrival>>,
 }
 
 /// What happens to one request, decided before it runs.
@@ -169,7 +184,26 @@ impl FaultInjector {
         Self {
             numbers,
             state: Mutex::new((initial, rng)),
+            arrivals: Mutex::default(),
         }
+    }
+
+    /// The requests that reached this institution, oldest first.
+    pub(super) fn arrivals(&self) -> Vec<Arrival> {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    fn record(&self, arrival: Arrival) {
+        let mut arrivals = self.arrivals.lock().unwrap_or_else(PoisonError::into_inner);
+        if arrivals.len() == ARRIVALS_KEPT {
+            arrivals.pop_front();
+        }
+        arrivals.push_back(arrival);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Faults, StdRng)> {
@@ -260,12 +294,23 @@ fn spoil(record: &mut serde_json::Map<String, Value>, path: &str) {
     }
 }
 
-/// The middleware around an institution's data routes.
+/// The middleware around an institution's data routes: injects faults and records
+/// when each request arrived and how it was answered.
 pub(super) async fn inject(
     State(injector): State<Arc<FaultInjector>>,
     request: Request,
     next: Next,
 ) -> Response {
+    let at = Instant::now();
+    let response = answer(&injector, request, next).await;
+    injector.record(Arrival {
+        at,
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+async fn answer(injector: &FaultInjector, request: Request, next: Next) -> Response {
     let (verdict, delay, faults) = injector.judge(Utc::now());
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;

@@ -64,7 +64,7 @@ use tokio::task::JoinHandle;
 
 use self::data::Portfolio;
 use self::faults::FaultInjector;
-pub use self::faults::{Drift, Faults, FaultsError, Latency, Outage};
+pub use self::faults::{Arrival, Drift, Faults, FaultsError, Latency, Outage};
 use self::grants::{GrantPolicy, GrantStore, Rotation, Scope, ScopeSet};
 pub use self::keystone::KeystoneLimits;
 pub use self::oauth::TokenQuirks;
@@ -433,6 +433,12 @@ impl Sandbox {
     /// The faults now injected into `institution`'s data API.
     pub fn faults(&self, institution: Institution) -> Faults {
         self.state.faults(institution).get()
+    }
+
+    /// The data API requests that reached `institution` (the latest ten thousand),
+    /// oldest first, with when they arrived and how they were answered.
+    pub fn arrivals(&self, institution: Institution) -> Vec<Arrival> {
+        self.state.faults(institution).arrivals()
     }
 
     /// Replaces `institution`'s faults (an outage `for_secs` starts now) and returns them

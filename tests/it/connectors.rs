@@ -53,6 +53,18 @@ fn every_problem_in_a_file_is_reported_with_its_field_path() {
 }
 
 #[test]
+fn a_rate_limit_of_zero_is_refused_rather_than_blocking_every_request() {
+    let good = std::fs::read_to_string(connectors_dir().join("harbor.toml")).unwrap();
+    let broken = good.replace("requests_per_second = 10", "requests_per_second = 0");
+    assert_ne!(broken, good);
+    let problems = validate_str("harbor.toml", "harbor", &broken, None).unwrap_err();
+    assert_eq!(
+        problems.to_string(),
+        "harbor.toml: limits.requests_per_second: must be at least 1 (leave it out for no limit)"
+    );
+}
+
+#[test]
 fn unknown_keys_are_rejected_with_their_location() {
     let good = std::fs::read_to_string(connectors_dir().join("meridian.toml")).unwrap();
     let broken = good.replace("page_size = 10", "page_size = 10\npage_sise = 11");

@@ -17,6 +17,7 @@ mod interop;
 mod linking;
 mod money;
 mod quarantine;
+mod resilience;
 mod scheduler;
 mod support;
 mod tokens;

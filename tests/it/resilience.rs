@@ -1,0 +1,347 @@
+//! Resilience per institution: a failing institution's breaker bounds the traffic
+//! it gets and recovers by itself, a `Retry-After` pauses every request to the
+//! institution, and workers sharing Redis share one rate budget.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use finsync::connectors::Engine;
+use finsync::domain::ConnectionId;
+use finsync::resilience::{BreakerPolicy, Outcome, Quota, Refusal, Resilience};
+use finsync::sandbox::{Faults, Institution, SandboxConfig};
+use finsync::sync::SyncConnection;
+use secrecy::SecretString;
+
+use crate::support::{
+    ADMIN_TOKEN, Backend, RedisPrefix, TestApp, TestDb, redis_url, settings, spawn_sandbox, unique,
+};
+
+/// Queues a sync of `connection` and waits for its outcome.
+async fn sync(app: &TestApp, connection: ConnectionId) -> Result<(), String> {
+    let since = chrono::Utc::now();
+    let job = SyncConnection {
+        connection_id: connection,
+        idempotency_key: unique("test:resilience"),
+    };
+    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    finsync::demo::wait_for_sync(&app.app, connection, since)
+        .await
+        .unwrap()
+}
+
+/// Data API requests Harbor has received.
+fn harbor_requests(sandbox: &finsync::sandbox::Sandbox) -> usize {
+    sandbox.arrivals(Institution::Harbor).len()
+}
+
+#[tokio::test]
+async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and_recovers() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut settings = settings(&db, None, &sandbox);
+    settings.resilience.breaker_failures = 5;
+    // Long enough that the failing syncs below all fall inside it on a slow machine.
+    settings.resilience.breaker_cooldown_ms = 4000;
+    settings.resilience.breaker_max_cooldown_ms = 4000;
+    let app = TestApp::spawn(settings, true).await;
+    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let harbor = app
+        .link_and_sync_at(tenant.id, "demo-alice", "harbor")
+        .await;
+    let meridian = app.link_and_sync(tenant.id, "demo-bob").await;
+
+    sandbox
+        .set_faults(
+            Institution::Harbor,
+            Faults {
+                error_rate: 1.0,
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    let before = harbor_requests(&sandbox);
+    let mut per_sync = Vec::new();
+    for _ in 0..4 {
+        let at_start = harbor_requests(&sandbox);
+        let reason = sync(&app, harbor).await.unwrap_err();
+        assert!(reason.starts_with("INSTITUTION_UNAVAILABLE"), "{reason}");
+        per_sync.push(harbor_requests(&sandbox) - at_start);
+    }
+    // Five failures in a row open the breaker (one request and three retries, then
+    // one more); later syncs fail fast without asking Harbor. One more request is
+    // allowed should the machine be so slow that the cool-down ended meanwhile.
+    assert_eq!(per_sync[..2], [4, 1], "{per_sync:?}");
+    assert!(
+        harbor_requests(&sandbox) - before <= 6,
+        "requests per sync: {per_sync:?}"
+    );
+    let connectors = app.get_json("/admin/connectors", ADMIN_TOKEN).await;
+    let breaker = connectors
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "harbor")
+        .unwrap()["breaker"]
+        .clone();
+    assert_ne!(breaker["state"], "closed", "{breaker}");
+    assert!(
+        breaker["consecutive_failures"].as_u64().unwrap() >= 5,
+        "{breaker}"
+    );
+    assert!(breaker["opened_at"].is_string(), "{breaker}");
+
+    // Other institutions sync as usual meanwhile.
+    assert_eq!(sync(&app, meridian).await, Ok(()));
+
+    // Harbor is back: after the cool-down a probe finds it and syncs succeed again,
+    // with nobody resetting anything.
+    sandbox
+        .set_faults(Institution::Harbor, Faults::default())
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while sync(&app, harbor).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Harbor's syncs never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let connectors = app.get_json("/admin/connectors", ADMIN_TOKEN).await;
+    let harbor_summary = connectors
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "harbor")
+        .unwrap()
+        .clone();
+    assert_eq!(harbor_summary["breaker"]["state"], "closed");
+    assert_eq!(harbor_summary["breaker"]["consecutive_failures"], 0);
+}
+
+#[tokio::test]
+async fn after_a_429_with_retry_after_no_worker_asks_the_institution_before_it_said() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let prefix = RedisPrefix(unique("finsync_test"));
+    let app = TestApp::spawn(settings(&db, Some(&prefix.0), &sandbox), true).await;
+    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let alice = app
+        .link_and_sync_at(tenant.id, "demo-alice", "harbor")
+        .await;
+    let bob = app.link_and_sync_at(tenant.id, "demo-bob", "harbor").await;
+
+    sandbox
+        .set_faults(
+            Institution::Harbor,
+            Faults {
+                rate_limit_rate: 1.0,
+                retry_after_secs: 2,
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    let alice_sync = tokio::spawn({
+        let app = app.app.clone();
+        async move {
+            let since = chrono::Utc::now();
+            let job = SyncConnection {
+                connection_id: alice,
+                idempotency_key: unique("test:alice"),
+            };
+            assert!(app.ctx.queue.enqueue(job).await.unwrap());
+            finsync::demo::wait_for_sync(&app, alice, since)
+                .await
+                .unwrap()
+        }
+    });
+    let limited = loop {
+        if let Some(arrival) = sandbox
+            .arrivals(Institution::Harbor)
+            .into_iter()
+            .find(|a| a.status == 429)
+        {
+            break arrival;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Harbor takes requests again at once, but it asked for two seconds: neither
+    // Alice's retry nor Bob's new sync may reach it before they are up.
+    sandbox
+        .set_faults(Institution::Harbor, Faults::default())
+        .unwrap();
+    assert_eq!(sync(&app, bob).await, Ok(()));
+    assert_eq!(alice_sync.await.unwrap(), Ok(()));
+    let after: Vec<_> = sandbox
+        .arrivals(Institution::Harbor)
+        .into_iter()
+        .filter(|a| a.at > limited.at)
+        .collect();
+    assert!(after.len() >= 2, "{after:?}");
+    for arrival in &after {
+        let gap = arrival.at - limited.at;
+        assert!(
+            gap >= Duration::from_secs(2),
+            "a request {gap:?} after the 429"
+        );
+    }
+}
+
+/// A test institution with one page of accounts and `pages` pages of transactions,
+/// recording how many requests it received.
+async fn paged_institution(pages: u32, requests: Arc<Mutex<usize>>) -> String {
+    async fn accounts(State(requests): State<Arc<Mutex<usize>>>) -> axum::Json<serde_json::Value> {
+        *requests.lock().unwrap() += 1;
+        axum::Json(serde_json::json!({"accounts": [{"id": "a1"}]}))
+    }
+    async fn transactions(
+        State((requests, pages)): State<(Arc<Mutex<usize>>, u32)>,
+        Query(query): Query<BTreeMap<String, u32>>,
+    ) -> axum::Json<serde_json::Value> {
+        *requests.lock().unwrap() += 1;
+        let page = query.get("page").copied().unwrap_or(1);
+        let records: Vec<_> = (page <= pages)
+            .then(|| serde_json::json!({"id": format!("t{page}"), "amount": "1.00", "date": "2026-01-02"}))
+            .into_iter()
+            .collect();
+        axum::Json(serde_json::json!({"transactions": records}))
+    }
+    let router = axum::Router::new()
+        .route(
+            "/accounts",
+            axum::routing::get(accounts).with_state(requests.clone()),
+        )
+        .route(
+            "/transactions",
+            axum::routing::get(transactions).with_state((requests, pages)),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
+#[tokio::test]
+async fn workers_sharing_redis_share_one_rate_budget() {
+    const PER_SECOND: u64 = 4;
+    let requests = Arc::new(Mutex::new(0));
+    let base = paged_institution(6, requests.clone()).await;
+    let text = format!(
+        r#"
+name = "Budgeted"
+country = "US"
+products = ["accounts", "transactions"]
+base_url = "{base}"
+[auth]
+type = "oauth2"
+authorize_url = "authorize"
+token_url = "token"
+client_id = "c"
+client_secret = {{ env = "BUDGETED_SECRET" }}
+scopes = ["all"]
+[limits]
+requests_per_second = {PER_SECOND}
+concurrency = 4
+[endpoints.accounts]
+path = "accounts"
+records = "$.accounts[*]"
+[endpoints.accounts.fields]
+external_id = {{ path = "$.id" }}
+account_type = {{ value = "depository" }}
+name = {{ path = "$.id" }}
+currency = {{ value = "USD" }}
+balance_current = {{ value = "0" }}
+[endpoints.transactions]
+path = "transactions"
+records = "$.transactions[*]"
+paging = {{ type = "page", page_param = "page" }}
+[endpoints.transactions.fields]
+external_id = {{ path = "$.id" }}
+account_external_id = {{ value = "a1" }}
+amount = {{ path = "$.amount" }}
+currency = {{ value = "USD" }}
+date = {{ path = "$.date" }}
+description = {{ path = "$.id" }}
+"#
+    );
+    let connector =
+        finsync::connectors::validate_str("budgeted.toml", "budgeted", &text, None).unwrap();
+    let prefix = RedisPrefix(unique("finsync_test"));
+    // Two workers: each its own engine and resilience, one Redis prefix.
+    let worker = || {
+        Engine::with_resilience(
+            finsync::http::client(),
+            Resilience::shared(
+                BreakerPolicy::default(),
+                &redis_url(),
+                &prefix.0,
+                Duration::from_millis(500),
+            )
+            .unwrap(),
+        )
+    };
+    let (one, two) = (worker(), worker());
+    let token = SecretString::from("token");
+    let (a, b) = tokio::join!(
+        one.fetch(&connector, &token, None),
+        two.fetch(&connector, &token, None)
+    );
+    let sent = a.unwrap().requests + b.unwrap().requests;
+    assert_eq!(sent, *requests.lock().unwrap());
+
+    // The budget's own windows: each second's count within the limit, and every
+    // request counted in one of them.
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:budget:budgeted:second:*", prefix.0))
+        .query(&mut redis)
+        .unwrap();
+    let mut counted = 0;
+    for key in &keys {
+        let used: u64 = redis::cmd("GET").arg(key).query(&mut redis).unwrap();
+        assert!(used <= PER_SECOND, "{key}: {used}");
+        counted += used;
+    }
+    assert_eq!(counted, sent as u64);
+    // The two workers together needed more than one second's budget.
+    assert!(sent as u64 > 2 * PER_SECOND, "{sent}");
+    assert!(keys.len() >= 3, "{keys:?}");
+}
+
+#[tokio::test]
+async fn without_an_answer_from_redis_each_worker_keeps_the_budget_itself() {
+    // Nothing listens on port 1: every Redis call fails at once.
+    let resilience = Resilience::shared(
+        BreakerPolicy::default(),
+        "redis://127.0.0.1:1",
+        &unique("finsync_test"),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let quota = Quota {
+        per_second: NonZeroU32::new(2),
+        concurrency: 4,
+        ..Quota::default()
+    };
+    let mut passes = Vec::new();
+    for _ in 0..2 {
+        passes.push(
+            resilience
+                .admit("bank", quota, Duration::ZERO)
+                .await
+                .unwrap(),
+        );
+    }
+    let Err(Refusal::Wait(wait)) = resilience.admit("bank", quota, Duration::ZERO).await else {
+        panic!("a third request within the second was let through");
+    };
+    assert!(wait <= Duration::from_secs(1), "{wait:?}");
+    for pass in passes {
+        resilience.settle(pass, Outcome::Answered).await;
+    }
+}
