@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use finsync::sandbox::SandboxConfig;
-use reqwest::header::LOCATION;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::support::{
     ADMIN_TOKEN, Backend, RedisPrefix, TestDb, VAULT_KEY, assert_matches_sandbox, finsync,
-    free_port, process_env, redis_url, spawn, spawn_sandbox_process, unique, wait_ready,
+    free_port, link_through_api, process_env, redis_url, spawn, spawn_sandbox_process, unique,
+    wait_ready,
 };
 
 /// The API's address and the environment every process of a test fleet shares: this
@@ -71,30 +71,9 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
     wait_ready(&format!("{api}/readyz")).await;
 
     let http = finsync::http::client();
-    let link: Value = http
-        .post(format!("{api}/admin/connections"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(
-            &json!({ "tenant": "fleet-advisor", "user": "demo-alice", "institution": "meridian" }),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let link = link_through_api(&api, "fleet-advisor", "demo-alice", "meridian").await;
     let authorize = link["authorize_url"].as_str().expect("authorize_url");
     assert!(authorize.starts_with(&sandbox_url), "{authorize}");
-    let consent = http.get(authorize).send().await.unwrap();
-    assert_eq!(consent.status(), 302);
-    let callback = consent.headers()[LOCATION].to_str().unwrap().to_owned();
-    let done = http.get(&callback).send().await.unwrap();
-    assert_eq!(
-        done.status(),
-        200,
-        "{}",
-        done.text().await.unwrap_or_default()
-    );
 
     // A worker process syncs it; the API process serves it.
     let url = format!("{api}/v1/users/demo-alice/portfolio");
@@ -315,32 +294,11 @@ async fn a_fourth_institution_joins_a_running_fleet_with_a_new_file_only() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let link: Value = http
-        .post(format!("{api}/admin/connections"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(
-            &json!({ "tenant": "fleet-advisor", "user": "demo-dave", "institution": "northwind" }),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let link = link_through_api(&api, "fleet-advisor", "demo-dave", "northwind").await;
     let authorize = link["authorize_url"].as_str().expect("authorize_url");
     assert!(
         authorize.starts_with(&format!("{sandbox_url}/northwind/")),
         "{authorize}"
-    );
-    let consent = http.get(authorize).send().await.unwrap();
-    assert_eq!(consent.status(), 302);
-    let callback = consent.headers()[LOCATION].to_str().unwrap().to_owned();
-    let done = http.get(&callback).send().await.unwrap();
-    assert_eq!(
-        done.status(),
-        200,
-        "{}",
-        done.text().await.unwrap_or_default()
     );
 
     // The worker syncs it once on linking; the scheduler's next round syncs it again.
@@ -414,23 +372,7 @@ async fn two_schedulers_and_three_workers_sync_each_slot_once() {
     assert_eq!(created.status(), 201);
     let mut connections = Vec::new();
     for user in ["demo-s1", "demo-s2", "demo-s3", "demo-s4"] {
-        let link: Value = http
-            .post(format!("{api}/admin/connections"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({ "tenant": "slots-advisor", "user": user, "institution": "harbor" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let consent = http
-            .get(link["authorize_url"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
-        let callback = consent.headers()[LOCATION].to_str().unwrap().to_owned();
-        assert_eq!(http.get(&callback).send().await.unwrap().status(), 200);
+        let link = link_through_api(&api, "slots-advisor", user, "harbor").await;
         connections.push(
             link["connection_id"]
                 .as_str()

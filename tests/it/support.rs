@@ -520,6 +520,43 @@ pub fn spawn_sandbox_process() -> (Proc, String) {
     (proc, url)
 }
 
+/// Links `user` at `institution` through a running API's admin endpoint and the
+/// institution's real redirect, as an admin and then the user's browser would;
+/// returns the admin API's answer (`connection_id`, `authorize_url`).
+pub async fn link_through_api(
+    api: &str,
+    tenant: &str,
+    user: &str,
+    institution: &str,
+) -> serde_json::Value {
+    let http = finsync::http::client();
+    let link: serde_json::Value = http
+        .post(format!("{api}/admin/connections"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "tenant": tenant, "user": user, "institution": institution }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let authorize = link["authorize_url"].as_str().expect("authorize_url");
+    let consent = http.get(authorize).send().await.unwrap();
+    assert_eq!(consent.status(), 302);
+    let callback = consent.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let done = http.get(&callback).send().await.unwrap();
+    assert_eq!(
+        done.status(),
+        200,
+        "{}",
+        done.text().await.unwrap_or_default()
+    );
+    link
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -7,14 +7,13 @@ use std::time::Duration;
 use finsync::sandbox::SandboxConfig;
 use finsync::store::ABANDONED;
 use finsync::sync::SyncConnection;
-use reqwest::header::LOCATION;
 use secrecy::SecretString;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::support::{
     ADMIN_TOKEN, Backend, RedisPrefix, TestApp, TestDb, assert_matches_sandbox, finsync, free_port,
-    process_env, redis_url, settings, spawn, spawn_sandbox, spawn_sandbox_process, unique,
-    wait_ready,
+    link_through_api, process_env, redis_url, settings, spawn, spawn_sandbox,
+    spawn_sandbox_process, unique, wait_ready,
 };
 
 #[tokio::test]
@@ -136,23 +135,7 @@ async fn a_sync_whose_worker_is_killed_runs_again_and_stores_a_clean_sync() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let link: Value = http
-        .post(format!("{api}/admin/connections"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "tenant": "kill-advisor", "user": "demo-bob", "institution": "meridian" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let consent = http
-        .get(link["authorize_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    let callback = consent.headers()[LOCATION].to_str().unwrap().to_owned();
-    assert_eq!(http.get(&callback).send().await.unwrap().status(), 200);
+    let link = link_through_api(&api, "kill-advisor", "demo-bob", "meridian").await;
 
     let store = finsync::store::Store::connect(&SecretString::from(db.url.clone()), 2)
         .await
