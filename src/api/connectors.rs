@@ -44,6 +44,9 @@ pub(super) struct ConnectorSummary {
     /// The institution's circuit breaker in the process that answered; absent
     /// until that process has sent it a request.
     breaker: Option<BreakerView>,
+    /// Whether the institution is in the adaptive mode's degraded state in the
+    /// process that answered: half the concurrency, deferrable endpoints waiting.
+    degraded: bool,
     /// Problems of the file in the connectors directory, when it was refused; the
     /// version in service stays until a valid one arrives.
     file_problems: Vec<String>,
@@ -147,6 +150,7 @@ async fn summary(
         hash: served.as_ref().map(|s| s.connector.hash.clone()),
         health: health.into(),
         breaker: state.sync.engine.resilience().breaker(id),
+        degraded: state.sync.engine.resilience().is_degraded(id),
         file_problems: refused
             .map(|p| p.0.iter().map(ToString::to_string).collect())
             .unwrap_or_default(),

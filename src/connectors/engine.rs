@@ -116,6 +116,8 @@ pub struct Fetched {
     pub coverage: Coverage,
     /// Where the next sync of the transactions resumes from, if it can.
     pub cursor: Option<SyncCursor>,
+    /// Deferrable endpoints left for a later sync while the institution struggles.
+    pub deferred: Vec<&'static str>,
 }
 
 impl Default for Fetched {
@@ -126,6 +128,7 @@ impl Default for Fetched {
             requests: 0,
             coverage: Coverage::Partial,
             cursor: None,
+            deferred: Vec::new(),
         }
     }
 }
@@ -134,7 +137,7 @@ impl Fetched {
     /// Whether every record of `endpoint` mapped: only then is the endpoint's list
     /// complete enough to remove stored records it no longer contains.
     pub fn complete(&self, endpoint: &str) -> bool {
-        !self.rejected.iter().any(|r| r.endpoint == endpoint)
+        !self.rejected.iter().any(|r| r.endpoint == endpoint) && !self.deferred.contains(&endpoint)
     }
 }
 
@@ -190,7 +193,11 @@ impl Engine {
             }
         }
 
-        if let Some(endpoint) = &connector.holdings {
+        let struggling = self.resilience.is_degraded(&connector.id);
+        let deferred = |endpoint: &Endpoint| struggling && endpoint.deferrable;
+        if connector.holdings.as_ref().is_some_and(deferred) {
+            out.deferred.push("holdings");
+        } else if let Some(endpoint) = &connector.holdings {
             let pages = self.fetch_records(connector, endpoint, token).await?;
             out.requests += pages.requests;
             let security_mapping = endpoint.security.as_ref().unwrap_or(&endpoint.fields);
@@ -219,7 +226,11 @@ impl Engine {
             }
         }
 
-        if let Some(endpoint) = &connector.transactions {
+        if connector.transactions.as_ref().is_some_and(deferred) {
+            // Stored transactions stay, and the next sync resumes where the last did.
+            out.deferred.push("transactions");
+            out.cursor = resume.cloned();
+        } else if let Some(endpoint) = &connector.transactions {
             let resume = resume
                 .filter(|c| c.connector_hash == connector.hash)
                 .map(|c| &c.position);
@@ -678,6 +689,8 @@ fn quota(connector: &Connector) -> Quota {
             .and_then(NonZeroU32::new),
         per_day: connector.limits.requests_per_day.and_then(NonZeroU32::new),
         concurrency: connector.limits.concurrency,
+        // Half the time a request is allowed: a sign the institution struggles.
+        slow: Duration::from_secs(connector.limits.timeout_secs) / 2,
     }
 }
 
@@ -1146,6 +1159,53 @@ window = { from_param = "start", to_param = "end", format = "%Y%m%d", step_days 
             fetched.rejected
         );
         assert!(!fetched.complete("transactions"));
+    }
+
+    /// While the institution struggles, a deferrable endpoint is not asked for: the
+    /// fetch says so, keeps the stored records (incomplete) and the cursor.
+    #[tokio::test]
+    async fn deferrable_endpoints_wait_while_the_institution_struggles() {
+        async fn list() -> axum::Json<Value> {
+            axum::Json(
+                serde_json::json!({"items": [txn("t1", "1.00", "2026-11-01")], "accounts": [{"id": "a1"}]}),
+            )
+        }
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = {
+            let calls = Arc::clone(&calls);
+            move || {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                list()
+            }
+        };
+        let base = serve(
+            axum::Router::new()
+                .route("/list", axum::routing::get(counted))
+                .route("/accounts", axum::routing::get(list)),
+        )
+        .await;
+        let connector = connector(
+            &base,
+            "path = \"list\"\nrecords = \"$.items[*]\"\ndeferrable = true",
+        );
+        let resilience = Resilience::local(BreakerPolicy::default());
+        for _ in 0..10 {
+            let pass = resilience
+                .admit(&connector.id, quota(&connector), MAX_RETRY_AFTER)
+                .await
+                .unwrap();
+            resilience.settle(pass, Outcome::RateLimited(None)).await;
+        }
+        let engine = Engine::with_resilience(crate::http::client(), resilience);
+        let fetched = engine
+            .fetch(&connector, &SecretString::from("t"), None)
+            .await
+            .unwrap();
+        assert_eq!(fetched.deferred, ["transactions"]);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(!fetched.complete("transactions"));
+        assert_eq!(fetched.coverage, Coverage::Partial);
+        assert_eq!(fetched.snapshot.accounts.len(), 1);
     }
 
     /// A POST endpoint gets its parameters as a JSON body, numbers as numbers.

@@ -104,6 +104,8 @@ pub struct Endpoint {
     /// Sync-token paging: ids of records removed since the token.
     pub removed: Option<JsonPath>,
     pub window: Option<Window>,
+    /// May wait for a later sync while the institution struggles.
+    pub deferrable: bool,
 }
 
 /// A date range walked in steps; see [`spec::WindowSpec`].

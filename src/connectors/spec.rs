@@ -248,6 +248,10 @@ pub struct EndpointSpec {
     pub removed: Option<String>,
     /// Walk a date range in steps, each step paged by `paging`.
     pub window: Option<WindowSpec>,
+    /// Holdings and transactions only: while the institution struggles (adaptive
+    /// mode), this endpoint waits for a later sync and what is stored stays.
+    #[serde(default)]
+    pub deferrable: bool,
 }
 
 /// A date range walked in steps: `[today - history_days, today]`, one request loop

@@ -598,7 +598,14 @@ impl Validator {
             }
             self.window(&at("window"), w)
         });
+        if spec.deferrable && name == "accounts" {
+            self.report(
+                at("deferrable"),
+                "accounts are never deferred: every sync needs them",
+            );
+        }
         Some(Endpoint {
+            deferrable: spec.deferrable,
             method: method?,
             url: url?,
             query: spec.query.clone(),

@@ -37,6 +37,9 @@ pub struct Quota {
     pub per_day: Option<NonZeroU32>,
     /// Requests in flight at once, per process.
     pub concurrency: u32,
+    /// Latency at which the institution counts as struggling (adaptive mode); zero:
+    /// latency is not judged.
+    pub slow: Duration,
 }
 
 impl Quota {
@@ -300,6 +303,7 @@ mod tests {
             per_minute: NonZeroU32::new(per_minute),
             per_day: None,
             concurrency: 1,
+            slow: Duration::ZERO,
         }
     }
 

@@ -9,9 +9,13 @@
 //!   institution per process.
 //! - A rate budget per second, minute and day (see [`budget`]), fleet-wide with Redis.
 //!
+//! - An adaptive mode (see [`adaptive`]): while an institution's errors or latency
+//!   climb, it gets half its concurrency and its deferrable endpoints wait.
+//!
 //! Requests wait for a pause or a budget window rather than fail, unless the wait is
 //! longer than the caller allows; then the caller treats it as a rate limit.
 
+pub mod adaptive;
 pub mod breaker;
 pub mod budget;
 
@@ -24,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use breaker::{BreakerPolicy, BreakerState, BreakerView};
 pub use budget::Quota;
 
+use adaptive::Health;
 use breaker::{Admission, Breaker};
 use budget::{LocalBudget, RedisBudget};
 
@@ -53,6 +58,9 @@ struct Guard {
     quota: Quota,
     breaker: Arc<Breaker>,
     in_flight: Arc<Semaphore>,
+    /// Half the slots, taken as well while the institution is degraded.
+    degraded_in_flight: Arc<Semaphore>,
+    health: Arc<Health>,
     local: LocalBudget,
 }
 
@@ -70,7 +78,9 @@ pub struct Pass {
     institution: String,
     guard: Arc<Guard>,
     admission: Admission,
+    started: tokio::time::Instant,
     _in_flight: OwnedSemaphorePermit,
+    _degraded_in_flight: Option<OwnedSemaphorePermit>,
 }
 
 impl Resilience {
@@ -106,14 +116,17 @@ impl Resilience {
         {
             return guard.clone();
         }
-        let breaker = guards.get(institution).map_or_else(
-            || Arc::new(Breaker::new(self.policy)),
-            |old| old.breaker.clone(),
+        let (breaker, health) = guards.get(institution).map_or_else(
+            || (Arc::new(Breaker::new(self.policy)), Arc::default()),
+            |old| (old.breaker.clone(), old.health.clone()),
         );
+        let slots = quota.concurrency.max(1) as usize;
         let guard = Arc::new(Guard {
             quota,
             breaker,
-            in_flight: Arc::new(Semaphore::new(quota.concurrency.max(1) as usize)),
+            in_flight: Arc::new(Semaphore::new(slots)),
+            degraded_in_flight: Arc::new(Semaphore::new(slots.div_ceil(2))),
+            health,
             local: LocalBudget::new(&quota),
         });
         guards.insert(institution.to_owned(), guard.clone());
@@ -141,6 +154,18 @@ impl Resilience {
             .acquire_owned()
             .await
             .map_err(|_| Refusal::CircuitOpen)?;
+        let degraded_in_flight = if guard.health.is_degraded() {
+            Some(
+                guard
+                    .degraded_in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Refusal::CircuitOpen)?,
+            )
+        } else {
+            None
+        };
         loop {
             let wait = match &self.redis {
                 Some(redis) => match redis.try_take(institution, &quota).await {
@@ -162,7 +187,9 @@ impl Resilience {
             institution: institution.to_owned(),
             guard,
             admission,
+            started: tokio::time::Instant::now(),
             _in_flight: in_flight,
+            _degraded_in_flight: degraded_in_flight,
         })
     }
 
@@ -174,6 +201,20 @@ impl Resilience {
             Outcome::Answered | Outcome::RateLimited(_) => pass.guard.breaker.succeeded(),
         };
         publish(&pass.institution, state);
+        let ok = outcome == Outcome::Answered;
+        if let Some(degraded) =
+            pass.guard
+                .health
+                .record(pass.started.elapsed(), ok, pass.guard.quota.slow)
+        {
+            if degraded {
+                tracing::warn!(institution = %pass.institution, "Institution struggling: half the concurrency, deferrable endpoints wait.");
+            } else {
+                tracing::info!(institution = %pass.institution, "Institution back to normal.");
+            }
+            metrics::gauge!("finsync_institution_degraded", "institution" => pass.institution.clone())
+                .set(if degraded { 1.0 } else { 0.0 });
+        }
         if let Outcome::RateLimited(Some(wait)) = outcome {
             pass.guard.local.block_for(wait);
             if let Some(redis) = &self.redis {
@@ -190,6 +231,15 @@ impl Resilience {
             .unwrap_or_else(PoisonError::into_inner)
             .get(institution)
             .is_none_or(|guard| guard.breaker.is_closed())
+    }
+
+    /// Whether `institution` is in the adaptive mode's degraded state in this process.
+    pub fn is_degraded(&self, institution: &str) -> bool {
+        self.guards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(institution)
+            .is_some_and(|guard| guard.health.is_degraded())
     }
 
     /// The breaker of `institution` in this process, once a request was made to it.
@@ -281,6 +331,53 @@ mod tests {
         assert!(asked.elapsed() >= Duration::from_secs(2));
         // A 429 is an answer: it does not count towards the breaker.
         assert!(resilience.is_closed("busy"));
+    }
+
+    /// Rate-limited answers do not trip the breaker but do count as a struggling
+    /// institution: past the adaptive threshold, it gets half its slots.
+    #[tokio::test(start_paused = true)]
+    async fn a_struggling_institution_gets_half_its_concurrency_until_it_recovers() {
+        let resilience = Resilience::local(POLICY);
+        let settle_many = |outcome: Outcome, n: usize| {
+            let resilience = resilience.clone();
+            async move {
+                for _ in 0..n {
+                    let pass = resilience
+                        .admit("slow", quota(1000, 4), Duration::ZERO)
+                        .await
+                        .unwrap();
+                    resilience.settle(pass, outcome).await;
+                }
+            }
+        };
+        settle_many(Outcome::RateLimited(None), 10).await;
+        assert!(resilience.is_degraded("slow") && resilience.is_closed("slow"));
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(
+                resilience
+                    .admit("slow", quota(1000, 4), Duration::ZERO)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let third = tokio::spawn({
+            let resilience = resilience.clone();
+            async move {
+                resilience
+                    .admit("slow", quota(1000, 4), Duration::ZERO)
+                    .await
+                    .is_ok()
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished(), "only 2 of 4 slots while degraded");
+        for pass in held {
+            resilience.settle(pass, Outcome::Answered).await;
+        }
+        assert!(third.await.unwrap());
+        settle_many(Outcome::Answered, 20).await;
+        assert!(!resilience.is_degraded("slow"));
     }
 
     #[tokio::test(start_paused = true)]
