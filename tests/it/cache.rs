@@ -72,7 +72,20 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
     eventually("subscription", || !reader.degraded()).await;
     let calls = std::sync::Arc::default();
 
+    // Every write is announced, this one too: wait for its message, or it could
+    // arrive during the next read and (rightly) keep that read out of L1.
+    let received = |n: u64| {
+        let reader = &reader;
+        move || {
+            reader
+                .stats()
+                .invalidations_received
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= n
+        }
+    };
     writer.put("k", b"v1".to_vec()).await;
+    eventually("the first write's message", received(1)).await;
     assert_eq!(read(&reader, &calls).await, (b"v1".to_vec(), Hit::L2));
     assert_eq!(
         read(&reader, &calls).await,
@@ -81,14 +94,7 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
     );
 
     writer.put("k", b"v2".to_vec()).await;
-    eventually("the invalidation message", || {
-        reader
-            .stats()
-            .invalidations_received
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    })
-    .await;
+    eventually("the invalidation message", received(2)).await;
     assert_eq!(
         read(&reader, &calls).await,
         (b"v2".to_vec(), Hit::L2),
@@ -96,14 +102,7 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
     );
 
     writer.invalidate("k").await;
-    eventually("the second invalidation", || {
-        reader
-            .stats()
-            .invalidations_received
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2
-    })
-    .await;
+    eventually("the second invalidation", received(3)).await;
     assert_eq!(
         read(&reader, &calls).await,
         (b"from-db".to_vec(), Hit::Miss)
