@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::connectors::registry::connector_files;
 use crate::connectors::{Problems, Registry, RegistryError};
+use crate::fingerprint::sha256_hex;
 use crate::store::{Published, Store, StoreError, VersionSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,9 @@ pub struct Catalog {
     dir: PathBuf,
     /// Stored versions this process could not build, so each is reported once.
     unusable: Arc<Mutex<BTreeMap<String, i64>>>,
+    /// The SHA-256 of each file's text when this process last dealt with it: an
+    /// unchanged file is neither validated nor published again.
+    seen: Arc<Mutex<BTreeMap<PathBuf, String>>>,
 }
 
 impl Catalog {
@@ -41,6 +45,7 @@ impl Catalog {
             registry,
             dir,
             unusable: Arc::default(),
+            seen: Arc::default(),
         }
     }
 
@@ -72,6 +77,16 @@ impl Catalog {
                     continue;
                 }
             };
+            let hash = sha256_hex(text.as_bytes());
+            let unchanged = self
+                .seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&path)
+                == Some(&hash);
+            if unchanged {
+                continue;
+            }
             match self.registry.validate(&file, id, &text) {
                 Ok(connector) => {
                     if self.registry.set_refused(id, None) {
@@ -98,6 +113,11 @@ impl Catalog {
                     }
                 }
             }
+            // Only once dealt with: a file whose publishing failed is tried again.
+            self.seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path.clone(), hash);
         }
         Ok(())
     }
@@ -106,15 +126,23 @@ impl Catalog {
     /// already. Returns how many changed.
     async fn install_latest(&self) -> Result<usize, CatalogError> {
         let mut installed = 0;
-        for version in self.store.latest_connector_versions().await? {
-            let id = version.connector_id.as_str();
-            if self
-                .registry
-                .served(id)
-                .is_some_and(|s| s.version == version.version)
+        for (id, number) in self.store.latest_connector_versions().await? {
+            let id = id.as_str();
+            let known_bad = self
+                .unusable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+                == Some(&number);
+            if known_bad
+                || self
+                    .registry
+                    .served(id)
+                    .is_some_and(|s| s.version == number)
             {
                 continue;
             }
+            let version = self.store.connector_version(id, number).await?;
             let file = format!("{id} version {}", version.version);
             match self.registry.validate(&file, id, &version.content) {
                 Ok(connector) => {

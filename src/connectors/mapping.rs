@@ -2,7 +2,7 @@
 //! field mappings of a connector file. Numbers are read from the digits the
 //! institution sent, never through `f64`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
@@ -45,15 +45,30 @@ impl TimeFormat {
                 {
                     return Err(format!("`{pattern}` is not a valid strftime pattern"));
                 }
-                // Connector files live for the life of the process; leaking the pattern
-                // once per loaded file lets the compiled format be `Copy`.
-                Ok(Self::Pattern(Box::leak(
-                    pattern.to_owned().into_boxed_str(),
-                )))
+                Ok(Self::Pattern(intern(pattern)))
             }
             other => Err(format!(
                 "unknown format `{other}`: use iso8601, epoch_seconds, epoch_millis or a strftime pattern like %m/%d/%Y"
             )),
+        }
+    }
+}
+
+/// The one `'static` copy of a date pattern. Connectors are validated again on
+/// every reload, and a pattern is leaked only the first time it is seen, so the
+/// compiled format can be `Copy` without memory growing with each reload.
+fn intern(pattern: &str) -> &'static str {
+    static PATTERNS: std::sync::Mutex<BTreeSet<&'static str>> =
+        std::sync::Mutex::new(BTreeSet::new());
+    let mut patterns = PATTERNS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match patterns.get(pattern) {
+        Some(known) => known,
+        None => {
+            let leaked: &'static str = Box::leak(pattern.to_owned().into_boxed_str());
+            patterns.insert(leaked);
+            leaked
         }
     }
 }

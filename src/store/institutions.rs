@@ -111,26 +111,28 @@ impl Store {
         )))
     }
 
-    /// The latest version of every connector.
-    pub async fn latest_connector_versions(&self) -> Result<Vec<ConnectorVersion>, StoreError> {
-        let numbers: Vec<(String, i64)> = connector_version::Entity::find()
+    /// The latest version number of every connector: one small query, cheap to poll.
+    pub async fn latest_connector_versions(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(connector_version::Entity::find()
             .select_only()
             .column(connector_version::Column::ConnectorId)
             .column_as(connector_version::Column::Version.max(), "version")
             .group_by(connector_version::Column::ConnectorId)
             .into_tuple()
             .all(self.db())
-            .await?;
-        let mut latest = Vec::with_capacity(numbers.len());
-        for (id, version) in numbers {
-            if let Some(row) = connector_version::Entity::find_by_id((id, version))
-                .one(self.db())
-                .await?
-            {
-                latest.push(row);
-            }
-        }
-        Ok(latest)
+            .await?)
+    }
+
+    /// One stored version of a connector.
+    pub async fn connector_version(
+        &self,
+        id: &str,
+        version: i64,
+    ) -> Result<ConnectorVersion, StoreError> {
+        connector_version::Entity::find_by_id((id.to_owned(), version))
+            .one(self.db())
+            .await?
+            .ok_or(StoreError::NotFound("connector version"))
     }
 
     /// Every version of one connector, newest first.
