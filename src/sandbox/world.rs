@@ -231,8 +231,13 @@ mod tests {
             while sandbox.epoch() < epoch {
                 sandbox.advance();
             }
-            let wanted = serde_json::to_value(portfolio_at(42, anchor(), "demo-alice", epoch))
-                .expect("json");
+            let wanted = serde_json::to_value(portfolio_at(
+                42,
+                sandbox.anchor_date,
+                "demo-alice",
+                epoch,
+            ))
+            .expect("json");
             for endpoint in ["accounts", "holdings", "transactions"] {
                 assert_eq!(
                     fetch(&sandbox, token, endpoint).await,
