@@ -32,6 +32,7 @@ pub struct Settings {
     pub resilience: ResilienceSettings,
     pub tokens: TokenSettings,
     pub webhooks: WebhookSettings,
+    pub institution_webhooks: InstitutionWebhookSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
 }
@@ -67,6 +68,17 @@ pub struct WebhookSettings {
     /// Allow endpoints on loopback and private addresses (development and tests
     /// only: otherwise a tenant could make workers call the internal network).
     pub allow_private_targets: bool,
+}
+
+/// Webhooks institutions send to `POST /webhooks/<institution>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstitutionWebhookSettings {
+    /// Events for one connection within a window this long share one sync, which
+    /// starts when the window ends.
+    pub coalesce_ms: u64,
+    /// Bodies larger than this are refused unread (413).
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]

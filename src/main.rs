@@ -63,6 +63,10 @@ enum Command {
         /// Access-token lifetime in seconds.
         #[arg(long)]
         token_ttl: Option<u64>,
+        /// Where an institution sends its webhooks, as `INSTITUTION=URL` (only
+        /// meridian sends any), e.g. `meridian=http://127.0.0.1:8080/webhooks/meridian`.
+        #[arg(long = "webhook", value_parser = parse_webhook)]
+        webhooks: Vec<(String, String)>,
     },
     /// Runs database migrations and exits.
     Migrate,
@@ -81,6 +85,32 @@ enum Command {
     /// Syncs on demand.
     #[command(subcommand)]
     Sync(SyncCommand),
+    /// Webhooks institutions sent.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCommand {
+    /// Acts again on stored institution webhooks, with the connectors in service
+    /// now: each event's connections get a sync (coalesced as for new events). By
+    /// default the events of the last 7 days that were never acted on (`received`)
+    /// or named accounts no connection held (`unmatched`).
+    Replay {
+        /// Only this institution's events.
+        #[arg(long)]
+        institution: Option<String>,
+        /// Only this event (finsync's id or the institution's).
+        #[arg(long)]
+        event: Option<String>,
+        /// Only events in these statuses (received, queued, coalesced, unmatched,
+        /// ignored); repeat the flag or separate with commas.
+        #[arg(long, value_delimiter = ',', default_values = ["received", "unmatched"])]
+        status: Vec<finsync::store::EventStatus>,
+        /// Only events received within this long before now (e.g. 30m, 24h, 7d).
+        #[arg(long, default_value = "7d")]
+        since: humantime::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,6 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             host,
             seed,
             token_ttl,
+            webhooks,
         } => {
             let settings = load_settings(None)?;
             telemetry::init(&settings.log);
@@ -251,6 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 access_token_ttl: Duration::from_secs(
                     token_ttl.unwrap_or(settings.sandbox.token_ttl_secs),
                 ),
+                webhook_urls: webhooks.into_iter().collect(),
                 ..SandboxConfig::default()
             };
             let sandbox = sandbox::spawn(config, listener).await?;
@@ -322,6 +354,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 finsync::sync::replay::replay_quarantined(&store, &queue, connector.as_deref())
                     .await?;
             println!("{}", render::replayed(&replayed));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Webhooks(WebhooksCommand::Replay {
+            institution,
+            event,
+            status,
+            since,
+        }) => {
+            let settings = load_settings(None)?;
+            telemetry::init(&settings.log);
+            let public_url = url::Url::parse(&settings.server.public_url)?;
+            let window = Duration::from_millis(settings.institution_webhooks.coalesce_ms);
+            let since = chrono::Duration::from_std(*since)
+                .ok()
+                .and_then(|ago| chrono::Utc::now().checked_sub_signed(ago));
+            let app = App::build(settings, public_url).await?;
+            let filter = finsync::store::EventFilter {
+                institution,
+                statuses: status,
+                since,
+                event,
+            };
+            let replayed = finsync::sync::inbound::replay(&app.ctx, &filter, window).await?;
+            println!("{}", render::replayed_events(&replayed));
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokens(TokensCommand::GenerateKey) => {
@@ -444,6 +500,22 @@ fn separate_role_allowed(settings: &Settings, role: &str) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+/// `INSTITUTION=URL`, for `finsync sandbox --webhook`.
+fn parse_webhook(text: &str) -> Result<(String, String), String> {
+    let (institution, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not INSTITUTION=URL"))?;
+    let institution: sandbox::Institution = institution.parse().map_err(|e| format!("{e}"))?;
+    if institution != sandbox::Institution::Meridian {
+        return Err(format!(
+            "{} sends no webhooks; only meridian does",
+            institution.name()
+        ));
+    }
+    url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    Ok((institution.id().to_owned(), url.to_owned()))
 }
 
 fn load_settings(default_env: Option<&str>) -> anyhow::Result<Settings> {

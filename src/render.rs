@@ -212,6 +212,56 @@ pub fn replayed(replayed: &[crate::sync::replay::Replayed]) -> String {
     table.to_string()
 }
 
+/// What `finsync webhooks replay` did, event by event, oldest first.
+pub fn replayed_events(replayed: &[crate::sync::inbound::Replayed]) -> String {
+    if replayed.is_empty() {
+        return "No stored institution webhook matches: nothing to replay.".into();
+    }
+    let mut table = table(&[
+        "institution",
+        "event",
+        "type",
+        "received (UTC)",
+        "was",
+        "now",
+        "syncs",
+        "detail",
+    ]);
+    for r in replayed {
+        let e = &r.event;
+        let (now, syncs, detail) = match &r.handled {
+            Some(h) => {
+                let colour = match h.status {
+                    crate::store::EventStatus::Queued => Color::Green,
+                    crate::store::EventStatus::Coalesced => Color::Reset,
+                    _ => Color::Yellow,
+                };
+                (
+                    Cell::new(h.status).fg(colour),
+                    h.connections.len().to_string(),
+                    h.detail.clone().unwrap_or_default(),
+                )
+            }
+            None => (
+                Cell::new("skipped").fg(Color::Yellow),
+                "0".to_owned(),
+                format!("no connector `{}` in service", e.institution_id),
+            ),
+        };
+        table.add_row(vec![
+            Cell::new(&e.institution_id),
+            Cell::new(&e.event_id),
+            Cell::new(e.event_type.as_deref().unwrap_or("")),
+            Cell::new(e.received_at.format("%Y-%m-%d %H:%M:%S")),
+            Cell::new(e.status),
+            now,
+            Cell::new(syncs).set_alignment(CellAlignment::Right),
+            Cell::new(detail),
+        ]);
+    }
+    table.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

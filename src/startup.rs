@@ -59,6 +59,9 @@ impl App {
             )
             .await
             .context("starting the in-process sandbox")?;
+            // The sandbox's Meridian posts its webhooks to this process's API.
+            let inbox = public_url.join("webhooks/meridian")?;
+            sandbox.set_webhook_url(sandbox::Institution::Meridian, Some(inbox.to_string()))?;
             for id in &settings.sandbox.institutions {
                 settings
                     .connectors
@@ -175,6 +178,7 @@ impl App {
             sync_request_interval: Duration::from_secs(
                 self.settings.server.sync_request_interval_secs,
             ),
+            institution_webhooks: self.settings.institution_webhooks.clone(),
         })
     }
 

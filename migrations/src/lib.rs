@@ -14,6 +14,7 @@ mod m20261122_000003_connector_versions;
 mod m20261122_000004_transaction_annotations;
 mod m20261122_000005_quarantine;
 mod m20261122_000006_sync_schedules;
+mod m20261204_000007_institution_events;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_transaction_annotations::Migration),
             Box::new(m20261122_000005_quarantine::Migration),
             Box::new(m20261122_000006_sync_schedules::Migration),
+            Box::new(m20261204_000007_institution_events::Migration),
         ]
     }
 }

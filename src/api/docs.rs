@@ -13,7 +13,8 @@ use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    ApiState, admin, connectors, health, quarantine, read, syncs, tenants, transactions, webhooks,
+    ApiState, admin, connectors, health, institution_webhooks, quarantine, read, syncs, tenants,
+    transactions, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -34,6 +35,7 @@ use super::{
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint,
         webhooks::endpoint_deliveries, webhooks::admin_deliveries,
         quarantine::list_quarantine,
+        institution_webhooks::receive, institution_webhooks::list_events,
         health::healthz, health::ready,
     ),
     modifiers(&Security),
@@ -42,7 +44,8 @@ use super::{
         (name = "syncs", description = "On-demand syncs (API key, scope `sync` to request)"),
         (name = "annotations", description = "Users' tags and notes on transactions (API key, scope `sync`)"),
         (name = "webhooks", description = "Signed event deliveries to tenants' endpoints (API key; `sync` scope to change)"),
-        (name = "admin", description = "Tenants, keys, users, connections, connectors and quarantine (admin token)"),
+        (name = "institutions", description = "Webhooks institutions send (signed as each connector file says)"),
+        (name = "admin", description = "Tenants, keys, users, connections, connectors, quarantine and institutions' webhooks (admin token)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

@@ -26,6 +26,10 @@ pub enum ErrorCode {
     /// A connector file that does not validate; the message lists every problem.
     InvalidConnector,
     UnknownInstitution,
+    /// An institution's webhook whose signature or send time does not check out.
+    InvalidSignature,
+    /// The request body is larger than this endpoint accepts.
+    PayloadTooLarge,
     InvalidState,
     ConsentDenied,
     InstitutionError,
@@ -38,7 +42,8 @@ pub enum ErrorCode {
 impl ErrorCode {
     fn status(self) -> StatusCode {
         match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::InvalidSignature => StatusCode::UNAUTHORIZED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Conflict => StatusCode::CONFLICT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,

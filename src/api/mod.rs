@@ -1,6 +1,7 @@
 //! The HTTP API: the versioned read API for advisory apps ([`read`], [`syncs`], and
 //! users' tags and notes on [`transactions`]), the admin API ([`admin`], [`tenants`],
-//! [`quarantine`]), tenants' webhooks ([`webhooks`]), its
+//! [`quarantine`]), tenants' webhooks ([`webhooks`]), webhooks institutions send
+//! ([`institution_webhooks`]), its
 //! contract ([`docs`]), the OAuth callback
 //! institutions redirect to ([`callback`]) and health checks ([`health`]). Handlers read through the store and cache and
 //! enqueue work through `sync`; they never call an institution themselves.
@@ -13,6 +14,7 @@ mod docs;
 mod error;
 mod extract;
 mod health;
+mod institution_webhooks;
 mod quarantine;
 mod read;
 mod syncs;
@@ -57,6 +59,8 @@ pub struct ApiState {
     pub allow_private_webhooks: bool,
     /// A user's on-demand syncs: one finished request per this interval.
     pub sync_request_interval: std::time::Duration,
+    /// Limits and coalescing of the webhooks institutions send.
+    pub institution_webhooks: crate::config::InstitutionWebhookSettings,
 }
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -71,6 +75,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(quarantine::routes())
         .merge(tenants::routes())
         .merge(webhooks::routes())
+        .merge(institution_webhooks::routes())
         .merge(docs::routes())
         .merge(callback::routes())
         .merge(health::routes())

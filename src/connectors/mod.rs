@@ -3,7 +3,8 @@
 //! validated and compiled into a [`Connector`] ([`validate`]), kept in the
 //! [`Registry`], and run by one generic [`engine`] that fetches pages and [`mapping`]
 //! that turns records into the canonical model; a record that does not map is
-//! [`redact`]ed for quarantine. No code here is specific to an
+//! [`redact`]ed for quarantine. The institution's signed [`webhook`]s are checked
+//! and read here too. No code here is specific to an
 //! institution.
 
 pub mod engine;
@@ -14,6 +15,7 @@ pub mod redact;
 pub mod registry;
 pub mod spec;
 pub mod validate;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 
@@ -27,6 +29,7 @@ pub use incremental::{Position, SyncCursor};
 pub use registry::{Registry, RegistryError};
 pub use spec::{ClientAuth, SignConvention, TokenResponseSpec};
 pub use validate::{Problem, Problems, validate_file, validate_str};
+pub use webhook::{Notice, WebhookError, Webhooks};
 
 /// A validated connector file, ready to run.
 #[derive(Debug, Clone)]
@@ -41,6 +44,8 @@ pub struct Connector {
     pub errors: Errors,
     /// How often this institution's connections are synced, if the file says.
     pub sync_interval: Option<std::time::Duration>,
+    /// Webhooks the institution sends, if the file declares them.
+    pub webhooks: Option<webhook::Webhooks>,
     pub accounts: Endpoint,
     pub holdings: Option<Endpoint>,
     pub transactions: Option<Endpoint>,

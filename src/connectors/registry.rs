@@ -21,9 +21,7 @@ pub enum RegistryError {
     },
     #[error("no connector `{0}`")]
     Unknown(String),
-    #[error(
-        "connector `{connector}` needs the client secret `{env}`: set that environment variable"
-    )]
+    #[error("connector `{connector}` needs the secret `{env}`: set that environment variable")]
     MissingSecret { connector: String, env: String },
 }
 
@@ -132,7 +130,12 @@ impl Registry {
     /// The connector's client secret: the environment variable it names, else the
     /// configured value for that name.
     pub fn client_secret(&self, connector: &Connector) -> Result<SecretString, RegistryError> {
-        let env = &connector.auth.client_secret_env;
+        self.secret(connector, &connector.auth.client_secret_env)
+    }
+
+    /// The secret a reference of `connector`'s file names (`{ env = "NAME" }`):
+    /// the environment variable, else the configured value for that name.
+    pub fn secret(&self, connector: &Connector, env: &str) -> Result<SecretString, RegistryError> {
         std::env::var(env)
             .ok()
             .filter(|v| !v.is_empty())
@@ -140,7 +143,7 @@ impl Registry {
             .or_else(|| self.secrets.get(&env.to_ascii_uppercase()).cloned())
             .ok_or_else(|| RegistryError::MissingSecret {
                 connector: connector.id.clone(),
-                env: env.clone(),
+                env: env.to_owned(),
             })
     }
 }

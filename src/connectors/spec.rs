@@ -26,6 +26,8 @@ pub struct ConnectorFile {
     /// How often this institution's connections are synced, unless a connection
     /// says otherwise; absent: the deployment's default (`sync.interval_secs`).
     pub schedule: Option<ScheduleSpec>,
+    /// Webhooks the institution sends when a user's data changes, if it does.
+    pub webhooks: Option<WebhooksSpec>,
     pub endpoints: EndpointsSpec,
 }
 
@@ -34,6 +36,66 @@ pub struct ConnectorFile {
 pub struct ScheduleSpec {
     /// Seconds between two scheduled syncs of one connection (60 to 2 592 000).
     pub interval_secs: u64,
+}
+
+/// How the institution signs the webhooks it sends to `POST /webhooks/<id>`, and
+/// where an event says what it is and which accounts it concerns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksSpec {
+    /// A reference to the signing secret the institution gave, never the secret.
+    pub secret: SecretRef,
+    /// Header that carries the HMAC-SHA256 signature. Several signatures separated
+    /// by commas are accepted (an institution rotating its secret sends two).
+    pub signature_header: String,
+    /// Text before each signature in the header (e.g. `sha256=`), if any.
+    pub signature_prefix: Option<String>,
+    #[serde(default)]
+    pub signature_encoding: SignatureEncoding,
+    /// What the signature covers.
+    #[serde(default)]
+    pub signed_content: SignedContent,
+    /// Header that says when the event was sent (epoch seconds or RFC 3339)...
+    pub timestamp_header: Option<String>,
+    /// ...or JSONPath to that time in the body.
+    pub timestamp_path: Option<String>,
+    /// Events sent longer ago than this (or this far in the future) are refused.
+    #[serde(default = "default_tolerance")]
+    pub tolerance_secs: u64,
+    /// JSONPath to the event's unique id: a second delivery of it is a duplicate.
+    pub event_id: String,
+    /// JSONPath to the event's type, if it has one.
+    pub event_type: Option<String>,
+    /// JSONPath to the institution's ids of the accounts the event concerns (it may
+    /// select several); their connections are synced.
+    pub account_ids: String,
+    /// Event types that ask for a sync; absent: every event does.
+    pub sync_on: Option<Vec<String>>,
+}
+
+fn default_tolerance() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureEncoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// The bytes an institution's HMAC covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum SignedContent {
+    /// The raw request body.
+    #[default]
+    #[serde(rename = "body")]
+    Body,
+    /// The timestamp header's value, a `.`, then the raw body: the time is signed
+    /// too, so a captured request cannot be sent again later with a new time.
+    #[serde(rename = "timestamp.body")]
+    TimestampDotBody,
 }
 
 /// How finsync is authorised at the institution. Only OAuth 2.0 exists today; the

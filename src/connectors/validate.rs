@@ -12,7 +12,11 @@ use url::Url;
 
 use super::fields::{self, FieldDef, Kind};
 use super::mapping::{CompiledField, Mapping, Source, TimeFormat};
-use super::spec::{ConnectorFile, EndpointSpec, FieldSpec, OAuth2Spec, PagingSpec, WindowSpec};
+use super::spec::{
+    ConnectorFile, EndpointSpec, FieldSpec, OAuth2Spec, PagingSpec, SignedContent, WebhooksSpec,
+    WindowSpec,
+};
+use super::webhook::{Timestamp, Webhooks};
 use super::{Connector, Endpoint, Errors, OAuth2, Paging, Window};
 
 /// One problem in one connector file.
@@ -352,6 +356,7 @@ impl Validator {
                 ),
             );
         }
+        let webhooks = spec.webhooks.as_ref().and_then(|w| self.webhooks(w));
         if spec.limits.page_size == 0 {
             self.report("limits.page_size", "must be at least 1");
         }
@@ -416,6 +421,7 @@ impl Validator {
                 .schedule
                 .as_ref()
                 .map(|s| std::time::Duration::from_secs(s.interval_secs)),
+            webhooks,
             accounts: accounts?,
             holdings: holdings.flatten(),
             transactions: transactions.flatten(),
@@ -463,6 +469,117 @@ impl Validator {
         }
     }
 
+    /// A secret reference must name a variable, so that a secret pasted into the
+    /// file is refused rather than published with it.
+    fn secret_env(&mut self, path: &str, env: &str) {
+        if env.is_empty()
+            || !env
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            self.report(
+                path,
+                format!("`{env}` must be the NAME of an environment variable (A-Z, 0-9, _), never the secret itself"),
+            );
+        }
+    }
+
+    fn header_name(&mut self, path: &str, name: &str) {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.report(path, format!("`{name}` is not an HTTP header name"));
+        }
+    }
+
+    fn webhooks(&mut self, spec: &WebhooksSpec) -> Option<Webhooks> {
+        self.secret_env("webhooks.secret.env", &spec.secret.env);
+        self.header_name("webhooks.signature_header", &spec.signature_header);
+        if spec.signature_prefix.as_deref() == Some("") {
+            self.report(
+                "webhooks.signature_prefix",
+                "must not be empty (leave it out)",
+            );
+        }
+        let timestamp = match (&spec.timestamp_header, &spec.timestamp_path) {
+            (Some(header), None) => {
+                self.header_name("webhooks.timestamp_header", header);
+                if spec.signed_content == SignedContent::Body {
+                    // An unsigned time could be replaced on a captured request.
+                    self.report(
+                        "webhooks.signed_content",
+                        "a time sent in a header must be signed: use `timestamp.body` (or timestamp_path for a time in the body)",
+                    );
+                }
+                Some(Timestamp::Header(header.clone()))
+            }
+            (None, Some(path)) => {
+                if spec.signed_content == SignedContent::TimestampDotBody {
+                    self.report(
+                        "webhooks.signed_content",
+                        "`timestamp.body` signs the timestamp header's value: set timestamp_header, or sign `body` with the time in it",
+                    );
+                }
+                self.json_path("webhooks.timestamp_path", path)
+                    .map(Timestamp::Body)
+            }
+            (Some(_), Some(_)) => {
+                self.report(
+                    "webhooks",
+                    "give either timestamp_header or timestamp_path, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.report(
+                    "webhooks",
+                    "say where the time the event was sent is (timestamp_header or timestamp_path): without it a captured request could be replayed for ever",
+                );
+                None
+            }
+        };
+        if !(1..=3600).contains(&spec.tolerance_secs) {
+            self.report(
+                "webhooks.tolerance_secs",
+                "must be 1 to 3600 seconds (an hour)",
+            );
+        }
+        let event_id = self.json_path("webhooks.event_id", &spec.event_id);
+        let event_type = spec
+            .event_type
+            .as_deref()
+            .map(|p| self.json_path("webhooks.event_type", p));
+        let account_ids = self.json_path("webhooks.account_ids", &spec.account_ids);
+        if let Some(types) = &spec.sync_on {
+            if types.is_empty() {
+                self.report(
+                    "webhooks.sync_on",
+                    "list at least one event type (leave it out to sync on every event)",
+                );
+            }
+            if spec.event_type.is_none() {
+                self.report(
+                    "webhooks.sync_on",
+                    "needs `event_type`: where the event's type is",
+                );
+            }
+        }
+        Some(Webhooks {
+            secret_env: spec.secret.env.clone(),
+            signature_header: spec.signature_header.clone(),
+            signature_prefix: spec.signature_prefix.clone(),
+            encoding: spec.signature_encoding,
+            signed: spec.signed_content,
+            timestamp: timestamp?,
+            tolerance: std::time::Duration::from_secs(spec.tolerance_secs),
+            event_id: event_id?,
+            event_type: match event_type {
+                Some(path) => Some(path?),
+                None => None,
+            },
+            account_ids: account_ids?,
+            sync_on: spec.sync_on.clone(),
+        })
+    }
+
     fn auth(&mut self, base: &Url, spec: &OAuth2Spec) -> Option<OAuth2> {
         let authorize_url = self.url(base, "auth.authorize_url", &spec.authorize_url);
         let token_url = self.url(base, "auth.token_url", &spec.token_url);
@@ -471,16 +588,7 @@ impl Validator {
             .as_deref()
             .map(|u| self.url(base, "auth.revocation_url", u));
         let env = &spec.client_secret.env;
-        if env.is_empty()
-            || !env
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-        {
-            self.report(
-                "auth.client_secret.env",
-                format!("`{env}` must be the NAME of an environment variable (A-Z, 0-9, _), never the secret itself"),
-            );
-        }
+        self.secret_env("auth.client_secret.env", env);
         if spec.scopes.is_empty() {
             self.report("auth.scopes", "list at least one scope");
         }

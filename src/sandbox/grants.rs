@@ -489,6 +489,15 @@ impl GrantStore {
         false
     }
 
+    /// The users with a live grant, each once, in order.
+    pub(super) fn users(&self) -> std::collections::BTreeSet<String> {
+        self.lock()
+            .grants
+            .values()
+            .map(|grant| grant.user_id.clone())
+            .collect()
+    }
+
     /// Every access and refresh token ever issued, in issue order.
     pub(super) fn issued_tokens(&self) -> Vec<String> {
         self.lock().issued.clone()

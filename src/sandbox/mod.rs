@@ -22,7 +22,8 @@
 //! each), and every data API sits behind [`faults`], which injects latency, errors, rate
 //! limits, outages, malformed records and schema drift on demand; [`admin`] changes that
 //! at run time. [`data`] generates the deterministic data every institution serves, each
-//! from its own seed.
+//! from its own seed. Meridian also sends signed webhooks when the data moves
+//! ([`notify`]).
 //!
 //! This module owns the configuration, the institutions' identities, the router and the
 //! running-server handle.
@@ -36,6 +37,7 @@ mod harbor;
 mod keystone;
 mod meridian;
 mod northwind;
+mod notify;
 mod oauth;
 #[cfg(test)]
 mod test_support;
@@ -67,6 +69,8 @@ use self::faults::FaultInjector;
 pub use self::faults::{Arrival, Drift, Faults, FaultsError, Latency, Outage};
 use self::grants::{GrantPolicy, GrantStore, Rotation, Scope, ScopeSet};
 pub use self::keystone::KeystoneLimits;
+use self::notify::Notifier;
+pub use self::notify::{SYNC_UPDATES_AVAILABLE, SentWebhook};
 pub use self::oauth::TokenQuirks;
 use self::oauth::{AuthServer, ClientAuth, Profile};
 use self::world::World;
@@ -183,6 +187,11 @@ impl FromStr for Institution {
     }
 }
 
+/// An institution that sends no webhooks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} sends no webhooks; only meridian does", .0.name())]
+pub struct NoWebhooks(pub Institution);
+
 /// The one OAuth client an institution's authorization server knows.
 #[derive(Debug, Clone)]
 pub struct ClientCredentials {
@@ -227,6 +236,11 @@ pub struct SandboxConfig {
     /// Faults injected into each institution's data API from the start, by institution
     /// id; `PUT /sandbox/admin/faults/{institution}` changes them at run time.
     pub faults: BTreeMap<String, Faults>,
+    /// Where institutions that send webhooks (Meridian) send them, by institution id;
+    /// `PUT /sandbox/admin/webhooks/{institution}` changes it at run time.
+    pub webhook_urls: BTreeMap<String, String>,
+    /// The secret Meridian signs its webhooks with; public, like the client secrets.
+    pub webhook_secret: SecretString,
 }
 
 impl Default for SandboxConfig {
@@ -245,6 +259,8 @@ impl Default for SandboxConfig {
             advance_every: None,
             keystone: KeystoneLimits::default(),
             faults: BTreeMap::new(),
+            webhook_urls: BTreeMap::new(),
+            webhook_secret: SecretString::from("meridian-webhook-secret"),
         }
     }
 }
@@ -316,6 +332,8 @@ struct AppState {
     servers: [Arc<AuthServer>; 4],
     /// Each institution's fault injector, indexed by [`Institution`].
     faults: [Arc<FaultInjector>; 4],
+    /// Each institution's webhooks, indexed by [`Institution`]; only Meridian sends any.
+    notifiers: [Option<Arc<Notifier>>; 4],
     world: Arc<World>,
 }
 
@@ -337,6 +355,10 @@ impl AppState {
 
     fn faults(&self, institution: Institution) -> &FaultInjector {
         &self.faults[institution as usize]
+    }
+
+    fn notifier(&self, institution: Institution) -> Option<Arc<Notifier>> {
+        self.notifiers[institution as usize].clone()
     }
 }
 
@@ -475,6 +497,29 @@ impl Sandbox {
         self.state.world.advance()
     }
 
+    /// Registers (or with `None`, removes) the URL `institution` sends its webhooks
+    /// to; only Meridian sends any.
+    pub fn set_webhook_url(
+        &self,
+        institution: Institution,
+        url: Option<String>,
+    ) -> Result<(), NoWebhooks> {
+        let notifier = self
+            .state
+            .notifier(institution)
+            .ok_or(NoWebhooks(institution))?;
+        notifier.set_url(url);
+        Ok(())
+    }
+
+    /// The webhooks `institution` sent (the latest two hundred), oldest first.
+    pub fn webhooks_sent(&self, institution: Institution) -> Vec<SentWebhook> {
+        self.state
+            .notifier(institution)
+            .map(|n| n.sent())
+            .unwrap_or_default()
+    }
+
     /// Stops accepting connections and waits for requests in flight to finish.
     pub async fn shutdown(self) {
         let Self { stop, server, .. } = self;
@@ -508,6 +553,7 @@ pub async fn spawn(config: SandboxConfig, listener: TcpListener) -> std::io::Res
     let (router, state) = build(config, Arc::clone(&world));
     let (stop, stopped) = oneshot::channel::<()>();
     let clock = Arc::clone(&world);
+    let notifying = notify::run(Arc::clone(&state), world.subscribe());
     let server = tokio::spawn(async move {
         let shutdown = async {
             // Fired or dropped, either way it is time to stop.
@@ -527,10 +573,11 @@ pub async fn spawn(config: SandboxConfig, listener: TcpListener) -> std::io::Res
                 None => std::future::pending().await,
             }
         };
-        // The clock never finishes; it stops with the server.
+        // The clock and the webhooks never finish; they stop with the server.
         tokio::select! {
             () = serve => {}
             () = ticking => {}
+            () = notifying => {}
         }
     });
     tracing::info!(%addr, "Sandbox listening.");
@@ -636,11 +683,25 @@ fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<AppState>) {
             .unwrap_or_default();
         Arc::new(FaultInjector::new(institution, config.seed, initial))
     });
+    for id in config.webhook_urls.keys() {
+        if id.parse::<Institution>() != Ok(Institution::Meridian) {
+            tracing::warn!(institution = %id, "Only meridian sends webhooks; this URL is ignored.");
+        }
+    }
+    let notifiers = Institution::ALL.map(|institution| {
+        (institution == Institution::Meridian).then(|| {
+            Arc::new(Notifier::new(
+                config.webhook_secret.clone(),
+                config.webhook_urls.get(institution.id()).cloned(),
+            ))
+        })
+    });
     let state = Arc::new(AppState {
         config,
         stats,
         servers,
         faults,
+        notifiers,
         world,
     });
     // Faults wrap each institution's data API from outside, Meridian's untouched routes too.
@@ -660,6 +721,7 @@ fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<AppState>) {
         ))
         .merge(data_api(Institution::Northwind, northwind::routes()))
         .merge(admin::routes())
+        .merge(notify::routes())
         .merge(world::routes());
     for server in &state.servers {
         router = router
@@ -699,6 +761,9 @@ async fn describe(State(state): State<Arc<AppState>>) -> impl IntoResponse {
          \x20      since `cursor` (none: everything); 409 sync_mutation_during_pagination if the epoch moved mid-paging\n\
          \x20 Bearer token; pages by `cursor` and `count` (1..=500, default 50): {{\"<endpoint>\": [...], \"next_cursor\": ...}}.\n\
          \x20 Amounts are JSON numbers; a positive transaction amount is money out of the account.\n\
+         \x20 Webhooks: each new epoch, a SYNC_UPDATES_AVAILABLE event per linked user to the registered URL,\n\
+         \x20   signed HMAC-SHA256 over \"<Meridian-Timestamp>.<body>\" as `Meridian-Signature: v1=<hex>`\n\
+         \x20   (secret `meridian-webhook-secret` unless configured); retried on 5xx, same `webhook_id`.\n\
          \n\
          Harbor Savings Bank (institution id `harbor`, client `{harbor}`), a retail bank\n\
          \x20 OAuth: client_secret_post only (HTTP Basic is refused), comma-separated scopes `accounts,transactions`,\n\
@@ -735,7 +800,10 @@ async fn describe(State(state): State<Arc<AppState>>) -> impl IntoResponse {
          \x20   \"error_rate\": 0.1, \"rate_limit_rate\": 0.1, \"retry_after_secs\": 1, \"outage\": {{\"for_secs\": 30}},\n\
          \x20   \"malformed_rate\": 0.1, \"drift\": {{\"from\": \"amount\", \"to\": \"amt\"}}}}\n\
          \x20 POST /sandbox/admin/<id>/revoke-grants    revoke every grant\n\
-         \x20 POST /sandbox/admin/<id>/expire-tokens    expire every access token now\n",
+         \x20 POST /sandbox/admin/<id>/expire-tokens    expire every access token now\n\
+         \x20 PUT  /sandbox/admin/webhooks/meridian     where Meridian sends webhooks: {{\"url\": \"http://...\"}}; DELETE stops them\n\
+         \x20 GET  /sandbox/admin/webhooks/meridian     the URL and the events sent\n\
+         \x20 POST /sandbox/admin/webhooks/meridian/fire  send one now: {{\"user\": \"demo-alice\", \"code\": \"...\", \"repeat\": 1}}\n",
         seed = config.seed,
         anchor = config.anchor_date,
         epoch = state.world.epoch(),

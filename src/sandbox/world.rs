@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::NaiveDate;
 use serde_json::json;
+use tokio::sync::watch;
 
 use super::AppState;
 use super::data::EpochState;
@@ -35,6 +36,8 @@ pub(super) struct World {
     /// Recently served states, so a request steps from the nearest one it can reuse
     /// instead of replaying every epoch from 0.
     recent: Mutex<BTreeMap<(u64, String, u32), Arc<EpochState>>>,
+    /// Announces each new epoch, to the institutions' webhooks.
+    moved: watch::Sender<u32>,
 }
 
 impl World {
@@ -44,6 +47,7 @@ impl World {
             anchor_date,
             epoch: AtomicU32::new(start_epoch),
             recent: Mutex::new(BTreeMap::new()),
+            moved: watch::Sender::new(start_epoch),
         }
     }
 
@@ -62,7 +66,13 @@ impl World {
             .unwrap_or_else(|epoch| epoch);
         let epoch = previous.saturating_add(1);
         tracing::info!(epoch, "Sandbox world advanced.");
+        self.moved.send_replace(epoch);
         epoch
+    }
+
+    /// Sees every epoch the world moves to from now on.
+    pub(super) fn subscribe(&self) -> watch::Receiver<u32> {
+        self.moved.subscribe()
     }
 
     /// `user_id`'s data at `epoch` in the world seeded with `seed` (each institution
@@ -231,13 +241,9 @@ mod tests {
             while sandbox.epoch() < epoch {
                 sandbox.advance();
             }
-            let wanted = serde_json::to_value(portfolio_at(
-                42,
-                sandbox.anchor_date,
-                "demo-alice",
-                epoch,
-            ))
-            .expect("json");
+            let wanted =
+                serde_json::to_value(portfolio_at(42, sandbox.anchor_date, "demo-alice", epoch))
+                    .expect("json");
             for endpoint in ["accounts", "holdings", "transactions"] {
                 assert_eq!(
                     fetch(&sandbox, token, endpoint).await,

@@ -678,7 +678,7 @@ impl Store {
     }
 }
 
-fn to_record(row: connection::Model) -> Result<ConnectionRecord, StoreError> {
+pub(super) fn to_record(row: connection::Model) -> Result<ConnectionRecord, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("connection {}: {what}", row.id));
     Ok(ConnectionRecord {
         id: row.id.parse().map_err(|_| corrupt("id"))?,

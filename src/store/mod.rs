@@ -8,6 +8,7 @@ mod annotations;
 mod connections;
 mod decimal;
 pub mod entities;
+mod institution_events;
 mod institutions;
 mod quarantine;
 mod records;
@@ -29,6 +30,7 @@ use secrecy::{ExposeSecret, SecretString};
 pub use annotations::{AnnotatedTransaction, AnnotationChange, Annotations};
 pub use connections::{CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, TokenColumns};
 pub use decimal::DbDecimal;
+pub use institution_events::{EventFilter, EventStatus, InstitutionEvent, NewEvent};
 pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};
 pub use quarantine::{QuarantineEntry, QuarantineFilter, Refusal, Resolution};
 pub use records::{

@@ -1,9 +1,11 @@
 //! Syncing: the [`job`]s (a sync, a token refresh), the [`queue`] they run on
 //! (apalis on SQLite or PostgreSQL), the [`pipeline`] that fetches, normalizes and
 //! stores, the background token [`refresh`], the [`scheduler`] that enqueues
-//! due syncs and refreshes, and the [`replay`] of quarantined records. [`SyncContext`] is the one
+//! due syncs and refreshes, the [`replay`] of quarantined records, and the
+//! institutions' webhooks turned into syncs ([`inbound`]). [`SyncContext`] is the one
 //! shared, immutable context every job receives.
 
+pub mod inbound;
 pub mod job;
 pub mod pipeline;
 pub mod queue;

@@ -53,6 +53,51 @@ fn every_problem_in_a_file_is_reported_with_its_field_path() {
 }
 
 #[test]
+fn webhooks_that_could_be_forged_or_replayed_are_refused_with_every_problem() {
+    let good = std::fs::read_to_string(connectors_dir().join("meridian.toml")).unwrap();
+    let broken = good
+        .replace(
+            r#"secret = { env = "MERIDIAN_WEBHOOK_SECRET" }"#,
+            r#"secret = { env = "whsec_live_123" }"#,
+        )
+        // An unsigned time: a captured request could be sent again with a new one.
+        .replace(
+            r#"signed_content = "timestamp.body""#,
+            r#"signed_content = "body""#,
+        )
+        .replace("tolerance_secs = 300", "tolerance_secs = 0")
+        .replace(r#"event_type = "$.webhook_code""#, "")
+        .replace(
+            r#"account_ids = "$.account_ids[*]""#,
+            r#"account_ids = "$.account_ids[""#,
+        );
+    let problems = validate_str("meridian.toml", "meridian", &broken, None).unwrap_err();
+    let report = problems.to_string();
+    for expected in [
+        "webhooks.secret.env: `whsec_live_123` must be the NAME of an environment variable",
+        "webhooks.signed_content: a time sent in a header must be signed",
+        "webhooks.tolerance_secs: must be 1 to 3600 seconds",
+        "webhooks.account_ids: `$.account_ids[` is not a valid JSONPath",
+        "webhooks.sync_on: needs `event_type`",
+    ] {
+        assert!(
+            report.contains(expected),
+            "missing `{expected}` in:\n{report}"
+        );
+    }
+    assert_eq!(problems.0.len(), 5, "{report}");
+
+    let timeless = good.replace(r#"timestamp_header = "Meridian-Timestamp""#, "");
+    let problems = validate_str("meridian.toml", "meridian", &timeless, None).unwrap_err();
+    assert!(
+        problems
+            .to_string()
+            .contains("without it a captured request could be replayed"),
+        "{problems}"
+    );
+}
+
+#[test]
 fn a_rate_limit_of_zero_is_refused_rather_than_blocking_every_request() {
     let good = std::fs::read_to_string(connectors_dir().join("harbor.toml")).unwrap();
     let broken = good.replace("requests_per_second = 10", "requests_per_second = 0");

@@ -12,6 +12,7 @@ mod contract;
 mod docs;
 mod embedded;
 mod fleet;
+mod institution_webhooks;
 mod institutions;
 mod interop;
 mod linking;

@@ -6,6 +6,7 @@ pub mod connection;
 pub mod connector_version;
 pub mod holding;
 pub mod institution;
+pub mod institution_event;
 pub mod oauth_state;
 pub mod quarantined_record;
 pub mod security;

@@ -1,0 +1,370 @@
+//! Webhooks from institutions: the sandbox's Meridian posts signed events to
+//! `POST /webhooks/meridian`; genuine ones are stored once and sync the connections
+//! holding the accounts they name, one sync per connection however many events
+//! arrive together; forged, stale or unreadable ones change nothing; and
+//! `finsync webhooks replay` acts again on stored events.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use finsync::sandbox::{Institution, Sandbox, SandboxConfig};
+use finsync::store::{EventFilter, EventStatus, InstitutionEvent};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::support::{
+    ADMIN_TOKEN, Backend, TestApp, TestDb, captured_logs, dump_database, finsync, process_env,
+    settings, spawn_sandbox,
+};
+
+type Headers = Vec<(&'static str, String)>;
+
+/// The secret the sandbox's Meridian signs with (public, like its client secret).
+const SECRET: &str = "meridian-webhook-secret";
+
+/// Headers Meridian would send for `body` at `timestamp`, signed with `secret`.
+fn signed(body: &str, timestamp: i64, secret: &str) -> [(&'static str, String); 2] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    [
+        ("Meridian-Timestamp", timestamp.to_string()),
+        (
+            "Meridian-Signature",
+            format!("v1={}", hex::encode(mac.finalize().into_bytes())),
+        ),
+    ]
+}
+
+async fn post(app: &TestApp, path: &str, body: &str, headers: &[(&str, String)]) -> (u16, Value) {
+    let mut request = finsync::http::client()
+        .post(format!("{}{path}", app.address))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Registers the app's inbox with the sandbox, as an operator would with the
+/// institution.
+fn point_sandbox_at(sandbox: &Sandbox, app: &TestApp) {
+    sandbox
+        .set_webhook_url(
+            Institution::Meridian,
+            Some(format!("{}/webhooks/meridian", app.address)),
+        )
+        .unwrap();
+}
+
+async fn fire(sandbox: &Sandbox, user: &str, repeat: u32) -> Value {
+    let response = finsync::http::client()
+        .post(format!(
+            "{}/sandbox/admin/webhooks/meridian/fire",
+            sandbox.base_url()
+        ))
+        .json(&json!({ "user": user, "repeat": repeat }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn events(app: &TestApp) -> Vec<InstitutionEvent> {
+    app.app
+        .ctx
+        .store
+        .institution_events(&EventFilter::default())
+        .await
+        .unwrap()
+}
+
+/// Waits until `connection` has a finished run whose key starts with `prefix`,
+/// and returns every such run.
+async fn wait_for_runs(
+    app: &TestApp,
+    connection: finsync::domain::ConnectionId,
+    prefix: &str,
+    at_least: usize,
+) -> Vec<finsync::store::entities::sync_run::Model> {
+    for _ in 0..300 {
+        let runs: Vec<_> = app
+            .app
+            .ctx
+            .store
+            .runs(connection)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.idempotency_key.starts_with(prefix) && r.finished_at.is_some())
+            .collect();
+        if runs.len() >= at_least {
+            return runs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no finished `{prefix}` run of {connection}");
+}
+
+#[tokio::test]
+async fn a_new_epoch_at_the_institution_reaches_the_store_through_its_webhook() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-alice").await;
+    point_sandbox_at(&sandbox, &app);
+
+    // Nothing but the webhook asks for a sync: the schedule is an hour away.
+    let epoch = sandbox.advance();
+    let runs = wait_for_runs(&app, connection, "webhook:", 1).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].outcome, "succeeded", "{:?}", runs[0]);
+
+    let sent = sandbox.webhooks_sent(Institution::Meridian);
+    assert_eq!(sent.len(), 1, "one event per linked user");
+    assert_eq!((sent[0].epoch, sent[0].status), (epoch, Some(202)));
+    let stored = events(&app).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].event_id, sent[0].webhook_id);
+    assert_eq!(stored[0].status, EventStatus::Queued);
+    assert_eq!(stored[0].connections, [connection]);
+
+    let data = app.app.ctx.store.full_snapshot(connection).await.unwrap();
+    crate::support::assert_matches_sandbox(
+        &data,
+        &sandbox.portfolio(Institution::Meridian, "demo-alice"),
+    );
+
+    // The admin API lists it, without its body.
+    let listed = app
+        .get_json(
+            "/admin/institution-webhooks?institution=meridian",
+            ADMIN_TOKEN,
+        )
+        .await;
+    assert_eq!(listed[0]["event_id"], sent[0].webhook_id.as_str());
+    assert_eq!(listed[0]["status"], "queued");
+    assert_eq!(listed[0]["connections"][0], connection.to_string());
+    assert!(listed[0].get("body").is_none());
+}
+
+#[tokio::test]
+async fn repeated_and_simultaneous_events_make_one_sync() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut settings = settings(&db, None, &sandbox);
+    settings.institution_webhooks.coalesce_ms = 3000;
+    let app = TestApp::spawn(settings, true).await;
+    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-alice").await;
+    point_sandbox_at(&sandbox, &app);
+
+    // Start at the beginning of a coalescing window so that every event below
+    // falls in the same one.
+    let into = Utc::now().timestamp_millis().rem_euclid(3000);
+    if into > 1000 {
+        tokio::time::sleep(Duration::from_millis((3000 - into) as u64 + 20)).await;
+    }
+    // The institution delivers one event three times, then sends two more.
+    let repeated = fire(&sandbox, "demo-alice", 3).await;
+    assert_eq!(repeated["attempts"], 3);
+    assert_eq!(repeated["status"], 200, "the last delivery was a duplicate");
+    fire(&sandbox, "demo-alice", 1).await;
+    fire(&sandbox, "demo-alice", 1).await;
+
+    let stored = events(&app).await;
+    assert_eq!(
+        stored.len(),
+        3,
+        "one row per event, however often delivered"
+    );
+    let first = stored
+        .iter()
+        .find(|e| e.event_id == repeated["webhook_id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(first.deliveries, 3);
+    let mut statuses: Vec<EventStatus> = stored.iter().map(|e| e.status).collect();
+    statuses.sort_by_key(|s| s.as_str());
+    assert_eq!(
+        statuses,
+        [
+            EventStatus::Coalesced,
+            EventStatus::Coalesced,
+            EventStatus::Queued
+        ]
+    );
+    assert!(stored.iter().all(|e| e.connections == [connection]));
+
+    let runs = wait_for_runs(&app, connection, "webhook:", 1).await;
+    // Give a second sync, were there one, the time to run.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let runs_after = wait_for_runs(&app, connection, "webhook:", 1).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs_after.len(), 1, "three events, one sync");
+}
+
+#[tokio::test]
+async fn forged_stale_or_unreadable_events_are_refused_and_change_nothing() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+    let now = Utc::now().timestamp();
+    let body = json!({
+        "webhook_id": "mer_whk_forged",
+        "webhook_code": "SYNC_UPDATES_AVAILABLE",
+        "account_ids": ["mer_acc_1"],
+    })
+    .to_string();
+    let [timestamp, signature] = signed(&body, now, SECRET);
+
+    // Each request that must be refused: what is wrong with it, its body and headers.
+    let unauthenticated: Vec<(&str, String, Headers)> = vec![
+        ("no signature", body.clone(), vec![timestamp.clone()]),
+        (
+            "another secret",
+            body.clone(),
+            signed(&body, now, "guessed-secret").to_vec(),
+        ),
+        (
+            "a changed body",
+            body.replace("mer_acc_1", "mer_acc_2"),
+            vec![timestamp.clone(), signature.clone()],
+        ),
+        (
+            "a new time on a captured request",
+            body.clone(),
+            vec![
+                ("Meridian-Timestamp", (now + 5).to_string()),
+                signature.clone(),
+            ],
+        ),
+        ("no time", body.clone(), vec![signature.clone()]),
+        (
+            "sent an hour ago",
+            body.clone(),
+            signed(&body, now - 3600, SECRET).to_vec(),
+        ),
+    ];
+    for (case, body, headers) in unauthenticated {
+        let (got, answer) = post(&app, "/webhooks/meridian", &body, &headers).await;
+        assert_eq!(got, 401, "{case}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "INVALID_SIGNATURE",
+            "{case}: {answer}"
+        );
+    }
+    for unreadable in ["not json", r#"{"webhook_code":"SYNC_UPDATES_AVAILABLE"}"#] {
+        let headers = signed(unreadable, now, SECRET);
+        let (got, answer) = post(&app, "/webhooks/meridian", unreadable, &headers).await;
+        assert_eq!(got, 400, "{unreadable}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "INVALID_REQUEST",
+            "{unreadable}: {answer}"
+        );
+    }
+    let headers = [timestamp.clone(), signature.clone()];
+    let (got, answer) = post(&app, "/webhooks/atlantis", &body, &headers).await;
+    assert_eq!(
+        (got, &answer["error"]["code"]),
+        (404, &json!("UNKNOWN_INSTITUTION"))
+    );
+    let (got, answer) = post(&app, "/webhooks/harbor", &body, &headers).await;
+    assert_eq!(
+        (got, &answer["error"]["code"]),
+        (404, &json!("NOT_FOUND")),
+        "{answer}"
+    );
+    let huge = format!(r#"{{"pad":"{}"}}"#, "x".repeat(70_000));
+    let (got, _) = post(
+        &app,
+        "/webhooks/meridian",
+        &huge,
+        &signed(&huge, now, SECRET),
+    )
+    .await;
+    assert_eq!(got, 413);
+
+    assert!(events(&app).await.is_empty(), "nothing refused is stored");
+    let queued = app.app.ctx.queue.depth().await.unwrap();
+    assert_eq!(queued, 0, "nothing refused asks for a sync");
+
+    // The genuine request is taken, and the signing secret is nowhere.
+    let (got, answer) = post(&app, "/webhooks/meridian", &body, &[timestamp, signature]).await;
+    assert_eq!(got, 202, "{answer}");
+    assert_eq!(answer["status"], "unmatched");
+    let dump = dump_database(&app.app.ctx.store).await;
+    assert!(dump.contains("mer_whk_forged"));
+    for text in [dump, captured_logs()] {
+        assert!(!text.contains(SECRET), "the webhook secret leaked");
+    }
+}
+
+#[tokio::test]
+async fn an_event_for_accounts_not_yet_known_is_replayed_once_they_are() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    point_sandbox_at(&sandbox, &app);
+
+    // demo-bob is not linked yet: nobody holds the accounts the event names.
+    let sent = fire(&sandbox, "demo-bob", 1).await;
+    assert_eq!(sent["status"], 202);
+    let stored = events(&app).await;
+    assert_eq!(stored[0].status, EventStatus::Unmatched);
+    assert!(
+        stored[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("no connection holds"),
+        "{:?}",
+        stored[0].detail
+    );
+
+    let connection = app.link_and_sync(tenant.id, "demo-bob").await;
+    // An operator replays what did not match, as a process of its own.
+    let output = finsync(&process_env(&db, &sandbox.base_url()))
+        .args(["webhooks", "replay", "--institution", "meridian"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(sent["webhook_id"].as_str().unwrap()),
+        "{stdout}"
+    );
+    assert!(stdout.contains("queued"), "{stdout}");
+
+    let runs = wait_for_runs(&app, connection, "webhook:", 1).await;
+    assert_eq!(runs[0].outcome, "succeeded");
+    let replayed = events(&app).await.remove(0);
+    assert_eq!(
+        (
+            replayed.status,
+            replayed.replays,
+            replayed.connections.clone()
+        ),
+        (EventStatus::Queued, 1, vec![connection])
+    );
+
+    // Replaying again by default finds nothing left to do.
+    let output = finsync(&process_env(&db, &sandbox.base_url()))
+        .args(["webhooks", "replay"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("nothing to replay"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
