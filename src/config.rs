@@ -79,6 +79,8 @@ pub struct InstitutionWebhookSettings {
     pub coalesce_ms: u64,
     /// Bodies larger than this are refused unread (413).
     pub max_body_bytes: usize,
+    /// Stored events are deleted this many days after they arrived.
+    pub retain_days: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -380,6 +382,26 @@ mod tests {
         for env in ["demo", "test", "production"] {
             let loaded = Settings::load_layers(&config_dir(), Some(env), false);
             assert!(loaded.is_ok(), "{env}: {:?}", loaded.err());
+        }
+    }
+
+    #[test]
+    fn production_takes_no_secret_from_the_configuration_files() {
+        use secrecy::ExposeSecret;
+        let embedded = Settings::load_layers(&config_dir(), None, false).unwrap();
+        let production = Settings::load_layers(&config_dir(), Some("production"), false).unwrap();
+        assert!(!embedded.connectors.secrets.is_empty());
+        for name in embedded.connectors.secrets.keys() {
+            let value = production
+                .connectors
+                .secrets
+                .get(name)
+                .map(|v| v.expose_secret().to_owned());
+            assert_eq!(
+                value.as_deref(),
+                Some(""),
+                "production.toml must blank `{name}` from base.toml"
+            );
         }
     }
 

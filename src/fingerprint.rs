@@ -1,8 +1,25 @@
 //! SHA-256 fingerprints as lower-case hex: how finsync stores what it must
 //! recognise but never reveal (API keys, OAuth states) and names versions (connector
-//! files, vault keys).
+//! files, vault keys); and the HMAC-SHA256 that signs webhooks both ways.
 
+use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+
+pub type HmacSha256 = Hmac<Sha256>;
+
+/// HMAC-SHA256 keyed with `secret` over `parts`, one after the other; finalize it, or
+/// clone it to verify several candidate signatures in constant time each.
+pub fn hmac_sha256(secret: &SecretString, parts: &[&[u8]]) -> HmacSha256 {
+    // HMAC takes keys of any length (longer ones are hashed first), so this cannot
+    // fail whatever the secret is.
+    let mut mac = HmacSha256::new_from_slice(secret.expose_secret().as_bytes())
+        .expect("HMAC accepts keys of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac
+}
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)

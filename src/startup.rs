@@ -145,6 +145,9 @@ impl App {
             ),
             recent_transactions: settings.sync.recent_transactions,
             poison_after: settings.sync.poison_after.max(1),
+            event_retention: chrono::Duration::days(i64::from(
+                settings.institution_webhooks.retain_days,
+            )),
         });
         Ok(Self {
             ctx,

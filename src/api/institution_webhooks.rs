@@ -37,7 +37,8 @@ pub(super) struct ReceiptView {
     /// connection holds its accounts), `ignored` (its type asks for no sync) or
     /// `received` (stored; acted on by a repeat or a replay).
     status: String,
-    /// True when this event was delivered before: nothing more was done.
+    /// True when this event was delivered before and acted on (or is being acted on
+    /// by another delivery): nothing more was done.
     duplicate: bool,
     /// Connections it asked to sync.
     connections: usize,
@@ -60,7 +61,7 @@ pub(super) struct ReceiptView {
         (status = 401, description = "Signature or send time missing or wrong", body = ErrorBody),
         (status = 404, description = "No such institution, or it sends no webhooks", body = ErrorBody),
         (status = 413, body = ErrorBody),
-        (status = 500, description = "Not stored; the institution should deliver it again", body = ErrorBody),
+        (status = 500, description = "Not acted on; the institution should deliver it again (the repeat acts on it)", body = ErrorBody),
     )
 )]
 pub(super) async fn receive(
@@ -110,17 +111,16 @@ pub(super) async fn receive(
     let receipt = inbound::receive(&state.sync, &connector, &notice, &text, window)
         .await
         .map_err(ApiError::internal)?;
-    let status = if receipt.first_delivery {
+    let status = if receipt.acted {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
     };
-    let duplicate = !receipt.first_delivery && receipt.event.status != EventStatus::Received;
     let view = ReceiptView {
         id: receipt.event.id,
         event_id: receipt.event.event_id,
         status: receipt.event.status.to_string(),
-        duplicate,
+        duplicate: !receipt.acted,
         connections: receipt.event.connections.len(),
     };
     Ok((status, Json(view)).into_response())

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::{Connector, Problems, validate_str};
 
@@ -140,7 +140,12 @@ impl Registry {
             .ok()
             .filter(|v| !v.is_empty())
             .map(SecretString::from)
-            .or_else(|| self.secrets.get(&env.to_ascii_uppercase()).cloned())
+            .or_else(|| {
+                self.secrets
+                    .get(&env.to_ascii_uppercase())
+                    .filter(|v| !v.expose_secret().is_empty())
+                    .cloned()
+            })
             .ok_or_else(|| RegistryError::MissingSecret {
                 connector: connector.id.clone(),
                 env: env.to_owned(),

@@ -479,7 +479,8 @@ impl Validator {
         {
             self.report(
                 path,
-                format!("`{env}` must be the NAME of an environment variable (A-Z, 0-9, _), never the secret itself"),
+                // The value may be a pasted secret: it is not repeated in the report.
+                "must be the NAME of an environment variable (A-Z, 0-9, _), never the secret itself; the value given is not shown",
             );
         }
     }

@@ -6,19 +6,25 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::Mac;
 use reqwest::header::HeaderMap;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::Value;
 use serde_json_path::JsonPath;
-use sha2::Sha256;
 
 use super::spec::{SignatureEncoding, SignedContent};
+use crate::fingerprint::hmac_sha256;
 
-/// Longest event id or type kept, in bytes.
+/// Longest event id, type or account id read, in bytes.
 const MAX_TEXT: usize = 200;
 /// Most account ids one event may name.
 const MAX_ACCOUNTS: usize = 100;
+/// Most signatures one header may carry (an institution rotating its secret sends
+/// two); more are refused unchecked, so a header cannot make us hash a body
+/// thousands of times.
+const MAX_SIGNATURES: usize = 5;
+/// Bytes in an HMAC-SHA256.
+const SIGNATURE_BYTES: usize = 32;
 
 /// A connector's compiled `[webhooks]`.
 #[derive(Debug, Clone)]
@@ -74,6 +80,10 @@ pub enum WebhookError {
     NotJson(String),
     #[error("the event has no `{0}`: {1}")]
     MissingField(&'static str, String),
+    #[error(
+        "the event names more than {MAX_ACCOUNTS} accounts, or an account id longer than {MAX_TEXT} bytes"
+    )]
+    TooManyAccounts,
 }
 
 impl WebhookError {
@@ -150,7 +160,7 @@ impl Webhooks {
         Ok(Notice {
             event_id,
             event_type,
-            account_ids: self.accounts_in(&event),
+            account_ids: self.accounts_in(&event)?,
             sent_at,
         })
     }
@@ -171,24 +181,30 @@ impl Webhooks {
         let event: Value =
             serde_json::from_str(body).map_err(|e| WebhookError::NotJson(e.to_string()))?;
         let event_type = self.event_type.as_ref().and_then(|p| text_at(p, &event));
-        Ok((event_type, self.accounts_in(&event)))
+        Ok((event_type, self.accounts_in(&event)?))
     }
 
-    /// The account ids an event names, without repeats, in the order sent.
-    fn accounts_in(&self, event: &Value) -> Vec<String> {
+    /// The account ids an event names, without repeats, in the order sent. An event
+    /// naming more than we read is refused whole rather than synced in part.
+    fn accounts_in(&self, event: &Value) -> Result<Vec<String>, WebhookError> {
         let mut ids: Vec<String> = Vec::new();
-        for id in self
-            .account_ids
-            .query(event)
-            .all()
-            .into_iter()
-            .filter_map(scalar_text)
-        {
-            if !ids.contains(&id) && ids.len() < MAX_ACCOUNTS {
+        for value in self.account_ids.query(event).all() {
+            let id = match value {
+                Value::String(s) => s.trim().to_owned(),
+                Value::Number(n) => n.to_string(),
+                _ => continue,
+            };
+            if id.len() > MAX_TEXT {
+                return Err(WebhookError::TooManyAccounts);
+            }
+            if !id.is_empty() && !ids.contains(&id) {
+                if ids.len() == MAX_ACCOUNTS {
+                    return Err(WebhookError::TooManyAccounts);
+                }
                 ids.push(id);
             }
         }
-        ids
+        Ok(ids)
     }
 
     fn check_signature(
@@ -201,33 +217,31 @@ impl Webhooks {
         let name = &self.signature_header;
         let value =
             header(headers, name).ok_or_else(|| WebhookError::MissingSignature(name.clone()))?;
-        let mac = || {
-            // HMAC takes keys of any length, so this cannot fail.
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
-                .expect("HMAC accepts keys of any length");
-            if let Some(prefix) = signed_prefix {
-                mac.update(prefix.as_bytes());
-                mac.update(b".");
-            }
-            mac.update(body);
-            mac
+        // One MAC for the request, cloned per candidate: the body is hashed once.
+        let parts: &[&[u8]] = match signed_prefix {
+            Some(prefix) => &[prefix.as_bytes(), b".", body],
+            None => &[body],
         };
-        let matches = value.split(',').any(|candidate| {
-            let candidate = candidate.trim();
-            let candidate = match &self.signature_prefix {
-                Some(prefix) => match candidate.strip_prefix(prefix.as_str()) {
-                    Some(rest) => rest,
-                    None => return false,
-                },
-                None => candidate,
-            };
-            let decoded = match self.encoding {
-                SignatureEncoding::Hex => hex::decode(candidate).ok(),
-                SignatureEncoding::Base64 => STANDARD.decode(candidate).ok(),
-            };
-            // `verify_slice` compares in constant time.
-            decoded.is_some_and(|bytes| mac().verify_slice(&bytes).is_ok())
-        });
+        let mac = hmac_sha256(secret, parts);
+        let candidates: Vec<&str> = value.split(',').map(str::trim).collect();
+        let matches = candidates.len() <= MAX_SIGNATURES
+            && candidates.into_iter().any(|candidate| {
+                let candidate = match &self.signature_prefix {
+                    Some(prefix) => match candidate.strip_prefix(prefix.as_str()) {
+                        Some(rest) => rest,
+                        None => return false,
+                    },
+                    None => candidate,
+                };
+                let decoded = match self.encoding {
+                    SignatureEncoding::Hex => hex::decode(candidate).ok(),
+                    SignatureEncoding::Base64 => STANDARD.decode(candidate).ok(),
+                };
+                // `verify_slice` compares in constant time.
+                decoded.is_some_and(|bytes| {
+                    bytes.len() == SIGNATURE_BYTES && mac.clone().verify_slice(&bytes).is_ok()
+                })
+            });
         if matches {
             Ok(())
         } else {
@@ -305,8 +319,10 @@ mod tests {
         }
     }
 
+    /// Signs independently of the code under test.
     fn sign(prefix: Option<&str>, body: &[u8], secret: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        use hmac::{Hmac, KeyInit};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
         if let Some(prefix) = prefix {
             mac.update(prefix.as_bytes());
             mac.update(b".");
@@ -401,8 +417,42 @@ mod tests {
             sign(Some(&t), body, "old-secret"),
             sign(Some(&t), body, SECRET)
         );
-        let h = headers(&[("x-timestamp", t), ("x-signature", both)]);
+        let h = headers(&[("x-timestamp", t.clone()), ("x-signature", both)]);
         assert!(hooks.verify(&secret(), &h, body, now).is_ok());
+
+        // The good one after five bad ones is never looked at.
+        let good = sign(Some(&t), body, SECRET);
+        let many = format!("{}{good}", "sha256=00,".repeat(MAX_SIGNATURES));
+        let h = headers(&[("x-timestamp", t), ("x-signature", many)]);
+        assert_eq!(
+            hooks.verify(&secret(), &h, body, now),
+            Err(WebhookError::BadSignature("X-Signature".into()))
+        );
+    }
+
+    #[test]
+    fn an_event_naming_too_many_accounts_is_refused_whole() {
+        let hooks = webhooks(
+            Timestamp::Header("X-Timestamp".into()),
+            SignedContent::TimestampDotBody,
+        );
+        let now = Utc::now();
+        let t = now.timestamp().to_string();
+        let ids: Vec<String> = (0..=MAX_ACCOUNTS).map(|i| format!("a{i}")).collect();
+        let long = "x".repeat(MAX_TEXT + 1);
+        for accounts in [serde_json::json!(ids), serde_json::json!([long])] {
+            let body =
+                serde_json::json!({"id": "evt_1", "type": "DATA_CHANGED", "accounts": accounts})
+                    .to_string();
+            let h = headers(&[
+                ("x-timestamp", t.clone()),
+                ("x-signature", sign(Some(&t), body.as_bytes(), SECRET)),
+            ]);
+            assert_eq!(
+                hooks.verify(&secret(), &h, body.as_bytes(), now),
+                Err(WebhookError::TooManyAccounts)
+            );
+        }
     }
 
     #[test]
@@ -451,9 +501,11 @@ mod tests {
             let body = format!(
                 r#"{{"id":"evt_1","type":"DATA_CHANGED","sent_at":"{sent_at}","accounts":["a"]}}"#
             );
-            let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-            mac.update(body.as_bytes());
-            let signature = STANDARD.encode(mac.finalize().into_bytes());
+            let signature = STANDARD.encode(
+                hmac_sha256(&secret(), &[body.as_bytes()])
+                    .finalize()
+                    .into_bytes(),
+            );
             let h = headers(&[("x-signature", signature)]);
             assert_eq!(
                 hooks.verify(&secret(), &h, body.as_bytes(), now).is_ok(),

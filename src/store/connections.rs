@@ -374,7 +374,9 @@ impl Store {
     /// Ends a connection: its tokens are deleted and it is marked revoked; the row
     /// stays as the consent history. Its synced and quarantined records are deleted.
     pub async fn revoke_connection(&self, id: ConnectionId) -> Result<(), StoreError> {
-        use super::entities::{account, holding, quarantined_record, security, transaction};
+        use super::entities::{
+            account, holding, institution_event, quarantined_record, security, transaction,
+        };
         let now = Utc::now();
         let conn = id.to_string();
         let txn = self.begin_write().await?;
@@ -414,6 +416,11 @@ impl Store {
             .await?;
         quarantined_record::Entity::delete_many()
             .filter(quarantined_record::Column::ConnectionId.eq(&conn))
+            .exec(&txn)
+            .await?;
+        // Events the institution sent about it name its accounts.
+        institution_event::Entity::delete_many()
+            .filter(institution_event::Column::Connections.contains(&conn))
             .exec(&txn)
             .await?;
         txn.commit().await?;

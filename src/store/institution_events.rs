@@ -16,6 +16,9 @@ use crate::domain::ConnectionId;
 
 /// Most events one listing returns, newest first.
 const LIST_LIMIT: u64 = 1000;
+/// How long a process that claimed a `received` event may take to act on it before
+/// another (a repeat delivery, a replay) may claim it: the first must have stopped.
+const CLAIM_LEASE: chrono::Duration = chrono::Duration::seconds(60);
 
 /// What became of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -167,6 +170,25 @@ impl Store {
         Ok((to_event(stored)?, first))
     }
 
+    /// Claims a `received` event for acting on it, so that of several deliveries or
+    /// replays racing (in any process) exactly one acts. A claim older than a minute
+    /// is taken over: its process stopped before it settled the event.
+    pub async fn claim_event(&self, id: &str) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let claimed = institution_event::Entity::update_many()
+            .col_expr(institution_event::Column::ProcessedAt, Expr::value(now))
+            .filter(institution_event::Column::Id.eq(id))
+            .filter(institution_event::Column::Status.eq(EventStatus::Received.as_str()))
+            .filter(
+                institution_event::Column::ProcessedAt
+                    .is_null()
+                    .or(institution_event::Column::ProcessedAt.lt(now - CLAIM_LEASE)),
+            )
+            .exec(self.db())
+            .await?;
+        Ok(claimed.rows_affected == 1)
+    }
+
     /// Records what was done about an event.
     pub async fn settle_event(
         &self,
@@ -213,26 +235,7 @@ impl Store {
         &self,
         filter: &EventFilter,
     ) -> Result<Vec<InstitutionEvent>, StoreError> {
-        let mut query = institution_event::Entity::find();
-        if let Some(institution) = &filter.institution {
-            query = query.filter(institution_event::Column::InstitutionId.eq(institution));
-        }
-        if !filter.statuses.is_empty() {
-            query = query.filter(
-                institution_event::Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())),
-            );
-        }
-        if let Some(since) = filter.since {
-            query = query.filter(institution_event::Column::ReceivedAt.gte(since));
-        }
-        if let Some(event) = &filter.event {
-            query = query.filter(
-                institution_event::Column::Id
-                    .eq(event)
-                    .or(institution_event::Column::EventId.eq(event)),
-            );
-        }
-        query
+        filtered(filter)
             .order_by_desc(institution_event::Column::ReceivedAt)
             .order_by_asc(institution_event::Column::Id)
             .limit(LIST_LIMIT)
@@ -241,6 +244,48 @@ impl Store {
             .into_iter()
             .map(to_event)
             .collect()
+    }
+
+    /// Up to `limit` events matching `filter` that were received after `after` (an
+    /// event's `(received_at, id)`), oldest first: a replay's pages, however many
+    /// events there are.
+    pub async fn institution_events_after(
+        &self,
+        filter: &EventFilter,
+        after: Option<(DateTime<Utc>, &str)>,
+        limit: u64,
+    ) -> Result<Vec<InstitutionEvent>, StoreError> {
+        use sea_orm::sea_query::Condition;
+        let mut query = filtered(filter);
+        if let Some((at, id)) = after {
+            query = query.filter(
+                Condition::any()
+                    .add(institution_event::Column::ReceivedAt.gt(at))
+                    .add(
+                        Condition::all()
+                            .add(institution_event::Column::ReceivedAt.eq(at))
+                            .add(institution_event::Column::Id.gt(id)),
+                    ),
+            );
+        }
+        query
+            .order_by_asc(institution_event::Column::ReceivedAt)
+            .order_by_asc(institution_event::Column::Id)
+            .limit(limit)
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(to_event)
+            .collect()
+    }
+
+    /// Deletes events received before `before`; returns how many.
+    pub async fn purge_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(institution_event::Entity::delete_many()
+            .filter(institution_event::Column::ReceivedAt.lt(before))
+            .exec(self.db())
+            .await?
+            .rows_affected)
     }
 
     /// The connections at `institution` that hold any of the accounts (by the
@@ -274,6 +319,30 @@ impl Store {
             .map(super::connections::to_record)
             .collect()
     }
+}
+
+/// The events `filter` selects, in no order.
+fn filtered(filter: &EventFilter) -> sea_orm::Select<institution_event::Entity> {
+    let mut query = institution_event::Entity::find();
+    if let Some(institution) = &filter.institution {
+        query = query.filter(institution_event::Column::InstitutionId.eq(institution));
+    }
+    if !filter.statuses.is_empty() {
+        query = query.filter(
+            institution_event::Column::Status.is_in(filter.statuses.iter().map(|s| s.as_str())),
+        );
+    }
+    if let Some(since) = filter.since {
+        query = query.filter(institution_event::Column::ReceivedAt.gte(since));
+    }
+    if let Some(event) = &filter.event {
+        query = query.filter(
+            institution_event::Column::Id
+                .eq(event)
+                .or(institution_event::Column::EventId.eq(event)),
+        );
+    }
+    query
 }
 
 fn to_event(row: institution_event::Model) -> Result<InstitutionEvent, StoreError> {

@@ -29,13 +29,15 @@ pub enum InboundError {
 pub struct Receipt {
     /// The event as stored after this delivery.
     pub event: InstitutionEvent,
-    /// False when the institution had delivered this event before.
-    pub first_delivery: bool,
+    /// Whether this delivery acted on the event; false for a repeat of one that
+    /// was acted on, or is being acted on.
+    pub acted: bool,
 }
 
 /// Stores a verified event and acts on it. A repeated delivery changes nothing
 /// but its count, unless the first one was stored and never acted on (its
-/// process stopped, or the queue failed): then this one acts on it.
+/// process stopped, or the queue failed): then this one acts on it. Of several
+/// deliveries racing, in any processes, exactly one acts.
 pub async fn receive(
     ctx: &Context,
     connector: &Connector,
@@ -43,7 +45,7 @@ pub async fn receive(
     body: &str,
     window: Duration,
 ) -> Result<Receipt, InboundError> {
-    let (mut event, first_delivery) = ctx
+    let (mut event, _) = ctx
         .store
         .record_event(NewEvent {
             institution_id: &connector.id,
@@ -53,22 +55,18 @@ pub async fn receive(
             body,
         })
         .await?;
-    let outcome = if !first_delivery && event.status != EventStatus::Received {
-        "duplicate"
-    } else {
+    let acted = event.status == EventStatus::Received && ctx.store.claim_event(&event.id).await?;
+    if acted {
         let handled = process(ctx, connector, &event, window, false).await?;
         event.status = handled.status;
         event.connections = handled.connections;
         event.detail = handled.detail;
         event.processed_at = Some(Utc::now());
-        "accepted"
-    };
+    }
+    let outcome = if acted { "accepted" } else { "duplicate" };
     metrics::counter!("finsync_institution_webhooks_total", "institution" => connector.id.clone(), "outcome" => outcome)
         .increment(1);
-    Ok(Receipt {
-        event,
-        first_delivery,
-    })
+    Ok(Receipt { event, acted })
 }
 
 /// What acting on an event did.
@@ -170,11 +168,13 @@ async fn decide(
     let mut queued = false;
     let mut connections = Vec::with_capacity(active.len());
     for connection in active {
-        let job = SyncConnection {
-            connection_id: connection.id,
-            idempotency_key: format!("webhook:{}:{slot}", connection.id),
-        };
-        queued |= ctx.queue.enqueue_after(job, starts_in).await?;
+        let mut added = enqueue(ctx, connection.id, slot, starts_in).await?;
+        if !added && ctx.queue.waiting_for(connection.id, "sync").await? == 0 {
+            // The window's sync already started: this process's clock is behind the
+            // one that queued it, and that sync may have read before the change.
+            added = enqueue(ctx, connection.id, slot + 1, starts_in + window).await?;
+        }
+        queued |= added;
         connections.push(connection.id);
     }
     Ok(Handled {
@@ -186,6 +186,20 @@ async fn decide(
         connections,
         detail: None,
     })
+}
+
+/// Queues the sync of `connection` for window `slot`, unless it is queued already.
+async fn enqueue(
+    ctx: &Context,
+    connection: ConnectionId,
+    slot: i64,
+    after: Duration,
+) -> Result<bool, QueueError> {
+    let job = SyncConnection {
+        connection_id: connection,
+        idempotency_key: format!("webhook:{connection}:{slot}"),
+    };
+    ctx.queue.enqueue_after(job, after).await
 }
 
 /// The coalescing window `now` falls in (its number since the epoch) and how long
@@ -206,24 +220,43 @@ pub struct Replayed {
     pub handled: Option<Handled>,
 }
 
-/// Acts again on the stored events `filter` selects, with the connectors now in
-/// service: after an outage of the queue, or once the accounts an event named
-/// are known, or after a connector fix. Syncs coalesce as for new events.
+/// Events a replay reads at a time.
+const REPLAY_PAGE: u64 = 500;
+
+/// Acts again on the stored events `filter` selects, oldest first, with the
+/// connectors now in service: after an outage of the queue, or once the accounts
+/// an event named are known, or after a connector fix. Syncs coalesce as for new
+/// events. A `received` event another process is acting on is left to it.
 pub async fn replay(
     ctx: &Context,
     filter: &EventFilter,
     window: Duration,
 ) -> Result<Vec<Replayed>, InboundError> {
     let mut out = Vec::new();
-    let mut events = ctx.store.institution_events(filter).await?;
-    // Oldest first: the order the institution sent them.
-    events.reverse();
-    for event in events {
-        let handled = match ctx.registry.get(&event.institution_id) {
-            Ok(connector) => Some(process(ctx, &connector, &event, window, true).await?),
-            Err(_) => None,
+    let mut after: Option<(DateTime<Utc>, String)> = None;
+    loop {
+        let page = ctx
+            .store
+            .institution_events_after(
+                filter,
+                after.as_ref().map(|(at, id)| (*at, id.as_str())),
+                REPLAY_PAGE,
+            )
+            .await?;
+        let Some(last) = page.last() else {
+            break;
         };
-        out.push(Replayed { event, handled });
+        after = Some((last.received_at, last.id.clone()));
+        for event in page {
+            if event.status == EventStatus::Received && !ctx.store.claim_event(&event.id).await? {
+                continue;
+            }
+            let handled = match ctx.registry.get(&event.institution_id) {
+                Ok(connector) => Some(process(ctx, &connector, &event, window, true).await?),
+                Err(_) => None,
+            };
+            out.push(Replayed { event, handled });
+        }
     }
     if !out.is_empty() {
         tracing::info!(events = out.len(), "Replayed institution webhooks.");

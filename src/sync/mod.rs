@@ -40,6 +40,8 @@ pub struct SyncContext {
     pub recent_transactions: u64,
     /// A job whose runs stopped their worker this many times is parked as failed.
     pub poison_after: u32,
+    /// How long institutions' webhook events are kept.
+    pub event_retention: chrono::Duration,
 }
 
 impl SyncContext {

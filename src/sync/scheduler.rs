@@ -63,6 +63,13 @@ pub async fn tick(ctx: &Context) -> Result<usize, SchedulerError> {
     if enqueued > 0 {
         tracing::info!(enqueued, "Scheduled due syncs.");
     }
+    let purged = ctx.store.purge_events(now - ctx.event_retention).await?;
+    if purged > 0 {
+        tracing::info!(
+            purged,
+            "Deleted institution webhook events past their retention."
+        );
+    }
     for expired in ctx.store.expire_consents(now).await? {
         tracing::warn!(connection = %expired.id, from = "active", status = "reauth_required", "Consent expired.");
         ctx.refresh_portfolio(&expired).await?;

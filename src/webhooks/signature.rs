@@ -6,11 +6,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, KeyInit, Mac};
-use secrecy::{ExposeSecret, SecretString};
-use sha2::Sha256;
+use hmac::Mac;
+use secrecy::SecretString;
 
-type HmacSha256 = Hmac<Sha256>;
+use crate::fingerprint::{HmacSha256, hmac_sha256};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -73,14 +72,7 @@ pub fn verify(
 }
 
 fn mac(secret: &SecretString, timestamp: i64, body: &[u8]) -> HmacSha256 {
-    // HMAC takes keys of any length (longer ones are hashed first), so this
-    // cannot fail whatever the secret is.
-    let mut mac = HmacSha256::new_from_slice(secret.expose_secret().as_bytes())
-        .expect("HMAC accepts keys of any length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac
+    hmac_sha256(secret, &[timestamp.to_string().as_bytes(), b".", body])
 }
 
 #[cfg(test)]

@@ -293,10 +293,29 @@ async fn forged_stale_or_unreadable_events_are_refused_and_change_nothing() {
     let queued = app.app.ctx.queue.depth().await.unwrap();
     assert_eq!(queued, 0, "nothing refused asks for a sync");
 
-    // The genuine request is taken, and the signing secret is nowhere.
-    let (got, answer) = post(&app, "/webhooks/meridian", &body, &[timestamp, signature]).await;
-    assert_eq!(got, 202, "{answer}");
-    assert_eq!(answer["status"], "unmatched");
+    // The genuine request is taken once: eight deliveries racing, one acts.
+    let headers = [timestamp, signature];
+    let answers = futures::future::join_all(
+        (0..8).map(|_| post(&app, "/webhooks/meridian", &body, &headers)),
+    )
+    .await;
+    let acted: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _)| *status == 202)
+        .map(|(_, answer)| answer)
+        .collect();
+    assert_eq!(acted.len(), 1, "{answers:?}");
+    assert_eq!(acted[0]["status"], "unmatched");
+    assert_eq!(acted[0]["duplicate"], false);
+    for (status, answer) in answers.iter().filter(|(status, _)| *status != 202) {
+        assert_eq!(
+            (*status, &answer["duplicate"]),
+            (200, &json!(true)),
+            "{answer}"
+        );
+    }
+    let stored = events(&app).await;
+    assert_eq!((stored.len(), stored[0].deliveries), (1, 8));
     let dump = dump_database(&app.app.ctx.store).await;
     assert!(dump.contains("mer_whk_forged"));
     for text in [dump, captured_logs()] {
@@ -366,5 +385,53 @@ async fn an_event_for_accounts_not_yet_known_is_replayed_once_they_are() {
         String::from_utf8_lossy(&output.stdout).contains("nothing to replay"),
         "{}",
         String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+#[tokio::test]
+async fn on_the_embedded_default_a_repeated_event_syncs_once_and_a_missing_secret_stores_nothing() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let connection = app.link_and_sync(tenant.id, "demo-carol").await;
+    point_sandbox_at(&sandbox, &app);
+
+    let sent = fire(&sandbox, "demo-carol", 2).await;
+    assert_eq!(
+        (sent["attempts"].as_u64(), sent["status"].as_u64()),
+        (Some(2), Some(200))
+    );
+    let runs = wait_for_runs(&app, connection, "webhook:", 1).await;
+    assert_eq!(runs.len(), 1);
+    let stored = events(&app).await;
+    assert_eq!(
+        (stored.len(), stored[0].deliveries, stored[0].status),
+        (1, 2, EventStatus::Queued)
+    );
+
+    // Without its signing secret, an institution's events cannot be checked: they
+    // are refused as our failure (the institution delivers again) and not stored.
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut settings = settings(&db, None, &sandbox);
+    settings
+        .connectors
+        .secrets
+        .remove("MERIDIAN_WEBHOOK_SECRET");
+    let app = TestApp::spawn(settings, false).await;
+    let body =
+        r#"{"webhook_id":"mer_whk_1","webhook_code":"SYNC_UPDATES_AVAILABLE","account_ids":[]}"#;
+    let (got, answer) = post(
+        &app,
+        "/webhooks/meridian",
+        body,
+        &signed(body, Utc::now().timestamp(), SECRET),
+    )
+    .await;
+    assert_eq!((got, &answer["error"]["code"]), (500, &json!("INTERNAL")));
+    assert!(events(&app).await.is_empty());
+    assert!(
+        captured_logs().contains("MERIDIAN_WEBHOOK_SECRET"),
+        "the log names what is missing"
     );
 }
