@@ -111,6 +111,15 @@ pub struct Transaction {
 /// Personas whose cash account holds more than 10^15, to exercise exact decimals end to end.
 const LARGE_BALANCE_USERS: &[&str] = &["demo-alice"];
 
+/// Users whose id starts with this have a large portfolio, for benchmarks: a brokerage
+/// account, an IRA and a checking account, 15 positions in each investment account
+/// (30 holdings) and [`BULK_TRANSACTIONS`] transactions.
+pub const BULK_PREFIX: &str = "bulk-";
+/// Transactions of a bulk user.
+pub const BULK_TRANSACTIONS: usize = 1000;
+/// Positions in each investment account of a bulk user, the cash sweep included.
+const BULK_POSITIONS: usize = 15;
+
 /// Transactions fall in this many days before the anchor date.
 const HISTORY_DAYS: u64 = 90;
 
@@ -188,6 +197,19 @@ const SECURITIES: &[SecurityDef] = &[
     SecurityDef { key: "vfiax", ticker: "VFIAX", cusip: Some("922908710"), isin: Some("US9229087104"), name: "Vanguard 500 Index Fund Admiral Shares", kind: SecurityKind::MutualFund, currency: "USD", base_price: 4_987_321 },
     SecurityDef { key: "sap", ticker: "SAP", cusip: None, isin: Some("DE0007164600"), name: "SAP SE", kind: SecurityKind::Equity, currency: "EUR", base_price: 1_904_410 },
     SecurityDef { key: "cash-usd", ticker: "CUR:USD", cusip: None, isin: None, name: "Meridian Cash Sweep Program", kind: SecurityKind::Cash, currency: "USD", base_price: 10_000 },
+];
+
+/// More real securities, held by bulk users only, so that an account can hold 15
+/// positions; the other users' data never changes because of them.
+#[rustfmt::skip]
+const BULK_SECURITIES: &[SecurityDef] = &[
+    SecurityDef { key: "nvda", ticker: "NVDA", cusip: Some("67066G104"), isin: Some("US67066G1040"), name: "NVIDIA Corporation", kind: SecurityKind::Equity, currency: "USD", base_price: 1_354_210 },
+    SecurityDef { key: "meta", ticker: "META", cusip: Some("30303M102"), isin: Some("US30303M1027"), name: "Meta Platforms, Inc. Class A", kind: SecurityKind::Equity, currency: "USD", base_price: 5_893_077 },
+    SecurityDef { key: "jpm", ticker: "JPM", cusip: Some("46625H100"), isin: Some("US46625H1005"), name: "JPMorgan Chase & Co.", kind: SecurityKind::Equity, currency: "USD", base_price: 2_412_558 },
+    SecurityDef { key: "ko", ticker: "KO", cusip: Some("191216100"), isin: Some("US1912161007"), name: "The Coca-Cola Company", kind: SecurityKind::Equity, currency: "USD", base_price: 693_114 },
+    SecurityDef { key: "pg", ticker: "PG", cusip: Some("742718109"), isin: Some("US7427181091"), name: "The Procter & Gamble Company", kind: SecurityKind::Equity, currency: "USD", base_price: 1_671_902 },
+    SecurityDef { key: "xom", ticker: "XOM", cusip: Some("30231G102"), isin: Some("US30231G1022"), name: "Exxon Mobil Corporation", kind: SecurityKind::Equity, currency: "USD", base_price: 1_182_436 },
+    SecurityDef { key: "bnd", ticker: "BND", cusip: Some("921937835"), isin: Some("US9219378356"), name: "Vanguard Total Bond Market ETF", kind: SecurityKind::Etf, currency: "USD", base_price: 728_815 },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -435,7 +457,8 @@ struct PlannedAccount {
     id: String,
     kind: AccountKind,
     currency: &'static str,
-    /// Indices into `SECURITIES` of the non-cash positions, for trades and dividends.
+    /// Indices into the generator's securities of the non-cash positions, for trades
+    /// and dividends.
     positions: Vec<usize>,
     /// Value of the positions held in the account's own currency.
     invested: Dec,
@@ -449,7 +472,12 @@ struct Generator<'a> {
     anchor: NaiveDate,
     prices_as_of: NaiveDate,
     rng: SplitMix64,
-    /// Close price of each entry of `SECURITIES`, the same for every user on a given day.
+    /// A bulk user (see [`BULK_PREFIX`]).
+    bulk: bool,
+    /// The securities this user may hold: `SECURITIES`, then for a bulk user
+    /// `BULK_SECURITIES`, so that an index means the same for every user.
+    securities: Vec<&'static SecurityDef>,
+    /// Close price of each of `securities`, the same for every user on a given day.
     closes: Vec<Dec>,
     /// Pending spending, held against the cash account's available balance.
     pending_held: Dec,
@@ -458,7 +486,10 @@ struct Generator<'a> {
 impl<'a> Generator<'a> {
     fn new(seed: u64, anchor: NaiveDate, user_id: &'a str) -> Self {
         let day = anchor.num_days_from_ce().to_le_bytes();
-        let closes = SECURITIES
+        let bulk = user_id.starts_with(BULK_PREFIX);
+        let extra: &'static [SecurityDef] = if bulk { BULK_SECURITIES } else { &[] };
+        let securities: Vec<&'static SecurityDef> = SECURITIES.iter().chain(extra).collect();
+        let closes = securities
             .iter()
             .map(|security| {
                 if security.kind == SecurityKind::Cash {
@@ -481,6 +512,8 @@ impl<'a> Generator<'a> {
             anchor,
             prices_as_of: previous_weekday(anchor),
             rng: SplitMix64::seeded(&[b"user", &seed.to_le_bytes(), user_id.as_bytes()]),
+            bulk,
+            securities,
             closes,
             pending_held: Dec::new(0, 2),
         }
@@ -521,7 +554,9 @@ impl<'a> Generator<'a> {
 
     fn plan_accounts(&mut self) -> Vec<PlannedAccount> {
         let mut kinds = vec![AccountKind::Brokerage];
-        if self.rng.below(2) == 1 {
+        if self.bulk {
+            kinds.push(AccountKind::Ira);
+        } else if self.rng.below(2) == 1 {
             kinds.push(if self.rng.below(2) == 0 {
                 AccountKind::Ira
             } else {
@@ -558,9 +593,14 @@ impl<'a> Generator<'a> {
     /// 3–6 positions; a brokerage account always keeps part of them in the cash sweep.
     fn holdings_for(&mut self, plan: &mut PlannedAccount) -> Vec<Holding> {
         let kind = plan.kind;
-        let count = self.rng.between(3, 6) as usize;
-        let mut pool: Vec<usize> = (0..SECURITIES.len())
-            .filter(|&i| SECURITIES[i].kind != SecurityKind::Cash)
+        let count = if self.bulk {
+            BULK_POSITIONS
+        } else {
+            self.rng.between(3, 6) as usize
+        };
+        let securities = &self.securities;
+        let mut pool: Vec<usize> = (0..securities.len())
+            .filter(|&i| securities[i].kind != SecurityKind::Cash)
             .collect();
         let wanted = if kind == AccountKind::Brokerage {
             count - 1
@@ -577,7 +617,7 @@ impl<'a> Generator<'a> {
         let mut chosen = positions.clone();
         if kind == AccountKind::Brokerage {
             chosen.extend(
-                (0..SECURITIES.len()).filter(|&i| SECURITIES[i].kind == SecurityKind::Cash),
+                (0..securities.len()).filter(|&i| securities[i].kind == SecurityKind::Cash),
             );
         }
         plan.positions = positions;
@@ -588,7 +628,7 @@ impl<'a> Generator<'a> {
     }
 
     fn holding(&mut self, plan: &mut PlannedAccount, index: usize) -> Holding {
-        let def = &SECURITIES[index];
+        let def = self.securities[index];
         let price = self.closes[index];
         let quantity = match def.kind {
             SecurityKind::Cash => Dec::from_u64(self.rng.between(10_000, 2_500_000), 2),
@@ -621,7 +661,7 @@ impl<'a> Generator<'a> {
     }
 
     fn security(&self, index: usize) -> Security {
-        let def = &SECURITIES[index];
+        let def = self.securities[index];
         Security {
             security_id: format!("mer_sec_{}", def.key),
             ticker_symbol: def.ticker.to_owned(),
@@ -643,7 +683,11 @@ impl<'a> Generator<'a> {
     }
 
     fn transactions(&mut self, plans: &[PlannedAccount]) -> Vec<Transaction> {
-        let total = self.rng.between(20, 40) as usize;
+        let total = if self.bulk {
+            BULK_TRANSACTIONS
+        } else {
+            self.rng.between(20, 40) as usize
+        };
         // Fixed entries first so every user shows each case; the rest is a random mix.
         let mut planned = vec![
             TxnPlan::Pending,
@@ -777,7 +821,7 @@ impl<'a> Generator<'a> {
         match kind {
             InvestmentKind::Buy | InvestmentKind::Sell | InvestmentKind::Dividend => {
                 let index = *self.rng.pick(&account.positions);
-                let def = &SECURITIES[index];
+                let def = self.securities[index];
                 transaction.security_id = Some(format!("mer_sec_{}", def.key));
                 transaction.iso_currency_code = def.currency.to_owned();
                 if kind == InvestmentKind::Dividend {
@@ -938,6 +982,39 @@ mod tests {
             let first = serde_json::to_string(&portfolio(SEED, anchor(), user)).expect("json");
             let second = serde_json::to_string(&portfolio(SEED, anchor(), user)).expect("json");
             assert_eq!(first, second);
+        }
+    }
+
+    #[test]
+    fn bulk_users_have_three_accounts_thirty_holdings_and_a_thousand_transactions() {
+        for user in ["bulk-0001", "bulk-0002"] {
+            let data = portfolio(SEED, anchor(), user);
+            assert_eq!(data.accounts.len(), 3, "{user}");
+            assert_eq!(data.holdings.len(), 30, "{user}");
+            assert_eq!(data.transactions.len(), BULK_TRANSACTIONS, "{user}");
+            let ids: HashSet<&str> = data
+                .transactions
+                .iter()
+                .map(|t| t.transaction_id.as_str())
+                .collect();
+            assert_eq!(ids.len(), BULK_TRANSACTIONS, "ids are unique");
+            let held: HashSet<(&str, &str)> = data
+                .holdings
+                .iter()
+                .map(|h| (h.account_id.as_str(), h.security.security_id.as_str()))
+                .collect();
+            assert_eq!(held.len(), 30, "one holding per account and security");
+            // They move with the world like everyone else's data.
+            let later = epochs::portfolio_at(SEED, anchor(), user, 4);
+            assert_ne!(later.transactions, data.transactions);
+        }
+        // Other users are untouched by the bulk securities.
+        for user in DEMO_USERS {
+            assert!(portfolio(SEED, anchor(), user).holdings.iter().all(|h| {
+                SECURITIES
+                    .iter()
+                    .any(|s| format!("mer_sec_{}", s.key) == h.security.security_id)
+            }));
         }
     }
 

@@ -7,6 +7,8 @@
 //! institution, so a run is repeatable, and a rate of 1.0 (always) or 0.0 (never) is exact.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -38,6 +42,10 @@ pub struct Faults {
     pub error_rate: f64,
     /// Requests answered `429 Too Many Requests` with `Retry-After: retry_after_secs`.
     pub rate_limit_rate: f64,
+    /// The institution's own rate limit: beyond this many requests a second (a token
+    /// bucket holding one second's worth), a request is answered `429` with the
+    /// `Retry-After` seconds until a token is back.
+    pub requests_per_second: Option<u32>,
     pub retry_after_secs: u64,
     /// Every request answered 503 while it lasts, with `Retry-After` saying how long.
     pub outage: Option<Outage>,
@@ -54,6 +62,7 @@ impl Default for Faults {
             latency: None,
             error_rate: 0.0,
             rate_limit_rate: 0.0,
+            requests_per_second: None,
             retry_after_secs: 1,
             outage: None,
             malformed_rate: 0.0,
@@ -96,6 +105,8 @@ pub enum FaultsError {
     Latency,
     #[error("`drift.from` and `drift.to` must be different, non-empty names")]
     Drift,
+    #[error("`requests_per_second` must be at least 1 (leave it out for no limit)")]
+    Limit,
 }
 
 impl Faults {
@@ -108,6 +119,9 @@ impl Faults {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(FaultsError::Rate(name));
             }
+        }
+        if self.requests_per_second == Some(0) {
+            return Err(FaultsError::Limit);
         }
         if self.latency.is_some_and(|l| l.min_ms > l.max_ms) {
             return Err(FaultsError::Latency);
@@ -154,7 +168,11 @@ pub(super) struct FaultInjector {
     /// Where each record keeps the numbers `malformed_rate` spoils.
     numbers: &'static [&'static str],
     state: Mutex<(Faults, StdRng)>,
+    /// Enforces `requests_per_second`; rebuilt whenever the faults change.
+    limiter: Mutex<Option<DefaultDirectRateLimiter>>,
     arrivals: Mutex<VecDeque<Arrival>>,
+    /// Requests answered 429, however many arrivals are kept.
+    throttled: AtomicU64,
 }
 
 /// What happens to one request, decided before it runs.
@@ -183,9 +201,27 @@ impl FaultInjector {
         let rng = StdRng::seed_from_u64(institution.seed(seed) ^ 0xFA17_5EED);
         Self {
             numbers,
+            limiter: Mutex::new(limiter(&initial)),
             state: Mutex::new((initial, rng)),
             arrivals: Mutex::default(),
+            throttled: AtomicU64::new(0),
         }
+    }
+
+    /// Requests answered `429 Too Many Requests` so far.
+    pub(super) fn throttled(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
+    }
+
+    /// How long until the institution's own limit lets a request through, if it is
+    /// spent now; takes a token otherwise.
+    fn over_limit(&self) -> Option<Duration> {
+        let limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+        let limiter = limiter.as_ref()?;
+        limiter
+            .check()
+            .err()
+            .map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
     /// The requests that reached this institution, oldest first.
@@ -199,6 +235,9 @@ impl FaultInjector {
     }
 
     fn record(&self, arrival: Arrival) {
+        if arrival.status == StatusCode::TOO_MANY_REQUESTS.as_u16() {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        }
         let mut arrivals = self.arrivals.lock().unwrap_or_else(PoisonError::into_inner);
         if arrivals.len() == ARRIVALS_KEPT {
             arrivals.pop_front();
@@ -218,6 +257,7 @@ impl FaultInjector {
     pub(super) fn set(&self, faults: Faults) -> Result<Faults, FaultsError> {
         faults.validate()?;
         let faults = faults.resolved(Utc::now());
+        *self.limiter.lock().unwrap_or_else(PoisonError::into_inner) = limiter(&faults);
         self.lock().0 = faults.clone();
         Ok(faults)
     }
@@ -242,7 +282,19 @@ impl FaultInjector {
             _ if draw(rng, faults.error_rate) => Verdict::Error,
             _ => Verdict::Serve,
         };
-        (verdict, delay, faults.clone())
+        let faults = faults.clone();
+        drop(guard);
+        // Only a request the institution would serve spends its own limit.
+        let verdict = match verdict {
+            Verdict::Serve => match self.over_limit() {
+                Some(wait) => Verdict::RateLimited {
+                    retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+                },
+                None => Verdict::Serve,
+            },
+            refused => refused,
+        };
+        (verdict, delay, faults)
     }
 
     /// Spoils and renames fields of the records in a successful JSON body, as `faults` says.
@@ -265,6 +317,12 @@ impl FaultInjector {
             }
         }
     }
+}
+
+/// The token bucket that enforces `faults.requests_per_second`, if it sets one.
+fn limiter(faults: &Faults) -> Option<DefaultDirectRateLimiter> {
+    let per_second = NonZeroU32::new(faults.requests_per_second?)?;
+    Some(RateLimiter::direct(Quota::per_second(per_second)))
 }
 
 /// True with probability `rate`: never for 0, always for 1.
@@ -403,6 +461,41 @@ mod tests {
             ..Faults::default()
         };
         assert_eq!(bad_drift.validate(), Err(FaultsError::Drift));
+    }
+
+    #[test]
+    fn the_institutions_own_limit_refuses_what_exceeds_a_second_of_tokens() {
+        let injector = FaultInjector::new(Institution::Meridian, 42, Faults::default());
+        let served = |injector: &FaultInjector| {
+            (0..12)
+                .filter(|_| matches!(injector.judge(Utc::now()).0, Verdict::Serve))
+                .count()
+        };
+        assert_eq!(served(&injector), 12, "no limit, no refusal");
+        injector
+            .set(Faults {
+                requests_per_second: Some(10),
+                ..Faults::default()
+            })
+            .expect("valid");
+        // A full bucket lets ten through at once; the next wait for a token.
+        assert_eq!(served(&injector), 10);
+        let Verdict::RateLimited { retry_after } = injector.judge(Utc::now()).0 else {
+            panic!("the limit is spent");
+        };
+        assert_eq!(retry_after, 1);
+        for status in [200, 429, 429] {
+            injector.record(Arrival {
+                at: Instant::now(),
+                status,
+            });
+        }
+        assert_eq!(injector.throttled(), 2);
+        let zero = Faults {
+            requests_per_second: Some(0),
+            ..Faults::default()
+        };
+        assert_eq!(zero.validate(), Err(FaultsError::Limit));
     }
 
     #[test]

@@ -463,6 +463,11 @@ impl Sandbox {
         self.state.faults(institution).arrivals()
     }
 
+    /// How many data API requests `institution` answered `429 Too Many Requests`.
+    pub fn throttled(&self, institution: Institution) -> u64 {
+        self.state.faults(institution).throttled()
+    }
+
     /// Replaces `institution`'s faults (an outage `for_secs` starts now) and returns them
     /// as applied.
     pub fn set_faults(
@@ -798,6 +803,7 @@ async fn describe(State(state): State<Arc<AppState>>) -> impl IntoResponse {
          \x20 GET  /sandbox/admin/faults/<id>           the faults injected into an institution's data API\n\
          \x20 PUT  /sandbox/admin/faults/<id>           replace them: {{\"latency\": {{\"min_ms\": 0, \"max_ms\": 50}},\n\
          \x20   \"error_rate\": 0.1, \"rate_limit_rate\": 0.1, \"retry_after_secs\": 1, \"outage\": {{\"for_secs\": 30}},\n\
+         \x20   \"requests_per_second\": 50 (the institution's own limit: 429 beyond it),\n\
          \x20   \"malformed_rate\": 0.1, \"drift\": {{\"from\": \"amount\", \"to\": \"amt\"}}}}\n\
          \x20 POST /sandbox/admin/<id>/revoke-grants    revoke every grant\n\
          \x20 POST /sandbox/admin/<id>/expire-tokens    expire every access token now\n\

@@ -82,8 +82,9 @@ where
         .with_state(server)
 }
 
-/// Sandbox personas: users whose id starts with one of these skip the consent page.
-const AUTO_APPROVED_PREFIXES: [&str; 2] = ["demo", "test"];
+/// Sandbox personas: users whose id starts with one of these skip the consent page
+/// (`bulk-` users are the benchmarks' large portfolios).
+const AUTO_APPROVED_PREFIXES: [&str; 3] = ["demo", "test", "bulk-"];
 
 /// Query of `GET /authorize`, all optional so that missing ones get our own errors.
 #[derive(Debug, Deserialize)]
