@@ -18,6 +18,11 @@ use crate::domain::{
     Snapshot, Transaction, TransactionStatus,
 };
 
+/// Rows one INSERT statement carries: one round trip for a page of new records
+/// instead of one per record, well within both databases' limits on bound
+/// parameters (SQLite's is 32,766; a transaction row binds 16).
+const INSERT_BATCH: usize = 1000;
+
 /// What applying a snapshot changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApplyCounts {
@@ -80,6 +85,7 @@ impl Store {
             .into_iter()
             .map(|r| (r.external_id.clone(), r))
             .collect();
+        let mut fresh = Vec::new();
         for sec in &snapshot.securities {
             match stored_securities.remove(&sec.external_id) {
                 Some(row) if security_from_row(&row)? == *sec => counts.unchanged += 1,
@@ -88,13 +94,12 @@ impl Store {
                     counts.modified += 1;
                 }
                 None => {
-                    security_row(&conn, uuid::Uuid::new_v4().to_string(), sec, now)
-                        .insert(&txn)
-                        .await?;
+                    fresh.push(security_row(&conn, new_id(), sec, now));
                     counts.added += 1;
                 }
             }
         }
+        insert_all(&txn, fresh).await?;
         txn.commit().await?;
 
         let mut holdings_by_account: BTreeMap<&str, Vec<&Holding>> = BTreeMap::new();
@@ -129,9 +134,7 @@ impl Store {
                     counts.modified += 1;
                 }
                 None => {
-                    account_row(&conn, uuid::Uuid::new_v4().to_string(), acc, now)
-                        .insert(&txn)
-                        .await?;
+                    account_row(&conn, new_id(), acc, now).insert(&txn).await?;
                     counts.added += 1;
                 }
             }
@@ -291,6 +294,7 @@ async fn apply_holdings<C: ConnectionTrait>(
         .into_iter()
         .map(|r| (r.external_id.clone(), r))
         .collect();
+    let mut fresh = Vec::new();
     for h in holdings {
         match stored.remove(&h.external_id()) {
             Some(row) if holding_from_row(&row)? == **h => local.unchanged += 1,
@@ -299,17 +303,20 @@ async fn apply_holdings<C: ConnectionTrait>(
                 local.modified += 1;
             }
             None => {
-                holding_row(conn, uuid::Uuid::new_v4().to_string(), h, now)
-                    .insert(db)
-                    .await?;
+                fresh.push(holding_row(conn, new_id(), h, now));
                 local.added += 1;
             }
         }
     }
+    insert_all(db, fresh).await?;
     if remove_missing {
-        for gone in stored.into_values() {
-            holding::Entity::delete_by_id(gone.id).exec(db).await?;
-            local.removed += 1;
+        let gone: Vec<String> = stored.into_values().map(|row| row.id).collect();
+        local.removed += count(gone.len());
+        for ids in gone.chunks(INSERT_BATCH) {
+            holding::Entity::delete_many()
+                .filter(holding::Column::Id.is_in(ids.iter().map(String::as_str)))
+                .exec(db)
+                .await?;
         }
     }
     add(counts, local);
@@ -326,14 +333,8 @@ async fn apply_transactions<C: ConnectionTrait>(
 ) -> Result<(), StoreError> {
     let now = Utc::now();
     let mut local = ApplyCounts::default();
-    let mut stored: HashMap<String, transaction::Model> = transaction::Entity::find()
-        .filter(transaction::Column::ConnectionId.eq(conn))
-        .filter(transaction::Column::AccountExternalId.eq(account))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|r| (r.external_id.clone(), r))
-        .collect();
+    let mut stored = stored_transactions(db, conn, account, transactions, coverage).await?;
+    let mut fresh = Vec::new();
     for t in transactions {
         match stored.remove(&t.external_id) {
             Some(row) if transaction_from_row(&row)? == **t => local.unchanged += 1,
@@ -342,22 +343,81 @@ async fn apply_transactions<C: ConnectionTrait>(
                 local.modified += 1;
             }
             None => {
-                transaction_row(conn, uuid::Uuid::new_v4().to_string(), t, now)
-                    .insert(db)
-                    .await?;
+                fresh.push(transaction_row(conn, new_id(), t, now));
                 local.added += 1;
             }
         }
     }
+    // Posted transactions first, so that a pending one they replace can pass its
+    // annotations on before it goes.
+    insert_all(db, fresh).await?;
+    let mut gone_ids = Vec::new();
     for gone in stored.into_values() {
         if coverage.removes(&gone.external_id, gone.date) {
             carry_to_posted(db, &gone).await?;
-            transaction::Entity::delete_by_id(gone.id).exec(db).await?;
-            local.removed += 1;
+            gone_ids.push(gone.id);
         }
+    }
+    local.removed += count(gone_ids.len());
+    for ids in gone_ids.chunks(INSERT_BATCH) {
+        transaction::Entity::delete_many()
+            .filter(transaction::Column::Id.is_in(ids.iter().map(String::as_str)))
+            .exec(db)
+            .await?;
     }
     add(counts, local);
     Ok(())
+}
+
+/// The stored transactions of `account` that applying `transactions` under
+/// `coverage` may touch, by external id: all of them when the list is everything
+/// the institution has; else the ones it names (fetched or removed) and, for a date
+/// range, the ones dated in it. An incremental sync with nothing new reads none.
+async fn stored_transactions<C: ConnectionTrait>(
+    db: &C,
+    conn: &str,
+    account: &str,
+    transactions: &[&Transaction],
+    coverage: &Coverage,
+) -> Result<HashMap<String, transaction::Model>, StoreError> {
+    let of_account = || {
+        transaction::Entity::find()
+            .filter(transaction::Column::ConnectionId.eq(conn))
+            .filter(transaction::Column::AccountExternalId.eq(account))
+    };
+    let mut rows = match coverage {
+        Coverage::Everything => of_account().all(db).await?,
+        Coverage::Dated { from, to } => {
+            of_account()
+                .filter(transaction::Column::Date.between(*from, *to))
+                .all(db)
+                .await?
+        }
+        Coverage::Changes { .. } | Coverage::Partial => Vec::new(),
+    };
+    if !matches!(coverage, Coverage::Everything) {
+        let removed: &[String] = match coverage {
+            Coverage::Changes { removed } => removed,
+            _ => &[],
+        };
+        let named: Vec<&str> = transactions
+            .iter()
+            .map(|t| t.external_id.as_str())
+            .chain(removed.iter().map(String::as_str))
+            .collect();
+        for ids in named.chunks(INSERT_BATCH) {
+            rows.extend(
+                of_account()
+                    .filter(transaction::Column::ExternalId.is_in(ids.iter().copied()))
+                    .all(db)
+                    .await?,
+            );
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.external_id.clone(), r))
+        .collect())
 }
 
 /// Equal apart from `balances.as_of`: without an institution timestamp, as-of is
@@ -367,6 +427,30 @@ fn same_account(stored: &Account, fetched: &Account) -> bool {
     let mut fetched = fetched.clone();
     fetched.balances.as_of = stored.balances.as_of;
     *stored == fetched
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Inserts `rows` in statements of at most [`INSERT_BATCH`] rows each.
+async fn insert_all<A, C>(db: &C, rows: Vec<A>) -> Result<(), StoreError>
+where
+    A: sea_orm::ActiveModelTrait + Send,
+    C: ConnectionTrait,
+{
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let batch: Vec<A> = rows.by_ref().take(INSERT_BATCH).collect();
+        A::Entity::insert_many(batch)
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
 }
 
 fn add(total: &mut ApplyCounts, part: ApplyCounts) {
