@@ -528,11 +528,7 @@ impl<'a> Generator<'a> {
             self.user_id.as_bytes(),
             &index.to_le_bytes(),
         ]);
-        let mut id = String::from(prefix);
-        for byte in &digest[..10] {
-            id.push_str(&format!("{byte:02x}"));
-        }
-        id
+        format!("{prefix}{}", hex::encode(&digest[..10]))
     }
 
     fn run(mut self) -> Portfolio {

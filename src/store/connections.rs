@@ -554,12 +554,20 @@ impl Store {
         at: DateTime<Utc>,
         next_sync_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut row: connection::ActiveModel = self.connection_row(id).await?.into();
-        row.last_synced_at = Set(Some(at));
-        row.next_sync_at = Set(Some(next_sync_at));
-        row.last_failure_reason = Set(None);
-        row.updated_at = Set(Utc::now());
-        row.update(self.db()).await?;
+        let updated = connection::Entity::update_many()
+            .col_expr(connection::Column::LastSyncedAt, Expr::value(at))
+            .col_expr(connection::Column::NextSyncAt, Expr::value(next_sync_at))
+            .col_expr(
+                connection::Column::LastFailureReason,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(connection::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(connection::Column::Id.eq(id.to_string()))
+            .exec(self.db())
+            .await?;
+        if updated.rows_affected == 0 {
+            return Err(StoreError::NotFound("connection"));
+        }
         Ok(())
     }
 

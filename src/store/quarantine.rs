@@ -83,6 +83,17 @@ impl Store {
     ) -> Result<(), StoreError> {
         let conn = connection.id.to_string();
         let now = Utc::now();
+        // The common case, a clean run with nothing open, writes nothing.
+        if refused.is_empty()
+            && quarantined_record::Entity::find()
+                .filter(quarantined_record::Column::ConnectionId.eq(&conn))
+                .filter(quarantined_record::Column::ResolvedAt.is_null())
+                .one(self.db())
+                .await?
+                .is_none()
+        {
+            return Ok(());
+        }
         let txn = self.begin_write().await?;
         let mut stored: BTreeMap<(String, String), quarantined_record::Model> =
             quarantined_record::Entity::find()

@@ -76,31 +76,59 @@ impl Store {
         let conn = connection.to_string();
         let mut counts = ApplyCounts::default();
         let now = Utc::now();
+        let db = self.db();
 
-        let txn = self.begin_write().await?;
-        let mut stored_securities: HashMap<String, security::Model> = security::Entity::find()
-            .filter(security::Column::ConnectionId.eq(&conn))
-            .all(&txn)
+        // What is stored is read before anything is written, and only what changed
+        // opens a transaction: a resync that finds nothing new writes nothing.
+        let mut stored_securities = by_external_id(
+            security::Entity::find()
+                .filter(security::Column::ConnectionId.eq(&conn))
+                .all(db)
+                .await?,
+            |r| &r.external_id,
+        );
+        let mut stored_accounts = by_external_id(
+            account::Entity::find()
+                .filter(account::Column::ConnectionId.eq(&conn))
+                .all(db)
+                .await?,
+            |r| &r.external_id,
+        );
+        let mut stored_holdings: HashMap<String, HashMap<String, holding::Model>> = HashMap::new();
+        for row in holding::Entity::find()
+            .filter(holding::Column::ConnectionId.eq(&conn))
+            .all(db)
             .await?
-            .into_iter()
-            .map(|r| (r.external_id.clone(), r))
-            .collect();
-        let mut fresh = Vec::new();
+        {
+            stored_holdings
+                .entry(row.account_external_id.clone())
+                .or_default()
+                .insert(row.external_id.clone(), row);
+        }
+
+        let mut securities: Writes<_, security::Model> = Writes::default();
         for sec in &snapshot.securities {
             match stored_securities.remove(&sec.external_id) {
                 Some(row) if security_from_row(&row)? == *sec => counts.unchanged += 1,
                 Some(row) => {
-                    security_row(&conn, row.id, sec, now).update(&txn).await?;
+                    securities
+                        .changed
+                        .push(security_row(&conn, row.id, sec, now));
                     counts.modified += 1;
                 }
                 None => {
-                    fresh.push(security_row(&conn, new_id(), sec, now));
+                    securities
+                        .fresh
+                        .push(security_row(&conn, new_id(), sec, now));
                     counts.added += 1;
                 }
             }
         }
-        insert_all(&txn, fresh).await?;
-        txn.commit().await?;
+        if !securities.is_empty() {
+            let txn = self.begin_write().await?;
+            securities.write(&txn).await?;
+            txn.commit().await?;
+        }
 
         let mut holdings_by_account: BTreeMap<&str, Vec<&Holding>> = BTreeMap::new();
         for h in &snapshot.holdings {
@@ -117,68 +145,72 @@ impl Store {
                 .push(t);
         }
 
-        let mut stored_accounts: HashMap<String, account::Model> = account::Entity::find()
-            .filter(account::Column::ConnectionId.eq(&conn))
-            .all(self.db())
-            .await?
-            .into_iter()
-            .map(|r| (r.external_id.clone(), r))
-            .collect();
-
         for acc in &snapshot.accounts {
-            let txn = self.begin_write().await?;
+            let mut account: Writes<_, account::Model> = Writes::default();
             match stored_accounts.remove(&acc.external_id) {
                 Some(row) if same_account(&account_from_row(&row)?, acc) => counts.unchanged += 1,
                 Some(row) => {
-                    account_row(&conn, row.id, acc, now).update(&txn).await?;
+                    account.changed.push(account_row(&conn, row.id, acc, now));
                     counts.modified += 1;
                 }
                 None => {
-                    account_row(&conn, new_id(), acc, now).insert(&txn).await?;
+                    account.fresh.push(account_row(&conn, new_id(), acc, now));
                     counts.added += 1;
                 }
             }
-            let holdings = holdings_by_account
-                .remove(acc.external_id.as_str())
-                .unwrap_or_default();
-            apply_holdings(
-                &txn,
+            let holdings = plan_holdings(
                 &conn,
-                &acc.external_id,
-                &holdings,
+                stored_holdings.remove(&acc.external_id).unwrap_or_default(),
+                &holdings_by_account
+                    .remove(acc.external_id.as_str())
+                    .unwrap_or_default(),
                 removals.holdings,
                 &mut counts,
-            )
-            .await?;
-            let transactions = transactions_by_account
+            )?;
+            let fetched = transactions_by_account
                 .remove(acc.external_id.as_str())
                 .unwrap_or_default();
-            apply_transactions(
-                &txn,
+            let stored = stored_transactions(
+                db,
                 &conn,
                 &acc.external_id,
-                &transactions,
+                &fetched,
                 &removals.transactions,
-                &mut counts,
             )
             .await?;
+            let transactions =
+                plan_transactions(&conn, stored, &fetched, &removals.transactions, &mut counts)?;
+            if account.is_empty() && holdings.is_empty() && transactions.is_empty() {
+                continue;
+            }
+            // Each account with its holdings and transactions, whole or not at all.
+            let txn = self.begin_write().await?;
+            account.write(&txn).await?;
+            holdings.write(&txn).await?;
+            write_transactions(&txn, transactions).await?;
             txn.commit().await?;
         }
 
         // Accounts the institution no longer returns go, with their records.
         if removals.accounts {
             for gone in stored_accounts.into_values() {
-                let txn = self.begin_write().await?;
-                apply_holdings(&txn, &conn, &gone.external_id, &[], true, &mut counts).await?;
-                apply_transactions(
-                    &txn,
+                let holdings = plan_holdings(
                     &conn,
-                    &gone.external_id,
+                    stored_holdings
+                        .remove(&gone.external_id)
+                        .unwrap_or_default(),
                     &[],
-                    &Coverage::Everything,
+                    true,
                     &mut counts,
-                )
-                .await?;
+                )?;
+                let stored =
+                    stored_transactions(db, &conn, &gone.external_id, &[], &Coverage::Everything)
+                        .await?;
+                let transactions =
+                    plan_transactions(&conn, stored, &[], &Coverage::Everything, &mut counts)?;
+                let txn = self.begin_write().await?;
+                holdings.write(&txn).await?;
+                write_transactions(&txn, transactions).await?;
                 account::Entity::delete_by_id(gone.id).exec(&txn).await?;
                 counts.removed += 1;
                 txn.commit().await?;
@@ -186,7 +218,10 @@ impl Store {
         }
 
         // Last, securities that no holding or transaction refers to any more.
-        if removals.holdings && removals.transactions != Coverage::Partial {
+        if removals.holdings
+            && removals.transactions != Coverage::Partial
+            && !stored_securities.is_empty()
+        {
             let txn = self.begin_write().await?;
             for gone in stored_securities.into_values() {
                 let held = holding::Entity::find()
@@ -276,96 +311,145 @@ impl Store {
     }
 }
 
-async fn apply_holdings<C: ConnectionTrait>(
-    db: &C,
+/// The writes one list of records needs: rows to insert, rows whose institution
+/// columns to update, and stored rows to delete.
+struct Writes<A, M> {
+    fresh: Vec<A>,
+    changed: Vec<A>,
+    gone: Vec<M>,
+}
+
+impl<A, M> Default for Writes<A, M> {
+    fn default() -> Self {
+        Self {
+            fresh: Vec::new(),
+            changed: Vec::new(),
+            gone: Vec::new(),
+        }
+    }
+}
+
+impl<A, M> Writes<A, M> {
+    fn is_empty(&self) -> bool {
+        self.fresh.is_empty() && self.changed.is_empty() && self.gone.is_empty()
+    }
+}
+
+impl<A: ActiveModelTrait + sea_orm::ActiveModelBehavior + Send, M> Writes<A, M>
+where
+    <A::Entity as EntityTrait>::Model: sea_orm::IntoActiveModel<A>,
+{
+    /// Inserts and updates; deleting is the caller's, who knows what goes first.
+    async fn write<C: ConnectionTrait>(self, db: &C) -> Result<Vec<M>, StoreError> {
+        insert_all(db, self.fresh).await?;
+        for row in self.changed {
+            row.update(db).await?;
+        }
+        Ok(self.gone)
+    }
+}
+
+fn by_external_id<M>(rows: Vec<M>, key: impl Fn(&M) -> &String) -> HashMap<String, M> {
+    rows.into_iter().map(|r| (key(&r).clone(), r)).collect()
+}
+
+fn plan_holdings(
     conn: &str,
-    account: &str,
+    mut stored: HashMap<String, holding::Model>,
     holdings: &[&Holding],
     remove_missing: bool,
     counts: &mut ApplyCounts,
-) -> Result<(), StoreError> {
+) -> Result<HoldingWrites, StoreError> {
     let now = Utc::now();
-    let mut local = ApplyCounts::default();
-    let mut stored: HashMap<String, holding::Model> = holding::Entity::find()
-        .filter(holding::Column::ConnectionId.eq(conn))
-        .filter(holding::Column::AccountExternalId.eq(account))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|r| (r.external_id.clone(), r))
-        .collect();
-    let mut fresh = Vec::new();
+    let mut writes = Writes::default();
     for h in holdings {
         match stored.remove(&h.external_id()) {
-            Some(row) if holding_from_row(&row)? == **h => local.unchanged += 1,
+            Some(row) if holding_from_row(&row)? == **h => counts.unchanged += 1,
             Some(row) => {
-                holding_row(conn, row.id, h, now).update(db).await?;
-                local.modified += 1;
+                writes.changed.push(holding_row(conn, row.id, h, now));
+                counts.modified += 1;
             }
             None => {
-                fresh.push(holding_row(conn, new_id(), h, now));
-                local.added += 1;
+                writes.fresh.push(holding_row(conn, new_id(), h, now));
+                counts.added += 1;
             }
         }
     }
-    insert_all(db, fresh).await?;
     if remove_missing {
-        let gone: Vec<String> = stored.into_values().map(|row| row.id).collect();
-        local.removed += count(gone.len());
-        for ids in gone.chunks(INSERT_BATCH) {
+        counts.removed += count(stored.len());
+        writes.gone = stored.into_values().collect();
+    }
+    Ok(HoldingWrites(writes))
+}
+
+/// A holdings plan: its deletions need nothing first.
+struct HoldingWrites(Writes<holding::ActiveModel, holding::Model>);
+
+impl HoldingWrites {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    async fn write<C: ConnectionTrait>(self, db: &C) -> Result<(), StoreError> {
+        let gone = self.0.write(db).await?;
+        for rows in gone.chunks(INSERT_BATCH) {
             holding::Entity::delete_many()
-                .filter(holding::Column::Id.is_in(ids.iter().map(String::as_str)))
+                .filter(holding::Column::Id.is_in(rows.iter().map(|r| r.id.as_str())))
                 .exec(db)
                 .await?;
         }
+        Ok(())
     }
-    add(counts, local);
-    Ok(())
 }
 
-async fn apply_transactions<C: ConnectionTrait>(
-    db: &C,
+type TransactionWrites = Writes<transaction::ActiveModel, transaction::Model>;
+
+fn plan_transactions(
     conn: &str,
-    account: &str,
+    mut stored: HashMap<String, transaction::Model>,
     transactions: &[&Transaction],
     coverage: &Coverage,
     counts: &mut ApplyCounts,
-) -> Result<(), StoreError> {
+) -> Result<TransactionWrites, StoreError> {
     let now = Utc::now();
-    let mut local = ApplyCounts::default();
-    let mut stored = stored_transactions(db, conn, account, transactions, coverage).await?;
-    let mut fresh = Vec::new();
+    let mut writes = Writes::default();
     for t in transactions {
         match stored.remove(&t.external_id) {
-            Some(row) if transaction_from_row(&row)? == **t => local.unchanged += 1,
+            Some(row) if transaction_from_row(&row)? == **t => counts.unchanged += 1,
             Some(row) => {
-                transaction_row(conn, row.id, t, now).update(db).await?;
-                local.modified += 1;
+                writes.changed.push(transaction_row(conn, row.id, t, now));
+                counts.modified += 1;
             }
             None => {
-                fresh.push(transaction_row(conn, new_id(), t, now));
-                local.added += 1;
+                writes.fresh.push(transaction_row(conn, new_id(), t, now));
+                counts.added += 1;
             }
         }
     }
-    // Posted transactions first, so that a pending one they replace can pass its
-    // annotations on before it goes.
-    insert_all(db, fresh).await?;
-    let mut gone_ids = Vec::new();
-    for gone in stored.into_values() {
-        if coverage.removes(&gone.external_id, gone.date) {
-            carry_to_posted(db, &gone).await?;
-            gone_ids.push(gone.id);
-        }
+    writes.gone = stored
+        .into_values()
+        .filter(|gone| coverage.removes(&gone.external_id, gone.date))
+        .collect();
+    counts.removed += count(writes.gone.len());
+    Ok(writes)
+}
+
+/// Posted transactions are inserted first, so that a pending one they replace can
+/// pass its annotations on before it goes.
+async fn write_transactions<C: ConnectionTrait>(
+    db: &C,
+    writes: TransactionWrites,
+) -> Result<(), StoreError> {
+    let gone = writes.write(db).await?;
+    for row in &gone {
+        carry_to_posted(db, row).await?;
     }
-    local.removed += count(gone_ids.len());
-    for ids in gone_ids.chunks(INSERT_BATCH) {
+    for rows in gone.chunks(INSERT_BATCH) {
         transaction::Entity::delete_many()
-            .filter(transaction::Column::Id.is_in(ids.iter().map(String::as_str)))
+            .filter(transaction::Column::Id.is_in(rows.iter().map(|r| r.id.as_str())))
             .exec(db)
             .await?;
     }
-    add(counts, local);
     Ok(())
 }
 
@@ -451,13 +535,6 @@ where
             .await?;
     }
     Ok(())
-}
-
-fn add(total: &mut ApplyCounts, part: ApplyCounts) {
-    total.added += part.added;
-    total.modified += part.modified;
-    total.removed += part.removed;
-    total.unchanged += part.unchanged;
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {

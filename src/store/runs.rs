@@ -59,27 +59,46 @@ impl Store {
         cursor: Option<&str>,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        let row = sync_run::Entity::find_by_id(run.to_owned())
-            .one(self.db())
-            .await?
-            .ok_or(StoreError::NotFound("sync run"))?;
-        let mut row: sync_run::ActiveModel = row.into();
         let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
-        row.finished_at = Set(Some(Utc::now()));
-        row.outcome = Set(if error.is_some() {
+        let outcome = if error.is_some() {
             "failed"
         } else {
             "succeeded"
+        };
+        let closed = sync_run::Entity::update_many()
+            .col_expr(sync_run::Column::FinishedAt, Expr::value(Utc::now()))
+            .col_expr(sync_run::Column::Outcome, Expr::value(outcome))
+            .col_expr(sync_run::Column::Added, Expr::value(clamp(counts.added)))
+            .col_expr(
+                sync_run::Column::Modified,
+                Expr::value(clamp(counts.modified)),
+            )
+            .col_expr(
+                sync_run::Column::Removed,
+                Expr::value(clamp(counts.removed)),
+            )
+            .col_expr(
+                sync_run::Column::Unchanged,
+                Expr::value(clamp(counts.unchanged)),
+            )
+            .col_expr(
+                sync_run::Column::Quarantined,
+                Expr::value(clamp(counts.quarantined)),
+            )
+            .col_expr(
+                sync_run::Column::Cursor,
+                Expr::value(cursor.filter(|_| error.is_none()).map(str::to_owned)),
+            )
+            .col_expr(
+                sync_run::Column::Error,
+                Expr::value(error.map(str::to_owned)),
+            )
+            .filter(sync_run::Column::Id.eq(run))
+            .exec(self.db())
+            .await?;
+        if closed.rows_affected == 0 {
+            return Err(StoreError::NotFound("sync run"));
         }
-        .into());
-        row.added = Set(clamp(counts.added));
-        row.modified = Set(clamp(counts.modified));
-        row.removed = Set(clamp(counts.removed));
-        row.unchanged = Set(clamp(counts.unchanged));
-        row.quarantined = Set(clamp(counts.quarantined));
-        row.cursor = Set(cursor.filter(|_| error.is_none()).map(str::to_owned));
-        row.error = Set(error.map(str::to_owned));
-        row.update(self.db()).await?;
         Ok(())
     }
 

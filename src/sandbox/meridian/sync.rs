@@ -80,10 +80,14 @@ fn sync(
         &user_id,
         position.target,
     );
-    let changes = Changes::between(
-        base.as_ref().map(|state| state.portfolio()),
-        target.portfolio(),
-    );
+    let changes = match &base {
+        // At rest at the current epoch: nothing can have changed since.
+        Some(base) if base.epoch() == target.epoch() => Changes::none(),
+        _ => Changes::between(
+            base.as_ref().map(|state| state.portfolio()),
+            target.portfolio(),
+        ),
+    };
     let total = changes.len();
     if position.offset > 0 && position.offset >= total {
         return Err(invalid_cursor());
@@ -226,6 +230,14 @@ struct Changes<'a> {
 
 impl<'a> Changes<'a> {
     /// With no base, every transaction of the target is added.
+    fn none() -> Self {
+        Self {
+            added: Vec::new(),
+            modified: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+
     fn between(base: Option<&'a Portfolio>, target: &'a Portfolio) -> Self {
         let before: HashMap<&str, &Transaction> = base
             .iter()
@@ -237,11 +249,7 @@ impl<'a> Changes<'a> {
             .iter()
             .map(|t| (t.transaction_id.as_str(), t))
             .collect();
-        let mut changes = Self {
-            added: Vec::new(),
-            modified: Vec::new(),
-            removed: Vec::new(),
-        };
+        let mut changes = Self::none();
         for transaction in &target.transactions {
             match before.get(transaction.transaction_id.as_str()) {
                 None => changes.added.push(transaction),
