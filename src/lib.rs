@@ -30,7 +30,8 @@
 //! - [`api`]: the HTTP API (read API, admin API, OAuth callback, health).
 //! - [`sandbox`]: the simulated institutions, a product feature of their own.
 //! - [`startup`]: wires the pieces into the processes `main.rs` runs; [`demo`] and
-//!   [`render`] are the demo and the tables it prints; [`bench`] measures the API.
+//!   [`render`] are the demo and the tables it prints; [`bench`] measures the API
+//!   and syncs at fleet scale.
 
 pub mod api;
 pub mod bench;

@@ -153,6 +153,35 @@ enum BenchCommand {
         #[arg(long, default_value = "redis-server")]
         redis_server: String,
     },
+    /// Syncs at fleet scale against the sandbox, in a worker process of their own:
+    /// (a) first syncs beside a raw bulk upsert of the same rows, (b) the same
+    /// under latency and an institution's rate limit, (c) a second sync with
+    /// nothing changed, and the worker's peak memory. Needs PostgreSQL and
+    /// redis-server.
+    Sync {
+        /// Connections synced in each phase.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Syncs the worker runs at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Latency of every request in (b), in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        latency_ms: u64,
+        /// The institution's requests per second in (b).
+        #[arg(long, default_value_t = 50)]
+        budget: u32,
+        /// A PostgreSQL server where scratch databases may be created and dropped.
+        #[arg(
+            long,
+            env = "FINSYNC_BENCH_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database_url: String,
+        /// The redis-server binary; the bench runs its own on a free port.
+        #[arg(long, default_value = "redis-server")]
+        redis_server: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -335,6 +364,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rate,
                 seconds,
                 concurrency,
+                database_url,
+                redis_server,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Sync {
+            connections,
+            concurrency,
+            latency_ms,
+            budget,
+            database_url,
+            redis_server,
+        }) => {
+            let mut settings = load_settings(None)?;
+            settings.log.filter = "warn".into();
+            telemetry::init(&settings.log);
+            finsync::bench::run_sync(finsync::bench::SyncBench {
+                connections,
+                concurrency: concurrency.max(1),
+                latency_ms,
+                budget: budget.max(1),
                 database_url,
                 redis_server,
             })

@@ -10,7 +10,6 @@
 //! own data (one user with 3 accounts and 90 holdings) in a scratch database and
 //! starts its own Redis, which it can then stop.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,11 +19,11 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rust_decimal::Decimal;
-use sea_orm::{ConnectionTrait, Database};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::{RedisServer, ScratchDatabase};
 use crate::config::Settings;
 use crate::domain::{
     Account, AccountType, Balances, Currency, Holding, Money, Security, SecurityType, Snapshot,
@@ -397,91 +396,5 @@ fn print(bench: &ApiBench, results: &[Series]) {
                 portfolio.setup
             );
         }
-    }
-}
-
-/// A database created for one run on the given server and dropped after it.
-struct ScratchDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl ScratchDatabase {
-    async fn create(admin_url: &str) -> anyhow::Result<Self> {
-        let name = format!("finsync_bench_{}", uuid::Uuid::new_v4().simple());
-        let admin = Database::connect(admin_url)
-            .await
-            .with_context(|| "connecting to PostgreSQL (set --database-url)".to_owned())?;
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await?;
-        admin.close().await?;
-        let mut url = url::Url::parse(admin_url)?;
-        url.set_path(&format!("/{name}"));
-        Ok(Self {
-            admin_url: admin_url.to_owned(),
-            name,
-            url: url.to_string(),
-        })
-    }
-
-    async fn drop_database(self) -> anyhow::Result<()> {
-        let admin = Database::connect(&self.admin_url).await?;
-        admin
-            .execute_unprepared(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-            .await?;
-        admin.close().await?;
-        Ok(())
-    }
-}
-
-/// A `redis-server` of the bench's own, on a free port, stopped on demand.
-struct RedisServer {
-    child: Option<Child>,
-    url: String,
-}
-
-impl RedisServer {
-    fn start(binary: &str) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new(binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!("starting {binary} (install redis-server or pass --redis-server)")
-            })?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("{binary} did not listen on port {port}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Self {
-            child: Some(child),
-            url: format!("redis://127.0.0.1:{port}"),
-        })
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

@@ -5,6 +5,7 @@
 
 mod annotations;
 mod api;
+mod bench;
 mod cache;
 mod catalog;
 mod connectors;

@@ -1,0 +1,49 @@
+//! `finsync bench sync` runs end to end on a few connections: every phase syncs
+//! every connection, the second sync of unchanged data writes no row, and the
+//! institution's own limit is never hit. (The figures themselves are
+//! BENCHMARKS.md's business: no test asserts a time.)
+
+use crate::support::{finsync, postgres_url};
+
+#[test]
+fn the_sync_bench_runs_every_phase_and_a_resync_of_unchanged_data_writes_nothing() {
+    let output = finsync(&[])
+        .args([
+            "bench",
+            "sync",
+            "--connections",
+            "3",
+            "--concurrency",
+            "2",
+            "--latency-ms",
+            "20",
+            "--database-url",
+            &postgres_url(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for line in [
+        "(c) second sync: rows written         = 0 by the runs' counts, 0 by PostgreSQL's",
+        "429s: 0 (target 0: met)",
+    ] {
+        assert!(stdout.contains(line), "`{line}` missing from:\n{stdout}");
+    }
+    // Three syncs in each of the three phases, none failed.
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("│ (a)") || l.starts_with("│ (b)") || l.starts_with("│ (c)"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    for row in rows {
+        let cells: Vec<&str> = row.split('┆').map(str::trim).collect();
+        assert_eq!((cells[1], cells[2]), ("3", "0"), "{row}");
+    }
+    // (a) stored every record of three bulk users: 3 accounts, 30 holdings,
+    // 1,000 transactions and the securities they hold, each.
+    let first = stdout.lines().find(|l| l.starts_with("│ (a)")).unwrap();
+    let records: u64 = first.split('┆').nth(3).unwrap().trim().parse().unwrap();
+    assert!(records > 3 * 1033, "{first}");
+}
