@@ -15,6 +15,9 @@ mod m20261122_000004_transaction_annotations;
 mod m20261122_000005_quarantine;
 mod m20261122_000006_sync_schedules;
 mod m20261204_000007_institution_events;
+mod m20261204_000008_annotated_transactions;
+
+pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
 pub struct Migrator;
 
@@ -29,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000005_quarantine::Migration),
             Box::new(m20261122_000006_sync_schedules::Migration),
             Box::new(m20261204_000007_institution_events::Migration),
+            Box::new(m20261204_000008_annotated_transactions::Migration),
         ]
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use sea_orm::sea_query::{Condition, Query};
+use sea_orm::sea_query::{Condition, Expr, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
 };
@@ -197,11 +197,9 @@ impl Store {
     ) -> Result<HashMap<String, Annotations>, StoreError> {
         transaction::Entity::find()
             .filter(transaction::Column::ConnectionId.eq(connection.to_string()))
-            .filter(
-                Condition::any()
-                    .add(transaction::Column::Tags.ne("[]"))
-                    .add(transaction::Column::Note.is_not_null()),
-            )
+            // Spelled as the partial index's predicate, literal included, so that
+            // the index serves it.
+            .filter(Expr::cust(migrations::ANNOTATED_TRANSACTIONS))
             .all(self.db())
             .await?
             .iter()

@@ -1,0 +1,45 @@
+//! A partial index of the transactions users annotated. Every rebuild of a cached
+//! portfolio looks them up per connection; they are few, and without this index the
+//! lookup reads every transaction of the connection.
+
+use sea_orm_migration::prelude::*;
+
+/// The predicate, as the query spells it (see `Store::transaction_annotations`):
+/// a partial index is used only for a query whose condition implies it.
+pub const ANNOTATED: &str = "(tags <> '[]' OR note IS NOT NULL)";
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(
+                Index::create()
+                    .name("transactions_annotated")
+                    .table(Transactions::Table)
+                    .col(Transactions::ConnectionId)
+                    .and_where(Expr::cust(ANNOTATED))
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("transactions_annotated")
+                    .table(Transactions::Table)
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+#[derive(DeriveIden)]
+enum Transactions {
+    Table,
+    ConnectionId,
+}
