@@ -235,16 +235,29 @@ impl Queue {
 }
 
 /// The job body: runs the job; errors that deserve a retry go back to apalis.
+///
+/// A worker drives its jobs as futures of its own task, so on their own they
+/// would share one thread however many cores there are; each job runs as a task
+/// of its own instead, and the worker waits for it. A panic in it is raised
+/// again here, where the worker's panic guard turns it into a failed attempt.
 async fn run_job(job: Job, ctx: Data<Context>, attempt: Attempt) -> Result<(), BoxDynError> {
     let ctx = Context::clone(&ctx);
-    match job {
-        Job::Sync(job) => pipeline::run(ctx, job, attempt.current())
-            .await
-            .map(|_| ())
-            .map_err(|e| Box::new(e) as BoxDynError),
-        Job::RefreshToken(job) => refresh::run(ctx, job)
-            .await
-            .map_err(|e| Box::new(e) as BoxDynError),
+    let attempt = attempt.current();
+    let task = tokio::spawn(async move {
+        match job {
+            Job::Sync(job) => pipeline::run(ctx, job, attempt)
+                .await
+                .map(|_| ())
+                .map_err(|e| Box::new(e) as BoxDynError),
+            Job::RefreshToken(job) => refresh::run(ctx, job)
+                .await
+                .map_err(|e| Box::new(e) as BoxDynError),
+        }
+    });
+    match task.await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Box::new(e)),
     }
 }
 
