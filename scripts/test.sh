@@ -14,7 +14,8 @@
 # FINSYNC_SCHEMATHESIS names one you have), and the OAuth interop test needs Node.js
 # (from Debian's packages when missing) and the npm packages pinned in
 # tests/interop, installed under ~/.cache (or FINSYNC_INTEROP_NODE_MODULES names
-# a node_modules that has them).
+# a node_modules that has them). The sync benchmark's test starts a redis-server of
+# its own: the binary is installed from Debian's packages when missing.
 set -euo pipefail
 
 PG_HOST=127.0.0.1
@@ -268,6 +269,15 @@ ensure_redis() {
     export FINSYNC_TEST_REDIS_URL="$REDIS_DEFAULT_URL"
 }
 
+# The sync benchmark's test starts a redis-server of its own, whichever Redis the
+# other tests use.
+ensure_redis_server_binary() {
+    if ! command -v redis-server >/dev/null 2>&1; then
+        note "the benchmark test needs the redis-server binary"
+        apt_install redis-server
+    fi
+}
+
 # ------------------------------------------------------------- schemathesis
 
 # The contract test fuzzes the API with schemathesis (PyPI), kept in a venv outside
@@ -335,6 +345,7 @@ main() {
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (https://rustup.rs)"
     ensure_postgres
     ensure_redis
+    ensure_redis_server_binary
     ensure_schemathesis
     ensure_oauth2_mock_server
     say "running the test suite: cargo test --workspace --all-targets${*:+ $*}"
