@@ -116,6 +116,12 @@ pub async fn run(settings: Settings, once: bool) -> anyhow::Result<()> {
         "Try:      curl -s -H 'Authorization: Bearer {key}' {public_url}v1/users/{}/portfolio",
         DEMO_USERS[0]
     );
+    if let Some(sandbox) = &app.sandbox {
+        println!(
+            "Sandbox:  {0}   (curl -s -X POST {0}/sandbox/admin/advance moves its data on; Meridian then posts a webhook to the API and the demo users sync)",
+            sandbox.base_url()
+        );
+    }
 
     if !once {
         println!("\nServing until Ctrl-C.");
