@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
@@ -142,16 +142,8 @@ enum BenchCommand {
         /// Requests in flight at most.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
-        /// A PostgreSQL server where a scratch database may be created and dropped.
-        #[arg(
-            long,
-            env = "FINSYNC_BENCH_DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-        )]
-        database_url: String,
-        /// The redis-server binary; the bench runs its own on a free port.
-        #[arg(long, default_value = "redis-server")]
-        redis_server: String,
+        #[command(flatten)]
+        servers: BenchServers,
     },
     /// Syncs at fleet scale against the sandbox, in a worker process of their own:
     /// (a) first syncs beside a raw bulk upsert of the same rows, (b) the same
@@ -171,17 +163,24 @@ enum BenchCommand {
         /// The institution's requests per second in (b).
         #[arg(long, default_value_t = 50)]
         budget: u32,
-        /// A PostgreSQL server where scratch databases may be created and dropped.
-        #[arg(
-            long,
-            env = "FINSYNC_BENCH_DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-        )]
-        database_url: String,
-        /// The redis-server binary; the bench runs its own on a free port.
-        #[arg(long, default_value = "redis-server")]
-        redis_server: String,
+        #[command(flatten)]
+        servers: BenchServers,
     },
+}
+
+/// The servers a benchmark uses.
+#[derive(Debug, Args)]
+struct BenchServers {
+    /// A PostgreSQL server where scratch databases may be created and dropped.
+    #[arg(
+        long,
+        env = "FINSYNC_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// The redis-server binary; the bench runs its own on a free port.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -353,8 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rate,
             seconds,
             concurrency,
-            database_url,
-            redis_server,
+            servers,
         }) => {
             let mut settings = load_settings(None)?;
             // Progress and the table go to the terminal; only problems are logged.
@@ -364,8 +362,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rate,
                 seconds,
                 concurrency,
-                database_url,
-                redis_server,
+                database_url: servers.database_url,
+                redis_server: servers.redis_server,
             })
             .await?;
             Ok(ExitCode::SUCCESS)
@@ -375,8 +373,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             concurrency,
             latency_ms,
             budget,
-            database_url,
-            redis_server,
+            servers,
         }) => {
             let mut settings = load_settings(None)?;
             settings.log.filter = "warn".into();
@@ -386,8 +383,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 concurrency: concurrency.max(1),
                 latency_ms,
                 budget: budget.max(1),
-                database_url,
-                redis_server,
+                database_url: servers.database_url,
+                redis_server: servers.redis_server,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -125,19 +125,7 @@ impl Server {
         let address = format!("http://{}", listener.local_addr()?);
         let app = Arc::new(App::build(settings, url::Url::parse(&format!("{address}/"))?).await?);
         let key = seed(&app).await?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn({
-            let app = app.clone();
-            async move {
-                let mut stopped = stopped;
-                let shutdown = async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                };
-                if let Err(e) = app.serve(listener, shutdown).await {
-                    tracing::error!(error = %e, "Bench server failed.");
-                }
-            }
-        });
+        let stop = super::serve(&app, listener);
         Ok(Self {
             app,
             address,

@@ -15,6 +15,25 @@ use sea_orm::{ConnectionTrait, Database};
 pub use api::{ApiBench, run_api};
 pub use sync::{SyncBench, run_sync};
 
+/// Serves `app`'s API on `listener` in the background until the returned sender
+/// says stop (or is dropped).
+pub(crate) fn serve(
+    app: &std::sync::Arc<crate::startup::App>,
+    listener: tokio::net::TcpListener,
+) -> tokio::sync::watch::Sender<bool> {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let app = app.clone();
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(e) = app.serve(listener, shutdown).await {
+            tracing::error!(error = %e, "Bench API failed.");
+        }
+    });
+    stop
+}
+
 /// A database created for one run on the given server and dropped after it.
 pub(crate) struct ScratchDatabase {
     admin_url: String,

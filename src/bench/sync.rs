@@ -280,19 +280,7 @@ impl Fleet {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = format!("http://{}/", listener.local_addr()?);
         let app = Arc::new(App::build(settings, url::Url::parse(&address)?).await?);
-        let (stop, stopped) = watch::channel(false);
-        tokio::spawn({
-            let app = app.clone();
-            async move {
-                let mut stopped = stopped;
-                let shutdown = async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                };
-                if let Err(e) = app.serve(listener, shutdown).await {
-                    tracing::error!(error = %e, "Bench API failed.");
-                }
-            }
-        });
+        let stop = super::serve(&app, listener);
         Ok(Self {
             scratch,
             app,

@@ -320,6 +320,14 @@ mod tests {
     }
 
     /// Signs independently of the code under test.
+    /// The usual kind: the time in a header, signed with the body.
+    fn time_in_header() -> Webhooks {
+        webhooks(
+            Timestamp::Header("X-Timestamp".into()),
+            SignedContent::TimestampDotBody,
+        )
+    }
+
     fn sign(prefix: Option<&str>, body: &[u8], secret: &str) -> String {
         use hmac::{Hmac, KeyInit};
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
@@ -345,10 +353,7 @@ mod tests {
 
     #[test]
     fn a_signed_recent_event_is_read() {
-        let hooks = webhooks(
-            Timestamp::Header("X-Timestamp".into()),
-            SignedContent::TimestampDotBody,
-        );
+        let hooks = time_in_header();
         let now = Utc::now();
         let t = now.timestamp().to_string();
         let body = br#"{"id":"evt_1","type":"DATA_CHANGED","accounts":["a1","a2","a1",7]}"#;
@@ -366,10 +371,7 @@ mod tests {
 
     #[test]
     fn a_wrong_secret_a_changed_body_or_a_moved_timestamp_is_refused() {
-        let hooks = webhooks(
-            Timestamp::Header("X-Timestamp".into()),
-            SignedContent::TimestampDotBody,
-        );
+        let hooks = time_in_header();
         let now = Utc::now();
         let t = now.timestamp().to_string();
         let body = br#"{"id":"evt_1","type":"DATA_CHANGED","accounts":[]}"#;
@@ -405,10 +407,7 @@ mod tests {
 
     #[test]
     fn one_of_several_signatures_may_match() {
-        let hooks = webhooks(
-            Timestamp::Header("X-Timestamp".into()),
-            SignedContent::TimestampDotBody,
-        );
+        let hooks = time_in_header();
         let now = Utc::now();
         let t = now.timestamp().to_string();
         let body = br#"{"id":"evt_1","type":"DATA_CHANGED","accounts":[]}"#;
@@ -432,10 +431,7 @@ mod tests {
 
     #[test]
     fn an_event_naming_too_many_accounts_is_refused_whole() {
-        let hooks = webhooks(
-            Timestamp::Header("X-Timestamp".into()),
-            SignedContent::TimestampDotBody,
-        );
+        let hooks = time_in_header();
         let now = Utc::now();
         let t = now.timestamp().to_string();
         let ids: Vec<String> = (0..=MAX_ACCOUNTS).map(|i| format!("a{i}")).collect();
@@ -457,10 +453,7 @@ mod tests {
 
     #[test]
     fn an_event_sent_outside_the_tolerance_is_refused_even_when_signed() {
-        let hooks = webhooks(
-            Timestamp::Header("X-Timestamp".into()),
-            SignedContent::TimestampDotBody,
-        );
+        let hooks = time_in_header();
         let now = Utc::now();
         let body = br#"{"id":"evt_1","type":"DATA_CHANGED","accounts":[]}"#;
         for offset in [-301_i64, 301] {
@@ -516,10 +509,7 @@ mod tests {
 
     #[test]
     fn a_signed_event_without_an_id_is_unreadable_not_unauthenticated() {
-        let hooks = webhooks(
-            Timestamp::Header("X-Timestamp".into()),
-            SignedContent::TimestampDotBody,
-        );
+        let hooks = time_in_header();
         let now = Utc::now();
         let t = now.timestamp().to_string();
         for body in [&br#"{"type":"DATA_CHANGED"}"#[..], b"not json"] {
