@@ -70,7 +70,7 @@ pub use self::faults::{Arrival, Drift, Faults, FaultsError, Latency, Outage};
 use self::grants::{GrantPolicy, GrantStore, Rotation, Scope, ScopeSet};
 pub use self::keystone::KeystoneLimits;
 use self::notify::Notifier;
-pub use self::notify::{SYNC_UPDATES_AVAILABLE, SentWebhook};
+pub use self::notify::SentWebhook;
 pub use self::oauth::TokenQuirks;
 use self::oauth::{AuthServer, ClientAuth, Profile};
 use self::world::World;

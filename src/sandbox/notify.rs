@@ -45,7 +45,7 @@ const ATTEMPTS: usize = 3;
 /// Users notified at once after an epoch moves.
 const CONCURRENT: usize = 8;
 /// The event an epoch sends.
-pub const SYNC_UPDATES_AVAILABLE: &str = "SYNC_UPDATES_AVAILABLE";
+const SYNC_UPDATES_AVAILABLE: &str = "SYNC_UPDATES_AVAILABLE";
 
 /// One event Meridian sent (or tried to), for the admin listing and tests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

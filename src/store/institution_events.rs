@@ -119,13 +119,9 @@ pub struct EventFilter {
 }
 
 impl Store {
-    /// Stores an event unless the institution delivered it before. Returns the
-    /// stored event and whether this delivery was its first; a repeat only counts
-    /// the delivery.
-    pub async fn record_event(
-        &self,
-        new: NewEvent<'_>,
-    ) -> Result<(InstitutionEvent, bool), StoreError> {
+    /// Stores an event unless the institution delivered it before, and returns it
+    /// as stored; a repeat only counts the delivery.
+    pub async fn record_event(&self, new: NewEvent<'_>) -> Result<InstitutionEvent, StoreError> {
         let row = institution_event::ActiveModel {
             id: Set(uuid::Uuid::new_v4().to_string()),
             institution_id: Set(new.institution_id.to_owned()),
@@ -149,8 +145,7 @@ impl Store {
             ])
             .exec_without_returning(self.db())
             .await?;
-        let first = matches!(inserted, TryInsertResult::Inserted(n) if n > 0);
-        if !first {
+        if !matches!(inserted, TryInsertResult::Inserted(n) if n > 0) {
             institution_event::Entity::update_many()
                 .col_expr(
                     institution_event::Column::Deliveries,
@@ -167,7 +162,7 @@ impl Store {
             .one(self.db())
             .await?
             .ok_or(StoreError::NotFound("institution event"))?;
-        Ok((to_event(stored)?, first))
+        to_event(stored)
     }
 
     /// Claims a `received` event for acting on it, so that of several deliveries or

@@ -186,7 +186,7 @@ impl Store {
             // Each account with its holdings and transactions, whole or not at all.
             let txn = self.begin_write().await?;
             account.write(&txn).await?;
-            holdings.write(&txn).await?;
+            write_holdings(&txn, holdings).await?;
             write_transactions(&txn, transactions).await?;
             txn.commit().await?;
         }
@@ -209,7 +209,7 @@ impl Store {
                 let transactions =
                     plan_transactions(&conn, stored, &[], &Coverage::Everything, &mut counts)?;
                 let txn = self.begin_write().await?;
-                holdings.write(&txn).await?;
+                write_holdings(&txn, holdings).await?;
                 write_transactions(&txn, transactions).await?;
                 account::Entity::delete_by_id(gone.id).exec(&txn).await?;
                 counts.removed += 1;
@@ -379,27 +379,24 @@ fn plan_holdings(
         counts.removed += count(stored.len());
         writes.gone = stored.into_values().collect();
     }
-    Ok(HoldingWrites(writes))
+    Ok(writes)
 }
 
-/// A holdings plan: its deletions need nothing first.
-struct HoldingWrites(Writes<holding::ActiveModel, holding::Model>);
+type HoldingWrites = Writes<holding::ActiveModel, holding::Model>;
 
-impl HoldingWrites {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
+/// Holdings' deletions need nothing before them.
+async fn write_holdings<C: ConnectionTrait>(
+    db: &C,
+    writes: HoldingWrites,
+) -> Result<(), StoreError> {
+    let gone = writes.write(db).await?;
+    for rows in gone.chunks(INSERT_BATCH) {
+        holding::Entity::delete_many()
+            .filter(holding::Column::Id.is_in(rows.iter().map(|r| r.id.as_str())))
+            .exec(db)
+            .await?;
     }
-
-    async fn write<C: ConnectionTrait>(self, db: &C) -> Result<(), StoreError> {
-        let gone = self.0.write(db).await?;
-        for rows in gone.chunks(INSERT_BATCH) {
-            holding::Entity::delete_many()
-                .filter(holding::Column::Id.is_in(rows.iter().map(|r| r.id.as_str())))
-                .exec(db)
-                .await?;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 type TransactionWrites = Writes<transaction::ActiveModel, transaction::Model>;

@@ -45,7 +45,7 @@ pub async fn receive(
     body: &str,
     window: Duration,
 ) -> Result<Receipt, InboundError> {
-    let (mut event, _) = ctx
+    let mut event = ctx
         .store
         .record_event(NewEvent {
             institution_id: &connector.id,
