@@ -9,7 +9,7 @@ use tracing::Instrument;
 use super::Context;
 use super::job::SyncConnection;
 use crate::connectors::{EngineError, Fetched, SyncCursor};
-use crate::domain::ConnectionStatus;
+use crate::domain::{ConnectionId, ConnectionStatus};
 use crate::store::{ConnectionRecord, Lease, Refusal, Removals, Resolution, RunCounts, StoreError};
 use crate::tokens::TokenError;
 use crate::webhooks::{self, EventData, WebhookEvent};
@@ -19,7 +19,8 @@ use crate::webhooks::{self, EventData, WebhookEvent};
 const RETRY_LATER: chrono::Duration = chrono::Duration::minutes(5);
 /// How long one sync may hold its connection; a crashed sync's lease expires.
 pub const LEASE: chrono::Duration = chrono::Duration::minutes(15);
-/// How long a sync that found its connection busy waits before trying again.
+/// How long a sync that found its connection busy, or its connector not yet in
+/// service here, waits before trying again.
 const DEFER: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,25 @@ async fn sync_connection(ctx: &Context, job: &SyncConnection) -> Result<SyncOutc
         tracing::info!(status = %connection.status, "Sync skipped: connection not active.");
         return Ok(SyncOutcome::Skipped);
     }
+    // A connector published moments ago may not be in service in this process yet
+    // (each picks up new versions every `connectors.reload_ms`): run a little later
+    // rather than fail. One stored nowhere fails in the sync as before.
+    if ctx.registry.get(&connection.institution_id).is_err()
+        && ctx
+            .store
+            .latest_connector_versions()
+            .await?
+            .iter()
+            .any(|(id, _)| *id == connection.institution_id)
+    {
+        let queued = follow_up(ctx, connection.id).await?;
+        tracing::info!(
+            queued,
+            connector = %connection.institution_id,
+            "The connector is not in service in this process yet; the sync follows shortly."
+        );
+        return Ok(SyncOutcome::Skipped);
+    }
     // One sync per connection at a time, fleet-wide: two syncs would race on the
     // rotating refresh token and on the rows.
     let owner = &job.idempotency_key;
@@ -72,15 +92,7 @@ async fn sync_connection(ctx: &Context, job: &SyncConnection) -> Result<SyncOutc
     {
         // The running sync may have read the connection before whatever asked for
         // this one; run again once it is done rather than drop the request.
-        let follow_up = SyncConnection {
-            connection_id: connection.id,
-            idempotency_key: format!("deferred:{}:{}", connection.id, uuid::Uuid::new_v4()),
-        };
-        let queued = ctx
-            .queue
-            .enqueue_after(follow_up, DEFER)
-            .await
-            .map_err(SyncError::Queue)?;
+        let queued = follow_up(ctx, connection.id).await?;
         tracing::info!(
             queued,
             "Another sync of this connection is running; this one follows it."
@@ -92,6 +104,18 @@ async fn sync_connection(ctx: &Context, job: &SyncConnection) -> Result<SyncOutc
         .release_lease(Lease::Sync, connection.id, owner)
         .await?;
     outcome
+}
+
+/// Queues a sync of the connection to run `DEFER` from now, unless one is waiting.
+async fn follow_up(ctx: &Context, connection: ConnectionId) -> Result<bool, SyncError> {
+    let job = SyncConnection {
+        connection_id: connection,
+        idempotency_key: format!("deferred:{connection}:{}", uuid::Uuid::new_v4()),
+    };
+    ctx.queue
+        .enqueue_after(job, DEFER)
+        .await
+        .map_err(SyncError::Queue)
 }
 
 async fn leased_sync(

@@ -311,3 +311,75 @@ async fn a_check_reports_every_endpoint_and_names_the_fields_that_do_not_map() {
     // The check left no grant behind at the institution.
     assert!(sandbox.stats().revocations >= 2);
 }
+
+#[tokio::test]
+async fn a_sync_at_a_connector_this_process_has_not_loaded_yet_follows_later_instead_of_failing() {
+    use finsync::domain::UserId;
+    use finsync::store::{TokenColumns, VersionSource};
+    use finsync::sync::{SyncConnection, SyncOutcome, pipeline};
+
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut settings = settings(&db, None, &sandbox);
+    // This process will not pick up new versions during the test.
+    settings.connectors.reload_ms = 3_600_000;
+    let app = TestApp::spawn(settings, false).await;
+    let ctx = &app.app.ctx;
+    let (tenant, _) = ctx.store.create_tenant("advisor").await.unwrap();
+    let connection_at = |institution: &'static str| async move {
+        let user = UserId::parse(&format!("user-{institution}")).unwrap();
+        let connection = ctx
+            .store
+            .upsert_connection(tenant.id, &user, institution)
+            .await
+            .unwrap();
+        ctx.store
+            .save_grant(connection.id, TokenColumns::default(), None, None)
+            .await
+            .unwrap();
+        connection.id
+    };
+
+    // Another process published Northwind a moment ago; this one has not loaded it.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/connectors/northwind.toml"),
+    )
+    .unwrap();
+    ctx.store
+        .publish_connector(
+            "northwind",
+            &text,
+            &finsync::fingerprint::sha256_hex(text.as_bytes()),
+            VersionSource::Api,
+            "another process",
+        )
+        .await
+        .unwrap();
+    assert!(ctx.registry.get("northwind").is_err());
+    let northwind = connection_at("northwind").await;
+    let job = |connection| SyncConnection {
+        connection_id: connection,
+        idempotency_key: format!("test:{connection}"),
+    };
+    let outcome = pipeline::run(ctx.clone(), job(northwind), 1).await.unwrap();
+    assert_eq!(outcome, SyncOutcome::Skipped);
+    assert!(
+        ctx.store.runs(northwind).await.unwrap().is_empty(),
+        "no failed run"
+    );
+    assert_eq!(ctx.queue.waiting_for(northwind, "sync").await.unwrap(), 1);
+    assert!(
+        ctx.store
+            .connection(northwind)
+            .await
+            .unwrap()
+            .last_failure_reason
+            .is_none()
+    );
+
+    // A connector stored nowhere still fails the sync, with the reason recorded.
+    let nowhere = connection_at("atlantis").await;
+    let outcome = pipeline::run(ctx.clone(), job(nowhere), 1).await.unwrap();
+    assert_eq!(outcome, SyncOutcome::Failed);
+    assert_eq!(ctx.queue.waiting_for(nowhere, "sync").await.unwrap(), 0);
+}
