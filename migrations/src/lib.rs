@@ -16,6 +16,7 @@ mod m20261122_000005_quarantine;
 mod m20261122_000006_sync_schedules;
 mod m20261204_000007_institution_events;
 mod m20261204_000008_annotated_transactions;
+mod m20261205_000009_connection_sync_state;
 
 pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000006_sync_schedules::Migration),
             Box::new(m20261204_000007_institution_events::Migration),
             Box::new(m20261204_000008_annotated_transactions::Migration),
+            Box::new(m20261205_000009_connection_sync_state::Migration),
         ]
     }
 }

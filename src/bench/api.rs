@@ -30,7 +30,7 @@ use crate::domain::{
     Transaction, TransactionStatus, UserId,
 };
 use crate::startup::App;
-use crate::store::{Removals, TokenColumns};
+use crate::store::{Removals, SyncSuccess, TokenColumns};
 use crate::tokens::Vault;
 
 pub struct ApiBench {
@@ -166,7 +166,19 @@ async fn seed(app: &App) -> anyhow::Result<SecretString> {
         .await?;
     let now = Utc::now();
     store
-        .record_sync_success(connection.id, now, now + chrono::Duration::days(1))
+        .lease_for_sync(connection.id, "bench", now + chrono::Duration::minutes(1))
+        .await?
+        .context("the seeded connection is active and free")?;
+    store
+        .record_sync_success(
+            connection.id,
+            SyncSuccess {
+                at: now,
+                next_sync_at: now + chrono::Duration::days(1),
+                cursor: None,
+                lease_owner: "bench",
+            },
+        )
         .await?;
     Ok(key.0)
 }

@@ -248,6 +248,16 @@ impl Cache {
         Ok((value, hit))
     }
 
+    /// The value under `key` if this process or Redis holds one, without loading
+    /// it or counting a read; `None` on a miss or while Redis is skipped. It may be
+    /// older than the newest value: for a writer that checks what it gets.
+    pub async fn peek(&self, key: &str) -> Option<Arc<Vec<u8>>> {
+        if let Some(value) = self.l1.get(key).await {
+            return Some(value);
+        }
+        self.l2_get(key).await
+    }
+
     /// Stores a value a writer just built from committed data, in L1 and L2, and
     /// tells every process to drop its L1 copy. An L2 failure is logged, not
     /// returned: the database still has the data.

@@ -156,6 +156,7 @@ pub fn connection_views(connections: &[ConnectionRecord]) -> (Freshness, Vec<Con
             institution: connection.institution_id.clone(),
             status: connection.status,
             freshness,
+            records_version: connection.records_version,
         });
     }
     (combined, views)

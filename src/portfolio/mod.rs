@@ -23,7 +23,7 @@ use crate::store::{ConnectionRecord, Store, StoreError};
 /// The cache key of a user's portfolio. The version names the view's shape, so a
 /// deploy that changes it never reads views cached by the previous release.
 pub fn cache_key(tenant: TenantId, user: &UserId) -> String {
-    format!("portfolio:v3:{tenant}:{user}")
+    format!("portfolio:v4:{tenant}:{user}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,12 @@ pub async fn read(
     }
 }
 
-/// Rebuilds the cached view after a change (a sync, a status change).
+/// Brings the cached view up to date after a change (a sync, a status change).
+///
+/// When the cached view was built from the records the user's connections hold
+/// now (the same connections at the same records versions), only their statuses
+/// and freshness are written into it: a sync that found nothing new costs no
+/// rebuild. Otherwise it is rebuilt from the store.
 ///
 /// Two writers can race: one builds from the connections as they were, another
 /// commits a change and caches its newer view, then the first one's older view
@@ -101,12 +106,18 @@ pub async fn refresh(
     let mut connections = store.user_connections(tenant, user).await?;
     for _ in 0..ROUNDS {
         let built_from = versions(&connections);
-        let Some(view) = build::assemble(store, user, connections, recent_transactions).await?
-        else {
-            cache.invalidate(&key).await;
-            return Ok(());
+        let json = match patched(cache, &key, &connections).await {
+            Some(json) => json,
+            None => {
+                let Some(view) =
+                    build::assemble(store, user, connections, recent_transactions).await?
+                else {
+                    cache.invalidate(&key).await;
+                    return Ok(());
+                };
+                serde_json::to_vec(&view).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
         };
-        let json = serde_json::to_vec(&view).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         cache.put(&key, json).await;
         connections = store.user_connections(tenant, user).await?;
         if versions(&connections) == built_from {
@@ -119,6 +130,30 @@ pub async fn refresh(
     Ok(())
 }
 
-fn versions(connections: &[ConnectionRecord]) -> Vec<(ConnectionId, DateTime<Utc>)> {
-    connections.iter().map(|c| (c.id, c.updated_at)).collect()
+/// The cached view with `connections`' statuses and freshness written in, if it
+/// holds their records as they are now; `None` when there is no cached view, or
+/// it was built from other connections or older records.
+async fn patched(cache: &Cache, key: &str, connections: &[ConnectionRecord]) -> Option<Vec<u8>> {
+    let cached = cache.peek(key).await?;
+    let mut view: Portfolio = serde_json::from_slice(&cached).ok()?;
+    let current = view.connections.len() == connections.len()
+        && view
+            .connections
+            .iter()
+            .zip(connections)
+            .all(|(v, c)| v.id == c.id.to_string() && v.records_version == c.records_version);
+    if !current {
+        return None;
+    }
+    (view.freshness, view.connections) = connection_views(connections);
+    serde_json::to_vec(&view).ok()
+}
+
+/// What a cached view depends on, per connection: the row (status, freshness)
+/// and its records.
+fn versions(connections: &[ConnectionRecord]) -> Vec<(ConnectionId, DateTime<Utc>, i64)> {
+    connections
+        .iter()
+        .map(|c| (c.id, c.updated_at, c.records_version))
+        .collect()
 }

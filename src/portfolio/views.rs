@@ -140,6 +140,10 @@ pub struct ConnectionView {
     pub institution: String,
     pub status: ConnectionStatus,
     pub freshness: Freshness,
+    /// Moves whenever this connection's accounts, holdings or transactions change
+    /// (a sync that changed something, an annotation, a disconnect). The same
+    /// value means the same data: an app can skip reading it again.
+    pub records_version: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

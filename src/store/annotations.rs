@@ -6,14 +6,13 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
 use sea_orm::sea_query::{Condition, Expr, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
 };
 
 use super::entities::{connection, transaction};
-use super::records::transaction_from_row;
+use super::records::{records_changed, transaction_from_row};
 use super::{Store, StoreError};
 use crate::domain::{ConnectionId, TenantId, Transaction};
 
@@ -125,8 +124,8 @@ pub(super) async fn carry_to_posted<C: ConnectionTrait>(
 
 impl Store {
     /// Changes the annotations of the tenant's transaction `external_id` (within
-    /// `connection` when given). The transaction's connection counts as changed, so
-    /// a portfolio view built before this is rebuilt (see `portfolio::refresh`).
+    /// `connection` when given). The transaction's records version moves, so a
+    /// portfolio view built before this is rebuilt (see `portfolio::refresh`).
     ///
     /// `NotFound` when the tenant has no such transaction; `Conflict` when several
     /// of its connections have one with that id and none was named.
@@ -149,13 +148,8 @@ impl Store {
         if let Some(connection) = connection {
             scope = scope.add(transaction::Column::ConnectionId.eq(connection.to_string()));
         }
-        // Locked, so a sync deleting it or carrying its annotations waits for us.
-        let mut found = transaction::Entity::find()
-            .filter(scope)
-            .lock_exclusive()
-            .all(&txn)
-            .await?;
-        let row = match found.len() {
+        let mut found = transaction::Entity::find().filter(scope).all(&txn).await?;
+        let found = match found.len() {
             0 => return Err(StoreError::NotFound("transaction")),
             1 => found.remove(0),
             n => {
@@ -164,6 +158,15 @@ impl Store {
                 )));
             }
         };
+        // The connection first, as every writer of records takes it, so that a
+        // view built before this is rebuilt (see `portfolio::refresh`). Then the
+        // row, locked, so a sync deleting it or carrying its annotations waits.
+        records_changed(&txn, &found.connection_id, false).await?;
+        let row = transaction::Entity::find_by_id(found.id)
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound("transaction"))?;
         let mut annotations = annotations_from_row(&row)?;
         if let Some(tags) = change.tags {
             annotations.tags = tags;
@@ -172,13 +175,6 @@ impl Store {
             annotations.note = note;
         }
         let row = write_annotations(&txn, row.id, &annotations).await?;
-        connection::ActiveModel {
-            id: Set(row.connection_id.clone()),
-            updated_at: Set(Utc::now()),
-            ..Default::default()
-        }
-        .update(&txn)
-        .await?;
         txn.commit().await?;
         Ok(AnnotatedTransaction {
             connection: row.connection_id.parse().map_err(|_| {

@@ -32,6 +32,13 @@ pub struct ConnectionRecord {
     /// This connection's own sync interval, overriding its connector's and the default.
     pub sync_interval_secs: Option<u64>,
     pub consent: Consent,
+    /// Moves in the same transaction as every write to the connection's records
+    /// (a sync that changed something, an annotation, a disconnect): a cached view
+    /// built at the same version holds the records as they are.
+    pub records_version: i64,
+    /// Where the next incremental sync resumes; written only with the success of
+    /// the sync whose data it covers.
+    pub sync_cursor: Option<String>,
     pub created_at: DateTime<Utc>,
     /// Moves on every change to the row; cached views compare it to detect that
     /// they were built from an outdated connection.
@@ -73,6 +80,18 @@ impl std::fmt::Debug for TokenColumns {
     }
 }
 
+/// What a successful sync records on its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncSuccess<'a> {
+    /// When the sync started: the data is at least this fresh.
+    pub at: DateTime<Utc>,
+    pub next_sync_at: DateTime<Utc>,
+    /// Where the next sync resumes; `None` for a connector without one.
+    pub cursor: Option<&'a str>,
+    /// The sync's lease, given back with the success.
+    pub lease_owner: &'a str,
+}
+
 /// The two things only one process at a time may do to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lease {
@@ -83,6 +102,16 @@ pub enum Lease {
 }
 
 impl Lease {
+    /// Nobody holds it, the holder's time ran out, or `owner` holds it already
+    /// (a re-delivered job).
+    fn free_for(self, owner: &str) -> Condition {
+        let (owner_column, until_column) = self.columns();
+        Condition::any()
+            .add(until_column.is_null())
+            .add(until_column.lt(Utc::now()))
+            .add(owner_column.eq(owner))
+    }
+
     fn columns(self) -> (connection::Column, connection::Column) {
         match self {
             Self::Sync => (
@@ -142,6 +171,8 @@ impl Store {
             sync_interval_secs: Set(None),
             sync_lease_owner: Set(None),
             sync_lease_until: Set(None),
+            records_version: Set(0),
+            sync_cursor: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         };
@@ -380,6 +411,9 @@ impl Store {
         let now = Utc::now();
         let conn = id.to_string();
         let txn = self.begin_write().await?;
+        // First, so that a sync writing records waits for this to commit and then
+        // finds the connection revoked.
+        super::records::records_changed(&txn, &conn, false).await?;
         let mut row: connection::ActiveModel = connection::Entity::find_by_id(conn.clone())
             .one(&txn)
             .await?
@@ -392,6 +426,11 @@ impl Store {
         row.status = Set(ConnectionStatus::Revoked.to_string());
         row.consent_revoked_at = Set(Some(now));
         row.next_sync_at = Set(None);
+        row.sync_cursor = Set(None);
+        // A sync running now must not record its success, nor its cursor, on a
+        // connection linked again meanwhile.
+        row.sync_lease_owner = Set(None);
+        row.sync_lease_until = Set(None);
         row.updated_at = Set(now);
         row.update(&txn).await?;
         transaction::Entity::delete_many()
@@ -547,28 +586,45 @@ impl Store {
         Ok(())
     }
 
-    /// Records a successful sync that started at `at` and schedules the next one.
+    /// Records a successful sync that started at `at`: schedules the next one,
+    /// stores where it resumes (`cursor`, covering data already committed), and
+    /// gives back the sync lease, in one statement. Only while the connection is
+    /// active and the sync still holds its lease: returns false, changing nothing,
+    /// if a disconnect (which takes the lease away) or another sync came between.
     pub async fn record_sync_success(
         &self,
         id: ConnectionId,
-        at: DateTime<Utc>,
-        next_sync_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+        success: SyncSuccess<'_>,
+    ) -> Result<bool, StoreError> {
         let updated = connection::Entity::update_many()
-            .col_expr(connection::Column::LastSyncedAt, Expr::value(at))
-            .col_expr(connection::Column::NextSyncAt, Expr::value(next_sync_at))
+            .col_expr(connection::Column::LastSyncedAt, Expr::value(success.at))
+            .col_expr(
+                connection::Column::NextSyncAt,
+                Expr::value(success.next_sync_at),
+            )
             .col_expr(
                 connection::Column::LastFailureReason,
                 Expr::value(Option::<String>::None),
             )
+            .col_expr(
+                connection::Column::SyncCursor,
+                Expr::value(success.cursor.map(str::to_owned)),
+            )
+            .col_expr(
+                connection::Column::SyncLeaseOwner,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                connection::Column::SyncLeaseUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
             .col_expr(connection::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(connection::Column::Id.eq(id.to_string()))
+            .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
+            .filter(connection::Column::SyncLeaseOwner.eq(success.lease_owner))
             .exec(self.db())
             .await?;
-        if updated.rows_affected == 0 {
-            return Err(StoreError::NotFound("connection"));
-        }
-        Ok(())
+        Ok(updated.rows_affected == 1)
     }
 
     /// Sets (or, with `None`, clears) the connection's own sync interval.
@@ -613,15 +669,35 @@ impl Store {
             .col_expr(owner_column, Expr::value(owner))
             .col_expr(until_column, Expr::value(until))
             .filter(connection::Column::Id.eq(id.to_string()))
-            .filter(
-                Condition::any()
-                    .add(until_column.is_null())
-                    .add(until_column.lt(Utc::now()))
-                    .add(owner_column.eq(owner)),
-            )
+            .filter(lease.free_for(owner))
             .exec(self.db())
             .await?;
         Ok(taken.rows_affected == 1)
+    }
+
+    /// Takes the sync lease for `owner` if the connection is active and nobody
+    /// else holds an unexpired lease, and returns the connection as it is now;
+    /// `None` if it is busy, not active, or gone. One statement: the row read is
+    /// the row leased.
+    pub async fn lease_for_sync(
+        &self,
+        id: ConnectionId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Option<ConnectionRecord>, StoreError> {
+        let (owner_column, until_column) = Lease::Sync.columns();
+        connection::Entity::update_many()
+            .col_expr(owner_column, Expr::value(owner))
+            .col_expr(until_column, Expr::value(until))
+            .filter(connection::Column::Id.eq(id.to_string()))
+            .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
+            .filter(Lease::Sync.free_for(owner))
+            .exec_with_returning(self.db())
+            .await?
+            .into_iter()
+            .next()
+            .map(to_record)
+            .transpose()
     }
 
     /// Gives a lease back, if `owner` still holds it.
@@ -718,6 +794,8 @@ pub(super) fn to_record(row: connection::Model) -> Result<ConnectionRecord, Stor
             expires_at: row.consent_expires_at,
             revoked_at: row.consent_revoked_at,
         },
+        records_version: row.records_version,
+        sync_cursor: row.sync_cursor,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })

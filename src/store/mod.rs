@@ -28,7 +28,9 @@ use sea_orm::{
 use secrecy::{ExposeSecret, SecretString};
 
 pub use annotations::{AnnotatedTransaction, AnnotationChange, Annotations};
-pub use connections::{CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, TokenColumns};
+pub use connections::{
+    CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, SyncSuccess, TokenColumns,
+};
 pub use decimal::DbDecimal;
 pub use institution_events::{EventFilter, EventStatus, InstitutionEvent, NewEvent};
 pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};
@@ -63,6 +65,10 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// Records were about to be written for a connection that was disconnected
+    /// meanwhile: its records were deleted and stay so; nothing was written.
+    #[error("the connection was disconnected")]
+    Disconnected,
 }
 
 /// The database, shared by every part of one process.

@@ -11,6 +11,7 @@ use sea_orm::{
 use serde_json::Value;
 
 use super::entities::quarantined_record;
+use super::records::lock_connected;
 use super::{ConnectionRecord, Store, StoreError};
 use crate::domain::ConnectionId;
 
@@ -74,6 +75,8 @@ impl Store {
     /// Records what one successful sync refused, and resolves the connection's open
     /// entries it did not refuse again, as `resolution` says for each (endpoint,
     /// key). One transaction: a reader sees the run's quarantine whole.
+    /// [`StoreError::Disconnected`], writing nothing, if the connection was
+    /// disconnected.
     pub async fn record_quarantine(
         &self,
         connection: &ConnectionRecord,
@@ -95,6 +98,8 @@ impl Store {
             return Ok(());
         }
         let txn = self.begin_write().await?;
+        // A disconnect deleted the connection's quarantine: it stays deleted.
+        lock_connected(&txn, &conn).await?;
         let mut stored: BTreeMap<(String, String), quarantined_record::Model> =
             quarantined_record::Entity::find()
                 .filter(quarantined_record::Column::ConnectionId.eq(&conn))

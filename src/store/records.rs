@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{NaiveDate, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set,
@@ -14,8 +15,8 @@ use super::annotations::{Annotations, annotations_from_row, carry_to_posted};
 use super::entities::{account, holding, security, transaction};
 use super::{DbDecimal, Store, StoreError};
 use crate::domain::{
-    Account, Balances, ConnectionId, Coverage, Currency, Holding, InvestmentType, Money, Security,
-    Snapshot, Transaction, TransactionStatus,
+    Account, Balances, ConnectionId, ConnectionStatus, Coverage, Currency, Holding, InvestmentType,
+    Money, Security, Snapshot, Transaction, TransactionStatus,
 };
 
 /// Rows one INSERT statement carries: one round trip for a page of new records
@@ -65,8 +66,11 @@ impl Store {
     /// transaction's annotations pass to the posted one that replaces it.
     ///
     /// Each account is written in its own transaction with its holdings and
-    /// transactions. Securities are upserted first and unused ones deleted last, so
-    /// a holding never points at a missing security, even if a later step fails.
+    /// transactions, and each such transaction moves the connection's records
+    /// version; [`StoreError::Disconnected`] if the connection was disconnected,
+    /// before anything more is written. Securities are upserted first and unused
+    /// ones deleted last, so a holding never points at a missing security, even if
+    /// a later step fails.
     pub async fn apply_snapshot(
         &self,
         connection: ConnectionId,
@@ -126,6 +130,7 @@ impl Store {
         }
         if !securities.is_empty() {
             let txn = self.begin_write().await?;
+            records_changed(&txn, &conn, true).await?;
             securities.write(&txn).await?;
             txn.commit().await?;
         }
@@ -185,6 +190,7 @@ impl Store {
             }
             // Each account with its holdings and transactions, whole or not at all.
             let txn = self.begin_write().await?;
+            records_changed(&txn, &conn, true).await?;
             account.write(&txn).await?;
             write_holdings(&txn, holdings).await?;
             write_transactions(&txn, transactions).await?;
@@ -209,6 +215,7 @@ impl Store {
                 let transactions =
                     plan_transactions(&conn, stored, &[], &Coverage::Everything, &mut counts)?;
                 let txn = self.begin_write().await?;
+                records_changed(&txn, &conn, true).await?;
                 write_holdings(&txn, holdings).await?;
                 write_transactions(&txn, transactions).await?;
                 account::Entity::delete_by_id(gone.id).exec(&txn).await?;
@@ -217,31 +224,27 @@ impl Store {
             }
         }
 
-        // Last, securities that no holding or transaction refers to any more.
-        if removals.holdings
-            && removals.transactions != Coverage::Partial
-            && !stored_securities.is_empty()
-        {
-            let txn = self.begin_write().await?;
+        // Last, securities that no holding or transaction refers to any more. Most
+        // syncs find none, and then write nothing: no transaction, no new version.
+        if removals.holdings && removals.transactions != Coverage::Partial {
+            let mut unused = Vec::new();
             for gone in stored_securities.into_values() {
-                let held = holding::Entity::find()
-                    .filter(holding::Column::ConnectionId.eq(&conn))
-                    .filter(holding::Column::SecurityExternalId.eq(&gone.external_id))
-                    .one(&txn)
-                    .await?
-                    .is_some();
-                let traded = transaction::Entity::find()
-                    .filter(transaction::Column::ConnectionId.eq(&conn))
-                    .filter(transaction::Column::SecurityExternalId.eq(&gone.external_id))
-                    .one(&txn)
-                    .await?
-                    .is_some();
-                if !held && !traded {
-                    security::Entity::delete_by_id(gone.id).exec(&txn).await?;
-                    counts.removed += 1;
+                if !security_in_use(db, &conn, &gone.external_id).await? {
+                    unused.push(gone);
                 }
             }
-            txn.commit().await?;
+            if !unused.is_empty() {
+                let txn = self.begin_write().await?;
+                records_changed(&txn, &conn, true).await?;
+                for gone in unused {
+                    // Checked again under the connection's lock.
+                    if !security_in_use(&txn, &conn, &gone.external_id).await? {
+                        security::Entity::delete_by_id(gone.id).exec(&txn).await?;
+                        counts.removed += 1;
+                    }
+                }
+                txn.commit().await?;
+            }
         }
 
         counts.orphaned = u32::try_from(
@@ -309,6 +312,81 @@ impl Store {
     pub async fn full_snapshot(&self, connection: ConnectionId) -> Result<Snapshot, StoreError> {
         self.portfolio(connection, u64::MAX >> 1).await
     }
+}
+
+/// Moves the connection's records version. It comes first in every transaction
+/// that writes the connection's records: a portfolio view cached at the version
+/// before can tell it is out of date, and the row lock it takes orders such
+/// transactions with each other and with a disconnect (which takes it first too).
+/// With `unless_disconnected`, a disconnected connection is left as it is and the
+/// transaction must write nothing: [`StoreError::Disconnected`].
+pub(super) async fn records_changed<C: ConnectionTrait>(
+    db: &C,
+    connection: &str,
+    unless_disconnected: bool,
+) -> Result<(), StoreError> {
+    use super::entities::connection as row;
+    let mut update = row::Entity::update_many()
+        .col_expr(
+            row::Column::RecordsVersion,
+            Expr::col(row::Column::RecordsVersion).add(1),
+        )
+        .col_expr(row::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(row::Column::Id.eq(connection));
+    if unless_disconnected {
+        update = update.filter(row::Column::Status.ne(ConnectionStatus::Revoked.to_string()));
+    }
+    if update.exec(db).await?.rows_affected == 0 {
+        return Err(if unless_disconnected {
+            StoreError::Disconnected
+        } else {
+            StoreError::NotFound("connection")
+        });
+    }
+    Ok(())
+}
+
+/// Whether a holding or transaction of the connection refers to the security.
+async fn security_in_use<C: ConnectionTrait>(
+    db: &C,
+    connection: &str,
+    security: &str,
+) -> Result<bool, StoreError> {
+    let held = holding::Entity::find()
+        .filter(holding::Column::ConnectionId.eq(connection))
+        .filter(holding::Column::SecurityExternalId.eq(security))
+        .one(db)
+        .await?
+        .is_some();
+    if held {
+        return Ok(true);
+    }
+    Ok(transaction::Entity::find()
+        .filter(transaction::Column::ConnectionId.eq(connection))
+        .filter(transaction::Column::SecurityExternalId.eq(security))
+        .one(db)
+        .await?
+        .is_some())
+}
+
+/// Locks the connection's row, as every writer of its records does first, for a
+/// write that goes with the records but is not part of a portfolio view (the
+/// quarantine): [`StoreError::Disconnected`] if it was disconnected.
+pub(super) async fn lock_connected<C: ConnectionTrait>(
+    db: &C,
+    connection: &str,
+) -> Result<(), StoreError> {
+    use super::entities::connection as row;
+    let locked = row::Entity::update_many()
+        .col_expr(row::Column::Status, Expr::col(row::Column::Status))
+        .filter(row::Column::Id.eq(connection))
+        .filter(row::Column::Status.ne(ConnectionStatus::Revoked.to_string()))
+        .exec(db)
+        .await?;
+    if locked.rows_affected == 0 {
+        return Err(StoreError::Disconnected);
+    }
+    Ok(())
 }
 
 /// The writes one list of records needs: rows to insert, rows whose institution

@@ -103,10 +103,11 @@ impl Store {
     }
 
     /// Closes every run of this job that is still open — its worker stopped in the
-    /// middle (killed, crashed, lost) before the job was delivered again — as failed,
-    /// and returns how many of the job's runs ever ended that way.
+    /// middle (killed, crashed, lost) before the job was delivered again — as failed.
+    /// Returns how many of the job's runs ever ended that way if this closed one,
+    /// else 0.
     pub async fn abandon_runs(&self, idempotency_key: &str) -> Result<u64, StoreError> {
-        sync_run::Entity::update_many()
+        let closed = sync_run::Entity::update_many()
             .col_expr(sync_run::Column::Outcome, Expr::value("failed"))
             .col_expr(sync_run::Column::FinishedAt, Expr::value(Utc::now()))
             .col_expr(sync_run::Column::Error, Expr::value(ABANDONED))
@@ -114,25 +115,16 @@ impl Store {
             .filter(sync_run::Column::Outcome.eq("running"))
             .exec(self.db())
             .await?;
+        // The count only grows when a run is closed here, so a threshold on it is
+        // first reached on a delivery that closed one: counting is needed only then.
+        if closed.rows_affected == 0 {
+            return Ok(0);
+        }
         Ok(sync_run::Entity::find()
             .filter(sync_run::Column::IdempotencyKey.eq(idempotency_key))
             .filter(sync_run::Column::Error.eq(ABANDONED))
             .count(self.db())
             .await?)
-    }
-
-    /// The cursor of the connection's last successful run, if it left one.
-    pub async fn last_cursor(
-        &self,
-        connection: ConnectionId,
-    ) -> Result<Option<String>, StoreError> {
-        Ok(sync_run::Entity::find()
-            .filter(sync_run::Column::ConnectionId.eq(connection.to_string()))
-            .filter(sync_run::Column::Outcome.eq("succeeded"))
-            .order_by_desc(sync_run::Column::FinishedAt)
-            .one(self.db())
-            .await?
-            .and_then(|run| run.cursor))
     }
 
     /// A connection's runs, newest first.

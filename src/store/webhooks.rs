@@ -179,7 +179,8 @@ impl Store {
     }
 
     /// Queues `payload` for every live endpoint of `tenant` subscribed to `event`,
-    /// due at once, in one transaction: an event reaches all its endpoints or none.
+    /// due at once, in one statement: an event reaches all its endpoints or none.
+    /// A tenant with no such endpoint (the common case) costs one read.
     pub async fn insert_webhook_deliveries(
         &self,
         tenant: TenantId,
@@ -187,19 +188,25 @@ impl Store {
         payload: &str,
     ) -> Result<Vec<WebhookDeliveryId>, StoreError> {
         let now = Utc::now();
-        let txn = self.begin_write().await?;
         let endpoints = webhook_endpoint::Entity::find()
             .filter(webhook_endpoint::Column::TenantId.eq(tenant.to_string()))
             .filter(webhook_endpoint::Column::DisabledAt.is_null())
-            .all(&txn)
+            .all(self.db())
             .await?
             .into_iter()
             .map(to_endpoint)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut queued = Vec::new();
-        for endpoint in endpoints.iter().filter(|e| e.events.contains(&event)) {
-            let id = WebhookDeliveryId::new();
-            webhook_delivery::ActiveModel {
+        let queued: Vec<(WebhookDeliveryId, _)> = endpoints
+            .iter()
+            .filter(|e| e.events.contains(&event))
+            .map(|endpoint| (WebhookDeliveryId::new(), endpoint))
+            .collect();
+        if queued.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = queued
+            .iter()
+            .map(|(id, endpoint)| webhook_delivery::ActiveModel {
                 id: Set(id.to_string()),
                 endpoint_id: Set(endpoint.id.to_string()),
                 tenant_id: Set(tenant.to_string()),
@@ -215,13 +222,11 @@ impl Store {
                 next_attempt_at: Set(now),
                 lease_owner: Set(None),
                 lease_until: Set(None),
-            }
-            .insert(&txn)
+            });
+        webhook_delivery::Entity::insert_many(rows)
+            .exec(self.db())
             .await?;
-            queued.push(id);
-        }
-        txn.commit().await?;
-        Ok(queued)
+        Ok(queued.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Leases up to `limit` due deliveries to `owner` until `until`, oldest due

@@ -10,7 +10,9 @@ use super::Context;
 use super::job::SyncConnection;
 use crate::connectors::{EngineError, Fetched, SyncCursor};
 use crate::domain::{ConnectionId, ConnectionStatus};
-use crate::store::{ConnectionRecord, Lease, Refusal, Removals, Resolution, RunCounts, StoreError};
+use crate::store::{
+    ConnectionRecord, Lease, Refusal, Removals, Resolution, RunCounts, StoreError, SyncSuccess,
+};
 use crate::tokens::TokenError;
 use crate::webhooks::{self, EventData, WebhookEvent};
 
@@ -54,15 +56,33 @@ pub async fn run(
 }
 
 async fn sync_connection(ctx: &Context, job: &SyncConnection) -> Result<SyncOutcome, SyncError> {
-    let connection = match ctx.store.connection(job.connection_id).await {
-        Ok(c) => c,
-        Err(StoreError::NotFound(_)) => return Ok(SyncOutcome::Skipped),
-        Err(e) => return Err(e.into()),
+    // One sync per connection at a time, fleet-wide: two syncs would race on the
+    // rotating refresh token and on the rows. Taking the lease reads the connection.
+    let owner = &job.idempotency_key;
+    let Some(connection) = ctx
+        .store
+        .lease_for_sync(job.connection_id, owner, Utc::now() + LEASE)
+        .await?
+    else {
+        return not_leased(ctx, job).await;
     };
-    if connection.status != ConnectionStatus::Active {
-        tracing::info!(status = %connection.status, "Sync skipped: connection not active.");
-        return Ok(SyncOutcome::Skipped);
+    let outcome = leased(ctx, job, connection).await;
+    // A successful sync gave the lease back with its success; anything else,
+    // an error included, gives it back here.
+    if !matches!(outcome, Ok(SyncOutcome::Synced(_))) {
+        ctx.store
+            .release_lease(Lease::Sync, job.connection_id, owner)
+            .await?;
     }
+    outcome
+}
+
+/// What a sync holding the lease does.
+async fn leased(
+    ctx: &Context,
+    job: &SyncConnection,
+    connection: ConnectionRecord,
+) -> Result<SyncOutcome, SyncError> {
     // A connector published moments ago may not be in service in this process yet
     // (each picks up new versions every `connectors.reload_ms`): run a little later
     // rather than fail. One stored nowhere fails in the sync as before.
@@ -82,28 +102,29 @@ async fn sync_connection(ctx: &Context, job: &SyncConnection) -> Result<SyncOutc
         );
         return Ok(SyncOutcome::Skipped);
     }
-    // One sync per connection at a time, fleet-wide: two syncs would race on the
-    // rotating refresh token and on the rows.
-    let owner = &job.idempotency_key;
-    if !ctx
-        .store
-        .acquire_lease(Lease::Sync, connection.id, owner, Utc::now() + LEASE)
-        .await?
-    {
-        // The running sync may have read the connection before whatever asked for
-        // this one; run again once it is done rather than drop the request.
-        let queued = follow_up(ctx, connection.id).await?;
-        tracing::info!(
-            queued,
-            "Another sync of this connection is running; this one follows it."
-        );
+    leased_sync(ctx, job, connection).await
+}
+
+/// Why the lease was not taken: the connection is gone or not active (nothing to
+/// do), or another sync holds it (this one follows it).
+async fn not_leased(ctx: &Context, job: &SyncConnection) -> Result<SyncOutcome, SyncError> {
+    let connection = match ctx.store.connection(job.connection_id).await {
+        Ok(c) => c,
+        Err(StoreError::NotFound(_)) => return Ok(SyncOutcome::Skipped),
+        Err(e) => return Err(e.into()),
+    };
+    if connection.status != ConnectionStatus::Active {
+        tracing::info!(status = %connection.status, "Sync skipped: connection not active.");
         return Ok(SyncOutcome::Skipped);
     }
-    let outcome = leased_sync(ctx, job, connection.clone()).await;
-    ctx.store
-        .release_lease(Lease::Sync, connection.id, owner)
-        .await?;
-    outcome
+    // The running sync may have read the connection before whatever asked for
+    // this one; run again once it is done rather than drop the request.
+    let queued = follow_up(ctx, connection.id).await?;
+    tracing::info!(
+        queued,
+        "Another sync of this connection is running; this one follows it."
+    );
+    Ok(SyncOutcome::Skipped)
 }
 
 /// Queues a sync of the connection to run `DEFER` from now, unless one is waiting.
@@ -144,16 +165,8 @@ async fn leased_sync(
         ctx.refresh_portfolio(&connection).await?;
         return Ok(SyncOutcome::Failed);
     }
-    let started = Utc::now();
-    match fetch_and_store(ctx, &connection).await {
+    match fetch_and_store(ctx, job, &connection).await {
         Ok((counts, cursor)) => {
-            ctx.store
-                .record_sync_success(
-                    connection.id,
-                    started,
-                    started + ctx.interval_for(&connection),
-                )
-                .await?;
             // The run reads as finished only once readers see its data: a read
             // right after a sync reports done must not get the view before it.
             ctx.refresh_portfolio(&connection).await?;
@@ -194,27 +207,33 @@ async fn leased_sync(
             let detail = failure.to_string();
             let public = failure.public_reason();
             let mut needs_user = false;
-            if failure.needs_reauth() {
-                // Only an active connection: a disconnect or relink meanwhile wins.
-                if ctx
-                    .store
-                    .leave_active(connection.id, ConnectionStatus::ReauthRequired, &public)
-                    .await?
-                {
-                    tracing::warn!(from = %connection.status, status = "reauth_required", "Connection needs the user to link again.");
-                    needs_user = true;
+            match failure {
+                // Whatever made it inactive (a disconnect, a user to ask, another
+                // sync) is what the connection shows; this sync adds nothing.
+                Failure::NoLongerActive => {}
+                _ if failure.needs_reauth() => {
+                    // Only an active connection: a disconnect or relink meanwhile wins.
+                    if ctx
+                        .store
+                        .leave_active(connection.id, ConnectionStatus::ReauthRequired, &public)
+                        .await?
+                    {
+                        tracing::warn!(from = %connection.status, status = "reauth_required", "Connection needs the user to link again.");
+                        needs_user = true;
+                    }
                 }
-            } else {
-                ctx.store
-                    .record_sync_failure(connection.id, &public)
-                    .await?;
-                ctx.store
-                    .claim_schedule(
-                        connection.id,
-                        connection.next_sync_at,
-                        Utc::now() + RETRY_LATER,
-                    )
-                    .await?;
+                _ => {
+                    ctx.store
+                        .record_sync_failure(connection.id, &public)
+                        .await?;
+                    ctx.store
+                        .claim_schedule(
+                            connection.id,
+                            connection.next_sync_at,
+                            Utc::now() + RETRY_LATER,
+                        )
+                        .await?;
+                }
             }
             ctx.refresh_portfolio(&connection).await?;
             ctx.store
@@ -247,6 +266,15 @@ enum Failure {
 }
 
 impl Failure {
+    /// A disconnected connection is not a database failure to retry: its records
+    /// were deleted and must stay so.
+    fn from_store(e: StoreError) -> Self {
+        match e {
+            StoreError::Disconnected => Self::NoLongerActive,
+            e => Self::Store(e),
+        }
+    }
+
     fn needs_reauth(&self) -> bool {
         matches!(
             self,
@@ -278,18 +306,20 @@ impl Failure {
     }
 }
 
-/// Fetches, stores, and returns what changed and where the next sync resumes.
+/// Fetches, stores, and records the success on the connection (with where the
+/// next sync resumes and the lease given back); returns what changed and the cursor.
 async fn fetch_and_store(
     ctx: &Context,
+    job: &SyncConnection,
     connection: &ConnectionRecord,
 ) -> Result<(RunCounts, Option<String>), Failure> {
+    let started = Utc::now();
     let connector = ctx.registry.get(&connection.institution_id)?;
     let token = ctx.tokens.access_token(connection).await?;
-    let resume = ctx
-        .store
-        .last_cursor(connection.id)
-        .await?
-        .and_then(|text| SyncCursor::decode(&text, &connector.hash));
+    let resume = connection
+        .sync_cursor
+        .as_deref()
+        .and_then(|text| SyncCursor::decode(text, &connector.hash));
     let fetched = match ctx.engine.fetch(&connector, &token, resume.as_ref()).await {
         // The token may have been revoked or expired early: refresh once and retry
         // before asking the user to link again.
@@ -304,8 +334,26 @@ async fn fetch_and_store(
         other => other?,
     };
     let counts = apply(ctx, connection, &fetched).await?;
-    quarantine(ctx, connection, &connector.hash, &fetched).await?;
-    Ok((counts, fetched.cursor.as_ref().map(SyncCursor::encode)))
+    quarantine(ctx, connection, &connector.hash, &fetched)
+        .await
+        .map_err(Failure::from_store)?;
+    let cursor = fetched.cursor.as_ref().map(SyncCursor::encode);
+    let success = SyncSuccess {
+        at: started,
+        next_sync_at: started + ctx.interval_for(connection),
+        cursor: cursor.as_deref(),
+        lease_owner: &job.idempotency_key,
+    };
+    // A disconnect during the fetch deleted the records; when this sync wrote
+    // none, this is where it finds out.
+    if !ctx
+        .store
+        .record_sync_success(connection.id, success)
+        .await?
+    {
+        return Err(Failure::NoLongerActive);
+    }
+    Ok((counts, cursor))
 }
 
 /// Keeps what this run refused in quarantine and resolves what it no longer
@@ -349,10 +397,6 @@ async fn apply(
     connection: &ConnectionRecord,
     fetched: &Fetched,
 ) -> Result<RunCounts, Failure> {
-    // Disconnected while we fetched: its records were deleted and must stay so.
-    if ctx.store.connection(connection.id).await?.status != ConnectionStatus::Active {
-        return Err(Failure::NoLongerActive);
-    }
     for rejected in &fetched.rejected {
         tracing::warn!(endpoint = rejected.endpoint, key = %rejected.key, reason = %rejected.reason, "Record quarantined: it does not map.");
     }
@@ -370,7 +414,8 @@ async fn apply(
     let applied = ctx
         .store
         .apply_snapshot(connection.id, &fetched.snapshot, removals)
-        .await?;
+        .await
+        .map_err(Failure::from_store)?;
     Ok(RunCounts {
         added: applied.added,
         modified: applied.modified,

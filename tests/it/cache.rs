@@ -216,3 +216,140 @@ async fn portfolios_are_served_from_the_database_while_redis_hangs() {
             > 0
     );
 }
+
+/// A sync that finds nothing new moves only the cached view's freshness; a view
+/// cached before a write it never saw (its writer stopped between committing the
+/// records and refreshing the view) is rebuilt instead, so old records are never
+/// passed off as fresh. Two processes share Redis, as two workers would.
+#[tokio::test]
+async fn a_cached_view_is_patched_only_while_it_holds_the_records_as_they_are() {
+    use finsync::domain::{Account, AccountType, Balances, Money, Snapshot, TenantId, UserId};
+    use finsync::store::{Removals, Store, SyncSuccess, TokenColumns};
+    use secrecy::SecretString;
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = Store::connect(&SecretString::from(db.url.clone()), 4)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let prefix = RedisPrefix(unique("finsync_test"));
+    let url = redis_url();
+    let first = Cache::new(config(Some(&url), &prefix.0)).unwrap();
+    let second = Cache::new(config(Some(&url), &prefix.0)).unwrap();
+    let (tenant, _) = store.create_tenant("t").await.unwrap();
+    let user = UserId::parse("u").unwrap();
+    let connection = store
+        .upsert_connection(tenant.id, &user, "meridian")
+        .await
+        .unwrap()
+        .id;
+    store
+        .save_grant(connection, TokenColumns::default(), None, None)
+        .await
+        .unwrap();
+    let usd = "USD".parse().unwrap();
+    let snapshot = |balance: &str| Snapshot {
+        accounts: vec![Account {
+            external_id: "acc-1".into(),
+            account_type: AccountType::Depository,
+            subtype: Some("checking".into()),
+            name: "Checking".into(),
+            official_name: None,
+            mask: None,
+            currency: usd,
+            balances: Balances {
+                current: Money::new(balance.parse().unwrap(), usd),
+                available: None,
+                as_of: chrono::DateTime::from_timestamp(1_764_000_000, 0).unwrap(),
+            },
+        }],
+        ..Snapshot::default()
+    };
+    let synced = |n: i64| {
+        let at = chrono::DateTime::from_timestamp(1_764_900_000 + n * 3600, 0).unwrap();
+        let store = store.clone();
+        async move {
+            store
+                .lease_for_sync(connection, "test", at + chrono::Duration::hours(1))
+                .await
+                .unwrap()
+                .expect("the connection is active and free");
+            let success = SyncSuccess {
+                at,
+                next_sync_at: at + chrono::Duration::hours(1),
+                cursor: None,
+                lease_owner: "test",
+            };
+            assert!(
+                store
+                    .record_sync_success(connection, success)
+                    .await
+                    .unwrap()
+            );
+            at
+        }
+    };
+    // What a reader process with nothing cached of its own is served.
+    let view = |tenant: TenantId| {
+        let (store, user) = (store.clone(), user.clone());
+        let cache = Cache::new(config(Some(&url), &prefix.0)).unwrap();
+        async move {
+            let cached = finsync::portfolio::read(&store, &cache, tenant, &user, 50)
+                .await
+                .unwrap()
+                .unwrap();
+            // As cached, without the notice this reader adds for itself (it is
+            // not subscribed to invalidations).
+            let cached: finsync::portfolio::Portfolio =
+                serde_json::from_slice(&cached.json).unwrap();
+            let built = finsync::portfolio::build(&store, tenant, &user, 50)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(cached, built, "the cached view is the view of the store");
+            cached
+        }
+    };
+
+    store
+        .apply_snapshot(connection, &snapshot("100.00"), Removals::all())
+        .await
+        .unwrap();
+    let at = synced(1).await;
+    finsync::portfolio::refresh(&store, &first, tenant.id, &user, 50)
+        .await
+        .unwrap();
+    let before = view(tenant.id).await;
+    assert_eq!(before.freshness.as_of, Some(at));
+
+    // Nothing new; another process brings the view up to date.
+    let at = synced(2).await;
+    finsync::portfolio::refresh(&store, &second, tenant.id, &user, 50)
+        .await
+        .unwrap();
+    let after = view(tenant.id).await;
+    assert_eq!(after.freshness.as_of, Some(at));
+    assert_eq!(
+        after.connections[0].records_version,
+        before.connections[0].records_version
+    );
+    assert_eq!(after.accounts, before.accounts);
+
+    // New records committed by a writer that stopped before refreshing the view;
+    // then a sync that finds nothing new.
+    store
+        .apply_snapshot(connection, &snapshot("250.00"), Removals::all())
+        .await
+        .unwrap();
+    let at = synced(3).await;
+    finsync::portfolio::refresh(&store, &second, tenant.id, &user, 50)
+        .await
+        .unwrap();
+    let rebuilt = view(tenant.id).await;
+    assert_eq!(rebuilt.freshness.as_of, Some(at));
+    assert_eq!(
+        rebuilt.accounts[0].balances.current.amount.to_string(),
+        "250.00"
+    );
+    assert!(rebuilt.connections[0].records_version > after.connections[0].records_version);
+}

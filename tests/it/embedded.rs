@@ -306,7 +306,7 @@ async fn syncs_follow_the_institution_through_changes_removals_and_postings() {
 
     let first_sync_requests = sandbox.stats().api_requests;
     let (mut removed, mut posted) = (0, 0);
-    let mut cursors = vec![store.last_cursor(connection).await.unwrap()];
+    let mut cursors = vec![store.connection(connection).await.unwrap().sync_cursor];
     for epoch in 1..=4 {
         let before = store.full_snapshot(connection).await.unwrap();
         let requests_before = sandbox.stats().api_requests;
@@ -329,6 +329,11 @@ async fn syncs_follow_the_institution_through_changes_removals_and_postings() {
         assert!(
             requests < first_sync_requests,
             "epoch {epoch}: {requests} requests, the first sync made {first_sync_requests}"
+        );
+        // The next sync resumes where this one's run ended.
+        assert_eq!(
+            store.connection(connection).await.unwrap().sync_cursor,
+            run.cursor
         );
         cursors.push(run.cursor.clone());
         assert!(run.added > 0 && run.modified > 0, "epoch {epoch}: {run:?}");

@@ -13,8 +13,8 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::support::{
-    ADMIN_TOKEN, Backend, TestApp, TestDb, VAULT_KEY, finsync, process_env, settings, spawn,
-    spawn_sandbox,
+    ADMIN_TOKEN, Backend, TestApp, TestDb, VAULT_KEY, assert_matches_sandbox, finsync, process_env,
+    settings, spawn, spawn_sandbox,
 };
 
 fn sandbox_config(ttl_secs: u64) -> SandboxConfig {
@@ -511,6 +511,18 @@ async fn disconnecting_revokes_at_the_institution_and_deletes_tokens_and_data() 
         "{portfolio}"
     );
     assert!(portfolio["accounts"].as_array().unwrap().is_empty());
+
+    // Linking again repairs the same connection, and its first sync fetches
+    // everything again: the records were deleted, so the incremental cursor of
+    // the syncs before the disconnect must not be resumed from.
+    assert_eq!(app.link_and_sync(tenant.id, "demo-alice").await, connection);
+    let expected = finsync::sandbox::data::portfolio_at(
+        42,
+        SandboxConfig::default().anchor_date,
+        "demo-alice",
+        0,
+    );
+    assert_matches_sandbox(&store.full_snapshot(connection).await.unwrap(), &expected);
 }
 
 #[tokio::test]

@@ -29,6 +29,10 @@ pub struct Model {
     pub sync_interval_secs: Option<i64>,
     pub sync_lease_owner: Option<String>,
     pub sync_lease_until: Option<DateTimeUtc>,
+    /// Moves in the same transaction as every write to the connection's records.
+    pub records_version: i64,
+    /// Where the next incremental sync resumes (the connector's encoded cursor).
+    pub sync_cursor: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
