@@ -92,7 +92,14 @@ pub async fn run_sync(bench: SyncBench) -> anyhow::Result<()> {
         .map(|i| format!("{}{i:05}", sandbox::data::BULK_PREFIX))
         .collect();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let sandbox = sandbox::spawn(SandboxConfig::default(), listener).await?;
+    // The institution keeps every user's data, as a real one serves it from
+    // storage: the sandbox generating it again would be charged to the syncs.
+    let config = SandboxConfig {
+        cached_records: bench.connections * sandbox::data::BULK_RECORDS
+            + SandboxConfig::default().cached_records,
+        ..SandboxConfig::default()
+    };
+    let sandbox = sandbox::spawn(config, listener).await?;
     let mut redis = RedisServer::start(&bench.redis_server)?;
     let exe = std::env::current_exe().context("finding the finsync binary")?;
 

@@ -119,6 +119,8 @@ pub const BULK_PREFIX: &str = "bulk-";
 pub const BULK_TRANSACTIONS: usize = 1000;
 /// Positions in each investment account of a bulk user, the cash sweep included.
 const BULK_POSITIONS: usize = 15;
+/// Records (accounts, holdings, transactions) of a bulk user at epoch 0.
+pub const BULK_RECORDS: usize = 3 + 2 * BULK_POSITIONS + BULK_TRANSACTIONS;
 
 /// Transactions fall in this many days before the anchor date.
 const HISTORY_DAYS: u64 = 90;
@@ -988,6 +990,10 @@ mod tests {
             assert_eq!(data.accounts.len(), 3, "{user}");
             assert_eq!(data.holdings.len(), 30, "{user}");
             assert_eq!(data.transactions.len(), BULK_TRANSACTIONS, "{user}");
+            assert_eq!(
+                data.accounts.len() + data.holdings.len() + data.transactions.len(),
+                BULK_RECORDS
+            );
             let ids: HashSet<&str> = data
                 .transactions
                 .iter()

@@ -241,6 +241,12 @@ pub struct SandboxConfig {
     pub webhook_urls: BTreeMap<String, String>,
     /// The secret Meridian signs its webhooks with; public, like the client secrets.
     pub webhook_secret: SecretString,
+    /// How many records (accounts, holdings, transactions) of the users' data served
+    /// recently are kept, so that the next request of the same user is answered
+    /// without generating it again, as an institution serves from storage. The
+    /// default, 100,000, bounds what arbitrary login hints can make it hold to some
+    /// tens of MiB; `finsync bench sync` makes room for all of its users.
+    pub cached_records: usize,
 }
 
 impl Default for SandboxConfig {
@@ -261,6 +267,7 @@ impl Default for SandboxConfig {
             faults: BTreeMap::new(),
             webhook_urls: BTreeMap::new(),
             webhook_secret: SecretString::from("meridian-webhook-secret"),
+            cached_records: world::CACHED_RECORDS,
         }
     }
 }
@@ -554,6 +561,7 @@ pub async fn spawn(config: SandboxConfig, listener: TcpListener) -> std::io::Res
         config.seed,
         config.anchor_date,
         config.start_epoch,
+        config.cached_records,
     ));
     let (router, state) = build(config, Arc::clone(&world));
     let (stop, stopped) = oneshot::channel::<()>();

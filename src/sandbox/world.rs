@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use super::AppState;
 use super::data::EpochState;
 
-/// How many `(user, epoch)` states are kept; enough for a few users syncing from a few
-/// epochs back, small enough that arbitrary login hints cannot grow it.
-const RECENT_STATES: usize = 64;
+/// How many records (accounts, holdings, transactions) of recently served states are
+/// kept by default: about a hundred bench-sized users, thousands of demo users, and
+/// a bound on what arbitrary login hints can make it hold (some tens of MiB).
+pub const CACHED_RECORDS: usize = 100_000;
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -34,19 +35,34 @@ pub(super) struct World {
     anchor_date: NaiveDate,
     epoch: AtomicU32,
     /// Recently served states, so a request steps from the nearest one it can reuse
-    /// instead of replaying every epoch from 0.
-    recent: Mutex<BTreeMap<(u64, String, u32), Arc<EpochState>>>,
+    /// instead of replaying every epoch from 0, or generating the user's data again.
+    recent: Mutex<Recent>,
+    /// How many records `recent` may hold.
+    cached_records: usize,
     /// Announces each new epoch, to the institutions' webhooks.
     moved: watch::Sender<u32>,
 }
 
+/// States by `(seed, user, epoch)`, and how many records they hold in all.
+#[derive(Debug, Default)]
+struct Recent {
+    states: BTreeMap<(u64, String, u32), Arc<EpochState>>,
+    records: usize,
+}
+
 impl World {
-    pub(super) fn new(seed: u64, anchor_date: NaiveDate, start_epoch: u32) -> Self {
+    pub(super) fn new(
+        seed: u64,
+        anchor_date: NaiveDate,
+        start_epoch: u32,
+        cached_records: usize,
+    ) -> Self {
         Self {
             seed,
             anchor_date,
             epoch: AtomicU32::new(start_epoch),
-            recent: Mutex::new(BTreeMap::new()),
+            recent: Mutex::default(),
+            cached_records,
             moved: watch::Sender::new(start_epoch),
         }
     }
@@ -81,10 +97,11 @@ impl World {
         let key = (seed, user_id.to_owned(), epoch);
         let start = {
             let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(state) = recent.get(&key) {
+            if let Some(state) = recent.states.get(&key) {
                 return Arc::clone(state);
             }
             recent
+                .states
                 .range((seed, user_id.to_owned(), 0)..key.clone())
                 .next_back()
                 .map(|(_, state)| Arc::clone(state))
@@ -100,11 +117,24 @@ impl World {
         }
         let state = Arc::new(state);
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        recent.insert(key, Arc::clone(&state));
-        if recent.len() > RECENT_STATES {
+        if let Some(replaced) = recent.states.insert(key, Arc::clone(&state)) {
+            recent.records -= replaced.records();
+        }
+        recent.records += state.records();
+        // The state just served stays, however large.
+        while recent.records > self.cached_records && recent.states.len() > 1 {
             // Clients move forward, so the oldest epoch is the least likely to be asked again.
-            if let Some(oldest) = recent.keys().min_by_key(|(_, _, epoch)| *epoch).cloned() {
-                recent.remove(&oldest);
+            let Some(oldest) = recent
+                .states
+                .iter()
+                .filter(|(_, kept)| !Arc::ptr_eq(kept, &state))
+                .min_by_key(|((_, _, epoch), _)| *epoch)
+                .map(|(key, _)| key.clone())
+            else {
+                break;
+            };
+            if let Some(evicted) = recent.states.remove(&oldest) {
+                recent.records -= evicted.records();
             }
         }
         state
@@ -149,7 +179,7 @@ mod tests {
 
     #[test]
     fn states_agree_with_portfolio_at_whatever_the_order_they_are_asked_in() {
-        let world = World::new(42, anchor(), 0);
+        let world = World::new(42, anchor(), 0, CACHED_RECORDS);
         for epoch in [5, 2, 7, 0, 7, 3] {
             let state = world.state(42, "demo-alice", epoch);
             assert_eq!(state.epoch(), epoch);
@@ -158,10 +188,27 @@ mod tests {
                 portfolio_at(42, anchor(), "demo-alice", epoch)
             );
         }
-        for user in 0..(RECENT_STATES + 8) {
-            world.state(42, &format!("user-{user}"), 1);
+    }
+
+    #[test]
+    fn the_states_kept_hold_at_most_the_records_allowed() {
+        let one = portfolio_at(42, anchor(), "bulk-00000", 0);
+        let records = one.accounts.len() + one.holdings.len() + one.transactions.len();
+        let world = World::new(42, anchor(), 0, records * 3);
+        for user in 0..5 {
+            world.state(42, &format!("bulk-{user:05}"), 0);
         }
-        assert_eq!(world.recent.lock().expect("lock").len(), RECENT_STATES);
+        let recent = world.recent.lock().expect("lock");
+        assert_eq!(recent.states.len(), 3);
+        assert_eq!(recent.records, records * 3);
+        drop(recent);
+        // One user larger than the whole allowance is still served, and kept alone.
+        let world = World::new(42, anchor(), 0, 10);
+        world.state(42, "bulk-00000", 0);
+        world.state(42, "bulk-00001", 0);
+        let recent = world.recent.lock().expect("lock");
+        assert_eq!(recent.states.len(), 1);
+        assert_eq!(recent.records, records);
     }
 
     #[tokio::test]

@@ -85,6 +85,12 @@ impl EpochState {
         &self.portfolio
     }
 
+    /// How many records (accounts, holdings, transactions) the state holds.
+    pub fn records(&self) -> usize {
+        let p = &self.portfolio;
+        p.accounts.len() + p.holdings.len() + p.transactions.len()
+    }
+
     /// The same user one epoch later.
     pub fn next(&self) -> Self {
         let mut next = self.clone();
