@@ -159,10 +159,12 @@ async fn leased_sync(
         ctx.store
             .record_sync_failure(connection.id, &reason)
             .await?;
+        // The run is closed last: if anything before fails, the next delivery
+        // finds it open, counts it, and parks the job again.
+        ctx.refresh_portfolio(&connection).await?;
         ctx.store
             .finish_run(&run, RunCounts::default(), None, Some(&reason))
             .await?;
-        ctx.refresh_portfolio(&connection).await?;
         return Ok(SyncOutcome::Failed);
     }
     match fetch_and_store(ctx, job, &connection).await {
