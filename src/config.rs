@@ -202,6 +202,8 @@ pub struct SyncSettings {
     /// A sync job whose runs stopped their worker (killed, crashed) this many times
     /// is parked as failed instead of being delivered again.
     pub poison_after: u32,
+    /// Finished runs, finished jobs and settled webhook deliveries are kept this long.
+    pub history_days: u32,
 }
 
 /// Every institution's circuit breaker (per process).

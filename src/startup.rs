@@ -148,6 +148,7 @@ impl App {
             event_retention: chrono::Duration::days(i64::from(
                 settings.institution_webhooks.retain_days,
             )),
+            history_retention: chrono::Duration::days(i64::from(settings.sync.history_days)),
         });
         Ok(Self {
             ctx,

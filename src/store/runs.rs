@@ -1,6 +1,6 @@
 //! Sync runs: one row per attempt to sync one connection, with what it changed.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
@@ -125,6 +125,16 @@ impl Store {
             .filter(sync_run::Column::Error.eq(ABANDONED))
             .count(self.db())
             .await?)
+    }
+
+    /// Deletes the runs that finished before `before` (never one still running);
+    /// returns how many.
+    pub async fn purge_runs(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(sync_run::Entity::delete_many()
+            .filter(sync_run::Column::FinishedAt.lt(before))
+            .exec(self.db())
+            .await?
+            .rows_affected)
     }
 
     /// A connection's runs, newest first.

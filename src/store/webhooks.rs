@@ -229,6 +229,17 @@ impl Store {
         Ok(queued.into_iter().map(|(id, _)| id).collect())
     }
 
+    /// Deletes the deliveries created before `before` that are settled (delivered,
+    /// or failed for good); pending ones stay whatever their age. Returns how many.
+    pub async fn purge_webhook_deliveries(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(webhook_delivery::Entity::delete_many()
+            .filter(webhook_delivery::Column::CreatedAt.lt(before))
+            .filter(webhook_delivery::Column::Status.ne(DeliveryStatus::Pending.to_string()))
+            .exec(self.db())
+            .await?
+            .rows_affected)
+    }
+
     /// Leases up to `limit` due deliveries to `owner` until `until`, oldest due
     /// first. Safe with many loops at once, on either database: the lease is taken
     /// by an update that re-checks that the row is still pending and unleased (or

@@ -42,6 +42,8 @@ pub struct SyncContext {
     pub poison_after: u32,
     /// How long institutions' webhook events are kept.
     pub event_retention: chrono::Duration,
+    /// How long finished runs, finished jobs and settled webhook deliveries are kept.
+    pub history_retention: chrono::Duration,
 }
 
 impl SyncContext {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
+use chrono::{DateTime, Utc};
 use sea_orm::sqlx;
 
 use super::job::Job;
@@ -24,6 +25,13 @@ const MISSED_HEARTBEATS: usize = 3;
 macro_rules! active_sql {
     () => {
         "(status IN ('Pending','Queued','Running') OR (status = 'Failed' AND attempts < max_attempts))"
+    };
+}
+
+/// A job that is over: done, killed, or failed with no attempt left.
+macro_rules! finished_sql {
+    () => {
+        "(status IN ('Done','Killed') OR (status = 'Failed' AND attempts >= max_attempts))"
     };
 }
 
@@ -190,6 +198,38 @@ impl Queue {
             }
         };
         Ok(count)
+    }
+
+    /// Deletes this queue's jobs that finished before `before`; returns how many.
+    /// Their idempotency keys go with them: every key names a schedule slot, a
+    /// request or a webhook window that is long past by then.
+    pub async fn purge_finished(&self, before: DateTime<Utc>) -> Result<u64, QueueError> {
+        let deleted = match self {
+            Self::Sqlite(storage) => {
+                sqlx::query(concat!(
+                    "DELETE FROM Jobs WHERE job_type = ?1 AND ",
+                    finished_sql!(),
+                    " AND done_at < ?2"
+                ))
+                .bind(Job::QUEUE)
+                // apalis keeps SQLite's times as Unix seconds.
+                .bind(before.timestamp())
+                .execute(storage.pool())
+                .await?
+                .rows_affected()
+            }
+            Self::Postgres(storage) => sqlx::query(concat!(
+                "DELETE FROM apalis.jobs WHERE job_type = $1 AND ",
+                finished_sql!(),
+                " AND done_at < $2"
+            ))
+            .bind(Job::QUEUE)
+            .bind(before)
+            .execute(storage.pool())
+            .await?
+            .rows_affected(),
+        };
+        Ok(deleted)
     }
 
     /// A monitor running `concurrency` syncs at a time, restarting its worker after

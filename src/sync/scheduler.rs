@@ -13,6 +13,9 @@ use crate::store::StoreError;
 
 /// Connections looked at per tick.
 const BATCH: u64 = 500;
+/// How often a scheduler deletes history past its retention; several schedulers
+/// doing it too is harmless.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// A claimed refresh slot that did not lead to a refresh is due again after this.
 const REFRESH_RETRY: chrono::Duration = chrono::Duration::minutes(1);
 
@@ -117,17 +120,52 @@ async fn refresh_tick(ctx: &Context, now: chrono::DateTime<Utc>) -> Result<usize
     Ok(enqueued)
 }
 
-/// Ticks every `every` until `shutdown` resolves.
+/// What [`purge_history`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub runs: u64,
+    pub jobs: u64,
+    pub deliveries: u64,
+}
+
+/// Deletes what is over and older than `sync.history_days`: sync runs, jobs and
+/// settled webhook deliveries. Nothing still running, queued or pending goes.
+pub async fn purge_history(ctx: &Context) -> Result<Purged, SchedulerError> {
+    let before = Utc::now() - ctx.history_retention;
+    let purged = Purged {
+        runs: ctx.store.purge_runs(before).await?,
+        jobs: ctx.queue.purge_finished(before).await?,
+        deliveries: ctx.store.purge_webhook_deliveries(before).await?,
+    };
+    if purged != Purged::default() {
+        tracing::info!(
+            runs = purged.runs,
+            jobs = purged.jobs,
+            deliveries = purged.deliveries,
+            "Deleted history past its retention."
+        );
+    }
+    Ok(purged)
+}
+
+/// Ticks every `every`, and purges history once an hour, until `shutdown` resolves.
 pub async fn run(ctx: Context, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut purged_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = interval.tick() => {
                 if let Err(e) = tick(&ctx).await {
                     tracing::error!(error = %e, "Scheduler tick failed.");
+                }
+                if purged_at.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
+                    purged_at = Some(tokio::time::Instant::now());
+                    if let Err(e) = purge_history(&ctx).await {
+                        tracing::error!(error = %e, "Purging history failed.");
+                    }
                 }
             }
         }

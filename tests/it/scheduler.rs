@@ -142,3 +142,59 @@ async fn a_connection_or_its_connector_can_set_its_own_sync_interval() {
     assert_eq!(cleared["sync_interval_source"], "connector");
     assert_eq!(resync("test:connector").await, 900);
 }
+
+/// Past its retention, what is over goes: finished runs and jobs. Work still to do
+/// stays however old, and so does where the next sync resumes.
+#[tokio::test]
+async fn history_past_its_retention_is_deleted_and_what_is_still_to_do_stays() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+        let db = TestDb::new(backend).await;
+        let mut settings = settings(&db, None, &sandbox);
+        settings.sync.history_days = 0;
+        let app = TestApp::spawn(settings, true).await;
+        let ctx = &app.app.ctx;
+        let (tenant, _) = ctx.store.create_tenant("advisor").await.unwrap();
+        let connection = app.link_and_sync(tenant.id, "demo-alice").await;
+        assert_eq!(ctx.store.runs(connection).await.unwrap().len(), 1);
+        let later = SyncConnection {
+            connection_id: connection,
+            idempotency_key: "test:in-an-hour".into(),
+        };
+        assert!(
+            ctx.queue
+                .enqueue_after(later, std::time::Duration::from_secs(3600))
+                .await
+                .unwrap()
+        );
+
+        // The link's job is marked done just after its run ends, and SQLite keeps
+        // that time in whole seconds: purge until it is past too.
+        let mut purged = scheduler::Purged::default();
+        for _ in 0..40 {
+            let now = scheduler::purge_history(ctx).await.unwrap();
+            purged.runs += now.runs;
+            purged.jobs += now.jobs;
+            if purged.jobs > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        assert_eq!((purged.runs, purged.jobs), (1, 1), "{backend:?}");
+        assert!(ctx.store.runs(connection).await.unwrap().is_empty());
+        assert_eq!(
+            ctx.queue.waiting_for(connection, "sync").await.unwrap(),
+            1,
+            "{backend:?}: the job still to run stays"
+        );
+        assert!(
+            ctx.store
+                .connection(connection)
+                .await
+                .unwrap()
+                .sync_cursor
+                .is_some(),
+            "{backend:?}: the next sync still resumes where the last one ended"
+        );
+    }
+}
