@@ -34,11 +34,13 @@ pub(crate) fn serve(
     stop
 }
 
-/// A database created for one run on the given server and dropped after it.
+/// A database created for one run on the given server and dropped after it, also
+/// when the run stops on an error partway.
 pub(crate) struct ScratchDatabase {
     admin_url: String,
     name: String,
     pub(crate) url: String,
+    dropped: bool,
 }
 
 impl ScratchDatabase {
@@ -57,20 +59,45 @@ impl ScratchDatabase {
             admin_url: admin_url.to_owned(),
             name,
             url: url.to_string(),
+            dropped: false,
         })
     }
 
-    pub(crate) async fn drop_database(self) -> anyhow::Result<()> {
-        let admin = Database::connect(&self.admin_url).await?;
-        admin
-            .execute_unprepared(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-            .await?;
-        admin.close().await?;
+    pub(crate) async fn drop_database(mut self) -> anyhow::Result<()> {
+        drop_named(&self.admin_url, &self.name).await?;
+        self.dropped = true;
         Ok(())
     }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        // The run stopped on an error. This may run inside the runtime, which
+        // cannot be blocked on: drop the database from a thread of its own.
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(drop_named(&admin_url, &name))
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("Could not drop the scratch database {}.", self.name);
+        }
+    }
+}
+
+async fn drop_named(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let admin = Database::connect(admin_url).await?;
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await?;
+    admin.close().await?;
+    Ok(())
 }
 
 /// A `redis-server` of the bench's own, on a free port, stopped on demand.
@@ -117,5 +144,37 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bench that stops on an error drops its scratch database all the same.
+    #[tokio::test]
+    async fn a_scratch_database_is_dropped_even_without_drop_database() {
+        let admin_url = std::env::var("FINSYNC_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let scratch = ScratchDatabase::create(&admin_url).await.unwrap();
+        let name = scratch.name.clone();
+        let admin = Database::connect(&admin_url).await.unwrap();
+        let exists = |admin: &sea_orm::DatabaseConnection| {
+            let sql = format!("SELECT 1 AS one FROM pg_database WHERE datname = '{name}'");
+            let admin = admin.clone();
+            async move {
+                admin
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        sea_orm::DbBackend::Postgres,
+                        sql,
+                    ))
+                    .await
+                    .unwrap()
+                    .is_some()
+            }
+        };
+        assert!(exists(&admin).await);
+        drop(scratch);
+        assert!(!exists(&admin).await);
     }
 }
