@@ -333,6 +333,14 @@ impl Settings {
                 problem: "must not be below webhooks.backoff_base_ms".into(),
             });
         }
+        // Runs are also how a job that keeps stopping its worker is recognised, and
+        // how a sync request reports its outcome: they must outlive both.
+        if self.sync.history_days == 0 {
+            return Err(SettingsError::Invalid {
+                key: "sync.history_days",
+                problem: "must be at least 1".into(),
+            });
+        }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
             return Err(SettingsError::Invalid {
                 key: "log.format",
@@ -405,6 +413,15 @@ mod tests {
                 "production.toml must blank `{name}` from base.toml"
             );
         }
+    }
+
+    #[test]
+    fn history_kept_for_no_day_is_refused_with_the_key_named() {
+        let mut settings = Settings::load_layers(&config_dir(), None, false).unwrap();
+        assert!(settings.check().is_ok());
+        settings.sync.history_days = 0;
+        let error = settings.check().unwrap_err().to_string();
+        assert!(error.contains("sync.history_days"), "{error}");
     }
 
     #[test]

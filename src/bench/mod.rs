@@ -85,8 +85,10 @@ impl Drop for ScratchDatabase {
                 .block_on(drop_named(&admin_url, &name))
         })
         .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("Could not drop the scratch database {}.", self.name);
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("Could not drop the scratch database {}: {e:#}", self.name),
+            Err(_) => eprintln!("Could not drop the scratch database {}.", self.name),
         }
     }
 }

@@ -228,12 +228,14 @@ struct Raw {
 
 /// A scratch database with the API that links users to it, and what a worker
 /// process needs to join it.
+/// Fields drop in order: on an error the API stops and lets go of the database
+/// before the scratch database is dropped.
 struct Fleet {
-    scratch: ScratchDatabase,
-    app: Arc<App>,
     stop: watch::Sender<bool>,
+    app: Arc<App>,
     dir: PathBuf,
     env: Vec<(String, String)>,
+    scratch: ScratchDatabase,
 }
 
 impl Fleet {

@@ -171,7 +171,14 @@ async fn leased_sync(
         Ok((counts, cursor)) => {
             // The run reads as finished only once readers see its data: a read
             // right after a sync reports done must not get the view before it.
-            ctx.refresh_portfolio(&connection).await?;
+            if let Err(e) = ctx.refresh_portfolio(&connection).await {
+                // The database failed, not the worker: closed, the run does not
+                // count as abandoned when the job is tried again.
+                ctx.store
+                    .finish_run(&run, counts, None, Some(&e.to_string()))
+                    .await?;
+                return Err(e.into());
+            }
             ctx.store
                 .finish_run(&run, counts, cursor.as_deref(), None)
                 .await?;

@@ -28,6 +28,9 @@ macro_rules! active_sql {
     };
 }
 
+/// Jobs one purge statement deletes.
+const PURGE_BATCH: u64 = 1000;
+
 /// A job that is over: done, killed, or failed with no attempt left.
 macro_rules! finished_sql {
     () => {
@@ -200,31 +203,44 @@ impl Queue {
         Ok(count)
     }
 
-    /// Deletes this queue's jobs that finished before `before`; returns how many.
-    /// Their idempotency keys go with them: every key names a schedule slot, a
-    /// request or a webhook window that is long past by then.
+    /// Deletes this queue's jobs that finished before `before`, in batches; returns
+    /// how many. Their idempotency keys go with them: every key names a schedule
+    /// slot, a request or a webhook window that is long past by then.
     pub async fn purge_finished(&self, before: DateTime<Utc>) -> Result<u64, QueueError> {
+        let mut deleted = 0;
+        loop {
+            let batch = self.purge_batch(before).await?;
+            deleted += batch;
+            if batch < PURGE_BATCH {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    async fn purge_batch(&self, before: DateTime<Utc>) -> Result<u64, QueueError> {
         let deleted = match self {
             Self::Sqlite(storage) => {
                 sqlx::query(concat!(
-                    "DELETE FROM Jobs WHERE job_type = ?1 AND ",
+                    "DELETE FROM Jobs WHERE id IN (SELECT id FROM Jobs WHERE job_type = ?1 AND ",
                     finished_sql!(),
-                    " AND done_at < ?2"
+                    " AND done_at < ?2 LIMIT ?3)"
                 ))
                 .bind(Job::QUEUE)
                 // apalis keeps SQLite's times as Unix seconds.
                 .bind(before.timestamp())
+                .bind(PURGE_BATCH as i64)
                 .execute(storage.pool())
                 .await?
                 .rows_affected()
             }
             Self::Postgres(storage) => sqlx::query(concat!(
-                "DELETE FROM apalis.jobs WHERE job_type = $1 AND ",
+                "DELETE FROM apalis.jobs WHERE id IN (SELECT id FROM apalis.jobs WHERE job_type = $1 AND ",
                 finished_sql!(),
-                " AND done_at < $2"
+                " AND done_at < $2 LIMIT $3)"
             ))
             .bind(Job::QUEUE)
             .bind(before)
+            .bind(PURGE_BATCH as i64)
             .execute(storage.pool())
             .await?
             .rows_affected(),

@@ -128,10 +128,12 @@ pub struct Purged {
     pub deliveries: u64,
 }
 
-/// Deletes what is over and older than `sync.history_days`: sync runs, jobs and
+/// Deletes what is over and older than `before`: sync runs and requests, jobs and
 /// settled webhook deliveries. Nothing still running, queued or pending goes.
-pub async fn purge_history(ctx: &Context) -> Result<Purged, SchedulerError> {
-    let before = Utc::now() - ctx.history_retention;
+pub async fn purge_history(
+    ctx: &Context,
+    before: chrono::DateTime<Utc>,
+) -> Result<Purged, SchedulerError> {
     let purged = Purged {
         runs: ctx.store.purge_runs(before).await?,
         jobs: ctx.queue.purge_finished(before).await?,
@@ -148,26 +150,35 @@ pub async fn purge_history(ctx: &Context) -> Result<Purged, SchedulerError> {
     Ok(purged)
 }
 
-/// Ticks every `every`, and purges history once an hour, until `shutdown` resolves.
+/// Ticks every `every`, and purges history once an hour beside it, until
+/// `shutdown` resolves.
 pub async fn run(ctx: Context, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut purged_at: Option<tokio::time::Instant> = None;
+    // A first purge of a long history takes a while; the ticks do not wait for it.
+    let purging = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            let mut hourly = tokio::time::interval(PURGE_EVERY);
+            hourly.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                hourly.tick().await;
+                if let Err(e) = purge_history(&ctx, Utc::now() - ctx.history_retention).await {
+                    tracing::error!(error = %e, "Purging history failed.");
+                }
+            }
+        }
+    });
     loop {
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             _ = interval.tick() => {
                 if let Err(e) = tick(&ctx).await {
                     tracing::error!(error = %e, "Scheduler tick failed.");
                 }
-                if purged_at.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
-                    purged_at = Some(tokio::time::Instant::now());
-                    if let Err(e) = purge_history(&ctx).await {
-                        tracing::error!(error = %e, "Purging history failed.");
-                    }
-                }
             }
         }
     }
+    purging.abort();
 }

@@ -143,16 +143,14 @@ async fn a_connection_or_its_connector_can_set_its_own_sync_interval() {
     assert_eq!(resync("test:connector").await, 900);
 }
 
-/// Past its retention, what is over goes: finished runs and jobs. Work still to do
-/// stays however old, and so does where the next sync resumes.
+/// Past its retention (here: everything before now), what is over goes: finished
+/// runs and jobs. Work still to do stays, and so does where the next sync resumes.
 #[tokio::test]
 async fn history_past_its_retention_is_deleted_and_what_is_still_to_do_stays() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let sandbox = spawn_sandbox(SandboxConfig::default()).await;
         let db = TestDb::new(backend).await;
-        let mut settings = settings(&db, None, &sandbox);
-        settings.sync.history_days = 0;
-        let app = TestApp::spawn(settings, true).await;
+        let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
         let ctx = &app.app.ctx;
         let (tenant, _) = ctx.store.create_tenant("advisor").await.unwrap();
         let connection = app.link_and_sync(tenant.id, "demo-alice").await;
@@ -172,7 +170,9 @@ async fn history_past_its_retention_is_deleted_and_what_is_still_to_do_stays() {
         // that time in whole seconds: purge until it is past too.
         let mut purged = scheduler::Purged::default();
         for _ in 0..40 {
-            let now = scheduler::purge_history(ctx).await.unwrap();
+            let now = scheduler::purge_history(ctx, chrono::Utc::now())
+                .await
+                .unwrap();
             purged.runs += now.runs;
             purged.jobs += now.jobs;
             if purged.jobs > 0 {
