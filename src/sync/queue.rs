@@ -38,11 +38,14 @@ macro_rules! finished_sql {
     };
 }
 
-/// A job that has not started yet (or will be retried): it will read the
-/// connection's state when it runs, so a second one would add nothing.
+/// A job that has surely not started yet (or will be retried): it will read the
+/// connection's state when it runs, so a second one would add nothing. Not a
+/// `Queued` one: apalis marks a job `Queued` when a worker takes it into its
+/// buffer and records that it started, and that it finished, later and in
+/// batches, so a `Queued` job may be running or even done.
 macro_rules! waiting_sql {
     () => {
-        "(status IN ('Pending','Queued') OR (status = 'Failed' AND attempts < max_attempts))"
+        "(status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))"
     };
 }
 
@@ -93,11 +96,11 @@ impl Queue {
         }
     }
 
-    /// Enqueues a job unless one of the same kind for the connection is already
-    /// waiting to start, or this idempotency key was used before. A job that is
-    /// already *running* does not stop a new one being queued: it may have read the
-    /// connection before the change that asks for this one (a relink, new tokens).
-    /// Returns whether a job was added.
+    /// Enqueues a job unless one of the same kind for the connection is surely
+    /// still waiting to start, or this idempotency key was used before. A job that
+    /// may have started does not stop a new one being queued: it may have read the
+    /// connection before the change that asks for this one (a relink, new tokens,
+    /// new data at the institution). Returns whether a job was added.
     pub async fn enqueue(&self, job: impl Into<Job>) -> Result<bool, QueueError> {
         self.push(job.into(), None).await
     }

@@ -48,7 +48,7 @@ async fn resync(app: &TestApp, connection: ConnectionId, name: &str) -> (i32, i3
         connection_id: connection,
         idempotency_key: format!("test:{name}"),
     };
-    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    crate::support::request_sync(&app.app.ctx.queue, job).await;
     app.wait_synced(connection, since).await;
     let run = &app.app.ctx.store.runs(connection).await.unwrap()[0];
     assert_eq!(run.outcome, "succeeded");

@@ -38,7 +38,7 @@ async fn synced_data_equals_the_sandbox_value_for_value_and_a_resync_changes_not
         connection_id: connections[0],
         idempotency_key: "test:resync".into(),
     };
-    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    crate::support::request_sync(&app.app.ctx.queue, job).await;
     app.wait_synced(connections[0], since).await;
     let runs = store.runs(connections[0]).await.unwrap();
     let last = &runs[0];
@@ -153,7 +153,7 @@ async fn a_long_running_sqlite_worker_still_picks_up_jobs() {
             connection_id: connection,
             idempotency_key: format!("test:idle:{round}"),
         };
-        assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+        crate::support::request_sync(&app.app.ctx.queue, job).await;
         app.wait_synced(connection, since).await;
     }
     let user = UserId::parse("demo-carol").unwrap();
@@ -201,7 +201,7 @@ async fn a_response_that_no_longer_matches_keeps_the_last_good_data_and_marks_it
         idempotency_key: "test:drift".into(),
     };
     let since = chrono::Utc::now();
-    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    crate::support::request_sync(&app.app.ctx.queue, job).await;
     let failure = finsync::demo::wait_for_sync(&app.app, connection, since)
         .await
         .unwrap()
@@ -316,7 +316,7 @@ async fn syncs_follow_the_institution_through_changes_removals_and_postings() {
             connection_id: connection,
             idempotency_key: format!("test:epoch-{epoch}"),
         };
-        assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+        crate::support::request_sync(&app.app.ctx.queue, job).await;
         app.wait_synced(connection, since).await;
 
         let stored = store.full_snapshot(connection).await.unwrap();

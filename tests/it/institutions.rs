@@ -156,7 +156,7 @@ async fn a_harbor_user_is_stored_in_dollars_and_cents_with_money_in_positive() {
                 connection_id: connection,
                 idempotency_key: format!("test:harbor-{user}-{epoch}"),
             };
-            assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+            crate::support::request_sync(&app.app.ctx.queue, job).await;
             app.wait_synced(connection, since).await;
             let stored = store.full_snapshot(connection).await.unwrap();
             assert_matches_view(
@@ -330,7 +330,7 @@ async fn a_keystone_user_is_stored_from_date_windows_and_link_pages() {
         connection_id: connection,
         idempotency_key: "test:keystone-epoch-3".into(),
     };
-    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    crate::support::request_sync(&app.app.ctx.queue, job).await;
     app.wait_synced(connection, since).await;
     assert_eq!(
         sandbox.stats().api_requests - requests_before,

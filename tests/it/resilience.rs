@@ -26,7 +26,7 @@ async fn sync(app: &TestApp, connection: ConnectionId) -> Result<(), String> {
         connection_id: connection,
         idempotency_key: unique("test:resilience"),
     };
-    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    crate::support::request_sync(&app.app.ctx.queue, job).await;
     finsync::demo::wait_for_sync(&app.app, connection, since)
         .await
         .unwrap()
@@ -151,7 +151,7 @@ async fn after_a_429_with_retry_after_no_worker_asks_the_institution_before_it_s
                 connection_id: alice,
                 idempotency_key: unique("test:alice"),
             };
-            assert!(app.ctx.queue.enqueue(job).await.unwrap());
+            crate::support::request_sync(&app.ctx.queue, job).await;
             finsync::demo::wait_for_sync(&app, alice, since)
                 .await
                 .unwrap()

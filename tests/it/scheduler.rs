@@ -91,7 +91,7 @@ async fn a_connection_or_its_connector_can_set_its_own_sync_interval() {
             connection_id: connection,
             idempotency_key: key.into(),
         };
-        assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+        crate::support::request_sync(&app.app.ctx.queue, job).await;
         app.wait_synced(connection, since).await;
         let record = store.connection(connection).await.unwrap();
         (record.next_sync_at.unwrap() - record.last_synced_at.unwrap()).num_seconds()

@@ -640,3 +640,12 @@ fn capture_logs() {
         .with_ansi(false)
         .try_init();
 }
+
+/// Asks for a sync as an app would. The queue may refuse the job because one for
+/// the connection is still waiting to start (apalis records starts in batches, so
+/// the last sync's job can look waiting for a moment after it ended); that one
+/// reads the connection when it runs, so a sync starts after this call either way,
+/// and a refusal with nothing waiting shows up as the caller's wait timing out.
+pub async fn request_sync(queue: &finsync::sync::Queue, job: finsync::sync::SyncConnection) {
+    queue.enqueue(job).await.unwrap();
+}

@@ -236,7 +236,7 @@ async fn a_crash_between_rotation_and_commit_is_survived_within_the_grace_period
         connection_id: connection,
         idempotency_key: "test:after-crash".into(),
     };
-    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    crate::support::request_sync(&app.app.ctx.queue, job).await;
     app.wait_synced(connection, since).await;
     assert_eq!(
         app.app
@@ -270,7 +270,7 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
         idempotency_key: "test:after-crash".into(),
     };
     let since = chrono::Utc::now();
-    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    crate::support::request_sync(&app.app.ctx.queue, job).await;
     let outcome = finsync::demo::wait_for_sync(&app.app, connection, since)
         .await
         .unwrap();

@@ -615,7 +615,7 @@ async fn a_connection_needing_reauth_and_its_repair_are_announced() {
         connection_id: connection,
         idempotency_key: "test:refused".into(),
     };
-    assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
+    crate::support::request_sync(&app.app.ctx.queue, job).await;
 
     let reauth = settled(&store, id, WebhookEvent::ConnectionReauthRequired, 1)
         .await
