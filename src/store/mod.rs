@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -77,7 +78,39 @@ pub struct Store {
     db: DatabaseConnection,
 }
 
+/// Rows one purge statement deletes, so that a long history is not deleted in one
+/// statement holding the database.
+const PURGE_BATCH: u64 = 1000;
+
 impl Store {
+    /// Deletes the rows of `E` that `condition` selects, [`PURGE_BATCH`] at a time
+    /// by their string primary key `id`; returns how many.
+    async fn delete_in_batches<E: EntityTrait>(
+        &self,
+        id: E::Column,
+        condition: Condition,
+    ) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        loop {
+            let batch: Vec<String> = E::find()
+                .select_only()
+                .column(id)
+                .filter(condition.clone())
+                .limit(PURGE_BATCH)
+                .into_tuple()
+                .all(self.db())
+                .await?;
+            if batch.is_empty() {
+                return Ok(deleted);
+            }
+            deleted += E::delete_many()
+                .filter(id.is_in(batch))
+                .exec(self.db())
+                .await?
+                .rows_affected;
+        }
+    }
+
     /// Connects (creating a SQLite file's directory if needed). Does not migrate.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Self, StoreError> {
         let url = url.expose_secret();

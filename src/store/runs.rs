@@ -3,16 +3,13 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    Set,
 };
 
 use super::entities::{sync_request, sync_run};
 use super::{Store, StoreError};
 use crate::domain::ConnectionId;
-
-/// Rows one purge statement deletes.
-pub(super) const PURGE_BATCH: u64 = 1000;
 
 /// The error of a run whose worker stopped before finishing it.
 pub const ABANDONED: &str = "abandoned: the worker stopped during this run";
@@ -132,28 +129,14 @@ impl Store {
     }
 
     /// Deletes the runs that finished before `before` (never one still running),
-    /// and the sync requests made before it; returns how many runs. In batches, so
-    /// that a long history does not hold the database in one statement.
+    /// and the sync requests made before it; returns how many runs.
     pub async fn purge_runs(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let mut deleted = 0;
-        loop {
-            let batch: Vec<String> = sync_run::Entity::find()
-                .select_only()
-                .column(sync_run::Column::Id)
-                .filter(sync_run::Column::FinishedAt.lt(before))
-                .limit(PURGE_BATCH)
-                .into_tuple()
-                .all(self.db())
-                .await?;
-            if batch.is_empty() {
-                break;
-            }
-            deleted += sync_run::Entity::delete_many()
-                .filter(sync_run::Column::Id.is_in(batch))
-                .exec(self.db())
-                .await?
-                .rows_affected;
-        }
+        let deleted = self
+            .delete_in_batches::<sync_run::Entity>(
+                sync_run::Column::Id,
+                Condition::all().add(sync_run::Column::FinishedAt.lt(before)),
+            )
+            .await?;
         sync_request::Entity::delete_many()
             .filter(sync_request::Column::CreatedAt.lt(before))
             .exec(self.db())

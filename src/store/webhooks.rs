@@ -232,26 +232,13 @@ impl Store {
     /// Deletes the deliveries created before `before` that are settled (delivered,
     /// or failed for good); pending ones stay whatever their age. Returns how many.
     pub async fn purge_webhook_deliveries(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let mut deleted = 0;
-        loop {
-            let batch: Vec<String> = webhook_delivery::Entity::find()
-                .select_only()
-                .column(webhook_delivery::Column::Id)
-                .filter(webhook_delivery::Column::CreatedAt.lt(before))
-                .filter(webhook_delivery::Column::Status.ne(DeliveryStatus::Pending.to_string()))
-                .limit(super::runs::PURGE_BATCH)
-                .into_tuple()
-                .all(self.db())
-                .await?;
-            if batch.is_empty() {
-                return Ok(deleted);
-            }
-            deleted += webhook_delivery::Entity::delete_many()
-                .filter(webhook_delivery::Column::Id.is_in(batch))
-                .exec(self.db())
-                .await?
-                .rows_affected;
-        }
+        self.delete_in_batches::<webhook_delivery::Entity>(
+            webhook_delivery::Column::Id,
+            Condition::all()
+                .add(webhook_delivery::Column::CreatedAt.lt(before))
+                .add(webhook_delivery::Column::Status.ne(DeliveryStatus::Pending.to_string())),
+        )
+        .await
     }
 
     /// Leases up to `limit` due deliveries to `owner` until `until`, oldest due
