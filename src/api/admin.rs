@@ -1,6 +1,6 @@
 //! The admin API: linking users to institutions, a connection's health (status,
 //! reason, consent, token expiry, a relink URL when the user must link again),
-//! and disconnecting (revocation at the institution, then deletion).
+//! and disconnecting ([`crate::sync::Environment::disconnect`]).
 
 use axum::Router;
 use axum::extract::State;
@@ -17,8 +17,8 @@ use chrono::{DateTime, Utc};
 
 use crate::connectors::validate::SYNC_INTERVAL_SECS;
 use crate::domain::{ConnectionId, ConnectionStatus, UserId};
-use crate::store::{ConnectionRecord, Lease, StoreError};
-use crate::tokens::LinkError;
+use crate::store::{ConnectionRecord, StoreError};
+use crate::tokens::{LinkError, TokenError};
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -65,11 +65,10 @@ pub(super) async fn create_connection(
     let user = UserId::parse(&body.user)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     let tenant = state
-        .sync
+        .env
         .store
         .tenant_by_name(&body.tenant)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or_else(|| {
             ApiError::new(ErrorCode::NotFound, format!("no tenant `{}`", body.tenant))
         })?;
@@ -136,7 +135,7 @@ fn connection_id(raw: &str) -> Result<ConnectionId, ApiError> {
 }
 
 async fn load(state: &ApiState, id: ConnectionId) -> Result<ConnectionRecord, ApiError> {
-    match state.sync.store.connection(id).await {
+    match state.env.store.connection(id).await {
         Ok(c) => Ok(c),
         Err(StoreError::NotFound(_)) => Err(ApiError::new(
             ErrorCode::NotFound,
@@ -168,11 +167,11 @@ pub(super) async fn get_connection(
 
 async fn health(state: &ApiState, c: ConnectionRecord) -> Result<ConnectionHealth, ApiError> {
     let relink_url = super::read::relink_url(state, &c).await?;
-    let sync_interval_secs = state.sync.interval_for(&c).num_seconds();
+    let sync_interval_secs = state.env.interval_for(&c).num_seconds();
     let sync_interval_source = if c.sync_interval_secs.is_some() {
         "connection"
     } else if state
-        .sync
+        .env
         .registry
         .get(&c.institution_id)
         .is_ok_and(|connector| connector.sync_interval.is_some())
@@ -249,11 +248,10 @@ pub(super) async fn update_connection(
     }
     load(&state, id).await?;
     state
-        .sync
+        .env
         .store
         .set_sync_interval(id, body.sync_interval_secs)
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     let c = load(&state, id).await?;
     Ok(Json(health(&state, c).await?))
 }
@@ -289,81 +287,24 @@ pub(super) async fn delete_connection(
 ) -> Result<Json<Disconnected>, ApiError> {
     let id = connection_id(&id)?;
     load(&state, id).await?;
-    disconnect_leased(&state, id).await.map(Json)
+    disconnect(&state, id).await.map(Json)
 }
 
-/// Disconnects one connection under its token lease.
-pub(super) async fn disconnect_leased(
+/// Disconnects one connection, for the admin and the tenant routes.
+pub(super) async fn disconnect(
     state: &ApiState,
     id: ConnectionId,
 ) -> Result<Disconnected, ApiError> {
-    // Under the token lease: no refresh can rotate the token we revoke, or store
-    // new tokens after we delete them.
-    let lease = uuid::Uuid::new_v4().to_string();
-    let mut held = false;
-    for _ in 0..600 {
-        held = state
-            .sync
-            .store
-            .acquire_lease(
-                Lease::Token,
-                id,
-                &lease,
-                Utc::now() + chrono::Duration::minutes(5),
-            )
-            .await
-            .map_err(ApiError::internal)?;
-        if held {
-            break;
+    let done = state.env.disconnect(id).await.map_err(|e| match e {
+        TokenError::Busy => {
+            ApiError::internal("the connection's tokens stayed locked by a refresh")
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    if !held {
-        return Err(ApiError::internal(
-            "the connection's tokens stayed locked by a refresh",
-        ));
-    }
-    let result = disconnect(state, id).await;
-    state
-        .sync
-        .store
-        .release_lease(Lease::Token, id, &lease)
-        .await
-        .map_err(ApiError::internal)?;
-    result
-}
-
-async fn disconnect(state: &ApiState, id: ConnectionId) -> Result<Disconnected, ApiError> {
-    let c = load(state, id).await?;
-    let (revoked, note) = match state.sync.tokens.revoke_at_institution(&c).await {
-        Ok(true) => (true, None),
-        Ok(false) => (
-            false,
-            Some("the institution offers no revocation, or no token was held".to_owned()),
-        ),
-        Err(e) => {
-            tracing::warn!(connection = %c.id, error = %e, "Revocation at the institution failed; deleting locally.");
-            (
-                false,
-                Some("the institution could not be reached to revoke the grant".to_owned()),
-            )
-        }
-    };
-    state
-        .sync
-        .store
-        .revoke_connection(c.id)
-        .await
-        .map_err(ApiError::internal)?;
-    let ctx = &state.sync;
-    ctx.refresh_portfolio(&c)
-        .await
-        .map_err(ApiError::internal)?;
-    tracing::info!(connection = %c.id, from = %c.status, status = "revoked", revoked_at_institution = revoked, "Connection disconnected.");
+        other => ApiError::internal(other),
+    })?;
     Ok(Disconnected {
-        id: c.id.to_string(),
+        id: id.to_string(),
         status: ConnectionStatus::Revoked,
-        revoked_at_institution: revoked,
-        institution_note: note,
+        revoked_at_institution: done.revoked_at_institution,
+        institution_note: done.institution_note.map(str::to_owned),
     })
 }

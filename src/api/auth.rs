@@ -144,7 +144,7 @@ impl FromRequestParts<ApiState> for Tenant {
                 "send your API key as `Authorization: Bearer <key>`",
             )
         })?;
-        let (tenant, key) = state.keys.authenticate(&state.sync.store, key).await?;
+        let (tenant, key) = state.keys.authenticate(&state.env.store, key).await?;
         state.limiter.check(&key.id)?;
         Ok(Self { tenant, key })
     }

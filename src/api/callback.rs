@@ -1,6 +1,6 @@
 //! `GET /oauth/callback`: where institutions send the user back after consent.
-//! Completes the link, announces a repaired connection to the tenant's webhooks,
-//! and enqueues the connection's first sync.
+//! Hands the outcome to [`crate::sync::Environment::complete_link`] and says, in a
+//! page, how it went.
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -9,10 +9,8 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use super::{ApiError, ApiState, ErrorCode};
-use crate::domain::ConnectionStatus;
-use crate::sync::SyncConnection;
+use crate::sync::lifecycle::CompleteLinkError;
 use crate::tokens::LinkError;
-use crate::webhooks::{self, EventData, WebhookEvent};
 
 pub fn routes() -> Router<ApiState> {
     Router::new().route("/oauth/callback", get(callback))
@@ -44,13 +42,15 @@ async fn callback(
             ));
         }
     };
-    let linked = state
-        .linker
-        .complete(link_state, outcome)
+    let connection = state
+        .env
+        .complete_link(&state.linker, link_state, outcome)
         .await
         .map_err(|e| match e {
-            LinkError::InvalidState => ApiError::new(ErrorCode::InvalidState, e.to_string()),
-            LinkError::Denied(error) => ApiError::new(
+            CompleteLinkError::Link(LinkError::InvalidState) => {
+                ApiError::new(ErrorCode::InvalidState, e.to_string())
+            }
+            CompleteLinkError::Link(LinkError::Denied(error)) => ApiError::new(
                 ErrorCode::ConsentDenied,
                 format!(
                     "access was not granted at the institution: {error}{}",
@@ -61,30 +61,11 @@ async fn callback(
                         .unwrap_or_default()
                 ),
             ),
-            LinkError::Exchange(e) => ApiError::new(ErrorCode::InstitutionError, e.to_string()),
+            CompleteLinkError::Link(LinkError::Exchange(e)) => {
+                ApiError::new(ErrorCode::InstitutionError, e.to_string())
+            }
             other => ApiError::internal(other),
         })?;
-    let connection = linked.connection_id;
-    if linked.previous.status == ConnectionStatus::ReauthRequired {
-        let data = EventData::connection(&linked.previous, ConnectionStatus::Active);
-        webhooks::announce(
-            &state.sync.store,
-            linked.previous.tenant_id,
-            WebhookEvent::ConnectionRepaired,
-            &data,
-        )
-        .await;
-    }
-    let job = SyncConnection {
-        connection_id: connection,
-        idempotency_key: format!("link:{connection}:{}", uuid::Uuid::new_v4()),
-    };
-    state
-        .sync
-        .queue
-        .enqueue(job)
-        .await
-        .map_err(ApiError::internal)?;
     Ok(Html(format!(
         "<!doctype html><title>Linked</title><p>Your institution is linked (connection {connection}). \
          Your data is being synced; you can close this window.</p>"

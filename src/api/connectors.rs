@@ -137,20 +137,15 @@ async fn summary(
     served: Option<Served>,
     refused: Option<&crate::connectors::Problems>,
 ) -> Result<ConnectorSummary, ApiError> {
-    let health = state
-        .sync
-        .store
-        .institution_health(id)
-        .await
-        .map_err(ApiError::internal)?;
+    let health = state.env.store.institution_health(id).await?;
     Ok(ConnectorSummary {
         id: id.to_owned(),
         name: served.as_ref().map(|s| s.connector.name.clone()),
         version: served.as_ref().map(|s| s.version),
         hash: served.as_ref().map(|s| s.connector.hash.clone()),
         health: health.into(),
-        breaker: state.sync.engine.resilience().breaker(id),
-        degraded: state.sync.engine.resilience().is_degraded(id),
+        breaker: state.env.engine.resilience().breaker(id),
+        degraded: state.env.engine.resilience().is_degraded(id),
         file_problems: refused
             .map(|p| p.0.iter().map(ToString::to_string).collect())
             .unwrap_or_default(),
@@ -206,12 +201,7 @@ pub(super) async fn get_connector(
     let registry = state.catalog.registry();
     let served = registry.served(&id);
     let refused = registry.refused();
-    let versions = state
-        .sync
-        .store
-        .connector_versions(&id)
-        .await
-        .map_err(ApiError::internal)?;
+    let versions = state.env.store.connector_versions(&id).await?;
     if served.is_none() && versions.is_empty() && !refused.contains_key(&id) {
         return Err(ApiError::not_found(format!("no connector `{id}`")));
     }

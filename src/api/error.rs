@@ -102,6 +102,20 @@ impl ApiError {
     }
 }
 
+/// A store or queue failure is never the caller's fault: logged in full, answered
+/// as `INTERNAL` without details.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self::internal(error)
+    }
+}
+
+impl From<crate::sync::QueueError> for ApiError {
+    fn from(error: crate::sync::QueueError) -> Self {
+        Self::internal(error)
+    }
+}
+
 /// Every error response: `{ "error": { "code", "message" }, "request_id" }`.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody<'a> {

@@ -31,7 +31,7 @@ pub(super) async fn healthz() -> &'static str {
     )
 )]
 pub(super) async fn ready(State(state): State<ApiState>) -> (StatusCode, &'static str) {
-    match state.sync.store.db().ping().await {
+    match state.env.store.db().ping().await {
         Ok(()) => (StatusCode::OK, "ready"),
         Err(e) => {
             tracing::warn!(error = %e, "Not ready: database unreachable.");
@@ -43,7 +43,7 @@ pub(super) async fn ready(State(state): State<ApiState>) -> (StatusCode, &'stati
 /// This process's counters plus gauges that describe the whole fleet: seconds until
 /// the soonest live access token expires per institution, and queue depth.
 async fn render_metrics(State(state): State<ApiState>) -> String {
-    match state.sync.store.soonest_token_expiry().await {
+    match state.env.store.soonest_token_expiry().await {
         Ok(rows) => {
             let now = chrono::Utc::now();
             for (institution, expires_at) in rows {
@@ -53,7 +53,7 @@ async fn render_metrics(State(state): State<ApiState>) -> String {
         }
         Err(e) => tracing::warn!(error = %e, "Token expiry gauge not updated."),
     }
-    match state.sync.queue.depth().await {
+    match state.env.queue.depth().await {
         Ok(depth) => metrics::gauge!("finsync_queue_depth").set(depth as f64),
         Err(e) => tracing::warn!(error = %e, "Queue depth gauge not updated."),
     }

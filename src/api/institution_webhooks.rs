@@ -70,7 +70,7 @@ pub(super) async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let registry = &state.sync.registry;
+    let registry = &state.env.registry;
     let connector = registry.get(&institution).map_err(|_| {
         ApiError::new(
             ErrorCode::UnknownInstitution,
@@ -108,7 +108,7 @@ pub(super) async fn receive(
     // `verify` parsed it as JSON, so it is UTF-8.
     let text = String::from_utf8_lossy(&body);
     let window = std::time::Duration::from_millis(state.institution_webhooks.coalesce_ms);
-    let receipt = inbound::receive(&state.sync, &connector, &notice, &text, window)
+    let receipt = inbound::receive(&state.env, &connector, &notice, &text, window)
         .await
         .map_err(ApiError::internal)?;
     let status = if receipt.acted {
@@ -203,11 +203,6 @@ pub(super) async fn list_events(
         since: query.since,
         event: None,
     };
-    let events = state
-        .sync
-        .store
-        .institution_events(&filter)
-        .await
-        .map_err(ApiError::internal)?;
+    let events = state.env.store.institution_events(&filter).await?;
     Ok(Json(events.into_iter().map(Into::into).collect()))
 }

@@ -1,10 +1,15 @@
-//! The HTTP API: the versioned read API for advisory apps ([`read`], [`syncs`], and
-//! users' tags and notes on [`transactions`]), the admin API ([`admin`], [`tenants`],
-//! [`quarantine`]), tenants' webhooks ([`webhooks`]), webhooks institutions send
-//! ([`institution_webhooks`]), its
-//! contract ([`docs`]), the OAuth callback
-//! institutions redirect to ([`callback`]) and health checks ([`health`]). Handlers read through the store and cache and
-//! enqueue work through `sync`; they never call an institution themselves.
+//! The HTTP API, handlers only: each parses its request, calls a use case of
+//! `tokens`, `sync` or `portfolio` (or a store read), and maps the outcome and its
+//! errors to a response. No handler calls an institution or holds a business rule.
+//!
+//! - the versioned read API for advisory apps: [`read`], on-demand [`syncs`], and
+//!   users' tags and notes on [`transactions`];
+//! - the admin API: [`admin`] (connections), [`tenants`], [`connectors`],
+//!   [`quarantine`];
+//! - tenants' outgoing [`webhooks`], and the webhooks institutions send us
+//!   ([`institution_webhooks`]);
+//! - the OAuth [`callback`] institutions redirect to, the contract ([`docs`]) and
+//!   [`health`] checks; [`auth`], [`error`] and [`extract`] serve them all.
 
 mod admin;
 mod auth;
@@ -35,13 +40,14 @@ pub use auth::{KeyCache, KeyLimiter};
 pub use docs::document;
 pub use error::{ApiError, ErrorCode};
 
-use crate::sync::Context;
+use crate::sync::Env;
 use crate::tokens::Linker;
 
 /// State shared by every handler.
 #[derive(Clone)]
 pub struct ApiState {
-    pub sync: Context,
+    /// The environment every use case shares.
+    pub env: Env,
     /// Connectors in service, and publishing new versions.
     pub catalog: crate::catalog::Catalog,
     pub linker: Linker,
@@ -60,7 +66,7 @@ pub struct ApiState {
     /// A user's on-demand syncs: one finished request per this interval.
     pub sync_request_interval: std::time::Duration,
     /// Limits and coalescing of the webhooks institutions send.
-    pub institution_webhooks: crate::config::InstitutionWebhookSettings,
+    pub institution_webhooks: crate::app::config::InstitutionWebhookSettings,
 }
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

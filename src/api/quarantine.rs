@@ -97,11 +97,6 @@ pub(super) async fn list_quarantine(
         institution: query.connector,
         open: query.status.map(|s| matches!(s, QuarantineStatus::Open)),
     };
-    let entries = state
-        .sync
-        .store
-        .quarantine(&filter)
-        .await
-        .map_err(ApiError::internal)?;
+    let entries = state.env.store.quarantine(&filter).await?;
     Ok(Json(entries.into_iter().map(Into::into).collect()))
 }

@@ -58,7 +58,7 @@ async fn cached(
 ) -> Result<CachedPortfolio, ApiError> {
     tenant.require(Scope::Read)?;
     let user = user_id(raw_user)?;
-    let ctx = &state.sync;
+    let ctx = &state.env;
     portfolio::read(
         &ctx.store,
         &ctx.cache,
@@ -283,11 +283,8 @@ pub(super) async fn get_transactions(
         return Err(ApiError::invalid("`from` is after `to`"));
     }
     let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let store = &state.sync.store;
-    let connections = store
-        .user_connections(tenant.tenant.id, &user)
-        .await
-        .map_err(ApiError::internal)?;
+    let store = &state.env.store;
+    let connections = store.user_connections(tenant.tenant.id, &user).await?;
     if connections.is_empty() {
         return Err(no_user(&user));
     }
@@ -310,8 +307,7 @@ pub(super) async fn get_transactions(
     // One extra row says whether there is a next page.
     let mut page = store
         .transactions_page(&ids, &filter, after.as_ref(), u64::from(limit) + 1)
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     let next_cursor = if page.len() > limit as usize {
         page.truncate(limit as usize);
         page.last().map(|t| encode_cursor(&t.position))
@@ -319,7 +315,7 @@ pub(super) async fn get_transactions(
         None
     };
     let (mut freshness, connections) = portfolio::connection_views(&connections);
-    if state.sync.cache.degraded() {
+    if state.env.cache.degraded() {
         freshness.mark_cache_degraded();
     }
     Ok(Json(TransactionsResponse {
@@ -379,11 +375,10 @@ pub(super) async fn get_connections(
     tenant.require(Scope::Read)?;
     let user = self::user_id(&user_id)?;
     let records = state
-        .sync
+        .env
         .store
         .user_connections(tenant.tenant.id, &user)
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     if records.is_empty() {
         return Err(no_user(&user));
     }

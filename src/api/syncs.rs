@@ -1,9 +1,7 @@
 //! On-demand syncs: `POST /v1/users/{user_id}/sync` asks for fresh data for every
-//! active connection of a user, and `GET /v1/syncs/{id}` says how it went.
-//! Within `server.sync_request_interval_secs` of a user's last request, an
-//! unfinished request is returned again rather than queued twice, and a finished
-//! one answers 429. A job already waiting for a connection serves a new request
-//! too (the queue holds one waiting sync per connection).
+//! active connection of a user ([`crate::sync::requests`]), and `GET /v1/syncs/{id}`
+//! says how it went. Within `server.sync_request_interval_secs` of a user's last
+//! request, an unfinished request is returned again and a finished one answers 429.
 
 use axum::Router;
 use axum::extract::State;
@@ -20,9 +18,8 @@ use super::error::ErrorBody;
 use super::extract::{Json, Path};
 use super::read::user_id;
 use super::{ApiError, ApiState};
-use crate::domain::ConnectionStatus;
-use crate::store::{Scope, SyncRequestRecord};
-use crate::sync::{SYNC_LEASE, SyncConnection};
+use crate::store::Scope;
+use crate::sync::requests::{self, RequestError, RequestProgress, RequestState};
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -94,63 +91,19 @@ pub(super) async fn request_sync(
 ) -> Result<Response, ApiError> {
     tenant.require(Scope::Sync)?;
     let user = self::user_id(&user_id)?;
-    let store = &state.sync.store;
-    let connections = store
-        .user_connections(tenant.tenant.id, &user)
-        .await
-        .map_err(ApiError::internal)?;
-    if connections.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "no user `{user}` with a linked institution"
-        )));
-    }
-    if let Some(previous) = store
-        .latest_sync_request(tenant.tenant.id, &user)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        let age = Utc::now() - previous.created_at;
-        let interval = chrono::Duration::seconds(
-            i64::try_from(state.sync_request_interval.as_secs()).unwrap_or(i64::MAX),
-        );
-        if age < interval {
-            let status = status(&state, &previous, true).await?;
-            if !status.status.is_final() {
-                return Ok(accepted(status));
-            }
-            let wait = (interval - age).num_seconds().max(1);
-            return Err(ApiError::rate_limited(
-                format!(
-                    "this user was synced moments ago; ask again in {wait} s (the data is in the read endpoints)"
-                ),
-                u64::try_from(wait).unwrap_or(1),
-            ));
-        }
-    }
-    let active: Vec<_> = connections
-        .iter()
-        .filter(|c| c.status == ConnectionStatus::Active)
-        .map(|c| c.id)
-        .collect();
-    let request = store
-        .create_sync_request(tenant.tenant.id, &user, &active)
-        .await
-        .map_err(ApiError::internal)?;
-    for &connection_id in &active {
-        // A sync already waiting for this connection serves the request too: the
-        // request's progress is read from runs that start after it.
-        state
-            .sync
-            .queue
-            .enqueue(SyncConnection {
-                connection_id,
-                idempotency_key: format!("api:{}:{connection_id}", request.id),
-            })
-            .await
-            .map_err(ApiError::internal)?;
-    }
-    tracing::info!(sync = %request.id, user = %user, connections = active.len(), "Sync requested.");
-    Ok(accepted(status(&state, &request, false).await?))
+    let progress = requests::request(
+        &state.env,
+        tenant.tenant.id,
+        &user,
+        state.sync_request_interval,
+    )
+    .await
+    .map_err(|e| match e {
+        RequestError::NoUser(_) => ApiError::not_found(e.to_string()),
+        RequestError::TooSoon { wait_secs } => ApiError::rate_limited(e.to_string(), wait_secs),
+        other => ApiError::internal(other),
+    })?;
+    Ok(accepted(progress.into()))
 }
 
 fn accepted(status: SyncStatus) -> Response {
@@ -180,18 +133,18 @@ pub(super) async fn get_sync(
 ) -> Result<Json<SyncStatus>, ApiError> {
     tenant.require(Scope::Read)?;
     let request = state
-        .sync
+        .env
         .store
         .sync_request(tenant.tenant.id, &sync_id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no sync `{sync_id}`")))?;
-    let status = status(&state, &request, false).await?;
+    let progress = requests::progress(&state.env, request, false).await?;
+    let key = crate::portfolio::cache_key(progress.request.tenant_id, &progress.request.user_id);
+    let status = SyncStatus::from(progress);
     if status.status.is_final() {
         // The worker published the new view before finishing; drop this process's
         // copy too, so a read right after this answer cannot see the old one.
-        let key = crate::portfolio::cache_key(request.tenant_id, &request.user_id);
-        state.sync.cache.forget_locally(&key).await;
+        state.env.cache.forget_locally(&key).await;
     }
     Ok(Json(status))
 }
@@ -202,71 +155,47 @@ impl SyncState {
     }
 }
 
-async fn status(
-    state: &ApiState,
-    request: &SyncRequestRecord,
-    coalesced: bool,
-) -> Result<SyncStatus, ApiError> {
-    let store = &state.sync.store;
-    let mut connections = Vec::new();
-    for &id in &request.connections {
-        let record = store.connection(id).await.map_err(ApiError::internal)?;
-        let runs = store
-            .runs_since(id, request.created_at)
-            .await
-            .map_err(ApiError::internal)?;
-        let succeeded = runs.iter().rev().find(|r| r.outcome == "succeeded");
-        // A run unfinished after the sync lease ran out was abandoned (its worker
-        // died): it no longer counts as running.
-        let running = runs
-            .iter()
-            .find(|r| r.finished_at.is_none() && r.started_at + SYNC_LEASE > Utc::now());
-        let (status, run) = if let Some(run) = succeeded {
-            (SyncState::Succeeded, Some(run))
-        } else if let Some(run) = running {
-            (SyncState::Running, Some(run))
-        } else if record.status != ConnectionStatus::Active {
-            (SyncState::Skipped, runs.last())
-        } else if let Some(run) = runs.last() {
-            (SyncState::Failed, Some(run))
-        } else {
-            (SyncState::Queued, None)
-        };
-        connections.push(ConnectionSync {
-            connection_id: id.to_string(),
-            institution: record.institution_id,
-            status,
-            started_at: run.map(|r| r.started_at),
-            finished_at: run.and_then(|r| r.finished_at),
-            added: run.map(|r| r.added),
-            modified: run.map(|r| r.modified),
-            removed: run.map(|r| r.removed),
-            unchanged: run.map(|r| r.unchanged),
-            quarantined: run.map(|r| r.quarantined),
-        });
+impl From<RequestState> for SyncState {
+    fn from(state: RequestState) -> Self {
+        match state {
+            RequestState::Queued => Self::Queued,
+            RequestState::Running => Self::Running,
+            RequestState::Succeeded => Self::Succeeded,
+            RequestState::Partial => Self::Partial,
+            RequestState::Failed => Self::Failed,
+            RequestState::Skipped => Self::Skipped,
+        }
     }
-    let count = |s: SyncState| connections.iter().filter(|c| c.status == s).count();
-    let overall = if connections.is_empty() {
-        SyncState::Skipped
-    } else if count(SyncState::Queued) == connections.len() {
-        SyncState::Queued
-    } else if count(SyncState::Queued) + count(SyncState::Running) > 0 {
-        SyncState::Running
-    } else if count(SyncState::Succeeded) == connections.len() {
-        SyncState::Succeeded
-    } else if count(SyncState::Succeeded) > 0 {
-        SyncState::Partial
-    } else if count(SyncState::Failed) > 0 {
-        SyncState::Failed
-    } else {
-        SyncState::Skipped
-    };
-    Ok(SyncStatus {
-        id: request.id.clone(),
-        user_id: request.user_id.to_string(),
-        status: overall,
-        requested_at: request.created_at,
-        coalesced,
-        connections,
-    })
+}
+
+impl From<RequestProgress> for SyncStatus {
+    fn from(progress: RequestProgress) -> Self {
+        let connections = progress
+            .connections
+            .into_iter()
+            .map(|c| {
+                let run = c.run.as_ref();
+                ConnectionSync {
+                    connection_id: c.connection_id.to_string(),
+                    institution: c.institution,
+                    status: c.state.into(),
+                    started_at: run.map(|r| r.started_at),
+                    finished_at: run.and_then(|r| r.finished_at),
+                    added: run.map(|r| r.added),
+                    modified: run.map(|r| r.modified),
+                    removed: run.map(|r| r.removed),
+                    unchanged: run.map(|r| r.unchanged),
+                    quarantined: run.map(|r| r.quarantined),
+                }
+            })
+            .collect();
+        Self {
+            id: progress.request.id,
+            user_id: progress.request.user_id.to_string(),
+            status: progress.state.into(),
+            requested_at: progress.request.created_at,
+            coalesced: progress.coalesced,
+            connections,
+        }
+    }
 }

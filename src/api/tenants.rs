@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::admin::{Disconnected, disconnect_leased};
+use super::admin::{Disconnected, disconnect};
 use super::auth::Admin;
 use super::error::ErrorBody;
 use super::extract::{Json, Path};
@@ -139,22 +139,14 @@ pub(super) async fn create_tenant(
             "a tenant name is 1 to 64 letters, digits, '-', '_' or '.'",
         ));
     }
-    let store = &state.sync.store;
-    if store
-        .tenant_by_name(&body.name)
-        .await
-        .map_err(ApiError::internal)?
-        .is_some()
-    {
+    let store = &state.env.store;
+    if store.tenant_by_name(&body.name).await?.is_some() {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             format!("a tenant named `{}` exists", body.name),
         ));
     }
-    let (tenant, record, key) = store
-        .create_tenant_with_key(&body.name)
-        .await
-        .map_err(ApiError::internal)?;
+    let (tenant, record, key) = store.create_tenant_with_key(&body.name).await?;
     tracing::info!(tenant = %tenant.id, name = %tenant.name, "Tenant created.");
     Ok((
         StatusCode::CREATED,
@@ -178,12 +170,7 @@ pub(super) async fn list_tenants(
     State(state): State<ApiState>,
     _: Admin,
 ) -> Result<Json<Vec<TenantView>>, ApiError> {
-    let tenants = state
-        .sync
-        .store
-        .tenants()
-        .await
-        .map_err(ApiError::internal)?;
+    let tenants = state.env.store.tenants().await?;
     Ok(Json(tenants.into_iter().map(Into::into).collect()))
 }
 
@@ -192,11 +179,10 @@ async fn tenant(state: &ApiState, raw: &str) -> Result<TenantRecord, ApiError> {
         .parse()
         .map_err(|_| ApiError::invalid(format!("`{raw}` is not a tenant id")))?;
     state
-        .sync
+        .env
         .store
         .tenant(id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no tenant `{raw}`")))
 }
 
@@ -253,11 +239,10 @@ pub(super) async fn create_key(
         return Err(ApiError::invalid("a label is at most 200 characters"));
     }
     let (record, key) = state
-        .sync
+        .env
         .store
         .issue_api_key(tenant.id, &body.scopes, body.label.as_deref())
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     tracing::info!(tenant = %tenant.id, key = %record.prefix, "API key issued.");
     Ok((StatusCode::CREATED, Json(issued(record, &key))))
 }
@@ -279,12 +264,7 @@ pub(super) async fn list_keys(
     Path(tenant_id): Path<String>,
 ) -> Result<Json<Vec<KeyView>>, ApiError> {
     let tenant = tenant(&state, &tenant_id).await?;
-    let keys = state
-        .sync
-        .store
-        .api_keys(tenant.id)
-        .await
-        .map_err(ApiError::internal)?;
+    let keys = state.env.store.api_keys(tenant.id).await?;
     Ok(Json(keys.into_iter().map(Into::into).collect()))
 }
 
@@ -305,13 +285,7 @@ pub(super) async fn revoke_key(
     Path((tenant_id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant(&state, &tenant_id).await?;
-    if state
-        .sync
-        .store
-        .revoke_api_key(tenant.id, &key_id)
-        .await
-        .map_err(ApiError::internal)?
-    {
+    if state.env.store.revoke_api_key(tenant.id, &key_id).await? {
         state.keys.forget_all();
         tracing::info!(tenant = %tenant.id, key = %key_id, "API key revoked.");
         Ok(StatusCode::NO_CONTENT)
@@ -351,12 +325,7 @@ pub(super) async fn list_users(
     Path(tenant_id): Path<String>,
 ) -> Result<Json<Vec<UserView>>, ApiError> {
     let tenant = tenant(&state, &tenant_id).await?;
-    let connections = state
-        .sync
-        .store
-        .tenant_connections(tenant.id)
-        .await
-        .map_err(ApiError::internal)?;
+    let connections = state.env.store.tenant_connections(tenant.id).await?;
     let mut users: BTreeMap<String, Vec<UserConnection>> = BTreeMap::new();
     for c in connections {
         users
@@ -399,12 +368,7 @@ pub(super) async fn delete_user(
 ) -> Result<Json<Vec<Disconnected>>, ApiError> {
     let tenant = tenant(&state, &tenant_id).await?;
     let user = user_id(&raw_user)?;
-    let connections = state
-        .sync
-        .store
-        .user_connections(tenant.id, &user)
-        .await
-        .map_err(ApiError::internal)?;
+    let connections = state.env.store.user_connections(tenant.id, &user).await?;
     if connections.is_empty() {
         return Err(ApiError::not_found(format!("no user `{user}`")));
     }
@@ -413,7 +377,7 @@ pub(super) async fn delete_user(
         .iter()
         .filter(|c| c.status != ConnectionStatus::Revoked)
     {
-        results.push(disconnect_leased(&state, c.id).await?);
+        results.push(disconnect(&state, c.id).await?);
     }
     tracing::info!(tenant = %tenant.id, user = %user, connections = results.len(), "User removed.");
     Ok(Json(results))

@@ -127,7 +127,7 @@ pub(super) async fn annotate(
         Some(raw) => Some(raw.parse().map_err(|_| not_found())?),
     };
     let change = validated(request)?;
-    let ctx = &state.sync;
+    let ctx = &state.env;
     let annotated = ctx
         .store
         .annotate_transaction(tenant.tenant.id, &transaction_id, connection, change)
@@ -137,14 +137,8 @@ pub(super) async fn annotate(
             StoreError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
             e => ApiError::internal(e),
         })?;
-    let record = ctx
-        .store
-        .connection(annotated.connection)
-        .await
-        .map_err(ApiError::internal)?;
-    ctx.refresh_portfolio(&record)
-        .await
-        .map_err(ApiError::internal)?;
+    let record = ctx.store.connection(annotated.connection).await?;
+    ctx.refresh_portfolio(&record).await?;
     Ok(Json(TransactionView::from_record(
         annotated.connection.to_string(),
         annotated.transaction,

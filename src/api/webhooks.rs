@@ -146,7 +146,7 @@ pub(super) async fn create_endpoint(
         return Err(ApiError::invalid(format!("the endpoint URL {why}")));
     }
     let registered = webhooks::register_endpoint(
-        &state.sync.store,
+        &state.env.store,
         &state.linker.vault,
         tenant.tenant.id,
         &body.url,
@@ -180,12 +180,7 @@ pub(super) async fn list_endpoints(
     tenant: Tenant,
 ) -> Result<Json<Vec<EndpointView>>, ApiError> {
     tenant.require(Scope::Read)?;
-    let endpoints = state
-        .sync
-        .store
-        .webhook_endpoints(tenant.tenant.id)
-        .await
-        .map_err(ApiError::internal)?;
+    let endpoints = state.env.store.webhook_endpoints(tenant.tenant.id).await?;
     Ok(Json(endpoints.into_iter().map(Into::into).collect()))
 }
 
@@ -209,11 +204,10 @@ pub(super) async fn delete_endpoint(
     tenant.require(Scope::Sync)?;
     let id = endpoint_id(&webhook_id)?;
     if state
-        .sync
+        .env
         .store
         .disable_webhook_endpoint(tenant.tenant.id, id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
     {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -252,11 +246,10 @@ pub(super) async fn endpoint_deliveries(
     tenant.require(Scope::Read)?;
     let id = endpoint_id(&webhook_id)?;
     let limit = page_size(page.limit)?;
-    let store = &state.sync.store;
+    let store = &state.env.store;
     let owned = store
         .webhook_endpoints(tenant.tenant.id)
-        .await
-        .map_err(ApiError::internal)?
+        .await?
         .iter()
         .any(|e| e.id == id);
     if !owned {
@@ -268,8 +261,7 @@ pub(super) async fn endpoint_deliveries(
             endpoint: Some(id),
             limit,
         })
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     Ok(Json(deliveries.into_iter().map(Into::into).collect()))
 }
 
@@ -312,14 +304,13 @@ pub(super) async fn admin_deliveries(
         .transpose()?;
     let endpoint = query.webhook_id.as_deref().map(endpoint_id).transpose()?;
     let deliveries = state
-        .sync
+        .env
         .store
         .webhook_deliveries(DeliveryQuery {
             tenant,
             endpoint,
             limit: page_size(query.limit)?,
         })
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     Ok(Json(deliveries.into_iter().map(Into::into).collect()))
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::job::SyncConnection;
-use super::{Context, QueueError};
+use super::{Env, QueueError};
 use crate::connectors::{Connector, Notice};
 use crate::domain::{ConnectionId, ConnectionStatus};
 use crate::store::{EventFilter, EventStatus, InstitutionEvent, NewEvent, StoreError};
@@ -39,7 +39,7 @@ pub struct Receipt {
 /// process stopped, or the queue failed): then this one acts on it. Of several
 /// deliveries racing, in any processes, exactly one acts.
 pub async fn receive(
-    ctx: &Context,
+    ctx: &Env,
     connector: &Connector,
     notice: &Notice,
     body: &str,
@@ -81,7 +81,7 @@ pub struct Handled {
 /// and accounts, finds their connections and queues one sync each, then records
 /// the outcome on the event.
 async fn process(
-    ctx: &Context,
+    ctx: &Env,
     connector: &Connector,
     event: &InstitutionEvent,
     window: Duration,
@@ -108,7 +108,7 @@ async fn process(
 }
 
 async fn decide(
-    ctx: &Context,
+    ctx: &Env,
     connector: &Connector,
     event: &InstitutionEvent,
     window: Duration,
@@ -190,7 +190,7 @@ async fn decide(
 
 /// Queues the sync of `connection` for window `slot`, unless it is queued already.
 async fn enqueue(
-    ctx: &Context,
+    ctx: &Env,
     connection: ConnectionId,
     slot: i64,
     after: Duration,
@@ -228,7 +228,7 @@ const REPLAY_PAGE: u64 = 500;
 /// an event named are known, or after a connector fix. Syncs coalesce as for new
 /// events. A `received` event another process is acting on is left to it.
 pub async fn replay(
-    ctx: &Context,
+    ctx: &Env,
     filter: &EventFilter,
     window: Duration,
 ) -> Result<Vec<Replayed>, InboundError> {

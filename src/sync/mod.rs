@@ -1,23 +1,31 @@
 //! Syncing: the [`job`]s (a sync, a token refresh), the [`queue`] they run on
 //! (apalis on SQLite or PostgreSQL), the [`pipeline`] that fetches, normalizes and
 //! stores, the background token [`refresh`], the [`scheduler`] that enqueues
-//! due syncs and refreshes, the [`replay`] of quarantined records, and the
-//! institutions' webhooks turned into syncs ([`inbound`]). [`SyncContext`] is the one
-//! shared, immutable context every job receives.
+//! due syncs and refreshes, the [`replay`] of quarantined records, the
+//! institutions' webhooks turned into syncs ([`inbound`]), a connector proved
+//! against its live institution ([`check`]), on-demand [`requests`], a connection's
+//! [`lifecycle`] (after a link, on disconnect) and waiting for a sync's end
+//! ([`wait`]). [`Environment`] is the one shared, immutable environment every job
+//! and handler receives.
 
+pub mod check;
 pub mod inbound;
 pub mod job;
+pub mod lifecycle;
 pub mod pipeline;
 pub mod queue;
 pub mod refresh;
 pub mod replay;
+pub mod requests;
 pub mod scheduler;
+pub mod wait;
 
 use std::sync::Arc;
 
 pub use job::{Job, RefreshToken, SyncConnection};
 pub use pipeline::{LEASE as SYNC_LEASE, SyncError, SyncOutcome};
 pub use queue::{Queue, QueueError};
+pub use wait::{WaitError, wait_for_sync};
 
 use crate::cache::Cache;
 use crate::connectors::{Engine, Registry};
@@ -26,8 +34,9 @@ use crate::store::{ConnectionRecord, Store, StoreError};
 use crate::tokens::TokenService;
 use crate::webhooks::{self, EventData, WebhookEvent};
 
-/// Everything a sync needs, shared by all jobs of a process.
-pub struct SyncContext {
+/// The environment of one process: everything its jobs, loops and API handlers
+/// share (pools, clients, the queue), built once at start and never changed.
+pub struct Environment {
     pub store: Store,
     pub cache: Cache,
     pub registry: Arc<Registry>,
@@ -46,7 +55,7 @@ pub struct SyncContext {
     pub history_retention: chrono::Duration,
 }
 
-impl SyncContext {
+impl Environment {
     /// How long after a sync the connection is due again: its own interval, else
     /// its connector's, else the deployment's.
     pub fn interval_for(&self, connection: &ConnectionRecord) -> chrono::Duration {
@@ -92,4 +101,4 @@ impl SyncContext {
     }
 }
 
-pub type Context = Arc<SyncContext>;
+pub type Env = Arc<Environment>;

@@ -6,7 +6,7 @@
 use chrono::Utc;
 use tracing::Instrument;
 
-use super::Context;
+use super::Env;
 use super::job::SyncConnection;
 use crate::connectors::{EngineError, Fetched, SyncCursor};
 use crate::domain::{ConnectionId, ConnectionStatus};
@@ -46,16 +46,12 @@ pub enum SyncError {
 }
 
 /// Runs one sync; every log line of it carries the connection and the job's key.
-pub async fn run(
-    ctx: Context,
-    job: SyncConnection,
-    attempt: usize,
-) -> Result<SyncOutcome, SyncError> {
+pub async fn run(ctx: Env, job: SyncConnection, attempt: usize) -> Result<SyncOutcome, SyncError> {
     let span = tracing::info_span!("sync", connection = %job.connection_id, key = %job.idempotency_key, attempt);
     sync_connection(&ctx, &job).instrument(span).await
 }
 
-async fn sync_connection(ctx: &Context, job: &SyncConnection) -> Result<SyncOutcome, SyncError> {
+async fn sync_connection(ctx: &Env, job: &SyncConnection) -> Result<SyncOutcome, SyncError> {
     // One sync per connection at a time, fleet-wide: two syncs would race on the
     // rotating refresh token and on the rows. Taking the lease reads the connection.
     let owner = &job.idempotency_key;
@@ -79,7 +75,7 @@ async fn sync_connection(ctx: &Context, job: &SyncConnection) -> Result<SyncOutc
 
 /// What a sync holding the lease does.
 async fn leased(
-    ctx: &Context,
+    ctx: &Env,
     job: &SyncConnection,
     connection: ConnectionRecord,
 ) -> Result<SyncOutcome, SyncError> {
@@ -107,7 +103,7 @@ async fn leased(
 
 /// Why the lease was not taken: the connection is gone or not active (nothing to
 /// do), or another sync holds it (this one follows it).
-async fn not_leased(ctx: &Context, job: &SyncConnection) -> Result<SyncOutcome, SyncError> {
+async fn not_leased(ctx: &Env, job: &SyncConnection) -> Result<SyncOutcome, SyncError> {
     let connection = match ctx.store.connection(job.connection_id).await {
         Ok(c) => c,
         Err(StoreError::NotFound(_)) => return Ok(SyncOutcome::Skipped),
@@ -128,7 +124,7 @@ async fn not_leased(ctx: &Context, job: &SyncConnection) -> Result<SyncOutcome, 
 }
 
 /// Queues a sync of the connection to run `DEFER` from now, unless one is waiting.
-async fn follow_up(ctx: &Context, connection: ConnectionId) -> Result<bool, SyncError> {
+async fn follow_up(ctx: &Env, connection: ConnectionId) -> Result<bool, SyncError> {
     let job = SyncConnection {
         connection_id: connection,
         idempotency_key: format!("deferred:{connection}:{}", uuid::Uuid::new_v4()),
@@ -140,7 +136,7 @@ async fn follow_up(ctx: &Context, connection: ConnectionId) -> Result<bool, Sync
 }
 
 async fn leased_sync(
-    ctx: &Context,
+    ctx: &Env,
     job: &SyncConnection,
     connection: ConnectionRecord,
 ) -> Result<SyncOutcome, SyncError> {
@@ -318,7 +314,7 @@ impl Failure {
 /// Fetches, stores, and records the success on the connection (with where the
 /// next sync resumes and the lease given back); returns what changed and the cursor.
 async fn fetch_and_store(
-    ctx: &Context,
+    ctx: &Env,
     job: &SyncConnection,
     connection: &ConnectionRecord,
 ) -> Result<(RunCounts, Option<String>), Failure> {
@@ -368,7 +364,7 @@ async fn fetch_and_store(
 /// Keeps what this run refused in quarantine and resolves what it no longer
 /// refuses: `mapped` when the record is now stored, else `gone`.
 async fn quarantine(
-    ctx: &Context,
+    ctx: &Env,
     connection: &ConnectionRecord,
     connector_hash: &str,
     fetched: &Fetched,
@@ -402,7 +398,7 @@ async fn quarantine(
 }
 
 async fn apply(
-    ctx: &Context,
+    ctx: &Env,
     connection: &ConnectionRecord,
     fetched: &Fetched,
 ) -> Result<RunCounts, Failure> {

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sqlx;
 
 use super::job::Job;
-use super::{Context, pipeline, refresh};
+use super::{Env, pipeline, refresh};
 use crate::domain::ConnectionId;
 use crate::store::Store;
 
@@ -254,7 +254,7 @@ impl Queue {
     /// A monitor running `concurrency` syncs at a time, restarting its worker after
     /// a backend error. Worker names are unique per host, process and restart, so a
     /// dead process's jobs are recognised as orphans and recovered.
-    pub fn monitor(&self, ctx: Context, concurrency: usize) -> Monitor {
+    pub fn monitor(&self, ctx: Env, concurrency: usize) -> Monitor {
         let base = format!("{}-{}", hostname(), std::process::id());
         let monitor = match self.clone() {
             Self::Sqlite(storage) => Monitor::new().register(move |restarts| {
@@ -299,8 +299,8 @@ impl Queue {
 /// would share one thread however many cores there are; each job runs as a task
 /// of its own instead, and the worker waits for it. A panic in it is raised
 /// again here, where the worker's panic guard turns it into a failed attempt.
-async fn run_job(job: Job, ctx: Data<Context>, attempt: Attempt) -> Result<(), BoxDynError> {
-    let ctx = Context::clone(&ctx);
+async fn run_job(job: Job, ctx: Data<Env>, attempt: Attempt) -> Result<(), BoxDynError> {
+    let ctx = Env::clone(&ctx);
     let attempt = attempt.current();
     let task = tokio::spawn(async move {
         match job {

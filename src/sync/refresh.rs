@@ -5,20 +5,20 @@
 
 use tracing::Instrument;
 
-use super::Context;
+use super::Env;
 use super::job::RefreshToken;
 use super::pipeline::SyncError;
 use crate::domain::ConnectionStatus;
 use crate::store::StoreError;
 use crate::tokens::{OAuthError, TokenError};
 
-pub async fn run(ctx: Context, job: RefreshToken) -> Result<(), SyncError> {
+pub async fn run(ctx: Env, job: RefreshToken) -> Result<(), SyncError> {
     let span =
         tracing::info_span!("refresh", connection = %job.connection_id, key = %job.idempotency_key);
     refresh(&ctx, &job).instrument(span).await
 }
 
-async fn refresh(ctx: &Context, job: &RefreshToken) -> Result<(), SyncError> {
+async fn refresh(ctx: &Env, job: &RefreshToken) -> Result<(), SyncError> {
     let connection = match ctx.store.connection(job.connection_id).await {
         Ok(c) => c,
         Err(StoreError::NotFound(_)) => return Ok(()),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{SubsecRound, Utc};
 
 use super::job::{RefreshToken, SyncConnection};
-use super::{Context, QueueError};
+use super::{Env, QueueError};
 use crate::store::StoreError;
 
 /// Connections looked at per tick.
@@ -30,7 +30,7 @@ pub enum SchedulerError {
 /// One pass: enqueues a sync for every due connection and a token refresh for
 /// every due token; returns how many jobs were enqueued. The schedule slot is claimed first (atomically, so of several
 /// schedulers exactly one proceeds) and handed back if the enqueue fails.
-pub async fn tick(ctx: &Context) -> Result<usize, SchedulerError> {
+pub async fn tick(ctx: &Env) -> Result<usize, SchedulerError> {
     // Microseconds: what both databases keep, so a claim compares equal.
     let now = Utc::now().trunc_subsecs(6);
     let mut enqueued = 0;
@@ -85,7 +85,7 @@ pub async fn tick(ctx: &Context) -> Result<usize, SchedulerError> {
 /// Enqueues a token refresh for every connection whose refresh is due. The slot is
 /// claimed by moving `refresh_due_at` a retry interval on; a successful refresh
 /// sets the next real one.
-async fn refresh_tick(ctx: &Context, now: chrono::DateTime<Utc>) -> Result<usize, SchedulerError> {
+async fn refresh_tick(ctx: &Env, now: chrono::DateTime<Utc>) -> Result<usize, SchedulerError> {
     let mut enqueued = 0;
     for connection in ctx.store.due_refreshes(now, BATCH).await? {
         let Some(due) = connection.tokens.refresh_due_at else {
@@ -131,7 +131,7 @@ pub struct Purged {
 /// Deletes what is over and older than `before`: sync runs and requests, jobs and
 /// settled webhook deliveries. Nothing still running, queued or pending goes.
 pub async fn purge_history(
-    ctx: &Context,
+    ctx: &Env,
     before: chrono::DateTime<Utc>,
 ) -> Result<Purged, SchedulerError> {
     let purged = Purged {
@@ -152,7 +152,7 @@ pub async fn purge_history(
 
 /// Ticks every `every`, and purges history once an hour beside it, until
 /// `shutdown` resolves.
-pub async fn run(ctx: Context, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn run(ctx: Env, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

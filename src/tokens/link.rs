@@ -31,6 +31,9 @@ pub enum LinkError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The institution did not approve a test user without a login page.
+    #[error("linking the test user: {0}")]
+    TestUser(String),
 }
 
 /// A completed link.
@@ -58,6 +61,61 @@ pub struct Linker {
 }
 
 impl Linker {
+    /// Links `user` the way a browser would, for an institution that approves its
+    /// test users without a login page (the sandbox, test authorization servers):
+    /// opens the authorization URL, follows its redirect to our callback, and so
+    /// completes the link and enqueues the first sync. The demo, benchmarks and
+    /// tests link this way.
+    pub async fn link_test_user(
+        &self,
+        http: &reqwest::Client,
+        tenant: TenantId,
+        user: &UserId,
+        institution: &str,
+    ) -> Result<ConnectionId, LinkError> {
+        use reqwest::StatusCode;
+        use reqwest::header::LOCATION;
+        let start = self.start(tenant, user, institution).await?;
+        let consent = http
+            .get(start.authorize_url.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                LinkError::TestUser(format!(
+                    "opening the authorization URL: {}",
+                    e.without_url()
+                ))
+            })?;
+        if consent.status() != StatusCode::FOUND && consent.status() != StatusCode::SEE_OTHER {
+            return Err(LinkError::TestUser(format!(
+                "the institution answered {} instead of redirecting back",
+                consent.status()
+            )));
+        }
+        let callback = consent
+            .headers()
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .ok_or_else(|| {
+                LinkError::TestUser("the institution's redirect has no Location".into())
+            })?
+            .to_owned();
+        let done = http.get(&callback).send().await.map_err(|e| {
+            LinkError::TestUser(format!(
+                "following the redirect to the callback: {}",
+                e.without_url()
+            ))
+        })?;
+        if !done.status().is_success() {
+            return Err(LinkError::TestUser(format!(
+                "the callback answered {}: {}",
+                done.status(),
+                done.text().await.unwrap_or_default()
+            )));
+        }
+        Ok(start.connection_id)
+    }
+
     /// Starts (or restarts) linking `user` of `tenant` to `institution`: returns the
     /// URL to send the user to.
     pub async fn start(

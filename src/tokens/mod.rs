@@ -2,11 +2,12 @@
 //! [`oauth`] client for one connector, [`link`]ing a user through the authorization
 //! code flow, and [`TokenService`], which hands a sync a usable access token,
 //! refreshes tokens ahead of expiry with at most one refresh per connection in
-//! flight across the fleet, and revokes them.
+//! flight across the fleet, and revokes them; [`disconnect`]ing a connection.
 //!
 //! Tokens live in `SecretString` in memory, as vault ciphertext in the database, and
 //! nowhere else: no log line, error or response carries one.
 
+pub mod disconnect;
 pub mod link;
 pub mod oauth;
 pub mod rotate;
@@ -142,17 +143,8 @@ impl TokenService {
         seen: &ConnectionRecord,
     ) -> Result<SecretString, TokenError> {
         let owner = uuid::Uuid::new_v4().to_string();
-        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
-        while !self
-            .store
-            .acquire_lease(Lease::Token, seen.id, &owner, Utc::now() + TOKEN_LEASE)
-            .await?
-        {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(TokenError::Busy);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.hold_token_lease(seen.id, &owner, TOKEN_LEASE, LEASE_WAIT)
+            .await?;
         // The refresh and its commit run in a task of their own: if this caller is
         // cancelled (a worker shutting down), the rotated token is still committed.
         let (service, seen, lease) = (self.clone(), seen.clone(), owner.clone());

@@ -14,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 
-use crate::config::VaultSettings;
+use crate::app::config::VaultSettings;
 
 /// Format version byte, first in every ciphertext.
 const FORMAT_V1: u8 = 1;

@@ -16,7 +16,7 @@ use secrecy::SecretString;
 use tracing::Instrument;
 
 use super::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign};
-use crate::config::WebhookSettings;
+use crate::app::config::WebhookSettings;
 use crate::store::{Attempt, ClaimedDelivery, NextStep, Store, StoreError};
 use crate::tokens::{Vault, webhook_secret_context};
 

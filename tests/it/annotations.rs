@@ -4,9 +4,9 @@
 //! tenant's connections share needs the connection named.
 
 use finsync::domain::ConnectionId;
-use finsync::sandbox::SandboxConfig;
 use finsync::store::{Removals, Scope};
 use finsync::sync::SyncConnection;
+use finsync_sandbox::SandboxConfig;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use finsync::domain::{ConnectionStatus, TransactionStatus};
-use finsync::sandbox::SandboxConfig;
+use finsync_sandbox::SandboxConfig;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use finsync::cache::{Cache, CacheConfig, Hit};
-use finsync::sandbox::SandboxConfig;
+use finsync_sandbox::SandboxConfig;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use finsync::sandbox::{Drift, Faults, Institution, SandboxConfig};
+use finsync_sandbox::{Drift, Faults, Institution, SandboxConfig};
 use serde_json::Value;
 
 use crate::support::{ADMIN_TOKEN, Backend, TestApp, TestDb, settings, spawn_sandbox, unique};
@@ -259,7 +259,7 @@ async fn a_check_reports_every_endpoint_and_names_the_fields_that_do_not_map() {
         let secret = registry.client_secret(&connector).unwrap();
         let redirect = redirect.clone();
         async move {
-            finsync::check::check(
+            finsync::sync::check::check(
                 &connector,
                 secret,
                 &redirect,

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use finsync::sandbox::SandboxConfig;
 use finsync::store::Scope;
+use finsync_sandbox::SandboxConfig;
 use secrecy::ExposeSecret;
 
 use crate::support::{ADMIN_TOKEN, Backend, TestApp, TestDb, settings, spawn_sandbox};

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use finsync::domain::UserId;
-use finsync::sandbox::SandboxConfig;
 use finsync::sync::SyncConnection;
+use finsync_sandbox::SandboxConfig;
 use serde_json::Value;
 
 use crate::support::{Backend, TestApp, TestDb, assert_matches_sandbox, settings, spawn_sandbox};
@@ -26,7 +26,7 @@ async fn synced_data_equals_the_sandbox_value_for_value_and_a_resync_changes_not
         let connection = app.link_and_sync(tenant.id, user).await;
         let stored = store.full_snapshot(connection).await.unwrap();
         let expected =
-            finsync::sandbox::data::portfolio(42, SandboxConfig::default().anchor_date, user);
+            finsync_sandbox::data::portfolio(42, SandboxConfig::default().anchor_date, user);
         assert_matches_sandbox(&stored, &expected);
         connections.push(connection);
     }
@@ -76,7 +76,7 @@ async fn the_api_serves_a_tenant_its_own_users_only() {
     assert_eq!(body["freshness"]["stale"], false);
     assert!(body["freshness"]["as_of"].is_string());
     let expected =
-        finsync::sandbox::data::portfolio(42, SandboxConfig::default().anchor_date, "demo-bob");
+        finsync_sandbox::data::portfolio(42, SandboxConfig::default().anchor_date, "demo-bob");
     assert_eq!(
         body["accounts"].as_array().unwrap().len(),
         expected.accounts.len()
@@ -202,7 +202,7 @@ async fn a_response_that_no_longer_matches_keeps_the_last_good_data_and_marks_it
     };
     let since = chrono::Utc::now();
     crate::support::request_sync(&app.app.ctx.queue, job).await;
-    let failure = finsync::demo::wait_for_sync(&app.app, connection, since)
+    let failure = crate::support::wait_for_sync(&app.app, connection, since)
         .await
         .unwrap()
         .expect_err("the drifted sync fails");
@@ -320,7 +320,7 @@ async fn syncs_follow_the_institution_through_changes_removals_and_postings() {
         app.wait_synced(connection, since).await;
 
         let stored = store.full_snapshot(connection).await.unwrap();
-        let expected = finsync::sandbox::data::portfolio_at(42, anchor, user, epoch);
+        let expected = finsync_sandbox::data::portfolio_at(42, anchor, user, epoch);
         assert_matches_sandbox(&stored, &expected);
         let run = &store.runs(connection).await.unwrap()[0];
         assert_eq!(run.outcome, "succeeded");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use finsync::sandbox::SandboxConfig;
+use finsync_sandbox::SandboxConfig;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -89,7 +89,7 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
     assert_eq!(body["freshness"]["stale"], false, "never synced: {body}");
 
     let expected =
-        finsync::sandbox::data::portfolio(42, SandboxConfig::default().anchor_date, "demo-alice");
+        finsync_sandbox::data::portfolio(42, SandboxConfig::default().anchor_date, "demo-alice");
     assert_eq!(
         body["accounts"].as_array().unwrap().len(),
         expected.accounts.len()
@@ -325,10 +325,10 @@ async fn a_fourth_institution_joins_a_running_fleet_with_a_new_file_only() {
     assert!(runs.iter().all(|r| r.outcome == "succeeded"), "{runs:?}");
     let stored = store.full_snapshot(connection).await.unwrap();
     let defaults = SandboxConfig::default();
-    let expected = finsync::sandbox::institution_portfolio(
+    let expected = finsync_sandbox::institution_portfolio(
         defaults.seed,
         defaults.anchor_date,
-        finsync::sandbox::Institution::Northwind,
+        finsync_sandbox::Institution::Northwind,
         "demo-dave",
         0,
     );

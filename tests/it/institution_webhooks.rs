@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use finsync::sandbox::{Institution, Sandbox, SandboxConfig};
 use finsync::store::{EventFilter, EventStatus, InstitutionEvent};
+use finsync_sandbox::{Institution, Sandbox, SandboxConfig};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;

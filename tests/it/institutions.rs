@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use finsync::domain::Snapshot;
-use finsync::sandbox::data::Portfolio;
-use finsync::sandbox::{Institution, SandboxConfig};
+use finsync_sandbox::data::Portfolio;
+use finsync_sandbox::{Institution, SandboxConfig};
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::support::{Backend, TestApp, TestDb, settings, spawn_sandbox, unique};

@@ -209,15 +209,12 @@ async fn a_third_party_oauth2_server_links_refreshes_and_revokes() {
     // Linking follows the server's real redirect back to finsync's callback.
     let linked_at = chrono::Utc::now();
     let user = UserId::parse("lighthouse-user").unwrap();
-    let connection = finsync::demo::link_over_http(
-        &app.app,
-        &finsync::http::client(),
-        tenant.id,
-        &user,
-        "lighthouse",
-    )
-    .await
-    .unwrap();
+    let connection = app
+        .app
+        .linker
+        .link_test_user(&finsync::http::client(), tenant.id, &user, "lighthouse")
+        .await
+        .unwrap();
     app.wait_synced(connection, linked_at).await;
     let record = store.connection(connection).await.unwrap();
     assert_eq!(record.status, ConnectionStatus::Active);

@@ -2,7 +2,7 @@
 //! are sealed at rest, and relinking repairs the same connection.
 
 use finsync::domain::{ConnectionStatus, UserId};
-use finsync::sandbox::SandboxConfig;
+use finsync_sandbox::SandboxConfig;
 use reqwest::header::LOCATION;
 use serde_json::Value;
 

@@ -5,7 +5,6 @@
 
 mod annotations;
 mod api;
-mod bench;
 mod cache;
 mod catalog;
 mod connectors;

@@ -5,8 +5,8 @@
 
 use std::collections::HashSet;
 
-use finsync::sandbox::{Faults, Institution, SandboxConfig};
 use finsync::store::{QuarantineEntry, QuarantineFilter, Refusal, Resolution};
+use finsync_sandbox::{Faults, Institution, SandboxConfig};
 
 use crate::support::{
     ADMIN_TOKEN, Backend, TestApp, TestDb, dump_database, finsync, process_env, settings,

@@ -11,8 +11,8 @@ use axum::extract::{Query, State};
 use finsync::connectors::Engine;
 use finsync::domain::ConnectionId;
 use finsync::resilience::{BreakerPolicy, Outcome, Quota, Refusal, Resilience};
-use finsync::sandbox::{Faults, Institution, SandboxConfig};
 use finsync::sync::SyncConnection;
+use finsync_sandbox::{Faults, Institution, SandboxConfig};
 use secrecy::SecretString;
 
 use crate::support::{
@@ -27,13 +27,13 @@ async fn sync(app: &TestApp, connection: ConnectionId) -> Result<(), String> {
         idempotency_key: unique("test:resilience"),
     };
     crate::support::request_sync(&app.app.ctx.queue, job).await;
-    finsync::demo::wait_for_sync(&app.app, connection, since)
+    crate::support::wait_for_sync(&app.app, connection, since)
         .await
         .unwrap()
 }
 
 /// Data API requests Harbor has received.
-fn harbor_requests(sandbox: &finsync::sandbox::Sandbox) -> usize {
+fn harbor_requests(sandbox: &finsync_sandbox::Sandbox) -> usize {
     sandbox.arrivals(Institution::Harbor).len()
 }
 
@@ -152,7 +152,7 @@ async fn after_a_429_with_retry_after_no_worker_asks_the_institution_before_it_s
                 idempotency_key: unique("test:alice"),
             };
             crate::support::request_sync(&app.ctx.queue, job).await;
-            finsync::demo::wait_for_sync(&app, alice, since)
+            crate::support::wait_for_sync(&app, alice, since)
                 .await
                 .unwrap()
         }

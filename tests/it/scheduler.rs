@@ -2,9 +2,9 @@
 //! ticking at once, and is not due again until its interval has passed.
 
 use finsync::domain::{ConnectionStatus, UserId};
-use finsync::sandbox::SandboxConfig;
 use finsync::store::TokenColumns;
 use finsync::sync::{SyncConnection, scheduler};
+use finsync_sandbox::SandboxConfig;
 use serde_json::json;
 
 use crate::support::{ADMIN_TOKEN, Backend, TestApp, TestDb, settings, spawn_sandbox};

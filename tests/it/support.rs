@@ -8,10 +8,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use finsync::config::Settings;
+use finsync::app::config::Settings;
+use finsync::app::startup::App;
 use finsync::domain::{ConnectionId, Snapshot, TenantId, UserId};
-use finsync::sandbox::{self, Sandbox, SandboxConfig};
-use finsync::startup::App;
+use finsync_sandbox::{self as sandbox, Sandbox, SandboxConfig};
 use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, Database};
 use secrecy::SecretString;
@@ -20,6 +20,19 @@ use tokio::sync::watch;
 
 pub const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, base64
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Waits for a sync of `connection` that started after `since` to finish:
+/// `Err(reason)` when it failed.
+pub async fn wait_for_sync(
+    app: &App,
+    connection: ConnectionId,
+    since: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Result<(), String>> {
+    Ok(finsync::sync::wait_for_sync(&app.ctx.store, connection, since, SYNC_TIMEOUT).await?)
+}
+
+/// How long a test waits for one sync.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn postgres_url() -> String {
     std::env::var("FINSYNC_TEST_DATABASE_URL")
@@ -159,7 +172,8 @@ pub fn settings(db: &TestDb, redis_prefix: Option<&str>, sandbox: &Sandbox) -> S
 /// Settings for a test that brings its own institutions: the test environment with
 /// this test's database and Redis prefix (or no Redis), and no sandbox.
 pub fn base_settings(db: &TestDb, redis_prefix: Option<&str>) -> Settings {
-    let mut settings = Settings::load_from(&finsync::config::config_dir(), Some("test")).unwrap();
+    let mut settings =
+        Settings::load_from(&finsync::app::config::config_dir(), Some("test")).unwrap();
     settings.database.url = SecretString::from(db.url.clone());
     settings.database.max_connections = 5;
     match redis_prefix {
@@ -183,15 +197,12 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    pub async fn spawn(settings: Settings, workers: bool) -> Self {
+    pub async fn spawn(mut settings: Settings, workers: bool) -> Self {
         capture_logs();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
-        let app = Arc::new(
-            App::build(settings, url::Url::parse(&format!("{address}/")).unwrap())
-                .await
-                .unwrap(),
-        );
+        settings.server.public_url = url::Url::parse(&format!("{address}/")).unwrap();
+        let app = Arc::new(App::build(settings).await.unwrap());
         let (stop, stopped) = watch::channel(false);
         let until = move || {
             let mut rx = stopped.clone();
@@ -227,15 +238,12 @@ impl TestApp {
     ) -> ConnectionId {
         let user = UserId::parse(user).unwrap();
         let since = chrono::Utc::now();
-        let connection = finsync::demo::link_over_http(
-            &self.app,
-            &finsync::http::client(),
-            tenant,
-            &user,
-            institution,
-        )
-        .await
-        .unwrap();
+        let connection = self
+            .app
+            .linker
+            .link_test_user(&finsync::http::client(), tenant, &user, institution)
+            .await
+            .unwrap();
         self.wait_synced(connection, since).await;
         connection
     }
@@ -258,7 +266,7 @@ impl TestApp {
         connection: ConnectionId,
         since: chrono::DateTime<chrono::Utc>,
     ) {
-        let outcome = finsync::demo::wait_for_sync(&self.app, connection, since)
+        let outcome = crate::support::wait_for_sync(&self.app, connection, since)
             .await
             .unwrap();
         assert_eq!(outcome, Ok(()), "the sync failed");

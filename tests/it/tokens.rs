@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use apalis::prelude::{TaskBuilder, TaskSink};
 use finsync::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
-use finsync::sandbox::{Sandbox, SandboxConfig, TokenQuirks};
 use finsync::sync::{Job, Queue, SyncConnection, scheduler};
 use finsync::tokens::{Vault, rotate, seal_context};
+use finsync_sandbox::{Sandbox, SandboxConfig, TokenQuirks};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
@@ -41,15 +41,11 @@ pub(crate) async fn open_token(app: &TestApp, connection: ConnectionId, field: &
 
 async fn link(app: &TestApp, tenant: TenantId, user: &str) -> ConnectionId {
     let user = UserId::parse(user).unwrap();
-    finsync::demo::link_over_http(
-        &app.app,
-        &finsync::http::client(),
-        tenant,
-        &user,
-        "meridian",
-    )
-    .await
-    .unwrap()
+    app.app
+        .linker
+        .link_test_user(&finsync::http::client(), tenant, &user, "meridian")
+        .await
+        .unwrap()
 }
 
 /// Waits until the connection's status or last failure says the sync is over.
@@ -271,7 +267,7 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
     };
     let since = chrono::Utc::now();
     crate::support::request_sync(&app.app.ctx.queue, job).await;
-    let outcome = finsync::demo::wait_for_sync(&app.app, connection, since)
+    let outcome = crate::support::wait_for_sync(&app.app, connection, since)
         .await
         .unwrap();
     assert!(outcome.is_err(), "the sync fails");
@@ -516,7 +512,7 @@ async fn disconnecting_revokes_at_the_institution_and_deletes_tokens_and_data() 
     // everything again: the records were deleted, so the incremental cursor of
     // the syncs before the disconnect must not be resumed from.
     assert_eq!(app.link_and_sync(tenant.id, "demo-alice").await, connection);
-    let expected = finsync::sandbox::data::portfolio_at(
+    let expected = finsync_sandbox::data::portfolio_at(
         42,
         SandboxConfig::default().anchor_date,
         "demo-alice",

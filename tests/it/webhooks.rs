@@ -11,12 +11,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use finsync::config::Settings;
+use finsync::app::config::Settings;
 use finsync::domain::{
     ConnectionId, ConnectionStatus, DeliveryStatus, TenantId, UserId, WebhookDeliveryId,
     WebhookEndpointId,
 };
-use finsync::sandbox::SandboxConfig;
 use finsync::store::{DeliveryQuery, Store, WebhookDelivery};
 use finsync::sync::{RefreshToken, SyncConnection, scheduler};
 use finsync::tokens::{Vault, rotate, webhook_secret_context};
@@ -24,6 +23,7 @@ use finsync::webhooks::{
     self, DELIVERY_HEADER, Deliverer, DeliveryPolicy, EVENT_HEADER, EventData, Registered,
     SIGNATURE_HEADER, VerifyError, WebhookError, WebhookEvent,
 };
+use finsync_sandbox::SandboxConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::net::TcpListener;

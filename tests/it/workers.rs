@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use finsync::sandbox::SandboxConfig;
 use finsync::store::ABANDONED;
 use finsync::sync::SyncConnection;
+use finsync_sandbox::SandboxConfig;
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -61,7 +61,7 @@ async fn a_job_that_keeps_stopping_its_worker_is_parked_with_the_reason() {
         idempotency_key: "test:poison".into(),
     };
     assert!(app.app.ctx.queue.enqueue(job).await.unwrap());
-    let outcome = finsync::demo::wait_for_sync(&app.app, connection, since)
+    let outcome = crate::support::wait_for_sync(&app.app, connection, since)
         .await
         .unwrap();
     let reason = outcome.expect_err("the job is parked");
@@ -182,6 +182,6 @@ async fn a_sync_whose_worker_is_killed_runs_again_and_stores_a_clean_sync() {
         "the killed run is closed as abandoned: {runs:?}"
     );
     let expected =
-        finsync::sandbox::data::portfolio(42, SandboxConfig::default().anchor_date, "demo-bob");
+        finsync_sandbox::data::portfolio(42, SandboxConfig::default().anchor_date, "demo-bob");
     assert_matches_sandbox(&store.full_snapshot(connection).await.unwrap(), &expected);
 }

@@ -1,6 +1,6 @@
-//! Wiring: builds a running finsync from settings — database, vault, connectors,
-//! cache, queue, and in embedded mode the sandbox institutions — and starts the
-//! roles (`serve`, `worker`, `scheduler`) `main.rs` asks for.
+//! Wiring: builds one process's finsync from settings (database, vault, connectors,
+//! cache, queue, and in embedded mode the sandbox institutions). What the process
+//! then runs is [`super::roles`]'s business.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -11,20 +11,20 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState, KeyCache, KeyLimiter};
+use crate::app::config::Settings;
 use crate::cache::{Cache, CacheConfig};
 use crate::catalog::Catalog;
-use crate::config::Settings;
 use crate::connectors::{Engine, Registry};
 use crate::resilience::Resilience;
-use crate::sandbox::{self, Sandbox, SandboxConfig};
 use crate::store::Store;
-use crate::sync::{Context, Queue, SyncContext};
+use crate::sync::{Env, Environment, Queue};
 use crate::tokens::{Linker, TokenService, Vault};
 use crate::webhooks::{Deliverer, DeliveryPolicy};
+use finsync_sandbox::{self as sandbox, Sandbox, SandboxConfig};
 
 /// One process's finsync: every shared part, built once.
 pub struct App {
-    pub ctx: Context,
+    pub ctx: Env,
     /// The connectors in service; follows the directory and the database.
     pub catalog: Catalog,
     pub linker: Linker,
@@ -33,15 +33,15 @@ pub struct App {
     pub settings: Arc<Settings>,
     /// The in-process sandbox (embedded mode); kept to keep it running.
     pub sandbox: Option<Sandbox>,
-    pub public_url: url::Url,
     /// This process's Prometheus recorder.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 impl App {
-    /// Builds the app. `public_url` is where this deployment's API is reachable
-    /// (institutions redirect users to `<public_url>/oauth/callback`).
-    pub async fn build(mut settings: Settings, public_url: url::Url) -> anyhow::Result<Self> {
+    /// Builds the app. `settings.server.public_url` is where this deployment's API
+    /// is reachable (institutions redirect users to `<public_url>/oauth/callback`).
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
+        let public_url = settings.server.public_url.clone();
         // Configuration problems first: a production process without a vault key
         // must refuse to start before it touches anything.
         let vault = Arc::new(Vault::from_settings(&settings.vault)?);
@@ -133,7 +133,7 @@ impl App {
             redirect_uri,
             refresh_at_fraction: settings.tokens.refresh_at_fraction,
         };
-        let ctx = Arc::new(SyncContext {
+        let ctx = Arc::new(Environment {
             store,
             cache,
             registry,
@@ -157,15 +157,14 @@ impl App {
             webhooks,
             settings: Arc::new(settings),
             sandbox,
-            public_url,
-            metrics: crate::telemetry::metrics(),
+            metrics: crate::app::telemetry::metrics(),
         })
     }
 
     pub fn router(&self) -> axum::Router {
         let token = self.settings.server.admin_token.expose_secret();
         api::router(ApiState {
-            sync: self.ctx.clone(),
+            env: self.ctx.clone(),
             catalog: self.catalog.clone(),
             linker: self.linker.clone(),
             admin_token: (!token.is_empty())
@@ -184,89 +183,5 @@ impl App {
             ),
             institution_webhooks: self.settings.institution_webhooks.clone(),
         })
-    }
-
-    /// Serves the API on `listener` until `shutdown` resolves.
-    pub async fn serve(
-        &self,
-        listener: TcpListener,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        // Other processes' writes reach this process's L1 through Redis pub/sub.
-        let invalidations = self.ctx.cache.listen_for_invalidations();
-        let catalog = self.follow_connectors();
-        let served = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await;
-        if let Some(task) = invalidations {
-            task.abort();
-        }
-        catalog.abort();
-        Ok(served?)
-    }
-
-    /// Keeps this process's connectors current in the background; abort the task
-    /// when the role stops.
-    fn follow_connectors(&self) -> tokio::task::JoinHandle<()> {
-        let catalog = self.catalog.clone();
-        let every = Duration::from_millis(self.settings.connectors.reload_ms.max(100));
-        tokio::spawn(async move { catalog.run(every, std::future::pending()).await })
-    }
-
-    /// Runs sync workers until `shutdown` resolves; in-flight jobs finish or are
-    /// handed back to the queue.
-    pub async fn run_workers(
-        &self,
-        concurrency: usize,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let monitor = self.ctx.queue.monitor(self.ctx.clone(), concurrency);
-        let catalog = self.follow_connectors();
-        let ran = monitor
-            .run_with_signal(async move {
-                shutdown.await;
-                Ok(())
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("workers: {e}"));
-        catalog.abort();
-        ran
-    }
-
-    /// Runs the webhook delivery loop until `shutdown` resolves.
-    pub async fn run_webhooks(&self, shutdown: impl std::future::Future<Output = ()>) {
-        crate::webhooks::run(self.webhooks.clone(), shutdown).await;
-    }
-
-    /// Runs the scheduler until `shutdown` resolves.
-    pub async fn run_scheduler(&self, shutdown: impl std::future::Future<Output = ()>) {
-        let every = Duration::from_secs(self.settings.sync.scheduler_tick_secs.max(1));
-        let catalog = self.follow_connectors();
-        crate::sync::scheduler::run(self.ctx.clone(), every, shutdown).await;
-        catalog.abort();
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
     }
 }

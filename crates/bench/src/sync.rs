@@ -33,14 +33,14 @@ use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{RedisServer, ScratchDatabase};
-use crate::config::Settings;
-use crate::domain::{ConnectionId, UserId};
-use crate::sandbox::{self, Faults, Institution, Latency, Sandbox, SandboxConfig};
-use crate::startup::App;
-use crate::store::entities::{account, holding, security, sync_run, transaction};
-use crate::sync::SyncConnection;
-use crate::tokens::Vault;
+use crate::support::{RedisServer, ScratchDatabase};
+use finsync::app::config::Settings;
+use finsync::app::startup::App;
+use finsync::domain::{ConnectionId, UserId};
+use finsync::store::entities::{account, holding, security, sync_run, transaction};
+use finsync::sync::SyncConnection;
+use finsync::tokens::Vault;
+use finsync_sandbox::{self as sandbox, Faults, Institution, Latency, Sandbox, SandboxConfig};
 
 pub struct SyncBench {
     /// Connections synced in each phase.
@@ -55,6 +55,8 @@ pub struct SyncBench {
     pub database_url: String,
     /// The `redis-server` binary the bench starts.
     pub redis_server: String,
+    /// The `finsync` binary the worker processes run.
+    pub finsync: PathBuf,
 }
 
 /// Rows one raw upsert statement carries, as the sync's own inserts do.
@@ -101,7 +103,7 @@ pub async fn run_sync(bench: SyncBench) -> anyhow::Result<()> {
     };
     let sandbox = sandbox::spawn(config, listener).await?;
     let mut redis = RedisServer::start(&bench.redis_server)?;
-    let exe = std::env::current_exe().context("finding the finsync binary")?;
+    let exe = bench.finsync.clone();
 
     // (a) and (c), then the raw upsert, on one database.
     let fleet = Fleet::start(&bench, &sandbox, &redis, None).await?;
@@ -248,7 +250,7 @@ impl Fleet {
         let scratch = ScratchDatabase::create(&bench.database_url).await?;
         let dir = std::env::temp_dir().join(format!("finsync-bench-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir)?;
-        let mut settings = Settings::load_from(&crate::config::config_dir(), None)?;
+        let mut settings = Settings::load_from(&finsync::app::config::config_dir(), None)?;
         write_connector(&settings.connectors.dir, &dir, budget)?;
         let vault_key = Vault::generate_key();
         let prefix = format!("finsync-bench-{}", uuid::Uuid::new_v4().simple());
@@ -287,9 +289,10 @@ impl Fleet {
             .insert("meridian".into(), meridian);
         settings.vault.key = vault_key;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let address = format!("http://{}/", listener.local_addr()?);
-        let app = Arc::new(App::build(settings, url::Url::parse(&address)?).await?);
-        let stop = super::serve(&app, listener);
+        settings.server.public_url =
+            url::Url::parse(&format!("http://{}/", listener.local_addr()?))?;
+        let app = Arc::new(App::build(settings).await?);
+        let stop = crate::support::serve(&app, listener);
         Ok(Self {
             scratch,
             app,
@@ -309,13 +312,15 @@ impl Fleet {
     ) -> anyhow::Result<()> {
         let bar = bar(progress, what, users.len());
         let (tenant, _) = self.app.ctx.store.create_tenant("bench").await?;
-        let http = crate::http::client();
+        let http = finsync::http::client();
         futures::stream::iter(users)
             .map(|user| {
                 let (http, bar) = (&http, &bar);
                 async move {
                     let user = UserId::parse(user)?;
-                    crate::demo::link_over_http(&self.app, http, tenant.id, &user, "meridian")
+                    self.app
+                        .linker
+                        .link_test_user(http, tenant.id, &user, "meridian")
                         .await?;
                     bar.inc(1);
                     anyhow::Ok(())
@@ -848,7 +853,7 @@ mod tests {
 
     #[test]
     fn the_bench_connector_has_the_bench_limits_and_stays_valid() {
-        let shipped = Settings::load_from(&crate::config::config_dir(), None)
+        let shipped = Settings::load_from(&finsync::app::config::config_dir(), None)
             .unwrap()
             .connectors
             .dir;
@@ -856,7 +861,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         for budget in [None, Some(50)] {
             write_connector(&shipped, &dir, budget).unwrap();
-            let connector = crate::connectors::validate_file(&dir.join("meridian.toml"), None)
+            let connector = finsync::connectors::validate_file(&dir.join("meridian.toml"), None)
                 .unwrap_or_else(|p| panic!("{p}"));
             assert_eq!(connector.limits.page_size, PAGE_SIZE);
             assert_eq!(connector.limits.requests_per_second, budget);

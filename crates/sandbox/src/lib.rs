@@ -34,6 +34,7 @@ pub mod data;
 mod faults;
 mod grants;
 mod harbor;
+mod http;
 mod keystone;
 mod meridian;
 mod northwind;

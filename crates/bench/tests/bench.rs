@@ -1,15 +1,30 @@
-//! `finsync bench sync` runs end to end on a few connections: every phase syncs
+//! `finsync-bench sync` runs end to end on a few connections: every phase syncs
 //! every connection, the second sync of unchanged data writes no row, and the
 //! institution's own limit is never hit. (The figures themselves are
 //! BENCHMARKS.md's business: no test asserts a time.)
 
-use crate::support::{finsync, postgres_url};
+use std::process::Command;
+
+fn postgres_url() -> String {
+    std::env::var("FINSYNC_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The bench, with none of the caller's `FINSYNC…` settings: it sets its own.
+fn bench() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_finsync-bench"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FINSYNC") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
 
 #[test]
 fn the_sync_bench_runs_every_phase_and_a_resync_of_unchanged_data_writes_nothing() {
-    let output = finsync(&[])
+    let output = bench()
         .args([
-            "bench",
             "sync",
             "--connections",
             "3",

@@ -1,10 +1,5 @@
-//! Benchmarks, run by `finsync bench …` and printed as tables with ratios measured
-//! side by side in one run: [`api`] (cached portfolio reads) and [`sync`] (syncs
-//! at fleet scale against the sandbox). What they share is here: a scratch
+//! What the benchmarks share: an API served in the background, a scratch
 //! PostgreSQL database and a Redis server of their own.
-
-pub mod api;
-pub mod sync;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,13 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use sea_orm::{ConnectionTrait, Database};
 
-pub use api::{ApiBench, run_api};
-pub use sync::{SyncBench, run_sync};
-
 /// Serves `app`'s API on `listener` in the background until the returned sender
 /// says stop (or is dropped).
 pub(crate) fn serve(
-    app: &std::sync::Arc<crate::startup::App>,
+    app: &std::sync::Arc<finsync::app::App>,
     listener: tokio::net::TcpListener,
 ) -> tokio::sync::watch::Sender<bool> {
     let (stop, mut stopped) = tokio::sync::watch::channel(false);

@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogSettings;
+use crate::app::config::LogSettings;
 
 pub fn init(settings: &LogSettings) {
     let filter =
@@ -45,15 +45,14 @@ pub fn metrics() -> PrometheusHandle {
         .clone()
 }
 
-/// Serves `/metrics` on `bind` until `shutdown` resolves (for processes without
+/// Serves `/metrics` on `listener` until `shutdown` resolves (for processes without
 /// the API).
 pub async fn serve_metrics(
-    bind: &str,
+    listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let handle = metrics();
     let router = Router::new().route("/metrics", get(move || std::future::ready(handle.render())));
-    let listener = tokio::net::TcpListener::bind(bind).await?;
     tracing::info!(address = %listener.local_addr()?, "Serving metrics.");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)

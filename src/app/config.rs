@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 /// The defaults compiled into the binary, so an installed `finsync` runs without a
 /// checkout; the file on disk is the same text.
-const BASE: &str = include_str!("../config/base.toml");
+const BASE: &str = include_str!("../../config/base.toml");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,8 +96,9 @@ pub struct MetricsSettings {
 pub struct ServerSettings {
     pub bind: SocketAddr,
     /// The address institutions redirect users back to; the OAuth callback is
-    /// `<public_url>/oauth/callback`.
-    pub public_url: String,
+    /// `<public_url>/oauth/callback`. Parsed here, once: a value that is not an
+    /// absolute URL stops the process at start.
+    pub public_url: url::Url,
     /// Bearer token for `/admin/*`; empty disables the admin API.
     pub admin_token: SecretString,
     /// Requests per second each API key may make (per API process), and the burst
@@ -298,12 +299,6 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 key: "database.url",
                 problem: "must start with sqlite: or postgres:".into(),
-            });
-        }
-        if url::Url::parse(&self.server.public_url).is_err() {
-            return Err(SettingsError::Invalid {
-                key: "server.public_url",
-                problem: format!("`{}` is not an absolute URL", self.server.public_url),
             });
         }
         if !(self.tokens.refresh_at_fraction > 0.0 && self.tokens.refresh_at_fraction < 1.0) {

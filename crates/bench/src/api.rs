@@ -23,15 +23,15 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::{RedisServer, ScratchDatabase};
-use crate::config::Settings;
-use crate::domain::{
+use crate::support::{RedisServer, ScratchDatabase};
+use finsync::app::config::Settings;
+use finsync::app::startup::App;
+use finsync::domain::{
     Account, AccountType, Balances, Currency, Holding, Money, Security, SecurityType, Snapshot,
     Transaction, TransactionStatus, UserId,
 };
-use crate::startup::App;
-use crate::store::{Removals, SyncSuccess, TokenColumns};
-use crate::tokens::Vault;
+use finsync::store::{Removals, SyncSuccess, TokenColumns};
+use finsync::tokens::Vault;
 
 pub struct ApiBench {
     /// Requests per second, for every measured endpoint.
@@ -112,7 +112,7 @@ struct Server {
 
 impl Server {
     async fn start(database_url: &str, redis_url: Option<&str>) -> anyhow::Result<Self> {
-        let mut settings = Settings::load_from(&crate::config::config_dir(), None)?;
+        let mut settings = Settings::load_from(&finsync::app::config::config_dir(), None)?;
         settings.database.url = SecretString::from(database_url.to_owned());
         settings.redis.url = SecretString::from(redis_url.unwrap_or_default().to_owned());
         settings.redis.key_prefix = format!("finsync-bench-{}", uuid::Uuid::new_v4());
@@ -123,9 +123,10 @@ impl Server {
         settings.server.rate_limit_burst = u32::MAX;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = format!("http://{}", listener.local_addr()?);
-        let app = Arc::new(App::build(settings, url::Url::parse(&format!("{address}/"))?).await?);
+        settings.server.public_url = url::Url::parse(&format!("{address}/"))?;
+        let app = Arc::new(App::build(settings).await?);
         let key = seed(&app).await?;
-        let stop = super::serve(&app, listener);
+        let stop = crate::support::serve(&app, listener);
         Ok(Self {
             app,
             address,
@@ -267,7 +268,7 @@ async fn measure(
     setup: &'static str,
 ) -> anyhow::Result<[Series; 2]> {
     let paths = ["/healthz", server.portfolio];
-    let client = crate::http::client();
+    let client = finsync::http::client();
     let key = server.key.expose_secret().to_owned();
     let progress = ProgressBar::new(bench.seconds + 1).with_style(
         ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} s")

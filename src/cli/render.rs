@@ -158,7 +158,7 @@ pub fn portfolio(p: &Portfolio) -> String {
 
 /// The report of `finsync connectors check`: one row per endpoint, then the field
 /// problems with examples.
-pub fn check(reports: &[crate::check::EndpointReport]) -> String {
+pub fn check(reports: &[crate::sync::check::EndpointReport]) -> String {
     let mut table = table(&["endpoint", "requests", "fetched", "mapped", "result"]);
     let mut details = String::new();
     for r in reports {

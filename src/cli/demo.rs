@@ -3,28 +3,37 @@
 //! flow over HTTP, syncs them on the job queue with a progress display, prints their
 //! portfolios and keeps serving the API.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use reqwest::StatusCode;
-use reqwest::header::LOCATION;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Settings;
-use crate::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
-use crate::startup::{App, shutdown_signal};
-use crate::{portfolio, render};
+use crate::app::{self, App, Logging, shutdown_signal};
+use crate::cli::render;
+use crate::domain::UserId;
+use crate::portfolio;
+use crate::sync::wait_for_sync;
 
 pub const DEMO_TENANT: &str = "demo";
 pub const DEMO_USERS: [&str; 3] = ["demo-alice", "demo-bob", "demo-carol"];
 const DEMO_INSTITUTION: &str = "meridian";
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub async fn run(settings: Settings, once: bool) -> anyhow::Result<()> {
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Exit after printing the portfolios.
+    #[arg(long)]
+    once: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut settings = app::boot(Some("demo"), Logging::Configured)?;
+    let once = args.once;
     // The configured port if free, else any: a second demo must not fail on it.
     let listener = match TcpListener::bind(settings.server.bind).await {
         Ok(l) => l,
@@ -34,6 +43,7 @@ pub async fn run(settings: Settings, once: bool) -> anyhow::Result<()> {
     };
     let address = listener.local_addr()?;
     let public_url = url::Url::parse(&format!("http://{address}/"))?;
+    settings.server.public_url = public_url.clone();
     let concurrency = settings.sync.worker_concurrency;
 
     let progress = MultiProgress::new();
@@ -41,7 +51,7 @@ pub async fn run(settings: Settings, once: bool) -> anyhow::Result<()> {
         &progress,
         "Starting finsync (SQLite, in-process cache, sandbox institutions)…",
     );
-    let app = Arc::new(App::build(settings, public_url.clone()).await?);
+    let app = Arc::new(App::build(settings).await?);
     let (stop, stopped) = watch::channel(false);
     let until_stopped = move || {
         let mut rx = stopped.clone();
@@ -78,12 +88,15 @@ pub async fn run(settings: Settings, once: bool) -> anyhow::Result<()> {
             &format!("{user}: linking to Meridian Brokerage over OAuth…"),
         );
         let user = UserId::parse(user)?;
-        let connection = link_over_http(&app, &http, tenant.id, &user, DEMO_INSTITUTION).await?;
+        let connection = app
+            .linker
+            .link_test_user(&http, tenant.id, &user, DEMO_INSTITUTION)
+            .await?;
         bar.set_message(format!("{user}: linked; syncing…"));
         linked.push((user, connection, bar));
     }
     for (user, connection, bar) in &linked {
-        match wait_for_sync(&app, *connection, linked_at).await? {
+        match wait_for_sync(&app.ctx.store, *connection, linked_at, SYNC_TIMEOUT).await? {
             Ok(()) => {
                 let snapshot = app.ctx.store.full_snapshot(*connection).await?;
                 bar.finish_with_message(format!(
@@ -138,7 +151,7 @@ pub async fn run(settings: Settings, once: bool) -> anyhow::Result<()> {
     server.await??;
     workers.await??;
     webhooks.await?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn step(progress: &MultiProgress, message: &str) -> ProgressBar {
@@ -150,84 +163,4 @@ fn step(progress: &MultiProgress, message: &str) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(100));
     bar.set_message(message.to_owned());
     bar
-}
-
-/// Links a user to `institution` the way a browser would: the authorization URL
-/// answers with a redirect to our callback (the sandbox approves demo users without
-/// a login page, as do test authorization servers), and following it completes the
-/// link and enqueues the first sync.
-pub async fn link_over_http(
-    app: &App,
-    http: &reqwest::Client,
-    tenant: TenantId,
-    user: &UserId,
-    institution: &str,
-) -> anyhow::Result<ConnectionId> {
-    let start = app.linker.start(tenant, user, institution).await?;
-    let consent = http
-        .get(start.authorize_url.clone())
-        .send()
-        .await
-        .context("opening the authorization URL")?;
-    if consent.status() != StatusCode::FOUND && consent.status() != StatusCode::SEE_OTHER {
-        bail!(
-            "the institution answered {} instead of redirecting back",
-            consent.status()
-        );
-    }
-    let callback = consent
-        .headers()
-        .get(LOCATION)
-        .and_then(|l| l.to_str().ok())
-        .context("the institution's redirect has no Location")?
-        .to_owned();
-    let done = http
-        .get(&callback)
-        .send()
-        .await
-        .context("following the redirect to the callback")?;
-    if !done.status().is_success() {
-        bail!(
-            "the callback answered {}: {}",
-            done.status(),
-            done.text().await.unwrap_or_default()
-        );
-    }
-    Ok(start.connection_id)
-}
-
-/// Waits for a sync that started after `since` to finish (its data and the cached
-/// view in place); `Err(reason)` if it failed or the connection left `active`.
-pub async fn wait_for_sync(
-    app: &App,
-    connection: ConnectionId,
-    since: chrono::DateTime<chrono::Utc>,
-) -> anyhow::Result<Result<(), String>> {
-    let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
-    loop {
-        let record = app.ctx.store.connection(connection).await?;
-        // Done when a run that started since then has finished: only then are its
-        // data and the cached view in place.
-        let runs = app.ctx.store.runs_since(connection, since).await?;
-        if runs.iter().any(|r| r.outcome == "succeeded") {
-            return Ok(Ok(()));
-        }
-        let running = runs.iter().any(|r| r.finished_at.is_none());
-        if record.status != ConnectionStatus::Active && !running {
-            return Ok(Err(record
-                .last_failure_reason
-                .unwrap_or_else(|| record.status.to_string())));
-        }
-        // A failed run whose reason reached the connection; a database failure
-        // leaves none and its job is retried.
-        if let Some(reason) = record.last_failure_reason
-            && runs.iter().any(|r| r.outcome == "failed")
-        {
-            return Ok(Err(reason));
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the sync did not finish within {}s", SYNC_TIMEOUT.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -1,0 +1,180 @@
+//! `finsync-bench`: finsync's benchmarks, printed as tables with ratios measured
+//! side by side in one run: [`api`] (cached portfolio reads) and [`sync`] (syncs at
+//! fleet scale against the sandbox, in `finsync worker` processes). A workspace
+//! binary of its own, so the product binary carries none of it:
+//!
+//! ```text
+//! cargo build --release --workspace
+//! target/release/finsync-bench sync
+//! ```
+
+mod api;
+mod support;
+mod sync;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use finsync::app::{self, Logging};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "finsync-bench",
+    version,
+    about = "finsync's benchmarks, printed as tables with ratios measured side by side."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Cached portfolio reads beside a trivial endpoint: on PostgreSQL + Redis, with
+    /// Redis stopped, and on the embedded default. Needs PostgreSQL and redis-server.
+    Api {
+        /// Requests per second to each endpoint (the two are interleaved).
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Measured seconds per series (after a one-second warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Requests in flight at most.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[command(flatten)]
+        servers: Servers,
+    },
+    /// Syncs at fleet scale against the sandbox, in a worker process of their own:
+    /// (a) first syncs beside a raw bulk upsert of the same rows, (b) the same
+    /// under latency and an institution's rate limit, (c) a second sync with
+    /// nothing changed, and the worker's peak memory. Needs PostgreSQL,
+    /// redis-server and the `finsync` binary.
+    Sync {
+        /// Connections synced in each phase.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Syncs the worker runs at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Latency of every request in (b), in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        latency_ms: u64,
+        /// The institution's requests per second in (b).
+        #[arg(long, default_value_t = 50)]
+        budget: u32,
+        /// The `finsync` binary the workers run (default: the one built beside
+        /// this benchmark).
+        #[arg(long)]
+        finsync: Option<PathBuf>,
+        #[command(flatten)]
+        servers: Servers,
+    },
+}
+
+/// The servers a benchmark uses.
+#[derive(Debug, Args)]
+struct Servers {
+    /// A PostgreSQL server where scratch databases may be created and dropped.
+    #[arg(
+        long,
+        env = "FINSYNC_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// The redis-server binary; the bench runs its own on a free port.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Progress and the tables go to the terminal; only problems are logged.
+    app::boot(None, Logging::Quiet)?;
+    match cli.command {
+        Command::Api {
+            rate,
+            seconds,
+            concurrency,
+            servers,
+        } => {
+            api::run_api(api::ApiBench {
+                rate,
+                seconds,
+                concurrency,
+                database_url: servers.database_url,
+                redis_server: servers.redis_server,
+            })
+            .await
+        }
+        Command::Sync {
+            connections,
+            concurrency,
+            latency_ms,
+            budget,
+            finsync,
+            servers,
+        } => {
+            let finsync = match finsync {
+                Some(path) => path,
+                None => beside_this_binary("finsync")?,
+            };
+            sync::run_sync(sync::SyncBench {
+                connections,
+                concurrency: concurrency.max(1),
+                latency_ms,
+                budget: budget.max(1),
+                database_url: servers.database_url,
+                redis_server: servers.redis_server,
+                finsync,
+            })
+            .await
+        }
+    }
+}
+
+/// `name` in this binary's directory, where cargo builds every binary of the
+/// workspace.
+fn beside_this_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let path = exe.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        anyhow::bail!(
+            "{} not found: build it with `cargo build --release --workspace`, or pass --finsync",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,41 @@
+//! How a finsync process starts and what it runs: [`config`] (layered settings),
+//! [`telemetry`] (logging and the metrics recorder), [`startup`] (the shared parts,
+//! built once per process) and [`roles`] (which loops each kind of process runs).
+//! [`boot`] is the first step of every command.
+
+pub mod config;
+pub mod roles;
+pub mod startup;
+pub mod telemetry;
+
+pub use self::config::Settings;
+pub use self::roles::shutdown_signal;
+pub use self::startup::App;
+
+/// How much a command logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logging {
+    /// As configured (`log.filter`, `RUST_LOG`).
+    Configured,
+    /// Problems only: for commands whose output is a table or progress on the
+    /// terminal.
+    Quiet,
+}
+
+/// Loads the settings (`FINSYNC_ENV`, else `default_env`, else the base layer) and
+/// starts logging.
+pub fn boot(default_env: Option<&str>, logging: Logging) -> anyhow::Result<Settings> {
+    let mut settings = Settings::load(default_env)?;
+    if logging == Logging::Quiet {
+        settings.log.filter = "warn".into();
+    }
+    telemetry::init(&settings.log);
+    Ok(settings)
+}
+
+/// The database the settings name, migrated: for commands that need only the store.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<crate::store::Store> {
+    let store = crate::store::Store::connect(&settings.database.url, 2).await?;
+    store.migrate().await?;
+    Ok(store)
+}
