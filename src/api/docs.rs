@@ -13,7 +13,7 @@ use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    ApiState, admin, connectors, health, institution_webhooks, quarantine, read, syncs, tenants,
+    ApiState, admin, connectors, health, inbound_webhooks, quarantine, read, syncs, tenants,
     transactions, webhooks,
 };
 
@@ -35,7 +35,7 @@ use super::{
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint,
         webhooks::endpoint_deliveries, webhooks::admin_deliveries,
         quarantine::list_quarantine,
-        institution_webhooks::receive, institution_webhooks::list_events,
+        inbound_webhooks::receive, inbound_webhooks::list_events,
         health::healthz, health::ready,
     ),
     modifiers(&Security),

@@ -7,7 +7,7 @@
 //! - the admin API: [`admin`] (connections), [`tenants`], [`connectors`],
 //!   [`quarantine`];
 //! - tenants' outgoing [`webhooks`], and the webhooks institutions send us
-//!   ([`institution_webhooks`]);
+//!   ([`inbound_webhooks`]);
 //! - the OAuth [`callback`] institutions redirect to, the contract ([`docs`]) and
 //!   [`health`] checks; [`auth`], [`error`] and [`extract`] serve them all.
 
@@ -19,9 +19,10 @@ mod docs;
 mod error;
 mod extract;
 mod health;
-mod institution_webhooks;
+mod inbound_webhooks;
 mod quarantine;
 mod read;
+mod schemas;
 mod syncs;
 mod tenants;
 mod transactions;
@@ -65,8 +66,11 @@ pub struct ApiState {
     pub allow_private_webhooks: bool,
     /// A user's on-demand syncs: one finished request per this interval.
     pub sync_request_interval: std::time::Duration,
-    /// Limits and coalescing of the webhooks institutions send.
-    pub institution_webhooks: crate::app::config::InstitutionWebhookSettings,
+    /// The largest webhook body an institution may send.
+    pub inbound_webhook_max_bytes: usize,
+    /// Institutions' webhook events for one connection within this window share
+    /// one sync.
+    pub inbound_webhook_window: std::time::Duration,
 }
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -81,7 +85,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(quarantine::routes())
         .merge(tenants::routes())
         .merge(webhooks::routes())
-        .merge(institution_webhooks::routes())
+        .merge(inbound_webhooks::routes())
         .merge(docs::routes())
         .merge(callback::routes())
         .merge(health::routes())

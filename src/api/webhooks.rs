@@ -17,7 +17,7 @@ use super::extract::{Json, Path, Query};
 use super::{ApiError, ApiState};
 use crate::domain::{DeliveryStatus, TenantId, WebhookEndpointId, WebhookEvent};
 use crate::store::{DeliveryQuery, Scope, WebhookDelivery, WebhookEndpoint};
-use crate::webhooks::{self, WebhookError};
+use crate::webhooks::outbound::{self, WebhookError};
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -141,11 +141,11 @@ pub(super) async fn create_endpoint(
 ) -> Result<(StatusCode, Json<RegisteredEndpoint>), ApiError> {
     tenant.require(Scope::Sync)?;
     if let Ok(url) = url::Url::parse(&body.url)
-        && let Err(why) = webhooks::target::check_host(&url, state.allow_private_webhooks)
+        && let Err(why) = outbound::target::check_host(&url, state.allow_private_webhooks)
     {
         return Err(ApiError::invalid(format!("the endpoint URL {why}")));
     }
-    let registered = webhooks::register_endpoint(
+    let registered = outbound::register_endpoint(
         &state.env.store,
         &state.linker.vault,
         tenant.tenant.id,

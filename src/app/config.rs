@@ -11,6 +11,9 @@ use config::{Config, Environment, File, FileFormat};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+pub use crate::vault::VaultSettings;
+use crate::webhooks::outbound::DeliveryPolicy;
+
 /// The defaults compiled into the binary, so an installed `finsync` runs without a
 /// checkout; the file on disk is the same text.
 const BASE: &str = include_str!("../../config/base.toml");
@@ -172,22 +175,6 @@ pub struct SandboxSettings {
     pub institutions: Vec<String>,
     pub seed: u64,
     pub token_ttl_secs: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VaultSettings {
-    /// Base64 of a 32-byte key; takes precedence over `key_file`. New tokens are
-    /// sealed with it.
-    pub key: SecretString,
-    /// Earlier keys, comma-separated (base64 has no commas), still able to open
-    /// what they sealed until `finsync tokens rotate-key` has re-sealed everything
-    /// under `key`. One string so that it can come from one environment variable.
-    pub previous_keys: SecretString,
-    /// Where the key lives when `key` is empty; created (owner-only) if missing and
-    /// `generate_key` is on.
-    pub key_file: PathBuf,
-    pub generate_key: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -366,6 +353,21 @@ pub fn config_dir() -> PathBuf {
     std::env::var_os("FINSYNC_CONFIG_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("config"))
+}
+
+/// `[webhooks]` as the delivery loop uses it.
+impl From<&WebhookSettings> for DeliveryPolicy {
+    fn from(s: &WebhookSettings) -> Self {
+        Self {
+            max_attempts: s.max_attempts,
+            timeout: Duration::from_millis(s.timeout_ms),
+            poll_interval: Duration::from_millis(s.poll_interval_ms),
+            backoff_base: Duration::from_millis(s.backoff_base_ms),
+            backoff_max: Duration::from_millis(s.backoff_max_ms),
+            batch_size: s.batch_size,
+            allow_private_targets: s.allow_private_targets,
+        }
+    }
 }
 
 #[cfg(test)]

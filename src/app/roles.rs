@@ -130,7 +130,7 @@ impl App {
 
     /// Runs the webhook delivery loop until `shutdown` resolves.
     pub async fn run_webhooks(&self, shutdown: impl Future<Output = ()>) {
-        crate::webhooks::run(self.webhooks.clone(), shutdown).await;
+        crate::webhooks::outbound::run(self.webhooks.clone(), shutdown).await;
     }
 
     /// Runs the scheduler until `shutdown` resolves.

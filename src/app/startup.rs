@@ -18,8 +18,9 @@ use crate::connectors::{Engine, Registry};
 use crate::resilience::Resilience;
 use crate::store::Store;
 use crate::sync::{Env, Environment, Queue};
-use crate::tokens::{Linker, TokenService, Vault};
-use crate::webhooks::{Deliverer, DeliveryPolicy};
+use crate::tokens::{Linker, TokenService};
+use crate::vault::Vault;
+use crate::webhooks::outbound::{Deliverer, DeliveryPolicy};
 use finsync_sandbox::{self as sandbox, Sandbox, SandboxConfig};
 
 /// One process's finsync: every shared part, built once.
@@ -181,7 +182,10 @@ impl App {
             sync_request_interval: Duration::from_secs(
                 self.settings.server.sync_request_interval_secs,
             ),
-            institution_webhooks: self.settings.institution_webhooks.clone(),
+            inbound_webhook_max_bytes: self.settings.institution_webhooks.max_body_bytes,
+            inbound_webhook_window: Duration::from_millis(
+                self.settings.institution_webhooks.coalesce_ms,
+            ),
         })
     }
 }

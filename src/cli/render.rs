@@ -213,7 +213,7 @@ pub fn replayed(replayed: &[crate::sync::replay::Replayed]) -> String {
 }
 
 /// What `finsync webhooks replay` did, event by event, oldest first.
-pub fn replayed_events(replayed: &[crate::sync::inbound::Replayed]) -> String {
+pub fn replayed_events(replayed: &[crate::webhooks::inbound::Replayed]) -> String {
     if replayed.is_empty() {
         return "No stored institution webhook matches: nothing to replay.".into();
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use secrecy::ExposeSecret;
 
 use crate::app::{self, Logging};
-use crate::tokens::Vault;
+use crate::vault::Vault;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {

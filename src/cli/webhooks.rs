@@ -49,7 +49,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         since,
         event,
     };
-    let replayed = crate::sync::inbound::replay(&app.ctx, &filter, window).await?;
+    let replayed = crate::webhooks::inbound::replay(&app.ctx, &filter, window).await?;
     println!("{}", render::replayed_events(&replayed));
     Ok(ExitCode::SUCCESS)
 }

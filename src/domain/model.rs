@@ -20,19 +20,6 @@ macro_rules! vocabulary {
             $(#[serde(rename = $text)] $variant),+
         }
 
-        // By hand: the derive cannot see the wire names through this macro's
-        // metavariables and would publish the Rust names instead.
-        impl utoipa::PartialSchema for $name {
-            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                utoipa::openapi::ObjectBuilder::new()
-                    .schema_type(utoipa::openapi::schema::Type::String)
-                    .enum_values(Some([$($text),+]))
-                    .into()
-            }
-        }
-
-        impl utoipa::ToSchema for $name {}
-
         impl $name {
             pub const ALL: &'static [&'static str] = &[$($text),+];
 

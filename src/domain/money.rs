@@ -54,19 +54,6 @@ impl From<Currency> for String {
     }
 }
 
-impl utoipa::PartialSchema for Currency {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some("^[A-Z]{3}$"))
-            .description(Some("ISO 4217 currency code"))
-            .examples([serde_json::json!("USD")])
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for Currency {}
-
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -75,11 +62,10 @@ impl fmt::Display for Currency {
 
 /// An exact amount of one currency. Serialized with the amount as a string so that
 /// no JSON reader turns it into a float on the way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Money {
     /// Exact decimal, to the last digit the institution sent.
     #[serde(with = "rust_decimal::serde::str")]
-    #[schema(value_type = String, example = "1234.56")]
     pub amount: Decimal,
     pub currency: Currency,
 }

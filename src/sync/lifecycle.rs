@@ -6,7 +6,7 @@ use super::{Environment, SyncConnection};
 use crate::domain::{ConnectionId, ConnectionStatus};
 use crate::tokens::disconnect::Disconnected;
 use crate::tokens::{LinkError, Linker, TokenError};
-use crate::webhooks::{self, EventData, WebhookEvent};
+use crate::webhooks::outbound::{self, EventData, WebhookEvent};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -31,7 +31,7 @@ impl Environment {
         let connection = linked.connection_id;
         if linked.previous.status == ConnectionStatus::ReauthRequired {
             let data = EventData::connection(&linked.previous, ConnectionStatus::Active);
-            webhooks::announce(
+            outbound::announce(
                 &self.store,
                 linked.previous.tenant_id,
                 WebhookEvent::ConnectionRepaired,

@@ -1,15 +1,13 @@
 //! Syncing: the [`job`]s (a sync, a token refresh), the [`queue`] they run on
 //! (apalis on SQLite or PostgreSQL), the [`pipeline`] that fetches, normalizes and
 //! stores, the background token [`refresh`], the [`scheduler`] that enqueues
-//! due syncs and refreshes, the [`replay`] of quarantined records, the
-//! institutions' webhooks turned into syncs ([`inbound`]), a connector proved
+//! due syncs and refreshes, the [`replay`] of quarantined records, a connector proved
 //! against its live institution ([`check`]), on-demand [`requests`], a connection's
 //! [`lifecycle`] (after a link, on disconnect) and waiting for a sync's end
 //! ([`wait`]). [`Environment`] is the one shared, immutable environment every job
 //! and handler receives.
 
 pub mod check;
-pub mod inbound;
 pub mod job;
 pub mod lifecycle;
 pub mod pipeline;
@@ -32,7 +30,7 @@ use crate::connectors::{Engine, Registry};
 use crate::domain::ConnectionStatus;
 use crate::store::{ConnectionRecord, Store, StoreError};
 use crate::tokens::TokenService;
-use crate::webhooks::{self, EventData, WebhookEvent};
+use crate::webhooks::outbound::{self, EventData, WebhookEvent};
 
 /// The environment of one process: everything its jobs, loops and API handlers
 /// share (pools, clients, the queue), built once at start and never changed.
@@ -91,7 +89,7 @@ impl Environment {
     pub async fn announce_reauth_required(&self, connection: &ConnectionRecord, reason: &str) {
         let data =
             EventData::connection(connection, ConnectionStatus::ReauthRequired).with_reason(reason);
-        webhooks::announce(
+        outbound::announce(
             &self.store,
             connection.tenant_id,
             WebhookEvent::ConnectionReauthRequired,

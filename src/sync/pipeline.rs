@@ -14,7 +14,7 @@ use crate::store::{
     ConnectionRecord, Lease, Refusal, Removals, Resolution, RunCounts, StoreError, SyncSuccess,
 };
 use crate::tokens::TokenError;
-use crate::webhooks::{self, EventData, WebhookEvent};
+use crate::webhooks::outbound::{self, EventData, WebhookEvent};
 
 /// A transient failure is retried on the next schedule slot this much later,
 /// rather than at once.
@@ -180,7 +180,7 @@ async fn leased_sync(
                 .await?;
             let data =
                 EventData::connection(&connection, ConnectionStatus::Active).with_counts(counts);
-            webhooks::announce(
+            outbound::announce(
                 &ctx.store,
                 connection.tenant_id,
                 WebhookEvent::SyncCompleted,

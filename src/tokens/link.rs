@@ -8,10 +8,11 @@ use chrono::Utc;
 use secrecy::ExposeSecret;
 
 use super::oauth::{OAuthClient, OAuthError};
-use super::{Vault, VaultError, seal_context, seal_tokens};
+use super::seal_tokens;
 use crate::connectors::{Registry, RegistryError};
 use crate::domain::{ConnectionId, TenantId, UserId};
 use crate::store::{ConnectionRecord, NewState, Store, StoreError};
+use crate::vault::{Vault, VaultError, seal_context};
 
 /// How long a user has to finish at the institution.
 const STATE_LIFETIME: chrono::Duration = chrono::Duration::minutes(10);

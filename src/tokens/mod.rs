@@ -1,17 +1,16 @@
-//! The token lifecycle: the [`vault`] that seals tokens at rest, the OAuth2
-//! [`oauth`] client for one connector, [`link`]ing a user through the authorization
+//! The token lifecycle: the OAuth2 [`oauth`] client for one connector, [`link`]ing a user through the authorization
 //! code flow, and [`TokenService`], which hands a sync a usable access token,
 //! refreshes tokens ahead of expiry with at most one refresh per connection in
 //! flight across the fleet, and revokes them; [`disconnect`]ing a connection.
 //!
-//! Tokens live in `SecretString` in memory, as vault ciphertext in the database, and
+//! Tokens live in `SecretString` in memory, as [`crate::vault`] ciphertext in the
+//! database, and
 //! nowhere else: no log line, error or response carries one.
 
 pub mod disconnect;
 pub mod link;
 pub mod oauth;
 pub mod rotate;
-pub mod vault;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +21,11 @@ use secrecy::SecretString;
 
 pub use link::{LinkError, LinkStart, Linked, Linker};
 pub use oauth::{OAuthClient, OAuthError, TokenSet};
-pub use vault::{Vault, VaultError};
 
 use crate::connectors::{Registry, RegistryError};
-use crate::domain::{ConnectionId, WebhookEndpointId};
+use crate::domain::ConnectionId;
 use crate::store::{ConnectionRecord, Lease, Store, StoreError, TokenColumns};
+use crate::vault::{Vault, VaultError, seal_context};
 
 /// An access token this close to expiry is refreshed before use.
 const REFRESH_MARGIN: chrono::Duration = chrono::Duration::seconds(60);
@@ -53,16 +52,6 @@ pub enum TokenError {
     Registry(#[from] RegistryError),
     #[error("another process kept the connection's tokens locked for too long")]
     Busy,
-}
-
-/// Context string binding a sealed value to its row and column.
-pub fn seal_context(connection: ConnectionId, field: &str) -> String {
-    format!("connection:{connection}:{field}")
-}
-
-/// Context string binding a webhook endpoint's sealed signing secret to its row.
-pub fn webhook_secret_context(endpoint: WebhookEndpointId) -> String {
-    format!("webhook_endpoint:{endpoint}:secret")
 }
 
 /// Seals a token set into the columns the store keeps, with the background refresh

@@ -4,8 +4,8 @@
 //! is replaced only if it still holds what was read, so a refresh that committed
 //! meanwhile (already sealed with the current key) is never overwritten.
 
-use super::{Vault, VaultError, seal_context, webhook_secret_context};
 use crate::store::{Store, StoreError};
+use crate::vault::{Vault, VaultError, seal_context, webhook_secret_context};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -699,7 +699,7 @@ async fn tenants_manage_webhooks_and_read_their_delivery_log() {
     app.link_and_sync(tenant.id, "demo-carol").await;
     assert_eq!(attempt_deliveries(&app).await, 1);
     let (signature, body) = seen.lock().unwrap()[0].clone();
-    finsync::webhooks::verify(
+    finsync::webhooks::outbound::verify(
         &secret,
         &signature,
         body.as_bytes(),
@@ -787,16 +787,16 @@ async fn webhooks_cannot_point_at_the_internal_network() {
     let private = match tokio::net::lookup_host((host.as_str(), 80)).await {
         Ok(addresses) => addresses
             .into_iter()
-            .all(|a| !finsync::webhooks::target::is_public(a.ip())),
+            .all(|a| !finsync::webhooks::outbound::target::is_public(a.ip())),
         Err(_) => false,
     };
     let by_name = url.replace("127.0.0.1", if private { &host } else { "localhost" });
-    let endpoint = finsync::webhooks::register_endpoint(
+    let endpoint = finsync::webhooks::outbound::register_endpoint(
         store,
         &app.app.linker.vault,
         tenant.id,
         &by_name,
-        &[finsync::webhooks::WebhookEvent::SyncCompleted],
+        &[finsync::webhooks::outbound::WebhookEvent::SyncCompleted],
     )
     .await
     .unwrap();

@@ -107,12 +107,12 @@ async fn the_api_keeps_its_contract_under_generated_requests() {
         .await
         .unwrap();
 
-    let hook = finsync::webhooks::register_endpoint(
+    let hook = finsync::webhooks::outbound::register_endpoint(
         store,
         &app.app.linker.vault,
         tenant.id,
         "http://127.0.0.1:9/hook",
-        &[finsync::webhooks::WebhookEvent::SyncCompleted],
+        &[finsync::webhooks::outbound::WebhookEvent::SyncCompleted],
     )
     .await
     .unwrap();

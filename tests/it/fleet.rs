@@ -182,7 +182,7 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
     // The tokens the sandbox issued appear nowhere: not in any table of the
     // database (ours or the queue's), not in anything the processes logged.
     let record = store.connection(connection_id).await.unwrap();
-    let vault = finsync::tokens::Vault::single(VAULT_KEY).unwrap();
+    let vault = finsync::vault::Vault::single(VAULT_KEY).unwrap();
     let tokens: Vec<String> = [
         ("access_token", record.tokens.access_token),
         ("refresh_token", record.tokens.refresh_token),
@@ -191,7 +191,7 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
     .map(|(field, sealed)| {
         let opened = vault
             .open(
-                &finsync::tokens::seal_context(connection_id, field),
+                &finsync::vault::seal_context(connection_id, field),
                 &sealed.unwrap(),
             )
             .unwrap();

@@ -116,10 +116,10 @@ async fn tokens_are_sealed_at_rest_and_relinking_keeps_the_connection_and_its_da
     let first = app.link_and_sync(tenant.id, "demo-bob").await;
     let record = store.connection(first).await.unwrap();
     let sealed = record.tokens.access_token.clone().unwrap();
-    let vault = finsync::tokens::Vault::single(crate::support::VAULT_KEY).unwrap();
+    let vault = finsync::vault::Vault::single(crate::support::VAULT_KEY).unwrap();
     let token = vault
         .open(
-            &finsync::tokens::seal_context(first, "access_token"),
+            &finsync::vault::seal_context(first, "access_token"),
             &sealed,
         )
         .unwrap();
@@ -129,7 +129,7 @@ async fn tokens_are_sealed_at_rest_and_relinking_keeps_the_connection_and_its_da
     // Neither token appears anywhere in the database, in any table.
     let refresh = vault
         .open(
-            &finsync::tokens::seal_context(first, "refresh_token"),
+            &finsync::vault::seal_context(first, "refresh_token"),
             &record.tokens.refresh_token.clone().unwrap(),
         )
         .unwrap();

@@ -15,6 +15,7 @@ mod fleet;
 mod institution_webhooks;
 mod institutions;
 mod interop;
+mod layout;
 mod linking;
 mod money;
 mod quarantine;

@@ -18,8 +18,9 @@ use finsync::domain::{
 };
 use finsync::store::{DeliveryQuery, Store, WebhookDelivery};
 use finsync::sync::{RefreshToken, SyncConnection, scheduler};
-use finsync::tokens::{Vault, rotate, webhook_secret_context};
-use finsync::webhooks::{
+use finsync::tokens::rotate;
+use finsync::vault::{Vault, webhook_secret_context};
+use finsync::webhooks::outbound::{
     self, DELIVERY_HEADER, Deliverer, DeliveryPolicy, EVENT_HEADER, EventData, Registered,
     SIGNATURE_HEADER, VerifyError, WebhookError, WebhookEvent,
 };
@@ -131,7 +132,7 @@ impl Drop for Delivering {
 
 fn start_delivering(deliverer: Deliverer) -> Delivering {
     let (stop, mut stopped) = watch::channel(false);
-    tokio::spawn(webhooks::run(deliverer, async move {
+    tokio::spawn(outbound::run(deliverer, async move {
         let _ = stopped.wait_for(|s| *s).await;
     }));
     Delivering(stop)
@@ -144,7 +145,7 @@ async fn register(
     events: &[WebhookEvent],
 ) -> Registered {
     let deliverer = &app.app.webhooks;
-    webhooks::register_endpoint(&deliverer.store, &deliverer.vault, tenant, url, events)
+    outbound::register_endpoint(&deliverer.store, &deliverer.vault, tenant, url, events)
         .await
         .unwrap()
 }
@@ -189,7 +190,7 @@ fn requests_for(receiver: &Receiver, delivery: WebhookDeliveryId) -> Vec<Receive
 /// Checks what every request of a delivery must carry, and returns its payload.
 fn check_request(request: &Received, delivery: &WebhookDelivery, secret: &SecretString) -> Value {
     assert_eq!(
-        webhooks::verify(
+        outbound::verify(
             secret,
             request.header(SIGNATURE_HEADER),
             request.body.as_bytes(),
@@ -286,7 +287,7 @@ async fn a_sync_sends_a_signed_sync_completed_event_to_subscribed_endpoints_only
     }
     // Another secret does not verify it.
     assert_eq!(
-        webhooks::verify(
+        outbound::verify(
             &other_tenants.secret,
             requests[0].header(SIGNATURE_HEADER),
             requests[0].body.as_bytes(),
@@ -445,7 +446,7 @@ async fn a_failed_attempt_waits_out_its_backoff_and_disabling_ends_what_is_pendi
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
     let (other, _) = store.create_tenant("another").await.unwrap();
     let receiver = Receiver::spawn(&[], 503).await;
-    let endpoint = webhooks::register_endpoint(
+    let endpoint = outbound::register_endpoint(
         &store,
         &deliverer.vault,
         tenant.id,
@@ -454,7 +455,7 @@ async fn a_failed_attempt_waits_out_its_backoff_and_disabling_ends_what_is_pendi
     )
     .await
     .unwrap();
-    let queued = webhooks::emit(
+    let queued = outbound::emit(
         &store,
         tenant.id,
         WebhookEvent::ConnectionReauthRequired,
@@ -505,7 +506,7 @@ async fn a_failed_attempt_waits_out_its_backoff_and_disabling_ends_what_is_pendi
     let ended = store.webhook_delivery(queued[0]).await.unwrap();
     assert_eq!(ended.status, DeliveryStatus::Failed);
     assert!(ended.last_error.unwrap().starts_with("ENDPOINT_DISABLED"));
-    let again = webhooks::emit(
+    let again = outbound::emit(
         &store,
         tenant.id,
         WebhookEvent::ConnectionReauthRequired,
@@ -530,7 +531,7 @@ async fn several_delivery_loops_send_each_delivery_exactly_once() {
     let store = loops[0].store.clone();
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
     let receiver = Receiver::spawn(&[], 204).await;
-    let endpoint = webhooks::register_endpoint(
+    let endpoint = outbound::register_endpoint(
         &store,
         &loops[0].vault,
         tenant.id,
@@ -542,7 +543,7 @@ async fn several_delivery_loops_send_each_delivery_exactly_once() {
     let mut queued = HashSet::new();
     for _ in 0..40 {
         queued.extend(
-            webhooks::emit(
+            outbound::emit(
                 &store,
                 tenant.id,
                 WebhookEvent::ConnectionRepaired,
@@ -788,7 +789,7 @@ async fn rotating_the_vault_key_reseals_signing_secrets() {
     let deliverer = bare(&db, policy(Duration::from_millis(10), 10)).await;
     let store = deliverer.store.clone();
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
-    let registered = webhooks::register_endpoint(
+    let registered = outbound::register_endpoint(
         &store,
         &deliverer.vault,
         tenant.id,
@@ -837,7 +838,7 @@ async fn registration_refuses_what_it_cannot_deliver_safely() {
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
     let register = |url: &'static str, events: &'static [WebhookEvent]| {
         let (store, vault) = (store.clone(), deliverer.vault.clone());
-        async move { webhooks::register_endpoint(&store, &vault, tenant.id, url, events).await }
+        async move { outbound::register_endpoint(&store, &vault, tenant.id, url, events).await }
     };
     for url in [
         "not a url",

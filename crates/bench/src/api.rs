@@ -31,7 +31,7 @@ use finsync::domain::{
     Transaction, TransactionStatus, UserId,
 };
 use finsync::store::{Removals, SyncSuccess, TokenColumns};
-use finsync::tokens::Vault;
+use finsync::vault::Vault;
 
 pub struct ApiBench {
     /// Requests per second, for every measured endpoint.

@@ -39,7 +39,7 @@ use finsync::app::startup::App;
 use finsync::domain::{ConnectionId, UserId};
 use finsync::store::entities::{account, holding, security, sync_run, transaction};
 use finsync::sync::SyncConnection;
-use finsync::tokens::Vault;
+use finsync::vault::Vault;
 use finsync_sandbox::{self as sandbox, Faults, Institution, Latency, Sandbox, SandboxConfig};
 
 pub struct SyncBench {

@@ -16,9 +16,8 @@ use secrecy::SecretString;
 use tracing::Instrument;
 
 use super::{DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign};
-use crate::app::config::WebhookSettings;
 use crate::store::{Attempt, ClaimedDelivery, NextStep, Store, StoreError};
-use crate::tokens::{Vault, webhook_secret_context};
+use crate::vault::{Vault, webhook_secret_context};
 
 /// A claim outlives the slowest attempt by this much, so it never expires under
 /// an attempt still in flight (which would let another loop send it too).
@@ -35,20 +34,6 @@ pub struct DeliveryPolicy {
     pub batch_size: u64,
     /// Deliver to private and loopback addresses too (see [`super::target`]).
     pub allow_private_targets: bool,
-}
-
-impl From<&WebhookSettings> for DeliveryPolicy {
-    fn from(s: &WebhookSettings) -> Self {
-        Self {
-            max_attempts: s.max_attempts,
-            timeout: Duration::from_millis(s.timeout_ms),
-            poll_interval: Duration::from_millis(s.poll_interval_ms),
-            backoff_base: Duration::from_millis(s.backoff_base_ms),
-            backoff_max: Duration::from_millis(s.backoff_max_ms),
-            batch_size: s.batch_size,
-            allow_private_targets: s.allow_private_targets,
-        }
-    }
 }
 
 impl DeliveryPolicy {

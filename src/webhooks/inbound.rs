@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::job::SyncConnection;
-use super::{Env, QueueError};
 use crate::connectors::{Connector, Notice};
 use crate::domain::{ConnectionId, ConnectionStatus};
 use crate::store::{EventFilter, EventStatus, InstitutionEvent, NewEvent, StoreError};
+use crate::sync::{Env, QueueError, SyncConnection};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

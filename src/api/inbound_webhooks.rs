@@ -18,7 +18,7 @@ use super::error::ErrorBody;
 use super::extract::{Json, Path, Query};
 use super::{ApiError, ApiState, ErrorCode};
 use crate::store::{EventFilter, EventStatus, InstitutionEvent};
-use crate::sync::inbound;
+use crate::webhooks::inbound;
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -82,7 +82,7 @@ pub(super) async fn receive(
             "institution `{institution}` sends no webhooks: its connector declares no [webhooks]"
         )));
     };
-    let limit = state.institution_webhooks.max_body_bytes;
+    let limit = state.inbound_webhook_max_bytes;
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -107,7 +107,7 @@ pub(super) async fn receive(
         })?;
     // `verify` parsed it as JSON, so it is UTF-8.
     let text = String::from_utf8_lossy(&body);
-    let window = std::time::Duration::from_millis(state.institution_webhooks.coalesce_ms);
+    let window = state.inbound_webhook_window;
     let receipt = inbound::receive(&state.env, &connector, &notice, &text, window)
         .await
         .map_err(ApiError::internal)?;

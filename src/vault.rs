@@ -6,15 +6,43 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
+use serde::Deserialize;
 
-use crate::app::config::VaultSettings;
+use crate::domain::{ConnectionId, WebhookEndpointId};
+
+/// Where the vault's keys come from (`[vault]` in the settings).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSettings {
+    /// Base64 of a 32-byte key; takes precedence over `key_file`. New tokens are
+    /// sealed with it.
+    pub key: SecretString,
+    /// Earlier keys, comma-separated (base64 has no commas), still able to open
+    /// what they sealed until `finsync tokens rotate-key` has re-sealed everything
+    /// under `key`. One string so that it can come from one environment variable.
+    pub previous_keys: SecretString,
+    /// Where the key lives when `key` is empty; created (owner-only) if missing and
+    /// `generate_key` is on.
+    pub key_file: PathBuf,
+    pub generate_key: bool,
+}
+
+/// Context string binding a sealed token to its connection and column.
+pub fn seal_context(connection: ConnectionId, field: &str) -> String {
+    format!("connection:{connection}:{field}")
+}
+
+/// Context string binding a webhook endpoint's sealed signing secret to its row.
+pub fn webhook_secret_context(endpoint: WebhookEndpointId) -> String {
+    format!("webhook_endpoint:{endpoint}:secret")
+}
 
 /// Format version byte, first in every ciphertext.
 const FORMAT_V1: u8 = 1;
