@@ -55,7 +55,7 @@ impl Catalog {
 
     /// Looks at the directory, then at the database: afterwards this process serves
     /// the latest valid version of every connector.
-    pub async fn sync(&self) -> Result<(), CatalogError> {
+    pub async fn reload(&self) -> Result<(), CatalogError> {
         self.scan_directory().await?;
         self.install_latest().await?;
         Ok(())
@@ -208,7 +208,7 @@ impl Catalog {
             tokio::select! {
                 () = &mut shutdown => return,
                 _ = ticks.tick() => {
-                    if let Err(error) = self.sync().await {
+                    if let Err(error) = self.reload().await {
                         tracing::warn!(%error, "Connector catalog sync failed; retrying.");
                     }
                 }

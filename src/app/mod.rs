@@ -1,7 +1,8 @@
 //! How a finsync process starts and what it runs: [`config`] (layered settings),
 //! [`telemetry`] (logging and the metrics recorder), [`startup`] (the shared parts,
 //! built once per process) and [`roles`] (which loops each kind of process runs).
-//! [`boot`] is the first step of every command.
+//! [`run_to_exit`] is every binary's `main`; [`boot`] is the first step of every
+//! command.
 
 pub mod config;
 pub mod roles;
@@ -11,6 +12,32 @@ pub mod telemetry;
 pub use self::config::Settings;
 pub use self::roles::shutdown_signal;
 pub use self::startup::App;
+
+/// Runs a command's future on a multi-threaded runtime and turns its outcome into
+/// the process's exit code, printing the error chain when it failed: the body of
+/// every binary's `main`.
+pub fn run_to_exit<F>(command: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// How much a command logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

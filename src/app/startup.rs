@@ -88,7 +88,7 @@ impl App {
             registry.clone(),
             settings.connectors.dir.clone(),
         );
-        catalog.sync().await.context("loading the connectors")?;
+        catalog.reload().await.context("loading the connectors")?;
         let cache = Cache::new(CacheConfig {
             l1_capacity: settings.cache.l1_capacity,
             l1_ttl: Duration::from_secs(settings.cache.l1_ttl_secs),
