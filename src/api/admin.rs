@@ -168,18 +168,7 @@ pub(super) async fn get_connection(
 async fn health(state: &ApiState, c: ConnectionRecord) -> Result<ConnectionHealth, ApiError> {
     let relink_url = super::read::relink_url(state, &c).await?;
     let sync_interval_secs = state.env.interval_for(&c).num_seconds();
-    let sync_interval_source = if c.sync_interval_secs.is_some() {
-        "connection"
-    } else if state
-        .env
-        .registry
-        .get(&c.institution_id)
-        .is_ok_and(|connector| connector.sync_interval.is_some())
-    {
-        "connector"
-    } else {
-        "default"
-    };
+    let sync_interval_source = state.env.interval_source(&c);
     let warning = chrono::Duration::days(i64::from(state.consent_warning_days));
     Ok(ConnectionHealth {
         id: c.id.to_string(),
@@ -200,10 +189,7 @@ async fn health(state: &ApiState, c: ConnectionRecord) -> Result<ConnectionHealt
             granted_at: c.consent.granted_at,
             expires_at: c.consent.expires_at,
             revoked_at: c.consent.revoked_at,
-            expiring_soon: c.consent.revoked_at.is_none()
-                && c.consent
-                    .expires_at
-                    .is_some_and(|at| at - Utc::now() < warning),
+            expiring_soon: c.consent.ends_within(warning, Utc::now()),
         },
         relink_url,
     })
@@ -287,24 +273,25 @@ pub(super) async fn delete_connection(
 ) -> Result<Json<Disconnected>, ApiError> {
     let id = connection_id(&id)?;
     load(&state, id).await?;
-    disconnect(&state, id).await.map(Json)
+    let done = state.env.disconnect(id).await.map_err(disconnect_error)?;
+    Ok(Json(done.into()))
 }
 
-/// Disconnects one connection, for the admin and the tenant routes.
-pub(super) async fn disconnect(
-    state: &ApiState,
-    id: ConnectionId,
-) -> Result<Disconnected, ApiError> {
-    let done = state.env.disconnect(id).await.map_err(|e| match e {
-        TokenError::Busy => {
-            ApiError::internal("the connection's tokens stayed locked by a refresh")
-        }
+/// A disconnect that could not finish.
+pub(super) fn disconnect_error(error: TokenError) -> ApiError {
+    match error {
+        TokenError::Busy => ApiError::internal("the connection's tokens stayed locked by a refresh"),
         other => ApiError::internal(other),
-    })?;
-    Ok(Disconnected {
-        id: id.to_string(),
-        status: ConnectionStatus::Revoked,
-        revoked_at_institution: done.revoked_at_institution,
-        institution_note: done.institution_note.map(str::to_owned),
-    })
+    }
+}
+
+impl From<crate::tokens::disconnect::Disconnected> for Disconnected {
+    fn from(done: crate::tokens::disconnect::Disconnected) -> Self {
+        Self {
+            id: done.previous.id.to_string(),
+            status: ConnectionStatus::Revoked,
+            revoked_at_institution: done.revoked_at_institution,
+            institution_note: done.institution_note.map(str::to_owned),
+        }
+    }
 }

@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::admin::{Disconnected, disconnect};
+use super::admin::{Disconnected, disconnect_error};
 use super::auth::Admin;
 use super::error::ErrorBody;
 use super::extract::{Json, Path};
@@ -368,17 +368,11 @@ pub(super) async fn delete_user(
 ) -> Result<Json<Vec<Disconnected>>, ApiError> {
     let tenant = tenant(&state, &tenant_id).await?;
     let user = user_id(&raw_user)?;
-    let connections = state.env.store.user_connections(tenant.id, &user).await?;
-    if connections.is_empty() {
-        return Err(ApiError::not_found(format!("no user `{user}`")));
-    }
-    let mut results = Vec::new();
-    for c in connections
-        .iter()
-        .filter(|c| c.status != ConnectionStatus::Revoked)
-    {
-        results.push(disconnect(&state, c.id).await?);
-    }
-    tracing::info!(tenant = %tenant.id, user = %user, connections = results.len(), "User removed.");
-    Ok(Json(results))
+    let removed = state
+        .env
+        .remove_user(tenant.id, &user)
+        .await
+        .map_err(disconnect_error)?
+        .ok_or_else(|| ApiError::not_found(format!("no user `{user}`")))?;
+    Ok(Json(removed.into_iter().map(Disconnected::from).collect()))
 }

@@ -53,6 +53,13 @@ pub struct Consent {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+impl Consent {
+    /// Whether a consent still in force ends within `window` of `now`.
+    pub fn ends_within(&self, window: chrono::Duration, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_some_and(|at| at - now < window)
+    }
+}
+
 /// Vault ciphertexts of a connection's tokens and when the access token expires.
 #[derive(Clone, Default)]
 pub struct TokenColumns {

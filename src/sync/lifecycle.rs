@@ -1,9 +1,10 @@
 //! A connection's start and end as the rest of the system sees them: a completed
 //! link announces a repair and queues the first sync; a disconnect revokes and
-//! deletes ([`crate::tokens::disconnect`]) and rebuilds the user's cached view.
+//! deletes ([`crate::tokens::disconnect`]) and rebuilds the user's cached view;
+//! removing a user disconnects all of theirs.
 
 use super::{Environment, SyncConnection};
-use crate::domain::{ConnectionId, ConnectionStatus};
+use crate::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
 use crate::tokens::disconnect::Disconnected;
 use crate::tokens::{LinkError, Linker, TokenError};
 use crate::webhooks::outbound::{self, EventData, WebhookEvent};
@@ -46,6 +47,28 @@ impl Environment {
             })
             .await?;
         Ok(connection)
+    }
+
+    /// Removes a tenant's user: disconnects each of the user's connections not
+    /// already revoked. `None` when the tenant has no such user.
+    pub async fn remove_user(
+        &self,
+        tenant: TenantId,
+        user: &UserId,
+    ) -> Result<Option<Vec<Disconnected>>, TokenError> {
+        let connections = self.store.user_connections(tenant, user).await?;
+        if connections.is_empty() {
+            return Ok(None);
+        }
+        let mut removed = Vec::new();
+        for c in connections
+            .iter()
+            .filter(|c| c.status != ConnectionStatus::Revoked)
+        {
+            removed.push(self.disconnect(c.id).await?);
+        }
+        tracing::info!(tenant = %tenant, user = %user, connections = removed.len(), "User removed.");
+        Ok(Some(removed))
     }
 
     /// Disconnects `id` and rebuilds its user's cached view without it.

@@ -71,6 +71,22 @@ impl Environment {
             .unwrap_or(self.interval)
     }
 
+    /// Where [`Self::interval_for`] takes the connection's interval from:
+    /// `connection`, `connector` or `default`.
+    pub fn interval_source(&self, connection: &ConnectionRecord) -> &'static str {
+        if connection.sync_interval_secs.is_some() {
+            "connection"
+        } else if self
+            .registry
+            .get(&connection.institution_id)
+            .is_ok_and(|connector| connector.sync_interval.is_some())
+        {
+            "connector"
+        } else {
+            "default"
+        }
+    }
+
     /// Rebuilds the cached portfolio of the connection's user after anything that
     /// changes what the read API shows (a sync, a status change, a disconnect).
     pub async fn refresh_portfolio(&self, connection: &ConnectionRecord) -> Result<(), StoreError> {

@@ -797,6 +797,7 @@ async fn webhooks_cannot_point_at_the_internal_network() {
         tenant.id,
         &by_name,
         &[finsync::webhooks::outbound::WebhookEvent::SyncCompleted],
+        true,
     )
     .await
     .unwrap();

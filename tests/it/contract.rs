@@ -113,6 +113,7 @@ async fn the_api_keeps_its_contract_under_generated_requests() {
         tenant.id,
         "http://127.0.0.1:9/hook",
         &[finsync::webhooks::outbound::WebhookEvent::SyncCompleted],
+        true,
     )
     .await
     .unwrap();

@@ -145,9 +145,16 @@ async fn register(
     events: &[WebhookEvent],
 ) -> Registered {
     let deliverer = &app.app.webhooks;
-    outbound::register_endpoint(&deliverer.store, &deliverer.vault, tenant, url, events)
-        .await
-        .unwrap()
+    outbound::register_endpoint(
+        &deliverer.store,
+        &deliverer.vault,
+        tenant,
+        url,
+        events,
+        true,
+    )
+    .await
+    .unwrap()
 }
 
 /// Waits until `endpoint` has `count` deliveries of `event` and none of them is
@@ -452,6 +459,7 @@ async fn a_failed_attempt_waits_out_its_backoff_and_disabling_ends_what_is_pendi
         tenant.id,
         &receiver.url,
         &ALL_EVENTS,
+        true,
     )
     .await
     .unwrap();
@@ -537,6 +545,7 @@ async fn several_delivery_loops_send_each_delivery_exactly_once() {
         tenant.id,
         &receiver.url,
         &ALL_EVENTS,
+        true,
     )
     .await
     .unwrap();
@@ -795,6 +804,7 @@ async fn rotating_the_vault_key_reseals_signing_secrets() {
         tenant.id,
         "https://advisor.example/hooks",
         &[WebhookEvent::SyncCompleted],
+        true,
     )
     .await
     .unwrap();
@@ -838,7 +848,7 @@ async fn registration_refuses_what_it_cannot_deliver_safely() {
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
     let register = |url: &'static str, events: &'static [WebhookEvent]| {
         let (store, vault) = (store.clone(), deliverer.vault.clone());
-        async move { outbound::register_endpoint(&store, &vault, tenant.id, url, events).await }
+        async move { outbound::register_endpoint(&store, &vault, tenant.id, url, events, true).await }
     };
     for url in [
         "not a url",

@@ -64,13 +64,15 @@ pub struct Registered {
     pub secret: SecretString,
 }
 
-/// Registers `url` to receive `events` for `tenant`.
+/// Registers `url` to receive `events` for `tenant`. The URL must be http(s),
+/// without credentials, and (unless `allow_private`) name a public host.
 pub async fn register_endpoint(
     store: &Store,
     vault: &Vault,
     tenant: TenantId,
     url: &str,
     events: &[WebhookEvent],
+    allow_private: bool,
 ) -> Result<Registered, WebhookError> {
     let parsed = url::Url::parse(url).map_err(|_| WebhookError::InvalidUrl("is not a URL"))?;
     if !matches!(parsed.scheme(), "https" | "http") {
@@ -81,6 +83,7 @@ pub async fn register_endpoint(
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(WebhookError::InvalidUrl("must not carry credentials"));
     }
+    target::check_host(&parsed, allow_private).map_err(WebhookError::InvalidUrl)?;
     if events.is_empty() {
         return Err(WebhookError::NoEvents);
     }
