@@ -280,7 +280,9 @@ pub(super) async fn delete_connection(
 /// A disconnect that could not finish.
 pub(super) fn disconnect_error(error: TokenError) -> ApiError {
     match error {
-        TokenError::Busy => ApiError::internal("the connection's tokens stayed locked by a refresh"),
+        TokenError::Busy => {
+            ApiError::internal("the connection's tokens stayed locked by a refresh")
+        }
         other => ApiError::internal(other),
     }
 }

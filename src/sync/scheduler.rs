@@ -1,7 +1,15 @@
-//! The scheduler: finds connections that are due and enqueues one sync each. Safe to
-//! run in several processes: a connection's schedule slot is claimed with a
-//! conditional update, so only one scheduler enqueues it, and the queue refuses a
-//! second job for a connection that already has one queued or running.
+//! The scheduler, everything it does on its own clock:
+//!
+//! - each tick ([`tick`]): enqueues one sync for every connection that is due, one
+//!   token refresh for every token due for refresh, and deletes institutions'
+//!   webhook events past their retention;
+//! - once an hour beside the ticks ([`purge_history`]): deletes finished runs,
+//!   finished jobs and settled webhook deliveries past `sync.history_days`.
+//!
+//! Safe to run in several processes: a connection's schedule slot is claimed with a
+//! conditional update, so only one scheduler enqueues it, the queue refuses a
+//! second job for a connection that already has one queued or running, and every
+//! purge is idempotent. Which processes run it: [`crate::app::roles`].
 
 use std::time::Duration;
 
@@ -28,8 +36,9 @@ pub enum SchedulerError {
 }
 
 /// One pass: enqueues a sync for every due connection and a token refresh for
-/// every due token; returns how many jobs were enqueued. The schedule slot is claimed first (atomically, so of several
-/// schedulers exactly one proceeds) and handed back if the enqueue fails.
+/// every due token; returns how many jobs were enqueued. The schedule slot is
+/// claimed first (atomically, so of several schedulers exactly one proceeds) and
+/// handed back if the enqueue fails.
 pub async fn tick(ctx: &Env) -> Result<usize, SchedulerError> {
     // Microseconds: what both databases keep, so a claim compares equal.
     let now = Utc::now().trunc_subsecs(6);

@@ -1,4 +1,4 @@
-//! `finsync bench api`: how fast cached portfolios are served, measured side by
+//! `finsync-bench api`: how fast cached portfolios are served, measured side by
 //! side with a trivial endpoint of the same server at the same request rate, in
 //! three set-ups from one run: the fleet (PostgreSQL + Redis), the fleet with
 //! Redis stopped, and the embedded default (SQLite + moka).
@@ -384,7 +384,7 @@ fn print(bench: &ApiBench, results: &[Series]) {
         ]);
     }
     println!(
-        "finsync bench api: {} req/s to each endpoint, interleaved, for {} s, at most {} in flight; latency from when each request was due\n",
+        "finsync-bench api: {} req/s to each endpoint, interleaved, for {} s, at most {} in flight; latency from when each request was due\n",
         bench.rate, bench.seconds, bench.concurrency
     );
     println!("{table}\n");

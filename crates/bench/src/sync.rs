@@ -1,4 +1,4 @@
-//! `finsync bench sync`: syncs at fleet scale against the sandbox, every figure from
+//! `finsync-bench sync`: syncs at fleet scale against the sandbox, every figure from
 //! one run. Syncs run in a `finsync worker` process of their own (so that its memory
 //! is its own) on a scratch PostgreSQL database and the bench's own Redis; the bench
 //! process holds the sandbox and the API that links the users through the sandbox's
@@ -732,7 +732,7 @@ fn print(bench: &SyncBench, r: &Results) {
     let secs = |d: Duration| format!("{:.2}", d.as_secs_f64());
     let right = |text: String| Cell::new(text).set_alignment(CellAlignment::Right);
     println!(
-        "finsync bench sync: {} connections of a bulk user (3 accounts, 30 holdings, {} transactions), \
+        "finsync-bench sync: {} connections of a bulk user (3 accounts, 30 holdings, {} transactions), \
          one worker process running {} syncs at once, PostgreSQL and Redis on this machine\n",
         bench.connections,
         sandbox::data::BULK_TRANSACTIONS,

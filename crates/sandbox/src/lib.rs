@@ -246,7 +246,7 @@ pub struct SandboxConfig {
     /// recently are kept, so that the next request of the same user is answered
     /// without generating it again, as an institution serves from storage. The
     /// default, 100,000, bounds what arbitrary login hints can make it hold to some
-    /// tens of MiB; `finsync bench sync` makes room for all of its users.
+    /// tens of MiB; `finsync-bench sync` makes room for all of its users.
     pub cached_records: usize,
 }
 
