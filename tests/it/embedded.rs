@@ -146,7 +146,9 @@ async fn a_long_running_sqlite_worker_still_picks_up_jobs() {
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
     let connection = app.link_and_sync(tenant.id, "demo-carol").await;
     for round in 0..3 {
-        // About 40 polling cycles (200 ms each) with nothing to do.
+        // About 40 polling cycles (200 ms each) with nothing to do: time passing
+        // idle is what this test is about, so here (only here) a test waits for
+        // time itself rather than for a signal.
         tokio::time::sleep(Duration::from_secs(8)).await;
         let since = chrono::Utc::now();
         let job = SyncConnection {

@@ -166,10 +166,12 @@ async fn repeated_and_simultaneous_events_make_one_sync() {
 
     // Start at the beginning of a coalescing window so that every event below
     // falls in the same one.
-    let into = Utc::now().timestamp_millis().rem_euclid(3000);
-    if into > 1000 {
-        tokio::time::sleep(Duration::from_millis((3000 - into) as u64 + 20)).await;
-    }
+    crate::support::eventually(
+        "the start of a coalescing window",
+        Duration::from_secs(10),
+        || async { (Utc::now().timestamp_millis().rem_euclid(3000) < 1000).then_some(()) },
+    )
+    .await;
     // The institution delivers one event three times, then sends two more.
     let repeated = fire(&sandbox, "demo-alice", 3).await;
     assert_eq!(repeated["attempts"], 3);
@@ -201,8 +203,9 @@ async fn repeated_and_simultaneous_events_make_one_sync() {
     assert!(stored.iter().all(|e| e.connections == [connection]));
 
     let runs = wait_for_runs(&app, connection, "webhook:", 1).await;
-    // Give a second sync, were there one, the time to run.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A second sync, were there one, would be queued by now (the events are all
+    // stored); once the queue has settled, it would have run.
+    crate::support::queue_settled(&app.app).await;
     let runs_after = wait_for_runs(&app, connection, "webhook:", 1).await;
     assert_eq!(runs.len(), 1);
     assert_eq!(runs_after.len(), 1, "three events, one sync");

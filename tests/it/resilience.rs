@@ -157,16 +157,13 @@ async fn after_a_429_with_retry_after_no_worker_asks_the_institution_before_it_s
                 .unwrap()
         }
     });
-    let limited = loop {
-        if let Some(arrival) = sandbox
+    let limited = crate::support::eventually("Harbor's 429", Duration::from_secs(60), || async {
+        sandbox
             .arrivals(Institution::Harbor)
             .into_iter()
             .find(|a| a.status == 429)
-        {
-            break arrival;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     // Harbor takes requests again at once, but it asked for two seconds: neither
     // Alice's retry nor Bob's new sync may reach it before they are up.
     sandbox

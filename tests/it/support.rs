@@ -573,6 +573,35 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Polls `check` every 25 ms until it yields a value; fails the test, naming
+/// `what`, when `within` has passed without one. Tests wait for a positive signal
+/// this way, never for a fixed time.
+pub async fn eventually<T, Fut>(what: &str, within: Duration, mut check: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until nothing is pending, running or retrying on the queue: every job
+/// asked for so far has run and settled, so none of them can still act.
+pub async fn queue_settled(app: &App) {
+    eventually("the queue to settle", Duration::from_secs(30), || async {
+        (app.ctx.queue.depth().await.unwrap() == 0).then_some(())
+    })
+    .await;
+}
+
 pub async fn wait_ready(url: &str) {
     let http = finsync::http::client();
     for _ in 0..300 {

@@ -40,6 +40,27 @@ pub(crate) async fn open_token(app: &TestApp, connection: ConnectionId, field: &
         .to_owned()
 }
 
+/// Waits until the connection's stored access token has expired (the sandbox's
+/// lifetime here is a second).
+async fn access_token_expired(app: &TestApp, connection: ConnectionId) {
+    let expires_at = app
+        .app
+        .ctx
+        .store
+        .connection(connection)
+        .await
+        .unwrap()
+        .tokens
+        .access_token_expires_at
+        .expect("an access token with an expiry");
+    crate::support::eventually(
+        "the access token to expire",
+        Duration::from_secs(30),
+        || async { (chrono::Utc::now() >= expires_at).then_some(()) },
+    )
+    .await;
+}
+
 async fn link(app: &TestApp, tenant: TenantId, user: &str) -> ConnectionId {
     let user = UserId::parse(user).unwrap();
     app.app
@@ -226,7 +247,7 @@ async fn a_crash_between_rotation_and_commit_is_survived_within_the_grace_period
         &open_token(&app, connection, "refresh_token").await,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await; // the access token expires
+    access_token_expired(&app, connection).await;
 
     let since = chrono::Utc::now();
     let job = SyncConnection {
@@ -260,7 +281,7 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
         &open_token(&app, connection, "refresh_token").await,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    access_token_expired(&app, connection).await;
 
     let job = SyncConnection {
         connection_id: connection,
@@ -283,7 +304,8 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
     );
     assert!(record.last_failure_at.is_some());
     // No retry storm: the refused grant is tried once, and nothing schedules more.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once the queue has settled, no job is left that could try it again.
+    crate::support::queue_settled(&app.app).await;
     assert_eq!(sandbox.stats().refreshes_rejected, 1);
     assert_eq!(scheduler::tick(&app.app.ctx).await.unwrap(), 0);
 
@@ -351,7 +373,11 @@ async fn tokens_are_refreshed_in_the_background_before_they_expire() {
         0,
         "nothing is due yet"
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    crate::support::eventually("the refresh to fall due", Duration::from_secs(10), || {
+        let due = first.refresh_due_at.unwrap();
+        async move { (chrono::Utc::now() >= due).then_some(()) }
+    })
+    .await;
     assert_eq!(
         scheduler::tick(&app.app.ctx).await.unwrap(),
         1,

@@ -77,8 +77,9 @@ async fn a_job_that_keeps_stopping_its_worker_is_parked_with_the_reason() {
         .find(|r| r.idempotency_key == "test:poison" && r.error.as_deref() != Some(ABANDONED))
         .expect("the parked run");
     assert_eq!(parked.outcome, "failed");
-    // The job is done with: it does not come back.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The job is done with: it does not come back. Once the queue has settled
+    // (nothing pending, running or retrying), nothing can bring it back.
+    crate::support::queue_settled(&app.app).await;
     assert_eq!(
         app.app
             .ctx
@@ -150,9 +151,9 @@ async fn a_sync_whose_worker_is_killed_runs_again_and_stores_a_clean_sync() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The run is open: the worker is mid-sync (every Meridian request takes 700 ms,
+    // and the assertion below proves the kill came before the run ended).
     assert!(started, "the first sync never started");
-    // Mid-sync: at least one slow request is in flight.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
     assert!(
