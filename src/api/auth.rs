@@ -1,6 +1,6 @@
 //! Authentication extractors: a tenant by one of its API keys (with the key's
-//! scopes and a per-key rate limit; recently seen keys are cached briefly), an
-//! admin by the admin token.
+//! scopes and a per-key rate limit; recently seen keys are cached briefly, and
+//! remembered longer for when the database is away), an admin by the admin token.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -15,7 +15,8 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use secrecy::ExposeSecret;
 
 use super::{ApiError, ApiState, ErrorCode};
-use crate::store::{ApiKeyRecord, Scope, Store, TenantRecord};
+use crate::cache::Cache;
+use crate::store::{ApiKeyRecord, RememberedKey, Scope, Store, TenantRecord, api_key_prefix};
 
 /// The tenant whose API key authenticated the request, and that key.
 pub struct Tenant {
@@ -72,19 +73,38 @@ impl KeyLimiter {
 /// Keys this process recently authenticated, so a read does not pay two database
 /// queries for its key. Entries live `ttl`: a key revoked through another process
 /// stops working here within that time (at once in the revoking process).
+///
+/// While the database cannot be reached, a key authenticated within `outage_grace`
+/// (by this process, or by any process through Redis) is still accepted, so that
+/// answers the cache holds keep being served. A key revoked in that window before
+/// the outage may then be accepted until the database answers again; once it does,
+/// the database decides again.
 pub struct KeyCache {
     known: moka::future::Cache<String, (TenantRecord, ApiKeyRecord)>,
+    /// By key prefix; consulted only while the database is unreachable.
+    last_good: moka::future::Cache<String, RememberedKey>,
+    outage_grace: Duration,
     /// Moves on every revocation, so a lookup that raced one is not kept.
     revocations: std::sync::atomic::AtomicU64,
 }
 
+/// Where a key is remembered in Redis.
+fn remembered_at(prefix: &str) -> String {
+    format!("apikey:{prefix}")
+}
+
 impl KeyCache {
-    pub fn new(ttl: Duration) -> Arc<Self> {
+    pub fn new(ttl: Duration, outage_grace: Duration) -> Arc<Self> {
         Arc::new(Self {
             known: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            last_good: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(outage_grace.max(Duration::from_secs(1)))
+                .build(),
+            outage_grace,
             revocations: Default::default(),
         })
     }
@@ -92,6 +112,7 @@ impl KeyCache {
     async fn authenticate(
         &self,
         store: &Store,
+        cache: &Cache,
         key: &str,
     ) -> Result<(TenantRecord, ApiKeyRecord), ApiError> {
         // By hash: the cache never holds a key itself.
@@ -99,29 +120,75 @@ impl KeyCache {
         if let Some(found) = self.known.get(&id).await {
             return Ok(found);
         }
+        let unknown = || ApiError::new(ErrorCode::Unauthorized, "unknown or revoked API key");
         let before = self.revocations.load(Ordering::SeqCst);
         match store.authenticate(key).await {
-            Ok(Some(found)) => {
-                self.known.insert(id.clone(), found.clone()).await;
+            Ok(Some((tenant, record))) => {
+                self.known
+                    .insert(id.clone(), (tenant.clone(), record.clone()))
+                    .await;
                 // Inserted first, checked after: a revocation in between either
                 // cleared the entry or shows here.
                 if self.revocations.load(Ordering::SeqCst) != before {
                     self.known.invalidate(&id).await;
+                    return Err(unknown());
                 }
-                Ok(found)
+                self.remember(
+                    cache,
+                    RememberedKey::new(key, tenant.clone(), record.clone()),
+                )
+                .await;
+                Ok((tenant, record))
             }
-            Ok(None) => Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                "unknown or revoked API key",
-            )),
+            Ok(None) => {
+                if let Some(prefix) = api_key_prefix(key) {
+                    self.last_good.invalidate(prefix).await;
+                    cache.forget_remembered(&remembered_at(prefix)).await;
+                }
+                Err(unknown())
+            }
+            Err(e) if e.is_unavailable() => {
+                store.note(&e);
+                self.recall(cache, key)
+                    .await
+                    .map(|remembered| (remembered.tenant, remembered.key))
+                    .ok_or_else(ApiError::store_unavailable)
+            }
             Err(e) => Err(ApiError::internal(e)),
         }
     }
 
-    /// After a revocation: nothing authenticated before it is trusted any more.
-    pub fn forget_all(&self) {
+    async fn remember(&self, cache: &Cache, remembered: RememberedKey) {
+        let prefix = remembered.key.prefix.clone();
+        if self.last_good.contains_key(&prefix) {
+            return;
+        }
+        if let Ok(json) = serde_json::to_vec(&remembered) {
+            cache
+                .remember(&remembered_at(&prefix), &json, self.outage_grace)
+                .await;
+        }
+        self.last_good.insert(prefix, remembered).await;
+    }
+
+    /// A key remembered for `key`'s prefix that `key` matches, from this process or
+    /// from Redis.
+    async fn recall(&self, cache: &Cache, key: &str) -> Option<RememberedKey> {
+        let prefix = api_key_prefix(key)?;
+        let remembered = match self.last_good.get(prefix).await {
+            Some(remembered) => remembered,
+            None => serde_json::from_slice(&cache.recall(&remembered_at(prefix)).await?).ok()?,
+        };
+        remembered.matches(key).then_some(remembered)
+    }
+
+    /// After a revocation: nothing authenticated before it is trusted any more,
+    /// and the revoked key is remembered nowhere.
+    pub async fn revoked(&self, cache: &Cache, prefix: &str) {
         self.revocations.fetch_add(1, Ordering::SeqCst);
         self.known.invalidate_all();
+        self.last_good.invalidate(prefix).await;
+        cache.forget_remembered(&remembered_at(prefix)).await;
     }
 }
 
@@ -144,7 +211,10 @@ impl FromRequestParts<ApiState> for Tenant {
                 "send your API key as `Authorization: Bearer <key>`",
             )
         })?;
-        let (tenant, key) = state.keys.authenticate(&state.env.store, key).await?;
+        let (tenant, key) = state
+            .keys
+            .authenticate(&state.env.store, &state.env.cache, key)
+            .await?;
         state.limiter.check(&key.id)?;
         Ok(Self { tenant, key })
     }

@@ -36,6 +36,9 @@ pub enum ErrorCode {
     AdminDisabled,
     /// Too many requests; `Retry-After` says when to try again.
     RateLimited,
+    /// The database cannot be reached just now and the answer needs it; `Retry-After`
+    /// says when to try again. Answers the cache holds are still served.
+    StoreUnavailable,
     Internal,
 }
 
@@ -54,6 +57,7 @@ impl ErrorCode {
             Self::InvalidConnector => StatusCode::UNPROCESSABLE_ENTITY,
             Self::InstitutionError => StatusCode::BAD_GATEWAY,
             Self::AdminDisabled => StatusCode::FORBIDDEN,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,6 +88,17 @@ impl ApiError {
         }
     }
 
+    /// The database is away: try again in a few seconds.
+    pub fn store_unavailable() -> Self {
+        Self {
+            retry_after_secs: Some(STORE_RETRY_SECS),
+            ..Self::new(
+                ErrorCode::StoreUnavailable,
+                "the database is unreachable just now; answers the cache holds are still served",
+            )
+        }
+    }
+
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, what)
     }
@@ -102,11 +117,16 @@ impl ApiError {
     }
 }
 
-/// A store or queue failure is never the caller's fault: logged in full, answered
-/// as `INTERNAL` without details.
+/// A store failure is never the caller's fault: an unreachable database answers
+/// 503 `STORE_UNAVAILABLE` with `Retry-After`; anything else is logged in full and
+/// answered as `INTERNAL` without details.
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> Self {
-        Self::internal(error)
+        if error.is_unavailable() {
+            Self::store_unavailable()
+        } else {
+            Self::internal(error)
+        }
     }
 }
 
@@ -115,6 +135,11 @@ impl From<crate::sync::QueueError> for ApiError {
         Self::internal(error)
     }
 }
+
+/// What a client told `STORE_UNAVAILABLE` waits before asking again: outages worth
+/// the name last longer, and the probe notices the database's return within a
+/// second.
+const STORE_RETRY_SECS: u64 = 5;
 
 /// Every error response: `{ "error": { "code", "message" }, "request_id" }`.
 #[derive(Serialize, ToSchema)]

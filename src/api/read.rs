@@ -24,7 +24,7 @@ use crate::cache::Hit;
 use crate::domain::{ConnectionStatus, InvestmentType, TransactionStatus, UserId};
 use crate::portfolio::{
     self, AccountView, CachedPortfolio, ConnectionView, Freshness, HoldingView, Portfolio,
-    TransactionView,
+    ReadError, TransactionView,
 };
 use crate::store::{ConnectionRecord, Scope, TransactionFilter, TransactionPosition};
 
@@ -67,7 +67,13 @@ async fn cached(
         ctx.recent_transactions,
     )
     .await
-    .map_err(ApiError::internal)?
+    .map_err(|e| match &*e {
+        ReadError::Store(e) if e.is_unavailable() => {
+            ctx.store.note(e);
+            ApiError::store_unavailable()
+        }
+        _ => ApiError::internal(e),
+    })?
     .ok_or_else(|| no_user(&user))
 }
 
@@ -105,7 +111,7 @@ pub(super) async fn get_portfolio(
 ) -> Result<Response, ApiError> {
     let cached = cached(&state, &tenant, &user_id).await?;
     let source = (X_CACHE, cached.hit.as_str());
-    if cached.degraded {
+    if cached.needs_notice() {
         let (portfolio, _) = parsed(&cached)?;
         return Ok(([source], Json(portfolio)).into_response());
     }

@@ -285,8 +285,8 @@ pub(super) async fn revoke_key(
     Path((tenant_id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant(&state, &tenant_id).await?;
-    if state.env.store.revoke_api_key(tenant.id, &key_id).await? {
-        state.keys.forget_all();
+    if let Some(prefix) = state.env.store.revoke_api_key(tenant.id, &key_id).await? {
+        state.keys.revoked(&state.env.cache, &prefix).await;
         tracing::info!(tenant = %tenant.id, key = %key_id, "API key revoked.");
         Ok(StatusCode::NO_CONTENT)
     } else {

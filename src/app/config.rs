@@ -111,6 +111,11 @@ pub struct ServerSettings {
     /// How long an API process trusts a key it authenticated; a key revoked through
     /// another process stops working there within this time.
     pub api_key_cache_secs: u64,
+    /// While the database is unreachable, keys authenticated within this many
+    /// seconds (by any API process, through Redis) are still accepted, so cached
+    /// answers keep being served. A key revoked in that window before the outage
+    /// may be accepted until the database is back.
+    pub api_key_outage_grace_secs: u64,
     /// A user's on-demand syncs: at most one finished request per this many seconds.
     pub sync_request_interval_secs: u64,
 }
@@ -121,6 +126,9 @@ pub struct DatabaseSettings {
     /// `sqlite://…` for the embedded mode, `postgres://…` for a fleet.
     pub url: SecretString,
     pub max_connections: u32,
+    /// PostgreSQL: how long a call waits for a pooled connection (or a new one)
+    /// before it fails. Short, so an outage answers fast; see README.
+    pub acquire_timeout_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,6 +18,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::startup::App;
+
+/// How often an API process asks whether its database answers.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(1);
 use super::telemetry;
 
 /// `finsync serve`: the API until Ctrl-C or SIGTERM; in embedded mode, every loop.
@@ -90,6 +93,11 @@ impl App {
         // Other processes' writes reach this process's L1 through Redis pub/sub.
         let invalidations = self.ctx.cache.listen_for_invalidations();
         let catalog = self.follow_connectors();
+        // Answers from the cache say when the database is away: the probe notices.
+        let probe = tokio::spawn({
+            let store = self.ctx.store.clone();
+            async move { store.watch(STORE_PROBE_EVERY).await }
+        });
         let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await;
@@ -97,6 +105,7 @@ impl App {
             task.abort();
         }
         catalog.abort();
+        probe.abort();
         Ok(served?)
     }
 

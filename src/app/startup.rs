@@ -75,9 +75,13 @@ impl App {
             None
         };
 
-        let store = Store::connect(&settings.database.url, settings.database.max_connections)
-            .await
-            .context("connecting to the database")?;
+        let store = Store::connect_with(
+            &settings.database.url,
+            settings.database.max_connections,
+            Duration::from_millis(settings.database.acquire_timeout_ms),
+        )
+        .await
+        .context("connecting to the database")?;
         store.migrate().await.context("migrating the database")?;
         let registry = Arc::new(Registry::new(
             settings.connectors.base_urls.clone(),
@@ -178,7 +182,10 @@ impl App {
                 NonZeroU32::new(self.settings.server.rate_limit_burst).unwrap_or(NonZeroU32::MIN),
             ),
             allow_private_webhooks: self.settings.webhooks.allow_private_targets,
-            keys: KeyCache::new(Duration::from_secs(self.settings.server.api_key_cache_secs)),
+            keys: KeyCache::new(
+                Duration::from_secs(self.settings.server.api_key_cache_secs),
+                Duration::from_secs(self.settings.server.api_key_outage_grace_secs),
+            ),
             sync_request_interval: Duration::from_secs(
                 self.settings.server.sync_request_interval_secs,
             ),

@@ -282,6 +282,33 @@ impl Cache {
         }
     }
 
+    /// Keeps a small fact in Redis alone for `ttl`, for the moments the database
+    /// cannot be asked (see [`Self::recall`]). No L1 copy, no invalidation message:
+    /// it is a fallback, not a cached view. A failure is counted and dropped.
+    pub async fn remember(&self, key: &str, value: &[u8], ttl: Duration) {
+        let Some(l2) = &self.l2 else {
+            return;
+        };
+        let mut connection = l2.connection.clone();
+        let write = connection.set_ex::<_, _, ()>(l2.key(key), value, ttl.as_secs().max(1));
+        self.l2_call(l2, "remember", write).await;
+    }
+
+    /// What [`Self::remember`] kept under `key`, if Redis answers in time.
+    pub async fn recall(&self, key: &str) -> Option<Vec<u8>> {
+        let l2 = self.l2_allowed()?;
+        let mut connection = l2.connection.clone();
+        let read = connection.get::<_, Option<Vec<u8>>>(l2.key(key));
+        self.l2_call(l2, "recall", read).await.flatten()
+    }
+
+    /// Drops what [`Self::remember`] kept under `key`.
+    pub async fn forget_remembered(&self, key: &str) {
+        if let Some(l2) = &self.l2 {
+            self.l2_delete(l2, key).await;
+        }
+    }
+
     /// Forgets a key everywhere, so the next read goes to the database.
     pub async fn invalidate(&self, key: &str) {
         self.forget_locally(key).await;

@@ -42,13 +42,23 @@ pub struct CachedPortfolio {
     pub hit: Hit,
     /// The shared cache is unavailable; the answer must say so.
     pub degraded: bool,
+    /// The database is unreachable (the view came from a cache); the answer must
+    /// say so.
+    pub store_unavailable: bool,
 }
 
 impl CachedPortfolio {
-    /// The portfolio itself, with the degraded notice applied.
+    /// Whether the cached bytes need a notice before they are sent.
+    pub fn needs_notice(&self) -> bool {
+        self.degraded || self.store_unavailable
+    }
+
+    /// The portfolio itself, with the notices applied.
     pub fn parse(&self) -> Result<Portfolio, serde_json::Error> {
         let mut portfolio: Portfolio = serde_json::from_slice(&self.json)?;
-        if self.degraded {
+        if self.store_unavailable {
+            portfolio.freshness.mark_store_unavailable();
+        } else if self.degraded {
             portfolio.freshness.mark_cache_degraded();
         }
         Ok(portfolio)
@@ -76,6 +86,7 @@ pub async fn read(
             json,
             hit,
             degraded: cache.degraded(),
+            store_unavailable: !store.reachable(),
         })),
         Err(e) if matches!(*e, ReadError::NoSuchUser) => Ok(None),
         Err(e) => Err(e),

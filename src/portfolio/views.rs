@@ -31,6 +31,9 @@ pub enum StaleReason {
     CacheDegraded,
     /// The user disconnected the institution; nothing is kept.
     ConnectionRevoked,
+    /// The database is unreachable: the answer is the cached view, which may not
+    /// show a sync that finished since.
+    StoreUnavailable,
 }
 
 impl StaleReason {
@@ -82,6 +85,16 @@ impl Freshness {
 
     /// Marks an answer given while the shared cache is down, unless it already
     /// carries a more important reason.
+    /// Says the answer came from the cache while the database was away; it wins
+    /// over every other reason but the data's own staleness is kept.
+    pub fn mark_store_unavailable(&mut self) {
+        self.reason = Some(StaleReason::StoreUnavailable);
+        self.message = Some(
+            "the database is unreachable; this is the cached view, which may miss the latest sync"
+                .to_owned(),
+        );
+    }
+
     pub fn mark_cache_degraded(&mut self) {
         if self.reason.is_none() {
             self.reason = Some(StaleReason::CacheDegraded);

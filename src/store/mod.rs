@@ -18,6 +18,8 @@ mod tenants;
 mod webhooks;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
@@ -41,7 +43,7 @@ pub use records::{
 };
 pub use runs::{ABANDONED, RunCounts};
 pub use sync_requests::SyncRequestRecord;
-pub use tenants::{ApiKey, ApiKeyRecord, Scope, TenantRecord};
+pub use tenants::{ApiKey, ApiKeyRecord, RememberedKey, Scope, TenantRecord, api_key_prefix};
 pub use webhooks::{
     Attempt, ClaimedDelivery, DeliveryQuery, NewWebhookEndpoint, NextStep, WebhookDelivery,
     WebhookEndpoint,
@@ -72,10 +74,47 @@ pub enum StoreError {
     Disconnected,
 }
 
+impl StoreError {
+    /// The database could not be reached (down, restarting, or every connection
+    /// busy past the acquire timeout): nothing about the request was wrong, and
+    /// the same call may work later.
+    pub fn is_unavailable(&self) -> bool {
+        use sea_orm::RuntimeErr;
+        use sea_orm::sqlx::Error as Sqlx;
+        let Self::Db(error) = self else {
+            return false;
+        };
+        match error {
+            DbErr::ConnectionAcquire(_) => true,
+            DbErr::Conn(RuntimeErr::SqlxError(e))
+            | DbErr::Exec(RuntimeErr::SqlxError(e))
+            | DbErr::Query(RuntimeErr::SqlxError(e)) => match &**e {
+                Sqlx::Io(_)
+                | Sqlx::Tls(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed => true,
+                // SQLSTATE class 08 (connection exception) and 57P (operator
+                // intervention: the server shutting down or starting).
+                Sqlx::Database(e) => e
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+                _ => false,
+            },
+            DbErr::Conn(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// The database, shared by every part of one process.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Whether the database answered lately, as this process saw it. The API's
+    /// probe ([`Store::watch`]) and failed calls keep it current, so an answer
+    /// served from the cache can say the database is away without waiting on it.
+    unreachable: Arc<AtomicBool>,
 }
 
 /// Rows one purge statement deletes, so that a long history is not deleted in one
@@ -111,9 +150,27 @@ impl Store {
         }
     }
 
-    /// Connects (creating a SQLite file's directory if needed). Does not migrate.
+    /// Connects (creating a SQLite file's directory if needed), waiting up to 10 s
+    /// for a pooled connection: for tools and tests. Does not migrate.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_with(url, max_connections, Duration::from_secs(10)).await
+    }
+
+    /// Connects with a pool whose callers give up after `acquire_timeout` on
+    /// PostgreSQL, so that a database outage fails requests fast rather than at
+    /// the end of a long wait. SQLite is the process's own file: its callers wait
+    /// for each other (up to 10 s), as a busy pool there is no outage.
+    pub async fn connect_with(
+        url: &SecretString,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let url = url.expose_secret();
+        let acquire_timeout = if sqlite_path(url).is_some() {
+            Duration::from_secs(10)
+        } else {
+            acquire_timeout
+        };
         if let Some(path) = sqlite_path(url)
             && let Some(dir) = Path::new(path)
                 .parent()
@@ -127,7 +184,7 @@ impl Store {
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .sqlx_logging(false)
             // SQLite is shared by the API, the workers and the job queue of one
             // process: WAL lets readers run during a write, the busy timeout makes
@@ -139,7 +196,50 @@ impl Store {
             });
         Ok(Self {
             db: Database::connect(options).await?,
+            unreachable: Arc::default(),
         })
+    }
+
+    /// Whether the database answered the last time this process asked.
+    pub fn reachable(&self) -> bool {
+        !self.unreachable.load(Ordering::Relaxed)
+    }
+
+    /// Records what a call's failure says about the database.
+    pub fn note(&self, error: &StoreError) {
+        if error.is_unavailable() {
+            self.unreachable.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks the database for a trivial answer, waiting at most `within`; records
+    /// and returns whether it came.
+    pub async fn probe(&self, within: Duration) -> bool {
+        let answered = matches!(
+            tokio::time::timeout(within, self.db.ping()).await,
+            Ok(Ok(()))
+        );
+        self.unreachable.store(!answered, Ordering::Relaxed);
+        answered
+    }
+
+    /// Probes the database every `every` until the task is dropped, so that
+    /// [`Self::reachable`] follows an outage and its end.
+    pub async fn watch(&self, every: Duration) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let was = self.reachable();
+            let now = self.probe(every.min(Duration::from_secs(1))).await;
+            if was != now {
+                if now {
+                    tracing::info!("The database answers again.");
+                } else {
+                    tracing::warn!("The database does not answer.");
+                }
+            }
+        }
     }
 
     /// Brings the schema up to date. Safe when several processes of a fleet start at

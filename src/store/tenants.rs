@@ -16,7 +16,7 @@ use super::entities::{api_key, tenant};
 use super::{Store, StoreError};
 use crate::domain::TenantId;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TenantRecord {
     pub id: TenantId,
     pub name: String,
@@ -59,7 +59,7 @@ impl FromStr for Scope {
 }
 
 /// An API key as listings show it: never the key itself.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
     pub id: String,
     pub tenant_id: TenantId,
@@ -100,6 +100,35 @@ fn random_text(len: usize) -> String {
 }
 
 /// The prefix of a presented key, if it has the shape of one.
+/// What an API process keeps of a key it authenticated, to recognise the key while
+/// the database cannot be asked: the hash the database holds, never the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RememberedKey {
+    hash: String,
+    pub tenant: TenantRecord,
+    pub key: ApiKeyRecord,
+}
+
+impl RememberedKey {
+    pub fn new(presented: &str, tenant: TenantRecord, key: ApiKeyRecord) -> Self {
+        Self {
+            hash: hash_api_key(presented),
+            tenant,
+            key,
+        }
+    }
+
+    /// Whether `presented` is the key this was made from.
+    pub fn matches(&self, presented: &str) -> bool {
+        same(&self.hash, &hash_api_key(presented))
+    }
+}
+
+/// The public part of a presented key (`fsk_<prefix>_…`), if it has the shape of one.
+pub fn api_key_prefix(key: &str) -> Option<&str> {
+    prefix_of(key)
+}
+
 fn prefix_of(key: &str) -> Option<&str> {
     let (prefix, secret) = key.strip_prefix(KEY_TAG)?.split_once('_')?;
     (prefix.len() == PREFIX_LEN && secret.len() == SECRET_LEN).then_some(prefix)
@@ -206,7 +235,20 @@ impl Store {
     }
 
     /// Revokes one key; `false` when the tenant has no such live key.
-    pub async fn revoke_api_key(&self, tenant: TenantId, id: &str) -> Result<bool, StoreError> {
+    /// Revokes a live key of `tenant`; its prefix when there was one to revoke.
+    pub async fn revoke_api_key(
+        &self,
+        tenant: TenantId,
+        id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(live) = api_key::Entity::find_by_id(id.to_owned())
+            .filter(api_key::Column::TenantId.eq(tenant.to_string()))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .one(self.db())
+            .await?
+        else {
+            return Ok(None);
+        };
         let result = api_key::Entity::update_many()
             .col_expr(
                 api_key::Column::RevokedAt,
@@ -217,7 +259,7 @@ impl Store {
             .filter(api_key::Column::RevokedAt.is_null())
             .exec(self.db())
             .await?;
-        Ok(result.rows_affected == 1)
+        Ok((result.rows_affected == 1).then_some(live.prefix))
     }
 
     /// The tenant and key a presented key belongs to, if it is live.

@@ -18,6 +18,7 @@ mod interop;
 mod layout;
 mod linking;
 mod money;
+mod outage;
 mod quarantine;
 mod resilience;
 mod scheduler;

@@ -25,6 +25,9 @@
 //! from its own seed. Meridian also sends signed webhooks when the data moves
 //! ([`notify`]).
 //!
+//! A network fault outside the institutions: [`link`], a TCP link tests and benchmarks
+//! cut between finsync and its database.
+//!
 //! This module owns the configuration, the institutions' identities, the router and the
 //! running-server handle.
 
@@ -36,6 +39,7 @@ mod grants;
 mod harbor;
 mod http;
 mod keystone;
+pub mod link;
 mod meridian;
 mod northwind;
 mod notify;

@@ -1,0 +1,131 @@
+//! Reads while the database is away: cached portfolios are still answered (saying
+//! `STORE_UNAVAILABLE`), with API keys recognised from memory; what needs the
+//! database answers 503 with `Retry-After` at once; `/readyz` says so within a
+//! second; everything recovers when the database is back. The outage is a cut
+//! TCP link between the app and PostgreSQL, so no shared server is stopped.
+
+use std::time::{Duration, Instant};
+
+use finsync_sandbox::SandboxConfig;
+use finsync_sandbox::link::CuttableLink;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::support::{
+    Backend, RedisPrefix, TestApp, TestDb, eventually, settings, spawn_sandbox, unique,
+};
+
+/// Far below the 10 s a request used to wait for the pool, and far above what a
+/// fast failure takes on a loaded machine.
+const PROMPTLY: Duration = Duration::from_secs(5);
+
+async fn get(app: &TestApp, path: &str, key: &str) -> reqwest::Response {
+    finsync::http::client()
+        .get(format!("{}{path}", app.address))
+        .bearer_auth(key)
+        .timeout(PROMPTLY)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path} did not answer promptly: {e}"))
+}
+
+#[tokio::test]
+async fn with_the_database_away_cached_reads_are_served_and_the_rest_fails_fast() {
+    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let prefix = RedisPrefix(unique("finsync_test"));
+    let link = CuttableLink::start("127.0.0.1:5432".parse().unwrap())
+        .await
+        .unwrap();
+    let mut settings = settings(&db, Some(&prefix.0), &sandbox);
+    let mut through_link = url::Url::parse(&db.url).unwrap();
+    through_link.set_port(Some(link.address().port())).unwrap();
+    settings.database.url = SecretString::from(through_link.to_string());
+    // A key is trusted without the database for a second only: the reads below
+    // outlive that, so they are recognised from what was remembered.
+    settings.server.api_key_cache_secs = 1;
+    let app = TestApp::spawn(settings, true).await;
+    let (tenant, key) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let key = key.0.expose_secret().to_owned();
+    app.link_and_sync(tenant.id, "demo-alice").await;
+    let before = get(&app, "/v1/users/demo-alice/portfolio", &key).await;
+    assert_eq!(before.status(), StatusCode::OK);
+    let before: serde_json::Value = before.json().await.unwrap();
+
+    link.cut();
+    let cut_at = Instant::now();
+
+    // The cached portfolio is answered, and says where it came from, for longer
+    // than the key cache trusts a key on its own.
+    let mut answered = 0;
+    while answered == 0 || cut_at.elapsed() < Duration::from_secs(3) {
+        let response = get(&app, "/v1/users/demo-alice/portfolio", &key).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: serde_json::Value = response.json().await.unwrap();
+        if body["freshness"]["reason"] == "STORE_UNAVAILABLE" {
+            answered += 1;
+            assert_eq!(body["accounts"], before["accounts"]);
+            assert_eq!(body["holdings"], before["holdings"]);
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(30),
+            "never marked: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // What needs the database fails fast, with a code and a time to come back.
+    for path in [
+        "/v1/users/demo-alice/transactions",
+        "/v1/users/someone-never-read/portfolio",
+    ] {
+        let response = get(&app, path, &key).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let retry_after: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry_after >= 1);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "STORE_UNAVAILABLE", "{path}: {body}");
+    }
+    // A key never seen is refused as unavailable, not as unknown: the database
+    // that would know it cannot be asked.
+    let stranger = get(
+        &app,
+        "/v1/users/demo-alice/portfolio",
+        "fsk_aaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+    )
+    .await;
+    assert_eq!(stranger.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = finsync::http::client()
+        .get(format!("{}/readyz", app.address))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .expect("/readyz answers within its second");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    link.restore();
+    // Back: the database answers again, and the probe (every second) stops the
+    // cached answers from saying otherwise.
+    eventually(
+        "the app to see its database again",
+        Duration::from_secs(30),
+        || async {
+            let transactions = get(&app, "/v1/users/demo-alice/transactions", &key).await;
+            let portfolio: serde_json::Value = get(&app, "/v1/users/demo-alice/portfolio", &key)
+                .await
+                .json()
+                .await
+                .unwrap();
+            (transactions.status() == StatusCode::OK
+                && portfolio["freshness"]["reason"] != "STORE_UNAVAILABLE")
+                .then_some(())
+        },
+    )
+    .await;
+    let ready = get(&app, "/readyz", &key).await;
+    assert_eq!(ready.status(), StatusCode::OK);
+}
