@@ -192,12 +192,7 @@ impl FaultInjector {
                 Faults::default()
             }
         };
-        let numbers: &'static [&'static str] = match institution {
-            Institution::Meridian => &["amount", "quantity", "balances.current"],
-            Institution::Harbor => &["amount", "ledger_balance"],
-            Institution::Keystone => &["net_amount", "units", "market_value"],
-            Institution::Northwind => &["amount", "balance"],
-        };
+        let numbers = institution.spec().faults.malformed_numbers;
         let rng = StdRng::seed_from_u64(institution.seed(seed) ^ 0xFA17_5EED);
         Self {
             numbers,

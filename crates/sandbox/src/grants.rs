@@ -43,7 +43,7 @@ impl Scope {
         }
     }
 
-    fn bit(self) -> u8 {
+    const fn bit(self) -> u8 {
         1 << (self as u8)
     }
 }
@@ -64,8 +64,8 @@ pub(super) struct ScopeSet(u8);
 pub(super) struct UnknownScope(String);
 
 impl ScopeSet {
-    pub(super) fn all() -> Self {
-        Self(Scope::ALL.iter().fold(0, |bits, scope| bits | scope.bit()))
+    pub(super) const fn all() -> Self {
+        Self::of(&Scope::ALL)
     }
 
     /// Parses a scope list whose words are separated by `separator` (a space in RFC 6749),
@@ -107,8 +107,15 @@ impl ScopeSet {
     }
 
     /// The set of exactly these scopes.
-    pub(super) fn of(scopes: &[Scope]) -> Self {
-        Self(scopes.iter().fold(0, |bits, scope| bits | scope.bit()))
+    /// `const` so that an institution's profile can be a `static`.
+    pub(super) const fn of(scopes: &[Scope]) -> Self {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < scopes.len() {
+            bits |= scopes[i].bit();
+            i += 1;
+        }
+        Self(bits)
     }
 }
 

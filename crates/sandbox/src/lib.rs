@@ -2,46 +2,50 @@
 //! payment provider ships a sandbox, so finsync can be demonstrated and tested end to end
 //! without a real bank.
 //!
-//! Four institutions, deliberately unlike each other, each under `/<id>`:
-//! - Meridian Brokerage (`meridian`, [`meridian`]): a modern aggregator-style API, cursor
-//!   paging, JSON numbers, Plaid's sign convention, rotating refresh tokens;
-//! - Harbor Savings Bank (`harbor`, [`harbor`]): a retail bank, offset paging, amounts as
-//!   strings of cents with money out positive, US dates, `client_secret_post` only,
-//!   comma-separated scopes, `expires_in` as a string, no PKCE;
-//! - Keystone Trust & Custody (`keystone`, [`keystone`]): a legacy custodian, RFC 8288
-//!   `Link` paging, transactions by date window, 4-decimal strings, securities by CUSIP and
-//!   ISIN, a nested token response without `token_type` or `expires_in`, refresh tokens
-//!   that never change, a daily quota, a per-second limit and slowness under load;
-//! - Northwind Credit Union (`northwind`, [`northwind`]): page-number paging, JSON numbers,
-//!   epoch-millisecond dates, a standard OAuth server.
-//! - the world clock ([`world`]): the epoch every institution serves its data at, advanced
-//!   through `/sandbox/admin`, on a timer, or by [`Sandbox::advance`]; [`data`] yields each
-//!   user's data at every epoch.
+//! Four institutions, deliberately unlike each other, each under `/<id>` and each one folder
+//! under [`institutions`] that owns its profile (an `InstitutionSpec`: id, name, OAuth
+//! rules, data and fault rules, the text `GET /` shows), its data API and its tests:
+//! - Meridian Brokerage (`meridian`, `institutions/meridian/`): a modern aggregator-style
+//!   API, cursor paging and `/transactions/sync`, JSON numbers, Plaid's sign convention,
+//!   rotating refresh tokens, webhooks;
+//! - Harbor Savings Bank (`harbor`, `institutions/harbor/`): a retail bank, offset paging,
+//!   amounts as strings of cents with money out positive, US dates, `client_secret_post`
+//!   only, comma-separated scopes, `expires_in` as a string, no PKCE;
+//! - Keystone Trust & Custody (`keystone`, `institutions/keystone/`): a legacy custodian,
+//!   RFC 8288 `Link` paging, transactions by date window, 4-decimal strings, securities by
+//!   CUSIP and ISIN, a nested token response without `token_type` or `expires_in`, refresh
+//!   tokens that never change, a daily quota, a per-second limit and slowness under load;
+//! - Northwind Credit Union (`northwind`, `institutions/northwind/`): page-number paging,
+//!   JSON numbers, epoch-millisecond dates, a standard OAuth server.
 //!
-//! Every institution has its own authorization server ([`oauth`], one [`grants`] store
-//! each), and every data API sits behind [`faults`], which injects latency, errors, rate
-//! limits, outages, malformed records and schema drift on demand; [`admin`] changes that
-//! at run time. [`data`] generates the deterministic data every institution serves, each
-//! from its own seed. Meridian also sends signed webhooks when the data moves
-//! ([`notify`]).
+//! The machinery they share asks an institution's spec and never matches on it:
+//! - [`oauth`]: each institution's authorization server, built from its OAuth rules, with
+//!   one [`grants`] store each (codes, grants, tokens, rotation, revocation);
+//! - [`bearer`]: the Bearer check every data API starts with;
+//! - [`faults`]: wraps every data API and injects latency, errors, rate limits, outages,
+//!   malformed records and schema drift on demand; [`admin`] changes that at run time;
+//! - [`data`]: the deterministic data every institution serves, each from its own seed
+//!   (`data/epochs` moves it from one epoch to the next);
+//! - [`world`]: the world clock, the epoch every institution serves its data at, advanced
+//!   through `/sandbox/admin`, on a timer, or by [`Sandbox::advance`], and the cache of
+//!   users' data;
+//! - [`notify`]: signed webhooks when the data moves, from institutions that send them
+//!   (Meridian);
+//! - `http`: the one HTTP client (webhooks, tests); `test_support`: test helpers.
 //!
 //! A network fault outside the institutions: [`link`], a TCP link tests and benchmarks
 //! cut between finsync and its database.
 //!
-//! This module owns the configuration, the institutions' identities, the router and the
-//! running-server handle.
+//! This module owns the configuration, the router and the running-server handle.
 
 mod admin;
 mod bearer;
 pub mod data;
 mod faults;
 mod grants;
-mod harbor;
 mod http;
-mod keystone;
+mod institutions;
 pub mod link;
-mod meridian;
-mod northwind;
 mod notify;
 mod oauth;
 #[cfg(test)]
@@ -49,9 +53,7 @@ mod test_support;
 mod world;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -64,7 +66,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use chrono::NaiveDate;
 use secrecy::SecretString;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -72,12 +73,13 @@ use tokio::task::JoinHandle;
 use self::data::Portfolio;
 use self::faults::FaultInjector;
 pub use self::faults::{Arrival, Drift, Faults, FaultsError, Latency, Outage};
-use self::grants::{GrantPolicy, GrantStore, Rotation, Scope, ScopeSet};
-pub use self::keystone::KeystoneLimits;
+use self::grants::GrantStore;
+pub use self::institutions::keystone::KeystoneLimits;
+pub use self::institutions::{Institution, UnknownInstitution};
 use self::notify::Notifier;
 pub use self::notify::SentWebhook;
+use self::oauth::AuthServer;
 pub use self::oauth::TokenQuirks;
-use self::oauth::{AuthServer, ClientAuth, Profile};
 use self::world::World;
 
 /// The default "today" of the data: two days before the first time this process asked
@@ -94,104 +96,6 @@ fn default_anchor_date() -> NaiveDate {
     })
 }
 
-/// One of the sandbox's institutions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Institution {
-    Meridian,
-    Harbor,
-    Keystone,
-    Northwind,
-}
-
-impl Institution {
-    /// Every institution, in the order the sandbox lists them.
-    pub const ALL: [Self; 4] = [
-        Self::Meridian,
-        Self::Harbor,
-        Self::Keystone,
-        Self::Northwind,
-    ];
-
-    /// The institution id: its path prefix and its connector file's stem.
-    pub fn id(self) -> &'static str {
-        match self {
-            Self::Meridian => "meridian",
-            Self::Harbor => "harbor",
-            Self::Keystone => "keystone",
-            Self::Northwind => "northwind",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Meridian => "Meridian Brokerage",
-            Self::Harbor => "Harbor Savings Bank",
-            Self::Keystone => "Keystone Trust & Custody",
-            Self::Northwind => "Northwind Credit Union",
-        }
-    }
-
-    /// Starts the institution's record ids, codes and tokens (`mer_acc_…`, `mer_at_…`).
-    fn prefix(self) -> &'static str {
-        match self {
-            Self::Meridian => "mer_",
-            Self::Harbor => "hsb_",
-            Self::Keystone => "ktc_",
-            Self::Northwind => "nwcu_",
-        }
-    }
-
-    /// The OAuth client the institution knows unless configured otherwise. The secrets
-    /// are public, like a payment provider's test keys.
-    fn default_client(self) -> ClientCredentials {
-        let (client_id, secret) = match self {
-            Self::Meridian => ("finsync-sandbox", "meridian-sandbox-secret"),
-            Self::Harbor => ("finsync-harbor", "harbor-sandbox-secret"),
-            Self::Keystone => ("FINSYNC-KTC-0001", "keystone-sandbox-secret"),
-            Self::Northwind => ("finsync-northwind", "northwind-sandbox-secret"),
-        };
-        ClientCredentials {
-            client_id: client_id.to_owned(),
-            client_secret: SecretString::from(secret),
-        }
-    }
-
-    /// Seeds this institution's data: Meridian takes the configured seed as it is, so its
-    /// data stays what it always was; the others salt it, so a user has different
-    /// accounts at each institution.
-    fn seed(self, seed: u64) -> u64 {
-        if self == Self::Meridian {
-            return seed;
-        }
-        let digest = Sha256::digest(self.id().as_bytes());
-        let mut salt = [0u8; 8];
-        salt.copy_from_slice(&digest[..8]);
-        seed ^ u64::from_le_bytes(salt)
-    }
-}
-
-impl fmt::Display for Institution {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.id())
-    }
-}
-
-/// An id that names no sandbox institution.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("no sandbox institution {0:?}; they are meridian, harbor, keystone and northwind")]
-pub struct UnknownInstitution(pub String);
-
-impl FromStr for Institution {
-    type Err = UnknownInstitution;
-
-    fn from_str(id: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|institution| institution.id() == id)
-            .ok_or_else(|| UnknownInstitution(id.to_owned()))
-    }
-}
-
 /// An institution that sends no webhooks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{} sends no webhooks; only meridian does", .0.name())]
@@ -202,6 +106,17 @@ pub struct NoWebhooks(pub Institution);
 pub struct ClientCredentials {
     pub client_id: String,
     pub client_secret: SecretString,
+}
+
+impl ClientCredentials {
+    /// The client `institution` knows unless configured otherwise.
+    fn default_of(institution: Institution) -> Self {
+        let client = &institution.spec().default_client;
+        Self {
+            client_id: client.client_id.to_owned(),
+            client_secret: SecretString::from(client.client_secret),
+        }
+    }
 }
 
 /// How a sandbox behaves. The same seed and anchor date always yield the same data.
@@ -261,7 +176,12 @@ impl Default for SandboxConfig {
             access_token_ttl: Duration::from_secs(3600),
             clients: Institution::ALL
                 .into_iter()
-                .map(|institution| (institution.id().to_owned(), institution.default_client()))
+                .map(|institution| {
+                    (
+                        institution.id().to_owned(),
+                        ClientCredentials::default_of(institution),
+                    )
+                })
                 .collect(),
             anchor_date: default_anchor_date(),
             refresh_grace: Duration::ZERO,
@@ -283,7 +203,7 @@ impl SandboxConfig {
         self.clients
             .get(institution.id())
             .cloned()
-            .unwrap_or_else(|| institution.default_client())
+            .unwrap_or_else(|| ClientCredentials::default_of(institution))
     }
 }
 
@@ -341,11 +261,12 @@ struct AppState {
     config: SandboxConfig,
     stats: Arc<Stats>,
     /// Each institution's authorization server, indexed by [`Institution`].
-    servers: [Arc<AuthServer>; 4],
+    servers: [Arc<AuthServer>; Institution::ALL.len()],
     /// Each institution's fault injector, indexed by [`Institution`].
-    faults: [Arc<FaultInjector>; 4],
-    /// Each institution's webhooks, indexed by [`Institution`]; only Meridian sends any.
-    notifiers: [Option<Arc<Notifier>>; 4],
+    faults: [Arc<FaultInjector>; Institution::ALL.len()],
+    /// Each institution's webhooks, indexed by [`Institution`]; `None` where its spec sends
+    /// none (all but Meridian).
+    notifiers: [Option<Arc<Notifier>>; Institution::ALL.len()],
     world: Arc<World>,
 }
 
@@ -358,7 +279,7 @@ impl AppState {
             user_id,
             self.world.epoch(),
         );
-        rebrand(state.portfolio().clone(), institution)
+        institutions::rebrand(state.portfolio().clone(), institution)
     }
 
     fn grants(&self, institution: Institution) -> &GrantStore {
@@ -383,48 +304,10 @@ pub fn institution_portfolio(
     user_id: &str,
     epoch: u32,
 ) -> Portfolio {
-    rebrand(
+    institutions::rebrand(
         data::portfolio_at(institution.seed(seed), anchor_date, user_id, epoch),
         institution,
     )
-}
-
-/// Renames Meridian's ids and names to `institution`'s: the generator speaks Meridian.
-fn rebrand(mut portfolio: Portfolio, institution: Institution) -> Portfolio {
-    if institution == Institution::Meridian {
-        return portfolio;
-    }
-    let id = |text: &mut String| {
-        if let Some(rest) = text.strip_prefix(Institution::Meridian.prefix()) {
-            *text = format!("{}{rest}", institution.prefix());
-        }
-    };
-    let name = |text: &mut String| {
-        *text = text
-            .replace("Meridian", institution.name())
-            .replace("MERIDIAN", &institution.name().to_uppercase());
-    };
-    for account in &mut portfolio.accounts {
-        id(&mut account.account_id);
-        name(&mut account.official_name);
-    }
-    for holding in &mut portfolio.holdings {
-        id(&mut holding.account_id);
-        id(&mut holding.security.security_id);
-        name(&mut holding.security.name);
-    }
-    for transaction in &mut portfolio.transactions {
-        id(&mut transaction.transaction_id);
-        id(&mut transaction.account_id);
-        if let Some(pending) = &mut transaction.pending_transaction_id {
-            id(pending);
-        }
-        if let Some(security) = &mut transaction.security_id {
-            id(security);
-        }
-        name(&mut transaction.name);
-    }
-    portfolio
 }
 
 /// A running sandbox. Dropping it stops the server too; [`Sandbox::shutdown`] also waits.
@@ -607,73 +490,6 @@ pub async fn spawn(config: SandboxConfig, listener: TcpListener) -> std::io::Res
     })
 }
 
-/// Each institution's authorization server profile: how its OAuth deviates.
-fn profile(config: &SandboxConfig, institution: Institution) -> (Profile, Rotation) {
-    let ClientCredentials {
-        client_id,
-        client_secret,
-    } = config.client(institution);
-    let rotate = Rotation::Rotate {
-        grace: config.refresh_grace,
-    };
-    let everything = ScopeSet::all();
-    let (client_auth, scopes, scope_separator, pkce_required, token_quirks, rotation) =
-        match institution {
-            Institution::Meridian => (
-                ClientAuth::Either,
-                everything,
-                ' ',
-                true,
-                config.token_quirks,
-                rotate,
-            ),
-            Institution::Harbor => (
-                ClientAuth::PostOnly,
-                ScopeSet::of(&[Scope::Accounts, Scope::Transactions]),
-                ',',
-                false,
-                TokenQuirks {
-                    expires_in_as_string: true,
-                    ..TokenQuirks::default()
-                },
-                rotate,
-            ),
-            Institution::Keystone => (
-                ClientAuth::BasicOnly,
-                everything,
-                ' ',
-                true,
-                TokenQuirks {
-                    nested_under: Some("result"),
-                    omit_expires_in: true,
-                    omit_token_type: true,
-                    ..TokenQuirks::default()
-                },
-                Rotation::Keep,
-            ),
-            Institution::Northwind => (
-                ClientAuth::Either,
-                ScopeSet::of(&[Scope::Accounts, Scope::Transactions]),
-                ' ',
-                true,
-                TokenQuirks::default(),
-                rotate,
-            ),
-        };
-    let profile = Profile {
-        institution: institution.id(),
-        name: institution.name(),
-        client_id,
-        client_secret,
-        client_auth,
-        scopes,
-        scope_separator,
-        pkce_required,
-        token_quirks,
-    };
-    (profile, rotation)
-}
-
 fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<AppState>) {
     let stats = Arc::new(Stats::default());
     for id in config.faults.keys() {
@@ -681,18 +497,8 @@ fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<AppState>) {
             tracing::warn!(institution = %id, "Faults configured for an unknown sandbox institution are ignored.");
         }
     }
-    let servers = Institution::ALL.map(|institution| {
-        let (profile, rotation) = profile(&config, institution);
-        Arc::new(AuthServer {
-            profile,
-            grants: GrantStore::new(GrantPolicy {
-                token_prefix: institution.prefix(),
-                access_token_ttl: config.access_token_ttl,
-                rotation,
-            }),
-            stats: Arc::clone(&stats),
-        })
-    });
+    let servers = Institution::ALL
+        .map(|institution| Arc::new(AuthServer::new(&config, institution, Arc::clone(&stats))));
     let faults = Institution::ALL.map(|institution| {
         let initial = config
             .faults
@@ -702,12 +508,15 @@ fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<AppState>) {
         Arc::new(FaultInjector::new(institution, config.seed, initial))
     });
     for id in config.webhook_urls.keys() {
-        if id.parse::<Institution>() != Ok(Institution::Meridian) {
+        let sends = id
+            .parse::<Institution>()
+            .is_ok_and(|i| i.spec().sends_webhooks);
+        if !sends {
             tracing::warn!(institution = %id, "Only meridian sends webhooks; this URL is ignored.");
         }
     }
     let notifiers = Institution::ALL.map(|institution| {
-        (institution == Institution::Meridian).then(|| {
+        institution.spec().sends_webhooks.then(|| {
             Arc::new(Notifier::new(
                 config.webhook_secret.clone(),
                 config.webhook_urls.get(institution.id()).cloned(),
@@ -722,22 +531,16 @@ fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<AppState>) {
         notifiers,
         world,
     });
-    // Faults wrap each institution's data API from outside, Meridian's untouched routes too.
-    let data_api = |institution: Institution, routes: Router<Arc<AppState>>| {
-        routes.layer(middleware::from_fn_with_state(
+    let mut router = Router::new().route("/", get(describe));
+    for institution in Institution::ALL {
+        // Faults wrap each institution's data API from outside, Meridian's untouched routes too.
+        let data_api = (institution.spec().routes)(&state).layer(middleware::from_fn_with_state(
             Arc::clone(&state.faults[institution as usize]),
             faults::inject,
-        ))
-    };
-    let mut router = Router::new()
-        .route("/", get(describe))
-        .merge(data_api(Institution::Meridian, meridian::routes()))
-        .merge(data_api(Institution::Harbor, harbor::routes()))
-        .merge(data_api(
-            Institution::Keystone,
-            keystone::routes(Arc::clone(&state)),
-        ))
-        .merge(data_api(Institution::Northwind, northwind::routes()))
+        ));
+        router = router.merge(data_api);
+    }
+    let mut router = router
         .merge(admin::routes())
         .merge(notify::routes())
         .merge(world::routes());
@@ -752,9 +555,7 @@ fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<AppState>) {
 
 async fn describe(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let config = &state.config;
-    let client = |institution| config.client(institution).client_id;
-    let keystone = &config.keystone;
-    let text = format!(
+    let mut text = format!(
         "finsync sandbox institutions\n\
          \n\
          Fake financial institutions with real protocols and deterministic data (seed {seed}, as of {anchor}).\n\
@@ -768,72 +569,27 @@ async fn describe(State(state): State<Arc<AppState>>) -> impl IntoResponse {
          World clock (no authentication: this is a sandbox, anyone who can reach it can move its time)\n\
          \x20 GET  /sandbox/admin/world        {{\"epoch\", \"seed\", \"anchor_date\"}}\n\
          \x20 POST /sandbox/admin/advance      moves every institution one epoch on; answers {{\"epoch\"}}\n\
-         \n\
-         Meridian Brokerage (institution id `meridian`, client `{meridian}`)\n\
-         \x20 OAuth: PKCE S256 required, Basic or body client authentication, space-separated scopes\n\
-         \x20   accounts holdings transactions, refresh tokens rotate.\n\
-         \x20 GET  /meridian/v1/accounts        scope `accounts`\n\
-         \x20 GET  /meridian/v1/holdings        scope `holdings`\n\
-         \x20 GET  /meridian/v1/transactions    scope `transactions`\n\
-         \x20 GET  /meridian/v1/transactions/sync  scope `transactions`: {{\"added\", \"modified\", \"removed\", \"next_cursor\", \"has_more\"}}\n\
-         \x20      since `cursor` (none: everything); 409 sync_mutation_during_pagination if the epoch moved mid-paging\n\
-         \x20 Bearer token; pages by `cursor` and `count` (1..=500, default 50): {{\"<endpoint>\": [...], \"next_cursor\": ...}}.\n\
-         \x20 Amounts are JSON numbers; a positive transaction amount is money out of the account.\n\
-         \x20 Webhooks: each new epoch, a SYNC_UPDATES_AVAILABLE event per linked user to the registered URL,\n\
-         \x20   signed HMAC-SHA256 over \"<Meridian-Timestamp>.<body>\" as `Meridian-Signature: v1=<hex>`\n\
-         \x20   (secret `meridian-webhook-secret` unless configured); retried on 5xx, same `webhook_id`.\n\
-         \n\
-         Harbor Savings Bank (institution id `harbor`, client `{harbor}`), a retail bank\n\
-         \x20 OAuth: client_secret_post only (HTTP Basic is refused), comma-separated scopes `accounts,transactions`,\n\
-         \x20   no PKCE, `expires_in` sent as a string, refresh tokens rotate.\n\
-         \x20 GET  /harbor/api/accounts         scope `accounts`: checking (CHK) and savings (SAV) accounts\n\
-         \x20 GET  /harbor/api/transactions     scope `transactions`\n\
-         \x20 Pages by `offset` and `limit` (1..=100, default 25): {{\"data\": [...], \"total\": N}}.\n\
-         \x20 Amounts and balances are strings of integer cents; a positive amount is money out (a debit).\n\
-         \x20 Dates are MM/DD/YYYY; `status` is PENDING or POSTED, `replaces_pending_id` names the pending one.\n\
-         \n\
-         Keystone Trust & Custody (institution id `keystone`, client `{keystone_client}`), a legacy custodian\n\
-         \x20 OAuth: client_secret_basic only, PKCE S256 required, token responses nested under `result` without\n\
-         \x20   `token_type` or `expires_in`, refresh tokens never change.\n\
-         \x20 GET  /keystone/v2/accounts        scope `accounts`\n\
-         \x20 GET  /keystone/v2/positions       scope `holdings`: securities by CUSIP and ISIN, tickers for listed ones only\n\
-         \x20 GET  /keystone/v2/transactions    scope `transactions`; `from` and `to` (YYYY-MM-DD, inclusive, at most\n\
-         \x20   31 days apart) are required\n\
-         \x20 Pages by RFC 8288 `Link: <...>; rel=\"next\"` headers, `page_size` 1..=200 (default 50): {{\"records\": [...]}}.\n\
-         \x20 Money is a string with 4 decimals; a positive amount is money in. Trade dates are YYYY-MM-DD,\n\
-         \x20   settlement times epoch seconds.\n\
-         \x20 Limits: {quota} requests a day (429 until UTC midnight), {per_second} a second (429, Retry-After: 1);\n\
-         \x20   beyond {slow_after} requests in flight each one adds {latency} ms to every request.\n\
-         \n\
-         Northwind Credit Union (institution id `northwind`, client `{northwind}`)\n\
-         \x20 OAuth: standard; PKCE S256 required, space-separated scopes `accounts transactions`, refresh tokens rotate.\n\
-         \x20 GET  /northwind/v1/accounts       scope `accounts`\n\
-         \x20 GET  /northwind/v1/transactions   scope `transactions`\n\
-         \x20 Pages by `page` (from 1) and `per_page` (1..=100, default 25): {{\"items\": [...], \"page\": 1, \"total_pages\": 3}}.\n\
-         \x20 Amounts are JSON numbers, a positive amount is money in; times are epoch milliseconds.\n\
-         \n\
-         Fault injection (no authentication: this is a sandbox, never expose it)\n\
-         \x20 GET  /sandbox/admin/faults/<id>           the faults injected into an institution's data API\n\
-         \x20 PUT  /sandbox/admin/faults/<id>           replace them: {{\"latency\": {{\"min_ms\": 0, \"max_ms\": 50}},\n\
-         \x20   \"error_rate\": 0.1, \"rate_limit_rate\": 0.1, \"retry_after_secs\": 1, \"outage\": {{\"for_secs\": 30}},\n\
-         \x20   \"requests_per_second\": 50 (the institution's own limit: 429 beyond it),\n\
-         \x20   \"malformed_rate\": 0.1, \"drift\": {{\"from\": \"amount\", \"to\": \"amt\"}}}}\n\
-         \x20 POST /sandbox/admin/<id>/revoke-grants    revoke every grant\n\
-         \x20 POST /sandbox/admin/<id>/expire-tokens    expire every access token now\n\
-         \x20 PUT  /sandbox/admin/webhooks/meridian     where Meridian sends webhooks: {{\"url\": \"http://...\"}}; DELETE stops them\n\
-         \x20 GET  /sandbox/admin/webhooks/meridian     the URL and the events sent\n\
-         \x20 POST /sandbox/admin/webhooks/meridian/fire  send one now: {{\"user\": \"demo-alice\", \"code\": \"...\", \"repeat\": 1}}\n",
+         \n",
         seed = config.seed,
         anchor = config.anchor_date,
         epoch = state.world.epoch(),
-        meridian = client(Institution::Meridian),
-        harbor = client(Institution::Harbor),
-        keystone_client = client(Institution::Keystone),
-        northwind = client(Institution::Northwind),
-        quota = keystone.daily_quota,
-        per_second = keystone.per_second,
-        slow_after = keystone.slow_after_in_flight,
-        latency = keystone.latency_per_extra_request.as_millis(),
+    );
+    for institution in Institution::ALL {
+        text.push_str(&(institution.spec().describe)(config));
+        text.push('\n');
+    }
+    text.push_str(
+        "Fault injection (no authentication: this is a sandbox, never expose it)\n\
+         \x20 GET  /sandbox/admin/faults/<id>           the faults injected into an institution's data API\n\
+         \x20 PUT  /sandbox/admin/faults/<id>           replace them: {\"latency\": {\"min_ms\": 0, \"max_ms\": 50},\n\
+         \x20   \"error_rate\": 0.1, \"rate_limit_rate\": 0.1, \"retry_after_secs\": 1, \"outage\": {\"for_secs\": 30},\n\
+         \x20   \"requests_per_second\": 50 (the institution's own limit: 429 beyond it),\n\
+         \x20   \"malformed_rate\": 0.1, \"drift\": {\"from\": \"amount\", \"to\": \"amt\"}}\n\
+         \x20 POST /sandbox/admin/<id>/revoke-grants    revoke every grant\n\
+         \x20 POST /sandbox/admin/<id>/expire-tokens    expire every access token now\n\
+         \x20 PUT  /sandbox/admin/webhooks/meridian     where Meridian sends webhooks: {\"url\": \"http://...\"}; DELETE stops them\n\
+         \x20 GET  /sandbox/admin/webhooks/meridian     the URL and the events sent\n\
+         \x20 POST /sandbox/admin/webhooks/meridian/fire  send one now: {\"user\": \"demo-alice\", \"code\": \"...\", \"repeat\": 1}\n",
     );
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text)
 }

@@ -6,7 +6,8 @@
 //! A [`Profile`] says how one institution deviates from the common path: which client
 //! authentication it accepts, its scope separator, whether PKCE is required, and
 //! [`TokenQuirks`], which bend successful token responses into the non-standard shapes
-//! real providers send, so clients can be tested against them.
+//! real providers send, so clients can be tested against them. [`AuthServer::new`] builds
+//! it from the institution's spec (`institutions::OAuthRules`) and the configuration.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,8 +24,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::Stats;
-use super::grants::{self, Approval, GrantError, GrantStore, IssuedTokens, ScopeSet};
+use super::grants::{
+    self, Approval, GrantError, GrantPolicy, GrantStore, IssuedTokens, Rotation, ScopeSet,
+};
+use super::institutions::{RefreshTokens, TokenShape};
+use super::{ClientCredentials, Institution, SandboxConfig, Stats};
 
 /// How the token and revocation endpoints let the client authenticate (RFC 6749 §2.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +68,48 @@ pub(super) struct AuthServer {
     pub(super) profile: Profile,
     pub(super) grants: GrantStore,
     pub(super) stats: Arc<Stats>,
+}
+
+impl AuthServer {
+    /// `institution`'s authorization server as its spec and `config` say: its client
+    /// (configured or default), its OAuth rules, and its token policy.
+    pub(super) fn new(config: &SandboxConfig, institution: Institution, stats: Arc<Stats>) -> Self {
+        let spec = institution.spec();
+        let rules = &spec.oauth;
+        let ClientCredentials {
+            client_id,
+            client_secret,
+        } = config.client(institution);
+        let token_quirks = match rules.token_shape {
+            TokenShape::Configured => config.token_quirks,
+            TokenShape::Fixed(quirks) => quirks,
+        };
+        let rotation = match rules.refresh_tokens {
+            RefreshTokens::Rotate => Rotation::Rotate {
+                grace: config.refresh_grace,
+            },
+            RefreshTokens::Keep => Rotation::Keep,
+        };
+        Self {
+            profile: Profile {
+                institution: spec.id,
+                name: spec.name,
+                client_id,
+                client_secret,
+                client_auth: rules.client_auth,
+                scopes: rules.scopes,
+                scope_separator: rules.scope_separator,
+                pkce_required: rules.pkce_required,
+                token_quirks,
+            },
+            grants: GrantStore::new(GrantPolicy {
+                token_prefix: spec.prefix,
+                access_token_ttl: config.access_token_ttl,
+                rotation,
+            }),
+            stats,
+        }
+    }
 }
 
 /// The authorize, token and revocation endpoints of `server`, under its institution's prefix.
@@ -596,6 +642,18 @@ pub struct TokenQuirks {
     pub omit_token_type: bool,
     /// Unrequested members: `"id_token_hint":"x","meta":{"issued_by":"meridian"}`.
     pub extra_fields: bool,
+}
+
+impl TokenQuirks {
+    /// The standard shape, as a constant so that an institution's profile can start from
+    /// it in a `static`; the same as [`TokenQuirks::default`].
+    pub(crate) const STANDARD: Self = Self {
+        nested_under: None,
+        expires_in_as_string: false,
+        omit_expires_in: false,
+        omit_token_type: false,
+        extra_fields: false,
+    };
 }
 
 #[derive(Serialize)]

@@ -13,7 +13,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
@@ -28,35 +27,11 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
-use super::bearer::{self, Denied};
-use super::data::Portfolio;
-use super::grants::Scope;
-use super::{AppState, Institution, Stats};
-
-/// Keystone's limits, per client (the sandbox's Keystone knows one).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeystoneLimits {
-    /// Data API requests allowed per UTC day; past it, 429 with `Retry-After` until midnight.
-    pub daily_quota: u32,
-    /// Data API requests allowed per wall-clock second; past it, 429 with `Retry-After: 1`.
-    pub per_second: u32,
-    /// Requests in flight Keystone serves at full speed.
-    pub slow_after_in_flight: usize,
-    /// Added to a request's time for every request in flight beyond `slow_after_in_flight`,
-    /// so a client with a short timeout times out under load.
-    pub latency_per_extra_request: Duration,
-}
-
-impl Default for KeystoneLimits {
-    fn default() -> Self {
-        Self {
-            daily_quota: 10_000,
-            per_second: 20,
-            slow_after_in_flight: 8,
-            latency_per_extra_request: Duration::from_millis(250),
-        }
-    }
-}
+use super::KeystoneLimits;
+use crate::bearer::{self, Denied};
+use crate::data::Portfolio;
+use crate::grants::Scope;
+use crate::{AppState, Institution, Stats};
 
 const DEFAULT_PAGE_SIZE: usize = 50;
 const MAX_PAGE_SIZE: usize = 200;
@@ -613,10 +588,11 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::time::Duration;
 
-    use super::super::SandboxConfig;
-    use super::super::test_support::{REDIRECT_URI, TestSandbox, VERIFIER};
     use super::*;
+    use crate::SandboxConfig;
+    use crate::test_support::{REDIRECT_URI, TestSandbox, VERIFIER};
 
     async fn token(sandbox: &TestSandbox, user: &str) -> String {
         let tokens = sandbox

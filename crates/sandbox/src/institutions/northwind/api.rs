@@ -15,10 +15,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::bearer::{self, Denied};
-use super::data::Portfolio;
-use super::grants::Scope;
-use super::{AppState, Institution, Stats};
+use crate::bearer::{self, Denied};
+use crate::data::Portfolio;
+use crate::grants::Scope;
+use crate::{AppState, Institution, Stats};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -242,8 +242,8 @@ fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::TestSandbox;
     use super::*;
+    use crate::test_support::TestSandbox;
 
     #[test]
     fn negation_keeps_every_digit() {
@@ -276,7 +276,7 @@ mod tests {
             .query(&[
                 ("response_type", "code"),
                 ("client_id", client_id.as_str()),
-                ("redirect_uri", super::super::test_support::REDIRECT_URI),
+                ("redirect_uri", crate::test_support::REDIRECT_URI),
                 ("state", "s"),
                 ("login_hint", "demo-carol"),
             ])
@@ -284,7 +284,7 @@ mod tests {
             .await
             .expect("authorize");
         assert_eq!(response.status(), 302);
-        let query = super::super::test_support::location_query(&response);
+        let query = crate::test_support::location_query(&response);
         assert_eq!(
             query.get("error").map(String::as_str),
             Some("invalid_request")

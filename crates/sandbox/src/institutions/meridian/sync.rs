@@ -22,9 +22,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::super::data::{Portfolio, Transaction};
-use super::super::{AppState, Institution, Stats};
-use super::{ApiError, PageQuery, Scope, authorize, page_size};
+use super::api::{ApiError, PageQuery, authorize, page_size};
+use crate::data::{Portfolio, Transaction};
+use crate::grants::Scope;
+use crate::{AppState, Institution, Stats};
 
 pub(super) async fn transactions_sync(
     State(app): State<Arc<AppState>>,
@@ -300,11 +301,11 @@ mod tests {
 
     use serde_json::Value;
 
-    use super::super::super::SandboxConfig;
-    use super::super::super::data::portfolio_at;
-    use super::super::super::test_support::TestSandbox;
-    use super::super::encode_cursor;
+    use super::super::api::encode_cursor;
     use super::*;
+    use crate::SandboxConfig;
+    use crate::data::portfolio_at;
+    use crate::test_support::TestSandbox;
 
     const PATH: &str = "/meridian/v1/transactions/sync";
 

@@ -17,10 +17,10 @@ use axum::{Json, Router};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
-use super::bearer::{self, Denied};
-use super::data::Portfolio;
-use super::grants::Scope;
-use super::{AppState, Institution, Stats};
+use crate::bearer::{self, Denied};
+use crate::data::Portfolio;
+use crate::grants::Scope;
+use crate::{AppState, Institution, Stats};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -260,8 +260,8 @@ fn serve(
 mod tests {
     use std::collections::HashSet;
 
-    use super::super::test_support::{REDIRECT_URI, TestSandbox, location_query};
     use super::*;
+    use crate::test_support::{REDIRECT_URI, TestSandbox, location_query};
 
     #[test]
     fn cents_round_half_away_from_zero() {

@@ -17,12 +17,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::bearer::bearer_token;
-use super::data::Portfolio;
-use super::grants::Scope;
-use super::{AppState, Institution, Stats};
-
-mod sync;
+use crate::bearer::bearer_token;
+use crate::data::Portfolio;
+use crate::grants::Scope;
+use crate::{AppState, Institution, Stats};
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -31,7 +29,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/meridian/v1/transactions", get(transactions))
         .route(
             "/meridian/v1/transactions/sync",
-            get(sync::transactions_sync),
+            get(super::sync::transactions_sync),
         )
 }
 
@@ -39,14 +37,14 @@ const DEFAULT_PAGE_SIZE: usize = 50;
 const MAX_PAGE_SIZE: usize = 500;
 
 #[derive(Debug, Deserialize)]
-struct PageQuery {
-    cursor: Option<String>,
+pub(super) struct PageQuery {
+    pub(super) cursor: Option<String>,
     /// Kept as text so a bad value gets our error, not the extractor's.
-    count: Option<String>,
+    pub(super) count: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ApiError {
+pub(super) enum ApiError {
     #[error("the access token is missing, unknown, expired or revoked")]
     InvalidToken,
     #[error("the access token lacks the {0} scope")]
@@ -200,7 +198,11 @@ fn serve<T: Serialize>(
 }
 
 /// The user of the request's access token, if that token is valid and carries `scope`.
-fn authorize(app: &AppState, headers: &HeaderMap, scope: Scope) -> Result<String, ApiError> {
+pub(super) fn authorize(
+    app: &AppState,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<String, ApiError> {
     let token = bearer_token(headers).ok_or(ApiError::InvalidToken)?;
     let bearer = app
         .grants(Institution::Meridian)
@@ -212,7 +214,7 @@ fn authorize(app: &AppState, headers: &HeaderMap, scope: Scope) -> Result<String
     Ok(bearer.user_id)
 }
 
-fn page_size(count: Option<&str>) -> Result<usize, ApiError> {
+pub(super) fn page_size(count: Option<&str>) -> Result<usize, ApiError> {
     let Some(text) = count else {
         return Ok(DEFAULT_PAGE_SIZE);
     };
@@ -228,7 +230,7 @@ fn page_size(count: Option<&str>) -> Result<usize, ApiError> {
 
 /// Cursors name the endpoint and the next offset. Opaque to clients, and only valid for
 /// the endpoint that issued them.
-fn encode_cursor(scope: Scope, offset: usize) -> String {
+pub(super) fn encode_cursor(scope: Scope, offset: usize) -> String {
     URL_SAFE_NO_PAD.encode(format!("{scope}:{offset}"))
 }
 
@@ -249,9 +251,9 @@ fn decode_cursor(cursor: &str, scope: Scope, total: usize) -> Result<usize, ApiE
 mod tests {
     use std::collections::HashSet;
 
-    use super::super::data;
-    use super::super::test_support::TestSandbox;
     use super::*;
+    use crate::data;
+    use crate::test_support::TestSandbox;
 
     async fn fetch(
         sandbox: &TestSandbox,
@@ -410,7 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_tokens_are_rejected() {
-        let config = super::super::SandboxConfig {
+        let config = crate::SandboxConfig {
             access_token_ttl: std::time::Duration::ZERO,
             ..Default::default()
         };
