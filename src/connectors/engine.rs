@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{NaiveDate, Utc};
-use reqwest::header::{HeaderMap, LINK};
+use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::incremental::{Position, SyncCursor};
 use super::mapping::{self, FieldError, Mapping};
+use super::paging::{PageRead, Walk};
 use super::redact;
 use super::{Connector, Endpoint, Paging};
 use crate::domain::{Coverage, Snapshot};
@@ -362,54 +363,20 @@ impl Engine {
         token: &SecretString,
         fixed: Vec<(String, String)>,
     ) -> Result<Pages, EngineError> {
-        let page_size = connector.limits.page_size;
-        let mut first_params = fixed;
-        match &endpoint.paging {
-            Paging::None => {}
-            Paging::Cursor {
-                page_size_param, ..
-            }
-            | Paging::LinkHeader { page_size_param }
-            | Paging::SyncToken {
-                page_size_param, ..
-            } => {
-                if let Some(p) = page_size_param {
-                    first_params.push((p.clone(), page_size.to_string()));
-                }
-            }
-            Paging::Offset {
-                offset_param,
-                limit_param,
-                ..
-            } => {
-                first_params.push((offset_param.clone(), "0".into()));
-                first_params.push((limit_param.clone(), page_size.to_string()));
-            }
-            Paging::Page {
-                page_param,
-                page_size_param,
-                first_page,
-            } => {
-                first_params.push((page_param.clone(), first_page.to_string()));
-                if let Some(p) = page_size_param {
-                    first_params.push((p.clone(), page_size.to_string()));
-                }
-            }
-        }
+        let first_params = endpoint
+            .paging
+            .first_params(connector.limits.page_size, fixed);
 
         let mut out = Pages::default();
         let mut restarts = 0;
         'restart: loop {
             let mut records = Vec::new();
             let mut removed = Vec::new();
-            let mut url = endpoint.url.clone();
-            let mut page_params = first_params.clone();
-            let mut seen_cursors = std::collections::HashSet::new();
-            let mut next_token_seen: Option<String> = None;
+            let mut walk = Walk::new(&endpoint.paging, &endpoint.url, first_params.clone());
             for page in 1..=MAX_PAGES {
                 out.requests += 1;
                 let (headers, body) = match self
-                    .get_page(connector, endpoint, &url, &page_params, token)
+                    .get_page(connector, endpoint, walk.url(), walk.params(), token)
                     .await
                 {
                     Err(EngineError::Restart) if restarts < MAX_RESTARTS => {
@@ -459,112 +426,17 @@ impl Engine {
                 }
                 let count = found.len();
                 records.extend(found);
-                let next = match &endpoint.paging {
-                    Paging::None => None,
-                    Paging::Cursor {
-                        cursor_param,
-                        next_cursor,
-                        ..
-                    } => match next_cursor.query(&body).at_most_one() {
-                        Ok(Some(Value::String(c))) if !c.is_empty() => {
-                            if !seen_cursors.insert(c.clone()) {
-                                return Err(EngineError::Unreadable(format!(
-                                    "the cursor repeated after page {page}"
-                                )));
-                            }
-                            set_param(&mut page_params, cursor_param, c.clone());
-                            Some(())
-                        }
-                        Ok(Some(Value::Number(n))) => {
-                            set_param(&mut page_params, cursor_param, n.to_string());
-                            Some(())
-                        }
-                        _ => None,
-                    },
-                    Paging::Offset {
-                        offset_param,
-                        total,
-                        ..
-                    } => {
-                        let offset = records.len();
-                        let total = total
-                            .as_ref()
-                            .and_then(|t| t.query(&body).at_most_one().ok().flatten())
-                            .and_then(|v| v.to_string().parse::<usize>().ok());
-                        // Without a total, only an empty page ends the list: institutions
-                        // may cap the page size below what was asked for.
-                        let more = match total {
-                            Some(total) => offset < total && count > 0,
-                            None => count > 0,
-                        };
-                        more.then(|| set_param(&mut page_params, offset_param, offset.to_string()))
-                    }
-                    Paging::Page {
-                        page_param,
-                        first_page,
-                        ..
-                    } => (count > 0).then(|| {
-                        let next = u64::from(*first_page) + page as u64;
-                        set_param(&mut page_params, page_param, next.to_string())
-                    }),
-                    Paging::SyncToken {
-                        token_param,
-                        next_token,
-                        has_more,
-                        ..
-                    } => {
-                        let more = matches!(
-                            has_more.query(&body).at_most_one(),
-                            Ok(Some(Value::Bool(true)))
-                        );
-                        next_token_seen = match next_token.query(&body).at_most_one() {
-                            Ok(Some(Value::String(t))) if !t.is_empty() => Some(t.clone()),
-                            _ => None,
-                        };
-                        match next_token.query(&body).at_most_one() {
-                            Ok(Some(Value::String(t))) if more && !t.is_empty() => {
-                                if !seen_cursors.insert(t.clone()) {
-                                    return Err(EngineError::Unreadable(format!(
-                                        "the sync token repeated after page {page}"
-                                    )));
-                                }
-                                set_param(&mut page_params, token_param, t.clone());
-                                Some(())
-                            }
-                            _ if more => {
-                                return Err(EngineError::Unreadable(format!(
-                                    "page {page} has more changes but no next token"
-                                )));
-                            }
-                            _ => None,
-                        }
-                    }
-                    Paging::LinkHeader { .. } => match next_link(&headers) {
-                        Some(link) => {
-                            let next = endpoint.url.join(&link).map_err(|e| {
-                                EngineError::Unreadable(format!(
-                                    "the Link header's next URL is invalid: {e}"
-                                ))
-                            })?;
-                            // The bearer token goes only where the connector said it may.
-                            if next.origin() != endpoint.url.origin() {
-                                return Err(EngineError::Unreadable(format!(
-                                    "the Link header points to another origin ({})",
-                                    next.origin().ascii_serialization()
-                                )));
-                            }
-                            url = next;
-                            // The next link carries every parameter it needs.
-                            page_params.clear();
-                            Some(())
-                        }
-                        None => None,
-                    },
-                };
-                if next.is_none() {
+                let more = walk.advance(&PageRead {
+                    number: page,
+                    headers: &headers,
+                    body: &body,
+                    count,
+                    so_far: records.len(),
+                })?;
+                if !more {
                     out.records = records;
                     out.removed = removed;
-                    out.next_token = next_token_seen;
+                    out.next_token = walk.next_token();
                     return Ok(out);
                 }
             }
@@ -735,13 +607,6 @@ async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, EngineErr
     Ok(body)
 }
 
-fn set_param(params: &mut Vec<(String, String)>, name: &str, value: String) {
-    match params.iter_mut().find(|(n, _)| n == name) {
-        Some(slot) => slot.1 = value,
-        None => params.push((name.to_owned(), value)),
-    }
-}
-
 /// What a failed response means, by the connector's declared error semantics.
 fn classify(
     connector: &Connector,
@@ -819,31 +684,6 @@ fn retry_after(headers: &HeaderMap, name: &str) -> Option<Duration> {
     (at.with_timezone(&Utc) - Utc::now()).to_std().ok()
 }
 
-/// The `rel="next"` target of RFC 8288 `Link` headers.
-fn next_link(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(LINK)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|link| {
-            let (target, params) = link.trim().split_once(';')?;
-            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-            let is_next = params.split(';').any(|p| {
-                let Some((key, value)) = p.split_once('=') else {
-                    return false;
-                };
-                key.trim().eq_ignore_ascii_case("rel")
-                    && value
-                        .trim()
-                        .trim_matches('"')
-                        .split_whitespace()
-                        .any(|r| r.eq_ignore_ascii_case("next"))
-            });
-            is_next.then(|| target.to_owned())
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -851,7 +691,7 @@ mod tests {
 
     use axum::extract::{Query, State};
     use axum::response::IntoResponse;
-    use reqwest::header::HeaderValue;
+    use reqwest::header::{HeaderValue, LINK};
 
     /// A connector for an institution at `base`, with one transactions endpoint given
     /// as TOML lines.
@@ -1254,26 +1094,6 @@ paging = { type = "offset", offset_param = "offset", limit_param = "limit" }"#,
             wait <= Duration::from_secs(3600) && wait >= Duration::from_secs(3000),
             "{wait:?}"
         );
-    }
-
-    #[test]
-    fn link_headers_yield_the_next_page() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            LINK,
-            HeaderValue::from_static(
-                r#"<https://x.test/a?page=1>; rel="prev", <https://x.test/a?page=3>; rel="next""#,
-            ),
-        );
-        assert_eq!(
-            next_link(&headers).as_deref(),
-            Some("https://x.test/a?page=3")
-        );
-        headers.insert(
-            LINK,
-            HeaderValue::from_static(r#"<https://x.test/a?page=1>; rel="prev""#),
-        );
-        assert_eq!(next_link(&headers), None);
     }
 
     #[test]

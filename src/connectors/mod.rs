@@ -11,6 +11,7 @@ pub mod engine;
 pub mod fields;
 pub mod incremental;
 pub mod mapping;
+pub mod paging;
 pub mod redact;
 pub mod registry;
 pub mod spec;
@@ -26,6 +27,7 @@ use crate::domain::Institution;
 
 pub use engine::{Engine, EngineError, Fetched};
 pub use incremental::{Position, SyncCursor};
+pub use paging::Paging;
 pub use registry::{Registry, RegistryError};
 pub use spec::{ClientAuth, SignConvention, TokenResponseSpec};
 pub use validate::{Problem, Problems, validate_file, validate_str};
@@ -172,35 +174,4 @@ impl Window {
         }
         steps
     }
-}
-
-#[derive(Debug, Clone)]
-pub enum Paging {
-    None,
-    Cursor {
-        cursor_param: String,
-        next_cursor: JsonPath,
-        page_size_param: Option<String>,
-    },
-    Offset {
-        offset_param: String,
-        limit_param: String,
-        total: Option<JsonPath>,
-    },
-    Page {
-        page_param: String,
-        page_size_param: Option<String>,
-        first_page: u32,
-    },
-    LinkHeader {
-        page_size_param: Option<String>,
-    },
-    SyncToken {
-        token_param: String,
-        next_token: JsonPath,
-        has_more: JsonPath,
-        page_size_param: Option<String>,
-        restart_statuses: Vec<u16>,
-        restart_codes: Vec<String>,
-    },
 }

@@ -85,23 +85,24 @@ impl StoreError {
             return false;
         };
         match error {
-            DbErr::ConnectionAcquire(_) => true,
-            DbErr::Conn(RuntimeErr::SqlxError(e))
-            | DbErr::Exec(RuntimeErr::SqlxError(e))
-            | DbErr::Query(RuntimeErr::SqlxError(e)) => match &**e {
-                Sqlx::Io(_)
-                | Sqlx::Tls(_)
-                | Sqlx::PoolTimedOut
-                | Sqlx::PoolClosed
-                | Sqlx::WorkerCrashed => true,
-                // SQLSTATE class 08 (connection exception) and 57P (operator
-                // intervention: the server shutting down or starting).
-                Sqlx::Database(e) => e
-                    .code()
-                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
-                _ => false,
-            },
-            DbErr::Conn(_) => true,
+            // Every failure to get or open a connection, whatever the driver saw
+            // (refused, reset, a half-open port answering garbage).
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+                match &**e {
+                    Sqlx::Io(_)
+                    | Sqlx::Tls(_)
+                    | Sqlx::PoolTimedOut
+                    | Sqlx::PoolClosed
+                    | Sqlx::WorkerCrashed => true,
+                    // SQLSTATE class 08 (connection exception) and 57P (operator
+                    // intervention: the server shutting down or starting).
+                    Sqlx::Database(e) => e
+                        .code()
+                        .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+                    _ => false,
+                }
+            }
             _ => false,
         }
     }

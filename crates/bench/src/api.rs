@@ -1,14 +1,15 @@
 //! `finsync-bench api`: how fast cached portfolios are served, measured side by
 //! side with a trivial endpoint of the same server at the same request rate, in
-//! three set-ups from one run: the fleet (PostgreSQL + Redis), the fleet with
-//! Redis stopped, and the embedded default (SQLite + moka).
+//! four set-ups from one run: the fleet (PostgreSQL + Redis), the fleet with its
+//! database cut off (a TCP link between them cut: cached answers only), the fleet
+//! with Redis stopped, and the embedded default (SQLite + moka).
 //!
 //! The load is open-loop: requests are scheduled at a fixed rate and each one's
 //! latency counts from when it was due, so a stalled server shows as latency
 //! rather than as fewer requests (no coordinated omission). The two endpoints'
-//! requests are interleaved in one run, so both meet the same server state. The bench seeds its
-//! own data (one user with 3 accounts and 90 holdings) in a scratch database and
-//! starts its own Redis, which it can then stop.
+//! requests are interleaved in one run, so both meet the same server state. The
+//! bench seeds its own data (one user with 3 accounts and 90 holdings) in a scratch
+//! database and starts its own Redis, which it can then stop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,8 @@ use rust_decimal::Decimal;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use finsync_sandbox::link::CuttableLink;
 
 use crate::support::{RedisServer, ScratchDatabase};
 use finsync::app::config::Settings;
@@ -62,13 +65,32 @@ pub async fn run_api(bench: ApiBench) -> anyhow::Result<()> {
 
     let scratch = ScratchDatabase::create(&bench.database_url).await?;
     let mut redis = RedisServer::start(&bench.redis_server)?;
-    let fleet = Server::start(&scratch.url, Some(&redis.url)).await?;
+    // The fleet reaches its database through a link the bench can cut.
+    let link = CuttableLink::start(database_address(&scratch.url).await?).await?;
+    let mut through_link = url::Url::parse(&scratch.url)?;
+    through_link.set_host(Some("127.0.0.1")).and_then(|()| {
+        through_link
+            .set_port(Some(link.address().port()))
+            .map_err(|()| url::ParseError::InvalidPort)
+    })?;
+    let fleet = Server::start(through_link.as_str(), Some(&redis.url)).await?;
     // Invalidations must flow before L1 is trusted (see `cache`).
     wait_until("the cache subscribes to Redis", || {
         !fleet.app.ctx.cache.degraded()
     })
     .await?;
     results.extend(measure(&bench, &fleet, "fleet").await?);
+    link.cut();
+    wait_until("the API notices the database is gone", || {
+        !fleet.app.ctx.store.reachable()
+    })
+    .await?;
+    results.extend(measure(&bench, &fleet, "database stopped").await?);
+    link.restore();
+    wait_until("the API sees its database again", || {
+        fleet.app.ctx.store.reachable()
+    })
+    .await?;
     redis.stop();
     wait_until("the cache notices Redis is gone", || {
         fleet.app.ctx.cache.degraded()
@@ -88,6 +110,16 @@ pub async fn run_api(bench: ApiBench) -> anyhow::Result<()> {
 
     print(&bench, &results);
     Ok(())
+}
+
+/// The PostgreSQL server a database URL names, resolved.
+async fn database_address(database_url: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let url = url::Url::parse(database_url)?;
+    let host = url.host_str().context("the database URL has no host")?;
+    tokio::net::lookup_host((host, url.port().unwrap_or(5432)))
+        .await?
+        .next()
+        .with_context(|| format!("{host} does not resolve"))
 }
 
 async fn wait_until(what: &str, condition: impl Fn() -> bool) -> anyhow::Result<()> {
@@ -393,7 +425,7 @@ fn print(bench: &ApiBench, results: &[Series]) {
             let ratio = portfolio.latency.value_at_quantile(0.99) as f64
                 / trivial.latency.value_at_quantile(0.99).max(1) as f64;
             println!(
-                "{:<14} p99 portfolio / p99 trivial = {ratio:.2}×",
+                "{:<16} p99 portfolio / p99 trivial = {ratio:.2}×",
                 portfolio.setup
             );
         }
