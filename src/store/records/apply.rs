@@ -1,61 +1,27 @@
-//! Synced records: applying a fetched snapshot as a diff (only what changed is
-//! written, one database transaction per account) and reading a connection's
-//! records back as canonical values.
+//! Applying a fetched snapshot as a diff: what changed is written, in batches,
+//! one database transaction per account; what the institution no longer lists is
+//! removed where the fetch covered it.
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{NaiveDate, Utc};
+use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
-use super::annotations::{Annotations, annotations_from_row, carry_to_posted};
-use super::entities::{account, holding, security, transaction};
-use super::{DbDecimal, Store, StoreError};
 use crate::domain::{
-    Account, Balances, ConnectionId, ConnectionStatus, Coverage, Currency, Holding, InvestmentType,
-    Money, Security, Snapshot, Transaction, TransactionStatus,
+    Account, ConnectionId, ConnectionStatus, Coverage, Holding, Snapshot, Transaction,
 };
+use crate::store::annotations::carry_to_posted;
+use crate::store::entities::{account, holding, security, transaction};
+use crate::store::{Store, StoreError};
+
+use super::rows::*;
+use super::{ApplyCounts, Removals};
 
 /// Rows one INSERT statement carries: one round trip for a page of new records
 /// instead of one per record, well within both databases' limits on bound
 /// parameters (SQLite's is 32,766; a transaction row binds 16).
 const INSERT_BATCH: usize = 1000;
-
-/// What applying a snapshot changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ApplyCounts {
-    pub added: u32,
-    pub modified: u32,
-    pub removed: u32,
-    pub unchanged: u32,
-    /// Records that point at an account the institution did not return.
-    pub orphaned: u32,
-}
-
-/// Which stored records a snapshot may remove. A list is only complete — and its
-/// absences only mean "removed at the institution" — when every record in it was
-/// read and mapped; otherwise what is stored stays. Transactions may also be only
-/// the ones of some dates, or only what changed (see [`Coverage`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Removals {
-    pub accounts: bool,
-    pub holdings: bool,
-    pub transactions: Coverage,
-}
-
-impl Removals {
-    /// The snapshot is everything the institution has.
-    pub fn all() -> Self {
-        Self {
-            accounts: true,
-            holdings: true,
-            transactions: Coverage::Everything,
-        }
-    }
-}
 
 impl Store {
     /// Makes the stored records of `connection` equal `snapshot`: inserts new
@@ -257,61 +223,6 @@ impl Store {
         .unwrap_or(u32::MAX);
         Ok(counts)
     }
-
-    /// A connection's records, with its `recent_transactions` newest transactions.
-    pub async fn portfolio(
-        &self,
-        connection: ConnectionId,
-        recent_transactions: u64,
-    ) -> Result<Snapshot, StoreError> {
-        let conn = connection.to_string();
-        let db = self.db();
-        let accounts = account::Entity::find()
-            .filter(account::Column::ConnectionId.eq(&conn))
-            .order_by_asc(account::Column::ExternalId)
-            .all(db)
-            .await?;
-        let securities = security::Entity::find()
-            .filter(security::Column::ConnectionId.eq(&conn))
-            .order_by_asc(security::Column::ExternalId)
-            .all(db)
-            .await?;
-        let holdings = holding::Entity::find()
-            .filter(holding::Column::ConnectionId.eq(&conn))
-            .order_by_asc(holding::Column::ExternalId)
-            .all(db)
-            .await?;
-        let transactions = transaction::Entity::find()
-            .filter(transaction::Column::ConnectionId.eq(&conn))
-            .order_by_desc(transaction::Column::Date)
-            .order_by_asc(transaction::Column::ExternalId)
-            .limit(recent_transactions)
-            .all(db)
-            .await?;
-        Ok(Snapshot {
-            accounts: accounts
-                .iter()
-                .map(account_from_row)
-                .collect::<Result<_, _>>()?,
-            securities: securities
-                .iter()
-                .map(security_from_row)
-                .collect::<Result<_, _>>()?,
-            holdings: holdings
-                .iter()
-                .map(holding_from_row)
-                .collect::<Result<_, _>>()?,
-            transactions: transactions
-                .iter()
-                .map(transaction_from_row)
-                .collect::<Result<_, _>>()?,
-        })
-    }
-
-    /// Every stored record of a connection (all transactions), for checks and exports.
-    pub async fn full_snapshot(&self, connection: ConnectionId) -> Result<Snapshot, StoreError> {
-        self.portfolio(connection, u64::MAX >> 1).await
-    }
 }
 
 /// Moves the connection's records version. It comes first in every transaction
@@ -320,12 +231,12 @@ impl Store {
 /// transactions with each other and with a disconnect (which takes it first too).
 /// With `unless_disconnected`, a disconnected connection is left as it is and the
 /// transaction must write nothing: [`StoreError::Disconnected`].
-pub(super) async fn records_changed<C: ConnectionTrait>(
+pub(in crate::store) async fn records_changed<C: ConnectionTrait>(
     db: &C,
     connection: &str,
     unless_disconnected: bool,
 ) -> Result<(), StoreError> {
-    use super::entities::connection as row;
+    use crate::store::entities::connection as row;
     let mut update = row::Entity::update_many()
         .col_expr(
             row::Column::RecordsVersion,
@@ -372,11 +283,11 @@ async fn security_in_use<C: ConnectionTrait>(
 /// Locks the connection's row, as every writer of its records does first, for a
 /// write that goes with the records but is not part of a portfolio view (the
 /// quarantine): [`StoreError::Disconnected`] if it was disconnected.
-pub(super) async fn lock_connected<C: ConnectionTrait>(
+pub(in crate::store) async fn lock_connected<C: ConnectionTrait>(
     db: &C,
     connection: &str,
 ) -> Result<(), StoreError> {
-    use super::entities::connection as row;
+    use crate::store::entities::connection as row;
     let locked = row::Entity::update_many()
         .col_expr(row::Column::Status, Expr::col(row::Column::Status))
         .filter(row::Column::Id.eq(connection))
@@ -610,286 +521,4 @@ where
             .await?;
     }
     Ok(())
-}
-
-fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Corrupt(format!("{what} `{value}`"))
-}
-
-fn currency(value: &str) -> Result<Currency, StoreError> {
-    value.parse().map_err(|_| corrupt("currency", value))
-}
-
-fn account_row(
-    conn: &str,
-    id: String,
-    a: &Account,
-    now: chrono::DateTime<Utc>,
-) -> account::ActiveModel {
-    account::ActiveModel {
-        id: Set(id),
-        connection_id: Set(conn.to_owned()),
-        external_id: Set(a.external_id.clone()),
-        account_type: Set(a.account_type.to_string()),
-        subtype: Set(a.subtype.clone()),
-        name: Set(a.name.clone()),
-        official_name: Set(a.official_name.clone()),
-        mask: Set(a.mask.clone()),
-        currency: Set(a.currency.to_string()),
-        balance_current: Set(a.balances.current.amount.into()),
-        balance_available: Set(a.balances.available.map(|m| m.amount.into())),
-        balance_as_of: Set(a.balances.as_of),
-        updated_at: Set(now),
-    }
-}
-
-fn account_from_row(r: &account::Model) -> Result<Account, StoreError> {
-    let currency = currency(&r.currency)?;
-    Ok(Account {
-        external_id: r.external_id.clone(),
-        account_type: r
-            .account_type
-            .parse()
-            .map_err(|_| corrupt("account type", &r.account_type))?,
-        subtype: r.subtype.clone(),
-        name: r.name.clone(),
-        official_name: r.official_name.clone(),
-        mask: r.mask.clone(),
-        currency,
-        balances: Balances {
-            current: Money::new(r.balance_current.0, currency),
-            available: r.balance_available.map(|d| Money::new(d.0, currency)),
-            as_of: r.balance_as_of,
-        },
-    })
-}
-
-fn security_row(
-    conn: &str,
-    id: String,
-    s: &Security,
-    now: chrono::DateTime<Utc>,
-) -> security::ActiveModel {
-    security::ActiveModel {
-        id: Set(id),
-        connection_id: Set(conn.to_owned()),
-        external_id: Set(s.external_id.clone()),
-        ticker: Set(s.ticker.clone()),
-        cusip: Set(s.cusip.clone()),
-        isin: Set(s.isin.clone()),
-        sedol: Set(s.sedol.clone()),
-        figi: Set(s.figi.clone()),
-        name: Set(s.name.clone()),
-        security_type: Set(s.security_type.to_string()),
-        currency: Set(s.currency.to_string()),
-        price: Set(s.price.map(DbDecimal)),
-        price_as_of: Set(s.price_as_of),
-        updated_at: Set(now),
-    }
-}
-
-fn security_from_row(r: &security::Model) -> Result<Security, StoreError> {
-    Ok(Security {
-        external_id: r.external_id.clone(),
-        ticker: r.ticker.clone(),
-        cusip: r.cusip.clone(),
-        isin: r.isin.clone(),
-        sedol: r.sedol.clone(),
-        figi: r.figi.clone(),
-        name: r.name.clone(),
-        security_type: r
-            .security_type
-            .parse()
-            .map_err(|_| corrupt("security type", &r.security_type))?,
-        currency: currency(&r.currency)?,
-        price: r.price.map(|d| d.0),
-        price_as_of: r.price_as_of,
-    })
-}
-
-fn holding_row(
-    conn: &str,
-    id: String,
-    h: &Holding,
-    now: chrono::DateTime<Utc>,
-) -> holding::ActiveModel {
-    // A holding's amounts share one currency; the canonical record carries it on each.
-    let currency = [&h.price, &h.value, &h.cost_basis]
-        .into_iter()
-        .flatten()
-        .map(|m| m.currency.to_string())
-        .next()
-        .unwrap_or_default();
-    holding::ActiveModel {
-        id: Set(id),
-        connection_id: Set(conn.to_owned()),
-        external_id: Set(h.external_id()),
-        account_external_id: Set(h.account_external_id.clone()),
-        security_external_id: Set(h.security_external_id.clone()),
-        quantity: Set(h.quantity.into()),
-        cost_basis: Set(h.cost_basis.map(|m| m.amount.into())),
-        price: Set(h.price.map(|m| m.amount.into())),
-        value: Set(h.value.map(|m| m.amount.into())),
-        currency: Set(currency),
-        as_of: Set(h.as_of),
-        updated_at: Set(now),
-    }
-}
-
-fn holding_from_row(r: &holding::Model) -> Result<Holding, StoreError> {
-    let money = |d: Option<DbDecimal>| -> Result<Option<Money>, StoreError> {
-        d.map(|d| Ok(Money::new(d.0, currency(&r.currency)?)))
-            .transpose()
-    };
-    Ok(Holding {
-        account_external_id: r.account_external_id.clone(),
-        security_external_id: r.security_external_id.clone(),
-        quantity: r.quantity.0,
-        cost_basis: money(r.cost_basis)?,
-        price: money(r.price)?,
-        value: money(r.value)?,
-        as_of: r.as_of,
-    })
-}
-
-fn transaction_row(
-    conn: &str,
-    id: String,
-    t: &Transaction,
-    now: chrono::DateTime<Utc>,
-) -> transaction::ActiveModel {
-    transaction::ActiveModel {
-        id: Set(id),
-        connection_id: Set(conn.to_owned()),
-        external_id: Set(t.external_id.clone()),
-        account_external_id: Set(t.account_external_id.clone()),
-        amount: Set(t.amount.amount.into()),
-        currency: Set(t.amount.currency.to_string()),
-        date: Set(t.date),
-        status: Set(t.status.to_string()),
-        pending_external_id: Set(t.pending_external_id.clone()),
-        description: Set(t.description.clone()),
-        category: Set(t.category.clone()),
-        investment_type: Set(t.investment_type.map(|i| i.to_string())),
-        security_external_id: Set(t.security_external_id.clone()),
-        quantity: Set(t.quantity.map(DbDecimal)),
-        price: Set(t.price.map(DbDecimal)),
-        updated_at: Set(now),
-        // The user's tags and note: never the institution's to write.
-        ..Default::default()
-    }
-}
-
-pub(super) fn transaction_from_row(r: &transaction::Model) -> Result<Transaction, StoreError> {
-    Ok(Transaction {
-        external_id: r.external_id.clone(),
-        account_external_id: r.account_external_id.clone(),
-        amount: Money::new(r.amount.0, currency(&r.currency)?),
-        date: r.date,
-        status: r
-            .status
-            .parse()
-            .map_err(|_| corrupt("transaction status", &r.status))?,
-        pending_external_id: r.pending_external_id.clone(),
-        description: r.description.clone(),
-        category: r.category.clone(),
-        investment_type: r
-            .investment_type
-            .as_deref()
-            .map(|i| i.parse().map_err(|_| corrupt("investment type", i)))
-            .transpose()?,
-        security_external_id: r.security_external_id.clone(),
-        quantity: r.quantity.map(|d| d.0),
-        price: r.price.map(|d| d.0),
-    })
-}
-
-/// Which transactions a page holds.
-#[derive(Debug, Clone, Default)]
-pub struct TransactionFilter {
-    pub account: Option<String>,
-    pub from: Option<NaiveDate>,
-    pub to: Option<NaiveDate>,
-    pub status: Option<TransactionStatus>,
-    pub investment_type: Option<InvestmentType>,
-}
-
-/// Where the previous page ended: transactions come newest first, ties by row id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransactionPosition {
-    pub date: NaiveDate,
-    pub row_id: String,
-}
-
-/// One transaction with the connection it came from and its position for paging.
-#[derive(Debug, Clone)]
-pub struct PagedTransaction {
-    pub connection: ConnectionId,
-    pub position: TransactionPosition,
-    pub transaction: Transaction,
-    pub annotations: Annotations,
-}
-
-impl Store {
-    /// Up to `limit` transactions of the given connections after `after`, newest
-    /// first, matching `filter`.
-    pub async fn transactions_page(
-        &self,
-        connections: &[ConnectionId],
-        filter: &TransactionFilter,
-        after: Option<&TransactionPosition>,
-        limit: u64,
-    ) -> Result<Vec<PagedTransaction>, StoreError> {
-        use sea_orm::sea_query::Condition;
-        let mut query = transaction::Entity::find().filter(
-            transaction::Column::ConnectionId.is_in(connections.iter().map(ToString::to_string)),
-        );
-        if let Some(account) = &filter.account {
-            query = query.filter(transaction::Column::AccountExternalId.eq(account));
-        }
-        if let Some(from) = filter.from {
-            query = query.filter(transaction::Column::Date.gte(from));
-        }
-        if let Some(to) = filter.to {
-            query = query.filter(transaction::Column::Date.lte(to));
-        }
-        if let Some(status) = filter.status {
-            query = query.filter(transaction::Column::Status.eq(status.as_str()));
-        }
-        if let Some(kind) = filter.investment_type {
-            query = query.filter(transaction::Column::InvestmentType.eq(kind.as_str()));
-        }
-        if let Some(after) = after {
-            query = query.filter(
-                Condition::any()
-                    .add(transaction::Column::Date.lt(after.date))
-                    .add(
-                        Condition::all()
-                            .add(transaction::Column::Date.eq(after.date))
-                            .add(transaction::Column::Id.gt(after.row_id.as_str())),
-                    ),
-            );
-        }
-        query
-            .order_by_desc(transaction::Column::Date)
-            .order_by_asc(transaction::Column::Id)
-            .limit(limit)
-            .all(self.db())
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(PagedTransaction {
-                    connection: row.connection_id.parse().map_err(|_| {
-                        StoreError::Corrupt(format!("transaction {}: connection id", row.id))
-                    })?,
-                    position: TransactionPosition {
-                        date: row.date,
-                        row_id: row.id.clone(),
-                    },
-                    transaction: transaction_from_row(row)?,
-                    annotations: annotations_from_row(row)?,
-                })
-            })
-            .collect()
-    }
 }
