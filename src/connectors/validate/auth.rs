@@ -1,0 +1,169 @@
+//! `base_url`, `[auth]` and what they refer to: absolute URLs joined to the base,
+//! secrets only by reference (a variable's name, never its value), header names.
+
+use super::*;
+
+impl Validator {
+    pub(super) fn base_url(&mut self, raw: &str) -> Option<Url> {
+        match Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                // A trailing slash makes `join` keep the last path segment.
+                let mut url = url;
+                if !url.path().ends_with('/') {
+                    let path = format!("{}/", url.path());
+                    url.set_path(&path);
+                }
+                Some(url)
+            }
+            Ok(url) => {
+                self.report(
+                    "base_url",
+                    format!("scheme `{}` is not http or https", url.scheme()),
+                );
+                None
+            }
+            Err(e) => {
+                self.report("base_url", format!("`{raw}` is not an absolute URL: {e}"));
+                None
+            }
+        }
+    }
+
+    pub(super) fn url(&mut self, base: &Url, path: &str, raw: &str) -> Option<Url> {
+        let joined = if raw.starts_with("http://") || raw.starts_with("https://") {
+            Url::parse(raw)
+        } else {
+            base.join(raw.trim_start_matches('/'))
+        };
+        match joined {
+            Ok(url) => Some(url),
+            Err(e) => {
+                self.report(path, format!("`{raw}` is not a URL or a path: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A secret reference must name a variable, so that a secret pasted into the
+    /// file is refused rather than published with it.
+    pub(super) fn secret_env(&mut self, path: &str, env: &str) {
+        if env.is_empty()
+            || !env
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            self.report(
+                path,
+                // The value may be a pasted secret: it is not repeated in the report.
+                "must be the NAME of an environment variable (A-Z, 0-9, _), never the secret itself; the value given is not shown",
+            );
+        }
+    }
+
+    pub(super) fn header_name(&mut self, path: &str, name: &str) {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.report(path, format!("`{name}` is not an HTTP header name"));
+        }
+    }
+
+    pub(super) fn auth(&mut self, base: &Url, spec: &OAuth2Spec) -> Option<OAuth2> {
+        let authorize_url = self.url(base, "auth.authorize_url", &spec.authorize_url);
+        let token_url = self.url(base, "auth.token_url", &spec.token_url);
+        let revocation_url = spec
+            .revocation_url
+            .as_deref()
+            .map(|u| self.url(base, "auth.revocation_url", u));
+        let env = &spec.client_secret.env;
+        self.secret_env("auth.client_secret.env", env);
+        if spec.scopes.is_empty() {
+            self.report("auth.scopes", "list at least one scope");
+        }
+        if spec.scope_separator.is_empty() {
+            self.report("auth.scope_separator", "must not be empty");
+        }
+        if spec.token_response.default_lifetime_secs == 0 {
+            self.report(
+                "auth.token_response.default_lifetime_secs",
+                "must be at least 1",
+            );
+        }
+        Some(OAuth2 {
+            authorize_url: authorize_url?,
+            token_url: token_url?,
+            revocation_url: match revocation_url {
+                Some(url) => Some(url?),
+                None => None,
+            },
+            client_id: spec.client_id.clone(),
+            client_secret_env: env.clone(),
+            client_auth: spec.client_auth,
+            scopes: spec.scopes.clone(),
+            scope_separator: spec.scope_separator.clone(),
+            pkce: spec.pkce,
+            consent_lifetime_days: spec.consent_lifetime_days,
+            rotating_refresh_tokens: spec.rotating_refresh_tokens,
+            login_hint_param: spec.login_hint_param.clone(),
+            extra_token_params: spec.extra_token_params.clone(),
+            token_response: spec.token_response.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{HARBOR, changed, has, problems};
+
+    #[test]
+    fn a_pasted_secret_is_refused_without_being_repeated() {
+        let pasted = "sk_live_4eC39HqLyjWDarjtT1zdp7dc";
+        let found = problems(&changed(
+            HARBOR,
+            "env = \"HARBOR_CLIENT_SECRET\"",
+            &format!("env = \"{pasted}\""),
+        ));
+        has(
+            &found,
+            "auth.client_secret.env",
+            "NAME of an environment variable",
+        );
+        assert!(
+            found.iter().all(|(_, message)| !message.contains(pasted)),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn the_base_url_must_be_absolute_http() {
+        has(
+            &problems(&changed(
+                HARBOR,
+                "base_url = \"http://127.0.0.1:8091/harbor\"",
+                "base_url = \"ftp://bank.test/\"",
+            )),
+            "base_url",
+            "not http or https",
+        );
+        has(
+            &problems(&changed(
+                HARBOR,
+                "base_url = \"http://127.0.0.1:8091/harbor\"",
+                "base_url = \"bank.test\"",
+            )),
+            "base_url",
+            "not an absolute URL",
+        );
+    }
+
+    #[test]
+    fn scopes_and_their_separator_cannot_be_empty() {
+        let text = changed(
+            HARBOR,
+            "scopes = [\"accounts\", \"transactions\"]",
+            "scopes = []",
+        );
+        let text = changed(&text, "scope_separator = \",\"", "scope_separator = \"\"");
+        let found = problems(&text);
+        has(&found, "auth.scopes", "at least one scope");
+        has(&found, "auth.scope_separator", "must not be empty");
+    }
+}

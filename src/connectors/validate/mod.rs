@@ -1,0 +1,332 @@
+//! Turns a connector file into a [`Connector`], or reports every problem in it at
+//! once, each with the file and the field path, in words an admin understands.
+
+mod auth;
+mod endpoints;
+mod mappings;
+mod shape;
+mod webhooks;
+
+use self::shape::offending_key;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use chrono_tz::Tz;
+use serde_json_path::JsonPath;
+use serde_path_to_error::Segment;
+use url::Url;
+
+use super::fields::{self, FieldDef, Kind};
+use super::mapping::{CompiledField, Mapping, Source, TimeFormat};
+use super::spec::{
+    ConnectorFile, EndpointSpec, FieldSpec, OAuth2Spec, PagingSpec, SignedContent, WebhooksSpec,
+    WindowSpec,
+};
+use super::webhook::{Timestamp, Webhooks};
+use super::{Connector, Endpoint, Errors, OAuth2, Paging, Window};
+
+/// One problem in one connector file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    /// Dotted path of the offending key, e.g. `endpoints.accounts.records`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates one file; the connector id is the file stem.
+pub fn validate_file(path: &Path, base_url_override: Option<&str>) -> Result<Connector, Problems> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Problems(vec![Problem {
+            file: file.clone(),
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    validate_str(&file, stem, &text, base_url_override)
+}
+
+/// Validates connector text that would be stored as `<id>.toml`. A base URL override
+/// (from configuration) replaces the file's `base_url`, e.g. to point at a sandbox.
+pub fn validate_str(
+    file: &str,
+    id: &str,
+    text: &str,
+    base_url_override: Option<&str>,
+) -> Result<Connector, Problems> {
+    let mut v = Validator {
+        file: file.to_owned(),
+        problems: Vec::new(),
+    };
+    let deserializer = match toml::de::Deserializer::parse(text) {
+        Ok(d) => d,
+        Err(e) => return Err(Problems(vec![v.toml_problem(text, &e, String::new())])),
+    };
+    let spec: ConnectorFile = match serde_path_to_error::deserialize(deserializer) {
+        Ok(spec) => spec,
+        Err(first) => {
+            // The first problem comes with its line; the rest are found on the parsed
+            // tree, which no longer knows lines.
+            let (_, path) = offending_key(first.path(), first.inner().message());
+            v.problems
+                .push(v.toml_problem(text, first.inner(), path.clone()));
+            if let Ok(tree) = toml::from_str::<toml::Value>(text) {
+                v.every_shape_problem(tree, &path);
+            }
+            return Err(Problems(v.problems));
+        }
+    };
+    let connector = v.connector(id, &spec, text, base_url_override);
+    match connector {
+        Some(c) if v.problems.is_empty() => Ok(c),
+        _ => Err(Problems(v.problems)),
+    }
+}
+
+struct Validator {
+    file: String,
+    problems: Vec<Problem>,
+}
+
+/// Sync intervals a connector or a connection may ask for, in seconds.
+pub const SYNC_INTERVAL_SECS: std::ops::RangeInclusive<u64> = 60..=2_592_000;
+
+/// Longest date window and history, in days.
+const MAX_WINDOW_DAYS: u32 = 36_600;
+
+/// Most shape problems one file is searched for; a file with more is hopeless anyway.
+const MAX_SHAPE_PROBLEMS: usize = 100;
+
+impl Validator {
+    pub(super) fn report(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn connector(
+        &mut self,
+        id: &str,
+        spec: &ConnectorFile,
+        text: &str,
+        base_url_override: Option<&str>,
+    ) -> Option<Connector> {
+        if !is_identifier(id) {
+            self.report("", format!("the file name `{id}` must be a connector id: lower-case letters, digits, '-' and '_'"));
+        }
+        if let Some(declared) = &spec.id
+            && declared != id
+        {
+            self.report(
+                "id",
+                format!(
+                    "`{declared}` differs from the file name `{id}`; remove `id` or rename the file"
+                ),
+            );
+        }
+        if spec.country.len() != 2 || !spec.country.chars().all(|c| c.is_ascii_uppercase()) {
+            self.report(
+                "country",
+                format!(
+                    "`{}` is not an ISO 3166 two-letter code like US",
+                    spec.country
+                ),
+            );
+        }
+        for (i, product) in spec.products.iter().enumerate() {
+            if !matches!(product.as_str(), "accounts" | "holdings" | "transactions") {
+                self.report(
+                    format!("products[{i}]"),
+                    format!("unknown product `{product}`: use accounts, holdings or transactions"),
+                );
+            }
+        }
+        let base_url = self.base_url(base_url_override.unwrap_or(&spec.base_url));
+        let auth = base_url
+            .as_ref()
+            .and_then(|base| self.auth(base, &spec.auth));
+        let errors = Errors {
+            code_path: spec
+                .errors
+                .code_path
+                .as_deref()
+                .and_then(|p| self.json_path("errors.code_path", p)),
+            record_error: spec
+                .errors
+                .record_error
+                .as_deref()
+                .and_then(|p| self.json_path("errors.record_error", p)),
+            spec: spec.errors.clone(),
+        };
+        if let Some(schedule) = &spec.schedule
+            && !SYNC_INTERVAL_SECS.contains(&schedule.interval_secs)
+        {
+            self.report(
+                "schedule.interval_secs",
+                format!(
+                    "must be {} to {} seconds (a minute to 30 days)",
+                    SYNC_INTERVAL_SECS.start(),
+                    SYNC_INTERVAL_SECS.end()
+                ),
+            );
+        }
+        let webhooks = spec.webhooks.as_ref().and_then(|w| self.webhooks(w));
+        if spec.limits.page_size == 0 {
+            self.report("limits.page_size", "must be at least 1");
+        }
+        if spec.limits.concurrency == 0 {
+            self.report("limits.concurrency", "must be at least 1");
+        }
+        for (path, limit) in [
+            (
+                "limits.requests_per_second",
+                spec.limits.requests_per_second,
+            ),
+            (
+                "limits.requests_per_minute",
+                spec.limits.requests_per_minute,
+            ),
+            ("limits.requests_per_day", spec.limits.requests_per_day),
+        ] {
+            if limit == Some(0) {
+                self.report(path, "must be at least 1 (leave it out for no limit)");
+            }
+        }
+        let accounts = base_url.as_ref().and_then(|b| {
+            self.endpoint(
+                b,
+                "accounts",
+                &spec.endpoints.accounts,
+                fields::ACCOUNT,
+                None,
+            )
+        });
+        let holdings = spec.endpoints.holdings.as_ref().map(|e| {
+            base_url.as_ref().and_then(|b| {
+                self.endpoint(b, "holdings", e, fields::HOLDING, Some(fields::SECURITY))
+            })
+        });
+        let transactions = spec.endpoints.transactions.as_ref().map(|e| {
+            base_url
+                .as_ref()
+                .and_then(|b| self.endpoint(b, "transactions", e, fields::TRANSACTION, None))
+        });
+        for (product, present) in [
+            ("holdings", holdings.is_some()),
+            ("transactions", transactions.is_some()),
+        ] {
+            if spec.products.iter().any(|p| p == product) && !present {
+                self.report(
+                    format!("endpoints.{product}"),
+                    format!("`{product}` is listed in products but has no endpoint"),
+                );
+            }
+        }
+        Some(Connector {
+            id: id.to_owned(),
+            name: spec.name.clone(),
+            country: spec.country.clone(),
+            products: spec.products.clone(),
+            base_url: base_url?,
+            auth: auth?,
+            limits: spec.limits.clone(),
+            errors,
+            sync_interval: spec
+                .schedule
+                .as_ref()
+                .map(|s| std::time::Duration::from_secs(s.interval_secs)),
+            webhooks,
+            accounts: accounts?,
+            holdings: holdings.flatten(),
+            transactions: transactions.flatten(),
+            hash: crate::fingerprint::sha256_hex(text.as_bytes()),
+        })
+    }
+}
+
+fn is_identifier(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Helpers for the validator's unit tests: a shipped connector file to change one
+/// thing in, and the problems a changed copy has.
+#[cfg(test)]
+mod test_support {
+    /// Harbor's connector, which validates as shipped.
+    pub(super) const HARBOR: &str = include_str!("../../../connectors/harbor.toml");
+    /// Meridian's, which has a `[webhooks]` table.
+    pub(super) const MERIDIAN: &str = include_str!("../../../connectors/meridian.toml");
+
+    /// `text` with `from` replaced by `to` (which must be there).
+    pub(super) fn changed(text: &str, from: &str, to: &str) -> String {
+        assert!(text.contains(from), "`{from}` is not in the file");
+        text.replacen(from, to, 1)
+    }
+
+    /// Every problem of `text` as (path, message); empty when it validates.
+    pub(super) fn problems(text: &str) -> Vec<(String, String)> {
+        match super::validate_str("draft.toml", "draft", text, None) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems
+                .0
+                .into_iter()
+                .map(|p| {
+                    assert_eq!(p.file, "draft.toml", "every problem names the file");
+                    (p.path, p.message)
+                })
+                .collect(),
+        }
+    }
+
+    /// Asserts that one problem is at `path` and says `says`.
+    pub(super) fn has(problems: &[(String, String)], path: &str, says: &str) {
+        assert!(
+            problems.iter().any(|(p, m)| p == path && m.contains(says)),
+            "no problem at `{path}` saying `{says}` in {problems:#?}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_files_validate() {
+        assert_eq!(problems(HARBOR), Vec::new());
+        assert_eq!(problems(MERIDIAN), Vec::new());
+    }
+}
