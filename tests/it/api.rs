@@ -7,14 +7,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use finsync::domain::{ConnectionStatus, TransactionStatus};
-use finsync_sandbox::SandboxConfig;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::support::{
-    ADMIN_TOKEN, Backend, RedisPrefix, TestApp, TestDb, settings, spawn_sandbox, unique,
-};
+use crate::support::{ADMIN_TOKEN, TestApp};
 
 async fn call(
     app: &TestApp,
@@ -81,11 +78,10 @@ async fn wait_for(app: &TestApp, sync_id: &str, key: &str) -> Value {
 
 #[tokio::test]
 async fn every_route_answers_not_found_for_another_tenants_ids() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("owner").build().await;
     let store = &app.app.ctx.store;
-    let (owner, owner_key) = store.create_tenant("owner").await.unwrap();
+    let owner = app.tenant();
+    let owner_key = &owner.key;
     let (_, other_key) = store.create_tenant("other").await.unwrap();
     let owner_key = owner_key.0.expose_secret().to_owned();
     app.link_and_sync(owner.id, "demo-alice").await;
@@ -157,12 +153,14 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
 
 #[tokio::test]
 async fn keys_are_hashed_scoped_revocable_and_rate_limited() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut settings = settings(&db, None, &sandbox);
-    settings.server.rate_limit_per_second = 1;
-    settings.server.rate_limit_burst = 3;
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .with(|settings| {
+            settings.server.rate_limit_per_second = 1;
+            settings.server.rate_limit_burst = 3;
+        })
+        .build()
+        .await;
     let http = finsync::http::client();
 
     // An admin creates a tenant over the API; its first key works at once.
@@ -268,11 +266,10 @@ async fn keys_are_hashed_scoped_revocable_and_rate_limited() {
 
 #[tokio::test]
 async fn transactions_are_filtered_and_paged_with_an_opaque_cursor() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let key = key.0.expose_secret().to_owned();
     let connection = app.link_and_sync(tenant.id, "demo-alice").await;
     let stored = store.full_snapshot(connection).await.unwrap().transactions;
@@ -356,12 +353,15 @@ async fn transactions_are_filtered_and_paged_with_an_opaque_cursor() {
 
 #[tokio::test]
 async fn a_requested_sync_is_coalesced_limited_and_readable_once_done() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let prefix = RedisPrefix(unique("finsync_test"));
-    let app = TestApp::spawn(settings(&db, Some(&prefix.0), &sandbox), true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .redis()
+        .tenant("advisor")
+        .build()
+        .await;
     let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let key = key.0.expose_secret().to_owned();
     let connection = app.link_and_sync(tenant.id, "demo-carol").await;
     // Cache the view as it is now, so a stale L1 copy would show.
@@ -425,15 +425,11 @@ async fn a_requested_sync_is_coalesced_limited_and_readable_once_done() {
 
 #[tokio::test]
 async fn stale_data_is_served_with_the_reason_when_the_institution_is_down() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
-    let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
-    let key = key.0.expose_secret().to_owned();
-    app.link_and_sync(tenant.id, "demo-alice").await;
+    let mut app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let key = app.tenant().bearer().to_owned();
+    app.link_and_sync(app.tenant().id, "demo-alice").await;
     let (_, _, good) = call(&app, Method::GET, "/v1/users/demo-alice/portfolio", &key).await;
-    sandbox.shutdown().await;
+    app.shutdown_sandbox().await;
 
     let (status, _, sync) = call(&app, Method::POST, "/v1/users/demo-alice/sync", &key).await;
     assert_eq!(status, 202);
@@ -479,9 +475,8 @@ async fn stale_data_is_served_with_the_reason_when_the_institution_is_down() {
 
 #[tokio::test]
 async fn a_connection_that_needs_the_user_shows_why_and_a_relink_url() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().build().await;
+    let sandbox = app.sandbox();
     let ctx = &app.app.ctx;
     let (tenant, key) = ctx.store.create_tenant("advisor").await.unwrap();
     let key = key.0.expose_secret().to_owned();
@@ -519,10 +514,9 @@ async fn a_connection_that_needs_the_user_shows_why_and_a_relink_url() {
 
 #[tokio::test]
 async fn admins_list_and_remove_a_tenants_users() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
-    let (tenant, key) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let tenant = app.tenant();
+    let key = &tenant.key;
     app.link_and_sync(tenant.id, "demo-alice").await;
     app.link_and_sync(tenant.id, "demo-bob").await;
     let http = finsync::http::client();
@@ -572,9 +566,7 @@ async fn admins_list_and_remove_a_tenants_users() {
 
 #[tokio::test]
 async fn the_contract_and_its_docs_page_are_served() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+    let app = TestApp::builder().sqlite().workers(false).build().await;
     let http = finsync::http::client();
     let document: Value = http
         .get(format!("{}/openapi.json", app.address))
@@ -646,11 +638,10 @@ async fn receiver() -> (
 
 #[tokio::test]
 async fn tenants_manage_webhooks_and_read_their_delivery_log() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let key = key.0.expose_secret().to_owned();
     let (_, read_only) = store
         .issue_api_key(tenant.id, &[finsync::store::Scope::Read], None)
@@ -746,13 +737,15 @@ async fn tenants_manage_webhooks_and_read_their_delivery_log() {
 
 #[tokio::test]
 async fn webhooks_cannot_point_at_the_internal_network() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    settings.webhooks.allow_private_targets = false;
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .with(|settings| settings.webhooks.allow_private_targets = false)
+        .tenant("advisor")
+        .build()
+        .await;
     let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let (url, seen) = receiver().await;
     for target in [
         url.as_str(),

@@ -4,13 +4,10 @@
 use std::time::Duration;
 
 use finsync::cache::{Cache, CacheConfig, Hit};
-use finsync_sandbox::SandboxConfig;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
-use crate::support::{
-    Backend, RedisPrefix, TestApp, TestDb, redis_url, settings, spawn_sandbox, unique,
-};
+use crate::support::{Backend, RedisPrefix, TestApp, TestDb, redis_url, unique};
 
 fn config<'a>(url: Option<&'a str>, prefix: &'a str) -> CacheConfig<'a> {
     CacheConfig {
@@ -186,13 +183,18 @@ async fn a_hung_or_missing_redis_sends_reads_to_the_database_and_is_then_skipped
 
 #[tokio::test]
 async fn portfolios_are_served_from_the_database_while_redis_hangs() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, Some("unused"), &sandbox);
-    settings.redis.url = secrecy::SecretString::from(black_hole().await);
-    settings.cache.l1_ttl_secs = 1;
-    let app = TestApp::spawn(settings, true).await;
-    let (tenant, key) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let hung = black_hole().await;
+    let app = TestApp::builder()
+        .sqlite()
+        .with(|settings| {
+            settings.redis.url = secrecy::SecretString::from(hung);
+            settings.redis.key_prefix = "unused".into();
+            settings.cache.l1_ttl_secs = 1;
+        })
+        .tenant("advisor")
+        .build()
+        .await;
+    let (tenant, key) = (app.tenant(), &app.tenant().key);
     app.link_and_sync(tenant.id, "demo-alice").await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // let L1 expire
     let response = finsync::http::client()

@@ -12,10 +12,10 @@ use std::process::{ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use finsync::domain::{ConnectionStatus, UserId};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::Value;
 
-use crate::support::{ADMIN_TOKEN, Backend, Proc, TestApp, TestDb, base_settings, unique};
+use crate::support::{ADMIN_TOKEN, Proc, TestApp, unique};
 use crate::tokens::open_token;
 
 const CLIENT_ID: &str = "finsync-interop";
@@ -194,17 +194,22 @@ async fn wait_stats(institution: &Institution, done: impl Fn(&Value) -> bool) ->
 #[tokio::test]
 async fn a_third_party_oauth2_server_links_refreshes_and_revokes() {
     let institution = Institution::start();
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut settings = base_settings(&db, None);
-    settings.connectors.dir = institution.connectors.clone();
-    settings.connectors.secrets.insert(
-        "HARBOR_CLIENT_SECRET".into(),
-        SecretString::from(CLIENT_SECRET),
-    );
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .without_sandbox()
+        .postgres()
+        .with(|settings| {
+            settings.connectors.dir = institution.connectors.clone();
+            settings.connectors.secrets.insert(
+                "HARBOR_CLIENT_SECRET".into(),
+                SecretString::from(CLIENT_SECRET),
+            );
+        })
+        .tenant("advisor")
+        .build()
+        .await;
     let store = app.app.ctx.store.clone();
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
-    let key = key.0.expose_secret().to_owned();
+    let tenant = app.tenant();
+    let key = tenant.bearer().to_owned();
 
     // Linking follows the server's real redirect back to finsync's callback.
     let linked_at = chrono::Utc::now();

@@ -23,15 +23,12 @@ use finsync::webhooks::{
     self, DELIVERY_HEADER, Deliverer, DeliveryPolicy, EVENT_HEADER, EventData, Registered,
     SIGNATURE_HEADER, VerifyError, WebhookError, WebhookEvent,
 };
-use finsync_sandbox::SandboxConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::support::{
-    Backend, TestApp, TestDb, VAULT_KEY, captured_logs, dump_database, settings, spawn_sandbox,
-};
+use crate::support::{Backend, TestApp, TestDb, VAULT_KEY, captured_logs, dump_database};
 use crate::tokens::{open_token, rotate_behind_our_back};
 
 const TOLERANCE: Duration = Duration::from_secs(300);
@@ -225,11 +222,14 @@ fn check_request(request: &Received, delivery: &WebhookDelivery, secret: &Secret
 
 #[tokio::test]
 async fn a_sync_sends_a_signed_sync_completed_event_to_subscribed_endpoints_only() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    quick_webhooks(&mut settings, 3);
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .with(|settings| {
+            quick_webhooks(settings, 3);
+        })
+        .build()
+        .await;
+    let sandbox = app.sandbox();
     let _delivering = start_delivering(app.app.webhooks.clone());
     let store = app.app.ctx.store.clone();
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
@@ -329,11 +329,13 @@ async fn a_sync_sends_a_signed_sync_completed_event_to_subscribed_endpoints_only
 
 #[tokio::test]
 async fn a_failing_receiver_is_retried_with_backoff_until_it_answers_or_attempts_run_out() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    quick_webhooks(&mut settings, 4);
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .with(|settings| {
+            quick_webhooks(settings, 4);
+        })
+        .build()
+        .await;
     let _delivering = start_delivering(app.app.webhooks.clone());
     let store = app.app.ctx.store.clone();
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
@@ -581,11 +583,15 @@ async fn several_delivery_loops_send_each_delivery_exactly_once() {
 async fn a_connection_needing_reauth_and_its_repair_are_announced() {
     use finsync::store::entities::connection as row;
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    quick_webhooks(&mut settings, 3);
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .with(|settings| {
+            quick_webhooks(settings, 3);
+        })
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let _db = app.db();
     let _delivering = start_delivering(app.app.webhooks.clone());
     let store = app.app.ctx.store.clone();
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
@@ -607,7 +613,7 @@ async fn a_connection_needing_reauth_and_its_repair_are_announced() {
         .await
         .unwrap();
     rotate_behind_our_back(
-        &sandbox,
+        sandbox,
         &open_token(&app, connection, "refresh_token").await,
     )
     .await;
@@ -657,11 +663,15 @@ async fn a_connection_needing_reauth_and_its_repair_are_announced() {
 async fn a_refused_background_refresh_and_an_expired_consent_announce_reauth_required() {
     use finsync::store::entities::connection as row;
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    quick_webhooks(&mut settings, 3);
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .with(|settings| {
+            quick_webhooks(settings, 3);
+        })
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let _db = app.db();
     let _delivering = start_delivering(app.app.webhooks.clone());
     let store = app.app.ctx.store.clone();
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
@@ -677,7 +687,7 @@ async fn a_refused_background_refresh_and_an_expired_consent_announce_reauth_req
     let expired = app.link_and_sync(tenant.id, "demo-carol").await;
 
     // The background refresh finds its refresh token rotated away.
-    rotate_behind_our_back(&sandbox, &open_token(&app, refused, "refresh_token").await).await;
+    rotate_behind_our_back(sandbox, &open_token(&app, refused, "refresh_token").await).await;
     let record = store.connection(refused).await.unwrap();
     finsync::sync::refresh::run(
         app.app.ctx.clone(),
@@ -737,11 +747,13 @@ async fn a_refused_background_refresh_and_an_expired_consent_announce_reauth_req
 
 #[tokio::test]
 async fn signing_secrets_are_sealed_at_rest_and_never_logged() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut settings = settings(&db, None, &sandbox);
-    quick_webhooks(&mut settings, 3);
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .with(|settings| {
+            quick_webhooks(settings, 3);
+        })
+        .build()
+        .await;
     let _delivering = start_delivering(app.app.webhooks.clone());
     let store = app.app.ctx.store.clone();
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();

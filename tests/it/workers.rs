@@ -12,17 +12,15 @@ use serde_json::json;
 
 use crate::support::{
     ADMIN_TOKEN, Backend, RedisPrefix, TestApp, TestDb, assert_matches_sandbox, finsync, free_port,
-    link_through_api, process_env, redis_url, settings, spawn, spawn_sandbox,
-    spawn_sandbox_process, unique, wait_ready,
+    link_through_api, process_env, redis_url, spawn, spawn_sandbox_process, unique, wait_ready,
 };
 
 #[tokio::test]
 async fn a_job_that_keeps_stopping_its_worker_is_parked_with_the_reason() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let sandbox = app.sandbox();
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let connection = app.link_and_sync(tenant.id, "demo-alice").await;
 
     // Two deliveries of a job died with their worker: the third runs, and the two
