@@ -425,7 +425,12 @@ async fn a_requested_sync_is_coalesced_limited_and_readable_once_done() {
 
 #[tokio::test]
 async fn stale_data_is_served_with_the_reason_when_the_institution_is_down() {
-    let mut app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let mut app = TestApp::builder()
+        .expect_failed_jobs()
+        .sqlite()
+        .tenant("advisor")
+        .build()
+        .await;
     let key = app.tenant().bearer().to_owned();
     app.link_and_sync(app.tenant().id, "demo-alice").await;
     let (_, _, good) = call(&app, Method::GET, "/v1/users/demo-alice/portfolio", &key).await;

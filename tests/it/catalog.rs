@@ -318,6 +318,7 @@ async fn a_sync_at_a_connector_this_process_has_not_loaded_yet_follows_later_ins
     use finsync::sync::{SyncConnection, SyncOutcome, pipeline};
 
     let app = TestApp::builder()
+        .expect_failed_jobs()
         .postgres()
         .workers(false)
         // This process will not pick up new versions during the test.

@@ -192,7 +192,9 @@ async fn a_response_that_no_longer_matches_keeps_the_last_good_data_and_marks_it
     .unwrap();
     let mut drifted_settings = settings(&db, None, &sandbox);
     drifted_settings.connectors.dir = drifted.clone();
-    let app = TestApp::spawn(drifted_settings, true).await;
+    let app = TestApp::spawn(drifted_settings, true)
+        .await
+        .expecting_failed_jobs();
     let job = SyncConnection {
         connection_id: connection,
         idempotency_key: "test:drift".into(),

@@ -46,6 +46,7 @@ async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and
             settings.resilience.breaker_max_cooldown_ms = 4000;
         })
         .tenant("advisor")
+        .expect_failed_jobs()
         .build()
         .await;
     let sandbox = app.sandbox();

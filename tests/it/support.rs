@@ -252,6 +252,7 @@ pub struct TestAppBuilder<'a> {
     redis: bool,
     tweaks: Vec<Tweak<'a>>,
     tenant: Option<String>,
+    expect_failed_jobs: bool,
 }
 
 impl<'a> TestAppBuilder<'a> {
@@ -310,6 +311,13 @@ impl<'a> TestAppBuilder<'a> {
         self
     }
 
+    /// The test makes syncs fail on purpose: dropping the app does not check for
+    /// failed runs.
+    pub fn expect_failed_jobs(mut self) -> Self {
+        self.expect_failed_jobs = true;
+        self
+    }
+
     pub async fn build(self) -> TestApp {
         let sandbox = match self.sandbox {
             Some(config) => Some(spawn_sandbox(config).await),
@@ -330,6 +338,7 @@ impl<'a> TestAppBuilder<'a> {
             let (record, key) = app.app.ctx.store.create_tenant(&name).await.unwrap();
             app.tenant = Some(TestTenant { id: record.id, key });
         }
+        app.expect_failed_jobs = self.expect_failed_jobs;
         app.sandbox = sandbox;
         app.db = Some(db);
         app.redis = redis;
@@ -338,13 +347,17 @@ impl<'a> TestAppBuilder<'a> {
 }
 
 /// An app serving its API on 127.0.0.1:0 with workers running, stopped on drop.
+/// Dropping it fails the test if a sync failed that the test did not expect
+/// (see [`TestAppBuilder::expect_failed_jobs`]).
 pub struct TestApp {
     pub app: Arc<App>,
     pub address: String,
     /// Set by the builder.
     pub tenant: Option<TestTenant>,
     stop: watch::Sender<bool>,
-    // Dropped after the app is told to stop, in this order.
+    database_url: String,
+    expect_failed_jobs: bool,
+    // Dropped after the check in `Drop`, in this order.
     db: Option<TestDb>,
     redis: Option<RedisPrefix>,
     sandbox: Option<Sandbox>,
@@ -359,6 +372,7 @@ impl TestApp {
             redis: false,
             tweaks: Vec::new(),
             tenant: None,
+            expect_failed_jobs: false,
         }
     }
 
@@ -394,6 +408,12 @@ impl TestApp {
         (db, sandbox)
     }
 
+    /// For an app from [`Self::spawn`] whose test makes syncs fail on purpose.
+    pub fn expecting_failed_jobs(mut self) -> Self {
+        self.expect_failed_jobs = true;
+        self
+    }
+
     /// An app on settings the test made itself, sharing a database with others;
     /// prefer [`Self::builder`].
     pub async fn spawn(mut settings: Settings, workers: bool) -> Self {
@@ -401,6 +421,7 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         settings.server.public_url = url::Url::parse(&format!("{address}/")).unwrap();
+        let database_url = settings.database.url.expose_secret().to_owned();
         let app = Arc::new(App::build(settings).await.unwrap());
         let (stop, stopped) = watch::channel(false);
         let until = move || {
@@ -424,6 +445,8 @@ impl TestApp {
             address,
             tenant: None,
             stop,
+            database_url,
+            expect_failed_jobs: false,
             db: None,
             redis: None,
             sandbox: None,
@@ -483,7 +506,54 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        if self.expect_failed_jobs || std::thread::panicking() {
+            return;
+        }
+        let failed = failed_runs(self.database_url.clone());
+        assert!(
+            failed.is_empty(),
+            "sync runs failed that the test did not expect (build the app with \
+             .expect_failed_jobs() if it makes them fail on purpose):\n{}",
+            failed.join("\n")
+        );
     }
+}
+
+/// The runs in `sync_runs` that failed, one line each. Every sync, whoever asked
+/// for it, records its run there when it ends, while apalis records a job's end
+/// late and in batches: the runs are the reliable record.
+fn failed_runs(database_url: String) -> Vec<String> {
+    // Drop runs inside the test's runtime: query on a thread with a runtime of its own.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let db = Database::connect(&database_url)
+                .await
+                .expect("the test database is reachable");
+            let rows = db
+                .query_all_raw(sea_orm::Statement::from_string(
+                    db.get_database_backend(),
+                    "SELECT connection_id, idempotency_key, error FROM sync_runs \
+                     WHERE outcome = 'failed' ORDER BY started_at",
+                ))
+                .await
+                .expect("sync_runs is readable");
+            let _ = db.close().await;
+            rows.iter()
+                .map(|row| {
+                    let connection: String = row.try_get("", "connection_id").unwrap();
+                    let key: String = row.try_get("", "idempotency_key").unwrap();
+                    let error: Option<String> = row.try_get("", "error").unwrap();
+                    format!("{connection} {key}: {}", error.unwrap_or_default())
+                })
+                .collect()
+        })
+    })
+    .join()
+    .expect("the check of failed runs ran")
 }
 
 /// Decimal text with the other sign, every digit kept; zero stays unsigned.

@@ -256,6 +256,7 @@ async fn a_crash_between_rotation_and_commit_is_survived_within_the_grace_period
 #[tokio::test]
 async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_relink_repairs_it() {
     let app = TestApp::builder()
+        .expect_failed_jobs()
         .sandbox(sandbox_config(1))
         .sqlite()
         .tenant("advisor")

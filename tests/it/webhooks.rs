@@ -584,6 +584,7 @@ async fn a_connection_needing_reauth_and_its_repair_are_announced() {
     use finsync::store::entities::connection as row;
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
     let app = TestApp::builder()
+        .expect_failed_jobs()
         .sqlite()
         .with(|settings| {
             quick_webhooks(settings, 3);

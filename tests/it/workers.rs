@@ -17,7 +17,12 @@ use crate::support::{
 
 #[tokio::test]
 async fn a_job_that_keeps_stopping_its_worker_is_parked_with_the_reason() {
-    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let app = TestApp::builder()
+        .expect_failed_jobs()
+        .sqlite()
+        .tenant("advisor")
+        .build()
+        .await;
     let sandbox = app.sandbox();
     let store = &app.app.ctx.store;
     let tenant = app.tenant();
