@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, TestApp};
+use crate::support::{ADMIN_TOKEN, TestApp, eventually};
 
 async fn call(
     app: &TestApp,
@@ -65,15 +65,13 @@ async fn call_route(
 
 /// Polls a sync until it stops running and returns its last status.
 async fn wait_for(app: &TestApp, sync_id: &str, key: &str) -> Value {
-    for _ in 0..300 {
+    let what = format!("sync {sync_id} to finish");
+    eventually(&what, Duration::from_secs(30), || async {
         let (status, _, body) = call(app, Method::GET, &format!("/v1/syncs/{sync_id}"), key).await;
         assert_eq!(status, 200, "{body}");
-        if !matches!(body["status"].as_str(), Some("queued" | "running")) {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("sync {sync_id} never finished");
+        (!matches!(body["status"].as_str(), Some("queued" | "running"))).then_some(body)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -605,14 +603,11 @@ async fn the_contract_and_its_docs_page_are_served() {
 /// Runs the delivery loop's pass until it attempts something: the event of a sync
 /// is queued just after the sync reports done.
 async fn attempt_deliveries(app: &TestApp) -> usize {
-    for _ in 0..100 {
+    eventually("a delivery to attempt", Duration::from_secs(5), || async {
         let attempted = app.app.webhooks.deliver_due().await.unwrap();
-        if attempted > 0 {
-            return attempted;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    0
+        (attempted > 0).then_some(attempted)
+    })
+    .await
 }
 
 /// A receiver that answers 200 and keeps what it was sent.

@@ -7,7 +7,9 @@ use finsync::cache::{Cache, CacheConfig, Hit};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
-use crate::support::{Backend, RedisPrefix, TestApp, TestDb, redis_url, unique};
+use crate::support::{
+    Backend, RedisPrefix, TestApp, TestDb, eventually, redis_url, unique, wait_until,
+};
 
 fn config<'a>(url: Option<&'a str>, prefix: &'a str) -> CacheConfig<'a> {
     CacheConfig {
@@ -48,14 +50,12 @@ async fn read(
     (value.to_vec(), hit)
 }
 
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{what} never happened");
+/// Waits for a condition on the caches' own state.
+async fn observed(what: &str, mut condition: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(5), || {
+        std::future::ready(condition())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -66,7 +66,7 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
     let reader = Cache::new(config(Some(&url), &prefix.0)).unwrap();
     assert!(reader.degraded(), "not yet subscribed to invalidations");
     let listener = reader.listen_for_invalidations().unwrap();
-    eventually("subscription", || !reader.degraded()).await;
+    observed("subscription", || !reader.degraded()).await;
     let calls = std::sync::Arc::default();
 
     // Every write is announced, this one too: wait for its message, or it could
@@ -82,7 +82,7 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
         }
     };
     writer.put("k", b"v1".to_vec()).await;
-    eventually("the first write's message", received(1)).await;
+    observed("the first write's message", received(1)).await;
     assert_eq!(read(&reader, &calls).await, (b"v1".to_vec(), Hit::L2));
     assert_eq!(
         read(&reader, &calls).await,
@@ -91,7 +91,7 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
     );
 
     writer.put("k", b"v2".to_vec()).await;
-    eventually("the invalidation message", received(2)).await;
+    observed("the invalidation message", received(2)).await;
     assert_eq!(
         read(&reader, &calls).await,
         (b"v2".to_vec(), Hit::L2),
@@ -99,7 +99,7 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
     );
 
     writer.invalidate("k").await;
-    eventually("the second invalidation", received(3)).await;
+    observed("the second invalidation", received(3)).await;
     assert_eq!(
         read(&reader, &calls).await,
         (b"from-db".to_vec(), Hit::Miss)
@@ -112,14 +112,22 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
 async fn concurrent_misses_of_one_key_load_once() {
     let cache = Cache::new(config(None, "p")).unwrap();
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reads = (0..20).map(|_| {
-        let calls = calls.clone();
+        let (calls, asked) = (calls.clone(), asked.clone());
         let cache = cache.clone();
         async move {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let all = asked.clone();
             cache
                 .get_or_load("k", async move {
                     calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // The load ends only once every reader has asked, so every other
+                    // reader finds it in flight.
+                    wait_until("every reader to ask", Duration::from_secs(5), || {
+                        std::future::ready(all.load(std::sync::atomic::Ordering::SeqCst) == 20)
+                    })
+                    .await;
                     Ok::<_, std::convert::Infallible>(b"v".to_vec())
                 })
                 .await
@@ -161,9 +169,18 @@ async fn a_hung_or_missing_redis_sends_reads_to_the_database_and_is_then_skipped
             .await
             .expect("no hang");
         assert_eq!(read(&cache, &calls).await, (b"new".to_vec(), Hit::L1));
-        // Without invalidations a value is kept only briefly (1 s here).
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(read(&cache, &calls).await, (b"from-db".to_vec(), Hit::Miss));
+        // Without invalidations a value is kept only briefly (1 s here): reads hit L1
+        // until it expires, and the first read after comes from the database.
+        let after = eventually(
+            "the L1 value to expire",
+            Duration::from_secs(10),
+            || async {
+                let (value, hit) = read(&cache, &calls).await;
+                (hit != Hit::L1).then_some((value, hit))
+            },
+        )
+        .await;
+        assert_eq!(after, (b"from-db".to_vec(), Hit::Miss));
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
         let stats = cache.stats();
         // The first read's GET, then the write's SET and DEL: writes try Redis
@@ -196,16 +213,24 @@ async fn portfolios_are_served_from_the_database_while_redis_hangs() {
         .await;
     let (tenant, key) = (app.tenant(), &app.tenant().key);
     app.link_and_sync(tenant.id, "demo-alice").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await; // let L1 expire
-    let response = finsync::http::client()
-        .get(format!("{}/v1/users/demo-alice/portfolio", app.address))
-        .bearer_auth(key.0.expose_secret())
-        .timeout(Duration::from_secs(20))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: serde_json::Value = response.json().await.unwrap();
+    // Read until L1 has expired (1 s) and a read goes past it, to the hung Redis
+    // and then the database: the cache counts that read as a miss.
+    let stats = app.app.ctx.cache.stats();
+    let misses = || stats.misses.load(std::sync::atomic::Ordering::Relaxed);
+    let before = misses();
+    let body = eventually("a read past L1", Duration::from_secs(60), || async {
+        let response = finsync::http::client()
+            .get(format!("{}/v1/users/demo-alice/portfolio", app.address))
+            .bearer_auth(key.0.expose_secret())
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        (misses() > before).then_some(body)
+    })
+    .await;
     assert_eq!(body["freshness"]["stale"], false, "{body}");
     assert_eq!(body["freshness"]["reason"], "CACHE_DEGRADED", "{body}");
     assert!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use finsync_sandbox::{Drift, Faults, Institution};
 use serde_json::Value;
 
-use crate::support::{ADMIN_TOKEN, TestApp, unique};
+use crate::support::{ADMIN_TOKEN, TestApp, eventually, unique};
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(
@@ -194,17 +194,17 @@ async fn a_file_dropped_in_is_served_and_a_bad_edit_never_replaces_it() {
     let wait_for = |predicate: fn(&Value) -> bool| {
         let app = &app;
         async move {
-            let mut detail = Value::Null;
-            for _ in 0..200 {
-                detail = admin(app, Method::GET, "/admin/connectors/northwind", None)
-                    .await
-                    .1;
-                if predicate(&detail) {
-                    return detail;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("the catalog never got there: {detail}");
+            eventually(
+                "the catalog to get there",
+                Duration::from_secs(10),
+                || async {
+                    let detail = admin(app, Method::GET, "/admin/connectors/northwind", None)
+                        .await
+                        .1;
+                    predicate(&detail).then_some(detail)
+                },
+            )
+            .await
         }
     };
 

@@ -9,7 +9,7 @@ use finsync::sync::SyncConnection;
 use finsync_sandbox::SandboxConfig;
 use serde_json::Value;
 
-use crate::support::{TestApp, assert_matches_sandbox, settings};
+use crate::support::{TestApp, assert_matches_sandbox, settings, wait_until};
 
 const USERS: [&str; 3] = ["demo-alice", "demo-bob", "demo-carol"];
 
@@ -145,8 +145,13 @@ async fn a_long_running_sqlite_worker_still_picks_up_jobs() {
     let tenant = app.tenant();
     let connection = app.link_and_sync(tenant.id, "demo-carol").await;
     for round in 0..3 {
-        // About 40 polling cycles (200 ms each) with nothing to do.
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        // About 40 polling cycles (200 ms each) with nothing to do. Idling is time
+        // passing and the worker shows nothing of its polls: wait on the clock.
+        let idle_until = std::time::Instant::now() + Duration::from_secs(8);
+        wait_until("8 s of idling", Duration::from_secs(30), || async {
+            std::time::Instant::now() >= idle_until
+        })
+        .await;
         let since = chrono::Utc::now();
         let job = SyncConnection {
             connection_id: connection,

@@ -13,7 +13,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::support::{ADMIN_TOKEN, TestApp, captured_logs, dump_database, finsync, process_env};
+use crate::support::{
+    ADMIN_TOKEN, TestApp, captured_logs, dump_database, eventually, finsync, process_env,
+    wait_until,
+};
 
 type Headers = Vec<(&'static str, String)>;
 
@@ -88,7 +91,8 @@ async fn wait_for_runs(
     prefix: &str,
     at_least: usize,
 ) -> Vec<finsync::store::entities::sync_run::Model> {
-    for _ in 0..300 {
+    let what = format!("a finished `{prefix}` run of {connection}");
+    eventually(&what, Duration::from_secs(30), || async {
         let runs: Vec<_> = app
             .app
             .ctx
@@ -99,12 +103,9 @@ async fn wait_for_runs(
             .into_iter()
             .filter(|r| r.idempotency_key.starts_with(prefix) && r.finished_at.is_some())
             .collect();
-        if runs.len() >= at_least {
-            return runs;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no finished `{prefix}` run of {connection}");
+        (runs.len() >= at_least).then_some(runs)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -168,10 +169,11 @@ async fn repeated_and_simultaneous_events_make_one_sync() {
 
     // Start at the beginning of a coalescing window so that every event below
     // falls in the same one.
-    let into = Utc::now().timestamp_millis().rem_euclid(3000);
-    if into > 1000 {
-        tokio::time::sleep(Duration::from_millis((3000 - into) as u64 + 20)).await;
-    }
+    // Windows are slots of the clock and nothing shows where one starts: poll it.
+    wait_until("the start of a window", Duration::from_secs(10), || async {
+        Utc::now().timestamp_millis().rem_euclid(3000) <= 1000
+    })
+    .await;
     // The institution delivers one event three times, then sends two more.
     let repeated = fire(sandbox, "demo-alice", 3).await;
     assert_eq!(repeated["attempts"], 3);
@@ -203,8 +205,12 @@ async fn repeated_and_simultaneous_events_make_one_sync() {
     assert!(stored.iter().all(|e| e.connections == [connection]));
 
     let runs = wait_for_runs(&app, connection, "webhook:", 1).await;
-    // Give a second sync, were there one, the time to run.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A second sync, were there one, would be a job in the queue: wait until the
+    // queue holds nothing still to do.
+    wait_until("the queue to settle", Duration::from_secs(60), || async {
+        app.app.ctx.queue.depth().await.unwrap() == 0
+    })
+    .await;
     let runs_after = wait_for_runs(&app, connection, "webhook:", 1).await;
     assert_eq!(runs.len(), 1);
     assert_eq!(runs_after.len(), 1, "three events, one sync");

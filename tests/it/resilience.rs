@@ -15,7 +15,9 @@ use finsync::sync::SyncConnection;
 use finsync_sandbox::{Faults, Institution};
 use secrecy::SecretString;
 
-use crate::support::{ADMIN_TOKEN, RedisPrefix, TestApp, redis_url, unique};
+use crate::support::{
+    ADMIN_TOKEN, RedisPrefix, TestApp, eventually, redis_url, unique, wait_until,
+};
 
 /// Queues a sync of `connection` and waits for its outcome.
 async fn sync(app: &TestApp, connection: ConnectionId) -> Result<(), String> {
@@ -104,14 +106,12 @@ async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and
     sandbox
         .set_faults(Institution::Harbor, Faults::default())
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while sync(&app, harbor).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Harbor's syncs never recovered"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_until(
+        "Harbor's syncs to recover",
+        Duration::from_secs(60),
+        || async { sync(&app, harbor).await.is_ok() },
+    )
+    .await;
     let connectors = app.get_json("/admin/connectors", ADMIN_TOKEN).await;
     let harbor_summary = connectors
         .as_array()
@@ -163,16 +163,13 @@ async fn after_a_429_with_retry_after_no_worker_asks_the_institution_before_it_s
                 .unwrap()
         }
     });
-    let limited = loop {
-        if let Some(arrival) = sandbox
+    let limited = eventually("Harbor's 429", Duration::from_secs(60), || async {
+        sandbox
             .arrivals(Institution::Harbor)
             .into_iter()
             .find(|a| a.status == 429)
-        {
-            break arrival;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     // Harbor takes requests again at once, but it asked for two seconds: neither
     // Alice's retry nor Bob's new sync may reach it before they are up.
     sandbox

@@ -6,7 +6,7 @@ use finsync::store::TokenColumns;
 use finsync::sync::{SyncConnection, scheduler};
 use serde_json::json;
 
-use crate::support::{ADMIN_TOKEN, Backend, TestApp};
+use crate::support::{ADMIN_TOKEN, Backend, TestApp, wait_until};
 
 #[tokio::test]
 async fn two_schedulers_enqueue_a_due_connection_once() {
@@ -170,19 +170,18 @@ async fn history_past_its_retention_is_deleted_and_what_is_still_to_do_stays() {
 
         // The link's job is marked done just after its run ends, and SQLite keeps
         // that time in whole seconds: purge until it is past too.
-        let mut purged = scheduler::Purged::default();
-        for _ in 0..40 {
+        let (runs, jobs) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        let what = format!("{backend:?}: the link's job to be purged");
+        wait_until(&what, std::time::Duration::from_secs(10), || async {
             let now = scheduler::purge_history(ctx, chrono::Utc::now())
                 .await
                 .unwrap();
-            purged.runs += now.runs;
-            purged.jobs += now.jobs;
-            if purged.jobs > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
-        assert_eq!((purged.runs, purged.jobs), (1, 1), "{backend:?}");
+            runs.set(runs.get() + now.runs);
+            jobs.set(jobs.get() + now.jobs);
+            jobs.get() > 0
+        })
+        .await;
+        assert_eq!((runs.get(), jobs.get()), (1, 1), "{backend:?}");
         assert!(ctx.store.runs(connection).await.unwrap().is_empty());
         assert_eq!(
             ctx.queue.waiting_for(connection, "sync").await.unwrap(),

@@ -13,7 +13,8 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::support::{
-    ADMIN_TOKEN, TestApp, VAULT_KEY, assert_matches_sandbox, finsync, process_env, spawn,
+    ADMIN_TOKEN, TestApp, VAULT_KEY, assert_matches_sandbox, eventually, finsync, process_env,
+    spawn, wait_until,
 };
 
 fn sandbox_config(ttl_secs: u64) -> SandboxConfig {
@@ -47,19 +48,31 @@ async fn link(app: &TestApp, tenant: TenantId, user: &str) -> ConnectionId {
         .unwrap()
 }
 
+/// Waits until the connection's access token has expired. Expiry is the passing of
+/// time, so this polls the clock against the expiry finsync stored.
+async fn access_token_expired(app: &TestApp, connection: ConnectionId) {
+    let record = app.app.ctx.store.connection(connection).await.unwrap();
+    let expires_at = record.tokens.access_token_expires_at.unwrap();
+    wait_until(
+        "the access token to expire",
+        Duration::from_secs(30),
+        || async { chrono::Utc::now() > expires_at },
+    )
+    .await;
+}
+
 /// Waits until the connection's status or last failure says the sync is over.
 async fn wait_for<F: Fn(&finsync::store::ConnectionRecord) -> bool>(
     app: &TestApp,
     id: ConnectionId,
     done: F,
 ) {
-    for _ in 0..600 {
-        if done(&app.app.ctx.store.connection(id).await.unwrap()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for connection {id}");
+    wait_until(
+        &format!("connection {id}"),
+        Duration::from_secs(30),
+        || async { done(&app.app.ctx.store.connection(id).await.unwrap()) },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -138,13 +151,10 @@ async fn fifty_syncs_and_fifty_token_requests_across_processes_refresh_once() {
     );
 
     // Every job ends done, none failed.
-    for _ in 0..1200 {
-        if ctx.queue.depth().await.unwrap() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(ctx.queue.depth().await.unwrap(), 0, "all jobs finished");
+    wait_until("all jobs to finish", Duration::from_secs(60), || async {
+        ctx.queue.depth().await.unwrap() == 0
+    })
+    .await;
     let failed = ctx
         .store
         .db()
@@ -232,7 +242,7 @@ async fn a_crash_between_rotation_and_commit_is_survived_within_the_grace_period
         &open_token(&app, connection, "refresh_token").await,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await; // the access token expires
+    access_token_expired(&app, connection).await;
 
     let since = chrono::Utc::now();
     let job = SyncConnection {
@@ -272,7 +282,7 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
         &open_token(&app, connection, "refresh_token").await,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    access_token_expired(&app, connection).await;
 
     let job = SyncConnection {
         connection_id: connection,
@@ -295,7 +305,11 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
     );
     assert!(record.last_failure_at.is_some());
     // No retry storm: the refused grant is tried once, and nothing schedules more.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once the queue holds nothing still to do (no retry waiting), no more can come.
+    wait_until("the queue to settle", Duration::from_secs(60), || async {
+        app.app.ctx.queue.depth().await.unwrap() == 0
+    })
+    .await;
     assert_eq!(sandbox.stats().refreshes_rejected, 1);
     assert_eq!(scheduler::tick(&app.app.ctx).await.unwrap(), 0);
 
@@ -366,12 +380,13 @@ async fn tokens_are_refreshed_in_the_background_before_they_expire() {
         0,
         "nothing is due yet"
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        scheduler::tick(&app.app.ctx).await.unwrap(),
-        1,
-        "the refresh is due"
-    );
+    // Due one second in: tick until the scheduler finds it.
+    let due = eventually("the refresh to be due", Duration::from_secs(30), || async {
+        let due = scheduler::tick(&app.app.ctx).await.unwrap();
+        (due > 0).then_some(due)
+    })
+    .await;
+    assert_eq!(due, 1, "the refresh is due");
     wait_for(&app, connection, |c| {
         c.tokens.access_token_expires_at > first.access_token_expires_at
     })

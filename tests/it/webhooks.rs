@@ -28,7 +28,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::support::{Backend, TestApp, TestDb, VAULT_KEY, captured_logs, dump_database};
+use crate::support::{
+    Backend, TestApp, TestDb, VAULT_KEY, captured_logs, dump_database, eventually,
+};
 use crate::tokens::{open_token, rotate_behind_our_back};
 
 const TOLERANCE: Duration = Duration::from_secs(300);
@@ -154,7 +156,8 @@ async fn settled(
     event: WebhookEvent,
     count: usize,
 ) -> Vec<WebhookDelivery> {
-    for _ in 0..600 {
+    let what = format!("{count} settled {event} deliveries to {endpoint}");
+    eventually(&what, Duration::from_secs(30), || async {
         let mut found: Vec<WebhookDelivery> = store
             .webhook_deliveries(DeliveryQuery {
                 tenant: None,
@@ -168,11 +171,11 @@ async fn settled(
             .collect();
         if found.len() >= count && found.iter().all(|d| d.status != DeliveryStatus::Pending) {
             found.reverse();
-            return found;
+            return Some(found);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{count} settled {event} deliveries to {endpoint} never appeared");
+        None
+    })
+    .await
 }
 
 fn requests_for(receiver: &Receiver, delivery: WebhookDeliveryId) -> Vec<Received> {
