@@ -512,16 +512,17 @@ impl Drop for TestApp {
         let failed = failed_runs(self.database_url.clone());
         assert!(
             failed.is_empty(),
-            "sync runs failed that the test did not expect (build the app with \
+            "syncs or jobs failed that the test did not expect (build the app with \
              .expect_failed_jobs() if it makes them fail on purpose):\n{}",
             failed.join("\n")
         );
     }
 }
 
-/// The runs in `sync_runs` that failed, one line each. Every sync, whoever asked
-/// for it, records its run there when it ends, while apalis records a job's end
-/// late and in batches: the runs are the reliable record.
+/// The runs in `sync_runs` that failed, and the jobs apalis holds as failed, one
+/// line each. Every sync, whoever asked for it, records its run there when it ends,
+/// while apalis records a job's end late and in batches: the runs are the reliable
+/// record, the jobs a second look.
 fn failed_runs(database_url: String) -> Vec<String> {
     // Drop runs inside the test's runtime: query on a thread with a runtime of its own.
     std::thread::spawn(move || {
@@ -541,15 +542,41 @@ fn failed_runs(database_url: String) -> Vec<String> {
                 ))
                 .await
                 .expect("sync_runs is readable");
-            let _ = db.close().await;
-            rows.iter()
+            let mut failed: Vec<String> = rows
+                .iter()
                 .map(|row| {
                     let connection: String = row.try_get("", "connection_id").unwrap();
                     let key: String = row.try_get("", "idempotency_key").unwrap();
                     let error: Option<String> = row.try_get("", "error").unwrap();
-                    format!("{connection} {key}: {}", error.unwrap_or_default())
+                    format!("run {connection} {key}: {}", error.unwrap_or_default())
                 })
-                .collect()
+                .collect();
+            // A job can also fail without a failed run: a panic before its run is
+            // closed, or a token refresh (which has no run). apalis may not have
+            // recorded the latest attempts yet, so this can miss one, never invent one.
+            let jobs = match db.get_database_backend() {
+                sea_orm::DbBackend::Postgres => "apalis.jobs",
+                _ => "Jobs",
+            };
+            let rows = db
+                .query_all_raw(sea_orm::Statement::from_string(
+                    db.get_database_backend(),
+                    format!(
+                        "SELECT CAST(id AS TEXT) AS id, status, CAST(last_result AS TEXT) AS result \
+                         FROM {jobs} \
+                         WHERE status IN ('Failed', 'Killed') ORDER BY id"
+                    ),
+                ))
+                .await
+                .expect("the job table is readable");
+            failed.extend(rows.iter().map(|row| {
+                let id: String = row.try_get("", "id").unwrap();
+                let status: String = row.try_get("", "status").unwrap();
+                let result: Option<String> = row.try_get("", "result").unwrap();
+                format!("job {id} {status}: {}", result.unwrap_or_default())
+            }));
+            let _ = db.close().await;
+            failed
         })
     })
     .join()
