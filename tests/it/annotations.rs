@@ -6,12 +6,11 @@
 use finsync::domain::ConnectionId;
 use finsync::store::{Removals, Scope};
 use finsync::sync::SyncConnection;
-use finsync_sandbox::SandboxConfig;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::support::{Backend, TestApp, TestDb, settings, spawn_sandbox};
+use crate::support::TestApp;
 
 async fn patch(app: &TestApp, id: &str, key: &str, body: Value) -> (StatusCode, Value) {
     let response = finsync::http::client()
@@ -57,11 +56,15 @@ async fn resync(app: &TestApp, connection: ConnectionId, name: &str) -> (i32, i3
 
 #[tokio::test]
 async fn a_posted_transaction_keeps_the_tags_and_note_set_on_its_pending_one() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
-    let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let _store = &app.app.ctx.store;
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let key = key.0.expose_secret().to_owned();
     let connection = app.link_and_sync(tenant.id, "demo-alice").await;
 
@@ -149,11 +152,10 @@ async fn a_posted_transaction_keeps_the_tags_and_note_set_on_its_pending_one() {
 
 #[tokio::test]
 async fn annotations_are_validated_need_the_sync_scope_and_name_one_transaction_of_the_tenant() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let key = key.0.expose_secret().to_owned();
     let (_, other) = store.create_tenant("other").await.unwrap();
     let (_, reader) = store

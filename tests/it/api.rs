@@ -7,14 +7,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use finsync::domain::{ConnectionStatus, TransactionStatus};
-use finsync_sandbox::SandboxConfig;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::support::{
-    ADMIN_TOKEN, Backend, RedisPrefix, TestApp, TestDb, settings, spawn_sandbox, unique,
-};
+use crate::support::{ADMIN_TOKEN, TestApp, eventually};
 
 async fn call(
     app: &TestApp,
@@ -68,24 +65,21 @@ async fn call_route(
 
 /// Polls a sync until it stops running and returns its last status.
 async fn wait_for(app: &TestApp, sync_id: &str, key: &str) -> Value {
-    for _ in 0..300 {
+    let what = format!("sync {sync_id} to finish");
+    eventually(&what, Duration::from_secs(30), || async {
         let (status, _, body) = call(app, Method::GET, &format!("/v1/syncs/{sync_id}"), key).await;
         assert_eq!(status, 200, "{body}");
-        if !matches!(body["status"].as_str(), Some("queued" | "running")) {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("sync {sync_id} never finished");
+        (!matches!(body["status"].as_str(), Some("queued" | "running"))).then_some(body)
+    })
+    .await
 }
 
 #[tokio::test]
 async fn every_route_answers_not_found_for_another_tenants_ids() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("owner").build().await;
     let store = &app.app.ctx.store;
-    let (owner, owner_key) = store.create_tenant("owner").await.unwrap();
+    let owner = app.tenant();
+    let owner_key = &owner.key;
     let (_, other_key) = store.create_tenant("other").await.unwrap();
     let owner_key = owner_key.0.expose_secret().to_owned();
     app.link_and_sync(owner.id, "demo-alice").await;
@@ -157,12 +151,14 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
 
 #[tokio::test]
 async fn keys_are_hashed_scoped_revocable_and_rate_limited() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut settings = settings(&db, None, &sandbox);
-    settings.server.rate_limit_per_second = 1;
-    settings.server.rate_limit_burst = 3;
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .with(|settings| {
+            settings.server.rate_limit_per_second = 1;
+            settings.server.rate_limit_burst = 3;
+        })
+        .build()
+        .await;
     let http = finsync::http::client();
 
     // An admin creates a tenant over the API; its first key works at once.
@@ -268,11 +264,10 @@ async fn keys_are_hashed_scoped_revocable_and_rate_limited() {
 
 #[tokio::test]
 async fn transactions_are_filtered_and_paged_with_an_opaque_cursor() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let key = key.0.expose_secret().to_owned();
     let connection = app.link_and_sync(tenant.id, "demo-alice").await;
     let stored = store.full_snapshot(connection).await.unwrap().transactions;
@@ -356,12 +351,15 @@ async fn transactions_are_filtered_and_paged_with_an_opaque_cursor() {
 
 #[tokio::test]
 async fn a_requested_sync_is_coalesced_limited_and_readable_once_done() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let prefix = RedisPrefix(unique("finsync_test"));
-    let app = TestApp::spawn(settings(&db, Some(&prefix.0), &sandbox), true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .redis()
+        .tenant("advisor")
+        .build()
+        .await;
     let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let key = key.0.expose_secret().to_owned();
     let connection = app.link_and_sync(tenant.id, "demo-carol").await;
     // Cache the view as it is now, so a stale L1 copy would show.
@@ -425,15 +423,16 @@ async fn a_requested_sync_is_coalesced_limited_and_readable_once_done() {
 
 #[tokio::test]
 async fn stale_data_is_served_with_the_reason_when_the_institution_is_down() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
-    let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
-    let key = key.0.expose_secret().to_owned();
-    app.link_and_sync(tenant.id, "demo-alice").await;
+    let mut app = TestApp::builder()
+        .expect_failed_jobs()
+        .sqlite()
+        .tenant("advisor")
+        .build()
+        .await;
+    let key = app.tenant().bearer().to_owned();
+    app.link_and_sync(app.tenant().id, "demo-alice").await;
     let (_, _, good) = call(&app, Method::GET, "/v1/users/demo-alice/portfolio", &key).await;
-    sandbox.shutdown().await;
+    app.shutdown_sandbox().await;
 
     let (status, _, sync) = call(&app, Method::POST, "/v1/users/demo-alice/sync", &key).await;
     assert_eq!(status, 202);
@@ -479,9 +478,8 @@ async fn stale_data_is_served_with_the_reason_when_the_institution_is_down() {
 
 #[tokio::test]
 async fn a_connection_that_needs_the_user_shows_why_and_a_relink_url() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().build().await;
+    let sandbox = app.sandbox();
     let ctx = &app.app.ctx;
     let (tenant, key) = ctx.store.create_tenant("advisor").await.unwrap();
     let key = key.0.expose_secret().to_owned();
@@ -519,10 +517,9 @@ async fn a_connection_that_needs_the_user_shows_why_and_a_relink_url() {
 
 #[tokio::test]
 async fn admins_list_and_remove_a_tenants_users() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
-    let (tenant, key) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let tenant = app.tenant();
+    let key = &tenant.key;
     app.link_and_sync(tenant.id, "demo-alice").await;
     app.link_and_sync(tenant.id, "demo-bob").await;
     let http = finsync::http::client();
@@ -572,9 +569,7 @@ async fn admins_list_and_remove_a_tenants_users() {
 
 #[tokio::test]
 async fn the_contract_and_its_docs_page_are_served() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+    let app = TestApp::builder().sqlite().workers(false).build().await;
     let http = finsync::http::client();
     let document: Value = http
         .get(format!("{}/openapi.json", app.address))
@@ -608,14 +603,11 @@ async fn the_contract_and_its_docs_page_are_served() {
 /// Runs the delivery loop's pass until it attempts something: the event of a sync
 /// is queued just after the sync reports done.
 async fn attempt_deliveries(app: &TestApp) -> usize {
-    for _ in 0..100 {
+    eventually("a delivery to attempt", Duration::from_secs(5), || async {
         let attempted = app.app.webhooks.deliver_due().await.unwrap();
-        if attempted > 0 {
-            return attempted;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    0
+        (attempted > 0).then_some(attempted)
+    })
+    .await
 }
 
 /// A receiver that answers 200 and keeps what it was sent.
@@ -646,11 +638,10 @@ async fn receiver() -> (
 
 #[tokio::test]
 async fn tenants_manage_webhooks_and_read_their_delivery_log() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let key = key.0.expose_secret().to_owned();
     let (_, read_only) = store
         .issue_api_key(tenant.id, &[finsync::store::Scope::Read], None)
@@ -746,13 +737,15 @@ async fn tenants_manage_webhooks_and_read_their_delivery_log() {
 
 #[tokio::test]
 async fn webhooks_cannot_point_at_the_internal_network() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    settings.webhooks.allow_private_targets = false;
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .with(|settings| settings.webhooks.allow_private_targets = false)
+        .tenant("advisor")
+        .build()
+        .await;
     let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let (url, seen) = receiver().await;
     for target in [
         url.as_str(),

@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use finsync::cache::{Cache, CacheConfig, Hit};
-use finsync_sandbox::SandboxConfig;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::support::{
-    Backend, RedisPrefix, TestApp, TestDb, redis_url, settings, spawn_sandbox, unique,
+    Backend, RedisPrefix, TestApp, TestDb, eventually, redis_url, unique, wait_until,
 };
 
 fn config<'a>(url: Option<&'a str>, prefix: &'a str) -> CacheConfig<'a> {
@@ -51,14 +50,12 @@ async fn read(
     (value.to_vec(), hit)
 }
 
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{what} never happened");
+/// Waits for a condition on the caches' own state.
+async fn observed(what: &str, mut condition: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(5), || {
+        std::future::ready(condition())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -69,7 +66,7 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
     let reader = Cache::new(config(Some(&url), &prefix.0)).unwrap();
     assert!(reader.degraded(), "not yet subscribed to invalidations");
     let listener = reader.listen_for_invalidations().unwrap();
-    eventually("subscription", || !reader.degraded()).await;
+    observed("subscription", || !reader.degraded()).await;
     let calls = std::sync::Arc::default();
 
     // Every write is announced, this one too: wait for its message, or it could
@@ -85,7 +82,7 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
         }
     };
     writer.put("k", b"v1".to_vec()).await;
-    eventually("the first write's message", received(1)).await;
+    observed("the first write's message", received(1)).await;
     assert_eq!(read(&reader, &calls).await, (b"v1".to_vec(), Hit::L2));
     assert_eq!(
         read(&reader, &calls).await,
@@ -94,7 +91,7 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
     );
 
     writer.put("k", b"v2".to_vec()).await;
-    eventually("the invalidation message", received(2)).await;
+    observed("the invalidation message", received(2)).await;
     assert_eq!(
         read(&reader, &calls).await,
         (b"v2".to_vec(), Hit::L2),
@@ -102,7 +99,7 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
     );
 
     writer.invalidate("k").await;
-    eventually("the second invalidation", received(3)).await;
+    observed("the second invalidation", received(3)).await;
     assert_eq!(
         read(&reader, &calls).await,
         (b"from-db".to_vec(), Hit::Miss)
@@ -115,14 +112,22 @@ async fn a_write_in_one_process_replaces_what_every_other_process_serves() {
 async fn concurrent_misses_of_one_key_load_once() {
     let cache = Cache::new(config(None, "p")).unwrap();
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reads = (0..20).map(|_| {
-        let calls = calls.clone();
+        let (calls, asked) = (calls.clone(), asked.clone());
         let cache = cache.clone();
         async move {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let all = asked.clone();
             cache
                 .get_or_load("k", async move {
                     calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // The load ends only once every reader has asked, so every other
+                    // reader finds it in flight.
+                    wait_until("every reader to ask", Duration::from_secs(5), || {
+                        std::future::ready(all.load(std::sync::atomic::Ordering::SeqCst) == 20)
+                    })
+                    .await;
                     Ok::<_, std::convert::Infallible>(b"v".to_vec())
                 })
                 .await
@@ -164,21 +169,18 @@ async fn a_hung_or_missing_redis_sends_reads_to_the_database_and_is_then_skipped
             .await
             .expect("no hang");
         assert_eq!(read(&cache, &calls).await, (b"new".to_vec(), Hit::L1));
-        // Without invalidations a value is kept only briefly (1 s here): reads are
-        // L1 hits until it lapses, then the database is asked again.
-        let mut reads = 0;
-        loop {
-            match read(&cache, &calls).await {
-                (value, Hit::L1) => assert_eq!(value, b"new".to_vec()),
-                other => {
-                    assert_eq!(other, (b"from-db".to_vec(), Hit::Miss));
-                    break;
-                }
-            }
-            reads += 1;
-            assert!(reads < 400, "the value outlived its 1 s in L1");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        // Without invalidations a value is kept only briefly (1 s here): reads hit L1
+        // until it expires, and the first read after comes from the database.
+        let after = eventually(
+            "the L1 value to expire",
+            Duration::from_secs(10),
+            || async {
+                let (value, hit) = read(&cache, &calls).await;
+                (hit != Hit::L1).then_some((value, hit))
+            },
+        )
+        .await;
+        assert_eq!(after, (b"from-db".to_vec(), Hit::Miss));
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
         let stats = cache.stats();
         // The first read's GET, then the write's SET and DEL: writes try Redis
@@ -198,31 +200,37 @@ async fn a_hung_or_missing_redis_sends_reads_to_the_database_and_is_then_skipped
 
 #[tokio::test]
 async fn portfolios_are_served_from_the_database_while_redis_hangs() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, Some("unused"), &sandbox);
-    settings.redis.url = secrecy::SecretString::from(black_hole().await);
-    settings.cache.l1_ttl_secs = 1;
-    let app = TestApp::spawn(settings, true).await;
-    let (tenant, key) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
-    app.link_and_sync(tenant.id, "demo-alice").await;
-    // Once L1's second has lapsed, the read goes past it: Redis hangs, so to the
-    // database.
-    let http = finsync::http::client();
-    let response =
-        crate::support::eventually("a read past L1", Duration::from_secs(20), || async {
-            let response = http
-                .get(format!("{}/v1/users/demo-alice/portfolio", app.address))
-                .bearer_auth(key.0.expose_secret())
-                .timeout(Duration::from_secs(20))
-                .send()
-                .await
-                .unwrap();
-            (response.headers()["x-cache"] != "l1").then_some(response)
+    let hung = black_hole().await;
+    let app = TestApp::builder()
+        .sqlite()
+        .with(|settings| {
+            settings.redis.url = secrecy::SecretString::from(hung);
+            settings.redis.key_prefix = "unused".into();
+            settings.cache.l1_ttl_secs = 1;
         })
+        .tenant("advisor")
+        .build()
         .await;
-    assert_eq!(response.status(), 200);
-    let body: serde_json::Value = response.json().await.unwrap();
+    let (tenant, key) = (app.tenant(), &app.tenant().key);
+    app.link_and_sync(tenant.id, "demo-alice").await;
+    // Read until L1 has expired (1 s) and a read goes past it, to the hung Redis
+    // and then the database: the cache counts that read as a miss.
+    let stats = app.app.ctx.cache.stats();
+    let misses = || stats.misses.load(std::sync::atomic::Ordering::Relaxed);
+    let before = misses();
+    let body = eventually("a read past L1", Duration::from_secs(60), || async {
+        let response = finsync::http::client()
+            .get(format!("{}/v1/users/demo-alice/portfolio", app.address))
+            .bearer_auth(key.0.expose_secret())
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        (misses() > before).then_some(body)
+    })
+    .await;
     assert_eq!(body["freshness"]["stale"], false, "{body}");
     assert_eq!(body["freshness"]["reason"], "CACHE_DEGRADED", "{body}");
     assert!(

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use finsync_sandbox::{Drift, Faults, Institution, SandboxConfig};
+use finsync_sandbox::{Drift, Faults, Institution};
 use serde_json::Value;
 
-use crate::support::{ADMIN_TOKEN, Backend, TestApp, TestDb, settings, spawn_sandbox, unique};
+use crate::support::{ADMIN_TOKEN, TestApp, eventually, unique};
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(
@@ -67,9 +67,7 @@ fn ids(list: &Value) -> Vec<&str> {
 
 #[tokio::test]
 async fn connectors_are_published_through_the_api_versioned_and_audited() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().postgres().build().await;
     let store = &app.app.ctx.store;
     use reqwest::Method;
 
@@ -183,28 +181,30 @@ async fn connectors_are_published_through_the_api_versioned_and_audited() {
 #[tokio::test]
 async fn a_file_dropped_in_is_served_and_a_bad_edit_never_replaces_it() {
     let dir = ConnectorDir::with_shipped();
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut settings = settings(&db, None, &sandbox);
-    settings.connectors.dir = dir.0.clone();
-    settings.connectors.reload_ms = 100;
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .with(|settings| {
+            settings.connectors.dir = dir.0.clone();
+            settings.connectors.reload_ms = 100;
+        })
+        .build()
+        .await;
     use reqwest::Method;
 
     let wait_for = |predicate: fn(&Value) -> bool| {
         let app = &app;
         async move {
-            let mut detail = Value::Null;
-            for _ in 0..200 {
-                detail = admin(app, Method::GET, "/admin/connectors/northwind", None)
-                    .await
-                    .1;
-                if predicate(&detail) {
-                    return detail;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("the catalog never got there: {detail}");
+            eventually(
+                "the catalog to get there",
+                Duration::from_secs(10),
+                || async {
+                    let detail = admin(app, Method::GET, "/admin/connectors/northwind", None)
+                        .await
+                        .1;
+                    predicate(&detail).then_some(detail)
+                },
+            )
+            .await
         }
     };
 
@@ -249,9 +249,8 @@ async fn a_file_dropped_in_is_served_and_a_bad_edit_never_replaces_it() {
 /// mapped; a renamed field at the institution shows up as that field missing.
 #[tokio::test]
 async fn a_check_reports_every_endpoint_and_names_the_fields_that_do_not_map() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+    let app = TestApp::builder().sqlite().workers(false).build().await;
+    let sandbox = app.sandbox();
     let registry = app.app.catalog.registry();
     let redirect = url::Url::parse(&format!("{}/oauth/callback", app.address)).unwrap();
     let check = |id: &'static str| {
@@ -318,14 +317,17 @@ async fn a_sync_at_a_connector_this_process_has_not_loaded_yet_follows_later_ins
     use finsync::store::{TokenColumns, VersionSource};
     use finsync::sync::{SyncConnection, SyncOutcome, pipeline};
 
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut settings = settings(&db, None, &sandbox);
-    // This process will not pick up new versions during the test.
-    settings.connectors.reload_ms = 3_600_000;
-    let app = TestApp::spawn(settings, false).await;
+    let app = TestApp::builder()
+        .expect_failed_jobs()
+        .postgres()
+        .workers(false)
+        // This process will not pick up new versions during the test.
+        .with(|settings| settings.connectors.reload_ms = 3_600_000)
+        .tenant("advisor")
+        .build()
+        .await;
     let ctx = &app.app.ctx;
-    let (tenant, _) = ctx.store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let connection_at = |institution: &'static str| async move {
         let user = UserId::parse(&format!("user-{institution}")).unwrap();
         let connection = ctx

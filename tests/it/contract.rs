@@ -6,10 +6,9 @@ use std::path::Path;
 use std::process::Command;
 
 use finsync::store::Scope;
-use finsync_sandbox::SandboxConfig;
 use secrecy::ExposeSecret;
 
-use crate::support::{ADMIN_TOKEN, Backend, TestApp, TestDb, settings, spawn_sandbox};
+use crate::support::{ADMIN_TOKEN, TestApp};
 
 /// Checks every answer must pass, by schemathesis's names.
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance";
@@ -84,15 +83,18 @@ async fn fuzz(app: &TestApp, work: &Path, paths: &str, token: &str, ids: &[(&str
 
 #[tokio::test]
 async fn the_api_keeps_its_contract_under_generated_requests() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    // The per-key limit is tested elsewhere; here it would only answer 429.
-    settings.server.rate_limit_per_second = 100_000;
-    settings.server.rate_limit_burst = 100_000;
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .sqlite()
+        // The per-key limit is tested elsewhere; here it would only answer 429.
+        .with(|settings| {
+            settings.server.rate_limit_per_second = 100_000;
+            settings.server.rate_limit_burst = 100_000;
+        })
+        .tenant("advisor")
+        .build()
+        .await;
     let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let (tenant, key) = (app.tenant(), &app.tenant().key);
     let connection = app.link_and_sync(tenant.id, "demo-alice").await;
     let sync = store
         .create_sync_request(

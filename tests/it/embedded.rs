@@ -9,17 +9,15 @@ use finsync::sync::SyncConnection;
 use finsync_sandbox::SandboxConfig;
 use serde_json::Value;
 
-use crate::support::{Backend, TestApp, TestDb, assert_matches_sandbox, settings, spawn_sandbox};
+use crate::support::{TestApp, assert_matches_sandbox, settings, wait_until};
 
 const USERS: [&str; 3] = ["demo-alice", "demo-bob", "demo-carol"];
 
 #[tokio::test]
 async fn synced_data_equals_the_sandbox_value_for_value_and_a_resync_changes_nothing() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
 
     let mut connections = Vec::new();
     for user in USERS {
@@ -54,11 +52,14 @@ async fn synced_data_equals_the_sandbox_value_for_value_and_a_resync_changes_not
 
 #[tokio::test]
 async fn the_api_serves_a_tenant_its_own_users_only() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .tenant("advisor-a")
+        .build()
+        .await;
     let store = &app.app.ctx.store;
-    let (tenant, key) = store.create_tenant("advisor-a").await.unwrap();
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let (_, other_key) = store.create_tenant("advisor-b").await.unwrap();
     app.link_and_sync(tenant.id, "demo-bob").await;
 
@@ -139,17 +140,18 @@ async fn the_api_serves_a_tenant_its_own_users_only() {
 /// a worker polling for many cycles before giving it work.
 #[tokio::test]
 async fn a_long_running_sqlite_worker_still_picks_up_jobs() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let connection = app.link_and_sync(tenant.id, "demo-carol").await;
     for round in 0..3 {
-        // About 40 polling cycles (200 ms each) with nothing to do: time passing
-        // idle is what this test is about, so here (only here) a test waits for
-        // time itself rather than for a signal.
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        // About 40 polling cycles (200 ms each) with nothing to do. Idling is time
+        // passing and the worker shows nothing of its polls: wait on the clock.
+        let idle_until = std::time::Instant::now() + Duration::from_secs(8);
+        wait_until("8 s of idling", Duration::from_secs(30), || async {
+            std::time::Instant::now() >= idle_until
+        })
+        .await;
         let since = chrono::Utc::now();
         let job = SyncConnection {
             connection_id: connection,
@@ -173,14 +175,12 @@ async fn a_long_running_sqlite_worker_still_picks_up_jobs() {
 /// the sync fails, nothing stored is lost, and readers see the data marked stale.
 #[tokio::test]
 async fn a_response_that_no_longer_matches_keeps_the_last_good_data_and_marks_it_stale() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let store = app.app.ctx.store.clone();
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
-    let connection = app.link_and_sync(tenant.id, "demo-alice").await;
+    let key = app.tenant().bearer().to_owned();
+    let connection = app.link_and_sync(app.tenant().id, "demo-alice").await;
     let before = store.full_snapshot(connection).await.unwrap();
-    drop(app);
+    let (db, sandbox) = app.into_parts();
 
     // The same deployment, now with a connector whose records path no longer
     // matches what the institution sends.
@@ -197,7 +197,9 @@ async fn a_response_that_no_longer_matches_keeps_the_last_good_data_and_marks_it
     .unwrap();
     let mut drifted_settings = settings(&db, None, &sandbox);
     drifted_settings.connectors.dir = drifted.clone();
-    let app = TestApp::spawn(drifted_settings, true).await;
+    let app = TestApp::spawn(drifted_settings, true)
+        .await
+        .expecting_failed_jobs();
     let job = SyncConnection {
         connection_id: connection,
         idempotency_key: "test:drift".into(),
@@ -226,12 +228,7 @@ async fn a_response_that_no_longer_matches_keeps_the_last_good_data_and_marks_it
         runs[0].error
     );
 
-    let body = app
-        .get_json(
-            "/v1/users/demo-alice/portfolio",
-            secrecy::ExposeSecret::expose_secret(&key.0),
-        )
-        .await;
+    let body = app.get_json("/v1/users/demo-alice/portfolio", &key).await;
     assert_eq!(body["freshness"]["stale"], true);
     assert_eq!(body["freshness"]["reason"], "SYNC_FAILED", "{body}");
     assert!(
@@ -297,11 +294,10 @@ fn the_demo_prints_three_synced_portfolios() {
 /// Meridian's sync-token endpoint leaves exactly the institution's data stored.
 #[tokio::test]
 async fn syncs_follow_the_institution_through_changes_removals_and_postings() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let sandbox = app.sandbox();
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let user = "demo-alice";
     let connection = app.link_and_sync(tenant.id, user).await;
     let anchor = SandboxConfig::default().anchor_date;

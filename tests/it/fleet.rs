@@ -9,9 +9,9 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::support::{
-    ADMIN_TOKEN, Backend, RedisPrefix, TestDb, VAULT_KEY, assert_matches_sandbox, finsync,
-    free_port, link_through_api, process_env, redis_url, spawn, spawn_sandbox_process, unique,
-    wait_ready,
+    ADMIN_TOKEN, Backend, RedisPrefix, TestDb, VAULT_KEY, assert_matches_sandbox, eventually,
+    finsync, free_port, link_through_api, process_env, redis_url, spawn, spawn_sandbox_process,
+    unique, wait_ready, wait_until,
 };
 
 /// The API's address and the environment every process of a test fleet shares: this
@@ -77,16 +77,12 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
 
     // A worker process syncs it; the API process serves it.
     let url = format!("{api}/v1/users/demo-alice/portfolio");
-    let mut body = Value::Null;
-    for _ in 0..600 {
+    let body = eventually("a synced portfolio", Duration::from_secs(60), || async {
         let response = http.get(&url).bearer_auth(&api_key).send().await.unwrap();
-        body = response.json().await.unwrap();
-        if body["freshness"]["stale"] == false {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(body["freshness"]["stale"], false, "never synced: {body}");
+        let body: Value = response.json().await.unwrap();
+        (body["freshness"]["stale"] == false).then_some(body)
+    })
+    .await;
 
     let expected =
         finsync_sandbox::data::portfolio(42, SandboxConfig::default().anchor_date, "demo-alice");
@@ -137,9 +133,8 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
         .await
         .unwrap();
     let sync_url = format!("{api}/v1/syncs/{}", requested["id"].as_str().unwrap());
-    let mut status = Value::Null;
-    for _ in 0..600 {
-        status = http
+    let status = eventually("the sync to finish", Duration::from_secs(30), || async {
+        let status: Value = http
             .get(&sync_url)
             .bearer_auth(&api_key)
             .send()
@@ -148,11 +143,9 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
             .json()
             .await
             .unwrap();
-        if status["status"] != "queued" && status["status"] != "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (status["status"] != "queued" && status["status"] != "running").then_some(status)
+    })
+    .await;
     assert_eq!(status["status"], "succeeded", "{status}");
     let synced_at = store
         .connection(link["connection_id"].as_str().unwrap().parse().unwrap())
@@ -276,15 +269,12 @@ async fn a_fourth_institution_joins_a_running_fleet_with_a_new_file_only() {
         connectors.join("northwind.toml"),
     )
     .unwrap();
-    let mut ids = Vec::new();
-    for _ in 0..300 {
-        ids = listed().await;
-        if ids.iter().any(|id| id == "northwind") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ids.iter().any(|id| id == "northwind"), "{ids:?}");
+    wait_until(
+        "northwind to be listed",
+        Duration::from_secs(30),
+        || async { listed().await.iter().any(|id| id == "northwind") },
+    )
+    .await;
 
     let created = http
         .post(format!("{api}/admin/tenants"))
@@ -306,17 +296,13 @@ async fn a_fourth_institution_joins_a_running_fleet_with_a_new_file_only() {
         .await
         .unwrap();
     let connection = link["connection_id"].as_str().unwrap().parse().unwrap();
-    let mut runs = Vec::new();
-    for _ in 0..600 {
-        runs = store.runs(connection).await.unwrap();
-        if runs
-            .iter()
+    let runs = eventually("a scheduled sync", Duration::from_secs(60), || async {
+        let runs = store.runs(connection).await.unwrap();
+        runs.iter()
             .any(|r| r.idempotency_key.starts_with("schedule:") && r.outcome == "succeeded")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .then_some(runs)
+    })
+    .await;
     assert!(
         runs.iter()
             .any(|r| r.idempotency_key.starts_with("schedule:") && r.outcome == "succeeded"),
@@ -391,16 +377,18 @@ async fn two_schedulers_and_three_workers_sync_each_slot_once() {
             .filter(|r| r.idempotency_key.starts_with("schedule:"))
             .count()
     };
-    for _ in 0..600 {
-        let mut enough = true;
-        for connection in &connections {
-            enough &= scheduled(&store.runs(*connection).await.unwrap()) >= 3;
-        }
-        if enough {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "three scheduled syncs each",
+        Duration::from_secs(60),
+        || async {
+            let mut enough = true;
+            for connection in &connections {
+                enough &= scheduled(&store.runs(*connection).await.unwrap()) >= 3;
+            }
+            enough
+        },
+    )
+    .await;
     for connection in &connections {
         let runs = store.runs(*connection).await.unwrap();
         assert!(scheduled(&runs) >= 3, "{runs:?}");

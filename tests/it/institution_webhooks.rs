@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use finsync::store::{EventFilter, EventStatus, InstitutionEvent};
-use finsync_sandbox::{Institution, Sandbox, SandboxConfig};
+use finsync_sandbox::{Institution, Sandbox};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::support::{
-    ADMIN_TOKEN, Backend, TestApp, TestDb, captured_logs, dump_database, finsync, process_env,
-    settings, spawn_sandbox,
+    ADMIN_TOKEN, TestApp, captured_logs, dump_database, eventually, finsync, process_env,
+    wait_until,
 };
 
 type Headers = Vec<(&'static str, String)>;
@@ -91,7 +91,8 @@ async fn wait_for_runs(
     prefix: &str,
     at_least: usize,
 ) -> Vec<finsync::store::entities::sync_run::Model> {
-    for _ in 0..300 {
+    let what = format!("a finished `{prefix}` run of {connection}");
+    eventually(&what, Duration::from_secs(30), || async {
         let runs: Vec<_> = app
             .app
             .ctx
@@ -102,22 +103,22 @@ async fn wait_for_runs(
             .into_iter()
             .filter(|r| r.idempotency_key.starts_with(prefix) && r.finished_at.is_some())
             .collect();
-        if runs.len() >= at_least {
-            return runs;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no finished `{prefix}` run of {connection}");
+        (runs.len() >= at_least).then_some(runs)
+    })
+    .await
 }
 
 #[tokio::test]
 async fn a_new_epoch_at_the_institution_reaches_the_store_through_its_webhook() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
-    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let tenant = app.tenant();
     let connection = app.link_and_sync(tenant.id, "demo-alice").await;
-    point_sandbox_at(&sandbox, &app);
+    point_sandbox_at(sandbox, &app);
 
     // Nothing but the webhook asks for a sync: the schedule is an hour away.
     let epoch = sandbox.advance();
@@ -155,29 +156,30 @@ async fn a_new_epoch_at_the_institution_reaches_the_store_through_its_webhook() 
 
 #[tokio::test]
 async fn repeated_and_simultaneous_events_make_one_sync() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut settings = settings(&db, None, &sandbox);
-    settings.institution_webhooks.coalesce_ms = 3000;
-    let app = TestApp::spawn(settings, true).await;
-    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let app = TestApp::builder()
+        .postgres()
+        .with(|settings| settings.institution_webhooks.coalesce_ms = 3000)
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let tenant = app.tenant();
     let connection = app.link_and_sync(tenant.id, "demo-alice").await;
-    point_sandbox_at(&sandbox, &app);
+    point_sandbox_at(sandbox, &app);
 
     // Start at the beginning of a coalescing window so that every event below
     // falls in the same one.
-    crate::support::eventually(
-        "the start of a coalescing window",
-        Duration::from_secs(10),
-        || async { (Utc::now().timestamp_millis().rem_euclid(3000) < 1000).then_some(()) },
-    )
+    // Windows are slots of the clock and nothing shows where one starts: poll it.
+    wait_until("the start of a window", Duration::from_secs(10), || async {
+        Utc::now().timestamp_millis().rem_euclid(3000) <= 1000
+    })
     .await;
     // The institution delivers one event three times, then sends two more.
-    let repeated = fire(&sandbox, "demo-alice", 3).await;
+    let repeated = fire(sandbox, "demo-alice", 3).await;
     assert_eq!(repeated["attempts"], 3);
     assert_eq!(repeated["status"], 200, "the last delivery was a duplicate");
-    fire(&sandbox, "demo-alice", 1).await;
-    fire(&sandbox, "demo-alice", 1).await;
+    fire(sandbox, "demo-alice", 1).await;
+    fire(sandbox, "demo-alice", 1).await;
 
     let stored = events(&app).await;
     assert_eq!(
@@ -203,9 +205,12 @@ async fn repeated_and_simultaneous_events_make_one_sync() {
     assert!(stored.iter().all(|e| e.connections == [connection]));
 
     let runs = wait_for_runs(&app, connection, "webhook:", 1).await;
-    // A second sync, were there one, would be queued by now (the events are all
-    // stored); once the queue has settled, it would have run.
-    crate::support::queue_settled(&app.app).await;
+    // A second sync, were there one, would be a job in the queue: wait until the
+    // queue holds nothing still to do.
+    wait_until("the queue to settle", Duration::from_secs(60), || async {
+        app.app.ctx.queue.depth().await.unwrap() == 0
+    })
+    .await;
     let runs_after = wait_for_runs(&app, connection, "webhook:", 1).await;
     assert_eq!(runs.len(), 1);
     assert_eq!(runs_after.len(), 1, "three events, one sync");
@@ -213,9 +218,7 @@ async fn repeated_and_simultaneous_events_make_one_sync() {
 
 #[tokio::test]
 async fn forged_stale_or_unreadable_events_are_refused_and_change_nothing() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+    let app = TestApp::builder().postgres().workers(false).build().await;
     let now = Utc::now().timestamp();
     let body = json!({
         "webhook_id": "mer_whk_forged",
@@ -328,14 +331,18 @@ async fn forged_stale_or_unreadable_events_are_refused_and_change_nothing() {
 
 #[tokio::test]
 async fn an_event_for_accounts_not_yet_known_is_replayed_once_they_are() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
-    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
-    point_sandbox_at(&sandbox, &app);
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let db = app.db();
+    let tenant = app.tenant();
+    point_sandbox_at(sandbox, &app);
 
     // demo-bob is not linked yet: nobody holds the accounts the event names.
-    let sent = fire(&sandbox, "demo-bob", 1).await;
+    let sent = fire(sandbox, "demo-bob", 1).await;
     assert_eq!(sent["status"], 202);
     let stored = events(&app).await;
     assert_eq!(stored[0].status, EventStatus::Unmatched);
@@ -351,7 +358,7 @@ async fn an_event_for_accounts_not_yet_known_is_replayed_once_they_are() {
 
     let connection = app.link_and_sync(tenant.id, "demo-bob").await;
     // An operator replays what did not match, as a process of its own.
-    let output = finsync(&process_env(&db, &sandbox.base_url()))
+    let output = finsync(&process_env(db, &sandbox.base_url()))
         .args(["webhooks", "replay", "--institution", "meridian"])
         .output()
         .unwrap();
@@ -380,7 +387,7 @@ async fn an_event_for_accounts_not_yet_known_is_replayed_once_they_are() {
     );
 
     // Replaying again by default finds nothing left to do.
-    let output = finsync(&process_env(&db, &sandbox.base_url()))
+    let output = finsync(&process_env(db, &sandbox.base_url()))
         .args(["webhooks", "replay"])
         .output()
         .unwrap();
@@ -393,14 +400,14 @@ async fn an_event_for_accounts_not_yet_known_is_replayed_once_they_are() {
 
 #[tokio::test]
 async fn on_the_embedded_default_a_repeated_event_syncs_once_and_a_missing_secret_stores_nothing() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
-    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let sandbox = app.sandbox();
+    let _db = app.db();
+    let tenant = app.tenant();
     let connection = app.link_and_sync(tenant.id, "demo-carol").await;
-    point_sandbox_at(&sandbox, &app);
+    point_sandbox_at(sandbox, &app);
 
-    let sent = fire(&sandbox, "demo-carol", 2).await;
+    let sent = fire(sandbox, "demo-carol", 2).await;
     assert_eq!(
         (sent["attempts"].as_u64(), sent["status"].as_u64()),
         (Some(2), Some(200))
@@ -415,13 +422,17 @@ async fn on_the_embedded_default_a_repeated_event_syncs_once_and_a_missing_secre
 
     // Without its signing secret, an institution's events cannot be checked: they
     // are refused as our failure (the institution delivers again) and not stored.
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    settings
-        .connectors
-        .secrets
-        .remove("MERIDIAN_WEBHOOK_SECRET");
-    let app = TestApp::spawn(settings, false).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .workers(false)
+        .with(|settings| {
+            settings
+                .connectors
+                .secrets
+                .remove("MERIDIAN_WEBHOOK_SECRET");
+        })
+        .build()
+        .await;
     let body =
         r#"{"webhook_id":"mer_whk_1","webhook_code":"SYNC_UPDATES_AVAILABLE","account_ids":[]}"#;
     let (got, answer) = post(

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use finsync::domain::Snapshot;
+use finsync_sandbox::Institution;
 use finsync_sandbox::data::Portfolio;
-use finsync_sandbox::{Institution, SandboxConfig};
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::support::{Backend, TestApp, TestDb, settings, spawn_sandbox, unique};
+use crate::support::{TestApp, unique};
 
 fn dec(text: &str) -> Decimal {
     Decimal::from_str(text).unwrap()
@@ -124,11 +124,14 @@ fn assert_matches_view(stored: &Snapshot, portfolio: &Portfolio, view: &View) {
 
 #[tokio::test]
 async fn a_harbor_user_is_stored_in_dollars_and_cents_with_money_in_positive() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let view = View {
         depository_only: true,
         cents: true,
@@ -189,13 +192,15 @@ async fn a_northwind_user_is_stored_with_every_digit_from_the_fixture_connector(
         dir.0.join("northwind.toml"),
     )
     .unwrap();
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut settings = settings(&db, None, &sandbox);
-    settings.connectors.dir = dir.0.clone();
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .with(|settings| settings.connectors.dir = dir.0.clone())
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let connection = app
         .link_and_sync_at(tenant.id, "demo-alice", "northwind")
         .await;
@@ -228,11 +233,14 @@ fn four_decimals(value: Decimal) -> String {
 /// the user: investment accounts, positions known by CUSIP or ISIN, investment activity.
 #[tokio::test]
 async fn a_keystone_user_is_stored_from_date_windows_and_link_pages() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let user = "demo-carol";
     let connection = app.link_and_sync_at(tenant.id, user, "keystone").await;
     let stored = store.full_snapshot(connection).await.unwrap();

@@ -12,10 +12,10 @@ use std::process::{ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use finsync::domain::{ConnectionStatus, UserId};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::Value;
 
-use crate::support::{ADMIN_TOKEN, Backend, Proc, TestApp, TestDb, base_settings, unique};
+use crate::support::{ADMIN_TOKEN, Proc, TestApp, eventually, unique, wait_until};
 use crate::tokens::open_token;
 
 const CLIENT_ID: &str = "finsync-interop";
@@ -178,33 +178,36 @@ fn first_line(stdout: ChildStdout) -> String {
 /// Polls the institution's stats until `done` holds (revocations are recorded once
 /// their body has arrived, just after the answer).
 async fn wait_stats(institution: &Institution, done: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..100 {
-        let stats = institution.stats().await;
-        if done(&stats) {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "the institution never saw it: {}",
-        institution.stats().await
-    );
+    eventually(
+        "the institution to see it",
+        Duration::from_secs(5),
+        || async {
+            let stats = institution.stats().await;
+            done(&stats).then_some(stats)
+        },
+    )
+    .await
 }
 
 #[tokio::test]
 async fn a_third_party_oauth2_server_links_refreshes_and_revokes() {
     let institution = Institution::start();
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut settings = base_settings(&db, None);
-    settings.connectors.dir = institution.connectors.clone();
-    settings.connectors.secrets.insert(
-        "HARBOR_CLIENT_SECRET".into(),
-        SecretString::from(CLIENT_SECRET),
-    );
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .without_sandbox()
+        .postgres()
+        .with(|settings| {
+            settings.connectors.dir = institution.connectors.clone();
+            settings.connectors.secrets.insert(
+                "HARBOR_CLIENT_SECRET".into(),
+                SecretString::from(CLIENT_SECRET),
+            );
+        })
+        .tenant("advisor")
+        .build()
+        .await;
     let store = app.app.ctx.store.clone();
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
-    let key = key.0.expose_secret().to_owned();
+    let tenant = app.tenant();
+    let key = tenant.bearer().to_owned();
 
     // Linking follows the server's real redirect back to finsync's callback.
     let linked_at = chrono::Utc::now();
@@ -312,9 +315,13 @@ async fn a_third_party_oauth2_server_links_refreshes_and_revokes() {
     // The access token comes due; the next sync refreshes it first.
     let first_refresh = open_token(&app, connection, "refresh_token").await;
     let expires_at = record.tokens.access_token_expires_at.unwrap();
-    while chrono::Utc::now() <= expires_at {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Expiry is the passing of time: poll the clock against the stored expiry.
+    wait_until(
+        "the access token to expire",
+        Duration::from_secs(30),
+        || async { chrono::Utc::now() > expires_at },
+    )
+    .await;
     let synced_at = chrono::Utc::now();
     let response = finsync::http::client()
         .post(format!("{}/v1/users/{user}/sync", app.address))

@@ -2,11 +2,10 @@
 //! are sealed at rest, and relinking repairs the same connection.
 
 use finsync::domain::{ConnectionStatus, UserId};
-use finsync_sandbox::SandboxConfig;
 use reqwest::header::LOCATION;
 use serde_json::Value;
 
-use crate::support::{Backend, TestApp, TestDb, settings, spawn_sandbox};
+use crate::support::TestApp;
 
 fn no_redirects() -> reqwest::Client {
     finsync::http::client()
@@ -14,11 +13,9 @@ fn no_redirects() -> reqwest::Client {
 
 #[tokio::test]
 async fn a_replayed_callback_is_rejected_and_changes_nothing() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let user = UserId::parse("demo-alice").unwrap();
 
     let start = app
@@ -63,11 +60,14 @@ async fn a_replayed_callback_is_rejected_and_changes_nothing() {
 
 #[tokio::test]
 async fn denied_consent_is_reported_and_links_nothing() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .workers(false)
+        .tenant("advisor")
+        .build()
+        .await;
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let user = UserId::parse("someone").unwrap();
     let start = app
         .app
@@ -108,11 +108,13 @@ async fn denied_consent_is_reported_and_links_nothing() {
 
 #[tokio::test]
 async fn tokens_are_sealed_at_rest_and_relinking_keeps_the_connection_and_its_data() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let first = app.link_and_sync(tenant.id, "demo-bob").await;
     let record = store.connection(first).await.unwrap();
     let sealed = record.tokens.access_token.clone().unwrap();

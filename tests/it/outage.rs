@@ -6,14 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use finsync_sandbox::SandboxConfig;
 use finsync_sandbox::link::CuttableLink;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::support::{
-    Backend, RedisPrefix, TestApp, TestDb, eventually, settings, spawn_sandbox, unique,
-};
+use crate::support::{TestApp, eventually, postgres_url};
 
 /// Far below the 10 s a request used to wait for the pool, and far above what a
 /// fast failure takes on a loaded machine.
@@ -31,22 +28,32 @@ async fn get(app: &TestApp, path: &str, key: &str) -> reqwest::Response {
 
 #[tokio::test]
 async fn with_the_database_away_cached_reads_are_served_and_the_rest_fails_fast() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let prefix = RedisPrefix(unique("finsync_test"));
-    let link = CuttableLink::start("127.0.0.1:5432".parse().unwrap())
-        .await
-        .unwrap();
-    let mut settings = settings(&db, Some(&prefix.0), &sandbox);
-    let mut through_link = url::Url::parse(&db.url).unwrap();
-    through_link.set_port(Some(link.address().port())).unwrap();
-    settings.database.url = SecretString::from(through_link.to_string());
-    // A key is trusted without the database for a second only: the reads below
-    // outlive that, so they are recognised from what was remembered.
-    settings.server.api_key_cache_secs = 1;
-    let app = TestApp::spawn(settings, true).await;
-    let (tenant, key) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
-    let key = key.0.expose_secret().to_owned();
+    // Between the app and the test's PostgreSQL server, wherever it is.
+    let server = url::Url::parse(&postgres_url()).unwrap();
+    let upstream =
+        tokio::net::lookup_host((server.host_str().unwrap(), server.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+    let link = CuttableLink::start(upstream).await.unwrap();
+    let port = link.address().port();
+    let app = TestApp::builder()
+        .postgres()
+        .redis()
+        .with(move |settings| {
+            let mut through_link = url::Url::parse(settings.database.url.expose_secret()).unwrap();
+            through_link.set_port(Some(port)).unwrap();
+            settings.database.url = SecretString::from(through_link.to_string());
+            // A key is trusted without the database for a second only: the reads
+            // below outlive that, so they are recognised from what was remembered.
+            settings.server.api_key_cache_secs = 1;
+        })
+        .tenant("advisor")
+        .build()
+        .await;
+    let tenant = app.tenant();
+    let key = tenant.bearer().to_owned();
     app.link_and_sync(tenant.id, "demo-alice").await;
     let before = get(&app, "/v1/users/demo-alice/portfolio", &key).await;
     assert_eq!(before.status(), StatusCode::OK);

@@ -6,12 +6,9 @@
 use std::collections::HashSet;
 
 use finsync::store::{QuarantineEntry, QuarantineFilter, Refusal, Resolution};
-use finsync_sandbox::{Faults, Institution, SandboxConfig};
+use finsync_sandbox::{Faults, Institution};
 
-use crate::support::{
-    ADMIN_TOKEN, Backend, TestApp, TestDb, dump_database, finsync, process_env, settings,
-    spawn_sandbox,
-};
+use crate::support::{ADMIN_TOKEN, TestApp, dump_database, finsync, process_env};
 
 fn harbor(open: bool) -> QuarantineFilter {
     QuarantineFilter {
@@ -30,7 +27,12 @@ fn keys(entries: &[QuarantineEntry], endpoint: &str) -> HashSet<String> {
 
 #[tokio::test]
 async fn records_that_do_not_map_wait_redacted_in_quarantine_until_a_replay_maps_them() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let (sandbox, db) = (app.sandbox(), app.db());
     sandbox
         .set_faults(
             Institution::Harbor,
@@ -40,10 +42,8 @@ async fn records_that_do_not_map_wait_redacted_in_quarantine_until_a_replay_maps
             },
         )
         .unwrap();
-    let db = TestDb::new(Backend::Postgres).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let connection = app
         .link_and_sync_at(tenant.id, "demo-alice", "harbor")
         .await;
@@ -138,7 +138,7 @@ async fn records_that_do_not_map_wait_redacted_in_quarantine_until_a_replay_maps
         .set_faults(Institution::Harbor, Faults::default())
         .unwrap();
     let since = chrono::Utc::now();
-    let output = finsync(&process_env(&db, &sandbox.base_url()))
+    let output = finsync(&process_env(db, &sandbox.base_url()))
         .args(["sync", "replay", "--quarantined", "--connector", "harbor"])
         .output()
         .unwrap();

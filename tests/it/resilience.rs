@@ -12,11 +12,11 @@ use finsync::connectors::Engine;
 use finsync::domain::ConnectionId;
 use finsync::resilience::{BreakerPolicy, Outcome, Quota, Refusal, Resilience};
 use finsync::sync::SyncConnection;
-use finsync_sandbox::{Faults, Institution, SandboxConfig};
+use finsync_sandbox::{Faults, Institution};
 use secrecy::SecretString;
 
 use crate::support::{
-    ADMIN_TOKEN, Backend, RedisPrefix, TestApp, TestDb, redis_url, settings, spawn_sandbox, unique,
+    ADMIN_TOKEN, RedisPrefix, TestApp, eventually, redis_url, unique, wait_until,
 };
 
 /// Queues a sync of `connection` and waits for its outcome.
@@ -39,15 +39,20 @@ fn harbor_requests(sandbox: &finsync_sandbox::Sandbox) -> usize {
 
 #[tokio::test]
 async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and_recovers() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    settings.resilience.breaker_failures = 5;
-    // Long enough that the failing syncs below all fall inside it on a slow machine.
-    settings.resilience.breaker_cooldown_ms = 4000;
-    settings.resilience.breaker_max_cooldown_ms = 4000;
-    let app = TestApp::spawn(settings, true).await;
-    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let app = TestApp::builder()
+        .sqlite()
+        .with(|settings| {
+            settings.resilience.breaker_failures = 5;
+            // Long enough that the failing syncs below all fall inside it on a slow machine.
+            settings.resilience.breaker_cooldown_ms = 4000;
+            settings.resilience.breaker_max_cooldown_ms = 4000;
+        })
+        .tenant("advisor")
+        .expect_failed_jobs()
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let tenant = app.tenant();
     let harbor = app
         .link_and_sync_at(tenant.id, "demo-alice", "harbor")
         .await;
@@ -62,20 +67,20 @@ async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and
             },
         )
         .unwrap();
-    let before = harbor_requests(&sandbox);
+    let before = harbor_requests(sandbox);
     let mut per_sync = Vec::new();
     for _ in 0..4 {
-        let at_start = harbor_requests(&sandbox);
+        let at_start = harbor_requests(sandbox);
         let reason = sync(&app, harbor).await.unwrap_err();
         assert!(reason.starts_with("INSTITUTION_UNAVAILABLE"), "{reason}");
-        per_sync.push(harbor_requests(&sandbox) - at_start);
+        per_sync.push(harbor_requests(sandbox) - at_start);
     }
     // Five failures in a row open the breaker (one request and three retries, then
     // one more); later syncs fail fast without asking Harbor. One more request is
     // allowed should the machine be so slow that the cool-down ended meanwhile.
     assert_eq!(per_sync[..2], [4, 1], "{per_sync:?}");
     assert!(
-        harbor_requests(&sandbox) - before <= 6,
+        harbor_requests(sandbox) - before <= 6,
         "requests per sync: {per_sync:?}"
     );
     let connectors = app.get_json("/admin/connectors", ADMIN_TOKEN).await;
@@ -101,14 +106,12 @@ async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and
     sandbox
         .set_faults(Institution::Harbor, Faults::default())
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while sync(&app, harbor).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Harbor's syncs never recovered"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_until(
+        "Harbor's syncs to recover",
+        Duration::from_secs(60),
+        || async { sync(&app, harbor).await.is_ok() },
+    )
+    .await;
     let connectors = app.get_json("/admin/connectors", ADMIN_TOKEN).await;
     let harbor_summary = connectors
         .as_array()
@@ -123,11 +126,14 @@ async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and
 
 #[tokio::test]
 async fn after_a_429_with_retry_after_no_worker_asks_the_institution_before_it_said() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let prefix = RedisPrefix(unique("finsync_test"));
-    let app = TestApp::spawn(settings(&db, Some(&prefix.0), &sandbox), true).await;
-    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let app = TestApp::builder()
+        .postgres()
+        .redis()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let tenant = app.tenant();
     let alice = app
         .link_and_sync_at(tenant.id, "demo-alice", "harbor")
         .await;
@@ -157,7 +163,7 @@ async fn after_a_429_with_retry_after_no_worker_asks_the_institution_before_it_s
                 .unwrap()
         }
     });
-    let limited = crate::support::eventually("Harbor's 429", Duration::from_secs(60), || async {
+    let limited = eventually("Harbor's 429", Duration::from_secs(60), || async {
         sandbox
             .arrivals(Institution::Harbor)
             .into_iter()

@@ -4,20 +4,22 @@
 use finsync::domain::{ConnectionStatus, UserId};
 use finsync::store::TokenColumns;
 use finsync::sync::{SyncConnection, scheduler};
-use finsync_sandbox::SandboxConfig;
 use serde_json::json;
 
-use crate::support::{ADMIN_TOKEN, Backend, TestApp, TestDb, settings, spawn_sandbox};
+use crate::support::{ADMIN_TOKEN, Backend, TestApp, wait_until};
 
 #[tokio::test]
 async fn two_schedulers_enqueue_a_due_connection_once() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-        let db = TestDb::new(backend).await;
         // No workers: enqueued jobs stay in the queue where the test can count them.
-        let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+        let app = TestApp::builder()
+            .backend(backend)
+            .workers(false)
+            .tenant("advisor")
+            .build()
+            .await;
         let ctx = &app.app.ctx;
-        let (tenant, _) = ctx.store.create_tenant("advisor").await.unwrap();
+        let tenant = app.tenant();
         let mut due = Vec::new();
         for user in ["u1", "u2", "u3"] {
             let connection = ctx
@@ -74,11 +76,9 @@ async fn two_schedulers_enqueue_a_due_connection_once() {
 /// interval set through the admin API, in that order of precedence.
 #[tokio::test]
 async fn a_connection_or_its_connector_can_set_its_own_sync_interval() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let connection = app.link_and_sync(tenant.id, "demo-alice").await;
     let http = finsync::http::client();
     let url = format!("{}/admin/connections/{connection}", app.address);
@@ -148,11 +148,13 @@ async fn a_connection_or_its_connector_can_set_its_own_sync_interval() {
 #[tokio::test]
 async fn history_past_its_retention_is_deleted_and_what_is_still_to_do_stays() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+        let app = TestApp::builder()
+            .backend(backend)
+            .tenant("advisor")
+            .build()
+            .await;
         let ctx = &app.app.ctx;
-        let (tenant, _) = ctx.store.create_tenant("advisor").await.unwrap();
+        let tenant = app.tenant();
         let connection = app.link_and_sync(tenant.id, "demo-alice").await;
         assert_eq!(ctx.store.runs(connection).await.unwrap().len(), 1);
         let later = SyncConnection {
@@ -168,19 +170,18 @@ async fn history_past_its_retention_is_deleted_and_what_is_still_to_do_stays() {
 
         // The link's job is marked done just after its run ends, and SQLite keeps
         // that time in whole seconds: purge until it is past too.
-        let mut purged = scheduler::Purged::default();
-        for _ in 0..40 {
+        let (runs, jobs) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        let what = format!("{backend:?}: the link's job to be purged");
+        wait_until(&what, std::time::Duration::from_secs(10), || async {
             let now = scheduler::purge_history(ctx, chrono::Utc::now())
                 .await
                 .unwrap();
-            purged.runs += now.runs;
-            purged.jobs += now.jobs;
-            if purged.jobs > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
-        assert_eq!((purged.runs, purged.jobs), (1, 1), "{backend:?}");
+            runs.set(runs.get() + now.runs);
+            jobs.set(jobs.get() + now.jobs);
+            jobs.get() > 0
+        })
+        .await;
+        assert_eq!((runs.get(), jobs.get()), (1, 1), "{backend:?}");
         assert!(ctx.store.runs(connection).await.unwrap().is_empty());
         assert_eq!(
             ctx.queue.waiting_for(connection, "sync").await.unwrap(),

@@ -11,10 +11,11 @@ use std::time::Duration;
 use finsync::app::config::Settings;
 use finsync::app::startup::App;
 use finsync::domain::{ConnectionId, Snapshot, TenantId, UserId};
+use finsync::store::ApiKey;
 use finsync_sandbox::{self as sandbox, Sandbox, SandboxConfig};
 use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, Database};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -189,19 +190,241 @@ pub fn base_settings(db: &TestDb, redis_prefix: Option<&str>) -> Settings {
     settings
 }
 
+/// How often [`eventually`] looks again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Polls `check` until it returns `Some(value)` and returns that value; fails the
+/// test, naming `what`, if `deadline` passes first. The one place tests wait.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`eventually`] for a condition with nothing to return.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(what, deadline, || {
+        let done = check();
+        async move { done.await.then_some(()) }
+    })
+    .await
+}
+
+/// The tenant a [`TestAppBuilder`] created, with its API key.
+pub struct TestTenant {
+    pub id: TenantId,
+    pub key: ApiKey,
+}
+
+impl TestTenant {
+    /// The API key as a bearer token.
+    pub fn bearer(&self) -> &str {
+        self.key.0.expose_secret()
+    }
+}
+
+/// A change to a test's settings.
+type Tweak<'a> = Box<dyn FnOnce(&mut Settings) + 'a>;
+
+/// Builds a [`TestApp`] with everything a test needs: its own database, a sandbox,
+/// settings pointing at them, and optionally a tenant with its key.
+#[must_use]
+pub struct TestAppBuilder<'a> {
+    sandbox: Option<SandboxConfig>,
+    backend: Backend,
+    workers: bool,
+    redis: bool,
+    tweaks: Vec<Tweak<'a>>,
+    tenant: Option<String>,
+    expect_failed_jobs: bool,
+}
+
+impl<'a> TestAppBuilder<'a> {
+    /// The sandbox's configuration (default: [`SandboxConfig::default`]).
+    pub fn sandbox(mut self, config: SandboxConfig) -> Self {
+        self.sandbox = Some(config);
+        self
+    }
+
+    /// No sandbox: the test brings its own institutions.
+    pub fn without_sandbox(mut self) -> Self {
+        self.sandbox = None;
+        self
+    }
+
+    /// A PostgreSQL database of its own (the fleet's deployment).
+    pub fn postgres(mut self) -> Self {
+        self.backend = Backend::Postgres;
+        self
+    }
+
+    /// An SQLite file of its own (the embedded deployment; the default).
+    pub fn sqlite(mut self) -> Self {
+        self.backend = Backend::Sqlite;
+        self
+    }
+
+    /// [`Self::sqlite`] or [`Self::postgres`], for a test that runs on both.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Whether the app runs its sync workers (default: yes).
+    pub fn workers(mut self, workers: bool) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// Redis under a key prefix of this test's own, deleted when the app drops
+    /// (default: no Redis).
+    pub fn redis(mut self) -> Self {
+        self.redis = true;
+        self
+    }
+
+    /// Changes the settings after the builder has filled them in.
+    pub fn with(mut self, tweak: impl FnOnce(&mut Settings) + 'a) -> Self {
+        self.tweaks.push(Box::new(tweak));
+        self
+    }
+
+    /// Creates a tenant named `name` with an API key.
+    pub fn tenant(mut self, name: &str) -> Self {
+        self.tenant = Some(name.to_owned());
+        self
+    }
+
+    /// The test makes syncs fail on purpose: dropping the app does not check for
+    /// failed runs.
+    pub fn expect_failed_jobs(mut self) -> Self {
+        self.expect_failed_jobs = true;
+        self
+    }
+
+    pub async fn build(self) -> TestApp {
+        let sandbox = match self.sandbox {
+            Some(config) => Some(spawn_sandbox(config).await),
+            None => None,
+        };
+        let db = TestDb::new(self.backend).await;
+        let redis = self.redis.then(|| RedisPrefix(unique("finsync_test")));
+        let prefix = redis.as_ref().map(|r| r.0.as_str());
+        let mut settings = match &sandbox {
+            Some(sandbox) => settings(&db, prefix, sandbox),
+            None => base_settings(&db, prefix),
+        };
+        for tweak in self.tweaks {
+            tweak(&mut settings);
+        }
+        let mut app = TestApp::spawn(settings, self.workers).await;
+        if let Some(name) = self.tenant {
+            let (record, key) = app.app.ctx.store.create_tenant(&name).await.unwrap();
+            app.tenant = Some(TestTenant { id: record.id, key });
+        }
+        app.expect_failed_jobs = self.expect_failed_jobs;
+        // The check on drop reads the test's database directly, not through
+        // whatever the settings route the app's connections through.
+        app.database_url = db.url.clone();
+        app.sandbox = sandbox;
+        app.db = Some(db);
+        app.redis = redis;
+        app
+    }
+}
+
 /// An app serving its API on 127.0.0.1:0 with workers running, stopped on drop.
+/// Dropping it fails the test if a sync failed that the test did not expect
+/// (see [`TestAppBuilder::expect_failed_jobs`]).
 pub struct TestApp {
     pub app: Arc<App>,
     pub address: String,
+    /// Set by the builder.
+    pub tenant: Option<TestTenant>,
     stop: watch::Sender<bool>,
+    database_url: String,
+    expect_failed_jobs: bool,
+    // Dropped after the check in `Drop`, in this order.
+    db: Option<TestDb>,
+    redis: Option<RedisPrefix>,
+    sandbox: Option<Sandbox>,
 }
 
 impl TestApp {
+    pub fn builder<'a>() -> TestAppBuilder<'a> {
+        TestAppBuilder {
+            sandbox: Some(SandboxConfig::default()),
+            backend: Backend::Sqlite,
+            workers: true,
+            redis: false,
+            tweaks: Vec::new(),
+            tenant: None,
+            expect_failed_jobs: false,
+        }
+    }
+
+    /// The builder's tenant.
+    pub fn tenant(&self) -> &TestTenant {
+        self.tenant.as_ref().expect("built with .tenant(name)")
+    }
+
+    /// The builder's sandbox.
+    pub fn sandbox(&self) -> &Sandbox {
+        self.sandbox.as_ref().expect("built with a sandbox")
+    }
+
+    /// The builder's database.
+    pub fn db(&self) -> &TestDb {
+        self.db.as_ref().expect("built by the builder")
+    }
+
+    /// Stops the builder's sandbox, as an institution going away would.
+    pub async fn shutdown_sandbox(&mut self) {
+        self.sandbox
+            .take()
+            .expect("built with a sandbox")
+            .shutdown()
+            .await;
+    }
+
+    /// Stops the app and hands back its database and sandbox, for a test that
+    /// starts the same deployment again.
+    pub fn into_parts(mut self) -> (TestDb, Sandbox) {
+        let db = self.db.take().expect("built by the builder");
+        let sandbox = self.sandbox.take().expect("built with a sandbox");
+        (db, sandbox)
+    }
+
+    /// For an app from [`Self::spawn`] whose test makes syncs fail on purpose.
+    pub fn expecting_failed_jobs(mut self) -> Self {
+        self.expect_failed_jobs = true;
+        self
+    }
+
+    /// An app on settings the test made itself, sharing a database with others;
+    /// prefer [`Self::builder`].
     pub async fn spawn(mut settings: Settings, workers: bool) -> Self {
         capture_logs();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         settings.server.public_url = url::Url::parse(&format!("{address}/")).unwrap();
+        let database_url = settings.database.url.expose_secret().to_owned();
         let app = Arc::new(App::build(settings).await.unwrap());
         let (stop, stopped) = watch::channel(false);
         let until = move || {
@@ -220,7 +443,17 @@ impl TestApp {
                 async move { app.run_workers(2, shutdown).await }
             });
         }
-        Self { app, address, stop }
+        Self {
+            app,
+            address,
+            tenant: None,
+            stop,
+            database_url,
+            expect_failed_jobs: false,
+            db: None,
+            redis: None,
+            sandbox: None,
+        }
     }
 
     /// Links a user at Meridian over HTTP (authorize → redirect → callback) and waits
@@ -276,7 +509,81 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        if self.expect_failed_jobs || std::thread::panicking() {
+            return;
+        }
+        let failed = failed_runs(self.database_url.clone());
+        assert!(
+            failed.is_empty(),
+            "syncs or jobs failed that the test did not expect (build the app with \
+             .expect_failed_jobs() if it makes them fail on purpose):\n{}",
+            failed.join("\n")
+        );
     }
+}
+
+/// The runs in `sync_runs` that failed, and the jobs apalis holds as failed, one
+/// line each. Every sync, whoever asked for it, records its run there when it ends,
+/// while apalis records a job's end late and in batches: the runs are the reliable
+/// record, the jobs a second look.
+fn failed_runs(database_url: String) -> Vec<String> {
+    // Drop runs inside the test's runtime: query on a thread with a runtime of its own.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let db = Database::connect(&database_url)
+                .await
+                .expect("the test database is reachable");
+            let rows = db
+                .query_all_raw(sea_orm::Statement::from_string(
+                    db.get_database_backend(),
+                    "SELECT connection_id, idempotency_key, error FROM sync_runs \
+                     WHERE outcome = 'failed' ORDER BY started_at",
+                ))
+                .await
+                .expect("sync_runs is readable");
+            let mut failed: Vec<String> = rows
+                .iter()
+                .map(|row| {
+                    let connection: String = row.try_get("", "connection_id").unwrap();
+                    let key: String = row.try_get("", "idempotency_key").unwrap();
+                    let error: Option<String> = row.try_get("", "error").unwrap();
+                    format!("run {connection} {key}: {}", error.unwrap_or_default())
+                })
+                .collect();
+            // A job can also fail without a failed run: a panic before its run is
+            // closed, or a token refresh (which has no run). apalis may not have
+            // recorded the latest attempts yet, so this can miss one, never invent one.
+            let jobs = match db.get_database_backend() {
+                sea_orm::DbBackend::Postgres => "apalis.jobs",
+                _ => "Jobs",
+            };
+            let rows = db
+                .query_all_raw(sea_orm::Statement::from_string(
+                    db.get_database_backend(),
+                    format!(
+                        "SELECT CAST(id AS TEXT) AS id, status, CAST(last_result AS TEXT) AS result \
+                         FROM {jobs} \
+                         WHERE status IN ('Failed', 'Killed') ORDER BY id"
+                    ),
+                ))
+                .await
+                .expect("the job table is readable");
+            failed.extend(rows.iter().map(|row| {
+                let id: String = row.try_get("", "id").unwrap();
+                let status: String = row.try_get("", "status").unwrap();
+                let result: Option<String> = row.try_get("", "result").unwrap();
+                format!("job {id} {status}: {}", result.unwrap_or_default())
+            }));
+            let _ = db.close().await;
+            failed
+        })
+    })
+    .join()
+    .expect("the check of failed runs ran")
 }
 
 /// Decimal text with the other sign, every digit kept; zero stays unsigned.
@@ -573,46 +880,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `check` every 25 ms until it yields a value; fails the test, naming
-/// `what`, when `within` has passed without one. Tests wait for a positive signal
-/// this way, never for a fixed time.
-pub async fn eventually<T, Fut>(what: &str, within: Duration, mut check: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Waits until nothing is pending, running or retrying on the queue: every job
-/// asked for so far has run and settled, so none of them can still act.
-pub async fn queue_settled(app: &App) {
-    eventually("the queue to settle", Duration::from_secs(30), || async {
-        (app.ctx.queue.depth().await.unwrap() == 0).then_some(())
-    })
-    .await;
-}
-
 pub async fn wait_ready(url: &str) {
     let http = finsync::http::client();
-    for _ in 0..300 {
-        if let Ok(r) = http.get(url).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{url} never became ready");
+    wait_until(
+        &format!("{url} to be ready"),
+        Duration::from_secs(30),
+        || async {
+            http.get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await;
 }
 
 /// Environment for a separate `finsync` process of this test's deployment.

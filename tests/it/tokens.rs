@@ -14,8 +14,8 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::support::{
-    ADMIN_TOKEN, Backend, TestApp, TestDb, VAULT_KEY, assert_matches_sandbox, finsync, process_env,
-    settings, spawn, spawn_sandbox,
+    ADMIN_TOKEN, TestApp, VAULT_KEY, assert_matches_sandbox, eventually, finsync, process_env,
+    spawn, wait_until,
 };
 
 fn sandbox_config(ttl_secs: u64) -> SandboxConfig {
@@ -40,27 +40,6 @@ pub(crate) async fn open_token(app: &TestApp, connection: ConnectionId, field: &
         .to_owned()
 }
 
-/// Waits until the connection's stored access token has expired (the sandbox's
-/// lifetime here is a second).
-async fn access_token_expired(app: &TestApp, connection: ConnectionId) {
-    let expires_at = app
-        .app
-        .ctx
-        .store
-        .connection(connection)
-        .await
-        .unwrap()
-        .tokens
-        .access_token_expires_at
-        .expect("an access token with an expiry");
-    crate::support::eventually(
-        "the access token to expire",
-        Duration::from_secs(30),
-        || async { (chrono::Utc::now() >= expires_at).then_some(()) },
-    )
-    .await;
-}
-
 async fn link(app: &TestApp, tenant: TenantId, user: &str) -> ConnectionId {
     let user = UserId::parse(user).unwrap();
     app.app
@@ -70,29 +49,45 @@ async fn link(app: &TestApp, tenant: TenantId, user: &str) -> ConnectionId {
         .unwrap()
 }
 
+/// Waits until the connection's access token has expired. Expiry is the passing of
+/// time, so this polls the clock against the expiry finsync stored.
+async fn access_token_expired(app: &TestApp, connection: ConnectionId) {
+    let record = app.app.ctx.store.connection(connection).await.unwrap();
+    let expires_at = record.tokens.access_token_expires_at.unwrap();
+    wait_until(
+        "the access token to expire",
+        Duration::from_secs(30),
+        || async { chrono::Utc::now() > expires_at },
+    )
+    .await;
+}
+
 /// Waits until the connection's status or last failure says the sync is over.
 async fn wait_for<F: Fn(&finsync::store::ConnectionRecord) -> bool>(
     app: &TestApp,
     id: ConnectionId,
     done: F,
 ) {
-    for _ in 0..600 {
-        if done(&app.app.ctx.store.connection(id).await.unwrap()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for connection {id}");
+    wait_until(
+        &format!("connection {id}"),
+        Duration::from_secs(30),
+        || async { done(&app.app.ctx.store.connection(id).await.unwrap()) },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn fifty_syncs_and_fifty_token_requests_across_processes_refresh_once() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
     // This process links the user and asks for tokens; two worker processes sync.
-    let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+    let app = TestApp::builder()
+        .postgres()
+        .workers(false)
+        .tenant("advisor")
+        .build()
+        .await;
+    let (sandbox, db) = (app.sandbox(), app.db());
     let ctx = app.app.ctx.clone();
-    let (tenant, _) = ctx.store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let connection = link(&app, tenant.id, "demo-alice").await;
     // The stored access token has expired (as far as finsync knows).
     use sea_orm::{ConnectionTrait, Statement};
@@ -110,7 +105,7 @@ async fn fifty_syncs_and_fifty_token_requests_across_processes_refresh_once() {
     assert!(stale.tokens.access_token_expires_at.unwrap() < chrono::Utc::now());
     let before = sandbox.stats().refreshes;
 
-    let env = process_env(&db, &sandbox.base_url());
+    let env = process_env(db, &sandbox.base_url());
     let _w1 = spawn(
         "worker-1",
         finsync(&env).args(["worker", "--concurrency", "4"]),
@@ -157,13 +152,10 @@ async fn fifty_syncs_and_fifty_token_requests_across_processes_refresh_once() {
     );
 
     // Every job ends done, none failed.
-    for _ in 0..1200 {
-        if ctx.queue.depth().await.unwrap() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(ctx.queue.depth().await.unwrap(), 0, "all jobs finished");
+    wait_until("all jobs to finish", Duration::from_secs(60), || async {
+        ctx.queue.depth().await.unwrap() == 0
+    })
+    .await;
     let failed = ctx
         .store
         .db()
@@ -237,13 +229,17 @@ async fn a_crash_between_rotation_and_commit_is_survived_within_the_grace_period
         refresh_grace: Duration::from_secs(120),
         ..sandbox_config(1)
     };
-    let sandbox = spawn_sandbox(config).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
-    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let app = TestApp::builder()
+        .sandbox(config)
+        .sqlite()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let tenant = app.tenant();
     let connection = app.link_and_sync(tenant.id, "demo-bob").await;
     rotate_behind_our_back(
-        &sandbox,
+        sandbox,
         &open_token(&app, connection, "refresh_token").await,
     )
     .await;
@@ -270,14 +266,20 @@ async fn a_crash_between_rotation_and_commit_is_survived_within_the_grace_period
 
 #[tokio::test]
 async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_relink_repairs_it() {
-    let sandbox = spawn_sandbox(sandbox_config(1)).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder()
+        .expect_failed_jobs()
+        .sandbox(sandbox_config(1))
+        .sqlite()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
     let store = app.app.ctx.store.clone();
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let connection = app.link_and_sync(tenant.id, "demo-bob").await;
     rotate_behind_our_back(
-        &sandbox,
+        sandbox,
         &open_token(&app, connection, "refresh_token").await,
     )
     .await;
@@ -304,8 +306,11 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
     );
     assert!(record.last_failure_at.is_some());
     // No retry storm: the refused grant is tried once, and nothing schedules more.
-    // Once the queue has settled, no job is left that could try it again.
-    crate::support::queue_settled(&app.app).await;
+    // Once the queue holds nothing still to do (no retry waiting), no more can come.
+    wait_until("the queue to settle", Duration::from_secs(60), || async {
+        app.app.ctx.queue.depth().await.unwrap() == 0
+    })
+    .await;
     assert_eq!(sandbox.stats().refreshes_rejected, 1);
     assert_eq!(scheduler::tick(&app.app.ctx).await.unwrap(), 0);
 
@@ -353,12 +358,15 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
 
 #[tokio::test]
 async fn tokens_are_refreshed_in_the_background_before_they_expire() {
-    let sandbox = spawn_sandbox(sandbox_config(4)).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    settings.tokens.refresh_at_fraction = 0.25; // due after one second
-    let app = TestApp::spawn(settings, true).await;
-    let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+    let app = TestApp::builder()
+        .sandbox(sandbox_config(4))
+        .sqlite()
+        .with(|settings| settings.tokens.refresh_at_fraction = 0.25) // due after one second
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let tenant = app.tenant();
     let connection = app.link_and_sync(tenant.id, "demo-carol").await;
     let first = app
         .app
@@ -373,16 +381,13 @@ async fn tokens_are_refreshed_in_the_background_before_they_expire() {
         0,
         "nothing is due yet"
     );
-    crate::support::eventually("the refresh to fall due", Duration::from_secs(10), || {
-        let due = first.refresh_due_at.unwrap();
-        async move { (chrono::Utc::now() >= due).then_some(()) }
+    // Due one second in: tick until the scheduler finds it.
+    let due = eventually("the refresh to be due", Duration::from_secs(30), || async {
+        let due = scheduler::tick(&app.app.ctx).await.unwrap();
+        (due > 0).then_some(due)
     })
     .await;
-    assert_eq!(
-        scheduler::tick(&app.app.ctx).await.unwrap(),
-        1,
-        "the refresh is due"
-    );
+    assert_eq!(due, 1, "the refresh is due");
     wait_for(&app, connection, |c| {
         c.tokens.access_token_expires_at > first.access_token_expires_at
     })
@@ -430,14 +435,16 @@ async fn unusual_token_responses_work_through_connector_settings() {
         },
     ];
     for quirk in quirks {
-        let sandbox = spawn_sandbox(SandboxConfig {
-            token_quirks: quirk,
-            ..sandbox_config(1800)
-        })
-        .await;
-        let db = TestDb::new(Backend::Sqlite).await;
-        let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
-        let (tenant, _) = app.app.ctx.store.create_tenant("advisor").await.unwrap();
+        let app = TestApp::builder()
+            .sandbox(SandboxConfig {
+                token_quirks: quirk,
+                ..sandbox_config(1800)
+            })
+            .sqlite()
+            .tenant("advisor")
+            .build()
+            .await;
+        let tenant = app.tenant();
         let connection = app.link_and_sync(tenant.id, "demo-alice").await;
         let record = app.app.ctx.store.connection(connection).await.unwrap();
         let lifetime = record.tokens.access_token_expires_at.unwrap() - chrono::Utc::now();
@@ -455,11 +462,15 @@ async fn unusual_token_responses_work_through_connector_settings() {
 
 #[tokio::test]
 async fn disconnecting_revokes_at_the_institution_and_deletes_tokens_and_data() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
     let store = app.app.ctx.store.clone();
-    let (tenant, key) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
+    let key = &tenant.key;
     let connection = app.link_and_sync(tenant.id, "demo-alice").await;
     let refresh = open_token(&app, connection, "refresh_token").await;
 
@@ -550,11 +561,9 @@ async fn disconnecting_revokes_at_the_institution_and_deletes_tokens_and_data() 
 
 #[tokio::test]
 async fn rotating_the_vault_key_reseals_every_token() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let store = app.app.ctx.store.clone();
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let connection = app.link_and_sync(tenant.id, "demo-carol").await;
     let token = open_token(&app, connection, "access_token").await;
 
@@ -609,15 +618,19 @@ fn production_without_a_vault_key_refuses_to_start() {
 
 #[tokio::test]
 async fn the_rotate_key_command_reseals_under_the_new_key() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let db = app.db();
     let store = app.app.ctx.store.clone();
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let connection = app.link_and_sync(tenant.id, "demo-bob").await;
 
     let new_key = Vault::generate_key();
-    let mut env = process_env(&db, &sandbox.base_url());
+    let mut env = process_env(db, &sandbox.base_url());
     env.retain(|(k, _)| *k != "FINSYNC__VAULT__KEY");
     env.push(("FINSYNC__VAULT__KEY", new_key.expose_secret().to_owned()));
     env.push(("FINSYNC__VAULT__PREVIOUS_KEYS", VAULT_KEY.to_owned()));
@@ -651,14 +664,11 @@ async fn the_rotate_key_command_reseals_under_the_new_key() {
 
 #[tokio::test]
 async fn a_refresh_that_cannot_reach_the_institution_is_transient_and_keeps_the_tokens() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let mut app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let store = app.app.ctx.store.clone();
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
-    let connection = app.link_and_sync(tenant.id, "demo-carol").await;
+    let connection = app.link_and_sync(app.tenant().id, "demo-carol").await;
     let stale = store.connection(connection).await.unwrap();
-    sandbox.shutdown().await;
+    app.shutdown_sandbox().await;
 
     // The refresh is retried with backoff, then reported as a transient failure.
     let error = app
@@ -688,11 +698,15 @@ async fn a_refresh_that_cannot_reach_the_institution_is_transient_and_keeps_the_
 async fn an_expired_consent_asks_the_user_to_link_again() {
     use finsync::store::entities::connection as row;
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), false).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .workers(false)
+        .tenant("advisor")
+        .build()
+        .await;
+    let _db = app.db();
     let store = app.app.ctx.store.clone();
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let connection = link(&app, tenant.id, "demo-alice").await;
     let consent = store.connection(connection).await.unwrap().consent;
     let lifetime = consent.expires_at.unwrap() - consent.granted_at.unwrap();

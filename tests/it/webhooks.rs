@@ -24,14 +24,13 @@ use finsync::webhooks::outbound::{
     self, DELIVERY_HEADER, Deliverer, DeliveryPolicy, EVENT_HEADER, EventData, Registered,
     SIGNATURE_HEADER, VerifyError, WebhookError, WebhookEvent,
 };
-use finsync_sandbox::SandboxConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::support::{
-    Backend, TestApp, TestDb, VAULT_KEY, captured_logs, dump_database, settings, spawn_sandbox,
+    Backend, TestApp, TestDb, VAULT_KEY, captured_logs, dump_database, eventually,
 };
 use crate::tokens::{open_token, rotate_behind_our_back};
 
@@ -165,7 +164,8 @@ async fn settled(
     event: WebhookEvent,
     count: usize,
 ) -> Vec<WebhookDelivery> {
-    for _ in 0..600 {
+    let what = format!("{count} settled {event} deliveries to {endpoint}");
+    eventually(&what, Duration::from_secs(30), || async {
         let mut found: Vec<WebhookDelivery> = store
             .webhook_deliveries(DeliveryQuery {
                 tenant: None,
@@ -179,11 +179,11 @@ async fn settled(
             .collect();
         if found.len() >= count && found.iter().all(|d| d.status != DeliveryStatus::Pending) {
             found.reverse();
-            return found;
+            return Some(found);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{count} settled {event} deliveries to {endpoint} never appeared");
+        None
+    })
+    .await
 }
 
 fn requests_for(receiver: &Receiver, delivery: WebhookDeliveryId) -> Vec<Received> {
@@ -233,11 +233,14 @@ fn check_request(request: &Received, delivery: &WebhookDelivery, secret: &Secret
 
 #[tokio::test]
 async fn a_sync_sends_a_signed_sync_completed_event_to_subscribed_endpoints_only() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    quick_webhooks(&mut settings, 3);
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .with(|settings| {
+            quick_webhooks(settings, 3);
+        })
+        .build()
+        .await;
+    let sandbox = app.sandbox();
     let _delivering = start_delivering(app.app.webhooks.clone());
     let store = app.app.ctx.store.clone();
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
@@ -337,11 +340,13 @@ async fn a_sync_sends_a_signed_sync_completed_event_to_subscribed_endpoints_only
 
 #[tokio::test]
 async fn a_failing_receiver_is_retried_with_backoff_until_it_answers_or_attempts_run_out() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    quick_webhooks(&mut settings, 4);
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .with(|settings| {
+            quick_webhooks(settings, 4);
+        })
+        .build()
+        .await;
     let _delivering = start_delivering(app.app.webhooks.clone());
     let store = app.app.ctx.store.clone();
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
@@ -591,11 +596,16 @@ async fn several_delivery_loops_send_each_delivery_exactly_once() {
 async fn a_connection_needing_reauth_and_its_repair_are_announced() {
     use finsync::store::entities::connection as row;
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    quick_webhooks(&mut settings, 3);
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .expect_failed_jobs()
+        .sqlite()
+        .with(|settings| {
+            quick_webhooks(settings, 3);
+        })
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let _db = app.db();
     let _delivering = start_delivering(app.app.webhooks.clone());
     let store = app.app.ctx.store.clone();
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
@@ -617,7 +627,7 @@ async fn a_connection_needing_reauth_and_its_repair_are_announced() {
         .await
         .unwrap();
     rotate_behind_our_back(
-        &sandbox,
+        sandbox,
         &open_token(&app, connection, "refresh_token").await,
     )
     .await;
@@ -667,11 +677,15 @@ async fn a_connection_needing_reauth_and_its_repair_are_announced() {
 async fn a_refused_background_refresh_and_an_expired_consent_announce_reauth_required() {
     use finsync::store::entities::connection as row;
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut settings = settings(&db, None, &sandbox);
-    quick_webhooks(&mut settings, 3);
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .sqlite()
+        .with(|settings| {
+            quick_webhooks(settings, 3);
+        })
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let _db = app.db();
     let _delivering = start_delivering(app.app.webhooks.clone());
     let store = app.app.ctx.store.clone();
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();
@@ -687,7 +701,7 @@ async fn a_refused_background_refresh_and_an_expired_consent_announce_reauth_req
     let expired = app.link_and_sync(tenant.id, "demo-carol").await;
 
     // The background refresh finds its refresh token rotated away.
-    rotate_behind_our_back(&sandbox, &open_token(&app, refused, "refresh_token").await).await;
+    rotate_behind_our_back(sandbox, &open_token(&app, refused, "refresh_token").await).await;
     let record = store.connection(refused).await.unwrap();
     finsync::sync::refresh::run(
         app.app.ctx.clone(),
@@ -747,11 +761,13 @@ async fn a_refused_background_refresh_and_an_expired_consent_announce_reauth_req
 
 #[tokio::test]
 async fn signing_secrets_are_sealed_at_rest_and_never_logged() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut settings = settings(&db, None, &sandbox);
-    quick_webhooks(&mut settings, 3);
-    let app = TestApp::spawn(settings, true).await;
+    let app = TestApp::builder()
+        .postgres()
+        .with(|settings| {
+            quick_webhooks(settings, 3);
+        })
+        .build()
+        .await;
     let _delivering = start_delivering(app.app.webhooks.clone());
     let store = app.app.ctx.store.clone();
     let (tenant, _) = store.create_tenant("advisor").await.unwrap();

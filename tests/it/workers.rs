@@ -11,18 +11,22 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use crate::support::{
-    ADMIN_TOKEN, Backend, RedisPrefix, TestApp, TestDb, assert_matches_sandbox, finsync, free_port,
-    link_through_api, process_env, redis_url, settings, spawn, spawn_sandbox,
-    spawn_sandbox_process, unique, wait_ready,
+    ADMIN_TOKEN, Backend, RedisPrefix, TestApp, TestDb, assert_matches_sandbox, eventually,
+    finsync, free_port, link_through_api, process_env, redis_url, spawn, spawn_sandbox_process,
+    unique, wait_ready, wait_until,
 };
 
 #[tokio::test]
 async fn a_job_that_keeps_stopping_its_worker_is_parked_with_the_reason() {
-    let sandbox = spawn_sandbox(SandboxConfig::default()).await;
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(settings(&db, None, &sandbox), true).await;
+    let app = TestApp::builder()
+        .expect_failed_jobs()
+        .sqlite()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
     let store = &app.app.ctx.store;
-    let (tenant, _) = store.create_tenant("advisor").await.unwrap();
+    let tenant = app.tenant();
     let connection = app.link_and_sync(tenant.id, "demo-alice").await;
 
     // Two deliveries of a job died with their worker: the third runs, and the two
@@ -77,9 +81,25 @@ async fn a_job_that_keeps_stopping_its_worker_is_parked_with_the_reason() {
         .find(|r| r.idempotency_key == "test:poison" && r.error.as_deref() != Some(ABANDONED))
         .expect("the parked run");
     assert_eq!(parked.outcome, "failed");
-    // The job is done with: it does not come back. Once the queue has settled
-    // (nothing pending, running or retrying), nothing can bring it back.
-    crate::support::queue_settled(&app.app).await;
+    // The job is done with: it does not come back. A later job runs to the end
+    // first, proving the queue has moved past it.
+    let since = chrono::Utc::now();
+    let later = SyncConnection {
+        connection_id: connection,
+        idempotency_key: "test:after-poison".into(),
+    };
+    crate::support::request_sync(&app.app.ctx.queue, later).await;
+    app.wait_synced(connection, since).await;
+    let poisoned = |runs: &[finsync::store::entities::sync_run::Model]| {
+        runs.iter()
+            .filter(|r| r.idempotency_key == "test:poison")
+            .count()
+    };
+    assert_eq!(
+        poisoned(&store.runs(connection).await.unwrap()),
+        poisoned(&runs),
+        "the parked job ran again"
+    );
     assert_eq!(
         app.app
             .ctx
@@ -142,18 +162,23 @@ async fn a_sync_whose_worker_is_killed_runs_again_and_stores_a_clean_sync() {
         .await
         .unwrap();
     let connection = link["connection_id"].as_str().unwrap().parse().unwrap();
-    let mut started = false;
-    for _ in 0..300 {
-        let runs = store.runs(connection).await.unwrap();
-        if runs.iter().any(|r| r.outcome == "running") {
-            started = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The run is open: the worker is mid-sync (every Meridian request takes 700 ms,
-    // and the assertion below proves the kill came before the run ended).
-    assert!(started, "the first sync never started");
+    wait_until(
+        "the first sync to start",
+        Duration::from_secs(15),
+        || async {
+            let runs = store.runs(connection).await.unwrap();
+            runs.iter().any(|r| r.outcome == "running")
+        },
+    )
+    .await;
+    // Mid-sync: at least one slow (700 ms) request is in flight 300 ms after the run
+    // started. The sandbox runs as its own process and shows nothing in flight, so
+    // this waits on the clock, from the run's recorded start.
+    let started_at = store.runs(connection).await.unwrap()[0].started_at;
+    wait_until("300 ms into the sync", Duration::from_secs(10), || async {
+        chrono::Utc::now() >= started_at + chrono::Duration::milliseconds(300)
+    })
+    .await;
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
     assert!(
@@ -165,14 +190,13 @@ async fn a_sync_whose_worker_is_killed_runs_again_and_stores_a_clean_sync() {
         "worker-survivor",
         finsync(&env).args(["worker", "--concurrency", "1"]),
     );
-    let mut runs = Vec::new();
-    for _ in 0..1200 {
-        runs = store.runs(connection).await.unwrap();
-        if runs.iter().any(|r| r.outcome == "succeeded") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let runs = eventually("the job to run again", Duration::from_secs(120), || async {
+        let runs = store.runs(connection).await.unwrap();
+        runs.iter()
+            .any(|r| r.outcome == "succeeded")
+            .then_some(runs)
+    })
+    .await;
     assert!(
         runs.iter().any(|r| r.outcome == "succeeded"),
         "the job never ran again: {runs:?}"
