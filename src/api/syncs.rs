@@ -88,8 +88,10 @@ pub(super) async fn request_sync(
     State(state): State<ApiState>,
     tenant: Tenant,
     Path(user_id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     tenant.require(Scope::Sync)?;
+    no_body_fields(&body)?;
     let user = self::user_id(&user_id)?;
     let progress = requests::request(
         &state.env,
@@ -104,6 +106,28 @@ pub(super) async fn request_sync(
         other => ApiError::internal(other),
     })?;
     Ok(accepted(progress.into()))
+}
+
+/// The request takes no body: none, or an empty JSON object. Anything else is a
+/// mistake the caller should hear about rather than a sync started regardless.
+fn no_body_fields(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
+        Ok(fields) if fields.is_empty() => Ok(()),
+        Ok(fields) => Err(ApiError::invalid(format!(
+            "this request takes no body fields; got {}",
+            fields
+                .keys()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        Err(e) => Err(ApiError::invalid(format!(
+            "the body is not a JSON object (send none, or {{}}): {e}"
+        ))),
+    }
 }
 
 fn accepted(status: SyncStatus) -> Response {

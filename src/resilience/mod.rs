@@ -181,7 +181,7 @@ impl Resilience {
             if wait > max_wait {
                 return Err(Refusal::Wait(wait));
             }
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(wait + release_jitter(wait)).await;
         }
         Ok(Pass {
             institution: institution.to_owned(),
@@ -257,6 +257,21 @@ fn publish(institution: &str, state: BreakerState) {
         .set(state.gauge());
 }
 
+/// Extra wait for a request held by a long wait (a pause the institution asked
+/// for, a daily budget): up to a tenth of it, at most a second, so the requests
+/// held together do not all arrive in the same millisecond when it ends. Short
+/// waits (a per-second budget's spacing) get none: they are the budget's pace.
+fn release_jitter(wait: Duration) -> Duration {
+    if wait < JITTERED_FROM {
+        return Duration::ZERO;
+    }
+    let most = (wait / 10).min(Duration::from_secs(1));
+    most.mul_f64(rand::random::<f64>())
+}
+
+/// Waits from this long on are released with jitter.
+const JITTERED_FROM: Duration = Duration::from_millis(500);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +319,39 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    /// Requests held by one pause are released spread out, not all at once.
+    #[tokio::test(start_paused = true)]
+    async fn requests_held_by_a_pause_are_released_with_jitter() {
+        // No budget: only the pause holds the requests back.
+        let resilience = Resilience::local(POLICY);
+        let pass = resilience
+            .admit("busy", quota(0, 16), Duration::ZERO)
+            .await
+            .unwrap();
+        resilience
+            .settle(pass, Outcome::RateLimited(Some(Duration::from_secs(2))))
+            .await;
+        let asked = tokio::time::Instant::now();
+        let mut held = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let resilience = resilience.clone();
+            held.spawn(async move {
+                let pass = resilience
+                    .admit("busy", quota(0, 16), Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                let at = asked.elapsed();
+                resilience.settle(pass, Outcome::Answered).await;
+                at
+            });
+        }
+        let released: std::collections::BTreeSet<Duration> =
+            held.join_all().await.into_iter().collect();
+        assert!(released.iter().all(|at| *at >= Duration::from_secs(2)));
+        assert!(released.iter().all(|at| *at <= Duration::from_millis(2200)));
+        assert!(released.len() > 1, "all released at once: {released:?}");
     }
 
     #[tokio::test(start_paused = true)]

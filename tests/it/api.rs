@@ -814,3 +814,41 @@ async fn webhooks_cannot_point_at_the_internal_network() {
         log[0].last_error
     );
 }
+
+/// `POST /v1/users/{id}/sync` takes no body: a malformed or unexpected one is
+/// refused and starts nothing; none, or `{}`, is a request.
+#[tokio::test]
+async fn a_sync_request_with_a_body_it_does_not_take_is_refused_and_starts_nothing() {
+    let app = TestApp::builder().tenant("advisor").build().await;
+    let tenant = app.tenant();
+    app.link_and_sync(tenant.id, "demo-alice").await;
+    let post = |body: &'static str| {
+        finsync::http::client()
+            .post(format!("{}/v1/users/demo-alice/sync", app.address))
+            .bearer_auth(tenant.bearer())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for body in ["{oops", "[]", r#"{"connections": ["x"]}"#] {
+        let response = post(body).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(
+            answer["error"]["code"], "INVALID_REQUEST",
+            "{body}: {answer}"
+        );
+    }
+    let user = finsync::domain::UserId::parse("demo-alice").unwrap();
+    assert!(
+        app.app
+            .ctx
+            .store
+            .latest_sync_request(tenant.id, &user)
+            .await
+            .unwrap()
+            .is_none(),
+        "a refused request recorded nothing"
+    );
+    assert_eq!(post("{}").await.unwrap().status(), StatusCode::ACCEPTED);
+}
