@@ -42,6 +42,9 @@ pub enum EngineError {
     RateLimited { retry_after: Option<Duration> },
     #[error("the institution is unavailable: {0}")]
     Unavailable(String),
+    /// Unavailable, and it said for how long (`Retry-After` on a retry status).
+    #[error("the institution is unavailable (HTTP {status}) for {} s", retry_after.as_secs())]
+    UnavailableFor { status: u16, retry_after: Duration },
     #[error("the institution's response could not be read: {0}")]
     Unreadable(String),
     #[error("the institution rejected the request: HTTP {status}")]
@@ -53,7 +56,10 @@ pub enum EngineError {
 
 impl EngineError {
     fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::RateLimited { .. })
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::UnavailableFor { .. } | Self::RateLimited { .. }
+        )
     }
 }
 
@@ -471,7 +477,9 @@ impl Engine {
                 .send(connector, endpoint, url, page_params, token)
                 .await;
             let outcome = match &result {
-                Err(EngineError::Unavailable(_)) => Outcome::Unavailable,
+                Err(EngineError::Unavailable(_) | EngineError::UnavailableFor { .. }) => {
+                    Outcome::Unavailable
+                }
                 Err(EngineError::RateLimited { retry_after }) => Outcome::RateLimited(*retry_after),
                 _ => Outcome::Answered,
             };
@@ -483,8 +491,11 @@ impl Engine {
             // While the breaker is not closed a retry would only be refused or add load.
             .when(|error| error.is_transient() && self.resilience.is_closed(&connector.id))
             .adjust(|error, planned| match error {
-                EngineError::RateLimited { retry_after: Some(wait) } if *wait > MAX_RETRY_AFTER => None,
-                EngineError::RateLimited { retry_after: Some(wait) } => Some(*wait),
+                EngineError::RateLimited { retry_after: Some(wait) }
+                | EngineError::UnavailableFor { retry_after: wait, .. }
+                    if *wait > MAX_RETRY_AFTER => None,
+                EngineError::RateLimited { retry_after: Some(wait) }
+                | EngineError::UnavailableFor { retry_after: wait, .. } => Some(*wait),
                 _ => planned,
             })
             .notify(|error, wait| {
@@ -639,7 +650,13 @@ fn classify(
             retry_after: retry_after(headers, &spec.retry_after_header),
         }
     } else if spec.retry_statuses.contains(&status) || has_code(&spec.retry_codes) {
-        EngineError::Unavailable(format!("HTTP {status}"))
+        match retry_after(headers, &spec.retry_after_header) {
+            Some(retry_after) => EngineError::UnavailableFor {
+                status,
+                retry_after,
+            },
+            None => EngineError::Unavailable(format!("HTTP {status}")),
+        }
     } else {
         EngineError::Rejected { status }
     }

@@ -16,9 +16,10 @@ use crate::store::{
 use crate::tokens::TokenError;
 use crate::webhooks::outbound::{self, EventData, WebhookEvent};
 
-/// A transient failure is retried on the next schedule slot this much later,
-/// rather than at once.
-const RETRY_LATER: chrono::Duration = chrono::Duration::minutes(5);
+/// After a failed sync, the first retry comes this long later (then twice as long
+/// per failure in a row, never later than the connection's own interval), unless
+/// the institution said when to come back.
+const RETRY_FIRST: chrono::Duration = chrono::Duration::seconds(15);
 /// How long one sync may hold its connection; a crashed sync's lease expires.
 pub const LEASE: chrono::Duration = chrono::Duration::minutes(15);
 /// How long a sync that found its connection busy, or its connector not yet in
@@ -228,6 +229,7 @@ async fn leased_sync(
                     }
                 }
                 _ => {
+                    let retry_in = retry_in(ctx, &connection, &failure).await?;
                     ctx.store
                         .record_sync_failure(connection.id, &public)
                         .await?;
@@ -235,9 +237,13 @@ async fn leased_sync(
                         .claim_schedule(
                             connection.id,
                             connection.next_sync_at,
-                            Utc::now() + RETRY_LATER,
+                            Utc::now() + retry_in,
                         )
                         .await?;
+                    tracing::info!(
+                        retry_in_ms = retry_in.num_milliseconds(),
+                        "Next attempt scheduled."
+                    );
                 }
             }
             ctx.refresh_portfolio(&connection).await?;
@@ -252,6 +258,52 @@ async fn leased_sync(
             Ok(SyncOutcome::Failed)
         }
     }
+}
+
+/// When to try a failed sync again: when the institution said (its `Retry-After`,
+/// plus up to a tenth more so the connections it turned away do not all come back
+/// at once), else an exponential backoff with jitter from [`RETRY_FIRST`], doubling
+/// per failed run in a row; never later than the connection's own interval.
+async fn retry_in(
+    ctx: &Env,
+    connection: &ConnectionRecord,
+    failure: &Failure,
+) -> Result<chrono::Duration, StoreError> {
+    let interval = ctx.interval_for(connection);
+    let asked = match failure {
+        Failure::Engine(
+            EngineError::UnavailableFor { retry_after, .. }
+            | EngineError::RateLimited {
+                retry_after: Some(retry_after),
+            },
+        ) => chrono::Duration::from_std(*retry_after).ok(),
+        _ => None,
+    };
+    let wait = match asked {
+        Some(asked) => asked + asked / 10 * jitter_percent() / 100,
+        None => {
+            let since = connection
+                .last_synced_at
+                .unwrap_or(chrono::DateTime::UNIX_EPOCH);
+            let failed_before = ctx
+                .store
+                .runs_since(connection.id, since)
+                .await?
+                .iter()
+                .filter(|r| r.outcome == "failed")
+                .count();
+            let doublings = u32::try_from(failed_before).unwrap_or(u32::MAX).min(20);
+            let backoff = RETRY_FIRST * 2_i32.saturating_pow(doublings);
+            // Full jitter over the upper half: between half the backoff and all of it.
+            backoff / 2 + backoff / 2 * jitter_percent() / 100
+        }
+    };
+    Ok(wait.min(interval).max(chrono::Duration::seconds(1)))
+}
+
+/// A random whole percentage, 0 to 100.
+fn jitter_percent() -> i32 {
+    rand::random_range(0..=100)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -297,7 +349,8 @@ impl Failure {
             Self::Engine(EngineError::RateLimited { .. }) => {
                 "RATE_LIMITED: the institution asked us to slow down; retrying later".into()
             }
-            Self::Engine(EngineError::Unavailable(_)) | Self::Token(TokenError::Refresh(_)) => {
+            Self::Engine(EngineError::Unavailable(_) | EngineError::UnavailableFor { .. })
+            | Self::Token(TokenError::Refresh(_)) => {
                 "INSTITUTION_UNAVAILABLE: the institution could not be reached; retrying later"
                     .into()
             }

@@ -348,3 +348,67 @@ async fn without_an_answer_from_redis_each_worker_keeps_the_budget_itself() {
         resilience.settle(pass, Outcome::Answered).await;
     }
 }
+
+/// After a failed sync the next attempt is scheduled on a backoff that starts well
+/// under a minute and doubles per failure in a row, or when the institution said
+/// (`Retry-After` on its 503), never a fixed five minutes later. Read from the
+/// scheduled times, not by waiting for them.
+#[tokio::test]
+async fn a_failed_sync_is_retried_on_a_backoff_or_when_the_institution_said() {
+    let app = TestApp::builder()
+        .with(|settings| {
+            // The breaker would answer for the institution after a few failures;
+            // here every failure must reach it.
+            settings.resilience.breaker_failures = 1000;
+        })
+        .tenant("advisor")
+        .expect_failed_jobs()
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let tenant = app.tenant();
+    let harbor = app
+        .link_and_sync_at(tenant.id, "demo-alice", "harbor")
+        .await;
+    let store = &app.app.ctx.store;
+    // Fails one sync; how long after the failure the next attempt is scheduled.
+    let fail_once = || async {
+        let reason = sync(&app, harbor).await.unwrap_err();
+        assert!(reason.starts_with("INSTITUTION_UNAVAILABLE"), "{reason}");
+        let record = store.connection(harbor).await.unwrap();
+        let failed_at = record.last_failure_at.unwrap();
+        (record.next_sync_at.unwrap() - failed_at).to_std().unwrap()
+    };
+    let between = |wait: Duration, low: u64, high: u64| {
+        assert!(
+            wait >= Duration::from_secs(low) && wait <= Duration::from_secs(high),
+            "next attempt {wait:?} after the failure, expected {low} to {high} s"
+        );
+    };
+
+    sandbox
+        .set_faults(
+            Institution::Harbor,
+            Faults {
+                error_rate: 1.0,
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    // 15 s with jitter over its upper half, then twice that.
+    between(fail_once().await, 7, 16);
+    between(fail_once().await, 14, 31);
+
+    // An outage that says how long it lasts: the next attempt comes then (with up
+    // to a tenth more, so the turned-away connections do not return at once).
+    sandbox
+        .set_faults(
+            Institution::Harbor,
+            Faults {
+                outage: Some(finsync_sandbox::Outage::ForSecs(600)),
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    between(fail_once().await, 595, 662);
+}
