@@ -163,20 +163,14 @@ pub(super) async fn get_sync(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no sync `{sync_id}`")))?;
     let progress = requests::progress(&state.env, request, false).await?;
-    let key = crate::portfolio::cache_key(progress.request.tenant_id, &progress.request.user_id);
-    let status = SyncStatus::from(progress);
-    if status.status.is_final() {
+    if progress.state.is_final() {
         // The worker published the new view before finishing; drop this process's
         // copy too, so a read right after this answer cannot see the old one.
+        let key =
+            crate::portfolio::cache_key(progress.request.tenant_id, &progress.request.user_id);
         state.env.cache.forget_locally(&key).await;
     }
-    Ok(Json(status))
-}
-
-impl SyncState {
-    fn is_final(self) -> bool {
-        !matches!(self, Self::Queued | Self::Running)
-    }
+    Ok(Json(progress.into()))
 }
 
 impl From<RequestState> for SyncState {
