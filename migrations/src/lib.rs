@@ -17,6 +17,7 @@ mod m20261122_000006_sync_schedules;
 mod m20261204_000007_institution_events;
 mod m20261204_000008_annotated_transactions;
 mod m20261205_000009_connection_sync_state;
+mod m20261205_000010_recovery;
 
 pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000007_institution_events::Migration),
             Box::new(m20261204_000008_annotated_transactions::Migration),
             Box::new(m20261205_000009_connection_sync_state::Migration),
+            Box::new(m20261205_000010_recovery::Migration),
         ]
     }
 }

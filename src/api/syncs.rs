@@ -69,6 +69,9 @@ pub(super) struct ConnectionSync {
     /// Records set aside: refused by the connector (kept in quarantine, see
     /// `GET /admin/quarantine`) or belonging to an account that was.
     quarantined: Option<i32>,
+    /// Whether the run re-read the whole history the institution offers (a first
+    /// sync, or the periodic deep sync that finds what it deleted long ago).
+    deep: Option<bool>,
 }
 
 /// Requests a fresh sync of every active connection of the user. Answers 202 with
@@ -204,6 +207,7 @@ impl From<RequestProgress> for SyncStatus {
                     removed: run.map(|r| r.removed),
                     unchanged: run.map(|r| r.unchanged),
                     quarantined: run.map(|r| r.quarantined),
+                    deep: run.map(|r| r.deep),
                 }
             })
             .collect();

@@ -200,6 +200,8 @@ pub struct SyncSettings {
     pub poison_after: u32,
     /// Finished runs, finished jobs and settled webhook deliveries are kept this long.
     pub history_days: u32,
+    /// How often a connection's sync re-reads the whole history, unless its connector says.
+    pub deep_sync_interval_days: u32,
 }
 
 /// Every institution's circuit breaker (per process).
@@ -329,6 +331,13 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 key: "sync.history_days",
                 problem: "must be at least 1".into(),
+            });
+        }
+        if !crate::connectors::DEEP_SYNC_INTERVAL_DAYS.contains(&self.sync.deep_sync_interval_days)
+        {
+            return Err(SettingsError::Invalid {
+                key: "sync.deep_sync_interval_days",
+                problem: "must be 1 to 365".into(),
             });
         }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {

@@ -154,6 +154,7 @@ impl App {
                 settings.institution_webhooks.retain_days,
             )),
             history_retention: chrono::Duration::days(i64::from(settings.sync.history_days)),
+            deep_interval: chrono::Duration::days(i64::from(settings.sync.deep_sync_interval_days)),
         });
         Ok(Self {
             ctx,

@@ -30,7 +30,7 @@ pub use incremental::{Position, SyncCursor};
 pub use paging::Paging;
 pub use registry::{Registry, RegistryError};
 pub use spec::{ClientAuth, SignConvention, TokenResponseSpec};
-pub use validate::{Problem, Problems, validate_file, validate_str};
+pub use validate::{DEEP_SYNC_INTERVAL_DAYS, Problem, Problems, validate_file, validate_str};
 pub use webhook::{Notice, WebhookError, Webhooks};
 
 /// A validated connector file, ready to run.
@@ -46,6 +46,8 @@ pub struct Connector {
     pub errors: Errors,
     /// How often this institution's connections are synced, if the file says.
     pub sync_interval: Option<std::time::Duration>,
+    /// How often a connection is deep-synced, if the connector says.
+    pub deep_sync_interval: Option<std::time::Duration>,
     /// Webhooks the institution sends, if the file declares them.
     pub webhooks: Option<webhook::Webhooks>,
     pub accounts: Endpoint,
@@ -80,6 +82,8 @@ pub struct OAuth2 {
     pub scope_separator: String,
     pub pkce: bool,
     pub rotating_refresh_tokens: bool,
+    /// How long a rotated-out refresh token is still accepted; `None`: not at all.
+    pub refresh_token_reuse_grace: Option<std::time::Duration>,
     pub consent_lifetime_days: Option<u32>,
     pub login_hint_param: Option<String>,
     pub extra_token_params: BTreeMap<String, String>,

@@ -35,7 +35,11 @@ pub struct ConnectorFile {
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     /// Seconds between two scheduled syncs of one connection (60 to 2 592 000).
-    pub interval_secs: u64,
+    pub interval_secs: Option<u64>,
+    /// Days between two deep syncs of one connection (1 to 365): the whole history
+    /// the institution offers read again, so removals an incremental sync cannot
+    /// see are found.
+    pub deep_sync_interval_days: Option<u32>,
 }
 
 /// How the institution signs the webhooks it sends to `POST /webhooks/<id>`, and
@@ -127,6 +131,11 @@ pub struct OAuth2Spec {
     pub pkce: bool,
     #[serde(default)]
     pub rotating_refresh_tokens: bool,
+    /// How long the institution still accepts a refresh token after rotating it out
+    /// (its reuse grace period), if it does: a refresh cut short before its result
+    /// was saved is then retried with the same token instead of asking the user to
+    /// link again. Only with `rotating_refresh_tokens`; 1 to 86 400.
+    pub refresh_token_reuse_grace_secs: Option<u64>,
     /// How long a user's consent lasts at this institution (e.g. 90 days under
     /// PSD2), if it expires at all.
     pub consent_lifetime_days: Option<u32>,

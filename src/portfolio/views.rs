@@ -26,6 +26,9 @@ pub enum StaleReason {
     SyncFailed,
     /// The institution asked finsync to slow down; syncs resume later.
     RateLimited,
+    /// The connection's access token is being renewed (or a renewal cut short is
+    /// being taken up); syncs resume within seconds.
+    TokenRefreshPending,
     /// The shared cache is unreachable: the answer was read from the database, and
     /// changes made through other API processes may take a moment to show.
     CacheDegraded,
@@ -44,6 +47,7 @@ impl StaleReason {
             "REAUTH_REQUIRED" => Self::ReauthRequired,
             "INSTITUTION_UNAVAILABLE" => Self::InstitutionUnavailable,
             "RATE_LIMITED" => Self::RateLimited,
+            "TOKEN_REFRESH_PENDING" => Self::TokenRefreshPending,
             "SYNC_PENDING" => Self::SyncPending,
             "CONNECTION_REVOKED" => Self::ConnectionRevoked,
             _ => Self::SyncFailed,

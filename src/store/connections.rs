@@ -2,7 +2,7 @@
 //! single-use OAuth `state` records that bind a browser redirect to a link attempt.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, NullOrdering};
+use sea_orm::sea_query::{Expr, Func, NullOrdering};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder, Set,
 };
@@ -39,6 +39,13 @@ pub struct ConnectionRecord {
     /// Where the next incremental sync resumes; written only with the success of
     /// the sync whose data it covers.
     pub sync_cursor: Option<String>,
+    /// Set while a refresh that presented the stored refresh token has not recorded
+    /// its outcome: when that refresh started. Found set by a later refresh, it says
+    /// an earlier one was cut short and the institution may have rotated the token.
+    pub refresh_started_at: Option<DateTime<Utc>>,
+    /// When the next deep sync (the whole history re-read) is due; `None` until the
+    /// first sync picks a time.
+    pub deep_sync_due_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     /// Moves on every change to the row; cached views compare it to detect that
     /// they were built from an outdated connection.
@@ -95,6 +102,8 @@ pub struct SyncSuccess<'a> {
     pub next_sync_at: DateTime<Utc>,
     /// Where the next sync resumes; `None` for a connector without one.
     pub cursor: Option<&'a str>,
+    /// When the next deep sync is due; `None` leaves it as it is.
+    pub deep_sync_due_at: Option<DateTime<Utc>>,
     /// The sync's lease, given back with the success.
     pub lease_owner: &'a str,
 }
@@ -180,6 +189,8 @@ impl Store {
             sync_lease_until: Set(None),
             records_version: Set(0),
             sync_cursor: Set(None),
+            refresh_started_at: Set(None),
+            deep_sync_due_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         };
@@ -279,6 +290,31 @@ impl Store {
             .collect()
     }
 
+    /// Active connections of `institution` whose last sync failed with a reason
+    /// that starts with one of `reasons` and whose next attempt is after `after`:
+    /// the ones waiting out an institution's trouble.
+    pub async fn waiting_on_institution(
+        &self,
+        institution: &str,
+        reasons: &[&str],
+        after: DateTime<Utc>,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        let failing = reasons.iter().fold(Condition::any(), |any, reason| {
+            any.add(connection::Column::LastFailureReason.starts_with(*reason))
+        });
+        connection::Entity::find()
+            .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
+            .filter(connection::Column::InstitutionId.eq(institution))
+            .filter(connection::Column::NextSyncAt.gt(after))
+            .filter(failing)
+            .order_by_asc(connection::Column::NextSyncAt)
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(to_record)
+            .collect()
+    }
+
     /// Moves `next_sync_at` forward only if it still holds `expected`: of several
     /// schedulers that saw the same due connection, exactly one wins the claim.
     pub async fn claim_schedule(
@@ -312,6 +348,7 @@ impl Store {
         row.refresh_token = Set(tokens.refresh_token);
         row.access_token_expires_at = Set(tokens.access_token_expires_at);
         row.refresh_due_at = Set(tokens.refresh_due_at);
+        row.refresh_started_at = Set(None);
         row.scopes = Set(scopes);
         row.status = Set(ConnectionStatus::Active.to_string());
         row.consent_granted_at = Set(Some(now));
@@ -349,6 +386,10 @@ impl Store {
                 connection::Column::RefreshDueAt,
                 Expr::value(tokens.refresh_due_at),
             )
+            .col_expr(
+                connection::Column::RefreshStartedAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
             .col_expr(connection::Column::UpdatedAt, Expr::value(Utc::now()));
         if let Some(refresh) = tokens.refresh_token {
             update = update.col_expr(connection::Column::RefreshToken, Expr::value(refresh));
@@ -360,6 +401,53 @@ impl Store {
             .exec(self.db())
             .await?;
         Ok(saved.rows_affected == 1)
+    }
+
+    /// Records, before the token request goes out, that a refresh presents the
+    /// stored refresh token: `since` unless an earlier refresh's start is still
+    /// recorded (the earliest is when a rotation may have happened). The
+    /// background refresh is made due by `due_by` at the latest, so a refresh cut
+    /// short is taken up again as soon as its lease lapses. Written only while
+    /// `lease_owner` holds the token lease; returns whether it was.
+    pub async fn record_refresh_intent(
+        &self,
+        id: ConnectionId,
+        lease_owner: &str,
+        since: DateTime<Utc>,
+        due_by: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let recorded = connection::Entity::update_many()
+            .col_expr(
+                connection::Column::RefreshStartedAt,
+                Func::coalesce([
+                    Expr::col(connection::Column::RefreshStartedAt),
+                    Expr::value(since),
+                ])
+                .into(),
+            )
+            .col_expr(connection::Column::RefreshDueAt, Expr::value(due_by))
+            .filter(connection::Column::Id.eq(id.to_string()))
+            .filter(connection::Column::TokenLeaseOwner.eq(lease_owner))
+            .exec(self.db())
+            .await?;
+        Ok(recorded.rows_affected == 1)
+    }
+
+    /// Moves the background refresh to `at`, while `lease_owner` holds the token
+    /// lease (a refresh that failed and will give the lease back).
+    pub async fn postpone_refresh(
+        &self,
+        id: ConnectionId,
+        lease_owner: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        connection::Entity::update_many()
+            .col_expr(connection::Column::RefreshDueAt, Expr::value(at))
+            .filter(connection::Column::Id.eq(id.to_string()))
+            .filter(connection::Column::TokenLeaseOwner.eq(lease_owner))
+            .exec(self.db())
+            .await?;
+        Ok(())
     }
 
     /// Moves an *active* connection to `status` with a reason; a connection that
@@ -507,6 +595,12 @@ impl Store {
             .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
             .filter(connection::Column::RefreshToken.is_not_null())
             .filter(connection::Column::RefreshDueAt.lte(now))
+            // One being refreshed right now is not due: its holder renews the lease.
+            .filter(
+                Condition::any()
+                    .add(connection::Column::TokenLeaseUntil.is_null())
+                    .add(connection::Column::TokenLeaseUntil.lt(now)),
+            )
             .order_by_asc(connection::Column::RefreshDueAt)
             .limit(limit)
             .all(self.db())
@@ -603,7 +697,7 @@ impl Store {
         id: ConnectionId,
         success: SyncSuccess<'_>,
     ) -> Result<bool, StoreError> {
-        let updated = connection::Entity::update_many()
+        let mut update = connection::Entity::update_many()
             .col_expr(connection::Column::LastSyncedAt, Expr::value(success.at))
             .col_expr(
                 connection::Column::NextSyncAt,
@@ -625,7 +719,11 @@ impl Store {
                 connection::Column::SyncLeaseUntil,
                 Expr::value(Option::<DateTime<Utc>>::None),
             )
-            .col_expr(connection::Column::UpdatedAt, Expr::value(Utc::now()))
+            .col_expr(connection::Column::UpdatedAt, Expr::value(Utc::now()));
+        if let Some(due) = success.deep_sync_due_at {
+            update = update.col_expr(connection::Column::DeepSyncDueAt, Expr::value(due));
+        }
+        let updated = update
             .filter(connection::Column::Id.eq(id.to_string()))
             .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
             .filter(connection::Column::SyncLeaseOwner.eq(success.lease_owner))
@@ -803,6 +901,8 @@ pub(super) fn to_record(row: connection::Model) -> Result<ConnectionRecord, Stor
         },
         records_version: row.records_version,
         sync_cursor: row.sync_cursor,
+        refresh_started_at: row.refresh_started_at,
+        deep_sync_due_at: row.deep_sync_due_at,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })

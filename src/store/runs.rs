@@ -25,10 +25,12 @@ pub struct RunCounts {
 }
 
 impl Store {
+    /// Opens a run; `deep` when it re-reads the whole history.
     pub async fn start_run(
         &self,
         connection: ConnectionId,
         idempotency_key: &str,
+        deep: bool,
     ) -> Result<String, StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
         sync_run::ActiveModel {
@@ -44,6 +46,7 @@ impl Store {
             unchanged: Set(0),
             quarantined: Set(0),
             cursor: Set(None),
+            deep: Set(deep),
             error: Set(None),
         }
         .insert(self.db())

@@ -51,6 +51,8 @@ pub struct Environment {
     pub event_retention: chrono::Duration,
     /// How long finished runs, finished jobs and settled webhook deliveries are kept.
     pub history_retention: chrono::Duration,
+    /// How often a connection's sync is a deep one, unless its connector says.
+    pub deep_interval: chrono::Duration,
 }
 
 impl Environment {
@@ -69,6 +71,17 @@ impl Environment {
         own.or_else(connector)
             .and_then(|d| chrono::Duration::from_std(d).ok())
             .unwrap_or(self.interval)
+    }
+
+    /// How long after a deep sync the connection's next one is due: its
+    /// connector's interval, else the deployment's.
+    pub fn deep_interval_for(&self, connection: &ConnectionRecord) -> chrono::Duration {
+        self.registry
+            .get(&connection.institution_id)
+            .ok()
+            .and_then(|c| c.deep_sync_interval)
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .unwrap_or(self.deep_interval)
     }
 
     /// Where [`Self::interval_for`] takes the connection's interval from:

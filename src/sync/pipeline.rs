@@ -144,9 +144,10 @@ async fn leased_sync(
     // Runs of this job still open were cut short by their worker stopping. A job
     // that stopped its worker this often is parked, not tried again for ever.
     let abandoned = ctx.store.abandon_runs(&job.idempotency_key).await?;
+    let deep = deep_sync(ctx, &connection);
     let run = ctx
         .store
-        .start_run(connection.id, &job.idempotency_key)
+        .start_run(connection.id, &job.idempotency_key, deep)
         .await?;
     if abandoned >= u64::from(ctx.poison_after) {
         let reason = format!(
@@ -164,7 +165,7 @@ async fn leased_sync(
             .await?;
         return Ok(SyncOutcome::Failed);
     }
-    match fetch_and_store(ctx, job, &connection).await {
+    match fetch_and_store(ctx, job, &connection, deep).await {
         Ok((counts, cursor)) => {
             // The run reads as finished only once readers see its data: a read
             // right after a sync reports done must not get the view before it.
@@ -179,6 +180,11 @@ async fn leased_sync(
             ctx.store
                 .finish_run(&run, counts, cursor.as_deref(), None)
                 .await?;
+            if let Some(reason) = &connection.last_failure_reason
+                && INSTITUTION_TROUBLE.iter().any(|t| reason.starts_with(t))
+            {
+                bring_forward(ctx, &connection).await?;
+            }
             let data =
                 EventData::connection(&connection, ConnectionStatus::Active).with_counts(counts);
             outbound::announce(
@@ -189,6 +195,7 @@ async fn leased_sync(
             )
             .await;
             tracing::info!(
+                deep,
                 added = counts.added,
                 modified = counts.modified,
                 removed = counts.removed,
@@ -258,6 +265,59 @@ async fn leased_sync(
             Ok(SyncOutcome::Failed)
         }
     }
+}
+
+/// The public reasons of failures that are the institution's: once one of its
+/// connections syncs again, the others waiting them out need not wait longer.
+const INSTITUTION_TROUBLE: [&str; 2] = ["INSTITUTION_UNAVAILABLE", "RATE_LIMITED"];
+/// The requests one sync is reckoned to take when spreading the syncs brought forward.
+const REQUESTS_PER_SYNC: i64 = 3;
+/// Syncs brought forward are spread over at most this long.
+const MAX_SPREAD: chrono::Duration = chrono::Duration::minutes(1);
+
+/// This connection's sync worked after its institution failed it: the institution
+/// is back, so every connection of it still waiting out a backoff is made due now,
+/// spread over as long as the connector's request rate needs for them (at most
+/// [`MAX_SPREAD`]) so they do not all arrive at once.
+async fn bring_forward(ctx: &Env, connection: &ConnectionRecord) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let waiting = ctx
+        .store
+        .waiting_on_institution(&connection.institution_id, &INSTITUTION_TROUBLE, now)
+        .await?;
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let per_second = ctx
+        .registry
+        .get(&connection.institution_id)
+        .ok()
+        .and_then(|c| c.limits.requests_per_second)
+        .map_or(10, i64::from)
+        .max(1);
+    let count = i64::try_from(waiting.len()).unwrap_or(i64::MAX);
+    let spread = chrono::Duration::milliseconds(count * REQUESTS_PER_SYNC * 1000 / per_second)
+        .min(MAX_SPREAD);
+    let mut moved = 0;
+    for (index, other) in (0_i64..).zip(&waiting) {
+        let at = now
+            + spread * i32::try_from(index).unwrap_or(i32::MAX)
+                / i32::try_from(count).unwrap_or(i32::MAX);
+        if ctx
+            .store
+            .claim_schedule(other.id, other.next_sync_at, at)
+            .await?
+        {
+            moved += 1;
+        }
+    }
+    tracing::info!(
+        institution = %connection.institution_id,
+        moved,
+        spread_ms = spread.num_milliseconds(),
+        "The institution answers again; connections waiting on it are due now."
+    );
+    Ok(())
 }
 
 /// When to try a failed sync again: when the institution said (its `Retry-After`,
@@ -333,16 +393,18 @@ impl Failure {
     }
 
     fn needs_reauth(&self) -> bool {
-        matches!(
-            self,
-            Self::Token(TokenError::ReauthRequired(_)) | Self::Engine(EngineError::Reauth { .. })
-        )
+        match self {
+            Self::Token(e) => e.needs_reauth(),
+            Self::Engine(EngineError::Reauth { .. }) => true,
+            _ => false,
+        }
     }
 
     /// What a tenant may read: a stable code and a fixed message, never the
     /// institution's or our own error text.
     fn public_reason(&self) -> String {
         match self {
+            Self::Token(TokenError::RotationLost { .. }) => crate::tokens::ROTATION_LOST.into(),
             _ if self.needs_reauth() => {
                 "REAUTH_REQUIRED: the institution needs the user to link again".into()
             }
@@ -354,6 +416,9 @@ impl Failure {
                 "INSTITUTION_UNAVAILABLE: the institution could not be reached; retrying later"
                     .into()
             }
+            Self::Token(TokenError::Busy) => {
+                "TOKEN_REFRESH_PENDING: the connection's access token is being renewed; retrying shortly".into()
+            }
             Self::NoLongerActive => "SYNC_FAILED: the connection changed during the sync".into(),
             Self::Engine(_) | Self::NoAccounts(_) => {
                 "INSTITUTION_ERROR: the institution's response could not be used; retrying later"
@@ -364,12 +429,52 @@ impl Failure {
     }
 }
 
+/// Whether this sync is a deep one, re-reading the whole history the institution
+/// offers so that removals an incremental sync cannot see are found: when the
+/// connection's deep sync is due, and whenever there is no cursor to resume from
+/// (a first sync, a new connector version), which reads everything anyway.
+fn deep_sync(ctx: &Env, connection: &ConnectionRecord) -> bool {
+    let due = connection
+        .deep_sync_due_at
+        .is_some_and(|due| due <= Utc::now());
+    let resumable = ctx
+        .registry
+        .get(&connection.institution_id)
+        .ok()
+        .zip(connection.sync_cursor.as_deref())
+        .and_then(|(connector, text)| SyncCursor::decode(text, &connector.hash))
+        .is_some();
+    due || !resumable
+}
+
+/// When the connection's next deep sync is due after a successful sync started at
+/// `started`: an interval after a deep one; for a connection that has none planned
+/// (synced before deep syncs existed), at a random point of the interval, so a
+/// fleet's deep syncs do not all fall together.
+fn next_deep_sync(
+    ctx: &Env,
+    connection: &ConnectionRecord,
+    deep: bool,
+    started: chrono::DateTime<Utc>,
+) -> Option<chrono::DateTime<Utc>> {
+    let every = ctx.deep_interval_for(connection);
+    if deep {
+        Some(started + every)
+    } else if connection.deep_sync_due_at.is_none() {
+        let spread = (every.num_seconds().max(1) as f64 * rand::random::<f64>()) as i64;
+        Some(started + chrono::Duration::seconds(spread))
+    } else {
+        None
+    }
+}
+
 /// Fetches, stores, and records the success on the connection (with where the
 /// next sync resumes and the lease given back); returns what changed and the cursor.
 async fn fetch_and_store(
     ctx: &Env,
     job: &SyncConnection,
     connection: &ConnectionRecord,
+    deep: bool,
 ) -> Result<(RunCounts, Option<String>), Failure> {
     let started = Utc::now();
     let connector = ctx.registry.get(&connection.institution_id)?;
@@ -377,6 +482,7 @@ async fn fetch_and_store(
     let resume = connection
         .sync_cursor
         .as_deref()
+        .filter(|_| !deep)
         .and_then(|text| SyncCursor::decode(text, &connector.hash));
     let fetched = match ctx.engine.fetch(&connector, &token, resume.as_ref()).await {
         // The token may have been revoked or expired early: refresh once and retry
@@ -400,6 +506,7 @@ async fn fetch_and_store(
         at: started,
         next_sync_at: started + ctx.interval_for(connection),
         cursor: cursor.as_deref(),
+        deep_sync_due_at: next_deep_sync(ctx, connection, deep, started),
         lease_owner: &job.idempotency_key,
     };
     // A disconnect during the fetch deleted the records; when this sync wrote

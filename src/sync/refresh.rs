@@ -1,5 +1,6 @@
 //! The background token refresh: renews a connection's access token once most of
-//! its lifetime has passed, so syncs find a valid token waiting. A refused grant
+//! its lifetime has passed, so syncs find a valid token waiting, and takes up a
+//! refresh that a stopped process cut short as soon as its lease lapses. A refused grant
 //! puts the connection in `reauth_required`, visible to the admin and the tenant;
 //! a transient failure leaves it active and is tried again at the next slot.
 
@@ -10,7 +11,7 @@ use super::job::RefreshToken;
 use super::pipeline::SyncError;
 use crate::domain::ConnectionStatus;
 use crate::store::StoreError;
-use crate::tokens::{OAuthError, TokenError};
+use crate::tokens::{OAuthError, ROTATION_LOST, TokenError};
 
 pub async fn run(ctx: Env, job: RefreshToken) -> Result<(), SyncError> {
     let span =
@@ -41,6 +42,10 @@ async fn refresh(ctx: &Env, job: &RefreshToken) -> Result<(), SyncError> {
                 ConnectionStatus::ReauthRequired,
                 "REAUTH_REQUIRED: the institution needs the user to link again",
             )
+        }
+        Err(e @ TokenError::RotationLost { .. }) => {
+            tracing::warn!(error = %e, "A refresh cut short cost the grant.");
+            (ConnectionStatus::ReauthRequired, ROTATION_LOST)
         }
         // Transient: tried again at the next slot.
         Err(e @ (TokenError::Busy | TokenError::Refresh(OAuthError::Unavailable(_)))) => {

@@ -29,13 +29,24 @@ use crate::vault::{Vault, VaultError, seal_context};
 
 /// An access token this close to expiry is refreshed before use.
 const REFRESH_MARGIN: chrono::Duration = chrono::Duration::seconds(60);
-/// How long one refresh may hold a connection's token lease.
-const TOKEN_LEASE: chrono::Duration = chrono::Duration::minutes(5);
-/// A refresh (all its attempts and its save) gives up well inside the lease, so a
-/// lease never expires under a refresh still in progress.
-const REFRESH_DEADLINE: Duration = Duration::from_secs(180);
-/// How long a caller waits for another process's refresh before giving up.
-const LEASE_WAIT: Duration = Duration::from_secs(60);
+/// How long a refresh holds the connection's token lease before renewing it: one
+/// token request's timeout and a margin, so a process that dies mid-refresh frees
+/// the tokens within seconds. A live refresh renews it every [`LEASE_RENEW_EVERY`].
+const TOKEN_LEASE: chrono::Duration = chrono::Duration::seconds(15);
+const LEASE_RENEW_EVERY: Duration = Duration::from_secs(5);
+/// A refresh (all its attempts and its save) gives up after this, lease or not.
+const REFRESH_DEADLINE: Duration = Duration::from_secs(90);
+/// How long a caller waits for another process's refresh before giving up: longer
+/// than a dead process's lease takes to lapse.
+const LEASE_WAIT: Duration = Duration::from_secs(30);
+/// After a refresh that failed while its process lived, the background refresh
+/// tries again this much later.
+const RETRY_AFTER_FAILURE: chrono::Duration = chrono::Duration::minutes(1);
+
+/// The reason a connection is given when a refresh cut short (a process stopped,
+/// an answer lost) may have rotated the refresh token and the institution no
+/// longer takes the one finsync kept.
+pub const ROTATION_LOST: &str = "REAUTH_REQUIRED: a token refresh was cut short before its result was saved, and the institution no longer accepts the refresh token it replaced; the user must link again";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -52,6 +63,34 @@ pub enum TokenError {
     Registry(#[from] RegistryError),
     #[error("another process kept the connection's tokens locked for too long")]
     Busy,
+    /// A refresh was cut short after presenting the refresh token (`since`), so the
+    /// institution may have rotated it, and it refused the token again. `grace` is
+    /// the reuse grace the connector declares.
+    #[error("a refresh cut short at {since} may have rotated the refresh token, and the institution refused it again ({detail}); {}", grace_note(*grace, *since))]
+    RotationLost {
+        since: DateTime<Utc>,
+        grace: Option<Duration>,
+        detail: String,
+    },
+}
+
+impl TokenError {
+    /// Whether only the user can fix it, by linking again.
+    pub fn needs_reauth(&self) -> bool {
+        matches!(self, Self::ReauthRequired(_) | Self::RotationLost { .. })
+    }
+}
+
+/// Says whether the retry came inside the institution's declared reuse grace.
+fn grace_note(grace: Option<Duration>, since: DateTime<Utc>) -> String {
+    let elapsed = (Utc::now() - since).num_seconds();
+    match grace {
+        None => format!("the connector declares no reuse grace period; {elapsed} s had passed"),
+        Some(grace) => format!(
+            "the institution's declared reuse grace is {} s and {elapsed} s had passed",
+            grace.as_secs()
+        ),
+    }
 }
 
 /// Seals a token set into the columns the store keeps, with the background refresh
@@ -126,7 +165,13 @@ impl TokenService {
     /// Refreshes the tokens that `seen` holds and returns the new access token. Of
     /// all the processes that want to, one refreshes: the others wait for its
     /// commit and use what it stored, so a rotating refresh token is never
-    /// presented twice.
+    /// presented twice by processes that are alive.
+    ///
+    /// The refresh holds a short token lease that it renews while it lives, and
+    /// records that it is presenting the refresh token before it does: a process
+    /// that dies meanwhile frees the tokens within seconds, and the next refresh
+    /// knows the institution may have rotated the token (see
+    /// [`Self::refresh_holding_lease`]).
     pub async fn refreshed_token(
         &self,
         seen: &ConnectionRecord,
@@ -138,17 +183,26 @@ impl TokenService {
         // cancelled (a worker shutting down), the rotated token is still committed.
         let (service, seen, lease) = (self.clone(), seen.clone(), owner.clone());
         let refresh = tokio::spawn(async move {
-            let result = match tokio::time::timeout(
+            let work = tokio::time::timeout(
                 REFRESH_DEADLINE,
                 service.refresh_holding_lease(&seen, &lease),
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(TokenError::Refresh(OAuthError::Unavailable(
-                    "the refresh took too long".into(),
-                ))),
+            );
+            let result = tokio::select! {
+                done = work => done.unwrap_or_else(|_| {
+                    Err(TokenError::Refresh(OAuthError::Unavailable(
+                        "the refresh took too long".into(),
+                    )))
+                }),
+                lost = service.keep_lease(seen.id, &lease) => Err(lost),
             };
+            if result.as_ref().is_err_and(|e| !e.needs_reauth()) {
+                // Alive and failed: the background refresh comes back later, not
+                // the moment the lease is free (that is for a refresh cut short).
+                let later = Utc::now() + RETRY_AFTER_FAILURE;
+                if let Err(e) = service.store.postpone_refresh(seen.id, &lease, later).await {
+                    tracing::warn!(connection = %seen.id, error = %e, "Postponing the background refresh failed.");
+                }
+            }
             service
                 .store
                 .release_lease(Lease::Token, seen.id, &lease)
@@ -160,6 +214,38 @@ impl TokenService {
             .unwrap_or_else(|e| Err(TokenError::Refresh(OAuthError::Unavailable(e.to_string()))))
     }
 
+    /// Renews the token lease while a refresh runs; returns only if another process
+    /// took it over (this one stalled past the lease), and the refresh must stop.
+    async fn keep_lease(&self, id: ConnectionId, owner: &str) -> TokenError {
+        loop {
+            tokio::time::sleep(LEASE_RENEW_EVERY).await;
+            match self
+                .store
+                .acquire_lease(Lease::Token, id, owner, Utc::now() + TOKEN_LEASE)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(connection = %id, "The token lease was taken over; stopping this refresh.");
+                    return TokenError::Busy;
+                }
+                // The save is conditional on the lease: if it is gone by then, the
+                // save says so.
+                Err(e) => {
+                    tracing::warn!(connection = %id, error = %e, "Renewing the token lease failed.")
+                }
+            }
+        }
+    }
+
+    /// One refresh under the token lease. Before the token request it records that
+    /// the stored refresh token is being presented; the save of what comes back
+    /// clears that record. Finding the record already there means an earlier
+    /// refresh was cut short after presenting the same token: the institution may
+    /// have rotated it. The token is presented again at once (an institution with a
+    /// reuse grace period accepts it; one whose request never arrived, too), and
+    /// only if refused is the connection handed to the user, with
+    /// [`TokenError::RotationLost`] saying why.
     async fn refresh_holding_lease(
         &self,
         seen: &ConnectionRecord,
@@ -186,7 +272,25 @@ impl TokenService {
         let connector = self.registry.get(&current.institution_id)?;
         let secret = self.registry.client_secret(&connector)?;
         let client = OAuthClient::new(&connector, secret, &self.redirect_uri, self.http.clone());
-        // Transient failures are retried here; a refused grant is final.
+        let grace = connector.auth.refresh_token_reuse_grace;
+        if let Some(since) = current.refresh_started_at {
+            tracing::warn!(connection = %current.id, %since, reuse_grace_secs = grace.map(|g| g.as_secs()), "An earlier refresh was cut short; presenting the same refresh token again.");
+        }
+        let started = Utc::now();
+        let due_by = current
+            .tokens
+            .refresh_due_at
+            .map_or(started + TOKEN_LEASE, |due| due.min(started + TOKEN_LEASE));
+        if !self
+            .store
+            .record_refresh_intent(current.id, lease, started, due_by)
+            .await?
+        {
+            return Err(TokenError::Busy);
+        }
+        // Transient failures are retried here; a refused grant is final. A failed
+        // attempt may still have rotated the token at the institution.
+        let uncertain = std::sync::atomic::AtomicBool::new(false);
         let attempt = || client.refresh(&refresh);
         let outcome = attempt
             .retry(
@@ -196,14 +300,23 @@ impl TokenService {
                     .with_max_times(3),
             )
             .when(|e| matches!(e, OAuthError::Unavailable(_)))
+            .notify(|_, _| uncertain.store(true, std::sync::atomic::Ordering::Relaxed))
             .await;
         let tokens = match outcome {
             Ok(tokens) => tokens,
             Err(OAuthError::InvalidGrant(reason)) => {
                 refreshed(&current.institution_id, "invalid_grant");
-                return Err(TokenError::ReauthRequired(format!(
-                    "refresh refused: {reason}"
-                )));
+                let cut_short = current.refresh_started_at.or(uncertain
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .then_some(started));
+                return Err(match cut_short {
+                    Some(since) => TokenError::RotationLost {
+                        since,
+                        grace,
+                        detail: reason,
+                    },
+                    None => TokenError::ReauthRequired(format!("refresh refused: {reason}")),
+                });
             }
             Err(e) => {
                 refreshed(&current.institution_id, "error");
@@ -237,8 +350,13 @@ impl TokenService {
                 return Err(e.into());
             }
         }
-        refreshed(&current.institution_id, "ok");
-        tracing::info!(connection = %current.id, expires_at = %tokens.expires_at, "Access token refreshed.");
+        let outcome = if current.refresh_started_at.is_some() {
+            "recovered"
+        } else {
+            "ok"
+        };
+        refreshed(&current.institution_id, outcome);
+        tracing::info!(connection = %current.id, expires_at = %tokens.expires_at, outcome, "Access token refreshed.");
         Ok(tokens.access_token)
     }
 
@@ -261,7 +379,8 @@ impl TokenService {
     }
 }
 
-/// Counts a refresh outcome for metrics: `ok`, `invalid_grant`, `error`, `lost`.
+/// Counts a refresh outcome for metrics: `ok`, `recovered` (after one cut short),
+/// `invalid_grant`, `error`, `discarded`, `lost`.
 fn refreshed(institution: &str, outcome: &'static str) {
     metrics::counter!("finsync_token_refresh_total", "institution" => institution.to_owned(), "outcome" => outcome)
         .increment(1);

@@ -271,6 +271,9 @@ impl OAuthClient {
     }
 }
 
+/// How long one request to an institution's OAuth endpoints may take.
+pub const TOKEN_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One OAuth request over our reqwest client (redirects off), with token responses
 /// normalized per the connector's quirks.
 async fn send(
@@ -281,8 +284,8 @@ async fn send(
 ) -> Result<HttpResponse, AdapterError> {
     let mut request = reqwest::Request::try_from(request)
         .map_err(|e| AdapterError(e.without_url().to_string()))?;
-    // Bounded per attempt, so every retry of a refresh fits inside its lease.
-    *request.timeout_mut() = Some(std::time::Duration::from_secs(20));
+    // Bounded per attempt: the token lease is sized from it.
+    *request.timeout_mut() = Some(TOKEN_REQUEST_TIMEOUT);
     let response = http
         .execute(request)
         .await

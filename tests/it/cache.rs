@@ -305,6 +305,7 @@ async fn a_cached_view_is_patched_only_while_it_holds_the_records_as_they_are() 
                 at,
                 next_sync_at: at + chrono::Duration::hours(1),
                 cursor: None,
+                deep_sync_due_at: None,
                 lease_owner: "test",
             };
             assert!(

@@ -402,3 +402,119 @@ async fn a_keystone_user_is_stored_from_date_windows_and_link_pages() {
     assert!(!splits.is_empty(), "the split is recorded as a split");
     assert!(splits.iter().all(|t| t.amount.amount.is_zero()));
 }
+
+/// Keystone's activity held in finsync and at the custodian, by id.
+fn keystone_activity(
+    snapshot: &Snapshot,
+    portfolio: &Portfolio,
+) -> (
+    std::collections::BTreeSet<String>,
+    std::collections::BTreeSet<String>,
+) {
+    let stored = snapshot
+        .transactions
+        .iter()
+        .map(|t| t.external_id.clone())
+        .collect();
+    let served = portfolio
+        .transactions
+        .iter()
+        .filter(|t| {
+            t.investment_type.is_some()
+                && portfolio
+                    .accounts
+                    .iter()
+                    .any(|a| a.account_id == t.account_id && a.account_type == "investment")
+        })
+        .map(|t| t.transaction_id.clone())
+        .collect();
+    (stored, served)
+}
+
+#[tokio::test]
+async fn a_deep_sync_finds_what_the_institution_deleted_long_ago() {
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let store = &app.app.ctx.store;
+    let tenant = app.tenant();
+    let user = "demo-dave";
+    let connection = app.link_and_sync_at(tenant.id, user, "keystone").await;
+    let first = store.connection(connection).await.unwrap();
+    let every = chrono::Duration::days(7);
+    let due = first
+        .deep_sync_due_at
+        .expect("the first sync plans the next deep one");
+    let synced = first.last_synced_at.unwrap();
+    assert!(
+        due > synced + every - chrono::Duration::minutes(1) && due <= synced + every,
+        "a first sync reads everything, so the next deep one is a week later: {due}"
+    );
+
+    // Epochs go by, each followed by an incremental sync that walks only the look-back.
+    let app = &app;
+    let sync = |key: String| async move {
+        let since = chrono::Utc::now();
+        let job = finsync::sync::SyncConnection {
+            connection_id: connection,
+            idempotency_key: key,
+        };
+        crate::support::request_sync(&app.app.ctx.queue, job).await;
+        app.wait_synced(connection, since).await;
+    };
+    for epoch in 1..=8 {
+        assert_eq!(sandbox.advance(), epoch);
+        sync(unique("test:incremental")).await;
+    }
+    let (stored, served) = keystone_activity(
+        &store.full_snapshot(connection).await.unwrap(),
+        &sandbox.portfolio(Institution::Keystone, user),
+    );
+    let left_behind: Vec<_> = stored.difference(&served).cloned().collect();
+    assert!(
+        !left_behind.is_empty(),
+        "the custodian deleted activity older than the look-back, which incremental syncs cannot see"
+    );
+    assert_eq!(
+        served.difference(&stored).count(),
+        0,
+        "nothing new is missed"
+    );
+
+    // A week later the connection's deep sync is due (the clock is moved, not waited for).
+    let db = sea_orm::Database::connect(&app.db().url).await.unwrap();
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(&format!(
+        "UPDATE connections SET deep_sync_due_at = now() - interval '1 second' WHERE id = '{connection}'"
+    ))
+    .await
+    .unwrap();
+    sync(unique("test:deep")).await;
+    let (stored, served) = keystone_activity(
+        &store.full_snapshot(connection).await.unwrap(),
+        &sandbox.portfolio(Institution::Keystone, user),
+    );
+    assert_eq!(
+        stored, served,
+        "after the deep sync finsync holds what the custodian does"
+    );
+    let runs = store
+        .runs_since(connection, chrono::DateTime::UNIX_EPOCH)
+        .await
+        .unwrap();
+    let last = runs.iter().max_by_key(|r| r.started_at).unwrap();
+    assert!(last.deep, "the run says it was deep");
+    assert_eq!(last.removed as usize, left_behind.len());
+    assert_eq!(
+        runs.iter().filter(|r| r.deep).count(),
+        2,
+        "the first and this one"
+    );
+    let after = store.connection(connection).await.unwrap();
+    assert!(
+        after.deep_sync_due_at.unwrap() > chrono::Utc::now() + every - chrono::Duration::minutes(1)
+    );
+}

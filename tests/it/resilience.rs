@@ -412,3 +412,73 @@ async fn a_failed_sync_is_retried_on_a_backoff_or_when_the_institution_said() {
         .unwrap();
     between(fail_once().await, 595, 662);
 }
+
+#[tokio::test]
+async fn when_the_institution_answers_again_the_connections_waiting_on_it_are_due_at_once() {
+    let app = TestApp::builder()
+        .with(|settings| settings.resilience.breaker_failures = 1000)
+        .tenant("advisor")
+        .expect_failed_jobs()
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let tenant = app.tenant();
+    let store = &app.app.ctx.store;
+    let alice = app
+        .link_and_sync_at(tenant.id, "demo-alice", "harbor")
+        .await;
+    let bob = app.link_and_sync_at(tenant.id, "demo-bob", "harbor").await;
+    // Both turned away by an outage that says it lasts ten minutes.
+    sandbox
+        .set_faults(
+            Institution::Harbor,
+            Faults {
+                outage: Some(finsync_sandbox::Outage::ForSecs(600)),
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    for connection in [alice, bob] {
+        let reason = sync(&app, connection).await.unwrap_err();
+        assert!(reason.starts_with("INSTITUTION_UNAVAILABLE"), "{reason}");
+    }
+    let waiting = store.connection(bob).await.unwrap().next_sync_at.unwrap();
+    assert!(waiting > chrono::Utc::now() + chrono::Duration::minutes(9));
+
+    // It comes back early, and the first connection to sync finds out.
+    sandbox
+        .set_faults(Institution::Harbor, Faults::default())
+        .unwrap();
+    sync(&app, alice).await.unwrap();
+    let back = store
+        .connection(alice)
+        .await
+        .unwrap()
+        .last_synced_at
+        .unwrap();
+    let bob_now = store.connection(bob).await.unwrap();
+    let next = bob_now.next_sync_at.unwrap();
+    assert!(
+        next <= back + chrono::Duration::minutes(1),
+        "bob's next attempt is {next}, the institution answered again at {back}"
+    );
+    // And the scheduler picks it up on its next tick once that time has come.
+    wait_until("bob to be due", Duration::from_secs(60), || async {
+        chrono::Utc::now() >= next
+    })
+    .await;
+    assert_eq!(
+        finsync::sync::scheduler::tick(&app.app.ctx).await.unwrap(),
+        1,
+        "bob's sync is enqueued"
+    );
+    wait_until("bob to sync", Duration::from_secs(60), || async {
+        store
+            .connection(bob)
+            .await
+            .unwrap()
+            .last_synced_at
+            .is_some_and(|at| at > back)
+    })
+    .await;
+}

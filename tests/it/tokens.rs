@@ -1,16 +1,17 @@
 //! The token lifecycle against the sandbox's real OAuth server: one refresh per
-//! connection across processes, a crash between rotation and commit, refused
-//! grants, background refresh, token-response quirks, revocation, key rotation.
+//! connection across processes, a crash between rotation and commit (and a
+//! refresh killed while the institution answers), refused grants, background refresh, token-response quirks, revocation, key rotation.
 
 use std::time::Duration;
 
 use apalis::prelude::{TaskBuilder, TaskSink};
 use finsync::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
+use finsync::store::Store;
 use finsync::sync::{Job, Queue, SyncConnection, scheduler};
-use finsync::tokens::rotate;
+use finsync::tokens::{TokenService, rotate};
 use finsync::vault::{Vault, seal_context};
-use finsync_sandbox::{Sandbox, SandboxConfig, TokenQuirks};
-use secrecy::ExposeSecret;
+use finsync_sandbox::{Faults, Institution, Sandbox, SandboxConfig, TokenQuirks};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use crate::support::{
@@ -226,7 +227,7 @@ pub(crate) async fn rotate_behind_our_back(sandbox: &Sandbox, refresh_token: &st
 #[tokio::test]
 async fn a_crash_between_rotation_and_commit_is_survived_within_the_grace_period() {
     let config = SandboxConfig {
-        refresh_grace: Duration::from_secs(120),
+        refresh_grace: Some(Duration::from_secs(120)),
         ..sandbox_config(1)
     };
     let app = TestApp::builder()
@@ -728,4 +729,136 @@ async fn an_expired_consent_asks_the_user_to_link_again() {
     let record = store.connection(connection).await.unwrap();
     assert_eq!(record.status, ConnectionStatus::ReauthRequired);
     assert!(record.last_failure_reason.unwrap().contains("consent"));
+}
+
+/// Starts a refresh of `connection` in a process of its own (a thread with its own
+/// runtime, database pool and HTTP client) and stops that process, the way
+/// `kill -9` does, once the institution has rotated the refresh token and while
+/// its answer is held back: nothing of the refresh after that point runs.
+async fn refresh_and_die(app: &TestApp, connection: ConnectionId, institution: Institution) {
+    let sandbox = app.sandbox();
+    sandbox
+        .set_faults(
+            institution,
+            Faults {
+                token_delay_ms: 5_000,
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    let refreshes = sandbox.stats().refreshes;
+    let record = app.app.ctx.store.connection(connection).await.unwrap();
+    let tokens = app.app.ctx.tokens.clone();
+    let url = SecretString::from(app.db().url.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let process = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let tokens = TokenService {
+                store: Store::connect(&url, 2).await.unwrap(),
+                http: finsync::http::client(),
+                ..tokens
+            };
+            tokio::select! {
+                outcome = tokens.refreshed_token(&record) => {
+                    panic!("the refresh was to be cut short, it ended: {:?}", outcome.map(|_| ()));
+                }
+                _ = stopped => {}
+            }
+        });
+        // Dropping the runtime drops every task of the "process" where it stands.
+        drop(runtime);
+    });
+    eventually(
+        "the institution to rotate the refresh token",
+        Duration::from_secs(30),
+        || async { (sandbox.stats().refreshes > refreshes).then_some(()) },
+    )
+    .await;
+    stop.send(()).unwrap();
+    process.join().unwrap();
+    sandbox.set_faults(institution, Faults::default()).unwrap();
+    let after = app.app.ctx.store.connection(connection).await.unwrap();
+    assert!(
+        after.refresh_started_at.is_some(),
+        "the refresh said what it was doing before it asked"
+    );
+}
+
+/// Syncs `connection` through the queue, as a worker would after the crash.
+async fn sync_after_crash(app: &TestApp, connection: ConnectionId) -> Result<(), String> {
+    let since = chrono::Utc::now();
+    let job = SyncConnection {
+        connection_id: connection,
+        idempotency_key: crate::support::unique("test:after-refresh-crash"),
+    };
+    crate::support::request_sync(&app.app.ctx.queue, job).await;
+    crate::support::wait_for_sync(&app.app, connection, since)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_refresh_killed_mid_rotation_is_finished_by_the_next_worker_inside_the_grace() {
+    // Harbor accepts a replaced refresh token for 60 s, and its connector says so.
+    let app = TestApp::builder()
+        .sandbox(sandbox_config(2))
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let tenant = app.tenant();
+    let connection = app
+        .link_and_sync_at(tenant.id, "demo-alice", "harbor")
+        .await;
+    access_token_expired(&app, connection).await;
+    refresh_and_die(&app, connection, Institution::Harbor).await;
+    let rejected = sandbox.stats().refreshes_rejected;
+
+    // The dead process's lease lapses within seconds; the sync waits for it, then
+    // presents the same refresh token again, which the institution still takes.
+    sync_after_crash(&app, connection).await.unwrap();
+    let after = app.app.ctx.store.connection(connection).await.unwrap();
+    assert_eq!(after.status, ConnectionStatus::Active);
+    assert_eq!(
+        after.refresh_started_at, None,
+        "the refresh's outcome is recorded"
+    );
+    assert_eq!(sandbox.stats().refreshes_rejected, rejected);
+    // What was stored is the institution's live pair: it refreshes again.
+    access_token_expired(&app, connection).await;
+    sync_after_crash(&app, connection).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refresh_killed_mid_rotation_without_a_grace_says_why_the_user_must_link_again() {
+    // Meridian refuses a replaced refresh token at once.
+    let app = TestApp::builder()
+        .sandbox(sandbox_config(2))
+        .tenant("advisor")
+        .expect_failed_jobs()
+        .build()
+        .await;
+    let tenant = app.tenant();
+    let connection = app.link_and_sync(tenant.id, "demo-bob").await;
+    access_token_expired(&app, connection).await;
+    refresh_and_die(&app, connection, Institution::Meridian).await;
+
+    let reason = sync_after_crash(&app, connection).await.unwrap_err();
+    assert_eq!(reason, finsync::tokens::ROTATION_LOST);
+    let after = app.app.ctx.store.connection(connection).await.unwrap();
+    assert_eq!(after.status, ConnectionStatus::ReauthRequired);
+    assert_eq!(
+        after.last_failure_reason.as_deref(),
+        Some(finsync::tokens::ROTATION_LOST)
+    );
+    let portfolio = app
+        .get_json("/v1/users/demo-bob/portfolio", tenant.key.0.expose_secret())
+        .await;
+    let (code, message) = finsync::tokens::ROTATION_LOST.split_once(": ").unwrap();
+    assert_eq!(portfolio["freshness"]["reason"], code);
+    assert_eq!(portfolio["freshness"]["message"], message);
 }

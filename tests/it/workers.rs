@@ -32,7 +32,10 @@ async fn a_job_that_keeps_stopping_its_worker_is_parked_with_the_reason() {
     // Two deliveries of a job died with their worker: the third runs, and the two
     // open runs are closed as abandoned.
     for _ in 0..2 {
-        store.start_run(connection, "test:unlucky").await.unwrap();
+        store
+            .start_run(connection, "test:unlucky", false)
+            .await
+            .unwrap();
     }
     let since = chrono::Utc::now();
     let job = SyncConnection {
@@ -56,7 +59,10 @@ async fn a_job_that_keeps_stopping_its_worker_is_parked_with_the_reason() {
 
     // Three deaths (the configured limit): the next delivery is parked, not run.
     for _ in 0..3 {
-        store.start_run(connection, "test:poison").await.unwrap();
+        store
+            .start_run(connection, "test:poison", false)
+            .await
+            .unwrap();
     }
     let requests_before = sandbox.stats().api_requests;
     let since = chrono::Utc::now();

@@ -209,6 +209,7 @@ async fn seed(app: &App) -> anyhow::Result<SecretString> {
                 at: now,
                 next_sync_at: now + chrono::Duration::days(1),
                 cursor: None,
+                deep_sync_due_at: None,
                 lease_owner: "bench",
             },
         )

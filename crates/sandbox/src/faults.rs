@@ -1,4 +1,5 @@
-//! Fault injection: what can go wrong with an institution's data API, on demand. Each
+//! Fault injection: what can go wrong with an institution's data API (and how slowly
+//! its token endpoint answers), on demand. Each
 //! institution has one [`FaultInjector`], set from [`super::SandboxConfig::faults`] and
 //! changed at run time through the admin endpoints; [`inject`] is the middleware that
 //! wraps the institution's data routes.
@@ -54,6 +55,10 @@ pub struct Faults {
     pub malformed_rate: f64,
     /// A field of every record renamed, as when an institution changes its schema.
     pub drift: Option<Drift>,
+    /// Milliseconds the institution's token endpoint holds every answer back after
+    /// doing its work: a refresh has rotated the refresh token by then, so a client
+    /// that stops meanwhile (killed, timed out) never learns the new one.
+    pub token_delay_ms: u64,
 }
 
 impl Default for Faults {
@@ -67,6 +72,7 @@ impl Default for Faults {
             outage: None,
             malformed_rate: 0.0,
             drift: None,
+            token_delay_ms: 0,
         }
     }
 }
@@ -107,6 +113,8 @@ pub enum FaultsError {
     Drift,
     #[error("`requests_per_second` must be at least 1 (leave it out for no limit)")]
     Limit,
+    #[error("`token_delay_ms` must be at most 600000 (ten minutes)")]
+    TokenDelay,
 }
 
 impl Faults {
@@ -122,6 +130,9 @@ impl Faults {
         }
         if self.requests_per_second == Some(0) {
             return Err(FaultsError::Limit);
+        }
+        if self.token_delay_ms > 600_000 {
+            return Err(FaultsError::TokenDelay);
         }
         if self.latency.is_some_and(|l| l.min_ms > l.max_ms) {
             return Err(FaultsError::Latency);

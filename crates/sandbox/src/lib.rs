@@ -137,11 +137,13 @@ pub struct SandboxConfig {
     /// trading day before it. The same anchor (and seed) always yields the same data;
     /// the default is two days before the day the process started (UTC).
     pub anchor_date: NaiveDate,
-    /// How long a refresh token rotated out by a refresh is still accepted, at the
-    /// institutions that rotate them (all but Keystone). Presenting it again inside the
+    /// How long a refresh token rotated out by a refresh is still accepted, at every
+    /// institution that rotates them (all but Keystone). Presenting it again inside the
     /// grace rotates again: a fresh pair, and the refresh token issued before is
-    /// invalidated. Zero, the default, rejects it at once with `invalid_grant`.
-    pub refresh_grace: Duration,
+    /// invalidated; zero rejects it at once with `invalid_grant`. `None`, the default,
+    /// leaves each institution its own grace period: none at Meridian, 60 s at
+    /// Harbor, 30 minutes at Northwind.
+    pub refresh_grace: Option<Duration>,
     /// Non-standard shapes of Meridian's successful token responses; the default is
     /// standard. The other institutions' shapes are fixed: they are part of who they are.
     pub token_quirks: TokenQuirks,
@@ -184,7 +186,7 @@ impl Default for SandboxConfig {
                 })
                 .collect(),
             anchor_date: default_anchor_date(),
-            refresh_grace: Duration::ZERO,
+            refresh_grace: None,
             token_quirks: TokenQuirks::default(),
             start_epoch: 0,
             advance_every: None,
@@ -497,8 +499,6 @@ fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<AppState>) {
             tracing::warn!(institution = %id, "Faults configured for an unknown sandbox institution are ignored.");
         }
     }
-    let servers = Institution::ALL
-        .map(|institution| Arc::new(AuthServer::new(&config, institution, Arc::clone(&stats))));
     let faults = Institution::ALL.map(|institution| {
         let initial = config
             .faults
@@ -506,6 +506,14 @@ fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<AppState>) {
             .cloned()
             .unwrap_or_default();
         Arc::new(FaultInjector::new(institution, config.seed, initial))
+    });
+    let servers = Institution::ALL.map(|institution| {
+        Arc::new(AuthServer::new(
+            &config,
+            institution,
+            Arc::clone(&stats),
+            Arc::clone(&faults[institution as usize]),
+        ))
     });
     for id in config.webhook_urls.keys() {
         let sends = id
@@ -584,7 +592,8 @@ async fn describe(State(state): State<Arc<AppState>>) -> impl IntoResponse {
          \x20 PUT  /sandbox/admin/faults/<id>           replace them: {\"latency\": {\"min_ms\": 0, \"max_ms\": 50},\n\
          \x20   \"error_rate\": 0.1, \"rate_limit_rate\": 0.1, \"retry_after_secs\": 1, \"outage\": {\"for_secs\": 30},\n\
          \x20   \"requests_per_second\": 50 (the institution's own limit: 429 beyond it),\n\
-         \x20   \"malformed_rate\": 0.1, \"drift\": {\"from\": \"amount\", \"to\": \"amt\"}}\n\
+         \x20   \"malformed_rate\": 0.1, \"drift\": {\"from\": \"amount\", \"to\": \"amt\"},\n\
+         \x20   \"token_delay_ms\": 5000 (the token endpoint holds its answer back after doing its work)}\n\
          \x20 POST /sandbox/admin/<id>/revoke-grants    revoke every grant\n\
          \x20 POST /sandbox/admin/<id>/expire-tokens    expire every access token now\n\
          \x20 PUT  /sandbox/admin/webhooks/meridian     where Meridian sends webhooks: {\"url\": \"http://...\"}; DELETE stops them\n\
@@ -704,7 +713,7 @@ mod tests {
     #[tokio::test]
     async fn a_refresh_inside_the_grace_is_counted_and_every_token_is_recorded() {
         let sandbox = TestSandbox::start_with(SandboxConfig {
-            refresh_grace: Duration::from_secs(60),
+            refresh_grace: Some(Duration::from_secs(60)),
             ..SandboxConfig::default()
         })
         .await;

@@ -10,7 +10,7 @@
 //! it from the institution's spec (`institutions::OAuthRules`) and the configuration.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Query, State};
@@ -24,6 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::faults::FaultInjector;
 use super::grants::{
     self, Approval, GrantError, GrantPolicy, GrantStore, IssuedTokens, Rotation, ScopeSet,
 };
@@ -68,12 +69,19 @@ pub(super) struct AuthServer {
     pub(super) profile: Profile,
     pub(super) grants: GrantStore,
     pub(super) stats: Arc<Stats>,
+    /// The institution's faults; the token endpoint honours `token_delay_ms`.
+    pub(super) faults: Arc<FaultInjector>,
 }
 
 impl AuthServer {
     /// `institution`'s authorization server as its spec and `config` say: its client
     /// (configured or default), its OAuth rules, and its token policy.
-    pub(super) fn new(config: &SandboxConfig, institution: Institution, stats: Arc<Stats>) -> Self {
+    pub(super) fn new(
+        config: &SandboxConfig,
+        institution: Institution,
+        stats: Arc<Stats>,
+        faults: Arc<FaultInjector>,
+    ) -> Self {
         let spec = institution.spec();
         let rules = &spec.oauth;
         let ClientCredentials {
@@ -85,8 +93,8 @@ impl AuthServer {
             TokenShape::Fixed(quirks) => quirks,
         };
         let rotation = match rules.refresh_tokens {
-            RefreshTokens::Rotate => Rotation::Rotate {
-                grace: config.refresh_grace,
+            RefreshTokens::Rotate { grace } => Rotation::Rotate {
+                grace: config.refresh_grace.unwrap_or(grace),
             },
             RefreshTokens::Keep => Rotation::Keep,
         };
@@ -108,6 +116,7 @@ impl AuthServer {
                 rotation,
             }),
             stats,
+            faults,
         }
     }
 }
@@ -723,7 +732,14 @@ async fn token(
     headers: HeaderMap,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> Response {
-    match grant(&app, &headers, form) {
+    let granted = grant(&app, &headers, form);
+    // The work is done (a refresh token rotated) before the answer is held back: a
+    // client that stops waiting has lost what the institution now holds.
+    let delay = app.faults.get().token_delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    match granted {
         Ok(tokens) => {
             let body = TokenResponse::new(tokens, &app.profile);
             match app.profile.token_quirks.nested_under {

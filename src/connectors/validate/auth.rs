@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// A day: longer than any grace period seen in the wild (minutes at most).
+const MAX_REUSE_GRACE_SECS: u64 = 86_400;
+
 impl Validator {
     pub(super) fn base_url(&mut self, raw: &str) -> Option<Url> {
         match Url::parse(raw) {
@@ -87,6 +90,20 @@ impl Validator {
                 "must be at least 1",
             );
         }
+        if let Some(grace) = spec.refresh_token_reuse_grace_secs {
+            let path = "auth.refresh_token_reuse_grace_secs";
+            if !spec.rotating_refresh_tokens {
+                self.report(
+                    path,
+                    "only means something with `rotating_refresh_tokens = true`: a refresh token that is never rotated out is always reused",
+                );
+            } else if !(1..=MAX_REUSE_GRACE_SECS).contains(&grace) {
+                self.report(
+                    path,
+                    format!("must be 1 to {MAX_REUSE_GRACE_SECS} seconds (leave it out if the institution has no grace period)"),
+                );
+            }
+        }
         Some(OAuth2 {
             authorize_url: authorize_url?,
             token_url: token_url?,
@@ -102,6 +119,10 @@ impl Validator {
             pkce: spec.pkce,
             consent_lifetime_days: spec.consent_lifetime_days,
             rotating_refresh_tokens: spec.rotating_refresh_tokens,
+            refresh_token_reuse_grace: spec
+                .refresh_token_reuse_grace_secs
+                .filter(|_| spec.rotating_refresh_tokens)
+                .map(std::time::Duration::from_secs),
             login_hint_param: spec.login_hint_param.clone(),
             extra_token_params: spec.extra_token_params.clone(),
             token_response: spec.token_response.clone(),
@@ -112,6 +133,38 @@ impl Validator {
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{HARBOR, changed, has, problems};
+
+    #[test]
+    fn a_reuse_grace_needs_rotating_tokens_and_a_sensible_length() {
+        let with = |rotating: &str, grace: &str| {
+            let file = changed(
+                HARBOR,
+                "rotating_refresh_tokens = true",
+                &format!("rotating_refresh_tokens = {rotating}"),
+            );
+            problems(&changed(
+                &file,
+                "refresh_token_reuse_grace_secs = 60",
+                &format!("refresh_token_reuse_grace_secs = {grace}"),
+            ))
+        };
+        assert!(with("true", "60").is_empty(), "{:#?}", with("true", "60"));
+        has(
+            &with("false", "60"),
+            "auth.refresh_token_reuse_grace_secs",
+            "rotating_refresh_tokens = true",
+        );
+        has(
+            &with("true", "0"),
+            "auth.refresh_token_reuse_grace_secs",
+            "must be 1 to 86400 seconds",
+        );
+        has(
+            &with("true", "604800"),
+            "auth.refresh_token_reuse_grace_secs",
+            "must be 1 to 86400 seconds",
+        );
+    }
 
     #[test]
     fn a_pasted_secret_is_refused_without_being_repeated() {

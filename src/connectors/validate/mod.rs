@@ -123,6 +123,8 @@ struct Validator {
 
 /// Sync intervals a connector or a connection may ask for, in seconds.
 pub const SYNC_INTERVAL_SECS: std::ops::RangeInclusive<u64> = 60..=2_592_000;
+/// A deep sync at most daily (it reads everything) and at least yearly.
+pub const DEEP_SYNC_INTERVAL_DAYS: std::ops::RangeInclusive<u32> = 1..=365;
 
 /// Longest date window and history, in days.
 const MAX_WINDOW_DAYS: u32 = 36_600;
@@ -193,8 +195,23 @@ impl Validator {
                 .and_then(|p| self.json_path("errors.record_error", p)),
             spec: spec.errors.clone(),
         };
-        if let Some(schedule) = &spec.schedule
-            && !SYNC_INTERVAL_SECS.contains(&schedule.interval_secs)
+        if let Some(days) = spec
+            .schedule
+            .as_ref()
+            .and_then(|s| s.deep_sync_interval_days)
+            && !DEEP_SYNC_INTERVAL_DAYS.contains(&days)
+        {
+            self.report(
+                "schedule.deep_sync_interval_days",
+                format!(
+                    "must be {} to {} days",
+                    DEEP_SYNC_INTERVAL_DAYS.start(),
+                    DEEP_SYNC_INTERVAL_DAYS.end()
+                ),
+            );
+        }
+        if let Some(secs) = spec.schedule.as_ref().and_then(|s| s.interval_secs)
+            && !SYNC_INTERVAL_SECS.contains(&secs)
         {
             self.report(
                 "schedule.interval_secs",
@@ -269,7 +286,13 @@ impl Validator {
             sync_interval: spec
                 .schedule
                 .as_ref()
-                .map(|s| std::time::Duration::from_secs(s.interval_secs)),
+                .and_then(|s| s.interval_secs)
+                .map(std::time::Duration::from_secs),
+            deep_sync_interval: spec
+                .schedule
+                .as_ref()
+                .and_then(|s| s.deep_sync_interval_days)
+                .map(|days| std::time::Duration::from_secs(u64::from(days) * 86_400)),
             webhooks,
             accounts: accounts?,
             holdings: holdings.flatten(),

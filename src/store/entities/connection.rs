@@ -22,6 +22,9 @@ pub struct Model {
     pub refresh_due_at: Option<DateTimeUtc>,
     pub token_lease_owner: Option<String>,
     pub token_lease_until: Option<DateTimeUtc>,
+    /// Set while a refresh's outcome is unknown (see the migration that added it).
+    pub refresh_started_at: Option<DateTimeUtc>,
+    pub deep_sync_due_at: Option<DateTimeUtc>,
     pub last_synced_at: Option<DateTimeUtc>,
     pub last_failure_at: Option<DateTimeUtc>,
     pub last_failure_reason: Option<String>,

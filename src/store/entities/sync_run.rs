@@ -19,6 +19,8 @@ pub struct Model {
     #[sea_orm(column_name = "rejected")]
     pub quarantined: i32,
     pub cursor: Option<String>,
+    /// A deep sync: the whole history re-read, removals found.
+    pub deep: bool,
     pub error: Option<String>,
 }
 

@@ -15,6 +15,7 @@ pub(crate) mod northwind;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use sha2::{Digest, Sha256};
@@ -153,8 +154,10 @@ pub(crate) enum TokenShape {
 /// What a refresh does to the refresh token.
 #[derive(Debug)]
 pub(crate) enum RefreshTokens {
-    /// A new one every time, the old one kept for [`SandboxConfig::refresh_grace`].
-    Rotate,
+    /// A new one every time; the replaced one is still accepted for `grace` (the
+    /// institution's reuse grace period, zero for none) unless
+    /// [`SandboxConfig::refresh_grace`] says otherwise.
+    Rotate { grace: Duration },
     /// The same one for the grant's life.
     Keep,
 }

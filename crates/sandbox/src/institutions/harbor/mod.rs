@@ -7,6 +7,7 @@
 mod api;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 
@@ -34,7 +35,9 @@ pub(crate) static SPEC: InstitutionSpec = InstitutionSpec {
             expires_in_as_string: true,
             ..TokenQuirks::STANDARD
         }),
-        refresh_tokens: RefreshTokens::Rotate,
+        refresh_tokens: RefreshTokens::Rotate {
+            grace: Duration::from_secs(60),
+        },
     },
     data: DataRules {
         salted_seed: true,
@@ -56,7 +59,7 @@ fn describe(config: &SandboxConfig) -> String {
     format!(
         "Harbor Savings Bank (institution id `harbor`, client `{client}`), a retail bank\n\
          \x20 OAuth: client_secret_post only (HTTP Basic is refused), comma-separated scopes `accounts,transactions`,\n\
-         \x20   no PKCE, `expires_in` sent as a string, refresh tokens rotate.\n\
+         \x20   no PKCE, `expires_in` sent as a string, refresh tokens rotate, a replaced one still accepted for 60 s.\n\
          \x20 GET  /harbor/api/accounts         scope `accounts`: checking (CHK) and savings (SAV) accounts\n\
          \x20 GET  /harbor/api/transactions     scope `transactions`\n\
          \x20 Pages by `offset` and `limit` (1..=100, default 25): {{\"data\": [...], \"total\": N}}.\n\

@@ -10,6 +10,7 @@ mod api;
 mod sync;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 
@@ -34,7 +35,9 @@ pub(crate) static SPEC: InstitutionSpec = InstitutionSpec {
         scope_separator: ' ',
         pkce_required: true,
         token_shape: TokenShape::Configured,
-        refresh_tokens: RefreshTokens::Rotate,
+        refresh_tokens: RefreshTokens::Rotate {
+            grace: Duration::ZERO,
+        },
     },
     data: DataRules {
         salted_seed: false,
@@ -56,7 +59,7 @@ fn describe(config: &SandboxConfig) -> String {
     format!(
         "Meridian Brokerage (institution id `meridian`, client `{client}`)\n\
          \x20 OAuth: PKCE S256 required, Basic or body client authentication, space-separated scopes\n\
-         \x20   accounts holdings transactions, refresh tokens rotate.\n\
+         \x20   accounts holdings transactions, refresh tokens rotate, a replaced one refused at once.\n\
          \x20 GET  /meridian/v1/accounts        scope `accounts`\n\
          \x20 GET  /meridian/v1/holdings        scope `holdings`\n\
          \x20 GET  /meridian/v1/transactions    scope `transactions`\n\

@@ -7,6 +7,7 @@
 mod api;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 
@@ -31,7 +32,9 @@ pub(crate) static SPEC: InstitutionSpec = InstitutionSpec {
         scope_separator: ' ',
         pkce_required: true,
         token_shape: TokenShape::Fixed(TokenQuirks::STANDARD),
-        refresh_tokens: RefreshTokens::Rotate,
+        refresh_tokens: RefreshTokens::Rotate {
+            grace: Duration::from_secs(1800),
+        },
     },
     data: DataRules {
         salted_seed: true,
@@ -52,7 +55,7 @@ fn routes(_: &Arc<AppState>) -> Router<Arc<AppState>> {
 fn describe(config: &SandboxConfig) -> String {
     format!(
         "Northwind Credit Union (institution id `northwind`, client `{client}`)\n\
-         \x20 OAuth: standard; PKCE S256 required, space-separated scopes `accounts transactions`, refresh tokens rotate.\n\
+         \x20 OAuth: standard; PKCE S256 required, space-separated scopes `accounts transactions`, refresh tokens rotate, a replaced one still accepted for 30 minutes.\n\
          \x20 GET  /northwind/v1/accounts       scope `accounts`\n\
          \x20 GET  /northwind/v1/transactions   scope `transactions`\n\
          \x20 Pages by `page` (from 1) and `per_page` (1..=100, default 25): {{\"items\": [...], \"page\": 1, \"total_pages\": 3}}.\n\
