@@ -15,7 +15,9 @@
 # (from Debian's packages when missing) and the npm packages pinned in
 # tests/interop, installed under ~/.cache (or FINSYNC_INTEROP_NODE_MODULES names
 # a node_modules that has them). The sync benchmark's test starts a redis-server of
-# its own: the binary is installed from Debian's packages when missing.
+# its own, and the fault suite (tests/it/faults.rs) a redis-server and a PostgreSQL
+# server of its own: the programs are installed from Debian's packages when missing.
+# The fault suite's full run: FINSYNC_FAULT_SUITE=full scripts/test.sh faults::
 set -euo pipefail
 
 PG_HOST=127.0.0.1
@@ -269,12 +271,17 @@ ensure_redis() {
     export FINSYNC_TEST_REDIS_URL="$REDIS_DEFAULT_URL"
 }
 
-# The sync benchmark's test starts a redis-server of its own, whichever Redis the
-# other tests use.
-ensure_redis_server_binary() {
+# The sync benchmark's test and the fault suite start a redis-server of their own,
+# whichever Redis the other tests use; the fault suite also runs a PostgreSQL server
+# of its own (initdb, pg_ctl), which it stops and restarts.
+ensure_server_binaries() {
     if ! command -v redis-server >/dev/null 2>&1; then
-        note "the benchmark test needs the redis-server binary"
+        note "the benchmark test and the fault suite need the redis-server binary"
         apt_install redis-server
+    fi
+    if ! command -v initdb >/dev/null 2>&1 && [[ -z $(pg_installed_version) ]]; then
+        note "the fault suite needs PostgreSQL's server programs"
+        apt_install postgresql
     fi
 }
 
@@ -345,7 +352,7 @@ main() {
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (https://rustup.rs)"
     ensure_postgres
     ensure_redis
-    ensure_redis_server_binary
+    ensure_server_binaries
     ensure_schemathesis
     ensure_oauth2_mock_server
     say "running the test suite: cargo test --workspace --all-targets${*:+ $*}"

@@ -45,6 +45,10 @@ pub enum EngineError {
     /// Unavailable, and it said for how long (`Retry-After` on a retry status).
     #[error("the institution is unavailable (HTTP {status}) for {} s", retry_after.as_secs())]
     UnavailableFor { status: u16, retry_after: Duration },
+    /// Not asked: its breaker is open after failures in a row, and lets a request
+    /// through again in `retry_in`.
+    #[error("not asking the institution for now: it kept failing (its breaker lets a request through in {} s)", retry_in.as_secs())]
+    CircuitOpen { retry_in: Duration },
     #[error("the institution's response could not be read: {0}")]
     Unreadable(String),
     #[error("the institution rejected the request: HTTP {status}")]
@@ -58,7 +62,10 @@ impl EngineError {
     fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Unavailable(_) | Self::UnavailableFor { .. } | Self::RateLimited { .. }
+            Self::Unavailable(_)
+                | Self::UnavailableFor { .. }
+                | Self::CircuitOpen { .. }
+                | Self::RateLimited { .. }
         )
     }
 }
@@ -466,9 +473,8 @@ impl Engine {
                 .admit(&connector.id, quota(connector), MAX_RETRY_AFTER)
                 .await
                 .map_err(|refusal| match refusal {
-                    Refusal::CircuitOpen => EngineError::Unavailable(
-                        "circuit open: the institution keeps failing; not asking it for now".into(),
-                    ),
+                    // The sync comes back when the breaker lets a probe through.
+                    Refusal::CircuitOpen { retry_in } => EngineError::CircuitOpen { retry_in },
                     Refusal::Wait(wait) => EngineError::RateLimited {
                         retry_after: Some(wait),
                     },
@@ -490,13 +496,17 @@ impl Engine {
             .retry(ExponentialBuilder::default().with_jitter().with_min_delay(Duration::from_millis(200)).with_max_times(3))
             // While the breaker is not closed a retry would only be refused or add load.
             .when(|error| error.is_transient() && self.resilience.is_closed(&connector.id))
-            .adjust(|error, planned| match error {
-                EngineError::RateLimited { retry_after: Some(wait) }
-                | EngineError::UnavailableFor { retry_after: wait, .. }
-                    if *wait > MAX_RETRY_AFTER => None,
-                EngineError::RateLimited { retry_after: Some(wait) }
-                | EngineError::UnavailableFor { retry_after: wait, .. } => Some(*wait),
-                _ => planned,
+            .adjust(|error, planned| {
+                // `None`: the retries are used up, whatever the institution asked.
+                let planned = planned?;
+                match error {
+                    EngineError::RateLimited { retry_after: Some(wait) }
+                    | EngineError::UnavailableFor { retry_after: wait, .. }
+                        if *wait > MAX_RETRY_AFTER => None,
+                    EngineError::RateLimited { retry_after: Some(wait) }
+                    | EngineError::UnavailableFor { retry_after: wait, .. } => Some(*wait),
+                    _ => Some(planned),
+                }
             })
             .notify(|error, wait| {
                 tracing::warn!(institution = %connector.id, error = %error, wait_ms = wait.as_millis() as u64, "Retrying a request.");
@@ -1063,6 +1073,39 @@ window = { from_param = "start", to_param = "end", format = "%Y%m%d", step_days 
         assert!(!fetched.complete("transactions"));
         assert_eq!(fetched.coverage, Coverage::Partial);
         assert_eq!(fetched.snapshot.accounts.len(), 1);
+    }
+
+    /// An institution that keeps answering 429 with a short `Retry-After` is asked
+    /// four times in all (the request and three retries), then the run ends
+    /// rate limited: a `Retry-After` shapes the wait, never the number of tries.
+    #[tokio::test]
+    async fn a_429_that_never_ends_is_retried_three_times_then_given_up() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let refuse = {
+            let calls = Arc::clone(&calls);
+            move || {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async {
+                    (
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "0")],
+                        "slow down",
+                    )
+                }
+            }
+        };
+        let base = serve(axum::Router::new().route("/accounts", axum::routing::get(refuse))).await;
+        let connector = connector(&base, "path = \"list\"\nrecords = \"$.items[*]\"");
+        let engine = Engine::with_resilience(
+            crate::http::client(),
+            Resilience::local(BreakerPolicy::default()),
+        );
+        let error = engine
+            .fetch(&connector, &SecretString::from("t"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, EngineError::RateLimited { .. }), "{error}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
     }
 
     /// A POST endpoint gets its parameters as a JSON body, numbers as numbers.

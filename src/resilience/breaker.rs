@@ -130,6 +130,18 @@ impl Breaker {
         (admission, inner.state)
     }
 
+    /// How long from now until a request may be let through again: the rest of the
+    /// cool-down, or of the probe in flight; zero when it is closed.
+    pub fn reopens_in(&self) -> Duration {
+        let inner = self.lock();
+        let until = match (inner.state, inner.probe_started) {
+            (BreakerState::Closed, _) => return Duration::ZERO,
+            (BreakerState::HalfOpen, Some(started)) => started + self.policy.cooldown,
+            _ => inner.open_until,
+        };
+        until.saturating_duration_since(Instant::now())
+    }
+
     /// The institution answered (whatever it said): it is up.
     pub fn succeeded(&self) -> BreakerState {
         let mut inner = self.lock();

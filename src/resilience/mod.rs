@@ -35,8 +35,9 @@ use budget::{LocalBudget, RedisBudget};
 /// Why a request may not be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// The institution's breaker is open.
-    CircuitOpen,
+    /// The institution's breaker is open; it lets a request through again in
+    /// `retry_in`.
+    CircuitOpen { retry_in: Duration },
     /// A pause or an exhausted budget lasts longer than the caller would wait.
     Wait(Duration),
 }
@@ -146,14 +147,19 @@ impl Resilience {
         let guard = self.guard(institution, quota);
         let (admission, state) = guard.breaker.admit();
         publish(institution, state);
-        let admission = admission.ok_or(Refusal::CircuitOpen)?;
+        let admission = admission.ok_or_else(|| Refusal::CircuitOpen {
+            retry_in: guard.breaker.reopens_in(),
+        })?;
         // The semaphore is never closed; were it, refusing is the safe answer.
-        let in_flight = guard
-            .in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Refusal::CircuitOpen)?;
+        let in_flight =
+            guard
+                .in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Refusal::CircuitOpen {
+                    retry_in: Duration::ZERO,
+                })?;
         let degraded_in_flight = if guard.health.is_degraded() {
             Some(
                 guard
@@ -161,7 +167,9 @@ impl Resilience {
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|_| Refusal::CircuitOpen)?,
+                    .map_err(|_| Refusal::CircuitOpen {
+                        retry_in: Duration::ZERO,
+                    })?,
             )
         } else {
             None
@@ -306,7 +314,9 @@ mod tests {
                 .admit("down", quota(100, 4), Duration::ZERO)
                 .await
                 .unwrap_err(),
-            Refusal::CircuitOpen
+            Refusal::CircuitOpen {
+                retry_in: POLICY.cooldown
+            }
         );
         assert!(!resilience.is_closed("down"));
         assert_eq!(

@@ -46,6 +46,9 @@ pub struct ConnectionRecord {
     /// When the next deep sync (the whole history re-read) is due; `None` until the
     /// first sync picks a time.
     pub deep_sync_due_at: Option<DateTime<Utc>>,
+    /// Until when the sync holding the connection's sync lease keeps it, if one
+    /// does; a live sync renews it, a dead one's lapses.
+    pub sync_lease_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     /// Moves on every change to the row; cached views compare it to detect that
     /// they were built from an outdated connection.
@@ -104,7 +107,7 @@ pub struct SyncSuccess<'a> {
     pub cursor: Option<&'a str>,
     /// When the next deep sync is due; `None` leaves it as it is.
     pub deep_sync_due_at: Option<DateTime<Utc>>,
-    /// The sync's lease, given back with the success.
+    /// Whose sync this is: recorded only while it holds the sync lease.
     pub lease_owner: &'a str,
 }
 
@@ -687,11 +690,12 @@ impl Store {
         Ok(())
     }
 
-    /// Records a successful sync that started at `at`: schedules the next one,
-    /// stores where it resumes (`cursor`, covering data already committed), and
-    /// gives back the sync lease, in one statement. Only while the connection is
-    /// active and the sync still holds its lease: returns false, changing nothing,
-    /// if a disconnect (which takes the lease away) or another sync came between.
+    /// Records a successful sync that started at `at`: schedules the next one and
+    /// stores where it resumes (`cursor`, covering data already committed), in one
+    /// statement. Only while the connection is active and the sync still holds its
+    /// lease: returns false, changing nothing, if a disconnect (which takes the
+    /// lease away) or another sync came between. The sync gives the lease back
+    /// once its run is closed.
     pub async fn record_sync_success(
         &self,
         id: ConnectionId,
@@ -710,14 +714,6 @@ impl Store {
             .col_expr(
                 connection::Column::SyncCursor,
                 Expr::value(success.cursor.map(str::to_owned)),
-            )
-            .col_expr(
-                connection::Column::SyncLeaseOwner,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                connection::Column::SyncLeaseUntil,
-                Expr::value(Option::<DateTime<Utc>>::None),
             )
             .col_expr(connection::Column::UpdatedAt, Expr::value(Utc::now()));
         if let Some(due) = success.deep_sync_due_at {
@@ -903,6 +899,7 @@ pub(super) fn to_record(row: connection::Model) -> Result<ConnectionRecord, Stor
         sync_cursor: row.sync_cursor,
         refresh_started_at: row.refresh_started_at,
         deep_sync_due_at: row.deep_sync_due_at,
+        sync_lease_until: row.sync_lease_owner.and(row.sync_lease_until),
         created_at: row.created_at,
         updated_at: row.updated_at,
     })

@@ -21,7 +21,7 @@ pub mod wait;
 use std::sync::Arc;
 
 pub use job::{Job, RefreshToken, SyncConnection};
-pub use pipeline::{LEASE as SYNC_LEASE, SyncError, SyncOutcome};
+pub use pipeline::{SyncError, SyncOutcome};
 pub use queue::{Queue, QueueError};
 pub use wait::{WaitError, wait_for_sync};
 

@@ -20,8 +20,11 @@ use crate::webhooks::outbound::{self, EventData, WebhookEvent};
 /// per failure in a row, never later than the connection's own interval), unless
 /// the institution said when to come back.
 const RETRY_FIRST: chrono::Duration = chrono::Duration::seconds(15);
-/// How long one sync may hold its connection; a crashed sync's lease expires.
-pub const LEASE: chrono::Duration = chrono::Duration::minutes(15);
+/// How long a sync holds its connection before renewing the lease: a sync whose
+/// worker died frees the connection this soon. A live one renews it every
+/// [`LEASE_RENEW_EVERY`], however long it runs.
+const LEASE: chrono::Duration = chrono::Duration::seconds(60);
+const LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 /// How long a sync that found its connection busy, or its connector not yet in
 /// service here, waits before trying again.
 const DEFER: std::time::Duration = std::time::Duration::from_secs(10);
@@ -44,6 +47,8 @@ pub enum SyncError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(super::QueueError),
+    #[error("another sync took the connection over while this one stalled")]
+    LeaseLost,
 }
 
 /// Runs one sync; every log line of it carries the connection and the job's key.
@@ -63,15 +68,37 @@ async fn sync_connection(ctx: &Env, job: &SyncConnection) -> Result<SyncOutcome,
     else {
         return not_leased(ctx, job).await;
     };
-    let outcome = leased(ctx, job, connection).await;
-    // A successful sync gave the lease back with its success; anything else,
-    // an error included, gives it back here.
-    if !matches!(outcome, Ok(SyncOutcome::Synced(_))) {
-        ctx.store
-            .release_lease(Lease::Sync, job.connection_id, owner)
-            .await?;
-    }
+    let outcome = tokio::select! {
+        outcome = leased(ctx, job, connection) => outcome,
+        lost = keep_lease(ctx, job.connection_id, owner) => Err(lost),
+    };
+    // Given back once the run is closed, so that runs of one connection never
+    // overlap; an error included.
+    ctx.store
+        .release_lease(Lease::Sync, job.connection_id, owner)
+        .await?;
     outcome
+}
+
+/// Renews the sync lease while the sync runs; returns only if another sync took
+/// it over (this one stalled past the lease), which stops this one: its writes
+/// are transactions, so what it leaves is whole, and the job is tried again.
+async fn keep_lease(ctx: &Env, connection: ConnectionId, owner: &str) -> SyncError {
+    loop {
+        tokio::time::sleep(LEASE_RENEW_EVERY).await;
+        match ctx
+            .store
+            .acquire_lease(Lease::Sync, connection, owner, Utc::now() + LEASE)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("The sync lease was taken over; stopping this sync.");
+                return SyncError::LeaseLost;
+            }
+            Err(e) => tracing::warn!(error = %e, "Renewing the sync lease failed."),
+        }
+    }
 }
 
 /// What a sync holding the lease does.
@@ -333,6 +360,9 @@ async fn retry_in(
     let asked = match failure {
         Failure::Engine(
             EngineError::UnavailableFor { retry_after, .. }
+            | EngineError::CircuitOpen {
+                retry_in: retry_after,
+            }
             | EngineError::RateLimited {
                 retry_after: Some(retry_after),
             },
@@ -411,7 +441,11 @@ impl Failure {
             Self::Engine(EngineError::RateLimited { .. }) => {
                 "RATE_LIMITED: the institution asked us to slow down; retrying later".into()
             }
-            Self::Engine(EngineError::Unavailable(_) | EngineError::UnavailableFor { .. })
+            Self::Engine(
+                EngineError::Unavailable(_)
+                | EngineError::UnavailableFor { .. }
+                | EngineError::CircuitOpen { .. },
+            )
             | Self::Token(TokenError::Refresh(_)) => {
                 "INSTITUTION_UNAVAILABLE: the institution could not be reached; retrying later"
                     .into()
@@ -469,7 +503,7 @@ fn next_deep_sync(
 }
 
 /// Fetches, stores, and records the success on the connection (with where the
-/// next sync resumes and the lease given back); returns what changed and the cursor.
+/// next sync resumes); returns what changed and the cursor.
 async fn fetch_and_store(
     ctx: &Env,
     job: &SyncConnection,

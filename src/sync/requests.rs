@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::{Environment, QueueError, SYNC_LEASE, SyncConnection};
+use super::{Environment, QueueError, SyncConnection};
 use crate::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
 use crate::store::entities::sync_run;
 use crate::store::{StoreError, SyncRequestRecord};
@@ -129,11 +129,12 @@ pub async fn progress(
         let record = store.connection(id).await?;
         let mut runs = store.runs_since(id, request.created_at).await?;
         let succeeded = runs.iter().rposition(|r| r.outcome == "succeeded");
-        // A run unfinished after the sync lease ran out was abandoned (its worker
-        // died): it no longer counts as running.
-        let running = runs
-            .iter()
-            .position(|r| r.finished_at.is_none() && r.started_at + SYNC_LEASE > Utc::now());
+        // A run unfinished once the connection's sync lease lapsed was abandoned
+        // (its worker died; a live one renews the lease): it is not running.
+        let leased = record
+            .sync_lease_until
+            .is_some_and(|until| until > Utc::now());
+        let running = runs.iter().position(|r| r.finished_at.is_none() && leased);
         let (state, run) = if let Some(i) = succeeded {
             (RequestState::Succeeded, Some(runs.swap_remove(i)))
         } else if let Some(i) = running {

@@ -11,6 +11,7 @@ mod connectors;
 mod contract;
 mod docs;
 mod embedded;
+mod faults;
 mod fleet;
 mod institution_webhooks;
 mod institutions;
