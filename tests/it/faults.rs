@@ -807,13 +807,31 @@ async fn a_fleet_recovers_from_every_fault_without_losing_or_changing_a_record()
     bounds.push(("PostgreSQL restarted".into(), took));
 
     // PostgreSQL stopped: cached reads go on, the rest is refused fast.
+    // Every portfolio cached first (a Redis just restarted holds none until they are
+    // read or synced again), so that what the outage may serve is known.
+    fleet.enter("caching");
+    let (http, key) = (&fleet.http, &fleet.api_key);
+    for user in &users {
+        let url = format!("{}/v1/users/{user}/portfolio", fleet.api);
+        wait_until(
+            &format!("{user}'s portfolio to be cached"),
+            Duration::from_secs(60),
+            || async {
+                http.get(&url).bearer_auth(key).send().await.is_ok_and(|r| {
+                    r.headers()
+                        .get("x-cache")
+                        .is_some_and(|v| v == "l1" || v == "l2")
+                })
+            },
+        )
+        .await;
+    }
     // While it stops and until the API has noticed (it probes the database every
     // second), either answer is right; a portfolio marked STORE_UNAVAILABLE says
     // it has.
     fleet.enter("postgres stopping");
     fleet.postgres.pg_ctl(&["stop", "-m", "immediate"]);
     let portfolio = format!("{}/v1/users/{}/portfolio", fleet.api, users[0]);
-    let (http, key) = (&fleet.http, &fleet.api_key);
     wait_until(
         "the API to notice the database is away",
         Duration::from_secs(30),

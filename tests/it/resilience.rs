@@ -482,3 +482,54 @@ async fn when_the_institution_answers_again_the_connections_waiting_on_it_are_du
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_sync_the_breaker_turns_away_comes_back_when_the_breaker_lets_a_request_through() {
+    let app = TestApp::builder()
+        .with(|settings| {
+            settings.resilience.breaker_failures = 1;
+            settings.resilience.breaker_cooldown_ms = 60_000;
+            settings.resilience.breaker_max_cooldown_ms = 60_000;
+        })
+        .tenant("advisor")
+        .expect_failed_jobs()
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let tenant = app.tenant();
+    let store = &app.app.ctx.store;
+    let harbor = app
+        .link_and_sync_at(tenant.id, "demo-alice", "harbor")
+        .await;
+    sandbox
+        .set_faults(
+            Institution::Harbor,
+            Faults {
+                error_rate: 1.0,
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    // The first failure opens the breaker for a minute.
+    let reason = sync(&app, harbor).await.unwrap_err();
+    assert!(reason.starts_with("INSTITUTION_UNAVAILABLE"), "{reason}");
+    let requests = harbor_requests(sandbox);
+    // The next sync is turned away without asking, and comes back when the
+    // breaker lets a request through again (plus up to a tenth), not on the
+    // 15 s backoff.
+    let reason = sync(&app, harbor).await.unwrap_err();
+    assert!(reason.starts_with("INSTITUTION_UNAVAILABLE"), "{reason}");
+    assert_eq!(
+        harbor_requests(sandbox),
+        requests,
+        "the open breaker asked nobody"
+    );
+    let record = store.connection(harbor).await.unwrap();
+    let wait = (record.next_sync_at.unwrap() - record.last_failure_at.unwrap())
+        .to_std()
+        .unwrap();
+    assert!(
+        wait >= Duration::from_secs(45) && wait <= Duration::from_secs(67),
+        "next attempt {wait:?} after the refusal; the breaker reopens within a minute"
+    );
+}

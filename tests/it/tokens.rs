@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use apalis::prelude::{TaskBuilder, TaskSink};
 use finsync::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
-use finsync::store::Store;
+use finsync::store::{Lease, Store};
 use finsync::sync::{Job, Queue, SyncConnection, scheduler};
 use finsync::tokens::{TokenService, rotate};
 use finsync::vault::{Vault, seal_context};
@@ -861,4 +861,49 @@ async fn a_refresh_killed_mid_rotation_without_a_grace_says_why_the_user_must_li
     let (code, message) = finsync::tokens::ROTATION_LOST.split_once(": ").unwrap();
     assert_eq!(portfolio["freshness"]["reason"], code);
     assert_eq!(portfolio["freshness"]["message"], message);
+}
+
+#[tokio::test]
+async fn a_sync_that_finds_a_refresh_in_progress_says_so_and_comes_back_shortly() {
+    let app = TestApp::builder()
+        .sandbox(sandbox_config(2))
+        .tenant("advisor")
+        .expect_failed_jobs()
+        .build()
+        .await;
+    let tenant = app.tenant();
+    let store = &app.app.ctx.store;
+    let connection = app.link_and_sync(tenant.id, "demo-carol").await;
+    access_token_expired(&app, connection).await;
+    // Another process is renewing the tokens, and keeps at it past the 30 s a sync waits.
+    let until = chrono::Utc::now() + chrono::Duration::minutes(10);
+    assert!(
+        store
+            .acquire_lease(Lease::Token, connection, "another-process", until)
+            .await
+            .unwrap()
+    );
+    let reason = sync_after_crash(&app, connection).await.unwrap_err();
+    assert!(reason.starts_with("TOKEN_REFRESH_PENDING"), "{reason}");
+    let record = store.connection(connection).await.unwrap();
+    assert_eq!(record.status, ConnectionStatus::Active);
+    let wait = record.next_sync_at.unwrap() - record.last_failure_at.unwrap();
+    assert!(
+        wait <= chrono::Duration::seconds(16),
+        "comes back shortly: {wait}"
+    );
+    let portfolio = app
+        .get_json(
+            "/v1/users/demo-carol/portfolio",
+            tenant.key.0.expose_secret(),
+        )
+        .await;
+    assert_eq!(portfolio["freshness"]["reason"], "TOKEN_REFRESH_PENDING");
+
+    // Once the other process lets go, the next sync refreshes and goes through.
+    store
+        .release_lease(Lease::Token, connection, "another-process")
+        .await
+        .unwrap();
+    sync_after_crash(&app, connection).await.unwrap();
 }
