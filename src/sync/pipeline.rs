@@ -1,7 +1,11 @@
-//! The sync pipeline for one connection: take the connection's sync lease and a
-//! usable token, fetch every page through the connector engine, map, diff against
-//! what is stored and write only what changed, then record the run and refresh the
-//! cached portfolio. A failure at any step leaves the last good data as it was.
+//! The sync pipeline for one connection: take the connection's sync lease (renewed
+//! while the sync runs) and a usable token, fetch every page through the connector
+//! engine (from the stored cursor, or the whole history when a deep sync is due),
+//! map, diff against what is stored and write only what changed, then record the
+//! run and refresh the cached portfolio. A failure at any step leaves the last good
+//! data as it was and schedules the next attempt when the institution said, else on
+//! a backoff; the first success after the institution's trouble brings its other
+//! waiting connections forward.
 
 use chrono::Utc;
 use tracing::Instrument;
@@ -210,7 +214,11 @@ async fn leased_sync(
             if let Some(reason) = &connection.last_failure_reason
                 && INSTITUTION_TROUBLE.iter().any(|t| reason.starts_with(t))
             {
-                bring_forward(ctx, &connection).await?;
+                // The sync is done and recorded; a failure here only leaves the
+                // others on their own schedules.
+                if let Err(e) = bring_forward(ctx, &connection).await {
+                    tracing::warn!(error = %e, "Bringing the institution's waiting connections forward failed.");
+                }
             }
             let data =
                 EventData::connection(&connection, ConnectionStatus::Active).with_counts(counts);

@@ -1,7 +1,8 @@
 //! The token lifecycle: the OAuth2 [`oauth`] client for one connector, [`link`]ing a user through the authorization
 //! code flow, and [`TokenService`], which hands a sync a usable access token,
 //! refreshes tokens ahead of expiry with at most one refresh per connection in
-//! flight across the fleet, and revokes them; [`disconnect`]ing a connection.
+//! flight across the fleet (finishing one that a stopped process cut short), and
+//! revokes them; [`disconnect`]ing a connection.
 //!
 //! Tokens live in `SecretString` in memory, as [`crate::vault`] ciphertext in the
 //! database, and
