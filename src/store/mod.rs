@@ -19,7 +19,7 @@ mod webhooks;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
@@ -115,12 +115,18 @@ pub struct Store {
     /// Whether the database answered lately, as this process saw it. The API's
     /// probe ([`Store::watch`]) and failed calls keep it current, so an answer
     /// served from the cache can say the database is away without waiting on it.
-    unreachable: Arc<AtomicBool>,
+    /// Bit 0: unreachable; the rest: failures noted so far, so that a probe that
+    /// started before the latest failure does not get to say the database is back.
+    reachability: Arc<AtomicU64>,
 }
 
 /// Rows one purge statement deletes, so that a long history is not deleted in one
 /// statement holding the database.
 const PURGE_BATCH: u64 = 1000;
+
+/// [`Store::reachability`]'s unreachable bit, and one noted failure.
+const UNREACHABLE: u64 = 1;
+const FAILURE: u64 = 2;
 
 impl Store {
     /// Deletes the rows of `E` that `condition` selects, [`PURGE_BATCH`] at a time
@@ -197,30 +203,46 @@ impl Store {
             });
         Ok(Self {
             db: Database::connect(options).await?,
-            unreachable: Arc::default(),
+            reachability: Arc::default(),
         })
     }
 
     /// Whether the database answered the last time this process asked.
     pub fn reachable(&self) -> bool {
-        !self.unreachable.load(Ordering::Relaxed)
+        self.reachability.load(Ordering::SeqCst) & UNREACHABLE == 0
     }
 
     /// Records what a call's failure says about the database.
     pub fn note(&self, error: &StoreError) {
         if error.is_unavailable() {
-            self.unreachable.store(true, Ordering::Relaxed);
+            // Never fails: the closure always gives a new state.
+            let _ = self
+                .reachability
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |state| {
+                    Some(failure_noted(state))
+                });
         }
     }
 
     /// Asks the database for a trivial answer, waiting at most `within`; records
-    /// and returns whether it came.
+    /// and returns whether it came. An answer is not recorded over a failure noted
+    /// while the probe was under way: that failure is newer news.
     pub async fn probe(&self, within: Duration) -> bool {
+        let before = self.reachability.load(Ordering::SeqCst);
         let answered = matches!(
             tokio::time::timeout(within, self.db.ping()).await,
             Ok(Ok(()))
         );
-        self.unreachable.store(!answered, Ordering::Relaxed);
+        if answered {
+            // Fails, leaving it as it is, once a failure was noted meanwhile.
+            let _ = self
+                .reachability
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |state| {
+                    answered_since(state, before)
+                });
+        } else {
+            self.reachability.fetch_or(UNREACHABLE, Ordering::SeqCst);
+        }
         answered
     }
 
@@ -288,8 +310,36 @@ fn sqlite_path(url: &str) -> Option<&str> {
     (!path.is_empty() && path != ":memory:").then_some(path)
 }
 
+/// The reachability after a failure: unreachable, one more failure counted.
+fn failure_noted(state: u64) -> u64 {
+    state.wrapping_add(FAILURE) | UNREACHABLE
+}
+
+/// The reachability after an answer to a probe that began at `before`: reachable,
+/// unless a failure was noted since (`None`: leave it).
+fn answered_since(state: u64, before: u64) -> Option<u64> {
+    (state / FAILURE == before / FAILURE).then_some(state & !UNREACHABLE)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_answer_to_an_older_probe_does_not_hide_a_newer_failure() {
+        use super::{answered_since, failure_noted};
+        let start = 0;
+        let probing = start;
+        let failed = failure_noted(start);
+        assert_eq!(answered_since(failed, probing), None, "the failure stands");
+        let failed_again = failure_noted(failed);
+        assert_eq!(failed_again & 1, 1);
+        let probing = failed_again;
+        assert_eq!(
+            answered_since(failed_again, probing).map(|s| s & 1),
+            Some(0),
+            "a probe begun after the last failure may say it is back"
+        );
+    }
+
     #[test]
     fn sqlite_paths_are_found_in_urls() {
         assert_eq!(
