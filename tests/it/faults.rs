@@ -26,8 +26,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::support::{
-    ADMIN_TOKEN, Proc, VAULT_KEY, eventually, finsync, free_port, link_through_api, spawn,
-    spawn_sandbox_process, unique, wait_ready, wait_until,
+    ADMIN_TOKEN, Proc, eventually, eventually_explained, finsync, free_port, link_through_api,
+    process_env, spawn, spawn_sandbox_process, unique, wait_ready, wait_until,
 };
 
 /// How long the fleet may take to recover from one fault: a killed worker's sync
@@ -175,16 +175,16 @@ struct OwnRedis {
 }
 
 impl OwnRedis {
-    fn start() -> Self {
+    async fn start() -> Self {
         let mut redis = Self {
             port: free_port(),
             process: None,
         };
-        redis.restart();
+        redis.restart().await;
         redis
     }
 
-    fn restart(&mut self) {
+    async fn restart(&mut self) {
         self.process = Some(spawn(
             "redis",
             Command::new("redis-server")
@@ -201,7 +201,7 @@ impl OwnRedis {
                     .is_ok()
             }
         })
-        .await_blocking();
+        .await;
     }
 
     /// `kill -9`.
@@ -224,17 +224,6 @@ impl OwnRedis {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-/// Lets a synchronous constructor wait on an async condition.
-trait AwaitBlocking {
-    fn await_blocking(self);
-}
-
-impl<F: std::future::Future<Output = ()>> AwaitBlocking for F {
-    fn await_blocking(self) {
-        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(self));
     }
 }
 
@@ -271,15 +260,14 @@ struct Fleet {
 impl Fleet {
     async fn start(sandbox_url: String) -> Self {
         let postgres = OwnPostgres::start();
-        let redis = OwnRedis::start();
+        let redis = OwnRedis::start().await;
         let port = free_port();
         let api = format!("http://127.0.0.1:{port}");
-        let mut env = vec![
-            ("FINSYNC_ENV", "test".to_owned()),
-            ("FINSYNC__DATABASE__URL", postgres.url()),
+        let mut env = process_env(&postgres.url(), &sandbox_url);
+        env.retain(|(key, _)| *key != "FINSYNC__REDIS__URL");
+        env.extend([
             ("FINSYNC__REDIS__URL", redis.url()),
             ("FINSYNC__REDIS__KEY_PREFIX", unique("faults")),
-            ("FINSYNC__VAULT__KEY", VAULT_KEY.to_owned()),
             ("FINSYNC__SERVER__ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
             ("FINSYNC__SERVER__BIND", format!("127.0.0.1:{port}")),
             ("FINSYNC__SERVER__PUBLIC_URL", api.clone()),
@@ -291,15 +279,7 @@ impl Fleet {
             ("FINSYNC__SERVER__RATE_LIMIT_BURST", "1000".to_owned()),
             ("FINSYNC__SYNC__SCHEDULER_TICK_SECS", "1".to_owned()),
             ("FINSYNC__SYNC__INTERVAL_SECS", "60".to_owned()),
-        ];
-        for institution in INSTITUTIONS {
-            let key = match institution {
-                "meridian" => "FINSYNC__CONNECTORS__BASE_URLS__MERIDIAN",
-                "harbor" => "FINSYNC__CONNECTORS__BASE_URLS__HARBOR",
-                _ => "FINSYNC__CONNECTORS__BASE_URLS__KEYSTONE",
-            };
-            env.push((key, format!("{sandbox_url}/{institution}")));
-        }
+        ]);
         assert!(finsync(&env).arg("migrate").status().unwrap().success());
         let output = finsync(&env)
             .args(["tenants", "create", "faults"])
@@ -470,14 +450,16 @@ impl Fleet {
         done: impl Fn(&finsync::store::ConnectionRecord) -> bool,
     ) {
         let started = Instant::now();
-        loop {
+        let store = &self.store;
+        let done = &done;
+        eventually_explained(what, RECOVERY, || async move {
             let mut states = Vec::new();
             let mut all = true;
             for (id, (user, institution)) in connections {
                 if !institutions.contains(institution) {
                     continue;
                 }
-                match self.store.connection(*id).await {
+                match store.connection(*id).await {
                     Ok(record) => {
                         all &= done(&record);
                         states.push(format!(
@@ -494,51 +476,10 @@ impl Fleet {
                     }
                 }
             }
-            if all {
-                break;
-            }
-            if started.elapsed() >= RECOVERY {
-                panic!(
-                    "timed out after {RECOVERY:?} waiting for {what}:\n{}\njobs:\n{}",
-                    states.join("\n"),
-                    self.jobs().await
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            if all { Ok(()) } else { Err(states.join("\n")) }
+        })
+        .await;
         eprintln!("fault suite: {what} after {:?}", started.elapsed());
-    }
-
-    /// The queue's latest jobs, for a failure message.
-    async fn jobs(&self) -> String {
-        use sea_orm::ConnectionTrait;
-        let Ok(db) = sea_orm::Database::connect(self.postgres.url()).await else {
-            return "(the database is unreachable)".into();
-        };
-        let rows = db
-            .query_all_raw(sea_orm::Statement::from_string(
-                db.get_database_backend(),
-                "SELECT convert_from(job, 'UTF8') AS job, status, run_at::text AS run_at, \
-                 coalesce(lock_by, '') AS lock_by, attempts, coalesce(last_error, '') AS error \
-                 FROM apalis.jobs ORDER BY run_at DESC LIMIT 30",
-            ))
-            .await
-            .unwrap_or_default();
-        rows.iter()
-            .map(|row| {
-                let get = |column: &str| row.try_get::<String>("", column).unwrap_or_default();
-                format!(
-                    "{} {} run_at {} lock_by {} attempts {} {}",
-                    get("job"),
-                    get("status"),
-                    get("run_at"),
-                    get("lock_by"),
-                    row.try_get::<i32>("", "attempts").unwrap_or_default(),
-                    get("error")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
     }
 
     /// Reads every user's portfolio over and over until stopped, recording what
@@ -584,7 +525,6 @@ impl Fleet {
                         },
                     };
                     reads.lock().unwrap().push(read);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         })
@@ -783,7 +723,7 @@ async fn a_fleet_recovers_from_every_fault_without_losing_or_changing_a_record()
         .await;
     bounds.push(("Redis killed".into(), took));
     fleet.enter("redis restarted");
-    fleet.redis.restart();
+    fleet.redis.restart().await;
     fleet.reads_in_phase("redis restarted", users.len()).await;
 
     // Redis frozen: connections open, nothing answers.

@@ -24,7 +24,7 @@ fn fleet_env(
 ) -> (String, Vec<(&'static str, String)>) {
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
-    let mut env = process_env(db, sandbox_url);
+    let mut env = process_env(&db.url, sandbox_url);
     env.retain(|(key, _)| *key != "FINSYNC__REDIS__URL");
     env.extend([
         ("FINSYNC__REDIS__URL", redis_url()),

@@ -358,7 +358,7 @@ async fn an_event_for_accounts_not_yet_known_is_replayed_once_they_are() {
 
     let connection = app.link_and_sync(tenant.id, "demo-bob").await;
     // An operator replays what did not match, as a process of its own.
-    let output = finsync(&process_env(db, &sandbox.base_url()))
+    let output = finsync(&process_env(&db.url, &sandbox.base_url()))
         .args(["webhooks", "replay", "--institution", "meridian"])
         .output()
         .unwrap();
@@ -387,7 +387,7 @@ async fn an_event_for_accounts_not_yet_known_is_replayed_once_they_are() {
     );
 
     // Replaying again by default finds nothing left to do.
-    let output = finsync(&process_env(db, &sandbox.base_url()))
+    let output = finsync(&process_env(&db.url, &sandbox.base_url()))
         .args(["webhooks", "replay"])
         .output()
         .unwrap();

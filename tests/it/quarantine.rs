@@ -138,7 +138,7 @@ async fn records_that_do_not_map_wait_redacted_in_quarantine_until_a_replay_maps
         .set_faults(Institution::Harbor, Faults::default())
         .unwrap();
     let since = chrono::Utc::now();
-    let output = finsync(&process_env(db, &sandbox.base_url()))
+    let output = finsync(&process_env(&db.url, &sandbox.base_url()))
         .args(["sync", "replay", "--quarantined", "--connector", "harbor"])
         .output()
         .unwrap();

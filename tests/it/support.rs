@@ -194,20 +194,35 @@ pub fn base_settings(db: &TestDb, redis_prefix: Option<&str>) -> Settings {
 const POLL: Duration = Duration::from_millis(50);
 
 /// Polls `check` until it returns `Some(value)` and returns that value; fails the
-/// test, naming `what`, if `deadline` passes first. The one place tests wait.
+/// test, naming `what`, if `deadline` passes first.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
+    eventually_explained(what, deadline, || {
+        let checked = check();
+        async move { checked.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// [`eventually`] for a check that says why it is not there yet (`Err(why)`):
+/// the failure names the last reason. The one place tests wait.
+pub async fn eventually_explained<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let until = tokio::time::Instant::now() + deadline;
     loop {
-        if let Some(value) = check().await {
-            return value;
-        }
+        let why = match check().await {
+            Ok(value) => return value,
+            Err(why) => why,
+        };
         assert!(
             tokio::time::Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
+            "timed out after {deadline:?} waiting for {what}\n{why}"
         );
         tokio::time::sleep(POLL).await;
     }
@@ -896,10 +911,10 @@ pub async fn wait_ready(url: &str) {
 }
 
 /// Environment for a separate `finsync` process of this test's deployment.
-pub fn process_env(db: &TestDb, sandbox_url: &str) -> Vec<(&'static str, String)> {
+pub fn process_env(database_url: &str, sandbox_url: &str) -> Vec<(&'static str, String)> {
     vec![
         ("FINSYNC_ENV", "test".to_owned()),
-        ("FINSYNC__DATABASE__URL", db.url.clone()),
+        ("FINSYNC__DATABASE__URL", database_url.to_owned()),
         ("FINSYNC__REDIS__URL", String::new()),
         ("FINSYNC__VAULT__KEY", VAULT_KEY.to_owned()),
         (

@@ -106,7 +106,7 @@ async fn fifty_syncs_and_fifty_token_requests_across_processes_refresh_once() {
     assert!(stale.tokens.access_token_expires_at.unwrap() < chrono::Utc::now());
     let before = sandbox.stats().refreshes;
 
-    let env = process_env(db, &sandbox.base_url());
+    let env = process_env(&db.url, &sandbox.base_url());
     let _w1 = spawn(
         "worker-1",
         finsync(&env).args(["worker", "--concurrency", "4"]),
@@ -631,7 +631,7 @@ async fn the_rotate_key_command_reseals_under_the_new_key() {
     let connection = app.link_and_sync(tenant.id, "demo-bob").await;
 
     let new_key = Vault::generate_key();
-    let mut env = process_env(db, &sandbox.base_url());
+    let mut env = process_env(&db.url, &sandbox.base_url());
     env.retain(|(k, _)| *k != "FINSYNC__VAULT__KEY");
     env.push(("FINSYNC__VAULT__KEY", new_key.expose_secret().to_owned()));
     env.push(("FINSYNC__VAULT__PREVIOUS_KEYS", VAULT_KEY.to_owned()));

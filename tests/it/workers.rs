@@ -127,7 +127,7 @@ async fn a_sync_whose_worker_is_killed_runs_again_and_stores_a_clean_sync() {
     let (_sandbox, sandbox_url) = spawn_sandbox_process();
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
-    let mut env = process_env(&db, &sandbox_url);
+    let mut env = process_env(&db.url, &sandbox_url);
     env.retain(|(key, _)| *key != "FINSYNC__REDIS__URL");
     env.extend([
         ("FINSYNC__REDIS__URL", redis_url()),
