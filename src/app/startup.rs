@@ -138,11 +138,18 @@ impl App {
             redirect_uri,
             refresh_at_fraction: settings.tokens.refresh_at_fraction,
         };
+        // Secrets that connectors' headers name are read where client secrets are.
+        let engine = Engine::with_resilience(http, resilience).with_secrets({
+            let registry = registry.clone();
+            Arc::new(move |connector: &crate::connectors::Connector, env: &str| {
+                registry.secret(connector, env).ok()
+            })
+        });
         let ctx = Arc::new(Environment {
             store,
             cache,
             registry,
-            engine: Engine::with_resilience(http, resilience),
+            engine,
             tokens,
             queue,
             interval: chrono::Duration::seconds(

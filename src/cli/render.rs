@@ -156,35 +156,51 @@ pub fn portfolio(p: &Portfolio) -> String {
     out
 }
 
-/// The report of `finsync connectors check`: one row per endpoint, then the field
-/// problems with examples.
+/// The report of `finsync connectors check`: one row per endpoint (and account, for
+/// an endpoint asked once per account), then the field problems with examples.
 pub fn check(reports: &[crate::sync::check::EndpointReport]) -> String {
-    let mut table = table(&["endpoint", "requests", "fetched", "mapped", "result"]);
+    let mut table = table(&[
+        "endpoint", "account", "requests", "fetched", "mapped", "result",
+    ]);
     let mut details = String::new();
     for r in reports {
+        let never = r.never_filled();
         let result = match &r.failure {
             Some(failure) => Cell::new(format!("failed: {failure}")).fg(Color::Red),
             None if r.is_clean() => Cell::new("ok").fg(Color::Green),
-            None => Cell::new(format!("{} not mapped", r.fetched - r.mapped)).fg(Color::Yellow),
+            None if r.mapped < r.fetched => {
+                Cell::new(format!("{} not mapped", r.fetched - r.mapped)).fg(Color::Yellow)
+            }
+            None => Cell::new(format!("never filled: {}", never.join(", "))).fg(Color::Yellow),
+        };
+        let at = match &r.account {
+            Some(account) => format!("{} [{account}]", r.endpoint),
+            None => r.endpoint.clone(),
         };
         table.add_row(vec![
-            Cell::new(r.endpoint),
-            Cell::new(r.requests).set_alignment(CellAlignment::Right),
+            Cell::new(&r.endpoint),
+            Cell::new(r.account.as_deref().unwrap_or("all")),
+            Cell::new(r.requests.map_or("?".to_owned(), |n| n.to_string()))
+                .set_alignment(CellAlignment::Right),
             Cell::new(r.fetched).set_alignment(CellAlignment::Right),
             Cell::new(r.mapped).set_alignment(CellAlignment::Right),
             result,
         ]);
         for (field, (count, examples)) in &r.unparsable {
             details.push_str(&format!(
-                "\n{}.{field}: {count} record(s) not mapped, e.g. {}",
-                r.endpoint,
+                "\n{at}.{field}: {count} record(s) not mapped, e.g. {}",
                 examples.join("; ")
             ));
         }
         for (field, count) in &r.absent {
+            let warning = if never.contains(field) {
+                " (never filled: is its path right?)"
+            } else {
+                ""
+            };
             details.push_str(&format!(
-                "\n{}.{field}: empty in {count} of {} record(s)",
-                r.endpoint, r.fetched
+                "\n{at}.{field}: empty in {count} of {} record(s){warning}",
+                r.fetched
             ));
         }
     }

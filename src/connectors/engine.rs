@@ -6,8 +6,9 @@
 //! through the institution's [`Resilience`]: breaker, pauses, concurrency cap and
 //! rate budget.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -17,10 +18,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::incremental::{Position, SyncCursor};
-use super::mapping::{self, FieldError, Mapping};
+use super::mapping::{self, FieldError, Item, Layers, Mapping, Parent};
 use super::paging::{PageRead, Walk};
 use super::redact;
-use super::{Connector, Endpoint, Paging};
+use super::template::Escape;
+use super::{Connector, Endpoint, Header, Paging};
 use crate::domain::{Coverage, Snapshot};
 use crate::resilience::{BreakerPolicy, Outcome, Quota, Refusal, Resilience};
 
@@ -51,8 +53,8 @@ pub enum EngineError {
     CircuitOpen { retry_in: Duration },
     #[error("the institution's response could not be read: {0}")]
     Unreadable(String),
-    #[error("the institution rejected the request: HTTP {status}")]
-    Rejected { status: u16 },
+    #[error("the institution rejected {request}: HTTP {status}")]
+    Rejected { status: u16, request: String },
     /// Sync-token paging: the data changed while paging; start again.
     #[error("the institution's data changed while paging")]
     Restart,
@@ -85,7 +87,7 @@ impl Rejected {
     fn new(
         endpoint: &'static str,
         mappings: &[&Mapping],
-        record: &Value,
+        record: &Item,
         error: &FieldError,
     ) -> Self {
         let key_fields: &[&'static str] = if endpoint == "holdings" {
@@ -103,11 +105,11 @@ impl Rejected {
     }
 }
 
-/// Every record of one endpoint across its pages, and the ids the institution said
-/// were removed (sync-token paging).
+/// Every record of one endpoint across its pages (and, fanning out, one account's),
+/// and the ids the institution said were removed (sync-token paging).
 #[derive(Debug, Default)]
 pub struct Pages {
-    pub records: Vec<Value>,
+    pub records: Vec<Item>,
     pub removed: Vec<String>,
     pub requests: usize,
     /// Sync-token paging: the token the last page handed back, to resume from.
@@ -120,18 +122,31 @@ pub struct Pages {
 /// the run gives up until later.
 const MAX_RESTARTS: usize = 3;
 
+/// One account's data that could not be read this time: what is stored for it stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountFailure {
+    pub account: String,
+    /// `details.<name>`, `holdings` or `transactions`.
+    pub endpoint: String,
+    pub reason: String,
+}
+
 /// Everything fetched for one connection, mapped.
 #[derive(Debug)]
 pub struct Fetched {
     pub snapshot: Snapshot,
     pub rejected: Vec<Rejected>,
     pub requests: usize,
-    /// What the fetched transactions stand for.
+    /// What the fetched transactions stand for (of every account without its own).
     pub coverage: Coverage,
+    /// Fan-out transactions: what each account's fetched transactions stand for.
+    pub coverage_by_account: BTreeMap<String, Coverage>,
     /// Where the next sync of the transactions resumes from, if it can.
     pub cursor: Option<SyncCursor>,
     /// Deferrable endpoints left for a later sync while the institution struggles.
     pub deferred: Vec<&'static str>,
+    /// Accounts some of whose data could not be read, and why.
+    pub failures: Vec<AccountFailure>,
 }
 
 impl Default for Fetched {
@@ -141,8 +156,10 @@ impl Default for Fetched {
             rejected: Vec::new(),
             requests: 0,
             coverage: Coverage::Partial,
+            coverage_by_account: BTreeMap::new(),
             cursor: None,
             deferred: Vec::new(),
+            failures: Vec::new(),
         }
     }
 }
@@ -153,13 +170,81 @@ impl Fetched {
     pub fn complete(&self, endpoint: &str) -> bool {
         !self.rejected.iter().any(|r| r.endpoint == endpoint) && !self.deferred.contains(&endpoint)
     }
+
+    /// Accounts whose `endpoint` data could not be read (`details` for any details
+    /// endpoint): what is stored of it stays.
+    pub fn unread(&self, endpoint: &str) -> BTreeSet<String> {
+        self.failures
+            .iter()
+            .filter(|f| f.endpoint == endpoint || f.endpoint.starts_with(&format!("{endpoint}.")))
+            .map(|f| f.account.clone())
+            .collect()
+    }
 }
 
+/// Responses already read in one fetch, by request: an institution that serves an
+/// account's balances and holdings in one document is asked for it once.
+#[derive(Default)]
+struct Memo(std::sync::Mutex<HashMap<String, (HeaderMap, Value)>>);
+
+impl Memo {
+    fn get(&self, key: &str) -> Option<(HeaderMap, Value)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    fn put(&self, key: String, page: (HeaderMap, Value)) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, page);
+    }
+}
+
+/// One request's target: the URL, the parameters the connector builds, and the
+/// account it is about.
+struct Request<'a> {
+    endpoint: &'a Endpoint,
+    url: &'a url::Url,
+    /// The URL the walk began at: a later one (a `Link` header's) carries its own
+    /// parameters.
+    first: &'a url::Url,
+    params: &'a [(String, String)],
+    account: Option<&'a Parent>,
+}
+
+/// Whether a failure concerns one fan-out request only (its account's data), rather
+/// than the institution or the user's grant as a whole.
+fn per_account(error: &EngineError) -> bool {
+    matches!(
+        error,
+        EngineError::Unavailable(_)
+            | EngineError::UnavailableFor { .. }
+            | EngineError::Unreadable(_)
+            | EngineError::Rejected { .. }
+    )
+}
+
+/// Resolves the secrets that headers name.
+pub type Secrets = std::sync::Arc<dyn Fn(&Connector, &str) -> Option<SecretString> + Send + Sync>;
+
 /// Runs connectors over one shared HTTP client.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Engine {
     http: reqwest::Client,
     resilience: Resilience,
+    secrets: Option<Secrets>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("resilience", &self.resilience)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Engine {
@@ -169,7 +254,17 @@ impl Engine {
     }
 
     pub fn with_resilience(http: reqwest::Client, resilience: Resilience) -> Self {
-        Self { http, resilience }
+        Self {
+            http,
+            resilience,
+            secrets: None,
+        }
+    }
+
+    /// Where the secrets that connectors' headers name are read.
+    pub fn with_secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = Some(secrets);
+        self
     }
 
     pub fn resilience(&self) -> &Resilience {
@@ -179,7 +274,8 @@ impl Engine {
     /// Fetches and maps every endpoint of the connector; transactions resume from
     /// `resume` when it is this connector version's (see [`super::incremental`]). A
     /// record that does not map is set aside with its reason; a page that cannot be
-    /// read fails the whole fetch.
+    /// read fails the whole fetch, unless it was one account's (a fan-out request):
+    /// then only that account's data is left as stored, and the fetch says so.
     pub async fn fetch(
         &self,
         connector: &Connector,
@@ -188,22 +284,38 @@ impl Engine {
     ) -> Result<Fetched, EngineError> {
         let mut out = Fetched::default();
         let fetched_at = Utc::now();
+        let memo = Memo::default();
 
         let pages = self
-            .fetch_records(connector, &connector.accounts, token)
+            .fetch_from(connector, &connector.accounts, token, None, None, &memo)
             .await?;
         out.requests += pages.requests;
-        for record in &pages.records {
-            match checked(connector, record)
-                .and_then(|()| mapping::account(&connector.accounts.fields, record, fetched_at))
+        let mut parents: Vec<Arc<Parent>> = Vec::new();
+        for item in &pages.records {
+            let details = match self
+                .account_details(connector, token, item, &memo, &mut out)
+                .await?
             {
-                Ok(account) => out.snapshot.accounts.push(account),
-                Err(reason) => out.rejected.push(Rejected::new(
-                    "accounts",
-                    &[&connector.accounts.fields],
-                    record,
-                    &reason,
-                )),
+                Some(details) => details,
+                // Its details could not be read: it stays as stored.
+                None => continue,
+            };
+            let mut layers = vec![(&connector.accounts.fields, item)];
+            layers.extend(details.iter().map(|(mapping, item)| (*mapping, item)));
+            let mappings: Vec<&Mapping> = layers.iter().map(|(m, _)| *m).collect();
+            match checked(connector, &item.record)
+                .and_then(|()| mapping::account(&Layers(layers), fetched_at))
+            {
+                Ok(account) => {
+                    parents.push(Arc::new(Parent {
+                        external_id: account.external_id.clone(),
+                        record: item.record.clone(),
+                    }));
+                    out.snapshot.accounts.push(account);
+                }
+                Err(reason) => out
+                    .rejected
+                    .push(Rejected::new("accounts", &mappings, item, &reason)),
             }
         }
 
@@ -212,12 +324,20 @@ impl Engine {
         if connector.holdings.as_ref().is_some_and(deferred) {
             out.deferred.push("holdings");
         } else if let Some(endpoint) = &connector.holdings {
-            let pages = self.fetch_records(connector, endpoint, token).await?;
-            out.requests += pages.requests;
             let security_mapping = endpoint.security.as_ref().unwrap_or(&endpoint.fields);
-            for record in &pages.records {
-                match checked(connector, record)
-                    .and_then(|()| mapping::holding(&endpoint.fields, security_mapping, record))
+            let mut items = Vec::new();
+            for (_, pages) in self
+                .fan_out(
+                    connector, endpoint, token, &parents, None, &memo, &mut out, "holdings",
+                )
+                .await?
+            {
+                out.requests += pages.requests;
+                items.extend(pages.records);
+            }
+            for item in &items {
+                match checked(connector, &item.record)
+                    .and_then(|()| mapping::holding(&endpoint.fields, security_mapping, item))
                 {
                     Ok((holding, security)) => {
                         if !out
@@ -233,7 +353,7 @@ impl Engine {
                     Err(reason) => out.rejected.push(Rejected::new(
                         "holdings",
                         &[&endpoint.fields, security_mapping],
-                        record,
+                        item,
                         &reason,
                     )),
                 }
@@ -245,60 +365,80 @@ impl Engine {
             out.deferred.push("transactions");
             out.cursor = resume.cloned();
         } else if let Some(endpoint) = &connector.transactions {
-            let resume = resume
-                .filter(|c| c.connector_hash == connector.hash)
-                .map(|c| &c.position);
-            let pages = self.fetch_from(connector, endpoint, token, resume).await?;
-            out.requests += pages.requests;
-            // A later page's version of a transaction (sync-token `modified`) replaces
-            // an earlier one; a removed one goes.
-            let mut at: HashMap<String, usize> = HashMap::new();
-            for record in &pages.records {
-                match checked(connector, record)
-                    .and_then(|()| mapping::transaction(&endpoint.fields, endpoint.sign, record))
-                {
-                    Ok(transaction) => match at.get(&transaction.external_id) {
-                        Some(&i) => out.snapshot.transactions[i] = transaction,
-                        None => {
-                            at.insert(
-                                transaction.external_id.clone(),
-                                out.snapshot.transactions.len(),
-                            );
-                            out.snapshot.transactions.push(transaction);
+            let resume = resume.filter(|c| c.connector_hash == connector.hash);
+            let position = resume.map(|c| &c.position);
+            let fetched = self
+                .fan_out(
+                    connector,
+                    endpoint,
+                    token,
+                    &parents,
+                    position,
+                    &memo,
+                    &mut out,
+                    "transactions",
+                )
+                .await?;
+            let mut reached: BTreeMap<String, Position> = BTreeMap::new();
+            let mut single = None;
+            for (account, pages) in fetched {
+                out.requests += pages.requests;
+                let rejected_before = out.rejected.len();
+                let removed = pages.removed.clone();
+                let coverage_dates = pages.dates;
+                let next_token = pages.next_token.clone();
+                map_transactions(connector, endpoint, pages, &mut out);
+                let mapped = out.rejected.len() == rejected_before;
+                let resumed_from = match (&account, position) {
+                    (Some(account), Some(Position::PerAccount(by))) => by.get(account),
+                    (None, Some(p)) if !matches!(p, Position::PerAccount(_)) => Some(p),
+                    _ => None,
+                };
+                let resumed = matches!(resumed_from, Some(Position::SyncToken(_)));
+                let coverage = match coverage_dates {
+                    // Explicit removals stand even when a changed record did not map.
+                    _ if resumed => Coverage::Changes { removed },
+                    _ if !mapped => Coverage::Partial,
+                    Some((from, to)) => Coverage::Dated { from, to },
+                    None => Coverage::Everything,
+                };
+                // A record that did not map is fetched again next time: the cursor
+                // only moves past what was stored.
+                let got_to = match (next_token, coverage_dates) {
+                    (Some(token), _) => Some(Position::SyncToken(token)),
+                    (None, Some((_, to))) => Some(Position::Through(to)),
+                    (None, None) => None,
+                };
+                let position = if mapped {
+                    got_to
+                } else {
+                    resumed_from.cloned()
+                };
+                match account {
+                    Some(account) => {
+                        if let Some(position) = position {
+                            reached.insert(account.clone(), position);
                         }
-                    },
-                    Err(reason) => out.rejected.push(Rejected::new(
-                        "transactions",
-                        &[&endpoint.fields],
-                        record,
-                        &reason,
-                    )),
+                        out.coverage_by_account.insert(account, coverage);
+                    }
+                    None => {
+                        out.coverage = coverage;
+                        single = position;
+                    }
                 }
             }
-            let removed: HashSet<&str> = pages.removed.iter().map(String::as_str).collect();
-            out.snapshot
-                .transactions
-                .retain(|t| !removed.contains(t.external_id.as_str()));
-            let mapped = out.complete("transactions");
-            let resumed = matches!(resume, Some(Position::SyncToken(_)));
-            out.coverage = match pages.dates {
-                // Explicit removals stand even when a changed record did not map.
-                _ if resumed => Coverage::Changes {
-                    removed: pages.removed.clone(),
-                },
-                _ if !mapped => Coverage::Partial,
-                Some((from, to)) => Coverage::Dated { from, to },
-                None => Coverage::Everything,
-            };
-            // A record that did not map is fetched again next time: the cursor
-            // only moves past what was stored.
-            let reached = match (pages.next_token, pages.dates) {
-                (Some(token), _) => Some(Position::SyncToken(token)),
-                (None, Some((_, to))) => Some(Position::Through(to)),
-                (None, None) => None,
-            };
-            let position = if mapped { reached } else { resume.cloned() };
-            out.cursor = position.map(|position| SyncCursor {
+            if endpoint.fan_out.is_some() {
+                // An account whose transactions could not be read resumes where it was.
+                if let Some(Position::PerAccount(before)) = position {
+                    for account in out.unread("transactions") {
+                        if let Some(was) = before.get(&account) {
+                            reached.insert(account, was.clone());
+                        }
+                    }
+                }
+                single = (!reached.is_empty()).then_some(Position::PerAccount(reached));
+            }
+            out.cursor = single.map(|position| SyncCursor {
                 connector_hash: connector.hash.clone(),
                 position,
             });
@@ -308,25 +448,217 @@ impl Engine {
         Ok(out)
     }
 
-    /// Every record of one endpoint, across all its pages and date windows.
+    /// One account's records from every details endpoint that asks for it, or `None`
+    /// (with the failure noted) when one could not be read.
+    async fn account_details<'c>(
+        &self,
+        connector: &'c Connector,
+        token: &SecretString,
+        item: &Item,
+        memo: &Memo,
+        out: &mut Fetched,
+    ) -> Result<Option<Vec<(&'c Mapping, Item)>>, EngineError> {
+        if connector.details.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        // Details are asked for by the account's id; without one the record is
+        // refused when it is mapped.
+        let Ok(Some(external_id)) = connector.accounts.fields.text(item, "external_id") else {
+            return Ok(Some(Vec::new()));
+        };
+        let parent = Arc::new(Parent {
+            external_id: external_id.clone(),
+            record: item.record.clone(),
+        });
+        let mut details = Vec::new();
+        for (name, endpoint) in &connector.details {
+            if !endpoint.asks_for(&parent.record) {
+                continue;
+            }
+            let failed = |reason: String| AccountFailure {
+                account: external_id.clone(),
+                endpoint: format!("details.{name}"),
+                reason,
+            };
+            match self
+                .fetch_from(connector, endpoint, token, None, Some(&parent), memo)
+                .await
+            {
+                Ok(pages) => {
+                    out.requests += pages.requests;
+                    let mut records = pages.records;
+                    match records.len() {
+                        1 => details.push((&endpoint.fields, records.remove(0))),
+                        n => {
+                            out.failures.push(failed(format!(
+                                "its records path selected {n} records, not the account's one"
+                            )));
+                            return Ok(None);
+                        }
+                    }
+                }
+                Err(error) if per_account(&error) => {
+                    tracing::warn!(institution = %connector.id, endpoint = %format!("details.{name}"), %error, "An account's details could not be read; what is stored of it stays.");
+                    out.failures.push(failed(error.to_string()));
+                    return Ok(None);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(Some(details))
+    }
+
+    /// An endpoint's records: once, or once per account it asks for (each from its
+    /// own place in `resume`), as `(account, pages)`. An account whose request fails
+    /// for itself alone is noted in `out` and left out; when every account's did,
+    /// for the institution's reasons, the first failure fails the fetch.
+    #[allow(clippy::too_many_arguments)]
+    async fn fan_out(
+        &self,
+        connector: &Connector,
+        endpoint: &Endpoint,
+        token: &SecretString,
+        accounts: &[Arc<Parent>],
+        resume: Option<&Position>,
+        memo: &Memo,
+        out: &mut Fetched,
+        name: &str,
+    ) -> Result<Vec<(Option<String>, Pages)>, EngineError> {
+        if endpoint.fan_out.is_none() {
+            let resume = resume.filter(|p| !matches!(p, Position::PerAccount(_)));
+            let pages = self
+                .fetch_from(connector, endpoint, token, resume, None, memo)
+                .await?;
+            return Ok(vec![(None, pages)]);
+        }
+        let mut fetched = Vec::new();
+        let mut first_failure = None;
+        let mut institution_failures = 0;
+        let mut asked = 0;
+        for parent in accounts {
+            if !endpoint.asks_for(&parent.record) {
+                continue;
+            }
+            asked += 1;
+            let from = match resume {
+                Some(Position::PerAccount(by)) => by.get(&parent.external_id),
+                _ => None,
+            };
+            match self
+                .fetch_from(connector, endpoint, token, from, Some(parent), memo)
+                .await
+            {
+                Ok(pages) => fetched.push((Some(parent.external_id.clone()), pages)),
+                Err(error) if per_account(&error) => {
+                    tracing::warn!(institution = %connector.id, endpoint = name, %error, "One account's data could not be read; what is stored of it stays.");
+                    out.failures.push(AccountFailure {
+                        account: parent.external_id.clone(),
+                        endpoint: name.to_owned(),
+                        reason: error.to_string(),
+                    });
+                    if matches!(
+                        error,
+                        EngineError::Unavailable(_) | EngineError::UnavailableFor { .. }
+                    ) {
+                        institution_failures += 1;
+                    }
+                    first_failure.get_or_insert(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        match first_failure {
+            Some(error) if institution_failures == asked => Err(error),
+            _ => Ok(fetched),
+        }
+    }
+}
+
+/// Maps one request's (or one account's) transactions into `out`: a later page's
+/// version of a transaction (sync-token `modified`) replaces an earlier one; a
+/// removed one goes.
+fn map_transactions(connector: &Connector, endpoint: &Endpoint, pages: Pages, out: &mut Fetched) {
+    {
+        let start = out.snapshot.transactions.len();
+        let mut at: HashMap<String, usize> = HashMap::new();
+        for item in &pages.records {
+            match checked(connector, &item.record)
+                .and_then(|()| mapping::transaction(&endpoint.fields, endpoint.sign, item))
+            {
+                Ok(transaction) => match at.get(&transaction.external_id) {
+                    Some(&i) => out.snapshot.transactions[i] = transaction,
+                    None => {
+                        at.insert(
+                            transaction.external_id.clone(),
+                            out.snapshot.transactions.len(),
+                        );
+                        out.snapshot.transactions.push(transaction);
+                    }
+                },
+                Err(reason) => out.rejected.push(Rejected::new(
+                    "transactions",
+                    &[&endpoint.fields],
+                    item,
+                    &reason,
+                )),
+            }
+        }
+        let gone: HashSet<&str> = pages.removed.iter().map(String::as_str).collect();
+        let mut i = start;
+        while i < out.snapshot.transactions.len() {
+            if gone.contains(out.snapshot.transactions[i].external_id.as_str()) {
+                out.snapshot.transactions.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Every record of one endpoint that does not fan out, across all its pages and
+    /// date windows.
     pub async fn fetch_records(
         &self,
         connector: &Connector,
         endpoint: &Endpoint,
         token: &SecretString,
     ) -> Result<Pages, EngineError> {
-        self.fetch_from(connector, endpoint, token, None).await
+        self.fetch_from(connector, endpoint, token, None, None, &Memo::default())
+            .await
     }
 
-    /// The records of one endpoint from where a previous sync got to: after a sync
-    /// token, or from `lookback_days` before the last day covered; from the
-    /// beginning without one.
-    pub async fn fetch_from(
+    /// The records of one endpoint for one account (a fan-out endpoint), across all
+    /// its pages and date windows.
+    pub async fn fetch_for(
+        &self,
+        connector: &Connector,
+        endpoint: &Endpoint,
+        token: &SecretString,
+        account: &Arc<Parent>,
+    ) -> Result<Pages, EngineError> {
+        self.fetch_from(
+            connector,
+            endpoint,
+            token,
+            None,
+            Some(account),
+            &Memo::default(),
+        )
+        .await
+    }
+
+    /// The records of one endpoint (for one account, fanning out) from where a
+    /// previous sync got to: after a sync token, or from `lookback_days` before the
+    /// last day covered; from the beginning without one.
+    async fn fetch_from(
         &self,
         connector: &Connector,
         endpoint: &Endpoint,
         token: &SecretString,
         resume: Option<&Position>,
+        account: Option<&Arc<Parent>>,
+        memo: &Memo,
     ) -> Result<Pages, EngineError> {
         let Some(window) = &endpoint.window else {
             let mut fixed = Vec::new();
@@ -335,7 +667,9 @@ impl Engine {
             {
                 fixed.push((token_param.clone(), from.clone()));
             }
-            return self.walk(connector, endpoint, token, fixed).await;
+            return self
+                .walk(connector, endpoint, token, fixed, account, memo)
+                .await;
         };
         let today = Utc::now().date_naive();
         let steps = match resume {
@@ -359,7 +693,9 @@ impl Engine {
                     to.format(&window.format).to_string(),
                 ),
             ];
-            let pages = self.walk(connector, endpoint, token, range).await?;
+            let pages = self
+                .walk(connector, endpoint, token, range, account, memo)
+                .await?;
             out.records.extend(pages.records);
             out.removed.extend(pages.removed);
             out.requests += pages.requests;
@@ -375,23 +711,54 @@ impl Engine {
         endpoint: &Endpoint,
         token: &SecretString,
         fixed: Vec<(String, String)>,
+        account: Option<&Arc<Parent>>,
+        memo: &Memo,
     ) -> Result<Pages, EngineError> {
+        let parent = account.map(Arc::as_ref);
+        let first_url = endpoint.url(parent).map_err(EngineError::Unreadable)?;
+        let mut own = Vec::new();
+        for (key, value) in &endpoint.query {
+            let value = value
+                .render(parent, Escape::None)
+                .map_err(EngineError::Unreadable)?;
+            own.push((key.clone(), value));
+        }
+        own.extend(fixed);
         let first_params = endpoint
             .paging
-            .first_params(connector.limits.page_size, fixed);
+            .first_params(connector.limits.page_size, own);
+        // Only a request that always answers the same document is asked once.
+        let memoized = endpoint.method == reqwest::Method::GET
+            && matches!(endpoint.paging, Paging::None)
+            && endpoint
+                .query
+                .iter()
+                .all(|(_, t)| t.is_fixed() || t.names_account());
 
         let mut out = Pages::default();
         let mut restarts = 0;
         'restart: loop {
             let mut records = Vec::new();
             let mut removed = Vec::new();
-            let mut walk = Walk::new(&endpoint.paging, &endpoint.url, first_params.clone());
+            let mut walk = Walk::new(&endpoint.paging, &first_url, first_params.clone());
             for page in 1..=MAX_PAGES {
-                out.requests += 1;
-                let (headers, body) = match self
-                    .get_page(connector, endpoint, walk.url(), walk.params(), token)
-                    .await
-                {
+                let request = Request {
+                    endpoint,
+                    url: walk.url(),
+                    first: &first_url,
+                    params: walk.params(),
+                    account: parent,
+                };
+                let key = memoized.then(|| format!("{} {:?}", request.url, request.params));
+                let cached = key.as_deref().and_then(|k| memo.get(k));
+                let answer = match cached {
+                    Some(page) => Ok(page),
+                    None => {
+                        out.requests += 1;
+                        self.get_page(connector, &request, token).await
+                    }
+                };
+                let (headers, body) = match answer {
                     Err(EngineError::Restart) if restarts < MAX_RESTARTS => {
                         restarts += 1;
                         tracing::info!(institution = %connector.id, restarts, "The data changed while paging; starting again.");
@@ -404,6 +771,9 @@ impl Engine {
                     }
                     other => other?,
                 };
+                if let Some(key) = key {
+                    memo.put(key, (headers.clone(), body.clone()));
+                }
                 if let Some(container) = &endpoint.records_container
                     && !matches!(
                         container.query(&body).at_most_one(),
@@ -412,7 +782,7 @@ impl Engine {
                 {
                     return Err(EngineError::Unreadable(format!(
                         "page {page} of {} has no list of records where the connector says",
-                        endpoint.url.path()
+                        first_url.path()
                     )));
                 }
                 let mut found: Vec<Value> = endpoint
@@ -438,7 +808,7 @@ impl Engine {
                     );
                 }
                 let count = found.len();
-                records.extend(found);
+                records.extend(joined(endpoint, &body, found, account));
                 let more = walk.advance(&PageRead {
                     number: page,
                     headers: &headers,
@@ -462,9 +832,7 @@ impl Engine {
     async fn get_page(
         &self,
         connector: &Connector,
-        endpoint: &Endpoint,
-        url: &url::Url,
-        page_params: &[(String, String)],
+        request: &Request<'_>,
         token: &SecretString,
     ) -> Result<(HeaderMap, Value), EngineError> {
         let attempt = || async {
@@ -479,9 +847,7 @@ impl Engine {
                         retry_after: Some(wait),
                     },
                 })?;
-            let result = self
-                .send(connector, endpoint, url, page_params, token)
-                .await;
+            let result = self.send(connector, request, token).await;
             let outcome = match &result {
                 Err(EngineError::Unavailable(_) | EngineError::UnavailableFor { .. }) => {
                     Outcome::Unavailable
@@ -518,55 +884,139 @@ impl Engine {
     async fn send(
         &self,
         connector: &Connector,
-        endpoint: &Endpoint,
-        url: &url::Url,
-        page_params: &[(String, String)],
+        request: &Request<'_>,
         token: &SecretString,
     ) -> Result<(HeaderMap, Value), EngineError> {
-        let mut request = self
+        let endpoint = request.endpoint;
+        let url = request.url;
+        let mut builder = self
             .http
             .request(endpoint.method.clone(), url.clone())
             .bearer_auth(token.expose_secret())
             .timeout(Duration::from_secs(connector.limits.timeout_secs));
+        for (name, header) in &endpoint.headers {
+            let value = match header {
+                Header::Text(template) => template
+                    .render(request.account, Escape::None)
+                    .map_err(EngineError::Unreadable)?,
+                Header::Secret(env) => self
+                    .secrets
+                    .as_ref()
+                    .and_then(|secrets| secrets(connector, env))
+                    .ok_or_else(|| {
+                        EngineError::Unavailable(format!(
+                            "the secret `{env}` a header of the connector names is not set"
+                        ))
+                    })?
+                    .expose_secret()
+                    .to_owned(),
+            };
+            builder = builder.header(name.clone(), value);
+        }
         // A next link (Link-header paging) already carries every parameter.
-        let params: Vec<(&str, &str)> = if *url == endpoint.url {
-            endpoint
-                .query
+        let params: Vec<(&str, &str)> = if url == request.first {
+            request
+                .params
                 .iter()
-                .chain(page_params.iter().map(|(k, v)| (k, v)))
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect()
         } else {
-            page_params
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect()
+            Vec::new()
         };
         if endpoint.method == reqwest::Method::POST {
-            request = request.json(&json_body(&params));
+            builder = builder.json(&json_body(&params));
         } else if !params.is_empty() {
-            request = request.query(&params);
+            builder = builder.query(&params);
         }
-        let response = request.send().await.map_err(|e| {
+        let response = builder.send().await.map_err(|e| {
             // reqwest's error text names the URL but never the headers.
             EngineError::Unavailable(e.without_url().to_string())
         })?;
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = read_body(response).await?;
+        let described = format!("{} {}", endpoint.method, url.path());
         if !status.is_success() {
             return Err(classify(
                 connector,
                 &endpoint.paging,
+                &described,
                 status.as_u16(),
                 &headers,
                 &bytes,
             ));
         }
-        let body: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| EngineError::Unreadable(format!("{} is not JSON: {e}", url.path())))?;
+        let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            EngineError::Unreadable(format!("{described} did not answer JSON: {e}"))
+        })?;
         Ok((headers, body))
     }
+}
+
+/// The page's records as items: with, for each of the endpoint's joins, the element
+/// of the joined list each refers to, or why there is none.
+fn joined(
+    endpoint: &Endpoint,
+    body: &Value,
+    records: Vec<Value>,
+    account: Option<&Arc<Parent>>,
+) -> Vec<Item> {
+    let text = |value: &Value| match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let indexes: Vec<(&super::Join, HashMap<String, Vec<&Value>>)> = endpoint
+        .joins
+        .iter()
+        .map(|join| {
+            let mut index: HashMap<String, Vec<&Value>> = HashMap::new();
+            for element in join.list.query(body).all() {
+                if let Ok(Some(key)) = join.key.query(element).at_most_one()
+                    && let Some(key) = text(key)
+                {
+                    index.entry(key).or_default().push(element);
+                }
+            }
+            (join, index)
+        })
+        .collect();
+    records
+        .into_iter()
+        .map(|record| {
+            let mut item = Item::plain(record);
+            item.account = account.cloned();
+            for (join, index) in &indexes {
+                let found = match join.on.query(&item.record).at_most_one() {
+                    Ok(Some(key)) => match text(key) {
+                        Some(key) => match index.get(&key).map(Vec::as_slice) {
+                            Some([one]) => Ok((*one).clone()),
+                            Some(many) => Err(format!(
+                                "join `{}`: {} elements of `{}` have the key `{key}`",
+                                join.name,
+                                many.len(),
+                                join.list
+                            )),
+                            None => Err(format!(
+                                "join `{}`: no element of `{}` has the key `{key}`",
+                                join.name, join.list
+                            )),
+                        },
+                        None => Err(format!(
+                            "join `{}`: the key at `{}` is not text or a number",
+                            join.name, join.on
+                        )),
+                    },
+                    _ => Err(format!(
+                        "join `{}`: the record has no single key at `{}`",
+                        join.name, join.on
+                    )),
+                };
+                item.joined.insert(join.name.clone(), found);
+            }
+            item
+        })
+        .collect()
 }
 
 /// The connector's `[limits]` as the resilience layer takes them.
@@ -632,6 +1082,7 @@ async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, EngineErr
 fn classify(
     connector: &Connector,
     paging: &Paging,
+    request: &str,
     status: u16,
     headers: &HeaderMap,
     body: &[u8],
@@ -665,10 +1116,13 @@ fn classify(
                 status,
                 retry_after,
             },
-            None => EngineError::Unavailable(format!("HTTP {status}")),
+            None => EngineError::Unavailable(format!("{request} answered HTTP {status}")),
         }
     } else {
-        EngineError::Rejected { status }
+        EngineError::Rejected {
+            status,
+            request: request.to_owned(),
+        }
     }
 }
 
@@ -970,7 +1424,7 @@ window = { from_param = "start", to_param = "end", format = "%Y%m%d", step_days 
         let mut got: Vec<String> = pages
             .records
             .iter()
-            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .map(|r| r.record["id"].as_str().unwrap().to_owned())
             .collect();
         got.sort();
         let mut want: Vec<String> = (0..=10).map(|i| format!("t{i}")).collect();

@@ -50,6 +50,20 @@ pub const ACCOUNT: &[FieldDef] = &[
     opt("balance_as_of", Kind::DateTime),
 ];
 
+/// What a per-account details endpoint may fill: every account field but the id,
+/// which the accounts list gives; none is required there.
+pub const ACCOUNT_DETAILS: &[FieldDef] = &[
+    opt("account_type", Kind::Enum(AccountType::ALL)),
+    opt("subtype", Kind::Text),
+    opt("name", Kind::Text),
+    opt("official_name", Kind::Text),
+    opt("mask", Kind::Text),
+    opt("currency", Kind::Currency),
+    opt("balance_current", Kind::Decimal),
+    opt("balance_available", Kind::Decimal),
+    opt("balance_as_of", Kind::DateTime),
+];
+
 pub const HOLDING: &[FieldDef] = &[
     req("account_external_id", Kind::Text),
     req("security_external_id", Kind::Text),

@@ -4,8 +4,12 @@
 //!
 //! A sync-token endpoint resumes from the token the last sync ended with and
 //! receives only what changed; a date-window endpoint resumes `lookback_days`
-//! before the last day it covered. A cursor written by another version of the
-//! connector is ignored: the next sync starts from the beginning.
+//! before the last day it covered. A fan-out endpoint keeps one position per
+//! account: each account resumes where its own last sync got to, and an account
+//! seen for the first time starts from the beginning. A cursor written by another
+//! version of the connector is ignored: the next sync starts from the beginning.
+
+use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -25,6 +29,8 @@ pub enum Position {
     SyncToken(String),
     /// The last day the date windows covered.
     Through(NaiveDate),
+    /// A fan-out endpoint: each account's own position, by its id.
+    PerAccount(BTreeMap<String, Position>),
 }
 
 impl SyncCursor {
@@ -64,5 +70,16 @@ mod tests {
             position: Position::Through(day(22)),
         };
         assert_eq!(SyncCursor::decode(&through.encode(), "abc"), Some(through));
+        let per_account = SyncCursor {
+            connector_hash: "abc".into(),
+            position: Position::PerAccount(BTreeMap::from([
+                ("acc-1".into(), Position::Through(day(22))),
+                ("acc-2".into(), Position::SyncToken("t".into())),
+            ])),
+        };
+        assert_eq!(
+            SyncCursor::decode(&per_account.encode(), "abc"),
+            Some(per_account)
+        );
     }
 }

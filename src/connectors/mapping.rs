@@ -1,9 +1,13 @@
 //! Mapping: one institution record (JSON) → one canonical record, following the
 //! field mappings of a connector file. Numbers are read from the digits the
-//! institution sent, never through `f64`.
+//! institution sent, never through `f64`. A record is read as an [`Item`]: with the
+//! elements of its response's joined lists it refers to, and the account a fan-out
+//! request was for, which fields may read from too; an account may be assembled
+//! from several endpoints' records ([`account`] takes them in layers).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -21,6 +25,56 @@ use crate::domain::{
 pub enum Source {
     Path(JsonPath),
     Const(String),
+    /// The institution's id of the account a fan-out request was for.
+    AccountId,
+}
+
+/// Where a field's path is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The record itself.
+    Record,
+    /// The record of the account a fan-out request was for.
+    Account,
+    /// The element of the named joined list the record refers to.
+    Join(String),
+}
+
+/// A decimal whose sign is carried by another field.
+#[derive(Debug, Clone)]
+pub struct SignFrom {
+    pub path: JsonPath,
+    /// Indicator value → whether the canonical value is negative.
+    pub negative: BTreeMap<String, bool>,
+}
+
+/// The account a fan-out request was for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parent {
+    pub external_id: String,
+    /// Its record as the accounts endpoint returned it.
+    pub record: Value,
+}
+
+/// One record as an endpoint fetched it, with what it may read besides itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub record: Value,
+    /// Join name → the element the record refers to, or why there is none.
+    pub joined: BTreeMap<String, Result<Value, String>>,
+    /// The account a fan-out request was for.
+    pub account: Option<Arc<Parent>>,
+}
+
+impl Item {
+    /// A record that reads nothing besides itself.
+    pub fn plain(record: Value) -> Self {
+        Self {
+            record,
+            joined: BTreeMap::new(),
+            account: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +136,8 @@ pub struct CompiledField {
     pub format: TimeFormat,
     /// Zone of times sent without an offset; UTC when `None`.
     pub timezone: Option<Tz>,
+    pub scope: Scope,
+    pub sign: Option<SignFrom>,
 }
 
 /// Why one record could not be mapped. Never carries the record's values beyond
@@ -121,7 +177,7 @@ impl Mapping {
     pub fn path(&self, name: &str) -> Option<&JsonPath> {
         match &self.fields.get(name)?.source {
             Source::Path(path) => Some(path),
-            Source::Const(_) => None,
+            Source::Const(_) | Source::AccountId => None,
         }
     }
 
@@ -130,45 +186,81 @@ impl Mapping {
         self.fields.keys().copied()
     }
 
+    /// Whether this mapping fills the canonical field `name`.
+    pub fn declares(&self, name: &str) -> bool {
+        self.fields.contains_key(name)
+    }
+
+    /// The node a field's paths are read in: the record, the fan-out account's
+    /// record, or the joined element; `None` when there is none to read.
+    fn node<'i>(
+        item: &'i Item,
+        field: &CompiledField,
+        name: &'static str,
+    ) -> Result<Option<&'i Value>, FieldError> {
+        match &field.scope {
+            Scope::Record => Ok(Some(&item.record)),
+            Scope::Account => Ok(item.account.as_deref().map(|parent| &parent.record)),
+            Scope::Join(join) => match item.joined.get(join) {
+                Some(Ok(element)) => Ok(Some(element)),
+                Some(Err(why)) => Err(FieldError::Invalid {
+                    field: name,
+                    problem: why.clone(),
+                }),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// The single value at `path` in `node` as text; `None` for nothing or null.
+    fn one(
+        path: &JsonPath,
+        node: &Value,
+        name: &'static str,
+    ) -> Result<Option<String>, FieldError> {
+        match path.query(node).at_most_one() {
+            Ok(Some(Value::Null)) | Ok(None) => Ok(None),
+            Ok(Some(Value::String(s))) => Ok(Some(s.clone())),
+            Ok(Some(Value::Number(n))) => Ok(Some(n.to_string())),
+            Ok(Some(Value::Bool(b))) => Ok(Some(b.to_string())),
+            Ok(Some(_)) => Err(FieldError::Invalid {
+                field: name,
+                problem: "is an object or array, not a value".into(),
+            }),
+            Err(_) => Err(FieldError::Invalid {
+                field: name,
+                problem: "the path matches more than one value (a filter must select exactly one)"
+                    .into(),
+            }),
+        }
+    }
+
     /// The field's value as text, after defaults and the value map; `None` when the
     /// record has nothing there and no default is declared.
-    pub fn text(&self, record: &Value, name: &'static str) -> Result<Option<String>, FieldError> {
+    pub fn text(&self, item: &Item, name: &'static str) -> Result<Option<String>, FieldError> {
         let Some(field) = self.fields.get(name) else {
             return Ok(None);
         };
         let found = match &field.source {
             Source::Const(c) if c.is_empty() => None,
             Source::Const(c) => Some(c.clone()),
-            Source::Path(path) => match path.query(record).at_most_one() {
-                Ok(Some(Value::Null)) | Ok(None) => None,
-                Ok(Some(Value::String(s))) => Some(s.clone()),
-                Ok(Some(Value::Number(n))) => Some(n.to_string()),
-                Ok(Some(Value::Bool(b))) => Some(b.to_string()),
-                Ok(Some(_)) => {
-                    return Err(FieldError::Invalid {
-                        field: name,
-                        problem: "is an object or array, not a value".into(),
-                    });
-                }
-                Err(_) => {
-                    return Err(FieldError::Invalid {
-                        field: name,
-                        problem: "the path matches more than one value".into(),
-                    });
-                }
+            Source::AccountId => item.account.as_ref().map(|p| p.external_id.clone()),
+            Source::Path(path) => match Self::node(item, field, name)? {
+                Some(node) => Self::one(path, node, name)?,
+                None => None,
             },
         };
         let value = found.or_else(|| field.default.clone());
         Ok(value.map(|v| field.map.get(&v).cloned().unwrap_or(v)))
     }
 
-    pub fn required_text(&self, record: &Value, name: &'static str) -> Result<String, FieldError> {
+    pub fn required_text(&self, record: &Item, name: &'static str) -> Result<String, FieldError> {
         self.text(record, name)?.ok_or(FieldError::Missing(name))
     }
 
     pub fn decimal(
         &self,
-        record: &Value,
+        record: &Item,
         name: &'static str,
     ) -> Result<Option<Decimal>, FieldError> {
         let Some(text) = self.text(record, name)? else {
@@ -180,36 +272,52 @@ impl Mapping {
         };
         let parsed =
             parse_decimal(&text).map_err(|e| invalid(format!("`{text}` is not a number ({e})")))?;
-        match self.fields.get(name).and_then(|f| f.minor_units) {
-            None => Ok(Some(parsed)),
-            Some(scale) => {
-                if parsed.scale() != 0 {
-                    return Err(invalid(format!(
-                        "`{text}` should be a whole number of minor units"
-                    )));
-                }
-                let mut amount = parsed;
-                amount
-                    .set_scale(scale)
-                    .map_err(|e| invalid(e.to_string()))?;
-                Ok(Some(amount))
+        let Some(field) = self.fields.get(name) else {
+            return Ok(Some(parsed));
+        };
+        let mut amount = parsed;
+        if let Some(scale) = field.minor_units {
+            if parsed.scale() != 0 {
+                return Err(invalid(format!(
+                    "`{text}` should be a whole number of minor units"
+                )));
+            }
+            amount
+                .set_scale(scale)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+        if let Some(sign) = &field.sign {
+            let indicator = match Self::node(record, field, name)? {
+                Some(node) => Self::one(&sign.path, node, name)?,
+                None => None,
+            };
+            let indicator = indicator
+                .ok_or_else(|| invalid("the field that carries its sign is missing".to_owned()))?;
+            let negative = *sign.negative.get(&indicator).ok_or_else(|| {
+                let known: Vec<&str> = sign.negative.keys().map(String::as_str).collect();
+                invalid(format!(
+                    "sign indicator `{indicator}` is not one the connector maps ({})",
+                    known.join(", ")
+                ))
+            })?;
+            amount.set_sign_positive(true);
+            // Zero stays unsigned: "-0.00" is not something the institution sent.
+            if negative && !amount.is_zero() {
+                amount.set_sign_negative(true);
             }
         }
+        Ok(Some(amount))
     }
 
     pub fn required_decimal(
         &self,
-        record: &Value,
+        record: &Item,
         name: &'static str,
     ) -> Result<Decimal, FieldError> {
         self.decimal(record, name)?.ok_or(FieldError::Missing(name))
     }
 
-    pub fn date(
-        &self,
-        record: &Value,
-        name: &'static str,
-    ) -> Result<Option<NaiveDate>, FieldError> {
+    pub fn date(&self, record: &Item, name: &'static str) -> Result<Option<NaiveDate>, FieldError> {
         let Some(text) = self.text(record, name)? else {
             return Ok(None);
         };
@@ -224,7 +332,7 @@ impl Mapping {
 
     pub fn date_time(
         &self,
-        record: &Value,
+        record: &Item,
         name: &'static str,
     ) -> Result<Option<DateTime<Utc>>, FieldError> {
         let Some(text) = self.text(record, name)? else {
@@ -247,7 +355,7 @@ impl Mapping {
             })
     }
 
-    pub fn currency(&self, record: &Value, name: &'static str) -> Result<Currency, FieldError> {
+    pub fn currency(&self, record: &Item, name: &'static str) -> Result<Currency, FieldError> {
         let text = self.required_text(record, name)?;
         text.parse()
             .map_err(|e: crate::domain::CurrencyError| FieldError::Invalid {
@@ -258,7 +366,7 @@ impl Mapping {
 
     pub fn parsed<T: FromStr<Err = String>>(
         &self,
-        record: &Value,
+        record: &Item,
         name: &'static str,
     ) -> Result<Option<T>, FieldError> {
         match self.text(record, name)? {
@@ -347,28 +455,71 @@ fn parse_date_time(text: &str, format: TimeFormat, zone: Tz) -> Option<DateTime<
     }
 }
 
-pub fn account(
-    m: &Mapping,
-    record: &Value,
-    fetched_at: DateTime<Utc>,
-) -> Result<Account, FieldError> {
-    let currency = m.currency(record, "currency")?;
+/// One account's records from several endpoints: the accounts list's first, then
+/// each details endpoint's. A field is read from the last layer that maps it.
+pub struct Layers<'a>(pub Vec<(&'a Mapping, &'a Item)>);
+
+impl<'a> Layers<'a> {
+    /// An account read from one record.
+    pub fn one(mapping: &'a Mapping, item: &'a Item) -> Self {
+        Self(vec![(mapping, item)])
+    }
+
+    /// The layer that maps `name`; the first when none does (so that what is missing
+    /// is reported as missing).
+    fn pick(&self, name: &str) -> (&'a Mapping, &'a Item) {
+        self.0
+            .iter()
+            .rev()
+            .find(|(m, _)| m.declares(name))
+            .or(self.0.first())
+            .copied()
+            .expect("an account has at least the accounts list's record")
+    }
+
+    fn text(&self, name: &'static str) -> Result<Option<String>, FieldError> {
+        let (m, item) = self.pick(name);
+        m.text(item, name)
+    }
+
+    fn required_text(&self, name: &'static str) -> Result<String, FieldError> {
+        self.text(name)?.ok_or(FieldError::Missing(name))
+    }
+
+    fn decimal(&self, name: &'static str) -> Result<Option<Decimal>, FieldError> {
+        let (m, item) = self.pick(name);
+        m.decimal(item, name)
+    }
+}
+
+pub fn account(layers: &Layers<'_>, fetched_at: DateTime<Utc>) -> Result<Account, FieldError> {
+    let (m, item) = layers.pick("currency");
+    let currency = m.currency(item, "currency")?;
+    let (m, item) = layers.pick("account_type");
+    let account_type = m
+        .parsed(item, "account_type")?
+        .ok_or(FieldError::Missing("account_type"))?;
+    let (m, item) = layers.pick("balance_as_of");
+    let as_of = m.date_time(item, "balance_as_of")?.unwrap_or(fetched_at);
     Ok(Account {
-        external_id: m.required_text(record, "external_id")?,
-        account_type: m
-            .parsed(record, "account_type")?
-            .ok_or(FieldError::Missing("account_type"))?,
-        subtype: m.text(record, "subtype")?,
-        name: m.required_text(record, "name")?,
-        official_name: m.text(record, "official_name")?,
-        mask: m.text(record, "mask")?,
+        external_id: layers.required_text("external_id")?,
+        account_type,
+        subtype: layers.text("subtype")?,
+        name: layers.required_text("name")?,
+        official_name: layers.text("official_name")?,
+        mask: layers.text("mask")?,
         currency,
         balances: Balances {
-            current: Money::new(m.required_decimal(record, "balance_current")?, currency),
-            available: m
-                .decimal(record, "balance_available")?
+            current: Money::new(
+                layers
+                    .decimal("balance_current")?
+                    .ok_or(FieldError::Missing("balance_current"))?,
+                currency,
+            ),
+            available: layers
+                .decimal("balance_available")?
                 .map(|a| Money::new(a, currency)),
-            as_of: m.date_time(record, "balance_as_of")?.unwrap_or(fetched_at),
+            as_of,
         },
     })
 }
@@ -377,7 +528,7 @@ pub fn account(
 pub fn holding(
     m: &Mapping,
     security: &Mapping,
-    record: &Value,
+    record: &Item,
 ) -> Result<(Holding, Security), FieldError> {
     let currency = m.currency(record, "currency")?;
     let money = |name| {
@@ -416,7 +567,7 @@ pub fn holding(
 pub fn transaction(
     m: &Mapping,
     sign: SignConvention,
-    record: &Value,
+    record: &Item,
 ) -> Result<Transaction, FieldError> {
     let currency = m.currency(record, "currency")?;
     let raw = m.required_decimal(record, "amount")?;
@@ -458,14 +609,17 @@ mod tests {
             minor_units: None,
             format: TimeFormat::Iso8601,
             timezone: None,
+            scope: Scope::Record,
+            sign: None,
         }
     }
 
     #[test]
     fn json_numbers_keep_every_digit() {
-        let record: Value =
+        let record = Item::plain(
             serde_json::from_str(r#"{"a": 12345678901234567.89, "q": 0.000000001, "s": "1e-9"}"#)
-                .unwrap();
+                .unwrap(),
+        );
         let m = Mapping::new(BTreeMap::from([
             ("a", field("$.a")),
             ("q", field("$.q")),
@@ -487,7 +641,7 @@ mod tests {
 
     #[test]
     fn minor_units_take_the_declared_scale() {
-        let record: Value = serde_json::from_str(r#"{"cents": "-152337"}"#).unwrap();
+        let record = Item::plain(serde_json::json!({"cents": "-152337"}));
         let mut cents = field("$.cents");
         cents.minor_units = Some(2);
         let m = Mapping::new(BTreeMap::from([("amount", cents)]));
@@ -539,7 +693,7 @@ mod tests {
 
     #[test]
     fn value_maps_and_defaults_apply() {
-        let record: Value = serde_json::from_str(r#"{"pending": true}"#).unwrap();
+        let record = Item::plain(serde_json::json!({"pending": true}));
         let mut status = field("$.pending");
         status.map = BTreeMap::from([
             ("true".into(), "pending".into()),
@@ -553,5 +707,135 @@ mod tests {
             Some("pending")
         );
         assert_eq!(m.text(&record, "kind").unwrap().as_deref(), Some("other"));
+    }
+
+    fn signed(path: &str, indicator: &str) -> CompiledField {
+        let mut amount = field(path);
+        amount.sign = Some(SignFrom {
+            path: JsonPath::parse(indicator).unwrap(),
+            negative: BTreeMap::from([
+                ("CREDIT".into(), false),
+                ("DEBIT".into(), true),
+                ("MEMO".into(), true),
+            ]),
+        });
+        amount
+    }
+
+    #[test]
+    fn a_sign_comes_from_its_indicator_and_an_unknown_one_is_refused() {
+        let m = Mapping::new(BTreeMap::from([(
+            "amount",
+            signed("$.amount", "$.debitCreditMemo"),
+        )]));
+        let amount = |record: Value| m.required_decimal(&Item::plain(record), "amount");
+        let out = amount(serde_json::json!({"amount": 12.5, "debitCreditMemo": "DEBIT"}));
+        assert_eq!(out.unwrap().to_string(), "-12.5");
+        // The institution's own sign is dropped: the indicator decides.
+        let out = amount(serde_json::json!({"amount": "-3.10", "debitCreditMemo": "CREDIT"}));
+        assert_eq!(out.unwrap().to_string(), "3.10");
+        let out = amount(serde_json::json!({"amount": "0.00", "debitCreditMemo": "MEMO"}));
+        assert_eq!(out.unwrap().to_string(), "0.00");
+        let refused = amount(serde_json::json!({"amount": 1, "debitCreditMemo": "REVERSAL"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("`REVERSAL` is not one the connector maps (CREDIT, DEBIT, MEMO)"),
+            "{refused}"
+        );
+        let refused = amount(serde_json::json!({"amount": 1}))
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("carries its sign is missing"), "{refused}");
+    }
+
+    #[test]
+    fn a_filter_that_selects_two_elements_is_an_error_not_a_pick() {
+        let m = Mapping::new(BTreeMap::from([(
+            "balance_current",
+            field("$.Balance[?@.Type == 'InterimBooked'].Amount"),
+        )]));
+        let one = Item::plain(serde_json::json!({"Balance": [
+            {"Type": "InterimAvailable", "Amount": "10.00"},
+            {"Type": "InterimBooked", "Amount": "7.25"},
+        ]}));
+        assert_eq!(
+            m.required_decimal(&one, "balance_current")
+                .unwrap()
+                .to_string(),
+            "7.25"
+        );
+        let two = Item::plain(serde_json::json!({"Balance": [
+            {"Type": "InterimBooked", "Amount": "10.00"},
+            {"Type": "InterimBooked", "Amount": "7.25"},
+        ]}));
+        let refused = m.required_decimal(&two, "balance_current").unwrap_err();
+        assert!(
+            refused.to_string().contains("more than one value"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn fields_read_from_the_joined_element_and_the_fan_out_account() {
+        let mut name = field("$.name");
+        name.scope = Scope::Join("security".into());
+        let mut category = field("$.category");
+        category.scope = Scope::Account;
+        let m = Mapping::new(BTreeMap::from([
+            ("name", name),
+            ("category", category),
+            (
+                "account_external_id",
+                CompiledField {
+                    source: Source::AccountId,
+                    ..field("$")
+                },
+            ),
+        ]));
+        let mut item = Item::plain(serde_json::json!({"security_id": "s1"}));
+        item.account = Some(Arc::new(Parent {
+            external_id: "acc-1".into(),
+            record: serde_json::json!({"category": "INVESTMENT_ACCOUNT"}),
+        }));
+        item.joined
+            .insert("security".into(), Ok(serde_json::json!({"name": "Acme"})));
+        assert_eq!(m.text(&item, "name").unwrap().as_deref(), Some("Acme"));
+        assert_eq!(
+            m.text(&item, "category").unwrap().as_deref(),
+            Some("INVESTMENT_ACCOUNT")
+        );
+        assert_eq!(
+            m.text(&item, "account_external_id").unwrap().as_deref(),
+            Some("acc-1")
+        );
+        item.joined
+            .insert("security".into(), Err("no `security` has key `s1`".into()));
+        let refused = m.text(&item, "name").unwrap_err();
+        assert_eq!(refused.field(), "name");
+        assert!(refused.to_string().contains("no `security` has key `s1`"));
+    }
+
+    #[test]
+    fn an_account_reads_each_field_from_the_last_layer_that_maps_it() {
+        let list = Mapping::new(BTreeMap::from([
+            ("external_id", field("$.id")),
+            ("account_type", field("$.type")),
+            ("name", field("$.name")),
+            ("currency", field("$.ccy")),
+            ("balance_current", field("$.stale")),
+        ]));
+        let details = Mapping::new(BTreeMap::from([(
+            "balance_current",
+            signed("$.amount", "$.indicator"),
+        )]));
+        let listed = Item::plain(serde_json::json!({
+            "id": "a1", "type": "depository", "name": "Everyday", "ccy": "GBP", "stale": "1.00"
+        }));
+        let balances = Item::plain(serde_json::json!({"amount": "42.10", "indicator": "DEBIT"}));
+        let layers = Layers(vec![(&list, &listed), (&details, &balances)]);
+        let account = account(&layers, Utc::now()).unwrap();
+        assert_eq!(account.external_id, "a1");
+        assert_eq!(account.balances.current.amount.to_string(), "-42.10");
     }
 }

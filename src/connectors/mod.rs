@@ -1,20 +1,23 @@
 //! Connectors: the abstraction layer between finsync and institutions. An admin
-//! describes an institution in one TOML file under `connectors/` ([`spec`]); it is
-//! validated and compiled into a [`Connector`] ([`validate`]), kept in the
-//! [`Registry`], and run by one generic [`engine`] that fetches pages and [`mapping`]
-//! that turns records into the canonical model; a record that does not map is
-//! [`redact`]ed for quarantine. The institution's signed [`webhook`]s are checked
-//! and read here too. No code here is specific to an
-//! institution.
+//! describes an institution in one TOML file under `connectors/` ([`spec`]), which
+//! may build on a shipped profile of a standard ([`profiles`]); it is validated and
+//! compiled into a [`Connector`] ([`validate`]), kept in the [`Registry`], and run by
+//! one generic [`engine`] that fetches pages (once per account for a fan-out
+//! endpoint, with values filled into [`template`]s) and [`mapping`] that turns
+//! records into the canonical model; a record that does not map is [`redact`]ed for
+//! quarantine. The institution's signed [`webhook`]s are checked and read here too.
+//! No code here is specific to an institution.
 
 pub mod engine;
 pub mod fields;
 pub mod incremental;
 pub mod mapping;
 pub mod paging;
+pub mod profiles;
 pub mod redact;
 pub mod registry;
 pub mod spec;
+pub mod template;
 pub mod validate;
 pub mod webhook;
 
@@ -37,6 +40,8 @@ pub use webhook::{Notice, WebhookError, Webhooks};
 #[derive(Debug, Clone)]
 pub struct Connector {
     pub id: String,
+    /// The shipped profile the file extends, if it does.
+    pub profile: Option<String>,
     pub name: String,
     pub country: String,
     pub products: Vec<String>,
@@ -51,9 +56,12 @@ pub struct Connector {
     /// Webhooks the institution sends, if the file declares them.
     pub webhooks: Option<webhook::Webhooks>,
     pub accounts: Endpoint,
+    /// Per-account endpoints that fill fields of the account, by name.
+    pub details: Vec<(String, Endpoint)>,
     pub holdings: Option<Endpoint>,
     pub transactions: Option<Endpoint>,
-    /// SHA-256 of the file: which version of the connector produced a record.
+    /// SHA-256 of the file (and of the profile it extends): which version of the
+    /// connector produced a record.
     pub hash: String,
 }
 
@@ -100,8 +108,16 @@ pub struct Errors {
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub method: reqwest::Method,
-    pub url: Url,
-    pub query: BTreeMap<String, String>,
+    pub base_url: Url,
+    /// Relative to `base_url`, or a whole URL.
+    pub path: template::Template,
+    pub query: Vec<(String, template::Template)>,
+    /// The file's `[headers]` and the endpoint's own, in that order.
+    pub headers: Vec<(reqwest::header::HeaderName, Header)>,
+    /// Requested once per account.
+    pub fan_out: Option<FanOut>,
+    /// Lists of the same response that records refer to by key.
+    pub joins: Vec<Join>,
     pub paging: Paging,
     pub records: JsonPath,
     /// The list the records sit in (the records path without its trailing `[*]`),
@@ -117,6 +133,55 @@ pub struct Endpoint {
     pub window: Option<Window>,
     /// May wait for a later sync while the institution struggles.
     pub deferrable: bool,
+}
+
+impl Endpoint {
+    /// The URL of a request about `account` (a fan-out request) or of the endpoint.
+    pub fn url(&self, account: Option<&mapping::Parent>) -> Result<Url, String> {
+        let path = self.path.render(account, template::Escape::PathSegment)?;
+        if path.starts_with("http://") || path.starts_with("https://") {
+            Url::parse(&path)
+        } else {
+            self.base_url.join(path.trim_start_matches('/'))
+        }
+        .map_err(|e| format!("`{path}` is not a URL: {e}"))
+    }
+
+    /// Whether a fan-out endpoint asks for `account` (every account without `when`).
+    pub fn asks_for(&self, account: &serde_json::Value) -> bool {
+        match self.fan_out.as_ref().and_then(|f| f.when.as_ref()) {
+            None => true,
+            Some(filter) => {
+                let one = serde_json::Value::Array(vec![account.clone()]);
+                !filter.query(&one).is_empty()
+            }
+        }
+    }
+}
+
+/// A header's value: filled in per request, or a secret the file names.
+#[derive(Debug, Clone)]
+pub enum Header {
+    Text(template::Template),
+    /// Name of the variable (or `[connectors.secrets]` entry) that holds it.
+    Secret(String),
+}
+
+/// An endpoint requested once per account.
+#[derive(Debug, Clone)]
+pub struct FanOut {
+    /// `$[?<when>]`: matches the one-element list of an account's record when the
+    /// account is to be asked for.
+    pub when: Option<JsonPath>,
+}
+
+/// A list in the same response that records refer to by key.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub name: String,
+    pub list: JsonPath,
+    pub key: JsonPath,
+    pub on: JsonPath,
 }
 
 /// A date range walked in steps; see [`spec::WindowSpec`].

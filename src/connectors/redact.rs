@@ -25,7 +25,7 @@ use serde_json::{Number, Value};
 use sha2::{Digest, Sha256};
 
 use super::fields::{self, Kind};
-use super::mapping::{FieldError, Mapping};
+use super::mapping::{FieldError, Item, Mapping};
 
 /// Canonical fields whose values identify a record rather than describe a person.
 const IDENTIFIERS: &[&str] = &[
@@ -59,9 +59,10 @@ pub struct Redacted {
 pub fn redact(
     mappings: &[&Mapping],
     key_fields: &[&'static str],
-    record: &Value,
+    item: &Item,
     error: &FieldError,
 ) -> Redacted {
+    let record = &item.record;
     let mut out = masked(record);
     let scalar_at = |name: &str| -> Vec<String> {
         mappings
@@ -98,26 +99,26 @@ pub fn redact(
         }
     }
     Redacted {
-        key: key(mappings, key_fields, record),
+        key: key(mappings, key_fields, item),
         reason,
         record: out,
     }
 }
 
-fn key(mappings: &[&Mapping], key_fields: &[&'static str], record: &Value) -> String {
+fn key(mappings: &[&Mapping], key_fields: &[&'static str], item: &Item) -> String {
     let parts: Option<Vec<String>> = key_fields
         .iter()
         .map(|name| {
             mappings
                 .iter()
-                .find_map(|m| m.text(record, name).ok().flatten())
+                .find_map(|m| m.text(item, name).ok().flatten())
                 .filter(|id| !id.is_empty())
         })
         .collect();
     match parts {
         Some(parts) if !parts.is_empty() => parts.join(":"),
         _ => {
-            let digest = Sha256::digest(record.to_string().as_bytes());
+            let digest = Sha256::digest(item.record.to_string().as_bytes());
             digest.iter().map(|b| format!("{b:02x}")).collect()
         }
     }
@@ -223,7 +224,12 @@ mod tests {
             field: "amount",
             problem: "`12,3.4` is not a number (invalid)".into(),
         };
-        let redacted = redact(&[&endpoint.fields], &["external_id"], &record, &error);
+        let redacted = redact(
+            &[&endpoint.fields],
+            &["external_id"],
+            &Item::plain(record.clone()),
+            &error,
+        );
         let text = redacted.record.to_string();
         for secret in [
             "JANE", "CUSTOMER", "4421", "Corner", "Pharmacy", "5912", "1834", "rent", "12,3.4",
@@ -257,7 +263,7 @@ mod tests {
         let redacted = redact(
             &[&connector.accounts.fields],
             &["external_id"],
-            &record,
+            &Item::plain(record),
             &error,
         );
         let text = redacted.record.to_string();
@@ -274,8 +280,18 @@ mod tests {
         let endpoint = connector.transactions.as_ref().expect("transactions");
         let record = json!({"amount": "1.00", "memo": "Rent"});
         let error = FieldError::Missing("external_id");
-        let once = redact(&[&endpoint.fields], &["external_id"], &record, &error);
-        let again = redact(&[&endpoint.fields], &["external_id"], &record, &error);
+        let once = redact(
+            &[&endpoint.fields],
+            &["external_id"],
+            &Item::plain(record.clone()),
+            &error,
+        );
+        let again = redact(
+            &[&endpoint.fields],
+            &["external_id"],
+            &Item::plain(record.clone()),
+            &error,
+        );
         assert_eq!(once.key.len(), 64);
         assert_eq!(once.key, again.key);
         assert_eq!(once.record, json!({"amount": "***", "memo": "***"}));

@@ -10,6 +10,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorFile {
+    /// A profile this file builds on (`connectors/profiles/<name>.toml`): the file is
+    /// read as the profile with the file's own keys set over it.
+    pub extends: Option<String>,
     /// Optional; when present it must equal the file stem.
     pub id: Option<String>,
     pub name: String,
@@ -28,7 +31,20 @@ pub struct ConnectorFile {
     pub schedule: Option<ScheduleSpec>,
     /// Webhooks the institution sends when a user's data changes, if it does.
     pub webhooks: Option<WebhooksSpec>,
+    /// Headers sent on every data request (each endpoint may add its own).
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderSpec>,
     pub endpoints: EndpointsSpec,
+}
+
+/// One request header's value: text, in which `{uuid}` is a fresh UUID per request
+/// and `{account.…}` a value of the account a fan-out request is for, or a reference
+/// to a secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderSpec {
+    Text(String),
+    Secret(SecretRef),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +304,10 @@ impl Default for ErrorSpec {
 #[serde(deny_unknown_fields)]
 pub struct EndpointsSpec {
     pub accounts: EndpointSpec,
+    /// Per-account endpoints that fill fields of the account they were fetched for
+    /// (balances, details), by a name of the admin's choosing.
+    #[serde(default)]
+    pub details: BTreeMap<String, EndpointSpec>,
     pub holdings: Option<EndpointSpec>,
     pub transactions: Option<EndpointSpec>,
 }
@@ -297,7 +317,23 @@ pub struct EndpointsSpec {
 pub struct EndpointSpec {
     #[serde(default = "default_method")]
     pub method: String,
+    /// Relative to `base_url`. A fan-out endpoint names the account in it, e.g.
+    /// `accounts/{account.external_id}/transactions`.
     pub path: String,
+    /// `"accounts"`: the endpoint is requested once per account, with the account's
+    /// values in its path, query and headers.
+    pub for_each: Option<String>,
+    /// Fan-out only: an RFC 9535 filter on the account's record (as the accounts
+    /// endpoint returned it) that says which accounts to ask for, e.g.
+    /// `@.accountCategory == 'INVESTMENT_ACCOUNT'`.
+    pub when: Option<String>,
+    /// Headers on every request of this endpoint, over the file's `[headers]`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderSpec>,
+    /// Lists of the same response that records refer to by key, by a name fields
+    /// use in `from` (e.g. holdings naming a security listed beside them).
+    #[serde(default)]
+    pub joins: BTreeMap<String, JoinSpec>,
     #[serde(default)]
     pub query: BTreeMap<String, String>,
     #[serde(default)]
@@ -323,6 +359,18 @@ pub struct EndpointSpec {
     /// mode), this endpoint waits for a later sync and what is stored stays.
     #[serde(default)]
     pub deferrable: bool,
+}
+
+/// A list in the same response that records refer to by key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinSpec {
+    /// JSONPath to the list's elements in the response, e.g. `$.securities[*]`.
+    pub list: String,
+    /// JSONPath, relative to one element, to its key, e.g. `$.security_id`.
+    pub key: String,
+    /// JSONPath, relative to one record, to the key it refers to.
+    pub on: String,
 }
 
 /// A date range walked in steps: `[today - history_days, today]`, one request loop
@@ -432,4 +480,20 @@ pub struct FieldSpec {
     /// IANA time zone (e.g. `America/New_York`) of times sent without an offset, and
     /// in which an epoch timestamp falls on its date. UTC when absent.
     pub timezone: Option<String>,
+    /// Where `path` is read: the record (default), `account` (the record of the
+    /// account a fan-out request was for), or the name of one of the endpoint's joins.
+    pub from: Option<String>,
+    /// Decimal fields: the sign comes from another field of the record.
+    pub sign: Option<SignSpec>,
+}
+
+/// A decimal's sign carried by another field, e.g. `debitCreditMemo`: the value is
+/// taken without its sign and given the one the indicator maps to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignSpec {
+    /// Singular JSONPath to the indicator, read where the field's `path` is.
+    pub path: String,
+    /// Indicator value → `+` or `-`, the sign of the canonical value.
+    pub map: BTreeMap<String, String>,
 }

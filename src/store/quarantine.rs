@@ -74,7 +74,7 @@ pub struct QuarantineFilter {
 impl Store {
     /// Records what one successful sync refused, and resolves the connection's open
     /// entries it did not refuse again, as `resolution` says for each (endpoint,
-    /// key). One transaction: a reader sees the run's quarantine whole.
+    /// key); `None` leaves the entry open. One transaction: a reader sees the run's quarantine whole.
     /// [`StoreError::Disconnected`], writing nothing, if the connection was
     /// disconnected.
     pub async fn record_quarantine(
@@ -82,7 +82,7 @@ impl Store {
         connection: &ConnectionRecord,
         connector_hash: &str,
         refused: &[Refusal<'_>],
-        resolution: impl Fn(&str, &str) -> Resolution,
+        resolution: impl Fn(&str, &str) -> Option<Resolution>,
     ) -> Result<(), StoreError> {
         let conn = connection.id.to_string();
         let now = Utc::now();
@@ -154,9 +154,12 @@ impl Store {
             if row.resolved_at.is_some() {
                 continue;
             }
+            let Some(resolved) = resolution(&endpoint, &key) else {
+                continue;
+            };
             let mut row: quarantined_record::ActiveModel = row.into();
             row.resolved_at = Set(Some(now));
-            row.resolution = Set(Some(resolution(&endpoint, &key).as_str().to_owned()));
+            row.resolution = Set(Some(resolved.as_str().to_owned()));
             row.update(&txn).await?;
         }
         txn.commit().await?;

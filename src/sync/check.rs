@@ -1,19 +1,21 @@
 //! `finsync connectors check`: proves a connector against its live institution before
 //! it serves anyone. It links the institution's test user (whose login the
-//! institution approves without a page, as sandboxes do), runs every endpoint once,
-//! and reports per endpoint how many records came back, how many mapped, and which
-//! fields were missing or unparsable, with examples. Nothing is stored; the grant is
-//! revoked at the end when the institution supports it.
+//! institution approves without a page, as sandboxes do), runs every endpoint once
+//! (a fan-out endpoint once per account), and reports per endpoint and account how
+//! many records came back, how many mapped, and which fields were missing or
+//! unparsable, with examples. A field the connector maps that came back empty in
+//! every record fails the check: the path is most likely wrong. Nothing is stored;
+//! the grant is revoked at the end when the institution supports it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::Utc;
 use reqwest::StatusCode;
 use reqwest::header::LOCATION;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
 
-use crate::connectors::mapping::{self, FieldError, Mapping};
+use crate::connectors::mapping::{self, FieldError, Item, Layers, Mapping, Parent};
 use crate::connectors::{Connector, Endpoint, Engine};
 use crate::tokens::oauth::{OAuthClient, OAuthError};
 
@@ -29,11 +31,14 @@ pub enum CheckError {
     Token(#[from] OAuthError),
 }
 
-/// What one endpoint returned.
+/// What one endpoint returned (for one account, when it fans out).
 #[derive(Debug, Default)]
 pub struct EndpointReport {
-    pub endpoint: &'static str,
-    pub requests: usize,
+    pub endpoint: String,
+    /// The account a fan-out endpoint was asked about.
+    pub account: Option<String>,
+    /// Requests made; `None` when the fetch failed before it could say.
+    pub requests: Option<usize>,
     pub fetched: usize,
     pub mapped: usize,
     /// Why fetching failed, if it did.
@@ -45,9 +50,19 @@ pub struct EndpointReport {
 }
 
 impl EndpointReport {
-    /// Every record fetched and mapped, and nothing failed.
+    /// Every record fetched and mapped, nothing failed, and no declared field was
+    /// empty in every record.
     pub fn is_clean(&self) -> bool {
-        self.failure.is_none() && self.mapped == self.fetched
+        self.failure.is_none() && self.mapped == self.fetched && self.never_filled().is_empty()
+    }
+
+    /// Declared fields that came back empty in every record fetched.
+    pub fn never_filled(&self) -> Vec<&'static str> {
+        self.absent
+            .iter()
+            .filter(|(_, count)| self.fetched > 0 && **count == self.fetched)
+            .map(|(field, _)| *field)
+            .collect()
     }
 }
 
@@ -97,17 +112,7 @@ pub async fn check(
         .await?;
 
     let engine = Engine::new(http);
-    let mut reports = Vec::new();
-    let endpoints = [
-        ("accounts", Some(&connector.accounts)),
-        ("holdings", connector.holdings.as_ref()),
-        ("transactions", connector.transactions.as_ref()),
-    ];
-    for (name, endpoint) in endpoints {
-        if let Some(endpoint) = endpoint {
-            reports.push(run(&engine, connector, name, endpoint, &tokens.access_token).await);
-        }
-    }
+    let reports = run(&engine, connector, &tokens.access_token).await;
     if let Some(refresh) = &tokens.refresh_token
         && let Err(error) = client.revoke(refresh).await
     {
@@ -116,64 +121,162 @@ pub async fn check(
     Ok(reports)
 }
 
-async fn run(
-    engine: &Engine,
-    connector: &Connector,
-    name: &'static str,
-    endpoint: &Endpoint,
-    token: &SecretString,
-) -> EndpointReport {
-    let mut report = EndpointReport {
-        endpoint: name,
-        ..EndpointReport::default()
-    };
-    let pages = match engine.fetch_records(connector, endpoint, token).await {
-        Ok(pages) => pages,
-        Err(error) => {
-            report.failure = Some(error.to_string());
-            return report;
-        }
-    };
-    report.requests = pages.requests;
-    report.fetched = pages.records.len();
+/// Every endpoint once, fan-out endpoints once per account they ask for.
+async fn run(engine: &Engine, connector: &Connector, token: &SecretString) -> Vec<EndpointReport> {
     let now = Utc::now();
-    for record in &pages.records {
-        let mapped = match name {
-            "accounts" => mapping::account(&endpoint.fields, record, now).map(drop),
-            "holdings" => mapping::holding(
-                &endpoint.fields,
-                endpoint.security.as_ref().unwrap_or(&endpoint.fields),
-                record,
-            )
-            .map(drop),
-            _ => mapping::transaction(&endpoint.fields, endpoint.sign, record).map(drop),
-        };
-        match mapped {
-            Ok(()) => report.mapped += 1,
-            Err(error) => {
-                let (field, reason) = match &error {
-                    FieldError::Missing(field) => (*field, "missing".to_owned()),
-                    FieldError::Invalid { field, problem } => (*field, problem.clone()),
-                };
-                let entry = report.unparsable.entry(field.to_owned()).or_default();
-                entry.0 += 1;
-                if entry.1.len() < EXAMPLES && !entry.1.contains(&reason) {
-                    entry.1.push(reason);
-                }
+    let mut reports = Vec::new();
+    let accounts = fetch(engine, connector, &connector.accounts, token, None).await;
+    let mut report = new_report("accounts", None, &accounts);
+    let mut parents = Vec::new();
+    if let Ok(pages) = &accounts {
+        for item in &pages.records {
+            tally(&mut report, &[&connector.accounts.fields], item, |item| {
+                mapping::account(&Layers::one(&connector.accounts.fields, item), now).map(drop)
+            });
+            if let Ok(Some(id)) = connector.accounts.fields.text(item, "external_id") {
+                parents.push(Arc::new(Parent {
+                    external_id: id,
+                    record: item.record.clone(),
+                }));
             }
         }
-        count_absent(&mut report, &endpoint.fields, record);
-        if let Some(security) = &endpoint.security {
-            count_absent(&mut report, security, record);
+    }
+    // Fields the account's details fill are not the list's to fill.
+    for (_, endpoint) in &connector.details {
+        for field in endpoint.fields.names() {
+            report.absent.remove(field);
+            report.unparsable.remove(field);
         }
+    }
+    if !connector.details.is_empty() {
+        // Mapped is only known once the details are in.
+        report.mapped = report.fetched;
+    }
+    reports.push(report);
+
+    let mut endpoints: Vec<(String, &Endpoint)> = connector
+        .details
+        .iter()
+        .map(|(name, e)| (format!("details.{name}"), e))
+        .collect();
+    endpoints.extend(
+        connector
+            .holdings
+            .iter()
+            .map(|e| ("holdings".to_owned(), e)),
+    );
+    endpoints.extend(
+        connector
+            .transactions
+            .iter()
+            .map(|e| ("transactions".to_owned(), e)),
+    );
+    for (name, endpoint) in endpoints {
+        let asked: Vec<Option<&Arc<Parent>>> = if endpoint.fan_out.is_some() {
+            parents
+                .iter()
+                .filter(|p| endpoint.asks_for(&p.record))
+                .map(Some)
+                .collect()
+        } else {
+            vec![None]
+        };
+        for parent in asked {
+            let pages = fetch(engine, connector, endpoint, token, parent).await;
+            let mut report = new_report(&name, parent.map(|p| p.external_id.clone()), &pages);
+            let Ok(pages) = pages else {
+                reports.push(report);
+                continue;
+            };
+            for item in &pages.records {
+                let security = endpoint.security.as_ref().unwrap_or(&endpoint.fields);
+                let mut mappings = vec![&endpoint.fields];
+                if let Some(security) = &endpoint.security {
+                    mappings.push(security);
+                }
+                tally(&mut report, &mappings, item, |item| match name.as_str() {
+                    "holdings" => mapping::holding(&endpoint.fields, security, item).map(drop),
+                    "transactions" => {
+                        mapping::transaction(&endpoint.fields, endpoint.sign, item).map(drop)
+                    }
+                    _ => {
+                        let listed = Item::plain(
+                            parent.map_or(serde_json::Value::Null, |p| p.record.clone()),
+                        );
+                        let layers = Layers(vec![
+                            (&connector.accounts.fields, &listed),
+                            (&endpoint.fields, item),
+                        ]);
+                        mapping::account(&layers, now).map(drop)
+                    }
+                });
+            }
+            reports.push(report);
+        }
+    }
+    reports
+}
+
+async fn fetch(
+    engine: &Engine,
+    connector: &Connector,
+    endpoint: &Endpoint,
+    token: &SecretString,
+    account: Option<&Arc<Parent>>,
+) -> Result<crate::connectors::engine::Pages, String> {
+    match account {
+        Some(account) => engine.fetch_for(connector, endpoint, token, account).await,
+        None => engine.fetch_records(connector, endpoint, token).await,
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn new_report(
+    endpoint: &str,
+    account: Option<String>,
+    pages: &Result<crate::connectors::engine::Pages, String>,
+) -> EndpointReport {
+    let mut report = EndpointReport {
+        endpoint: endpoint.to_owned(),
+        account,
+        ..EndpointReport::default()
+    };
+    match pages {
+        Ok(pages) => {
+            report.requests = Some(pages.requests);
+            report.fetched = pages.records.len();
+        }
+        Err(failure) => report.failure = Some(failure.clone()),
     }
     report
 }
 
-fn count_absent(report: &mut EndpointReport, fields: &Mapping, record: &Value) {
-    for field in fields.names() {
-        if matches!(fields.text(record, field), Ok(None)) {
-            *report.absent.entry(field).or_default() += 1;
+/// Counts one record: mapped or why not, and which declared fields it left empty.
+fn tally(
+    report: &mut EndpointReport,
+    mappings: &[&Mapping],
+    item: &Item,
+    map: impl Fn(&Item) -> Result<(), FieldError>,
+) {
+    match map(item) {
+        Ok(()) => report.mapped += 1,
+        Err(error) => {
+            let (field, reason) = match &error {
+                FieldError::Missing(field) => (*field, "missing".to_owned()),
+                FieldError::Invalid { field, problem } => (*field, problem.clone()),
+            };
+            let entry = report.unparsable.entry(field.to_owned()).or_default();
+            entry.0 += 1;
+            if entry.1.len() < EXAMPLES && !entry.1.contains(&reason) {
+                entry.1.push(reason);
+            }
+        }
+    }
+    for fields in mappings {
+        for field in fields.names() {
+            if matches!(fields.text(item, field), Ok(None)) {
+                *report.absent.entry(field).or_default() += 1;
+            }
         }
     }
 }

@@ -462,6 +462,9 @@ impl Failure {
                 "TOKEN_REFRESH_PENDING: the connection's access token is being renewed; retrying shortly".into()
             }
             Self::NoLongerActive => "SYNC_FAILED: the connection changed during the sync".into(),
+            Self::Engine(EngineError::Rejected { status, .. }) => format!(
+                "INSTITUTION_ERROR: the institution refused a request (HTTP {status}); retrying later"
+            ),
             Self::Engine(_) | Self::NoAccounts(_) => {
                 "INSTITUTION_ERROR: the institution's response could not be used; retrying later"
                     .into()
@@ -588,12 +591,20 @@ async fn quarantine(
         "holdings" => snapshot.holdings.iter().any(|h| h.external_id() == key),
         _ => false,
     };
+    // Where some account's data could not be read, a record not seen again may be
+    // one of its: it stays open until a sync reads that account.
+    let unread = |endpoint: &str| match endpoint {
+        "accounts" => !fetched.unread("details").is_empty(),
+        other => !fetched.unread(other).is_empty(),
+    };
     ctx.store
         .record_quarantine(connection, connector_hash, &refused, |endpoint, key| {
             if stored(endpoint, key) {
-                Resolution::Mapped
+                Some(Resolution::Mapped)
+            } else if unread(endpoint) {
+                None
             } else {
-                Resolution::Gone
+                Some(Resolution::Gone)
             }
         })
         .await
@@ -613,10 +624,16 @@ async fn apply(
             return Err(Failure::NoAccounts(stored));
         }
     }
+    for failure in &fetched.failures {
+        tracing::warn!(account = %failure.account, endpoint = %failure.endpoint, reason = %failure.reason, "One account's data could not be read; what is stored of it stays until a later sync reads it.");
+    }
     let removals = Removals {
         accounts: fetched.complete("accounts"),
         holdings: fetched.complete("holdings"),
         transactions: fetched.coverage.clone(),
+        accounts_kept: fetched.unread("details"),
+        holdings_kept: fetched.unread("holdings"),
+        transactions_by_account: fetched.coverage_by_account.clone(),
     };
     let applied = ctx
         .store

@@ -302,6 +302,7 @@ fn the_examples_convert_records_as_the_doc_says() {
             .unwrap_or_else(|| panic!("the doc has no `{id}` example with transactions"))
     };
     let map = |endpoint: &Endpoint, record: serde_json::Value| {
+        let record = finsync::connectors::mapping::Item::plain(record);
         finsync::connectors::mapping::transaction(&endpoint.fields, endpoint.sign, &record)
             .unwrap_or_else(|e| panic!("{e}"))
     };

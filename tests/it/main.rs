@@ -23,6 +23,7 @@ mod outage;
 mod quarantine;
 mod resilience;
 mod scheduler;
+mod standards;
 mod support;
 mod tokens;
 mod webhooks;

@@ -190,7 +190,9 @@ async fn records_that_do_not_map_wait_redacted_in_quarantine_until_a_replay_maps
         record: &first.record,
     };
     store
-        .record_quarantine(&record, &hash, &[refusal, refusal], |_, _| Resolution::Gone)
+        .record_quarantine(&record, &hash, &[refusal, refusal], |_, _| {
+            Some(Resolution::Gone)
+        })
         .await
         .unwrap();
     let open = store.quarantine(&harbor(true)).await.unwrap();
@@ -200,7 +202,7 @@ async fn records_that_do_not_map_wait_redacted_in_quarantine_until_a_replay_maps
         (first.id.as_str(), 2)
     );
     store
-        .record_quarantine(&record, &hash, &[], |_, _| Resolution::Gone)
+        .record_quarantine(&record, &hash, &[], |_, _| Some(Resolution::Gone))
         .await
         .unwrap();
     let entries = store

@@ -59,6 +59,10 @@ pub struct Faults {
     /// doing its work: a refresh has rotated the refresh token by then, so a client
     /// that stops meanwhile (killed, timed out) never learns the new one.
     pub token_delay_ms: u64,
+    /// Requests whose path contains one of these texts (an account's id, say) are
+    /// answered `500 Internal Server Error`, every time: one account's data broken at
+    /// the institution while the rest is served.
+    pub failing_paths: Vec<String>,
 }
 
 impl Default for Faults {
@@ -73,6 +77,7 @@ impl Default for Faults {
             malformed_rate: 0.0,
             drift: None,
             token_delay_ms: 0,
+            failing_paths: Vec::new(),
         }
     }
 }
@@ -115,6 +120,8 @@ pub enum FaultsError {
     Limit,
     #[error("`token_delay_ms` must be at most 600000 (ten minutes)")]
     TokenDelay,
+    #[error("`failing_paths` must not contain empty texts (they would fail every request)")]
+    FailingPath,
 }
 
 impl Faults {
@@ -133,6 +140,9 @@ impl Faults {
         }
         if self.token_delay_ms > 600_000 {
             return Err(FaultsError::TokenDelay);
+        }
+        if self.failing_paths.iter().any(String::is_empty) {
+            return Err(FaultsError::FailingPath);
         }
         if self.latency.is_some_and(|l| l.min_ms > l.max_ms) {
             return Err(FaultsError::Latency);
@@ -414,6 +424,14 @@ async fn answer(injector: &FaultInjector, request: Request, next: Next) -> Respo
             return refusal(StatusCode::SERVICE_UNAVAILABLE, "server_error", None);
         }
         Verdict::Serve => {}
+    }
+    let path = request.uri().path();
+    if faults
+        .failing_paths
+        .iter()
+        .any(|text| path.contains(text.as_str()))
+    {
+        return refusal(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None);
     }
     let response = next.run(request).await;
     if (faults.malformed_rate == 0.0 && faults.drift.is_none()) || !response.status().is_success() {

@@ -2,7 +2,7 @@
 //! payment provider ships a sandbox, so finsync can be demonstrated and tested end to end
 //! without a real bank.
 //!
-//! Four institutions, deliberately unlike each other, each under `/<id>` and each one folder
+//! Five institutions, deliberately unlike each other, each under `/<id>` and each one folder
 //! under [`institutions`] that owns its profile (an `InstitutionSpec`: id, name, OAuth
 //! rules, data and fault rules, the text `GET /` shows), its data API and its tests:
 //! - Meridian Brokerage (`meridian`, `institutions/meridian/`): a modern aggregator-style
@@ -16,7 +16,10 @@
 //!   CUSIP and ISIN, a nested token response without `token_type` or `expires_in`, refresh
 //!   tokens that never change, a daily quota, a per-second limit and slowness under load;
 //! - Northwind Credit Union (`northwind`, `institutions/northwind/`): page-number paging,
-//!   JSON numbers, epoch-millisecond dates, a standard OAuth server.
+//!   JSON numbers, epoch-millisecond dates, a standard OAuth server;
+//! - Pinecrest Bank & Trust (`pinecrest`, `institutions/pinecrest/`): the FDX 6 (Core
+//!   Exchange) standard: balances, holdings and transactions asked per account, unsigned
+//!   amounts beside `debitCreditMemo`, `page.nextOffset` paging, FDX error bodies.
 //!
 //! The machinery they share asks an institution's spec and never matches on it:
 //! - [`oauth`]: each institution's authorization server, built from its OAuth rules, with
@@ -131,7 +134,8 @@ pub struct SandboxConfig {
     /// Each institution's OAuth client by institution id; an institution left out keeps
     /// its default client (`finsync-sandbox` / `meridian-sandbox-secret`,
     /// `finsync-harbor` / `harbor-sandbox-secret`, `FINSYNC-KTC-0001` /
-    /// `keystone-sandbox-secret`, `finsync-northwind` / `northwind-sandbox-secret`).
+    /// `keystone-sandbox-secret`, `finsync-northwind` / `northwind-sandbox-secret`,
+    /// `finsync-pinecrest` / `pinecrest-sandbox-secret`).
     pub clients: BTreeMap<String, ClientCredentials>,
     /// "Today" for the data: transactions fall in the 90 days before it, prices close the
     /// trading day before it. The same anchor (and seed) always yields the same data;
@@ -142,7 +146,7 @@ pub struct SandboxConfig {
     /// grace rotates again: a fresh pair, and the refresh token issued before is
     /// invalidated; zero rejects it at once with `invalid_grant`. `None`, the default,
     /// leaves each institution its own grace period: none at Meridian, 60 s at
-    /// Harbor, 30 minutes at Northwind.
+    /// Harbor, 30 s at Pinecrest, 30 minutes at Northwind.
     pub refresh_grace: Option<Duration>,
     /// Non-standard shapes of Meridian's successful token responses; the default is
     /// standard. The other institutions' shapes are fixed: they are part of who they are.
@@ -621,7 +625,14 @@ mod tests {
     #[tokio::test]
     async fn the_root_describes_the_endpoints() {
         let sandbox = TestSandbox::start().await;
-        for path in ["/", "/meridian", "/harbor", "/keystone", "/northwind"] {
+        for path in [
+            "/",
+            "/meridian",
+            "/harbor",
+            "/keystone",
+            "/northwind",
+            "/pinecrest",
+        ] {
             let response = sandbox.get(path).send().await.expect("request");
             assert_eq!(response.status(), 200);
             let text = response.text().await.expect("body");
@@ -630,6 +641,7 @@ mod tests {
                 "/harbor/api/transactions",
                 "/keystone/v2/transactions",
                 "/northwind/v1/transactions",
+                "/pinecrest/accounts/{accountId}/transactions",
                 "/sandbox/admin/faults/",
                 "FINSYNC-KTC-0001",
             ] {

@@ -2,8 +2,10 @@
 //! needs.
 
 use super::*;
+use crate::connectors::SignConvention;
 
 impl Validator {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn endpoint(
         &mut self,
         base: &Url,
@@ -11,6 +13,8 @@ impl Validator {
         spec: &EndpointSpec,
         defs: &'static [FieldDef],
         security_defs: Option<&'static [FieldDef]>,
+        file_headers: &BTreeMap<String, HeaderSpec>,
+        provided: Vec<&'static str>,
     ) -> Option<Endpoint> {
         let at = |key: &str| format!("endpoints.{name}.{key}");
         let method = match spec.method.to_ascii_uppercase().as_str() {
@@ -24,17 +28,48 @@ impl Validator {
                 None
             }
         };
-        let url = self.url(base, &at("path"), &spec.path);
+        let fan_out = self.fan_out(name, spec);
+        let path = self.template(&at("path"), &spec.path);
+        if let Some(path) = &path {
+            self.url(base, &at("path"), &path.sample());
+        }
+        let mut query = Vec::new();
+        for (key, raw) in &spec.query {
+            if let Some(value) = self.template(&at(&format!("query.{key}")), raw) {
+                query.push((key.clone(), value));
+            }
+        }
+        let names_account = path.as_ref().is_some_and(Template::names_account)
+            || query.iter().any(|(_, t)| t.names_account());
+        match (&fan_out, names_account) {
+            (Some(Some(_)), false) => self.report(
+                at("path"),
+                "a fan-out request must say which account it is for: name it in the path or the query, e.g. `accounts/{account.external_id}`",
+            ),
+            (Some(None), true) => self.report(
+                at("path"),
+                "names an account, so the endpoint must run once per account: add `for_each = \"accounts\"`",
+            ),
+            _ => {}
+        }
+        let fans_out = matches!(fan_out, Some(Some(_)));
+        let headers = self.headers(name, file_headers, &spec.headers, fans_out);
+        let joins = self.joins(&at("joins"), spec);
         let records = self.json_path(&at("records"), &spec.records);
         let records_container = spec
             .records
             .strip_suffix("[*]")
             .and_then(|c| JsonPath::parse(c).ok());
         let paging = self.paging(&at("paging"), &spec.paging);
-        let fields = self.mapping(&at("fields"), &spec.fields, defs);
+        let scopes = Scopes {
+            fan_out: fans_out,
+            joins: spec.joins.keys().cloned().collect(),
+            provided,
+        };
+        let fields = self.mapping(&at("fields"), &spec.fields, defs, &scopes);
         let security = match security_defs {
             Some(defs) => {
-                Some(self.mapping(&at("security_fields"), &spec.security_fields, defs)?)
+                Some(self.mapping(&at("security_fields"), &spec.security_fields, defs, &scopes)?)
             }
             None => {
                 if !spec.security_fields.is_empty() {
@@ -46,6 +81,14 @@ impl Validator {
                 None
             }
         };
+        if spec.sign_convention == SignConvention::OutflowPositive
+            && spec.fields.get("amount").is_some_and(|f| f.sign.is_some())
+        {
+            self.report(
+                at("sign_convention"),
+                "the amount takes its sign from `fields.amount.sign`; remove `sign_convention`",
+            );
+        }
         let sync_token = matches!(spec.paging, PagingSpec::SyncToken { .. });
         if sync_token && name != "transactions" {
             self.report(
@@ -73,6 +116,9 @@ impl Validator {
                     "a `sync-token` endpoint already fetches only what changed; remove the window",
                 );
             }
+            if name != "transactions" {
+                self.report(at("window"), "only the transactions endpoint walks dates");
+            }
             self.window(&at("window"), w)
         });
         if spec.deferrable && name == "accounts" {
@@ -84,8 +130,12 @@ impl Validator {
         Some(Endpoint {
             deferrable: spec.deferrable,
             method: method?,
-            url: url?,
-            query: spec.query.clone(),
+            base_url: base.clone(),
+            path: path?,
+            query,
+            headers: headers?,
+            fan_out: fan_out.flatten(),
+            joins: joins?,
             paging: paging?,
             records: records?,
             records_container,
@@ -96,6 +146,152 @@ impl Validator {
             removed: removed.flatten(),
             window,
         })
+    }
+
+    /// `for_each` and `when`: `Some(None)` for an endpoint that does not fan out,
+    /// `None` when what it says is wrong.
+    fn fan_out(&mut self, name: &str, spec: &EndpointSpec) -> Option<Option<FanOut>> {
+        let at = |key: &str| format!("endpoints.{name}.{key}");
+        let details = name.starts_with("details.");
+        match spec.for_each.as_deref() {
+            None if details => {
+                self.report(
+                    at("for_each"),
+                    "a details endpoint fills the fields of one account at a time: add `for_each = \"accounts\"`",
+                );
+                None
+            }
+            None => {
+                if spec.when.is_some() {
+                    self.report(
+                        at("when"),
+                        "only a fan-out endpoint (`for_each`) chooses accounts",
+                    );
+                }
+                Some(None)
+            }
+            Some(_) if name == "accounts" => {
+                self.report(
+                    at("for_each"),
+                    "the accounts endpoint is what others fan out over",
+                );
+                None
+            }
+            Some("accounts") => {
+                let when = match &spec.when {
+                    None => Some(None),
+                    Some(filter) => match JsonPath::parse(&format!("$[?{filter}]")) {
+                        Ok(path) => Some(Some(path)),
+                        Err(e) => {
+                            self.report(
+                                at("when"),
+                                format!("`{filter}` is not an RFC 9535 filter expression like `@.accountCategory == 'INVESTMENT_ACCOUNT'`: {e}"),
+                            );
+                            None
+                        }
+                    },
+                };
+                Some(Some(FanOut { when: when? }))
+            }
+            Some(other) => {
+                self.report(
+                    at("for_each"),
+                    format!("`{other}` is not something to fan out over: use \"accounts\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn template(&mut self, at: &str, raw: &str) -> Option<Template> {
+        match Template::parse(raw) {
+            Ok(template) => Some(template),
+            Err(problem) => {
+                self.report(at, problem);
+                None
+            }
+        }
+    }
+
+    /// The file's headers and then the endpoint's (which win by name).
+    fn headers(
+        &mut self,
+        name: &str,
+        file: &BTreeMap<String, HeaderSpec>,
+        own: &BTreeMap<String, HeaderSpec>,
+        fan_out: bool,
+    ) -> Option<Vec<(reqwest::header::HeaderName, Header)>> {
+        let before = self.problems.len();
+        let mut headers: Vec<(reqwest::header::HeaderName, Header)> = Vec::new();
+        let layers = [
+            ("headers".to_owned(), file),
+            (format!("endpoints.{name}.headers"), own),
+        ];
+        for (table, specs) in layers {
+            for (key, spec) in specs {
+                let at = format!("{table}.{key}");
+                let Ok(header) = reqwest::header::HeaderName::from_bytes(key.as_bytes()) else {
+                    self.report(at, "is not a valid HTTP header name");
+                    continue;
+                };
+                if header == reqwest::header::AUTHORIZATION {
+                    self.report(at, "finsync sends the user's access token as `Authorization`; it cannot be set here");
+                    continue;
+                }
+                let value = match spec {
+                    HeaderSpec::Secret(secret) => {
+                        self.secret_env(&at, &secret.env);
+                        Header::Secret(secret.env.clone())
+                    }
+                    HeaderSpec::Text(raw) => {
+                        let Some(template) = self.template(&at, raw) else {
+                            continue;
+                        };
+                        if template.names_account() && !fan_out {
+                            self.report(
+                                &at,
+                                "names an account, but this endpoint does not run once per account",
+                            );
+                            continue;
+                        }
+                        if reqwest::header::HeaderValue::from_str(&template.sample()).is_err() {
+                            self.report(&at, "is not a valid HTTP header value");
+                            continue;
+                        }
+                        Header::Text(template)
+                    }
+                };
+                headers.retain(|(h, _)| *h != header);
+                headers.push((header, value));
+            }
+        }
+        (self.problems.len() == before).then_some(headers)
+    }
+
+    fn joins(&mut self, at: &str, spec: &EndpointSpec) -> Option<Vec<Join>> {
+        let before = self.problems.len();
+        let mut joins = Vec::new();
+        for (name, join) in &spec.joins {
+            if matches!(name.as_str(), "record" | "account") {
+                self.report(
+                    format!("{at}.{name}"),
+                    "`record` and `account` are taken: name the join after what it finds",
+                );
+                continue;
+            }
+            let list = self.json_path(&format!("{at}.{name}.list"), &join.list);
+            let key = self.json_path(&format!("{at}.{name}.key"), &join.key);
+            let on = self.json_path(&format!("{at}.{name}.on"), &join.on);
+            if let (Some(list), Some(key), Some(on)) = (list, key, on) {
+                joins.push(Join {
+                    name: name.clone(),
+                    list,
+                    key,
+                    on,
+                });
+            }
+        }
+        (self.problems.len() == before).then_some(joins)
     }
 
     pub(super) fn window(&mut self, at: &str, spec: &WindowSpec) -> Option<Window> {

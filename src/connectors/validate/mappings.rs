@@ -1,10 +1,33 @@
 //! Field mappings: every canonical field an endpoint needs, where it comes from
-//! (an RFC 9535 JSONPath or a constant) and how it is converted.
+//! (an RFC 9535 JSONPath in the record, the fan-out account's record or a joined
+//! element, or a constant), how it is converted, and where a sign comes from.
 
 use super::*;
 
+/// What the fields of one endpoint may read besides the record.
+#[derive(Debug, Default)]
+pub(super) struct Scopes {
+    /// The endpoint runs once per account: `from = "account"` reads its record, and
+    /// `account_external_id` is the account's unless mapped otherwise.
+    pub(super) fan_out: bool,
+    /// The endpoint's joins, by name.
+    pub(super) joins: Vec<String>,
+    /// Required fields another endpoint fills (an account's details).
+    pub(super) provided: Vec<&'static str>,
+}
+
 impl Validator {
     pub(super) fn json_path(&mut self, path: &str, raw: &str) -> Option<JsonPath> {
+        if !raw.trim_start().starts_with('$') {
+            self.report(
+                path,
+                format!(
+                    "`{raw}` is not a JSONPath: it must start with `$` (the record itself), e.g. `$.{}`",
+                    raw.trim_start_matches(['.', '@'])
+                ),
+            );
+            return None;
+        }
         match JsonPath::parse(raw) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -22,6 +45,7 @@ impl Validator {
         at: &str,
         specs: &BTreeMap<String, FieldSpec>,
         defs: &'static [FieldDef],
+        scopes: &Scopes,
     ) -> Option<Mapping> {
         let before = self.problems.len();
         let mut compiled = BTreeMap::new();
@@ -35,12 +59,33 @@ impl Validator {
                 );
                 continue;
             };
-            if let Some(field) = self.field(&path, def, spec) {
+            if let Some(field) = self.field(&path, def, spec, scopes) {
                 compiled.insert(def.name, field);
             }
         }
+        if scopes.fan_out
+            && defs.iter().any(|d| d.name == "account_external_id")
+            && !specs.contains_key("account_external_id")
+        {
+            compiled.insert(
+                "account_external_id",
+                CompiledField {
+                    source: Source::AccountId,
+                    default: None,
+                    map: BTreeMap::new(),
+                    minor_units: None,
+                    format: TimeFormat::Iso8601,
+                    timezone: None,
+                    scope: Scope::Record,
+                    sign: None,
+                },
+            );
+        }
         for def in defs.iter().filter(|d| d.required) {
-            if !specs.contains_key(def.name) {
+            if !specs.contains_key(def.name)
+                && !compiled.contains_key(def.name)
+                && !scopes.provided.contains(&def.name)
+            {
                 self.report(
                     format!("{at}.{}", def.name),
                     "required field has no mapping (give a `path`, a `value` or a `default`)",
@@ -55,7 +100,73 @@ impl Validator {
         at: &str,
         def: &FieldDef,
         spec: &FieldSpec,
+        scopes: &Scopes,
     ) -> Option<CompiledField> {
+        let scope = match spec.from.as_deref() {
+            None | Some("record") => Scope::Record,
+            Some("account") if scopes.fan_out => Scope::Account,
+            Some("account") => {
+                self.report(
+                    format!("{at}.from"),
+                    "only a fan-out endpoint (`for_each = \"accounts\"`) reads from the account",
+                );
+                return None;
+            }
+            Some(join) if scopes.joins.iter().any(|j| j == join) => Scope::Join(join.to_owned()),
+            Some(other) => {
+                let mut known = vec!["record".to_owned()];
+                if scopes.fan_out {
+                    known.push("account".into());
+                }
+                known.extend(scopes.joins.iter().cloned());
+                self.report(
+                    format!("{at}.from"),
+                    format!(
+                        "`{other}` is not something this endpoint reads; use one of: {}",
+                        known.join(", ")
+                    ),
+                );
+                return None;
+            }
+        };
+        let sign = match &spec.sign {
+            None => None,
+            Some(_) if def.kind != Kind::Decimal => {
+                self.report(
+                    format!("{at}.sign"),
+                    "only decimal fields take their sign from another field",
+                );
+                return None;
+            }
+            Some(sign) => {
+                let path = self.json_path(&format!("{at}.sign.path"), &sign.path);
+                let mut negative = BTreeMap::new();
+                for (indicator, to) in &sign.map {
+                    match to.as_str() {
+                        "+" => {
+                            negative.insert(indicator.clone(), false);
+                        }
+                        "-" => {
+                            negative.insert(indicator.clone(), true);
+                        }
+                        other => self.report(
+                            format!("{at}.sign.map.{indicator}"),
+                            format!("`{other}` is not a sign: use \"+\" or \"-\""),
+                        ),
+                    }
+                }
+                if sign.map.is_empty() {
+                    self.report(
+                        format!("{at}.sign.map"),
+                        "say which indicator values mean \"+\" and which \"-\"",
+                    );
+                }
+                Some(SignFrom {
+                    path: path?,
+                    negative,
+                })
+            }
+        };
         let source = match (&spec.path, &spec.value) {
             (Some(_), Some(_)) => {
                 self.report(at, "give either `path` or `value`, not both");
@@ -146,6 +257,8 @@ impl Validator {
             minor_units: spec.minor_units,
             format,
             timezone,
+            scope,
+            sign,
         })
     }
 }

@@ -19,13 +19,16 @@ use serde_path_to_error::Segment;
 use url::Url;
 
 use super::fields::{self, FieldDef, Kind};
-use super::mapping::{CompiledField, Mapping, Source, TimeFormat};
+use super::mapping::{CompiledField, Mapping, Scope, SignFrom, Source, TimeFormat};
+use super::profiles;
 use super::spec::{
-    ConnectorFile, EndpointSpec, FieldSpec, OAuth2Spec, PagingSpec, SignedContent, WebhooksSpec,
-    WindowSpec,
+    ConnectorFile, EndpointSpec, FieldSpec, HeaderSpec, OAuth2Spec, PagingSpec, SignedContent,
+    WebhooksSpec, WindowSpec,
 };
+use super::template::Template;
 use super::webhook::{Timestamp, Webhooks};
-use super::{Connector, Endpoint, Errors, OAuth2, Paging, Window};
+use super::{Connector, Endpoint, Errors, FanOut, Header, Join, OAuth2, Paging, Window};
+use mappings::Scopes;
 
 /// One problem in one connector file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +84,8 @@ pub fn validate_file(path: &Path, base_url_override: Option<&str>) -> Result<Con
 
 /// Validates connector text that would be stored as `<id>.toml`. A base URL override
 /// (from configuration) replaces the file's `base_url`, e.g. to point at a sandbox.
+/// A file that `extends` a profile is read as the profile with the file's keys set
+/// over it; a problem with a key the profile set says so, with the profile's line.
 pub fn validate_str(
     file: &str,
     id: &str,
@@ -95,21 +100,90 @@ pub fn validate_str(
         Ok(d) => d,
         Err(e) => return Err(Problems(vec![v.toml_problem(text, &e, String::new())])),
     };
-    let spec: ConnectorFile = match serde_path_to_error::deserialize(deserializer) {
-        Ok(spec) => spec,
-        Err(first) => {
-            // The first problem comes with its line; the rest are found on the parsed
-            // tree, which no longer knows lines.
-            let (_, path) = offending_key(first.path(), first.inner().message());
-            v.problems
-                .push(v.toml_problem(text, first.inner(), path.clone()));
-            if let Ok(tree) = toml::from_str::<toml::Value>(text) {
-                v.every_shape_problem(tree, &path);
+    let own: toml::Table = toml::from_str(text).unwrap_or_default();
+    let profile = match own.get("extends") {
+        None => None,
+        Some(toml::Value::String(name)) => match profiles::shipped(name) {
+            Some(profile) => Some(profile),
+            None => {
+                v.report(
+                    "extends",
+                    format!(
+                        "there is no profile `{name}`; the shipped profiles are: {}",
+                        profiles::names()
+                    ),
+                );
+                return Err(Problems(v.problems));
             }
+        },
+        Some(_) => {
+            v.report("extends", "must name a profile, e.g. extends = \"fdx\"");
             return Err(Problems(v.problems));
         }
     };
-    let connector = v.connector(id, &spec, text, base_url_override);
+    let base: toml::Table = profile
+        .and_then(|p| toml::from_str(p.text).ok())
+        .unwrap_or_default();
+    let read = match profile {
+        None => match serde_path_to_error::deserialize::<_, ConnectorFile>(deserializer) {
+            Ok(spec) => Some((spec, Vec::new())),
+            Err(first) => {
+                // The first problem comes with its line; the rest are found on the
+                // parsed tree, which no longer knows lines.
+                let (_, path) = offending_key(first.path(), first.inner().message());
+                v.problems
+                    .push(v.toml_problem(text, first.inner(), path.clone()));
+                toml::from_str::<toml::Value>(text)
+                    .ok()
+                    .and_then(|tree| v.every_shape_problem(tree, &path))
+            }
+        },
+        Some(_) => {
+            let tree = toml::Value::Table(profiles::merge(base.clone(), own.clone()));
+            match serde_path_to_error::deserialize::<_, ConnectorFile>(tree.clone()) {
+                Ok(spec) => Some((spec, Vec::new())),
+                Err(first) => {
+                    let message = first.inner().message().trim_end().to_owned();
+                    let (_, path) = offending_key(first.path(), &message);
+                    v.report(path.clone(), message);
+                    v.every_shape_problem(tree, &path)
+                }
+            }
+        }
+    };
+    // What else is wrong is looked for even when the shape was not right, except at
+    // keys that were dropped or stood in for.
+    let shape = v.problems.len();
+    let hashed = match profile {
+        Some(p) => format!("{}\n{text}", p.text),
+        None => text.to_owned(),
+    };
+    let connector = read.and_then(|(spec, touched)| {
+        let connector = v.connector(id, &spec, &hashed, base_url_override);
+        let semantic = v.problems.split_off(shape);
+        v.problems.extend(semantic.into_iter().filter(|p| {
+            !touched
+                .iter()
+                .any(|t| p.path == *t || p.path.starts_with(&format!("{t}.")))
+        }));
+        connector
+    });
+    if let Some(profile) = profile {
+        for problem in &mut v.problems {
+            if !problem.path.is_empty()
+                && !profiles::sets(&own, &problem.path)
+                && profiles::sets(&base, &problem.path)
+            {
+                let line = profiles::line_of(profile.text, &problem.path)
+                    .map(|line| format!(" line {line}"))
+                    .unwrap_or_default();
+                problem.message = format!(
+                    "{} (set by profile `{}`, {}{line}; override it in this file)",
+                    problem.message, profile.name, profile.file
+                );
+            }
+        }
+    }
     match connector {
         Some(c) if v.problems.is_empty() => Ok(c),
         _ => Err(Problems(v.problems)),
@@ -244,6 +318,36 @@ impl Validator {
                 self.report(path, "must be at least 1 (leave it out for no limit)");
             }
         }
+        let details: Vec<(String, Option<Endpoint>)> = spec
+            .endpoints
+            .details
+            .iter()
+            .map(|(name, e)| {
+                let endpoint = base_url.as_ref().and_then(|b| {
+                    self.endpoint(
+                        b,
+                        &format!("details.{name}"),
+                        e,
+                        fields::ACCOUNT_DETAILS,
+                        None,
+                        &spec.headers,
+                        Vec::new(),
+                    )
+                });
+                (name.clone(), endpoint)
+            })
+            .collect();
+        // A field an account's details fill need not be in the list.
+        let provided: Vec<&'static str> = fields::ACCOUNT
+            .iter()
+            .filter(|d| {
+                spec.endpoints
+                    .details
+                    .values()
+                    .any(|e| e.fields.contains_key(d.name))
+            })
+            .map(|d| d.name)
+            .collect();
         let accounts = base_url.as_ref().and_then(|b| {
             self.endpoint(
                 b,
@@ -251,17 +355,35 @@ impl Validator {
                 &spec.endpoints.accounts,
                 fields::ACCOUNT,
                 None,
+                &spec.headers,
+                provided,
             )
         });
         let holdings = spec.endpoints.holdings.as_ref().map(|e| {
             base_url.as_ref().and_then(|b| {
-                self.endpoint(b, "holdings", e, fields::HOLDING, Some(fields::SECURITY))
+                self.endpoint(
+                    b,
+                    "holdings",
+                    e,
+                    fields::HOLDING,
+                    Some(fields::SECURITY),
+                    &spec.headers,
+                    Vec::new(),
+                )
             })
         });
         let transactions = spec.endpoints.transactions.as_ref().map(|e| {
-            base_url
-                .as_ref()
-                .and_then(|b| self.endpoint(b, "transactions", e, fields::TRANSACTION, None))
+            base_url.as_ref().and_then(|b| {
+                self.endpoint(
+                    b,
+                    "transactions",
+                    e,
+                    fields::TRANSACTION,
+                    None,
+                    &spec.headers,
+                    Vec::new(),
+                )
+            })
         });
         for (product, present) in [
             ("holdings", holdings.is_some()),
@@ -274,8 +396,13 @@ impl Validator {
                 );
             }
         }
+        let details = details
+            .into_iter()
+            .map(|(name, endpoint)| endpoint.map(|e| (name, e)))
+            .collect::<Option<Vec<_>>>();
         Some(Connector {
             id: id.to_owned(),
+            profile: spec.extends.clone(),
             name: spec.name.clone(),
             country: spec.country.clone(),
             products: spec.products.clone(),
@@ -295,6 +422,7 @@ impl Validator {
                 .map(|days| std::time::Duration::from_secs(u64::from(days) * 86_400)),
             webhooks,
             accounts: accounts?,
+            details: details?,
             holdings: holdings.flatten(),
             transactions: transactions.flatten(),
             hash: crate::fingerprint::sha256_hex(text.as_bytes()),

@@ -77,15 +77,27 @@ impl Validator {
     /// Reports every problem serde finds in the file's shape, not just the first: an
     /// unknown or ill-typed key is reported and dropped, a missing one is reported and
     /// stood in for by a placeholder, and the tree is read again. `known` was already
-    /// reported (with its line).
-    pub(super) fn every_shape_problem(&mut self, mut tree: toml::Value, known: &str) {
+    /// reported (with its line). Returns the file as read once every problem was set
+    /// aside, and the paths of the keys dropped or stood in for, so that what else is
+    /// wrong can be found in the same pass.
+    pub(super) fn every_shape_problem(
+        &mut self,
+        mut tree: toml::Value,
+        known: &str,
+    ) -> Option<(ConnectorFile, Vec<String>)> {
         // The missing key a placeholder stands in for, and the next placeholder to try.
         let mut standing_in: Option<(Vec<Segment>, String, usize)> = None;
         // Keys dropped for their type: that they are then missing is no news.
         let mut dropped: Vec<String> = Vec::new();
+        // Missing keys a placeholder stands in for.
+        let mut stood_in: Vec<String> = Vec::new();
         for _ in 0..MAX_SHAPE_PROBLEMS * placeholders().len() {
             let error = match serde_path_to_error::deserialize::<_, ConnectorFile>(tree.clone()) {
-                Ok(_) => return,
+                Ok(spec) => {
+                    let mut touched = dropped;
+                    touched.extend(stood_in);
+                    return Some((spec, touched));
+                }
                 Err(error) => error,
             };
             let message = error.inner().message().trim_end().to_owned();
@@ -94,13 +106,11 @@ impl Validator {
                 && path.starts_with(shown.as_str())
             {
                 // The placeholder has the wrong shape: try the next one.
-                let Some(value) = placeholders().into_iter().nth(*next) else {
-                    return;
-                };
+                let value = placeholders().into_iter().nth(*next)?;
                 *next += 1;
                 match parent_and_key(&mut tree, at) {
                     Some((table, key)) => table.insert(key, value),
-                    None => return,
+                    None => return None,
                 };
                 continue;
             }
@@ -117,31 +127,27 @@ impl Validator {
                 self.report(path.clone(), message.clone());
             }
             if self.problems.len() >= MAX_SHAPE_PROBLEMS {
-                return;
+                return None;
             }
             match missing {
                 Some(shown) => {
-                    let Some(name) = quoted(&message) else { return };
+                    let name = quoted(&message)?;
                     segments.push(Segment::Map {
                         key: name.to_owned(),
                     });
-                    let Some((table, key)) = parent_and_key(&mut tree, &segments) else {
-                        return;
-                    };
+                    let (table, key) = parent_and_key(&mut tree, &segments)?;
                     table.insert(key, toml::Value::String(String::new()));
+                    stood_in.push(shown.clone());
                     standing_in = Some((segments, shown, 1));
                 }
                 None => {
-                    let Some((table, key)) = parent_and_key(&mut tree, &segments) else {
-                        return;
-                    };
-                    if table.remove(&key).is_none() {
-                        return;
-                    }
+                    let (table, key) = parent_and_key(&mut tree, &segments)?;
+                    table.remove(&key)?;
                     dropped.push(path);
                 }
             }
         }
+        None
     }
 
     pub(super) fn toml_problem(

@@ -135,22 +135,16 @@ impl Store {
                 &holdings_by_account
                     .remove(acc.external_id.as_str())
                     .unwrap_or_default(),
-                removals.holdings,
+                removals.holdings_of(&acc.external_id),
                 &mut counts,
             )?;
             let fetched = transactions_by_account
                 .remove(acc.external_id.as_str())
                 .unwrap_or_default();
-            let stored = stored_transactions(
-                db,
-                &conn,
-                &acc.external_id,
-                &fetched,
-                &removals.transactions,
-            )
-            .await?;
-            let transactions =
-                plan_transactions(&conn, stored, &fetched, &removals.transactions, &mut counts)?;
+            let coverage = removals.transactions_of(&acc.external_id);
+            let stored =
+                stored_transactions(db, &conn, &acc.external_id, &fetched, coverage).await?;
+            let transactions = plan_transactions(&conn, stored, &fetched, coverage, &mut counts)?;
             if account.is_empty() && holdings.is_empty() && transactions.is_empty() {
                 continue;
             }
@@ -165,7 +159,10 @@ impl Store {
 
         // Accounts the institution no longer returns go, with their records.
         if removals.accounts {
-            for gone in stored_accounts.into_values() {
+            for gone in stored_accounts
+                .into_values()
+                .filter(|a| !removals.accounts_kept.contains(&a.external_id))
+            {
                 let holdings = plan_holdings(
                     &conn,
                     stored_holdings
@@ -192,7 +189,7 @@ impl Store {
 
         // Last, securities that no holding or transaction refers to any more. Most
         // syncs find none, and then write nothing: no transaction, no new version.
-        if removals.holdings && removals.transactions != Coverage::Partial {
+        if removals.everything_read() {
             let mut unused = Vec::new();
             for gone in stored_securities.into_values() {
                 if !security_in_use(db, &conn, &gone.external_id).await? {

@@ -11,6 +11,8 @@ pub(super) use apply::{lock_connected, records_changed};
 pub use reads::{PagedTransaction, TransactionFilter, TransactionPosition};
 pub(super) use rows::transaction_from_row;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::domain::Coverage;
 
 /// What applying a snapshot changed.
@@ -27,12 +29,21 @@ pub struct ApplyCounts {
 /// Which stored records a snapshot may remove. A list is only complete — and its
 /// absences only mean "removed at the institution" — when every record in it was
 /// read and mapped; otherwise what is stored stays. Transactions may also be only
-/// the ones of some dates, or only what changed (see [`Coverage`]).
+/// the ones of some dates, or only what changed (see [`Coverage`]). An endpoint
+/// asked once per account may have read some accounts and not others: what could
+/// not be read of an account stays as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Removals {
     pub accounts: bool,
     pub holdings: bool,
     pub transactions: Coverage,
+    /// Accounts whose own details could not be read: the stored account and all its
+    /// records stay as they are.
+    pub accounts_kept: BTreeSet<String>,
+    /// Accounts whose holdings could not be read.
+    pub holdings_kept: BTreeSet<String>,
+    /// Per-account coverage of the transactions, over `transactions`.
+    pub transactions_by_account: BTreeMap<String, Coverage>,
 }
 
 impl Removals {
@@ -42,6 +53,34 @@ impl Removals {
             accounts: true,
             holdings: true,
             transactions: Coverage::Everything,
+            accounts_kept: BTreeSet::new(),
+            holdings_kept: BTreeSet::new(),
+            transactions_by_account: BTreeMap::new(),
         }
+    }
+
+    /// Whether the holdings of `account` may be removed.
+    pub fn holdings_of(&self, account: &str) -> bool {
+        self.holdings && !self.holdings_kept.contains(account)
+    }
+
+    /// What the fetched transactions of `account` stand for.
+    pub fn transactions_of(&self, account: &str) -> &Coverage {
+        self.transactions_by_account
+            .get(account)
+            .unwrap_or(&self.transactions)
+    }
+
+    /// Whether every holding and transaction of every account was read, so that a
+    /// security nothing refers to any more is gone.
+    fn everything_read(&self) -> bool {
+        self.holdings
+            && self.holdings_kept.is_empty()
+            && self.accounts_kept.is_empty()
+            && self.transactions != Coverage::Partial
+            && !self
+                .transactions_by_account
+                .values()
+                .any(|c| *c == Coverage::Partial)
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod harbor;
 pub(crate) mod keystone;
 pub(crate) mod meridian;
 pub(crate) mod northwind;
+pub(crate) mod pinecrest;
 
 use std::fmt;
 use std::str::FromStr;
@@ -32,15 +33,17 @@ pub enum Institution {
     Harbor,
     Keystone,
     Northwind,
+    Pinecrest,
 }
 
 impl Institution {
     /// Every institution, in the order the sandbox lists them.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Meridian,
         Self::Harbor,
         Self::Keystone,
         Self::Northwind,
+        Self::Pinecrest,
     ];
 
     /// Everything about the institution: the one place that maps a variant to its folder.
@@ -50,6 +53,7 @@ impl Institution {
             Self::Harbor => &harbor::SPEC,
             Self::Keystone => &keystone::SPEC,
             Self::Northwind => &northwind::SPEC,
+            Self::Pinecrest => &pinecrest::SPEC,
         }
     }
 
@@ -82,7 +86,9 @@ impl fmt::Display for Institution {
 
 /// An id that names no sandbox institution.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("no sandbox institution {0:?}; they are meridian, harbor, keystone and northwind")]
+#[error(
+    "no sandbox institution {0:?}; they are meridian, harbor, keystone, northwind and pinecrest"
+)]
 pub struct UnknownInstitution(pub String);
 
 impl FromStr for Institution {

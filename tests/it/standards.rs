@@ -1,0 +1,392 @@
+//! Institutions that speak an open-banking standard, through the shipped profile of
+//! that standard: Pinecrest (FDX 6) is described by a file that only `extends` the
+//! `fdx` profile and sets its own values, and what finsync stores equals what the
+//! institution serves, value for value, across epochs: balances chosen by account
+//! category, signs from `debitCreditMemo`, holdings with identifiers picked from
+//! `securityIds` by type, transactions asked per account. One account whose data the
+//! institution cannot serve leaves the others synced and its own stored data as it was.
+
+use std::collections::BTreeMap;
+
+use finsync::domain::{ConnectionId, Snapshot};
+use finsync_sandbox::data::Portfolio;
+use finsync_sandbox::{Faults, Institution};
+
+use crate::support::TestApp;
+
+/// Money with the other sign, digits kept.
+fn negated(text: &str) -> String {
+    match text.strip_prefix('-') {
+        Some(magnitude) => magnitude.to_owned(),
+        None if text.chars().all(|c| c == '0' || c == '.') => text.to_owned(),
+        None => format!("-{text}"),
+    }
+}
+
+/// The security type finsync stores for the generator's, through FDX's `holdingType`
+/// (which has no ETF: an ETF is a STOCK).
+fn fdx_security_type(generated: &str) -> &'static str {
+    match generated {
+        "mutual fund" => "mutual_fund",
+        "fixed income" => "fixed_income",
+        _ => "equity",
+    }
+}
+
+/// How far back an incremental sync of the `fdx` profile reads transactions again.
+const LOOKBACK_DAYS: u64 = 10;
+
+/// Asserts that what finsync stored of a Pinecrest user is what Pinecrest serves of
+/// `portfolio`, for every account but `except`. With `incremental`, transactions the
+/// institution removed before the look-back may still be stored: only a deep sync
+/// reads that far again.
+fn assert_matches_fdx(
+    stored: &Snapshot,
+    portfolio: &Portfolio,
+    except: Option<&str>,
+    incremental: bool,
+) {
+    let wanted = |account: &str| except != Some(account);
+    let accounts: Vec<_> = portfolio
+        .accounts
+        .iter()
+        .filter(|a| wanted(&a.account_id))
+        .collect();
+    assert!(accounts.iter().any(|a| a.account_type == "investment"));
+    for e in &accounts {
+        let a = stored
+            .accounts
+            .iter()
+            .find(|a| a.external_id == e.account_id)
+            .unwrap_or_else(|| panic!("account {} stored", e.account_id));
+        assert_eq!(a.name, e.name);
+        assert_eq!(a.official_name.as_deref(), Some(e.official_name.as_str()));
+        assert_eq!(a.mask.as_deref(), Some(e.mask.as_str()));
+        assert_eq!(a.account_type.as_str(), e.account_type);
+        assert_eq!(
+            a.subtype.as_deref(),
+            Some(e.subtype.to_uppercase().replace(' ', "_").as_str())
+        );
+        assert_eq!(a.currency.as_str(), e.balances.iso_currency_code);
+        // currentBalance for a deposit account, currentValue for an investment one.
+        assert_eq!(
+            a.balances.current.amount.to_string(),
+            e.balances.current,
+            "balance of {}",
+            e.account_id
+        );
+        assert_eq!(
+            a.balances.available.map(|m| m.amount.to_string()),
+            e.balances.available.clone()
+        );
+    }
+
+    // Cash is an investment account's available cash, not a position.
+    let holdings: Vec<_> = portfolio
+        .holdings
+        .iter()
+        .filter(|h| wanted(&h.account_id) && h.security.security_type != "cash")
+        .collect();
+    assert!(!holdings.is_empty());
+    let stored_holdings: Vec<_> = stored
+        .holdings
+        .iter()
+        .filter(|h| wanted(&h.account_external_id))
+        .collect();
+    assert_eq!(stored_holdings.len(), holdings.len(), "holdings");
+    for e in &holdings {
+        let ticker = &e.security.ticker_symbol;
+        let h = stored_holdings
+            .iter()
+            .find(|h| h.account_external_id == e.account_id && &h.security_external_id == ticker)
+            .unwrap_or_else(|| panic!("holding of {ticker} stored"));
+        assert_eq!(h.quantity.to_string(), e.quantity, "units of {ticker}");
+        assert_eq!(
+            h.price.as_ref().map(|m| m.amount.to_string()),
+            Some(e.institution_price.clone())
+        );
+        assert_eq!(
+            h.value.as_ref().map(|m| m.amount.to_string()),
+            Some(e.institution_value.clone())
+        );
+        assert_eq!(
+            h.cost_basis.as_ref().map(|m| m.amount.to_string()),
+            Some(e.cost_basis.clone())
+        );
+        assert_eq!(h.as_of, Some(e.institution_price_as_of));
+        let s = stored
+            .securities
+            .iter()
+            .find(|s| &s.external_id == ticker)
+            .unwrap_or_else(|| panic!("security {ticker} stored"));
+        // Picked out of `securityIds` by `idType`.
+        assert_eq!(s.cusip, e.security.cusip, "CUSIP of {ticker}");
+        assert_eq!(s.isin, e.security.isin, "ISIN of {ticker}");
+        assert_eq!(s.ticker.as_deref(), Some(ticker.as_str()));
+        assert_eq!(s.name, e.security.name);
+        assert_eq!(
+            s.security_type.as_str(),
+            fdx_security_type(&e.security.security_type)
+        );
+    }
+
+    let ticker = |security_id: &str| {
+        portfolio
+            .holdings
+            .iter()
+            .find(|h| h.security.security_id == security_id)
+            .map(|h| h.security.ticker_symbol.clone())
+    };
+    let transactions: Vec<_> = portfolio
+        .transactions
+        .iter()
+        .filter(|t| wanted(&t.account_id))
+        .collect();
+    assert!(transactions.iter().any(|t| t.pending));
+    assert!(transactions.iter().any(|t| t.investment_type.is_some()));
+    let stored_transactions: Vec<_> = stored
+        .transactions
+        .iter()
+        .filter(|t| wanted(&t.account_external_id))
+        .collect();
+    let lookback = chrono::Utc::now().date_naive() - chrono::Days::new(LOOKBACK_DAYS);
+    let extra: Vec<_> = stored_transactions
+        .iter()
+        .filter(|t| {
+            !transactions
+                .iter()
+                .any(|e| e.transaction_id == t.external_id)
+        })
+        .filter(|t| !incremental || t.date >= lookback)
+        .collect();
+    assert!(extra.is_empty(), "stored, not served: {extra:#?}");
+    for e in &transactions {
+        let t = stored_transactions
+            .iter()
+            .find(|t| t.external_id == e.transaction_id)
+            .unwrap_or_else(|| panic!("transaction {} stored", e.transaction_id));
+        if incremental && e.date < lookback {
+            // A correction this old waits for the deep sync.
+            continue;
+        }
+        // The generator's amounts are money out positive; FDX sends them unsigned with
+        // DEBIT, CREDIT or MEMO beside them; finsync stores money in positive.
+        assert_eq!(
+            t.amount.amount.to_string(),
+            negated(&e.amount),
+            "amount of {}",
+            e.transaction_id
+        );
+        assert_eq!(t.amount.currency.as_str(), e.iso_currency_code);
+        assert_eq!(t.account_external_id, e.account_id);
+        assert_eq!(t.date, e.date);
+        assert_eq!(
+            t.status.as_str(),
+            if e.pending { "pending" } else { "posted" }
+        );
+        assert_eq!(t.description, e.name);
+        assert_eq!(t.category, e.category);
+        assert_eq!(
+            t.investment_type.map(|i| i.as_str().to_owned()),
+            e.investment_type.clone()
+        );
+        assert_eq!(
+            t.security_external_id,
+            e.security_id.as_deref().and_then(ticker)
+        );
+        assert_eq!(t.quantity.map(|q| q.to_string()), e.quantity.clone());
+        assert_eq!(t.price.map(|p| p.to_string()), e.price.clone());
+    }
+}
+
+/// What is stored of one account: the account, its holdings, its transactions.
+fn of_account(stored: &Snapshot, account: &str) -> String {
+    let mut out = BTreeMap::new();
+    out.insert(
+        "account",
+        format!(
+            "{:?}",
+            stored
+                .accounts
+                .iter()
+                .find(|a| a.external_id == account)
+                .map(|a| (&a.name, &a.balances.current, &a.balances.available))
+        ),
+    );
+    out.insert(
+        "holdings",
+        format!(
+            "{:?}",
+            stored
+                .holdings
+                .iter()
+                .filter(|h| h.account_external_id == account)
+                .collect::<Vec<_>>()
+        ),
+    );
+    let mut transactions: Vec<_> = stored
+        .transactions
+        .iter()
+        .filter(|t| t.account_external_id == account)
+        .collect();
+    transactions.sort_by(|a, b| a.external_id.cmp(&b.external_id));
+    out.insert("transactions", format!("{transactions:?}"));
+    format!("{out:?}")
+}
+
+async fn resync(app: &TestApp, connection: ConnectionId, key: &str) {
+    let since = chrono::Utc::now();
+    let job = finsync::sync::SyncConnection {
+        connection_id: connection,
+        idempotency_key: format!("test:{key}"),
+    };
+    crate::support::request_sync(&app.app.ctx.queue, job).await;
+    app.wait_synced(connection, since).await;
+}
+
+#[tokio::test]
+async fn an_fdx_institution_syncs_through_the_shipped_profile_value_for_value() {
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let connector = app.app.ctx.registry.get("pinecrest").unwrap();
+    assert_eq!(connector.profile.as_deref(), Some("fdx"));
+    let sandbox = app.sandbox();
+    let store = &app.app.ctx.store;
+    let tenant = app.tenant();
+    let user = "demo-alice";
+    let connection = app.link_and_sync_at(tenant.id, user, "pinecrest").await;
+    let stored = store.full_snapshot(connection).await.unwrap();
+    assert_matches_fdx(
+        &stored,
+        &sandbox.portfolio(Institution::Pinecrest, user),
+        None,
+        false,
+    );
+    let cursor = store.connection(connection).await.unwrap().sync_cursor;
+    let cursor = finsync::connectors::SyncCursor::decode(&cursor.unwrap(), &connector.hash);
+    match cursor.map(|c| c.position) {
+        Some(finsync::connectors::Position::PerAccount(by)) => {
+            assert_eq!(by.len(), stored.accounts.len(), "{by:?}")
+        }
+        other => panic!("each account resumes from its own place: {other:?}"),
+    }
+
+    // The institution's data moves on: pending debits post under new ids, transactions
+    // change or disappear, prices move. Each incremental sync, each account from its
+    // own place in the date windows, leaves what the institution serves.
+    for epoch in 1..=3 {
+        assert_eq!(sandbox.advance(), epoch);
+        resync(&app, connection, &format!("pinecrest-{epoch}")).await;
+        let stored = store.full_snapshot(connection).await.unwrap();
+        assert_matches_fdx(
+            &stored,
+            &sandbox.portfolio(Institution::Pinecrest, user),
+            None,
+            true,
+        );
+    }
+    // The deep sync (its time moved, not waited for) reads every window again.
+    let db = sea_orm::Database::connect(&app.db().url).await.unwrap();
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(&format!(
+        "UPDATE connections SET deep_sync_due_at = now() - interval '1 second' WHERE id = '{connection}'"
+    ))
+    .await
+    .unwrap();
+    resync(&app, connection, "pinecrest-deep").await;
+    assert_matches_fdx(
+        &store.full_snapshot(connection).await.unwrap(),
+        &sandbox.portfolio(Institution::Pinecrest, user),
+        None,
+        false,
+    );
+    let runs = store.runs(connection).await.unwrap();
+    assert!(runs.iter().any(|r| r.removed > 0), "{runs:?}");
+    assert!(runs.iter().all(|r| r.outcome == "succeeded"), "{runs:?}");
+}
+
+#[tokio::test]
+async fn one_account_the_institution_cannot_serve_leaves_the_others_synced_and_itself_as_stored() {
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let store = &app.app.ctx.store;
+    let tenant = app.tenant();
+    let user = "demo-alice";
+    let connection = app.link_and_sync_at(tenant.id, user, "pinecrest").await;
+    let before = store.full_snapshot(connection).await.unwrap();
+    let portfolio = sandbox.portfolio(Institution::Pinecrest, user);
+    assert_matches_fdx(&before, &portfolio, None, false);
+    let broken = portfolio
+        .accounts
+        .iter()
+        .find(|a| a.account_type == "investment")
+        .map(|a| a.account_id.clone())
+        .expect("an investment account");
+
+    for (round, failing) in [
+        // Its transactions answer 500; its balances and holdings still come.
+        format!("{broken}/transactions"),
+        // Its details answer 500 too: the account itself cannot be read.
+        broken.clone(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sandbox
+            .set_faults(
+                Institution::Pinecrest,
+                Faults {
+                    failing_paths: vec![failing.clone()],
+                    ..Faults::default()
+                },
+            )
+            .unwrap();
+        let kept = store.full_snapshot(connection).await.unwrap();
+        sandbox.advance();
+        resync(&app, connection, &format!("pinecrest-broken-{round}")).await;
+        let after = store.full_snapshot(connection).await.unwrap();
+        let moved = sandbox.portfolio(Institution::Pinecrest, user);
+        assert_matches_fdx(&after, &moved, Some(&broken), true);
+        if failing.ends_with("/transactions") {
+            let old: Vec<_> = kept
+                .transactions
+                .iter()
+                .filter(|t| t.account_external_id == broken)
+                .collect();
+            let new: Vec<_> = after
+                .transactions
+                .iter()
+                .filter(|t| t.account_external_id == broken)
+                .collect();
+            assert_eq!(old, new, "{failing}: its transactions stay as stored");
+        } else {
+            assert_eq!(
+                of_account(&after, &broken),
+                of_account(&kept, &broken),
+                "{failing}: the account stays as stored"
+            );
+        }
+        let runs = store.runs(connection).await.unwrap();
+        assert_eq!(runs[0].outcome, "succeeded", "{runs:?}");
+    }
+
+    // Served again, the account catches up with the rest.
+    sandbox
+        .set_faults(Institution::Pinecrest, Faults::default())
+        .unwrap();
+    resync(&app, connection, "pinecrest-mended").await;
+    let after = store.full_snapshot(connection).await.unwrap();
+    assert_matches_fdx(
+        &after,
+        &sandbox.portfolio(Institution::Pinecrest, user),
+        None,
+        true,
+    );
+}
