@@ -38,8 +38,10 @@ pub(super) struct ConnectorSummary {
     name: Option<String>,
     /// The version in service in the process that answered.
     version: Option<i64>,
-    /// SHA-256 of the text in service.
+    /// SHA-256 of the text in service (and of the profile it extends).
     hash: Option<String>,
+    /// The shipped profile of a standard the connector extends (`fdx`), if any.
+    profile: Option<String>,
     health: HealthView,
     /// The institution's circuit breaker in the process that answered; absent
     /// until that process has sent it a request.
@@ -143,6 +145,7 @@ async fn summary(
         name: served.as_ref().map(|s| s.connector.name.clone()),
         version: served.as_ref().map(|s| s.version),
         hash: served.as_ref().map(|s| s.connector.hash.clone()),
+        profile: served.as_ref().and_then(|s| s.connector.profile.clone()),
         health: health.into(),
         breaker: state.env.engine.resilience().breaker(id),
         degraded: state.env.engine.resilience().is_degraded(id),

@@ -335,4 +335,31 @@ fn the_examples_convert_records_as_the_doc_says() {
         granite.investment_type.map(|t| t.as_str()),
         Some("dividend")
     );
+
+    // Thistle (UK Open Banking's shape): an unsigned amount and its indicator; an
+    // indicator the file does not map is refused with its name.
+    let thistle = transactions("thistle");
+    let debit = |indicator: &str| {
+        let record = finsync::connectors::mapping::Item::plain(serde_json::json!({
+            "TransactionId": "t9", "Amount": {"Amount": "42.10", "Currency": "GBP"},
+            "CreditDebitIndicator": indicator, "BookingDateTime": "2026-11-20T09:30:00+00:00",
+            "Status": "Booked", "TransactionInformation": "Card payment",
+        }));
+        let mut record = record;
+        record.account = Some(std::sync::Arc::new(finsync::connectors::mapping::Parent {
+            external_id: "acc-1".into(),
+            record: serde_json::json!({"AccountId": "acc-1"}),
+        }));
+        finsync::connectors::mapping::transaction(&thistle.fields, thistle.sign, &record)
+    };
+    let booked = debit("Debit").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(booked.amount.amount.to_string(), "-42.10");
+    assert_eq!(booked.account_external_id, "acc-1");
+    assert_eq!(booked.status.as_str(), "posted");
+    let doc = doc();
+    let refused = debit("Reversal").unwrap_err().to_string();
+    assert!(
+        doc.contains(&format!("`` {refused} ``")),
+        "the doc quotes the reason `{refused}`"
+    );
 }

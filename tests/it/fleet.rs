@@ -260,7 +260,10 @@ async fn a_fourth_institution_joins_a_running_fleet_with_a_new_file_only() {
             .map(|c| c["id"].as_str().unwrap().to_owned())
             .collect::<Vec<_>>()
     };
-    assert_eq!(listed().await, ["harbor", "keystone", "meridian"]);
+    assert_eq!(
+        listed().await,
+        ["harbor", "keystone", "meridian", "pinecrest"]
+    );
 
     // The admin's whole change: one new file.
     std::fs::copy(
