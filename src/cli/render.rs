@@ -164,14 +164,16 @@ pub fn check(reports: &[crate::sync::check::EndpointReport]) -> String {
     ]);
     let mut details = String::new();
     for r in reports {
-        let never = r.never_filled();
+        let never = &r.never_filled;
         let result = match &r.failure {
             Some(failure) => Cell::new(format!("failed: {failure}")).fg(Color::Red),
-            None if r.is_clean() => Cell::new("ok").fg(Color::Green),
             None if r.mapped < r.fetched => {
                 Cell::new(format!("{} not mapped", r.fetched - r.mapped)).fg(Color::Yellow)
             }
-            None => Cell::new(format!("never filled: {}", never.join(", "))).fg(Color::Yellow),
+            None if !never.is_empty() => {
+                Cell::new(format!("ok; never filled: {}", never.join(", "))).fg(Color::Yellow)
+            }
+            None => Cell::new("ok").fg(Color::Green),
         };
         let at = match &r.account {
             Some(account) => format!("{} [{account}]", r.endpoint),
@@ -194,7 +196,7 @@ pub fn check(reports: &[crate::sync::check::EndpointReport]) -> String {
         }
         for (field, count) in &r.absent {
             let warning = if never.contains(field) {
-                " (never filled: is its path right?)"
+                " (in every record of the endpoint: is its path right?)"
             } else {
                 ""
             };

@@ -4,7 +4,8 @@
 //! (a fan-out endpoint once per account), and reports per endpoint and account how
 //! many records came back, how many mapped, and which fields were missing or
 //! unparsable, with examples. A field the connector maps that came back empty in
-//! every record fails the check: the path is most likely wrong. Nothing is stored;
+//! every record is flagged: its path may be wrong (or the institution never fills
+//! it, as a profile's optional identifiers may be). Nothing is stored;
 //! the grant is revoked at the end when the institution supports it.
 
 use std::collections::BTreeMap;
@@ -47,22 +48,42 @@ pub struct EndpointReport {
     pub unparsable: BTreeMap<String, (usize, Vec<String>)>,
     /// Declared fields the institution left empty, by field: in how many records.
     pub absent: BTreeMap<&'static str, usize>,
+    /// Declared fields empty in every record the endpoint returned (for every
+    /// account, when it fans out; set on the endpoint's first row): most likely a
+    /// wrong path.
+    pub never_filled: Vec<&'static str>,
 }
 
 impl EndpointReport {
-    /// Every record fetched and mapped, nothing failed, and no declared field was
-    /// empty in every record.
+    /// Every record fetched and mapped, and nothing failed.
     pub fn is_clean(&self) -> bool {
-        self.failure.is_none() && self.mapped == self.fetched && self.never_filled().is_empty()
+        self.failure.is_none() && self.mapped == self.fetched
     }
+}
 
-    /// Declared fields that came back empty in every record fetched.
-    pub fn never_filled(&self) -> Vec<&'static str> {
-        self.absent
-            .iter()
-            .filter(|(_, count)| self.fetched > 0 && **count == self.fetched)
-            .map(|(field, _)| *field)
-            .collect()
+/// Marks, on each endpoint's first row, the declared fields empty in every record
+/// of all its rows.
+fn mark_never_filled(reports: &mut [EndpointReport]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..reports.len() {
+        let endpoint = reports[i].endpoint.clone();
+        if !seen.insert(endpoint.clone()) {
+            continue;
+        }
+        let rows: Vec<&EndpointReport> =
+            reports.iter().filter(|r| r.endpoint == endpoint).collect();
+        let fetched: usize = rows.iter().map(|r| r.fetched).sum();
+        let mut empty: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for row in &rows {
+            for (field, count) in &row.absent {
+                *empty.entry(*field).or_default() += count;
+            }
+        }
+        reports[i].never_filled = empty
+            .into_iter()
+            .filter(|(_, count)| fetched > 0 && *count == fetched)
+            .map(|(field, _)| field)
+            .collect();
     }
 }
 
@@ -214,6 +235,7 @@ async fn run(engine: &Engine, connector: &Connector, token: &SecretString) -> Ve
             reports.push(report);
         }
     }
+    mark_never_filled(&mut reports);
     reports
 }
 

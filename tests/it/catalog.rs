@@ -312,8 +312,52 @@ async fn a_check_reports_every_endpoint_and_names_the_fields_that_do_not_map() {
             .unwrap()
             .is_clean()
     );
+
+    // A standard's institution: its per-account endpoints get a row per account, and
+    // one account the institution cannot serve fails its own row only.
+    let portfolio = sandbox.portfolio(Institution::Pinecrest, "test-check");
+    let broken = portfolio.accounts[0].account_id.clone();
+    sandbox
+        .set_faults(
+            Institution::Pinecrest,
+            Faults {
+                failing_paths: vec![format!("{broken}/transactions")],
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    let reports = check("pinecrest").await;
+    let rows = |endpoint: &str| reports.iter().filter(|r| r.endpoint == endpoint).count();
+    let investment = portfolio
+        .accounts
+        .iter()
+        .filter(|a| a.account_type == "investment")
+        .count();
+    assert_eq!(rows("accounts"), 1);
+    assert_eq!(rows("details.balances"), portfolio.accounts.len());
+    assert_eq!(rows("holdings"), investment);
+    assert_eq!(rows("transactions"), portfolio.accounts.len());
+    for report in &reports {
+        let is_broken =
+            report.endpoint == "transactions" && report.account.as_deref() == Some(broken.as_str());
+        if is_broken {
+            assert!(
+                report
+                    .failure
+                    .as_deref()
+                    .is_some_and(|f| f.contains("/transactions"))
+            );
+            assert_eq!(report.requests, None, "{report:?}");
+        } else {
+            assert!(report.is_clean(), "{report:?}");
+        }
+    }
+    // A field mapped but empty in every record is flagged on the endpoint's first row:
+    // Pinecrest, a US institution, sends no SEDOLs.
+    let holdings = reports.iter().find(|r| r.endpoint == "holdings").unwrap();
+    assert_eq!(holdings.never_filled, ["sedol"], "{holdings:?}");
     // The check left no grant behind at the institution.
-    assert!(sandbox.stats().revocations >= 2);
+    assert!(sandbox.stats().revocations >= 3);
 }
 
 #[tokio::test]

@@ -191,6 +191,25 @@ fn the_cli_validates_files_and_fails_on_a_bad_one() {
         .output()
         .unwrap();
     assert!(ok.status.success());
+
+    // A draft saved under a name that is not an id validates as the connector it is for.
+    let draft = dir.join("Harbor (draft).toml");
+    std::fs::copy(connectors_dir().join("harbor.toml"), &draft).unwrap();
+    let as_is = Command::new(env!("CARGO_BIN_EXE_finsync"))
+        .args(["connectors", "validate"])
+        .arg(&draft)
+        .output()
+        .unwrap();
+    assert_eq!(as_is.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&as_is.stdout).contains("must be a connector id"));
+    let named = Command::new(env!("CARGO_BIN_EXE_finsync"))
+        .args(["connectors", "validate", "--id", "harbor"])
+        .arg(&draft)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&named.stdout);
+    assert!(named.status.success(), "{stdout}");
+    assert!(stdout.contains("(harbor: Harbor Savings Bank)"), "{stdout}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -221,6 +240,21 @@ const FRAGMENTS: &[&str] = &[
     "path = \"$[?@.a]\"",
     "base_url = \"::\"",
     "= 1e999",
+    "for_each = \"accounts\"",
+    "for_each = \"holdings\"",
+    "when = \"@.x ==\"",
+    "{account.external_id}",
+    "{account.$..x}",
+    "{uuid}",
+    "{account.id}",
+    "from = \"security\"",
+    "from = \"account\"",
+    "sign = { path = \"$.s\", map = { D = \"*\" } }",
+    "extends = \"fdx\"",
+    "extends = \"nope\"",
+    "joins = { s = { list = \"$\", key = \"x\", on = \"$.k\" } }",
+    "[endpoints.details.x]",
+    "headers = { Authorization = \"x\", \"bad name\" = \"{uuid\" }",
 ];
 
 proptest! {
@@ -235,7 +269,7 @@ proptest! {
 
     #[test]
     fn the_validator_never_panics_on_mutated_connector_files(
-        file in prop::sample::select(vec!["meridian.toml", "harbor.toml", "keystone.toml"]),
+        file in prop::sample::select(vec!["meridian.toml", "harbor.toml", "keystone.toml", "pinecrest.toml"]),
         edits in prop::collection::vec((any::<prop::sample::Index>(), 0usize..40, prop::sample::select(FRAGMENTS)), 1..6),
     ) {
         let Ok(mut text) = std::fs::read_to_string(connectors_dir().join(file)) else {
@@ -256,8 +290,29 @@ proptest! {
             Ok(_) => {}
             Err(problems) => {
                 prop_assert!(!problems.0.is_empty());
+                let own: toml::Table = toml::from_str(&text).unwrap_or_default();
+                let profile = own
+                    .get("extends")
+                    .and_then(|e| e.as_str())
+                    .and_then(finsync::connectors::profiles::shipped);
                 for problem in &problems.0 {
+                    // Every refusal names the file the admin wrote, and a key the
+                    // profile set names the profile.
+                    prop_assert_eq!(&problem.file, "fuzz.toml");
                     prop_assert!(!problem.message.is_empty());
+                    if let Some(profile) = profile {
+                        let base: toml::Table = toml::from_str(profile.text).unwrap();
+                        if !problem.path.is_empty()
+                            && !finsync::connectors::profiles::sets(&own, &problem.path)
+                            && finsync::connectors::profiles::sets(&base, &problem.path)
+                        {
+                            prop_assert!(
+                                problem.message.contains(&format!("profile `{}`", profile.name)),
+                                "{}",
+                                problem
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -178,20 +178,19 @@ impl Validator {
                 None
             }
             Some("accounts") => {
-                let when = match &spec.when {
-                    None => Some(None),
-                    Some(filter) => match JsonPath::parse(&format!("$[?{filter}]")) {
-                        Ok(path) => Some(Some(path)),
-                        Err(e) => {
+                // A bad filter is reported; the endpoint is still read as fanning out,
+                // so what else is wrong with it is found too.
+                let when = spec.when.as_ref().and_then(|filter| {
+                    JsonPath::parse(&format!("$[?{filter}]"))
+                        .map_err(|e| {
                             self.report(
                                 at("when"),
                                 format!("`{filter}` is not an RFC 9535 filter expression like `@.accountCategory == 'INVESTMENT_ACCOUNT'`: {e}"),
                             );
-                            None
-                        }
-                    },
-                };
-                Some(Some(FanOut { when: when? }))
+                        })
+                        .ok()
+                });
+                Some(Some(FanOut { when }))
             }
             Some(other) => {
                 self.report(
@@ -421,5 +420,130 @@ mod tests {
         let found = problems(&text);
         has(&found, "endpoints.accounts.method", "use GET or POST");
         has(&found, "endpoints.accounts.deferrable", "never deferred");
+    }
+
+    #[test]
+    fn fan_out_is_declared_where_an_account_is_named_and_nowhere_else() {
+        let text = changed(
+            HARBOR,
+            "path = \"api/transactions\"",
+            "path = \"api/accounts/{account.external_id}/transactions\"",
+        );
+        has(
+            &problems(&text),
+            "endpoints.transactions.path",
+            "add `for_each = \"accounts\"`",
+        );
+        let text = changed(
+            HARBOR,
+            "path = \"api/transactions\"",
+            "path = \"api/transactions\"\nfor_each = \"accounts\"\nwhen = \"@.kind ==\"",
+        );
+        let found = problems(&text);
+        has(
+            &found,
+            "endpoints.transactions.path",
+            "must say which account",
+        );
+        has(
+            &found,
+            "endpoints.transactions.when",
+            "not an RFC 9535 filter expression",
+        );
+        let text = changed(
+            HARBOR,
+            "path = \"api/accounts\"",
+            "path = \"api/accounts\"\nfor_each = \"accounts\"",
+        );
+        has(
+            &problems(&text),
+            "endpoints.accounts.for_each",
+            "what others fan out over",
+        );
+    }
+
+    #[test]
+    fn a_fan_out_endpoint_fills_the_account_of_its_records() {
+        let text = changed(
+            HARBOR,
+            "path = \"api/transactions\"",
+            "path = \"api/accounts/{account.external_id}/transactions\"\nfor_each = \"accounts\"",
+        );
+        let text = changed(
+            &text,
+            "account_external_id = { path = \"$.account_number\" }\n",
+            "",
+        );
+        let text = changed(
+            &text,
+            "currency = { path = \"$.currency\" }\ndate",
+            "currency = { path = \"$.currency\", from = \"account\" }\ndate",
+        );
+        assert_eq!(problems(&text), Vec::new());
+        // Without fan-out, neither the account nor its id is there to read.
+        let text = changed(
+            HARBOR,
+            "currency = { path = \"$.currency\" }\ndate",
+            "currency = { path = \"$.currency\", from = \"account\" }\ndate",
+        );
+        has(
+            &problems(&text),
+            "endpoints.transactions.fields.currency.from",
+            "only a fan-out endpoint",
+        );
+    }
+
+    #[test]
+    fn signs_joins_and_headers_are_checked_where_they_are_written() {
+        let text = changed(
+            HARBOR,
+            "amount = { path = \"$.amount\", minor_units = 2 }",
+            "amount = { path = \"$.amount\", minor_units = 2, sign = { path = \"dir\", map = { D = \"minus\" } } }",
+        );
+        let found = problems(&text);
+        has(
+            &found,
+            "endpoints.transactions.fields.amount.sign.path",
+            "must start with `$`",
+        );
+        has(
+            &found,
+            "endpoints.transactions.fields.amount.sign.map.D",
+            "use \"+\" or \"-\"",
+        );
+        has(
+            &found,
+            "endpoints.transactions.sign_convention",
+            "remove `sign_convention`",
+        );
+        let text = changed(
+            HARBOR,
+            "description = { path = \"$.memo\" }",
+            "description = { path = \"$.memo\", sign = { path = \"$.d\", map = { D = \"-\" } }, from = \"merchant\" }",
+        );
+        let found = problems(&text);
+        has(
+            &found,
+            "endpoints.transactions.fields.description.from",
+            "use one of: record",
+        );
+        let text = changed(
+            HARBOR,
+            "[endpoints.accounts]",
+            "[headers]\nAuthorization = \"x\"\n\"x-request-id\" = \"{uuid\"\n\n[endpoints.accounts]",
+        );
+        let found = problems(&text);
+        has(&found, "headers.Authorization", "cannot be set here");
+        has(&found, "headers.x-request-id", "never closed");
+        let text = changed(
+            HARBOR,
+            "records = \"$.data[*]\"\npaging = { type = \"offset\", offset_param = \"offset\", limit_param = \"limit\", total = \"$.total\" }\nsign_convention",
+            "records = \"$.data[*]\"\njoins = { memo = { list = \"$.memos[*]\", key = \"id\", on = \"$.memo_id\" } }\npaging = { type = \"offset\", offset_param = \"offset\", limit_param = \"limit\", total = \"$.total\" }\nsign_convention",
+        );
+        has(
+            &problems(&text),
+            "endpoints.transactions.joins.memo.key",
+            "must start with `$`",
+        );
     }
 }

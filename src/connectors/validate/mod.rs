@@ -445,6 +445,8 @@ mod test_support {
     pub(super) const HARBOR: &str = include_str!("../../../connectors/harbor.toml");
     /// Meridian's, which has a `[webhooks]` table.
     pub(super) const MERIDIAN: &str = include_str!("../../../connectors/meridian.toml");
+    /// Pinecrest's, which extends the `fdx` profile.
+    pub(super) const PINECREST: &str = include_str!("../../../connectors/pinecrest.toml");
 
     /// `text` with `from` replaced by `to` (which must be there).
     pub(super) fn changed(text: &str, from: &str, to: &str) -> String {
@@ -479,5 +481,53 @@ mod test_support {
     fn the_shipped_files_validate() {
         assert_eq!(problems(HARBOR), Vec::new());
         assert_eq!(problems(MERIDIAN), Vec::new());
+        assert_eq!(problems(PINECREST), Vec::new());
+    }
+
+    #[test]
+    fn a_problem_with_a_key_the_profile_set_names_the_profile_and_its_line() {
+        // The file narrows the profile's window below what its look-back needs.
+        let text = changed(
+            PINECREST,
+            "login_hint_param = \"login_hint\"",
+            "login_hint_param = \"login_hint\"\n\n[endpoints.transactions.window]\nhistory_days = 5",
+        );
+        let found = problems(&text);
+        // `lookback_days` (10) is the profile's; the file set `history_days`.
+        let (_, message) = found
+            .iter()
+            .find(|(path, _)| path == "endpoints.transactions.window.lookback_days")
+            .unwrap_or_else(|| panic!("{found:#?}"));
+        let profile = super::super::profiles::shipped("fdx").unwrap();
+        let line = super::super::profiles::line_of(
+            profile.text,
+            "endpoints.transactions.window.lookback_days",
+        )
+        .unwrap();
+        assert!(
+            message.contains(&format!(
+                "set by profile `fdx`, connectors/profiles/fdx.toml line {line}"
+            )),
+            "{message}"
+        );
+        let unknown = changed(PINECREST, "extends = \"fdx\"", "extends = \"fdx7\"");
+        has(
+            &problems(&unknown),
+            "extends",
+            "the shipped profiles are: fdx",
+        );
+    }
+
+    #[test]
+    fn shape_and_meaning_are_reported_in_one_pass() {
+        let text = changed(HARBOR, "page_size = 25", "page_size = \"25\"");
+        let text = changed(&text, "records = \"$.data[*]\"", "records = \"data[*]\"");
+        let found = problems(&text);
+        has(&found, "limits.page_size", "invalid type");
+        has(
+            &found,
+            "endpoints.accounts.records",
+            "it must start with `$` (the record itself), e.g. `$.data[*]`",
+        );
     }
 }

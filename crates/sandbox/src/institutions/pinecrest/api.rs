@@ -72,6 +72,9 @@ pub(crate) struct AccountDescriptor {
 pub(crate) struct Account {
     #[serde(flatten)]
     pub(crate) descriptor: AccountDescriptor,
+    /// When the balances were read: the moment of the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) balance_as_of: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) current_balance: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -187,6 +190,7 @@ pub(crate) fn view(portfolio: &Portfolio) -> (Vec<Account>, Vec<Transaction>) {
                     .collect();
                 Account {
                     descriptor,
+                    balance_as_of: None,
                     current_balance: None,
                     available_balance: None,
                     current_value: current,
@@ -196,6 +200,7 @@ pub(crate) fn view(portfolio: &Portfolio) -> (Vec<Account>, Vec<Transaction>) {
             } else {
                 Account {
                     descriptor,
+                    balance_as_of: None,
                     current_balance: current,
                     available_balance: available,
                     current_value: None,
@@ -452,6 +457,8 @@ async fn account(
             .into_iter()
             .find(|a| a.descriptor.account_id == account_id)
             .ok_or_else(|| unknown_account(&account_id))?;
+        account.balance_as_of =
+            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         // Positions are for a token that may read holdings.
         if account.holdings.is_some()
             && bearer::authorize(
