@@ -64,11 +64,15 @@ impl App {
             let inbox = public_url.join("webhooks/meridian")?;
             sandbox.set_webhook_url(sandbox::Institution::Meridian, Some(inbox.to_string()))?;
             for id in &settings.sandbox.institutions {
+                let base = match id.parse::<sandbox::Institution>() {
+                    Ok(institution) => sandbox.api_base(institution),
+                    Err(_) => format!("{}/{id}", sandbox.base_url()),
+                };
                 settings
                     .connectors
                     .base_urls
                     .entry(id.clone())
-                    .or_insert_with(|| format!("{}/{id}", sandbox.base_url()));
+                    .or_insert(base);
             }
             Some(sandbox)
         } else {

@@ -44,9 +44,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("Sandbox institutions at {}", sandbox.base_url());
     for institution in sandbox::Institution::ALL {
         println!(
-            "  {}: {}/{institution}",
+            "  {}: {}",
             institution.name(),
-            sandbox.base_url()
+            sandbox.api_base(institution)
         );
     }
     shutdown_signal().await;

@@ -690,7 +690,7 @@ impl Engine {
                 ),
                 (
                     window.to_param.clone(),
-                    to.format(&window.format).to_string(),
+                    to.format(&window.to_format).to_string(),
                 ),
             ];
             let pages = self

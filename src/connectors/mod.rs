@@ -190,6 +190,8 @@ pub struct Window {
     pub from_param: String,
     pub to_param: String,
     pub format: String,
+    /// The pattern of a step's last date (`format` unless the file says).
+    pub to_format: String,
     pub step_days: u32,
     pub history_days: u32,
     pub lookback_days: u32,

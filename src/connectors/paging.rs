@@ -37,6 +37,11 @@ pub enum Paging {
     },
     /// RFC 8288 `Link: <…>; rel="next"`.
     LinkHeader { page_size_param: Option<String> },
+    /// The next page's URL in the body (UK Open Banking's `Links.Next`).
+    NextLink {
+        next: JsonPath,
+        page_size_param: Option<String>,
+    },
     /// Changes since a token, while `has_more` is true.
     SyncToken {
         token_param: String,
@@ -63,6 +68,9 @@ impl Paging {
                 page_size_param, ..
             }
             | Self::LinkHeader { page_size_param }
+            | Self::NextLink {
+                page_size_param, ..
+            }
             | Self::SyncToken {
                 page_size_param, ..
             } => {
@@ -235,26 +243,41 @@ impl<'a> Walk<'a> {
                     (_, false) => Ok(false),
                 }
             }
-            Paging::LinkHeader { .. } => {
-                let Some(link) = next_link(page.headers) else {
-                    return Ok(false);
-                };
-                let next = self.origin.join(&link).map_err(|e| {
-                    EngineError::Unreadable(format!("the Link header's next URL is invalid: {e}"))
-                })?;
-                // The bearer token goes only where the connector said it may.
-                if next.origin() != self.origin.origin() {
-                    return Err(EngineError::Unreadable(format!(
-                        "the Link header points to another origin ({})",
-                        next.origin().ascii_serialization()
-                    )));
+            Paging::LinkHeader { .. } => match next_link(page.headers) {
+                Some(link) => self.follow(&link, "the Link header"),
+                None => Ok(false),
+            },
+            Paging::NextLink { next, .. } => match next.query(page.body).at_most_one() {
+                Ok(Some(Value::String(link))) if !link.is_empty() => {
+                    if !self.seen.insert(link.clone()) {
+                        return Err(EngineError::Unreadable(format!(
+                            "the next link repeated after page {number}"
+                        )));
+                    }
+                    self.follow(&link.clone(), "the next link")
                 }
-                self.url = next;
-                // The next link carries every parameter it needs.
-                self.params.clear();
-                Ok(true)
-            }
+                _ => Ok(false),
+            },
         }
+    }
+
+    /// Points the walk at `link` (absolute, or relative to the endpoint), which
+    /// carries every parameter it needs; `what` names where it came from.
+    fn follow(&mut self, link: &str, what: &str) -> Result<bool, EngineError> {
+        let next = self
+            .origin
+            .join(link)
+            .map_err(|e| EngineError::Unreadable(format!("{what}'s URL is invalid: {e}")))?;
+        // The bearer token goes only where the connector said it may.
+        if next.origin() != self.origin.origin() {
+            return Err(EngineError::Unreadable(format!(
+                "{what} points to another origin ({})",
+                next.origin().ascii_serialization()
+            )));
+        }
+        self.url = next;
+        self.params.clear();
+        Ok(true)
     }
 }
 

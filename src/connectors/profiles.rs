@@ -17,11 +17,18 @@ pub struct Profile {
 }
 
 /// Every shipped profile.
-pub const SHIPPED: &[Profile] = &[Profile {
-    name: "fdx",
-    file: "connectors/profiles/fdx.toml",
-    text: include_str!("../../connectors/profiles/fdx.toml"),
-}];
+pub const SHIPPED: &[Profile] = &[
+    Profile {
+        name: "fdx",
+        file: "connectors/profiles/fdx.toml",
+        text: include_str!("../../connectors/profiles/fdx.toml"),
+    },
+    Profile {
+        name: "uk-open-banking",
+        file: "connectors/profiles/uk-open-banking.toml",
+        text: include_str!("../../connectors/profiles/uk-open-banking.toml"),
+    },
+];
 
 /// The shipped profile called `name`.
 pub fn shipped(name: &str) -> Option<&'static Profile> {

@@ -383,6 +383,9 @@ pub struct WindowSpec {
     /// strftime pattern of the two dates.
     #[serde(default = "default_window_format")]
     pub format: String,
+    /// strftime pattern of the last date, when it differs (e.g. the end of the day:
+    /// `%Y-%m-%dT23:59:59Z`).
+    pub to_format: Option<String>,
     pub step_days: u32,
     pub history_days: u32,
     /// How far before the last synced date an incremental sync starts again, for
@@ -428,6 +431,12 @@ pub enum PagingSpec {
     },
     /// RFC 8288 `Link: <…>; rel="next"` headers.
     LinkHeader { page_size_param: Option<String> },
+    /// The next page's URL in the body, e.g. UK Open Banking's `$.Links.Next`;
+    /// absent, null or empty on the last page.
+    NextLink {
+        next: String,
+        page_size_param: Option<String>,
+    },
     /// Changes since a token (added / modified / removed), in the style of Plaid's
     /// `/transactions/sync`: pages follow `next_token` while `has_more` is true.
     SyncToken {

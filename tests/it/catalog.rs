@@ -73,11 +73,15 @@ async fn connectors_are_published_through_the_api_versioned_and_audited() {
 
     let (status, list) = admin(&app, Method::GET, "/admin/connectors", None).await;
     assert_eq!(status, 200);
-    assert_eq!(ids(&list), ["harbor", "keystone", "meridian", "pinecrest"]);
-    assert_eq!(list[2]["version"], 1);
-    assert_eq!(list[2]["health"]["status"], "unused");
-    assert_eq!(list[2]["profile"], serde_json::Value::Null);
-    assert_eq!(list[3]["profile"], "fdx", "{list}");
+    assert_eq!(
+        ids(&list),
+        ["albion", "harbor", "keystone", "meridian", "pinecrest"]
+    );
+    assert_eq!(list[3]["version"], 1);
+    assert_eq!(list[3]["health"]["status"], "unused");
+    assert_eq!(list[3]["profile"], serde_json::Value::Null);
+    assert_eq!(list[0]["profile"], "uk-open-banking", "{list}");
+    assert_eq!(list[4]["profile"], "fdx", "{list}");
 
     // Without the admin token: refused.
     let anonymous = finsync::http::client()

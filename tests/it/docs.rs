@@ -108,6 +108,7 @@ fn paging_style(paging: &Paging) -> &'static str {
         Paging::Offset { .. } => "offset",
         Paging::Page { .. } => "page",
         Paging::LinkHeader { .. } => "link-header",
+        Paging::NextLink { .. } => "next-link",
         Paging::SyncToken { .. } => "sync-token",
     }
 }
@@ -166,6 +167,7 @@ fn the_doc_has_a_worked_example_of_every_paging_style_and_auth_variant() {
         "offset",
         "page",
         "link-header",
+        "next-link",
         "sync-token",
         "date window + link-header",
         client_auth(ClientAuth::Basic),

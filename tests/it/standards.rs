@@ -1,16 +1,19 @@
 //! Institutions that speak an open-banking standard, through the shipped profile of
-//! that standard: Pinecrest (FDX 6) is described by a file that only `extends` the
-//! `fdx` profile and sets its own values, and what finsync stores equals what the
-//! institution serves, value for value, across epochs: balances chosen by account
-//! category, signs from `debitCreditMemo`, holdings with identifiers picked from
-//! `securityIds` by type, transactions asked per account. One account whose data the
-//! institution cannot serve leaves the others synced and its own stored data as it was.
+//! that standard: Pinecrest (FDX 6) and Albion (UK Open Banking) are each described
+//! by a file that only `extends` its standard's profile and sets its own values, and
+//! what finsync stores equals what the institution serves, value for value, across
+//! epochs: balances chosen by account category or by type, signs from
+//! `debitCreditMemo` or `CreditDebitIndicator`, holdings with identifiers picked from
+//! `securityIds` by type, transactions asked per account and paged by `Links.Next`.
+//! One account whose data the institution cannot serve leaves the others synced and
+//! its own stored data as it was.
 
 use std::collections::BTreeMap;
 
 use finsync::domain::{ConnectionId, Snapshot};
 use finsync_sandbox::data::Portfolio;
 use finsync_sandbox::{Faults, Institution};
+use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::support::TestApp;
 
@@ -389,4 +392,151 @@ async fn one_account_the_institution_cannot_serve_leaves_the_others_synced_and_i
         None,
         true,
     );
+}
+
+/// Albion's money: pence, rounded half away from zero, with the generator's sign
+/// turned into finsync's (the generator's money out is positive for transactions).
+fn pence(text: &str, negate: bool) -> String {
+    let value: Decimal = text.parse().unwrap();
+    let mut rounded = value.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    rounded.rescale(2);
+    if negate {
+        rounded = -rounded;
+    }
+    if rounded.is_zero() {
+        rounded.set_sign_positive(true);
+    }
+    rounded.to_string()
+}
+
+/// Asserts that what finsync stored of an Albion user is what Albion serves of
+/// `portfolio`: its current and savings accounts in sterling and their activity.
+fn assert_matches_uk(stored: &Snapshot, portfolio: &Portfolio, incremental: bool) {
+    let accounts: Vec<_> = portfolio
+        .accounts
+        .iter()
+        .filter(|a| a.account_type == "depository")
+        .collect();
+    assert!(!accounts.is_empty());
+    assert_eq!(stored.accounts.len(), accounts.len(), "accounts");
+    for e in &accounts {
+        let a = stored
+            .accounts
+            .iter()
+            .find(|a| a.external_id == e.account_id)
+            .unwrap_or_else(|| panic!("account {} stored", e.account_id));
+        assert_eq!(a.name, e.name);
+        assert_eq!(a.official_name.as_deref(), Some(e.official_name.as_str()));
+        assert_eq!(a.account_type.as_str(), "depository");
+        let subtype = if e.subtype == "savings" {
+            "Savings"
+        } else {
+            "CurrentAccount"
+        };
+        assert_eq!(a.subtype.as_deref(), Some(subtype));
+        assert_eq!(a.currency.as_str(), "GBP");
+        // The InterimBooked balance, its sign from its CreditDebitIndicator.
+        assert_eq!(
+            a.balances.current.amount.to_string(),
+            pence(&e.balances.current, false),
+            "balance of {}",
+            e.account_id
+        );
+        assert_eq!(
+            a.balances.available.map(|m| m.amount.to_string()),
+            e.balances.available.as_deref().map(|t| pence(t, false))
+        );
+    }
+    assert!(stored.holdings.is_empty());
+
+    let transactions: Vec<_> = portfolio
+        .transactions
+        .iter()
+        .filter(|t| {
+            t.investment_type.is_none() && accounts.iter().any(|a| a.account_id == t.account_id)
+        })
+        .collect();
+    assert!(transactions.iter().any(|t| t.pending));
+    let lookback = chrono::Utc::now().date_naive() - chrono::Days::new(LOOKBACK_DAYS);
+    let extra: Vec<_> = stored
+        .transactions
+        .iter()
+        .filter(|t| {
+            !transactions
+                .iter()
+                .any(|e| e.transaction_id == t.external_id)
+        })
+        .filter(|t| !incremental || t.date >= lookback)
+        .collect();
+    assert!(extra.is_empty(), "stored, not served: {extra:#?}");
+    for e in &transactions {
+        let t = stored
+            .transactions
+            .iter()
+            .find(|t| t.external_id == e.transaction_id)
+            .unwrap_or_else(|| panic!("transaction {} stored", e.transaction_id));
+        if incremental && e.date < lookback {
+            continue;
+        }
+        assert_eq!(
+            t.amount.amount.to_string(),
+            pence(&e.amount, true),
+            "amount of {}",
+            e.transaction_id
+        );
+        assert_eq!(t.amount.currency.as_str(), "GBP");
+        assert_eq!(t.account_external_id, e.account_id);
+        assert_eq!(t.date, e.date);
+        assert_eq!(
+            t.status.as_str(),
+            if e.pending { "pending" } else { "posted" }
+        );
+        assert_eq!(t.description, e.name);
+    }
+}
+
+#[tokio::test]
+async fn a_uk_open_banking_institution_syncs_through_the_shipped_profile_value_for_value() {
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let connector = app.app.ctx.registry.get("albion").unwrap();
+    assert_eq!(connector.profile.as_deref(), Some("uk-open-banking"));
+    let sandbox = app.sandbox();
+    let store = &app.app.ctx.store;
+    let tenant = app.tenant();
+    let user = "demo-alice";
+    let connection = app.link_and_sync_at(tenant.id, user, "albion").await;
+    assert_matches_uk(
+        &store.full_snapshot(connection).await.unwrap(),
+        &sandbox.portfolio(Institution::Albion, user),
+        false,
+    );
+    for epoch in 1..=3 {
+        assert_eq!(sandbox.advance(), epoch);
+        resync(&app, connection, &format!("albion-{epoch}")).await;
+        assert_matches_uk(
+            &store.full_snapshot(connection).await.unwrap(),
+            &sandbox.portfolio(Institution::Albion, user),
+            true,
+        );
+    }
+    let db = sea_orm::Database::connect(&app.db().url).await.unwrap();
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(&format!(
+        "UPDATE connections SET deep_sync_due_at = now() - interval '1 second' WHERE id = '{connection}'"
+    ))
+    .await
+    .unwrap();
+    resync(&app, connection, "albion-deep").await;
+    assert_matches_uk(
+        &store.full_snapshot(connection).await.unwrap(),
+        &sandbox.portfolio(Institution::Albion, user),
+        false,
+    );
+    let runs = store.runs(connection).await.unwrap();
+    assert!(runs.iter().any(|r| r.removed > 0), "{runs:?}");
+    assert!(runs.iter().all(|r| r.outcome == "succeeded"), "{runs:?}");
 }

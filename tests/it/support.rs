@@ -162,10 +162,10 @@ pub async fn spawn_sandbox(config: SandboxConfig) -> Sandbox {
 pub fn settings(db: &TestDb, redis_prefix: Option<&str>, sandbox: &Sandbox) -> Settings {
     let mut settings = base_settings(db, redis_prefix);
     for institution in sandbox::Institution::ALL {
-        settings.connectors.base_urls.insert(
-            institution.id().into(),
-            format!("{}/{institution}", sandbox.base_url()),
-        );
+        settings
+            .connectors
+            .base_urls
+            .insert(institution.id().into(), sandbox.api_base(institution));
     }
     settings
 }

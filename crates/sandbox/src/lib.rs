@@ -2,7 +2,7 @@
 //! payment provider ships a sandbox, so finsync can be demonstrated and tested end to end
 //! without a real bank.
 //!
-//! Five institutions, deliberately unlike each other, each under `/<id>` and each one folder
+//! Six institutions, deliberately unlike each other, each under `/<id>` and each one folder
 //! under [`institutions`] that owns its profile (an `InstitutionSpec`: id, name, OAuth
 //! rules, data and fault rules, the text `GET /` shows), its data API and its tests:
 //! - Meridian Brokerage (`meridian`, `institutions/meridian/`): a modern aggregator-style
@@ -19,7 +19,10 @@
 //!   JSON numbers, epoch-millisecond dates, a standard OAuth server;
 //! - Pinecrest Bank & Trust (`pinecrest`, `institutions/pinecrest/`): the FDX 6 (Core
 //!   Exchange) standard: balances, holdings and transactions asked per account, unsigned
-//!   amounts beside `debitCreditMemo`, `page.nextOffset` paging, FDX error bodies.
+//!   amounts beside `debitCreditMemo`, `page.nextOffset` paging, FDX error bodies;
+//! - Albion Building Society (`albion`, `institutions/albion/`): UK Open Banking's
+//!   Account and Transaction API: balances per account picked by type, signs in
+//!   `CreditDebitIndicator`, transactions between booking times paged by `Links.Next`.
 //!
 //! The machinery they share asks an institution's spec and never matches on it:
 //! - [`oauth`]: each institution's authorization server, built from its OAuth rules, with
@@ -135,7 +138,8 @@ pub struct SandboxConfig {
     /// its default client (`finsync-sandbox` / `meridian-sandbox-secret`,
     /// `finsync-harbor` / `harbor-sandbox-secret`, `FINSYNC-KTC-0001` /
     /// `keystone-sandbox-secret`, `finsync-northwind` / `northwind-sandbox-secret`,
-    /// `finsync-pinecrest` / `pinecrest-sandbox-secret`).
+    /// `finsync-pinecrest` / `pinecrest-sandbox-secret`, `finsync-albion` /
+    /// `albion-sandbox-secret`).
     pub clients: BTreeMap<String, ClientCredentials>,
     /// "Today" for the data: transactions fall in the 90 days before it, prices close the
     /// trading day before it. The same anchor (and seed) always yields the same data;
@@ -145,7 +149,7 @@ pub struct SandboxConfig {
     /// institution that rotates them (all but Keystone). Presenting it again inside the
     /// grace rotates again: a fresh pair, and the refresh token issued before is
     /// invalidated; zero rejects it at once with `invalid_grant`. `None`, the default,
-    /// leaves each institution its own grace period: none at Meridian, 60 s at
+    /// leaves each institution its own grace period: none at Meridian and Albion, 60 s at
     /// Harbor, 30 s at Pinecrest, 30 minutes at Northwind.
     pub refresh_grace: Option<Duration>,
     /// Non-standard shapes of Meridian's successful token responses; the default is
@@ -330,6 +334,11 @@ impl Sandbox {
     /// Base URL to prefix paths with, e.g. `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The base URL `institution`'s connector joins its paths to on this sandbox.
+    pub fn api_base(&self, institution: Institution) -> String {
+        format!("{}{}", self.base_url(), institution.api_root())
     }
 
     pub fn stats(&self) -> SandboxStats {
@@ -642,6 +651,7 @@ mod tests {
                 "/keystone/v2/transactions",
                 "/northwind/v1/transactions",
                 "/pinecrest/accounts/{accountId}/transactions",
+                "/albion/open-banking/v3.1/aisp/accounts/{AccountId}/balances",
                 "/sandbox/admin/faults/",
                 "FINSYNC-KTC-0001",
             ] {

@@ -316,17 +316,27 @@ impl Validator {
         if spec.from_param.is_empty() || spec.to_param.is_empty() {
             self.report(at, "`from_param` and `to_param` must name query parameters");
         }
-        match TimeFormat::parse(&spec.format) {
-            Ok(TimeFormat::Pattern(_)) => {}
-            _ => self.report(
-                format!("{at}.format"),
-                format!("`{}` is not a strftime pattern like %Y-%m-%d", spec.format),
-            ),
+        for (key, pattern) in [
+            ("format", Some(&spec.format)),
+            ("to_format", spec.to_format.as_ref()),
+        ] {
+            let Some(pattern) = pattern else { continue };
+            match TimeFormat::parse(pattern) {
+                Ok(TimeFormat::Pattern(_)) => {}
+                _ => self.report(
+                    format!("{at}.{key}"),
+                    format!("`{pattern}` is not a strftime pattern like %Y-%m-%d"),
+                ),
+            }
         }
         (self.problems.len() == before).then(|| Window {
             from_param: spec.from_param.clone(),
             to_param: spec.to_param.clone(),
             format: spec.format.clone(),
+            to_format: spec
+                .to_format
+                .clone()
+                .unwrap_or_else(|| spec.format.clone()),
             step_days: spec.step_days,
             history_days: spec.history_days,
             lookback_days: spec.lookback_days,
@@ -367,6 +377,13 @@ impl Validator {
                 first_page: *first_page,
             },
             PagingSpec::LinkHeader { page_size_param } => Paging::LinkHeader {
+                page_size_param: page_size_param.clone(),
+            },
+            PagingSpec::NextLink {
+                next,
+                page_size_param,
+            } => Paging::NextLink {
+                next: self.json_path(&format!("{at}.next"), next)?,
                 page_size_param: page_size_param.clone(),
             },
             PagingSpec::SyncToken {

@@ -7,6 +7,7 @@
 //! `grants`, `faults`, `world`, `data`, `admin`, `notify`) asks the spec and never matches
 //! on [`Institution`]; adding an institution is a new folder, a variant and a row below.
 
+pub(crate) mod albion;
 pub(crate) mod harbor;
 pub(crate) mod keystone;
 pub(crate) mod meridian;
@@ -34,16 +35,18 @@ pub enum Institution {
     Keystone,
     Northwind,
     Pinecrest,
+    Albion,
 }
 
 impl Institution {
     /// Every institution, in the order the sandbox lists them.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Meridian,
         Self::Harbor,
         Self::Keystone,
         Self::Northwind,
         Self::Pinecrest,
+        Self::Albion,
     ];
 
     /// Everything about the institution: the one place that maps a variant to its folder.
@@ -54,6 +57,7 @@ impl Institution {
             Self::Keystone => &keystone::SPEC,
             Self::Northwind => &northwind::SPEC,
             Self::Pinecrest => &pinecrest::SPEC,
+            Self::Albion => &albion::SPEC,
         }
     }
 
@@ -64,6 +68,12 @@ impl Institution {
 
     pub fn name(self) -> &'static str {
         self.spec().name
+    }
+
+    /// Where its data API's resources hang from, below the sandbox's address (e.g.
+    /// `/albion/open-banking/v3.1/aisp/`): its connector's base URL there.
+    pub fn api_root(self) -> &'static str {
+        self.spec().api_root
     }
 
     /// Seeds this institution's data from the sandbox's `seed` (see [`DataRules::salted_seed`]).
@@ -119,6 +129,10 @@ pub(crate) struct InstitutionSpec {
     pub(crate) faults: FaultRules,
     /// Whether it sends webhooks when the data moves (see `notify`).
     pub(crate) sends_webhooks: bool,
+    /// Where its data API's resources hang from, below the sandbox's address: the
+    /// base URL its connector file joins paths to (`/<id>` but for an institution
+    /// that serves a standard under the standard's own path).
+    pub(crate) api_root: &'static str,
     /// Its data API; fault injection is wrapped around it from outside.
     pub(crate) routes: fn(&Arc<AppState>) -> Router<Arc<AppState>>,
     /// Its section of the text `GET /` answers, ending with a newline.

@@ -46,6 +46,7 @@ pub(crate) static SPEC: InstitutionSpec = InstitutionSpec {
     faults: FaultRules {
         malformed_numbers: &["amount", "ledger_balance"],
     },
+    api_root: "/harbor",
     sends_webhooks: false,
     routes,
     describe,

@@ -48,6 +48,7 @@ pub(crate) static SPEC: InstitutionSpec = InstitutionSpec {
     faults: FaultRules {
         malformed_numbers: &["net_amount", "units", "market_value"],
     },
+    api_root: "/keystone",
     sends_webhooks: false,
     routes,
     describe,

@@ -46,6 +46,7 @@ pub(crate) static SPEC: InstitutionSpec = InstitutionSpec {
     faults: FaultRules {
         malformed_numbers: &["amount", "quantity", "balances.current"],
     },
+    api_root: "/meridian",
     sends_webhooks: true,
     routes,
     describe,

@@ -43,6 +43,7 @@ pub(crate) static SPEC: InstitutionSpec = InstitutionSpec {
     faults: FaultRules {
         malformed_numbers: &["amount", "balance"],
     },
+    api_root: "/northwind",
     sends_webhooks: false,
     routes,
     describe,

@@ -47,6 +47,7 @@ pub(crate) static SPEC: InstitutionSpec = InstitutionSpec {
     faults: FaultRules {
         malformed_numbers: &["amount", "currentBalance", "units"],
     },
+    api_root: "/pinecrest",
     sends_webhooks: false,
     routes,
     describe,
