@@ -14,7 +14,9 @@
 # FINSYNC_SCHEMATHESIS names one you have), and the OAuth interop test needs Node.js
 # (from Debian's packages when missing) and the npm packages pinned in
 # tests/interop, installed under ~/.cache (or FINSYNC_INTEROP_NODE_MODULES names
-# a node_modules that has them). The sync benchmark's test starts a redis-server of
+# a node_modules that has them). The UK Open Banking contract test runs Stoplight
+# Prism, pinned in tests/contracts, installed the same way under ~/.cache (or
+# FINSYNC_CONTRACTS_NODE_MODULES names a node_modules that has it). The sync benchmark's test starts a redis-server of
 # its own, and the fault suite (tests/it/faults.rs) a redis-server and a PostgreSQL
 # server of its own: the programs are installed from Debian's packages when missing.
 # The fault suite's full run: FINSYNC_FAULT_SUITE=full scripts/test.sh faults::
@@ -345,6 +347,36 @@ ensure_oauth2_mock_server() {
     export FINSYNC_INTEROP_NODE_MODULES="${dir}/node_modules"
 }
 
+# ------------------------------------------------------------------- Prism
+
+# The UK Open Banking contract test (tests/it/standards.rs) puts Stoplight Prism, the
+# npm package @stoplight/prism-cli pinned by tests/contracts/package-lock.json, in
+# validating-proxy mode between finsync and the sandbox's Albion. Installed like
+# oauth2-mock-server, outside the clone, again only when the lock changes.
+ensure_prism() {
+    if [[ -n ${FINSYNC_CONTRACTS_NODE_MODULES:-} ]]; then
+        say "Prism: using FINSYNC_CONTRACTS_NODE_MODULES as given"
+        return 0
+    fi
+    local tools="${FINSYNC_TOOLS_DIR:-${HOME:-/tmp}/.cache/finsync-tools}"
+    local dir="${tools}/contracts" lock="tests/contracts/package-lock.json"
+    local stamp="${dir}/.installed-lock"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    if [[ -x ${dir}/node_modules/.bin/prism ]] && cmp -s "$lock" "$stamp"; then
+        note "Prism is installed in ${dir}"
+    else
+        say "installing tests/contracts' npm packages (Stoplight Prism) into ${dir}"
+        mkdir -p "$dir"
+        cp tests/contracts/package.json tests/contracts/.npmrc "$lock" "$dir/"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) ||
+            die "could not install ${lock} from the npm registry"
+        cp "$lock" "$stamp"
+    fi
+    export FINSYNC_CONTRACTS_NODE_MODULES="${dir}/node_modules"
+}
+
 # ---------------------------------------------------------------------- main
 
 main() {
@@ -355,6 +387,7 @@ main() {
     ensure_server_binaries
     ensure_schemathesis
     ensure_oauth2_mock_server
+    ensure_prism
     say "running the test suite: cargo test --workspace --all-targets${*:+ $*}"
     note "target directory: ${CARGO_TARGET_DIR:-$(pwd)/target}"
     cargo test --workspace --all-targets "$@"

@@ -291,14 +291,18 @@ impl Engine {
             .await?;
         out.requests += pages.requests;
         let mut parents: Vec<Arc<Parent>> = Vec::new();
+        let mut unread_details = Vec::new();
         for item in &pages.records {
             let details = match self
                 .account_details(connector, token, item, &memo, &mut out)
                 .await?
             {
-                Some(details) => details,
+                Ok(details) => details,
                 // Its details could not be read: it stays as stored.
-                None => continue,
+                Err(error) => {
+                    unread_details.push(error);
+                    continue;
+                }
             };
             let mut layers = vec![(&connector.accounts.fields, item)];
             layers.extend(details.iter().map(|(mapping, item)| (*mapping, item)));
@@ -317,6 +321,12 @@ impl Engine {
                     .rejected
                     .push(Rejected::new("accounts", &mappings, item, &reason)),
             }
+        }
+
+        // No account's details could be read: that is the institution's failure,
+        // not the accounts'.
+        if !unread_details.is_empty() && unread_details.len() == pages.records.len() {
+            return Err(unread_details.remove(0));
         }
 
         let struggling = self.resilience.is_degraded(&connector.id);
@@ -448,8 +458,8 @@ impl Engine {
         Ok(out)
     }
 
-    /// One account's records from every details endpoint that asks for it, or `None`
-    /// (with the failure noted) when one could not be read.
+    /// One account's records from every details endpoint that asks for it, or (the
+    /// failure noted in `out`) why one could not be read.
     async fn account_details<'c>(
         &self,
         connector: &'c Connector,
@@ -457,14 +467,14 @@ impl Engine {
         item: &Item,
         memo: &Memo,
         out: &mut Fetched,
-    ) -> Result<Option<Vec<(&'c Mapping, Item)>>, EngineError> {
+    ) -> Result<Result<Vec<(&'c Mapping, Item)>, EngineError>, EngineError> {
         if connector.details.is_empty() {
-            return Ok(Some(Vec::new()));
+            return Ok(Ok(Vec::new()));
         }
         // Details are asked for by the account's id; without one the record is
         // refused when it is mapped.
         let Ok(Some(external_id)) = connector.accounts.fields.text(item, "external_id") else {
-            return Ok(Some(Vec::new()));
+            return Ok(Ok(Vec::new()));
         };
         let parent = Arc::new(Parent {
             external_id: external_id.clone(),
@@ -490,22 +500,23 @@ impl Engine {
                     match records.len() {
                         1 => details.push((&endpoint.fields, records.remove(0))),
                         n => {
-                            out.failures.push(failed(format!(
-                                "its records path selected {n} records, not the account's one"
-                            )));
-                            return Ok(None);
+                            let error = EngineError::Unreadable(format!(
+                                "details.{name} of account {external_id}: its records path selected {n} records, not the account's one"
+                            ));
+                            out.failures.push(failed(error.to_string()));
+                            return Ok(Err(error));
                         }
                     }
                 }
                 Err(error) if per_account(&error) => {
                     tracing::warn!(institution = %connector.id, endpoint = %format!("details.{name}"), %error, "An account's details could not be read; what is stored of it stays.");
                     out.failures.push(failed(error.to_string()));
-                    return Ok(None);
+                    return Ok(Err(error));
                 }
                 Err(error) => return Err(error),
             }
         }
-        Ok(Some(details))
+        Ok(Ok(details))
     }
 
     /// An endpoint's records: once, or once per account it asks for (each from its

@@ -394,10 +394,13 @@ async fn one_account_the_institution_cannot_serve_leaves_the_others_synced_and_i
     );
 }
 
-/// Albion's money: pence, rounded half away from zero, with the generator's sign
-/// turned into finsync's (the generator's money out is positive for transactions).
+/// Albion's money: pence, rounded half away from zero, within UK Open Banking's 13
+/// whole digits (the generator's stress amounts keep their last 13), with the
+/// generator's sign turned into finsync's (its money out is positive for
+/// transactions).
 fn pence(text: &str, negate: bool) -> String {
     let value: Decimal = text.parse().unwrap();
+    let value = value % Decimal::from(10_000_000_000_000_i64);
     let mut rounded = value.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
     rounded.rescale(2);
     if negate {
@@ -539,4 +542,186 @@ async fn a_uk_open_banking_institution_syncs_through_the_shipped_profile_value_f
     let runs = store.runs(connection).await.unwrap();
     assert!(runs.iter().any(|r| r.removed > 0), "{runs:?}");
     assert!(runs.iter().all(|r| r.outcome == "succeeded"), "{runs:?}");
+}
+
+/// Stoplight Prism in validating-proxy mode, run for one test: every request sent to
+/// it and every answer it relays is checked against a published OpenAPI document,
+/// and a violation is answered as an error instead of being passed on.
+struct Prism {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Prism {
+    /// Where `scripts/test.sh` installs Prism (`tests/contracts/package-lock.json`), or
+    /// where `FINSYNC_CONTRACTS_NODE_MODULES` says.
+    fn binary() -> std::path::PathBuf {
+        let modules = std::env::var_os("FINSYNC_CONTRACTS_NODE_MODULES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+                std::path::Path::new(&home).join(".cache/finsync-tools/contracts/node_modules")
+            });
+        let prism = modules.join(".bin/prism");
+        assert!(
+            prism.exists(),
+            "Prism not found at {}: run the suite through scripts/test.sh, which installs it, or set FINSYNC_CONTRACTS_NODE_MODULES",
+            prism.display()
+        );
+        prism
+    }
+
+    async fn proxy(spec: &str, upstream: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(spec);
+        let log = std::env::temp_dir().join(crate::support::unique("prism-log"));
+        let child = std::process::Command::new(Self::binary())
+            .arg("proxy")
+            .arg(&spec)
+            .arg(upstream)
+            .args([
+                "--errors",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let prism = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let http = finsync::http::client();
+        let probe = format!("{}/accounts", prism.url);
+        crate::support::wait_until(
+            "Prism to listen",
+            std::time::Duration::from_secs(60),
+            || {
+                let http = http.clone();
+                let probe = probe.clone();
+                async move { http.get(&probe).send().await.is_ok() }
+            },
+        )
+        .await;
+        prism
+    }
+}
+
+impl Drop for Prism {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// finsync syncs Albion through Prism holding the UK Open Banking Account and
+/// Transaction API document (v3.1.11, shipped with attribution): a request finsync
+/// sends or an answer the sandbox gives that breaks the published spec fails the
+/// sync, and so this test.
+#[tokio::test]
+async fn the_uk_profile_and_the_sandbox_keep_to_the_published_open_banking_spec() {
+    let sandbox = crate::support::spawn_sandbox(finsync_sandbox::SandboxConfig::default()).await;
+    let upstream = sandbox.api_base(Institution::Albion);
+    let prism = Prism::proxy(
+        "tests/contracts/uk-open-banking/account-info-openapi.yaml",
+        upstream.trim_end_matches('/'),
+    )
+    .await;
+    // Links in Albion's answers point where finsync reaches it: the proxy.
+    sandbox.set_public_base(Institution::Albion, Some(prism.url.clone()));
+
+    // Albion's connector, pointed at the proxy for data and at the sandbox for OAuth.
+    let dir = std::env::temp_dir().join(crate::support::unique("finsync-contract-connectors"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/albion.toml"),
+    )
+    .unwrap();
+    let oauth = format!("{}/albion/oauth", sandbox.base_url());
+    let text = shipped
+        .replace(
+            "base_url = \"http://127.0.0.1:8091/albion/open-banking/v3.1/aisp/\"",
+            &format!("base_url = \"{}/\"", prism.url),
+        )
+        .replace("\"../../../oauth/", &format!("\"{oauth}/"));
+    assert_ne!(text, shipped);
+    std::fs::write(dir.join("albion.toml"), &text).unwrap();
+    let app = TestApp::builder()
+        .postgres()
+        .without_sandbox()
+        .tenant("advisor")
+        .with(|settings| settings.connectors.dir = dir.clone())
+        .build()
+        .await;
+    let store = &app.app.ctx.store;
+    let user = "demo-alice";
+    let connection = app.link_and_sync_at(app.tenant().id, user, "albion").await;
+    assert_matches_uk(
+        &store.full_snapshot(connection).await.unwrap(),
+        &sandbox.portfolio(Institution::Albion, user),
+        false,
+    );
+    sandbox.advance();
+    resync(&app, connection, "albion-contract-1").await;
+    assert_matches_uk(
+        &store.full_snapshot(connection).await.unwrap(),
+        &sandbox.portfolio(Institution::Albion, user),
+        true,
+    );
+
+    // The proxy does check: a request out of spec is refused, and so is an answer.
+    let token = app
+        .app
+        .ctx
+        .tokens
+        .access_token(&store.connection(connection).await.unwrap())
+        .await
+        .unwrap();
+    let http = finsync::http::client();
+    let account = &store.full_snapshot(connection).await.unwrap().accounts[0].external_id;
+    let transactions = format!("{}/accounts/{account}/transactions", prism.url);
+    let bad_request = http
+        .get(&transactions)
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&token))
+        .query(&[("fromBookingDateTime", "yesterday")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        bad_request.status(),
+        422,
+        "{}",
+        bad_request.text().await.unwrap()
+    );
+    sandbox
+        .set_faults(
+            Institution::Albion,
+            Faults {
+                drift: Some(finsync_sandbox::Drift {
+                    from: "CreditDebitIndicator".into(),
+                    to: "Indicator".into(),
+                }),
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    let bad_answer = http
+        .get(&transactions)
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&token))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !bad_answer.status().is_success(),
+        "Prism relayed an answer without CreditDebitIndicator: {}",
+        bad_answer.text().await.unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

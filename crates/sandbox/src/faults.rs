@@ -346,11 +346,20 @@ fn draw(rng: &mut StdRng, rate: f64) -> bool {
     rate > 0.0 && rng.random::<f64>() < rate
 }
 
-/// The records of a page: the one list among the top-level members of the body.
+/// The records of a page: the one list among the top-level members of the body, or
+/// within a document's one wrapping object (UK Open Banking's `{"Data":
+/// {"Transaction": [...]}}`).
 fn records_mut(body: &mut Value) -> Option<&mut Vec<Value>> {
-    body.as_object_mut()?
-        .values_mut()
-        .find_map(|value| value.as_array_mut())
+    let members = body.as_object_mut()?;
+    if members.values().any(Value::is_array) {
+        return members.values_mut().find_map(Value::as_array_mut);
+    }
+    members.values_mut().find_map(|member| {
+        member
+            .as_object_mut()?
+            .values_mut()
+            .find_map(Value::as_array_mut)
+    })
 }
 
 /// Replaces the number at a dotted `path` of `record`, if there is one, with garbage.
@@ -461,6 +470,20 @@ async fn answer(injector: &FaultInjector, request: Request, next: Next) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_found_at_the_top_or_inside_a_wrapping_document() {
+        let mut flat = serde_json::json!({"page": {"total": 1}, "transactions": [{"a": 1}]});
+        assert_eq!(records_mut(&mut flat).map(|r| r.len()), Some(1));
+        let mut wrapped = serde_json::json!({
+            "Data": {"Transaction": [{"a": 1}, {"a": 2}]},
+            "Links": {"Self": "x"},
+            "Meta": {"TotalPages": 1},
+        });
+        assert_eq!(records_mut(&mut wrapped).map(|r| r.len()), Some(2));
+        let mut none = serde_json::json!({"Data": {"AccountId": "x"}});
+        assert!(records_mut(&mut none).is_none());
+    }
 
     #[test]
     fn invalid_faults_are_refused() {

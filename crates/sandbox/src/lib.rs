@@ -278,9 +278,20 @@ struct AppState {
     /// none (all but Meridian).
     notifiers: [Option<Arc<Notifier>>; Institution::ALL.len()],
     world: Arc<World>,
+    /// Where clients reach an institution's API when a gateway or proxy fronts it, by
+    /// [`Institution`]; the links an institution writes into its answers start there.
+    public_bases: std::sync::RwLock<[Option<String>; Institution::ALL.len()]>,
 }
 
 impl AppState {
+    /// Where clients reach `institution`'s API, if a gateway fronts it.
+    fn public_base(&self, institution: Institution) -> Option<String> {
+        self.public_bases
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)[institution as usize]
+            .clone()
+    }
+
     /// The one way every institution reads a user's data: `institution`'s view of the
     /// seeded world, its ids and names in the institution's own brand.
     fn portfolio(&self, institution: Institution, user_id: &str) -> Portfolio {
@@ -427,6 +438,16 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Says that clients reach `institution`'s API at `base` (a gateway or a
+    /// validating proxy in front of it), so that links in its answers (UK Open
+    /// Banking's `Links.Next`) point there; `None`: at the address a request came to.
+    pub fn set_public_base(&self, institution: Institution, base: Option<String>) {
+        self.state
+            .public_bases
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)[institution as usize] = base;
+    }
+
     /// The webhooks `institution` sent (the latest two hundred), oldest first.
     pub fn webhooks_sent(&self, institution: Institution) -> Vec<SentWebhook> {
         self.state
@@ -551,6 +572,7 @@ fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<AppState>) {
         faults,
         notifiers,
         world,
+        public_bases: std::sync::RwLock::default(),
     });
     let mut router = Router::new().route("/", get(describe));
     for institution in Institution::ALL {

@@ -104,10 +104,14 @@ pub(crate) struct Transaction {
     pub(crate) date: NaiveDate,
 }
 
-/// A decimal the generator wrote, as Albion sends it: pence, without a sign.
+/// The largest whole amount UK Open Banking's `Amount` can say is 13 digits long.
+const AMOUNT_MODULUS: i64 = 10_000_000_000_000;
+
+/// A decimal the generator wrote, as Albion sends it: pence, without a sign, and
+/// within the standard's 13 whole digits (the generator's stress amounts, which run
+/// to 17, keep their last 13).
 pub(crate) fn pence(value: Decimal) -> String {
-    let mut rounded = value
-        .abs()
+    let mut rounded = (value.abs() % Decimal::from(AMOUNT_MODULUS))
         .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
     rounded.rescale(2);
     rounded.to_string()
@@ -284,13 +288,18 @@ fn document(data: Value, self_url: String, next: Option<String>, pages: usize) -
     serde_json::json!({ "Data": data, "Links": links, "Meta": { "TotalPages": pages } })
 }
 
-/// The absolute URL of `path_and_query` on the host the request came to.
-fn absolute(headers: &HeaderMap, path_and_query: &str) -> String {
+/// The absolute URL of `path_and_query` (below [`BASE`]) where the client reaches the
+/// API: the gateway in front of it if one is configured, else the host the request
+/// came to.
+fn absolute(app: &AppState, headers: &HeaderMap, path_and_query: &str) -> String {
+    if let Some(base) = app.public_base(Institution::Albion) {
+        return format!("{}{path_and_query}", base.trim_end_matches('/'));
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    format!("http://{host}{path_and_query}")
+    format!("http://{host}{BASE}{path_and_query}")
 }
 
 /// The answer, with the FAPI interaction id the request carried (or a new one).
@@ -324,7 +333,7 @@ async fn accounts(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respo
         let accounts = view(&portfolio).0;
         Ok(document(
             serde_json::json!({ "Account": accounts }),
-            absolute(&headers, &format!("{BASE}/accounts")),
+            absolute(&app, &headers, "/accounts"),
             None,
             1,
         ))
@@ -346,7 +355,7 @@ async fn balances(
         }
         Ok(document(
             serde_json::json!({ "Balance": balances }),
-            absolute(&headers, &format!("{BASE}/accounts/{account_id}/balances")),
+            absolute(&app, &headers, &format!("/accounts/{account_id}/balances")),
             None,
             1,
         ))
@@ -431,8 +440,9 @@ async fn transactions(
                 params.append_pair("page", &page.to_string());
             }
             let params = params.finish();
-            let path = format!("{BASE}/accounts/{account_id}/transactions");
+            let path = format!("/accounts/{account_id}/transactions");
             absolute(
+                &app,
                 &headers,
                 &if params.is_empty() {
                     path
@@ -464,9 +474,13 @@ mod tests {
     }
 
     #[test]
-    fn money_is_unsigned_pence() {
+    fn money_is_unsigned_pence_within_thirteen_digits() {
         assert_eq!(pence(Decimal::from_str_exact("-12.345").unwrap()), "12.35");
         assert_eq!(pence(Decimal::from_str_exact("0.1").unwrap()), "0.10");
+        assert_eq!(
+            pence(Decimal::from_str_exact("12345678901234567.891").unwrap()),
+            "5678901234567.89"
+        );
     }
 
     #[tokio::test]
