@@ -65,9 +65,21 @@ async fn check(id: String, user: String, file: Option<PathBuf>) -> anyhow::Resul
         "Checking {} ({}) as `{user}`…",
         connector.name, connector.id
     );
-    let reports =
-        crate::sync::check::check(&connector, secret, &redirect, &user, crate::http::client())
-            .await?;
+    let secrets: crate::connectors::engine::Secrets = {
+        let registry = registry.clone();
+        Arc::new(move |connector: &crate::connectors::Connector, env: &str| {
+            registry.secret(connector, env).ok()
+        })
+    };
+    let reports = crate::sync::check::check(
+        &connector,
+        secret,
+        secrets,
+        &redirect,
+        &user,
+        crate::http::client(),
+    )
+    .await?;
     println!("{}", render::check(&reports));
     Ok(if reports.iter().all(|r| r.is_clean()) {
         ExitCode::SUCCESS

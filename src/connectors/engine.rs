@@ -903,8 +903,10 @@ impl Engine {
         let mut builder = self
             .http
             .request(endpoint.method.clone(), url.clone())
-            .bearer_auth(token.expose_secret())
             .timeout(Duration::from_secs(connector.limits.timeout_secs));
+        if connector.auth.access_token_param.is_none() {
+            builder = builder.bearer_auth(token.expose_secret());
+        }
         for (name, header) in &endpoint.headers {
             let value = match header {
                 Header::Text(template) => template
@@ -924,8 +926,9 @@ impl Engine {
             };
             builder = builder.header(name.clone(), value);
         }
-        // A next link (Link-header paging) already carries every parameter.
-        let params: Vec<(&str, &str)> = if url == request.first {
+        // A next link (Link-header paging) already carries every parameter but the
+        // token, which never appears in a link.
+        let mut params: Vec<(&str, &str)> = if url == request.first {
             request
                 .params
                 .iter()
@@ -934,10 +937,24 @@ impl Engine {
         } else {
             Vec::new()
         };
+        let token_param = connector.auth.access_token_param.as_deref();
         if endpoint.method == reqwest::Method::POST {
-            builder = builder.json(&json_body(&params));
-        } else if !params.is_empty() {
-            builder = builder.query(&params);
+            let mut body = json_body(&params);
+            if let (Some(param), Value::Object(members)) = (token_param, &mut body) {
+                // Text, whatever it looks like.
+                members.insert(
+                    param.to_owned(),
+                    Value::String(token.expose_secret().to_owned()),
+                );
+            }
+            builder = builder.json(&body);
+        } else {
+            if let Some(param) = token_param {
+                params.push((param, token.expose_secret()));
+            }
+            if !params.is_empty() {
+                builder = builder.query(&params);
+            }
         }
         let response = builder.send().await.map_err(|e| {
             // reqwest's error text names the URL but never the headers.
@@ -1628,6 +1645,116 @@ paging = { type = "offset", offset_param = "offset", limit_param = "limit" }"#,
         assert_eq!(
             retry_after(&headers, "Retry-After"),
             Some(Duration::from_secs(7))
+        );
+    }
+
+    /// Holdings that name a security listed beside them: each is joined to its own;
+    /// one whose security is not listed is set aside alone, and the rest of the page
+    /// is stored. The access token travels in the JSON body, never as a header.
+    #[tokio::test]
+    async fn holdings_are_joined_to_their_securities_and_a_missing_one_quarantines_only_its_holding()
+     {
+        async fn holdings(
+            headers: axum::http::HeaderMap,
+            axum::Json(body): axum::Json<Value>,
+        ) -> axum::Json<Value> {
+            assert_eq!(body["access_token"], "123456", "{body}");
+            assert!(headers.get("authorization").is_none());
+            axum::Json(serde_json::json!({
+                "holdings": [
+                    {"account_id": "a1", "security_id": "s1", "quantity": 2, "iso_currency_code": "USD"},
+                    {"account_id": "a1", "security_id": "s2", "quantity": 3, "iso_currency_code": "USD"},
+                    {"account_id": "a1", "security_id": "s9", "quantity": 4, "iso_currency_code": "USD"},
+                ],
+                "securities": [
+                    {"security_id": "s1", "name": "Acme", "type": "equity", "iso_currency_code": "USD"},
+                    {"security_id": "s2", "name": "Bonds", "type": "etf", "iso_currency_code": "USD"},
+                ],
+            }))
+        }
+        async fn accounts(axum::Json(body): axum::Json<Value>) -> axum::Json<Value> {
+            assert_eq!(body["access_token"], "123456");
+            axum::Json(serde_json::json!({"accounts": [{"id": "a1"}]}))
+        }
+        let base = serve(
+            axum::Router::new()
+                .route("/accounts", axum::routing::post(accounts))
+                .route("/holdings", axum::routing::post(holdings)),
+        )
+        .await;
+        let text = format!(
+            r#"
+name = "Test"
+country = "US"
+products = ["accounts", "holdings"]
+base_url = "{base}"
+[auth]
+type = "oauth2"
+authorize_url = "authorize"
+token_url = "token"
+client_id = "c"
+client_secret = {{ env = "TEST_SECRET" }}
+scopes = ["all"]
+access_token_param = "access_token"
+[endpoints.accounts]
+method = "POST"
+path = "accounts"
+records = "$.accounts[*]"
+[endpoints.accounts.fields]
+external_id = {{ path = "$.id" }}
+account_type = {{ value = "investment" }}
+name = {{ path = "$.id" }}
+currency = {{ value = "USD" }}
+balance_current = {{ value = "0" }}
+[endpoints.holdings]
+method = "POST"
+path = "holdings"
+records = "$.holdings[*]"
+joins = {{ security = {{ list = "$.securities[*]", key = "$.security_id", on = "$.security_id" }} }}
+[endpoints.holdings.fields]
+account_external_id = {{ path = "$.account_id" }}
+security_external_id = {{ path = "$.security_id" }}
+quantity = {{ path = "$.quantity" }}
+currency = {{ path = "$.iso_currency_code" }}
+[endpoints.holdings.security_fields]
+name = {{ path = "$.name", from = "security" }}
+security_type = {{ path = "$.type", from = "security" }}
+currency = {{ path = "$.iso_currency_code", from = "security" }}
+"#
+        );
+        let connector = crate::connectors::validate_str("test.toml", "test", &text, None)
+            .unwrap_or_else(|problems| panic!("{problems}"));
+        let fetched = Engine::new(crate::http::client())
+            .fetch(&connector, &SecretString::from("123456"), None)
+            .await
+            .unwrap();
+        let mut held: Vec<_> = fetched
+            .snapshot
+            .holdings
+            .iter()
+            .map(|h| h.security_external_id.as_str())
+            .collect();
+        held.sort_unstable();
+        assert_eq!(held, ["s1", "s2"]);
+        let names: Vec<_> = fetched
+            .snapshot
+            .securities
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(
+            names.contains(&"Acme") && names.contains(&"Bonds"),
+            "{names:?}"
+        );
+        assert_eq!(fetched.rejected.len(), 1, "{:?}", fetched.rejected);
+        let refused = &fetched.rejected[0];
+        assert_eq!(refused.key, "a1:s9");
+        assert!(
+            refused
+                .reason
+                .contains("join `security`: no element of `$.securities[*]` has the key `s9`"),
+            "{}",
+            refused.reason
         );
     }
 }

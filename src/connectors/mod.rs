@@ -96,6 +96,8 @@ pub struct OAuth2 {
     pub login_hint_param: Option<String>,
     pub extra_token_params: BTreeMap<String, String>,
     pub token_response: TokenResponseSpec,
+    /// Where data requests carry the access token, when not as a Bearer header.
+    pub access_token_param: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -24,6 +24,11 @@ pub const SHIPPED: &[Profile] = &[
         text: include_str!("../../connectors/profiles/fdx.toml"),
     },
     Profile {
+        name: "plaid",
+        file: "connectors/profiles/plaid.toml",
+        text: include_str!("../../connectors/profiles/plaid.toml"),
+    },
+    Profile {
         name: "uk-open-banking",
         file: "connectors/profiles/uk-open-banking.toml",
         text: include_str!("../../connectors/profiles/uk-open-banking.toml"),

@@ -161,6 +161,10 @@ pub struct OAuth2Spec {
     /// Extra parameters sent on every token request.
     #[serde(default)]
     pub extra_token_params: BTreeMap<String, String>,
+    /// The institution takes the user's access token as this parameter of every data
+    /// request (the JSON body of a `POST`, the query of a `GET`), as Plaid's
+    /// `access_token`, instead of an `Authorization: Bearer` header.
+    pub access_token_param: Option<String>,
     #[serde(default)]
     pub token_response: TokenResponseSpec,
 }

@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use reqwest::header::LOCATION;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::connectors::engine::Secrets;
 use crate::connectors::mapping::{self, FieldError, Item, Layers, Mapping, Parent};
 use crate::connectors::{Connector, Endpoint, Engine};
 use crate::tokens::oauth::{OAuthClient, OAuthError};
@@ -87,10 +88,12 @@ fn mark_never_filled(reports: &mut [EndpointReport]) {
     }
 }
 
-/// Links `test_user`, runs every endpoint once and reports on each.
+/// Links `test_user`, runs every endpoint once and reports on each; `secrets` are
+/// where the secrets the connector's headers name are read.
 pub async fn check(
     connector: &Connector,
     secret: SecretString,
+    secrets: Secrets,
     redirect_uri: &url::Url,
     test_user: &str,
     http: reqwest::Client,
@@ -132,7 +135,7 @@ pub async fn check(
         .exchange_code(code, authorization.pkce_verifier.as_ref())
         .await?;
 
-    let engine = Engine::new(http);
+    let engine = Engine::new(http).with_secrets(secrets);
     let reports = run(&engine, connector, &tokens.access_token).await;
     if let Some(refresh) = &tokens.refresh_token
         && let Err(error) = client.revoke(refresh).await

@@ -75,13 +75,21 @@ async fn connectors_are_published_through_the_api_versioned_and_audited() {
     assert_eq!(status, 200);
     assert_eq!(
         ids(&list),
-        ["albion", "harbor", "keystone", "meridian", "pinecrest"]
+        [
+            "albion",
+            "harbor",
+            "keystone",
+            "larkspur",
+            "meridian",
+            "pinecrest"
+        ]
     );
-    assert_eq!(list[3]["version"], 1);
-    assert_eq!(list[3]["health"]["status"], "unused");
-    assert_eq!(list[3]["profile"], serde_json::Value::Null);
+    assert_eq!(list[4]["version"], 1);
+    assert_eq!(list[4]["health"]["status"], "unused");
+    assert_eq!(list[4]["profile"], serde_json::Value::Null);
     assert_eq!(list[0]["profile"], "uk-open-banking", "{list}");
-    assert_eq!(list[4]["profile"], "fdx", "{list}");
+    assert_eq!(list[3]["profile"], "plaid", "{list}");
+    assert_eq!(list[5]["profile"], "fdx", "{list}");
 
     // Without the admin token: refused.
     let anonymous = finsync::http::client()
@@ -264,9 +272,18 @@ async fn a_check_reports_every_endpoint_and_names_the_fields_that_do_not_map() {
         let secret = registry.client_secret(&connector).unwrap();
         let redirect = redirect.clone();
         async move {
+            let secrets: finsync::connectors::engine::Secrets = {
+                let registry = registry.clone();
+                std::sync::Arc::new(
+                    move |connector: &finsync::connectors::Connector, env: &str| {
+                        registry.secret(connector, env).ok()
+                    },
+                )
+            };
             finsync::sync::check::check(
                 &connector,
                 secret,
+                secrets,
                 &redirect,
                 "test-check",
                 finsync::http::client(),

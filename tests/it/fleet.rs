@@ -262,7 +262,14 @@ async fn a_fourth_institution_joins_a_running_fleet_with_a_new_file_only() {
     };
     assert_eq!(
         listed().await,
-        ["albion", "harbor", "keystone", "meridian", "pinecrest"]
+        [
+            "albion",
+            "harbor",
+            "keystone",
+            "larkspur",
+            "meridian",
+            "pinecrest"
+        ]
     );
 
     // The admin's whole change: one new file.

@@ -725,3 +725,129 @@ async fn the_uk_profile_and_the_sandbox_keep_to_the_published_open_banking_spec(
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The security type finsync stores for the generator's (Plaid's words).
+fn plaid_security_type(generated: &str) -> &'static str {
+    match generated {
+        "mutual fund" => "mutual_fund",
+        "fixed income" => "fixed_income",
+        "etf" => "etf",
+        "cash" => "cash",
+        _ => "equity",
+    }
+}
+
+/// Asserts that what finsync stored of a Larkspur user is what Larkspur serves of
+/// `portfolio`: every account, holdings with the securities they name, and the cash
+/// activity its change feed carries.
+fn assert_matches_plaid(stored: &Snapshot, portfolio: &Portfolio) {
+    assert_eq!(stored.accounts.len(), portfolio.accounts.len(), "accounts");
+    for e in &portfolio.accounts {
+        let a = stored
+            .accounts
+            .iter()
+            .find(|a| a.external_id == e.account_id)
+            .unwrap_or_else(|| panic!("account {} stored", e.account_id));
+        assert_eq!(a.name, e.name);
+        assert_eq!(a.mask.as_deref(), Some(e.mask.as_str()));
+        assert_eq!(a.account_type.as_str(), e.account_type);
+        assert_eq!(a.balances.current.amount.to_string(), e.balances.current);
+        assert_eq!(
+            a.balances.available.map(|m| m.amount.to_string()),
+            e.balances.available.clone()
+        );
+    }
+    assert_eq!(stored.holdings.len(), portfolio.holdings.len(), "holdings");
+    for e in &portfolio.holdings {
+        let id = &e.security.security_id;
+        let h = stored
+            .holdings
+            .iter()
+            .find(|h| h.account_external_id == e.account_id && &h.security_external_id == id)
+            .unwrap_or_else(|| panic!("holding of {id} stored"));
+        assert_eq!(h.quantity.to_string(), e.quantity);
+        assert_eq!(
+            h.value.as_ref().map(|m| m.amount.to_string()),
+            Some(e.institution_value.clone())
+        );
+        // Joined from the answer's `securities` by `security_id`.
+        let s = stored
+            .securities
+            .iter()
+            .find(|s| &s.external_id == id)
+            .unwrap_or_else(|| panic!("security {id} stored"));
+        assert_eq!(s.ticker.as_deref(), Some(e.security.ticker_symbol.as_str()));
+        assert_eq!(s.cusip, e.security.cusip);
+        assert_eq!(s.isin, e.security.isin);
+        assert_eq!(s.name, e.security.name);
+        assert_eq!(
+            s.security_type.as_str(),
+            plaid_security_type(&e.security.security_type)
+        );
+        assert_eq!(
+            s.price.map(|p| p.to_string()),
+            Some(e.security.close_price.clone())
+        );
+    }
+    let transactions: Vec<_> = portfolio
+        .transactions
+        .iter()
+        .filter(|t| t.investment_type.is_none())
+        .collect();
+    assert!(transactions.iter().any(|t| t.pending));
+    assert_eq!(
+        stored.transactions.len(),
+        transactions.len(),
+        "transactions"
+    );
+    for e in &transactions {
+        let t = stored
+            .transactions
+            .iter()
+            .find(|t| t.external_id == e.transaction_id)
+            .unwrap_or_else(|| panic!("transaction {} stored", e.transaction_id));
+        assert_eq!(t.amount.amount.to_string(), negated(&e.amount));
+        assert_eq!(t.date, e.date);
+        assert_eq!(
+            t.status.as_str(),
+            if e.pending { "pending" } else { "posted" }
+        );
+        assert_eq!(t.pending_external_id, e.pending_transaction_id);
+        assert_eq!(t.description, e.name);
+        assert_eq!(t.category, e.category);
+    }
+}
+
+#[tokio::test]
+async fn a_plaid_shaped_aggregator_syncs_through_the_shipped_profile_value_for_value() {
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let connector = app.app.ctx.registry.get("larkspur").unwrap();
+    assert_eq!(connector.profile.as_deref(), Some("plaid"));
+    let sandbox = app.sandbox();
+    let store = &app.app.ctx.store;
+    let user = "demo-alice";
+    let connection = app
+        .link_and_sync_at(app.tenant().id, user, "larkspur")
+        .await;
+    assert_matches_plaid(
+        &store.full_snapshot(connection).await.unwrap(),
+        &sandbox.portfolio(Institution::Larkspur, user),
+    );
+    // The change feed says what was added, modified and removed: every sync leaves
+    // exactly what the aggregator holds, however old the change.
+    for epoch in 1..=3 {
+        assert_eq!(sandbox.advance(), epoch);
+        resync(&app, connection, &format!("larkspur-{epoch}")).await;
+        assert_matches_plaid(
+            &store.full_snapshot(connection).await.unwrap(),
+            &sandbox.portfolio(Institution::Larkspur, user),
+        );
+    }
+    let runs = store.runs(connection).await.unwrap();
+    assert!(runs.iter().any(|r| r.removed > 0), "{runs:?}");
+    assert!(runs.iter().all(|r| r.outcome == "succeeded"), "{runs:?}");
+}

@@ -1,6 +1,7 @@
 //! Bearer authentication (RFC 6750) as every institution's data API does it: the token
-//! from the `Authorization` header, resolved against the institution's grants and checked
-//! for the endpoint's scope. Each institution words its refusals its own way.
+//! from the `Authorization` header (or, for an API that takes it in the request body,
+//! from there), resolved against the institution's grants and checked for the
+//! endpoint's scope. Each institution words its refusals its own way.
 
 use std::time::Instant;
 
@@ -24,6 +25,15 @@ pub(super) fn authorize(
     scope: Scope,
 ) -> Result<Bearer, Denied> {
     let token = bearer_token(headers).ok_or(Denied::InvalidToken)?;
+    authorize_token(grants, token, scope)
+}
+
+/// The user and scopes behind `token`, if it may read `scope`.
+pub(super) fn authorize_token(
+    grants: &GrantStore,
+    token: &str,
+    scope: Scope,
+) -> Result<Bearer, Denied> {
     let bearer = grants
         .authenticate(token, Instant::now())
         .ok_or(Denied::InvalidToken)?;

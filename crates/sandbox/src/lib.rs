@@ -2,7 +2,7 @@
 //! payment provider ships a sandbox, so finsync can be demonstrated and tested end to end
 //! without a real bank.
 //!
-//! Six institutions, deliberately unlike each other, each under `/<id>` and each one folder
+//! Seven institutions, deliberately unlike each other, each under `/<id>` and each one folder
 //! under [`institutions`] that owns its profile (an `InstitutionSpec`: id, name, OAuth
 //! rules, data and fault rules, the text `GET /` shows), its data API and its tests:
 //! - Meridian Brokerage (`meridian`, `institutions/meridian/`): a modern aggregator-style
@@ -22,7 +22,10 @@
 //!   amounts beside `debitCreditMemo`, `page.nextOffset` paging, FDX error bodies;
 //! - Albion Building Society (`albion`, `institutions/albion/`): UK Open Banking's
 //!   Account and Transaction API: balances per account picked by type, signs in
-//!   `CreditDebitIndicator`, transactions between booking times paged by `Links.Next`.
+//!   `CreditDebitIndicator`, transactions between booking times paged by `Links.Next`;
+//! - Larkspur Data (`larkspur`, `institutions/larkspur/`): a Plaid-shaped aggregator,
+//!   `POST` calls with the access token in the body, holdings joined to a `securities`
+//!   array, a `/transactions/sync` change feed.
 //!
 //! The machinery they share asks an institution's spec and never matches on it:
 //! - [`oauth`]: each institution's authorization server, built from its OAuth rules, with
@@ -35,6 +38,8 @@
 //! - [`world`]: the world clock, the epoch every institution serves its data at, advanced
 //!   through `/sandbox/admin`, on a timer, or by [`Sandbox::advance`], and the cache of
 //!   users' data;
+//! - [`changes`]: the change feed of a user's transactions since a cursor, for the
+//!   institutions that serve one (Meridian, Larkspur);
 //! - [`notify`]: signed webhooks when the data moves, from institutions that send them
 //!   (Meridian);
 //! - `http`: the one HTTP client (webhooks, tests); `test_support`: test helpers.
@@ -46,6 +51,7 @@
 
 mod admin;
 mod bearer;
+mod changes;
 pub mod data;
 mod faults;
 mod grants;
@@ -139,7 +145,7 @@ pub struct SandboxConfig {
     /// `finsync-harbor` / `harbor-sandbox-secret`, `FINSYNC-KTC-0001` /
     /// `keystone-sandbox-secret`, `finsync-northwind` / `northwind-sandbox-secret`,
     /// `finsync-pinecrest` / `pinecrest-sandbox-secret`, `finsync-albion` /
-    /// `albion-sandbox-secret`).
+    /// `albion-sandbox-secret`, `finsync-larkspur` / `larkspur-sandbox-secret`).
     pub clients: BTreeMap<String, ClientCredentials>,
     /// "Today" for the data: transactions fall in the 90 days before it, prices close the
     /// trading day before it. The same anchor (and seed) always yields the same data;
@@ -149,7 +155,7 @@ pub struct SandboxConfig {
     /// institution that rotates them (all but Keystone). Presenting it again inside the
     /// grace rotates again: a fresh pair, and the refresh token issued before is
     /// invalidated; zero rejects it at once with `invalid_grant`. `None`, the default,
-    /// leaves each institution its own grace period: none at Meridian and Albion, 60 s at
+    /// leaves each institution its own grace period: none at Meridian, Albion and Larkspur, 60 s at
     /// Harbor, 30 s at Pinecrest, 30 minutes at Northwind.
     pub refresh_grace: Option<Duration>,
     /// Non-standard shapes of Meridian's successful token responses; the default is
@@ -674,6 +680,7 @@ mod tests {
                 "/northwind/v1/transactions",
                 "/pinecrest/accounts/{accountId}/transactions",
                 "/albion/open-banking/v3.1/aisp/accounts/{AccountId}/balances",
+                "/larkspur/transactions/sync",
                 "/sandbox/admin/faults/",
                 "FINSYNC-KTC-0001",
             ] {

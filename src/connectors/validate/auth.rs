@@ -104,6 +104,16 @@ impl Validator {
                 );
             }
         }
+        if spec
+            .access_token_param
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            self.report(
+                "auth.access_token_param",
+                "must name the parameter (e.g. access_token), or be left out for a Bearer header",
+            );
+        }
         Some(OAuth2 {
             authorize_url: authorize_url?,
             token_url: token_url?,
@@ -126,6 +136,7 @@ impl Validator {
             login_hint_param: spec.login_hint_param.clone(),
             extra_token_params: spec.extra_token_params.clone(),
             token_response: spec.token_response.clone(),
+            access_token_param: spec.access_token_param.clone(),
         })
     }
 }

@@ -10,6 +10,7 @@
 pub(crate) mod albion;
 pub(crate) mod harbor;
 pub(crate) mod keystone;
+pub(crate) mod larkspur;
 pub(crate) mod meridian;
 pub(crate) mod northwind;
 pub(crate) mod pinecrest;
@@ -36,17 +37,19 @@ pub enum Institution {
     Northwind,
     Pinecrest,
     Albion,
+    Larkspur,
 }
 
 impl Institution {
     /// Every institution, in the order the sandbox lists them.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Meridian,
         Self::Harbor,
         Self::Keystone,
         Self::Northwind,
         Self::Pinecrest,
         Self::Albion,
+        Self::Larkspur,
     ];
 
     /// Everything about the institution: the one place that maps a variant to its folder.
@@ -58,6 +61,7 @@ impl Institution {
             Self::Northwind => &northwind::SPEC,
             Self::Pinecrest => &pinecrest::SPEC,
             Self::Albion => &albion::SPEC,
+            Self::Larkspur => &larkspur::SPEC,
         }
     }
 

@@ -1,15 +1,8 @@
 //! `GET /meridian/v1/transactions/sync`: what changed in the user's transactions since a
-//! cursor, in the style of Plaid's `/transactions/sync`.
-//!
-//! A cursor records where the client stands: everything at a `base` epoch (nothing, without
-//! a cursor) plus the first `offset` changes on the way to a `target` epoch. The changes are
-//! the added, then the modified, then the removed transactions, paged `count` at a time
-//! across the three lists. The last page's cursor is at rest at its target epoch; presented
-//! again, it yields the changes since. A cursor in the middle of the changes is only good
-//! while its target is still the current epoch: once the world moves on, the client gets
-//! 409 `sync_mutation_during_pagination` and restarts from the cursor it began with.
+//! cursor, in the style of Plaid's `/transactions/sync` (the feed itself is
+//! [`crate::changes`]); a cursor whose data moved while the client paged is answered 409
+//! `sync_mutation_during_pagination`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -17,13 +10,11 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::api::{ApiError, PageQuery, authorize, page_size};
-use crate::data::{Portfolio, Transaction};
+use crate::changes::{self, FeedError};
+use crate::data::Transaction;
 use crate::grants::Scope;
 use crate::{AppState, Institution, Stats};
 
@@ -45,74 +36,27 @@ fn sync(
     let Query(query) =
         query.map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))?;
     let count = page_size(query.count.as_deref())?;
-    let seed = app.config.seed;
-    let current = app.world.epoch();
-    let position = match query.cursor.as_deref().filter(|cursor| !cursor.is_empty()) {
-        None => Position {
-            base: None,
-            target: current,
-            offset: 0,
-        },
-        Some(cursor) => {
-            let position = Position::decode(cursor, seed, &user_id)?;
-            if position.target > current {
-                // Issued by a sandbox further along, not this one.
-                return Err(invalid_cursor());
-            }
-            if position.offset == 0 {
-                // At rest: sync towards the current epoch.
-                Position {
-                    target: current,
-                    ..position
-                }
-            } else if position.target != current {
-                return Err(ApiError::SyncMutation);
-            } else {
-                position
-            }
-        }
-    };
-    let base = position.base.map(|epoch| {
-        app.world
-            .state(Institution::Meridian.seed(app.config.seed), &user_id, epoch)
-    });
-    let target = app.world.state(
-        Institution::Meridian.seed(app.config.seed),
+    let page = changes::page(
+        app,
+        Institution::Meridian,
         &user_id,
-        position.target,
-    );
-    let changes = match &base {
-        // At rest at the current epoch: nothing can have changed since.
-        Some(base) if base.epoch() == target.epoch() => Changes::none(),
-        _ => Changes::between(
-            base.as_ref().map(|state| state.portfolio()),
-            target.portfolio(),
-        ),
-    };
-    let total = changes.len();
-    if position.offset > 0 && position.offset >= total {
-        return Err(invalid_cursor());
-    }
-    let end = position.offset.saturating_add(count).min(total);
-    let has_more = end < total;
-    let next = if has_more {
-        Position {
-            offset: end,
-            ..position
-        }
-    } else {
-        Position::at_rest(position.target)
-    };
-    let (added, modified, removed) = changes.window(position.offset, end);
+        query.cursor.as_deref(),
+        count,
+    )
+    .map_err(|error| match error {
+        FeedError::InvalidCursor => invalid_cursor(),
+        FeedError::Mutation => ApiError::SyncMutation,
+    })?;
     Ok(Json(SyncPage {
-        added,
-        modified,
-        removed: removed
+        removed: page
+            .removed
             .iter()
-            .map(|&transaction_id| Removed { transaction_id })
+            .map(|transaction_id| Removed { transaction_id })
             .collect(),
-        next_cursor: next.encode(seed, &user_id),
-        has_more,
+        added: &page.added,
+        modified: &page.modified,
+        next_cursor: page.next_cursor,
+        has_more: page.has_more,
     })
     .into_response())
 }
@@ -123,8 +67,8 @@ fn invalid_cursor() -> ApiError {
 
 #[derive(Serialize)]
 struct SyncPage<'a> {
-    added: &'a [&'a Transaction],
-    modified: &'a [&'a Transaction],
+    added: &'a [Transaction],
+    modified: &'a [Transaction],
     removed: Vec<Removed<'a>>,
     next_cursor: String,
     has_more: bool,
@@ -135,175 +79,18 @@ struct Removed<'a> {
     transaction_id: &'a str,
 }
 
-/// Where a client stands; see the module documentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Position {
-    /// The epoch whose transactions the client holds; `None` before its first sync.
-    base: Option<u32>,
-    target: u32,
-    offset: usize,
-}
-
-impl Position {
-    fn at_rest(epoch: u32) -> Self {
-        Self {
-            base: Some(epoch),
-            target: epoch,
-            offset: 0,
-        }
-    }
-
-    /// `sync:<base or ->:<target>:<offset>:<check>`, base64url. The check binds the cursor
-    /// to the sandbox's seed and the user, so an edited or another user's cursor is refused.
-    fn encode(self, seed: u64, user_id: &str) -> String {
-        let body = self.body();
-        let check = check(seed, user_id, &body);
-        URL_SAFE_NO_PAD.encode(format!("{body}:{check}"))
-    }
-
-    fn decode(cursor: &str, seed: u64, user_id: &str) -> Result<Self, ApiError> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(cursor)
-            .map_err(|_| invalid_cursor())?;
-        let text = String::from_utf8(bytes).map_err(|_| invalid_cursor())?;
-        let (body, given) = text.rsplit_once(':').ok_or_else(invalid_cursor)?;
-        if given != check(seed, user_id, body) {
-            return Err(invalid_cursor());
-        }
-        let mut parts = body.split(':');
-        let (Some("sync"), Some(base), Some(target), Some(offset), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return Err(invalid_cursor());
-        };
-        let base = match base {
-            "-" => None,
-            epoch => Some(epoch.parse().map_err(|_| invalid_cursor())?),
-        };
-        let position = Self {
-            base,
-            target: target.parse().map_err(|_| invalid_cursor())?,
-            offset: offset.parse().map_err(|_| invalid_cursor())?,
-        };
-        // Issued cursors are at rest at their target, or part way towards it.
-        let consistent = match position.base {
-            Some(base) if position.offset == 0 => base == position.target,
-            Some(base) => base < position.target,
-            None => position.offset > 0,
-        };
-        if !consistent {
-            return Err(invalid_cursor());
-        }
-        Ok(position)
-    }
-
-    fn body(self) -> String {
-        let base = self
-            .base
-            .map_or_else(|| "-".to_owned(), |epoch| epoch.to_string());
-        format!("sync:{base}:{}:{}", self.target, self.offset)
-    }
-}
-
-fn check(seed: u64, user_id: &str, body: &str) -> String {
-    let mut hasher = Sha256::new();
-    for part in [&seed.to_le_bytes()[..], user_id.as_bytes(), body.as_bytes()] {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part);
-    }
-    hasher.finalize()[..8]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
-/// The transactions that differ between two epochs, each list in a fixed order: added and
-/// modified as the target epoch lists them, removed as the base epoch did.
-struct Changes<'a> {
-    added: Vec<&'a Transaction>,
-    modified: Vec<&'a Transaction>,
-    removed: Vec<&'a str>,
-}
-
-impl<'a> Changes<'a> {
-    /// With no base, every transaction of the target is added.
-    fn none() -> Self {
-        Self {
-            added: Vec::new(),
-            modified: Vec::new(),
-            removed: Vec::new(),
-        }
-    }
-
-    fn between(base: Option<&'a Portfolio>, target: &'a Portfolio) -> Self {
-        let before: HashMap<&str, &Transaction> = base
-            .iter()
-            .flat_map(|portfolio| &portfolio.transactions)
-            .map(|t| (t.transaction_id.as_str(), t))
-            .collect();
-        let after: HashMap<&str, &Transaction> = target
-            .transactions
-            .iter()
-            .map(|t| (t.transaction_id.as_str(), t))
-            .collect();
-        let mut changes = Self::none();
-        for transaction in &target.transactions {
-            match before.get(transaction.transaction_id.as_str()) {
-                None => changes.added.push(transaction),
-                Some(old) if *old != transaction => changes.modified.push(transaction),
-                Some(_) => {}
-            }
-        }
-        changes.removed = base
-            .iter()
-            .flat_map(|portfolio| &portfolio.transactions)
-            .map(|t| t.transaction_id.as_str())
-            .filter(|id| !after.contains_key(id))
-            .collect();
-        changes
-    }
-
-    fn len(&self) -> usize {
-        self.added.len() + self.modified.len() + self.removed.len()
-    }
-
-    /// Changes `start..end` of the three lists laid end to end.
-    fn window(
-        &self,
-        start: usize,
-        end: usize,
-    ) -> (&[&'a Transaction], &[&'a Transaction], &[&'a str]) {
-        let added = slice(&self.added, 0, start, end);
-        let modified = slice(&self.modified, self.added.len(), start, end);
-        let removed = slice(
-            &self.removed,
-            self.added.len() + self.modified.len(),
-            start,
-            end,
-        );
-        (added, modified, removed)
-    }
-}
-
-/// The part of `list`, laid out from `offset`, that falls in `start..end`.
-fn slice<T>(list: &[T], offset: usize, start: usize, end: usize) -> &[T] {
-    let clamp = |at: usize| at.clamp(offset, offset + list.len()) - offset;
-    &list[clamp(start)..clamp(end)]
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use serde_json::Value;
 
     use super::super::api::encode_cursor;
     use super::*;
     use crate::SandboxConfig;
+    use crate::changes::Position;
     use crate::data::portfolio_at;
     use crate::test_support::TestSandbox;
 
