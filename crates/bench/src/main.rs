@@ -59,12 +59,16 @@ enum Command {
         /// Syncs the worker runs at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
-        /// Latency of every request in (b), in milliseconds.
+        /// Latency of every request in (b) and (d), in milliseconds.
         #[arg(long, default_value_t = 100)]
         latency_ms: u64,
-        /// The institution's requests per second in (b).
+        /// The institution's requests per second in (b) and (d).
         #[arg(long, default_value_t = 50)]
         budget: u32,
+        /// Connections synced in (d), at most `--connections`: an institution asked
+        /// per account takes about four times the requests per connection.
+        #[arg(long, default_value_t = 200)]
+        fanned_connections: usize,
         /// The `finsync` binary the workers run (default: the one built beside
         /// this benchmark).
         #[arg(long)]
@@ -121,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             concurrency,
             latency_ms,
             budget,
+            fanned_connections,
             finsync,
             servers,
         } => {
@@ -133,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 concurrency: concurrency.max(1),
                 latency_ms,
                 budget: budget.max(1),
+                fanned_connections: fanned_connections.clamp(1, connections.max(1)),
                 database_url: servers.database_url,
                 redis_server: servers.redis_server,
                 finsync,

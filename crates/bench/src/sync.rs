@@ -14,6 +14,10 @@
 //!   request and an institution budget of 50 requests per second, in the connector
 //!   and enforced by the institution too: requests per second achieved over the
 //!   budget, and the 429s that provoked;
+//! - (d) the same as (b), for `fanned_connections` of the users, at an institution
+//!   whose data is asked for per account (Pinecrest, FDX: each connection's accounts,
+//!   then each account's details and transactions): fan-out requests share the
+//!   budget the same way;
 //! - the worker's peak resident memory during (a).
 
 use std::path::{Path, PathBuf};
@@ -49,8 +53,10 @@ pub struct SyncBench {
     pub concurrency: usize,
     /// Latency on every request in (b), in milliseconds.
     pub latency_ms: u64,
-    /// The institution's requests per second in (b).
+    /// The institution's requests per second in (b) and (d).
     pub budget: u32,
+    /// Connections synced in (d).
+    pub fanned_connections: usize,
     /// A PostgreSQL server where scratch databases may be created.
     pub database_url: String,
     /// The `redis-server` binary the bench starts.
@@ -97,7 +103,8 @@ pub async fn run_sync(bench: SyncBench) -> anyhow::Result<()> {
     // The institution keeps every user's data, as a real one serves it from
     // storage: the sandbox generating it again would be charged to the syncs.
     let config = SandboxConfig {
-        cached_records: bench.connections * sandbox::data::BULK_RECORDS
+        // Each user at Meridian and at Pinecrest.
+        cached_records: 2 * bench.connections * sandbox::data::BULK_RECORDS
             + SandboxConfig::default().cached_records,
         ..SandboxConfig::default()
     };
@@ -106,7 +113,7 @@ pub async fn run_sync(bench: SyncBench) -> anyhow::Result<()> {
     let exe = bench.finsync.clone();
 
     // (a) and (c), then the raw upsert, on one database.
-    let fleet = Fleet::start(&bench, &sandbox, &redis, None).await?;
+    let fleet = Fleet::start(&bench, &sandbox, &redis, Institution::Meridian, None).await?;
     fleet.link(&users, &progress, "(a) linking").await?;
     let mut worker = fleet.worker(&exe, bench.concurrency)?;
     let initial = fleet
@@ -141,47 +148,28 @@ pub async fn run_sync(bench: SyncBench) -> anyhow::Result<()> {
     let raw = fleet.raw_upsert(&progress, bench.concurrency).await?;
     fleet.stop().await?;
 
-    // (b) on a fresh database, through the latency and the institution's limit.
-    sandbox.set_faults(
+    // (b) on a fresh database, through the latency and the institution's limit; (d)
+    // the same at an institution asked per account.
+    let meridian = budgeted(
+        &bench,
+        &sandbox,
+        &redis,
+        &users,
+        &progress,
         Institution::Meridian,
-        Faults {
-            latency: Some(Latency {
-                min_ms: bench.latency_ms,
-                max_ms: bench.latency_ms,
-            }),
-            requests_per_second: Some(bench.budget),
-            ..Faults::default()
-        },
-    )?;
-    let fleet = Fleet::start(&bench, &sandbox, &redis, Some(bench.budget)).await?;
-    fleet.link(&users, &progress, "(b) linking").await?;
-    let (answered_before, throttled_before) = (
-        sandbox.stats().api_requests,
-        sandbox.throttled(Institution::Meridian),
-    );
-    let started = std::time::Instant::now();
-    let mut worker = fleet.worker(&exe, bench.concurrency)?;
-    let budgeted = fleet
-        .wait(
-            &progress,
-            &format!(
-                "(b) first sync, {} ms latency, {} req/s",
-                bench.latency_ms, bench.budget
-            ),
-            "link:",
-            bench.connections,
-        )
-        .await?;
-    worker.stop();
-    let throttled = sandbox.throttled(Institution::Meridian) - throttled_before;
-    let requests = sandbox.stats().api_requests - answered_before + throttled;
-    let arrivals: Vec<_> = sandbox
-        .arrivals(Institution::Meridian)
-        .into_iter()
-        .filter(|a| a.at >= started)
-        .collect();
-    let busiest = busiest_second(&arrivals);
-    fleet.stop().await?;
+        "(b)",
+    )
+    .await?;
+    let fanned = budgeted(
+        &bench,
+        &sandbox,
+        &redis,
+        &users[..bench.fanned_connections.min(users.len())],
+        &progress,
+        Institution::Pinecrest,
+        "(d)",
+    )
+    .await?;
     redis.stop();
     sandbox.shutdown().await;
     progress.clear().ok();
@@ -194,14 +182,81 @@ pub async fn run_sync(bench: SyncBench) -> anyhow::Result<()> {
             raw,
             resync,
             pg_written,
-            budgeted,
-            requests,
-            throttled,
-            busiest,
+            budgeted: meridian,
+            fanned,
             peak_rss,
         },
     );
     Ok(())
+}
+
+/// The first sync of every user at `institution` on a fresh database, with
+/// `bench.latency_ms` on every request and `bench.budget` requests per second in the
+/// connector and enforced by the institution.
+async fn budgeted(
+    bench: &SyncBench,
+    sandbox: &Sandbox,
+    redis: &RedisServer,
+    users: &[String],
+    progress: &MultiProgress,
+    institution: Institution,
+    phase: &str,
+) -> anyhow::Result<Budgeted> {
+    sandbox.set_faults(
+        institution,
+        Faults {
+            latency: Some(Latency {
+                min_ms: bench.latency_ms,
+                max_ms: bench.latency_ms,
+            }),
+            requests_per_second: Some(bench.budget),
+            ..Faults::default()
+        },
+    )?;
+    let fleet = Fleet::start(bench, sandbox, redis, institution, Some(bench.budget)).await?;
+    fleet
+        .link(users, progress, &format!("{phase} linking"))
+        .await?;
+    let (answered_before, throttled_before) =
+        (sandbox.stats().api_requests, sandbox.throttled(institution));
+    let started = std::time::Instant::now();
+    let mut worker = fleet.worker(&bench.finsync, bench.concurrency)?;
+    let phase = fleet
+        .wait(
+            progress,
+            &format!(
+                "{phase} first sync at {institution}, {} ms latency, {} req/s",
+                bench.latency_ms, bench.budget
+            ),
+            "link:",
+            users.len(),
+        )
+        .await?;
+    worker.stop();
+    let throttled = sandbox.throttled(institution) - throttled_before;
+    let requests = sandbox.stats().api_requests - answered_before + throttled;
+    let arrivals: Vec<_> = sandbox
+        .arrivals(institution)
+        .into_iter()
+        .filter(|a| a.at >= started)
+        .collect();
+    fleet.stop().await?;
+    Ok(Budgeted {
+        phase,
+        requests,
+        throttled,
+        busiest: busiest_second(&arrivals),
+    })
+}
+
+/// A first sync under the institution's budget.
+struct Budgeted {
+    phase: Phase,
+    /// Requests that reached the institution, refused ones included.
+    requests: u64,
+    throttled: u64,
+    /// The most requests the institution saw within any one second.
+    busiest: usize,
 }
 
 struct Results {
@@ -212,12 +267,9 @@ struct Results {
     /// Rows inserted, updated or deleted in the record tables during (c), as
     /// PostgreSQL counted them.
     pg_written: u64,
-    budgeted: Phase,
-    /// Requests that reached the institution in (b), refused ones included.
-    requests: u64,
-    throttled: u64,
-    /// The most requests the institution saw within any one second of (b).
-    busiest: usize,
+    budgeted: Budgeted,
+    /// (d): the same at an institution asked per account.
+    fanned: Budgeted,
     /// Bytes, when the platform says.
     peak_rss: Option<u64>,
 }
@@ -238,6 +290,8 @@ struct Fleet {
     dir: PathBuf,
     env: Vec<(String, String)>,
     scratch: ScratchDatabase,
+    /// Where the users are linked.
+    institution: Institution,
 }
 
 impl Fleet {
@@ -245,16 +299,21 @@ impl Fleet {
         bench: &SyncBench,
         sandbox: &Sandbox,
         redis: &RedisServer,
+        institution: Institution,
         budget: Option<u32>,
     ) -> anyhow::Result<Self> {
         let scratch = ScratchDatabase::create(&bench.database_url).await?;
         let dir = std::env::temp_dir().join(format!("finsync-bench-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir)?;
         let mut settings = Settings::load_from(&finsync::app::config::config_dir(), None)?;
-        write_connector(&settings.connectors.dir, &dir, budget)?;
+        write_connector(&settings.connectors.dir, &dir, institution, budget)?;
         let vault_key = Vault::generate_key();
         let prefix = format!("finsync-bench-{}", uuid::Uuid::new_v4().simple());
-        let meridian = format!("{}/meridian", sandbox.base_url());
+        let base = sandbox.api_base(institution);
+        let base_key = format!(
+            "FINSYNC__CONNECTORS__BASE_URLS__{}",
+            institution.id().to_uppercase()
+        );
         let connections = (bench.concurrency + 4).to_string();
         let env: Vec<(String, String)> = [
             ("FINSYNC__DATABASE__URL", scratch.url.as_str()),
@@ -263,10 +322,7 @@ impl Fleet {
             ("FINSYNC__REDIS__KEY_PREFIX", prefix.as_str()),
             ("FINSYNC__SANDBOX__IN_PROCESS", "false"),
             ("FINSYNC__CONNECTORS__DIR", &dir.display().to_string()),
-            (
-                "FINSYNC__CONNECTORS__BASE_URLS__MERIDIAN",
-                meridian.as_str(),
-            ),
+            (base_key.as_str(), base.as_str()),
             ("FINSYNC__LOG__FILTER", "warn"),
         ]
         .into_iter()
@@ -286,7 +342,7 @@ impl Fleet {
         settings
             .connectors
             .base_urls
-            .insert("meridian".into(), meridian);
+            .insert(institution.id().into(), base);
         settings.vault.key = vault_key;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         settings.server.public_url =
@@ -299,11 +355,12 @@ impl Fleet {
             stop,
             dir,
             env,
+            institution,
         })
     }
 
-    /// Links every user at Meridian over its OAuth redirect; each link queues the
-    /// connection's first sync.
+    /// Links every user at the fleet's institution over its OAuth redirect; each link
+    /// queues the connection's first sync.
     async fn link(
         &self,
         users: &[String],
@@ -320,7 +377,7 @@ impl Fleet {
                     let user = UserId::parse(user)?;
                     self.app
                         .linker
-                        .link_test_user(http, tenant.id, &user, "meridian")
+                        .link_test_user(http, tenant.id, &user, self.institution.id())
                         .await?;
                     bar.inc(1);
                     anyhow::Ok(())
@@ -680,10 +737,16 @@ impl Drop for Worker {
     }
 }
 
-/// Meridian's connector as shipped, with limits for the bench: the sandbox's
+/// `institution`'s connector as shipped, with limits for the bench: the sandbox's
 /// largest page, enough requests in flight, and `budget` requests per second.
-fn write_connector(shipped: &Path, dir: &Path, budget: Option<u32>) -> anyhow::Result<()> {
-    let path = shipped.join("meridian.toml");
+fn write_connector(
+    shipped: &Path,
+    dir: &Path,
+    institution: Institution,
+    budget: Option<u32>,
+) -> anyhow::Result<()> {
+    let name = format!("{}.toml", institution.id());
+    let path = shipped.join(&name);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut file: toml::Table = text.parse()?;
@@ -700,7 +763,7 @@ fn write_connector(shipped: &Path, dir: &Path, budget: Option<u32>) -> anyhow::R
         Some(budget) => limits.insert("requests_per_second".into(), i64::from(budget).into()),
         None => limits.remove("requests_per_second"),
     };
-    std::fs::write(dir.join("meridian.toml"), toml::to_string(&file)?)?;
+    std::fs::write(dir.join(name), toml::to_string(&file)?)?;
     Ok(())
 }
 
@@ -786,35 +849,53 @@ fn print(bench: &SyncBench, r: &Results) {
         "busiest second",
         "429s",
     ]);
-    budget.add_row([
-        Cell::new(format!(
-            "(b) first sync, {} ms latency, budget {}/s",
-            bench.latency_ms, bench.budget
-        )),
-        right(r.budgeted.runs.to_string()),
-        right(r.budgeted.failed.to_string()),
-        right(r.requests.to_string()),
-        right(secs(r.budgeted.elapsed)),
-        right(format!("{:.1}", r.budgeted.per_second(r.requests))),
-        right(r.busiest.to_string()),
-        right(r.throttled.to_string()),
-    ]);
+    for (label, run) in [
+        (
+            format!(
+                "(b) first sync, {} ms latency, budget {}/s",
+                bench.latency_ms, bench.budget
+            ),
+            &r.budgeted,
+        ),
+        (
+            format!(
+                "(d) the same, per account (FDX), {} connections",
+                bench.fanned_connections
+            ),
+            &r.fanned,
+        ),
+    ] {
+        budget.add_row([
+            Cell::new(label),
+            right(run.phase.runs.to_string()),
+            right(run.phase.failed.to_string()),
+            right(run.requests.to_string()),
+            right(secs(run.phase.elapsed)),
+            right(format!("{:.1}", run.phase.per_second(run.requests))),
+            right(run.busiest.to_string()),
+            right(run.throttled.to_string()),
+        ]);
+    }
     println!("{budget}\n");
 
     let ratio = r.initial.per_second(r.rows) / raw_rate.max(f64::EPSILON);
-    let achieved = r.budgeted.per_second(r.requests) / f64::from(bench.budget.max(1));
+    let achieved =
+        |run: &Budgeted| run.phase.per_second(run.requests) / f64::from(bench.budget.max(1));
     let time = r.resync.elapsed.as_secs_f64() / r.initial.elapsed.as_secs_f64().max(f64::EPSILON);
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
         "(a) records/s, sync / raw upsert      = {ratio:.2}   (target at least 0.5: {})",
         verdict(ratio >= 0.5)
     );
-    println!(
-        "(b) requests/s achieved / budget      = {achieved:.2}   (target at least 0.9: {}); 429s: {} (target 0: {})",
-        verdict(achieved >= 0.9),
-        r.throttled,
-        verdict(r.throttled == 0)
-    );
+    for (phase, run) in [("(b)", &r.budgeted), ("(d)", &r.fanned)] {
+        println!(
+            "{phase} requests/s achieved / budget      = {:.2}   (target at least 0.9: {}); 429s: {} (target 0: {})",
+            achieved(run),
+            verdict(achieved(run) >= 0.9),
+            run.throttled,
+            verdict(run.throttled == 0)
+        );
+    }
     println!(
         "(c) second sync: rows written         = {} by the runs' counts, {} by PostgreSQL's (target 0: {})",
         r.resync.written,
@@ -859,12 +940,15 @@ mod tests {
             .dir;
         let dir = std::env::temp_dir().join(format!("finsync-bench-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        for budget in [None, Some(50)] {
-            write_connector(&shipped, &dir, budget).unwrap();
-            let connector = finsync::connectors::validate_file(&dir.join("meridian.toml"), None)
-                .unwrap_or_else(|p| panic!("{p}"));
-            assert_eq!(connector.limits.page_size, PAGE_SIZE);
-            assert_eq!(connector.limits.requests_per_second, budget);
+        for institution in [Institution::Meridian, Institution::Pinecrest] {
+            for budget in [None, Some(50)] {
+                write_connector(&shipped, &dir, institution, budget).unwrap();
+                let file = dir.join(format!("{}.toml", institution.id()));
+                let connector = finsync::connectors::validate_file(&file, None)
+                    .unwrap_or_else(|p| panic!("{p}"));
+                assert_eq!(connector.limits.page_size, PAGE_SIZE);
+                assert_eq!(connector.limits.requests_per_second, budget);
+            }
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
