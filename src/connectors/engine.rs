@@ -1,10 +1,14 @@
 //! The generic engine: runs a connector's endpoints against its institution with a
 //! user's access token, following the declared paging until the last page, and
-//! classifies failures by the connector's error semantics. Transient failures are
-//! retried with exponential backoff and jitter; a rate limit waits as long as the
-//! institution asks (within reason). Every attempt, retries included, passes
-//! through the institution's [`Resilience`]: breaker, pauses, concurrency cap and
-//! rate budget.
+//! classifies failures by the connector's error semantics. A fan-out endpoint runs
+//! once per account, each from its own incremental position; an account's details
+//! are merged into it; records are joined to the lists of their page they refer to.
+//! One account's own failure leaves that account's data as stored and is reported
+//! in [`Fetched::failures`]; the institution's failures fail the fetch. Transient
+//! failures are retried with exponential backoff and jitter; a rate limit waits as
+//! long as the institution asks (within reason). Every attempt, retries included,
+//! passes through the institution's [`Resilience`]: breaker, pauses, concurrency cap
+//! and rate budget.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::num::NonZeroU32;

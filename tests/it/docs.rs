@@ -365,3 +365,20 @@ fn the_examples_convert_records_as_the_doc_says() {
         "the doc quotes the reason `{refused}`"
     );
 }
+
+/// Every shipped profile has a complete example in the doc that extends it, and that
+/// example validates.
+#[test]
+fn every_shipped_profile_has_a_worked_example() {
+    let (connectors, failures) = examples();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    for profile in finsync::connectors::profiles::SHIPPED {
+        assert!(
+            connectors
+                .iter()
+                .any(|c| c.profile.as_deref() == Some(profile.name)),
+            "docs/connectors.md has no valid example that extends `{}`",
+            profile.name
+        );
+    }
+}
