@@ -62,6 +62,10 @@ pub enum EngineError {
     /// Sync-token paging: the data changed while paging; start again.
     #[error("the institution's data changed while paging")]
     Restart,
+    /// The connector cannot make the request here (a secret it names is not set):
+    /// the deployment's to fix, never counted against the institution.
+    #[error("the connector cannot make the request: {0}")]
+    Misconfigured(String),
 }
 
 impl EngineError {
@@ -441,16 +445,35 @@ impl Engine {
                     }
                 }
             }
+            let unread_accounts = out.unread("details");
             if endpoint.fan_out.is_some() {
-                // An account whose transactions could not be read resumes where it was.
+                // An account whose transactions (or details) could not be read resumes
+                // where it was.
                 if let Some(Position::PerAccount(before)) = position {
-                    for account in out.unread("transactions") {
+                    for account in out
+                        .unread("transactions")
+                        .into_iter()
+                        .chain(unread_accounts)
+                    {
                         if let Some(was) = before.get(&account) {
                             reached.insert(account, was.clone());
                         }
                     }
                 }
                 single = (!reached.is_empty()).then_some(Position::PerAccount(reached));
+                // Every account has its own coverage; one not asked, or not read,
+                // removes nothing.
+                for account in &out.snapshot.accounts {
+                    out.coverage_by_account
+                        .entry(account.external_id.clone())
+                        .or_insert(Coverage::Partial);
+                }
+                out.coverage = Coverage::Everything;
+            } else if !unread_accounts.is_empty() {
+                // The transactions of an account that could not be read are not stored
+                // this time: nothing goes, and the next sync reads from where this began.
+                out.coverage = Coverage::Partial;
+                single = position.cloned();
             }
             out.cursor = single.map(|position| SyncCursor {
                 connector_hash: connector.hash.clone(),
@@ -525,8 +548,8 @@ impl Engine {
 
     /// An endpoint's records: once, or once per account it asks for (each from its
     /// own place in `resume`), as `(account, pages)`. An account whose request fails
-    /// for itself alone is noted in `out` and left out; when every account's did,
-    /// for the institution's reasons, the first failure fails the fetch.
+    /// for itself alone is noted in `out` and left out; when every account's did, the
+    /// first failure fails the fetch.
     #[allow(clippy::too_many_arguments)]
     async fn fan_out(
         &self,
@@ -548,7 +571,7 @@ impl Engine {
         }
         let mut fetched = Vec::new();
         let mut first_failure = None;
-        let mut institution_failures = 0;
+        let mut failed = 0;
         let mut asked = 0;
         for parent in accounts {
             if !endpoint.asks_for(&parent.record) {
@@ -571,19 +594,16 @@ impl Engine {
                         endpoint: name.to_owned(),
                         reason: error.to_string(),
                     });
-                    if matches!(
-                        error,
-                        EngineError::Unavailable(_) | EngineError::UnavailableFor { .. }
-                    ) {
-                        institution_failures += 1;
-                    }
+                    failed += 1;
                     first_failure.get_or_insert(error);
                 }
                 Err(error) => return Err(error),
             }
         }
+        // Every account failing is the institution's (or the connector's) failure,
+        // not the accounts'.
         match first_failure {
-            Some(error) if institution_failures == asked => Err(error),
+            Some(error) if failed == asked => Err(error),
             _ => Ok(fetched),
         }
     }
@@ -593,39 +613,37 @@ impl Engine {
 /// version of a transaction (sync-token `modified`) replaces an earlier one; a
 /// removed one goes.
 fn map_transactions(connector: &Connector, endpoint: &Endpoint, pages: Pages, out: &mut Fetched) {
-    {
-        let start = out.snapshot.transactions.len();
-        let mut at: HashMap<String, usize> = HashMap::new();
-        for item in &pages.records {
-            match checked(connector, &item.record)
-                .and_then(|()| mapping::transaction(&endpoint.fields, endpoint.sign, item))
-            {
-                Ok(transaction) => match at.get(&transaction.external_id) {
-                    Some(&i) => out.snapshot.transactions[i] = transaction,
-                    None => {
-                        at.insert(
-                            transaction.external_id.clone(),
-                            out.snapshot.transactions.len(),
-                        );
-                        out.snapshot.transactions.push(transaction);
-                    }
-                },
-                Err(reason) => out.rejected.push(Rejected::new(
-                    "transactions",
-                    &[&endpoint.fields],
-                    item,
-                    &reason,
-                )),
-            }
+    let start = out.snapshot.transactions.len();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    for item in &pages.records {
+        match checked(connector, &item.record)
+            .and_then(|()| mapping::transaction(&endpoint.fields, endpoint.sign, item))
+        {
+            Ok(transaction) => match at.get(&transaction.external_id) {
+                Some(&i) => out.snapshot.transactions[i] = transaction,
+                None => {
+                    at.insert(
+                        transaction.external_id.clone(),
+                        out.snapshot.transactions.len(),
+                    );
+                    out.snapshot.transactions.push(transaction);
+                }
+            },
+            Err(reason) => out.rejected.push(Rejected::new(
+                "transactions",
+                &[&endpoint.fields],
+                item,
+                &reason,
+            )),
         }
-        let gone: HashSet<&str> = pages.removed.iter().map(String::as_str).collect();
-        let mut i = start;
-        while i < out.snapshot.transactions.len() {
-            if gone.contains(out.snapshot.transactions[i].external_id.as_str()) {
-                out.snapshot.transactions.remove(i);
-            } else {
-                i += 1;
-            }
+    }
+    let gone: HashSet<&str> = pages.removed.iter().map(String::as_str).collect();
+    let mut i = start;
+    while i < out.snapshot.transactions.len() {
+        if gone.contains(out.snapshot.transactions[i].external_id.as_str()) {
+            out.snapshot.transactions.remove(i);
+        } else {
+            i += 1;
         }
     }
 }
@@ -764,7 +782,7 @@ impl Engine {
                     params: walk.params(),
                     account: parent,
                 };
-                let key = memoized.then(|| format!("{} {:?}", request.url, request.params));
+                let key = memoized.then(|| memo_key(&request));
                 let cached = key.as_deref().and_then(|k| memo.get(k));
                 let answer = match cached {
                     Some(page) => Ok(page),
@@ -921,7 +939,7 @@ impl Engine {
                     .as_ref()
                     .and_then(|secrets| secrets(connector, env))
                     .ok_or_else(|| {
-                        EngineError::Unavailable(format!(
+                        EngineError::Misconfigured(format!(
                             "the secret `{env}` a header of the connector names is not set"
                         ))
                     })?
@@ -985,6 +1003,25 @@ impl Engine {
     }
 }
 
+/// What makes two requests the same document: the URL, the parameters, and the
+/// headers that are not fresh per request.
+fn memo_key(request: &Request<'_>) -> String {
+    let headers: Vec<String> = request
+        .endpoint
+        .headers
+        .iter()
+        .filter_map(|(name, header)| match header {
+            Header::Text(template) if !template.is_fresh() => template
+                .render(request.account, Escape::None)
+                .ok()
+                .map(|value| format!("{name}: {value}")),
+            Header::Text(_) => None,
+            Header::Secret(env) => Some(format!("{name}: <{env}>")),
+        })
+        .collect();
+    format!("{} {:?} {headers:?}", request.url, request.params)
+}
+
 /// The page's records as items: with, for each of the endpoint's joins, the element
 /// of the joined list each refers to, or why there is none.
 fn joined(
@@ -1020,6 +1057,9 @@ fn joined(
             item.account = account.cloned();
             for (join, index) in &indexes {
                 let found = match join.on.query(&item.record).at_most_one() {
+                    // No key: the record refers to nothing, and what it would have
+                    // read from the join is empty (missing, if required).
+                    Ok(None | Some(Value::Null)) => continue,
                     Ok(Some(key)) => match text(key) {
                         Some(key) => match index.get(&key).map(Vec::as_slice) {
                             Some([one]) => Ok((*one).clone()),
@@ -1039,8 +1079,8 @@ fn joined(
                             join.name, join.on
                         )),
                     },
-                    _ => Err(format!(
-                        "join `{}`: the record has no single key at `{}`",
+                    Err(_) => Err(format!(
+                        "join `{}`: the record has more than one key at `{}`",
                         join.name, join.on
                     )),
                 };
@@ -1760,5 +1800,85 @@ currency = {{ path = "$.iso_currency_code", from = "security" }}
             "{}",
             refused.reason
         );
+    }
+
+    /// Transactions read in one call for all accounts, and one account's details
+    /// unreadable: its transactions are not stored this time, so nothing of the
+    /// transactions may go and the cursor stays where this sync began.
+    #[tokio::test]
+    async fn an_account_whose_details_fail_holds_back_the_cursor_of_shared_transactions() {
+        async fn accounts() -> axum::Json<Value> {
+            axum::Json(serde_json::json!({"accounts": [{"id": "a1"}, {"id": "a2"}]}))
+        }
+        async fn detail(
+            axum::extract::Path(id): axum::extract::Path<String>,
+        ) -> axum::response::Response {
+            if id == "a2" {
+                return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+            axum::Json(serde_json::json!({"balance": "12.50"})).into_response()
+        }
+        async fn list() -> axum::Json<Value> {
+            let today = Utc::now().date_naive().to_string();
+            axum::Json(serde_json::json!({"items": [txn("t1", "1.00", &today)]}))
+        }
+        let base = serve(
+            axum::Router::new()
+                .route("/accounts", axum::routing::get(accounts))
+                .route("/details/{id}", axum::routing::get(detail))
+                .route("/list", axum::routing::get(list)),
+        )
+        .await;
+        let mut connector = connector(
+            &base,
+            "path = \"list\"\nrecords = \"$.items[*]\"\nwindow = { from_param = \"from\", to_param = \"to\", step_days = 30, history_days = 30 }",
+        );
+        let details = format!(
+            r#"
+name = "Test"
+country = "US"
+products = ["accounts"]
+base_url = "{base}"
+[auth]
+type = "oauth2"
+authorize_url = "authorize"
+token_url = "token"
+client_id = "c"
+client_secret = {{ env = "TEST_SECRET" }}
+scopes = ["all"]
+[errors]
+retry_statuses = [503]
+[endpoints.accounts]
+path = "accounts"
+records = "$.accounts[*]"
+[endpoints.accounts.fields]
+external_id = {{ path = "$.id" }}
+account_type = {{ value = "depository" }}
+name = {{ path = "$.id" }}
+currency = {{ value = "USD" }}
+[endpoints.details.balances]
+for_each = "accounts"
+path = "details/{{account.external_id}}"
+records = "$"
+[endpoints.details.balances.fields]
+balance_current = {{ path = "$.balance" }}
+"#
+        );
+        let with_details = crate::connectors::validate_str("d.toml", "d", &details, None)
+            .unwrap_or_else(|problems| panic!("{problems}"));
+        connector.details = with_details.details;
+        connector.accounts = with_details.accounts;
+        let resume = SyncCursor {
+            connector_hash: connector.hash.clone(),
+            position: Position::Through(Utc::now().date_naive() - chrono::Days::new(3)),
+        };
+        let fetched = Engine::new(crate::http::client())
+            .fetch(&connector, &SecretString::from("t"), Some(&resume))
+            .await
+            .unwrap();
+        assert_eq!(fetched.snapshot.accounts.len(), 1);
+        assert_eq!(fetched.unread("details"), BTreeSet::from(["a2".to_owned()]));
+        assert_eq!(fetched.coverage, Coverage::Partial);
+        assert_eq!(fetched.cursor, Some(resume));
     }
 }

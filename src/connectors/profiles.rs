@@ -2,8 +2,9 @@
 //! once, in `connectors/profiles/<name>.toml`, for institution files to `extends`.
 //! The shipped profiles are part of the binary, so a file that extends one reads
 //! the same wherever finsync runs. A file is read as its profile with the file's own
-//! keys set over it: tables merge key by key, anything else (text, numbers, lists)
-//! the file sets replaces the profile's.
+//! keys set over it: tables merge key by key, but a field's mapping, a `paging` style
+//! and a join the file sets replace the profile's whole, as does anything that is not
+//! a table (text, numbers, lists).
 
 use toml::{Table, Value};
 
@@ -49,12 +50,22 @@ pub fn names() -> String {
         .join(", ")
 }
 
-/// `file` set over `profile`.
-pub fn merge(mut profile: Table, file: Table) -> Table {
+/// `file` set over `profile`: tables merge key by key, except those that say one
+/// thing whole (a field's mapping, a `paging` style, a join), which the file's replaces.
+pub fn merge(profile: Table, file: Table) -> Table {
+    merge_under(profile, file, None)
+}
+
+/// Tables whose entries are each one whole thing.
+const WHOLE_ENTRIES: &[&str] = &["fields", "security_fields", "joins"];
+
+fn merge_under(mut profile: Table, file: Table, parent: Option<&str>) -> Table {
+    let whole_entries = parent.is_some_and(|p| WHOLE_ENTRIES.contains(&p));
     for (key, value) in file {
+        let whole = whole_entries || key == "paging";
         match (profile.get_mut(&key), value) {
-            (Some(Value::Table(under)), Value::Table(over)) => {
-                let merged = merge(std::mem::take(under), over);
+            (Some(Value::Table(under)), Value::Table(over)) if !whole => {
+                let merged = merge_under(std::mem::take(under), over, Some(&key));
                 *under = merged;
             }
             (_, value) => {
@@ -138,6 +149,25 @@ mod tests {
         assert_eq!(merged["scopes"].as_array().map(Vec::len), Some(1));
         assert_eq!(merged["limits"]["page_size"].as_integer(), Some(25));
         assert_eq!(merged["limits"]["concurrency"].as_integer(), Some(4));
+    }
+
+    #[test]
+    fn a_field_paging_or_join_the_file_sets_replaces_the_profiles_whole() {
+        let profile = table(
+            "[endpoints.t]\npaging = { type = \"cursor\", cursor_param = \"c\", next_cursor = \"$.n\" }\nwindow = { step_days = 9, history_days = 90 }\n[endpoints.t.fields]\namount = { path = \"$.a\", sign = { path = \"$.s\", map = { D = \"-\" } } }\nname = { path = \"$.n\" }\n",
+        );
+        let file = table(
+            "[endpoints.t]\npaging = { type = \"offset\", offset_param = \"o\", limit_param = \"l\" }\nwindow = { history_days = 30 }\n[endpoints.t.fields]\namount = { value = \"0\" }\n",
+        );
+        let merged = merge(profile, file);
+        let t = &merged["endpoints"]["t"];
+        assert_eq!(t["paging"].as_table().map(|p| p.len()), Some(3));
+        assert!(t["paging"].get("cursor_param").is_none());
+        assert_eq!(t["fields"]["amount"].as_table().map(|f| f.len()), Some(1));
+        assert_eq!(t["fields"]["name"]["path"].as_str(), Some("$.n"));
+        // A window is tuned key by key.
+        assert_eq!(t["window"]["step_days"].as_integer(), Some(9));
+        assert_eq!(t["window"]["history_days"].as_integer(), Some(30));
     }
 
     #[test]

@@ -99,6 +99,11 @@ impl Template {
             .any(|p| matches!(p, Part::AccountId | Part::AccountPath(_)))
     }
 
+    /// Whether the template is new text on every request (it holds a `{uuid}`).
+    pub fn is_fresh(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Uuid))
+    }
+
     /// Whether the template is the same text on every request.
     pub fn is_fixed(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Text(_)))
@@ -146,6 +151,10 @@ impl Template {
                 }
             };
             match escape {
+                // `.` and `..` are path steps, not names, however encoded.
+                Escape::PathSegment if value == "." || value == ".." => {
+                    return Err(format!("`{value}` cannot name a path segment"));
+                }
                 Escape::None => out.push_str(&value),
                 Escape::PathSegment => out.extend(
                     percent_encoding::utf8_percent_encode(&value, SEGMENT).map(|s| s.to_owned()),
@@ -183,6 +192,13 @@ mod tests {
             "accounts/acc%2F1%202/tx/7"
         );
         assert!(t.render(None, Escape::PathSegment).is_err());
+        // An id that is a path step would climb out of the path.
+        let climbing = Parent {
+            external_id: "..".into(),
+            record: serde_json::json!({}),
+        };
+        let one = Template::parse("accounts/{account.external_id}/tx").unwrap();
+        assert!(one.render(Some(&climbing), Escape::PathSegment).is_err());
         let braces = Template::parse("a{{b}}").unwrap();
         assert_eq!(braces.render(None, Escape::None).unwrap(), "a{b}");
     }

@@ -152,11 +152,23 @@ async fn run(engine: &Engine, connector: &Connector, token: &SecretString) -> Ve
     let accounts = fetch(engine, connector, &connector.accounts, token, None).await;
     let mut report = new_report("accounts", None, &accounts);
     let mut parents = Vec::new();
+    // Fields the account's details fill are not the list's to fill.
+    let provided: Vec<&'static str> = connector
+        .details
+        .iter()
+        .flat_map(|(_, endpoint)| endpoint.fields.names())
+        .collect();
     if let Ok(pages) = &accounts {
         for item in &pages.records {
-            tally(&mut report, &[&connector.accounts.fields], item, |item| {
-                mapping::account(&Layers::one(&connector.accounts.fields, item), now).map(drop)
-            });
+            tally(
+                &mut report,
+                &[&connector.accounts.fields],
+                item,
+                |item| match mapping::account(&Layers::one(&connector.accounts.fields, item), now) {
+                    Err(FieldError::Missing(field)) if provided.contains(&field) => Ok(()),
+                    other => other.map(drop),
+                },
+            );
             if let Ok(Some(id)) = connector.accounts.fields.text(item, "external_id") {
                 parents.push(Arc::new(Parent {
                     external_id: id,
@@ -165,16 +177,8 @@ async fn run(engine: &Engine, connector: &Connector, token: &SecretString) -> Ve
             }
         }
     }
-    // Fields the account's details fill are not the list's to fill.
-    for (_, endpoint) in &connector.details {
-        for field in endpoint.fields.names() {
-            report.absent.remove(field);
-            report.unparsable.remove(field);
-        }
-    }
-    if !connector.details.is_empty() {
-        // Mapped is only known once the details are in.
-        report.mapped = report.fetched;
+    for field in &provided {
+        report.absent.remove(field);
     }
     reports.push(report);
 

@@ -462,6 +462,9 @@ impl Failure {
                 "TOKEN_REFRESH_PENDING: the connection's access token is being renewed; retrying shortly".into()
             }
             Self::NoLongerActive => "SYNC_FAILED: the connection changed during the sync".into(),
+            Self::Engine(EngineError::Misconfigured(_)) => {
+                "SYNC_FAILED: the sync failed on our side; retrying later".into()
+            }
             Self::Engine(EngineError::Rejected { status, .. }) => format!(
                 "INSTITUTION_ERROR: the institution refused a request (HTTP {status}); retrying later"
             ),
@@ -593,9 +596,10 @@ async fn quarantine(
     };
     // Where some account's data could not be read, a record not seen again may be
     // one of its: it stays open until a sync reads that account.
-    let unread = |endpoint: &str| match endpoint {
-        "accounts" => !fetched.unread("details").is_empty(),
-        other => !fetched.unread(other).is_empty(),
+    // An account whose details could not be read had nothing of it read.
+    let unread = |endpoint: &str| {
+        !fetched.unread("details").is_empty()
+            || (endpoint != "accounts" && !fetched.unread(endpoint).is_empty())
     };
     ctx.store
         .record_quarantine(connection, connector_hash, &refused, |endpoint, key| {

@@ -563,4 +563,28 @@ mod tests {
             "must start with `$`",
         );
     }
+
+    #[test]
+    fn a_token_in_the_body_needs_post_and_details_name_one_record() {
+        let text = changed(
+            HARBOR,
+            "login_hint_param = \"login_hint\"",
+            "login_hint_param = \"login_hint\"\naccess_token_param = \"access_token\"",
+        );
+        has(
+            &problems(&text),
+            "auth.access_token_param",
+            "must be `method = \"POST\"`",
+        );
+        let text = changed(
+            HARBOR,
+            "[endpoints.transactions]",
+            "[endpoints.details.balances]\nfor_each = \"accounts\"\npath = \"api/accounts/{account.external_id}\"\nrecords = \"$.balances[*]\"\n[endpoints.details.balances.fields]\nbalance_available = { path = \"$.available\" }\n\n[endpoints.transactions]",
+        );
+        has(
+            &problems(&text),
+            "endpoints.details.balances.records",
+            "selects a list",
+        );
+    }
 }

@@ -337,17 +337,45 @@ impl Validator {
                 (name.clone(), endpoint)
             })
             .collect();
-        // A field an account's details fill need not be in the list.
+        // A field an account's details fill need not be in the list, unless those
+        // details are asked for some accounts only.
         let provided: Vec<&'static str> = fields::ACCOUNT
             .iter()
             .filter(|d| {
                 spec.endpoints
                     .details
                     .values()
-                    .any(|e| e.fields.contains_key(d.name))
+                    .any(|e| e.when.is_none() && e.fields.contains_key(d.name))
             })
             .map(|d| d.name)
             .collect();
+        for (name, e) in &spec.endpoints.details {
+            if e.records.trim_end().ends_with("[*]") {
+                self.report(
+                    format!("endpoints.details.{name}.records"),
+                    "selects a list: a details endpoint's `records` is the account's one record, e.g. `$` or `$.Data`",
+                );
+            }
+        }
+        if spec.auth.access_token_param.is_some() {
+            let endpoints = [Some(&spec.endpoints.accounts)]
+                .into_iter()
+                .chain([
+                    spec.endpoints.holdings.as_ref(),
+                    spec.endpoints.transactions.as_ref(),
+                ])
+                .flatten()
+                .chain(spec.endpoints.details.values());
+            if endpoints
+                .into_iter()
+                .any(|e| !e.method.eq_ignore_ascii_case("POST"))
+            {
+                self.report(
+                    "auth.access_token_param",
+                    "the access token would travel in URLs, where servers and proxies log them: every endpoint of such an institution must be `method = \"POST\"`",
+                );
+            }
+        }
         let accounts = base_url.as_ref().and_then(|b| {
             self.endpoint(
                 b,
