@@ -237,6 +237,17 @@ fn of_account(stored: &Snapshot, account: &str) -> String {
     format!("{out:?}")
 }
 
+/// Makes the connection's deep sync due now: the clock is moved, not waited for.
+async fn deep_sync_due(app: &TestApp, connection: ConnectionId) {
+    use sea_orm::ConnectionTrait;
+    let db = sea_orm::Database::connect(&app.db().url).await.unwrap();
+    db.execute_unprepared(&format!(
+        "UPDATE connections SET deep_sync_due_at = now() - interval '1 second' WHERE id = '{connection}'"
+    ))
+    .await
+    .unwrap();
+}
+
 async fn resync(app: &TestApp, connection: ConnectionId, key: &str) {
     let since = chrono::Utc::now();
     let job = finsync::sync::SyncConnection {
@@ -292,13 +303,7 @@ async fn an_fdx_institution_syncs_through_the_shipped_profile_value_for_value() 
         );
     }
     // The deep sync (its time moved, not waited for) reads every window again.
-    let db = sea_orm::Database::connect(&app.db().url).await.unwrap();
-    use sea_orm::ConnectionTrait;
-    db.execute_unprepared(&format!(
-        "UPDATE connections SET deep_sync_due_at = now() - interval '1 second' WHERE id = '{connection}'"
-    ))
-    .await
-    .unwrap();
+    deep_sync_due(&app, connection).await;
     resync(&app, connection, "pinecrest-deep").await;
     assert_matches_fdx(
         &store.full_snapshot(connection).await.unwrap(),
@@ -526,13 +531,7 @@ async fn a_uk_open_banking_institution_syncs_through_the_shipped_profile_value_f
             true,
         );
     }
-    let db = sea_orm::Database::connect(&app.db().url).await.unwrap();
-    use sea_orm::ConnectionTrait;
-    db.execute_unprepared(&format!(
-        "UPDATE connections SET deep_sync_due_at = now() - interval '1 second' WHERE id = '{connection}'"
-    ))
-    .await
-    .unwrap();
+    deep_sync_due(&app, connection).await;
     resync(&app, connection, "albion-deep").await;
     assert_matches_uk(
         &store.full_snapshot(connection).await.unwrap(),

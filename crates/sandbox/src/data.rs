@@ -125,6 +125,12 @@ pub const BULK_RECORDS: usize = 3 + 2 * BULK_POSITIONS + BULK_TRANSACTIONS;
 /// Transactions fall in this many days before the anchor date.
 const HISTORY_DAYS: u64 = 90;
 
+/// A decimal the generator wrote as text, as the JSON number with exactly its digits
+/// (for institutions that send numbers).
+pub(crate) fn json_number(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).expect("the generator writes plain decimals")
+}
+
 /// Builds the portfolio the API serves to `user_id`.
 ///
 /// Dates that would fall before `NaiveDate::MIN` saturate there rather than fail.

@@ -38,6 +38,7 @@
 //! - [`world`]: the world clock, the epoch every institution serves its data at, advanced
 //!   through `/sandbox/admin`, on a timer, or by [`Sandbox::advance`], and the cache of
 //!   users' data;
+//! - [`fapi`]: the interaction id FDX and UK Open Banking institutions echo;
 //! - [`changes`]: the change feed of a user's transactions since a cursor, for the
 //!   institutions that serve one (Meridian, Larkspur);
 //! - [`notify`]: signed webhooks when the data moves, from institutions that send them
@@ -53,6 +54,7 @@ mod admin;
 mod bearer;
 mod changes;
 pub mod data;
+mod fapi;
 mod faults;
 mod grants;
 mod http;

@@ -547,6 +547,17 @@ mod test_support {
     }
 
     #[test]
+    fn a_file_replaces_a_field_of_its_profile_whole() {
+        // The profile reads the currency from the account; this institution states it.
+        let text = changed(
+            PINECREST,
+            "login_hint_param = \"login_hint\"",
+            "login_hint_param = \"login_hint\"\n\n[endpoints.transactions.fields]\ncurrency = { value = \"USD\" }",
+        );
+        assert_eq!(problems(&text), Vec::new());
+    }
+
+    #[test]
     fn shape_and_meaning_are_reported_in_one_pass() {
         let text = changed(HARBOR, "page_size = 25", "page_size = \"25\"");
         let text = changed(&text, "records = \"$.data[*]\"", "records = \"data[*]\"");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -23,12 +23,12 @@ use sha2::{Digest, Sha256};
 
 use crate::bearer::{self, Denied};
 use crate::data::Portfolio;
+use crate::fapi;
 use crate::grants::Scope;
 use crate::{AppState, Institution, Stats};
 
 const BASE: &str = "/albion/open-banking/v3.1/aisp";
 const PAGE_SIZE: usize = 25;
-const FAPI_INTERACTION_ID: &str = "x-fapi-interaction-id";
 /// Albion keeps sterling accounts only.
 const CURRENCY: &str = "GBP";
 
@@ -302,22 +302,6 @@ fn absolute(app: &AppState, headers: &HeaderMap, path_and_query: &str) -> String
     format!("http://{host}{BASE}{path_and_query}")
 }
 
-/// The answer, with the FAPI interaction id the request carried (or a new one).
-fn answered(headers: &HeaderMap, outcome: Result<Value, Refusal>) -> Response {
-    let interaction = headers
-        .get(FAPI_INTERACTION_ID)
-        .cloned()
-        .or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok());
-    let mut response = match outcome {
-        Ok(body) => Json(body).into_response(),
-        Err(refusal) => refusal.into_response(),
-    };
-    if let Some(id) = interaction {
-        response.headers_mut().insert(FAPI_INTERACTION_ID, id);
-    }
-    response
-}
-
 fn unknown_account() -> Refusal {
     Refusal {
         status: StatusCode::BAD_REQUEST,
@@ -338,7 +322,7 @@ async fn accounts(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Respo
             1,
         ))
     })();
-    answered(&headers, outcome)
+    fapi::answered::<Refusal>(&headers, outcome)
 }
 
 async fn balances(
@@ -360,7 +344,7 @@ async fn balances(
             1,
         ))
     })();
-    answered(&headers, outcome)
+    fapi::answered::<Refusal>(&headers, outcome)
 }
 
 /// A booking time as the standard reads it: the time zone, if any, ignored.
@@ -458,7 +442,7 @@ async fn transactions(
             pages,
         ))
     })();
-    answered(&headers, outcome)
+    fapi::answered::<Refusal>(&headers, outcome)
 }
 
 #[cfg(test)]
@@ -510,12 +494,12 @@ mod tests {
             let response = sandbox
                 .get(&path)
                 .bearer_auth(&token)
-                .header(FAPI_INTERACTION_ID, "93bac548-d2de-4546-b106-880a5018460d")
+                .header(fapi::INTERACTION_ID, "93bac548-d2de-4546-b106-880a5018460d")
                 .send()
                 .await
                 .expect("request");
             assert_eq!(
-                response.headers()[FAPI_INTERACTION_ID],
+                response.headers()[fapi::INTERACTION_ID],
                 "93bac548-d2de-4546-b106-880a5018460d"
             );
             let page: Value = response.json().await.expect("json");

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::bearer::{self, Denied};
 use crate::changes::{self, FeedError};
-use crate::data::{Portfolio, Transaction};
+use crate::data::{Portfolio, Transaction, json_number as number};
 use crate::grants::Scope;
 use crate::{AppState, Institution, Stats};
 
@@ -156,11 +156,6 @@ struct Balances<'a> {
     iso_currency_code: &'a str,
     limit: Option<Value>,
     unofficial_currency_code: Option<&'a str>,
-}
-
-/// A decimal the generator wrote, as the JSON number with exactly its digits.
-fn number(text: &str) -> Value {
-    serde_json::from_str(text).expect("the generator writes plain decimals")
 }
 
 fn accounts_of(portfolio: &Portfolio) -> Vec<Account<'_>> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::bearer::{self, Denied};
-use crate::data::Portfolio;
+use crate::data::{Portfolio, json_number as number};
+use crate::fapi;
 use crate::grants::Scope;
 use crate::{AppState, Institution, Stats};
 
@@ -41,7 +42,6 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 500;
 /// The longest `startTime`..`endTime` one request may ask for.
 const MAX_RANGE_DAYS: i64 = 365;
-const FAPI_INTERACTION_ID: &str = "x-fapi-interaction-id";
 
 /// `{"currencyCode": "USD"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -144,11 +144,6 @@ pub(crate) struct Transaction {
     pub(crate) date: NaiveDate,
     #[serde(skip)]
     pub(crate) account_id: String,
-}
-
-/// A decimal the generator wrote as text, as the JSON number with exactly its digits.
-fn number(text: &str) -> Value {
-    serde_json::from_str(text).expect("the generator writes plain decimals")
 }
 
 fn category(account_type: &str) -> &'static str {
@@ -392,22 +387,6 @@ fn page<T: Serialize>(key: &str, records: &[T], offset: usize, limit: usize) -> 
     serde_json::json!({ "page": page, key: &records[start..end] })
 }
 
-/// The answer, with the FAPI interaction id the request carried (or a new one).
-fn answered(headers: &HeaderMap, outcome: Result<Value, Refusal>) -> Response {
-    let interaction = headers
-        .get(FAPI_INTERACTION_ID)
-        .cloned()
-        .or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok());
-    let mut response = match outcome {
-        Ok(body) => Json(body).into_response(),
-        Err(refusal) => refusal.into_response(),
-    };
-    if let Some(id) = interaction {
-        response.headers_mut().insert(FAPI_INTERACTION_ID, id);
-    }
-    response
-}
-
 fn bad_query(rejection: QueryRejection) -> Refusal {
     refuse(
         StatusCode::BAD_REQUEST,
@@ -433,7 +412,7 @@ async fn accounts(
             .collect();
         Ok(page("accounts", &descriptors, offset, limit))
     })();
-    answered(&headers, outcome)
+    fapi::answered::<Refusal>(&headers, outcome)
 }
 
 fn unknown_account(account_id: &str) -> Refusal {
@@ -479,7 +458,7 @@ async fn account(
             )
         })
     })();
-    answered(&headers, outcome)
+    fapi::answered::<Refusal>(&headers, outcome)
 }
 
 async fn transactions(
@@ -534,7 +513,7 @@ async fn transactions(
             .collect();
         Ok(page("transactions", &inside, offset, limit))
     })();
-    answered(&headers, outcome)
+    fapi::answered::<Refusal>(&headers, outcome)
 }
 
 #[cfg(test)]
@@ -582,12 +561,12 @@ mod tests {
                 investment.descriptor.account_id
             ))
             .bearer_auth(&token)
-            .header(FAPI_INTERACTION_ID, "c770aef3-6784-41f7-8e0e-ff5f97bddb3a")
+            .header(fapi::INTERACTION_ID, "c770aef3-6784-41f7-8e0e-ff5f97bddb3a")
             .send()
             .await
             .expect("request");
         assert_eq!(
-            response.headers()[FAPI_INTERACTION_ID],
+            response.headers()[fapi::INTERACTION_ID],
             "c770aef3-6784-41f7-8e0e-ff5f97bddb3a"
         );
         let detail: Value = response.json().await.expect("json");
