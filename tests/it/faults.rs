@@ -37,7 +37,8 @@ const RECOVERY: Duration = Duration::from_secs(180);
 /// Every read must be answered within this, whatever is down: far below the pool
 /// timeout a read once waited on.
 const READ_BOUND: Duration = Duration::from_secs(5);
-const INSTITUTIONS: [&str; 3] = ["meridian", "harbor", "keystone"];
+/// A bank, a brokerage, a custodian, and an institution asked per account (FDX).
+const INSTITUTIONS: [&str; 4] = ["meridian", "harbor", "keystone", "pinecrest"];
 
 /// A PostgreSQL server of the suite's own, in a temporary directory, on a free
 /// port; stopped and deleted on drop.

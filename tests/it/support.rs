@@ -912,27 +912,21 @@ pub async fn wait_ready(url: &str) {
 
 /// Environment for a separate `finsync` process of this test's deployment.
 pub fn process_env(database_url: &str, sandbox_url: &str) -> Vec<(&'static str, String)> {
+    use sandbox::Institution::*;
+    let base =
+        |institution: sandbox::Institution| format!("{sandbox_url}{}", institution.api_root());
     vec![
         ("FINSYNC_ENV", "test".to_owned()),
         ("FINSYNC__DATABASE__URL", database_url.to_owned()),
         ("FINSYNC__REDIS__URL", String::new()),
         ("FINSYNC__VAULT__KEY", VAULT_KEY.to_owned()),
-        (
-            "FINSYNC__CONNECTORS__BASE_URLS__MERIDIAN",
-            format!("{sandbox_url}/meridian"),
-        ),
-        (
-            "FINSYNC__CONNECTORS__BASE_URLS__HARBOR",
-            format!("{sandbox_url}/harbor"),
-        ),
-        (
-            "FINSYNC__CONNECTORS__BASE_URLS__KEYSTONE",
-            format!("{sandbox_url}/keystone"),
-        ),
-        (
-            "FINSYNC__CONNECTORS__BASE_URLS__NORTHWIND",
-            format!("{sandbox_url}/northwind"),
-        ),
+        ("FINSYNC__CONNECTORS__BASE_URLS__MERIDIAN", base(Meridian)),
+        ("FINSYNC__CONNECTORS__BASE_URLS__HARBOR", base(Harbor)),
+        ("FINSYNC__CONNECTORS__BASE_URLS__KEYSTONE", base(Keystone)),
+        ("FINSYNC__CONNECTORS__BASE_URLS__NORTHWIND", base(Northwind)),
+        ("FINSYNC__CONNECTORS__BASE_URLS__PINECREST", base(Pinecrest)),
+        ("FINSYNC__CONNECTORS__BASE_URLS__ALBION", base(Albion)),
+        ("FINSYNC__CONNECTORS__BASE_URLS__LARKSPUR", base(Larkspur)),
     ]
 }
 
