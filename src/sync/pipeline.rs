@@ -597,9 +597,9 @@ async fn quarantine(
     // Where some account's data could not be read, a record not seen again may be
     // one of its: it stays open until a sync reads that account.
     // An account whose details could not be read had nothing of it read.
+    let details_unread = !fetched.unread("details").is_empty();
     let unread = |endpoint: &str| {
-        !fetched.unread("details").is_empty()
-            || (endpoint != "accounts" && !fetched.unread(endpoint).is_empty())
+        details_unread || (endpoint != "accounts" && !fetched.unread(endpoint).is_empty())
     };
     ctx.store
         .record_quarantine(connection, connector_hash, &refused, |endpoint, key| {

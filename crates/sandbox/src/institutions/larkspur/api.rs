@@ -45,10 +45,9 @@ struct Body {
     count: Option<Value>,
 }
 
-/// A refusal in Plaid's words: always HTTP 400 but for the server's own faults.
+/// A refusal in Plaid's words: HTTP 400, told apart by `error_code`.
 #[derive(Debug)]
 struct Refusal {
-    status: StatusCode,
     error_type: &'static str,
     error_code: &'static str,
     message: String,
@@ -56,7 +55,6 @@ struct Refusal {
 
 fn refuse(error_type: &'static str, error_code: &'static str, message: String) -> Refusal {
     Refusal {
-        status: StatusCode::BAD_REQUEST,
         error_type,
         error_code,
         message,
@@ -72,7 +70,7 @@ impl IntoResponse for Refusal {
             "display_message": Value::Null,
             "request_id": uuid::Uuid::new_v4().simple().to_string(),
         });
-        (self.status, Json(body)).into_response()
+        (StatusCode::BAD_REQUEST, Json(body)).into_response()
     }
 }
 
