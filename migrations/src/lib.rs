@@ -18,6 +18,7 @@ mod m20261204_000007_institution_events;
 mod m20261204_000008_annotated_transactions;
 mod m20261205_000009_connection_sync_state;
 mod m20261205_000010_recovery;
+mod m20261205_000011_grant_values;
 
 pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000008_annotated_transactions::Migration),
             Box::new(m20261205_000009_connection_sync_state::Migration),
             Box::new(m20261205_000010_recovery::Migration),
+            Box::new(m20261205_000011_grant_values::Migration),
         ]
     }
 }

@@ -44,6 +44,11 @@ const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub enum EngineError {
     #[error("the institution wants the user to re-authenticate (HTTP {status})")]
     Reauth { status: u16 },
+    /// A header sends a value the connection's grant did not come with (linked
+    /// before the connector kept it, or the institution left it out): a new grant
+    /// (a refresh, else the user linking again) may bring it.
+    #[error("the connection's grant has no `{0}`, which the connector's requests carry")]
+    GrantLacks(String),
     #[error("rate limited by the institution")]
     RateLimited { retry_after: Option<Duration> },
     #[error("the institution is unavailable: {0}")]
@@ -236,6 +241,32 @@ fn per_account(error: &EngineError) -> bool {
     )
 }
 
+/// What a connection lends its requests: the user's access token and the values the
+/// institution granted with it (`[auth.token_response] keep`) for headers that name
+/// them. Nothing of it is ever logged.
+pub struct Grant {
+    pub access_token: SecretString,
+    pub values: BTreeMap<String, SecretString>,
+}
+
+impl Grant {
+    /// A grant that is an access token and nothing else.
+    pub fn bearer(access_token: SecretString) -> Self {
+        Self {
+            access_token,
+            values: BTreeMap::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("values", &self.values.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Resolves the secrets that headers name.
 pub type Secrets = std::sync::Arc<dyn Fn(&Connector, &str) -> Option<SecretString> + Send + Sync>;
 
@@ -287,7 +318,7 @@ impl Engine {
     pub async fn fetch(
         &self,
         connector: &Connector,
-        token: &SecretString,
+        grant: &Grant,
         resume: Option<&SyncCursor>,
     ) -> Result<Fetched, EngineError> {
         let mut out = Fetched::default();
@@ -295,14 +326,14 @@ impl Engine {
         let memo = Memo::default();
 
         let pages = self
-            .fetch_from(connector, &connector.accounts, token, None, None, &memo)
+            .fetch_from(connector, &connector.accounts, grant, None, None, &memo)
             .await?;
         out.requests += pages.requests;
         let mut parents: Vec<Arc<Parent>> = Vec::new();
         let mut unread_details = Vec::new();
         for item in &pages.records {
             let details = match self
-                .account_details(connector, token, item, &memo, &mut out)
+                .account_details(connector, grant, item, &memo, &mut out)
                 .await?
             {
                 Ok(details) => details,
@@ -346,7 +377,7 @@ impl Engine {
             let mut items = Vec::new();
             for (_, pages) in self
                 .fan_out(
-                    connector, endpoint, token, &parents, None, &memo, &mut out, "holdings",
+                    connector, endpoint, grant, &parents, None, &memo, &mut out, "holdings",
                 )
                 .await?
             {
@@ -389,7 +420,7 @@ impl Engine {
                 .fan_out(
                     connector,
                     endpoint,
-                    token,
+                    grant,
                     &parents,
                     position,
                     &memo,
@@ -423,7 +454,7 @@ impl Engine {
                 // A record that did not map is fetched again next time: the cursor
                 // only moves past what was stored.
                 let got_to = match (next_token, coverage_dates) {
-                    (Some(token), _) => Some(Position::SyncToken(token)),
+                    (Some(grant), _) => Some(Position::SyncToken(grant)),
                     (None, Some((_, to))) => Some(Position::Through(to)),
                     (None, None) => None,
                 };
@@ -490,7 +521,7 @@ impl Engine {
     async fn account_details<'c>(
         &self,
         connector: &'c Connector,
-        token: &SecretString,
+        grant: &Grant,
         item: &Item,
         memo: &Memo,
         out: &mut Fetched,
@@ -518,7 +549,7 @@ impl Engine {
                 reason,
             };
             match self
-                .fetch_from(connector, endpoint, token, None, Some(&parent), memo)
+                .fetch_from(connector, endpoint, grant, None, Some(&parent), memo)
                 .await
             {
                 Ok(pages) => {
@@ -555,7 +586,7 @@ impl Engine {
         &self,
         connector: &Connector,
         endpoint: &Endpoint,
-        token: &SecretString,
+        grant: &Grant,
         accounts: &[Arc<Parent>],
         resume: Option<&Position>,
         memo: &Memo,
@@ -565,7 +596,7 @@ impl Engine {
         if endpoint.fan_out.is_none() {
             let resume = resume.filter(|p| !matches!(p, Position::PerAccount(_)));
             let pages = self
-                .fetch_from(connector, endpoint, token, resume, None, memo)
+                .fetch_from(connector, endpoint, grant, resume, None, memo)
                 .await?;
             return Ok(vec![(None, pages)]);
         }
@@ -583,7 +614,7 @@ impl Engine {
                 _ => None,
             };
             match self
-                .fetch_from(connector, endpoint, token, from, Some(parent), memo)
+                .fetch_from(connector, endpoint, grant, from, Some(parent), memo)
                 .await
             {
                 Ok(pages) => fetched.push((Some(parent.external_id.clone()), pages)),
@@ -655,9 +686,9 @@ impl Engine {
         &self,
         connector: &Connector,
         endpoint: &Endpoint,
-        token: &SecretString,
+        grant: &Grant,
     ) -> Result<Pages, EngineError> {
-        self.fetch_from(connector, endpoint, token, None, None, &Memo::default())
+        self.fetch_from(connector, endpoint, grant, None, None, &Memo::default())
             .await
     }
 
@@ -667,13 +698,13 @@ impl Engine {
         &self,
         connector: &Connector,
         endpoint: &Endpoint,
-        token: &SecretString,
+        grant: &Grant,
         account: &Arc<Parent>,
     ) -> Result<Pages, EngineError> {
         self.fetch_from(
             connector,
             endpoint,
-            token,
+            grant,
             None,
             Some(account),
             &Memo::default(),
@@ -682,13 +713,13 @@ impl Engine {
     }
 
     /// The records of one endpoint (for one account, fanning out) from where a
-    /// previous sync got to: after a sync token, or from `lookback_days` before the
+    /// previous sync got to: after a sync grant, or from `lookback_days` before the
     /// last day covered; from the beginning without one.
     async fn fetch_from(
         &self,
         connector: &Connector,
         endpoint: &Endpoint,
-        token: &SecretString,
+        grant: &Grant,
         resume: Option<&Position>,
         account: Option<&Arc<Parent>>,
         memo: &Memo,
@@ -701,7 +732,7 @@ impl Engine {
                 fixed.push((token_param.clone(), from.clone()));
             }
             return self
-                .walk(connector, endpoint, token, fixed, account, memo)
+                .walk(connector, endpoint, grant, fixed, account, memo)
                 .await;
         };
         let today = Utc::now().date_naive();
@@ -727,7 +758,7 @@ impl Engine {
                 ),
             ];
             let pages = self
-                .walk(connector, endpoint, token, range, account, memo)
+                .walk(connector, endpoint, grant, range, account, memo)
                 .await?;
             out.records.extend(pages.records);
             out.removed.extend(pages.removed);
@@ -742,7 +773,7 @@ impl Engine {
         &self,
         connector: &Connector,
         endpoint: &Endpoint,
-        token: &SecretString,
+        grant: &Grant,
         fixed: Vec<(String, String)>,
         account: Option<&Arc<Parent>>,
         memo: &Memo,
@@ -788,7 +819,7 @@ impl Engine {
                     Some(page) => Ok(page),
                     None => {
                         out.requests += 1;
-                        self.get_page(connector, &request, token).await
+                        self.get_page(connector, &request, grant).await
                     }
                 };
                 let (headers, body) = match answer {
@@ -866,7 +897,7 @@ impl Engine {
         &self,
         connector: &Connector,
         request: &Request<'_>,
-        token: &SecretString,
+        grant: &Grant,
     ) -> Result<(HeaderMap, Value), EngineError> {
         let attempt = || async {
             let pass = self
@@ -880,7 +911,7 @@ impl Engine {
                         retry_after: Some(wait),
                     },
                 })?;
-            let result = self.send(connector, request, token).await;
+            let result = self.send(connector, request, grant).await;
             let outcome = match &result {
                 Err(EngineError::Unavailable(_) | EngineError::UnavailableFor { .. }) => {
                     Outcome::Unavailable
@@ -918,7 +949,7 @@ impl Engine {
         &self,
         connector: &Connector,
         request: &Request<'_>,
-        token: &SecretString,
+        grant: &Grant,
     ) -> Result<(HeaderMap, Value), EngineError> {
         let endpoint = request.endpoint;
         let url = request.url;
@@ -927,7 +958,7 @@ impl Engine {
             .request(endpoint.method.clone(), url.clone())
             .timeout(Duration::from_secs(connector.limits.timeout_secs));
         if connector.auth.access_token_param.is_none() {
-            builder = builder.bearer_auth(token.expose_secret());
+            builder = builder.bearer_auth(grant.access_token.expose_secret());
         }
         for (name, header) in &endpoint.headers {
             let value = match header {
@@ -945,11 +976,17 @@ impl Engine {
                     })?
                     .expose_secret()
                     .to_owned(),
+                Header::Connection(kept) => grant
+                    .values
+                    .get(kept)
+                    .ok_or_else(|| EngineError::GrantLacks(kept.clone()))?
+                    .expose_secret()
+                    .to_owned(),
             };
             builder = builder.header(name.clone(), value);
         }
         // A next link (Link-header paging) already carries every parameter but the
-        // token, which never appears in a link.
+        // grant, which never appears in a link.
         let mut params: Vec<(&str, &str)> = if url == request.first {
             request
                 .params
@@ -966,13 +1003,13 @@ impl Engine {
                 // Text, whatever it looks like.
                 members.insert(
                     param.to_owned(),
-                    Value::String(token.expose_secret().to_owned()),
+                    Value::String(grant.access_token.expose_secret().to_owned()),
                 );
             }
             builder = builder.json(&body);
         } else {
             if let Some(param) = token_param {
-                params.push((param, token.expose_secret()));
+                params.push((param, grant.access_token.expose_secret()));
             }
             if !params.is_empty() {
                 builder = builder.query(&params);
@@ -1017,6 +1054,8 @@ fn memo_key(request: &Request<'_>) -> String {
                 .map(|value| format!("{name}: {value}")),
             Header::Text(_) => None,
             Header::Secret(env) => Some(format!("{name}: <{env}>")),
+            // One grant per fetch: the same value on every request of it.
+            Header::Connection(kept) => Some(format!("{name}: <connection.{kept}>")),
         })
         .collect();
     format!("{} {:?} {headers:?}", request.url, request.params)
@@ -1393,7 +1432,7 @@ paging = { type = "sync-token", token_param = "cursor", next_token = "$.next", h
         );
         let endpoint = connector.transactions.clone().unwrap();
         let engine = Engine::new(crate::http::client());
-        let token = SecretString::from("t");
+        let token = Grant::bearer(SecretString::from("t"));
         let pages = engine
             .fetch_records(&connector, &endpoint, &token)
             .await
@@ -1489,7 +1528,11 @@ window = { from_param = "start", to_param = "end", format = "%Y%m%d", step_days 
         let endpoint = connector.transactions.clone().unwrap();
         let engine = Engine::new(crate::http::client());
         let pages = engine
-            .fetch_records(&connector, &endpoint, &SecretString::from("t"))
+            .fetch_records(
+                &connector,
+                &endpoint,
+                &Grant::bearer(SecretString::from("t")),
+            )
             .await
             .unwrap();
         // Days 0..=10 back are in the history; day 11 is not.
@@ -1538,7 +1581,7 @@ window = { from_param = "start", to_param = "end", format = "%Y%m%d", step_days 
         .await;
         let connector = connector(&base, "path = \"list\"\nrecords = \"$.items[*]\"");
         let fetched = Engine::new(crate::http::client())
-            .fetch(&connector, &SecretString::from("t"), None)
+            .fetch(&connector, &Grant::bearer(SecretString::from("t")), None)
             .await
             .unwrap();
         assert_eq!(ids(&fetched), vec![("t1".into(), "1.00".into())]);
@@ -1591,7 +1634,7 @@ window = { from_param = "start", to_param = "end", format = "%Y%m%d", step_days 
         }
         let engine = Engine::with_resilience(crate::http::client(), resilience);
         let fetched = engine
-            .fetch(&connector, &SecretString::from("t"), None)
+            .fetch(&connector, &Grant::bearer(SecretString::from("t")), None)
             .await
             .unwrap();
         assert_eq!(fetched.deferred, ["transactions"]);
@@ -1627,7 +1670,7 @@ window = { from_param = "start", to_param = "end", format = "%Y%m%d", step_days 
             Resilience::local(BreakerPolicy::default()),
         );
         let error = engine
-            .fetch(&connector, &SecretString::from("t"), None)
+            .fetch(&connector, &Grant::bearer(SecretString::from("t")), None)
             .await
             .unwrap_err();
         assert!(matches!(error, EngineError::RateLimited { .. }), "{error}");
@@ -1659,7 +1702,11 @@ paging = { type = "offset", offset_param = "offset", limit_param = "limit" }"#,
         );
         let endpoint = connector.transactions.clone().unwrap();
         let pages = Engine::new(crate::http::client())
-            .fetch_records(&connector, &endpoint, &SecretString::from("t"))
+            .fetch_records(
+                &connector,
+                &endpoint,
+                &Grant::bearer(SecretString::from("t")),
+            )
             .await
             .unwrap();
         assert_eq!(pages.records.len(), 1);
@@ -1769,7 +1816,11 @@ currency = {{ path = "$.iso_currency_code", from = "security" }}
         let connector = crate::connectors::validate_str("test.toml", "test", &text, None)
             .unwrap_or_else(|problems| panic!("{problems}"));
         let fetched = Engine::new(crate::http::client())
-            .fetch(&connector, &SecretString::from("123456"), None)
+            .fetch(
+                &connector,
+                &Grant::bearer(SecretString::from("123456")),
+                None,
+            )
             .await
             .unwrap();
         let mut held: Vec<_> = fetched
@@ -1873,7 +1924,11 @@ balance_current = {{ path = "$.balance" }}
             position: Position::Through(Utc::now().date_naive() - chrono::Days::new(3)),
         };
         let fetched = Engine::new(crate::http::client())
-            .fetch(&connector, &SecretString::from("t"), Some(&resume))
+            .fetch(
+                &connector,
+                &Grant::bearer(SecretString::from("t")),
+                Some(&resume),
+            )
             .await
             .unwrap();
         assert_eq!(fetched.snapshot.accounts.len(), 1);

@@ -161,12 +161,15 @@ impl Endpoint {
     }
 }
 
-/// A header's value: filled in per request, or a secret the file names.
+/// A header's value: filled in per request, a secret the file names, or a value of
+/// the connection's grant.
 #[derive(Debug, Clone)]
 pub enum Header {
     Text(template::Template),
     /// Name of the variable (or `[connectors.secrets]` entry) that holds it.
     Secret(String),
+    /// Name of a value the connection's grant came with (`[auth.token_response] keep`).
+    Connection(String),
 }
 
 /// An endpoint requested once per account.

@@ -38,13 +38,25 @@ pub struct ConnectorFile {
 }
 
 /// One request header's value: text, in which `{uuid}` is a fresh UUID per request
-/// and `{account.…}` a value of the account a fan-out request is for, or a reference
-/// to a secret.
+/// and `{account.…}` a value of the account a fan-out request is for, a reference
+/// to a secret, or a value the connection's grant came with.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a header is text, `{ env = \"NAME\" }` (a secret) or `{ connection = \"name\" }` (a value kept from the token response)"
+)]
 pub enum HeaderSpec {
     Text(String),
     Secret(SecretRef),
+    Connection(ConnectionRef),
+}
+
+/// A value the institution granted with the user's tokens (one of
+/// `[auth.token_response] keep`), e.g. a consent id every request must carry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionRef {
+    pub connection: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -207,6 +219,11 @@ pub struct TokenResponseSpec {
     pub default_token_type: String,
     /// Key under which the token fields are nested, if they are (e.g. `data`).
     pub nested_under: Option<String>,
+    /// Fields of the token response beside the tokens that the connection keeps
+    /// (sealed, like its tokens) for headers to send, e.g. a consent id. A refresh
+    /// that answers without one keeps the value the grant came with.
+    #[serde(default)]
+    pub keep: Vec<String>,
 }
 
 fn default_lifetime() -> u64 {
@@ -223,6 +240,7 @@ impl Default for TokenResponseSpec {
             default_lifetime_secs: default_lifetime(),
             default_token_type: default_token_type(),
             nested_under: None,
+            keep: Vec::new(),
         }
     }
 }

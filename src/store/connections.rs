@@ -78,6 +78,8 @@ pub struct TokenColumns {
     pub access_token_expires_at: Option<DateTime<Utc>>,
     /// When the background refresh should renew the access token.
     pub refresh_due_at: Option<DateTime<Utc>>,
+    /// The values kept from the token response (a JSON object of text), sealed.
+    pub grant_values: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TokenColumns {
@@ -93,6 +95,10 @@ impl std::fmt::Debug for TokenColumns {
             )
             .field("access_token_expires_at", &self.access_token_expires_at)
             .field("refresh_due_at", &self.refresh_due_at)
+            .field(
+                "grant_values",
+                &self.grant_values.as_ref().map(|_| "sealed"),
+            )
             .finish()
     }
 }
@@ -181,6 +187,7 @@ impl Store {
             refresh_token: Set(None),
             access_token_expires_at: Set(None),
             refresh_due_at: Set(None),
+            grant_values: Set(None),
             token_lease_owner: Set(None),
             token_lease_until: Set(None),
             last_synced_at: Set(None),
@@ -351,6 +358,8 @@ impl Store {
         row.refresh_token = Set(tokens.refresh_token);
         row.access_token_expires_at = Set(tokens.access_token_expires_at);
         row.refresh_due_at = Set(tokens.refresh_due_at);
+        // A new grant: what an earlier one came with is not carried over.
+        row.grant_values = Set(tokens.grant_values);
         row.refresh_started_at = Set(None);
         row.scopes = Set(scopes);
         row.status = Set(ConnectionStatus::Active.to_string());
@@ -365,7 +374,7 @@ impl Store {
     }
 
     /// Stores refreshed tokens. A missing refresh token keeps the stored one (the
-    /// institution did not rotate it).
+    /// institution did not rotate it), and missing grant values the stored ones.
     ///
     /// Written only while `lease_owner` holds the token lease and the connection is
     /// still active: a refresh that outlived its lease, or raced a disconnect,
@@ -396,6 +405,9 @@ impl Store {
             .col_expr(connection::Column::UpdatedAt, Expr::value(Utc::now()));
         if let Some(refresh) = tokens.refresh_token {
             update = update.col_expr(connection::Column::RefreshToken, Expr::value(refresh));
+        }
+        if let Some(values) = tokens.grant_values {
+            update = update.col_expr(connection::Column::GrantValues, Expr::value(values));
         }
         let saved = update
             .filter(connection::Column::Id.eq(id.to_string()))
@@ -521,6 +533,7 @@ impl Store {
         row.refresh_token = Set(None);
         row.access_token_expires_at = Set(None);
         row.refresh_due_at = Set(None);
+        row.grant_values = Set(None);
         row.status = Set(ConnectionStatus::Revoked.to_string());
         row.consent_revoked_at = Set(Some(now));
         row.next_sync_at = Set(None);
@@ -636,7 +649,8 @@ impl Store {
             .filter(
                 Condition::any()
                     .add(connection::Column::AccessToken.is_not_null())
-                    .add(connection::Column::RefreshToken.is_not_null()),
+                    .add(connection::Column::RefreshToken.is_not_null())
+                    .add(connection::Column::GrantValues.is_not_null()),
             )
             .all(self.db())
             .await?
@@ -645,18 +659,28 @@ impl Store {
             .collect()
     }
 
-    /// Replaces a connection's ciphertexts if they are still `old` (a refresh that
-    /// committed meanwhile is newer and already sealed under the current key).
+    /// Replaces a connection's ciphertexts (tokens and grant values) with `new`'s if
+    /// they are still `old` (a refresh that committed meanwhile is newer and already
+    /// sealed under the current key).
     pub async fn reseal_tokens(
         &self,
         id: ConnectionId,
         old: &TokenColumns,
-        access_token: Option<Vec<u8>>,
-        refresh_token: Option<Vec<u8>>,
+        new: TokenColumns,
     ) -> Result<bool, StoreError> {
         let mut update = connection::Entity::update_many()
-            .col_expr(connection::Column::AccessToken, Expr::value(access_token))
-            .col_expr(connection::Column::RefreshToken, Expr::value(refresh_token))
+            .col_expr(
+                connection::Column::AccessToken,
+                Expr::value(new.access_token),
+            )
+            .col_expr(
+                connection::Column::RefreshToken,
+                Expr::value(new.refresh_token),
+            )
+            .col_expr(
+                connection::Column::GrantValues,
+                Expr::value(new.grant_values),
+            )
             .filter(connection::Column::Id.eq(id.to_string()));
         update = match &old.access_token {
             Some(a) => update.filter(connection::Column::AccessToken.eq(a.clone())),
@@ -665,6 +689,10 @@ impl Store {
         update = match &old.refresh_token {
             Some(r) => update.filter(connection::Column::RefreshToken.eq(r.clone())),
             None => update.filter(connection::Column::RefreshToken.is_null()),
+        };
+        update = match &old.grant_values {
+            Some(v) => update.filter(connection::Column::GrantValues.eq(v.clone())),
+            None => update.filter(connection::Column::GrantValues.is_null()),
         };
         Ok(update.exec(self.db()).await?.rows_affected == 1)
     }
@@ -884,6 +912,7 @@ pub(super) fn to_record(row: connection::Model) -> Result<ConnectionRecord, Stor
             refresh_token: row.refresh_token,
             access_token_expires_at: row.access_token_expires_at,
             refresh_due_at: row.refresh_due_at,
+            grant_values: row.grant_values,
         },
         last_synced_at: row.last_synced_at,
         last_failure_at: row.last_failure_at,

@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use reqwest::header::LOCATION;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::connectors::engine::Secrets;
+use crate::connectors::engine::{Grant, Secrets};
 use crate::connectors::mapping::{self, FieldError, Item, Layers, Mapping, Parent};
 use crate::connectors::{Connector, Endpoint, Engine};
 use crate::tokens::oauth::{OAuthClient, OAuthError};
@@ -136,7 +136,11 @@ pub async fn check(
         .await?;
 
     let engine = Engine::new(http).with_secrets(secrets);
-    let reports = run(&engine, connector, &tokens.access_token).await;
+    let grant = Grant {
+        access_token: tokens.access_token,
+        values: tokens.kept,
+    };
+    let reports = run(&engine, connector, &grant).await;
     if let Some(refresh) = &tokens.refresh_token
         && let Err(error) = client.revoke(refresh).await
     {
@@ -146,10 +150,10 @@ pub async fn check(
 }
 
 /// Every endpoint once, fan-out endpoints once per account they ask for.
-async fn run(engine: &Engine, connector: &Connector, token: &SecretString) -> Vec<EndpointReport> {
+async fn run(engine: &Engine, connector: &Connector, grant: &Grant) -> Vec<EndpointReport> {
     let now = Utc::now();
     let mut reports = Vec::new();
-    let accounts = fetch(engine, connector, &connector.accounts, token, None).await;
+    let accounts = fetch(engine, connector, &connector.accounts, grant, None).await;
     let mut report = new_report("accounts", None, &accounts);
     let mut parents = Vec::new();
     // Fields the account's details fill are not the list's to fill.
@@ -210,7 +214,7 @@ async fn run(engine: &Engine, connector: &Connector, token: &SecretString) -> Ve
             vec![None]
         };
         for parent in asked {
-            let pages = fetch(engine, connector, endpoint, token, parent).await;
+            let pages = fetch(engine, connector, endpoint, grant, parent).await;
             let mut report = new_report(&name, parent.map(|p| p.external_id.clone()), &pages);
             let Ok(pages) = pages else {
                 reports.push(report);
@@ -250,12 +254,12 @@ async fn fetch(
     engine: &Engine,
     connector: &Connector,
     endpoint: &Endpoint,
-    token: &SecretString,
+    grant: &Grant,
     account: Option<&Arc<Parent>>,
 ) -> Result<crate::connectors::engine::Pages, String> {
     match account {
-        Some(account) => engine.fetch_for(connector, endpoint, token, account).await,
-        None => engine.fetch_records(connector, endpoint, token).await,
+        Some(account) => engine.fetch_for(connector, endpoint, grant, account).await,
+        None => engine.fetch_records(connector, endpoint, grant).await,
     }
     .map_err(|e| e.to_string())
 }

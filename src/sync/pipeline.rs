@@ -433,7 +433,7 @@ impl Failure {
     fn needs_reauth(&self) -> bool {
         match self {
             Self::Token(e) => e.needs_reauth(),
-            Self::Engine(EngineError::Reauth { .. }) => true,
+            Self::Engine(EngineError::Reauth { .. } | EngineError::GrantLacks(_)) => true,
             _ => false,
         }
     }
@@ -526,21 +526,24 @@ async fn fetch_and_store(
 ) -> Result<(RunCounts, Option<String>), Failure> {
     let started = Utc::now();
     let connector = ctx.registry.get(&connection.institution_id)?;
-    let token = ctx.tokens.access_token(connection).await?;
+    let grant = ctx.tokens.grant(connection).await?;
     let resume = connection
         .sync_cursor
         .as_deref()
         .filter(|_| !deep)
         .and_then(|text| SyncCursor::decode(text, &connector.hash));
-    let fetched = match ctx.engine.fetch(&connector, &token, resume.as_ref()).await {
-        // The token may have been revoked or expired early: refresh once and retry
-        // before asking the user to link again.
-        Err(EngineError::Reauth { .. }) if connection.tokens.refresh_token.is_some() => {
-            tracing::info!("The institution refused the access token; refreshing it once.");
+    let fetched = match ctx.engine.fetch(&connector, &grant, resume.as_ref()).await {
+        // The token may have been revoked or expired early, or the grant may lack a
+        // value a new one brings: refresh once and retry before asking the user to
+        // link again.
+        Err(error @ (EngineError::Reauth { .. } | EngineError::GrantLacks(_)))
+            if connection.tokens.refresh_token.is_some() =>
+        {
+            tracing::info!(%error, "Refreshing the grant once.");
             let current = ctx.store.connection(connection.id).await?;
-            let token = ctx.tokens.refreshed_token(&current).await?;
+            let grant = ctx.tokens.refreshed_grant(&current).await?;
             ctx.engine
-                .fetch(&connector, &token, resume.as_ref())
+                .fetch(&connector, &grant, resume.as_ref())
                 .await?
         }
         other => other?,

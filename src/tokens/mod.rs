@@ -13,16 +13,18 @@ pub mod link;
 pub mod oauth;
 pub mod rotate;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 pub use link::{LinkError, LinkStart, Linked, Linker};
 pub use oauth::{OAuthClient, OAuthError, TokenSet};
 
+use crate::connectors::engine::Grant;
 use crate::connectors::{Registry, RegistryError};
 use crate::domain::ConnectionId;
 use crate::store::{ConnectionRecord, Lease, Store, StoreError, TokenColumns};
@@ -94,8 +96,12 @@ fn grace_note(grace: Option<Duration>, since: DateTime<Utc>) -> String {
     }
 }
 
+/// The seal context's field name for a connection's grant values.
+pub const GRANT_VALUES: &str = "grant_values";
+
 /// Seals a token set into the columns the store keeps, with the background refresh
-/// due once `refresh_at_fraction` of the access token's lifetime has passed.
+/// due once `refresh_at_fraction` of the access token's lifetime has passed. Kept
+/// values are sealed as one JSON object; none leaves the column `None`.
 pub fn seal_tokens(
     vault: &Vault,
     connection: ConnectionId,
@@ -118,7 +124,43 @@ pub fn seal_tokens(
             .transpose()?,
         access_token_expires_at: Some(tokens.expires_at),
         refresh_due_at: Some(tokens.issued_at + due_after),
+        grant_values: seal_values(vault, connection, &tokens.kept)?,
     })
+}
+
+fn seal_values(
+    vault: &Vault,
+    connection: ConnectionId,
+    values: &BTreeMap<String, SecretString>,
+) -> Result<Option<Vec<u8>>, VaultError> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let object: BTreeMap<&str, &str> = values
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.expose_secret()))
+        .collect();
+    let text = SecretString::from(serde_json::to_string(&object).unwrap_or_default());
+    vault
+        .seal(&seal_context(connection, GRANT_VALUES), &text)
+        .map(Some)
+}
+
+/// The values a connection's grant came with, opened.
+fn open_values(
+    vault: &Vault,
+    connection: &ConnectionRecord,
+) -> Result<BTreeMap<String, SecretString>, TokenError> {
+    let Some(sealed) = &connection.tokens.grant_values else {
+        return Ok(BTreeMap::new());
+    };
+    let text = vault.open(&seal_context(connection.id, GRANT_VALUES), sealed)?;
+    let object: BTreeMap<String, String> = serde_json::from_str(text.expose_secret())
+        .map_err(|_| StoreError::Corrupt(format!("connection {}: grant values", connection.id)))?;
+    Ok(object
+        .into_iter()
+        .map(|(name, value)| (name, SecretString::from(value)))
+        .collect())
 }
 
 /// Hands out usable access tokens, refreshing them when they are about to expire.
@@ -146,6 +188,29 @@ fn fresh(tokens: &TokenColumns, now: DateTime<Utc>) -> bool {
 }
 
 impl TokenService {
+    /// What the connection's requests carry: a valid access token (see
+    /// [`Self::access_token`]) and the values its grant came with.
+    pub async fn grant(&self, connection: &ConnectionRecord) -> Result<Grant, TokenError> {
+        if fresh(&connection.tokens, Utc::now()) {
+            return Ok(Grant {
+                access_token: self.access_token(connection).await?,
+                values: open_values(&self.vault, connection)?,
+            });
+        }
+        self.refreshed_grant(connection).await
+    }
+
+    /// Refreshes the tokens `seen` holds (see [`Self::refreshed_token`]) and returns
+    /// the grant as stored after the refresh, with whatever values it brought.
+    pub async fn refreshed_grant(&self, seen: &ConnectionRecord) -> Result<Grant, TokenError> {
+        let access_token = self.refreshed_token(seen).await?;
+        let current = self.store.connection(seen.id).await?;
+        Ok(Grant {
+            access_token,
+            values: open_values(&self.vault, &current)?,
+        })
+    }
+
     /// A valid access token for the connection. An expired or nearly expired token
     /// is refreshed first (see [`Self::refreshed_token`]). A refused grant is
     /// `ReauthRequired`; the caller records it on the connection.
@@ -324,6 +389,13 @@ impl TokenService {
                 return Err(e.into());
             }
         };
+        let mut tokens = tokens;
+        if !tokens.kept.is_empty() {
+            // What this response left out is still the grant's.
+            let mut values = open_values(&self.vault, &current)?;
+            values.append(&mut tokens.kept);
+            tokens.kept = values;
+        }
         let columns = seal_tokens(&self.vault, current.id, &tokens, self.refresh_at_fraction)?;
         // The institution may already have retired the old refresh token: the new
         // one must reach the database before anything uses the new access token,

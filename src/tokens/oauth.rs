@@ -4,17 +4,22 @@
 //! quirks) before `oauth2` parses them, and its errors are reduced to text that can
 //! never carry a token.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::basic::{
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
+    BasicTokenIntrospectionResponse, BasicTokenType,
+};
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
     EndpointSet, HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
+    RefreshToken, RequestTokenError, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::connectors::{ClientAuth, Connector, TokenResponseSpec};
@@ -22,7 +27,34 @@ use crate::connectors::{ClientAuth, Connector, TokenResponseSpec};
 /// The longest access-token lifetime believed.
 const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
 
-type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+/// A token response: RFC 6749's fields and whatever else the institution sent.
+type Granted = oauth2::StandardTokenResponse<OtherFields, BasicTokenType>;
+
+type Client = oauth2::Client<
+    BasicErrorResponse,
+    Granted,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// The fields of a token response beside RFC 6749's, of which the connector keeps
+/// those it names (`[auth.token_response] keep`). Printed by name only.
+#[derive(Clone, Default, Deserialize, Serialize)]
+pub struct OtherFields(BTreeMap<String, Value>);
+
+impl oauth2::ExtraTokenFields for OtherFields {}
+
+impl std::fmt::Debug for OtherFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 /// Tokens as granted or refreshed.
 pub struct TokenSet {
@@ -32,6 +64,9 @@ pub struct TokenSet {
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub scopes: Option<String>,
+    /// The fields the connector keeps (`[auth.token_response] keep`) that this
+    /// response carried, as text.
+    pub kept: BTreeMap<String, SecretString>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -39,6 +74,7 @@ impl std::fmt::Debug for TokenSet {
         f.debug_struct("TokenSet")
             .field("expires_at", &self.expires_at)
             .field("scopes", &self.scopes)
+            .field("kept", &self.kept.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -87,7 +123,7 @@ impl OAuthClient {
         http: reqwest::Client,
     ) -> Self {
         let auth = &connector.auth;
-        let client = BasicClient::new(ClientId::new(auth.client_id.clone()))
+        let client: Client = oauth2::Client::new(ClientId::new(auth.client_id.clone()))
             .set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()))
             .set_auth_uri(AuthUrl::from_url(auth.authorize_url.clone()))
             .set_token_uri(TokenUrl::from_url(auth.token_url.clone()))
@@ -233,7 +269,7 @@ impl OAuthClient {
         Err(OAuthError::Rejected(code))
     }
 
-    fn token_set(&self, response: &oauth2::basic::BasicTokenResponse) -> TokenSet {
+    fn token_set(&self, response: &Granted) -> TokenSet {
         let lifetime = response
             .expires_in()
             .unwrap_or(Duration::from_secs(self.quirks.default_lifetime_secs));
@@ -255,6 +291,7 @@ impl OAuthClient {
                     .collect::<Vec<_>>()
                     .join(" ")
             }),
+            kept: kept(&self.quirks.keep, response.extra_fields()),
         }
     }
 
@@ -269,6 +306,22 @@ impl OAuthClient {
         let quirks = self.quirks.clone();
         move |request| Box::pin(send(http.clone(), quirks.clone(), request, token_endpoint))
     }
+}
+
+/// The kept fields a response carried: text as it is, numbers and booleans as
+/// written; an empty, null or structured value is not kept.
+fn kept(keep: &[String], fields: &OtherFields) -> BTreeMap<String, SecretString> {
+    keep.iter()
+        .filter_map(|name| {
+            let text = match fields.0.get(name)? {
+                Value::String(s) if !s.trim().is_empty() => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            Some((name.clone(), SecretString::from(text)))
+        })
+        .collect()
 }
 
 /// How long one request to an institution's OAuth endpoints may take.
@@ -382,6 +435,7 @@ mod tests {
             default_lifetime_secs: 900,
             default_token_type: "Bearer".into(),
             nested_under: None,
+            keep: Vec::new(),
         }
     }
 
@@ -404,6 +458,25 @@ mod tests {
         assert_eq!(v["expires_in"], Value::from(900u64));
         assert_eq!(v["token_type"], Value::from("Bearer"));
         assert_eq!(v["extra"]["x"], Value::from(1u64));
+    }
+
+    #[test]
+    fn kept_fields_are_text_and_only_those_named() {
+        let fields: OtherFields = serde_json::from_str(
+            r#"{"consent_id":"c-1","arrangement":42,"empty":"","nested":{"a":1},"other":"x"}"#,
+        )
+        .unwrap();
+        let names = ["consent_id", "arrangement", "empty", "nested", "absent"].map(String::from);
+        let kept = kept(&names, &fields);
+        let shown: Vec<(&str, &str)> = kept
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose_secret()))
+            .collect();
+        assert_eq!(shown, [("arrangement", "42"), ("consent_id", "c-1")]);
+        assert!(
+            !format!("{fields:?}").contains("c-1"),
+            "values are never printed"
+        );
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! is replaced only if it still holds what was read, so a refresh that committed
 //! meanwhile (already sealed with the current key) is never overwritten.
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, TokenColumns};
 use crate::vault::{Vault, VaultError, seal_context, webhook_secret_context};
+
+use super::GRANT_VALUES;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -43,7 +45,7 @@ pub async fn reseal_all(store: &Store, vault: &Vault) -> Result<RotateReport, Ro
     let mut report = RotateReport::default();
     for connection in store.sealed_connections().await? {
         let old = &connection.tokens;
-        if !stale(&old.access_token) && !stale(&old.refresh_token) {
+        if !stale(&old.access_token) && !stale(&old.refresh_token) && !stale(&old.grant_values) {
             report.current += 1;
             continue;
         }
@@ -55,21 +57,23 @@ pub async fn reseal_all(store: &Store, vault: &Vault) -> Result<RotateReport, Ro
                     .map(|s| vault.seal(&context, &vault.open(&context, s)?))
                     .transpose()
             };
-        let (access, refresh) = match (
-            reseal("access_token", &old.access_token),
-            reseal("refresh_token", &old.refresh_token),
-        ) {
-            (Ok(access), Ok(refresh)) => (access, refresh),
-            (Err(e), _) | (_, Err(e)) => {
+        let resealed = (|| {
+            Ok::<_, VaultError>(TokenColumns {
+                access_token: reseal("access_token", &old.access_token)?,
+                refresh_token: reseal("refresh_token", &old.refresh_token)?,
+                grant_values: reseal(GRANT_VALUES, &old.grant_values)?,
+                ..old.clone()
+            })
+        })();
+        let new = match resealed {
+            Ok(new) => new,
+            Err(e) => {
                 tracing::error!(connection = %connection.id, error = %e, "Tokens no configured key opens; left as they are.");
                 report.unreadable += 1;
                 continue;
             }
         };
-        if store
-            .reseal_tokens(connection.id, old, access, refresh)
-            .await?
-        {
+        if store.reseal_tokens(connection.id, old, new).await? {
             report.connections += 1;
         } else {
             report.skipped += 1;

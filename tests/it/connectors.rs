@@ -255,6 +255,8 @@ const FRAGMENTS: &[&str] = &[
     "joins = { s = { list = \"$\", key = \"x\", on = \"$.k\" } }",
     "[endpoints.details.x]",
     "headers = { Authorization = \"x\", \"bad name\" = \"{uuid\" }",
+    "headers = { Consent-ID = { connection = \"consent_id\" } }",
+    "[auth.token_response]\nkeep = [\"consent_id\", \"access_token\", \"\"]",
 ];
 
 proptest! {

@@ -11,7 +11,13 @@ use finsync_sandbox::Institution;
 use finsync_sandbox::data::Portfolio;
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::support::{TestApp, unique};
+use finsync::sync::SyncConnection;
+use finsync::tokens::{GRANT_VALUES, rotate};
+use finsync::vault::{Vault, seal_context};
+use sea_orm::ConnectionTrait;
+use secrecy::ExposeSecret;
+
+use crate::support::{TestApp, VAULT_KEY, unique};
 
 fn dec(text: &str) -> Decimal {
     Decimal::from_str(text).unwrap()
@@ -219,6 +225,96 @@ async fn a_northwind_user_is_stored_with_every_digit_from_the_fixture_connector(
         "some amounts carry more than cents"
     );
     assert_matches_view(&stored, &portfolio, &view);
+}
+
+/// Northwind binds every data request to the grant's consent (`Consent-ID`, named in
+/// the token response): the connector keeps it, sealed like the tokens, and sends it;
+/// a connection that lacks it (linked before the connector kept it) gets it back from
+/// a refresh on its next sync, without the user.
+#[tokio::test]
+async fn a_consent_id_from_the_token_response_is_kept_sealed_and_sent_with_every_request() {
+    let dir = ConnectorDir(std::env::temp_dir().join(unique("finsync-connectors")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/connectors/northwind.toml"),
+        dir.0.join("northwind.toml"),
+    )
+    .unwrap();
+    let app = TestApp::builder()
+        .postgres()
+        .with(|settings| settings.connectors.dir = dir.0.clone())
+        .tenant("advisor")
+        .build()
+        .await;
+    let sandbox = app.sandbox();
+    let ctx = &app.app.ctx;
+    let tenant = app.tenant();
+    // Every request of this sync carried the consent: without it Northwind answers 400.
+    let connection = app
+        .link_and_sync_at(tenant.id, "demo-bob", "northwind")
+        .await;
+    let record = ctx.store.connection(connection).await.unwrap();
+    assert!(record.tokens.grant_values.is_some(), "the consent is kept");
+    let grant = ctx.tokens.grant(&record).await.unwrap();
+    let consent = grant.values["consent_id"].expose_secret().to_owned();
+    assert!(
+        consent.starts_with("nwcu_consent_") && sandbox.issued_tokens().contains(&consent),
+        "the kept value is the consent Northwind granted"
+    );
+
+    // Linked before the connector kept the consent: the next sync refreshes once, and
+    // the refresh brings the grant's consent back.
+    ctx.store
+        .db()
+        .execute_unprepared(&format!(
+            "UPDATE connections SET grant_values = NULL WHERE id = '{connection}'"
+        ))
+        .await
+        .unwrap();
+    let refreshes = sandbox.stats().refreshes;
+    let since = chrono::Utc::now();
+    let job = SyncConnection {
+        connection_id: connection,
+        idempotency_key: "test:consent-back".into(),
+    };
+    crate::support::request_sync(&ctx.queue, job).await;
+    app.wait_synced(connection, since).await;
+    assert_eq!(sandbox.stats().refreshes - refreshes, 1, "one refresh");
+    let record = ctx.store.connection(connection).await.unwrap();
+    let grant = ctx.tokens.grant(&record).await.unwrap();
+    assert_eq!(grant.values["consent_id"].expose_secret(), consent);
+
+    // Sealed at rest and never logged.
+    let dump = crate::support::dump_database(&ctx.store).await;
+    let logs = crate::support::captured_logs();
+    for secret in sandbox.issued_tokens() {
+        assert!(
+            !dump.contains(&secret),
+            "a token or consent id is in the database in the clear"
+        );
+        assert!(!logs.contains(&secret), "a token or consent id was logged");
+    }
+
+    // A new vault key reseals the kept consent with the tokens.
+    let new_key = Vault::generate_key();
+    let mut ring = Vault::single(new_key.expose_secret()).unwrap();
+    ring.add_key(VAULT_KEY).unwrap();
+    let report = rotate::reseal_all(&ctx.store, &ring).await.unwrap();
+    assert_eq!(report.connections, 1);
+    let sealed = ctx
+        .store
+        .connection(connection)
+        .await
+        .unwrap()
+        .tokens
+        .grant_values
+        .unwrap();
+    let opened = Vault::single(new_key.expose_secret())
+        .unwrap()
+        .open(&seal_context(connection, GRANT_VALUES), &sealed)
+        .unwrap();
+    assert!(opened.expose_secret().contains(&consent));
 }
 
 /// Keystone's money: a string with exactly 4 decimals, rounded half away from zero.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use finsync::connectors::Engine;
+use finsync::connectors::engine::Grant;
 use finsync::domain::ConnectionId;
 use finsync::resilience::{BreakerPolicy, Outcome, Quota, Refusal, Resilience};
 use finsync::sync::SyncConnection;
@@ -286,7 +287,7 @@ description = {{ path = "$.id" }}
         )
     };
     let (one, two) = (worker(), worker());
-    let token = SecretString::from("token");
+    let token = Grant::bearer(SecretString::from("token"));
     let (a, b) = tokio::join!(
         one.fetch(&connector, &token, None),
         two.fetch(&connector, &token, None)

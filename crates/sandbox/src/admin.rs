@@ -309,10 +309,12 @@ mod tests {
             .await;
         let access = tokens["access_token"].as_str().expect("token");
         let refresh = tokens["refresh_token"].as_str().expect("token");
+        let consent = tokens["consent_id"].as_str().expect("consent");
         let fetch = |token: String| {
             sandbox
                 .get("/northwind/v1/accounts")
                 .bearer_auth(token)
+                .header("Consent-ID", consent)
                 .send()
         };
         assert_eq!(
@@ -339,6 +341,10 @@ mod tests {
             .await;
         assert_eq!(refreshed.status(), 200);
         let refreshed: serde_json::Value = refreshed.json().await.expect("json");
+        assert_eq!(
+            refreshed["consent_id"], consent,
+            "a refresh keeps the consent"
+        );
         let access = refreshed["access_token"]
             .as_str()
             .expect("token")

@@ -1,7 +1,9 @@
 //! Bearer authentication (RFC 6750) as every institution's data API does it: the token
 //! from the `Authorization` header (or, for an API that takes it in the request body,
 //! from there), resolved against the institution's grants and checked for the
-//! endpoint's scope. Each institution words its refusals its own way.
+//! endpoint's scope, and, where the institution binds data requests to a consent, the
+//! `Consent-ID` header checked against the token's grant. Each institution words its
+//! refusals its own way.
 
 use std::time::Instant;
 
@@ -26,6 +28,30 @@ pub(super) fn authorize(
 ) -> Result<Bearer, Denied> {
     let token = bearer_token(headers).ok_or(Denied::InvalidToken)?;
     authorize_token(grants, token, scope)
+}
+
+/// Why a request did not repeat its grant's consent (`Consent-ID`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConsentDenied {
+    /// No `Consent-ID` header: the client's format error.
+    Missing,
+    /// A consent other than the one the token's grant stands on.
+    Other,
+}
+
+/// Whether the request's `Consent-ID` header names the consent `bearer` stands on.
+pub(super) fn consent(bearer: &Bearer, headers: &HeaderMap) -> Result<(), ConsentDenied> {
+    let sent = headers
+        .get("consent-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or(ConsentDenied::Missing)?;
+    if super::grants::constant_time_eq(sent.as_bytes(), bearer.consent_id.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ConsentDenied::Other)
+    }
 }
 
 /// The user and scopes behind `token`, if it may read `scope`.

@@ -145,6 +145,8 @@ pub(super) struct IssuedTokens {
     pub(super) refresh_token: String,
     pub(super) expires_in: Duration,
     pub(super) scopes: ScopeSet,
+    /// The grant's consent: one per authorization, the same on every refresh.
+    pub(super) consent_id: String,
 }
 
 /// Who an access token speaks for.
@@ -152,6 +154,8 @@ pub(super) struct IssuedTokens {
 pub(super) struct Bearer {
     pub(super) user_id: String,
     pub(super) scopes: ScopeSet,
+    /// The consent the token's grant stands on.
+    pub(super) consent_id: String,
 }
 
 /// Why a grant request failed; each maps to an RFC 6749 §5.2 error code.
@@ -182,6 +186,7 @@ struct Grant {
     client_id: String,
     user_id: String,
     scopes: ScopeSet,
+    consent_id: String,
 }
 
 struct AccessToken {
@@ -210,6 +215,8 @@ struct Inner {
     /// Every access and refresh token ever issued, in issue order, for tests that prove
     /// no token leaks. Only grows; the sandbox is short-lived.
     issued: Vec<String>,
+    /// Every grant's consent id, in issue order, likewise.
+    consents: Vec<String>,
     next_grant: GrantId,
 }
 
@@ -274,6 +281,11 @@ impl Inner {
             refresh_token,
             expires_in: policy.access_token_ttl,
             scopes,
+            consent_id: self
+                .grants
+                .get(&grant)
+                .map(|g| g.consent_id.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -388,12 +400,15 @@ impl GrantStore {
         }
         let grant = inner.next_grant;
         inner.next_grant += 1;
+        let consent_id = random_token(self.policy.token_prefix, "consent_");
+        inner.consents.push(consent_id.clone());
         inner.grants.insert(
             grant,
             Grant {
                 client_id: approval.client_id,
                 user_id: approval.user_id,
                 scopes: approval.scopes,
+                consent_id,
             },
         );
         inner.spent_codes.insert(
@@ -510,6 +525,11 @@ impl GrantStore {
         self.lock().issued.clone()
     }
 
+    /// Every grant's consent id, in issue order.
+    pub(super) fn issued_consents(&self) -> Vec<String> {
+        self.lock().consents.clone()
+    }
+
     /// Revokes every grant, as a user withdrawing consent everywhere at once would; returns
     /// how many there were.
     pub(super) fn revoke_all(&self) -> usize {
@@ -545,6 +565,7 @@ impl GrantStore {
         Some(Bearer {
             user_id: grant.user_id.clone(),
             scopes: token.scopes,
+            consent_id: grant.consent_id.clone(),
         })
     }
 }

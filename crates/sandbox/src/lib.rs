@@ -365,13 +365,19 @@ impl Sandbox {
     }
 
     /// Every access and refresh token this sandbox ever issued, whether still valid or
-    /// not, for tests that prove no token leaks: institution by institution, each in
-    /// issue order. The list only grows.
+    /// not, and the consent ids it handed out with them, for tests that prove no token
+    /// leaks: institution by institution, each in issue order. The list only grows.
     pub fn issued_tokens(&self) -> Vec<String> {
         self.state
             .servers
             .iter()
-            .flat_map(|server| server.grants.issued_tokens())
+            .flat_map(|server| {
+                let consents = match server.profile.consent_ids {
+                    true => server.grants.issued_consents(),
+                    false => Vec::new(),
+                };
+                server.grants.issued_tokens().into_iter().chain(consents)
+            })
             .collect()
     }
 

@@ -61,6 +61,9 @@ pub(super) struct Profile {
     /// challenge that is sent is still checked at the token endpoint.
     pub(super) pkce_required: bool,
     pub(super) token_quirks: TokenQuirks,
+    /// Whether token responses carry the grant's `consent_id` (see
+    /// [`crate::institutions::OAuthRules::consent_ids`]).
+    pub(super) consent_ids: bool,
 }
 
 /// An authorization server: its profile, its grants, and the sandbox's shared counters.
@@ -109,6 +112,7 @@ impl AuthServer {
                 scope_separator: rules.scope_separator,
                 pkce_required: rules.pkce_required,
                 token_quirks,
+                consent_ids: rules.consent_ids,
             },
             grants: GrantStore::new(GrantPolicy {
                 token_prefix: spec.prefix,
@@ -674,6 +678,8 @@ struct TokenResponse {
     expires_in: Option<ExpiresIn>,
     refresh_token: String,
     scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consent_id: Option<String>,
     #[serde(flatten)]
     extra: Option<ExtraFields>,
 }
@@ -717,6 +723,7 @@ impl TokenResponse {
             expires_in,
             refresh_token: tokens.refresh_token,
             scope: tokens.scopes.joined(profile.scope_separator),
+            consent_id: profile.consent_ids.then_some(tokens.consent_id),
             extra: quirks.extra_fields.then_some(ExtraFields {
                 id_token_hint: "x",
                 meta: ExtraMeta {

@@ -90,6 +90,7 @@ impl Validator {
                 "must be at least 1",
             );
         }
+        self.kept_values(&spec.token_response.keep);
         if let Some(grace) = spec.refresh_token_reuse_grace_secs {
             let path = "auth.refresh_token_reuse_grace_secs";
             if !spec.rotating_refresh_tokens {
@@ -139,7 +140,81 @@ impl Validator {
             access_token_param: spec.access_token_param.clone(),
         })
     }
+
+    /// `[auth.token_response] keep`: names of fields beside the tokens, each once.
+    fn kept_values(&mut self, keep: &[String]) {
+        let mut seen = BTreeSet::new();
+        for (i, name) in keep.iter().enumerate() {
+            let at = format!("auth.token_response.keep[{i}]");
+            if name.trim().is_empty() {
+                self.report(
+                    at,
+                    "must name a field of the token response, e.g. consent_id",
+                );
+            } else if STANDARD_TOKEN_FIELDS.contains(&name.as_str()) {
+                self.report(
+                    at,
+                    format!("`{name}` is one of the OAuth token response's own fields, which finsync reads itself; tokens are never sent as header values"),
+                );
+            } else if !seen.insert(name.as_str()) {
+                self.report(at, format!("`{name}` is listed twice"));
+            }
+        }
+    }
+
+    /// Every `{ connection = "…" }` header names a value the grant keeps.
+    pub(super) fn connection_headers(&mut self, spec: &ConnectorFile) {
+        let keep = &spec.auth.token_response.keep;
+        let endpoints = [("accounts".to_owned(), &spec.endpoints.accounts)]
+            .into_iter()
+            .chain(
+                spec.endpoints
+                    .holdings
+                    .iter()
+                    .map(|e| ("holdings".to_owned(), e)),
+            )
+            .chain(
+                spec.endpoints
+                    .transactions
+                    .iter()
+                    .map(|e| ("transactions".to_owned(), e)),
+            )
+            .chain(
+                spec.endpoints
+                    .details
+                    .iter()
+                    .map(|(n, e)| (format!("details.{n}"), e)),
+            );
+        let tables = [("headers".to_owned(), &spec.headers)]
+            .into_iter()
+            .chain(endpoints.map(|(name, e)| (format!("endpoints.{name}.headers"), &e.headers)));
+        for (table, headers) in tables {
+            for (key, header) in headers {
+                if let HeaderSpec::Connection(value) = header
+                    && !keep.contains(&value.connection)
+                {
+                    self.report(
+                        format!("{table}.{key}.connection"),
+                        format!(
+                            "`{}` is not a value the connection keeps: add it to `keep` under [auth.token_response]",
+                            value.connection
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
+
+/// RFC 6749 §5.1's fields (and OpenID Connect's `id_token`).
+const STANDARD_TOKEN_FIELDS: [&str; 6] = [
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "token_type",
+    "expires_in",
+    "scope",
+];
 
 #[cfg(test)]
 mod tests {
@@ -216,6 +291,48 @@ mod tests {
             "base_url",
             "not an absolute URL",
         );
+    }
+
+    #[test]
+    fn a_connection_header_names_a_value_the_grant_keeps_and_never_a_token() {
+        let login = "login_hint_param = \"login_hint\"";
+        let keeping = |keep: &str, header: &str| {
+            changed(
+                HARBOR,
+                login,
+                &format!(
+                    "{login}\n\n[auth.token_response]\nkeep = {keep}\n\n[headers]\n{header}\n"
+                ),
+            )
+        };
+        assert!(
+            problems(&keeping(
+                "[\"consent_id\"]",
+                "Consent-ID = { connection = \"consent_id\" }"
+            ))
+            .is_empty()
+        );
+        let found = problems(&keeping(
+            "[\"access_token\", \"consent_id\", \"consent_id\", \" \"]",
+            "Consent-ID = { connection = \"consentId\" }",
+        ));
+        has(
+            &found,
+            "auth.token_response.keep[0]",
+            "never sent as header values",
+        );
+        has(&found, "auth.token_response.keep[2]", "listed twice");
+        has(&found, "auth.token_response.keep[3]", "must name a field");
+        has(
+            &found,
+            "headers.Consent-ID.connection",
+            "add it to `keep` under [auth.token_response]",
+        );
+        let found = problems(&keeping(
+            "[\"consent_id\"]",
+            "Consent-ID = { connect = \"consent_id\" }",
+        ));
+        has(&found, "headers.Consent-ID", "`{ connection = \"name\" }`");
     }
 
     #[test]

@@ -242,6 +242,8 @@ impl Validator {
                         self.secret_env(&at, &secret.env);
                         Header::Secret(secret.env.clone())
                     }
+                    // Checked against `auth.token_response.keep` with the whole file.
+                    HeaderSpec::Connection(value) => Header::Connection(value.connection.clone()),
                     HeaderSpec::Text(raw) => {
                         let Some(template) = self.template(&at, raw) else {
                             continue;

@@ -9,7 +9,7 @@ mod webhooks;
 
 use self::shape::offending_key;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
@@ -357,6 +357,7 @@ impl Validator {
                 );
             }
         }
+        self.connection_headers(spec);
         if spec.auth.access_token_param.is_some() {
             let endpoints = [Some(&spec.endpoints.accounts)]
                 .into_iter()

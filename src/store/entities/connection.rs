@@ -20,6 +20,8 @@ pub struct Model {
     pub refresh_token: Option<Vec<u8>>,
     pub access_token_expires_at: Option<DateTimeUtc>,
     pub refresh_due_at: Option<DateTimeUtc>,
+    /// Vault ciphertext of the values kept from the token response.
+    pub grant_values: Option<Vec<u8>>,
     pub token_lease_owner: Option<String>,
     pub token_lease_until: Option<DateTimeUtc>,
     /// Set while a refresh's outcome is unknown (see the migration that added it).

@@ -100,9 +100,7 @@ impl fmt::Display for Institution {
 
 /// An id that names no sandbox institution.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "no sandbox institution {0:?}; they are meridian, harbor, keystone, northwind and pinecrest"
-)]
+#[error("no sandbox institution {name:?}; they are {}", Institution::ALL.map(Institution::id).join(", "), name = .0)]
 pub struct UnknownInstitution(pub String);
 
 impl FromStr for Institution {
@@ -163,6 +161,10 @@ pub(crate) struct OAuthRules {
     pub(crate) pkce_required: bool,
     pub(crate) token_shape: TokenShape,
     pub(crate) refresh_tokens: RefreshTokens,
+    /// Whether each grant stands on a consent whose id the token responses carry
+    /// (`consent_id`, the same on every refresh) and every data request must repeat
+    /// in a `Consent-ID` header, as PSD2 banks have it.
+    pub(crate) consent_ids: bool,
 }
 
 /// The shape of an institution's successful token responses.

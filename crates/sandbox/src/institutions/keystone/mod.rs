@@ -40,6 +40,7 @@ pub(crate) static SPEC: InstitutionSpec = InstitutionSpec {
             ..TokenQuirks::STANDARD
         }),
         refresh_tokens: RefreshTokens::Keep,
+        consent_ids: false,
     },
     data: DataRules {
         salted_seed: true,

@@ -38,6 +38,7 @@ pub(crate) static SPEC: InstitutionSpec = InstitutionSpec {
         refresh_tokens: RefreshTokens::Rotate {
             grace: Duration::ZERO,
         },
+        consent_ids: false,
     },
     data: DataRules {
         salted_seed: false,

@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::bearer::{self, Denied};
+use crate::bearer::{self, ConsentDenied, Denied};
 use crate::data::Portfolio;
 use crate::grants::Scope;
 use crate::{AppState, Institution, Stats};
@@ -211,6 +211,17 @@ fn serve(
                     format!("the access token lacks the {scope} scope"),
                 ),
             })?;
+        bearer::consent(&bearer, headers).map_err(|denied| match denied {
+            ConsentDenied::Missing => refuse(
+                StatusCode::BAD_REQUEST,
+                "the Consent-ID header is required: send the consent_id of the token response"
+                    .to_owned(),
+            ),
+            ConsentDenied::Other => refuse(
+                StatusCode::UNAUTHORIZED,
+                "the Consent-ID is not the consent this access token was granted on".to_owned(),
+            ),
+        })?;
         let Query(query) =
             query.map_err(|rejection| refuse(StatusCode::BAD_REQUEST, rejection.body_text()))?;
         let page = positive(query.page.as_deref(), "page", 1, usize::MAX)?;
@@ -303,6 +314,7 @@ mod tests {
             )
             .await;
         let token = tokens["access_token"].as_str().expect("token");
+        let consent = tokens["consent_id"].as_str().expect("consent");
         let (accounts, transactions) =
             view(&sandbox.portfolio(Institution::Northwind, "demo-alice"));
 
@@ -313,6 +325,7 @@ mod tests {
             let response = sandbox
                 .get("/northwind/v1/transactions")
                 .bearer_auth(token)
+                .header("Consent-ID", consent)
                 .query(&[("page", page.to_string()), ("per_page", "4".to_owned())])
                 .send()
                 .await
@@ -352,6 +365,7 @@ mod tests {
         let response = sandbox
             .get("/northwind/v1/accounts")
             .bearer_auth(token)
+            .header("Consent-ID", consent)
             .send()
             .await
             .expect("request");
@@ -365,16 +379,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn data_requests_repeat_the_consent_of_their_grant() {
+        let sandbox = TestSandbox::start().await;
+        let mut granted = Vec::new();
+        for user in ["demo-alice", "demo-bob"] {
+            granted.push(
+                sandbox
+                    .link_at(Institution::Northwind, user, "accounts")
+                    .await,
+            );
+        }
+        let (alice, bob) = (&granted[0], &granted[1]);
+        let consent =
+            |tokens: &serde_json::Value| tokens["consent_id"].as_str().expect("consent").to_owned();
+        assert!(consent(alice).starts_with("nwcu_consent_"));
+        assert_ne!(consent(alice), consent(bob), "a consent per grant");
+        let fetch = |consent: Option<String>| {
+            let mut request = sandbox
+                .get("/northwind/v1/accounts")
+                .bearer_auth(alice["access_token"].as_str().expect("token"));
+            if let Some(consent) = consent {
+                request = request.header("Consent-ID", consent);
+            }
+            request.send()
+        };
+        assert_eq!(
+            fetch(Some(consent(alice))).await.expect("request").status(),
+            200
+        );
+        let missing = fetch(None).await.expect("request");
+        assert_eq!(missing.status(), 400);
+        assert!(missing.text().await.expect("body").contains("Consent-ID"));
+        assert_eq!(
+            fetch(Some(consent(bob))).await.expect("request").status(),
+            401
+        );
+        sandbox.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn bad_pages_are_refused() {
         let sandbox = TestSandbox::start().await;
         let tokens = sandbox
             .link_at(Institution::Northwind, "demo-bob", "accounts")
             .await;
         let token = tokens["access_token"].as_str().expect("token");
+        let consent = tokens["consent_id"].as_str().expect("consent");
         for query in [[("page", "0")], [("per_page", "101")], [("page", "x")]] {
             let response = sandbox
                 .get("/northwind/v1/accounts")
                 .bearer_auth(token)
+                .header("Consent-ID", consent)
                 .query(&query)
                 .send()
                 .await
@@ -384,6 +439,7 @@ mod tests {
         let forbidden = sandbox
             .get("/northwind/v1/transactions")
             .bearer_auth(token)
+            .header("Consent-ID", consent)
             .send()
             .await
             .expect("request");

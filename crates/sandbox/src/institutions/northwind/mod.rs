@@ -1,5 +1,5 @@
-//! Northwind Credit Union: page-number paging, JSON numbers, epoch-millisecond dates and a
-//! standard OAuth server.
+//! Northwind Credit Union: page-number paging, JSON numbers, epoch-millisecond dates, a
+//! standard OAuth server, and data requests bound to the grant's consent.
 //!
 //! This module is Northwind's profile ([`SPEC`]) and its description; [`api`] is its data
 //! API.
@@ -35,6 +35,7 @@ pub(crate) static SPEC: InstitutionSpec = InstitutionSpec {
         refresh_tokens: RefreshTokens::Rotate {
             grace: Duration::from_secs(1800),
         },
+        consent_ids: true,
     },
     data: DataRules {
         salted_seed: true,
@@ -57,6 +58,7 @@ fn describe(config: &SandboxConfig) -> String {
     format!(
         "Northwind Credit Union (institution id `northwind`, client `{client}`)\n\
          \x20 OAuth: standard; PKCE S256 required, space-separated scopes `accounts transactions`, refresh tokens rotate, a replaced one still accepted for 30 minutes.\n\
+         \x20 Each grant stands on a consent: token responses carry its `consent_id`, which every data request repeats as `Consent-ID` (400 without it, 401 for another).\n\
          \x20 GET  /northwind/v1/accounts       scope `accounts`\n\
          \x20 GET  /northwind/v1/transactions   scope `transactions`\n\
          \x20 Pages by `page` (from 1) and `per_page` (1..=100, default 25): {{\"items\": [...], \"page\": 1, \"total_pages\": 3}}.\n\

@@ -39,6 +39,7 @@ pub(crate) static SPEC: InstitutionSpec = InstitutionSpec {
         refresh_tokens: RefreshTokens::Rotate {
             grace: Duration::from_secs(30),
         },
+        consent_ids: false,
     },
     data: DataRules {
         salted_seed: true,
