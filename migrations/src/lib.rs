@@ -19,6 +19,7 @@ mod m20261204_000008_annotated_transactions;
 mod m20261205_000009_connection_sync_state;
 mod m20261205_000010_recovery;
 mod m20261205_000011_grant_values;
+mod m20261205_000012_unread_accounts;
 
 pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000009_connection_sync_state::Migration),
             Box::new(m20261205_000010_recovery::Migration),
             Box::new(m20261205_000011_grant_values::Migration),
+            Box::new(m20261205_000012_unread_accounts::Migration),
         ]
     }
 }

@@ -18,7 +18,7 @@ use super::error::ErrorBody;
 use super::extract::{Json, Path};
 use super::read::user_id;
 use super::{ApiError, ApiState};
-use crate::store::Scope;
+use crate::store::{Scope, unread_accounts};
 use crate::sync::requests::{self, RequestError, RequestProgress, RequestState};
 
 pub fn routes() -> Router<ApiState> {
@@ -72,6 +72,22 @@ pub(super) struct ConnectionSync {
     /// Whether the run re-read the whole history the institution offers (a first
     /// sync, or the periodic deep sync that finds what it deleted long ago).
     deep: Option<bool>,
+    /// Accounts whose data the institution could not serve this time, though the
+    /// others synced: what is stored of them stays as the last sync that read them
+    /// left it, and the next sync tries again.
+    accounts_unread: Vec<UnreadAccountView>,
+}
+
+/// One account whose data a sync could not read.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct UnreadAccountView {
+    /// The account's `id`, as the portfolio shows it.
+    account_id: String,
+    /// What could not be read: `transactions`, `holdings`, or `details.<name>` (the
+    /// account's balances and details).
+    endpoint: String,
+    /// A stable code (`INSTITUTION_UNAVAILABLE`, `INSTITUTION_ERROR`) and a message.
+    reason: String,
 }
 
 /// Requests a fresh sync of every active connection of the user. Answers 202 with
@@ -208,6 +224,16 @@ impl From<RequestProgress> for SyncStatus {
                     unchanged: run.map(|r| r.unchanged),
                     quarantined: run.map(|r| r.quarantined),
                     deep: run.map(|r| r.deep),
+                    accounts_unread: run
+                        .map(unread_accounts)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|u| UnreadAccountView {
+                            account_id: u.account_id,
+                            endpoint: u.endpoint,
+                            reason: u.reason,
+                        })
+                        .collect(),
                 }
             })
             .collect();

@@ -141,7 +141,36 @@ pub struct AccountFailure {
     pub account: String,
     /// `details.<name>`, `holdings` or `transactions`.
     pub endpoint: String,
+    /// The whole story, for logs and admins.
     pub reason: String,
+    pub trouble: Trouble,
+}
+
+/// What kind of failure kept an account's data from being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    /// No answer, or a retry status, after the retries.
+    Unavailable,
+    /// The institution refused the request with this status.
+    Refused(u16),
+    /// The answer could not be used.
+    Unreadable,
+}
+
+impl AccountFailure {
+    fn new(account: &str, endpoint: String, error: &EngineError) -> Self {
+        let trouble = match error {
+            EngineError::Rejected { status, .. } => Trouble::Refused(*status),
+            EngineError::Unreadable(_) => Trouble::Unreadable,
+            _ => Trouble::Unavailable,
+        };
+        Self {
+            account: account.to_owned(),
+            endpoint,
+            reason: error.to_string(),
+            trouble,
+        }
+    }
 }
 
 /// Everything fetched for one connection, mapped.
@@ -543,10 +572,8 @@ impl Engine {
             if !endpoint.asks_for(&parent.record) {
                 continue;
             }
-            let failed = |reason: String| AccountFailure {
-                account: external_id.clone(),
-                endpoint: format!("details.{name}"),
-                reason,
+            let failed = |error: &EngineError| {
+                AccountFailure::new(&external_id, format!("details.{name}"), error)
             };
             match self
                 .fetch_from(connector, endpoint, grant, None, Some(&parent), memo)
@@ -561,14 +588,14 @@ impl Engine {
                             let error = EngineError::Unreadable(format!(
                                 "details.{name} of account {external_id}: its records path selected {n} records, not the account's one"
                             ));
-                            out.failures.push(failed(error.to_string()));
+                            out.failures.push(failed(&error));
                             return Ok(Err(error));
                         }
                     }
                 }
                 Err(error) if per_account(&error) => {
                     tracing::warn!(institution = %connector.id, endpoint = %format!("details.{name}"), %error, "An account's details could not be read; what is stored of it stays.");
-                    out.failures.push(failed(error.to_string()));
+                    out.failures.push(failed(&error));
                     return Ok(Err(error));
                 }
                 Err(error) => return Err(error),
@@ -620,11 +647,11 @@ impl Engine {
                 Ok(pages) => fetched.push((Some(parent.external_id.clone()), pages)),
                 Err(error) if per_account(&error) => {
                     tracing::warn!(institution = %connector.id, endpoint = name, %error, "One account's data could not be read; what is stored of it stays.");
-                    out.failures.push(AccountFailure {
-                        account: parent.external_id.clone(),
-                        endpoint: name.to_owned(),
-                        reason: error.to_string(),
-                    });
+                    out.failures.push(AccountFailure::new(
+                        &parent.external_id,
+                        name.to_owned(),
+                        &error,
+                    ));
                     failed += 1;
                     first_failure.get_or_insert(error);
                 }

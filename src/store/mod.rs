@@ -41,7 +41,7 @@ pub use quarantine::{QuarantineEntry, QuarantineFilter, Refusal, Resolution};
 pub use records::{
     ApplyCounts, PagedTransaction, Removals, TransactionFilter, TransactionPosition,
 };
-pub use runs::{ABANDONED, RunCounts};
+pub use runs::{ABANDONED, RunCounts, UnreadAccount, unread_accounts};
 pub use sync_requests::SyncRequestRecord;
 pub use tenants::{ApiKey, ApiKeyRecord, RememberedKey, Scope, TenantRecord, api_key_prefix};
 pub use webhooks::{

@@ -24,6 +24,25 @@ pub struct RunCounts {
     pub quarantined: u32,
 }
 
+/// An account whose data a run could not read: what is stored of it stays.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnreadAccount {
+    /// The institution's id of the account, as the read API shows it.
+    pub account_id: String,
+    /// `details.<name>`, `holdings` or `transactions`.
+    pub endpoint: String,
+    /// A stable code and a fixed message, fit for a tenant to read.
+    pub reason: String,
+}
+
+/// The accounts a run could not read, as recorded.
+pub fn unread_accounts(run: &sync_run::Model) -> Vec<UnreadAccount> {
+    run.accounts_unread
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default()
+}
+
 impl Store {
     /// Opens a run; `deep` when it re-reads the whole history.
     pub async fn start_run(
@@ -48,6 +67,7 @@ impl Store {
             cursor: Set(None),
             deep: Set(deep),
             error: Set(None),
+            accounts_unread: Set(None),
         }
         .insert(self.db())
         .await?;
@@ -55,13 +75,15 @@ impl Store {
     }
 
     /// Closes a run: `error` None means it succeeded, and `cursor` is where the
-    /// next sync resumes from (written only now, after the data it covers).
+    /// next sync resumes from (written only now, after the data it covers);
+    /// `unread` names the accounts whose data it could not read.
     pub async fn finish_run(
         &self,
         run: &str,
         counts: RunCounts,
         cursor: Option<&str>,
         error: Option<&str>,
+        unread: &[UnreadAccount],
     ) -> Result<(), StoreError> {
         let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
         let outcome = if error.is_some() {
@@ -96,6 +118,15 @@ impl Store {
             .col_expr(
                 sync_run::Column::Error,
                 Expr::value(error.map(str::to_owned)),
+            )
+            .col_expr(
+                sync_run::Column::AccountsUnread,
+                // Text fields only: serializing cannot fail.
+                Expr::value(
+                    (!unread.is_empty())
+                        .then(|| serde_json::to_string(unread).ok())
+                        .flatten(),
+                ),
             )
             .filter(sync_run::Column::Id.eq(run))
             .exec(self.db())

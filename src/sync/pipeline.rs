@@ -12,10 +12,12 @@ use tracing::Instrument;
 
 use super::Env;
 use super::job::SyncConnection;
+use crate::connectors::engine::Trouble;
 use crate::connectors::{EngineError, Fetched, SyncCursor};
 use crate::domain::{ConnectionId, ConnectionStatus};
 use crate::store::{
     ConnectionRecord, Lease, Refusal, Removals, Resolution, RunCounts, StoreError, SyncSuccess,
+    UnreadAccount,
 };
 use crate::tokens::TokenError;
 use crate::webhooks::outbound::{self, EventData, WebhookEvent};
@@ -192,24 +194,28 @@ async fn leased_sync(
         // finds it open, counts it, and parks the job again.
         ctx.refresh_portfolio(&connection).await?;
         ctx.store
-            .finish_run(&run, RunCounts::default(), None, Some(&reason))
+            .finish_run(&run, RunCounts::default(), None, Some(&reason), &[])
             .await?;
         return Ok(SyncOutcome::Failed);
     }
     match fetch_and_store(ctx, job, &connection, deep).await {
-        Ok((counts, cursor)) => {
+        Ok(Stored {
+            counts,
+            cursor,
+            unread,
+        }) => {
             // The run reads as finished only once readers see its data: a read
             // right after a sync reports done must not get the view before it.
             if let Err(e) = ctx.refresh_portfolio(&connection).await {
                 // The database failed, not the worker: closed, the run does not
                 // count as abandoned when the job is tried again.
                 ctx.store
-                    .finish_run(&run, counts, None, Some(&e.to_string()))
+                    .finish_run(&run, counts, None, Some(&e.to_string()), &unread)
                     .await?;
                 return Err(e.into());
             }
             ctx.store
-                .finish_run(&run, counts, cursor.as_deref(), None)
+                .finish_run(&run, counts, cursor.as_deref(), None, &unread)
                 .await?;
             if let Some(reason) = &connection.last_failure_reason
                 && INSTITUTION_TROUBLE.iter().any(|t| reason.starts_with(t))
@@ -220,8 +226,9 @@ async fn leased_sync(
                     tracing::warn!(error = %e, "Bringing the institution's waiting connections forward failed.");
                 }
             }
-            let data =
-                EventData::connection(&connection, ConnectionStatus::Active).with_counts(counts);
+            let data = EventData::connection(&connection, ConnectionStatus::Active)
+                .with_counts(counts)
+                .with_unread(&unread);
             outbound::announce(
                 &ctx.store,
                 connection.tenant_id,
@@ -245,7 +252,7 @@ async fn leased_sync(
             // queue. Each account's records were written in one transaction, so
             // what is stored is whole, if older.
             ctx.store
-                .finish_run(&run, RunCounts::default(), None, Some(&e.to_string()))
+                .finish_run(&run, RunCounts::default(), None, Some(&e.to_string()), &[])
                 .await?;
             Err(e.into())
         }
@@ -290,7 +297,7 @@ async fn leased_sync(
             }
             ctx.refresh_portfolio(&connection).await?;
             ctx.store
-                .finish_run(&run, RunCounts::default(), None, Some(&detail))
+                .finish_run(&run, RunCounts::default(), None, Some(&detail), &[])
                 .await?;
             // Announced once readers see it, like a finished sync.
             if needs_user {
@@ -516,14 +523,22 @@ fn next_deep_sync(
     }
 }
 
+/// What a sync stored: what changed, where the next one resumes, and the accounts
+/// whose data it could not read.
+struct Stored {
+    counts: RunCounts,
+    cursor: Option<String>,
+    unread: Vec<UnreadAccount>,
+}
+
 /// Fetches, stores, and records the success on the connection (with where the
-/// next sync resumes); returns what changed and the cursor.
+/// next sync resumes).
 async fn fetch_and_store(
     ctx: &Env,
     job: &SyncConnection,
     connection: &ConnectionRecord,
     deep: bool,
-) -> Result<(RunCounts, Option<String>), Failure> {
+) -> Result<Stored, Failure> {
     let started = Utc::now();
     let connector = ctx.registry.get(&connection.institution_id)?;
     let grant = ctx.tokens.grant(connection).await?;
@@ -569,7 +584,36 @@ async fn fetch_and_store(
     {
         return Err(Failure::NoLongerActive);
     }
-    Ok((counts, cursor))
+    let unread = fetched
+        .failures
+        .iter()
+        .map(|failure| UnreadAccount {
+            account_id: failure.account.clone(),
+            endpoint: failure.endpoint.clone(),
+            reason: trouble_reason(failure.trouble),
+        })
+        .collect();
+    Ok(Stored {
+        counts,
+        cursor,
+        unread,
+    })
+}
+
+/// What a tenant may read of why one account's data was not read: a stable code and
+/// a fixed message, like a connection's failure reason.
+fn trouble_reason(trouble: Trouble) -> String {
+    match trouble {
+        Trouble::Unavailable => {
+            "INSTITUTION_UNAVAILABLE: the institution could not serve this account's data; retrying at the next sync".into()
+        }
+        Trouble::Refused(status) => format!(
+            "INSTITUTION_ERROR: the institution refused a request for this account's data (HTTP {status}); retrying at the next sync"
+        ),
+        Trouble::Unreadable => {
+            "INSTITUTION_ERROR: the institution's answer for this account's data could not be used; retrying at the next sync".into()
+        }
+    }
 }
 
 /// Keeps what this run refused in quarantine and resolves what it no longer

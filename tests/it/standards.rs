@@ -9,6 +9,7 @@
 //! its own stored data as it was.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use finsync::domain::{ConnectionId, Snapshot};
 use finsync_sandbox::data::Portfolio;
@@ -248,6 +249,27 @@ async fn deep_sync_due(app: &TestApp, connection: ConnectionId) {
     .unwrap();
 }
 
+/// Asks for a sync of the user's connections as an app does and returns the sync's
+/// status once it is final.
+async fn sync_through_api(app: &TestApp, user: &str) -> serde_json::Value {
+    let bearer = app.tenant().bearer();
+    let requested: serde_json::Value = finsync::http::client()
+        .post(format!("{}/v1/users/{user}/sync", app.address))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/v1/syncs/{}", requested["id"].as_str().expect("a sync id"));
+    crate::support::eventually("the sync to finish", Duration::from_secs(60), || async {
+        let body = app.get_json(&path, bearer).await;
+        (!matches!(body["status"].as_str(), Some("queued" | "running"))).then_some(body)
+    })
+    .await
+}
+
 async fn resync(app: &TestApp, connection: ConnectionId, key: &str) {
     let since = chrono::Utc::now();
     let job = finsync::sync::SyncConnection {
@@ -358,7 +380,19 @@ async fn one_account_the_institution_cannot_serve_leaves_the_others_synced_and_i
             .unwrap();
         let kept = store.full_snapshot(connection).await.unwrap();
         sandbox.advance();
-        resync(&app, connection, &format!("pinecrest-broken-{round}")).await;
+        if round == 0 {
+            // Asked by the app, which hears which account was not read, and why.
+            let done = sync_through_api(&app, user).await;
+            assert_eq!(done["status"], "succeeded", "{done}");
+            let unread = &done["connections"][0]["accounts_unread"];
+            assert_eq!(unread.as_array().map(Vec::len), Some(1), "{done}");
+            assert_eq!(unread[0]["account_id"], broken.as_str());
+            assert_eq!(unread[0]["endpoint"], "transactions");
+            let reason = unread[0]["reason"].as_str().unwrap();
+            assert!(reason.starts_with("INSTITUTION_UNAVAILABLE: "), "{reason}");
+        } else {
+            resync(&app, connection, &format!("pinecrest-broken-{round}")).await;
+        }
         let after = store.full_snapshot(connection).await.unwrap();
         let moved = sandbox.portfolio(Institution::Pinecrest, user);
         assert_matches_fdx(&after, &moved, Some(&broken), true);
@@ -383,6 +417,17 @@ async fn one_account_the_institution_cannot_serve_leaves_the_others_synced_and_i
         }
         let runs = store.runs(connection).await.unwrap();
         assert_eq!(runs[0].outcome, "succeeded", "{runs:?}");
+        let unread = finsync::store::unread_accounts(&runs[0]);
+        assert!(
+            !unread.is_empty() && unread.iter().all(|u| u.account_id == broken),
+            "{unread:?}"
+        );
+        if round == 1 {
+            assert!(
+                unread.iter().all(|u| u.endpoint.starts_with("details.")),
+                "nothing else of an account whose details failed is asked: {unread:?}"
+            );
+        }
     }
 
     // Served again, the account catches up with the rest.
@@ -390,6 +435,8 @@ async fn one_account_the_institution_cannot_serve_leaves_the_others_synced_and_i
         .set_faults(Institution::Pinecrest, Faults::default())
         .unwrap();
     resync(&app, connection, "pinecrest-mended").await;
+    let runs = store.runs(connection).await.unwrap();
+    assert_eq!(finsync::store::unread_accounts(&runs[0]), []);
     let after = store.full_snapshot(connection).await.unwrap();
     assert_matches_fdx(
         &after,

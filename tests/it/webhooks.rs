@@ -447,6 +447,7 @@ fn sample_data() -> EventData {
         status: ConnectionStatus::ReauthRequired,
         reason: Some("REAUTH_REQUIRED".into()),
         counts: None,
+        accounts_unread: Vec::new(),
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Model {
     /// A deep sync: the whole history re-read, removals found.
     pub deep: bool,
     pub error: Option<String>,
+    /// JSON list of the accounts whose data the run could not read.
+    pub accounts_unread: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

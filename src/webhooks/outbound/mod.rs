@@ -31,7 +31,8 @@ use crate::domain::{
     ConnectionId, ConnectionStatus, TenantId, UserId, WebhookDeliveryId, WebhookEndpointId,
 };
 use crate::store::{
-    ConnectionRecord, NewWebhookEndpoint, RunCounts, Store, StoreError, WebhookEndpoint,
+    ConnectionRecord, NewWebhookEndpoint, RunCounts, Store, StoreError, UnreadAccount,
+    WebhookEndpoint,
 };
 use crate::vault::{Vault, VaultError, webhook_secret_context};
 
@@ -121,6 +122,10 @@ pub struct EventData {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counts: Option<SyncCounts>,
+    /// `sync.completed`: the accounts whose data the sync could not read (their
+    /// stored data stays); `GET /v1/syncs/{id}` says what and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accounts_unread: Vec<String>,
 }
 
 /// What a sync changed, for `sync.completed`.
@@ -156,6 +161,7 @@ impl EventData {
             status,
             reason: None,
             counts: None,
+            accounts_unread: Vec::new(),
         }
     }
 
@@ -170,6 +176,14 @@ impl EventData {
 
     pub fn with_counts(mut self, counts: RunCounts) -> Self {
         self.counts = Some(counts.into());
+        self
+    }
+
+    /// The accounts a sync could not read, each named once.
+    pub fn with_unread(mut self, unread: &[UnreadAccount]) -> Self {
+        let ids: std::collections::BTreeSet<&str> =
+            unread.iter().map(|u| u.account_id.as_str()).collect();
+        self.accounts_unread = ids.into_iter().map(str::to_owned).collect();
         self
     }
 }
@@ -235,6 +249,33 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_names_each_unread_account_once_and_only_when_there_is_one() {
+        let data = EventData {
+            user_id: UserId::parse("u").unwrap(),
+            connection_id: ConnectionId::new(),
+            institution: "pinecrest".into(),
+            status: ConnectionStatus::Active,
+            reason: None,
+            counts: None,
+            accounts_unread: Vec::new(),
+        };
+        let json = serde_json::to_value(&data).unwrap();
+        assert!(json.get("accounts_unread").is_none(), "{json}");
+        let unread = |account: &str, endpoint: &str| UnreadAccount {
+            account_id: account.into(),
+            endpoint: endpoint.into(),
+            reason: "INSTITUTION_UNAVAILABLE: …".into(),
+        };
+        let with = data.with_unread(&[
+            unread("b", "transactions"),
+            unread("a", "details.account"),
+            unread("b", "holdings"),
+        ]);
+        let json = serde_json::to_value(&with).unwrap();
+        assert_eq!(json["accounts_unread"], serde_json::json!(["a", "b"]));
+    }
+
+    #[test]
     fn a_reason_keeps_only_its_code() {
         let data = EventData {
             user_id: UserId::parse("u").unwrap(),
@@ -243,6 +284,7 @@ mod tests {
             status: ConnectionStatus::ReauthRequired,
             reason: None,
             counts: None,
+            accounts_unread: Vec::new(),
         };
         let with = data
             .clone()
