@@ -18,7 +18,7 @@ use super::error::ErrorBody;
 use super::extract::{Json, Path};
 use super::read::user_id;
 use super::{ApiError, ApiState};
-use crate::store::{Scope, unread_accounts};
+use crate::store::{Scope, StoreError, unread_accounts};
 use crate::sync::requests::{self, RequestError, RequestProgress, RequestState};
 
 pub fn routes() -> Router<ApiState> {
@@ -124,7 +124,7 @@ pub(super) async fn request_sync(
         RequestError::TooSoon { wait_secs } => ApiError::rate_limited(e.to_string(), wait_secs),
         other => ApiError::internal(other),
     })?;
-    Ok(accepted(progress.into()))
+    Ok(accepted(progress.try_into()?))
 }
 
 /// The request takes no body: none, or an empty JSON object. Anything else is a
@@ -189,7 +189,7 @@ pub(super) async fn get_sync(
             crate::portfolio::cache_key(progress.request.tenant_id, &progress.request.user_id);
         state.env.cache.forget_locally(&key).await;
     }
-    Ok(Json(progress.into()))
+    Ok(Json(progress.try_into()?))
 }
 
 impl From<RequestState> for SyncState {
@@ -205,14 +205,17 @@ impl From<RequestState> for SyncState {
     }
 }
 
-impl From<RequestProgress> for SyncStatus {
-    fn from(progress: RequestProgress) -> Self {
+impl TryFrom<RequestProgress> for SyncStatus {
+    type Error = StoreError;
+
+    fn try_from(progress: RequestProgress) -> Result<Self, StoreError> {
         let connections = progress
             .connections
             .into_iter()
             .map(|c| {
                 let run = c.run.as_ref();
-                ConnectionSync {
+                let unread = run.map(unread_accounts).transpose()?.unwrap_or_default();
+                Ok(ConnectionSync {
                     connection_id: c.connection_id.to_string(),
                     institution: c.institution,
                     status: c.state.into(),
@@ -224,9 +227,7 @@ impl From<RequestProgress> for SyncStatus {
                     unchanged: run.map(|r| r.unchanged),
                     quarantined: run.map(|r| r.quarantined),
                     deep: run.map(|r| r.deep),
-                    accounts_unread: run
-                        .map(unread_accounts)
-                        .unwrap_or_default()
+                    accounts_unread: unread
                         .into_iter()
                         .map(|u| UnreadAccountView {
                             account_id: u.account_id,
@@ -234,16 +235,16 @@ impl From<RequestProgress> for SyncStatus {
                             reason: u.reason,
                         })
                         .collect(),
-                }
+                })
             })
-            .collect();
-        Self {
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Self {
             id: progress.request.id,
             user_id: progress.request.user_id.to_string(),
             status: progress.state.into(),
             requested_at: progress.request.created_at,
             coalesced: progress.coalesced,
             connections,
-        }
+        })
     }
 }

@@ -350,6 +350,15 @@ impl Engine {
         grant: &Grant,
         resume: Option<&SyncCursor>,
     ) -> Result<Fetched, EngineError> {
+        // Before any request: a grant that cannot make them asks the institution
+        // nothing, and counts against nothing of it.
+        if let Some(name) = connector
+            .grant_values_needed()
+            .into_iter()
+            .find(|name| !grant.values.contains_key(*name))
+        {
+            return Err(EngineError::GrantLacks(name.to_owned()));
+        }
         let mut out = Fetched::default();
         let fetched_at = Utc::now();
         let memo = Memo::default();
@@ -483,7 +492,7 @@ impl Engine {
                 // A record that did not map is fetched again next time: the cursor
                 // only moves past what was stored.
                 let got_to = match (next_token, coverage_dates) {
-                    (Some(grant), _) => Some(Position::SyncToken(grant)),
+                    (Some(token), _) => Some(Position::SyncToken(token)),
                     (None, Some((_, to))) => Some(Position::Through(to)),
                     (None, None) => None,
                 };
@@ -740,7 +749,7 @@ impl Engine {
     }
 
     /// The records of one endpoint (for one account, fanning out) from where a
-    /// previous sync got to: after a sync grant, or from `lookback_days` before the
+    /// previous sync got to: after a sync token, or from `lookback_days` before the
     /// last day covered; from the beginning without one.
     async fn fetch_from(
         &self,
@@ -1013,7 +1022,7 @@ impl Engine {
             builder = builder.header(name.clone(), value);
         }
         // A next link (Link-header paging) already carries every parameter but the
-        // grant, which never appears in a link.
+        // token, which never appears in a link.
         let mut params: Vec<(&str, &str)> = if url == request.first {
             request
                 .params

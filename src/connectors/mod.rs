@@ -21,7 +21,7 @@ pub mod template;
 pub mod validate;
 pub mod webhook;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json_path::JsonPath;
 use url::Url;
@@ -74,6 +74,24 @@ impl Connector {
             country: self.country.clone(),
             connector_hash: self.hash.clone(),
         }
+    }
+
+    /// The values of the connection's grant that some request header sends.
+    pub fn grant_values_needed(&self) -> BTreeSet<&str> {
+        [
+            Some(&self.accounts),
+            self.holdings.as_ref(),
+            self.transactions.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.details.iter().map(|(_, e)| e))
+        .flat_map(|e| &e.headers)
+        .filter_map(|(_, header)| match header {
+            Header::Connection(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect()
     }
 }
 

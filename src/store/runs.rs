@@ -36,11 +36,13 @@ pub struct UnreadAccount {
 }
 
 /// The accounts a run could not read, as recorded.
-pub fn unread_accounts(run: &sync_run::Model) -> Vec<UnreadAccount> {
+pub fn unread_accounts(run: &sync_run::Model) -> Result<Vec<UnreadAccount>, StoreError> {
     run.accounts_unread
         .as_deref()
-        .and_then(|text| serde_json::from_str(text).ok())
-        .unwrap_or_default()
+        .map_or(Ok(Vec::new()), |text| {
+            serde_json::from_str(text)
+                .map_err(|_| StoreError::Corrupt(format!("sync run {}: accounts_unread", run.id)))
+        })
 }
 
 impl Store {

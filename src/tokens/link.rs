@@ -32,6 +32,12 @@ pub enum LinkError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The grant lacks a value the connector's requests carry: the deployment's to
+    /// fix (`keep`, `nested_under`), not the user's.
+    #[error(
+        "the institution's token response has no `{0}`, which the connector's requests carry; check `keep` and `nested_under` under [auth.token_response]"
+    )]
+    Incomplete(String),
     /// The institution did not approve a test user without a login page.
     #[error("linking the test user: {0}")]
     TestUser(String),
@@ -192,13 +198,26 @@ impl Linker {
             )?)
         };
         let tokens = client.exchange_code(code, verifier.as_ref()).await?;
+        let connector = self.registry.get(&connection.institution_id)?;
+        if let Some(name) = connector
+            .grant_values_needed()
+            .into_iter()
+            .find(|name| !tokens.kept.contains_key(*name))
+        {
+            // Of no use: handed back rather than kept.
+            if let Some(refresh) = &tokens.refresh_token
+                && let Err(error) = client.revoke(refresh).await
+            {
+                tracing::warn!(%error, "Could not revoke a grant that lacks a kept value.");
+            }
+            return Err(LinkError::Incomplete(name.to_owned()));
+        }
         let columns = seal_tokens(
             &self.vault,
             connection_id,
             &tokens,
             self.refresh_at_fraction,
         )?;
-        let connector = self.registry.get(&connection.institution_id)?;
         let consent_expires_at = connector
             .auth
             .consent_lifetime_days

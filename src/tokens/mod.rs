@@ -155,12 +155,8 @@ fn open_values(
         return Ok(BTreeMap::new());
     };
     let text = vault.open(&seal_context(connection.id, GRANT_VALUES), sealed)?;
-    let object: BTreeMap<String, String> = serde_json::from_str(text.expose_secret())
-        .map_err(|_| StoreError::Corrupt(format!("connection {}: grant values", connection.id)))?;
-    Ok(object
-        .into_iter()
-        .map(|(name, value)| (name, SecretString::from(value)))
-        .collect())
+    Ok(serde_json::from_str(text.expose_secret())
+        .map_err(|_| StoreError::Corrupt(format!("connection {}: grant values", connection.id)))?)
 }
 
 /// Hands out usable access tokens, refreshing them when they are about to expire.
@@ -188,47 +184,43 @@ fn fresh(tokens: &TokenColumns, now: DateTime<Utc>) -> bool {
 }
 
 impl TokenService {
-    /// What the connection's requests carry: a valid access token (see
-    /// [`Self::access_token`]) and the values its grant came with.
+    /// What the connection's requests carry: a valid access token and the values
+    /// its grant came with. An expired or nearly expired token is refreshed first
+    /// (see [`Self::refreshed_grant`]). A refused grant is `ReauthRequired`; the
+    /// caller records it on the connection.
     pub async fn grant(&self, connection: &ConnectionRecord) -> Result<Grant, TokenError> {
-        if fresh(&connection.tokens, Utc::now()) {
+        if fresh(&connection.tokens, Utc::now())
+            && let Some(sealed) = &connection.tokens.access_token
+        {
             return Ok(Grant {
-                access_token: self.access_token(connection).await?,
+                access_token: self
+                    .vault
+                    .open(&seal_context(connection.id, "access_token"), sealed)?,
                 values: open_values(&self.vault, connection)?,
             });
         }
         self.refreshed_grant(connection).await
     }
 
-    /// Refreshes the tokens `seen` holds (see [`Self::refreshed_token`]) and returns
-    /// the grant as stored after the refresh, with whatever values it brought.
-    pub async fn refreshed_grant(&self, seen: &ConnectionRecord) -> Result<Grant, TokenError> {
-        let access_token = self.refreshed_token(seen).await?;
-        let current = self.store.connection(seen.id).await?;
-        Ok(Grant {
-            access_token,
-            values: open_values(&self.vault, &current)?,
-        })
-    }
-
-    /// A valid access token for the connection. An expired or nearly expired token
-    /// is refreshed first (see [`Self::refreshed_token`]). A refused grant is
-    /// `ReauthRequired`; the caller records it on the connection.
+    /// A valid access token for the connection (see [`Self::grant`]).
     pub async fn access_token(
         &self,
         connection: &ConnectionRecord,
     ) -> Result<SecretString, TokenError> {
-        if fresh(&connection.tokens, Utc::now())
-            && let Some(sealed) = &connection.tokens.access_token
-        {
-            return Ok(self
-                .vault
-                .open(&seal_context(connection.id, "access_token"), sealed)?);
-        }
-        self.refreshed_token(connection).await
+        Ok(self.grant(connection).await?.access_token)
     }
 
-    /// Refreshes the tokens that `seen` holds and returns the new access token. Of
+    /// Refreshes the tokens that `seen` holds (see [`Self::refreshed_grant`]) and
+    /// returns the new access token.
+    pub async fn refreshed_token(
+        &self,
+        seen: &ConnectionRecord,
+    ) -> Result<SecretString, TokenError> {
+        Ok(self.refreshed_grant(seen).await?.access_token)
+    }
+
+    /// Refreshes the tokens that `seen` holds and returns the new grant: the access
+    /// token and the values stored with it. Of
     /// all the processes that want to, one refreshes: the others wait for its
     /// commit and use what it stored, so a rotating refresh token is never
     /// presented twice by processes that are alive.
@@ -238,10 +230,7 @@ impl TokenService {
     /// that dies meanwhile frees the tokens within seconds, and the next refresh
     /// knows the institution may have rotated the token (see
     /// [`Self::refresh_holding_lease`]).
-    pub async fn refreshed_token(
-        &self,
-        seen: &ConnectionRecord,
-    ) -> Result<SecretString, TokenError> {
+    pub async fn refreshed_grant(&self, seen: &ConnectionRecord) -> Result<Grant, TokenError> {
         let owner = uuid::Uuid::new_v4().to_string();
         self.hold_token_lease(seen.id, &owner, TOKEN_LEASE, LEASE_WAIT)
             .await?;
@@ -316,16 +305,22 @@ impl TokenService {
         &self,
         seen: &ConnectionRecord,
         lease: &str,
-    ) -> Result<SecretString, TokenError> {
+    ) -> Result<Grant, TokenError> {
         let current = self.store.connection(seen.id).await?;
+        // Opened before the token request: once the institution has rotated the
+        // refresh token, nothing may stop the new one from being saved.
+        let mut values = open_values(&self.vault, &current)?;
         // Someone refreshed while we waited: what they committed is ours to use.
         if current.tokens.access_token != seen.tokens.access_token
             && fresh(&current.tokens, Utc::now())
             && let Some(sealed) = &current.tokens.access_token
         {
-            return Ok(self
-                .vault
-                .open(&seal_context(current.id, "access_token"), sealed)?);
+            return Ok(Grant {
+                access_token: self
+                    .vault
+                    .open(&seal_context(current.id, "access_token"), sealed)?,
+                values,
+            });
         }
         let Some(sealed_refresh) = &current.tokens.refresh_token else {
             return Err(TokenError::ReauthRequired(
@@ -368,7 +363,7 @@ impl TokenService {
             .when(|e| matches!(e, OAuthError::Unavailable(_)))
             .notify(|_, _| uncertain.store(true, std::sync::atomic::Ordering::Relaxed))
             .await;
-        let tokens = match outcome {
+        let mut tokens = match outcome {
             Ok(tokens) => tokens,
             Err(OAuthError::InvalidGrant(reason)) => {
                 refreshed(&current.institution_id, "invalid_grant");
@@ -389,12 +384,10 @@ impl TokenService {
                 return Err(e.into());
             }
         };
-        let mut tokens = tokens;
         if !tokens.kept.is_empty() {
             // What this response left out is still the grant's.
-            let mut values = open_values(&self.vault, &current)?;
             values.append(&mut tokens.kept);
-            tokens.kept = values;
+            tokens.kept = values.clone();
         }
         let columns = seal_tokens(&self.vault, current.id, &tokens, self.refresh_at_fraction)?;
         // The institution may already have retired the old refresh token: the new
@@ -430,7 +423,10 @@ impl TokenService {
         };
         refreshed(&current.institution_id, outcome);
         tracing::info!(connection = %current.id, expires_at = %tokens.expires_at, outcome, "Access token refreshed.");
-        Ok(tokens.access_token)
+        Ok(Grant {
+            access_token: tokens.access_token,
+            values,
+        })
     }
 
     /// Revokes the connection's grant at the institution (RFC 7009) when the

@@ -309,7 +309,8 @@ impl OAuthClient {
 }
 
 /// The kept fields a response carried: text as it is, numbers and booleans as
-/// written; an empty, null or structured value is not kept.
+/// written; an empty, null or structured value is not kept, nor one that cannot be
+/// a header's value (a line break would split the request).
 fn kept(keep: &[String], fields: &OtherFields) -> BTreeMap<String, SecretString> {
     keep.iter()
         .filter_map(|name| {
@@ -319,6 +320,10 @@ fn kept(keep: &[String], fields: &OtherFields) -> BTreeMap<String, SecretString>
                 Value::Bool(b) => b.to_string(),
                 _ => return None,
             };
+            if reqwest::header::HeaderValue::from_str(&text).is_err() {
+                tracing::warn!(field = %name, "A kept token-response field is not a valid header value; not kept.");
+                return None;
+            }
             Some((name.clone(), SecretString::from(text)))
         })
         .collect()
@@ -463,10 +468,18 @@ mod tests {
     #[test]
     fn kept_fields_are_text_and_only_those_named() {
         let fields: OtherFields = serde_json::from_str(
-            r#"{"consent_id":"c-1","arrangement":42,"empty":"","nested":{"a":1},"other":"x"}"#,
+            r#"{"consent_id":"c-1","arrangement":42,"empty":"","nested":{"a":1},"split":"a\r\nb","other":"x"}"#,
         )
         .unwrap();
-        let names = ["consent_id", "arrangement", "empty", "nested", "absent"].map(String::from);
+        let names = [
+            "consent_id",
+            "arrangement",
+            "empty",
+            "nested",
+            "split",
+            "absent",
+        ]
+        .map(String::from);
         let kept = kept(&names, &fields);
         let shown: Vec<(&str, &str)> = kept
             .iter()

@@ -4,7 +4,7 @@
 //! is replaced only if it still holds what was read, so a refresh that committed
 //! meanwhile (already sealed with the current key) is never overwritten.
 
-use crate::store::{Store, StoreError, TokenColumns};
+use crate::store::{ConnectionRecord, Store, StoreError, TokenColumns};
 use crate::vault::{Vault, VaultError, seal_context, webhook_secret_context};
 
 use super::GRANT_VALUES;
@@ -35,6 +35,24 @@ pub struct RotateReport {
     pub unreadable: usize,
 }
 
+/// The connection's sealed columns opened and sealed again under the current key.
+fn resealed(vault: &Vault, connection: &ConnectionRecord) -> Result<TokenColumns, VaultError> {
+    let old = &connection.tokens;
+    let reseal = |field: &str, sealed: &Option<Vec<u8>>| -> Result<Option<Vec<u8>>, VaultError> {
+        let context = seal_context(connection.id, field);
+        sealed
+            .as_deref()
+            .map(|s| vault.seal(&context, &vault.open(&context, s)?))
+            .transpose()
+    };
+    Ok(TokenColumns {
+        access_token: reseal("access_token", &old.access_token)?,
+        refresh_token: reseal("refresh_token", &old.refresh_token)?,
+        grant_values: reseal(GRANT_VALUES, &old.grant_values)?,
+        ..old.clone()
+    })
+}
+
 pub async fn reseal_all(store: &Store, vault: &Vault) -> Result<RotateReport, RotateError> {
     let current = vault.current_key_id();
     let stale = |sealed: &Option<Vec<u8>>| {
@@ -49,22 +67,7 @@ pub async fn reseal_all(store: &Store, vault: &Vault) -> Result<RotateReport, Ro
             report.current += 1;
             continue;
         }
-        let reseal =
-            |field: &str, sealed: &Option<Vec<u8>>| -> Result<Option<Vec<u8>>, VaultError> {
-                let context = seal_context(connection.id, field);
-                sealed
-                    .as_deref()
-                    .map(|s| vault.seal(&context, &vault.open(&context, s)?))
-                    .transpose()
-            };
-        let resealed = (|| {
-            Ok::<_, VaultError>(TokenColumns {
-                access_token: reseal("access_token", &old.access_token)?,
-                refresh_token: reseal("refresh_token", &old.refresh_token)?,
-                grant_values: reseal(GRANT_VALUES, &old.grant_values)?,
-                ..old.clone()
-            })
-        })();
+        let resealed = resealed(vault, &connection);
         let new = match resealed {
             Ok(new) => new,
             Err(e) => {

@@ -417,7 +417,7 @@ async fn one_account_the_institution_cannot_serve_leaves_the_others_synced_and_i
         }
         let runs = store.runs(connection).await.unwrap();
         assert_eq!(runs[0].outcome, "succeeded", "{runs:?}");
-        let unread = finsync::store::unread_accounts(&runs[0]);
+        let unread = finsync::store::unread_accounts(&runs[0]).unwrap();
         assert!(
             !unread.is_empty() && unread.iter().all(|u| u.account_id == broken),
             "{unread:?}"
@@ -436,7 +436,7 @@ async fn one_account_the_institution_cannot_serve_leaves_the_others_synced_and_i
         .unwrap();
     resync(&app, connection, "pinecrest-mended").await;
     let runs = store.runs(connection).await.unwrap();
-    assert_eq!(finsync::store::unread_accounts(&runs[0]), []);
+    assert_eq!(finsync::store::unread_accounts(&runs[0]).unwrap(), []);
     let after = store.full_snapshot(connection).await.unwrap();
     assert_matches_fdx(
         &after,

@@ -372,9 +372,10 @@ impl Sandbox {
             .servers
             .iter()
             .flat_map(|server| {
-                let consents = match server.profile.consent_ids {
-                    true => server.grants.issued_consents(),
-                    false => Vec::new(),
+                let consents = if server.profile.consent_ids {
+                    server.grants.issued_consents()
+                } else {
+                    Vec::new()
                 };
                 server.grants.issued_tokens().into_iter().chain(consents)
             })

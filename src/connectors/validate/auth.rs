@@ -328,6 +328,17 @@ mod tests {
             "headers.Consent-ID.connection",
             "add it to `keep` under [auth.token_response]",
         );
+        // An endpoint's own headers too.
+        let found = problems(&changed(
+            &keeping("[\"consent_id\"]", ""),
+            "[endpoints.accounts]\n",
+            "[endpoints.accounts]\nheaders = { Consent-ID = { connection = \"consent\" } }\n",
+        ));
+        has(
+            &found,
+            "endpoints.accounts.headers.Consent-ID.connection",
+            "`consent` is not a value the connection keeps",
+        );
         let found = problems(&keeping(
             "[\"consent_id\"]",
             "Consent-ID = { connect = \"consent_id\" }",

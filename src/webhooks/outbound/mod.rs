@@ -123,7 +123,7 @@ pub struct EventData {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counts: Option<SyncCounts>,
     /// `sync.completed`: the accounts whose data the sync could not read (their
-    /// stored data stays); `GET /v1/syncs/{id}` says what and why.
+    /// stored data stays until a sync reads them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub accounts_unread: Vec<String>,
 }
