@@ -39,6 +39,11 @@ pub fn seal_context(connection: ConnectionId, field: &str) -> String {
     format!("connection:{connection}:{field}")
 }
 
+/// Context string binding a sealed idempotent answer to its key's row.
+pub fn idempotent_answer_context(key_id: &str) -> String {
+    format!("idempotency_key:{key_id}:body")
+}
+
 /// Context string binding a webhook endpoint's sealed signing secret to its row.
 pub fn webhook_secret_context(endpoint: WebhookEndpointId) -> String {
     format!("webhook_endpoint:{endpoint}:secret")

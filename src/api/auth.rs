@@ -109,7 +109,7 @@ impl KeyCache {
         })
     }
 
-    async fn authenticate(
+    pub(super) async fn authenticate(
         &self,
         store: &Store,
         cache: &Cache,
@@ -192,7 +192,7 @@ impl KeyCache {
     }
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
+pub(super) fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())

@@ -20,8 +20,11 @@ pub enum ErrorCode {
     /// The key is valid but lacks the scope the endpoint needs.
     Forbidden,
     NotFound,
-    /// The thing to create exists already.
+    /// The thing to create exists already, or a request with the same
+    /// `Idempotency-Key` is still being processed.
     Conflict,
+    /// The `Idempotency-Key` was used for another request.
+    IdempotencyKeyReused,
     InvalidRequest,
     /// A connector file that does not validate; the message lists every problem.
     InvalidConnector,
@@ -54,7 +57,7 @@ impl ErrorCode {
             Self::InvalidRequest | Self::InvalidState | Self::ConsentDenied => {
                 StatusCode::BAD_REQUEST
             }
-            Self::InvalidConnector => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidConnector | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::InstitutionError => StatusCode::BAD_GATEWAY,
             Self::AdminDisabled => StatusCode::FORBIDDEN,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,

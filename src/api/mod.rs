@@ -9,7 +9,8 @@
 //! - tenants' outgoing [`webhooks`], and the webhooks institutions send us
 //!   ([`inbound_webhooks`]);
 //! - the OAuth [`callback`] institutions redirect to, the contract ([`docs`]) and
-//!   [`health`] checks; [`auth`], [`error`] and [`extract`] serve them all.
+//!   [`health`] checks; [`auth`], [`error`] and [`extract`] serve them all, and
+//!   [`idempotency`] the tenant API's `POST`s.
 
 mod admin;
 mod auth;
@@ -19,6 +20,7 @@ mod docs;
 mod error;
 mod extract;
 mod health;
+mod idempotency;
 mod inbound_webhooks;
 mod quarantine;
 mod read;
@@ -78,13 +80,19 @@ pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id"
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(read::routes())
-        .merge(syncs::routes())
+        .merge(syncs::routes().route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::honour,
+        )))
         .merge(transactions::routes())
         .merge(admin::routes())
         .merge(connectors::routes())
         .merge(quarantine::routes())
         .merge(tenants::routes())
-        .merge(webhooks::routes())
+        .merge(webhooks::routes().route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::honour,
+        )))
         .merge(inbound_webhooks::routes())
         .merge(docs::routes())
         .merge(callback::routes())

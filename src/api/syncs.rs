@@ -94,11 +94,15 @@ pub(super) struct UnreadAccountView {
 /// the sync's id and status; poll `GET /v1/syncs/{id}` (also in `Location`).
 #[utoipa::path(
     post, path = "/v1/users/{user_id}/sync", tag = "syncs",
-    params(("user_id" = String, Path, description = "The tenant's own id for the user")),
+    params(
+        ("user_id" = String, Path, description = "The tenant's own id for the user"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to retry: the same key and request get the first answer again for 24 hours (`Idempotent-Replayed: true`); another request with the key is 422 `IDEMPOTENCY_KEY_REUSED`; while the first runs, 409 with `Retry-After`. 1 to 255 visible ASCII characters, e.g. a UUID"),
+    ),
     responses(
         (status = 202, body = SyncStatus, headers(("location" = String))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 429, body = ErrorBody, headers(("retry-after" = u64))),
     ),
     security(("api_key" = []))

@@ -127,9 +127,11 @@ fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
 /// secret and retried with backoff until the endpoint answers 2xx.
 #[utoipa::path(
     post, path = "/v1/webhooks", tag = "webhooks", request_body = NewEndpoint,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to retry: the same key and request get the first answer again for 24 hours (`Idempotent-Replayed: true`); another request with the key is 422 `IDEMPOTENCY_KEY_REUSED`; while the first runs, 409 with `Retry-After`. 1 to 255 visible ASCII characters, e.g. a UUID")),
     responses(
         (status = 201, body = RegisteredEndpoint), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 429, body = ErrorBody),
     ),
     security(("api_key" = []))

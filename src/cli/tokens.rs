@@ -33,10 +33,11 @@ async fn rotate_key() -> anyhow::Result<ExitCode> {
     let vault = Vault::from_settings(&settings.vault)?;
     let report = crate::tokens::rotate::reseal_all(&store, &vault).await?;
     println!(
-        "Re-sealed {} connection(s), {} pending link(s) and {} webhook secret(s) under key {}; {} already were current.",
+        "Re-sealed {} connection(s), {} pending link(s), {} webhook secret(s) and {} kept idempotent answer(s) under key {}; {} already were current.",
         report.connections,
         report.states,
         report.webhook_secrets,
+        report.idempotent_answers,
         vault.current_key_id(),
         report.current
     );

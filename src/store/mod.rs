@@ -8,6 +8,7 @@ mod annotations;
 mod connections;
 mod decimal;
 pub mod entities;
+mod idempotency;
 mod institution_events;
 mod institutions;
 mod quarantine;
@@ -35,6 +36,7 @@ pub use connections::{
     CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, SyncSuccess, TokenColumns,
 };
 pub use decimal::DbDecimal;
+pub use idempotency::{Claim, IDEMPOTENCY_KEY_TTL, StoredAnswer, key_id};
 pub use institution_events::{EventFilter, EventStatus, InstitutionEvent, NewEvent};
 pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};
 pub use quarantine::{QuarantineEntry, QuarantineFilter, Refusal, Resolution};

@@ -4,7 +4,8 @@
 //!   token refresh for every token due for refresh, and deletes institutions'
 //!   webhook events past their retention;
 //! - once an hour beside the ticks ([`purge_history`]): deletes finished runs,
-//!   finished jobs and settled webhook deliveries past `sync.history_days`.
+//!   finished jobs and settled webhook deliveries past `sync.history_days`, and
+//!   idempotency keys older than a day.
 //!
 //! Safe to run in several processes: a connection's schedule slot is claimed with a
 //! conditional update, so only one scheduler enqueues it, the queue refuses a
@@ -17,7 +18,7 @@ use chrono::{SubsecRound, Utc};
 
 use super::job::{RefreshToken, SyncConnection};
 use super::{Env, QueueError};
-use crate::store::StoreError;
+use crate::store::{IDEMPOTENCY_KEY_TTL, StoreError};
 
 /// Connections looked at per tick.
 const BATCH: u64 = 500;
@@ -135,10 +136,12 @@ pub struct Purged {
     pub runs: u64,
     pub jobs: u64,
     pub deliveries: u64,
+    pub idempotency_keys: u64,
 }
 
 /// Deletes what is over and older than `before`: sync runs and requests, jobs and
-/// settled webhook deliveries. Nothing still running, queued or pending goes.
+/// settled webhook deliveries; and idempotency keys past their own day. Nothing
+/// still running, queued or pending goes.
 pub async fn purge_history(
     ctx: &Env,
     before: chrono::DateTime<Utc>,
@@ -147,12 +150,17 @@ pub async fn purge_history(
         runs: ctx.store.purge_runs(before).await?,
         jobs: ctx.queue.purge_finished(before).await?,
         deliveries: ctx.store.purge_webhook_deliveries(before).await?,
+        idempotency_keys: ctx
+            .store
+            .purge_idempotency_keys(Utc::now() - IDEMPOTENCY_KEY_TTL)
+            .await?,
     };
     if purged != Purged::default() {
         tracing::info!(
             runs = purged.runs,
             jobs = purged.jobs,
             deliveries = purged.deliveries,
+            idempotency_keys = purged.idempotency_keys,
             "Deleted history past its retention."
         );
     }

@@ -5,7 +5,9 @@
 //! meanwhile (already sealed with the current key) is never overwritten.
 
 use crate::store::{ConnectionRecord, Store, StoreError, TokenColumns};
-use crate::vault::{Vault, VaultError, seal_context, webhook_secret_context};
+use crate::vault::{
+    Vault, VaultError, idempotent_answer_context, seal_context, webhook_secret_context,
+};
 
 use super::GRANT_VALUES;
 
@@ -27,6 +29,8 @@ pub struct RotateReport {
     pub states: usize,
     /// Webhook endpoints whose signing secrets were re-sealed.
     pub webhook_secrets: usize,
+    /// Answers kept for idempotent replay that were re-sealed.
+    pub idempotent_answers: usize,
     /// Rows already sealed with the current key.
     pub current: usize,
     /// Rows that changed between reading and writing: run again to cover them.
@@ -121,11 +125,32 @@ pub async fn reseal_all(store: &Store, vault: &Vault) -> Result<RotateReport, Ro
             report.skipped += 1;
         }
     }
+    for (key, old) in store.sealed_idempotent_answers().await? {
+        if Vault::sealed_with(&old) == Some(current) {
+            report.current += 1;
+            continue;
+        }
+        let context = idempotent_answer_context(&key);
+        let sealed = match vault.open(&context, &old) {
+            Ok(answer) => vault.seal(&context, &answer)?,
+            Err(e) => {
+                tracing::error!(error = %e, "A kept idempotent answer no configured key opens; left as it is.");
+                report.unreadable += 1;
+                continue;
+            }
+        };
+        if store.reseal_idempotent_answer(&key, &old, sealed).await? {
+            report.idempotent_answers += 1;
+        } else {
+            report.skipped += 1;
+        }
+    }
     tracing::info!(
         key = current,
         connections = report.connections,
         states = report.states,
         webhook_secrets = report.webhook_secrets,
+        idempotent_answers = report.idempotent_answers,
         "Vault key rotation finished."
     );
     Ok(report)

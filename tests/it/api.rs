@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use finsync::domain::{ConnectionStatus, TransactionStatus};
 use reqwest::{Method, StatusCode};
+use sea_orm::ConnectionTrait;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
@@ -851,4 +852,131 @@ async fn a_sync_request_with_a_body_it_does_not_take_is_refused_and_starts_nothi
         "a refused request recorded nothing"
     );
     assert_eq!(post("{}").await.unwrap().status(), StatusCode::ACCEPTED);
+}
+
+/// `POST` with an `Idempotency-Key`, its answer's status, headers and body.
+async fn post_keyed(
+    app: &TestApp,
+    path: &str,
+    bearer: &str,
+    key: &str,
+    body: Value,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let response = finsync::http::client()
+        .post(format!("{}{path}", app.address))
+        .bearer_auth(bearer)
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn an_idempotency_key_makes_a_post_safe_to_retry() {
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    let ctx = &app.app.ctx;
+    let tenant = app.tenant();
+    let bearer = tenant.bearer().to_owned();
+    let (url, _) = receiver().await;
+    let endpoint = json!({"url": url, "events": ["sync.completed"]});
+
+    // Sent twice (a timeout, a retry): one endpoint, the same answer, its secret too.
+    let (status, headers, first) =
+        post_keyed(&app, "/v1/webhooks", &bearer, "hook-1", endpoint.clone()).await;
+    assert_eq!(status, 201, "{first}");
+    assert!(headers.get("idempotent-replayed").is_none());
+    let (status, headers, again) =
+        post_keyed(&app, "/v1/webhooks", &bearer, "hook-1", endpoint.clone()).await;
+    assert_eq!((status.as_u16(), &again), (201, &first));
+    assert_eq!(headers["idempotent-replayed"], "true");
+    let (_, _, listed) = call(&app, Method::GET, "/v1/webhooks", &bearer).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+
+    // The same key for another request is refused, and changes nothing.
+    let other = json!({"url": url, "events": ["connection.repaired"]});
+    let (status, _, refused) =
+        post_keyed(&app, "/v1/webhooks", &bearer, "hook-1", other.clone()).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["code"], "IDEMPOTENCY_KEY_REUSED");
+    let (_, _, listed) = call(&app, Method::GET, "/v1/webhooks", &bearer).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    // A refusal is an answer like any other: replayed, not run again.
+    let bad = json!({"url": "ftp://example.com/x", "events": ["sync.completed"]});
+    let (status, _, _) = post_keyed(&app, "/v1/webhooks", &bearer, "bad-1", bad.clone()).await;
+    assert_eq!(status, 400);
+    let (status, headers, _) = post_keyed(&app, "/v1/webhooks", &bearer, "bad-1", bad).await;
+    assert_eq!(
+        (status.as_u16(), &headers["idempotent-replayed"]),
+        (400, &"true".parse().unwrap())
+    );
+
+    // A sync asked for twice with one key is one sync, answered the same, with its
+    // Location.
+    app.link_and_sync(tenant.id, "demo-alice").await;
+    let path = "/v1/users/demo-alice/sync";
+    let (status, headers, sync) = post_keyed(&app, path, &bearer, "sync-1", json!({})).await;
+    assert_eq!(status, 202, "{sync}");
+    let location = headers["location"].clone();
+    let (status, headers, replayed) = post_keyed(&app, path, &bearer, "sync-1", json!({})).await;
+    assert_eq!((status.as_u16(), &replayed["id"]), (202, &sync["id"]));
+    assert_eq!(headers["location"], location);
+
+    // A key that is not 1 to 255 visible characters is refused before anything runs.
+    for bad_key in ["", &"k".repeat(256), "caf\u{e9}"] {
+        let response = finsync::http::client()
+            .post(format!("{}/v1/webhooks", app.address))
+            .bearer_auth(&bearer)
+            .header("Idempotency-Key", bad_key.as_bytes())
+            .json(&endpoint)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad_key:?}");
+    }
+
+    // Answers are sealed at rest: the signing secret shown once is not in the clear.
+    let dump = crate::support::dump_database(&ctx.store).await;
+    assert!(!dump.contains(first["secret"].as_str().unwrap()));
+
+    // A day later the key is free again, and the purge forgets it.
+    ctx.store
+        .db()
+        .execute_unprepared(
+            "UPDATE idempotency_keys SET created_at = created_at - interval '25 hours'",
+        )
+        .await
+        .unwrap();
+    let (status, headers, _) = post_keyed(&app, "/v1/webhooks", &bearer, "hook-1", other).await;
+    assert_eq!(status, 201);
+    assert!(headers.get("idempotent-replayed").is_none());
+    let purged = finsync::sync::scheduler::purge_history(ctx, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(purged.idempotency_keys >= 2, "{purged:?}");
+
+    // Two requests with one key never both run; a claim whose process stopped is
+    // taken over once it counts as abandoned.
+    use finsync::store::Claim;
+    let now = chrono::Utc::now();
+    let claim = |fingerprint: &'static str, at: chrono::DateTime<chrono::Utc>| {
+        ctx.store
+            .claim_idempotency_key(tenant.id, "t:k", fingerprint, at)
+    };
+    assert_eq!(claim("f", now).await.unwrap(), Claim::Fresh);
+    assert_eq!(claim("f", now).await.unwrap(), Claim::InFlight);
+    assert_eq!(claim("g", now).await.unwrap(), Claim::Mismatch);
+    let later = now + chrono::Duration::minutes(3);
+    assert_eq!(claim("f", later).await.unwrap(), Claim::Fresh);
 }

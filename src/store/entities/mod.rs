@@ -5,6 +5,7 @@ pub mod api_key;
 pub mod connection;
 pub mod connector_version;
 pub mod holding;
+pub mod idempotency_key;
 pub mod institution;
 pub mod institution_event;
 pub mod oauth_state;
