@@ -125,7 +125,7 @@ pub(super) struct ConsentView {
     expiring_soon: bool,
 }
 
-fn connection_id(raw: &str) -> Result<ConnectionId, ApiError> {
+pub(super) fn connection_id(raw: &str) -> Result<ConnectionId, ApiError> {
     raw.parse().map_err(|_| {
         ApiError::new(
             ErrorCode::InvalidRequest,

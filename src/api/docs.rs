@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     ApiState, admin, connectors, health, inbound_webhooks, quarantine, read, syncs, tenants,
-    transactions, webhooks,
+    transactions, user_connections, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -25,7 +25,7 @@ use super::{
     ),
     paths(
         read::get_portfolio, read::get_accounts, read::get_holdings, read::get_transactions,
-        read::get_connections, syncs::request_sync, syncs::get_sync, transactions::annotate,
+        read::get_connections, user_connections::disconnect, syncs::request_sync, syncs::get_sync, transactions::annotate,
         admin::create_connection, admin::get_connection, admin::update_connection,
         admin::delete_connection,
         connectors::list_connectors, connectors::get_connector, connectors::put_connector,
@@ -42,6 +42,7 @@ use super::{
     tags(
         (name = "read", description = "Portfolios for advisory apps (API key, scope `read`)"),
         (name = "syncs", description = "On-demand syncs (API key, scope `sync` to request)"),
+        (name = "connections", description = "A tenant's users' connections (API key, scope `sync`)"),
         (name = "annotations", description = "Users' tags and notes on transactions (API key, scope `sync`)"),
         (name = "webhooks", description = "Signed event deliveries to tenants' endpoints (API key; `sync` scope to change)"),
         (name = "institutions", description = "Webhooks institutions send (signed as each connector file says)"),

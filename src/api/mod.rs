@@ -2,8 +2,9 @@
 //! `tokens`, `sync` or `portfolio` (or a store read), and maps the outcome and its
 //! errors to a response. No handler calls an institution or holds a business rule.
 //!
-//! - the versioned read API for advisory apps: [`read`], on-demand [`syncs`], and
-//!   users' tags and notes on [`transactions`];
+//! - the versioned read API for advisory apps: [`read`], on-demand [`syncs`],
+//!   users' tags and notes on [`transactions`], and disconnecting a user's
+//!   connection ([`user_connections`]);
 //! - the admin API: [`admin`] (connections), [`tenants`], [`connectors`],
 //!   [`quarantine`];
 //! - tenants' outgoing [`webhooks`], and the webhooks institutions send us
@@ -28,6 +29,7 @@ mod schemas;
 mod syncs;
 mod tenants;
 mod transactions;
+mod user_connections;
 mod webhooks;
 
 use std::sync::Arc;
@@ -85,6 +87,7 @@ pub fn router(state: ApiState) -> Router {
             idempotency::honour,
         )))
         .merge(transactions::routes())
+        .merge(user_connections::routes())
         .merge(admin::routes())
         .merge(connectors::routes())
         .merge(quarantine::routes())

@@ -83,7 +83,7 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
     let owner_key = &owner.key;
     let (_, other_key) = store.create_tenant("other").await.unwrap();
     let owner_key = owner_key.0.expose_secret().to_owned();
-    app.link_and_sync(owner.id, "demo-alice").await;
+    let connection = app.link_and_sync(owner.id, "demo-alice").await;
     let (status, _, sync) = call(&app, Method::POST, "/v1/users/demo-alice/sync", &owner_key).await;
     assert_eq!(status, 202, "{sync}");
     let sync_id = sync["id"].as_str().unwrap();
@@ -121,7 +121,8 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
             .replace("{user_id}", "demo-alice")
             .replace("{sync_id}", sync_id)
             .replace("{webhook_id}", webhook_id)
-            .replace("{transaction_id}", transaction_id);
+            .replace("{transaction_id}", transaction_id)
+            .replace("{connection_id}", &connection.to_string());
         for (method, present) in [
             (Method::GET, item.get.is_some()),
             (Method::POST, item.post.is_some()),
@@ -147,7 +148,7 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
             walked += 1;
         }
     }
-    assert_eq!(walked, 10, "every /v1 operation with an id was walked");
+    assert_eq!(walked, 11, "every /v1 operation with an id was walked");
 }
 
 #[tokio::test]
@@ -979,4 +980,71 @@ async fn an_idempotency_key_makes_a_post_safe_to_retry() {
     assert_eq!(claim("g", now).await.unwrap(), Claim::Mismatch);
     let later = now + chrono::Duration::minutes(3);
     assert_eq!(claim("f", later).await.unwrap(), Claim::Fresh);
+}
+
+#[tokio::test]
+async fn a_tenant_disconnects_one_of_its_users_connections() {
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let store = &app.app.ctx.store;
+    let tenant = app.tenant();
+    let bearer = tenant.bearer().to_owned();
+    let alice = app.link_and_sync(tenant.id, "demo-alice").await;
+    let bob = app.link_and_sync(tenant.id, "demo-bob").await;
+    let path = format!("/v1/users/demo-alice/connections/{alice}");
+
+    let (_, read_only) = store
+        .issue_api_key(tenant.id, &[finsync::store::Scope::Read], None)
+        .await
+        .unwrap();
+    let (status, _) = call_route(&app, Method::DELETE, &path, read_only.0.expose_secret()).await;
+    assert_eq!(status, 403, "disconnecting needs the sync scope");
+    // Bob's connection is not Alice's.
+    let (status, _) = call_route(
+        &app,
+        Method::DELETE,
+        &format!("/v1/users/demo-alice/connections/{bob}"),
+        &bearer,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let (status, done) = call_route(&app, Method::DELETE, &path, &bearer).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["id"], alice.to_string());
+    assert_eq!(done["status"], "revoked");
+    assert_eq!(
+        done["revoked_at_institution"], true,
+        "Meridian revokes grants"
+    );
+    let portfolio = app
+        .get_json("/v1/users/demo-alice/portfolio", &bearer)
+        .await;
+    assert!(
+        portfolio["accounts"].as_array().unwrap().is_empty(),
+        "{portfolio}"
+    );
+    assert!(
+        portfolio["freshness"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("CONNECTION_REVOKED"),
+        "{portfolio}"
+    );
+    assert!(
+        store
+            .full_snapshot(alice)
+            .await
+            .unwrap()
+            .accounts
+            .is_empty()
+    );
+    assert!(
+        !store.full_snapshot(bob).await.unwrap().accounts.is_empty(),
+        "Bob keeps his"
+    );
+
+    // Again: nothing more to revoke, nothing changes.
+    let (status, again) = call_route(&app, Method::DELETE, &path, &bearer).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["revoked_at_institution"], false);
 }
