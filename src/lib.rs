@@ -15,7 +15,8 @@
 //! - [`connectors`]: connector files, their validation, the registry and the generic
 //!   engine that fetches and maps an institution's data, redacting what does not map.
 //! - [`catalog`]: which version of each connector is in service, following the
-//!   connectors directory and the admin API across the fleet.
+//!   connectors directory and the admin API across the fleet; [`directory`]: the
+//!   institutions a tenant may offer, and their health as the fleet sees it.
 //! - [`tokens`]: OAuth2 (linking, code exchange, refresh, revocation) and
 //!   disconnecting.
 //! - [`portfolio`]: the read model advisory apps receive, built from the store and
@@ -40,6 +41,7 @@ pub mod cache;
 pub mod catalog;
 pub mod cli;
 pub mod connectors;
+pub mod directory;
 pub mod domain;
 pub mod fingerprint;
 pub mod http;

@@ -81,6 +81,10 @@ pub(super) async fn create_connection(
                 ErrorCode::UnknownInstitution,
                 format!("no institution `{id}`"),
             ),
+            LinkError::NotOffered(id) => ApiError::new(
+                ErrorCode::Forbidden,
+                format!("institution `{id}` is not one this tenant offers its users"),
+            ),
             other => ApiError::internal(other),
         })?;
     Ok((

@@ -50,7 +50,7 @@ pub(super) struct ReceiptView {
 /// accounts it names are synced, one sync per connection for all events of the
 /// same coalescing window.
 #[utoipa::path(
-    post, path = "/webhooks/{institution}", tag = "institutions",
+    post, path = "/webhooks/{institution}", tag = "institution webhooks",
     params(("institution" = String, Path, description = "The connector id, e.g. `meridian`")),
     request_body(content = serde_json::Value, content_type = "application/json",
         description = "The institution's event, as its connector describes it"),

@@ -2,7 +2,8 @@
 //! `tokens`, `sync` or `portfolio` (or a store read), and maps the outcome and its
 //! errors to a response. No handler calls an institution or holds a business rule.
 //!
-//! - the versioned read API for advisory apps: [`read`], on-demand [`syncs`],
+//! - the versioned read API for advisory apps: [`read`], the [`institutions`] they
+//!   may offer, on-demand [`syncs`],
 //!   users' tags and notes on [`transactions`], and disconnecting a user's
 //!   connection ([`user_connections`]);
 //! - the admin API: [`admin`] (connections), [`tenants`], [`connectors`],
@@ -23,6 +24,8 @@ mod extract;
 mod health;
 mod idempotency;
 mod inbound_webhooks;
+mod institutions;
+mod paging;
 mod quarantine;
 mod read;
 mod schemas;
@@ -82,6 +85,7 @@ pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id"
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(read::routes())
+        .merge(institutions::routes())
         .merge(syncs::routes().route_layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::honour,

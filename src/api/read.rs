@@ -10,8 +10,6 @@ use axum::http::HeaderName;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -19,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Tenant;
 use super::error::ErrorBody;
 use super::extract::{Json, Path, Query};
+use super::paging;
 use super::{ApiError, ApiState};
 use crate::cache::Hit;
 use crate::domain::{ConnectionStatus, InvestmentType, TransactionStatus, UserId};
@@ -239,18 +238,15 @@ struct Cursor {
     r: String,
 }
 
-fn encode_cursor(position: &TransactionPosition) -> String {
-    let cursor = Cursor {
+fn cursor_of(position: &TransactionPosition) -> Cursor {
+    Cursor {
         d: position.date,
         r: position.row_id.clone(),
-    };
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
+    }
 }
 
 fn decode_cursor(raw: &str) -> Result<TransactionPosition, ApiError> {
-    let invalid = || ApiError::invalid("`cursor` is not a cursor this API returned");
-    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
-    let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    let cursor: Cursor = paging::position(raw)?;
     Ok(TransactionPosition {
         date: cursor.d,
         row_id: cursor.r,
@@ -277,12 +273,7 @@ pub(super) async fn get_transactions(
 ) -> Result<Json<TransactionsResponse>, ApiError> {
     tenant.require(Scope::Read)?;
     let user = self::user_id(&user_id)?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "`limit` must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = paging::limit(query.limit, 100, MAX_PAGE)?;
     if let (Some(from), Some(to)) = (query.from, query.to)
         && from > to
     {
@@ -311,15 +302,10 @@ pub(super) async fn get_transactions(
         investment_type: query.investment_type,
     };
     // One extra row says whether there is a next page.
-    let mut page = store
+    let rows = store
         .transactions_page(&ids, &filter, after.as_ref(), u64::from(limit) + 1)
         .await?;
-    let next_cursor = if page.len() > limit as usize {
-        page.truncate(limit as usize);
-        page.last().map(|t| encode_cursor(&t.position))
-    } else {
-        None
-    };
+    let (page, next_cursor) = paging::page(rows, limit, |t| cursor_of(&t.position));
     let (mut freshness, connections) = portfolio::connection_views(&connections);
     if state.env.cache.degraded() {
         freshness.mark_cache_degraded();
@@ -418,10 +404,14 @@ pub(super) async fn relink_url(
     if record.status != ConnectionStatus::ReauthRequired {
         return Ok(None);
     }
-    let start = state
+    match state
         .linker
         .start(record.tenant_id, &record.user_id, &record.institution_id)
         .await
-        .map_err(ApiError::internal)?;
-    Ok(Some(start.authorize_url.to_string()))
+    {
+        Ok(start) => Ok(Some(start.authorize_url.to_string())),
+        // The tenant no longer offers the institution: nothing to relink to.
+        Err(crate::tokens::LinkError::NotOffered(_)) => Ok(None),
+        Err(error) => Err(ApiError::internal(error)),
+    }
 }

@@ -34,6 +34,10 @@ pub fn routes() -> Router<ApiState> {
             "/admin/tenants/{tenant_id}/keys/{key_id}",
             delete(revoke_key),
         )
+        .route(
+            "/admin/tenants/{tenant_id}/institutions",
+            get(get_institutions).put(set_institutions),
+        )
         .route("/admin/tenants/{tenant_id}/users", get(list_users))
         .route(
             "/admin/tenants/{tenant_id}/users/{user_id}",
@@ -203,6 +207,80 @@ pub(super) async fn get_tenant(
     Path(tenant_id): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     Ok(Json(tenant(&state, &tenant_id).await?.into()))
+}
+
+/// The institutions a tenant may offer its users.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OfferedInstitutions {
+    /// Institution ids; `null` offers every institution in service (the default).
+    institutions: Option<Vec<String>>,
+}
+
+/// The institutions the tenant may offer its users.
+#[utoipa::path(
+    get, path = "/admin/tenants/{tenant_id}/institutions", tag = "admin",
+    params(("tenant_id" = String, Path)),
+    responses(
+        (status = 200, body = OfferedInstitutions), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn get_institutions(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<OfferedInstitutions>, ApiError> {
+    let tenant = tenant(&state, &tenant_id).await?;
+    Ok(Json(OfferedInstitutions {
+        institutions: state.env.store.tenant_institutions(tenant.id).await?,
+    }))
+}
+
+/// Limits the institutions the tenant may offer: `GET /v1/institutions` lists only
+/// these, and links to others are refused (connections already linked stay).
+/// `null` lifts the limit.
+#[utoipa::path(
+    put, path = "/admin/tenants/{tenant_id}/institutions", tag = "admin",
+    params(("tenant_id" = String, Path)), request_body = OfferedInstitutions,
+    responses(
+        (status = 200, body = OfferedInstitutions), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn set_institutions(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(tenant_id): Path<String>,
+    Json(body): Json<OfferedInstitutions>,
+) -> Result<Json<OfferedInstitutions>, ApiError> {
+    let tenant = tenant(&state, &tenant_id).await?;
+    if let Some(ids) = &body.institutions {
+        let registry = state.catalog.registry();
+        let unknown: Vec<&str> = ids
+            .iter()
+            .filter(|id| registry.get(id).is_err())
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "no institution in service is called {}",
+                unknown.join(", ")
+            )));
+        }
+    }
+    state
+        .env
+        .store
+        .set_tenant_institutions(tenant.id, body.institutions.as_deref())
+        .await?;
+    Ok(Json(OfferedInstitutions {
+        institutions: state.env.store.tenant_institutions(tenant.id).await?,
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -4,7 +4,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, Func, NullOrdering};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 
 use super::entities::{connection, oauth_state};
@@ -101,6 +102,23 @@ impl std::fmt::Debug for TokenColumns {
             )
             .finish()
     }
+}
+
+/// Institution, last success, last failure, its reason.
+type OutcomeRow = (
+    String,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+);
+
+/// One active connection's latest outcomes, as [`Store::recent_outcomes`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentOutcome {
+    pub institution: String,
+    pub last_synced_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    pub last_failure_reason: Option<String>,
 }
 
 /// What a successful sync records on its connection.
@@ -641,6 +659,38 @@ impl Store {
             .exec(self.db())
             .await?;
         Ok(claimed.rows_affected == 1)
+    }
+
+    /// The last outcome of every active connection that synced or failed since
+    /// `since`: (institution, last success, last failure, its reason).
+    pub async fn recent_outcomes(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RecentOutcome>, StoreError> {
+        let rows: Vec<OutcomeRow> = connection::Entity::find()
+            .select_only()
+            .column(connection::Column::InstitutionId)
+            .column(connection::Column::LastSyncedAt)
+            .column(connection::Column::LastFailureAt)
+            .column(connection::Column::LastFailureReason)
+            .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
+            .filter(
+                Condition::any()
+                    .add(connection::Column::LastSyncedAt.gte(since))
+                    .add(connection::Column::LastFailureAt.gte(since)),
+            )
+            .into_tuple()
+            .all(self.db())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(institution, synced, failed, reason)| RecentOutcome {
+                institution,
+                last_synced_at: synced,
+                last_failure_at: failed,
+                last_failure_reason: reason,
+            })
+            .collect())
     }
 
     /// Every connection that holds sealed tokens, for re-sealing under a new key.

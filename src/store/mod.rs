@@ -33,7 +33,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use annotations::{AnnotatedTransaction, AnnotationChange, Annotations};
 pub use connections::{
-    CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, SyncSuccess, TokenColumns,
+    CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, RecentOutcome, SyncSuccess,
+    TokenColumns,
 };
 pub use decimal::DbDecimal;
 pub use idempotency::{Claim, IDEMPOTENCY_KEY_TTL, StoredAnswer, key_id};

@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use rand::RngExt;
+use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -168,6 +169,7 @@ impl Store {
             id: Set(record.id.to_string()),
             name: Set(record.name.clone()),
             created_at: Set(record.created_at),
+            institutions: Set(None),
         }
         .insert(self.db())
         .await?;
@@ -293,6 +295,45 @@ impl Store {
             .await?
             .map(to_record)
             .transpose()
+    }
+
+    /// The institutions the tenant may offer its users; `None`: every one in service.
+    pub async fn tenant_institutions(
+        &self,
+        id: TenantId,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let row = tenant::Entity::find_by_id(id.to_string())
+            .one(self.db())
+            .await?
+            .ok_or(StoreError::NotFound("tenant"))?;
+        row.institutions
+            .as_deref()
+            .map(|text| {
+                serde_json::from_str(text)
+                    .map_err(|_| StoreError::Corrupt(format!("tenant {id}: institutions")))
+            })
+            .transpose()
+    }
+
+    /// Limits the institutions the tenant may offer to `institutions` (`None`: all).
+    pub async fn set_tenant_institutions(
+        &self,
+        id: TenantId,
+        institutions: Option<&[String]>,
+    ) -> Result<(), StoreError> {
+        let text = institutions.map(|list| {
+            let unique: std::collections::BTreeSet<&String> = list.iter().collect();
+            serde_json::to_string(&unique).unwrap_or_default()
+        });
+        let updated = tenant::Entity::update_many()
+            .col_expr(tenant::Column::Institutions, Expr::value(text))
+            .filter(tenant::Column::Id.eq(id.to_string()))
+            .exec(self.db())
+            .await?;
+        if updated.rows_affected == 0 {
+            return Err(StoreError::NotFound("tenant"));
+        }
+        Ok(())
     }
 
     pub async fn tenant_by_name(&self, name: &str) -> Result<Option<TenantRecord>, StoreError> {

@@ -32,6 +32,9 @@ pub enum LinkError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The tenant is limited to other institutions.
+    #[error("institution `{0}` is not one this tenant offers its users")]
+    NotOffered(String),
     /// The grant lacks a value the connector's requests carry: the deployment's to
     /// fix (`keep`, `nested_under`), not the user's.
     #[error(
@@ -132,6 +135,11 @@ impl Linker {
         institution: &str,
     ) -> Result<LinkStart, LinkError> {
         let connector = self.registry.get(institution)?;
+        if let Some(offered) = self.store.tenant_institutions(tenant).await?
+            && !offered.contains(&connector.id)
+        {
+            return Err(LinkError::NotOffered(connector.id.clone()));
+        }
         let client = self.client(institution, &self.redirect_uri)?;
         let connection = self
             .store

@@ -1048,3 +1048,146 @@ async fn a_tenant_disconnects_one_of_its_users_connections() {
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["revoked_at_institution"], false);
 }
+
+/// An admin call with a JSON body; its status and body.
+async fn admin_json(app: &TestApp, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+    let response = finsync::http::client()
+        .request(method, format!("{}{path}", app.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn apps_list_the_institutions_they_may_offer_with_the_fleets_view_of_their_health() {
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let store = &app.app.ctx.store;
+    let tenant = app.tenant();
+    let bearer = tenant.bearer().to_owned();
+
+    // Every institution in service, by name, page by page.
+    let mut served: Vec<(String, String)> = app
+        .app
+        .catalog
+        .registry()
+        .all()
+        .into_iter()
+        .map(|s| (s.connector.name.clone(), s.connector.id.clone()))
+        .collect();
+    served.sort();
+    let mut listed = Vec::new();
+    let mut path = "/v1/institutions?limit=2".to_owned();
+    loop {
+        let page = app.get_json(&path, &bearer).await;
+        let institutions = page["institutions"].as_array().unwrap();
+        assert!(institutions.len() <= 2, "{page}");
+        for i in institutions {
+            listed.push((
+                i["name"].as_str().unwrap().to_owned(),
+                i["id"].as_str().unwrap().to_owned(),
+            ));
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/institutions?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, served);
+
+    // Searched by part of the name or id, any case.
+    let found = app.get_json("/v1/institutions?q=MERID", &bearer).await;
+    let meridian = &found["institutions"][0];
+    assert_eq!(
+        found["institutions"].as_array().unwrap().len(),
+        1,
+        "{found}"
+    );
+    assert_eq!(
+        (&meridian["id"], &meridian["initials"], &meridian["health"]),
+        (&json!("meridian"), &json!("MB"), &json!("ok"))
+    );
+    assert_eq!(
+        meridian["products"],
+        json!(["accounts", "holdings", "transactions"])
+    );
+    for bad in ["limit=0", "limit=201", "cursor=nonsense"] {
+        let (status, body) = call_route(
+            &app,
+            Method::GET,
+            &format!("/v1/institutions?{bad}"),
+            &bearer,
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
+    // Health is the fleet's: every connection that tried lately failed for the
+    // institution's reasons is `down`; one syncing beside it makes it `degraded`.
+    let health = || async {
+        app.get_json("/v1/institutions?q=meridian", &bearer).await["institutions"][0]["health"]
+            .clone()
+    };
+    let alice = app.link_and_sync(tenant.id, "demo-alice").await;
+    store
+        .record_sync_failure(
+            alice,
+            "INSTITUTION_UNAVAILABLE: the institution could not be reached; retrying later",
+        )
+        .await
+        .unwrap();
+    assert_eq!(health().await, "down");
+    app.link_and_sync(tenant.id, "demo-bob").await;
+    assert_eq!(health().await, "degraded");
+
+    // An admin limits the tenant: only those are listed, and links to others are
+    // refused.
+    let offered = format!("/admin/tenants/{}/institutions", tenant.id);
+    let (status, body) = admin_json(
+        &app,
+        Method::PUT,
+        &offered,
+        json!({"institutions": ["harbor", "atlantis"]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("atlantis")
+    );
+    let (status, body) = admin_json(
+        &app,
+        Method::PUT,
+        &offered,
+        json!({"institutions": ["harbor"]}),
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), &body),
+        (200, &json!({"institutions": ["harbor"]}))
+    );
+    let only = app.get_json("/v1/institutions", &bearer).await;
+    assert_eq!(only["institutions"].as_array().unwrap().len(), 1, "{only}");
+    assert_eq!(only["institutions"][0]["id"], "harbor");
+    let (status, body) = admin_json(
+        &app,
+        Method::POST,
+        "/admin/connections",
+        json!({"tenant": "advisor", "user": "demo-carol", "institution": "meridian"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) =
+        admin_json(&app, Method::PUT, &offered, json!({"institutions": null})).await;
+    assert_eq!(
+        (status.as_u16(), &body),
+        (200, &json!({"institutions": null}))
+    );
+    let all = app.get_json("/v1/institutions?limit=200", &bearer).await;
+    assert_eq!(all["institutions"].as_array().unwrap().len(), served.len());
+}

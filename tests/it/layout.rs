@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["fingerprint", "http"],
     &["vault", "store", "cache", "resilience"],
     &["connectors"],
-    &["catalog"],
+    &["catalog", "directory"],
     &["tokens"],
     &["portfolio"],
     &["webhooks::outbound"],
