@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Admin, Tenant};
 use super::error::ErrorBody;
 use super::extract::{Json, Path, Query};
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, paging};
 use crate::domain::{DeliveryStatus, TenantId, WebhookEndpointId, WebhookEvent};
 use crate::store::{DeliveryQuery, Scope, WebhookDelivery, WebhookEndpoint};
 use crate::webhooks::outbound::{self, WebhookError};
@@ -30,8 +30,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/admin/webhooks/deliveries", get(admin_deliveries))
 }
 
-const DEFAULT_PAGE: u64 = 50;
-const MAX_PAGE: u64 = 500;
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct EndpointView {
@@ -112,17 +112,6 @@ fn endpoint_id(raw: &str) -> Result<WebhookEndpointId, ApiError> {
         .map_err(|_| ApiError::invalid(format!("`{raw}` is not a webhook id")))
 }
 
-fn page_size(limit: Option<u64>) -> Result<u64, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if (1..=MAX_PAGE).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::invalid(format!(
-            "`limit` must be between 1 and {MAX_PAGE}"
-        )))
-    }
-}
-
 /// Registers an endpoint for some events. Deliveries are signed with the returned
 /// secret and retried with backoff until the endpoint answers 2xx.
 #[utoipa::path(
@@ -164,22 +153,78 @@ pub(super) async fn create_endpoint(
     ))
 }
 
-/// The tenant's endpoints, removed ones included; never their secrets.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EndpointPage {
+    /// Oldest first; 1 to 500, 50 by default.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of a tenant's endpoints, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct EndpointsResponse {
+    webhooks: Vec<EndpointView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// Where a page of endpoints resumes.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct EndpointPosition {
+    created_at: DateTime<Utc>,
+    id: String,
+}
+
+impl EndpointPosition {
+    fn of(endpoint: &WebhookEndpoint) -> Self {
+        Self {
+            created_at: endpoint.created_at,
+            id: endpoint.id.to_string(),
+        }
+    }
+}
+
+/// The tenant's endpoints, removed ones included, oldest first; never their
+/// secrets.
 #[utoipa::path(
     get, path = "/v1/webhooks", tag = "webhooks",
+    params(EndpointPage),
     responses(
-        (status = 200, body = Vec<EndpointView>), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 200, body = EndpointsResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
 pub(super) async fn list_endpoints(
     State(state): State<ApiState>,
     tenant: Tenant,
-) -> Result<Json<Vec<EndpointView>>, ApiError> {
+    Query(page): Query<EndpointPage>,
+) -> Result<Json<EndpointsResponse>, ApiError> {
     tenant.require(Scope::Read)?;
-    let endpoints = state.env.store.webhook_endpoints(tenant.tenant.id).await?;
-    Ok(Json(endpoints.into_iter().map(Into::into).collect()))
+    let limit = paging::limit(page.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let after: Option<EndpointPosition> =
+        page.cursor.as_deref().map(paging::position).transpose()?;
+    // A tenant has a handful of endpoints: read in order, paged here.
+    let endpoints: Vec<WebhookEndpoint> = state
+        .env
+        .store
+        .webhook_endpoints(tenant.tenant.id)
+        .await?
+        .into_iter()
+        .filter(|e| after.as_ref().is_none_or(|a| EndpointPosition::of(e) > *a))
+        .take(limit as usize + 1)
+        .collect();
+    let (endpoints, next_cursor) = paging::page(endpoints, limit, EndpointPosition::of);
+    Ok(Json(EndpointsResponse {
+        webhooks: endpoints.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }
 
 /// Removes an endpoint: nothing more is sent to it, and its pending deliveries end
@@ -221,7 +266,35 @@ pub(super) async fn delete_endpoint(
 pub(super) struct DeliveryPage {
     /// Newest first; 1 to 500, 50 by default.
     #[param(minimum = 1, maximum = 500)]
-    limit: Option<u64>,
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of deliveries, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct DeliveriesResponse {
+    deliveries: Vec<DeliveryView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// The page of deliveries `query` asks for, `limit` of them.
+async fn deliveries_page(
+    state: &ApiState,
+    mut query: DeliveryQuery,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Result<DeliveriesResponse, ApiError> {
+    query.before = cursor.map(paging::position).transpose()?;
+    query.limit = u64::from(limit) + 1;
+    let rows = state.env.store.webhook_deliveries(query).await?;
+    let (rows, next_cursor) = paging::page(rows, limit, WebhookDelivery::position);
+    Ok(DeliveriesResponse {
+        deliveries: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    })
 }
 
 /// An endpoint's delivery log, newest first.
@@ -229,7 +302,7 @@ pub(super) struct DeliveryPage {
     get, path = "/v1/webhooks/{webhook_id}/deliveries", tag = "webhooks",
     params(("webhook_id" = String, Path), DeliveryPage),
     responses(
-        (status = 200, body = Vec<DeliveryView>), (status = 400, body = ErrorBody),
+        (status = 200, body = DeliveriesResponse), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
@@ -240,10 +313,10 @@ pub(super) async fn endpoint_deliveries(
     tenant: Tenant,
     Path(webhook_id): Path<String>,
     Query(page): Query<DeliveryPage>,
-) -> Result<Json<Vec<DeliveryView>>, ApiError> {
+) -> Result<Json<DeliveriesResponse>, ApiError> {
     tenant.require(Scope::Read)?;
     let id = endpoint_id(&webhook_id)?;
-    let limit = page_size(page.limit)?;
+    let limit = paging::limit(page.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let store = &state.env.store;
     let owned = store
         .webhook_endpoints(tenant.tenant.id)
@@ -253,14 +326,15 @@ pub(super) async fn endpoint_deliveries(
     if !owned {
         return Err(ApiError::not_found(format!("no webhook `{webhook_id}`")));
     }
-    let deliveries = store
-        .webhook_deliveries(DeliveryQuery {
-            tenant: Some(tenant.tenant.id),
-            endpoint: Some(id),
-            limit,
-        })
-        .await?;
-    Ok(Json(deliveries.into_iter().map(Into::into).collect()))
+    let query = DeliveryQuery {
+        tenant: Some(tenant.tenant.id),
+        endpoint: Some(id),
+        before: None,
+        limit: 0,
+    };
+    Ok(Json(
+        deliveries_page(&state, query, page.cursor.as_deref(), limit).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -273,7 +347,9 @@ pub(super) struct AdminDeliveryQuery {
     webhook_id: Option<String>,
     /// Newest first; 1 to 500, 50 by default.
     #[param(minimum = 1, maximum = 500)]
-    limit: Option<u64>,
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
 /// Every tenant's webhook deliveries, newest first: what was sent, how often, and
@@ -282,7 +358,7 @@ pub(super) struct AdminDeliveryQuery {
     get, path = "/admin/webhooks/deliveries", tag = "admin",
     params(AdminDeliveryQuery),
     responses(
-        (status = 200, body = Vec<DeliveryView>), (status = 400, body = ErrorBody),
+        (status = 200, body = DeliveriesResponse), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
     security(("admin_token" = []))
@@ -291,7 +367,7 @@ pub(super) async fn admin_deliveries(
     State(state): State<ApiState>,
     _: Admin,
     Query(query): Query<AdminDeliveryQuery>,
-) -> Result<Json<Vec<DeliveryView>>, ApiError> {
+) -> Result<Json<DeliveriesResponse>, ApiError> {
     let tenant = query
         .tenant_id
         .as_deref()
@@ -301,14 +377,14 @@ pub(super) async fn admin_deliveries(
         })
         .transpose()?;
     let endpoint = query.webhook_id.as_deref().map(endpoint_id).transpose()?;
-    let deliveries = state
-        .env
-        .store
-        .webhook_deliveries(DeliveryQuery {
-            tenant,
-            endpoint,
-            limit: page_size(query.limit)?,
-        })
-        .await?;
-    Ok(Json(deliveries.into_iter().map(Into::into).collect()))
+    let limit = paging::limit(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    let filter = DeliveryQuery {
+        tenant,
+        endpoint,
+        before: None,
+        limit: 0,
+    };
+    Ok(Json(
+        deliveries_page(&state, filter, query.cursor.as_deref(), limit).await?,
+    ))
 }

@@ -48,8 +48,8 @@ pub use runs::{ABANDONED, RunCounts, UnreadAccount, unread_accounts};
 pub use sync_requests::SyncRequestRecord;
 pub use tenants::{ApiKey, ApiKeyRecord, RememberedKey, Scope, TenantRecord, api_key_prefix};
 pub use webhooks::{
-    Attempt, ClaimedDelivery, DeliveryQuery, NewWebhookEndpoint, NextStep, WebhookDelivery,
-    WebhookEndpoint,
+    Attempt, ClaimedDelivery, DeliveryPosition, DeliveryQuery, NewWebhookEndpoint, NextStep,
+    WebhookDelivery, WebhookEndpoint,
 };
 
 /// Advisory lock key that serialises migrations across a fleet ("fsmigrat").

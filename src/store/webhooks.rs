@@ -14,6 +14,7 @@ use sea_orm::{
 use super::entities::{webhook_delivery, webhook_endpoint};
 use super::{Store, StoreError};
 use crate::domain::{DeliveryStatus, TenantId, WebhookDeliveryId, WebhookEndpointId, WebhookEvent};
+use serde::{Deserialize, Serialize};
 
 /// Why pending deliveries of an endpoint end without being sent.
 const DISABLED: &str = "ENDPOINT_DISABLED: the endpoint was disabled before delivery";
@@ -101,11 +102,29 @@ pub enum NextStep {
 }
 
 /// Which deliveries to list; no filter lists every tenant's (for admins).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DeliveryQuery {
     pub tenant: Option<TenantId>,
     pub endpoint: Option<WebhookEndpointId>,
+    /// Newest first, from just older than this delivery.
+    pub before: Option<DeliveryPosition>,
     pub limit: u64,
+}
+
+/// Where a page of deliveries (newest first) resumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryPosition {
+    pub created_at: DateTime<Utc>,
+    pub id: String,
+}
+
+impl WebhookDelivery {
+    pub fn position(&self) -> DeliveryPosition {
+        DeliveryPosition {
+            created_at: self.created_at,
+            id: self.id.to_string(),
+        }
+    }
 }
 
 impl Store {
@@ -387,6 +406,17 @@ impl Store {
         }
         if let Some(endpoint) = query.endpoint {
             select = select.filter(Column::EndpointId.eq(endpoint.to_string()));
+        }
+        if let Some(before) = query.before {
+            select = select.filter(
+                Condition::any()
+                    .add(Column::CreatedAt.lt(before.created_at))
+                    .add(
+                        Condition::all()
+                            .add(Column::CreatedAt.eq(before.created_at))
+                            .add(Column::Id.lt(before.id)),
+                    ),
+            );
         }
         select
             .order_by_desc(Column::CreatedAt)

@@ -686,6 +686,7 @@ async fn tenants_manage_webhooks_and_read_their_delivery_log() {
     let secret = secrecy::SecretString::from(hook["secret"].as_str().unwrap().to_owned());
     let id = hook["id"].as_str().unwrap().to_owned();
     let (_, _, listed) = call(&app, Method::GET, "/v1/webhooks", &key).await;
+    let listed = &listed["webhooks"];
     assert_eq!(listed[0]["id"], id.as_str());
     assert!(listed[0].get("secret").is_none(), "secrets are shown once");
 
@@ -712,6 +713,8 @@ async fn tenants_manage_webhooks_and_read_their_delivery_log() {
     )
     .await;
     assert_eq!(status, 200);
+    assert!(log.get("next_cursor").is_none(), "one page: {log}");
+    let log = &log["deliveries"];
     assert_eq!(log[0]["status"], "delivered");
     assert_eq!(log[0]["attempts"], 1);
     assert_eq!(log[0]["last_status_code"], 200);
@@ -727,14 +730,28 @@ async fn tenants_manage_webhooks_and_read_their_delivery_log() {
         .json()
         .await
         .unwrap();
-    assert_eq!(admin_log[0]["id"], log[0]["id"]);
+    assert_eq!(admin_log["deliveries"][0]["id"], log[0]["id"]);
+
+    // Paged, newest first, each delivery once.
+    app.link_and_sync(tenant.id, "demo-dave").await;
+    assert_eq!(attempt_deliveries(&app).await, 1);
+    let path = format!("/v1/webhooks/{id}/deliveries?limit=1");
+    let (_, _, first) = call(&app, Method::GET, &path, &key).await;
+    let cursor = first["next_cursor"].as_str().expect("a second page");
+    let (_, _, second) = call(&app, Method::GET, &format!("{path}&cursor={cursor}"), &key).await;
+    assert!(second.get("next_cursor").is_none(), "{second}");
+    assert_eq!(
+        second["deliveries"][0]["id"], log[0]["id"],
+        "the older one last"
+    );
+    assert_ne!(first["deliveries"][0]["id"], log[0]["id"]);
 
     let (status, _, _) = call(&app, Method::DELETE, &format!("/v1/webhooks/{id}"), &key).await;
     assert_eq!(status, 204);
     let (status, _, _) = call(&app, Method::DELETE, &format!("/v1/webhooks/{id}"), &key).await;
     assert_eq!(status, 404, "already removed");
     let (_, _, listed) = call(&app, Method::GET, "/v1/webhooks", &key).await;
-    assert!(listed[0]["disabled_at"].is_string());
+    assert!(listed["webhooks"][0]["disabled_at"].is_string());
 }
 
 #[tokio::test]
@@ -806,6 +823,7 @@ async fn webhooks_cannot_point_at_the_internal_network() {
         .webhook_deliveries(finsync::store::DeliveryQuery {
             tenant: Some(tenant.id),
             endpoint: Some(endpoint.endpoint.id),
+            before: None,
             limit: 10,
         })
         .await
@@ -902,7 +920,7 @@ async fn an_idempotency_key_makes_a_post_safe_to_retry() {
     assert_eq!((status.as_u16(), &again), (201, &first));
     assert_eq!(headers["idempotent-replayed"], "true");
     let (_, _, listed) = call(&app, Method::GET, "/v1/webhooks", &bearer).await;
-    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["webhooks"].as_array().unwrap().len(), 1, "{listed}");
 
     // The same key for another request is refused, and changes nothing.
     let other = json!({"url": url, "events": ["connection.repaired"]});
@@ -911,7 +929,7 @@ async fn an_idempotency_key_makes_a_post_safe_to_retry() {
     assert_eq!(status, 422, "{refused}");
     assert_eq!(refused["error"]["code"], "IDEMPOTENCY_KEY_REUSED");
     let (_, _, listed) = call(&app, Method::GET, "/v1/webhooks", &bearer).await;
-    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed["webhooks"].as_array().unwrap().len(), 1);
 
     // A refusal is an answer like any other: replayed, not run again.
     let bad = json!({"url": "ftp://example.com/x", "events": ["sync.completed"]});

@@ -170,6 +170,7 @@ async fn settled(
             .webhook_deliveries(DeliveryQuery {
                 tenant: None,
                 endpoint: Some(endpoint),
+                before: None,
                 limit: 100,
             })
             .await
@@ -317,6 +318,7 @@ async fn a_sync_sends_a_signed_sync_completed_event_to_subscribed_endpoints_only
             .webhook_deliveries(DeliveryQuery {
                 tenant: None,
                 endpoint: Some(unsubscribed.endpoint.id),
+                before: None,
                 limit: 10,
             })
             .await
@@ -328,6 +330,7 @@ async fn a_sync_sends_a_signed_sync_completed_event_to_subscribed_endpoints_only
         .webhook_deliveries(DeliveryQuery {
             tenant: Some(tenant.id),
             endpoint: None,
+            before: None,
             limit: 10,
         })
         .await
