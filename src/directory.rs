@@ -1,14 +1,15 @@
 //! The institution directory apps read: the institutions a tenant may offer its
 //! users (every one in service, or the tenant's list), what each is, and how it is
-//! doing as the fleet sees it. Health is read from every connection's last outcome
+//! doing as the fleet sees it. Health is read from every connection's latest outcome
 //! in the database, so every process answers the same whatever its own breakers
-//! say: over the last [`HEALTH_WINDOW`], an institution whose connections only
-//! failed for its own reasons is `down`, one where some failed and some synced is
-//! `degraded`, and otherwise `ok` (no news included).
+//! say: connections whose latest outcome is a failure that is the institution's
+//! (however long ago: a long outage backs syncs off for an hour) against those that
+//! synced within [`HEALTH_WINDOW`]. Only failing is `down`, both is `degraded`,
+//! otherwise `ok` (no news included).
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::connectors::Registry;
@@ -90,7 +91,8 @@ pub async fn list(
     if served.is_empty() {
         return Ok(Vec::new());
     }
-    let health = health(&store.recent_outcomes(Utc::now() - HEALTH_WINDOW).await?);
+    let since = Utc::now() - HEALTH_WINDOW;
+    let health = health(&store.recent_outcomes(since).await?, since);
     Ok(served
         .into_iter()
         .map(|c| Listed {
@@ -105,13 +107,16 @@ pub async fn list(
 }
 
 /// Each institution's health from its connections' latest outcomes.
-fn health(outcomes: &[RecentOutcome]) -> BTreeMap<String, Health> {
+fn health(outcomes: &[RecentOutcome], since: DateTime<Utc>) -> BTreeMap<String, Health> {
     let mut tally: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for outcome in outcomes {
         let (failing, syncing) = tally.entry(&outcome.institution).or_default();
+        let synced_last = outcome
+            .last_synced_at
+            .is_some_and(|at| at >= since && outcome.last_failure_at.is_none_or(|f| at >= f));
         if last_failed_for_institution(outcome) {
             *failing += 1;
-        } else if outcome.last_synced_at.is_some() {
+        } else if synced_last {
             *syncing += 1;
         }
     }
@@ -184,19 +189,27 @@ mod tests {
 
     #[test]
     fn health_follows_the_latest_outcome_of_each_connection() {
-        let found = health(&[
-            // Down: every connection's latest is the institution failing.
-            outcome("a", Some(20), Some((5, "INSTITUTION_UNAVAILABLE"))),
-            outcome("a", None, Some((3, "RATE_LIMITED"))),
-            // Degraded: one fails, one synced after its failure.
-            outcome("b", None, Some((2, "INSTITUTION_ERROR"))),
-            outcome("b", Some(1), Some((4, "INSTITUTION_UNAVAILABLE"))),
-            // Ok: a user to ask again is not the institution's fault.
-            outcome("c", Some(10), Some((1, "REAUTH_REQUIRED"))),
-        ]);
+        let since = Utc::now() - HEALTH_WINDOW;
+        let found = health(
+            &[
+                // Down: every connection's latest is the institution failing.
+                outcome("a", Some(20), Some((5, "INSTITUTION_UNAVAILABLE"))),
+                outcome("a", None, Some((3, "RATE_LIMITED"))),
+                // Degraded: one fails, one synced after its failure.
+                outcome("b", None, Some((2, "INSTITUTION_ERROR"))),
+                outcome("b", Some(1), Some((4, "INSTITUTION_UNAVAILABLE"))),
+                // Ok: a user to ask again is not the institution's fault.
+                outcome("c", Some(10), Some((1, "REAUTH_REQUIRED"))),
+                // Down: failing for hours, backed off; a success long ago is no news.
+                outcome("d", None, Some((300, "INSTITUTION_UNAVAILABLE"))),
+                outcome("d", Some(600), Some((1, "REAUTH_REQUIRED"))),
+            ],
+            since,
+        );
         assert_eq!(found["a"], Health::Down);
         assert_eq!(found["b"], Health::Degraded);
         assert_eq!(found["c"], Health::Ok);
+        assert_eq!(found["d"], Health::Down);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! is stored as its SHA-256 (with the tenant, the row's id) and the request as a
 //! fingerprint (method, path and body); the answer is its status, the headers a
 //! replay needs and its body. A row without `finished_at` is a request still being
-//! processed. Rows are purged a day after they were made.
+//! processed, by the request whose random `owner` token it holds. Rows are purged a
+//! day after they were made.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -19,6 +20,7 @@ impl MigrationTrait for Migration {
                     .table(IdempotencyKeys::Table)
                     .col(string(IdempotencyKeys::Id).primary_key())
                     .col(string(IdempotencyKeys::TenantId))
+                    .col(string(IdempotencyKeys::Owner))
                     .col(string(IdempotencyKeys::Fingerprint))
                     .col(timestamp_with_time_zone(IdempotencyKeys::CreatedAt))
                     .col(timestamp_with_time_zone_null(IdempotencyKeys::FinishedAt))
@@ -51,6 +53,7 @@ enum IdempotencyKeys {
     Table,
     Id,
     TenantId,
+    Owner,
     Fingerprint,
     CreatedAt,
     FinishedAt,

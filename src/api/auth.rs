@@ -19,6 +19,7 @@ use crate::cache::Cache;
 use crate::store::{ApiKeyRecord, RememberedKey, Scope, Store, TenantRecord, api_key_prefix};
 
 /// The tenant whose API key authenticated the request, and that key.
+#[derive(Clone)]
 pub struct Tenant {
     pub tenant: TenantRecord,
     pub key: ApiKeyRecord,
@@ -205,6 +206,10 @@ impl FromRequestParts<ApiState> for Tenant {
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
+        // Already authenticated (and counted) by a layer in front of the handler.
+        if let Some(tenant) = parts.extensions.remove::<Tenant>() {
+            return Ok(tenant);
+        }
         let key = bearer(parts).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unauthorized,

@@ -1,12 +1,13 @@
-//! `Idempotency-Key` on the tenant API's `POST`s, with Stripe's semantics: the same
-//! key with the same request (method, path and body) gets the first answer again,
-//! marked `Idempotent-Replayed: true`, and nothing happens twice; the same key with
-//! another request is `422 IDEMPOTENCY_KEY_REUSED`; while the first is still being
-//! processed, `409 CONFLICT` with `Retry-After`. Keys are the tenant's (two tenants
-//! may use the same one) and live 24 hours. An answer that says "try again" (a 5xx
-//! or a 429) is not kept: the retry runs the request. Kept answers are sealed with
-//! the vault, as one may carry a secret shown once (a webhook signing secret). The
-//! rules are the store's ([`crate::store::Claim`]); this layer only translates.
+//! `Idempotency-Key` on the tenant API's `POST`s, after Stripe's: the same key with
+//! the same request (API key, method, path and body) gets the first answer again,
+//! marked `Idempotent-Replayed: true`; the same key with another request is `422
+//! IDEMPOTENCY_KEY_REUSED`; while the first is still being processed, `409 CONFLICT`
+//! with `Retry-After`. Keys are the tenant's (two tenants may use the same one) and
+//! live 24 hours. A request runs to its end even if the caller hangs up, so its
+//! retry finds the answer. Answers the request may be retried after as it is
+//! (malformed, unauthorized, rate limited, our failure) are not kept. Kept answers
+//! are sealed with the vault, as one may carry a secret shown once (a webhook
+//! signing secret). Claiming a key is the store's ([`crate::store::Claim`]).
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -17,7 +18,9 @@ use axum::response::{IntoResponse, Response};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use super::auth::bearer;
+use axum::extract::FromRequestParts;
+
+use super::auth::Tenant;
 use super::{ApiError, ApiState, ErrorCode};
 use crate::store::{Claim, StoredAnswer, key_id};
 use crate::vault::idempotent_answer_context;
@@ -46,17 +49,12 @@ pub(super) async fn honour(
         Ok(key) => key,
         Err(error) => return error.into_response(),
     };
-    let (parts, body) = request.into_parts();
-    // An unknown key is the handler's to refuse, in its own words.
-    let Some(presented) = bearer(&parts) else {
-        return next.run(Request::from_parts(parts, body)).await;
-    };
-    let Ok((tenant, _)) = state
-        .keys
-        .authenticate(&state.env.store, &state.env.cache, presented)
-        .await
-    else {
-        return next.run(Request::from_parts(parts, body)).await;
+    let (mut parts, body) = request.into_parts();
+    // Authenticated (and counted against the key's budget) once, here: a replay
+    // answers only the API key that made the request, and the handler reuses it.
+    let tenant = match Tenant::from_request_parts(&mut parts, &state).await {
+        Ok(tenant) => tenant,
+        Err(error) => return error.into_response(),
     };
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         return ApiError::new(
@@ -66,15 +64,26 @@ pub(super) async fn honour(
         .into_response();
     };
     let fingerprint = fingerprint(
+        &tenant.key.id,
         &parts.method,
         parts.uri.path_and_query().map_or("", |p| p.as_str()),
         &bytes,
     );
-    let id = key_id(tenant.id, &crate::fingerprint::sha256_hex(key.as_bytes()));
+    let id = key_id(
+        tenant.tenant.id,
+        &crate::fingerprint::sha256_hex(key.as_bytes()),
+    );
+    let owner = uuid::Uuid::new_v4().to_string();
     let claim = match state
         .env
         .store
-        .claim_idempotency_key(tenant.id, &id, &fingerprint, chrono::Utc::now())
+        .claim_idempotency_key(
+            tenant.tenant.id,
+            &id,
+            &owner,
+            &fingerprint,
+            chrono::Utc::now(),
+        )
         .await
     {
         Ok(claim) => claim,
@@ -82,23 +91,27 @@ pub(super) async fn honour(
     };
     match claim {
         Claim::Fresh => {
-            let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
-            keep(&state, &id, response).await
+            parts.extensions.insert(tenant);
+            let request = Request::from_parts(parts, Body::from(bytes));
+            // Run to the end even if the caller hangs up: its retry must find the
+            // answer, not run the request again.
+            let run = tokio::spawn(async move {
+                let response = next.run(request).await;
+                keep(&state, &id, &owner, response).await
+            });
+            run.await.unwrap_or_else(|error| ApiError::internal(error).into_response())
         }
-        Claim::InFlight => {
-            let mut response = ApiError::new(
+        Claim::InFlight => ApiError {
+            retry_after_secs: Some(1),
+            ..ApiError::new(
                 ErrorCode::Conflict,
                 "a request with this Idempotency-Key is still being processed; try again shortly",
             )
-            .into_response();
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            response
         }
+        .into_response(),
         Claim::Mismatch => ApiError::new(
             ErrorCode::IdempotencyKeyReused,
-            "this Idempotency-Key was used for another request (method, path or body); use a new key for a new request",
+            "this Idempotency-Key was used for another request (API key, method, path or body); use a new key for a new request",
         )
         .into_response(),
         Claim::Answered(answer) => {
@@ -131,9 +144,16 @@ fn request_key(request: &Request) -> Result<String, ApiError> {
         })
 }
 
-/// SHA-256 of the request as far as sameness goes.
-fn fingerprint(method: &Method, path: &str, body: &[u8]) -> String {
+/// SHA-256 of the request as far as sameness goes: the API key, method, path with
+/// query, and body (a JSON body by its meaning: key order and spacing aside).
+fn fingerprint(api_key: &str, method: &Method, path: &str, body: &[u8]) -> String {
+    let canonical = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|value| serde_json::to_vec(&value).ok());
+    let body = canonical.as_deref().unwrap_or(body);
     let mut hash = Sha256::new();
+    hash.update(api_key);
+    hash.update([0]);
     hash.update(method.as_str());
     hash.update([0]);
     hash.update(path);
@@ -142,11 +162,12 @@ fn fingerprint(method: &Method, path: &str, body: &[u8]) -> String {
     hex::encode(hash.finalize())
 }
 
-/// Stores the answer for replay, or frees the key when the answer says "try again"
-/// (or cannot be kept); returns the answer as it was.
-async fn keep(state: &ApiState, id: &str, response: Response) -> Response {
+/// Stores the answer for replay, or frees the key when the answer is one the
+/// request may be sent again after (see [`kept`]) or cannot be kept; returns the
+/// answer as it was.
+async fn keep(state: &ApiState, id: &str, owner: &str, response: Response) -> Response {
     let status = response.status();
-    let transient = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+    let transient = !kept(status);
     let (parts, body) = response.into_parts();
     let read = axum::body::to_bytes(body, MAX_ANSWER_BYTES).await;
     let sealed = match &read {
@@ -163,7 +184,7 @@ async fn keep(state: &ApiState, id: &str, response: Response) -> Response {
     let (bytes, sealed) = match (read, sealed) {
         (Ok(bytes), Some(sealed)) => (bytes, sealed),
         (other, _) => {
-            if let Err(error) = state.env.store.release_idempotency_key(id).await {
+            if let Err(error) = state.env.store.release_idempotency_key(id, owner).await {
                 tracing::warn!(%error, "Freeing an idempotency key failed; it frees itself in two minutes.");
             }
             return Response::from_parts(parts, Body::from(other.unwrap_or_else(|_| Bytes::new())));
@@ -180,12 +201,25 @@ async fn keep(state: &ApiState, id: &str, response: Response) -> Response {
             .collect(),
         body: sealed,
     };
-    if let Err(error) = state.env.store.answer_idempotency_key(id, &answer).await {
+    if let Err(error) = state
+        .env
+        .store
+        .answer_idempotency_key(id, owner, &answer)
+        .await
+    {
         // The effect happened but its answer is not kept: a retry with this key is
         // told to wait until the claim counts as abandoned, then runs again.
         tracing::error!(%error, "Storing an idempotent answer failed.");
     }
     Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Whether an answer is kept for replay. Not when the request never ran or may be
+/// sent again as it is to better effect: refused as malformed (400, 413, 415),
+/// unauthenticated or forbidden (401, 403), rate limited (429) or failed on our side
+/// (5xx). The rest, refusals of what it asked included, are its answer.
+fn kept(status: StatusCode) -> bool {
+    !(status.is_server_error() || matches!(status.as_u16(), 400 | 401 | 403 | 413 | 415 | 429))
 }
 
 fn replay(status: u16, stored: &[(String, String)], body: &str) -> Response {

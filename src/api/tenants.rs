@@ -214,6 +214,9 @@ pub(super) async fn get_tenant(
 #[serde(deny_unknown_fields)]
 pub(super) struct OfferedInstitutions {
     /// Institution ids; `null` offers every institution in service (the default).
+    /// Required, so that a body without it cannot lift a limit by accident.
+    #[serde(deserialize_with = "Option::deserialize")]
+    #[schema(required = true)]
     institutions: Option<Vec<String>>,
 }
 

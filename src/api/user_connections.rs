@@ -49,14 +49,17 @@ pub(super) async fn disconnect(
     tenant.require(Scope::Sync)?;
     let user = user_id(&raw_user)?;
     let id = connection_id(&raw_connection)?;
-    let not_found = || ApiError::not_found(format!("no connection `{id}` of user `{user}`"));
-    let connection = match state.env.store.connection(id).await {
-        Ok(connection) => connection,
-        Err(crate::store::StoreError::NotFound(_)) => return Err(not_found()),
-        Err(error) => return Err(error.into()),
-    };
-    if connection.tenant_id != tenant.tenant.id || connection.user_id != user {
-        return Err(not_found());
+    let theirs = state
+        .env
+        .store
+        .user_connections(tenant.tenant.id, &user)
+        .await?
+        .iter()
+        .any(|c| c.id == id);
+    if !theirs {
+        return Err(ApiError::not_found(format!(
+            "no connection `{id}` of user `{user}`"
+        )));
     }
     let done = state.env.disconnect(id).await.map_err(disconnect_error)?;
     Ok(Json(done.into()))

@@ -2,7 +2,7 @@
 //! single-use OAuth `state` records that bind a browser redirect to a link attempt.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, Func, NullOrdering};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, NullOrdering};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder,
     QuerySelect, Set,
@@ -661,8 +661,8 @@ impl Store {
         Ok(claimed.rows_affected == 1)
     }
 
-    /// The last outcome of every active connection that synced or failed since
-    /// `since`: (institution, last success, last failure, its reason).
+    /// The latest outcomes of every active connection that synced since `since` or
+    /// whose latest outcome is a failure, however old.
     pub async fn recent_outcomes(
         &self,
         since: DateTime<Utc>,
@@ -677,7 +677,18 @@ impl Store {
             .filter(
                 Condition::any()
                     .add(connection::Column::LastSyncedAt.gte(since))
-                    .add(connection::Column::LastFailureAt.gte(since)),
+                    .add(
+                        Condition::all()
+                            .add(connection::Column::LastFailureAt.is_not_null())
+                            .add(
+                                Condition::any()
+                                    .add(connection::Column::LastSyncedAt.is_null())
+                                    .add(
+                                        Expr::col(connection::Column::LastFailureAt)
+                                            .gt(Expr::col(connection::Column::LastSyncedAt)),
+                                    ),
+                            ),
+                    ),
             )
             .into_tuple()
             .all(self.db())

@@ -51,6 +51,7 @@ impl Store {
         &self,
         tenant: TenantId,
         key: &str,
+        owner: &str,
         fingerprint: &str,
         now: DateTime<Utc>,
     ) -> Result<Claim, StoreError> {
@@ -70,6 +71,7 @@ impl Store {
         let row = idempotency_key::ActiveModel {
             id: Set(key.to_owned()),
             tenant_id: Set(tenant.to_string()),
+            owner: Set(owner.to_owned()),
             fingerprint: Set(fingerprint.to_owned()),
             created_at: Set(now),
             finished_at: Set(None),
@@ -109,10 +111,12 @@ impl Store {
         }))
     }
 
-    /// Stores the answer to the request that claimed `key`.
+    /// Stores the answer to the request that claimed `key` as `owner` (a claim taken
+    /// over since is left alone).
     pub async fn answer_idempotency_key(
         &self,
         key: &str,
+        owner: &str,
         answer: &StoredAnswer,
     ) -> Result<(), StoreError> {
         idempotency_key::Entity::update_many()
@@ -130,14 +134,18 @@ impl Store {
                 Expr::value(answer.body.clone()),
             )
             .filter(idempotency_key::Column::Id.eq(key))
+            .filter(idempotency_key::Column::Owner.eq(owner))
             .exec(self.db())
             .await?;
         Ok(())
     }
 
-    /// Frees `key` without an answer, so the request may be sent again with it.
-    pub async fn release_idempotency_key(&self, key: &str) -> Result<(), StoreError> {
-        idempotency_key::Entity::delete_by_id(key.to_owned())
+    /// Frees `key`, claimed as `owner`, without an answer, so the request may be
+    /// sent again with it.
+    pub async fn release_idempotency_key(&self, key: &str, owner: &str) -> Result<(), StoreError> {
+        idempotency_key::Entity::delete_many()
+            .filter(idempotency_key::Column::Id.eq(key))
+            .filter(idempotency_key::Column::Owner.eq(owner))
             .exec(self.db())
             .await?;
         Ok(())

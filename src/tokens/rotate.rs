@@ -1,8 +1,9 @@
-//! Key rotation: re-seals every stored token (and every pending link's PKCE
-//! verifier, and every webhook endpoint's signing secret) under the vault's
-//! current key. Safe while the fleet serves: each row
-//! is replaced only if it still holds what was read, so a refresh that committed
-//! meanwhile (already sealed with the current key) is never overwritten.
+//! Key rotation: re-seals every stored token and kept grant value (and every
+//! pending link's PKCE verifier, every webhook endpoint's signing secret and every
+//! answer kept for an idempotent replay) under the vault's current key. Safe while
+//! the fleet serves: each row is replaced only if it still holds what was read, so
+//! a refresh that committed meanwhile (already sealed with the current key) is
+//! never overwritten.
 
 use crate::store::{ConnectionRecord, Store, StoreError, TokenColumns};
 use crate::vault::{

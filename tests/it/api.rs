@@ -931,15 +931,47 @@ async fn an_idempotency_key_makes_a_post_safe_to_retry() {
     let (_, _, listed) = call(&app, Method::GET, "/v1/webhooks", &bearer).await;
     assert_eq!(listed["webhooks"].as_array().unwrap().len(), 1);
 
-    // A refusal is an answer like any other: replayed, not run again.
+    // Another API key of the tenant cannot replay it (a read-only one would get the
+    // signing secret): to it the key names another request.
+    let (_, read_only) = ctx
+        .store
+        .issue_api_key(tenant.id, &[finsync::store::Scope::Read], None)
+        .await
+        .unwrap();
+    let (status, _, refused) = post_keyed(
+        &app,
+        "/v1/webhooks",
+        read_only.0.expose_secret(),
+        "hook-1",
+        endpoint.clone(),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(refused.get("secret").is_none());
+
+    // A malformed request is not an answer to keep: fixed, the same key runs it.
     let bad = json!({"url": "ftp://example.com/x", "events": ["sync.completed"]});
-    let (status, _, _) = post_keyed(&app, "/v1/webhooks", &bearer, "bad-1", bad.clone()).await;
+    let (status, _, _) = post_keyed(&app, "/v1/webhooks", &bearer, "fix-1", bad).await;
     assert_eq!(status, 400);
-    let (status, headers, _) = post_keyed(&app, "/v1/webhooks", &bearer, "bad-1", bad).await;
-    assert_eq!(
-        (status.as_u16(), &headers["idempotent-replayed"]),
-        (400, &"true".parse().unwrap())
-    );
+    let (status, headers, _) =
+        post_keyed(&app, "/v1/webhooks", &bearer, "fix-1", endpoint.clone()).await;
+    assert_eq!(status, 201);
+    assert!(headers.get("idempotent-replayed").is_none());
+    // The same JSON with its keys in another order and other spacing is the same
+    // request.
+    let reordered = finsync::http::client()
+        .post(format!("{}/v1/webhooks", app.address))
+        .bearer_auth(&bearer)
+        .header("Idempotency-Key", "fix-1")
+        .header("Content-Type", "application/json")
+        .body(format!(
+            "{{ \"url\": \"{url}\",\n  \"events\": [\"sync.completed\"] }}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reordered.status(), 201);
+    assert_eq!(reordered.headers()["idempotent-replayed"], "true");
 
     // A sync asked for twice with one key is one sync, answered the same, with its
     // Location.
@@ -991,7 +1023,7 @@ async fn an_idempotency_key_makes_a_post_safe_to_retry() {
     let now = chrono::Utc::now();
     let claim = |fingerprint: &'static str, at: chrono::DateTime<chrono::Utc>| {
         ctx.store
-            .claim_idempotency_key(tenant.id, "t:k", fingerprint, at)
+            .claim_idempotency_key(tenant.id, "t:k", "owner", fingerprint, at)
     };
     assert_eq!(claim("f", now).await.unwrap(), Claim::Fresh);
     assert_eq!(claim("f", now).await.unwrap(), Claim::InFlight);
@@ -1164,6 +1196,8 @@ async fn apps_list_the_institutions_they_may_offer_with_the_fleets_view_of_their
     // An admin limits the tenant: only those are listed, and links to others are
     // refused.
     let offered = format!("/admin/tenants/{}/institutions", tenant.id);
+    let (status, body) = admin_json(&app, Method::PUT, &offered, json!({})).await;
+    assert_eq!(status, 400, "a body without the list lifts nothing: {body}");
     let (status, body) = admin_json(
         &app,
         Method::PUT,

@@ -8,6 +8,8 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
     pub tenant_id: String,
+    /// A random token of the request that claimed the key.
+    pub owner: String,
     /// SHA-256 of the request's method, path and body.
     pub fingerprint: String,
     pub created_at: DateTimeUtc,
