@@ -1099,19 +1099,6 @@ async fn a_tenant_disconnects_one_of_its_users_connections() {
     assert_eq!(again["revoked_at_institution"], false);
 }
 
-/// An admin call with a JSON body; its status and body.
-async fn admin_json(app: &TestApp, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
-    let response = finsync::http::client()
-        .request(method, format!("{}{path}", app.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn apps_list_the_institutions_they_may_offer_with_the_fleets_view_of_their_health() {
     let app = TestApp::builder().sqlite().tenant("advisor").build().await;
@@ -1196,12 +1183,13 @@ async fn apps_list_the_institutions_they_may_offer_with_the_fleets_view_of_their
     // An admin limits the tenant: only those are listed, and links to others are
     // refused.
     let offered = format!("/admin/tenants/{}/institutions", tenant.id);
-    let (status, body) = admin_json(&app, Method::PUT, &offered, json!({})).await;
+    let (status, body) = call_json(&app, Method::PUT, &offered, ADMIN_TOKEN, json!({})).await;
     assert_eq!(status, 400, "a body without the list lifts nothing: {body}");
-    let (status, body) = admin_json(
+    let (status, body) = call_json(
         &app,
         Method::PUT,
         &offered,
+        ADMIN_TOKEN,
         json!({"institutions": ["harbor", "atlantis"]}),
     )
     .await;
@@ -1212,10 +1200,11 @@ async fn apps_list_the_institutions_they_may_offer_with_the_fleets_view_of_their
             .unwrap()
             .contains("atlantis")
     );
-    let (status, body) = admin_json(
+    let (status, body) = call_json(
         &app,
         Method::PUT,
         &offered,
+        ADMIN_TOKEN,
         json!({"institutions": ["harbor"]}),
     )
     .await;
@@ -1226,16 +1215,23 @@ async fn apps_list_the_institutions_they_may_offer_with_the_fleets_view_of_their
     let only = app.get_json("/v1/institutions", &bearer).await;
     assert_eq!(only["institutions"].as_array().unwrap().len(), 1, "{only}");
     assert_eq!(only["institutions"][0]["id"], "harbor");
-    let (status, body) = admin_json(
+    let (status, body) = call_json(
         &app,
         Method::POST,
         "/admin/connections",
+        ADMIN_TOKEN,
         json!({"tenant": "advisor", "user": "demo-carol", "institution": "meridian"}),
     )
     .await;
     assert_eq!(status, 403, "{body}");
-    let (status, body) =
-        admin_json(&app, Method::PUT, &offered, json!({"institutions": null})).await;
+    let (status, body) = call_json(
+        &app,
+        Method::PUT,
+        &offered,
+        ADMIN_TOKEN,
+        json!({"institutions": null}),
+    )
+    .await;
     assert_eq!(
         (status.as_u16(), &body),
         (200, &json!({"institutions": null}))

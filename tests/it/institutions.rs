@@ -188,8 +188,9 @@ impl Drop for ConnectorDir {
     }
 }
 
-#[tokio::test]
-async fn a_northwind_user_is_stored_with_every_digit_from_the_fixture_connector() {
+/// An app on PostgreSQL whose connectors directory holds only Northwind's fixture
+/// file (the directory lives as long as the guard).
+async fn with_northwind() -> (ConnectorDir, TestApp) {
     let dir = ConnectorDir(std::env::temp_dir().join(unique("finsync-connectors")));
     std::fs::create_dir_all(&dir.0).unwrap();
     std::fs::copy(
@@ -204,6 +205,12 @@ async fn a_northwind_user_is_stored_with_every_digit_from_the_fixture_connector(
         .tenant("advisor")
         .build()
         .await;
+    (dir, app)
+}
+
+#[tokio::test]
+async fn a_northwind_user_is_stored_with_every_digit_from_the_fixture_connector() {
+    let (_dir, app) = with_northwind().await;
     let sandbox = app.sandbox();
     let store = &app.app.ctx.store;
     let tenant = app.tenant();
@@ -233,20 +240,7 @@ async fn a_northwind_user_is_stored_with_every_digit_from_the_fixture_connector(
 /// a refresh on its next sync, without the user.
 #[tokio::test]
 async fn a_consent_id_from_the_token_response_is_kept_sealed_and_sent_with_every_request() {
-    let dir = ConnectorDir(std::env::temp_dir().join(unique("finsync-connectors")));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    std::fs::copy(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/connectors/northwind.toml"),
-        dir.0.join("northwind.toml"),
-    )
-    .unwrap();
-    let app = TestApp::builder()
-        .postgres()
-        .with(|settings| settings.connectors.dir = dir.0.clone())
-        .tenant("advisor")
-        .build()
-        .await;
+    let (_dir, app) = with_northwind().await;
     let sandbox = app.sandbox();
     let ctx = &app.app.ctx;
     let tenant = app.tenant();
