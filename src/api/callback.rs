@@ -64,6 +64,10 @@ async fn callback(
             CompleteLinkError::Link(LinkError::Exchange(e)) => {
                 ApiError::new(ErrorCode::InstitutionError, e.to_string())
             }
+            CompleteLinkError::Link(LinkError::NotOffered(id)) => ApiError::new(
+                ErrorCode::Forbidden,
+                format!("institution `{id}` is no longer offered to you"),
+            ),
             other => ApiError::internal(other),
         })?;
     Ok(Html(format!(

@@ -135,11 +135,7 @@ impl Linker {
         institution: &str,
     ) -> Result<LinkStart, LinkError> {
         let connector = self.registry.get(institution)?;
-        if let Some(offered) = self.store.tenant_institutions(tenant).await?
-            && !offered.contains(&connector.id)
-        {
-            return Err(LinkError::NotOffered(connector.id.clone()));
-        }
+        self.offered(tenant, &connector.id).await?;
         let client = self.client(institution, &self.redirect_uri)?;
         let connection = self
             .store
@@ -168,6 +164,16 @@ impl Linker {
         })
     }
 
+    /// Refuses an institution the tenant does not offer its users.
+    async fn offered(&self, tenant: TenantId, institution: &str) -> Result<(), LinkError> {
+        match self.store.tenant_institutions(tenant).await? {
+            Some(offered) if !offered.iter().any(|id| id == institution) => {
+                Err(LinkError::NotOffered(institution.to_owned()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Completes a link from the institution's redirect. The state is consumed
     /// before anything else happens, so a replay finds it used and changes nothing.
     pub async fn complete(
@@ -192,6 +198,9 @@ impl Linker {
             }
         };
         let connection = self.store.connection(connection_id).await?;
+        // An admin may have narrowed the tenant's institutions since the link began.
+        self.offered(connection.tenant_id, &connection.institution_id)
+            .await?;
         // The exchange must name the redirect URI the authorization used (RFC 6749
         // §4.1.3), even if this deployment's public URL changed in between.
         let redirect = url::Url::parse(&record.redirect_uri)

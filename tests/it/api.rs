@@ -1183,6 +1183,14 @@ async fn apps_list_the_institutions_they_may_offer_with_the_fleets_view_of_their
     // An admin limits the tenant: only those are listed, and links to others are
     // refused.
     let offered = format!("/admin/tenants/{}/institutions", tenant.id);
+    // A link begun before the limit cannot be completed after it.
+    let user = finsync::domain::UserId::parse("demo-erin").unwrap();
+    let begun = app
+        .app
+        .linker
+        .start(tenant.id, &user, "meridian")
+        .await
+        .unwrap();
     let (status, body) = call_json(&app, Method::PUT, &offered, ADMIN_TOKEN, json!({})).await;
     assert_eq!(status, 400, "a body without the list lifts nothing: {body}");
     let (status, body) = call_json(
@@ -1211,6 +1219,18 @@ async fn apps_list_the_institutions_they_may_offer_with_the_fleets_view_of_their
     assert_eq!(
         (status.as_u16(), &body),
         (200, &json!({"institutions": ["harbor"]}))
+    );
+    let consent = finsync::http::client()
+        .get(begun.authorize_url)
+        .send()
+        .await
+        .unwrap();
+    let callback = consent.headers()["location"].to_str().unwrap().to_owned();
+    let refused = finsync::http::client().get(&callback).send().await.unwrap();
+    assert_eq!(refused.status(), 403, "{}", refused.text().await.unwrap());
+    assert_ne!(
+        store.connection(begun.connection_id).await.unwrap().status,
+        ConnectionStatus::Active
     );
     let only = app.get_json("/v1/institutions", &bearer).await;
     assert_eq!(only["institutions"].as_array().unwrap().len(), 1, "{only}");
