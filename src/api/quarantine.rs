@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Admin;
 use super::error::ErrorBody;
 use super::extract::{Json, Query};
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, paging};
 use crate::store::{QuarantineEntry, QuarantineFilter};
 
 pub fn routes() -> Router<ApiState> {
@@ -32,6 +32,20 @@ pub(super) struct QuarantineQuery {
     connector: Option<String>,
     /// Only open or only resolved entries; both by default.
     status: Option<QuarantineStatus>,
+    /// Entries per page, newest seen first; 1 to 500, 100 by default.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of quarantined records, newest seen first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct QuarantinePage {
+    records: Vec<QuarantineView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
 /// One refused record.
@@ -77,13 +91,13 @@ impl From<QuarantineEntry> for QuarantineView {
     }
 }
 
-/// Records connectors refused, newest seen first (at most 1000). `finsync sync
+/// Records connectors refused, newest seen first, paged. `finsync sync
 /// replay --quarantined` syncs their connections again after a connector fix.
 #[utoipa::path(
     get, path = "/admin/quarantine", tag = "admin",
     params(QuarantineQuery),
     responses(
-        (status = 200, body = Vec<QuarantineView>), (status = 400, body = ErrorBody),
+        (status = 200, body = QuarantinePage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
     security(("admin_token" = []))
@@ -92,11 +106,18 @@ pub(super) async fn list_quarantine(
     State(state): State<ApiState>,
     _: Admin,
     Query(query): Query<QuarantineQuery>,
-) -> Result<Json<Vec<QuarantineView>>, ApiError> {
+) -> Result<Json<QuarantinePage>, ApiError> {
+    let limit = paging::limit(query.limit, 100, 500)?;
     let filter = QuarantineFilter {
         institution: query.connector,
         open: query.status.map(|s| matches!(s, QuarantineStatus::Open)),
+        after: query.cursor.as_deref().map(paging::position).transpose()?,
+        limit: Some(u64::from(limit) + 1),
     };
     let entries = state.env.store.quarantine(&filter).await?;
-    Ok(Json(entries.into_iter().map(Into::into).collect()))
+    let (entries, next_cursor) = paging::page(entries, limit, QuarantineEntry::position);
+    Ok(Json(QuarantinePage {
+        records: entries.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }

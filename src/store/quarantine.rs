@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Set,
 };
 use serde_json::Value;
 
@@ -69,6 +70,26 @@ pub struct QuarantineFilter {
     pub institution: Option<String>,
     /// `Some(true)`: open only; `Some(false)`: resolved only.
     pub open: Option<bool>,
+    /// Newest seen first, from after this entry.
+    pub after: Option<QuarantinePosition>,
+    /// At most this many (a thousand without).
+    pub limit: Option<u64>,
+}
+
+/// Where a page of entries (newest seen first) resumes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuarantinePosition {
+    pub last_seen_at: DateTime<Utc>,
+    pub id: String,
+}
+
+impl QuarantineEntry {
+    pub fn position(&self) -> QuarantinePosition {
+        QuarantinePosition {
+            last_seen_at: self.last_seen_at,
+            id: self.id.clone(),
+        }
+    }
 }
 
 impl Store {
@@ -180,10 +201,21 @@ impl Store {
             Some(false) => query.filter(quarantined_record::Column::ResolvedAt.is_not_null()),
             None => query,
         };
+        if let Some(after) = &filter.after {
+            query = query.filter(
+                Condition::any()
+                    .add(quarantined_record::Column::LastSeenAt.lt(after.last_seen_at))
+                    .add(
+                        Condition::all()
+                            .add(quarantined_record::Column::LastSeenAt.eq(after.last_seen_at))
+                            .add(quarantined_record::Column::Id.gt(after.id.clone())),
+                    ),
+            );
+        }
         query
             .order_by_desc(quarantined_record::Column::LastSeenAt)
             .order_by_asc(quarantined_record::Column::Id)
-            .limit(LIST_LIMIT)
+            .limit(filter.limit.unwrap_or(LIST_LIMIT))
             .all(self.db())
             .await?
             .into_iter()

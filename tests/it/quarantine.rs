@@ -14,6 +14,7 @@ fn harbor(open: bool) -> QuarantineFilter {
     QuarantineFilter {
         institution: Some("harbor".into()),
         open: Some(open),
+        ..QuarantineFilter::default()
     }
 }
 
@@ -128,9 +129,32 @@ async fn records_that_do_not_map_wait_redacted_in_quarantine_until_a_replay_maps
             ADMIN_TOKEN,
         )
         .await;
-    let listed = listed.as_array().expect("a list");
+    let listed = listed["records"].as_array().expect("a list");
     assert_eq!(listed.len(), open.len());
     assert!(listed.iter().all(|e| e["resolution"].is_null()));
+    // Page by page, newest seen first, each entry once.
+    let mut paged = Vec::new();
+    let mut path = "/admin/quarantine?connector=harbor&status=open&limit=1".to_owned();
+    loop {
+        let page = app.get_json(&path, ADMIN_TOKEN).await;
+        paged.extend(
+            page["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => {
+                path = format!(
+                    "/admin/quarantine?connector=harbor&status=open&limit=1&cursor={cursor}"
+                )
+            }
+            None => break,
+        }
+    }
+    let ids: Vec<_> = listed.iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(paged, ids);
 
     // The institution fixes its data; the replay syncs the connection again from the
     // command line, and every entry maps.
@@ -171,7 +195,7 @@ async fn records_that_do_not_map_wait_redacted_in_quarantine_until_a_replay_maps
             ADMIN_TOKEN,
         )
         .await;
-    assert_eq!(listed.as_array().map(Vec::len), Some(open.len()));
+    assert_eq!(listed["records"].as_array().map(Vec::len), Some(open.len()));
 
     // Nothing is left to replay.
     let again = finsync::sync::replay::replay_quarantined(store, &app.app.ctx.queue, None)
