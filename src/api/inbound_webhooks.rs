@@ -16,8 +16,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Admin;
 use super::error::ErrorBody;
 use super::extract::{Json, Path, Query};
-use super::{ApiError, ApiState, ErrorCode};
-use crate::store::{EventFilter, EventStatus, InstitutionEvent};
+use super::{ApiError, ApiState, ErrorCode, paging};
+use crate::store::{EventFilter, EventPosition, EventStatus, InstitutionEvent};
 use crate::webhooks::inbound;
 
 pub fn routes() -> Router<ApiState> {
@@ -136,6 +136,20 @@ pub(super) struct EventsQuery {
     status: Option<String>,
     /// Only events received at or after this time (RFC 3339).
     since: Option<DateTime<Utc>>,
+    /// Events per page, newest first; 1 to 500, 100 by default.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of events, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct EventsPage {
+    events: Vec<EventView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
 /// One event an institution sent.
@@ -178,12 +192,12 @@ impl From<InstitutionEvent> for EventView {
     }
 }
 
-/// Events institutions sent, newest first (at most 1000), without their bodies.
+/// Events institutions sent, newest first and paged, without their bodies.
 #[utoipa::path(
     get, path = "/admin/institution-webhooks", tag = "admin",
     params(EventsQuery),
     responses(
-        (status = 200, body = Vec<EventView>), (status = 400, body = ErrorBody),
+        (status = 200, body = EventsPage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
     security(("admin_token" = []))
@@ -192,7 +206,9 @@ pub(super) async fn list_events(
     State(state): State<ApiState>,
     _: Admin,
     Query(query): Query<EventsQuery>,
-) -> Result<Json<Vec<EventView>>, ApiError> {
+) -> Result<Json<EventsPage>, ApiError> {
+    let limit = paging::limit(query.limit, 100, 500)?;
+    let after: Option<EventPosition> = query.cursor.as_deref().map(paging::position).transpose()?;
     let statuses = match query.status.as_deref() {
         Some(text) => vec![text.parse::<EventStatus>().map_err(ApiError::invalid)?],
         None => Vec::new(),
@@ -203,6 +219,14 @@ pub(super) async fn list_events(
         since: query.since,
         event: None,
     };
-    let events = state.env.store.institution_events(&filter).await?;
-    Ok(Json(events.into_iter().map(Into::into).collect()))
+    let events = state
+        .env
+        .store
+        .institution_events(&filter, after.as_ref(), u64::from(limit) + 1)
+        .await?;
+    let (events, next_cursor) = paging::page(events, limit, InstitutionEvent::position);
+    Ok(Json(EventsPage {
+        events: events.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }

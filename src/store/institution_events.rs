@@ -14,8 +14,6 @@ use super::entities::{account, connection, institution_event};
 use super::{ConnectionRecord, Store, StoreError};
 use crate::domain::ConnectionId;
 
-/// Most events one listing returns, newest first.
-const LIST_LIMIT: u64 = 1000;
 /// How long a process that claimed a `received` event may take to act on it before
 /// another (a repeat delivery, a replay) may claim it: the first must have stopped.
 const CLAIM_LEASE: chrono::Duration = chrono::Duration::seconds(60);
@@ -106,6 +104,22 @@ pub struct NewEvent<'a> {
     pub event_type: Option<&'a str>,
     pub sent_at: DateTime<Utc>,
     pub body: &'a str,
+}
+
+/// Where a page of events (newest first) resumes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EventPosition {
+    pub received_at: DateTime<Utc>,
+    pub id: String,
+}
+
+impl InstitutionEvent {
+    pub fn position(&self) -> EventPosition {
+        EventPosition {
+            received_at: self.received_at,
+            id: self.id.clone(),
+        }
+    }
 }
 
 /// Which events a listing or a replay wants; every field narrows it.
@@ -225,15 +239,30 @@ impl Store {
         Ok(())
     }
 
-    /// Events matching `filter`, newest first (at most 1000).
+    /// Up to `limit` events matching `filter`, newest first, from after `after`.
     pub async fn institution_events(
         &self,
         filter: &EventFilter,
+        after: Option<&EventPosition>,
+        limit: u64,
     ) -> Result<Vec<InstitutionEvent>, StoreError> {
-        filtered(filter)
+        use sea_orm::sea_query::Condition;
+        let mut query = filtered(filter);
+        if let Some(after) = after {
+            query = query.filter(
+                Condition::any()
+                    .add(institution_event::Column::ReceivedAt.lt(after.received_at))
+                    .add(
+                        Condition::all()
+                            .add(institution_event::Column::ReceivedAt.eq(after.received_at))
+                            .add(institution_event::Column::Id.gt(after.id.clone())),
+                    ),
+            );
+        }
+        query
             .order_by_desc(institution_event::Column::ReceivedAt)
             .order_by_asc(institution_event::Column::Id)
-            .limit(LIST_LIMIT)
+            .limit(limit)
             .all(self.db())
             .await?
             .into_iter()

@@ -38,7 +38,7 @@ pub use connections::{
 };
 pub use decimal::DbDecimal;
 pub use idempotency::{Claim, IDEMPOTENCY_KEY_TTL, StoredAnswer, key_id};
-pub use institution_events::{EventFilter, EventStatus, InstitutionEvent, NewEvent};
+pub use institution_events::{EventFilter, EventPosition, EventStatus, InstitutionEvent, NewEvent};
 pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};
 pub use quarantine::{QuarantineEntry, QuarantineFilter, QuarantinePosition, Refusal, Resolution};
 pub use records::{

@@ -187,7 +187,7 @@ impl Store {
         Ok(())
     }
 
-    /// Quarantine entries, newest seen first, at most 1000 (`LIST_LIMIT`).
+    /// Quarantine entries, newest seen first, from after `filter.after`: `filter.limit` of them, or a thousand (`LIST_LIMIT`).
     pub async fn quarantine(
         &self,
         filter: &QuarantineFilter,

@@ -78,7 +78,7 @@ async fn events(app: &TestApp) -> Vec<InstitutionEvent> {
     app.app
         .ctx
         .store
-        .institution_events(&EventFilter::default())
+        .institution_events(&EventFilter::default(), None, 1000)
         .await
         .unwrap()
 }
@@ -148,6 +148,8 @@ async fn a_new_epoch_at_the_institution_reaches_the_store_through_its_webhook() 
             ADMIN_TOKEN,
         )
         .await;
+    assert!(listed.get("next_cursor").is_none(), "{listed}");
+    let listed = &listed["events"];
     assert_eq!(listed[0]["event_id"], sent[0].webhook_id.as_str());
     assert_eq!(listed[0]["status"], "queued");
     assert_eq!(listed[0]["connections"][0], connection.to_string());
