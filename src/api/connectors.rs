@@ -15,7 +15,8 @@ use utoipa::ToSchema;
 
 use super::auth::Admin;
 use super::error::ErrorBody;
-use super::extract::{Json, Path};
+use super::extract::{Json, Path, Query};
+use super::paging::{self, PageQuery};
 use super::{ApiError, ApiState, ErrorCode, REQUEST_ID};
 use crate::catalog::CatalogError;
 use crate::connectors::registry::Served;
@@ -157,9 +158,9 @@ async fn summary(
 
 /// Every connector: the version in service, its health, and refused files.
 #[utoipa::path(
-    get, path = "/admin/connectors", tag = "admin",
+    get, path = "/admin/connectors", tag = "admin", params(PageQuery),
     responses(
-        (status = 200, body = Vec<ConnectorSummary>),
+        (status = 200, body = ConnectorsPage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
     security(("admin_token" = []))
@@ -167,7 +168,8 @@ async fn summary(
 pub(super) async fn list_connectors(
     State(state): State<ApiState>,
     _: Admin,
-) -> Result<Json<Vec<ConnectorSummary>>, ApiError> {
+    Query(query): Query<PageQuery>,
+) -> Result<Json<ConnectorsPage>, ApiError> {
     let registry = state.catalog.registry();
     let refused = registry.refused();
     let mut served: BTreeMap<String, Served> = registry
@@ -177,12 +179,25 @@ pub(super) async fn list_connectors(
         .collect();
     let ids: std::collections::BTreeSet<String> =
         served.keys().chain(refused.keys()).cloned().collect();
-    let mut out = Vec::with_capacity(ids.len());
+    let (ids, next_cursor) = paging::page_of(ids.into_iter().collect(), &query, String::clone)?;
+    let mut connectors = Vec::with_capacity(ids.len());
     for id in ids {
         let this = served.remove(&id);
-        out.push(summary(&state, &id, this, refused.get(&id)).await?);
+        connectors.push(summary(&state, &id, this, refused.get(&id)).await?);
     }
-    Ok(Json(out))
+    Ok(Json(ConnectorsPage {
+        connectors,
+        next_cursor,
+    }))
+}
+
+/// A page of connectors, by id.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ConnectorsPage {
+    connectors: Vec<ConnectorSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
 /// One connector: its text in service and every stored version.

@@ -49,3 +49,35 @@ pub(super) fn page<I, P: Serialize>(
     let next = items.last().map(|last| cursor(&position(last)));
     (items, next)
 }
+
+/// `limit` and `cursor`, for a list with no other parameters.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PageQuery {
+    /// Items per page, 1 to 500, 100 by default.
+    #[param(minimum = 1, maximum = 500)]
+    pub(super) limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub(super) cursor: Option<String>,
+}
+
+/// A page of a short list read whole: `items` in ascending `position` order, from
+/// after the position `query`'s cursor names.
+pub(super) fn page_of<I, P>(
+    items: Vec<I>,
+    query: &PageQuery,
+    position: impl Fn(&I) -> P,
+) -> Result<(Vec<I>, Option<String>), ApiError>
+where
+    P: Serialize + DeserializeOwned + Ord,
+{
+    let limit = limit(query.limit, 100, 500)?;
+    let after: Option<P> = query.cursor.as_deref().map(self::position).transpose()?;
+    let rest: Vec<I> = items
+        .into_iter()
+        .filter(|item| after.as_ref().is_none_or(|a| position(item) > *a))
+        .take(limit as usize + 1)
+        .collect();
+    Ok(page(rest, limit, position))
+}

@@ -16,7 +16,8 @@ use utoipa::ToSchema;
 use super::admin::{Disconnected, disconnect_error};
 use super::auth::Admin;
 use super::error::ErrorBody;
-use super::extract::{Json, Path};
+use super::extract::{Json, Path, Query};
+use super::paging::{self, PageQuery};
 use super::read::user_id;
 use super::{ApiError, ApiState, ErrorCode};
 use crate::domain::{ConnectionStatus, TenantId};
@@ -163,9 +164,9 @@ pub(super) async fn create_tenant(
 
 /// Every tenant.
 #[utoipa::path(
-    get, path = "/admin/tenants", tag = "admin",
+    get, path = "/admin/tenants", tag = "admin", params(PageQuery),
     responses(
-        (status = 200, body = Vec<TenantView>), (status = 401, body = ErrorBody),
+        (status = 200, body = TenantsPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
     ),
     security(("admin_token" = []))
@@ -173,9 +174,24 @@ pub(super) async fn create_tenant(
 pub(super) async fn list_tenants(
     State(state): State<ApiState>,
     _: Admin,
-) -> Result<Json<Vec<TenantView>>, ApiError> {
-    let tenants = state.env.store.tenants().await?;
-    Ok(Json(tenants.into_iter().map(Into::into).collect()))
+    Query(query): Query<PageQuery>,
+) -> Result<Json<TenantsPage>, ApiError> {
+    let mut tenants = state.env.store.tenants().await?;
+    tenants.sort_by(|a, b| a.name.cmp(&b.name));
+    let (tenants, next_cursor) = paging::page_of(tenants, &query, |t| t.name.clone())?;
+    Ok(Json(TenantsPage {
+        tenants: tenants.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// A page of tenants, by name.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TenantsPage {
+    tenants: Vec<TenantView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
 async fn tenant(state: &ApiState, raw: &str) -> Result<TenantRecord, ApiError> {
@@ -331,9 +347,9 @@ pub(super) async fn create_key(
 /// The tenant's API keys, revoked ones included; never the keys themselves.
 #[utoipa::path(
     get, path = "/admin/tenants/{tenant_id}/keys", tag = "admin",
-    params(("tenant_id" = String, Path)),
+    params(("tenant_id" = String, Path), PageQuery),
     responses(
-        (status = 200, body = Vec<KeyView>), (status = 400, body = ErrorBody),
+        (status = 200, body = KeysPage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
@@ -343,10 +359,25 @@ pub(super) async fn list_keys(
     State(state): State<ApiState>,
     _: Admin,
     Path(tenant_id): Path<String>,
-) -> Result<Json<Vec<KeyView>>, ApiError> {
+    Query(query): Query<PageQuery>,
+) -> Result<Json<KeysPage>, ApiError> {
     let tenant = tenant(&state, &tenant_id).await?;
-    let keys = state.env.store.api_keys(tenant.id).await?;
-    Ok(Json(keys.into_iter().map(Into::into).collect()))
+    let mut keys = state.env.store.api_keys(tenant.id).await?;
+    keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    let (keys, next_cursor) = paging::page_of(keys, &query, |k| (k.created_at, k.id.clone()))?;
+    Ok(Json(KeysPage {
+        keys: keys.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// A page of a tenant's keys, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct KeysPage {
+    keys: Vec<KeyView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
 /// Revokes one key at once; requests with it are refused from now on.
@@ -392,9 +423,9 @@ pub(super) struct UserConnection {
 /// The tenant's users and their connections.
 #[utoipa::path(
     get, path = "/admin/tenants/{tenant_id}/users", tag = "admin",
-    params(("tenant_id" = String, Path)),
+    params(("tenant_id" = String, Path), PageQuery),
     responses(
-        (status = 200, body = Vec<UserView>), (status = 400, body = ErrorBody),
+        (status = 200, body = UsersPage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
@@ -404,7 +435,8 @@ pub(super) async fn list_users(
     State(state): State<ApiState>,
     _: Admin,
     Path(tenant_id): Path<String>,
-) -> Result<Json<Vec<UserView>>, ApiError> {
+    Query(query): Query<PageQuery>,
+) -> Result<Json<UsersPage>, ApiError> {
     let tenant = tenant(&state, &tenant_id).await?;
     let connections = state.env.store.tenant_connections(tenant.id).await?;
     let mut users: BTreeMap<String, Vec<UserConnection>> = BTreeMap::new();
@@ -419,15 +451,24 @@ pub(super) async fn list_users(
                 last_synced_at: c.last_synced_at,
             });
     }
-    Ok(Json(
-        users
-            .into_iter()
-            .map(|(user_id, connections)| UserView {
-                user_id,
-                connections,
-            })
-            .collect(),
-    ))
+    let users: Vec<UserView> = users
+        .into_iter()
+        .map(|(user_id, connections)| UserView {
+            user_id,
+            connections,
+        })
+        .collect();
+    let (users, next_cursor) = paging::page_of(users, &query, |u| u.user_id.clone())?;
+    Ok(Json(UsersPage { users, next_cursor }))
+}
+
+/// A page of a tenant's users, by id.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct UsersPage {
+    users: Vec<UserView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
 /// Removes a user: every connection is disconnected (revoked at the institution

@@ -14,7 +14,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Admin, Tenant};
 use super::error::ErrorBody;
 use super::extract::{Json, Path, Query};
-use super::{ApiError, ApiState, paging};
+use super::paging::{self, PageQuery};
+use super::{ApiError, ApiState};
 use crate::domain::{DeliveryStatus, TenantId, WebhookEndpointId, WebhookEvent};
 use crate::store::{DeliveryQuery, Scope, WebhookDelivery, WebhookEndpoint};
 use crate::webhooks::outbound::{self, WebhookError};
@@ -153,17 +154,6 @@ pub(super) async fn create_endpoint(
     ))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub(super) struct EndpointPage {
-    /// Oldest first; 1 to 500, 50 by default.
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-}
-
 /// A page of a tenant's endpoints, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct EndpointsResponse {
@@ -193,7 +183,7 @@ impl EndpointPosition {
 /// secrets.
 #[utoipa::path(
     get, path = "/v1/webhooks", tag = "webhooks",
-    params(EndpointPage),
+    params(PageQuery),
     responses(
         (status = 200, body = EndpointsResponse), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -204,23 +194,12 @@ impl EndpointPosition {
 pub(super) async fn list_endpoints(
     State(state): State<ApiState>,
     tenant: Tenant,
-    Query(page): Query<EndpointPage>,
+    Query(query): Query<PageQuery>,
 ) -> Result<Json<EndpointsResponse>, ApiError> {
     tenant.require(Scope::Read)?;
-    let limit = paging::limit(page.limit, DEFAULT_PAGE, MAX_PAGE)?;
-    let after: Option<EndpointPosition> =
-        page.cursor.as_deref().map(paging::position).transpose()?;
-    // A tenant has a handful of endpoints: read in order, paged here.
-    let endpoints: Vec<WebhookEndpoint> = state
-        .env
-        .store
-        .webhook_endpoints(tenant.tenant.id)
-        .await?
-        .into_iter()
-        .filter(|e| after.as_ref().is_none_or(|a| EndpointPosition::of(e) > *a))
-        .take(limit as usize + 1)
-        .collect();
-    let (endpoints, next_cursor) = paging::page(endpoints, limit, EndpointPosition::of);
+    // A tenant has a handful of endpoints, read in order and paged here.
+    let endpoints = state.env.store.webhook_endpoints(tenant.tenant.id).await?;
+    let (endpoints, next_cursor) = paging::page_of(endpoints, &query, EndpointPosition::of)?;
     Ok(Json(EndpointsResponse {
         webhooks: endpoints.into_iter().map(Into::into).collect(),
         next_cursor,

@@ -58,7 +58,8 @@ async fn admin(
 }
 
 fn ids(list: &Value) -> Vec<&str> {
-    list.as_array()
+    list["connectors"]
+        .as_array()
         .unwrap()
         .iter()
         .map(|c| c["id"].as_str().unwrap())
@@ -84,12 +85,27 @@ async fn connectors_are_published_through_the_api_versioned_and_audited() {
             "pinecrest"
         ]
     );
-    assert_eq!(list[4]["version"], 1);
-    assert_eq!(list[4]["health"]["status"], "unused");
-    assert_eq!(list[4]["profile"], serde_json::Value::Null);
-    assert_eq!(list[0]["profile"], "uk-open-banking", "{list}");
-    assert_eq!(list[3]["profile"], "plaid", "{list}");
-    assert_eq!(list[5]["profile"], "fdx", "{list}");
+    assert_eq!(list["connectors"][4]["version"], 1);
+    assert_eq!(list["connectors"][4]["health"]["status"], "unused");
+    assert_eq!(list["connectors"][4]["profile"], serde_json::Value::Null);
+    assert_eq!(
+        list["connectors"][0]["profile"], "uk-open-banking",
+        "{list}"
+    );
+    assert_eq!(list["connectors"][3]["profile"], "plaid", "{list}");
+    assert_eq!(list["connectors"][5]["profile"], "fdx", "{list}");
+    // Paged like every list: the pages together are the list.
+    let (_, first) = admin(&app, Method::GET, "/admin/connectors?limit=4", None).await;
+    let cursor = first["next_cursor"].as_str().expect("a second page");
+    let (_, second) = admin(
+        &app,
+        Method::GET,
+        &format!("/admin/connectors?limit=4&cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert!(second.get("next_cursor").is_none(), "{second}");
+    assert_eq!([ids(&first), ids(&second)].concat(), ids(&list));
 
     // Without the admin token: refused.
     let anonymous = finsync::http::client()

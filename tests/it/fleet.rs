@@ -254,7 +254,8 @@ async fn a_fourth_institution_joins_a_running_fleet_with_a_new_file_only() {
             .json()
             .await
             .unwrap();
-        body.as_array()
+        body["connectors"]
+            .as_array()
             .unwrap()
             .iter()
             .map(|c| c["id"].as_str().unwrap().to_owned())

@@ -85,7 +85,7 @@ async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and
         "requests per sync: {per_sync:?}"
     );
     let connectors = app.get_json("/admin/connectors", ADMIN_TOKEN).await;
-    let breaker = connectors
+    let breaker = connectors["connectors"]
         .as_array()
         .unwrap()
         .iter()
@@ -114,7 +114,7 @@ async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and
     )
     .await;
     let connectors = app.get_json("/admin/connectors", ADMIN_TOKEN).await;
-    let harbor_summary = connectors
+    let harbor_summary = connectors["connectors"]
         .as_array()
         .unwrap()
         .iter()
