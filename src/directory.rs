@@ -58,12 +58,14 @@ pub struct After {
 }
 
 /// The institutions `tenant` may offer whose name or id contains `search` (any
-/// case), by name, from after `after`, at most `limit` of them.
+/// case) and that serve every one of `products`, by name, from after `after`, at
+/// most `limit` of them.
 pub async fn list(
     store: &Store,
     registry: &Registry,
     tenant: TenantId,
     search: Option<&str>,
+    products: &[String],
     after: Option<&After>,
     limit: usize,
 ) -> Result<Vec<Listed>, StoreError> {
@@ -76,6 +78,7 @@ pub async fn list(
         .into_iter()
         .map(|served| served.connector)
         .filter(|c| offered.as_ref().is_none_or(|ids| ids.contains(&c.id)))
+        .filter(|c| products.iter().all(|p| c.products.contains(p)))
         .filter(|c| {
             needle.as_ref().is_none_or(|n| {
                 c.name.to_lowercase().contains(n) || c.id.to_lowercase().contains(n)
@@ -104,6 +107,15 @@ pub async fn list(
             products: c.products.clone(),
         })
         .collect())
+}
+
+/// How `institution` is doing as the fleet sees it.
+pub async fn health_of(store: &Store, institution: &str) -> Result<Health, StoreError> {
+    let since = Utc::now() - HEALTH_WINDOW;
+    Ok(health(&store.recent_outcomes(since).await?, since)
+        .get(institution)
+        .copied()
+        .unwrap_or(Health::Ok))
 }
 
 /// Each institution's health from its connections' latest outcomes.

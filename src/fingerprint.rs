@@ -1,6 +1,7 @@
 //! SHA-256 fingerprints as lower-case hex: how finsync stores what it must
 //! recognise but never reveal (API keys, OAuth states) and names versions (connector
-//! files, vault keys); and the HMAC-SHA256 that signs webhooks both ways.
+//! files, vault keys); the HMAC-SHA256 that signs webhooks both ways; and a
+//! comparison of secrets that takes as long whatever they hold.
 
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
@@ -26,6 +27,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Compares two secrets (or their hashes) without an early exit.
+pub fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 #[cfg(test)]

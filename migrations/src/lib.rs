@@ -22,6 +22,7 @@ mod m20261205_000011_grant_values;
 mod m20261205_000012_unread_accounts;
 mod m20261206_000013_idempotency_keys;
 mod m20261206_000014_tenant_institutions;
+mod m20261206_000015_link_sessions;
 
 pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000012_unread_accounts::Migration),
             Box::new(m20261206_000013_idempotency_keys::Migration),
             Box::new(m20261206_000014_tenant_institutions::Migration),
+            Box::new(m20261206_000015_link_sessions::Migration),
         ]
     }
 }

@@ -1,14 +1,18 @@
 //! `GET /oauth/callback`: where institutions send the user back after consent.
-//! Hands the outcome to [`crate::sync::Environment::complete_link`] and says, in a
-//! page, how it went.
+//! Hands the outcome to [`crate::sync::Environment::complete_link`]; a user who
+//! came through an app's link session goes back to the app (on success) or to the
+//! link page, which says what went wrong and offers a retry; a link an admin
+//! started ends on a page here. Every answer is a page: a person is reading it.
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::response::Html;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use super::{ApiError, ApiState, ErrorCode};
+use super::ApiState;
+use super::link_page::{Message, back_to_app, html, trouble};
 use crate::sync::lifecycle::CompleteLinkError;
 use crate::tokens::LinkError;
 
@@ -21,57 +25,95 @@ struct CallbackParams {
     state: Option<String>,
     code: Option<String>,
     error: Option<String>,
-    error_description: Option<String>,
 }
 
-async fn callback(
-    State(state): State<ApiState>,
-    Query(params): Query<CallbackParams>,
-) -> Result<Html<String>, ApiError> {
-    let link_state = params
-        .state
-        .as_deref()
-        .ok_or_else(|| ApiError::new(ErrorCode::InvalidState, "the callback has no `state`"))?;
+async fn callback(State(state): State<ApiState>, Query(params): Query<CallbackParams>) -> Response {
+    let Some(link_state) = params.state.as_deref() else {
+        return refused("The institution's answer is incomplete (it has no `state`).");
+    };
     let outcome = match (&params.code, &params.error) {
         (_, Some(error)) => Err(error.as_str()),
         (Some(code), None) => Ok(code.as_str()),
         (None, None) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "the callback has neither `code` nor `error`",
-            ));
+            return refused(
+                "The institution's answer is incomplete (it has neither `code` nor `error`).",
+            );
         }
     };
-    let connection = state
+    match state
         .env
         .complete_link(&state.linker, link_state, outcome)
         .await
-        .map_err(|e| match e {
-            CompleteLinkError::Link(LinkError::InvalidState) => {
-                ApiError::new(ErrorCode::InvalidState, e.to_string())
-            }
-            CompleteLinkError::Link(LinkError::Denied(error)) => ApiError::new(
-                ErrorCode::ConsentDenied,
-                format!(
-                    "access was not granted at the institution: {error}{}",
-                    params
-                        .error_description
-                        .as_deref()
-                        .map(|d| format!(" ({d})"))
-                        .unwrap_or_default()
+    {
+        Ok(linked) => match linked.session {
+            Some(session) => back_to_app(&session),
+            None => html(
+                StatusCode::OK,
+                &Message::new(
+                    "Connected",
+                    &[
+                        &format!(
+                            "Your institution is linked (connection {}).",
+                            linked.connection
+                        ),
+                        "Your data is being synced; you can close this window.",
+                    ],
                 ),
             ),
-            CompleteLinkError::Link(LinkError::Exchange(e)) => {
-                ApiError::new(ErrorCode::InstitutionError, e.to_string())
-            }
-            CompleteLinkError::Link(LinkError::NotOffered(id)) => ApiError::new(
-                ErrorCode::Forbidden,
-                format!("institution `{id}` is no longer offered to you"),
+        },
+        // The link page says what happened and lets the user try again.
+        Err(CompleteLinkError::Link(failure)) if failure.session.is_some() => {
+            let session = failure.session.map(|id| id.to_string()).unwrap_or_default();
+            Redirect::to(&format!("/link/{session}")).into_response()
+        }
+        Err(CompleteLinkError::Link(failure)) => match failure.error {
+            LinkError::InvalidState => html(
+                StatusCode::BAD_REQUEST,
+                &Message::new(
+                    "This sign-in can't be used again",
+                    &[
+                        "It was already completed, or it expired. Nothing was changed.",
+                        "To connect again, start again from the app.",
+                    ],
+                )
+                .alert(),
             ),
-            other => ApiError::internal(other),
-        })?;
-    Ok(Html(format!(
-        "<!doctype html><title>Linked</title><p>Your institution is linked (connection {connection}). \
-         Your data is being synced; you can close this window.</p>"
-    )))
+            LinkError::Denied(_) => html(
+                StatusCode::BAD_REQUEST,
+                &Message::new(
+                    "Access was not granted",
+                    &["The institution says access was not granted, so nothing was connected."],
+                )
+                .alert(),
+            ),
+            LinkError::Exchange(error) => {
+                tracing::warn!(%error, "The institution refused the authorization code.");
+                html(
+                    StatusCode::BAD_GATEWAY,
+                    &Message::new(
+                        "The institution couldn't finish connecting",
+                        &["Nothing was connected. It is often temporary: start again in a moment."],
+                    )
+                    .alert(),
+                )
+            }
+            LinkError::NotOffered(_) => html(
+                StatusCode::FORBIDDEN,
+                &Message::new(
+                    "This institution can't be connected",
+                    &["It is no longer one this app can connect. Nothing was connected."],
+                )
+                .alert(),
+            ),
+            other => trouble(other),
+        },
+        Err(other) => trouble(other),
+    }
+}
+
+fn refused(line: &str) -> Response {
+    html(
+        StatusCode::BAD_REQUEST,
+        &Message::new("This sign-in can't be completed", &[line]).alert(),
+    )
 }

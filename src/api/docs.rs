@@ -13,8 +13,8 @@ use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    ApiState, admin, connectors, health, inbound_webhooks, institutions, quarantine, read, syncs,
-    tenants, transactions, user_connections, webhooks,
+    ApiState, admin, connectors, health, inbound_webhooks, institutions, link_sessions, quarantine,
+    read, syncs, tenants, transactions, user_connections, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -25,11 +25,13 @@ use super::{
     ),
     paths(
         read::get_portfolio, read::get_accounts, read::get_holdings, read::get_transactions,
-        read::get_connections, institutions::list, user_connections::disconnect, syncs::request_sync, syncs::get_sync, transactions::annotate,
+        read::get_connections, institutions::list, link_sessions::create, link_sessions::show,
+        user_connections::disconnect, syncs::request_sync, syncs::get_sync, transactions::annotate,
         admin::create_connection, admin::get_connection, admin::update_connection,
         admin::delete_connection,
         connectors::list_connectors, connectors::get_connector, connectors::put_connector,
-        tenants::create_tenant, tenants::list_tenants, tenants::get_institutions, tenants::set_institutions, tenants::get_tenant,
+        tenants::create_tenant, tenants::list_tenants, tenants::get_institutions, tenants::set_institutions,
+        tenants::get_redirect_uris, tenants::set_redirect_uris, tenants::get_tenant,
         tenants::create_key, tenants::list_keys, tenants::revoke_key,
         tenants::list_users, tenants::delete_user,
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint,
@@ -46,6 +48,7 @@ use super::{
         (name = "annotations", description = "Users' tags and notes on transactions (API key, scope `sync`)"),
         (name = "webhooks", description = "Signed event deliveries to tenants' endpoints (API key; `sync` scope to change)"),
         (name = "institutions", description = "The institutions an app may offer its users, with their health (API key, scope `read`)"),
+        (name = "link sessions", description = "An app links its own users: a session, the hosted link page it opens, and the way back (API key, scope `sync` to create)"),
         (name = "institution webhooks", description = "Webhooks institutions send (signed as each connector file says)"),
         (name = "admin", description = "Tenants, keys, users, connections, connectors, quarantine and institutions' webhooks (admin token)"),
         (name = "health", description = "Liveness and readiness"),

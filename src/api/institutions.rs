@@ -10,9 +10,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Tenant;
 use super::error::ErrorBody;
 use super::extract::{Json, Query};
-use super::{ApiError, ApiState, paging};
+use super::{ApiError, ApiState, ErrorCode, paging};
 use crate::directory::{self, After, Health};
 use crate::store::Scope;
+use crate::tokens::sessions::PRODUCTS;
 
 /// The largest page.
 const MAX_PAGE: u32 = 200;
@@ -26,6 +27,9 @@ pub fn routes() -> Router<ApiState> {
 pub(super) struct InstitutionQuery {
     /// Part of the name or id, any case.
     q: Option<String>,
+    /// Only institutions that serve all of these, comma-separated (`accounts`,
+    /// `holdings`, `transactions`).
+    products: Option<String>,
     /// Institutions per page, 1 to 200 (default 50).
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
@@ -77,11 +81,13 @@ pub(super) async fn list(
     tenant.require(Scope::Read)?;
     let limit = paging::limit(query.limit, 50, MAX_PAGE)?;
     let after: Option<After> = query.cursor.as_deref().map(paging::position).transpose()?;
+    let products = products(query.products.as_deref())?;
     let listed = directory::list(
         &state.env.store,
         state.catalog.registry(),
         tenant.tenant.id,
         query.q.as_deref(),
+        &products,
         after.as_ref(),
         limit as usize + 1,
     )
@@ -104,4 +110,22 @@ pub(super) async fn list(
             .collect(),
         next_cursor,
     }))
+}
+
+/// `accounts,holdings` → the products named, each one checked.
+pub(super) fn products(list: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let mut products = Vec::new();
+    for product in list.unwrap_or_default().split(',').map(str::trim) {
+        if product.is_empty() {
+            continue;
+        }
+        if !PRODUCTS.contains(&product) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("unknown product `{product}`: use accounts, holdings or transactions"),
+            ));
+        }
+        products.push(product.to_owned());
+    }
+    Ok(products)
 }

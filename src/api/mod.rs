@@ -3,7 +3,8 @@
 //! errors to a response. No handler calls an institution or holds a business rule.
 //!
 //! - the versioned read API for advisory apps: [`read`], the [`institutions`] they
-//!   may offer, on-demand [`syncs`],
+//!   may offer, [`link_sessions`] for their users (played out in the hosted
+//!   [`link_page`]), on-demand [`syncs`],
 //!   users' tags and notes on [`transactions`], and disconnecting a user's
 //!   connection ([`user_connections`]);
 //! - the admin API: [`admin`] (connections), [`tenants`], [`connectors`],
@@ -25,6 +26,8 @@ mod health;
 mod idempotency;
 mod inbound_webhooks;
 mod institutions;
+mod link_page;
+mod link_sessions;
 mod paging;
 mod quarantine;
 mod read;
@@ -90,6 +93,11 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             idempotency::honour,
         )))
+        .merge(link_sessions::routes().route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::honour,
+        )))
+        .merge(link_page::routes())
         .merge(transactions::routes())
         .merge(user_connections::routes())
         .merge(admin::routes())

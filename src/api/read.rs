@@ -342,7 +342,9 @@ pub(super) struct ConnectionDetail {
     last_failure_at: Option<DateTime<Utc>>,
     next_sync_at: Option<DateTime<Utc>>,
     consent_expires_at: Option<DateTime<Utc>>,
-    /// Where to send the user to link again; present when re-authentication is needed.
+    /// Where to send the user to link again, when re-authentication is needed: the
+    /// link URL of a repair session returning to the tenant's first registered
+    /// redirect URI (absent when the tenant registered none). Works once.
     relink_url: Option<String>,
 }
 
@@ -396,22 +398,16 @@ pub(super) async fn get_connections(
     }))
 }
 
-/// A fresh single-use link for a connection that needs the user again.
+/// The link URL of a repair session for a connection that needs the user again
+/// (one not yet opened is handed out again rather than a new one made per read).
 pub(super) async fn relink_url(
     state: &ApiState,
     record: &ConnectionRecord,
 ) -> Result<Option<String>, ApiError> {
-    if record.status != ConnectionStatus::ReauthRequired {
-        return Ok(None);
-    }
-    match state
+    state
         .linker
-        .start(record.tenant_id, &record.user_id, &record.institution_id)
+        .repair_url(record)
         .await
-    {
-        Ok(start) => Ok(Some(start.authorize_url.to_string())),
-        // The tenant no longer offers the institution: nothing to relink to.
-        Err(crate::tokens::LinkError::NotOffered(_)) => Ok(None),
-        Err(error) => Err(ApiError::internal(error)),
-    }
+        .map(|url| url.map(String::from))
+        .map_err(ApiError::internal)
 }

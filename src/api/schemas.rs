@@ -9,8 +9,8 @@ use utoipa::openapi::{ObjectBuilder, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::domain::{
-    AccountType, ConnectionStatus, Currency, DeliveryStatus, InvestmentType, Money, SecurityType,
-    TransactionStatus, WebhookEvent,
+    AccountType, ConnectionStatus, Currency, DeliveryStatus, InvestmentType, LinkSessionStatus,
+    Money, SecurityType, TransactionStatus, WebhookEvent,
 };
 
 /// A closed vocabulary is a string with its wire names as the enum values.
@@ -38,6 +38,7 @@ vocabulary_schema!(
     ConnectionStatus,
     DeliveryStatus,
     InvestmentType,
+    LinkSessionStatus,
     SecurityType,
     TransactionStatus,
     WebhookEvent,

@@ -22,6 +22,7 @@ use super::read::user_id;
 use super::{ApiError, ApiState, ErrorCode};
 use crate::domain::{ConnectionStatus, TenantId};
 use crate::store::{ApiKey, ApiKeyRecord, Scope, TenantRecord};
+use crate::tokens::sessions::check_redirect_uri;
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -38,6 +39,10 @@ pub fn routes() -> Router<ApiState> {
         .route(
             "/admin/tenants/{tenant_id}/institutions",
             get(get_institutions).put(set_institutions),
+        )
+        .route(
+            "/admin/tenants/{tenant_id}/redirect-uris",
+            get(get_redirect_uris).put(set_redirect_uris),
         )
         .route("/admin/tenants/{tenant_id}/users", get(list_users))
         .route(
@@ -299,6 +304,84 @@ pub(super) async fn set_institutions(
         .await?;
     Ok(Json(OfferedInstitutions {
         institutions: state.env.store.tenant_institutions(tenant.id).await?,
+    }))
+}
+
+/// Where the tenant's link sessions may send users back to.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RedirectUris {
+    /// Absolute https URLs (plain http only on 127.0.0.1, [::1] or localhost),
+    /// without fragment or credentials, matched exactly; at most 20. The first is
+    /// where repair links (`relink_url`) return.
+    #[schema(example = json!(["https://app.example.com/finsync/return"]))]
+    redirect_uris: Vec<String>,
+}
+
+/// At most this many redirect URIs per tenant.
+const MAX_REDIRECT_URIS: usize = 20;
+
+/// The URLs the tenant's link sessions may return users to.
+#[utoipa::path(
+    get, path = "/admin/tenants/{tenant_id}/redirect-uris", tag = "admin",
+    params(("tenant_id" = String, Path)),
+    responses(
+        (status = 200, body = RedirectUris), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn get_redirect_uris(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<RedirectUris>, ApiError> {
+    let tenant = tenant(&state, &tenant_id).await?;
+    Ok(Json(RedirectUris {
+        redirect_uris: state.env.store.tenant_redirect_uris(tenant.id).await?,
+    }))
+}
+
+/// Replaces the URLs the tenant's link sessions may return users to. A session
+/// names one of them exactly, so a user (and nothing else) only ever goes back to
+/// an address the tenant registered here. Sessions already made keep theirs.
+#[utoipa::path(
+    put, path = "/admin/tenants/{tenant_id}/redirect-uris", tag = "admin",
+    params(("tenant_id" = String, Path)), request_body = RedirectUris,
+    responses(
+        (status = 200, body = RedirectUris), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub(super) async fn set_redirect_uris(
+    State(state): State<ApiState>,
+    _: Admin,
+    Path(tenant_id): Path<String>,
+    Json(body): Json<RedirectUris>,
+) -> Result<Json<RedirectUris>, ApiError> {
+    let tenant = tenant(&state, &tenant_id).await?;
+    if body.redirect_uris.len() > MAX_REDIRECT_URIS {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_REDIRECT_URIS} redirect URIs"
+        )));
+    }
+    let mut uris: Vec<String> = Vec::new();
+    for uri in body.redirect_uris {
+        check_redirect_uri(&uri).map_err(ApiError::invalid)?;
+        if !uris.contains(&uri) {
+            uris.push(uri);
+        }
+    }
+    state
+        .env
+        .store
+        .set_tenant_redirect_uris(tenant.id, &uris)
+        .await?;
+    Ok(Json(RedirectUris {
+        redirect_uris: state.env.store.tenant_redirect_uris(tenant.id).await?,
     }))
 }
 

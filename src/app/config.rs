@@ -48,6 +48,8 @@ pub struct TokenSettings {
     pub refresh_at_fraction: f64,
     /// Consent expiring within this many days is flagged to admins.
     pub consent_warning_days: u32,
+    /// How long an app's link session lasts, from creation to the user's return.
+    pub link_session_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +304,12 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 key: "tokens.refresh_at_fraction",
                 problem: "must be between 0 and 1 (e.g. 0.75)".into(),
+            });
+        }
+        if !(60..=86_400).contains(&self.tokens.link_session_secs) {
+            return Err(SettingsError::Invalid {
+                key: "tokens.link_session_secs",
+                problem: "must be 60 (a minute) to 86400 (a day)".into(),
             });
         }
         let webhooks = &self.webhooks;

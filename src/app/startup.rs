@@ -140,6 +140,11 @@ impl App {
             registry: registry.clone(),
             http: http.clone(),
             redirect_uri,
+            link_base: public_url.join("link/")?,
+            // Checked to be at most a day when the settings were read.
+            session_lifetime: chrono::Duration::seconds(
+                i64::try_from(settings.tokens.link_session_secs).unwrap_or(86_400),
+            ),
             refresh_at_fraction: settings.tokens.refresh_at_fraction,
         };
         // Secrets that connectors' headers name are read where client secrets are.

@@ -51,6 +51,11 @@ uuid_id!(
 );
 
 uuid_id!(
+    /// One app's request to link one of its users, played out in the hosted link page.
+    LinkSessionId
+);
+
+uuid_id!(
     /// One webhook endpoint a tenant registered.
     WebhookEndpointId
 );

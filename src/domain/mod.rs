@@ -8,9 +8,13 @@ mod model;
 mod money;
 
 pub use coverage::Coverage;
-pub use ids::{ConnectionId, TenantId, UserId, UserIdError, WebhookDeliveryId, WebhookEndpointId};
+pub use ids::{
+    ConnectionId, LinkSessionId, TenantId, UserId, UserIdError, WebhookDeliveryId,
+    WebhookEndpointId,
+};
 pub use model::{
     Account, AccountType, Balances, ConnectionStatus, DeliveryStatus, Holding, Institution,
-    InvestmentType, Security, SecurityType, Snapshot, Transaction, TransactionStatus, WebhookEvent,
+    InvestmentType, LinkSessionStatus, Security, SecurityType, Snapshot, Transaction,
+    TransactionStatus, WebhookEvent,
 };
 pub use money::{Currency, CurrencyError, Money};

@@ -107,6 +107,22 @@ vocabulary!(
         SyncCompleted => "sync.completed",
         ConnectionReauthRequired => "connection.reauth_required",
         ConnectionRepaired => "connection.repaired",
+        ConnectionLinked => "connection.linked",
+    }
+);
+
+vocabulary!(
+    /// Where a link session stands: `pending` until a browser opens its link,
+    /// `open` while the user is in the link page or at the institution, then one
+    /// of the outcomes the app is sent back with, or `expired` when nobody finished.
+    LinkSessionStatus {
+        Pending => "pending",
+        Open => "open",
+        Linked => "linked",
+        Repaired => "repaired",
+        Denied => "denied",
+        Failed => "failed",
+        Expired => "expired",
     }
 );
 

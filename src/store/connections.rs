@@ -10,7 +10,7 @@ use sea_orm::{
 
 use super::entities::{connection, oauth_state};
 use super::{Store, StoreError};
-use crate::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
+use crate::domain::{ConnectionId, ConnectionStatus, LinkSessionId, TenantId, UserId};
 
 /// The reason a connection whose consent ended is given.
 pub const CONSENT_EXPIRED: &str =
@@ -172,6 +172,8 @@ impl Lease {
 /// What is stored for one link attempt, keyed by the hash of its `state`.
 pub struct NewState {
     pub state_hash: String,
+    /// The app's link session that started this authorization, if one did.
+    pub link_session: Option<LinkSessionId>,
     pub connection_id: ConnectionId,
     pub sealed_verifier: Vec<u8>,
     pub redirect_uri: String,
@@ -923,6 +925,7 @@ impl Store {
             created_at: Set(Utc::now()),
             expires_at: Set(state.expires_at),
             used_at: Set(None),
+            link_session_id: Set(state.link_session.map(|id| id.to_string())),
         }
         .insert(self.db())
         .await?;

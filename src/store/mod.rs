@@ -11,6 +11,7 @@ pub mod entities;
 mod idempotency;
 mod institution_events;
 mod institutions;
+mod link_sessions;
 mod quarantine;
 mod records;
 mod runs;
@@ -40,6 +41,7 @@ pub use decimal::DbDecimal;
 pub use idempotency::{Claim, IDEMPOTENCY_KEY_TTL, StoredAnswer, key_id};
 pub use institution_events::{EventFilter, EventPosition, EventStatus, InstitutionEvent, NewEvent};
 pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};
+pub use link_sessions::{LinkSessionRecord, NewLinkSession};
 pub use quarantine::{QuarantineEntry, QuarantineFilter, QuarantinePosition, Refusal, Resolution};
 pub use records::{
     ApplyCounts, PagedTransaction, Removals, TransactionFilter, TransactionPosition,

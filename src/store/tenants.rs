@@ -121,7 +121,7 @@ impl RememberedKey {
 
     /// Whether `presented` is the key this was made from.
     pub fn matches(&self, presented: &str) -> bool {
-        same(&self.hash, &hash_api_key(presented))
+        crate::fingerprint::same(&self.hash, &hash_api_key(presented))
     }
 }
 
@@ -137,15 +137,6 @@ fn prefix_of(key: &str) -> Option<&str> {
 
 fn hash_api_key(key: &str) -> String {
     crate::fingerprint::sha256_hex(key.as_bytes())
-}
-
-/// Compares two hashes without an early exit.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 impl Store {
@@ -170,6 +161,7 @@ impl Store {
             name: Set(record.name.clone()),
             created_at: Set(record.created_at),
             institutions: Set(None),
+            redirect_uris: Set(None),
         }
         .insert(self.db())
         .await?;
@@ -279,7 +271,8 @@ impl Store {
         else {
             return Ok(None);
         };
-        if row.revoked_at.is_some() || !same(&row.key_hash, &hash_api_key(key)) {
+        if row.revoked_at.is_some() || !crate::fingerprint::same(&row.key_hash, &hash_api_key(key))
+        {
             return Ok(None);
         }
         let record = key_record(row)?;
@@ -302,17 +295,8 @@ impl Store {
         &self,
         id: TenantId,
     ) -> Result<Option<Vec<String>>, StoreError> {
-        let row = tenant::Entity::find_by_id(id.to_string())
-            .one(self.db())
-            .await?
-            .ok_or(StoreError::NotFound("tenant"))?;
-        row.institutions
-            .as_deref()
-            .map(|text| {
-                serde_json::from_str(text)
-                    .map_err(|_| StoreError::Corrupt(format!("tenant {id}: institutions")))
-            })
-            .transpose()
+        let row = self.tenant_row(id).await?;
+        list_column(id, "institutions", row.institutions.as_deref())
     }
 
     /// Limits the institutions the tenant may offer to `institutions` (`None`: all).
@@ -325,8 +309,43 @@ impl Store {
             let unique: std::collections::BTreeSet<&String> = list.iter().collect();
             serde_json::to_string(&unique).unwrap_or_default()
         });
+        self.set_tenant_column(id, tenant::Column::Institutions, text)
+            .await
+    }
+
+    /// The URLs the tenant's link sessions may send users back to, in the order
+    /// registered (the first is where repair links return).
+    pub async fn tenant_redirect_uris(&self, id: TenantId) -> Result<Vec<String>, StoreError> {
+        let row = self.tenant_row(id).await?;
+        Ok(list_column(id, "redirect URIs", row.redirect_uris.as_deref())?.unwrap_or_default())
+    }
+
+    /// Replaces the tenant's redirect URIs (checked by the caller).
+    pub async fn set_tenant_redirect_uris(
+        &self,
+        id: TenantId,
+        uris: &[String],
+    ) -> Result<(), StoreError> {
+        let text = (!uris.is_empty()).then(|| serde_json::to_string(uris).unwrap_or_default());
+        self.set_tenant_column(id, tenant::Column::RedirectUris, text)
+            .await
+    }
+
+    async fn tenant_row(&self, id: TenantId) -> Result<tenant::Model, StoreError> {
+        tenant::Entity::find_by_id(id.to_string())
+            .one(self.db())
+            .await?
+            .ok_or(StoreError::NotFound("tenant"))
+    }
+
+    async fn set_tenant_column(
+        &self,
+        id: TenantId,
+        column: tenant::Column,
+        text: Option<String>,
+    ) -> Result<(), StoreError> {
         let updated = tenant::Entity::update_many()
-            .col_expr(tenant::Column::Institutions, Expr::value(text))
+            .col_expr(column, Expr::value(text))
             .filter(tenant::Column::Id.eq(id.to_string()))
             .exec(self.db())
             .await?;
@@ -362,6 +381,18 @@ fn join_scopes(scopes: &[Scope]) -> String {
         .map(Scope::to_string)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A JSON list kept in one of the tenant's columns.
+fn list_column(
+    id: TenantId,
+    what: &str,
+    text: Option<&str>,
+) -> Result<Option<Vec<String>>, StoreError> {
+    text.map(|text| {
+        serde_json::from_str(text).map_err(|_| StoreError::Corrupt(format!("tenant {id}: {what}")))
+    })
+    .transpose()
 }
 
 fn to_record(row: tenant::Model) -> Result<TenantRecord, StoreError> {
@@ -407,8 +438,8 @@ mod tests {
 
     #[test]
     fn hashes_compare_by_content() {
-        assert!(same("abc", "abc"));
-        assert!(!same("abc", "abd"));
-        assert!(!same("abc", "ab"));
+        assert!(crate::fingerprint::same("abc", "abc"));
+        assert!(!crate::fingerprint::same("abc", "abd"));
+        assert!(!crate::fingerprint::same("abc", "ab"));
     }
 }

@@ -1,44 +1,72 @@
 //! A connection's start and end as the rest of the system sees them: a completed
-//! link announces a repair and queues the first sync; a disconnect revokes and
+//! link ends the app's link session, announces the link (and a repair) and queues
+//! the first sync; a disconnect revokes and
 //! deletes ([`crate::tokens::disconnect`]) and rebuilds the user's cached view;
 //! removing a user disconnects all of theirs.
 
 use super::{Environment, SyncConnection};
 use crate::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
+use crate::store::LinkSessionRecord;
 use crate::tokens::disconnect::Disconnected;
-use crate::tokens::{LinkError, Linker, TokenError};
+use crate::tokens::sessions::codes;
+use crate::tokens::{LinkError, LinkFailure, Linker, SessionError, TokenError};
 use crate::webhooks::outbound::{self, EventData, WebhookEvent};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CompleteLinkError {
     #[error(transparent)]
-    Link(#[from] LinkError),
+    Link(#[from] LinkFailure),
+    #[error("recording the link session's outcome: {0}")]
+    Session(#[from] SessionError),
     #[error("queueing the first sync: {0}")]
     Queue(#[from] super::QueueError),
 }
 
+/// A completed link, and the app's session it ended.
+pub struct LinkOutcome {
+    pub connection: ConnectionId,
+    pub session: Option<LinkSessionRecord>,
+}
+
 impl Environment {
     /// Completes a link the institution redirected back with (`outcome` is the
-    /// authorization code, or the institution's error): tokens stored, a
-    /// `reauth_required` connection announced as repaired, the first sync queued.
+    /// authorization code, or the institution's error): tokens stored, the app's
+    /// session ended, `connection.linked` (and for a `reauth_required` connection
+    /// `connection.repaired`) announced, the first sync queued. A link that fails
+    /// leaves its session open with the reason, for the user to try again.
     pub async fn complete_link(
         &self,
         linker: &Linker,
         state: &str,
         outcome: Result<&str, &str>,
-    ) -> Result<ConnectionId, CompleteLinkError> {
-        let linked = linker.complete(state, outcome).await?;
+    ) -> Result<LinkOutcome, CompleteLinkError> {
+        let linked = match linker.complete(state, outcome).await {
+            Ok(linked) => linked,
+            Err(failure) => {
+                if let Some(session) = failure.session {
+                    linker
+                        .note_session_error(session, failure_code(&failure.error))
+                        .await?;
+                }
+                return Err(failure.into());
+            }
+        };
         let connection = linked.connection_id;
+        let session = match linked.session {
+            Some(id) => {
+                linker
+                    .finish_session(id, connection, linked.previous.status)
+                    .await?
+            }
+            None => None,
+        };
+        let tenant = linked.previous.tenant_id;
+        let mut data = EventData::connection(&linked.previous, ConnectionStatus::Active);
+        data.link_session_id = linked.session;
+        outbound::announce(&self.store, tenant, WebhookEvent::ConnectionLinked, &data).await;
         if linked.previous.status == ConnectionStatus::ReauthRequired {
-            let data = EventData::connection(&linked.previous, ConnectionStatus::Active);
-            outbound::announce(
-                &self.store,
-                linked.previous.tenant_id,
-                WebhookEvent::ConnectionRepaired,
-                &data,
-            )
-            .await;
+            outbound::announce(&self.store, tenant, WebhookEvent::ConnectionRepaired, &data).await;
         }
         self.queue
             .enqueue(SyncConnection {
@@ -46,7 +74,10 @@ impl Environment {
                 idempotency_key: format!("link:{connection}:{}", uuid::Uuid::new_v4()),
             })
             .await?;
-        Ok(connection)
+        Ok(LinkOutcome {
+            connection,
+            session,
+        })
     }
 
     /// Removes a tenant's user: disconnects each of the user's connections not
@@ -76,5 +107,15 @@ impl Environment {
         let disconnected = self.tokens.disconnect(id).await?;
         self.refresh_portfolio(&disconnected.previous).await?;
         Ok(disconnected)
+    }
+}
+
+/// The stable code a session keeps for why its link failed.
+fn failure_code(error: &LinkError) -> &'static str {
+    match error {
+        LinkError::Denied(_) => codes::CONSENT_DENIED,
+        LinkError::Exchange(_) => codes::INSTITUTION_ERROR,
+        LinkError::NotOffered(_) => codes::NOT_OFFERED,
+        _ => codes::INTERNAL,
     }
 }

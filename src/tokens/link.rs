@@ -10,7 +10,7 @@ use secrecy::ExposeSecret;
 use super::oauth::{OAuthClient, OAuthError};
 use super::seal_tokens;
 use crate::connectors::{Registry, RegistryError};
-use crate::domain::{ConnectionId, TenantId, UserId};
+use crate::domain::{ConnectionId, LinkSessionId, TenantId, UserId};
 use crate::store::{ConnectionRecord, NewState, Store, StoreError};
 use crate::vault::{Vault, VaultError, seal_context};
 
@@ -52,11 +52,34 @@ pub struct Linked {
     /// The connection as it was before: what the link changed it from (a
     /// `reauth_required` connection has just been repaired).
     pub previous: ConnectionRecord,
+    /// The app's link session the authorization belonged to.
+    pub session: Option<LinkSessionId>,
+}
+
+/// A link that did not complete, and the app's session it belonged to (none when
+/// the state was unknown, or an admin started the link).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct LinkFailure {
+    pub session: Option<LinkSessionId>,
+    #[source]
+    pub error: LinkError,
+}
+
+impl From<LinkError> for LinkFailure {
+    fn from(error: LinkError) -> Self {
+        Self {
+            session: None,
+            error,
+        }
+    }
 }
 
 pub struct LinkStart {
     pub connection_id: ConnectionId,
     pub authorize_url: url::Url,
+    /// Until when the user may come back from the institution.
+    pub expires_at: chrono::DateTime<Utc>,
 }
 
 #[derive(Clone)]
@@ -67,6 +90,10 @@ pub struct Linker {
     pub http: reqwest::Client,
     /// `<public_url>/oauth/callback`.
     pub redirect_uri: url::Url,
+    /// `<public_url>/link/`: where link sessions' pages are.
+    pub link_base: url::Url,
+    /// How long an app's link session lasts.
+    pub session_lifetime: chrono::Duration,
     pub refresh_at_fraction: f64,
 }
 
@@ -134,6 +161,17 @@ impl Linker {
         user: &UserId,
         institution: &str,
     ) -> Result<LinkStart, LinkError> {
+        self.begin(tenant, user, institution, None).await
+    }
+
+    /// [`Self::start`] for an app's link session, whose outcome the callback records.
+    pub(super) async fn begin(
+        &self,
+        tenant: TenantId,
+        user: &UserId,
+        institution: &str,
+        session: Option<LinkSessionId>,
+    ) -> Result<LinkStart, LinkError> {
         let connector = self.registry.get(institution)?;
         self.offered(tenant, &connector.id).await?;
         let client = self.client(institution, &self.redirect_uri)?;
@@ -151,6 +189,7 @@ impl Linker {
         self.store
             .insert_state(NewState {
                 state_hash: hash_state(authorization.state.expose_secret()),
+                link_session: session,
                 connection_id: connection.id,
                 sealed_verifier: verifier,
                 redirect_uri: self.redirect_uri.to_string(),
@@ -161,11 +200,16 @@ impl Linker {
         Ok(LinkStart {
             connection_id: connection.id,
             authorize_url: authorization.url,
+            expires_at: Utc::now() + STATE_LIFETIME,
         })
     }
 
     /// Refuses an institution the tenant does not offer its users.
-    async fn offered(&self, tenant: TenantId, institution: &str) -> Result<(), LinkError> {
+    pub(super) async fn offered(
+        &self,
+        tenant: TenantId,
+        institution: &str,
+    ) -> Result<(), LinkError> {
         match self.store.tenant_institutions(tenant).await? {
             Some(offered) if !offered.iter().any(|id| id == institution) => {
                 Err(LinkError::NotOffered(institution.to_owned()))
@@ -180,12 +224,32 @@ impl Linker {
         &self,
         state: &str,
         outcome: Result<&str, &str>,
-    ) -> Result<Linked, LinkError> {
+    ) -> Result<Linked, LinkFailure> {
         let record = self
             .store
             .consume_state(&hash_state(state))
-            .await?
+            .await
+            .map_err(LinkError::from)?
             .ok_or(LinkError::InvalidState)?;
+        let session = record
+            .link_session_id
+            .as_deref()
+            .map(str::parse::<LinkSessionId>)
+            .transpose()
+            .map_err(|_| {
+                LinkError::Store(StoreError::Corrupt("oauth state link session".into()))
+            })?;
+        self.exchange(record, outcome)
+            .await
+            .map(|linked| Linked { session, ..linked })
+            .map_err(|error| LinkFailure { session, error })
+    }
+
+    async fn exchange(
+        &self,
+        record: crate::store::entities::oauth_state::Model,
+        outcome: Result<&str, &str>,
+    ) -> Result<Linked, LinkError> {
         let connection_id: ConnectionId = record
             .connection_id
             .parse()
@@ -256,6 +320,7 @@ impl Linker {
         Ok(Linked {
             connection_id,
             previous: connection,
+            session: None,
         })
     }
 

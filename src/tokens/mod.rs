@@ -1,5 +1,5 @@
 //! The token lifecycle: the OAuth2 [`oauth`] client for one connector, [`link`]ing a user through the authorization
-//! code flow, and [`TokenService`], which hands a sync a usable access token,
+//! code flow (for an admin, or an app's link [`sessions`]), and [`TokenService`], which hands a sync a usable access token,
 //! refreshes tokens ahead of expiry with at most one refresh per connection in
 //! flight across the fleet (finishing one that a stopped process cut short), and
 //! revokes them; [`disconnect`]ing a connection.
@@ -12,6 +12,7 @@ pub mod disconnect;
 pub mod link;
 pub mod oauth;
 pub mod rotate;
+pub mod sessions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,8 +22,9 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
-pub use link::{LinkError, LinkStart, Linked, Linker};
+pub use link::{LinkError, LinkFailure, LinkStart, Linked, Linker};
 pub use oauth::{OAuthClient, OAuthError, TokenSet};
+pub use sessions::{SessionError, SessionRequest};
 
 use crate::connectors::engine::Grant;
 use crate::connectors::{Registry, RegistryError};

@@ -12,7 +12,7 @@ use sea_orm::ConnectionTrait;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, TestApp, eventually};
+use crate::support::{ADMIN_TOKEN, LinkBrowser, TestApp, eventually};
 
 async fn call(
     app: &TestApp,
@@ -481,7 +481,6 @@ async fn stale_data_is_served_with_the_reason_when_the_institution_is_down() {
 #[tokio::test]
 async fn a_connection_that_needs_the_user_shows_why_and_a_relink_url() {
     let app = TestApp::builder().sqlite().build().await;
-    let sandbox = app.sandbox();
     let ctx = &app.app.ctx;
     let (tenant, key) = ctx.store.create_tenant("advisor").await.unwrap();
     let key = key.0.expose_secret().to_owned();
@@ -499,21 +498,47 @@ async fn a_connection_that_needs_the_user_shows_why_and_a_relink_url() {
     let record = ctx.store.connection(connection).await.unwrap();
     ctx.refresh_portfolio(&record).await.unwrap();
 
+    // Without a redirect URI there is nowhere to bring the user back to.
+    let (_, _, body) = call(&app, Method::GET, "/v1/users/demo-bob/connections", &key).await;
+    assert!(body["connections"][0]["relink_url"].is_null(), "{body}");
+
+    let back = "https://advisor.example.com/finsync/return";
+    ctx.store
+        .set_tenant_redirect_uris(tenant.id, &[back.to_owned()])
+        .await
+        .unwrap();
     let (_, _, body) = call(&app, Method::GET, "/v1/users/demo-bob/connections", &key).await;
     let c = &body["connections"][0];
     assert_eq!(c["status"], "reauth_required");
     assert_eq!(c["freshness"]["reason"], "REAUTH_REQUIRED");
     assert!(c["last_synced_at"].is_string());
-    let relink = c["relink_url"].as_str().unwrap();
+    let relink = c["relink_url"].as_str().unwrap().to_owned();
     assert!(
-        relink.starts_with(&format!("{}/meridian/oauth/authorize", sandbox.base_url())),
+        relink.starts_with(&format!("{}/link/", app.address)),
         "{relink}"
     );
+    // Reading again hands out the same session, not a new one per read.
+    let (_, _, again) = call(&app, Method::GET, "/v1/users/demo-bob/connections", &key).await;
+    assert_eq!(again["connections"][0]["relink_url"], relink.as_str());
+
     let (_, _, portfolio) = call(&app, Method::GET, "/v1/users/demo-bob/portfolio", &key).await;
     assert_eq!(portfolio["freshness"]["reason"], "REAUTH_REQUIRED");
     assert!(
         !portfolio["accounts"].as_array().unwrap().is_empty(),
         "data kept"
+    );
+
+    // Following it repairs the connection in place and returns to the app.
+    let returned = LinkBrowser::default()
+        .link(&app.address, &relink, "meridian")
+        .await;
+    assert!(returned.as_str().starts_with(back), "{returned}");
+    let query: std::collections::HashMap<_, _> = returned.query_pairs().into_owned().collect();
+    assert_eq!(query["status"], "repaired");
+    assert_eq!(query["connection_id"], connection.to_string());
+    assert_eq!(
+        ctx.store.connection(connection).await.unwrap().status,
+        ConnectionStatus::Active
     );
 }
 

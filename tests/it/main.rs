@@ -17,6 +17,7 @@ mod institution_webhooks;
 mod institutions;
 mod interop;
 mod layout;
+mod link_sessions;
 mod linking;
 mod money;
 mod outage;

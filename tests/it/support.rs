@@ -975,3 +975,103 @@ fn capture_logs() {
 pub async fn request_sync(queue: &finsync::sync::Queue, job: finsync::sync::SyncConnection) {
     queue.enqueue(job).await.unwrap();
 }
+
+/// A browser as the hosted link page sees one: it follows no redirect by itself
+/// and keeps the link page's cookie, so a test walks the flow a step at a time.
+pub struct LinkBrowser {
+    http: reqwest::Client,
+    cookies: Vec<(String, String)>,
+}
+
+impl Default for LinkBrowser {
+    fn default() -> Self {
+        Self {
+            http: finsync::http::client(),
+            cookies: Vec::new(),
+        }
+    }
+}
+
+impl LinkBrowser {
+    pub async fn get(&mut self, url: &str) -> reqwest::Response {
+        let request = self.http.get(url);
+        self.send(url, request).await
+    }
+
+    pub async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let request = self.http.post(url).form(form);
+        self.send(url, request).await
+    }
+
+    async fn send(&mut self, url: &str, request: reqwest::RequestBuilder) -> reqwest::Response {
+        let path = url::Url::parse(url).unwrap().path().to_owned();
+        let cookie: Vec<String> = self
+            .cookies
+            .iter()
+            .filter(|(scope, _)| path.starts_with(scope.as_str()))
+            .map(|(_, pair)| pair.clone())
+            .collect();
+        let request = if cookie.is_empty() {
+            request
+        } else {
+            request.header(reqwest::header::COOKIE, cookie.join("; "))
+        };
+        let response = request.send().await.unwrap();
+        for set in response.headers().get_all(reqwest::header::SET_COOKIE) {
+            let set = set.to_str().unwrap();
+            let pair = set.split(';').next().unwrap().trim().to_owned();
+            let scope = set
+                .split(';')
+                .find_map(|part| part.trim().strip_prefix("Path="))
+                .unwrap_or("/")
+                .to_owned();
+            self.cookies.push((scope, pair));
+        }
+        response
+    }
+
+    /// Walks a link URL for a user the sandbox approves without a page (`demo-…`):
+    /// opens it, picks `institution` when the session did not name one, consents,
+    /// and follows the institution back to the callback. Returns where the callback
+    /// sends the browser (the app's redirect URI, or the link page).
+    pub async fn link(&mut self, address: &str, link_url: &str, institution: &str) -> url::Url {
+        let opened = self.get(link_url).await;
+        assert_eq!(opened.status(), 303, "opening the link");
+        let page = format!("{address}{}", location(&opened));
+        let consent = self.get(&format!("{page}?institution={institution}")).await;
+        assert_eq!(consent.status(), 200);
+        let html = consent.text().await.unwrap();
+        let authorized = self
+            .post_form(
+                &format!("{page}/authorize"),
+                &[("csrf", &csrf_in(&html)), ("institution", institution)],
+            )
+            .await;
+        assert_eq!(authorized.status(), 303, "continuing to the institution");
+        let at_institution = self.get(&location(&authorized)).await;
+        assert_eq!(
+            at_institution.status(),
+            302,
+            "the sandbox approves demo users"
+        );
+        let callback = self.get(&location(&at_institution)).await;
+        assert_eq!(callback.status(), 303, "the callback sends the user on");
+        url::Url::parse(address)
+            .unwrap()
+            .join(&location(&callback))
+            .unwrap()
+    }
+}
+
+pub fn location(response: &reqwest::Response) -> String {
+    response.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The form token of a link page.
+pub fn csrf_in(html: &str) -> String {
+    let start = html.find(r#"name="csrf" value=""#).expect("a form token") + 19;
+    html[start..start + 64].to_owned()
+}

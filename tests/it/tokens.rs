@@ -15,8 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use crate::support::{
-    ADMIN_TOKEN, TestApp, VAULT_KEY, assert_matches_sandbox, eventually, finsync, process_env,
-    spawn, wait_until,
+    ADMIN_TOKEN, LinkBrowser, TestApp, VAULT_KEY, assert_matches_sandbox, eventually, finsync,
+    process_env, spawn, wait_until,
 };
 
 fn sandbox_config(ttl_secs: u64) -> SandboxConfig {
@@ -279,6 +279,11 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
     let tenant = app.tenant();
     let key = &tenant.key;
     let connection = app.link_and_sync(tenant.id, "demo-bob").await;
+    // Where a repair link brings the user back to.
+    store
+        .set_tenant_redirect_uris(tenant.id, &["https://advisor.example.com/back".to_owned()])
+        .await
+        .unwrap();
     rotate_behind_our_back(
         sandbox,
         &open_token(&app, connection, "refresh_token").await,
@@ -316,7 +321,6 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
     assert_eq!(scheduler::tick(&app.app.ctx).await.unwrap(), 0);
 
     // The tenant sees why; the admin sees it with a relink URL.
-    let http = finsync::http::client();
     let portfolio = app
         .get_json("/v1/users/demo-bob/portfolio", key.0.expose_secret())
         .await;
@@ -344,12 +348,10 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
 
     // Following it repairs the same connection.
     let since = chrono::Utc::now();
-    let consent = http.get(relink).send().await.unwrap();
-    let callback = consent.headers()[reqwest::header::LOCATION]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(http.get(&callback).send().await.unwrap().status(), 200);
+    let returned = LinkBrowser::default()
+        .link(&app.address, relink, "meridian")
+        .await;
+    assert!(returned.as_str().contains("status=repaired"), "{returned}");
     app.wait_synced(connection, since).await;
     assert_eq!(
         store.connection(connection).await.unwrap().status,

@@ -451,6 +451,7 @@ fn sample_data() -> EventData {
         reason: Some("REAUTH_REQUIRED".into()),
         counts: None,
         accounts_unread: Vec::new(),
+        link_session_id: None,
     }
 }
 

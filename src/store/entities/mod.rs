@@ -8,6 +8,7 @@ pub mod holding;
 pub mod idempotency_key;
 pub mod institution;
 pub mod institution_event;
+pub mod link_session;
 pub mod oauth_state;
 pub mod quarantined_record;
 pub mod security;

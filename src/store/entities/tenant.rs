@@ -11,6 +11,8 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// JSON list of the institution ids the tenant may offer; `None` for all.
     pub institutions: Option<String>,
+    /// JSON list of the URLs link sessions may send the tenant's users back to.
+    pub redirect_uris: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

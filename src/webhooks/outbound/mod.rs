@@ -28,7 +28,8 @@ pub use signature::{VerifyError, sign, verify};
 
 pub use crate::domain::WebhookEvent;
 use crate::domain::{
-    ConnectionId, ConnectionStatus, TenantId, UserId, WebhookDeliveryId, WebhookEndpointId,
+    ConnectionId, ConnectionStatus, LinkSessionId, TenantId, UserId, WebhookDeliveryId,
+    WebhookEndpointId,
 };
 use crate::store::{
     ConnectionRecord, NewWebhookEndpoint, RunCounts, Store, StoreError, UnreadAccount,
@@ -126,6 +127,10 @@ pub struct EventData {
     /// stored data stays until a sync reads them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub accounts_unread: Vec<String>,
+    /// `connection.linked` and `connection.repaired`: the app's link session the
+    /// user linked through, if one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_session_id: Option<LinkSessionId>,
 }
 
 /// What a sync changed, for `sync.completed`.
@@ -162,6 +167,7 @@ impl EventData {
             reason: None,
             counts: None,
             accounts_unread: Vec::new(),
+            link_session_id: None,
         }
     }
 
@@ -258,6 +264,7 @@ mod tests {
             reason: None,
             counts: None,
             accounts_unread: Vec::new(),
+            link_session_id: None,
         };
         let json = serde_json::to_value(&data).unwrap();
         assert!(json.get("accounts_unread").is_none(), "{json}");
@@ -285,6 +292,7 @@ mod tests {
             reason: None,
             counts: None,
             accounts_unread: Vec::new(),
+            link_session_id: None,
         };
         let with = data
             .clone()
