@@ -3,8 +3,10 @@
 //! user returns (`redirect_uri`, one the tenant registered in
 //! `tenants.redirect_uris`) and, to repair one, the connection. Its link URL's
 //! token is kept sealed (`sealed_token`), the browser that opened it as the hash of
-//! the cookie it was given (`browser_hash`). `oauth_states.link_session_id` ties an
-//! authorization to the session that started it.
+//! the cookie it was given (`browser_hash`), the authorization under way as the
+//! hash of its OAuth state (`attempt`: only that one may end the session).
+//! `oauth_states.link_session_id` ties an authorization to the session that
+//! started it.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -28,6 +30,7 @@ impl MigrationTrait for Migration {
                     .col(string_null(LinkSessions::ConnectionId))
                     .col(blob(LinkSessions::SealedToken))
                     .col(string_null(LinkSessions::BrowserHash))
+                    .col(string_null(LinkSessions::Attempt))
                     .col(string(LinkSessions::Status))
                     .col(string_null(LinkSessions::Error))
                     .col(timestamp_with_time_zone(LinkSessions::CreatedAt))
@@ -110,6 +113,7 @@ enum LinkSessions {
     ConnectionId,
     SealedToken,
     BrowserHash,
+    Attempt,
     Status,
     Error,
     CreatedAt,

@@ -6,15 +6,17 @@
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
 use super::ApiState;
-use super::link_page::{Message, back_to_app, html, trouble};
+use super::link_page::{CALLBACK_COOKIE_PREFIX, Message, back_to_app, cookies, html, trouble};
+use crate::domain::LinkSessionId;
 use crate::sync::lifecycle::CompleteLinkError;
-use crate::tokens::LinkError;
+use crate::tokens::sessions::BrowserKeys;
+use crate::tokens::{LinkError, LinkFailure};
 
 pub fn routes() -> Router<ApiState> {
     Router::new().route("/oauth/callback", get(callback))
@@ -27,7 +29,11 @@ struct CallbackParams {
     error: Option<String>,
 }
 
-async fn callback(State(state): State<ApiState>, Query(params): Query<CallbackParams>) -> Response {
+async fn callback(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(params): Query<CallbackParams>,
+) -> Response {
     let Some(link_state) = params.state.as_deref() else {
         return refused("The institution's answer is incomplete (it has no `state`).");
     };
@@ -42,7 +48,7 @@ async fn callback(State(state): State<ApiState>, Query(params): Query<CallbackPa
     };
     match state
         .env
-        .complete_link(&state.linker, link_state, outcome)
+        .complete_link(&state.linker, link_state, outcome, &browser_keys(&headers))
         .await
     {
         Ok(linked) => match linked.session {
@@ -61,6 +67,20 @@ async fn callback(State(state): State<ApiState>, Query(params): Query<CallbackPa
                 ),
             ),
         },
+        Err(CompleteLinkError::Link(LinkFailure {
+            error: LinkError::OtherBrowser,
+            ..
+        })) => html(
+            StatusCode::FORBIDDEN,
+            &Message::new(
+                "This sign-in was started in another browser",
+                &[
+                    "For your security, a connection finishes in the browser it was started in. Nothing was connected.",
+                    "If you didn't start it, you can ignore this. Otherwise, go back to the app and start again.",
+                ],
+            )
+            .alert(),
+        ),
         // The link page says what happened and lets the user try again.
         Err(CompleteLinkError::Link(failure)) if failure.session.is_some() => {
             let session = failure.session.map(|id| id.to_string()).unwrap_or_default();
@@ -109,6 +129,22 @@ async fn callback(State(state): State<ApiState>, Query(params): Query<CallbackPa
         },
         Err(other) => trouble(other),
     }
+}
+
+/// The link session keys the browser came back with.
+fn browser_keys(headers: &HeaderMap) -> BrowserKeys {
+    BrowserKeys(
+        cookies(headers)
+            .into_iter()
+            .filter_map(|(name, key)| {
+                let id = name
+                    .strip_prefix(CALLBACK_COOKIE_PREFIX)?
+                    .parse::<LinkSessionId>()
+                    .ok()?;
+                Some((id, key))
+            })
+            .collect(),
+    )
 }
 
 fn refused(line: &str) -> Response {

@@ -1,6 +1,7 @@
 //! The hosted link page an app sends its user to (`link_url`): server-rendered
 //! HTML with no script and no outside asset, laid out for phones and keyboards.
-//! `GET /link/{id}?token=…` opens the session and gives this browser its cookie;
+//! `GET /link/{id}?token=…` greets the user, whose press of Continue
+//! (`POST /link/{id}/open`) opens the session and gives this browser its cookies;
 //! then `GET /link/{id}` shows the institution picker (with search) or the consent
 //! screen, `POST /link/{id}/authorize` sends the user to the institution, and
 //! `POST /link/{id}/leave` returns them to the app. The callback
@@ -8,7 +9,8 @@
 //!
 //! Forms carry a token derived from the browser's cookie, and the cookie is
 //! `SameSite=Lax` and scoped to the session's path: another site can neither
-//! post for the user nor read the page.
+//! post for the user nor read the page. A second cookie, scoped to the callback,
+//! ties the institution's answer to the browser that opened the session.
 
 use askama::Template;
 use axum::Router;
@@ -35,6 +37,7 @@ const PICKER_SIZE: usize = 50;
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/link/{link_session_id}", get(page))
+        .route("/link/{link_session_id}/open", post(open))
         .route("/link/{link_session_id}/authorize", post(authorize))
         .route("/link/{link_session_id}/leave", post(leave))
 }
@@ -56,6 +59,15 @@ struct PickItem {
     country: String,
     note: Option<&'static str>,
     href: String,
+}
+
+#[derive(Template)]
+#[template(path = "link/welcome.html")]
+struct Welcome {
+    title: &'static str,
+    app_name: String,
+    page: String,
+    token: String,
 }
 
 #[derive(Template)]
@@ -175,10 +187,10 @@ async fn page(
     let Ok(id) = raw.parse::<LinkSessionId>() else {
         return not_valid();
     };
+    let key = cookie(&headers, COOKIE);
     if let Some(token) = &query.token {
-        return arrive(&state, id, token).await;
+        return welcome(&state, id, token, key.as_deref()).await;
     }
-    let key = cookie(&headers);
     let session = match state.linker.session_for(id, key.as_deref()).await {
         Ok(session) => session,
         Err(error) => return refused(&state, id, error).await,
@@ -207,39 +219,88 @@ async fn page(
     }
 }
 
-/// The user arrives with the link URL: the first browser opens the session and
-/// continues at the page's address without the token.
-async fn arrive(state: &ApiState, id: LinkSessionId, token: &str) -> Response {
-    match state.linker.open_session(id, token).await {
-        Ok((session, key)) => {
-            let page = page_path(id);
-            let secure = state.linker.link_base.scheme() == "https";
-            let remaining = (session.expires_at - Utc::now()).num_seconds().max(1);
-            let cookie = cookie::Cookie::build((
-                COOKIE,
-                secrecy::ExposeSecret::expose_secret(&key.0).to_owned(),
-            ))
-            .path(page.clone())
-            .http_only(true)
-            .secure(secure)
-            .same_site(cookie::SameSite::Lax)
-            .max_age(cookie::time::Duration::seconds(remaining))
-            .build();
-            let mut response = Redirect::to(&page).into_response();
-            match HeaderValue::from_str(&cookie.to_string()) {
-                Ok(value) => {
-                    response.headers_mut().insert(header::SET_COOKIE, value);
-                    response.headers_mut().insert(
-                        header::REFERRER_POLICY,
-                        HeaderValue::from_static("no-referrer"),
-                    );
-                    response
-                }
-                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-            }
+/// The user arrives with the link URL: a page that says who asks, whose button
+/// opens the session. Only that press uses the link up, so a mail scanner or a
+/// chat preview fetching the URL cannot.
+async fn welcome(state: &ApiState, id: LinkSessionId, token: &str, key: Option<&str>) -> Response {
+    // Back in the browser that opened it: carry on there.
+    if let Ok(session) = state.linker.session_for(id, key).await
+        && session.status_at(Utc::now()) == LinkSessionStatus::Open
+    {
+        return Redirect::to(&page_path(id)).into_response();
+    }
+    match state.linker.peek_session(id, token).await {
+        Ok(session) => {
+            let app_name = app_name(state, &session).await;
+            html(
+                StatusCode::OK,
+                &Welcome {
+                    title: "Connect your accounts",
+                    page: page_path(id),
+                    token: token.to_owned(),
+                    app_name,
+                },
+            )
         }
         Err(error) => refused(state, id, error).await,
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct OpenForm {
+    token: String,
+}
+
+/// Opens the session for this browser, which gets its keys: one for the link
+/// page, one it brings back from the institution to the callback.
+async fn open(
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+    form: Result<Form<OpenForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(id) = raw.parse::<LinkSessionId>() else {
+        return not_valid();
+    };
+    let Ok(Form(form)) = form else {
+        return bad_form();
+    };
+    match state.linker.open_session(id, &form.token).await {
+        Ok((_, key)) => {
+            let key = secrecy::ExposeSecret::expose_secret(&key.0).to_owned();
+            let page = page_path(id);
+            let secure = state.linker.link_base.scheme() == "https";
+            // Session cookies: the session's own expiry is enforced here.
+            let cookies = [
+                (COOKIE.to_owned(), page.clone()),
+                (callback_cookie(id), "/oauth/callback".to_owned()),
+            ]
+            .map(|(name, path)| {
+                cookie::Cookie::build((name, key.clone()))
+                    .path(path)
+                    .http_only(true)
+                    .secure(secure)
+                    .same_site(cookie::SameSite::Lax)
+                    .build()
+                    .to_string()
+            });
+            let mut response = Redirect::to(&page).into_response();
+            for cookie in cookies {
+                match HeaderValue::from_str(&cookie) {
+                    Ok(value) => response.headers_mut().append(header::SET_COOKIE, value),
+                    Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                };
+            }
+            response
+        }
+        Err(error) => refused(&state, id, error).await,
+    }
+}
+
+/// The cookie the callback reads for session `id`: this prefix and the id.
+pub(super) const CALLBACK_COOKIE_PREFIX: &str = "finsync_link_";
+
+fn callback_cookie(id: LinkSessionId) -> String {
+    format!("{CALLBACK_COOKIE_PREFIX}{id}")
 }
 
 async fn authorize(
@@ -273,18 +334,7 @@ async fn authorize(
         ) => {
             tracing::info!(session = %id, %error, "Link page refused an institution.");
             let app_name = app_name(&state, &session).await;
-            let mut page = Message::new(
-                "This institution can't be connected",
-                &["It isn't one this app can connect for you. Choose another institution."],
-            )
-            .alert();
-            page.app_name = app_name;
-            page.actions.push(Action::Go {
-                label: "Choose another institution".into(),
-                href: format!("{}?step=pick", page_path(id)),
-                primary: true,
-            });
-            html(StatusCode::BAD_REQUEST, &page)
+            not_connectable(&session, app_name)
         }
         Err(error) => refused(&state, id, error).await,
     }
@@ -319,7 +369,7 @@ async fn checked(
     headers: &HeaderMap,
     csrf: &str,
 ) -> Result<(LinkSessionRecord, String), Response> {
-    let key = cookie(headers);
+    let key = cookie(headers, COOKIE);
     let session = match state.linker.session_for(id, key.as_deref()).await {
         Ok(session) => session,
         Err(error) => return Err(refused(state, id, error).await),
@@ -398,6 +448,14 @@ async fn consent(
     let Ok(connector) = state.catalog.registry().get(institution) else {
         return picker(state, session, key, app_name, None).await;
     };
+    if let Err(error) = state
+        .linker
+        .check_institution(session.tenant_id, &connector.id, &session.products)
+        .await
+    {
+        tracing::info!(session = %session.id, %error, "Link page refused an institution.");
+        return not_connectable(session, app_name);
+    }
     let warning = match directory::health_of(&state.env.store, &connector.id).await {
         Ok(Health::Down) => Some(format!(
             "{} is not responding right now. You can try anyway, choose another institution, or come back later.",
@@ -510,6 +568,23 @@ async fn problem(
     html(StatusCode::OK, &page)
 }
 
+fn not_connectable(session: &LinkSessionRecord, app_name: String) -> Response {
+    let mut page = Message::new(
+        "This institution can't be connected",
+        &["It isn't one this app can connect for you. Choose another institution."],
+    )
+    .alert();
+    page.app_name = app_name;
+    if session.repair_connection_id.is_none() {
+        page.actions.push(Action::Go {
+            label: "Choose another institution".into(),
+            href: format!("{}?step=pick", page_path(session.id)),
+            primary: true,
+        });
+    }
+    html(StatusCode::BAD_REQUEST, &page)
+}
+
 fn expired(session: &LinkSessionRecord, key: &str, app_name: String) -> Response {
     let mut page = Message::new(
         "This link has expired",
@@ -526,10 +601,7 @@ fn expired(session: &LinkSessionRecord, key: &str, app_name: String) -> Response
 }
 
 fn finished(session: &LinkSessionRecord, app_name: String) -> Response {
-    let mut page = Message::new(
-        "You're done here",
-        &["This connection request is already complete."],
-    );
+    let mut page = Message::new(ended_title(session), &[ended_line(session)]);
     if let Some(url) = sessions::return_url(session, Utc::now()) {
         page.actions.push(Action::Go {
             label: format!("Return to {app_name}"),
@@ -575,7 +647,7 @@ async fn refused(state: &ApiState, id: LinkSessionId, error: SessionError) -> Re
             StatusCode::FORBIDDEN,
             &Message::new(
                 "This link was opened in another browser",
-                &["Carry on in the browser where you first opened it, or go back to the app and start again."],
+                &["Carry on in the browser (or window) where you first opened it, or go back to the app and start again."],
             )
             .alert(),
         ),
@@ -592,10 +664,7 @@ async fn refused(state: &ApiState, id: LinkSessionId, error: SessionError) -> Re
                         )
                         .alert()
                     } else {
-                        Message::new(
-                            "This link has already been used",
-                            &["This connection request is already complete."],
-                        )
+                        Message::new(ended_title(&session), &[ended_line(&session)])
                     };
                     if let Some(url) = sessions::return_url(&session, Utc::now()) {
                         page.actions.push(Action::Go {
@@ -615,6 +684,26 @@ async fn refused(state: &ApiState, id: LinkSessionId, error: SessionError) -> Re
             }
         }
         other => trouble(other),
+    }
+}
+
+fn ended_title(session: &LinkSessionRecord) -> &'static str {
+    match session.status {
+        LinkSessionStatus::Linked | LinkSessionStatus::Repaired => "You're connected",
+        _ => "This link has already been used",
+    }
+}
+
+fn ended_line(session: &LinkSessionRecord) -> &'static str {
+    match session.status {
+        LinkSessionStatus::Linked => "Your account is connected. There is nothing more to do here.",
+        LinkSessionStatus::Repaired => {
+            "Your connection works again. There is nothing more to do here."
+        }
+        LinkSessionStatus::Denied => {
+            "You chose not to connect, so nothing was connected. To connect after all, start again from the app."
+        }
+        _ => "Nothing was connected. To try again, start again from the app.",
     }
 }
 
@@ -664,15 +753,23 @@ fn page_path(id: LinkSessionId) -> String {
     format!("/link/{id}")
 }
 
-fn cookie(headers: &HeaderMap) -> Option<String> {
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    cookies(headers)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| value)
+}
+
+/// Every cookie the request carries, by name.
+pub(super) fn cookies(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(cookie::Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|c| c.name() == COOKIE)
-        .map(|c| c.value().to_owned())
+        .map(|c| (c.name().to_owned(), c.value().to_owned()))
+        .collect()
 }
 
 /// The forms' token: tied to the browser's cookie, which another site cannot read.

@@ -90,6 +90,17 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        self.serve_with(listener, axum::Router::new(), shutdown)
+            .await
+    }
+
+    /// [`Self::serve`], with `beside` served too (the demo's example app).
+    pub async fn serve_with(
+        &self,
+        listener: TcpListener,
+        beside: axum::Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         // Other processes' writes reach this process's L1 through Redis pub/sub.
         let invalidations = self.ctx.cache.listen_for_invalidations();
         let catalog = self.follow_connectors();
@@ -98,7 +109,7 @@ impl App {
             let store = self.ctx.store.clone();
             async move { store.watch(STORE_PROBE_EVERY).await }
         });
-        let served = axum::serve(listener, self.router())
+        let served = axum::serve(listener, self.router().merge(beside))
             .with_graceful_shutdown(shutdown)
             .await;
         if let Some(task) = invalidations {

@@ -28,6 +28,8 @@ pub struct LinkSessionRecord {
     /// Vault ciphertext of the link URL's token.
     pub sealed_token: Vec<u8>,
     pub browser_hash: Option<String>,
+    /// The state hash of the authorization under way, if one is.
+    pub attempt: Option<String>,
     pub status: LinkSessionStatus,
     /// The stable code of the last thing that went wrong (`CONSENT_DENIED`, …).
     pub error: Option<String>,
@@ -79,6 +81,7 @@ impl Store {
             connection_id: Set(None),
             sealed_token: Set(new.sealed_token),
             browser_hash: Set(None),
+            attempt: Set(None),
             status: Set(LinkSessionStatus::Pending.to_string()),
             error: Set(None),
             created_at: Set(Utc::now()),
@@ -102,15 +105,19 @@ impl Store {
             .transpose()
     }
 
-    /// A repair session for `connection` that no browser has opened and that
-    /// stays valid until at least `valid_until`: the newest, if any.
+    /// A repair session for `connection` returning to `redirect_uri`, asking for
+    /// no particular products, that no browser has opened and that stays valid
+    /// until at least `valid_until`: the newest, if any.
     pub async fn pending_repair_session(
         &self,
         connection: ConnectionId,
+        redirect_uri: &str,
         valid_until: DateTime<Utc>,
     ) -> Result<Option<LinkSessionRecord>, StoreError> {
         link_session::Entity::find()
             .filter(link_session::Column::RepairConnectionId.eq(connection.to_string()))
+            .filter(link_session::Column::RedirectUri.eq(redirect_uri))
+            .filter(link_session::Column::Products.is_null())
             .filter(link_session::Column::Status.eq(LinkSessionStatus::Pending.as_str()))
             .filter(link_session::Column::ExpiresAt.gt(valid_until))
             .order_by_desc(link_session::Column::CreatedAt)
@@ -143,12 +150,14 @@ impl Store {
         Ok(opened.rows_affected == 1)
     }
 
-    /// Records that the user went to `institution` to authorize `connection`; the
-    /// session then lasts at least until `until`, the authorization's own
-    /// deadline. False unless the session is open and unexpired.
+    /// Records that the user went to `institution` to authorize `connection` with
+    /// the state hashed as `attempt` (an earlier attempt can no longer end the
+    /// session); the session then lasts at least until `until`, the
+    /// authorization's own deadline. False unless the session is open and unexpired.
     pub async fn begin_link_authorization(
         &self,
         id: LinkSessionId,
+        attempt: &str,
         institution: &str,
         connection: ConnectionId,
         until: DateTime<Utc>,
@@ -158,6 +167,7 @@ impl Store {
             return Ok(false);
         };
         let begun = link_session::Entity::update_many()
+            .col_expr(link_session::Column::Attempt, Expr::value(attempt))
             .col_expr(
                 link_session::Column::InstitutionId,
                 Expr::value(institution),
@@ -182,42 +192,68 @@ impl Store {
         Ok(begun.rows_affected == 1)
     }
 
-    /// Notes what went wrong on an open session the user may still retry.
+    /// Notes what stopped `attempt` on an open session the user may still retry
+    /// (unless a later attempt began meanwhile).
     pub async fn note_link_session_error(
         &self,
         id: LinkSessionId,
+        attempt: &str,
         code: &str,
     ) -> Result<(), StoreError> {
         link_session::Entity::update_many()
             .col_expr(link_session::Column::Error, Expr::value(code))
             .filter(link_session::Column::Id.eq(id.to_string()))
+            .filter(link_session::Column::Attempt.eq(attempt))
             .filter(link_session::Column::Status.eq(LinkSessionStatus::Open.as_str()))
             .exec(self.db())
             .await?;
         Ok(())
     }
 
-    /// Ends a session that is still pending or open with `status`. False when it
-    /// had already ended: a session has one outcome.
+    /// Ends an open session with the success of `attempt`, its current
+    /// authorization. False when the session ended meanwhile (the user left) or a
+    /// later attempt began: the link must then not be kept.
+    pub async fn finish_link_attempt(
+        &self,
+        id: LinkSessionId,
+        attempt: &str,
+        status: LinkSessionStatus,
+        connection: ConnectionId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let finished = link_session::Entity::update_many()
+            .col_expr(link_session::Column::Status, Expr::value(status.as_str()))
+            .col_expr(
+                link_session::Column::Error,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                link_session::Column::ConnectionId,
+                Expr::value(connection.to_string()),
+            )
+            .col_expr(link_session::Column::CompletedAt, Expr::value(now))
+            .filter(link_session::Column::Id.eq(id.to_string()))
+            .filter(link_session::Column::Attempt.eq(attempt))
+            .filter(link_session::Column::Status.eq(LinkSessionStatus::Open.as_str()))
+            .exec(self.db())
+            .await?;
+        Ok(finished.rows_affected == 1)
+    }
+
+    /// Ends a session that is still pending or open without a link (`denied`,
+    /// `failed`, `expired`, with the code why). False when it had already ended:
+    /// a session has one outcome.
     pub async fn finish_link_session(
         &self,
         id: LinkSessionId,
         status: LinkSessionStatus,
-        connection: Option<ConnectionId>,
-        error: Option<&str>,
+        error: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let mut update = link_session::Entity::update_many()
+        let finished = link_session::Entity::update_many()
             .col_expr(link_session::Column::Status, Expr::value(status.as_str()))
             .col_expr(link_session::Column::Error, Expr::value(error))
-            .col_expr(link_session::Column::CompletedAt, Expr::value(now));
-        if let Some(connection) = connection {
-            update = update.col_expr(
-                link_session::Column::ConnectionId,
-                Expr::value(connection.to_string()),
-            );
-        }
-        let finished = update
+            .col_expr(link_session::Column::CompletedAt, Expr::value(now))
             .filter(link_session::Column::Id.eq(id.to_string()))
             .filter(link_session::Column::Status.is_in([
                 LinkSessionStatus::Pending.as_str(),
@@ -260,6 +296,7 @@ fn to_record(row: link_session::Model) -> Result<LinkSessionRecord, StoreError> 
         redirect_uri: row.redirect_uri,
         sealed_token: row.sealed_token,
         browser_hash: row.browser_hash,
+        attempt: row.attempt,
         error: row.error,
         created_at: row.created_at,
         expires_at: row.expires_at,

@@ -8,8 +8,8 @@ use super::{Environment, SyncConnection};
 use crate::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
 use crate::store::LinkSessionRecord;
 use crate::tokens::disconnect::Disconnected;
-use crate::tokens::sessions::codes;
-use crate::tokens::{LinkError, LinkFailure, Linker, SessionError, TokenError};
+use crate::tokens::sessions::BrowserKeys;
+use crate::tokens::{LinkFailure, Linker, TokenError};
 use crate::webhooks::outbound::{self, EventData, WebhookEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,8 +17,6 @@ use crate::webhooks::outbound::{self, EventData, WebhookEvent};
 pub enum CompleteLinkError {
     #[error(transparent)]
     Link(#[from] LinkFailure),
-    #[error("recording the link session's outcome: {0}")]
-    Session(#[from] SessionError),
     #[error("queueing the first sync: {0}")]
     Queue(#[from] super::QueueError),
 }
@@ -35,35 +33,19 @@ impl Environment {
     /// session ended, `connection.linked` (and for a `reauth_required` connection
     /// `connection.repaired`) announced, the first sync queued. A link that fails
     /// leaves its session open with the reason, for the user to try again.
+    /// `browsers` holds the link session keys the browser came back with.
     pub async fn complete_link(
         &self,
         linker: &Linker,
         state: &str,
         outcome: Result<&str, &str>,
+        browsers: &BrowserKeys,
     ) -> Result<LinkOutcome, CompleteLinkError> {
-        let linked = match linker.complete(state, outcome).await {
-            Ok(linked) => linked,
-            Err(failure) => {
-                if let Some(session) = failure.session {
-                    linker
-                        .note_session_error(session, failure_code(&failure.error))
-                        .await?;
-                }
-                return Err(failure.into());
-            }
-        };
+        let linked = linker.complete(state, outcome, browsers).await?;
         let connection = linked.connection_id;
-        let session = match linked.session {
-            Some(id) => {
-                linker
-                    .finish_session(id, connection, linked.previous.status)
-                    .await?
-            }
-            None => None,
-        };
         let tenant = linked.previous.tenant_id;
         let mut data = EventData::connection(&linked.previous, ConnectionStatus::Active);
-        data.link_session_id = linked.session;
+        data.link_session_id = linked.session.as_ref().map(|s| s.id);
         outbound::announce(&self.store, tenant, WebhookEvent::ConnectionLinked, &data).await;
         if linked.previous.status == ConnectionStatus::ReauthRequired {
             outbound::announce(&self.store, tenant, WebhookEvent::ConnectionRepaired, &data).await;
@@ -76,7 +58,7 @@ impl Environment {
             .await?;
         Ok(LinkOutcome {
             connection,
-            session,
+            session: linked.session,
         })
     }
 
@@ -107,15 +89,5 @@ impl Environment {
         let disconnected = self.tokens.disconnect(id).await?;
         self.refresh_portfolio(&disconnected.previous).await?;
         Ok(disconnected)
-    }
-}
-
-/// The stable code a session keeps for why its link failed.
-fn failure_code(error: &LinkError) -> &'static str {
-    match error {
-        LinkError::Denied(_) => codes::CONSENT_DENIED,
-        LinkError::Exchange(_) => codes::INSTITUTION_ERROR,
-        LinkError::NotOffered(_) => codes::NOT_OFFERED,
-        _ => codes::INTERNAL,
     }
 }

@@ -9,9 +9,12 @@ use secrecy::ExposeSecret;
 
 use super::oauth::{OAuthClient, OAuthError};
 use super::seal_tokens;
+use super::sessions::BrowserKeys;
 use crate::connectors::{Registry, RegistryError};
-use crate::domain::{ConnectionId, LinkSessionId, TenantId, UserId};
-use crate::store::{ConnectionRecord, NewState, Store, StoreError};
+use crate::domain::{
+    ConnectionId, ConnectionStatus, LinkSessionId, LinkSessionStatus, TenantId, UserId,
+};
+use crate::store::{ConnectionRecord, LinkSessionRecord, NewState, Store, StoreError};
 use crate::vault::{Vault, VaultError, seal_context};
 
 /// How long a user has to finish at the institution.
@@ -35,6 +38,14 @@ pub enum LinkError {
     /// The tenant is limited to other institutions.
     #[error("institution `{0}` is not one this tenant offers its users")]
     NotOffered(String),
+    /// The app's link session ended, or another attempt began, before this
+    /// authorization came back: it is not kept.
+    #[error("the link session this authorization belongs to is over")]
+    SessionOver,
+    /// The authorization came back to another browser than the one that opened
+    /// its link session.
+    #[error("the authorization came back to another browser than its link session's")]
+    OtherBrowser,
     /// The grant lacks a value the connector's requests carry: the deployment's to
     /// fix (`keep`, `nested_under`), not the user's.
     #[error(
@@ -52,8 +63,8 @@ pub struct Linked {
     /// The connection as it was before: what the link changed it from (a
     /// `reauth_required` connection has just been repaired).
     pub previous: ConnectionRecord,
-    /// The app's link session the authorization belonged to.
-    pub session: Option<LinkSessionId>,
+    /// The app's link session the link ended, as it ended.
+    pub session: Option<LinkSessionRecord>,
 }
 
 /// A link that did not complete, and the app's session it belonged to (none when
@@ -80,6 +91,8 @@ pub struct LinkStart {
     pub authorize_url: url::Url,
     /// Until when the user may come back from the institution.
     pub expires_at: chrono::DateTime<Utc>,
+    /// The hash of the authorization's state: which attempt of a session it is.
+    pub attempt: String,
 }
 
 #[derive(Clone)]
@@ -186,9 +199,10 @@ impl Linker {
                 .seal(&seal_context(connection.id, "pkce_verifier"), v)?,
             None => Vec::new(),
         };
+        let state_hash = hash_state(authorization.state.expose_secret());
         self.store
             .insert_state(NewState {
-                state_hash: hash_state(authorization.state.expose_secret()),
+                state_hash: state_hash.clone(),
                 link_session: session,
                 connection_id: connection.id,
                 sealed_verifier: verifier,
@@ -201,6 +215,7 @@ impl Linker {
             connection_id: connection.id,
             authorize_url: authorization.url,
             expires_at: Utc::now() + STATE_LIFETIME,
+            attempt: state_hash,
         })
     }
 
@@ -220,10 +235,15 @@ impl Linker {
 
     /// Completes a link from the institution's redirect. The state is consumed
     /// before anything else happens, so a replay finds it used and changes nothing.
+    /// An app's session is checked first: the authorization must be its current
+    /// one, from the browser that opened it (`browsers`: the session keys the
+    /// browser came back with), and the session still open; a failure is noted on
+    /// the session for a retry.
     pub async fn complete(
         &self,
         state: &str,
         outcome: Result<&str, &str>,
+        browsers: &BrowserKeys,
     ) -> Result<Linked, LinkFailure> {
         let record = self
             .store
@@ -231,24 +251,55 @@ impl Linker {
             .await
             .map_err(LinkError::from)?
             .ok_or(LinkError::InvalidState)?;
-        let session = record
-            .link_session_id
-            .as_deref()
-            .map(str::parse::<LinkSessionId>)
-            .transpose()
-            .map_err(|_| {
-                LinkError::Store(StoreError::Corrupt("oauth state link session".into()))
-            })?;
-        self.exchange(record, outcome)
+        let Some(raw) = record.link_session_id.clone() else {
+            return Ok(self.exchange(record, outcome, None).await?);
+        };
+        let id: LinkSessionId = raw.parse().map_err(|_| {
+            LinkError::Store(StoreError::Corrupt("oauth state link session".into()))
+        })?;
+        let fail = |error| LinkFailure {
+            session: Some(id),
+            error,
+        };
+        let session = self
+            .store
+            .link_session(id)
             .await
-            .map(|linked| Linked { session, ..linked })
-            .map_err(|error| LinkFailure { session, error })
+            .map_err(|e| fail(e.into()))?
+            .ok_or_else(|| fail(LinkError::SessionOver))?;
+        let same_browser = matches!(
+            (&session.browser_hash, browsers.for_session(id)),
+            (Some(hash), Some(key)) if crate::fingerprint::same(hash, &super::sessions::browser_hash_of(key))
+        );
+        if !same_browser {
+            return Err(fail(LinkError::OtherBrowser));
+        }
+        if session.status != LinkSessionStatus::Open
+            || session.attempt.as_deref() != Some(record.state_hash.as_str())
+        {
+            return Err(fail(LinkError::SessionOver));
+        }
+        let attempt = record.state_hash.clone();
+        match self.exchange(record, outcome, Some(&session)).await {
+            Ok(linked) => Ok(linked),
+            Err(error) => {
+                if let Err(e) = self
+                    .store
+                    .note_link_session_error(id, &attempt, super::sessions::failure_code(&error))
+                    .await
+                {
+                    tracing::error!(session = %id, error = %e, "Could not note why a link failed on its session.");
+                }
+                Err(fail(error))
+            }
+        }
     }
 
     async fn exchange(
         &self,
         record: crate::store::entities::oauth_state::Model,
         outcome: Result<&str, &str>,
+        session: Option<&LinkSessionRecord>,
     ) -> Result<Linked, LinkError> {
         let connection_id: ConnectionId = record
             .connection_id
@@ -303,6 +354,34 @@ impl Linker {
             .auth
             .consent_lifetime_days
             .map(|days| tokens.issued_at + chrono::Duration::days(i64::from(days)));
+        // The session ends with this link before the grant is kept: a user who
+        // left meanwhile, or began another attempt, must not find one linked.
+        let session = match session {
+            Some(session) => {
+                let status = if session.repair_connection_id.is_some()
+                    || connection.status == ConnectionStatus::ReauthRequired
+                {
+                    LinkSessionStatus::Repaired
+                } else {
+                    LinkSessionStatus::Linked
+                };
+                let attempt = &record.state_hash;
+                if !self
+                    .store
+                    .finish_link_attempt(session.id, attempt, status, connection_id, Utc::now())
+                    .await?
+                {
+                    if let Some(refresh) = &tokens.refresh_token
+                        && let Err(error) = client.revoke(refresh).await
+                    {
+                        tracing::warn!(%error, "Could not revoke a grant whose link session had ended.");
+                    }
+                    return Err(LinkError::SessionOver);
+                }
+                self.store.link_session(session.id).await?
+            }
+            None => None,
+        };
         self.store
             .save_grant(
                 connection_id,
@@ -320,7 +399,7 @@ impl Linker {
         Ok(Linked {
             connection_id,
             previous: connection,
-            session: None,
+            session,
         })
     }
 

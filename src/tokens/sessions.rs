@@ -1,10 +1,13 @@
 //! Link sessions: an advisory app links its own user. The app's backend creates a
 //! session (bound to its tenant and user, returning to a redirect URI the tenant
 //! registered); the user opens its single-use link URL in a browser, which is then
-//! the only browser that may carry on (it holds a cookie whose hash the session
-//! keeps); the user picks an institution and consents in the hosted page, goes to
-//! the institution through [`Linker::begin`], and the callback ends the session.
-//! The session says how it ended, and [`return_url`] sends the user back with it.
+//! the only browser that may carry on, up to the callback (it holds a cookie whose
+//! hash the session keeps); the user picks an institution and consents in the
+//! hosted page and goes to the institution through [`Linker::begin`]. Only the
+//! latest such attempt may end the session: the callback
+//! ([`Linker::complete`]) ends it before keeping the grant, so a user who left, or
+//! tried again, never finds an older attempt linked behind their back. The
+//! session says how it ended, and [`return_url`] sends the user back with it.
 //!
 //! The link URL's token is kept sealed, so the URL of a session nobody opened yet
 //! can be handed out again (a connection's repair link) without another row.
@@ -112,6 +115,20 @@ pub struct NewSession {
 /// A browser's hold on the session it opened: the cookie's value.
 pub struct BrowserKey(pub SecretString);
 
+/// The keys a browser came back from an institution with, by the session they
+/// belong to (a browser may be in several sessions at once).
+#[derive(Default)]
+pub struct BrowserKeys(pub Vec<(LinkSessionId, String)>);
+
+impl BrowserKeys {
+    pub fn for_session(&self, id: LinkSessionId) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(session, _)| *session == id)
+            .map(|(_, key)| key.as_str())
+    }
+}
+
 impl Linker {
     /// Creates a session for `tenant`'s user, after checking everything the user
     /// could not fix: the redirect URI, the products, the institution, the
@@ -206,16 +223,6 @@ impl Linker {
         if connection.status != ConnectionStatus::ReauthRequired {
             return Ok(None);
         }
-        let now = Utc::now();
-        if let Some(session) = self
-            .store
-            .pending_repair_session(connection.id, now + REUSE_MARGIN)
-            .await?
-            // A token sealed under a key since retired cannot be shown again.
-            && let Ok(url) = self.link_url(&session)
-        {
-            return Ok(Some(url));
-        }
         let Some(redirect_uri) = self
             .store
             .tenant_redirect_uris(connection.tenant_id)
@@ -225,6 +232,16 @@ impl Linker {
         else {
             return Ok(None);
         };
+        let now = Utc::now();
+        if let Some(session) = self
+            .store
+            .pending_repair_session(connection.id, &redirect_uri, now + REUSE_MARGIN)
+            .await?
+            // A token sealed under a key since retired cannot be shown again.
+            && let Ok(url) = self.link_url(&session)
+        {
+            return Ok(Some(url));
+        }
         let created = self
             .create_session(
                 connection.tenant_id,
@@ -244,13 +261,13 @@ impl Linker {
         }
     }
 
-    /// Opens a session from its link URL: the first browser to present the token
-    /// gets the key it carries on with; any later opening is refused.
-    pub async fn open_session(
+    /// The session a link URL names, if its token is right and nobody opened it
+    /// yet (a look that changes nothing: link scanners and previews fetch URLs).
+    pub async fn peek_session(
         &self,
         id: LinkSessionId,
         token: &str,
-    ) -> Result<(LinkSessionRecord, BrowserKey), SessionError> {
+    ) -> Result<LinkSessionRecord, SessionError> {
         let session = self
             .store
             .link_session(id)
@@ -263,17 +280,26 @@ impl Linker {
         if !crate::fingerprint::same(expected.expose_secret(), token) {
             return Err(SessionError::Unknown);
         }
-        let now = Utc::now();
-        match session.status_at(now) {
-            LinkSessionStatus::Pending => {}
-            LinkSessionStatus::Open => return Err(SessionError::Used),
-            LinkSessionStatus::Expired => return Err(SessionError::Expired),
-            ended => return Err(SessionError::Ended(ended)),
+        match session.status_at(Utc::now()) {
+            LinkSessionStatus::Pending => Ok(session),
+            LinkSessionStatus::Open => Err(SessionError::Used),
+            LinkSessionStatus::Expired => Err(SessionError::Expired),
+            ended => Err(SessionError::Ended(ended)),
         }
+    }
+
+    /// Opens a session from its link URL: the first browser to present the token
+    /// gets the key it carries on with; any later opening is refused.
+    pub async fn open_session(
+        &self,
+        id: LinkSessionId,
+        token: &str,
+    ) -> Result<(LinkSessionRecord, BrowserKey), SessionError> {
+        self.peek_session(id, token).await?;
         let key = random_secret();
         if !self
             .store
-            .open_link_session(id, &browser_hash(&key), now)
+            .open_link_session(id, &browser_hash(&key), Utc::now())
             .await?
         {
             // Another browser got there first.
@@ -354,28 +380,32 @@ impl Linker {
         }
         self.check_institution(session.tenant_id, institution, &session.products)
             .await?;
+        // Disconnected since the session was made: nothing to repair any more.
+        if let Some(repair) = session.repair_connection_id
+            && self.store.connection(repair).await?.status == ConnectionStatus::Revoked
+        {
+            return Err(SessionError::Revoked(repair.to_string()));
+        }
         let start = self
             .begin(session.tenant_id, &session.user_id, institution, Some(id))
             .await?;
         let now = Utc::now();
         if !self
             .store
-            .begin_link_authorization(id, institution, start.connection_id, start.expires_at, now)
+            .begin_link_authorization(
+                id,
+                &start.attempt,
+                institution,
+                start.connection_id,
+                start.expires_at,
+                now,
+            )
             .await?
         {
             return Err(SessionError::Expired);
         }
         tracing::info!(session = %id, connection = %start.connection_id, institution, "Link session sent the user to the institution.");
         Ok(start.authorize_url)
-    }
-
-    /// Notes on the session what stopped the user, who may try again.
-    pub async fn note_session_error(
-        &self,
-        id: LinkSessionId,
-        code: &str,
-    ) -> Result<(), SessionError> {
-        Ok(self.store.note_link_session_error(id, code).await?)
     }
 
     /// Ends a session the user leaves without linking: `denied` if they declined
@@ -399,37 +429,13 @@ impl Linker {
         };
         let code = error.to_owned();
         self.store
-            .finish_link_session(id, status, None, Some(&code), now)
+            .finish_link_session(id, status, &code, now)
             .await?;
         tracing::info!(session = %id, status = %status, "Link session left.");
         self.store
             .link_session(id)
             .await?
             .ok_or(SessionError::Unknown)
-    }
-
-    /// Records a completed link on its session: `repaired` when the session was
-    /// opened to repair, or the connection needed the user; else `linked`.
-    pub async fn finish_session(
-        &self,
-        id: LinkSessionId,
-        connection: ConnectionId,
-        previous: ConnectionStatus,
-    ) -> Result<Option<LinkSessionRecord>, SessionError> {
-        let Some(session) = self.store.link_session(id).await? else {
-            return Ok(None);
-        };
-        let status = if session.repair_connection_id.is_some()
-            || previous == ConnectionStatus::ReauthRequired
-        {
-            LinkSessionStatus::Repaired
-        } else {
-            LinkSessionStatus::Linked
-        };
-        self.store
-            .finish_link_session(id, status, Some(connection), None, Utc::now())
-            .await?;
-        Ok(self.store.link_session(id).await?)
     }
 
     async fn live_session(
@@ -510,6 +516,16 @@ fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
+/// The stable code a session keeps for why a link failed.
+pub(super) fn failure_code(error: &LinkError) -> &'static str {
+    match error {
+        LinkError::Denied(_) => codes::CONSENT_DENIED,
+        LinkError::Exchange(_) => codes::INSTITUTION_ERROR,
+        LinkError::NotOffered(_) => codes::NOT_OFFERED,
+        _ => codes::INTERNAL,
+    }
+}
+
 fn token_context(id: LinkSessionId) -> String {
     format!("link_session:{id}:token")
 }
@@ -523,7 +539,7 @@ fn browser_hash(key: &SecretString) -> String {
     browser_hash_of(key.expose_secret())
 }
 
-fn browser_hash_of(key: &str) -> String {
+pub(super) fn browser_hash_of(key: &str) -> String {
     crate::fingerprint::sha256_hex(key.as_bytes())
 }
 
@@ -566,6 +582,7 @@ mod tests {
             connection_id: Some(ConnectionId::new()),
             sealed_token: Vec::new(),
             browser_hash: None,
+            attempt: None,
             status,
             error: error.map(str::to_owned),
             created_at: Utc::now(),

@@ -74,6 +74,22 @@ fn query_of(url: &url::Url) -> HashMap<String, String> {
     url.query_pairs().into_owned().collect()
 }
 
+/// Subscribes the tenant to `connection.linked`, so that every link leaves a
+/// delivery to count.
+async fn listen_for_links(app: &TestApp) {
+    let deliverer = &app.app.webhooks;
+    outbound::register_endpoint(
+        &deliverer.store,
+        &deliverer.vault,
+        app.tenant().id,
+        "http://127.0.0.1:9/hooks",
+        &[WebhookEvent::ConnectionLinked],
+        true,
+    )
+    .await
+    .unwrap();
+}
+
 async fn linked_events(store: &Store) -> Vec<Value> {
     store
         .webhook_deliveries(DeliveryQuery {
@@ -96,17 +112,7 @@ async fn an_app_links_its_user_through_a_session_and_hears_how_it_went() {
     let store = &app.app.ctx.store;
     let key = app.tenant().bearer().to_owned();
     register_back(&app).await;
-    let deliverer = &app.app.webhooks;
-    outbound::register_endpoint(
-        &deliverer.store,
-        &deliverer.vault,
-        app.tenant().id,
-        "http://127.0.0.1:9/hooks",
-        &[WebhookEvent::ConnectionLinked],
-        true,
-    )
-    .await
-    .unwrap();
+    listen_for_links(&app).await;
 
     // The app's backend opens a session; a retry with the same key gets the same one.
     let body = json!({ "user_id": "demo-ada", "redirect_uri": BACK, "products": ["holdings"] });
@@ -134,14 +140,42 @@ async fn an_app_links_its_user_through_a_session_and_hears_how_it_went() {
         "{link_url}"
     );
 
-    // The user opens it: the browser gets a cookie scoped to the session's page.
+    // A link preview fetching the URL uses nothing up.
+    let preview = LinkBrowser::default().get(&link_url).await;
+    assert_eq!(preview.status(), 200);
+    assert!(
+        preview
+            .text()
+            .await
+            .unwrap()
+            .contains("uses finsync to read your accounts")
+    );
+    let (_, view) = session_view(&app, &key, &id).await;
+    assert_eq!(view["status"], "pending");
+
+    // The user opens it: the browser gets cookies for the page and the callback.
     let mut browser = LinkBrowser::default();
-    let opened = browser.get(&link_url).await;
+    let opened = browser.open(&link_url).await;
     assert_eq!(opened.status(), 303);
-    let cookie = opened.headers()["set-cookie"].to_str().unwrap().to_owned();
-    for attribute in ["HttpOnly", "SameSite=Lax", &format!("Path=/link/{id}")] {
-        assert!(cookie.contains(attribute), "{cookie}");
+    let cookies: Vec<&str> = opened
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap())
+        .collect();
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    for (cookie, path) in cookies
+        .iter()
+        .zip([format!("Path=/link/{id}"), "Path=/oauth/callback".into()])
+    {
+        for attribute in ["HttpOnly", "SameSite=Lax", &path] {
+            assert!(cookie.contains(attribute), "{cookie}");
+        }
+        assert!(!cookie.contains("Max-Age"), "a session cookie: {cookie}");
     }
+    // Back at the link URL, the same browser carries on.
+    let again = browser.get(&link_url).await;
+    assert_eq!(again.status(), 303);
     let page = format!("{}{}", app.address, location(&opened));
     assert!(!page.contains("token"), "the token leaves the address bar");
     let (_, view) = session_view(&app, &key, &id).await;
@@ -224,7 +258,13 @@ async fn an_app_links_its_user_through_a_session_and_hears_how_it_went() {
     // The link works once; the callback too.
     let reopened = LinkBrowser::default().get(&link_url).await;
     assert_eq!(reopened.status(), 409);
-    assert!(reopened.text().await.unwrap().contains("already been used"));
+    assert!(
+        reopened
+            .text()
+            .await
+            .unwrap()
+            .contains("nothing more to do here")
+    );
     let replayed = browser.get(&location(&at_institution)).await;
     assert_eq!(replayed.status(), 400);
     let (_, view) = session_view(&app, &key, &id).await;
@@ -243,6 +283,7 @@ async fn link_sessions_refuse_what_they_must_and_change_nothing() {
     let store = &app.app.ctx.store;
     let key = app.tenant().bearer().to_owned();
     register_back(&app).await;
+    listen_for_links(&app).await;
     let count = || async {
         let db = store.db();
         let row = db
@@ -301,7 +342,7 @@ async fn link_sessions_refuse_what_they_must_and_change_nothing() {
         .get(&format!("{}/link/{id}?token=forged", app.address))
         .await;
     assert_eq!(forged.status(), 404);
-    let opened = first.get(&link_url).await;
+    let opened = first.open(&link_url).await;
     assert_eq!(opened.status(), 303);
     let mut second = LinkBrowser::default();
     let twice = second.get(&link_url).await;
@@ -405,4 +446,146 @@ async fn link_sessions_refuse_what_they_must_and_change_nothing() {
     assert_eq!(view["status"], "expired");
     assert_eq!(view["error"], "SESSION_EXPIRED");
     assert!(view["opened_at"].is_null(), "an expired link opens nothing");
+}
+
+/// Authorizes at the institution for `session` (opened by `browser`): returns the
+/// callback URL the sandbox sends a `demo-…` user back to.
+async fn authorize(browser: &mut LinkBrowser, page: &str, institution: &str) -> String {
+    let html = browser
+        .get(&format!("{page}?step=consent&institution={institution}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let authorized = browser
+        .post_form(
+            &format!("{page}/authorize"),
+            &[("csrf", &csrf_in(&html)), ("institution", institution)],
+        )
+        .await;
+    assert_eq!(authorized.status(), 303);
+    let approved = browser.get(&location(&authorized)).await;
+    assert_eq!(approved.status(), 302);
+    location(&approved)
+}
+
+#[tokio::test]
+async fn only_the_latest_attempt_in_the_browser_that_opened_the_session_links() {
+    let app = TestApp::builder()
+        .sqlite()
+        .workers(false)
+        .tenant("advisor")
+        .build()
+        .await;
+    let store = &app.app.ctx.store;
+    let key = app.tenant().bearer().to_owned();
+    register_back(&app).await;
+    listen_for_links(&app).await;
+    let (_, created) = create_session(
+        &app,
+        &key,
+        json!({ "user_id": "demo-zoe", "redirect_uri": BACK }),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let page = format!("{}/link/{id}", app.address);
+    let mut user = LinkBrowser::default();
+    assert_eq!(
+        user.open(created["link_url"].as_str().unwrap())
+            .await
+            .status(),
+        303
+    );
+
+    // Two attempts: the first one's answer no longer counts.
+    let first = authorize(&mut user, &page, "meridian").await;
+    let second = authorize(&mut user, &page, "meridian").await;
+    let stale = user.get(&first).await;
+    assert_eq!(stale.status(), 303);
+    assert_eq!(location(&stale), format!("/link/{id}"));
+    let (_, view) = session_view(&app, &key, &id).await;
+    assert_eq!(view["status"], "open");
+    assert!(
+        view["error"].is_null(),
+        "a stale attempt notes nothing: {view}"
+    );
+
+    // The latest attempt's answer in another browser (a link forwarded to a
+    // victim) links nothing.
+    let forwarded = LinkBrowser::default().get(&second).await;
+    assert_eq!(forwarded.status(), 403);
+    assert!(
+        forwarded
+            .text()
+            .await
+            .unwrap()
+            .contains("started in another browser")
+    );
+    let connection: finsync::domain::ConnectionId =
+        view["connection_id"].as_str().unwrap().parse().unwrap();
+    assert_ne!(
+        store.connection(connection).await.unwrap().status,
+        ConnectionStatus::Active
+    );
+    assert!(linked_events(store).await.is_empty());
+
+    // A new attempt in the user's own browser links.
+    let third = authorize(&mut user, &page, "meridian").await;
+    let done = user.get(&third).await;
+    assert_eq!(done.status(), 303);
+    assert!(
+        location(&done).contains("status=linked"),
+        "{}",
+        location(&done)
+    );
+    assert_eq!(
+        store.connection(connection).await.unwrap().status,
+        ConnectionStatus::Active
+    );
+    assert_eq!(linked_events(store).await.len(), 1);
+
+    // A user who leaves while the institution still has the page open: its late
+    // answer links nothing.
+    let (_, created) = create_session(
+        &app,
+        &key,
+        json!({ "user_id": "demo-yan", "redirect_uri": BACK }),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let page = format!("{}/link/{id}", app.address);
+    let mut user = LinkBrowser::default();
+    user.open(created["link_url"].as_str().unwrap()).await;
+    let pending = authorize(&mut user, &page, "harbor").await;
+    let html = user
+        .get(&format!("{page}?step=pick"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let left = user
+        .post_form(&format!("{page}/leave"), &[("csrf", &csrf_in(&html))])
+        .await;
+    assert!(
+        location(&left).contains("status=denied"),
+        "{}",
+        location(&left)
+    );
+    let late = user.get(&pending).await;
+    assert_eq!(late.status(), 303);
+    let shown = user.get(&page).await.text().await.unwrap();
+    assert!(shown.contains("chose not to connect"), "{shown}");
+    let (_, view) = session_view(&app, &key, &id).await;
+    assert_eq!(view["status"], "denied");
+    let connection: finsync::domain::ConnectionId =
+        view["connection_id"].as_str().unwrap().parse().unwrap();
+    assert_ne!(
+        store.connection(connection).await.unwrap().status,
+        ConnectionStatus::Active
+    );
+    assert_eq!(
+        linked_events(store).await.len(),
+        1,
+        "still only the first link"
+    );
 }

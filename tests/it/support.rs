@@ -1030,12 +1030,30 @@ impl LinkBrowser {
         response
     }
 
+    /// Opens a link URL as a user does: its page, then Continue. Returns the
+    /// answer to Continue (a 303 to the session's page when it opened).
+    pub async fn open(&mut self, link_url: &str) -> reqwest::Response {
+        let greeted = self.get(link_url).await;
+        assert_eq!(greeted.status(), 200, "the link's welcome page");
+        let url = url::Url::parse(link_url).unwrap();
+        let token = url
+            .query_pairs()
+            .find(|(k, _)| k == "token")
+            .unwrap()
+            .1
+            .into_owned();
+        let mut open = url.clone();
+        open.set_query(None);
+        open.set_path(&format!("{}/open", url.path()));
+        self.post_form(open.as_str(), &[("token", &token)]).await
+    }
+
     /// Walks a link URL for a user the sandbox approves without a page (`demo-…`):
     /// opens it, picks `institution` when the session did not name one, consents,
     /// and follows the institution back to the callback. Returns where the callback
     /// sends the browser (the app's redirect URI, or the link page).
     pub async fn link(&mut self, address: &str, link_url: &str, institution: &str) -> url::Url {
-        let opened = self.get(link_url).await;
+        let opened = self.open(link_url).await;
         assert_eq!(opened.status(), 303, "opening the link");
         let page = format!("{address}{}", location(&opened));
         let consent = self.get(&format!("{page}?institution={institution}")).await;

@@ -18,6 +18,9 @@ pub struct Model {
     pub sealed_token: Vec<u8>,
     /// SHA-256 of the cookie given to the browser that opened the session.
     pub browser_hash: Option<String>,
+    /// The state hash of the authorization under way: the only one that may end
+    /// the session.
+    pub attempt: Option<String>,
     pub status: String,
     pub error: Option<String>,
     pub created_at: DateTimeUtc,

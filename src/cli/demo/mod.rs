@@ -1,7 +1,10 @@
 //! `finsync demo`: the whole system in one process on embedded defaults. Starts the
 //! sandbox institutions, links three demo users through the real OAuth redirect
 //! flow over HTTP, syncs them on the job queue with a progress display, prints their
-//! portfolios and keeps serving the API.
+//! portfolios and keeps serving the API, with the [`example_app`] beside it: an
+//! advisory app that links its own users through link sessions in a browser.
+
+pub mod example_app;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use crate::cli::render;
 use crate::domain::UserId;
 use crate::portfolio;
 use crate::sync::wait_for_sync;
+use example_app::ExampleApp;
 
 pub const DEMO_TENANT: &str = "demo";
 pub const DEMO_USERS: [&str; 3] = ["demo-alice", "demo-bob", "demo-carol"];
@@ -44,6 +48,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let address = listener.local_addr()?;
     let public_url = url::Url::parse(&format!("http://{address}/"))?;
     settings.server.public_url = public_url.clone();
+    // The example app's webhook endpoint is on this machine.
+    settings.webhooks.allow_private_targets = true;
     let concurrency = settings.sync.worker_concurrency;
 
     let progress = MultiProgress::new();
@@ -52,6 +58,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "Starting finsync (SQLite, in-process cache, sandbox institutions)…",
     );
     let app = Arc::new(App::build(settings).await?);
+    let tenant = match app.ctx.store.tenant_by_name(DEMO_TENANT).await? {
+        Some(_) => app.ctx.store.rotate_api_key(DEMO_TENANT).await?,
+        None => app.ctx.store.create_tenant(DEMO_TENANT).await?,
+    };
+    let (tenant, api_key) = tenant;
+    let example_base = public_url.join("example-app/")?;
+    // What an admin does for an app: register where its users come back to.
+    app.ctx
+        .store
+        .set_tenant_redirect_uris(
+            tenant.id,
+            &[ExampleApp::return_url(&example_base)?.to_string()],
+        )
+        .await?;
+    let (example, example_routes) =
+        ExampleApp::new(public_url.clone(), api_key.0.clone(), example_base.clone());
     let (stop, stopped) = watch::channel(false);
     let until_stopped = move || {
         let mut rx = stopped.clone();
@@ -61,7 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let server = tokio::spawn({
         let (app, shutdown) = (app.clone(), until_stopped());
-        async move { app.serve(listener, shutdown).await }
+        async move { app.serve_with(listener, example_routes, shutdown).await }
     });
     let workers = tokio::spawn({
         let (app, shutdown) = (app.clone(), until_stopped());
@@ -71,13 +93,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let (app, shutdown) = (app.clone(), until_stopped());
         async move { app.run_webhooks(shutdown).await }
     });
+    example.register_webhooks().await?;
     boot.finish_with_message(format!("finsync is up: API {public_url}"));
-
-    let tenant = match app.ctx.store.tenant_by_name(DEMO_TENANT).await? {
-        Some(_) => app.ctx.store.rotate_api_key(DEMO_TENANT).await?,
-        None => app.ctx.store.create_tenant(DEMO_TENANT).await?,
-    };
-    let (tenant, api_key) = tenant;
 
     let http = crate::http::client();
     let linked_at = chrono::Utc::now();
@@ -128,6 +145,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!(
         "Try:      curl -s -H 'Authorization: Bearer {key}' {public_url}v1/users/{}/portfolio",
         DEMO_USERS[0]
+    );
+    println!(
+        "Example:  {example_base}   (an advisory app linking its own users: open it in a browser)"
     );
     if let Some(sandbox) = &app.sandbox {
         println!(
