@@ -16,7 +16,10 @@
 # tests/interop, installed under ~/.cache (or FINSYNC_INTEROP_NODE_MODULES names
 # a node_modules that has them). The UK Open Banking contract test runs Stoplight
 # Prism, pinned in tests/contracts, installed the same way under ~/.cache (or
-# FINSYNC_CONTRACTS_NODE_MODULES names a node_modules that has it). The sync benchmark's test starts a redis-server of
+# FINSYNC_CONTRACTS_NODE_MODULES names a node_modules that has it). The browser test
+# drives Debian's chromium (installed when missing) with playwright-core, pinned in
+# tests/browser and installed the same way (or FINSYNC_BROWSER_NODE_MODULES); its
+# screenshots are kept under <target>/tmp/test-artifacts. The sync benchmark's test starts a redis-server of
 # its own, and the fault suite (tests/it/faults.rs) a redis-server and a PostgreSQL
 # server of its own: the programs are installed from Debian's packages when missing.
 # The fault suite's full run: FINSYNC_FAULT_SUITE=full scripts/test.sh faults::
@@ -377,6 +380,40 @@ ensure_prism() {
     export FINSYNC_CONTRACTS_NODE_MODULES="${dir}/node_modules"
 }
 
+# --------------------------------------------------------- browser (chromium)
+
+# The browser test (tests/it/browser.rs) plays a user through the link flow in
+# Debian's chromium, driven by the npm package playwright-core pinned by
+# tests/browser/package-lock.json (which uses that chromium, never a download of
+# its own). Installed like the packages above, outside the clone.
+ensure_browser() {
+    if ! command -v chromium >/dev/null 2>&1 && [[ -z ${FINSYNC_CHROMIUM:-} ]]; then
+        note "chromium is not installed"
+        apt_install chromium
+    fi
+    if [[ -n ${FINSYNC_BROWSER_NODE_MODULES:-} ]]; then
+        say "playwright-core: using FINSYNC_BROWSER_NODE_MODULES as given"
+        return 0
+    fi
+    local tools="${FINSYNC_TOOLS_DIR:-${HOME:-/tmp}/.cache/finsync-tools}"
+    local dir="${tools}/browser" lock="tests/browser/package-lock.json"
+    local stamp="${dir}/.installed-lock"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    if [[ -f ${dir}/node_modules/playwright-core/package.json ]] && cmp -s "$lock" "$stamp"; then
+        note "playwright-core is installed in ${dir}"
+    else
+        say "installing tests/browser's npm packages (playwright-core) into ${dir}"
+        mkdir -p "$dir"
+        cp tests/browser/package.json tests/browser/.npmrc "$lock" "$dir/"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) ||
+            die "could not install ${lock} from the npm registry"
+        cp "$lock" "$stamp"
+    fi
+    export FINSYNC_BROWSER_NODE_MODULES="${dir}/node_modules"
+}
+
 # ---------------------------------------------------------------------- main
 
 main() {
@@ -388,6 +425,7 @@ main() {
     ensure_schemathesis
     ensure_oauth2_mock_server
     ensure_prism
+    ensure_browser
     say "running the test suite: cargo test --workspace --all-targets${*:+ $*}"
     note "target directory: ${CARGO_TARGET_DIR:-$(pwd)/target}"
     cargo test --workspace --all-targets "$@"

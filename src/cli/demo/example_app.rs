@@ -66,16 +66,16 @@ impl ExampleApp {
             http: crate::http::client(),
             base: base.clone(),
         });
+        // Full paths: the app's own address ends in a slash, which a nested
+        // router's "/" would not match.
+        let at = base.path().trim_end_matches('/');
         let routes = Router::new()
-            .route("/", get(home))
-            .route("/connect", post(connect))
-            .route("/return", get(returned))
-            .route("/webhooks", post(webhook))
+            .route(&format!("{at}/"), get(home))
+            .route(&format!("{at}/connect"), post(connect))
+            .route(&format!("{at}/return"), get(returned))
+            .route(&format!("{at}/webhooks"), post(webhook))
             .with_state(app.clone());
-        (
-            app,
-            Router::new().nest(base.path().trim_end_matches('/'), routes),
-        )
+        (app, routes)
     }
 
     /// Registers the app's webhook endpoint through finsync's API, once finsync
