@@ -12,7 +12,9 @@ use axum::routing::get;
 use serde::Deserialize;
 
 use super::ApiState;
-use super::link_page::{CALLBACK_COOKIE_PREFIX, Message, back_to_app, cookies, html, trouble};
+use super::link_page::{
+    CALLBACK_COOKIE_PREFIX, Message, back_to_app, cookies, forget_callback_cookie, html, trouble,
+};
 use crate::domain::LinkSessionId;
 use crate::sync::lifecycle::CompleteLinkError;
 use crate::tokens::sessions::BrowserKeys;
@@ -52,7 +54,7 @@ async fn callback(
         .await
     {
         Ok(linked) => match linked.session {
-            Some(session) => back_to_app(&session),
+            Some(session) => forget_callback_cookie(back_to_app(&session), session.id),
             None => html(
                 StatusCode::OK,
                 &Message::new(
@@ -127,7 +129,6 @@ async fn callback(
             ),
             other => trouble(other),
         },
-        Err(other) => trouble(other),
     }
 }
 

@@ -265,11 +265,13 @@ async fn open(
         return bad_form();
     };
     match state.linker.open_session(id, &form.token).await {
-        Ok((_, key)) => {
+        Ok((session, key)) => {
             let key = secrecy::ExposeSecret::expose_secret(&key.0).to_owned();
             let page = page_path(id);
             let secure = state.linker.link_base.scheme() == "https";
-            // Session cookies: the session's own expiry is enforced here.
+            // They outlive the session by an authorization's lifetime, which may
+            // extend it; the session's own expiry is enforced here.
+            let lifetime = (session.expires_at - Utc::now()).num_seconds().max(0) + 600;
             let cookies = [
                 (COOKIE.to_owned(), page.clone()),
                 (callback_cookie(id), "/oauth/callback".to_owned()),
@@ -280,6 +282,7 @@ async fn open(
                     .http_only(true)
                     .secure(secure)
                     .same_site(cookie::SameSite::Lax)
+                    .max_age(cookie::time::Duration::seconds(lifetime))
                     .build()
                     .to_string()
             });
@@ -301,6 +304,18 @@ pub(super) const CALLBACK_COOKIE_PREFIX: &str = "finsync_link_";
 
 fn callback_cookie(id: LinkSessionId) -> String {
     format!("{CALLBACK_COOKIE_PREFIX}{id}")
+}
+
+/// Tells the browser to drop the callback's cookie of a session that ended.
+pub(super) fn forget_callback_cookie(mut response: Response, id: LinkSessionId) -> Response {
+    let gone = cookie::Cookie::build((callback_cookie(id), ""))
+        .path("/oauth/callback")
+        .max_age(cookie::time::Duration::ZERO)
+        .build();
+    if let Ok(value) = HeaderValue::from_str(&gone.to_string()) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
 }
 
 async fn authorize(

@@ -932,6 +932,13 @@ impl Store {
         Ok(())
     }
 
+    /// A state as stored, used or not (a look that changes nothing).
+    pub async fn state(&self, state_hash: &str) -> Result<Option<oauth_state::Model>, StoreError> {
+        Ok(oauth_state::Entity::find_by_id(state_hash.to_owned())
+            .one(self.db())
+            .await?)
+    }
+
     /// Marks a state used and returns it, if it exists, is unexpired and unused.
     /// The conditional update makes it single-use even when two callbacks race.
     pub async fn consume_state(

@@ -4,7 +4,9 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, Set,
+};
 
 use super::entities::link_session;
 use super::{Store, StoreError};
@@ -264,13 +266,36 @@ impl Store {
         Ok(finished.rows_affected == 1)
     }
 
-    /// Deletes sessions that expired before `before`.
-    pub async fn purge_link_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(link_session::Entity::delete_many()
-            .filter(link_session::Column::ExpiresAt.lt(before))
+    /// Takes back a session's success whose grant could not be kept: it ends
+    /// `failed` with `code`.
+    pub async fn unfinish_link_session(
+        &self,
+        id: LinkSessionId,
+        code: &str,
+    ) -> Result<(), StoreError> {
+        link_session::Entity::update_many()
+            .col_expr(
+                link_session::Column::Status,
+                Expr::value(LinkSessionStatus::Failed.as_str()),
+            )
+            .col_expr(link_session::Column::Error, Expr::value(code))
+            .filter(link_session::Column::Id.eq(id.to_string()))
+            .filter(link_session::Column::Status.is_in([
+                LinkSessionStatus::Linked.as_str(),
+                LinkSessionStatus::Repaired.as_str(),
+            ]))
             .exec(self.db())
-            .await?
-            .rows_affected)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes sessions that expired before `before`, in batches.
+    pub async fn purge_link_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.delete_in_batches::<link_session::Entity>(
+            link_session::Column::Id,
+            Condition::all().add(link_session::Column::ExpiresAt.lt(before)),
+        )
+        .await
     }
 }
 

@@ -17,8 +17,6 @@ use crate::webhooks::outbound::{self, EventData, WebhookEvent};
 pub enum CompleteLinkError {
     #[error(transparent)]
     Link(#[from] LinkFailure),
-    #[error("queueing the first sync: {0}")]
-    Queue(#[from] super::QueueError),
 }
 
 /// A completed link, and the app's session it ended.
@@ -50,12 +48,18 @@ impl Environment {
         if linked.previous.status == ConnectionStatus::ReauthRequired {
             outbound::announce(&self.store, tenant, WebhookEvent::ConnectionRepaired, &data).await;
         }
-        self.queue
+        // The link stands either way: a connection with no sync time yet is due
+        // for the scheduler, which queues it on its next tick.
+        if let Err(error) = self
+            .queue
             .enqueue(SyncConnection {
                 connection_id: connection,
                 idempotency_key: format!("link:{connection}:{}", uuid::Uuid::new_v4()),
             })
-            .await?;
+            .await
+        {
+            tracing::error!(connection = %connection, %error, "The first sync of a new link could not be queued; the scheduler will.");
+        }
         Ok(LinkOutcome {
             connection,
             session: linked.session,

@@ -245,15 +245,60 @@ impl Linker {
         outcome: Result<&str, &str>,
         browsers: &BrowserKeys,
     ) -> Result<Linked, LinkFailure> {
+        let hash = hash_state(state);
+        // The browser is checked before the state is used: an answer that reached
+        // the wrong browser leaves the attempt for the right one.
+        let session = match self.store.state(&hash).await.map_err(LinkError::from)? {
+            Some(stored) => match stored.link_session_id.as_deref() {
+                Some(raw) => Some(self.session_of_state(raw, browsers).await?),
+                None => None,
+            },
+            None => None,
+        };
         let record = self
             .store
-            .consume_state(&hash_state(state))
+            .consume_state(&hash)
             .await
             .map_err(LinkError::from)?
             .ok_or(LinkError::InvalidState)?;
-        let Some(raw) = record.link_session_id.clone() else {
+        let Some(session) = session else {
             return Ok(self.exchange(record, outcome, None).await?);
         };
+        let fail = |error| LinkFailure {
+            session: Some(session.id),
+            error,
+        };
+        if session.status != LinkSessionStatus::Open
+            || session.attempt.as_deref() != Some(record.state_hash.as_str())
+        {
+            return Err(fail(LinkError::SessionOver));
+        }
+        let attempt = record.state_hash.clone();
+        match self.exchange(record, outcome, Some(&session)).await {
+            Ok(linked) => Ok(linked),
+            Err(error) => {
+                if let Err(e) = self
+                    .store
+                    .note_link_session_error(
+                        session.id,
+                        &attempt,
+                        super::sessions::failure_code(&error),
+                    )
+                    .await
+                {
+                    tracing::error!(session = %session.id, error = %e, "Could not note why a link failed on its session.");
+                }
+                Err(fail(error))
+            }
+        }
+    }
+
+    /// The session a state belongs to, if the browser is the one that opened it.
+    async fn session_of_state(
+        &self,
+        raw: &str,
+        browsers: &BrowserKeys,
+    ) -> Result<LinkSessionRecord, LinkFailure> {
         let id: LinkSessionId = raw.parse().map_err(|_| {
             LinkError::Store(StoreError::Corrupt("oauth state link session".into()))
         })?;
@@ -274,25 +319,7 @@ impl Linker {
         if !same_browser {
             return Err(fail(LinkError::OtherBrowser));
         }
-        if session.status != LinkSessionStatus::Open
-            || session.attempt.as_deref() != Some(record.state_hash.as_str())
-        {
-            return Err(fail(LinkError::SessionOver));
-        }
-        let attempt = record.state_hash.clone();
-        match self.exchange(record, outcome, Some(&session)).await {
-            Ok(linked) => Ok(linked),
-            Err(error) => {
-                if let Err(e) = self
-                    .store
-                    .note_link_session_error(id, &attempt, super::sessions::failure_code(&error))
-                    .await
-                {
-                    tracing::error!(session = %id, error = %e, "Could not note why a link failed on its session.");
-                }
-                Err(fail(error))
-            }
-        }
+        Ok(session)
     }
 
     async fn exchange(
@@ -382,14 +409,33 @@ impl Linker {
             }
             None => None,
         };
-        self.store
+        let saved = self
+            .store
             .save_grant(
                 connection_id,
                 columns,
                 tokens.scopes.clone(),
                 consent_expires_at,
             )
-            .await?;
+            .await;
+        if let Err(error) = saved {
+            // The session said linked a moment ago: it must not stay so.
+            if let Some(session) = &session {
+                if let Err(e) = self
+                    .store
+                    .unfinish_link_session(session.id, super::sessions::codes::INTERNAL)
+                    .await
+                {
+                    tracing::error!(session = %session.id, error = %e, "A link session says linked though its grant was not kept.");
+                }
+                if let Some(refresh) = &tokens.refresh_token
+                    && let Err(e) = client.revoke(refresh).await
+                {
+                    tracing::warn!(error = %e, "Could not revoke a grant that was not kept.");
+                }
+            }
+            return Err(error.into());
+        }
         tracing::info!(
             connection = %connection_id,
             from = %connection.status,

@@ -17,7 +17,9 @@ const { chromium } = require("playwright-core");
 const exampleUrl = process.env.EXAMPLE_URL;
 const screenshots = process.env.SCREENSHOTS;
 const user = process.env.LINK_USER ?? "ada";
-const deadline = Date.now() + 90_000;
+// How long the app may take to show the first sync and its webhook once the user
+// is back: generous, for shared machines.
+const settleMs = Number(process.env.SETTLE_MS ?? 120_000);
 mkdirSync(screenshots, { recursive: true });
 
 const browser = await chromium.launch({
@@ -88,7 +90,7 @@ try {
   // Searching with the keyboard alone.
   await page.getByLabel("Search institutions").focus();
   await page.keyboard.type("meri");
-  await page.keyboard.press("Enter");
+  await Promise.all([page.waitForURL(/[?&]q=meri/), page.keyboard.press("Enter")]);
   await page.getByRole("link", { name: /Meridian Brokerage/ }).waitFor();
   await step("link-picker-searched");
   await page.getByRole("link", { name: /Meridian Brokerage/ }).click();
@@ -97,11 +99,13 @@ try {
   await checkLinkPage("consent");
   await step("link-consent");
   // Tab to the button that goes on, and press Enter.
-  for (let i = 0; i < 20; i += 1) {
+  let reached = false;
+  for (let i = 0; i < 20 && !reached; i += 1) {
     await page.keyboard.press("Tab");
     const focused = await page.evaluate(() => document.activeElement?.textContent?.trim());
-    if (focused === "Continue to Meridian Brokerage") break;
+    reached = focused === "Continue to Meridian Brokerage";
   }
+  if (!reached) throw new Error("Tab never reached the Continue button");
   await Promise.all([page.waitForURL(/oauth\/authorize/), page.keyboard.press("Enter")]);
 
   // The sandbox institution's own consent page.
@@ -110,16 +114,22 @@ try {
 
   await page.waitForURL(/example-app\/return/);
   const returned = new URL(page.url());
-  // The page refreshes itself while the first sync runs; webhooks arrive on their own.
+  // The page refreshes itself while the first sync runs; webhooks arrive on their
+  // own, so the page is read again until it shows both (or time is up).
+  const deadline = Date.now() + settleMs;
   for (;;) {
-    const accounts = await page.locator("#accounts tbody tr").count();
-    const webhooks = (await page.locator("#webhooks").textContent()) ?? "";
-    if (accounts > 0 && webhooks.includes("connection.linked")) break;
+    const shown = await page
+      .evaluate(() => ({
+        accounts: document.querySelectorAll("#accounts tbody tr").length,
+        webhooks: document.querySelector("#webhooks")?.textContent ?? "",
+      }))
+      .catch(() => ({ accounts: 0, webhooks: "" })); // mid-refresh
+    if (shown.accounts > 0 && shown.webhooks.includes("connection.linked")) break;
     if (Date.now() > deadline) {
-      throw new Error(`no accounts or no connection.linked webhook on the app's page: ${webhooks}`);
+      throw new Error(`no accounts or no connection.linked webhook on the app's page: ${shown.webhooks}`);
     }
-    await page.waitForTimeout(250);
-    await page.reload();
+    await page.waitForTimeout(500);
+    await page.reload({ waitUntil: "load" }).catch(() => {}); // raced the page's own refresh
   }
   await step("back-in-the-app");
   const outcome = {

@@ -8,13 +8,15 @@
 //! `<target>/tmp/test-artifacts/link-flow/`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
 
 use finsync::cli::demo::example_app::ExampleApp;
 use finsync::domain::{DeliveryStatus, LinkSessionStatus, WebhookEvent};
 use finsync::store::DeliveryQuery;
 use serde_json::Value;
 use tokio::net::TcpListener;
+use tokio::process::Command;
 
 use crate::support::{TestApp, eventually};
 
@@ -48,9 +50,16 @@ async fn a_user_links_an_institution_in_a_browser_and_lands_back_in_the_app() {
 
     // The example app, on its own port, set up as `finsync demo` does.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = url::Url::parse(&format!("http://{}/example-app/", listener.local_addr().unwrap())).unwrap();
+    let base = url::Url::parse(&format!(
+        "http://{}/example-app/",
+        listener.local_addr().unwrap()
+    ))
+    .unwrap();
     store
-        .set_tenant_redirect_uris(tenant.id, &[ExampleApp::return_url(&base).unwrap().to_string()])
+        .set_tenant_redirect_uris(
+            tenant.id,
+            &[ExampleApp::return_url(&base).unwrap().to_string()],
+        )
         .await
         .unwrap();
     let api = url::Url::parse(&format!("{}/", app.address)).unwrap();
@@ -61,21 +70,23 @@ async fn a_user_links_an_institution_in_a_browser_and_lands_back_in_the_app() {
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-artifacts/link-flow");
     let _ = std::fs::remove_dir_all(&screenshots);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/link.mjs");
-    let run = tokio::task::spawn_blocking({
-        let (base, screenshots) = (base.to_string(), screenshots.clone());
-        move || {
-            Command::new("node")
-                .arg(&script)
-                .env("EXAMPLE_URL", base)
-                .env("SCREENSHOTS", screenshots)
-                .env("CHROMIUM", chromium)
-                .env("NODE_PATH", &modules)
-                .output()
-                .expect("node runs")
-        }
-    })
-    .await
-    .unwrap();
+    let browser = Command::new("node")
+        .arg(&script)
+        .env("EXAMPLE_URL", base.to_string())
+        .env("SCREENSHOTS", &screenshots)
+        .env("CHROMIUM", chromium)
+        .env("NODE_PATH", &modules)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    // The script gives up on its own well before this; a hung browser must not
+    // hang the suite.
+    let run = tokio::time::timeout(Duration::from_secs(300), browser.wait_with_output())
+        .await
+        .expect("the browser run ends within 5 minutes")
+        .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
@@ -93,35 +104,55 @@ async fn a_user_links_an_institution_in_a_browser_and_lands_back_in_the_app() {
         serde_json::json!(["link_session_id", "status", "connection_id"])
     );
     assert!(outcome["accounts"].as_u64().unwrap() > 0, "{outcome}");
-    assert!(outcome["webhooks"].as_str().unwrap().contains("connection.linked"));
+    assert!(
+        outcome["webhooks"]
+            .as_str()
+            .unwrap()
+            .contains("connection.linked")
+    );
 
     // finsync agrees: the session, the connection, the delivered webhook.
     let session = store
-        .link_session(outcome["link_session_id"].as_str().unwrap().parse().unwrap())
+        .link_session(
+            outcome["link_session_id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(session.status, LinkSessionStatus::Linked);
     let connection = session.connection_id.unwrap();
     assert_eq!(outcome["connection_id"], connection.to_string());
-    eventually("the connection.linked delivery", std::time::Duration::from_secs(30), || {
-        let store = store.clone();
-        async move {
-            store
-                .webhook_deliveries(DeliveryQuery {
-                    tenant: Some(tenant.id),
-                    endpoint: None,
-                    before: None,
-                    limit: 50,
-                })
-                .await
-                .unwrap()
-                .into_iter()
-                .find(|d| d.event == WebhookEvent::ConnectionLinked && d.status == DeliveryStatus::Delivered)
-        }
-    })
+    eventually(
+        "the connection.linked delivery",
+        std::time::Duration::from_secs(30),
+        || {
+            let store = store.clone();
+            async move {
+                store
+                    .webhook_deliveries(DeliveryQuery {
+                        tenant: Some(tenant.id),
+                        endpoint: None,
+                        before: None,
+                        limit: 50,
+                    })
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|d| {
+                        d.event == WebhookEvent::ConnectionLinked
+                            && d.status == DeliveryStatus::Delivered
+                    })
+            }
+        },
+    )
     .await;
-    let portfolio = app.get_json("/v1/users/ada/portfolio", tenant.bearer()).await;
+    let portfolio = app
+        .get_json("/v1/users/ada/portfolio", tenant.bearer())
+        .await;
     assert_eq!(portfolio["connections"][0]["id"], connection.to_string());
     assert!(!portfolio["accounts"].as_array().unwrap().is_empty());
 

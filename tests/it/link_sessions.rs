@@ -171,7 +171,10 @@ async fn an_app_links_its_user_through_a_session_and_hears_how_it_went() {
         for attribute in ["HttpOnly", "SameSite=Lax", &path] {
             assert!(cookie.contains(attribute), "{cookie}");
         }
-        assert!(!cookie.contains("Max-Age"), "a session cookie: {cookie}");
+        assert!(
+            cookie.contains("Max-Age="),
+            "it outlives the session only a little: {cookie}"
+        );
     }
     // Back at the link URL, the same browser carries on.
     let again = browser.get(&link_url).await;
@@ -446,6 +449,36 @@ async fn link_sessions_refuse_what_they_must_and_change_nothing() {
     assert_eq!(view["status"], "expired");
     assert_eq!(view["error"], "SESSION_EXPIRED");
     assert!(view["opened_at"].is_null(), "an expired link opens nothing");
+
+    // An institution that is failing says so before the user goes there.
+    store
+        .db()
+        .execute_unprepared(&format!(
+            "UPDATE connections SET status = 'active', last_failure_at = now(), last_failure_reason = 'INSTITUTION_UNAVAILABLE: timed out' WHERE id = '{connection}'"
+        ))
+        .await
+        .unwrap();
+    let (_, created) = create_session(
+        &app,
+        &key,
+        json!({ "user_id": "zoe", "redirect_uri": BACK }),
+    )
+    .await;
+    let mut browser = LinkBrowser::default();
+    browser.open(created["link_url"].as_str().unwrap()).await;
+    let page = format!("{}/link/{}", app.address, created["id"].as_str().unwrap());
+    let picker = browser.get(&page).await.text().await.unwrap();
+    assert!(picker.contains("not responding right now"), "{picker}");
+    let consent = browser
+        .get(&format!("{page}?institution=meridian"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        consent.contains("Meridian Brokerage is not responding right now. You can try anyway, choose another institution, or come back later."),
+        "{consent}"
+    );
 }
 
 /// Authorizes at the institution for `session` (opened by `browser`): returns the
@@ -529,9 +562,8 @@ async fn only_the_latest_attempt_in_the_browser_that_opened_the_session_links() 
     );
     assert!(linked_events(store).await.is_empty());
 
-    // A new attempt in the user's own browser links.
-    let third = authorize(&mut user, &page, "meridian").await;
-    let done = user.get(&third).await;
+    // The answer was not used up there: in the user's own browser it links.
+    let done = user.get(&second).await;
     assert_eq!(done.status(), 303);
     assert!(
         location(&done).contains("status=linked"),
@@ -543,6 +575,13 @@ async fn only_the_latest_attempt_in_the_browser_that_opened_the_session_links() 
         ConnectionStatus::Active
     );
     assert_eq!(linked_events(store).await.len(), 1);
+    // The callback's cookie goes with the session.
+    let cleared = done
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|c| c.to_str().unwrap().starts_with(&format!("finsync_link_{id}=;")));
+    assert!(cleared, "{:?}", done.headers());
 
     // A user who leaves while the institution still has the page open: its late
     // answer links nothing.

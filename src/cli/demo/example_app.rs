@@ -79,23 +79,43 @@ impl ExampleApp {
     }
 
     /// Registers the app's webhook endpoint through finsync's API, once finsync
-    /// serves it (replacing one an earlier run left at the same address).
+    /// serves it, replacing those earlier runs left on this machine (the demo's
+    /// port may change from run to run).
     pub async fn register_webhooks(&self) -> anyhow::Result<()> {
         let hooks = self.base.join("webhooks")?;
-        let listed = self
-            .call(self.http.get(self.api.join("v1/webhooks")?))
-            .await
-            .context("listing the app's webhook endpoints")?;
-        for old in listed["webhooks"].as_array().into_iter().flatten() {
-            if old["url"] == hooks.as_str() && old["disabled_at"].is_null() {
-                let id = old["id"].as_str().unwrap_or_default();
-                self.call(
-                    self.http
-                        .delete(self.api.join(&format!("v1/webhooks/{id}"))?),
-                )
-                .await
-                .context("removing an earlier run's webhook endpoint")?;
+        let mut cursor: Option<String> = None;
+        let mut stale = Vec::new();
+        loop {
+            let mut url = self.api.join("v1/webhooks")?;
+            if let Some(cursor) = &cursor {
+                url.query_pairs_mut().append_pair("cursor", cursor);
             }
+            let page = self
+                .call(self.http.get(url))
+                .await
+                .context("listing the app's webhook endpoints")?;
+            for old in page["webhooks"].as_array().into_iter().flatten() {
+                let url = old["url"].as_str().and_then(|u| url::Url::parse(u).ok());
+                let ours = url.is_some_and(|u| {
+                    u.path() == hooks.path()
+                        && matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))
+                });
+                if ours && old["disabled_at"].is_null() {
+                    stale.push(old["id"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            cursor = page["next_cursor"].as_str().map(str::to_owned);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        for id in stale {
+            self.call(
+                self.http
+                    .delete(self.api.join(&format!("v1/webhooks/{id}"))?),
+            )
+            .await
+            .context("removing an earlier run's webhook endpoint")?;
         }
         let registered = self
             .call(
@@ -243,31 +263,27 @@ async fn returned(
         let mut accounts = Vec::new();
         let mut syncing = false;
         if matches!(status.as_str(), "linked" | "repaired") {
-            let portfolio = app
-                .call(
-                    app.http
-                        .get(app.api.join(&format!("v1/users/{user}/portfolio"))?),
-                )
-                .await;
-            match portfolio {
-                Ok(p) => {
-                    for a in p["accounts"].as_array().into_iter().flatten() {
-                        let current = &a["balances"]["current"];
-                        accounts.push(AccountLine {
-                            name: a["name"].as_str().unwrap_or_default().to_owned(),
-                            kind: a["type"].as_str().unwrap_or_default().to_owned(),
-                            balance: format!(
-                                "{} {}",
-                                current["amount"].as_str().unwrap_or("?"),
-                                current["currency"].as_str().unwrap_or("")
-                            ),
-                        });
-                    }
-                    syncing = accounts.is_empty();
-                }
-                // The first sync has not finished yet: no portfolio to read.
-                Err(_) => syncing = true,
+            let mut url = app.api.clone();
+            url.path_segments_mut()
+                .map_err(|()| anyhow::anyhow!("finsync's address cannot take a path"))?
+                .pop_if_empty()
+                .extend(["v1", "users", &user, "portfolio"]);
+            let p = app.call(app.http.get(url)).await?;
+            for a in p["accounts"].as_array().into_iter().flatten() {
+                let current = &a["balances"]["current"];
+                accounts.push(AccountLine {
+                    name: a["name"].as_str().unwrap_or_default().to_owned(),
+                    kind: a["type"].as_str().unwrap_or_default().to_owned(),
+                    balance: format!(
+                        "{} {}",
+                        current["amount"].as_str().unwrap_or("?"),
+                        current["currency"].as_str().unwrap_or("")
+                    ),
+                });
             }
+            // The first sync has not finished yet: the page refreshes until it has.
+            syncing =
+                accounts.is_empty() && p["freshness"]["reason"].as_str() == Some("SYNC_PENDING");
         }
         anyhow::Ok(Returned {
             base: app.base.to_string(),
