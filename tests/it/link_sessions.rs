@@ -576,11 +576,11 @@ async fn only_the_latest_attempt_in_the_browser_that_opened_the_session_links() 
     );
     assert_eq!(linked_events(store).await.len(), 1);
     // The callback's cookie goes with the session.
-    let cleared = done
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .any(|c| c.to_str().unwrap().starts_with(&format!("finsync_link_{id}=;")));
+    let cleared = done.headers().get_all("set-cookie").iter().any(|c| {
+        c.to_str()
+            .unwrap()
+            .starts_with(&format!("finsync_link_{id}=;"))
+    });
     assert!(cleared, "{:?}", done.headers());
 
     // A user who leaves while the institution still has the page open: its late
