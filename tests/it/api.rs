@@ -105,6 +105,21 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
     )
     .await;
     let transaction_id = page["transactions"][0]["id"].as_str().unwrap();
+    let back = "https://owner.example.com/back";
+    store
+        .set_tenant_redirect_uris(owner.id, &[back.to_owned()])
+        .await
+        .unwrap();
+    let (status, session) = call_json(
+        &app,
+        Method::POST,
+        "/v1/link-sessions",
+        &owner_key,
+        json!({"user_id": "demo-alice", "redirect_uri": back}),
+    )
+    .await;
+    assert_eq!(status, 201, "{session}");
+    let link_session_id = session["id"].as_str().unwrap();
 
     // Every tenant route in the published contract, with the owner's ids.
     let document = finsync::api::document();
@@ -122,6 +137,7 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
             .replace("{sync_id}", sync_id)
             .replace("{webhook_id}", webhook_id)
             .replace("{transaction_id}", transaction_id)
+            .replace("{link_session_id}", link_session_id)
             .replace("{connection_id}", &connection.to_string());
         for (method, present) in [
             (Method::GET, item.get.is_some()),
@@ -148,7 +164,7 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
             walked += 1;
         }
     }
-    assert_eq!(walked, 11, "every /v1 operation with an id was walked");
+    assert_eq!(walked, 12, "every /v1 operation with an id was walked");
 }
 
 #[tokio::test]
