@@ -19,7 +19,9 @@
 # FINSYNC_CONTRACTS_NODE_MODULES names a node_modules that has it). The browser test
 # drives Debian's chromium (installed when missing) with playwright-core, pinned in
 # tests/browser and installed the same way (or FINSYNC_BROWSER_NODE_MODULES); its
-# screenshots are kept under <target>/tmp/test-artifacts. The sync benchmark's test starts a redis-server of
+# screenshots are kept under <target>/tmp/test-artifacts. The alert rules are
+# checked with promtool, from Debian's prometheus package (installed when missing).
+# The sync benchmark's test starts a redis-server of
 # its own, and the fault suite (tests/it/faults.rs) a redis-server and a PostgreSQL
 # server of its own: the programs are installed from Debian's packages when missing.
 # The fault suite's full run: FINSYNC_FAULT_SUITE=full scripts/test.sh faults::
@@ -414,6 +416,19 @@ ensure_browser() {
     export FINSYNC_BROWSER_NODE_MODULES="${dir}/node_modules"
 }
 
+# ----------------------------------------------------------------- promtool
+
+# The alert rules under deploy/prometheus are checked and unit-tested with
+# promtool, from Debian's prometheus package.
+ensure_promtool() {
+    if [[ -n ${FINSYNC_PROMTOOL:-} ]] || command -v promtool >/dev/null 2>&1; then
+        note "promtool is installed"
+        return 0
+    fi
+    note "promtool is not installed"
+    apt_install prometheus
+}
+
 # ---------------------------------------------------------------------- main
 
 main() {
@@ -426,6 +441,7 @@ main() {
     ensure_oauth2_mock_server
     ensure_prism
     ensure_browser
+    ensure_promtool
     say "running the test suite: cargo test --workspace --all-targets${*:+ $*}"
     note "target directory: ${CARGO_TARGET_DIR:-$(pwd)/target}"
     cargo test --workspace --all-targets "$@"

@@ -1,10 +1,12 @@
 //! `/healthz` (the process is up), `/readyz` (it can reach its database) and
 //! `/metrics` (Prometheus), with fleet-wide gauges read from the database when
-//! scraped.
+//! scraped; and the middleware that times every API request for it.
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::get;
 
 use super::ApiState;
@@ -44,7 +46,8 @@ pub(super) async fn ready(State(state): State<ApiState>) -> (StatusCode, &'stati
 }
 
 /// This process's counters plus gauges that describe the whole fleet: seconds until
-/// the soonest live access token expires per institution, and queue depth.
+/// the soonest live access token expires per institution, queue depth and how long
+/// the oldest due job has waited, and open quarantine.
 async fn render_metrics(State(state): State<ApiState>) -> String {
     match state.env.store.soonest_token_expiry().await {
         Ok(rows) => {
@@ -60,5 +63,33 @@ async fn render_metrics(State(state): State<ApiState>) -> String {
         Ok(depth) => metrics::gauge!("finsync_queue_depth").set(depth as f64),
         Err(e) => tracing::warn!(error = %e, "Queue depth gauge not updated."),
     }
+    match state.env.queue.oldest_due_age(chrono::Utc::now()).await {
+        Ok(age) => metrics::gauge!("finsync_queue_oldest_job_age_seconds").set(age.as_secs_f64()),
+        Err(e) => tracing::warn!(error = %e, "Oldest job gauge not updated."),
+    }
+    match state.env.store.open_quarantine_count().await {
+        Ok(open) => metrics::gauge!("finsync_quarantine_open").set(open as f64),
+        Err(e) => tracing::warn!(error = %e, "Quarantine gauge not updated."),
+    }
     state.metrics.render()
+}
+
+/// Times every request and counts it by method, route template (never the path
+/// itself: ids would make the label set unbounded) and status.
+pub(super) async fn observe(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!(
+        "finsync_http_request_duration_seconds",
+        "method" => method,
+        "route" => route,
+        "status" => response.status().as_str().to_owned()
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
 }

@@ -113,6 +113,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(callback::routes())
         .merge(health::routes())
         .fallback(error::not_found)
+        .layer(middleware::from_fn(health::observe))
         .layer(middleware::from_fn(error::attach_request_id))
         // Logged without headers: they carry API keys.
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use axum::Router;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use tracing_subscriber::EnvFilter;
 
@@ -30,12 +30,26 @@ pub fn init(settings: &LogSettings) {
     };
 }
 
+/// Bucket bounds of every `*_duration_seconds` histogram, in seconds.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
 /// The process's Prometheus recorder, installed on first use.
 pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Durations are histograms (summed across a fleet, unlike quantiles)
+            // with buckets from a fast API answer to a long first sync.
+            // (Refused only for no buckets at all.)
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_duration_seconds".into()),
+                    &DURATION_BUCKETS,
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+                .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is already global; then ours records
             // nothing, which the rendered output makes plain.

@@ -947,14 +947,26 @@ impl Engine {
                         retry_after: Some(wait),
                     },
                 })?;
+            let started = std::time::Instant::now();
             let result = self.send(connector, request, grant).await;
-            let outcome = match &result {
+            let (outcome, label) = match &result {
                 Err(EngineError::Unavailable(_) | EngineError::UnavailableFor { .. }) => {
-                    Outcome::Unavailable
+                    (Outcome::Unavailable, "unavailable")
                 }
-                Err(EngineError::RateLimited { retry_after }) => Outcome::RateLimited(*retry_after),
-                _ => Outcome::Answered,
+                Err(EngineError::RateLimited { retry_after }) => {
+                    (Outcome::RateLimited(*retry_after), "rate_limited")
+                }
+                Ok(_) => (Outcome::Answered, "ok"),
+                Err(_) => (Outcome::Answered, "refused"),
             };
+            // Bounded labels: the institution and what became of the request,
+            // never a user, a connection or a URL.
+            metrics::histogram!(
+                "finsync_institution_request_duration_seconds",
+                "institution" => connector.id.clone(),
+                "outcome" => label
+            )
+            .record(started.elapsed().as_secs_f64());
             self.resilience.settle(pass, outcome).await;
             result
         };

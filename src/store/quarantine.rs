@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set,
+    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 use serde_json::Value;
 
@@ -221,6 +221,14 @@ impl Store {
             .into_iter()
             .map(entry)
             .collect()
+    }
+
+    /// How many entries are open, across the fleet.
+    pub async fn open_quarantine_count(&self) -> Result<u64, StoreError> {
+        Ok(quarantined_record::Entity::find()
+            .filter(quarantined_record::Column::ResolvedAt.is_null())
+            .count(self.db())
+            .await?)
     }
 
     /// Connections with open entries (of one institution's connector, if given),

@@ -86,6 +86,19 @@ async fn sync_connection(ctx: &Env, job: &SyncConnection) -> Result<SyncOutcome,
     outcome
 }
 
+/// Counts a finished sync and how long it took, by institution and outcome
+/// (`succeeded`, `partial`: some accounts unread, `failed`). A sync the database
+/// cut short is tried again and counted then.
+fn observe(institution: &str, outcome: &'static str, started: std::time::Instant) {
+    let labels = [
+        ("institution", institution.to_owned()),
+        ("outcome", outcome.to_owned()),
+    ];
+    metrics::counter!("finsync_syncs_total", &labels).increment(1);
+    metrics::histogram!("finsync_sync_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+}
+
 /// Renews the sync lease while the sync runs; returns only if another sync took
 /// it over (this one stalled past the lease), which stops this one: its writes
 /// are transactions, so what it leaves is whole, and the job is tried again.
@@ -198,6 +211,7 @@ async fn leased_sync(
             .await?;
         return Ok(SyncOutcome::Failed);
     }
+    let started = std::time::Instant::now();
     match fetch_and_store(ctx, job, &connection, deep).await {
         Ok(Stored {
             counts,
@@ -217,6 +231,12 @@ async fn leased_sync(
             ctx.store
                 .finish_run(&run, counts, cursor.as_deref(), None, &unread)
                 .await?;
+            let outcome = if unread.is_empty() {
+                "succeeded"
+            } else {
+                "partial"
+            };
+            observe(&connection.institution_id, outcome, started);
             if let Some(reason) = &connection.last_failure_reason
                 && INSTITUTION_TROUBLE.iter().any(|t| reason.starts_with(t))
             {
@@ -303,6 +323,7 @@ async fn leased_sync(
             if needs_user {
                 ctx.announce_reauth_required(&connection, &public).await;
             }
+            observe(&connection.institution_id, "failed", started);
             tracing::warn!(error = %detail, "Sync failed; the last good data stays.");
             Ok(SyncOutcome::Failed)
         }

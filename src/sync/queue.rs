@@ -206,6 +206,35 @@ impl Queue {
         Ok(count)
     }
 
+    /// How long the oldest job that is due (not one scheduled for later) has been
+    /// waiting for a worker; zero when none waits.
+    pub async fn oldest_due_age(&self, now: DateTime<Utc>) -> Result<Duration, QueueError> {
+        let seconds: Option<i64> = match self {
+            Self::Sqlite(storage) => {
+                sqlx::query_scalar(
+                    // apalis keeps SQLite's times as Unix seconds.
+                    "SELECT ?2 - MIN(run_at) FROM Jobs WHERE job_type = ?1 AND status IN ('Pending','Queued') AND run_at <= ?2",
+                )
+                .bind(Job::QUEUE)
+                .bind(now.timestamp())
+                .fetch_one(storage.pool())
+                .await?
+            }
+            Self::Postgres(storage) => {
+                sqlx::query_scalar(
+                    "SELECT EXTRACT(EPOCH FROM ($2 - MIN(run_at)))::bigint FROM apalis.jobs WHERE job_type = $1 AND status IN ('Pending','Queued') AND run_at <= $2",
+                )
+                .bind(Job::QUEUE)
+                .bind(now)
+                .fetch_one(storage.pool())
+                .await?
+            }
+        };
+        Ok(Duration::from_secs(
+            seconds.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+        ))
+    }
+
     /// Deletes this queue's jobs that finished before `before`, in batches; returns
     /// how many. Their idempotency keys go with them: every key names a schedule
     /// slot, a request or a webhook window that is long past by then.

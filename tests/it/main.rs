@@ -21,6 +21,7 @@ mod layout;
 mod link_sessions;
 mod linking;
 mod money;
+mod observability;
 mod outage;
 mod quarantine;
 mod resilience;
