@@ -111,11 +111,17 @@ pub async fn list(
 
 /// How `institution` is doing as the fleet sees it.
 pub async fn health_of(store: &Store, institution: &str) -> Result<Health, StoreError> {
-    let since = Utc::now() - HEALTH_WINDOW;
-    Ok(health(&store.recent_outcomes(since).await?, since)
+    Ok(health_all(store)
+        .await?
         .get(institution)
         .copied()
         .unwrap_or(Health::Ok))
+}
+
+/// How every institution with news is doing (the others are `ok`).
+pub async fn health_all(store: &Store) -> Result<BTreeMap<String, Health>, StoreError> {
+    let since = Utc::now() - HEALTH_WINDOW;
+    Ok(health(&store.recent_outcomes(since).await?, since))
 }
 
 /// Each institution's health from its connections' latest outcomes.

@@ -16,7 +16,8 @@
 //!   engine that fetches and maps an institution's data, redacting what does not map.
 //! - [`catalog`]: which version of each connector is in service, following the
 //!   connectors directory and the admin API across the fleet; [`directory`]: the
-//!   institutions a tenant may offer, and their health as the fleet sees it.
+//!   institutions a tenant may offer, and their health as the fleet sees it;
+//!   [`status`]: the operators' view of the fleet, per institution.
 //! - [`tokens`]: OAuth2 (linking, code exchange, refresh, revocation) and
 //!   disconnecting.
 //! - [`portfolio`]: the read model advisory apps receive, built from the store and
@@ -47,6 +48,7 @@ pub mod fingerprint;
 pub mod http;
 pub mod portfolio;
 pub mod resilience;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod tokens;

@@ -11,8 +11,8 @@
 //!   [`quarantine`];
 //! - tenants' outgoing [`webhooks`], and the webhooks institutions send us
 //!   ([`inbound_webhooks`]);
-//! - the OAuth [`callback`] institutions redirect to, the contract ([`docs`]) and
-//!   [`health`] checks; [`auth`], [`error`] and [`extract`] serve them all, and
+//! - the OAuth [`callback`] institutions redirect to, the operators'
+//!   [`status_page`], the contract ([`docs`]) and [`health`] checks; [`auth`], [`error`] and [`extract`] serve them all, and
 //!   [`idempotency`] the tenant API's `POST`s.
 
 mod admin;
@@ -32,6 +32,7 @@ mod paging;
 mod quarantine;
 mod read;
 mod schemas;
+mod status_page;
 mod syncs;
 mod tenants;
 mod transactions;
@@ -98,6 +99,7 @@ pub fn router(state: ApiState) -> Router {
             idempotency::honour,
         )))
         .merge(link_page::routes())
+        .merge(status_page::routes())
         .merge(transactions::routes())
         .merge(user_connections::routes())
         .merge(admin::routes())

@@ -8,6 +8,7 @@ mod annotations;
 mod connections;
 mod decimal;
 pub mod entities;
+mod fleet;
 mod idempotency;
 mod institution_events;
 mod institutions;
@@ -38,6 +39,7 @@ pub use connections::{
     TokenColumns,
 };
 pub use decimal::DbDecimal;
+pub use fleet::{ConnectionStanding, FinishedRun};
 pub use idempotency::{Claim, IDEMPOTENCY_KEY_TTL, StoredAnswer, key_id};
 pub use institution_events::{EventFilter, EventPosition, EventStatus, InstitutionEvent, NewEvent};
 pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["vault", "store", "cache", "resilience"],
     &["connectors"],
     &["catalog", "directory"],
+    &["status"],
     &["tokens"],
     &["portfolio"],
     &["webhooks::outbound"],

@@ -27,6 +27,7 @@ mod quarantine;
 mod resilience;
 mod scheduler;
 mod standards;
+mod status_page;
 mod support;
 mod tokens;
 mod webhooks;

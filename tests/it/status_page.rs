@@ -1,0 +1,288 @@
+//! The operators' status page: a sign-in that only the admin token passes, a
+//! session cookie that cannot be forged or stretched, forms that only the page can
+//! send, and a page that shows an institution's outage (read in headless Chromium
+//! at desktop and phone sizes, with screenshots kept in
+//! `<target>/tmp/test-artifacts/status-page/`).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use finsync::sync::SyncConnection;
+use finsync_sandbox::{Faults, Institution, Outage};
+use tokio::process::Command;
+
+use crate::support::{ADMIN_TOKEN, TestApp, csrf_in, eventually, location};
+
+/// A browser of the status page: keeps its cookies, follows nothing.
+#[derive(Default)]
+struct Operator {
+    cookies: Vec<(String, String)>,
+}
+
+impl Operator {
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> reqwest::Response {
+        let jar: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        let request = if jar.is_empty() {
+            request
+        } else {
+            request.header(reqwest::header::COOKIE, jar.join("; "))
+        };
+        let response = request.send().await.unwrap();
+        for set in response.headers().get_all(reqwest::header::SET_COOKIE) {
+            let pair = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+            let (name, value) = pair.split_once('=').unwrap();
+            self.cookies.retain(|(n, _)| n != name);
+            if !value.is_empty() {
+                self.cookies.push((name.to_owned(), value.to_owned()));
+            }
+        }
+        response
+    }
+
+    async fn sign_in(&mut self, address: &str, token: &str) -> reqwest::Response {
+        let http = finsync::http::client();
+        let form = self
+            .send(http.get(format!("{address}/status")))
+            .await
+            .text()
+            .await
+            .unwrap();
+        self.send(
+            http.post(format!("{address}/status/login"))
+                .form(&[("csrf", csrf_in(&form).as_str()), ("token", token)]),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn only_the_admin_token_signs_in_and_only_the_page_acts() {
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let connection = app.link_and_sync(app.tenant().id, "demo-alice").await;
+    let http = finsync::http::client();
+    let status = format!("{}/status", app.address);
+
+    // Signed out: the sign-in form, with its own cookie for the form's token.
+    let first = http.get(&status).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/status"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(first.text().await.unwrap().contains("Admin token"));
+
+    // A wrong token, or a form posted from elsewhere (no cookie), signs nobody in.
+    let mut intruder = Operator::default();
+    let refused = intruder.sign_in(&app.address, "guess").await;
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("not the admin token")
+    );
+    let forged = http
+        .post(format!("{}/status/login", app.address))
+        .form(&[("csrf", "x"), ("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(!intruder.cookies.iter().any(|(n, _)| n == "finsync_status"));
+
+    // The admin token: a session cookie, strict and short.
+    let mut operator = Operator::default();
+    let signed_in = operator.sign_in(&app.address, ADMIN_TOKEN).await;
+    assert_eq!(signed_in.status(), 303);
+    let session = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("finsync_status="))
+        .expect("a session cookie");
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/status",
+        "Max-Age=1800",
+    ] {
+        assert!(session.contains(attribute), "{session}");
+    }
+    let page = operator.send(http.get(&status)).await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("finsync fleet status"), "{html}");
+    assert!(html.contains(r#"<tr data-institution="meridian"><th scope="row">Meridian Brokerage</th><td class="ok">ok</td><td class="num">1</td><td class="num">100.0 %</td>"#), "{html}");
+
+    // A session cookie stretched by hand is no session.
+    let (name, value) = operator
+        .cookies
+        .iter()
+        .find(|(n, _)| n == "finsync_status")
+        .cloned()
+        .unwrap();
+    let (expires, mac) = value.split_once('.').unwrap();
+    let stretched = format!("{}.{mac}", expires.parse::<i64>().unwrap() + 86_400);
+    let page = http
+        .get(&status)
+        .header("cookie", format!("{name}={stretched}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Admin token"), "back to the sign-in form");
+
+    // Sync now: only with the page's form token.
+    let action = format!("{}/status/connections/{connection}/sync", app.address);
+    let forged = operator
+        .send(http.post(&action).form(&[("csrf", "0")]))
+        .await;
+    assert_eq!(forged.status(), 403);
+    let queued = operator
+        .send(
+            http.post(&action)
+                .form(&[("csrf", csrf_in(&html).as_str())]),
+        )
+        .await;
+    assert_eq!(queued.status(), 303);
+    assert_eq!(location(&queued), format!("/status?queued={connection}"));
+    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    app.wait_synced(connection, since).await;
+
+    // Signing out ends the session.
+    let out = operator
+        .send(
+            http.post(format!("{}/status/logout", app.address))
+                .form(&[("csrf", csrf_in(&html).as_str())]),
+        )
+        .await;
+    assert_eq!(out.status(), 303);
+    let page = operator.send(http.get(&status)).await.text().await.unwrap();
+    assert!(page.contains("Admin token"));
+}
+
+#[tokio::test]
+async fn the_status_page_shows_an_outage_in_a_browser() {
+    let modules = std::env::var_os("FINSYNC_BROWSER_NODE_MODULES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
+            Path::new(&home).join(".cache/finsync-tools/browser/node_modules")
+        });
+    assert!(
+        modules.join("playwright-core/package.json").exists(),
+        "playwright-core not found in {}: run the suite through scripts/test.sh",
+        modules.display()
+    );
+    let app = TestApp::builder()
+        .sqlite()
+        .tenant("advisor")
+        .expect_failed_jobs()
+        .build()
+        .await;
+    let tenant = app.tenant();
+    app.link_and_sync_at(tenant.id, "demo-alice", "harbor")
+        .await;
+    let down = app.link_and_sync(tenant.id, "demo-bob").await;
+
+    // Meridian goes down; the next sync of its connection fails.
+    app.sandbox()
+        .set_faults(
+            Institution::Meridian,
+            Faults {
+                outage: Some(Outage::ForSecs(600)),
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    let since = chrono::Utc::now();
+    crate::support::request_sync(
+        &app.app.ctx.queue,
+        SyncConnection {
+            connection_id: down,
+            idempotency_key: "test:outage".into(),
+        },
+    )
+    .await;
+    let store = app.app.ctx.store.clone();
+    eventually("the failed sync", Duration::from_secs(60), || {
+        let store = store.clone();
+        async move {
+            let c = store.connection(down).await.unwrap();
+            c.last_failure_at.filter(|at| *at > since)
+        }
+    })
+    .await;
+
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-artifacts/status-page");
+    let _ = std::fs::remove_dir_all(&screenshots);
+    let browser = Command::new("node")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/status.mjs"))
+        .env("STATUS_URL", format!("{}/status", app.address))
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SCREENSHOTS", &screenshots)
+        .env(
+            "CHROMIUM",
+            std::env::var("FINSYNC_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+        )
+        .env("NODE_PATH", &modules)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let run = tokio::time::timeout(Duration::from_secs(300), browser.wait_with_output())
+        .await
+        .expect("the browser run ends within 5 minutes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "the browser run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    for view in ["desktop", "mobile"] {
+        let institutions = seen[view]["institutions"].as_array().unwrap();
+        let health = |id: &str| {
+            institutions
+                .iter()
+                .find(|i| i["id"] == id)
+                .map(|i| i["health"].as_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            health("meridian").as_deref(),
+            Some("down"),
+            "{view}: {seen}"
+        );
+        assert_eq!(health("harbor").as_deref(), Some("ok"), "{view}: {seen}");
+        let failing = seen[view]["failing"].as_array().unwrap();
+        assert!(
+            failing
+                .iter()
+                .any(|f| f.as_str().unwrap().contains(&down.to_string())
+                    && f.as_str().unwrap().contains("INSTITUTION_UNAVAILABLE")),
+            "{view}: {seen}"
+        );
+        assert_eq!(
+            seen[view]["widerThanScreen"], false,
+            "{view}: the page fits the screen"
+        );
+        assert_eq!(
+            seen[view]["external"], 0,
+            "{view}: nothing loaded from elsewhere"
+        );
+    }
+    let kept = std::fs::read_dir(&screenshots).unwrap().count();
+    assert_eq!(kept, 3, "sign-in, desktop and phone screenshots");
+}
