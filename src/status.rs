@@ -99,6 +99,24 @@ pub async fn overview(store: &Store, registry: &Registry) -> Result<Overview, St
             (c.id.clone(), status)
         })
         .collect();
+    // An institution no longer in service still has its connections counted.
+    for c in &standings {
+        institutions
+            .entry(c.institution_id.clone())
+            .or_insert_with(|| InstitutionStatus {
+                id: c.institution_id.clone(),
+                name: c.institution_id.clone(),
+                health: health.get(&c.institution_id).copied().unwrap_or(Health::Ok),
+                syncs: 0,
+                succeeded: 0,
+                failed: 0,
+                p95: None,
+                active: 0,
+                failing: 0,
+                needs_user: 0,
+                open_quarantine: 0,
+            });
+    }
     let mut durations: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     for run in &runs {
         let Some(institution) = institution_of.get(run.connection_id.as_str()) else {

@@ -23,6 +23,7 @@ mod m20261205_000012_unread_accounts;
 mod m20261206_000013_idempotency_keys;
 mod m20261206_000014_tenant_institutions;
 mod m20261206_000015_link_sessions;
+mod m20261206_000016_run_finish_index;
 
 pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000013_idempotency_keys::Migration),
             Box::new(m20261206_000014_tenant_institutions::Migration),
             Box::new(m20261206_000015_link_sessions::Migration),
+            Box::new(m20261206_000016_run_finish_index::Migration),
         ]
     }
 }

@@ -21,7 +21,8 @@ use super::ApiState;
 use super::extract::Path;
 use super::link_page::{Message, cookies, html};
 use crate::directory::Health;
-use crate::domain::ConnectionId;
+use crate::domain::{ConnectionId, ConnectionStatus};
+use crate::store::StoreError;
 use crate::sync::SyncConnection;
 
 /// How long a sign-in lasts.
@@ -109,7 +110,7 @@ async fn page(
         return disabled();
     };
     let Some(session) = signed_in(&headers, &admin) else {
-        return login_page(StatusCode::OK, None);
+        return login_page(&state, StatusCode::OK, None);
     };
     let overview = match crate::status::overview(&state.env.store, state.catalog.registry()).await {
         Ok(overview) => overview,
@@ -191,6 +192,7 @@ async fn login(
     };
     let Ok(Form(form)) = form else {
         return login_page(
+            &state,
             StatusCode::BAD_REQUEST,
             Some("The form arrived incomplete; try again."),
         );
@@ -200,13 +202,17 @@ async fn login(
     let sent = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if sent.is_empty() || !crate::fingerprint::same(&sent, &form.csrf) {
         return login_page(
+            &state,
             StatusCode::FORBIDDEN,
             Some("The form has expired; try again."),
         );
     }
-    if !crate::fingerprint::same(admin.expose_secret(), &form.token) {
+    // Compared as hashes: equal lengths, so the time taken says nothing of the token.
+    let hashed = |t: &str| crate::fingerprint::sha256_hex(t.as_bytes());
+    if !crate::fingerprint::same(&hashed(admin.expose_secret()), &hashed(&form.token)) {
         tracing::warn!("A sign-in to the status page was refused.");
         return login_page(
+            &state,
             StatusCode::UNAUTHORIZED,
             Some("That is not the admin token."),
         );
@@ -256,13 +262,26 @@ async fn sync_now(
         );
     };
     match state.env.store.connection(id).await {
-        Ok(_) => {}
-        Err(_) => {
+        Ok(c) if c.status == ConnectionStatus::Active => {}
+        Ok(c) => {
+            return html(
+                StatusCode::CONFLICT,
+                &Message::new(
+                    "This connection does not sync",
+                    &[&format!(
+                        "It is {}: only an active connection syncs.",
+                        c.status
+                    )],
+                ),
+            );
+        }
+        Err(StoreError::NotFound(_)) => {
             return html(
                 StatusCode::NOT_FOUND,
                 &Message::new("No such connection", &[&raw]),
             );
         }
+        Err(error) => return super::link_page::trouble(error),
     }
     let job = SyncConnection {
         connection_id: id,
@@ -329,7 +348,7 @@ fn csrf_of(admin: &SecretString, session: &str) -> String {
     hex::encode(hmac::Mac::finalize(mac).into_bytes())
 }
 
-fn login_page(status: StatusCode, problem: Option<&'static str>) -> Response {
+fn login_page(state: &ApiState, status: StatusCode, problem: Option<&'static str>) -> Response {
     let bytes: [u8; 32] = rand::rng().random();
     let csrf = hex::encode(bytes);
     let mut response = html(
@@ -344,6 +363,7 @@ fn login_page(status: StatusCode, problem: Option<&'static str>) -> Response {
     let cookie = cookie::Cookie::build((LOGIN_COOKIE, csrf))
         .path("/status")
         .http_only(true)
+        .secure(state.linker.link_base.scheme() == "https")
         .same_site(cookie::SameSite::Strict)
         .max_age(cookie::time::Duration::minutes(30))
         .build();

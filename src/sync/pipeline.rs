@@ -8,6 +8,7 @@
 //! waiting connections forward.
 
 use chrono::Utc;
+use std::time::Instant;
 use tracing::Instrument;
 
 use super::Env;
@@ -87,9 +88,9 @@ async fn sync_connection(ctx: &Env, job: &SyncConnection) -> Result<SyncOutcome,
 }
 
 /// Counts a finished sync and how long it took, by institution and outcome
-/// (`succeeded`, `partial`: some accounts unread, `failed`). A sync the database
-/// cut short is tried again and counted then.
-fn observe(institution: &str, outcome: &'static str, started: std::time::Instant) {
+/// (`succeeded`, `partial`: some accounts unread, `failed`, a parked one
+/// included). A sync the database cut short is tried again and counted then.
+fn observe(institution: &str, outcome: &'static str, started: Instant) {
     let labels = [
         ("institution", institution.to_owned()),
         ("outcome", outcome.to_owned()),
@@ -209,9 +210,10 @@ async fn leased_sync(
         ctx.store
             .finish_run(&run, RunCounts::default(), None, Some(&reason), &[])
             .await?;
+        observe(&connection.institution_id, "failed", Instant::now());
         return Ok(SyncOutcome::Failed);
     }
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     match fetch_and_store(ctx, job, &connection, deep).await {
         Ok(Stored {
             counts,
@@ -265,6 +267,14 @@ async fn leased_sync(
                 quarantined = counts.quarantined,
                 "Sync finished."
             );
+            // Counted once the run is closed and announced: a sync cut short
+            // before is tried again and counted then.
+            let outcome = if unread.is_empty() {
+                "succeeded"
+            } else {
+                "partial"
+            };
+            observe(&connection.institution_id, outcome, started);
             Ok(SyncOutcome::Synced(counts))
         }
         Err(Failure::Store(e)) => {
@@ -281,6 +291,7 @@ async fn leased_sync(
             // stable code and a message fit for a tenant to read.
             let detail = failure.to_string();
             let public = failure.public_reason();
+            let no_longer_active = matches!(failure, Failure::NoLongerActive);
             let mut needs_user = false;
             match failure {
                 // Whatever made it inactive (a disconnect, a user to ask, another
@@ -323,7 +334,10 @@ async fn leased_sync(
             if needs_user {
                 ctx.announce_reauth_required(&connection, &public).await;
             }
-            observe(&connection.institution_id, "failed", started);
+            // A connection disconnected meanwhile is not the institution failing.
+            if !no_longer_active {
+                observe(&connection.institution_id, "failed", started);
+            }
             tracing::warn!(error = %detail, "Sync failed; the last good data stays.");
             Ok(SyncOutcome::Failed)
         }

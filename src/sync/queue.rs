@@ -43,6 +43,13 @@ macro_rules! finished_sql {
 /// `Queued` one: apalis marks a job `Queued` when a worker takes it into its
 /// buffer and records that it started, and that it finished, later and in
 /// batches, so a `Queued` job may be running or even done.
+/// Jobs a worker may take: not started, or waiting for a retry.
+macro_rules! due_sql {
+    () => {
+        "(status IN ('Pending','Queued') OR (status = 'Failed' AND attempts < max_attempts))"
+    };
+}
+
 macro_rules! waiting_sql {
     () => {
         "(status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))"
@@ -213,7 +220,10 @@ impl Queue {
             Self::Sqlite(storage) => {
                 sqlx::query_scalar(
                     // apalis keeps SQLite's times as Unix seconds.
-                    "SELECT ?2 - MIN(run_at) FROM Jobs WHERE job_type = ?1 AND status IN ('Pending','Queued') AND run_at <= ?2",
+                    concat!(
+                        "SELECT ?2 - MIN(run_at) FROM Jobs WHERE job_type = ?1 AND run_at <= ?2 AND ",
+                        due_sql!()
+                    ),
                 )
                 .bind(Job::QUEUE)
                 .bind(now.timestamp())
@@ -222,7 +232,10 @@ impl Queue {
             }
             Self::Postgres(storage) => {
                 sqlx::query_scalar(
-                    "SELECT EXTRACT(EPOCH FROM ($2 - MIN(run_at)))::bigint FROM apalis.jobs WHERE job_type = $1 AND status IN ('Pending','Queued') AND run_at <= $2",
+                    concat!(
+                        "SELECT EXTRACT(EPOCH FROM ($2 - MIN(run_at)))::bigint FROM apalis.jobs WHERE job_type = $1 AND run_at <= $2 AND ",
+                        due_sql!()
+                    ),
                 )
                 .bind(Job::QUEUE)
                 .bind(now)

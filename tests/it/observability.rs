@@ -69,6 +69,7 @@ fn the_alerts_and_the_dashboard_name_only_metrics_the_code_exports() {
     assert!(exported.contains("finsync_syncs_total"), "{exported:?}");
     for file in [
         "deploy/prometheus/alerts.yml",
+        "deploy/prometheus/prometheus.yml",
         "deploy/prometheus/alerts.test.yml",
         "deploy/grafana/finsync.json",
     ] {
@@ -98,12 +99,13 @@ fn the_alerts_and_the_dashboard_name_only_metrics_the_code_exports() {
 }
 
 #[test]
-fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+fn the_alert_rules_and_the_scrape_config_pass_promtool() {
     let promtool = std::env::var("FINSYNC_PROMTOOL").unwrap_or_else(|_| "promtool".into());
     let dir = root().join("deploy/prometheus");
     for args in [
         ["check", "rules", "alerts.yml"],
         ["test", "rules", "alerts.test.yml"],
+        ["check", "config", "prometheus.yml"],
     ] {
         let run = Command::new(&promtool)
             .args(args)
@@ -141,6 +143,13 @@ async fn a_sync_and_api_requests_leave_their_metrics() {
     app.link_and_sync(tenant.id, "demo-alice").await;
     app.get_json("/v1/users/demo-alice/portfolio", tenant.bearer())
         .await;
+    // A method made up by a client makes no series of its own.
+    let made_up = reqwest::Method::from_bytes(b"FOO123").unwrap();
+    finsync::http::client()
+        .request(made_up, format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
     let text = finsync::http::client()
         .get(format!("{}/metrics", app.address))
         .send()
@@ -179,6 +188,12 @@ async fn a_sync_and_api_requests_leave_their_metrics() {
         ),
         "{text}"
     );
+    assert!(!text.contains("FOO123"), "{text}");
+    assert!(has_series(
+        &text,
+        "finsync_http_request_duration_seconds_count",
+        &[("method", "other"), ("route", "/healthz")]
+    ));
     assert!(
         !text.contains("demo-alice"),
         "no user id in a label: the label sets stay bounded"

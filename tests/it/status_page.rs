@@ -159,6 +159,16 @@ async fn only_the_admin_token_signs_in_and_only_the_page_acts() {
     let since = chrono::Utc::now() - chrono::Duration::seconds(1);
     app.wait_synced(connection, since).await;
 
+    // A connection that does not sync is not queued.
+    app.app.ctx.disconnect(connection).await.unwrap();
+    let revoked = operator
+        .send(
+            http.post(&action)
+                .form(&[("csrf", csrf_in(&html).as_str())]),
+        )
+        .await;
+    assert_eq!(revoked.status(), 409);
+
     // Signing out ends the session.
     let out = operator
         .send(
