@@ -4,10 +4,12 @@
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+
+use secrecy::ExposeSecret;
 
 use super::ApiState;
 
@@ -48,7 +50,24 @@ pub(super) async fn ready(State(state): State<ApiState>) -> (StatusCode, &'stati
 /// This process's counters plus gauges that describe the whole fleet: seconds until
 /// the soonest live access token expires per institution, queue depth and how long
 /// the oldest due job has waited, and open quarantine.
-async fn render_metrics(State(state): State<ApiState>) -> String {
+async fn render_metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &state.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Compared as hashes: equal lengths, so the time taken says nothing.
+        let hashed = |t: &str| crate::fingerprint::sha256_hex(t.as_bytes());
+        if !crate::fingerprint::same(&hashed(expected.expose_secret()), &hashed(presented)) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "metrics token required",
+            )
+                .into_response();
+        }
+    }
     match state.env.store.soonest_token_expiry().await {
         Ok(rows) => {
             let now = chrono::Utc::now();
@@ -71,7 +90,7 @@ async fn render_metrics(State(state): State<ApiState>) -> String {
         Ok(open) => metrics::gauge!("finsync_quarantine_open").set(open as f64),
         Err(e) => tracing::warn!(error = %e, "Quarantine gauge not updated."),
     }
-    state.metrics.render()
+    state.metrics.render().into_response()
 }
 
 /// Times every request and counts it by method, route template (never the path

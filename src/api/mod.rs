@@ -69,6 +69,8 @@ pub struct ApiState {
     pub consent_warning_days: u32,
     /// Renders this process's Prometheus metrics.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Bearer token `/metrics` asks for; `None`: open.
+    pub metrics_token: Option<Arc<SecretString>>,
     /// Per-API-key request budget.
     pub limiter: Arc<KeyLimiter>,
     /// Recently authenticated keys.

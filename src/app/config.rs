@@ -106,6 +106,9 @@ pub struct ServerSettings {
     pub public_url: url::Url,
     /// Bearer token for `/admin/*`; empty disables the admin API.
     pub admin_token: SecretString,
+    /// Bearer token `/metrics` on the API asks for; empty: open (for a scraper on a
+    /// private network).
+    pub metrics_token: SecretString,
     /// Requests per second each API key may make (per API process), and the burst
     /// it may spend at once.
     pub rate_limit_per_second: u32,

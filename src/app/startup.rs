@@ -185,7 +185,10 @@ impl App {
 
     pub fn router(&self) -> axum::Router {
         let token = self.settings.server.admin_token.expose_secret();
+        let metrics_token = self.settings.server.metrics_token.expose_secret();
         api::router(ApiState {
+            metrics_token: (!metrics_token.is_empty())
+                .then(|| Arc::new(self.settings.server.metrics_token.clone())),
             env: self.ctx.clone(),
             catalog: self.catalog.clone(),
             linker: self.linker.clone(),

@@ -209,3 +209,34 @@ async fn a_sync_and_api_requests_leave_their_metrics() {
         );
     }
 }
+
+#[tokio::test]
+async fn with_a_metrics_token_the_api_s_metrics_ask_for_it() {
+    let app = TestApp::builder()
+        .sqlite()
+        .workers(false)
+        .with(|settings| settings.server.metrics_token = secrecy::SecretString::from("scrape-me"))
+        .build()
+        .await;
+    let http = finsync::http::client();
+    let url = format!("{}/metrics", app.address);
+    let open = http.get(&url).send().await.unwrap();
+    assert_eq!(open.status(), 401);
+    assert_eq!(open.headers()["www-authenticate"], "Bearer");
+    let wrong = http.get(&url).bearer_auth("scrape-m").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let scraped = http
+        .get(&url)
+        .bearer_auth("scrape-me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(
+        scraped
+            .text()
+            .await
+            .unwrap()
+            .contains("finsync_queue_depth")
+    );
+}
