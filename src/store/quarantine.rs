@@ -223,6 +223,20 @@ impl Store {
             .collect()
     }
 
+    /// Deletes entries resolved before `before` (a replay mapped them, or the
+    /// institution no longer sends them), in batches; open ones stay whatever
+    /// their age.
+    pub async fn purge_resolved_quarantine(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.delete_in_batches::<quarantined_record::Entity>(
+            quarantined_record::Column::Id,
+            Condition::all().add(quarantined_record::Column::ResolvedAt.lt(before)),
+        )
+        .await
+    }
+
     /// How many entries are open, across the fleet.
     pub async fn open_quarantine_count(&self) -> Result<u64, StoreError> {
         Ok(quarantined_record::Entity::find()

@@ -4,8 +4,9 @@
 //!   token refresh for every token due for refresh, and deletes institutions'
 //!   webhook events past their retention;
 //! - once an hour beside the ticks ([`purge_history`]): deletes finished runs,
-//!   finished jobs, settled webhook deliveries and expired link sessions past
-//!   `sync.history_days`, and idempotency keys older than a day.
+//!   finished jobs, settled webhook deliveries, expired link sessions and resolved
+//!   quarantine entries past `sync.history_days`, and idempotency keys older than
+//!   a day.
 //!
 //! Safe to run in several processes: a connection's schedule slot is claimed with a
 //! conditional update, so only one scheduler enqueues it, the queue refuses a
@@ -138,11 +139,12 @@ pub struct Purged {
     pub deliveries: u64,
     pub idempotency_keys: u64,
     pub link_sessions: u64,
+    pub quarantine: u64,
 }
 
 /// Deletes what is over and older than `before`: sync runs and requests, jobs,
-/// settled webhook deliveries and link sessions that expired; and idempotency
-/// keys past their own day. Nothing
+/// settled webhook deliveries, link sessions that expired and quarantine entries
+/// resolved; and idempotency keys past their own day. Nothing
 /// still running, queued or pending goes.
 pub async fn purge_history(
     ctx: &Env,
@@ -157,6 +159,7 @@ pub async fn purge_history(
             .purge_idempotency_keys(Utc::now() - IDEMPOTENCY_KEY_TTL)
             .await?,
         link_sessions: ctx.store.purge_link_sessions(before).await?,
+        quarantine: ctx.store.purge_resolved_quarantine(before).await?,
     };
     if purged != Purged::default() {
         tracing::info!(
@@ -165,6 +168,7 @@ pub async fn purge_history(
             deliveries = purged.deliveries,
             idempotency_keys = purged.idempotency_keys,
             link_sessions = purged.link_sessions,
+            quarantine = purged.quarantine,
             "Deleted history past its retention."
         );
     }

@@ -236,4 +236,28 @@ async fn records_that_do_not_map_wait_redacted_in_quarantine_until_a_replay_maps
     assert_eq!(entries.len(), resolved.len());
     let gone = entries.iter().find(|e| e.id == first.id).unwrap();
     assert_eq!(gone.resolution.as_deref(), Some("gone"));
+
+    // Past the history's retention resolved entries go; an open one stays.
+    use sea_orm::ConnectionTrait;
+    let still_open = &entries.iter().find(|e| e.id != first.id).unwrap().id;
+    store
+        .db()
+        .execute_unprepared(&format!(
+            "UPDATE quarantined_records SET resolved_at = NULL, resolution = NULL WHERE id = '{still_open}'"
+        ))
+        .await
+        .unwrap();
+    let purged = finsync::sync::scheduler::purge_history(
+        &app.app.ctx,
+        chrono::Utc::now() + chrono::Duration::seconds(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(purged.quarantine, entries.len() as u64 - 1, "{purged:?}");
+    let left = store
+        .quarantine(&QuarantineFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(&left[0].id, still_open);
 }
