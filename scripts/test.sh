@@ -322,98 +322,60 @@ ensure_schemathesis() {
     export FINSYNC_SCHEMATHESIS="${venv}/bin/schemathesis"
 }
 
-# ------------------------------------------------------- oauth2-mock-server
+# ------------------------------------------------------------- npm packages
+
+# Installs the npm packages pinned by tests/<dir>/package-lock.json into
+# ~/.cache/finsync-tools/<dir> (outside the clone; again only when the lock
+# changes), unless the variable <env> already names a node_modules that has them,
+# and exports <env>. <marker> is a file that exists once they are installed.
+ensure_npm_packages() {
+    local dir_name=$1 env=$2 marker=$3 what=$4
+    if [[ -n ${!env:-} ]]; then
+        say "${what}: using ${env} as given"
+        return 0
+    fi
+    local tools="${FINSYNC_TOOLS_DIR:-${HOME:-/tmp}/.cache/finsync-tools}"
+    local dir="${tools}/${dir_name}" lock="tests/${dir_name}/package-lock.json"
+    local stamp="${dir}/.installed-lock"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    if [[ -e ${dir}/node_modules/${marker} ]] && cmp -s "$lock" "$stamp"; then
+        note "${what} is installed in ${dir}"
+    else
+        say "installing tests/${dir_name}'s npm packages (${what}) into ${dir}"
+        mkdir -p "$dir"
+        cp "tests/${dir_name}/package.json" "tests/${dir_name}/.npmrc" "$lock" "$dir/"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) ||
+            die "could not install ${lock} from the npm registry"
+        cp "$lock" "$stamp"
+    fi
+    export "${env}=${dir}/node_modules"
+}
 
 # The OAuth interop test runs a third-party authorization server, the npm package
-# oauth2-mock-server, pinned by tests/interop/package-lock.json. Its node_modules
-# live outside the clone (reinstalled only when the lock changes); the test runs
-# tests/interop/institution.js with NODE_PATH pointing there.
+# oauth2-mock-server; the test runs tests/interop/institution.js with NODE_PATH
+# pointing at its node_modules.
 ensure_oauth2_mock_server() {
-    if [[ -n ${FINSYNC_INTEROP_NODE_MODULES:-} ]]; then
-        say "oauth2-mock-server: using FINSYNC_INTEROP_NODE_MODULES as given"
-        return 0
-    fi
-    local tools="${FINSYNC_TOOLS_DIR:-${HOME:-/tmp}/.cache/finsync-tools}"
-    local dir="${tools}/interop" lock="tests/interop/package-lock.json"
-    local stamp="${dir}/.installed-lock"
-    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-        apt_install nodejs npm
-    fi
-    if [[ -f ${dir}/node_modules/oauth2-mock-server/package.json ]] && cmp -s "$lock" "$stamp"; then
-        note "oauth2-mock-server is installed in ${dir}"
-    else
-        say "installing tests/interop's npm packages into ${dir}"
-        mkdir -p "$dir"
-        cp tests/interop/package.json tests/interop/.npmrc "$lock" "$dir/"
-        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) ||
-            die "could not install ${lock} from the npm registry"
-        cp "$lock" "$stamp"
-    fi
-    export FINSYNC_INTEROP_NODE_MODULES="${dir}/node_modules"
+    ensure_npm_packages interop FINSYNC_INTEROP_NODE_MODULES oauth2-mock-server/package.json oauth2-mock-server
 }
-
-# ------------------------------------------------------------------- Prism
 
 # The UK Open Banking contract test (tests/it/standards.rs) puts Stoplight Prism, the
-# npm package @stoplight/prism-cli pinned by tests/contracts/package-lock.json, in
-# validating-proxy mode between finsync and the sandbox's Albion. Installed like
-# oauth2-mock-server, outside the clone, again only when the lock changes.
+# npm package @stoplight/prism-cli, in validating-proxy mode between finsync and the
+# sandbox's Albion.
 ensure_prism() {
-    if [[ -n ${FINSYNC_CONTRACTS_NODE_MODULES:-} ]]; then
-        say "Prism: using FINSYNC_CONTRACTS_NODE_MODULES as given"
-        return 0
-    fi
-    local tools="${FINSYNC_TOOLS_DIR:-${HOME:-/tmp}/.cache/finsync-tools}"
-    local dir="${tools}/contracts" lock="tests/contracts/package-lock.json"
-    local stamp="${dir}/.installed-lock"
-    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-        apt_install nodejs npm
-    fi
-    if [[ -x ${dir}/node_modules/.bin/prism ]] && cmp -s "$lock" "$stamp"; then
-        note "Prism is installed in ${dir}"
-    else
-        say "installing tests/contracts' npm packages (Stoplight Prism) into ${dir}"
-        mkdir -p "$dir"
-        cp tests/contracts/package.json tests/contracts/.npmrc "$lock" "$dir/"
-        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) ||
-            die "could not install ${lock} from the npm registry"
-        cp "$lock" "$stamp"
-    fi
-    export FINSYNC_CONTRACTS_NODE_MODULES="${dir}/node_modules"
+    ensure_npm_packages contracts FINSYNC_CONTRACTS_NODE_MODULES .bin/prism Prism
 }
 
-# --------------------------------------------------------- browser (chromium)
-
-# The browser test (tests/it/browser.rs) plays a user through the link flow in
-# Debian's chromium, driven by the npm package playwright-core pinned by
-# tests/browser/package-lock.json (which uses that chromium, never a download of
-# its own). Installed like the packages above, outside the clone.
+# The browser tests (tests/it/browser.rs, tests/it/status_page.rs) drive Debian's
+# chromium with the npm package playwright-core (which uses that chromium, never a
+# download of its own).
 ensure_browser() {
     if ! command -v chromium >/dev/null 2>&1 && [[ -z ${FINSYNC_CHROMIUM:-} ]]; then
         note "chromium is not installed"
         apt_install chromium
     fi
-    if [[ -n ${FINSYNC_BROWSER_NODE_MODULES:-} ]]; then
-        say "playwright-core: using FINSYNC_BROWSER_NODE_MODULES as given"
-        return 0
-    fi
-    local tools="${FINSYNC_TOOLS_DIR:-${HOME:-/tmp}/.cache/finsync-tools}"
-    local dir="${tools}/browser" lock="tests/browser/package-lock.json"
-    local stamp="${dir}/.installed-lock"
-    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-        apt_install nodejs npm
-    fi
-    if [[ -f ${dir}/node_modules/playwright-core/package.json ]] && cmp -s "$lock" "$stamp"; then
-        note "playwright-core is installed in ${dir}"
-    else
-        say "installing tests/browser's npm packages (playwright-core) into ${dir}"
-        mkdir -p "$dir"
-        cp tests/browser/package.json tests/browser/.npmrc "$lock" "$dir/"
-        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) ||
-            die "could not install ${lock} from the npm registry"
-        cp "$lock" "$stamp"
-    fi
-    export FINSYNC_BROWSER_NODE_MODULES="${dir}/node_modules"
+    ensure_npm_packages browser FINSYNC_BROWSER_NODE_MODULES playwright-core/package.json playwright-core
 }
 
 # ----------------------------------------------------------------- promtool
