@@ -38,6 +38,15 @@ pub fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// Compares a presented secret with the expected one by their SHA-256, so the
+/// time taken says nothing of either, their lengths included.
+pub fn same_secret(expected: &str, presented: &str) -> bool {
+    same(
+        &sha256_hex(expected.as_bytes()),
+        &sha256_hex(presented.as_bytes()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

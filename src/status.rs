@@ -40,6 +40,23 @@ pub struct InstitutionStatus {
 }
 
 impl InstitutionStatus {
+    /// An institution with nothing counted yet.
+    fn new(id: &str, name: &str, health: Health) -> Self {
+        Self {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            health,
+            syncs: 0,
+            succeeded: 0,
+            failed: 0,
+            p95: None,
+            active: 0,
+            failing: 0,
+            needs_user: 0,
+            open_quarantine: 0,
+        }
+    }
+
     /// Share of the window's syncs that succeeded.
     pub fn success_rate(&self) -> Option<f64> {
         (self.syncs > 0).then(|| self.succeeded as f64 / self.syncs as f64)
@@ -83,38 +100,21 @@ pub async fn overview(store: &Store, registry: &Registry) -> Result<Overview, St
         .into_iter()
         .map(|served| {
             let c = served.connector;
-            let status = InstitutionStatus {
-                health: health.get(&c.id).copied().unwrap_or(Health::Ok),
-                id: c.id.clone(),
-                name: c.name.clone(),
-                syncs: 0,
-                succeeded: 0,
-                failed: 0,
-                p95: None,
-                active: 0,
-                failing: 0,
-                needs_user: 0,
-                open_quarantine: 0,
-            };
-            (c.id.clone(), status)
+            let health = health.get(&c.id).copied().unwrap_or(Health::Ok);
+            (c.id.clone(), InstitutionStatus::new(&c.id, &c.name, health))
         })
         .collect();
     // An institution no longer in service still has its connections counted.
     for c in &standings {
         institutions
             .entry(c.institution_id.clone())
-            .or_insert_with(|| InstitutionStatus {
-                id: c.institution_id.clone(),
-                name: c.institution_id.clone(),
-                health: health.get(&c.institution_id).copied().unwrap_or(Health::Ok),
-                syncs: 0,
-                succeeded: 0,
-                failed: 0,
-                p95: None,
-                active: 0,
-                failing: 0,
-                needs_user: 0,
-                open_quarantine: 0,
+            .or_insert_with(|| {
+                let health = health.get(&c.institution_id).copied();
+                InstitutionStatus::new(
+                    &c.institution_id,
+                    &c.institution_id,
+                    health.unwrap_or(Health::Ok),
+                )
             });
     }
     let mut durations: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();

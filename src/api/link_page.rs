@@ -768,7 +768,8 @@ fn page_path(id: LinkSessionId) -> String {
     format!("/link/{id}")
 }
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+/// The value of the cookie `name`, if the request carries it.
+pub(super) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     cookies(headers)
         .into_iter()
         .find(|(n, _)| n == name)

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::ApiState;
 use super::extract::Path;
-use super::link_page::{Message, cookies, html};
+use super::link_page::{Message, cookie, html};
 use crate::directory::Health;
 use crate::domain::{ConnectionId, ConnectionStatus};
 use crate::store::StoreError;
@@ -207,9 +207,7 @@ async fn login(
             Some("The form has expired; try again."),
         );
     }
-    // Compared as hashes: equal lengths, so the time taken says nothing of the token.
-    let hashed = |t: &str| crate::fingerprint::sha256_hex(t.as_bytes());
-    if !crate::fingerprint::same(&hashed(admin.expose_secret()), &hashed(&form.token)) {
+    if !crate::fingerprint::same_secret(admin.expose_secret(), &form.token) {
         tracing::warn!("A sign-in to the status page was refused.");
         return login_page(
             &state,
@@ -390,13 +388,6 @@ fn set_cookie(
     if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    cookies(headers)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
 }
 
 fn disabled() -> Response {
