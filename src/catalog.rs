@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::connectors::registry::connector_files;
 use crate::connectors::{Problems, Registry, RegistryError};
 use crate::fingerprint::sha256_hex;
-use crate::store::{Published, Store, StoreError, VersionSource};
+use crate::store::{Actor, AuditEntry, Published, Store, StoreError, VersionSource};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -94,7 +94,14 @@ impl Catalog {
                     }
                     let published = self
                         .store
-                        .publish_connector(id, &text, &connector.hash, VersionSource::File, &file)
+                        .publish_connector(
+                            id,
+                            &text,
+                            &connector.hash,
+                            VersionSource::File,
+                            AuditEntry::new(Actor::system(), "connector.file_published")
+                                .detail(serde_json::json!({ "file": file })),
+                        )
                         .await?;
                     if let Published::New(version) = published {
                         tracing::info!(
@@ -175,7 +182,7 @@ impl Catalog {
         &self,
         id: &str,
         text: &str,
-        actor: &str,
+        audit: AuditEntry,
     ) -> Result<Published, CatalogError> {
         let file = format!("{id}.toml");
         let connector = self
@@ -184,13 +191,13 @@ impl Catalog {
             .map_err(CatalogError::Invalid)?;
         let published = self
             .store
-            .publish_connector(id, text, &connector.hash, VersionSource::Api, actor)
+            .publish_connector(id, text, &connector.hash, VersionSource::Api, audit.clone())
             .await?;
         if let Published::New(version) = &published {
             tracing::info!(
                 connector = id,
                 version = version.version,
-                actor,
+                actor = %audit.actor(),
                 "Connector published through the admin API."
             );
         }

@@ -75,6 +75,8 @@ pub enum VaultError {
 pub struct Vault {
     current: String,
     keys: BTreeMap<String, Aes256Gcm>,
+    /// Per key: an HMAC key derived from it, for [`Vault::keyed_hash`].
+    derived_keys: BTreeMap<String, SecretString>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -158,6 +160,7 @@ impl Vault {
         let mut vault = Self {
             current: String::new(),
             keys: BTreeMap::new(),
+            derived_keys: BTreeMap::new(),
         };
         vault.current = vault.add_key(encoded)?;
         Ok(vault)
@@ -171,8 +174,42 @@ impl Vault {
         let cipher =
             Aes256Gcm::new_from_slice(bytes.expose_secret()).map_err(|_| VaultError::BadKey)?;
         let id = key_id(bytes.expose_secret());
+        let derived = crate::fingerprint::sha256_hex(
+            &[b"finsync derived\0".as_slice(), bytes.expose_secret()].concat(),
+        );
         self.keys.insert(id.clone(), cipher);
+        self.derived_keys
+            .insert(id.clone(), SecretString::from(derived));
         Ok(id)
+    }
+
+    /// A stable, keyed stand-in for `value` (a user id) in records that must
+    /// outlive it, such as the audit trail: the same value gives the same
+    /// pseudonym under the same current key, and nobody without the key can tell
+    /// which value it stands for. Rotating the key starts new pseudonyms.
+    pub fn pseudonym(&self, value: &str) -> Result<String, VaultError> {
+        let mut hex = self.keyed_hash("pseudonym", value)?;
+        hex.truncate(32);
+        Ok(hex)
+    }
+
+    /// HMAC-SHA256 (hex) of `value` for one `purpose`, under a key derived from the
+    /// current vault key: what signs values finsync hands out and must recognise
+    /// (status page sessions), with nothing more to configure.
+    pub fn keyed_hash(&self, purpose: &str, value: &str) -> Result<String, VaultError> {
+        use hmac::Mac;
+        let key = self
+            .derived_keys
+            .get(&self.current)
+            .ok_or(VaultError::NoKey)?;
+        let mac =
+            crate::fingerprint::hmac_sha256(key, &[purpose.as_bytes(), b"\0", value.as_bytes()])
+                .finalize();
+        Ok(mac
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
     }
 
     pub fn current_key_id(&self) -> &str {

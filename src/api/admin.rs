@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::Admin;
+use super::auth::{Admin, Operate};
 use super::error::ErrorBody;
 use super::extract::{Json, Path};
 use super::{ApiError, ApiState, ErrorCode};
@@ -55,11 +55,11 @@ pub(super) struct LinkResponse {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin", "operator"]))
 )]
 pub(super) async fn create_connection(
     State(state): State<ApiState>,
-    _: Admin,
+    admin: Admin<Operate>,
     Json(body): Json<NewConnection>,
 ) -> Result<(StatusCode, Json<LinkResponse>), ApiError> {
     let user = UserId::parse(&body.user)
@@ -74,7 +74,7 @@ pub(super) async fn create_connection(
         })?;
     let start = state
         .linker
-        .start(tenant.id, &user, &body.institution)
+        .start(tenant.id, &user, &body.institution, admin.audit())
         .await
         .map_err(|e| match e {
             LinkError::Registry(crate::connectors::RegistryError::Unknown(id)) => ApiError::new(
@@ -158,11 +158,11 @@ async fn load(state: &ApiState, id: ConnectionId) -> Result<ConnectionRecord, Ap
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin", "operator"]))
 )]
 pub(super) async fn get_connection(
     State(state): State<ApiState>,
-    _: Admin,
+    _: Admin<Operate>,
     Path(id): Path<String>,
 ) -> Result<Json<ConnectionHealth>, ApiError> {
     let c = load(&state, connection_id(&id)?).await?;
@@ -218,11 +218,11 @@ pub(super) struct ConnectionUpdate {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin", "operator"]))
 )]
 pub(super) async fn update_connection(
     State(state): State<ApiState>,
-    _: Admin,
+    admin: Admin<Operate>,
     Path(id): Path<String>,
     Json(body): Json<ConnectionUpdate>,
 ) -> Result<Json<ConnectionHealth>, ApiError> {
@@ -240,7 +240,7 @@ pub(super) async fn update_connection(
     state
         .env
         .store
-        .set_sync_interval(id, body.sync_interval_secs)
+        .set_sync_interval(id, body.sync_interval_secs, admin.audit())
         .await?;
     let c = load(&state, id).await?;
     Ok(Json(health(&state, c).await?))
@@ -268,16 +268,20 @@ pub(super) struct Disconnected {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin", "operator"]))
 )]
 pub(super) async fn delete_connection(
     State(state): State<ApiState>,
-    _: Admin,
+    admin: Admin<Operate>,
     Path(id): Path<String>,
 ) -> Result<Json<Disconnected>, ApiError> {
     let id = connection_id(&id)?;
     load(&state, id).await?;
-    let done = state.env.disconnect(id).await.map_err(disconnect_error)?;
+    let done = state
+        .env
+        .disconnect(id, admin.audit())
+        .await
+        .map_err(disconnect_error)?;
     Ok(Json(done.into()))
 }
 

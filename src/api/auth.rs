@@ -1,7 +1,9 @@
 //! Authentication extractors: a tenant by one of its API keys (with the key's
 //! scopes and a per-key rate limit; recently seen keys are cached briefly, and
-//! remembered longer for when the database is away), an admin by the admin token.
+//! remembered longer for when the database is away), an admin by a named
+//! credential or the break-glass token, allowed by role ([`Permission`]).
 
+use std::marker::PhantomData;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,20 +14,30 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
+use super::audit::AuditSlot;
 use super::{ApiError, ApiState, ErrorCode};
 use crate::cache::Cache;
-use crate::store::{ApiKeyRecord, RememberedKey, Scope, Store, TenantRecord, api_key_prefix};
+use crate::store::{
+    Actor, ApiKeyRecord, AuditEntry, RememberedKey, Role, Scope, Store, TenantRecord,
+    api_key_prefix, is_admin_credential,
+};
 
 /// The tenant whose API key authenticated the request, and that key.
 #[derive(Clone)]
 pub struct Tenant {
     pub tenant: TenantRecord,
     pub key: ApiKeyRecord,
+    request_id: Option<String>,
 }
 
 impl Tenant {
+    /// An audit entry for `action` done with this key.
+    pub fn audit(&self, action: &str) -> AuditEntry {
+        AuditEntry::new(Actor::key(&self.key.prefix), action).request_id(self.request_id.clone())
+    }
+
     /// Refuses the request unless the key carries `scope`.
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.key.allows(scope) {
@@ -39,8 +51,52 @@ impl Tenant {
     }
 }
 
-/// A request that presented the admin token.
-pub struct Admin;
+/// Which roles may call an admin route: the type parameter of [`Admin`].
+pub trait Permission: Send + Sync + 'static {
+    const ROLES: &'static [Role];
+}
+
+/// Tenants, keys, connectors, admins: `admin` only.
+pub struct Manage;
+/// Running the fleet (connections, syncs, quarantine, deliveries): `admin` and
+/// `operator`.
+pub struct Operate;
+/// Reading the audit trail: `admin` and `auditor`.
+pub struct Audit;
+
+impl Permission for Manage {
+    const ROLES: &'static [Role] = &[Role::Admin];
+}
+impl Permission for Operate {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Operator];
+}
+impl Permission for Audit {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Auditor];
+}
+
+/// An admin request whose credential holds one of `P`'s roles. A request without
+/// one is refused before the handler runs (401, or 403 naming the role), and the
+/// refusal is audited.
+pub struct Admin<P: Permission = Manage> {
+    pub actor: Actor,
+    slot: AuditSlot,
+    permission: PhantomData<P>,
+}
+
+impl<P: Permission> Admin<P> {
+    /// This request's audit entry (its action, target and request id filled in),
+    /// for the handler to record in the transaction of its change. Handing it
+    /// out tells the audit layer that a successful answer was recorded there.
+    pub fn audit(&self) -> AuditEntry {
+        self.slot.handed_over()
+    }
+
+    /// An entry for one more thing this request does (`action`, a dotted event
+    /// name), by the same actor under the same request id.
+    pub fn event(&self, action: &str) -> AuditEntry {
+        self.slot.event(action)
+    }
+}
 
 /// Requests per second per API key, in this process (GCRA, from governor).
 pub struct KeyLimiter {
@@ -221,37 +277,88 @@ impl FromRequestParts<ApiState> for Tenant {
             .authenticate(&state.env.store, &state.env.cache, key)
             .await?;
         state.limiter.check(&key.id)?;
-        Ok(Self { tenant, key })
+        let request_id = parts
+            .headers
+            .get(&super::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Self {
+            tenant,
+            key,
+            request_id,
+        })
     }
 }
 
-impl FromRequestParts<ApiState> for Admin {
+impl<P: Permission> FromRequestParts<ApiState> for Admin<P> {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(expected) = &state.admin_token else {
+        let presented = bearer(parts).unwrap_or_default();
+        let (actor, role) = identify(state, presented).await?;
+        let slot = parts
+            .extensions
+            .get::<AuditSlot>()
+            .cloned()
+            .unwrap_or_default();
+        slot.identified(actor.clone());
+        if !P::ROLES.contains(&role) {
+            slot.denied();
+            let allowed: Vec<&str> = P::ROLES.iter().map(|r| r.as_str()).collect();
             return Err(ApiError::new(
-                ErrorCode::AdminDisabled,
-                "the admin API is disabled (set server.admin_token)",
+                ErrorCode::Forbidden,
+                format!(
+                    "the `{role}` role may not do this (it takes: {})",
+                    allowed.join(", ")
+                ),
             ));
-        };
-        let presented = bearer(parts).unwrap_or_default().as_bytes();
-        let expected = expected.expose_secret().as_bytes();
-        // Constant-time over the expected length, so timing says nothing about the token.
-        let mut diff = u8::from(presented.len() != expected.len());
-        for (i, byte) in expected.iter().enumerate() {
-            diff |= byte ^ presented.get(i).copied().unwrap_or(0);
         }
-        if diff == 0 {
-            Ok(Self)
-        } else {
-            Err(ApiError::new(
+        Ok(Self {
+            actor,
+            slot,
+            permission: PhantomData,
+        })
+    }
+}
+
+/// Who presented `presented` and in which role: a named admin credential, or the
+/// break-glass token, which acts as an `admin`.
+pub(super) async fn identify(state: &ApiState, presented: &str) -> Result<(Actor, Role), ApiError> {
+    let unknown = || {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "send an admin credential as `Authorization: Bearer fsa_…`",
+        )
+    };
+    if is_admin_credential(presented) {
+        return match state
+            .env
+            .store
+            .authenticate_admin(&SecretString::from(presented))
+            .await
+        {
+            Ok(Some(admin)) => Ok((Actor::admin(&admin.name), admin.role)),
+            Ok(None) => Err(ApiError::new(
                 ErrorCode::Unauthorized,
-                "admin token required",
-            ))
+                "unknown or revoked admin credential",
+            )),
+            Err(e) if e.is_unavailable() => {
+                state.env.store.note(&e);
+                Err(ApiError::store_unavailable())
+            }
+            Err(e) => Err(ApiError::internal(e)),
+        };
+    }
+    match &state.admin_token {
+        Some(token)
+            if !presented.is_empty()
+                && crate::fingerprint::same_secret(token.expose_secret(), presented) =>
+        {
+            Ok((Actor::break_glass(), Role::Admin))
         }
+        _ => Err(unknown()),
     }
 }

@@ -7,17 +7,17 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::auth::Admin;
+use super::auth::{Admin, Operate};
 use super::error::ErrorBody;
 use super::extract::{Json, Path, Query};
 use super::paging::{self, PageQuery};
-use super::{ApiError, ApiState, ErrorCode, REQUEST_ID};
+use super::{ApiError, ApiState, ErrorCode};
 use crate::catalog::CatalogError;
 use crate::connectors::registry::Served;
 use crate::resilience::BreakerView;
@@ -163,11 +163,11 @@ async fn summary(
         (status = 200, body = ConnectorsPage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin", "operator"]))
 )]
 pub(super) async fn list_connectors(
     State(state): State<ApiState>,
-    _: Admin,
+    _: Admin<Operate>,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<ConnectorsPage>, ApiError> {
     let registry = state.catalog.registry();
@@ -209,11 +209,11 @@ pub(super) struct ConnectorsPage {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin", "operator"]))
 )]
 pub(super) async fn get_connector(
     State(state): State<ApiState>,
-    _: Admin,
+    _: Admin<Operate>,
     Path(id): Path<String>,
 ) -> Result<Json<ConnectorDetail>, ApiError> {
     let registry = state.catalog.registry();
@@ -250,23 +250,17 @@ pub(super) async fn get_connector(
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 422, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn put_connector(
     State(state): State<ApiState>,
-    _: Admin,
+    admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: String,
 ) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
-    let request = headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    let actor = format!("admin API (request {request})");
     let published = state
         .catalog
-        .publish(&id, &body, &actor)
+        .publish(&id, &body, admin.audit())
         .await
         .map_err(|e| match e {
             CatalogError::Invalid(problems) => {

@@ -13,8 +13,8 @@ use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    ApiState, admin, connectors, health, inbound_webhooks, institutions, link_sessions, quarantine,
-    read, syncs, tenants, transactions, user_connections, webhooks,
+    ApiState, admin, admins, audit, connectors, health, inbound_webhooks, institutions,
+    link_sessions, quarantine, read, syncs, tenants, transactions, user_connections, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -37,6 +37,7 @@ use super::{
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint,
         webhooks::endpoint_deliveries, webhooks::admin_deliveries,
         quarantine::list_quarantine,
+        admins::create_admin, admins::list_admins, admins::revoke_admin, audit::list_entries,
         inbound_webhooks::receive, inbound_webhooks::list_events,
         health::healthz, health::ready,
     ),
@@ -50,7 +51,7 @@ use super::{
         (name = "institutions", description = "The institutions an app may offer its users, with their health (API key, scope `read`)"),
         (name = "link sessions", description = "An app links its own users: a session, the hosted link page it opens, and the way back (API key, scope `sync` to create)"),
         (name = "institution webhooks", description = "Webhooks institutions send (signed as each connector file says)"),
-        (name = "admin", description = "Tenants, keys, users, connections, connectors, quarantine and institutions' webhooks (admin token)"),
+        (name = "admin", description = "Tenants, keys, users, connections, connectors, quarantine, institutions' webhooks, admins and the audit trail (an admin credential; each operation lists the roles that may call it)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -61,12 +62,30 @@ struct Security;
 impl Modify for Security {
     fn modify(&self, openapi: &mut Document) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        for name in ["api_key", "admin_token"] {
-            components.add_security_scheme(
-                name,
-                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-            );
-        }
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A tenant's API key (`fsk_…`) with the scopes the operation needs.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A named admin credential (`fsa_…`), or the break-glass `server.admin_token`, which acts as `admin`. \
+                         Each operation's requirement lists the roles that may call it (`admin`, `operator`, `auditor`); \
+                         another role is refused with 403, and every call is recorded in the audit trail.",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 

@@ -36,7 +36,6 @@ pub enum ErrorCode {
     InvalidState,
     ConsentDenied,
     InstitutionError,
-    AdminDisabled,
     /// Too many requests; `Retry-After` says when to try again.
     RateLimited,
     /// The database cannot be reached just now and the answer needs it; `Retry-After`
@@ -59,7 +58,6 @@ impl ErrorCode {
             }
             Self::InvalidConnector | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::InstitutionError => StatusCode::BAD_GATEWAY,
-            Self::AdminDisabled => StatusCode::FORBIDDEN,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

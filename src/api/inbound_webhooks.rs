@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Admin;
+use super::auth::{Admin, Operate};
 use super::error::ErrorBody;
 use super::extract::{Json, Path, Query};
 use super::{ApiError, ApiState, ErrorCode, paging};
@@ -200,11 +200,11 @@ impl From<InstitutionEvent> for EventView {
         (status = 200, body = EventsPage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin", "operator"]))
 )]
 pub(super) async fn list_events(
     State(state): State<ApiState>,
-    _: Admin,
+    _: Admin<Operate>,
     Query(query): Query<EventsQuery>,
 ) -> Result<Json<EventsPage>, ApiError> {
     let limit = paging::limit(query.limit, 100, 500)?;

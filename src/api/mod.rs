@@ -8,7 +8,8 @@
 //!   users' tags and notes on [`transactions`], and disconnecting a user's
 //!   connection ([`user_connections`]);
 //! - the admin API: [`admin`] (connections), [`tenants`], [`connectors`],
-//!   [`quarantine`];
+//!   [`quarantine`], the [`admins`] themselves and the [`audit`] trail every admin
+//!   request leaves;
 //! - tenants' outgoing [`webhooks`], and the webhooks institutions send us
 //!   ([`inbound_webhooks`]);
 //! - the OAuth [`callback`] institutions redirect to, the operators'
@@ -16,6 +17,8 @@
 //!   [`idempotency`] the tenant API's `POST`s.
 
 mod admin;
+mod admins;
+mod audit;
 mod auth;
 mod callback;
 mod connectors;
@@ -63,7 +66,8 @@ pub struct ApiState {
     /// Connectors in service, and publishing new versions.
     pub catalog: crate::catalog::Catalog,
     pub linker: Linker,
-    /// Bearer token for `/admin/*`; `None` disables the admin API.
+    /// The break-glass bearer token for `/admin/*`, acting as an `admin`; `None`:
+    /// only named admin credentials.
     pub admin_token: Option<Arc<SecretString>>,
     /// Consent ending within this many days is flagged.
     pub consent_warning_days: u32,
@@ -105,6 +109,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(transactions::routes())
         .merge(user_connections::routes())
         .merge(admin::routes())
+        .merge(admins::routes())
+        .merge(audit::routes())
         .merge(connectors::routes())
         .merge(quarantine::routes())
         .merge(tenants::routes())
@@ -117,6 +123,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(callback::routes())
         .merge(health::routes())
         .fallback(error::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(middleware::from_fn(health::observe))
         .layer(middleware::from_fn(error::attach_request_id))
         // Logged without headers: they carry API keys.

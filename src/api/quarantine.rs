@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Admin;
+use super::auth::{Admin, Operate};
 use super::error::ErrorBody;
 use super::extract::{Json, Query};
 use super::{ApiError, ApiState, paging};
@@ -100,11 +100,11 @@ impl From<QuarantineEntry> for QuarantineView {
         (status = 200, body = QuarantinePage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin", "operator"]))
 )]
 pub(super) async fn list_quarantine(
     State(state): State<ApiState>,
-    _: Admin,
+    _: Admin<Operate>,
     Query(query): Query<QuarantineQuery>,
 ) -> Result<Json<QuarantinePage>, ApiError> {
     let limit = paging::limit(query.limit, 100, 500)?;

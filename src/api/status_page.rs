@@ -1,10 +1,13 @@
 //! `GET /status`: the operators' page ([`crate::status`]), server-rendered with no
 //! script and nothing from elsewhere, refreshing itself. Behind a sign-in: the form
-//! exchanges the admin token for a session cookie (HttpOnly, SameSite=Strict,
-//! scoped to `/status`, [`SESSION`] long) whose value is its expiry signed with the
-//! admin token, so changing the token ends every session. Forms carry a token
-//! derived from the session (or, on the sign-in form, a double-submitted cookie).
-//! From the page an operator can queue a sync of a failing connection.
+//! exchanges an `admin` or `operator` credential (or the break-glass token) for a
+//! session cookie (HttpOnly, SameSite=Strict, scoped to `/status`, [`SESSION`]
+//! long) whose value names who signed in, with what, until when, signed with a key
+//! derived from the vault's. Every request checks that the credential is still
+//! live, so revoking it (or changing the break-glass token) ends its sessions at
+//! once. Forms carry a token derived from the session (or, on the sign-in form, a
+//! double-submitted cookie). From the page an operator can queue a sync of a
+//! failing connection. Sign-ins, sign-outs and queued syncs are audited.
 
 use askama::Template;
 use axum::Router;
@@ -14,7 +17,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use rand::RngExt;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::ApiState;
@@ -22,7 +25,7 @@ use super::extract::Path;
 use super::link_page::{Message, cookie, html};
 use crate::directory::Health;
 use crate::domain::{ConnectionId, ConnectionStatus};
-use crate::store::StoreError;
+use crate::store::{Actor, AuditEntry, Outcome, Role, StoreError};
 use crate::sync::SyncConnection;
 
 /// How long a sign-in lasts.
@@ -55,6 +58,7 @@ struct Page {
     as_of: String,
     refresh_secs: u32,
     csrf: String,
+    signed_in_as: String,
     notice: Option<String>,
     queue_depth: String,
     oldest_job: String,
@@ -93,7 +97,14 @@ struct PageQuery {
 #[derive(Debug, Deserialize)]
 struct LoginForm {
     csrf: String,
-    token: String,
+    credential: String,
+}
+
+/// Who a session cookie says signed in, checked against what is live now.
+struct Session {
+    /// The cookie's value, which the forms' token is derived from.
+    value: String,
+    actor: Actor,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,11 +117,10 @@ async fn page(
     headers: HeaderMap,
     Query(query): Query<PageQuery>,
 ) -> Response {
-    let Some(admin) = state.admin_token.clone() else {
-        return disabled();
-    };
-    let Some(session) = signed_in(&headers, &admin) else {
-        return login_page(&state, StatusCode::OK, None);
+    let session = match signed_in(&state, &headers).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return login_page(&state, StatusCode::OK, None),
+        Err(error) => return super::link_page::trouble(error),
     };
     let overview = match crate::status::overview(&state.env.store, state.catalog.registry()).await {
         Ok(overview) => overview,
@@ -167,7 +177,8 @@ async fn page(
             title: "Fleet status",
             as_of: when(overview.as_of),
             refresh_secs: REFRESH_SECS,
-            csrf: csrf_of(&admin, &session),
+            csrf: csrf_of(&state, &session.value),
+            signed_in_as: session.actor.to_string(),
             notice: query
                 .queued
                 .filter(|id| id.parse::<ConnectionId>().is_ok())
@@ -187,9 +198,6 @@ async fn login(
     headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let Some(admin) = state.admin_token.clone() else {
-        return disabled();
-    };
     let Ok(Form(form)) = form else {
         return login_page(
             &state,
@@ -207,17 +215,36 @@ async fn login(
             Some("The form has expired; try again."),
         );
     }
-    if !crate::fingerprint::same_secret(admin.expose_secret(), &form.token) {
-        tracing::warn!("A sign-in to the status page was refused.");
+    let credential = form.credential.trim();
+    let (actor, role) = match super::auth::identify(&state, credential).await {
+        Ok(found) => found,
+        Err(error) if error.code == super::ErrorCode::Unauthorized => {
+            tracing::warn!("A sign-in to the status page was refused.");
+            return login_page(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                Some("That is not a live admin or operator credential."),
+            );
+        }
+        Err(_) => return super::link_page::trouble("the database could not be asked"),
+    };
+    let audit = AuditEntry::new(actor.clone(), "status.sign_in");
+    if role == Role::Auditor {
+        record(&state, audit.outcome(Outcome::Denied)).await;
         return login_page(
             &state,
-            StatusCode::UNAUTHORIZED,
-            Some("That is not the admin token."),
+            StatusCode::FORBIDDEN,
+            Some("Auditors read the audit trail only; the status page is for operators."),
         );
     }
     let expires = Utc::now() + SESSION;
-    let value = session_value(&admin, expires.timestamp());
-    tracing::info!("An operator signed in to the status page.");
+    let binding = binding_of(&state, &actor, Some(credential)).await;
+    let Some(value) = binding.and_then(|b| session_value(&state, expires.timestamp(), &actor, &b))
+    else {
+        return super::link_page::trouble("the session could not be signed");
+    };
+    record(&state, audit).await;
+    tracing::info!(actor = %actor, "Signed in to the status page.");
     let mut response = Redirect::to("/status").into_response();
     set_cookie(
         &mut response,
@@ -230,14 +257,24 @@ async fn login(
     response
 }
 
+/// Appends `entry` to the audit trail; a failure is logged, the page goes on.
+async fn record(state: &ApiState, entry: AuditEntry) {
+    if let Err(e) = state.env.store.record(entry).await {
+        state.env.store.note(&e);
+        tracing::error!(error = %e, "Status page action not audited.");
+    }
+}
+
 async fn logout(
     State(state): State<ApiState>,
     headers: HeaderMap,
     form: Result<Form<ActionForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    if let Err(refused) = checked(&state, &headers, form.ok().map(|f| f.0.csrf)) {
-        return *refused;
-    }
+    let session = match checked(&state, &headers, form.ok().map(|f| f.0.csrf)).await {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
+    record(&state, AuditEntry::new(session.actor, "status.sign_out")).await;
     let mut response = Redirect::to("/status").into_response();
     set_cookie(&mut response, SESSION_COOKIE, "", 0, &state);
     response
@@ -250,9 +287,10 @@ async fn sync_now(
     Path(raw): Path<String>,
     form: Result<Form<ActionForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    if let Err(refused) = checked(&state, &headers, form.ok().map(|f| f.0.csrf)) {
-        return *refused;
-    }
+    let session = match checked(&state, &headers, form.ok().map(|f| f.0.csrf)).await {
+        Ok(session) => session,
+        Err(refused) => return *refused,
+    };
     let Ok(id) = raw.parse::<ConnectionId>() else {
         return html(
             StatusCode::NOT_FOUND,
@@ -287,7 +325,10 @@ async fn sync_now(
     };
     match state.env.queue.enqueue(job).await {
         Ok(_) => {
-            tracing::info!(connection = %id, "An operator queued a sync from the status page.");
+            let audit = AuditEntry::new(session.actor.clone(), "status.sync_now")
+                .target(format!("connection:{id}"));
+            record(&state, audit).await;
+            tracing::info!(connection = %id, actor = %session.actor, "A sync was queued from the status page.");
             Redirect::to(&format!("/status?queued={id}")).into_response()
         }
         Err(error) => super::link_page::trouble(error),
@@ -295,19 +336,20 @@ async fn sync_now(
 }
 
 /// The signed-in session, if the form came from its page.
-fn checked(
+async fn checked(
     state: &ApiState,
     headers: &HeaderMap,
     csrf: Option<String>,
-) -> Result<String, Box<Response>> {
-    let Some(admin) = &state.admin_token else {
-        return Err(Box::new(disabled()));
-    };
-    let Some(session) = signed_in(headers, admin) else {
-        return Err(Box::new(Redirect::to("/status").into_response()));
+) -> Result<Session, Box<Response>> {
+    let session = match signed_in(state, headers).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return Err(Box::new(Redirect::to("/status").into_response())),
+        Err(error) => return Err(Box::new(super::link_page::trouble(error))),
     };
     match csrf {
-        Some(csrf) if crate::fingerprint::same(&csrf_of(admin, &session), &csrf) => Ok(session),
+        Some(csrf) if crate::fingerprint::same(&csrf_of(state, &session.value), &csrf) => {
+            Ok(session)
+        }
         _ => Err(Box::new(html(
             StatusCode::FORBIDDEN,
             &Message::new(
@@ -319,31 +361,77 @@ fn checked(
     }
 }
 
-/// The session cookie's value, if it is one this admin token signed and has not
-/// expired.
-fn signed_in(headers: &HeaderMap, admin: &SecretString) -> Option<String> {
-    let value = cookie(headers, SESSION_COOKIE)?;
-    let (expires, _) = value.split_once('.')?;
-    let expires: i64 = expires.parse().ok()?;
-    (expires > Utc::now().timestamp()
-        && crate::fingerprint::same(&session_value(admin, expires), &value))
-    .then_some(value)
+/// The session the cookie holds, if it is one this fleet signed, has not expired,
+/// and its credential is still live with a role that may see the page.
+async fn signed_in(state: &ApiState, headers: &HeaderMap) -> Result<Option<Session>, StoreError> {
+    let Some(value) = cookie(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let mut parts = value.splitn(3, '|');
+    let (Some(expires), Some(actor), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+        return Ok(None);
+    };
+    let Ok(expires) = expires.parse::<i64>() else {
+        return Ok(None);
+    };
+    if expires <= Utc::now().timestamp() {
+        return Ok(None);
+    }
+    let actor = if actor == Actor::break_glass().as_str() {
+        Actor::break_glass()
+    } else if let Some(name) = actor.strip_prefix("admin:") {
+        match state.env.store.admin_named(name).await? {
+            Some(admin) if admin.revoked_at.is_none() && admin.role != Role::Auditor => {
+                Actor::admin(name)
+            }
+            _ => return Ok(None),
+        }
+    } else {
+        return Ok(None);
+    };
+    // What the credential is now: a revoked and reissued admin, or a changed
+    // break-glass token, no longer matches what was signed.
+    let Some(binding) = binding_of(state, &actor, None).await else {
+        return Ok(None);
+    };
+    let fresh = session_value(state, expires, &actor, &binding);
+    Ok(fresh
+        .filter(|fresh| crate::fingerprint::same(fresh, &value))
+        .map(|value| Session { value, actor }))
 }
 
-fn session_value(admin: &SecretString, expires: i64) -> String {
-    let mac = crate::fingerprint::hmac_sha256(
-        admin,
-        &[b"status-session:", expires.to_string().as_bytes()],
-    );
-    format!(
-        "{expires}.{}",
-        hex::encode(hmac::Mac::finalize(mac).into_bytes())
-    )
+/// What ties a session to the credential it was made with: the admin's credential
+/// prefix, or a hash of the break-glass token (`presented` at sign-in; the
+/// configured one afterwards).
+async fn binding_of(state: &ApiState, actor: &Actor, presented: Option<&str>) -> Option<String> {
+    if *actor == Actor::break_glass() {
+        let token = match presented {
+            Some(presented) => presented.to_owned(),
+            None => state.admin_token.as_ref()?.expose_secret().to_owned(),
+        };
+        return Some(crate::fingerprint::sha256_hex(token.as_bytes()));
+    }
+    let name = actor.as_str().strip_prefix("admin:")?;
+    let admin = state.env.store.admin_named(name).await.ok()??;
+    Some(admin.prefix)
 }
 
-fn csrf_of(admin: &SecretString, session: &str) -> String {
-    let mac = crate::fingerprint::hmac_sha256(admin, &[b"status-csrf:", session.as_bytes()]);
-    hex::encode(hmac::Mac::finalize(mac).into_bytes())
+fn session_value(state: &ApiState, expires: i64, actor: &Actor, binding: &str) -> Option<String> {
+    let signed = format!("{expires}|{actor}");
+    let mac = state
+        .linker
+        .vault
+        .keyed_hash("status-session", &format!("{signed}|{binding}"))
+        .ok()?;
+    Some(format!("{signed}|{mac}"))
+}
+
+fn csrf_of(state: &ApiState, session: &str) -> String {
+    state
+        .linker
+        .vault
+        .keyed_hash("status-csrf", session)
+        .unwrap_or_default()
 }
 
 fn login_page(state: &ApiState, status: StatusCode, problem: Option<&'static str>) -> Response {
@@ -388,16 +476,6 @@ fn set_cookie(
     if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
-}
-
-fn disabled() -> Response {
-    html(
-        StatusCode::NOT_FOUND,
-        &Message::new(
-            "The status page is off",
-            &["It signs in with the admin token: set server.admin_token to turn it on."],
-        ),
-    )
 }
 
 fn when(at: DateTime<Utc>) -> String {

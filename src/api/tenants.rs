@@ -137,11 +137,11 @@ fn valid_name(name: &str) -> bool {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn create_tenant(
     State(state): State<ApiState>,
-    _: Admin,
+    admin: Admin,
     Json(body): Json<NewTenant>,
 ) -> Result<(StatusCode, Json<CreatedTenant>), ApiError> {
     if !valid_name(&body.name) {
@@ -156,7 +156,9 @@ pub(super) async fn create_tenant(
             format!("a tenant named `{}` exists", body.name),
         ));
     }
-    let (tenant, record, key) = store.create_tenant_with_key(&body.name).await?;
+    let (tenant, record, key) = store
+        .create_tenant_with_key(&body.name, admin.audit())
+        .await?;
     tracing::info!(tenant = %tenant.id, name = %tenant.name, "Tenant created.");
     Ok((
         StatusCode::CREATED,
@@ -174,7 +176,7 @@ pub(super) async fn create_tenant(
         (status = 200, body = TenantsPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn list_tenants(
     State(state): State<ApiState>,
@@ -220,7 +222,7 @@ async fn tenant(state: &ApiState, raw: &str) -> Result<TenantRecord, ApiError> {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn get_tenant(
     State(state): State<ApiState>,
@@ -250,7 +252,7 @@ pub(super) struct OfferedInstitutions {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn get_institutions(
     State(state): State<ApiState>,
@@ -274,11 +276,11 @@ pub(super) async fn get_institutions(
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn set_institutions(
     State(state): State<ApiState>,
-    _: Admin,
+    admin: Admin,
     Path(tenant_id): Path<String>,
     Json(body): Json<OfferedInstitutions>,
 ) -> Result<Json<OfferedInstitutions>, ApiError> {
@@ -300,7 +302,7 @@ pub(super) async fn set_institutions(
     state
         .env
         .store
-        .set_tenant_institutions(tenant.id, body.institutions.as_deref())
+        .set_tenant_institutions(tenant.id, body.institutions.as_deref(), admin.audit())
         .await?;
     Ok(Json(OfferedInstitutions {
         institutions: state.env.store.tenant_institutions(tenant.id).await?,
@@ -330,7 +332,7 @@ const MAX_REDIRECT_URIS: usize = 20;
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn get_redirect_uris(
     State(state): State<ApiState>,
@@ -354,11 +356,11 @@ pub(super) async fn get_redirect_uris(
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn set_redirect_uris(
     State(state): State<ApiState>,
-    _: Admin,
+    admin: Admin,
     Path(tenant_id): Path<String>,
     Json(body): Json<RedirectUris>,
 ) -> Result<Json<RedirectUris>, ApiError> {
@@ -378,7 +380,7 @@ pub(super) async fn set_redirect_uris(
     state
         .env
         .store
-        .set_tenant_redirect_uris(tenant.id, &uris)
+        .set_tenant_redirect_uris(tenant.id, &uris, admin.audit())
         .await?;
     Ok(Json(RedirectUris {
         redirect_uris: state.env.store.tenant_redirect_uris(tenant.id).await?,
@@ -403,11 +405,11 @@ pub(super) struct NewKey {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn create_key(
     State(state): State<ApiState>,
-    _: Admin,
+    admin: Admin,
     Path(tenant_id): Path<String>,
     Json(body): Json<NewKey>,
 ) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
@@ -421,7 +423,12 @@ pub(super) async fn create_key(
     let (record, key) = state
         .env
         .store
-        .issue_api_key(tenant.id, &body.scopes, body.label.as_deref())
+        .issue_api_key(
+            tenant.id,
+            &body.scopes,
+            body.label.as_deref(),
+            admin.audit(),
+        )
         .await?;
     tracing::info!(tenant = %tenant.id, key = %record.prefix, "API key issued.");
     Ok((StatusCode::CREATED, Json(issued(record, &key))))
@@ -436,7 +443,7 @@ pub(super) async fn create_key(
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn list_keys(
     State(state): State<ApiState>,
@@ -472,15 +479,20 @@ pub(super) struct KeysPage {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn revoke_key(
     State(state): State<ApiState>,
-    _: Admin,
+    admin: Admin,
     Path((tenant_id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant(&state, &tenant_id).await?;
-    if let Some(prefix) = state.env.store.revoke_api_key(tenant.id, &key_id).await? {
+    if let Some(prefix) = state
+        .env
+        .store
+        .revoke_api_key(tenant.id, &key_id, admin.audit())
+        .await?
+    {
         state.keys.revoked(&state.env.cache, &prefix).await;
         tracing::info!(tenant = %tenant.id, key = %key_id, "API key revoked.");
         Ok(StatusCode::NO_CONTENT)
@@ -512,7 +524,7 @@ pub(super) struct UserConnection {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn list_users(
     State(state): State<ApiState>,
@@ -564,18 +576,21 @@ pub(super) struct UsersPage {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin"]))
 )]
 pub(super) async fn delete_user(
     State(state): State<ApiState>,
-    _: Admin,
+    admin: Admin,
     Path((tenant_id, raw_user)): Path<(String, String)>,
 ) -> Result<Json<Vec<Disconnected>>, ApiError> {
     let tenant = tenant(&state, &tenant_id).await?;
     let user = user_id(&raw_user)?;
+    // Each disconnect records a `connection.disconnect` of its own; the request's
+    // entry is the audit layer's.
+    let audit = admin.event("connection.disconnect");
     let removed = state
         .env
-        .remove_user(tenant.id, &user)
+        .remove_user(tenant.id, &user, audit)
         .await
         .map_err(disconnect_error)?
         .ok_or_else(|| ApiError::not_found(format!("no user `{user}`")))?;

@@ -61,6 +61,13 @@ pub(super) async fn disconnect(
             "no connection `{id}` of user `{user}`"
         )));
     }
-    let done = state.env.disconnect(id).await.map_err(disconnect_error)?;
+    let audit = tenant
+        .audit("connection.disconnect")
+        .detail(serde_json::json!({ "tenant": tenant.tenant.id }));
+    let done = state
+        .env
+        .disconnect(id, audit)
+        .await
+        .map_err(disconnect_error)?;
     Ok(Json(done.into()))
 }

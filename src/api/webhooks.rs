@@ -11,7 +11,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Admin, Tenant};
+use super::auth::{Admin, Operate, Tenant};
 use super::error::ErrorBody;
 use super::extract::{Json, Path, Query};
 use super::paging::{self, PageQuery};
@@ -340,11 +340,11 @@ pub(super) struct AdminDeliveryQuery {
         (status = 200, body = DeliveriesResponse), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
-    security(("admin_token" = []))
+    security(("admin" = ["admin", "operator"]))
 )]
 pub(super) async fn admin_deliveries(
     State(state): State<ApiState>,
-    _: Admin,
+    _: Admin<Operate>,
     Query(query): Query<AdminDeliveryQuery>,
 ) -> Result<Json<DeliveriesResponse>, ApiError> {
     let tenant = query

@@ -2,6 +2,8 @@
 //! and a `run` that boots what it needs ([`crate::app::boot`]) and calls a use case.
 //! [`render`] lays out what the commands print.
 
+pub mod admins;
+pub mod audit;
 pub mod connectors;
 pub mod demo;
 pub mod migrate;
@@ -48,6 +50,10 @@ enum Command {
     Migrate,
     /// Connector files.
     #[command(subcommand)]
+    Admins(admins::Command),
+    #[command(subcommand)]
+    Audit(audit::Command),
+    #[command(subcommand)]
     Connectors(connectors::Command),
     /// Tenants (advisory apps) and their API keys.
     #[command(subcommand)]
@@ -72,6 +78,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scheduler(args) => scheduler::run(args).await,
         Command::Sandbox(args) => sandbox::run(args).await,
         Command::Migrate => migrate::run().await,
+        Command::Admins(command) => admins::run(command).await,
+        Command::Audit(command) => audit::run(command).await,
         Command::Connectors(command) => connectors::run(command).await,
         Command::Tenants(command) => tenants::run(command).await,
         Command::Tokens(command) => tokens::run(command).await,

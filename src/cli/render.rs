@@ -280,6 +280,31 @@ pub fn replayed_events(replayed: &[crate::webhooks::inbound::Replayed]) -> Strin
     table.to_string()
 }
 
+/// Admin credentials as a table: name, role, prefix, who issued it, when, state.
+pub fn admins(admins: &[crate::store::AdminRecord]) -> String {
+    if admins.is_empty() {
+        return "No admins yet: `finsync admins create NAME --role admin` issues the first.\n"
+            .to_owned();
+    }
+    let mut table = table(&["Name", "Role", "Credential", "Issued by", "Issued", "State"]);
+    for admin in admins {
+        table.add_row(vec![
+            Cell::new(&admin.name),
+            Cell::new(admin.role),
+            Cell::new(format!("fsa_{}_…", admin.prefix)),
+            Cell::new(&admin.created_by),
+            Cell::new(admin.created_at.format("%Y-%m-%d %H:%M UTC")),
+            match admin.revoked_at {
+                Some(at) => {
+                    Cell::new(format!("revoked {}", at.format("%Y-%m-%d %H:%M"))).fg(Color::Red)
+                }
+                None => Cell::new("live"),
+            },
+        ]);
+    }
+    format!("{table}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use crate::app::{self, Logging};
 use crate::cli::render;
+use crate::store::{Actor, AuditEntry};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -30,6 +31,16 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let queue = crate::sync::Queue::setup(&store).await?;
     let replayed =
         crate::sync::replay::replay_quarantined(&store, &queue, connector.as_deref()).await?;
+    let connections: Vec<String> = replayed
+        .iter()
+        .map(|r| r.connection_id.to_string())
+        .collect();
+    store
+        .record(
+            AuditEntry::new(Actor::cli(), "quarantine.replay")
+                .detail(serde_json::json!({ "connector": connector, "connections": connections })),
+        )
+        .await?;
     println!("{}", render::replayed(&replayed));
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use secrecy::ExposeSecret;
 
 use crate::app::{self, Logging};
+use crate::store::{Actor, AuditEntry};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -19,7 +20,10 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let store = app::open_store(&settings).await?;
     let (tenant, key) = match command {
         Command::Create { name } => store.create_tenant(&name).await?,
-        Command::RotateKey { name } => store.rotate_api_key(&name).await?,
+        Command::RotateKey { name } => {
+            let audit = AuditEntry::new(Actor::cli(), "tenant.rotate_key");
+            store.rotate_api_key(&name, audit).await?
+        }
     };
     println!("tenant:  {} ({})", tenant.name, tenant.id);
     println!("api key: {}", key.0.expose_secret());

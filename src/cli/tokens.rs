@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use secrecy::ExposeSecret;
 
 use crate::app::{self, Logging};
+use crate::store::{Actor, AuditEntry};
 use crate::vault::Vault;
 
 #[derive(Debug, clap::Subcommand)]
@@ -32,6 +33,22 @@ async fn rotate_key() -> anyhow::Result<ExitCode> {
     let store = app::open_store(&settings).await?;
     let vault = Vault::from_settings(&settings.vault)?;
     let report = crate::tokens::rotate::reseal_all(&store, &vault).await?;
+    // Recorded after the work: re-sealing commits row by row, and what it did is
+    // what the entry says.
+    store
+        .record(
+            AuditEntry::new(Actor::cli(), "vault.rotate_key")
+                .target(format!("vault_key:{}", vault.current_key_id()))
+                .detail(serde_json::json!({
+                    "connections": report.connections,
+                    "pending_links": report.states,
+                    "webhook_secrets": report.webhook_secrets,
+                    "idempotent_answers": report.idempotent_answers,
+                    "skipped": report.skipped,
+                    "unreadable": report.unreadable,
+                })),
+        )
+        .await?;
     println!(
         "Re-sealed {} connection(s), {} pending link(s), {} webhook secret(s) and {} kept idempotent answer(s) under key {}; {} already were current.",
         report.connections,

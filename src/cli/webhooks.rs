@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::app::{self, App, Logging};
 use crate::cli::render;
-use crate::store::{EventFilter, EventStatus};
+use crate::store::{Actor, AuditEntry, EventFilter, EventStatus};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -50,6 +50,14 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         event,
     };
     let replayed = crate::webhooks::inbound::replay(&app.ctx, &filter, window).await?;
+    app.ctx
+        .store
+        .record(
+            AuditEntry::new(Actor::cli(), "institution_webhooks.replay").detail(
+                serde_json::json!({ "institution": filter.institution, "events": replayed.len() }),
+            ),
+        )
+        .await?;
     println!("{}", render::replayed_events(&replayed));
     Ok(ExitCode::SUCCESS)
 }

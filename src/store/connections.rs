@@ -8,6 +8,7 @@ use sea_orm::{
     QuerySelect, Set,
 };
 
+use super::audit::AuditEntry;
 use super::entities::{connection, oauth_state};
 use super::{Store, StoreError};
 use crate::domain::{ConnectionId, ConnectionStatus, LinkSessionId, TenantId, UserId};
@@ -364,16 +365,29 @@ impl Store {
     }
 
     /// Stores freshly granted tokens and the consent, and marks the connection
-    /// active (repairing it if it needed re-authentication).
+    /// active (repairing it if it needed re-authentication), recording `audit` with
+    /// the consent's scopes and expiry.
     pub async fn save_grant(
         &self,
         id: ConnectionId,
         tokens: TokenColumns,
         scopes: Option<String>,
         consent_expires_at: Option<DateTime<Utc>>,
+        audit: AuditEntry,
     ) -> Result<(), StoreError> {
         let now = Utc::now();
-        let mut row: connection::ActiveModel = self.connection_row(id).await?.into();
+        let txn = self.begin_write().await?;
+        let mut row: connection::ActiveModel = connection::Entity::find_by_id(id.to_string())
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound("connection"))?
+            .into();
+        let audit = audit
+            .target(format!("connection:{id}"))
+            .detail(serde_json::json!({
+                "scopes": scopes,
+                "consent_expires_at": consent_expires_at,
+            }));
         row.access_token = Set(tokens.access_token);
         row.refresh_token = Set(tokens.refresh_token);
         row.access_token_expires_at = Set(tokens.access_token_expires_at);
@@ -389,7 +403,9 @@ impl Store {
         row.last_failure_reason = Set(None);
         row.next_sync_at = Set(None);
         row.updated_at = Set(now);
-        row.update(self.db()).await?;
+        row.update(&txn).await?;
+        super::audit::append(&txn, audit).await?;
+        txn.commit().await?;
         Ok(())
     }
 
@@ -487,6 +503,8 @@ impl Store {
 
     /// Moves an *active* connection to `status` with a reason; a connection that
     /// was revoked or relinked meanwhile is left alone. Returns whether it moved.
+    /// A move is audited as finsync's own (`consent.expired`, or
+    /// `connection.<status>` with the reason's code).
     pub async fn leave_active(
         &self,
         id: ConnectionId,
@@ -494,6 +512,7 @@ impl Store {
         reason: &str,
     ) -> Result<bool, StoreError> {
         let now = Utc::now();
+        let txn = self.begin_write().await?;
         let moved = connection::Entity::update_many()
             .col_expr(connection::Column::Status, Expr::value(status.to_string()))
             .col_expr(connection::Column::LastFailureAt, Expr::value(now))
@@ -501,9 +520,24 @@ impl Store {
             .col_expr(connection::Column::UpdatedAt, Expr::value(now))
             .filter(connection::Column::Id.eq(id.to_string()))
             .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
-            .exec(self.db())
+            .exec(&txn)
             .await?;
-        Ok(moved.rows_affected == 1)
+        if moved.rows_affected != 1 {
+            return Ok(false);
+        }
+        let action = if reason == CONSENT_EXPIRED {
+            "consent.expired".to_owned()
+        } else {
+            format!("connection.{status}")
+        };
+        // The code only: the message after it may quote the institution.
+        let code = reason.split(':').next().unwrap_or(reason).trim();
+        let entry = AuditEntry::new(super::audit::Actor::system(), action)
+            .target(format!("connection:{id}"))
+            .detail(serde_json::json!({ "reason": code }));
+        super::audit::append(&txn, entry).await?;
+        txn.commit().await?;
+        Ok(true)
     }
 
     /// Active connections whose consent has ended need the user to grant it again.
@@ -534,7 +568,12 @@ impl Store {
 
     /// Ends a connection: its tokens are deleted and it is marked revoked; the row
     /// stays as the consent history. Its synced and quarantined records are deleted.
-    pub async fn revoke_connection(&self, id: ConnectionId) -> Result<(), StoreError> {
+    /// `audit` is recorded in the same transaction.
+    pub async fn revoke_connection(
+        &self,
+        id: ConnectionId,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
         use super::entities::{
             account, holding, institution_event, quarantined_record, security, transaction,
         };
@@ -593,6 +632,7 @@ impl Store {
             .filter(institution_event::Column::Connections.contains(&conn))
             .exec(&txn)
             .await?;
+        super::audit::append(&txn, audit).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -824,11 +864,20 @@ impl Store {
         &self,
         id: ConnectionId,
         secs: Option<u64>,
+        audit: AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut row: connection::ActiveModel = self.connection_row(id).await?.into();
+        let txn = self.begin_write().await?;
+        let mut row: connection::ActiveModel = connection::Entity::find_by_id(id.to_string())
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound("connection"))?
+            .into();
         row.sync_interval_secs = Set(secs.and_then(|s| i64::try_from(s).ok()));
         row.updated_at = Set(Utc::now());
-        row.update(self.db()).await?;
+        row.update(&txn).await?;
+        let detail = serde_json::json!({ "sync_interval_secs": secs });
+        super::audit::append(&txn, audit.detail(detail)).await?;
+        txn.commit().await?;
         Ok(())
     }
 
@@ -912,11 +961,12 @@ impl Store {
 
     /// Stores a link attempt's state, and forgets attempts that expired more than a
     /// day ago (kept that long so a late callback is reported as expired, not unknown).
-    pub async fn insert_state(&self, state: NewState) -> Result<(), StoreError> {
+    pub async fn insert_state(&self, state: NewState, audit: AuditEntry) -> Result<(), StoreError> {
         oauth_state::Entity::delete_many()
             .filter(oauth_state::Column::ExpiresAt.lt(Utc::now() - chrono::Duration::days(1)))
             .exec(self.db())
             .await?;
+        let txn = self.begin_write().await?;
         oauth_state::ActiveModel {
             state_hash: Set(state.state_hash),
             connection_id: Set(state.connection_id.to_string()),
@@ -927,8 +977,10 @@ impl Store {
             used_at: Set(None),
             link_session_id: Set(state.link_session.map(|id| id.to_string())),
         }
-        .insert(self.db())
+        .insert(&txn)
         .await?;
+        super::audit::append(&txn, audit).await?;
+        txn.commit().await?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
+use super::audit::AuditEntry;
 use super::entities::{connector_version, institution};
 use super::{Store, StoreError};
 use crate::domain::Institution;
@@ -77,8 +78,9 @@ impl Store {
         content: &str,
         hash: &str,
         source: VersionSource,
-        actor: &str,
+        audit: AuditEntry,
     ) -> Result<Published, StoreError> {
+        let audit = audit.target(format!("connector:{id}"));
         for _ in 0..PUBLISH_ATTEMPTS {
             let versions = connector_version::Entity::find()
                 .filter(connector_version::Column::ConnectorId.eq(id))
@@ -90,19 +92,26 @@ impl Store {
                 VersionSource::Api => versions.first(),
             };
             if let Some(same) = last_from_source.filter(|v| v.hash == hash) {
+                let detail = serde_json::json!({ "version": same.version, "unchanged": true });
+                self.record(audit.detail(detail)).await?;
                 return Ok(Published::Unchanged(same.clone()));
             }
+            let version = versions.first().map_or(1, |v| v.version + 1);
             let row = connector_version::ActiveModel {
                 connector_id: Set(id.to_owned()),
-                version: Set(versions.first().map_or(1, |v| v.version + 1)),
+                version: Set(version),
                 content: Set(content.to_owned()),
                 hash: Set(hash.to_owned()),
                 source: Set(source.as_str().to_owned()),
-                actor: Set(actor.to_owned()),
+                actor: Set(audit.actor().to_string()),
                 created_at: Set(Utc::now()),
             };
+            let txn = self.begin_write().await?;
             // A primary-key clash means another process took the number: look again.
-            if let Ok(inserted) = row.insert(self.db()).await {
+            if let Ok(inserted) = row.insert(&txn).await {
+                let detail = serde_json::json!({ "version": version, "hash": hash });
+                super::audit::append(&txn, audit.clone().detail(detail)).await?;
+                txn.commit().await?;
                 return Ok(Published::New(inserted));
             }
         }

@@ -4,7 +4,9 @@
 //! institution's id); writes of one account are atomic); they hold no business
 //! rules about when to sync or whom to show what.
 
+mod admins;
 mod annotations;
+mod audit;
 mod connections;
 mod decimal;
 pub mod entities;
@@ -33,7 +35,9 @@ use sea_orm::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
+pub use admins::{AdminCredential, AdminName, AdminRecord, Role, is_admin_credential};
 pub use annotations::{AnnotatedTransaction, AnnotationChange, Annotations};
+pub use audit::{Actor, AuditEntry, AuditFilter, AuditRecord, Outcome, Verification};
 pub use connections::{
     CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, RecentOutcome, SyncSuccess,
     TokenColumns,

@@ -9,10 +9,13 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use rand::RngExt;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::audit::{self, Actor, AuditEntry};
 use super::entities::{api_key, tenant};
 use super::{Store, StoreError};
 use crate::domain::TenantId;
@@ -92,7 +95,7 @@ impl ApiKey {
     }
 }
 
-fn random_text(len: usize) -> String {
+pub(super) fn random_text(len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     (0..len)
@@ -140,22 +143,27 @@ fn hash_api_key(key: &str) -> String {
 }
 
 impl Store {
-    /// Creates a tenant with a first key scoped `read` and `sync`.
+    /// Creates a tenant with a first key scoped `read` and `sync`, as a command run
+    /// on the host does (audited as `cli`).
     pub async fn create_tenant(&self, name: &str) -> Result<(TenantRecord, ApiKey), StoreError> {
-        let (tenant, _, key) = self.create_tenant_with_key(name).await?;
+        let audit = AuditEntry::new(Actor::cli(), "tenant.create");
+        let (tenant, _, key) = self.create_tenant_with_key(name, audit).await?;
         Ok((tenant, key))
     }
 
-    /// [`Self::create_tenant`], also returning the key as listings show it.
+    /// [`Self::create_tenant`], recording `audit` with it and also returning the
+    /// key as listings show it.
     pub async fn create_tenant_with_key(
         &self,
         name: &str,
+        audit: AuditEntry,
     ) -> Result<(TenantRecord, ApiKeyRecord, ApiKey), StoreError> {
         let record = TenantRecord {
             id: TenantId::new(),
             name: name.to_owned(),
             created_at: Utc::now(),
         };
+        let txn = self.begin_write().await?;
         tenant::ActiveModel {
             id: Set(record.id.to_string()),
             name: Set(record.name.clone()),
@@ -163,56 +171,74 @@ impl Store {
             institutions: Set(None),
             redirect_uris: Set(None),
         }
-        .insert(self.db())
+        .insert(&txn)
         .await?;
-        let (listed, key) = self.issue_api_key(record.id, &Scope::ALL, None).await?;
+        let (listed, key) = insert_api_key(&txn, record.id, &Scope::ALL, None).await?;
+        let detail = serde_json::json!({ "name": record.name, "key_prefix": listed.prefix });
+        audit::append(
+            &txn,
+            audit.target(format!("tenant:{}", record.id)).detail(detail),
+        )
+        .await?;
+        txn.commit().await?;
         Ok((record, listed, key))
     }
 
-    /// Issues a new key for a tenant.
+    /// Issues a new key for a tenant, recording `audit` with it.
     pub async fn issue_api_key(
         &self,
         tenant: TenantId,
         scopes: &[Scope],
         label: Option<&str>,
+        audit: AuditEntry,
     ) -> Result<(ApiKeyRecord, ApiKey), StoreError> {
-        let (key, prefix) = ApiKey::generate();
-        let mut scopes = scopes.to_vec();
-        scopes.sort();
-        scopes.dedup();
-        let row = api_key::ActiveModel {
-            id: Set(uuid::Uuid::new_v4().to_string()),
-            tenant_id: Set(tenant.to_string()),
-            prefix: Set(prefix),
-            key_hash: Set(hash_api_key(key.0.expose_secret())),
-            scopes: Set(join_scopes(&scopes)),
-            label: Set(label.map(str::to_owned)),
-            created_at: Set(Utc::now()),
-            revoked_at: Set(None),
-        }
-        .insert(self.db())
+        let txn = self.begin_write().await?;
+        let (listed, key) = insert_api_key(&txn, tenant, scopes, label).await?;
+        let detail = serde_json::json!({ "key_prefix": listed.prefix, "scopes": listed.scopes });
+        audit::append(
+            &txn,
+            audit
+                .target(format!("tenant:{tenant}/key:{}", listed.id))
+                .detail(detail),
+        )
         .await?;
-        Ok((key_record(row)?, key))
+        txn.commit().await?;
+        Ok((listed, key))
     }
 
-    /// Issues a new key for the named tenant, then revokes every other live one:
-    /// if issuing fails, the old keys still work.
-    pub async fn rotate_api_key(&self, name: &str) -> Result<(TenantRecord, ApiKey), StoreError> {
+    /// Issues a new key for the named tenant, then revokes every other live one,
+    /// in one transaction with `audit`.
+    pub async fn rotate_api_key(
+        &self,
+        name: &str,
+        audit: AuditEntry,
+    ) -> Result<(TenantRecord, ApiKey), StoreError> {
         let tenant = self
             .tenant_by_name(name)
             .await?
             .ok_or(StoreError::NotFound("tenant"))?;
-        let (issued, key) = self.issue_api_key(tenant.id, &Scope::ALL, None).await?;
-        api_key::Entity::update_many()
+        let txn = self.begin_write().await?;
+        let (issued, key) = insert_api_key(&txn, tenant.id, &Scope::ALL, None).await?;
+        let revoked = api_key::Entity::update_many()
             .col_expr(
                 api_key::Column::RevokedAt,
                 sea_orm::sea_query::Expr::value(Utc::now()),
             )
             .filter(api_key::Column::TenantId.eq(tenant.id.to_string()))
-            .filter(api_key::Column::Id.ne(issued.id))
+            .filter(api_key::Column::Id.ne(issued.id.clone()))
             .filter(api_key::Column::RevokedAt.is_null())
-            .exec(self.db())
+            .exec(&txn)
             .await?;
+        let detail = serde_json::json!({
+            "key_prefix": issued.prefix,
+            "revoked": revoked.rows_affected,
+        });
+        audit::append(
+            &txn,
+            audit.target(format!("tenant:{}", tenant.id)).detail(detail),
+        )
+        .await?;
+        txn.commit().await?;
         Ok((tenant, key))
     }
 
@@ -228,17 +254,19 @@ impl Store {
             .collect()
     }
 
-    /// Revokes one key; `false` when the tenant has no such live key.
-    /// Revokes a live key of `tenant`; its prefix when there was one to revoke.
+    /// Revokes a live key of `tenant`, recording `audit` with it; its prefix when
+    /// there was one to revoke.
     pub async fn revoke_api_key(
         &self,
         tenant: TenantId,
         id: &str,
+        audit: AuditEntry,
     ) -> Result<Option<String>, StoreError> {
+        let txn = self.begin_write().await?;
         let Some(live) = api_key::Entity::find_by_id(id.to_owned())
             .filter(api_key::Column::TenantId.eq(tenant.to_string()))
             .filter(api_key::Column::RevokedAt.is_null())
-            .one(self.db())
+            .one(&txn)
             .await?
         else {
             return Ok(None);
@@ -251,9 +279,15 @@ impl Store {
             .filter(api_key::Column::Id.eq(id))
             .filter(api_key::Column::TenantId.eq(tenant.to_string()))
             .filter(api_key::Column::RevokedAt.is_null())
-            .exec(self.db())
+            .exec(&txn)
             .await?;
-        Ok((result.rows_affected == 1).then_some(live.prefix))
+        if result.rows_affected != 1 {
+            return Ok(None);
+        }
+        let detail = serde_json::json!({ "key_prefix": live.prefix });
+        audit::append(&txn, audit.detail(detail)).await?;
+        txn.commit().await?;
+        Ok(Some(live.prefix))
     }
 
     /// The tenant and key a presented key belongs to, if it is live.
@@ -299,17 +333,20 @@ impl Store {
         list_column(id, "institutions", row.institutions.as_deref())
     }
 
-    /// Limits the institutions the tenant may offer to `institutions` (`None`: all).
+    /// Limits the institutions the tenant may offer to `institutions` (`None`: all),
+    /// recording `audit` with it.
     pub async fn set_tenant_institutions(
         &self,
         id: TenantId,
         institutions: Option<&[String]>,
+        audit: AuditEntry,
     ) -> Result<(), StoreError> {
         let text = institutions.map(|list| {
             let unique: std::collections::BTreeSet<&String> = list.iter().collect();
             serde_json::to_string(&unique).unwrap_or_default()
         });
-        self.set_tenant_column(id, tenant::Column::Institutions, text)
+        let audit = audit.detail(serde_json::json!({ "institutions": institutions }));
+        self.set_tenant_column(id, tenant::Column::Institutions, text, audit)
             .await
     }
 
@@ -320,14 +357,17 @@ impl Store {
         Ok(list_column(id, "redirect URIs", row.redirect_uris.as_deref())?.unwrap_or_default())
     }
 
-    /// Replaces the tenant's redirect URIs (checked by the caller).
+    /// Replaces the tenant's redirect URIs (checked by the caller), recording
+    /// `audit` with it.
     pub async fn set_tenant_redirect_uris(
         &self,
         id: TenantId,
         uris: &[String],
+        audit: AuditEntry,
     ) -> Result<(), StoreError> {
         let text = (!uris.is_empty()).then(|| serde_json::to_string(uris).unwrap_or_default());
-        self.set_tenant_column(id, tenant::Column::RedirectUris, text)
+        let audit = audit.detail(serde_json::json!({ "redirect_uris": uris }));
+        self.set_tenant_column(id, tenant::Column::RedirectUris, text, audit)
             .await
     }
 
@@ -343,15 +383,19 @@ impl Store {
         id: TenantId,
         column: tenant::Column,
         text: Option<String>,
+        audit: AuditEntry,
     ) -> Result<(), StoreError> {
+        let txn = self.begin_write().await?;
         let updated = tenant::Entity::update_many()
             .col_expr(column, Expr::value(text))
             .filter(tenant::Column::Id.eq(id.to_string()))
-            .exec(self.db())
+            .exec(&txn)
             .await?;
         if updated.rows_affected == 0 {
             return Err(StoreError::NotFound("tenant"));
         }
+        audit::append(&txn, audit).await?;
+        txn.commit().await?;
         Ok(())
     }
 
@@ -373,6 +417,31 @@ impl Store {
             .map(to_record)
             .collect()
     }
+}
+
+async fn insert_api_key(
+    db: &impl ConnectionTrait,
+    tenant: TenantId,
+    scopes: &[Scope],
+    label: Option<&str>,
+) -> Result<(ApiKeyRecord, ApiKey), StoreError> {
+    let (key, prefix) = ApiKey::generate();
+    let mut scopes = scopes.to_vec();
+    scopes.sort();
+    scopes.dedup();
+    let row = api_key::ActiveModel {
+        id: Set(uuid::Uuid::new_v4().to_string()),
+        tenant_id: Set(tenant.to_string()),
+        prefix: Set(prefix),
+        key_hash: Set(hash_api_key(key.0.expose_secret())),
+        scopes: Set(join_scopes(&scopes)),
+        label: Set(label.map(str::to_owned)),
+        created_at: Set(Utc::now()),
+        revoked_at: Set(None),
+    }
+    .insert(db)
+    .await?;
+    Ok((key_record(row)?, key))
 }
 
 fn join_scopes(scopes: &[Scope]) -> String {

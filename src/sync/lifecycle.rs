@@ -6,7 +6,7 @@
 
 use super::{Environment, SyncConnection};
 use crate::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
-use crate::store::LinkSessionRecord;
+use crate::store::{AuditEntry, LinkSessionRecord};
 use crate::tokens::disconnect::Disconnected;
 use crate::tokens::sessions::BrowserKeys;
 use crate::tokens::{LinkFailure, Linker, TokenError};
@@ -67,11 +67,13 @@ impl Environment {
     }
 
     /// Removes a tenant's user: disconnects each of the user's connections not
-    /// already revoked. `None` when the tenant has no such user.
+    /// already revoked, recording `audit` with each. `None` when the tenant has no
+    /// such user.
     pub async fn remove_user(
         &self,
         tenant: TenantId,
         user: &UserId,
+        audit: AuditEntry,
     ) -> Result<Option<Vec<Disconnected>>, TokenError> {
         let connections = self.store.user_connections(tenant, user).await?;
         if connections.is_empty() {
@@ -82,15 +84,20 @@ impl Environment {
             .iter()
             .filter(|c| c.status != ConnectionStatus::Revoked)
         {
-            removed.push(self.disconnect(c.id).await?);
+            removed.push(self.disconnect(c.id, audit.clone()).await?);
         }
         tracing::info!(tenant = %tenant, user = %user, connections = removed.len(), "User removed.");
         Ok(Some(removed))
     }
 
-    /// Disconnects `id` and rebuilds its user's cached view without it.
-    pub async fn disconnect(&self, id: ConnectionId) -> Result<Disconnected, TokenError> {
-        let disconnected = self.tokens.disconnect(id).await?;
+    /// Disconnects `id`, recording `audit` with it, and rebuilds its user's cached
+    /// view without it.
+    pub async fn disconnect(
+        &self,
+        id: ConnectionId,
+        audit: AuditEntry,
+    ) -> Result<Disconnected, TokenError> {
+        let disconnected = self.tokens.disconnect(id, audit).await?;
         self.refresh_portfolio(&disconnected.previous).await?;
         Ok(disconnected)
     }

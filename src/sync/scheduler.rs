@@ -6,7 +6,7 @@
 //! - once an hour beside the ticks ([`purge_history`]): deletes finished runs,
 //!   finished jobs, settled webhook deliveries, expired link sessions and resolved
 //!   quarantine entries past `sync.history_days`, and idempotency keys older than
-//!   a day.
+//!   a day; then logs the audit trail's head.
 //!
 //! Safe to run in several processes: a connection's schedule slot is claimed with a
 //! conditional update, so only one scheduler enqueues it, the queue refuses a
@@ -175,6 +175,19 @@ pub async fn purge_history(
     Ok(purged)
 }
 
+/// Logs the audit trail's newest entry, so that entries later deleted from the
+/// end of the trail (which leaves the chain whole) are caught by
+/// `finsync audit verify --expect-head SEQ:HASH`.
+async fn log_audit_head(ctx: &Env) {
+    match ctx.store.audit_head().await {
+        Ok(Some((seq, hash))) => {
+            tracing::info!(head = %format!("{seq}:{hash}"), "Audit trail head.")
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "Reading the audit trail head failed."),
+    }
+}
+
 /// Ticks every `every`, and purges history once an hour beside it, until
 /// `shutdown` resolves.
 pub async fn run(ctx: Env, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
@@ -192,6 +205,7 @@ pub async fn run(ctx: Env, every: Duration, shutdown: impl std::future::Future<O
                 if let Err(e) = purge_history(&ctx, Utc::now() - ctx.history_retention).await {
                     tracing::error!(error = %e, "Purging history failed.");
                 }
+                log_audit_head(&ctx).await;
             }
         }
     });

@@ -9,7 +9,7 @@ use chrono::Utc;
 
 use super::{TokenError, TokenService};
 use crate::domain::ConnectionId;
-use crate::store::{ConnectionRecord, Lease};
+use crate::store::{AuditEntry, ConnectionRecord, Lease};
 
 /// How long a disconnect waits for a refresh in flight to let go of the tokens.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(60);
@@ -28,18 +28,27 @@ pub struct Disconnected {
 }
 
 impl TokenService {
-    /// Disconnects `id`. A revocation the institution does not confirm is reported
-    /// in the result, and the local deletion still happens.
-    pub async fn disconnect(&self, id: ConnectionId) -> Result<Disconnected, TokenError> {
+    /// Disconnects `id`, recording `audit` with the local deletion. A revocation
+    /// the institution does not confirm is reported in the result (and the entry),
+    /// and the local deletion still happens.
+    pub async fn disconnect(
+        &self,
+        id: ConnectionId,
+        audit: AuditEntry,
+    ) -> Result<Disconnected, TokenError> {
         let owner = uuid::Uuid::new_v4().to_string();
         self.hold_token_lease(id, &owner, DISCONNECT_LEASE, DISCONNECT_WAIT)
             .await?;
-        let result = self.disconnect_holding_lease(id).await;
+        let result = self.disconnect_holding_lease(id, audit).await;
         self.store.release_lease(Lease::Token, id, &owner).await?;
         result
     }
 
-    async fn disconnect_holding_lease(&self, id: ConnectionId) -> Result<Disconnected, TokenError> {
+    async fn disconnect_holding_lease(
+        &self,
+        id: ConnectionId,
+        audit: AuditEntry,
+    ) -> Result<Disconnected, TokenError> {
         let previous = self.store.connection(id).await?;
         let (revoked, note) = match self.revoke_at_institution(&previous).await {
             Ok(true) => (true, None),
@@ -55,7 +64,13 @@ impl TokenService {
                 )
             }
         };
-        self.store.revoke_connection(id).await?;
+        let audit = audit
+            .target(format!("connection:{id}"))
+            .detail(serde_json::json!({
+                "institution": previous.institution_id,
+                "revoked_at_institution": revoked,
+            }));
+        self.store.revoke_connection(id, audit).await?;
         tracing::info!(connection = %id, from = %previous.status, status = "revoked", revoked_at_institution = revoked, "Connection disconnected.");
         Ok(Disconnected {
             previous,

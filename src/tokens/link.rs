@@ -14,7 +14,9 @@ use crate::connectors::{Registry, RegistryError};
 use crate::domain::{
     ConnectionId, ConnectionStatus, LinkSessionId, LinkSessionStatus, TenantId, UserId,
 };
-use crate::store::{ConnectionRecord, LinkSessionRecord, NewState, Store, StoreError};
+use crate::store::{
+    Actor, AuditEntry, ConnectionRecord, LinkSessionRecord, NewState, Store, StoreError,
+};
 use crate::vault::{Vault, VaultError, seal_context};
 
 /// How long a user has to finish at the institution.
@@ -125,7 +127,8 @@ impl Linker {
     ) -> Result<ConnectionId, LinkError> {
         use reqwest::StatusCode;
         use reqwest::header::LOCATION;
-        let start = self.start(tenant, user, institution).await?;
+        let audit = AuditEntry::new(Actor::cli(), "link.started");
+        let start = self.start(tenant, user, institution, audit).await?;
         let consent = http
             .get(start.authorize_url.clone())
             .send()
@@ -166,15 +169,16 @@ impl Linker {
         Ok(start.connection_id)
     }
 
-    /// Starts (or restarts) linking `user` of `tenant` to `institution`: returns the
-    /// URL to send the user to.
+    /// Starts (or restarts) linking `user` of `tenant` to `institution`, recording
+    /// `audit` with it: returns the URL to send the user to.
     pub async fn start(
         &self,
         tenant: TenantId,
         user: &UserId,
         institution: &str,
+        audit: AuditEntry,
     ) -> Result<LinkStart, LinkError> {
-        self.begin(tenant, user, institution, None).await
+        self.begin(tenant, user, institution, None, audit).await
     }
 
     /// [`Self::start`] for an app's link session, whose outcome the callback records.
@@ -184,6 +188,7 @@ impl Linker {
         user: &UserId,
         institution: &str,
         session: Option<LinkSessionId>,
+        audit: AuditEntry,
     ) -> Result<LinkStart, LinkError> {
         let connector = self.registry.get(institution)?;
         self.offered(tenant, &connector.id).await?;
@@ -200,15 +205,25 @@ impl Linker {
             None => Vec::new(),
         };
         let state_hash = hash_state(authorization.state.expose_secret());
+        let audit = audit
+            .target(format!("connection:{}", connection.id))
+            .detail(serde_json::json!({
+                "tenant": tenant,
+                "institution": connector.id,
+                "link_session": session,
+            }));
         self.store
-            .insert_state(NewState {
-                state_hash: state_hash.clone(),
-                link_session: session,
-                connection_id: connection.id,
-                sealed_verifier: verifier,
-                redirect_uri: self.redirect_uri.to_string(),
-                expires_at: Utc::now() + STATE_LIFETIME,
-            })
+            .insert_state(
+                NewState {
+                    state_hash: state_hash.clone(),
+                    link_session: session,
+                    connection_id: connection.id,
+                    sealed_verifier: verifier,
+                    redirect_uri: self.redirect_uri.to_string(),
+                    expires_at: Utc::now() + STATE_LIFETIME,
+                },
+                audit,
+            )
             .await?;
         tracing::info!(connection = %connection.id, institution, "Link started.");
         Ok(LinkStart {
@@ -409,6 +424,15 @@ impl Linker {
             }
             None => None,
         };
+        let action = if connection.status == ConnectionStatus::ReauthRequired {
+            "connection.repaired"
+        } else {
+            "connection.linked"
+        };
+        let audit = AuditEntry::new(Actor::user(), action).detail(serde_json::json!({
+            "institution": connection.institution_id,
+            "link_session": session.as_ref().map(|s| s.id),
+        }));
         let saved = self
             .store
             .save_grant(
@@ -416,6 +440,7 @@ impl Linker {
                 columns,
                 tokens.scopes.clone(),
                 consent_expires_at,
+                audit,
             )
             .await;
         if let Err(error) = saved {

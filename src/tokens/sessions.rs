@@ -21,7 +21,7 @@ use crate::connectors::RegistryError;
 use crate::domain::{
     ConnectionId, ConnectionStatus, LinkSessionId, LinkSessionStatus, TenantId, UserId,
 };
-use crate::store::{LinkSessionRecord, NewLinkSession, StoreError};
+use crate::store::{Actor, AuditEntry, LinkSessionRecord, NewLinkSession, StoreError};
 use crate::vault::VaultError;
 
 /// What an app can ask a session to read.
@@ -387,7 +387,13 @@ impl Linker {
             return Err(SessionError::Revoked(repair.to_string()));
         }
         let start = self
-            .begin(session.tenant_id, &session.user_id, institution, Some(id))
+            .begin(
+                session.tenant_id,
+                &session.user_id,
+                institution,
+                Some(id),
+                AuditEntry::new(Actor::user(), "link.started"),
+            )
             .await?;
         let now = Utc::now();
         if !self

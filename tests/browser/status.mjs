@@ -3,7 +3,7 @@
 // the institutions table says as JSON on the last line. Run by
 // tests/it/status_page.rs.
 //
-//   STATUS_URL=http://127.0.0.1:PORT/status ADMIN_TOKEN=… SCREENSHOTS=dir \
+//   STATUS_URL=http://127.0.0.1:PORT/status CREDENTIAL=fsa_… SCREENSHOTS=dir \
 //   CHROMIUM=/usr/bin/chromium NODE_PATH=node_modules node status.mjs
 import { createRequire } from "node:module";
 import { mkdirSync } from "node:fs";
@@ -37,7 +37,7 @@ try {
   const page = await wide.newPage();
   await page.goto(process.env.STATUS_URL);
   await page.screenshot({ path: join(screenshots, "01-sign-in.png"), fullPage: true });
-  await page.getByLabel("Admin token").fill(process.env.ADMIN_TOKEN);
+  await page.getByLabel("Credential").fill(process.env.CREDENTIAL);
   await page.keyboard.press("Enter");
   await page.getByRole("heading", { name: "finsync fleet status" }).waitFor();
   await page.screenshot({ path: join(screenshots, "02-status-1280x800.png"), fullPage: true });

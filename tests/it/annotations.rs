@@ -159,7 +159,12 @@ async fn annotations_are_validated_need_the_sync_scope_and_name_one_transaction_
     let key = key.0.expose_secret().to_owned();
     let (_, other) = store.create_tenant("other").await.unwrap();
     let (_, reader) = store
-        .issue_api_key(tenant.id, &[Scope::Read], Some("reader"))
+        .issue_api_key(
+            tenant.id,
+            &[Scope::Read],
+            Some("reader"),
+            crate::support::by_test(),
+        )
         .await
         .unwrap();
     app.link_and_sync(tenant.id, "demo-alice").await;

@@ -107,7 +107,7 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
     let transaction_id = page["transactions"][0]["id"].as_str().unwrap();
     let back = "https://owner.example.com/back";
     store
-        .set_tenant_redirect_uris(owner.id, &[back.to_owned()])
+        .set_tenant_redirect_uris(owner.id, &[back.to_owned()], crate::support::by_test())
         .await
         .unwrap();
     let (status, session) = call_json(
@@ -520,7 +520,7 @@ async fn a_connection_that_needs_the_user_shows_why_and_a_relink_url() {
 
     let back = "https://advisor.example.com/finsync/return";
     ctx.store
-        .set_tenant_redirect_uris(tenant.id, &[back.to_owned()])
+        .set_tenant_redirect_uris(tenant.id, &[back.to_owned()], crate::support::by_test())
         .await
         .unwrap();
     let (_, _, body) = call(&app, Method::GET, "/v1/users/demo-bob/connections", &key).await;
@@ -687,7 +687,12 @@ async fn tenants_manage_webhooks_and_read_their_delivery_log() {
     let key = &tenant.key;
     let key = key.0.expose_secret().to_owned();
     let (_, read_only) = store
-        .issue_api_key(tenant.id, &[finsync::store::Scope::Read], None)
+        .issue_api_key(
+            tenant.id,
+            &[finsync::store::Scope::Read],
+            None,
+            crate::support::by_test(),
+        )
         .await
         .unwrap();
     let (url, seen) = receiver().await;
@@ -976,7 +981,12 @@ async fn an_idempotency_key_makes_a_post_safe_to_retry() {
     // signing secret): to it the key names another request.
     let (_, read_only) = ctx
         .store
-        .issue_api_key(tenant.id, &[finsync::store::Scope::Read], None)
+        .issue_api_key(
+            tenant.id,
+            &[finsync::store::Scope::Read],
+            None,
+            crate::support::by_test(),
+        )
         .await
         .unwrap();
     let (status, _, refused) = post_keyed(
@@ -1084,7 +1094,12 @@ async fn a_tenant_disconnects_one_of_its_users_connections() {
     let path = format!("/v1/users/demo-alice/connections/{alice}");
 
     let (_, read_only) = store
-        .issue_api_key(tenant.id, &[finsync::store::Scope::Read], None)
+        .issue_api_key(
+            tenant.id,
+            &[finsync::store::Scope::Read],
+            None,
+            crate::support::by_test(),
+        )
         .await
         .unwrap();
     let (status, _) = call_route(&app, Method::DELETE, &path, read_only.0.expose_secret()).await;
@@ -1229,7 +1244,7 @@ async fn apps_list_the_institutions_they_may_offer_with_the_fleets_view_of_their
     let begun = app
         .app
         .linker
-        .start(tenant.id, &user, "meridian")
+        .start(tenant.id, &user, "meridian", crate::support::by_test())
         .await
         .unwrap();
     let (status, body) = call_json(&app, Method::PUT, &offered, ADMIN_TOKEN, json!({})).await;

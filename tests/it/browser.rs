@@ -59,6 +59,7 @@ async fn a_user_links_an_institution_in_a_browser_and_lands_back_in_the_app() {
         .set_tenant_redirect_uris(
             tenant.id,
             &[ExampleApp::return_url(&base).unwrap().to_string()],
+            crate::support::by_test(),
         )
         .await
         .unwrap();

@@ -271,7 +271,13 @@ async fn a_cached_view_is_patched_only_while_it_holds_the_records_as_they_are() 
         .unwrap()
         .id;
     store
-        .save_grant(connection, TokenColumns::default(), None, None)
+        .save_grant(
+            connection,
+            TokenColumns::default(),
+            None,
+            None,
+            crate::support::by_test(),
+        )
         .await
         .unwrap();
     let usd = "USD".parse().unwrap();

@@ -130,12 +130,8 @@ async fn connectors_are_published_through_the_api_versioned_and_audited() {
         (1.into(), true.into())
     );
     assert_eq!(published["source"], "api");
-    assert!(
-        published["actor"]
-            .as_str()
-            .unwrap()
-            .starts_with("admin API")
-    );
+    // Who published it, as the audit trail names them.
+    assert_eq!(published["actor"], "break-glass");
 
     // The same text again adds nothing.
     let (status, again) = admin(
@@ -422,7 +418,13 @@ async fn a_sync_at_a_connector_this_process_has_not_loaded_yet_follows_later_ins
             .await
             .unwrap();
         ctx.store
-            .save_grant(connection.id, TokenColumns::default(), None, None)
+            .save_grant(
+                connection.id,
+                TokenColumns::default(),
+                None,
+                None,
+                crate::support::by_test(),
+            )
             .await
             .unwrap();
         connection.id
@@ -439,7 +441,10 @@ async fn a_sync_at_a_connector_this_process_has_not_loaded_yet_follows_later_ins
             &text,
             &finsync::fingerprint::sha256_hex(text.as_bytes()),
             VersionSource::Api,
-            "another process",
+            finsync::store::AuditEntry::new(
+                finsync::store::Actor::admin("another-process"),
+                "test",
+            ),
         )
         .await
         .unwrap();

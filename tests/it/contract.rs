@@ -105,7 +105,12 @@ async fn the_api_keeps_its_contract_under_generated_requests() {
         .await
         .unwrap();
     let (spare, _) = store
-        .issue_api_key(tenant.id, &[Scope::Read], Some("spare"))
+        .issue_api_key(
+            tenant.id,
+            &[Scope::Read],
+            Some("spare"),
+            crate::support::by_test(),
+        )
         .await
         .unwrap();
 

@@ -20,7 +20,7 @@ async fn a_replayed_callback_is_rejected_and_changes_nothing() {
     let start = app
         .app
         .linker
-        .start(tenant.id, &user, "meridian")
+        .start(tenant.id, &user, "meridian", crate::support::by_test())
         .await
         .unwrap();
     let http = no_redirects();
@@ -71,7 +71,7 @@ async fn denied_consent_is_reported_and_links_nothing() {
     let start = app
         .app
         .linker
-        .start(tenant.id, &user, "meridian")
+        .start(tenant.id, &user, "meridian", crate::support::by_test())
         .await
         .unwrap();
     let state = start

@@ -5,6 +5,7 @@
 
 mod annotations;
 mod api;
+mod audit;
 mod browser;
 mod cache;
 mod catalog;

@@ -28,7 +28,13 @@ async fn two_schedulers_enqueue_a_due_connection_once() {
                 .await
                 .unwrap();
             ctx.store
-                .save_grant(connection.id, TokenColumns::default(), None, None)
+                .save_grant(
+                    connection.id,
+                    TokenColumns::default(),
+                    None,
+                    None,
+                    crate::support::by_test(),
+                )
                 .await
                 .unwrap();
             due.push(connection.id);
@@ -40,7 +46,13 @@ async fn two_schedulers_enqueue_a_due_connection_once() {
             .await
             .unwrap();
         ctx.store
-            .save_grant(parked.id, TokenColumns::default(), None, None)
+            .save_grant(
+                parked.id,
+                TokenColumns::default(),
+                None,
+                None,
+                crate::support::by_test(),
+            )
             .await
             .unwrap();
         ctx.store
@@ -130,7 +142,7 @@ async fn a_connection_or_its_connector_can_set_its_own_sync_interval() {
     let scheduled = text.replacen("[auth]", "[schedule]\ninterval_secs = 900\n\n[auth]", 1);
     app.app
         .catalog
-        .publish("meridian", &scheduled, "test")
+        .publish("meridian", &scheduled, crate::support::by_test())
         .await
         .unwrap();
     let cleared: serde_json::Value = patch(json!({ "sync_interval_secs": null }))

@@ -1,6 +1,7 @@
-//! The operators' status page: a sign-in that only the admin token passes, a
-//! session cookie that cannot be forged or stretched, forms that only the page can
-//! send, and a page that shows an institution's outage (read in headless Chromium
+//! The operators' status page: a sign-in that only a live operator or admin
+//! credential passes (auditors are turned away, a revoked credential's session
+//! ends at once), a session cookie that cannot be forged or stretched, forms that
+//! only the page can send, each action in the audit trail, and a page that shows an institution's outage (read in headless Chromium
 //! at desktop and phone sizes, with screenshots kept in
 //! `<target>/tmp/test-artifacts/status-page/`).
 
@@ -12,7 +13,27 @@ use finsync::sync::SyncConnection;
 use finsync_sandbox::{Faults, Institution, Outage};
 use tokio::process::Command;
 
+use finsync::store::{Actor, AdminName, AuditEntry, AuditFilter, Role};
+use secrecy::ExposeSecret;
+
 use crate::support::{ADMIN_TOKEN, TestApp, csrf_in, eventually, location};
+
+/// A credential with `role`, issued as `finsync admins create` does.
+async fn credential(app: &TestApp, name: &str, role: Role) -> String {
+    let (_, credential) = app
+        .app
+        .ctx
+        .store
+        .create_admin(
+            &AdminName::parse(name).unwrap(),
+            role,
+            "cli",
+            AuditEntry::new(Actor::cli(), "admin.create"),
+        )
+        .await
+        .unwrap();
+    credential.0.expose_secret().to_owned()
+}
 
 /// A browser of the status page: keeps its cookies, follows nothing.
 #[derive(Default)]
@@ -54,16 +75,18 @@ impl Operator {
             .unwrap();
         self.send(
             http.post(format!("{address}/status/login"))
-                .form(&[("csrf", csrf_in(&form).as_str()), ("token", token)]),
+                .form(&[("csrf", csrf_in(&form).as_str()), ("credential", token)]),
         )
         .await
     }
 }
 
 #[tokio::test]
-async fn only_the_admin_token_signs_in_and_only_the_page_acts() {
+async fn only_live_operators_sign_in_and_only_the_page_acts() {
     let app = TestApp::builder().sqlite().tenant("advisor").build().await;
     let connection = app.link_and_sync(app.tenant().id, "demo-alice").await;
+    let otto = credential(&app, "otto", Role::Operator).await;
+    let audrey = credential(&app, "audrey", Role::Auditor).await;
     let http = finsync::http::client();
     let status = format!("{}/status", app.address);
 
@@ -74,7 +97,7 @@ async fn only_the_admin_token_signs_in_and_only_the_page_acts() {
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/status"] {
         assert!(cookie.contains(attribute), "{cookie}");
     }
-    assert!(first.text().await.unwrap().contains("Admin token"));
+    assert!(first.text().await.unwrap().contains("Credential"));
 
     // A wrong token, or a form posted from elsewhere (no cookie), signs nobody in.
     let mut intruder = Operator::default();
@@ -85,20 +108,31 @@ async fn only_the_admin_token_signs_in_and_only_the_page_acts() {
             .text()
             .await
             .unwrap()
-            .contains("not the admin token")
+            .contains("not a live admin or operator credential")
     );
     let forged = http
         .post(format!("{}/status/login", app.address))
-        .form(&[("csrf", "x"), ("token", ADMIN_TOKEN)])
+        .form(&[("csrf", "x"), ("credential", otto.as_str())])
         .send()
         .await
         .unwrap();
     assert_eq!(forged.status(), 403);
     assert!(!intruder.cookies.iter().any(|(n, _)| n == "finsync_status"));
 
-    // The admin token: a session cookie, strict and short.
+    // An auditor reads the audit trail, not this page.
+    let mut auditor = Operator::default();
+    assert_eq!(auditor.sign_in(&app.address, &audrey).await.status(), 403);
+    assert!(!auditor.cookies.iter().any(|(n, _)| n == "finsync_status"));
+
+    // The break-glass token signs in too.
+    let mut glass = Operator::default();
+    assert_eq!(glass.sign_in(&app.address, ADMIN_TOKEN).await.status(), 303);
+    let page = glass.send(http.get(&status)).await.text().await.unwrap();
+    assert!(page.contains("signed in as break-glass"), "{page}");
+
+    // An operator: a session cookie, strict and short.
     let mut operator = Operator::default();
-    let signed_in = operator.sign_in(&app.address, ADMIN_TOKEN).await;
+    let signed_in = operator.sign_in(&app.address, &otto).await;
     assert_eq!(signed_in.status(), 303);
     let session = signed_in
         .headers()
@@ -120,6 +154,7 @@ async fn only_the_admin_token_signs_in_and_only_the_page_acts() {
     assert_eq!(page.headers()["cache-control"], "no-store");
     let html = page.text().await.unwrap();
     assert!(html.contains("finsync fleet status"), "{html}");
+    assert!(html.contains("signed in as admin:otto"), "{html}");
     assert!(html.contains(r#"<tr data-institution="meridian"><th scope="row">Meridian Brokerage</th><td class="ok">ok</td><td class="num">1</td><td class="num">100.0 %</td>"#), "{html}");
 
     // A session cookie stretched by hand is no session.
@@ -129,8 +164,8 @@ async fn only_the_admin_token_signs_in_and_only_the_page_acts() {
         .find(|(n, _)| n == "finsync_status")
         .cloned()
         .unwrap();
-    let (expires, mac) = value.split_once('.').unwrap();
-    let stretched = format!("{}.{mac}", expires.parse::<i64>().unwrap() + 86_400);
+    let (expires, rest) = value.split_once('|').unwrap();
+    let stretched = format!("{}|{rest}", expires.parse::<i64>().unwrap() + 86_400);
     let page = http
         .get(&status)
         .header("cookie", format!("{name}={stretched}"))
@@ -140,7 +175,7 @@ async fn only_the_admin_token_signs_in_and_only_the_page_acts() {
         .text()
         .await
         .unwrap();
-    assert!(page.contains("Admin token"), "back to the sign-in form");
+    assert!(page.contains("Credential"), "back to the sign-in form");
 
     // Sync now: only with the page's form token.
     let action = format!("{}/status/connections/{connection}/sync", app.address);
@@ -160,7 +195,11 @@ async fn only_the_admin_token_signs_in_and_only_the_page_acts() {
     app.wait_synced(connection, since).await;
 
     // A connection that does not sync is not queued.
-    app.app.ctx.disconnect(connection).await.unwrap();
+    app.app
+        .ctx
+        .disconnect(connection, crate::support::by_test())
+        .await
+        .unwrap();
     let revoked = operator
         .send(
             http.post(&action)
@@ -178,7 +217,54 @@ async fn only_the_admin_token_signs_in_and_only_the_page_acts() {
         .await;
     assert_eq!(out.status(), 303);
     let page = operator.send(http.get(&status)).await.text().await.unwrap();
-    assert!(page.contains("Admin token"));
+    assert!(page.contains("Credential"));
+
+    // Who signed in and what they did is in the audit trail.
+    let trail = app
+        .app
+        .ctx
+        .store
+        .audit_entries(
+            &AuditFilter {
+                actor: Some("admin:otto".into()),
+                ..AuditFilter::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    let actions: Vec<&str> = trail.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["status.sign_in", "status.sync_now", "status.sign_out"]
+    );
+    assert_eq!(
+        trail[1].target.as_deref(),
+        Some(format!("connection:{connection}").as_str())
+    );
+
+    // Revoking a credential ends its sessions at once.
+    let mut again = Operator::default();
+    assert_eq!(again.sign_in(&app.address, &otto).await.status(), 303);
+    assert!(
+        again
+            .send(http.get(&status))
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("signed in as admin:otto")
+    );
+    app.app
+        .ctx
+        .store
+        .revoke_admin("otto", AuditEntry::new(Actor::cli(), "admin.revoke"))
+        .await
+        .unwrap()
+        .unwrap();
+    let page = again.send(http.get(&status)).await.text().await.unwrap();
+    assert!(page.contains("Credential"), "back to the sign-in form");
 }
 
 #[tokio::test]
@@ -234,12 +320,13 @@ async fn the_status_page_shows_an_outage_in_a_browser() {
     })
     .await;
 
+    let operator = credential(&app, "otto", Role::Operator).await;
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-artifacts/status-page");
     let _ = std::fs::remove_dir_all(&screenshots);
     let browser = Command::new("node")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/status.mjs"))
         .env("STATUS_URL", format!("{}/status", app.address))
-        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("CREDENTIAL", &operator)
         .env("SCREENSHOTS", &screenshots)
         .env(
             "CHROMIUM",

@@ -1093,3 +1093,9 @@ pub fn csrf_in(html: &str) -> String {
     let start = html.find(r#"name="csrf" value=""#).expect("a form token") + 19;
     html[start..start + 64].to_owned()
 }
+
+/// An audit entry for a change a test makes directly through the store or a use
+/// case, as a command on the host would.
+pub fn by_test() -> finsync::store::AuditEntry {
+    finsync::store::AuditEntry::new(finsync::store::Actor::cli(), "test")
+}

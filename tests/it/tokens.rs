@@ -281,7 +281,11 @@ async fn without_a_grace_period_the_connection_asks_for_relinking_once_and_a_rel
     let connection = app.link_and_sync(tenant.id, "demo-bob").await;
     // Where a repair link brings the user back to.
     store
-        .set_tenant_redirect_uris(tenant.id, &["https://advisor.example.com/back".to_owned()])
+        .set_tenant_redirect_uris(
+            tenant.id,
+            &["https://advisor.example.com/back".to_owned()],
+            crate::support::by_test(),
+        )
         .await
         .unwrap();
     rotate_behind_our_back(

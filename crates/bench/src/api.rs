@@ -33,7 +33,7 @@ use finsync::domain::{
     Account, AccountType, Balances, Currency, Holding, Money, Security, SecurityType, Snapshot,
     Transaction, TransactionStatus, UserId,
 };
-use finsync::store::{Removals, SyncSuccess, TokenColumns};
+use finsync::store::{Actor, AuditEntry, Removals, SyncSuccess, TokenColumns};
 use finsync::vault::Vault;
 
 pub struct ApiBench {
@@ -192,7 +192,13 @@ async fn seed(app: &App) -> anyhow::Result<SecretString> {
         .upsert_connection(tenant.id, &user, &institution)
         .await?;
     store
-        .save_grant(connection.id, TokenColumns::default(), None, None)
+        .save_grant(
+            connection.id,
+            TokenColumns::default(),
+            None,
+            None,
+            AuditEntry::new(Actor::cli(), "bench.seed"),
+        )
         .await?;
     store
         .apply_snapshot(connection.id, &snapshot(), Removals::all())

@@ -20,6 +20,7 @@ use crate::app::{self, App, Logging, shutdown_signal};
 use crate::cli::render;
 use crate::domain::UserId;
 use crate::portfolio;
+use crate::store::{Actor, AuditEntry};
 use crate::sync::wait_for_sync;
 use example_app::ExampleApp;
 
@@ -59,7 +60,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let app = Arc::new(App::build(settings).await?);
     let tenant = match app.ctx.store.tenant_by_name(DEMO_TENANT).await? {
-        Some(_) => app.ctx.store.rotate_api_key(DEMO_TENANT).await?,
+        Some(_) => {
+            let audit = AuditEntry::new(Actor::cli(), "tenant.rotate_key");
+            app.ctx.store.rotate_api_key(DEMO_TENANT, audit).await?
+        }
         None => app.ctx.store.create_tenant(DEMO_TENANT).await?,
     };
     let (tenant, api_key) = tenant;
@@ -70,6 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .set_tenant_redirect_uris(
             tenant.id,
             &[ExampleApp::return_url(&example_base)?.to_string()],
+            AuditEntry::new(Actor::cli(), "tenant.set_redirect_uris"),
         )
         .await?;
     let (example, example_routes) =

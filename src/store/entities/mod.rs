@@ -1,7 +1,9 @@
 //! SeaORM entities, one per table. Plain data: no business rules live here.
 
 pub mod account;
+pub mod admin;
 pub mod api_key;
+pub mod audit_entry;
 pub mod connection;
 pub mod connector_version;
 pub mod holding;
