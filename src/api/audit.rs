@@ -82,12 +82,6 @@ impl AuditSlot {
         self.lock().denied = true;
     }
 
-    pub(super) fn event(&self, action: &str) -> AuditEntry {
-        let slot = self.lock();
-        AuditEntry::new(slot.actor.clone().unwrap_or_else(Actor::system), action)
-            .request_id(slot.request_id.clone())
-    }
-
     /// The entry for the handler to record with its change.
     pub(super) fn handed_over(&self) -> AuditEntry {
         let mut slot = self.lock();

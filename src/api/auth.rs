@@ -90,12 +90,6 @@ impl<P: Permission> Admin<P> {
     pub fn audit(&self) -> AuditEntry {
         self.slot.handed_over()
     }
-
-    /// An entry for one more thing this request does (`action`, a dotted event
-    /// name), by the same actor under the same request id.
-    pub fn event(&self, action: &str) -> AuditEntry {
-        self.slot.event(action)
-    }
 }
 
 /// Requests per second per API key, in this process (GCRA, from governor).

@@ -13,7 +13,7 @@ use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    ApiState, admin, admins, audit, connectors, health, inbound_webhooks, institutions,
+    ApiState, admin, admins, audit, connectors, erasures, health, inbound_webhooks, institutions,
     link_sessions, quarantine, read, syncs, tenants, transactions, user_connections, webhooks,
 };
 
@@ -33,7 +33,8 @@ use super::{
         tenants::create_tenant, tenants::list_tenants, tenants::get_institutions, tenants::set_institutions,
         tenants::get_redirect_uris, tenants::set_redirect_uris, tenants::get_tenant,
         tenants::create_key, tenants::list_keys, tenants::revoke_key,
-        tenants::list_users, tenants::delete_user,
+        tenants::list_users, erasures::erase_user, erasures::show, erasures::admin_erase_user,
+        erasures::admin_show,
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint,
         webhooks::endpoint_deliveries, webhooks::admin_deliveries,
         quarantine::list_quarantine,

@@ -5,8 +5,9 @@
 //! - the versioned read API for advisory apps: [`read`], the [`institutions`] they
 //!   may offer, [`link_sessions`] for their users (played out in the hosted
 //!   [`link_page`]), on-demand [`syncs`],
-//!   users' tags and notes on [`transactions`], and disconnecting a user's
-//!   connection ([`user_connections`]);
+//!   users' tags and notes on [`transactions`], disconnecting a user's
+//!   connection ([`user_connections`]) and erasing a user ([`erasures`], with the
+//!   admin's equivalent);
 //! - the admin API: [`admin`] (connections), [`tenants`], [`connectors`],
 //!   [`quarantine`], the [`admins`] themselves and the [`audit`] trail every admin
 //!   request leaves;
@@ -23,6 +24,7 @@ mod auth;
 mod callback;
 mod connectors;
 mod docs;
+mod erasures;
 mod error;
 mod extract;
 mod health;
@@ -108,6 +110,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(status_page::routes())
         .merge(transactions::routes())
         .merge(user_connections::routes())
+        .merge(erasures::routes())
         .merge(admin::routes())
         .merge(admins::routes())
         .merge(audit::routes())

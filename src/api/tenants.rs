@@ -13,12 +13,10 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::admin::{Disconnected, disconnect_error};
 use super::auth::Admin;
 use super::error::ErrorBody;
 use super::extract::{Json, Path, Query};
 use super::paging::{self, PageQuery};
-use super::read::user_id;
 use super::{ApiError, ApiState, ErrorCode};
 use crate::domain::{ConnectionStatus, TenantId};
 use crate::store::{ApiKey, ApiKeyRecord, Scope, TenantRecord};
@@ -45,10 +43,6 @@ pub fn routes() -> Router<ApiState> {
             get(get_redirect_uris).put(set_redirect_uris),
         )
         .route("/admin/tenants/{tenant_id}/users", get(list_users))
-        .route(
-            "/admin/tenants/{tenant_id}/users/{user_id}",
-            delete(delete_user),
-        )
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -201,7 +195,7 @@ pub(super) struct TenantsPage {
     next_cursor: Option<String>,
 }
 
-async fn tenant(state: &ApiState, raw: &str) -> Result<TenantRecord, ApiError> {
+pub(super) async fn tenant(state: &ApiState, raw: &str) -> Result<TenantRecord, ApiError> {
     let id: TenantId = raw
         .parse()
         .map_err(|_| ApiError::invalid(format!("`{raw}` is not a tenant id")))?;
@@ -564,35 +558,4 @@ pub(super) struct UsersPage {
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
-}
-
-/// Removes a user: every connection is disconnected (revoked at the institution
-/// when it supports it) and its synced data deleted.
-#[utoipa::path(
-    delete, path = "/admin/tenants/{tenant_id}/users/{user_id}", tag = "admin",
-    params(("tenant_id" = String, Path), ("user_id" = String, Path)),
-    responses(
-        (status = 200, body = Vec<Disconnected>), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-    ),
-    security(("admin" = ["admin"]))
-)]
-pub(super) async fn delete_user(
-    State(state): State<ApiState>,
-    admin: Admin,
-    Path((tenant_id, raw_user)): Path<(String, String)>,
-) -> Result<Json<Vec<Disconnected>>, ApiError> {
-    let tenant = tenant(&state, &tenant_id).await?;
-    let user = user_id(&raw_user)?;
-    // Each disconnect records a `connection.disconnect` of its own; the request's
-    // entry is the audit layer's.
-    let audit = admin.event("connection.disconnect");
-    let removed = state
-        .env
-        .remove_user(tenant.id, &user, audit)
-        .await
-        .map_err(disconnect_error)?
-        .ok_or_else(|| ApiError::not_found(format!("no user `{user}`")))?;
-    Ok(Json(removed.into_iter().map(Disconnected::from).collect()))
 }

@@ -56,6 +56,11 @@ uuid_id!(
 );
 
 uuid_id!(
+    /// One request to erase a tenant's user.
+    ErasureId
+);
+
+uuid_id!(
     /// One webhook endpoint a tenant registered.
     WebhookEndpointId
 );

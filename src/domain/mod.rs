@@ -9,7 +9,7 @@ mod money;
 
 pub use coverage::Coverage;
 pub use ids::{
-    ConnectionId, LinkSessionId, TenantId, UserId, UserIdError, WebhookDeliveryId,
+    ConnectionId, ErasureId, LinkSessionId, TenantId, UserId, UserIdError, WebhookDeliveryId,
     WebhookEndpointId,
 };
 pub use model::{

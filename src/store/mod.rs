@@ -10,6 +10,7 @@ mod audit;
 mod connections;
 mod decimal;
 pub mod entities;
+mod erasures;
 mod fleet;
 mod idempotency;
 mod institution_events;
@@ -43,6 +44,7 @@ pub use connections::{
     TokenColumns,
 };
 pub use decimal::DbDecimal;
+pub use erasures::{ErasureRecord, ErasureResult, ErasureStatus};
 pub use fleet::{ConnectionStanding, FinishedRun};
 pub use idempotency::{Claim, IDEMPOTENCY_KEY_TTL, StoredAnswer, key_id};
 pub use institution_events::{EventFilter, EventPosition, EventStatus, InstitutionEvent, NewEvent};

@@ -5,7 +5,7 @@
 //! removing a user disconnects all of theirs.
 
 use super::{Environment, SyncConnection};
-use crate::domain::{ConnectionId, ConnectionStatus, TenantId, UserId};
+use crate::domain::{ConnectionId, ConnectionStatus};
 use crate::store::{AuditEntry, LinkSessionRecord};
 use crate::tokens::disconnect::Disconnected;
 use crate::tokens::sessions::BrowserKeys;
@@ -64,30 +64,6 @@ impl Environment {
             connection,
             session: linked.session,
         })
-    }
-
-    /// Removes a tenant's user: disconnects each of the user's connections not
-    /// already revoked, recording `audit` with each. `None` when the tenant has no
-    /// such user.
-    pub async fn remove_user(
-        &self,
-        tenant: TenantId,
-        user: &UserId,
-        audit: AuditEntry,
-    ) -> Result<Option<Vec<Disconnected>>, TokenError> {
-        let connections = self.store.user_connections(tenant, user).await?;
-        if connections.is_empty() {
-            return Ok(None);
-        }
-        let mut removed = Vec::new();
-        for c in connections
-            .iter()
-            .filter(|c| c.status != ConnectionStatus::Revoked)
-        {
-            removed.push(self.disconnect(c.id, audit.clone()).await?);
-        }
-        tracing::info!(tenant = %tenant, user = %user, connections = removed.len(), "User removed.");
-        Ok(Some(removed))
     }
 
     /// Disconnects `id`, recording `audit` with it, and rebuilds its user's cached

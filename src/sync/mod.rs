@@ -3,11 +3,12 @@
 //! stores, the background token [`refresh`], the [`scheduler`] that enqueues
 //! due syncs and refreshes, the [`replay`] of quarantined records, a connector proved
 //! against its live institution ([`check`]), on-demand [`requests`], a connection's
-//! [`lifecycle`] (after a link, on disconnect) and waiting for a sync's end
-//! ([`wait`]). [`Environment`] is the one shared, immutable environment every job
+//! [`lifecycle`] (after a link, on disconnect), a user's [`erasure`] on request and
+//! waiting for a sync's end ([`wait`]). [`Environment`] is the one shared, immutable environment every job
 //! and handler receives.
 
 pub mod check;
+pub mod erasure;
 pub mod job;
 pub mod lifecycle;
 pub mod pipeline;

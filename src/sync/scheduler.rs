@@ -1,8 +1,9 @@
 //! The scheduler, everything it does on its own clock:
 //!
 //! - each tick ([`tick`]): enqueues one sync for every connection that is due, one
-//!   token refresh for every token due for refresh, and deletes institutions'
-//!   webhook events past their retention;
+//!   token refresh for every token due for refresh, deletes institutions'
+//!   webhook events past their retention, and runs erasures that are due (one
+//!   whose run crashed or failed, [`super::erasure`]);
 //! - once an hour beside the ticks ([`purge_history`]): deletes finished runs,
 //!   finished jobs, settled webhook deliveries, expired link sessions and resolved
 //!   quarantine entries past `sync.history_days`, and idempotency keys older than
@@ -89,6 +90,10 @@ pub async fn tick(ctx: &Env) -> Result<usize, SchedulerError> {
         ctx.refresh_portfolio(&expired).await?;
         ctx.announce_reauth_required(&expired, crate::store::CONSENT_EXPIRED)
             .await;
+    }
+    let erased = super::erasure::resume(ctx).await?;
+    if erased > 0 {
+        tracing::info!(erased, "Resumed erasures finished.");
     }
     Ok(enqueued + refresh_tick(ctx, now).await?)
 }

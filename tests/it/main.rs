@@ -13,6 +13,7 @@ mod connectors;
 mod contract;
 mod docs;
 mod embedded;
+mod erasure;
 mod faults;
 mod fleet;
 mod institution_webhooks;
