@@ -99,6 +99,7 @@ impl Catalog {
                             &text,
                             &connector.hash,
                             VersionSource::File,
+                            &file,
                             AuditEntry::new(Actor::system(), "connector.file_published")
                                 .detail(serde_json::json!({ "file": file })),
                         )
@@ -191,7 +192,14 @@ impl Catalog {
             .map_err(CatalogError::Invalid)?;
         let published = self
             .store
-            .publish_connector(id, text, &connector.hash, VersionSource::Api, audit.clone())
+            .publish_connector(
+                id,
+                text,
+                &connector.hash,
+                VersionSource::Api,
+                &audit.actor().to_string(),
+                audit.clone(),
+            )
             .await?;
         if let Published::New(version) = &published {
             tracing::info!(

@@ -4,6 +4,10 @@
 //! `auditor`), the credential's public prefix and the SHA-256 of the whole
 //! credential (never the credential), and when and by whom it was revoked.
 //!
+//! `status_sessions` are the status page's sign-ins, by the SHA-256 of the
+//! cookie's token: who (`actor`), with what (`binding`: the credential's prefix, or
+//! a hash of the break-glass token), until when, and when they signed out.
+//!
 //! `audit_log` is append-only: each entry's `hash` is the SHA-256 of its own
 //! fields and of `prev_hash`, the hash of the entry before it, so that editing,
 //! deleting or reordering an entry breaks the chain at that entry. `seq` numbers
@@ -49,11 +53,25 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(StatusSessions::Table)
+                    .col(string(StatusSessions::TokenHash).primary_key())
+                    .col(string(StatusSessions::Actor))
+                    .col(string(StatusSessions::Binding))
+                    .col(timestamp_with_time_zone(StatusSessions::CreatedAt))
+                    .col(timestamp_with_time_zone(StatusSessions::ExpiresAt))
+                    .col(timestamp_with_time_zone_null(StatusSessions::EndedAt))
+                    .to_owned(),
+            )
+            .await?;
         for (name, column) in [
             ("idx_audit_log_at", AuditLog::At),
             ("idx_audit_log_actor", AuditLog::Actor),
             ("idx_audit_log_action", AuditLog::Action),
             ("idx_audit_log_target", AuditLog::Target),
+            ("idx_audit_log_request", AuditLog::RequestId),
         ] {
             manager
                 .create_index(
@@ -69,6 +87,9 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(StatusSessions::Table).to_owned())
+            .await?;
         manager
             .drop_table(Table::drop().table(AuditLog::Table).to_owned())
             .await?;
@@ -89,6 +110,17 @@ enum Admins {
     CreatedBy,
     CreatedAt,
     RevokedAt,
+}
+
+#[derive(DeriveIden)]
+enum StatusSessions {
+    Table,
+    TokenHash,
+    Actor,
+    Binding,
+    CreatedAt,
+    ExpiresAt,
+    EndedAt,
 }
 
 #[derive(DeriveIden)]

@@ -3,9 +3,12 @@
 //! auditors' view of the trail (`GET /admin/audit`).
 //!
 //! A handler that changes something records its entry itself, in the change's
-//! transaction ([`super::auth::Admin::audit`] hands it the entry). For everything
+//! transaction ([`super::auth::Admin::audit`] hands it the entry); the layer then
+//! checks the entry is there (a change that rolled back left none). For everything
 //! else (reads, refusals by role, failures) the layer appends the entry once the
-//! answer is known. An entry's action is the route's `operationId` in the OpenAPI
+//! answer is known. Such an entry is written after the answer is made: if the
+//! database cannot take it, the request is logged and counted
+//! (`finsync_audit_write_failures_total`), not undone. An entry's action is the route's `operationId` in the OpenAPI
 //! document; its target names the route's path parameters, a user only by a keyed
 //! pseudonym.
 
@@ -17,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, RequestExt, Router};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -119,7 +122,11 @@ fn target(state: &ApiState, params: &RawPathParams) -> Option<String> {
                     .pseudonym(value)
                     .unwrap_or_else(|_| "unknown".to_owned())
             } else {
-                value.to_owned()
+                // Decoded from the path: whatever a caller sent, printable.
+                value
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect()
             };
             format!("{kind}:{value}")
         })
@@ -142,8 +149,13 @@ pub(super) async fn record(
     else {
         return next.run(request).await;
     };
+    // HEAD runs the GET handler.
+    let method = match request.method().as_str() {
+        "HEAD" => "GET",
+        other => other,
+    };
     let action = OPERATIONS
-        .get(&(request.method().as_str().to_owned(), route.clone()))
+        .get(&(method.to_owned(), route.clone()))
         .cloned()
         .unwrap_or_else(|| format!("{} {route}", request.method()));
     let params = request.extract_parts::<RawPathParams>().await.ok();
@@ -158,14 +170,39 @@ pub(super) async fn record(
         ..Slot::default()
     })));
     request.extensions_mut().insert(slot.clone());
+    let started = Utc::now().trunc_subsecs(6);
     let response = next.run(request).await;
     let status = response.status();
+    let (handed_over, request_id, action) = {
+        let slot = slot.lock();
+        (
+            slot.handed_over,
+            slot.request_id.clone(),
+            slot.action.clone(),
+        )
+    };
+    // The handler's entry commits with its change, or not at all; whatever the
+    // answer says after it, the trail is asked.
+    if handed_over && let Some(request_id) = &request_id {
+        match state
+            .env
+            .store
+            .audit_recorded(request_id, &action, started)
+            .await
+        {
+            Ok(true) => return response,
+            Ok(false) => {}
+            Err(e) => {
+                state.env.store.note(&e);
+                tracing::error!(error = %e, "Could not check an admin request's audit entry.");
+            }
+        }
+    }
     let pending = {
         let slot = slot.lock();
         match &slot.actor {
             // Nobody identified: nothing to attribute (and no way to flood the trail).
             None => None,
-            Some(_) if slot.handed_over && status.is_success() => None,
             Some(_) => {
                 let outcome = if slot.denied {
                     Outcome::Denied
@@ -186,6 +223,7 @@ pub(super) async fn record(
         && let Err(e) = state.env.store.record(entry).await
     {
         state.env.store.note(&e);
+        metrics::counter!("finsync_audit_write_failures_total").increment(1);
         tracing::error!(error = %e, "Admin request not audited.");
     }
     response

@@ -98,7 +98,8 @@ pub(super) struct VersionView {
     hash: String,
     /// `file` or `api`.
     source: String,
-    /// The file's path, or the admin request that published it.
+    /// The file's path, or the admin who published it through the API
+    /// (`admin:<name>`, `break-glass`), as the audit trail names them.
     actor: String,
     created_at: DateTime<Utc>,
 }

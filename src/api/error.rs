@@ -199,6 +199,26 @@ pub async fn attach_request_id(request: Request, next: Next) -> Response {
     response
 }
 
+/// Drops a caller's `x-request-id` that is not plain (1 to 64 of letters, digits,
+/// `.`, `_`, `:`, `-`), so a new one is made: the id goes into logs, error bodies
+/// and the audit trail, where a caller must not write what they like.
+pub async fn plain_request_id(mut request: Request, next: Next) -> Response {
+    let plain = request
+        .headers()
+        .get(&REQUEST_ID)
+        .map(|v| v.as_bytes())
+        .is_none_or(|id| {
+            (1..=64).contains(&id.len())
+                && id
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(b))
+        });
+    if !plain {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    next.run(request).await
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }

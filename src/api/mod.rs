@@ -136,5 +136,6 @@ pub fn router(state: ApiState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(error::plain_request_id))
         .with_state(state)
 }

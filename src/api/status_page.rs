@@ -2,10 +2,10 @@
 //! script and nothing from elsewhere, refreshing itself. Behind a sign-in: the form
 //! exchanges an `admin` or `operator` credential (or the break-glass token) for a
 //! session cookie (HttpOnly, SameSite=Strict, scoped to `/status`, [`SESSION`]
-//! long) whose value names who signed in, with what, until when, signed with a key
-//! derived from the vault's. Every request checks that the credential is still
-//! live, so revoking it (or changing the break-glass token) ends its sessions at
-//! once. Forms carry a token derived from the session (or, on the sign-in form, a
+//! long) holding a random token; the session itself is kept in the database
+//! ([`crate::store::StatusSession`]), so signing out ends it for any copy of the
+//! cookie. Every request also checks that the credential is still live, so
+//! revoking it (or changing the break-glass token) ends its sessions at once. Forms carry a token derived from the session (or, on the sign-in form, a
 //! double-submitted cookie). From the page an operator can queue a sync of a
 //! failing connection. Sign-ins, sign-outs and queued syncs are audited.
 
@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use rand::RngExt;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::ApiState;
@@ -238,10 +238,17 @@ async fn login(
         );
     }
     let expires = Utc::now() + SESSION;
-    let binding = binding_of(&state, &actor, Some(credential)).await;
-    let Some(value) = binding.and_then(|b| session_value(&state, expires.timestamp(), &actor, &b))
-    else {
-        return super::link_page::trouble("the session could not be signed");
+    let Some(binding) = binding_of(&state, &actor, Some(credential)).await else {
+        return super::link_page::trouble("the credential changed while signing in");
+    };
+    let value = match state
+        .env
+        .store
+        .open_status_session(actor.as_str(), &binding, expires)
+        .await
+    {
+        Ok(token) => token.expose_secret().to_owned(),
+        Err(error) => return super::link_page::trouble(error),
     };
     record(&state, audit).await;
     tracing::info!(actor = %actor, "Signed in to the status page.");
@@ -274,6 +281,14 @@ async fn logout(
         Ok(session) => session,
         Err(refused) => return *refused,
     };
+    if let Err(error) = state
+        .env
+        .store
+        .end_status_session(&SecretString::from(session.value))
+        .await
+    {
+        return super::link_page::trouble(error);
+    }
     record(&state, AuditEntry::new(session.actor, "status.sign_out")).await;
     let mut response = Redirect::to("/status").into_response();
     set_cookie(&mut response, SESSION_COOKIE, "", 0, &state);
@@ -361,25 +376,18 @@ async fn checked(
     }
 }
 
-/// The session the cookie holds, if it is one this fleet signed, has not expired,
-/// and its credential is still live with a role that may see the page.
+/// The session the cookie holds, if it is live (not signed out, not expired) and
+/// its credential still is, with a role that may see the page.
 async fn signed_in(state: &ApiState, headers: &HeaderMap) -> Result<Option<Session>, StoreError> {
     let Some(value) = cookie(headers, SESSION_COOKIE) else {
         return Ok(None);
     };
-    let mut parts = value.splitn(3, '|');
-    let (Some(expires), Some(actor), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+    let Some(session) = state.env.store.status_session(&value).await? else {
         return Ok(None);
     };
-    let Ok(expires) = expires.parse::<i64>() else {
-        return Ok(None);
-    };
-    if expires <= Utc::now().timestamp() {
-        return Ok(None);
-    }
-    let actor = if actor == Actor::break_glass().as_str() {
+    let actor = if session.actor == Actor::break_glass().as_str() {
         Actor::break_glass()
-    } else if let Some(name) = actor.strip_prefix("admin:") {
+    } else if let Some(name) = session.actor.strip_prefix("admin:") {
         match state.env.store.admin_named(name).await? {
             Some(admin) if admin.revoked_at.is_none() && admin.role != Role::Auditor => {
                 Actor::admin(name)
@@ -389,15 +397,12 @@ async fn signed_in(state: &ApiState, headers: &HeaderMap) -> Result<Option<Sessi
     } else {
         return Ok(None);
     };
-    // What the credential is now: a revoked and reissued admin, or a changed
-    // break-glass token, no longer matches what was signed.
-    let Some(binding) = binding_of(state, &actor, None).await else {
-        return Ok(None);
-    };
-    let fresh = session_value(state, expires, &actor, &binding);
-    Ok(fresh
-        .filter(|fresh| crate::fingerprint::same(fresh, &value))
-        .map(|value| Session { value, actor }))
+    // What the credential is now: a changed break-glass token no longer matches
+    // what the session was opened with.
+    let now = binding_of(state, &actor, None).await;
+    Ok(now
+        .filter(|now| crate::fingerprint::same(now, &session.binding))
+        .map(|_| Session { value, actor }))
 }
 
 /// What ties a session to the credential it was made with: the admin's credential
@@ -414,16 +419,6 @@ async fn binding_of(state: &ApiState, actor: &Actor, presented: Option<&str>) ->
     let name = actor.as_str().strip_prefix("admin:")?;
     let admin = state.env.store.admin_named(name).await.ok()??;
     Some(admin.prefix)
-}
-
-fn session_value(state: &ApiState, expires: i64, actor: &Actor, binding: &str) -> Option<String> {
-    let signed = format!("{expires}|{actor}");
-    let mac = state
-        .linker
-        .vault
-        .keyed_hash("status-session", &format!("{signed}|{binding}"))
-        .ok()?;
-    Some(format!("{signed}|{mac}"))
 }
 
 fn csrf_of(state: &ApiState, session: &str) -> String {

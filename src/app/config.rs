@@ -104,7 +104,8 @@ pub struct ServerSettings {
     /// `<public_url>/oauth/callback`. Parsed here, once: a value that is not an
     /// absolute URL stops the process at start.
     pub public_url: url::Url,
-    /// Bearer token for `/admin/*`; empty disables the admin API.
+    /// A break-glass bearer for `/admin/*` and the status page, acting as an
+    /// `admin` (audited as `break-glass`); empty: only named admin credentials.
     pub admin_token: SecretString,
     /// Bearer token `/metrics` on the API asks for; empty: open (for a scraper on a
     /// private network).

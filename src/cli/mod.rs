@@ -48,11 +48,13 @@ enum Command {
     Sandbox(sandbox::Args),
     /// Runs database migrations and exits.
     Migrate,
-    /// Connector files.
+    /// Named admin credentials and their roles.
     #[command(subcommand)]
     Admins(admins::Command),
+    /// The audit trail: verify its hash chain, export it.
     #[command(subcommand)]
     Audit(audit::Command),
+    /// Connector files.
     #[command(subcommand)]
     Connectors(connectors::Command),
     /// Tenants (advisory apps) and their API keys.

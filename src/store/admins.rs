@@ -148,6 +148,12 @@ impl Store {
                 name.as_str()
             )));
         }
+        let taken = || {
+            StoreError::Conflict(format!(
+                "an admin named `{}` exists (names are never reused)",
+                name.as_str()
+            ))
+        };
         let row = admin::ActiveModel {
             id: Set(uuid::Uuid::new_v4().to_string()),
             name: Set(name.as_str().to_owned()),
@@ -159,9 +165,17 @@ impl Store {
             revoked_at: Set(None),
         }
         .insert(&txn)
-        .await?;
+        .await
+        // Another request took the name since the look above.
+        .map_err(|e| match e.sql_err() {
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => taken(),
+            _ => StoreError::from(e),
+        })?;
         let record = to_record(row)?;
-        audit::append(&txn, audit.target(format!("admin:{}", record.name))).await?;
+        let audit = audit
+            .target(format!("admin:{}", record.name))
+            .detail(serde_json::json!({ "role": role, "key_prefix": record.prefix }));
+        audit::append(&txn, audit).await?;
         txn.commit().await?;
         Ok((record, AdminCredential(SecretString::from(credential))))
     }

@@ -345,6 +345,22 @@ impl Store {
             .collect()
     }
 
+    /// Whether an entry for `action` under `request_id` was appended since `since`.
+    pub async fn audit_recorded(
+        &self,
+        request_id: &str,
+        action: &str,
+        since: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(audit_entry::Entity::find()
+            .filter(audit_entry::Column::RequestId.eq(request_id))
+            .filter(audit_entry::Column::Action.eq(action))
+            .filter(audit_entry::Column::At.gte(since))
+            .one(self.db())
+            .await?
+            .is_some())
+    }
+
     /// The newest entry's `(seq, hash)`, to be logged and compared later: an
     /// entry appended after a logged head can be deleted without breaking the
     /// chain, but not without the trail falling short of that head.
@@ -369,7 +385,8 @@ impl Store {
         let mut head: Option<(i64, String)> = None;
         let break_at = |seq, reason: String| Some(Break { seq, reason });
         loop {
-            let after = head.as_ref().map_or(0, |(seq, _)| *seq);
+            // From the lowest number there is: a row slipped in below 1 is no entry.
+            let after = head.as_ref().map_or(i64::MIN, |(seq, _)| *seq);
             let batch = audit_entry::Entity::find()
                 .filter(audit_entry::Column::Seq.gt(after))
                 .order_by_asc(audit_entry::Column::Seq)
@@ -383,7 +400,15 @@ impl Store {
                 let (expected_seq, expected_prev) = head
                     .as_ref()
                     .map_or((1, GENESIS), |(seq, hash)| (seq + 1, hash.as_str()));
-                let reason = if row.seq != expected_seq {
+                let reason = if row.seq < 1 {
+                    Some((
+                        row.seq,
+                        format!(
+                            "entry {} is outside the trail's numbering, which starts at 1",
+                            row.seq
+                        ),
+                    ))
+                } else if row.seq != expected_seq {
                     Some((
                         expected_seq,
                         format!(

@@ -78,6 +78,7 @@ impl Store {
         content: &str,
         hash: &str,
         source: VersionSource,
+        actor: &str,
         audit: AuditEntry,
     ) -> Result<Published, StoreError> {
         let audit = audit.target(format!("connector:{id}"));
@@ -92,8 +93,12 @@ impl Store {
                 VersionSource::Api => versions.first(),
             };
             if let Some(same) = last_from_source.filter(|v| v.hash == hash) {
-                let detail = serde_json::json!({ "version": same.version, "unchanged": true });
-                self.record(audit.detail(detail)).await?;
+                // Someone asked to publish it (a file unchanged since the last start
+                // is nobody's act).
+                if source == VersionSource::Api {
+                    let detail = serde_json::json!({ "version": same.version, "unchanged": true });
+                    self.record(audit.detail(detail)).await?;
+                }
                 return Ok(Published::Unchanged(same.clone()));
             }
             let version = versions.first().map_or(1, |v| v.version + 1);
@@ -103,7 +108,7 @@ impl Store {
                 content: Set(content.to_owned()),
                 hash: Set(hash.to_owned()),
                 source: Set(source.as_str().to_owned()),
-                actor: Set(audit.actor().to_string()),
+                actor: Set(actor.to_owned()),
                 created_at: Set(Utc::now()),
             };
             let txn = self.begin_write().await?;

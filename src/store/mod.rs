@@ -19,6 +19,7 @@ mod link_sessions;
 mod quarantine;
 mod records;
 mod runs;
+mod status_sessions;
 mod sync_requests;
 mod tenants;
 mod webhooks;
@@ -38,7 +39,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use admins::{AdminCredential, AdminName, AdminRecord, Role, is_admin_credential};
 pub use annotations::{AnnotatedTransaction, AnnotationChange, Annotations};
-pub use audit::{Actor, AuditEntry, AuditFilter, AuditRecord, Outcome, Verification};
+pub use audit::{
+    Actor, AuditEntry, AuditFilter, AuditRecord, GENESIS as AUDIT_GENESIS, Outcome, Verification,
+};
 pub use connections::{
     CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, RecentOutcome, SyncSuccess,
     TokenColumns,
@@ -55,6 +58,7 @@ pub use records::{
     ApplyCounts, PagedTransaction, Removals, TransactionFilter, TransactionPosition,
 };
 pub use runs::{ABANDONED, RunCounts, UnreadAccount, unread_accounts};
+pub use status_sessions::StatusSession;
 pub use sync_requests::SyncRequestRecord;
 pub use tenants::{ApiKey, ApiKeyRecord, RememberedKey, Scope, TenantRecord, api_key_prefix};
 pub use webhooks::{

@@ -6,8 +6,8 @@
 //!   whose run crashed or failed, [`super::erasure`]);
 //! - once an hour beside the ticks ([`purge_history`]): deletes finished runs,
 //!   finished jobs, settled webhook deliveries, expired link sessions and resolved
-//!   quarantine entries past `sync.history_days`, and idempotency keys older than
-//!   a day; then logs the audit trail's head.
+//!   quarantine entries past `sync.history_days`, idempotency keys and status page
+//!   sessions over for a day; then logs the audit trail's head.
 //!
 //! Safe to run in several processes: a connection's schedule slot is claimed with a
 //! conditional update, so only one scheduler enqueues it, the queue refuses a
@@ -145,6 +145,7 @@ pub struct Purged {
     pub idempotency_keys: u64,
     pub link_sessions: u64,
     pub quarantine: u64,
+    pub status_sessions: u64,
 }
 
 /// Deletes what is over and older than `before`: sync runs and requests, jobs,
@@ -165,6 +166,12 @@ pub async fn purge_history(
             .await?,
         link_sessions: ctx.store.purge_link_sessions(before).await?,
         quarantine: ctx.store.purge_resolved_quarantine(before).await?,
+        // Over once expired: a day is enough to read who signed in when from the
+        // audit trail's entries, which stay.
+        status_sessions: ctx
+            .store
+            .purge_status_sessions(Utc::now() - chrono::Duration::days(1))
+            .await?,
     };
     if purged != Purged::default() {
         tracing::info!(
@@ -174,6 +181,7 @@ pub async fn purge_history(
             idempotency_keys = purged.idempotency_keys,
             link_sessions = purged.link_sessions,
             quarantine = purged.quarantine,
+            status_sessions = purged.status_sessions,
             "Deleted history past its retention."
         );
     }

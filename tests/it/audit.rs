@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use finsync::store::{Actor, AdminName, AuditEntry, AuditFilter, Role, Store};
+use finsync::store::{AUDIT_GENESIS, Actor, AdminName, AuditEntry, AuditFilter, Role, Store};
 use sea_orm::ConnectionTrait;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -339,6 +339,23 @@ async fn admin_changes_are_recorded_with_what_they_changed_and_no_secret() {
     let entry = &entries_of(store, "break-glass-read").await[0];
     assert_eq!(entry.actor, "break-glass");
 
+    // A request id that is not plain text is replaced, in the answer and the trail.
+    let odd = "<script>".repeat(4);
+    let answer = http
+        .get(format!("{}/admin/tenants", app.address))
+        .bearer_auth(&admin)
+        .header("x-request-id", &odd)
+        .send()
+        .await
+        .unwrap();
+    let given = answer.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(given, odd);
+    assert_eq!(entries_of(store, &given).await.len(), 1);
+    assert!(entries_of(store, &odd).await.is_empty());
+
     // No credential, key or token anywhere in the trail.
     let dump = crate::support::dump_database(store).await;
     let audit_rows: String = dump
@@ -390,25 +407,52 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
         sql("UPDATE audit_log SET target = 'thing:3' WHERE seq = 3").await;
         assert!(store.verify_audit(None).await.unwrap().broken.is_none());
 
-        // Edited and rehashed by someone who knows the scheme: the next entry
+        // Edited and rehashed by someone who knows the scheme (SHA-256 of the
+        // fields and the previous hash as one JSON array): entry 3 holds, entry 4
         // no longer follows it.
-        let row = store
-            .audit_entries(&AuditFilter::default(), Some(2), 1)
+        let entries = store
+            .audit_entries(&AuditFilter::default(), None, 10)
             .await
-            .unwrap()
-            .remove(0);
+            .unwrap();
+        let (second, third) = (&entries[1], &entries[2]);
+        let forged = json!([
+            third.seq,
+            third
+                .at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            third.actor,
+            third.action,
+            "thing:forged",
+            "ok",
+            third.request_id,
+            third.detail.as_ref().map(|d| d.to_string()),
+            second.hash,
+        ]);
+        let forged_hash = finsync::fingerprint::sha256_hex(forged.to_string().as_bytes());
         sql(&format!(
-            "UPDATE audit_log SET hash = '{}' WHERE seq = 3",
-            "f".repeat(64)
+            "UPDATE audit_log SET target = 'thing:forged', hash = '{forged_hash}' WHERE seq = 3"
+        ))
+        .await;
+        let (seq, reason) = broken_at(store.verify_audit(None).await.unwrap()).unwrap();
+        assert_eq!(seq, 4, "{reason}");
+        assert!(reason.contains("does not follow"), "{reason}");
+        sql(&format!(
+            "UPDATE audit_log SET target = 'thing:3', hash = '{}' WHERE seq = 3",
+            third.hash
+        ))
+        .await;
+        assert!(store.verify_audit(None).await.unwrap().broken.is_none());
+
+        // A row slipped in below the numbering is caught too.
+        sql(&format!(
+            "INSERT INTO audit_log (seq, at, actor, action, target, outcome, request_id, detail, prev_hash, hash) \
+             VALUES (0, '{}', 'cli', 'test', NULL, 'ok', NULL, NULL, '{AUDIT_GENESIS}', '{AUDIT_GENESIS}')",
+            third.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         ))
         .await;
         let (seq, _) = broken_at(store.verify_audit(None).await.unwrap()).unwrap();
-        assert_eq!(seq, 3);
-        sql(&format!(
-            "UPDATE audit_log SET hash = '{}' WHERE seq = 3",
-            row.hash
-        ))
-        .await;
+        assert_eq!(seq, 0);
+        sql("DELETE FROM audit_log WHERE seq = 0").await;
 
         // Deleted: a gap.
         let saved = store

@@ -441,6 +441,7 @@ async fn a_sync_at_a_connector_this_process_has_not_loaded_yet_follows_later_ins
             &text,
             &finsync::fingerprint::sha256_hex(text.as_bytes()),
             VersionSource::Api,
+            "another process",
             finsync::store::AuditEntry::new(
                 finsync::store::Actor::admin("another-process"),
                 "test",

@@ -15,6 +15,7 @@ pub mod link_session;
 pub mod oauth_state;
 pub mod quarantined_record;
 pub mod security;
+pub mod status_session;
 pub mod sync_request;
 pub mod sync_run;
 pub mod tenant;
