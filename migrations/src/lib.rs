@@ -26,6 +26,7 @@ mod m20261206_000015_link_sessions;
 mod m20261206_000016_run_finish_index;
 mod m20261207_000017_admins_and_audit;
 mod m20261207_000018_erasures;
+mod m20261207_000019_consent_events;
 
 pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
@@ -53,6 +54,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000016_run_finish_index::Migration),
             Box::new(m20261207_000017_admins_and_audit::Migration),
             Box::new(m20261207_000018_erasures::Migration),
+            Box::new(m20261207_000019_consent_events::Migration),
         ]
     }
 }

@@ -6,8 +6,8 @@
 //!   may offer, [`link_sessions`] for their users (played out in the hosted
 //!   [`link_page`]), on-demand [`syncs`],
 //!   users' tags and notes on [`transactions`], disconnecting a user's
-//!   connection ([`user_connections`]) and erasing a user ([`erasures`], with the
-//!   admin's equivalent);
+//!   connection ([`user_connections`]), a user's [`consents`] history and erasing a
+//!   user ([`erasures`]), each with the admin's equivalent;
 //! - the admin API: [`admin`] (connections), [`tenants`], [`connectors`],
 //!   [`quarantine`], the [`admins`] themselves and the [`audit`] trail every admin
 //!   request leaves;
@@ -23,6 +23,7 @@ mod audit;
 mod auth;
 mod callback;
 mod connectors;
+mod consents;
 mod docs;
 mod erasures;
 mod error;
@@ -111,6 +112,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(transactions::routes())
         .merge(user_connections::routes())
         .merge(erasures::routes())
+        .merge(consents::routes())
         .merge(admin::routes())
         .merge(admins::routes())
         .merge(audit::routes())

@@ -9,6 +9,7 @@ use sea_orm::{
 };
 
 use super::audit::AuditEntry;
+use super::consents::{ActedBy, ConsentKind, NewConsentEvent};
 use super::entities::{connection, oauth_state};
 use super::{Store, StoreError};
 use crate::domain::{ConnectionId, ConnectionStatus, LinkSessionId, TenantId, UserId};
@@ -377,11 +378,28 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = Utc::now();
         let txn = self.begin_write().await?;
-        let mut row: connection::ActiveModel = connection::Entity::find_by_id(id.to_string())
+        let before = connection::Entity::find_by_id(id.to_string())
             .one(&txn)
             .await?
-            .ok_or(StoreError::NotFound("connection"))?
-            .into();
+            .ok_or(StoreError::NotFound("connection"))?;
+        let kind = if before.status == ConnectionStatus::ReauthRequired.to_string() {
+            ConsentKind::Renewed
+        } else {
+            ConsentKind::Granted
+        };
+        super::consents::record(
+            &txn,
+            NewConsentEvent {
+                connection: &before,
+                kind,
+                acted_by: ActedBy::User,
+                scopes: scopes.clone(),
+                expires_at: consent_expires_at,
+                reason: None,
+            },
+        )
+        .await?;
+        let mut row: connection::ActiveModel = before.into();
         let audit = audit
             .target(format!("connection:{id}"))
             .detail(serde_json::json!({
@@ -525,13 +543,39 @@ impl Store {
         if moved.rows_affected != 1 {
             return Ok(false);
         }
+        // The code only: the message after it may quote the institution.
+        let code = reason.split(':').next().unwrap_or(reason).trim();
+        // The consent ended with it: by its lifetime, or by the institution's refusal.
+        let consent = if reason == CONSENT_EXPIRED {
+            Some((ConsentKind::Expired, ActedBy::System, "CONSENT_EXPIRED"))
+        } else if status == ConnectionStatus::ReauthRequired {
+            Some((ConsentKind::Revoked, ActedBy::Institution, code))
+        } else {
+            None
+        };
+        if let Some((kind, acted_by, why)) = consent {
+            let row = connection::Entity::find_by_id(id.to_string())
+                .one(&txn)
+                .await?
+                .ok_or(StoreError::NotFound("connection"))?;
+            super::consents::record(
+                &txn,
+                NewConsentEvent {
+                    connection: &row,
+                    kind,
+                    acted_by,
+                    scopes: None,
+                    expires_at: row.consent_expires_at,
+                    reason: Some(why.to_owned()),
+                },
+            )
+            .await?;
+        }
         let action = if reason == CONSENT_EXPIRED {
             "consent.expired".to_owned()
         } else {
             format!("connection.{status}")
         };
-        // The code only: the message after it may quote the institution.
-        let code = reason.split(':').next().unwrap_or(reason).trim();
         let entry = AuditEntry::new(super::audit::Actor::system(), action)
             .target(format!("connection:{id}"))
             .detail(serde_json::json!({ "reason": code }));
@@ -583,11 +627,26 @@ impl Store {
         // First, so that a sync writing records waits for this to commit and then
         // finds the connection revoked.
         super::records::records_changed(&txn, &conn, false).await?;
-        let mut row: connection::ActiveModel = connection::Entity::find_by_id(conn.clone())
+        let before = connection::Entity::find_by_id(conn.clone())
             .one(&txn)
             .await?
-            .ok_or(StoreError::NotFound("connection"))?
-            .into();
+            .ok_or(StoreError::NotFound("connection"))?;
+        // Ended now, unless it already had (a second disconnect changes nothing).
+        if before.consent_revoked_at.is_none() {
+            super::consents::record(
+                &txn,
+                NewConsentEvent {
+                    connection: &before,
+                    kind: ConsentKind::Revoked,
+                    acted_by: ActedBy::of(audit.actor()),
+                    scopes: None,
+                    expires_at: before.consent_expires_at,
+                    reason: None,
+                },
+            )
+            .await?;
+        }
+        let mut row: connection::ActiveModel = before.into();
         row.access_token = Set(None);
         row.refresh_token = Set(None);
         row.access_token_expires_at = Set(None);

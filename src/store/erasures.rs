@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::{self, AuditEntry};
 use super::entities::{
-    connection, erasure, link_session, oauth_state, sync_request, sync_run, webhook_delivery,
+    connection, consent_event, erasure, link_session, oauth_state, sync_request, sync_run,
+    webhook_delivery,
 };
 use super::{Store, StoreError};
 use crate::domain::{ConnectionStatus, ErasureId, TenantId, UserId};
@@ -233,7 +234,8 @@ impl Store {
 
     /// The last step: deletes the user's connection rows (each must be revoked by
     /// now, or this fails and the erasure runs again), their runs and pending
-    /// links, the user's sync requests, link sessions and the webhook deliveries
+    /// links, the user's consent history, sync requests, link sessions and the
+    /// webhook deliveries
     /// that name them; closes the erasure, forgetting the user id, and records
     /// `audit`, all in one transaction.
     pub async fn finish_erasure(
@@ -275,6 +277,11 @@ impl Store {
         sync_request::Entity::delete_many()
             .filter(sync_request::Column::TenantId.eq(tenant.to_string()))
             .filter(sync_request::Column::UserId.eq(user.as_str()))
+            .exec(&txn)
+            .await?;
+        consent_event::Entity::delete_many()
+            .filter(consent_event::Column::TenantId.eq(tenant.to_string()))
+            .filter(consent_event::Column::UserId.eq(user.as_str()))
             .exec(&txn)
             .await?;
         link_session::Entity::delete_many()

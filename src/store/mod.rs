@@ -8,6 +8,7 @@ mod admins;
 mod annotations;
 mod audit;
 mod connections;
+mod consents;
 mod decimal;
 pub mod entities;
 mod erasures;
@@ -46,6 +47,7 @@ pub use connections::{
     CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, RecentOutcome, SyncSuccess,
     TokenColumns,
 };
+pub use consents::{ActedBy, ConsentEvent, ConsentKind};
 pub use decimal::DbDecimal;
 pub use erasures::{ErasureRecord, ErasureResult, ErasureStatus};
 pub use fleet::{ConnectionStanding, FinishedRun};

@@ -10,6 +10,7 @@ mod browser;
 mod cache;
 mod catalog;
 mod connectors;
+mod consents;
 mod contract;
 mod docs;
 mod embedded;

@@ -6,6 +6,7 @@ pub mod api_key;
 pub mod audit_entry;
 pub mod connection;
 pub mod connector_version;
+pub mod consent_event;
 pub mod erasure;
 pub mod holding;
 pub mod idempotency_key;
