@@ -51,6 +51,11 @@ async fn page(
         .store
         .consent_history(tenant, user, after, u64::from(limit) + 1)
         .await?;
+    if events.is_empty() && query.cursor.is_none() {
+        return Err(ApiError::not_found(format!(
+            "no user `{user}` with a consent history"
+        )));
+    }
     let (consents, next_cursor) = paging::page(events, limit, ConsentEvent::position);
     Ok(ConsentsPage {
         consents,
@@ -60,15 +65,15 @@ async fn page(
 
 /// The user's consent history at every institution, oldest first: each grant
 /// (with its scopes and expiry), renewal, expiry and revocation, and who caused
-/// it (`user`, `tenant`, `admin`, `institution`, `system`). Empty for a user
-/// never linked (or erased).
+/// it (`user`, `tenant`, `admin`, `institution`, `system`). A user never linked
+/// (or erased) is not found.
 #[utoipa::path(
     get, path = "/v1/users/{user_id}/consents", tag = "connections",
     params(("user_id" = String, Path, description = "The tenant's own id for the user"), PageQuery),
     responses(
         (status = 200, body = ConsentsPage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 429, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("api_key" = []))
 )]

@@ -40,6 +40,9 @@ fn accepted(record: ErasureRecord, location: String) -> Response {
 
 fn erasure_error(error: ErasureError) -> ApiError {
     match error {
+        ErasureError::Store(crate::store::StoreError::NotFound(_)) => {
+            ApiError::not_found("no such user: nothing of theirs is kept (or it was erased)")
+        }
         ErasureError::Store(e) => e.into(),
         other => ApiError::internal(other),
     }
@@ -55,15 +58,15 @@ fn erasure_id(raw: &str) -> Result<ErasureId, ApiError> {
 /// quarantined records, institutions' events, runs, sync requests, link sessions,
 /// webhook payloads, cached views). Answers `202` at once with the erasure (also at
 /// `Location`); read its `status` until `done`. Asking again while it runs returns
-/// the same erasure. Only a keyed pseudonym of the user id is kept, in the audit
-/// trail.
+/// the same erasure; once it is done, the user is not found. Only a keyed
+/// pseudonym of the user id is kept, in the audit trail.
 #[utoipa::path(
     delete, path = "/v1/users/{user_id}", tag = "connections",
     params(("user_id" = String, Path, description = "The tenant's own id for the user")),
     responses(
         (status = 202, body = ErasureRecord), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 429, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("api_key" = []))
 )]

@@ -36,6 +36,7 @@ pub struct Settings {
     pub tokens: TokenSettings,
     pub webhooks: WebhookSettings,
     pub institution_webhooks: InstitutionWebhookSettings,
+    pub retention: RetentionSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
 }
@@ -84,8 +85,29 @@ pub struct InstitutionWebhookSettings {
     pub coalesce_ms: u64,
     /// Bodies larger than this are refused unread (413).
     pub max_body_bytes: usize,
-    /// Stored events are deleted this many days after they arrived.
-    pub retain_days: u32,
+}
+
+/// How long each class of history is kept, in days; the scheduler deletes what is
+/// older once an hour. What is still under way (a running sync, a pending
+/// delivery, an open quarantine entry, a live link session) is never deleted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Finished sync runs, sync requests and finished jobs.
+    pub runs_days: u32,
+    /// Settled outgoing webhook deliveries (their payloads name users).
+    pub deliveries_days: u32,
+    /// Resolved quarantine entries.
+    pub quarantine_days: u32,
+    /// Link sessions, from their expiry.
+    pub link_sessions_days: u32,
+    /// Institutions' webhook events, from their arrival.
+    pub institution_events_days: u32,
+    /// Audit trail entries.
+    pub audit_days: u32,
+    /// The audit trail's floor: `audit_days` below it is refused at start, and no
+    /// entry younger than this is ever deleted.
+    pub audit_min_days: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,8 +226,6 @@ pub struct SyncSettings {
     /// A sync job whose runs stopped their worker (killed, crashed) this many times
     /// is parked as failed instead of being delivered again.
     pub poison_after: u32,
-    /// Finished runs, finished jobs and settled webhook deliveries are kept this long.
-    pub history_days: u32,
     /// How often a connection's sync re-reads the whole history, unless its connector says.
     pub deep_sync_interval_days: u32,
 }
@@ -337,12 +357,34 @@ impl Settings {
                 problem: "must not be below webhooks.backoff_base_ms".into(),
             });
         }
-        // Runs are also how a job that keeps stopping its worker is recognised, and
-        // how a sync request reports its outcome: they must outlive both.
-        if self.sync.history_days == 0 {
+        let retention = &self.retention;
+        for (key, days) in [
+            // Runs are also how a job that keeps stopping its worker is recognised,
+            // and how a sync request reports its outcome: they must outlive both.
+            ("retention.runs_days", retention.runs_days),
+            ("retention.deliveries_days", retention.deliveries_days),
+            ("retention.quarantine_days", retention.quarantine_days),
+            ("retention.link_sessions_days", retention.link_sessions_days),
+            (
+                "retention.institution_events_days",
+                retention.institution_events_days,
+            ),
+            ("retention.audit_min_days", retention.audit_min_days),
+        ] {
+            if days == 0 {
+                return Err(SettingsError::Invalid {
+                    key,
+                    problem: "must be at least 1".into(),
+                });
+            }
+        }
+        if retention.audit_days < retention.audit_min_days {
             return Err(SettingsError::Invalid {
-                key: "sync.history_days",
-                problem: "must be at least 1".into(),
+                key: "retention.audit_days",
+                problem: format!(
+                    "must be at least retention.audit_min_days ({})",
+                    retention.audit_min_days
+                ),
             });
         }
         if !crate::connectors::DEEP_SYNC_INTERVAL_DAYS.contains(&self.sync.deep_sync_interval_days)
@@ -445,9 +487,18 @@ mod tests {
     fn history_kept_for_no_day_is_refused_with_the_key_named() {
         let mut settings = Settings::load_layers(&config_dir(), None, false).unwrap();
         assert!(settings.check().is_ok());
-        settings.sync.history_days = 0;
+        settings.retention.runs_days = 0;
         let error = settings.check().unwrap_err().to_string();
-        assert!(error.contains("sync.history_days"), "{error}");
+        assert!(error.contains("retention.runs_days"), "{error}");
+    }
+
+    #[test]
+    fn the_audit_trail_is_never_kept_less_than_its_floor() {
+        let mut settings = Settings::load_layers(&config_dir(), None, false).unwrap();
+        settings.retention.audit_days = settings.retention.audit_min_days - 1;
+        let error = settings.check().unwrap_err().to_string();
+        assert!(error.contains("retention.audit_days"), "{error}");
+        assert!(error.contains("audit_min_days"), "{error}");
     }
 
     #[test]

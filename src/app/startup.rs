@@ -17,6 +17,7 @@ use crate::catalog::Catalog;
 use crate::connectors::{Engine, Registry};
 use crate::resilience::Resilience;
 use crate::store::Store;
+use crate::sync::scheduler::Retention;
 use crate::sync::{Env, Environment, Queue};
 use crate::tokens::{Linker, TokenService};
 use crate::vault::Vault;
@@ -166,10 +167,7 @@ impl App {
             ),
             recent_transactions: settings.sync.recent_transactions,
             poison_after: settings.sync.poison_after.max(1),
-            event_retention: chrono::Duration::days(i64::from(
-                settings.institution_webhooks.retain_days,
-            )),
-            history_retention: chrono::Duration::days(i64::from(settings.sync.history_days)),
+            retention: retention(&settings.retention),
             deep_interval: chrono::Duration::days(i64::from(settings.sync.deep_sync_interval_days)),
         });
         Ok(Self {
@@ -214,5 +212,19 @@ impl App {
                 self.settings.institution_webhooks.coalesce_ms,
             ),
         })
+    }
+}
+
+/// `[retention]` as the scheduler's purge takes it.
+fn retention(settings: &crate::app::config::RetentionSettings) -> Retention {
+    let days = |d: u32| chrono::Duration::days(i64::from(d));
+    Retention {
+        runs: days(settings.runs_days),
+        deliveries: days(settings.deliveries_days),
+        quarantine: days(settings.quarantine_days),
+        link_sessions: days(settings.link_sessions_days),
+        institution_events: days(settings.institution_events_days),
+        audit: days(settings.audit_days),
+        audit_floor: days(settings.audit_min_days),
     }
 }

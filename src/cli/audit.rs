@@ -60,8 +60,13 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 None => {
                     match verification.head {
                         Some((seq, hash)) => println!(
-                            "The audit trail holds: {} entries, head {seq}:{hash}.",
-                            verification.verified
+                            "The audit trail holds: {} entries{}, head {seq}:{hash}.",
+                            verification.verified,
+                            verification
+                                .purged_through
+                                .map_or_else(String::new, |through| {
+                                    format!(" (1 to {through} deleted by retention, as recorded)")
+                                }),
                         ),
                         None => println!("The audit trail is empty."),
                     }

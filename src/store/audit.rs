@@ -33,8 +33,12 @@ const AUDIT_LOCK: i64 = 0x6673_6175_6469_7400;
 /// The hash the first entry follows.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Entries read per query when walking or exporting the trail.
+/// Entries read per query when walking or exporting the trail, and deleted per
+/// transaction by retention.
 const AUDIT_BATCH: u64 = 1000;
+
+/// The action of the entry a retention purge leaves.
+const PURGED: &str = "audit.purged";
 
 /// Who acted, as the trail names them: `admin:<name>`, `break-glass` (the
 /// configured `server.admin_token`), `key:<prefix>` (a tenant's API key), `cli`
@@ -203,6 +207,9 @@ pub struct AuditFilter {
 /// What walking the chain found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verification {
+    /// Entries up to this one were deleted by retention, as an `audit.purged` entry
+    /// records; the walk starts after it.
+    pub purged_through: Option<i64>,
     /// Entries that checked out before the first break (all of them when none).
     pub verified: u64,
     /// The last entry checked, `(seq, hash)`.
@@ -345,6 +352,61 @@ impl Store {
             .collect()
     }
 
+    /// Whether an `audit.purged` entry says entries up to `through` were deleted, the
+    /// last of them with hash `hash`.
+    async fn purge_recorded(&self, through: i64, hash: &str) -> Result<bool, StoreError> {
+        let purges = audit_entry::Entity::find()
+            .filter(audit_entry::Column::Action.eq(PURGED))
+            .filter(audit_entry::Column::Actor.eq(Actor::system().as_str()))
+            .all(self.db())
+            .await?;
+        Ok(purges.iter().any(|purge| {
+            purge
+                .detail
+                .as_deref()
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .is_some_and(|d| d["through_seq"] == through && d["through_hash"] == hash)
+        }))
+    }
+
+    /// Deletes the oldest entries appended before `before`, from the start of the
+    /// trail and in order only, a batch per transaction; each batch appends an
+    /// `audit.purged` entry naming the last entry it deleted and its hash, so the
+    /// trail still says where it starts and [`Self::verify_audit`] checks it whole.
+    pub async fn purge_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        loop {
+            let txn = self.begin_write().await?;
+            let oldest = audit_entry::Entity::find()
+                .filter(audit_entry::Column::Seq.gte(1))
+                .order_by_asc(audit_entry::Column::Seq)
+                .limit(AUDIT_BATCH)
+                .all(&txn)
+                .await?;
+            let gone: Vec<_> = oldest.iter().take_while(|e| e.at < before).collect();
+            let Some(last) = gone.last() else {
+                return Ok(deleted);
+            };
+            let (through, hash, count) = (last.seq, last.hash.clone(), gone.len() as u64);
+            audit_entry::Entity::delete_many()
+                .filter(audit_entry::Column::Seq.gte(1))
+                .filter(audit_entry::Column::Seq.lte(through))
+                .exec(&txn)
+                .await?;
+            let entry = AuditEntry::new(Actor::system(), PURGED).detail(serde_json::json!({
+                "through_seq": through,
+                "through_hash": hash,
+                "entries": count,
+            }));
+            append(&txn, entry).await?;
+            txn.commit().await?;
+            deleted += count;
+            if count < AUDIT_BATCH {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// Whether an entry for `action` under `request_id` was appended since `since`.
     pub async fn audit_recorded(
         &self,
@@ -382,8 +444,35 @@ impl Store {
         expect: Option<(i64, &str)>,
     ) -> Result<Verification, StoreError> {
         let mut verified = 0;
-        let mut head: Option<(i64, String)> = None;
         let break_at = |seq, reason: String| Some(Break { seq, reason });
+        // Where the walk starts: entry 1, or after the entries retention deleted,
+        // which the trail itself must have recorded.
+        let first = audit_entry::Entity::find()
+            .filter(audit_entry::Column::Seq.gte(1))
+            .order_by_asc(audit_entry::Column::Seq)
+            .one(self.db())
+            .await?;
+        let mut head: Option<(i64, String)> = None;
+        let mut purged_through = None;
+        if let Some(first) = first.filter(|f| f.seq > 1) {
+            let through = first.seq - 1;
+            if self.purge_recorded(through, &first.prev_hash).await? {
+                head = Some((through, first.prev_hash.clone()));
+                purged_through = Some(through);
+            } else {
+                return Ok(Verification {
+                    purged_through,
+                    verified,
+                    head,
+                    broken: break_at(
+                        1,
+                        format!(
+                            "entries 1 to {through} are missing, and no purge recorded deleting them"
+                        ),
+                    ),
+                });
+            }
+        }
         loop {
             // From the lowest number there is: a row slipped in below 1 is no entry.
             let after = head.as_ref().map_or(i64::MIN, |(seq, _)| *seq);
@@ -438,6 +527,7 @@ impl Store {
                 };
                 if let Some((seq, reason)) = reason {
                     return Ok(Verification {
+                        purged_through,
                         verified,
                         head,
                         broken: break_at(seq, reason),
@@ -467,6 +557,7 @@ impl Store {
             ),
         };
         Ok(Verification {
+            purged_through,
             verified,
             head,
             broken,

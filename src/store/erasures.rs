@@ -90,7 +90,8 @@ pub struct ErasureRecord {
 
 impl Store {
     /// Records a request to erase `user` of `tenant`, with `audit`; an erasure of
-    /// the same user still under way is returned instead (`false`: not new).
+    /// the same user still under way is returned instead (`false`: not new), and a
+    /// user the tenant has nothing of is not found.
     pub async fn request_erasure(
         &self,
         tenant: TenantId,
@@ -105,6 +106,9 @@ impl Store {
             .filter(erasure::Column::Status.eq(ErasureStatus::Pending.as_str()))
             .one(&txn)
             .await?;
+        if open.is_none() && !self.user_known(tenant, user).await? {
+            return Err(StoreError::NotFound("user"));
+        }
         if let Some(open) = open {
             let audit = audit
                 .target(format!("tenant:{tenant}/user:{pseudonym}"))
@@ -136,6 +140,24 @@ impl Store {
         audit::append(&txn, audit).await?;
         txn.commit().await?;
         Ok((to_record(row)?, true))
+    }
+
+    /// Whether the tenant has anything of `user`: a connection or a link session.
+    pub async fn user_known(&self, tenant: TenantId, user: &UserId) -> Result<bool, StoreError> {
+        let connection = connection::Entity::find()
+            .filter(connection::Column::TenantId.eq(tenant.to_string()))
+            .filter(connection::Column::UserId.eq(user.as_str()))
+            .one(self.db())
+            .await?;
+        if connection.is_some() {
+            return Ok(true);
+        }
+        Ok(link_session::Entity::find()
+            .filter(link_session::Column::TenantId.eq(tenant.to_string()))
+            .filter(link_session::Column::UserId.eq(user.as_str()))
+            .one(self.db())
+            .await?
+            .is_some())
     }
 
     /// One erasure, of `tenant` when given (another tenant's is not found).

@@ -49,9 +49,8 @@ pub struct Environment {
     /// A job whose runs stopped their worker this many times is parked as failed.
     pub poison_after: u32,
     /// How long institutions' webhook events are kept.
-    pub event_retention: chrono::Duration,
-    /// How long finished runs, finished jobs and settled webhook deliveries are kept.
-    pub history_retention: chrono::Duration,
+    /// How long each class of history is kept.
+    pub retention: scheduler::Retention,
     /// How often a connection's sync is a deep one, unless its connector says.
     pub deep_interval: chrono::Duration,
 }

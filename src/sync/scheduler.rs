@@ -4,10 +4,11 @@
 //!   token refresh for every token due for refresh, deletes institutions'
 //!   webhook events past their retention, and runs erasures that are due (one
 //!   whose run crashed or failed, [`super::erasure`]);
-//! - once an hour beside the ticks ([`purge_history`]): deletes finished runs,
-//!   finished jobs, settled webhook deliveries, expired link sessions and resolved
-//!   quarantine entries past `sync.history_days`, idempotency keys and status page
-//!   sessions over for a day; then logs the audit trail's head.
+//! - once an hour beside the ticks ([`purge_history`]): deletes each class of
+//!   history past its `[retention]` (finished runs and jobs, settled webhook
+//!   deliveries, expired link sessions, resolved quarantine entries, the oldest
+//!   audit entries), idempotency keys and status page sessions over for a day; then
+//!   logs the audit trail's head.
 //!
 //! Safe to run in several processes: a connection's schedule slot is claimed with a
 //! conditional update, so only one scheduler enqueues it, the queue refuses a
@@ -78,7 +79,10 @@ pub async fn tick(ctx: &Env) -> Result<usize, SchedulerError> {
     if enqueued > 0 {
         tracing::info!(enqueued, "Scheduled due syncs.");
     }
-    let purged = ctx.store.purge_events(now - ctx.event_retention).await?;
+    let purged = ctx
+        .store
+        .purge_events(now - ctx.retention.institution_events)
+        .await?;
     if purged > 0 {
         tracing::info!(
             purged,
@@ -136,6 +140,55 @@ async fn refresh_tick(ctx: &Env, now: chrono::DateTime<Utc>) -> Result<usize, Sc
     Ok(enqueued)
 }
 
+/// How long each class of history is kept (from `[retention]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub runs: chrono::Duration,
+    pub deliveries: chrono::Duration,
+    pub quarantine: chrono::Duration,
+    pub link_sessions: chrono::Duration,
+    pub institution_events: chrono::Duration,
+    pub audit: chrono::Duration,
+    /// No audit entry younger than this is deleted, whatever `audit` says.
+    pub audit_floor: chrono::Duration,
+}
+
+/// The moment before which each class of history goes in one purge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    pub runs: chrono::DateTime<Utc>,
+    pub deliveries: chrono::DateTime<Utc>,
+    pub quarantine: chrono::DateTime<Utc>,
+    pub link_sessions: chrono::DateTime<Utc>,
+    /// `None`: the audit trail is left alone.
+    pub audit: Option<chrono::DateTime<Utc>>,
+}
+
+impl Cutoffs {
+    /// What `retention` lets go at `now`; the audit trail never past its floor.
+    pub fn of(retention: &Retention, now: chrono::DateTime<Utc>) -> Self {
+        Self {
+            runs: now - retention.runs,
+            deliveries: now - retention.deliveries,
+            quarantine: now - retention.quarantine,
+            link_sessions: now - retention.link_sessions,
+            audit: Some(now - retention.audit.max(retention.audit_floor)),
+        }
+    }
+
+    /// Everything finished before `before` but the audit trail (for tools and
+    /// tests that empty the history).
+    pub fn all_before(before: chrono::DateTime<Utc>) -> Self {
+        Self {
+            runs: before,
+            deliveries: before,
+            quarantine: before,
+            link_sessions: before,
+            audit: None,
+        }
+    }
+}
+
 /// What [`purge_history`] deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -146,32 +199,41 @@ pub struct Purged {
     pub link_sessions: u64,
     pub quarantine: u64,
     pub status_sessions: u64,
+    pub audit_entries: u64,
 }
 
-/// Deletes what is over and older than `before`: sync runs and requests, jobs,
-/// settled webhook deliveries, link sessions that expired and quarantine entries
-/// resolved; and idempotency keys past their own day. Nothing
-/// still running, queued or pending goes.
-pub async fn purge_history(
-    ctx: &Env,
-    before: chrono::DateTime<Utc>,
-) -> Result<Purged, SchedulerError> {
+/// Deletes what is over and older than its class's cutoff: sync runs and
+/// requests and jobs, settled webhook deliveries, link sessions that expired,
+/// quarantine entries resolved, the oldest audit entries; and idempotency keys and
+/// status page sessions a day past their end. Nothing still running, queued or
+/// pending goes.
+pub async fn purge_history(ctx: &Env, cutoffs: &Cutoffs) -> Result<Purged, SchedulerError> {
     let purged = Purged {
-        runs: ctx.store.purge_runs(before).await?,
-        jobs: ctx.queue.purge_finished(before).await?,
-        deliveries: ctx.store.purge_webhook_deliveries(before).await?,
+        runs: ctx.store.purge_runs(cutoffs.runs).await?,
+        jobs: ctx.queue.purge_finished(cutoffs.runs).await?,
+        deliveries: ctx
+            .store
+            .purge_webhook_deliveries(cutoffs.deliveries)
+            .await?,
         idempotency_keys: ctx
             .store
             .purge_idempotency_keys(Utc::now() - IDEMPOTENCY_KEY_TTL)
             .await?,
-        link_sessions: ctx.store.purge_link_sessions(before).await?,
-        quarantine: ctx.store.purge_resolved_quarantine(before).await?,
+        link_sessions: ctx.store.purge_link_sessions(cutoffs.link_sessions).await?,
+        quarantine: ctx
+            .store
+            .purge_resolved_quarantine(cutoffs.quarantine)
+            .await?,
         // Over once expired: a day is enough to read who signed in when from the
         // audit trail's entries, which stay.
         status_sessions: ctx
             .store
             .purge_status_sessions(Utc::now() - chrono::Duration::days(1))
             .await?,
+        audit_entries: match cutoffs.audit {
+            Some(before) => ctx.store.purge_audit(before).await?,
+            None => 0,
+        },
     };
     if purged != Purged::default() {
         tracing::info!(
@@ -182,6 +244,7 @@ pub async fn purge_history(
             link_sessions = purged.link_sessions,
             quarantine = purged.quarantine,
             status_sessions = purged.status_sessions,
+            audit_entries = purged.audit_entries,
             "Deleted history past its retention."
         );
     }
@@ -215,7 +278,8 @@ pub async fn run(ctx: Env, every: Duration, shutdown: impl std::future::Future<O
             hourly.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 hourly.tick().await;
-                if let Err(e) = purge_history(&ctx, Utc::now() - ctx.history_retention).await {
+                let cutoffs = Cutoffs::of(&ctx.retention, Utc::now());
+                if let Err(e) = purge_history(&ctx, &cutoffs).await {
                     tracing::error!(error = %e, "Purging history failed.");
                 }
                 log_audit_head(&ctx).await;

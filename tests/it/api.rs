@@ -120,6 +120,20 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
     .await;
     assert_eq!(status, 201, "{session}");
     let link_session_id = session["id"].as_str().unwrap();
+    // An erasure of a user who only ever had a link session.
+    let (status, _) = call_json(
+        &app,
+        Method::POST,
+        "/v1/link-sessions",
+        &owner_key,
+        json!({"user_id": "demo-carol", "redirect_uri": back}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _, erasure) = call(&app, Method::DELETE, "/v1/users/demo-carol", &owner_key).await;
+    assert_eq!(status, 202, "{erasure}");
+    let erasure_id = erasure["id"].as_str().unwrap();
+    app.link_and_sync(owner.id, "demo-bob").await;
 
     // Every tenant route in the published contract, with the owner's ids.
     let document = finsync::api::document();
@@ -132,8 +146,15 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
             // No id in it: it can only name the caller's own things.
             continue;
         }
+        // Erasing a user is walked on Bob, whose data the rest does not read.
+        let user = if path == "/v1/users/{user_id}" {
+            "demo-bob"
+        } else {
+            "demo-alice"
+        };
         let concrete = path
-            .replace("{user_id}", "demo-alice")
+            .replace("{user_id}", user)
+            .replace("{erasure_id}", erasure_id)
             .replace("{sync_id}", sync_id)
             .replace("{webhook_id}", webhook_id)
             .replace("{transaction_id}", transaction_id)
@@ -164,7 +185,7 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
             walked += 1;
         }
     }
-    assert_eq!(walked, 12, "every /v1 operation with an id was walked");
+    assert_eq!(walked, 15, "every /v1 operation with an id was walked");
 }
 
 #[tokio::test]
@@ -590,16 +611,34 @@ async fn admins_list_and_remove_a_tenants_users() {
         .send()
         .await
         .unwrap();
-    assert_eq!(removed.status(), 200);
-    let (_, _, portfolio) = call(
+    assert_eq!(removed.status(), 202);
+    let erasure: Value = removed.json().await.unwrap();
+    let done = format!(
+        "{}/admin/erasures/{}",
+        app.address,
+        erasure["id"].as_str().unwrap()
+    );
+    eventually("the erasure to finish", Duration::from_secs(30), || async {
+        let body: Value = http
+            .get(&done)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (body["status"] == "done").then_some(())
+    })
+    .await;
+    let (status, _, _) = call(
         &app,
         Method::GET,
         "/v1/users/demo-alice/portfolio",
         key.0.expose_secret(),
     )
     .await;
-    assert_eq!(portfolio["freshness"]["reason"], "CONNECTION_REVOKED");
-    assert!(portfolio["accounts"].as_array().unwrap().is_empty());
+    assert_eq!(status, 404, "erased");
     let (status, _, _) = call(
         &app,
         Method::GET,
@@ -1063,9 +1102,12 @@ async fn an_idempotency_key_makes_a_post_safe_to_retry() {
     let (status, headers, _) = post_keyed(&app, "/v1/webhooks", &bearer, "hook-1", other).await;
     assert_eq!(status, 201);
     assert!(headers.get("idempotent-replayed").is_none());
-    let purged = finsync::sync::scheduler::purge_history(ctx, chrono::Utc::now())
-        .await
-        .unwrap();
+    let purged = finsync::sync::scheduler::purge_history(
+        ctx,
+        &finsync::sync::scheduler::Cutoffs::all_before(chrono::Utc::now()),
+    )
+    .await
+    .unwrap();
     assert!(purged.idempotency_keys >= 2, "{purged:?}");
 
     // Two requests with one key never both run; a claim whose process stopped is

@@ -526,6 +526,57 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
     }
 }
 
+/// Retention deletes the oldest entries and records where the trail now starts:
+/// the rest still verifies, and deleting that record is caught.
+#[tokio::test]
+async fn retention_keeps_the_trail_verifiable() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = Store::connect(&SecretString::from(db.url.clone()), 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    for n in 1..=5 {
+        store
+            .record(by_test().target(format!("thing:{n}")))
+            .await
+            .unwrap();
+    }
+    let entries = store
+        .audit_entries(&AuditFilter::default(), None, 10)
+        .await
+        .unwrap();
+    // Everything appended before entry 4.
+    assert_eq!(store.purge_audit(entries[3].at).await.unwrap(), 3);
+    let left = store
+        .audit_entries(&AuditFilter::default(), None, 10)
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = left.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [4, 5, 6]);
+    assert_eq!(left[2].action, "audit.purged");
+    assert_eq!(left[2].detail.as_ref().unwrap()["through_seq"], 3);
+    let verified = store.verify_audit(None).await.unwrap();
+    assert_eq!(verified.broken, None);
+    assert_eq!(verified.purged_through, Some(3));
+    assert_eq!(verified.verified, 3);
+    // Nothing is old enough now.
+    assert_eq!(store.purge_audit(entries[0].at).await.unwrap(), 0);
+
+    // Entries deleted without a purge's record are missing, not purged.
+    store
+        .db()
+        .execute_unprepared("DELETE FROM audit_log WHERE seq = 4")
+        .await
+        .unwrap();
+    let broken = store.verify_audit(None).await.unwrap().broken.unwrap();
+    assert_eq!(broken.seq, 1, "{}", broken.reason);
+    assert!(
+        broken.reason.contains("no purge recorded"),
+        "{}",
+        broken.reason
+    );
+}
+
 /// Appends from many tasks at once still make one unbroken chain, numbered
 /// without gaps: the advisory lock serialises them.
 #[tokio::test]

@@ -241,14 +241,14 @@ async fn an_erased_user_leaves_nothing_but_a_pseudonym() {
     assert_eq!(actions, ["user.erasure_requested", "user.erased"]);
     assert!(store.verify_audit(None).await.unwrap().broken.is_none());
 
-    // Asking again erases again (there is nothing left), without failing.
+    // Asked again, there is nobody left to erase.
     let again = http
         .delete(format!("{}/v1/users/demo-alice", app.address))
         .bearer_auth(tenant.bearer())
         .send()
         .await
         .unwrap();
-    assert_eq!(again.status(), 202);
+    assert_eq!(again.status(), 404);
 
     // Another tenant cannot read this tenant's erasure.
     let (_, other) = store.create_tenant("other").await.unwrap();

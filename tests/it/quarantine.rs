@@ -249,7 +249,9 @@ async fn records_that_do_not_map_wait_redacted_in_quarantine_until_a_replay_maps
         .unwrap();
     let purged = finsync::sync::scheduler::purge_history(
         &app.app.ctx,
-        chrono::Utc::now() + chrono::Duration::seconds(1),
+        &finsync::sync::scheduler::Cutoffs::all_before(
+            chrono::Utc::now() + chrono::Duration::seconds(1),
+        ),
     )
     .await
     .unwrap();
