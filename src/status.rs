@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use crate::connectors::Registry;
 use crate::directory::{self, Health};
-use crate::store::{Store, StoreError};
+use crate::store::{FleetBreaker, Store, StoreError};
 
 /// How far back the sync figures look.
 pub const WINDOW: chrono::Duration = chrono::Duration::hours(1);
@@ -37,6 +37,8 @@ pub struct InstitutionStatus {
     pub failing: usize,
     pub needs_user: usize,
     pub open_quarantine: u64,
+    /// Its circuit breakers across the fleet's workers.
+    pub breakers: FleetBreaker,
 }
 
 impl InstitutionStatus {
@@ -54,6 +56,7 @@ impl InstitutionStatus {
             failing: 0,
             needs_user: 0,
             open_quarantine: 0,
+            breakers: FleetBreaker::default(),
         }
     }
 
@@ -85,8 +88,15 @@ pub struct Overview {
     pub as_of: DateTime<Utc>,
 }
 
-pub async fn overview(store: &Store, registry: &Registry) -> Result<Overview, StoreError> {
+/// The fleet as the status page shows it; workers' breaker reports count when
+/// younger than `breaker_window`.
+pub async fn overview(
+    store: &Store,
+    registry: &Registry,
+    breaker_window: chrono::Duration,
+) -> Result<Overview, StoreError> {
     let now = Utc::now();
+    let breakers = store.fleet_breakers(now - breaker_window).await?;
     let health = directory::health_all(store).await?;
     let standings = store.connection_standings().await?;
     let runs = store.runs_finished_since(now - WINDOW).await?;
@@ -184,6 +194,11 @@ pub async fn overview(store: &Store, registry: &Registry) -> Result<Overview, St
     }
     failing.sort_by_key(|f| std::cmp::Reverse(f.since));
     failing.truncate(FAILURES_SHOWN);
+    for (id, fleet) in breakers {
+        if let Some(status) = institutions.get_mut(&id) {
+            status.breakers = fleet;
+        }
+    }
     let mut institutions: Vec<InstitutionStatus> = institutions.into_values().collect();
     institutions.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
     Ok(Overview {

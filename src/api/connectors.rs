@@ -21,7 +21,7 @@ use super::{ApiError, ApiState, ErrorCode};
 use crate::catalog::CatalogError;
 use crate::connectors::registry::Served;
 use crate::resilience::BreakerView;
-use crate::store::{ConnectorVersion, InstitutionHealth, Published};
+use crate::store::{ConnectorVersion, FleetBreaker, InstitutionHealth, Published};
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -44,8 +44,12 @@ pub(super) struct ConnectorSummary {
     /// The shipped profile of a standard the connector extends (`fdx`), if any.
     profile: Option<String>,
     health: HealthView,
+    /// The institution's circuit breakers across the fleet: how many workers
+    /// reported lately, and how many see it open, half-open, degraded.
+    fleet: FleetBreaker,
     /// The institution's circuit breaker in the process that answered; absent
-    /// until that process has sent it a request.
+    /// until that process has sent it a request (an API process of a fleet never
+    /// does: see `fleet`).
     breaker: Option<BreakerView>,
     /// Whether the institution is in the adaptive mode's degraded state in the
     /// process that answered: half the concurrency, deferrable endpoints waiting.
@@ -142,6 +146,13 @@ async fn summary(
     refused: Option<&crate::connectors::Problems>,
 ) -> Result<ConnectorSummary, ApiError> {
     let health = state.env.store.institution_health(id).await?;
+    let fleet = state
+        .env
+        .store
+        .fleet_breakers(chrono::Utc::now() - state.breaker_window)
+        .await?
+        .remove(id)
+        .unwrap_or_default();
     Ok(ConnectorSummary {
         id: id.to_owned(),
         name: served.as_ref().map(|s| s.connector.name.clone()),
@@ -149,6 +160,7 @@ async fn summary(
         hash: served.as_ref().map(|s| s.connector.hash.clone()),
         profile: served.as_ref().and_then(|s| s.connector.profile.clone()),
         health: health.into(),
+        fleet,
         breaker: state.env.engine.resilience().breaker(id),
         degraded: state.env.engine.resilience().is_degraded(id),
         file_problems: refused

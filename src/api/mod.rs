@@ -88,6 +88,8 @@ pub struct ApiState {
     pub sync_request_interval: std::time::Duration,
     /// The largest webhook body an institution may send.
     pub inbound_webhook_max_bytes: usize,
+    /// Workers' breaker reports younger than this count in the fleet's view.
+    pub breaker_window: chrono::Duration,
     /// Institutions' webhook events for one connection within this window share
     /// one sync.
     pub inbound_webhook_window: std::time::Duration,

@@ -25,7 +25,7 @@ use super::extract::Path;
 use super::link_page::{Message, cookie, html};
 use crate::directory::Health;
 use crate::domain::{ConnectionId, ConnectionStatus};
-use crate::store::{Actor, AuditEntry, Outcome, Role, StoreError};
+use crate::store::{Actor, AuditEntry, FleetBreaker, Outcome, Role, StoreError};
 use crate::sync::SyncConnection;
 
 /// How long a sign-in lasts.
@@ -79,6 +79,9 @@ struct InstitutionLine {
     failing: usize,
     needs_user: usize,
     open_quarantine: u64,
+    /// The fleet's breakers in words ("open in 2 of 3 workers").
+    breakers: String,
+    breakers_open: bool,
 }
 
 struct FailingLine {
@@ -122,7 +125,13 @@ async fn page(
         Ok(None) => return login_page(&state, StatusCode::OK, None),
         Err(error) => return super::link_page::trouble(error),
     };
-    let overview = match crate::status::overview(&state.env.store, state.catalog.registry()).await {
+    let overview = match crate::status::overview(
+        &state.env.store,
+        state.catalog.registry(),
+        state.breaker_window,
+    )
+    .await
+    {
         Ok(overview) => overview,
         Err(error) => return super::link_page::trouble(error),
     };
@@ -158,6 +167,8 @@ async fn page(
             failing: i.failing,
             needs_user: i.needs_user,
             open_quarantine: i.open_quarantine,
+            breakers: breakers_text(&i.breakers),
+            breakers_open: i.breakers.open > 0,
         })
         .collect();
     let failing = overview
@@ -471,6 +482,31 @@ fn set_cookie(
     if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
+}
+
+fn breakers_text(fleet: &crate::store::FleetBreaker) -> String {
+    let workers = |n: u32| if n == 1 { "worker" } else { "workers" };
+    let mut text = match *fleet {
+        FleetBreaker { processes: 0, .. } => return "no worker reported".to_owned(),
+        FleetBreaker {
+            open, processes, ..
+        } if open > 0 => format!("open in {open} of {processes} {}", workers(processes)),
+        FleetBreaker {
+            half_open,
+            processes,
+            ..
+        } if half_open > 0 => {
+            format!(
+                "half-open in {half_open} of {processes} {}",
+                workers(processes)
+            )
+        }
+        FleetBreaker { processes, .. } => format!("closed in {processes} {}", workers(processes)),
+    };
+    if fleet.degraded > 0 {
+        text.push_str(&format!(", degraded in {}", fleet.degraded));
+    }
+    text
 }
 
 fn when(at: DateTime<Utc>) -> String {

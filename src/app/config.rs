@@ -240,6 +240,9 @@ pub struct ResilienceSettings {
     pub breaker_cooldown_ms: u64,
     /// Each failed probe doubles the cool-down, up to this.
     pub breaker_max_cooldown_ms: u64,
+    /// How often each worker reports its breakers to the fleet's view; a report
+    /// older than three of these no longer counts.
+    pub fleet_report_ms: u64,
 }
 
 impl ResilienceSettings {

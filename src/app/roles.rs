@@ -137,6 +137,14 @@ impl App {
     ) -> anyhow::Result<()> {
         let monitor = self.ctx.queue.monitor(self.ctx.clone(), concurrency);
         let catalog = self.follow_connectors();
+        // Workers call institutions: the fleet's view counts their breakers.
+        let process = crate::sync::breakers::process_name();
+        let every = Duration::from_millis(self.settings.resilience.fleet_report_ms.max(100));
+        let reporting = tokio::spawn(crate::sync::breakers::run(
+            self.ctx.clone(),
+            process.clone(),
+            every,
+        ));
         let ran = monitor
             .run_with_signal(async move {
                 shutdown.await;
@@ -145,6 +153,10 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("workers: {e}"));
         catalog.abort();
+        reporting.abort();
+        if let Err(e) = self.ctx.store.forget_breakers(&process).await {
+            tracing::warn!(error = %e, "Could not withdraw this process's breakers from the fleet's view.");
+        }
         ran
     }
 

@@ -193,6 +193,10 @@ impl App {
             admin_token: (!token.is_empty())
                 .then(|| Arc::new(self.settings.server.admin_token.clone())),
             consent_warning_days: self.settings.tokens.consent_warning_days,
+            breaker_window: chrono::Duration::milliseconds(
+                i64::try_from(self.settings.resilience.fleet_report_ms.max(100))
+                    .unwrap_or(i64::MAX),
+            ) * crate::sync::breakers::FRESH_INTERVALS,
             metrics: self.metrics.clone(),
             limiter: KeyLimiter::new(
                 NonZeroU32::new(self.settings.server.rate_limit_per_second)

@@ -250,6 +250,17 @@ impl Resilience {
             .is_some_and(|guard| guard.health.is_degraded())
     }
 
+    /// Every institution this process has called: its breaker and whether it is
+    /// degraded, for the fleet's view.
+    pub fn snapshot(&self) -> Vec<(String, BreakerView, bool)> {
+        self.guards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, guard)| (id.clone(), guard.breaker.view(), guard.health.is_degraded()))
+            .collect()
+    }
+
     /// The breaker of `institution` in this process, once a request was made to it.
     pub fn breaker(&self, institution: &str) -> Option<BreakerView> {
         self.guards

@@ -1,13 +1,14 @@
 //! Reads for the operators' view of the fleet: every connection's standing in a
-//! few columns, the sync runs of the last hour, failed webhook deliveries. Plain
-//! rows; what they mean is [`crate::status`]'s.
+//! few columns, the sync runs of the last hour, failed webhook deliveries; and the
+//! circuit breakers every process reports, counted across the fleet. Plain rows;
+//! what they mean is [`crate::status`]'s.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QuerySelect,
 };
 
-use super::entities::{connection, sync_run, webhook_delivery};
+use super::entities::{connection, institution_breaker, sync_run, webhook_delivery};
 use super::{Store, StoreError};
 use crate::domain::DeliveryStatus;
 
@@ -73,5 +74,99 @@ impl Store {
             .filter(webhook_delivery::Column::CreatedAt.gte(since))
             .count(self.db())
             .await?)
+    }
+}
+
+/// One process's breaker and adaptive mode for one institution, as it reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerReport {
+    pub institution: String,
+    /// `closed`, `half_open` or `open`.
+    pub state: String,
+    pub degraded: bool,
+    pub consecutive_failures: u32,
+    pub opened_at: Option<DateTime<Utc>>,
+}
+
+/// An institution's breakers across the fleet: how many processes reported lately,
+/// and how many of them see it open, half-open, degraded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct FleetBreaker {
+    pub processes: u32,
+    pub open: u32,
+    pub half_open: u32,
+    pub degraded: u32,
+}
+
+impl Store {
+    /// Replaces what `process` reported before with `reports`, and drops every
+    /// process's reports older than `forget_before` (processes long gone).
+    pub async fn report_breakers(
+        &self,
+        process: &str,
+        reports: &[BreakerReport],
+        forget_before: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        use sea_orm::{ActiveModelTrait, Set, TransactionTrait};
+        let now = Utc::now();
+        let txn = self.db().begin().await?;
+        institution_breaker::Entity::delete_many()
+            .filter(
+                sea_orm::Condition::any()
+                    .add(institution_breaker::Column::ProcessId.eq(process))
+                    .add(institution_breaker::Column::UpdatedAt.lt(forget_before)),
+            )
+            .exec(&txn)
+            .await?;
+        for report in reports {
+            institution_breaker::ActiveModel {
+                process_id: Set(process.to_owned()),
+                institution_id: Set(report.institution.clone()),
+                state: Set(report.state.clone()),
+                degraded: Set(report.degraded),
+                consecutive_failures: Set(
+                    i32::try_from(report.consecutive_failures).unwrap_or(i32::MAX)
+                ),
+                opened_at: Set(report.opened_at),
+                updated_at: Set(now),
+            }
+            .insert(&txn)
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets `process`'s reports (it is stopping).
+    pub async fn forget_breakers(&self, process: &str) -> Result<(), StoreError> {
+        institution_breaker::Entity::delete_many()
+            .filter(institution_breaker::Column::ProcessId.eq(process))
+            .exec(self.db())
+            .await?;
+        Ok(())
+    }
+
+    /// Each institution's breakers as the processes that reported since `since`
+    /// see them.
+    pub async fn fleet_breakers(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeMap<String, FleetBreaker>, StoreError> {
+        let rows = institution_breaker::Entity::find()
+            .filter(institution_breaker::Column::UpdatedAt.gte(since))
+            .all(self.db())
+            .await?;
+        let mut fleet = std::collections::BTreeMap::<String, FleetBreaker>::new();
+        for row in rows {
+            let seen = fleet.entry(row.institution_id).or_default();
+            seen.processes += 1;
+            match row.state.as_str() {
+                "open" => seen.open += 1,
+                "half_open" => seen.half_open += 1,
+                _ => {}
+            }
+            seen.degraded += u32::from(row.degraded);
+        }
+        Ok(fleet)
     }
 }

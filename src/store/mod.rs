@@ -50,7 +50,7 @@ pub use connections::{
 pub use consents::{ActedBy, ConsentEvent, ConsentKind};
 pub use decimal::DbDecimal;
 pub use erasures::{ErasureRecord, ErasureResult, ErasureStatus};
-pub use fleet::{ConnectionStanding, FinishedRun};
+pub use fleet::{BreakerReport, ConnectionStanding, FinishedRun, FleetBreaker};
 pub use idempotency::{Claim, IDEMPOTENCY_KEY_TTL, StoredAnswer, key_id};
 pub use institution_events::{EventFilter, EventPosition, EventStatus, InstitutionEvent, NewEvent};
 pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};

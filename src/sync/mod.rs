@@ -3,10 +3,12 @@
 //! stores, the background token [`refresh`], the [`scheduler`] that enqueues
 //! due syncs and refreshes, the [`replay`] of quarantined records, a connector proved
 //! against its live institution ([`check`]), on-demand [`requests`], a connection's
-//! [`lifecycle`] (after a link, on disconnect), a user's [`erasure`] on request and
-//! waiting for a sync's end ([`wait`]). [`Environment`] is the one shared, immutable environment every job
+//! [`lifecycle`] (after a link, on disconnect), a user's [`erasure`] on request,
+//! this process's circuit [`breakers`] reported to the fleet, and waiting for a
+//! sync's end ([`wait`]). [`Environment`] is the one shared, immutable environment every job
 //! and handler receives.
 
+pub mod breakers;
 pub mod check;
 pub mod erasure;
 pub mod job;

@@ -47,6 +47,7 @@ async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and
             // Long enough that the failing syncs below all fall inside it on a slow machine.
             settings.resilience.breaker_cooldown_ms = 4000;
             settings.resilience.breaker_max_cooldown_ms = 4000;
+            settings.resilience.fleet_report_ms = 100;
         })
         .tenant("advisor")
         .expect_failed_jobs()
@@ -98,6 +99,37 @@ async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and
         "{breaker}"
     );
     assert!(breaker["opened_at"].is_string(), "{breaker}");
+    // The fleet's view: this process's worker reported it.
+    let fleet = |app: &TestApp| {
+        let app_address = app.address.clone();
+        async move {
+            let connectors: serde_json::Value = finsync::http::client()
+                .get(format!("{app_address}/admin/connectors"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            connectors["connectors"]
+                .as_array()?
+                .iter()
+                .find(|c| c["id"] == "harbor")
+                .map(|c| c["fleet"].clone())
+        }
+    };
+    eventually(
+        "the fleet's view of Harbor",
+        Duration::from_secs(10),
+        || async {
+            fleet(&app).await.filter(|f| {
+                f["processes"] == 1
+                    && f["open"].as_u64().unwrap_or(0) + f["half_open"].as_u64().unwrap_or(0) == 1
+            })
+        },
+    )
+    .await;
 
     // Other institutions sync as usual meanwhile.
     assert_eq!(sync(&app, meridian).await, Ok(()));
@@ -123,6 +155,71 @@ async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and
         .clone();
     assert_eq!(harbor_summary["breaker"]["state"], "closed");
     assert_eq!(harbor_summary["breaker"]["consecutive_failures"], 0);
+    eventually(
+        "the fleet to see Harbor closed",
+        Duration::from_secs(10),
+        || async {
+            fleet(&app)
+                .await
+                .filter(|f| f["processes"] == 1 && f["open"] == 0 && f["half_open"] == 0)
+        },
+    )
+    .await;
+}
+
+/// Each process's report counts once; a process that stopped reporting drops out.
+#[tokio::test]
+async fn the_fleet_view_counts_each_worker_that_reported_lately() {
+    use finsync::store::{BreakerReport, FleetBreaker};
+    let db = crate::support::TestDb::new(crate::support::Backend::Postgres).await;
+    let store = finsync::store::Store::connect(&SecretString::from(db.url.clone()), 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let report = |state: &str, degraded| BreakerReport {
+        institution: "harbor".into(),
+        state: state.into(),
+        degraded,
+        consecutive_failures: 0,
+        opened_at: None,
+    };
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(1);
+    store
+        .report_breakers("w1", &[report("open", false)], long_ago)
+        .await
+        .unwrap();
+    store
+        .report_breakers("w2", &[report("closed", true)], long_ago)
+        .await
+        .unwrap();
+    store
+        .report_breakers("w3", &[report("half_open", false)], long_ago)
+        .await
+        .unwrap();
+    // w1 reports again: it replaces its own report, not adds one.
+    store
+        .report_breakers("w1", &[report("open", false)], long_ago)
+        .await
+        .unwrap();
+    let since = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let fleet = store.fleet_breakers(since).await.unwrap();
+    assert_eq!(
+        fleet["harbor"],
+        FleetBreaker {
+            processes: 3,
+            open: 1,
+            half_open: 1,
+            degraded: 1
+        }
+    );
+    // Reports older than the window no longer count; a stopping worker withdraws.
+    store.forget_breakers("w3").await.unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert!(store.fleet_breakers(later).await.unwrap().is_empty());
+    assert_eq!(
+        store.fleet_breakers(since).await.unwrap()["harbor"].processes,
+        2
+    );
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ pub mod erasure;
 pub mod holding;
 pub mod idempotency_key;
 pub mod institution;
+pub mod institution_breaker;
 pub mod institution_event;
 pub mod link_session;
 pub mod oauth_state;
