@@ -193,6 +193,24 @@ impl Vault {
         Ok(hex)
     }
 
+    /// Whether `mac` is [`Self::keyed_hash`] of `value` for `purpose` under any key
+    /// of the ring (so what an earlier key signed still checks after a rotation).
+    pub fn keyed_hash_matches(&self, purpose: &str, value: &str, mac: &str) -> bool {
+        use hmac::Mac;
+        self.derived_keys.values().any(|key| {
+            let expected: String = crate::fingerprint::hmac_sha256(
+                key,
+                &[purpose.as_bytes(), b"\0", value.as_bytes()],
+            )
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+            crate::fingerprint::same(&expected, mac)
+        })
+    }
+
     /// HMAC-SHA256 (hex) of `value` for one `purpose`, under a key derived from the
     /// current vault key: what signs values finsync hands out and must recognise
     /// (status page sessions), with nothing more to configure.

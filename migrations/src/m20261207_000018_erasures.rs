@@ -2,7 +2,8 @@
 //! out in steps that can be resumed after a crash. `user_id` is kept only while
 //! the work is under way (it is how the steps find the user's rows) and cleared
 //! when it is done; `pseudonym` (a keyed hash of the user id) is what remains, as
-//! in the audit trail. `lease_until` keeps one process at a time on an erasure.
+//! in the audit trail. `lease_owner` and `lease_until` keep one run at a time on
+//! an erasure; at most one erasure per user is `pending`.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -25,19 +26,23 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone(Erasures::RequestedAt))
                     .col(timestamp_with_time_zone_null(Erasures::CompletedAt))
                     .col(timestamp_with_time_zone_null(Erasures::LeaseUntil))
+                    .col(string_null(Erasures::LeaseOwner))
                     .col(integer(Erasures::Attempts).default(0))
                     .col(text_null(Erasures::Result))
                     .col(text_null(Erasures::LastError))
                     .to_owned(),
             )
             .await?;
+        // One erasure under way per user: two requests at once find the same one.
         manager
             .create_index(
                 Index::create()
-                    .name("idx_erasures_tenant_pseudonym")
+                    .name("idx_erasures_pending_user")
                     .table(Erasures::Table)
                     .col(Erasures::TenantId)
                     .col(Erasures::Pseudonym)
+                    .unique()
+                    .and_where(Expr::col(Erasures::Status).eq("pending"))
                     .to_owned(),
             )
             .await?;
@@ -71,6 +76,7 @@ enum Erasures {
     RequestedAt,
     CompletedAt,
     LeaseUntil,
+    LeaseOwner,
     Attempts,
     Result,
     LastError,

@@ -87,6 +87,9 @@ pub struct InstitutionWebhookSettings {
     pub max_body_bytes: usize,
 }
 
+/// The longest any history may be kept, in days.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
 /// How long each class of history is kept, in days; the scheduler deletes what is
 /// older once an hour. What is still under way (a running sync, a pending
 /// delivery, an open quarantine entry, a live link session) is never deleted.
@@ -378,6 +381,26 @@ impl Settings {
                 return Err(SettingsError::Invalid {
                     key,
                     problem: "must be at least 1".into(),
+                });
+            }
+        }
+        // A century: time arithmetic stays in range, and it means "keep it".
+        for (key, days) in [
+            ("retention.runs_days", retention.runs_days),
+            ("retention.deliveries_days", retention.deliveries_days),
+            ("retention.quarantine_days", retention.quarantine_days),
+            ("retention.link_sessions_days", retention.link_sessions_days),
+            (
+                "retention.institution_events_days",
+                retention.institution_events_days,
+            ),
+            ("retention.audit_days", retention.audit_days),
+            ("retention.audit_min_days", retention.audit_min_days),
+        ] {
+            if days > MAX_RETENTION_DAYS {
+                return Err(SettingsError::Invalid {
+                    key,
+                    problem: format!("must be at most {MAX_RETENTION_DAYS} (a century)"),
                 });
             }
         }

@@ -311,9 +311,17 @@ impl Cache {
 
     /// Forgets a key everywhere, so the next read goes to the database.
     pub async fn invalidate(&self, key: &str) {
+        self.invalidate_confirmed(key).await;
+    }
+
+    /// [`Self::invalidate`], saying whether it is gone everywhere: Redis deleted
+    /// it and told the other processes (always, without Redis). Where it matters
+    /// that nothing is left (an erasure), a `false` is worth a retry.
+    pub async fn invalidate_confirmed(&self, key: &str) -> bool {
         self.forget_locally(key).await;
-        if let Some(l2) = &self.l2 {
-            self.l2_delete(l2, key).await;
+        match &self.l2 {
+            Some(l2) => self.l2_delete(l2, key).await,
+            None => true,
         }
     }
 
@@ -437,18 +445,17 @@ impl Cache {
         self.l2_call(l2, "fill", fill).await;
     }
 
-    async fn l2_delete(&self, l2: &RedisL2, key: &str) {
+    /// Deletes `key` in Redis and tells the other processes; whether both happened.
+    async fn l2_delete(&self, l2: &RedisL2, key: &str) -> bool {
         let mut connection = l2.connection.clone();
         let delete = connection.del::<_, ()>(l2.key(key));
-        if self.l2_call(l2, "invalidate", delete).await.is_some() {
-            self.publish(l2, key).await;
-        }
+        self.l2_call(l2, "invalidate", delete).await.is_some() && self.publish(l2, key).await
     }
 
-    async fn publish(&self, l2: &RedisL2, key: &str) {
+    async fn publish(&self, l2: &RedisL2, key: &str) -> bool {
         let mut connection = l2.connection.clone();
         let publish = connection.publish::<_, _, ()>(l2.channel(), key);
-        self.l2_call(l2, "publish", publish).await;
+        self.l2_call(l2, "publish", publish).await.is_some()
     }
 
     /// Runs one Redis call under its own timeout; a failure or a timeout trips the

@@ -55,7 +55,11 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let expect = expect_head
                 .as_ref()
                 .map(|(seq, hash)| (*seq, hash.as_str()));
-            let verification = store.verify_audit(expect).await?;
+            let vault = crate::vault::Vault::from_settings(&settings.vault)?;
+            let sealed_by = |value: &str, seal: &str| {
+                vault.keyed_hash_matches(crate::sync::scheduler::AUDIT_SEAL, value, seal)
+            };
+            let verification = store.verify_audit(expect, &sealed_by).await?;
             match verification.broken {
                 None => {
                     match verification.head {

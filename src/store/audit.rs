@@ -224,6 +224,11 @@ pub struct Break {
     pub reason: String,
 }
 
+/// What an `audit.purged` entry's seal covers.
+fn anchor(through: i64, hash: &str) -> String {
+    format!("audit-purged:{through}:{hash}")
+}
+
 /// The hash of an entry: SHA-256 over its fields, as stored, and the hash before
 /// it, serialised as one JSON array (so no field's text can run into another's).
 fn entry_hash(row: &audit_entry::Model) -> String {
@@ -353,8 +358,13 @@ impl Store {
     }
 
     /// Whether an `audit.purged` entry says entries up to `through` were deleted, the
-    /// last of them with hash `hash`.
-    async fn purge_recorded(&self, through: i64, hash: &str) -> Result<bool, StoreError> {
+    /// last of them with hash `hash`, sealed as `sealed_by` confirms.
+    async fn purge_recorded(
+        &self,
+        through: i64,
+        hash: &str,
+        sealed_by: &(dyn Fn(&str, &str) -> bool + Sync),
+    ) -> Result<bool, StoreError> {
         let purges = audit_entry::Entity::find()
             .filter(audit_entry::Column::Action.eq(PURGED))
             .filter(audit_entry::Column::Actor.eq(Actor::system().as_str()))
@@ -365,15 +375,27 @@ impl Store {
                 .detail
                 .as_deref()
                 .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-                .is_some_and(|d| d["through_seq"] == through && d["through_hash"] == hash)
+                .is_some_and(|d| {
+                    d["through_seq"] == through
+                        && d["through_hash"] == hash
+                        && d["seal"]
+                            .as_str()
+                            .is_some_and(|seal| sealed_by(&anchor(through, hash), seal))
+                })
         }))
     }
 
     /// Deletes the oldest entries appended before `before`, from the start of the
     /// trail and in order only, a batch per transaction; each batch appends an
-    /// `audit.purged` entry naming the last entry it deleted and its hash, so the
-    /// trail still says where it starts and [`Self::verify_audit`] checks it whole.
-    pub async fn purge_audit(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    /// `audit.purged` entry naming the last entry it deleted and its hash, sealed
+    /// with `seal` (a keyed hash the database alone cannot make), so the trail still
+    /// says where it starts and [`Self::verify_audit`] checks it whole. A batch
+    /// whose chain does not hold is not deleted: what is broken stays to be seen.
+    pub async fn purge_audit(
+        &self,
+        before: DateTime<Utc>,
+        seal: &(dyn Fn(&str) -> Option<String> + Sync),
+    ) -> Result<u64, StoreError> {
         let mut deleted = 0;
         loop {
             let txn = self.begin_write().await?;
@@ -387,16 +409,30 @@ impl Store {
             let Some(last) = gone.last() else {
                 return Ok(deleted);
             };
+            // Only a chain that holds is purged.
+            let holds = gone
+                .windows(2)
+                .all(|pair| pair[1].seq == pair[0].seq + 1 && pair[1].prev_hash == pair[0].hash)
+                && gone.iter().all(|e| e.hash == entry_hash(e));
+            if !holds {
+                return Err(StoreError::Corrupt(
+                    "the oldest audit entries do not hold together; they are kept for `finsync audit verify`".into(),
+                ));
+            }
             let (through, hash, count) = (last.seq, last.hash.clone(), gone.len() as u64);
             audit_entry::Entity::delete_many()
                 .filter(audit_entry::Column::Seq.gte(1))
                 .filter(audit_entry::Column::Seq.lte(through))
                 .exec(&txn)
                 .await?;
+            let sealed = seal(&anchor(through, &hash)).ok_or_else(|| {
+                StoreError::Corrupt("no key to seal the audit trail's new start with".into())
+            })?;
             let entry = AuditEntry::new(Actor::system(), PURGED).detail(serde_json::json!({
                 "through_seq": through,
                 "through_hash": hash,
                 "entries": count,
+                "seal": sealed,
             }));
             append(&txn, entry).await?;
             txn.commit().await?;
@@ -438,10 +474,13 @@ impl Store {
     /// does not hold: a gap in the numbering (deleted or moved), a hash that does
     /// not match the entry's fields (edited), or a link to a different previous
     /// hash (replaced or reordered). With `expect`, also checks that the trail
-    /// still reaches that `(seq, hash)`, as a logged head said it did.
+    /// still reaches that `(seq, hash)`, as a logged head said it did. A trail
+    /// that starts after entry 1 must say why in an `audit.purged` entry whose seal
+    /// `sealed_by(value, seal)` confirms.
     pub async fn verify_audit(
         &self,
         expect: Option<(i64, &str)>,
+        sealed_by: &(dyn Fn(&str, &str) -> bool + Sync),
     ) -> Result<Verification, StoreError> {
         let mut verified = 0;
         let break_at = |seq, reason: String| Some(Break { seq, reason });
@@ -456,7 +495,10 @@ impl Store {
         let mut purged_through = None;
         if let Some(first) = first.filter(|f| f.seq > 1) {
             let through = first.seq - 1;
-            if self.purge_recorded(through, &first.prev_hash).await? {
+            if self
+                .purge_recorded(through, &first.prev_hash, sealed_by)
+                .await?
+            {
                 head = Some((through, first.prev_hash.clone()));
                 purged_through = Some(through);
             } else {

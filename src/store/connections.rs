@@ -521,6 +521,9 @@ impl Store {
 
     /// Moves an *active* connection to `status` with a reason; a connection that
     /// was revoked or relinked meanwhile is left alone. Returns whether it moved.
+    /// `institution_ended_consent`: the institution refused the grant, which the
+    /// consent history records as its revocation (an expiry is recognised by its
+    /// reason).
     /// A move is audited as finsync's own (`consent.expired`, or
     /// `connection.<status>` with the reason's code).
     pub async fn leave_active(
@@ -528,6 +531,7 @@ impl Store {
         id: ConnectionId,
         status: ConnectionStatus,
         reason: &str,
+        institution_ended_consent: bool,
     ) -> Result<bool, StoreError> {
         let now = Utc::now();
         let txn = self.begin_write().await?;
@@ -548,7 +552,7 @@ impl Store {
         // The consent ended with it: by its lifetime, or by the institution's refusal.
         let consent = if reason == CONSENT_EXPIRED {
             Some((ConsentKind::Expired, ActedBy::System, "CONSENT_EXPIRED"))
-        } else if status == ConnectionStatus::ReauthRequired {
+        } else if institution_ended_consent {
             Some((ConsentKind::Revoked, ActedBy::Institution, code))
         } else {
             None
@@ -601,7 +605,7 @@ impl Store {
         for c in expired {
             let reason = CONSENT_EXPIRED;
             if self
-                .leave_active(c.id, ConnectionStatus::ReauthRequired, reason)
+                .leave_active(c.id, ConnectionStatus::ReauthRequired, reason, false)
                 .await?
             {
                 moved.push(c);

@@ -8,8 +8,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 use serde::{Deserialize, Serialize};
 
@@ -55,8 +55,12 @@ impl FromStr for ErasureStatus {
 /// What an erasure did, once done.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErasureResult {
-    /// Connections disconnected and deleted.
+    /// Connections deleted.
     pub connections: u64,
+    /// Of them, those already disconnected when this run came to them (before the
+    /// request, or by an earlier run cut short): their institutions' answers to
+    /// the revocation are not known here.
+    pub already_disconnected: u64,
     /// Institutions that confirmed the revocation of the user's grant.
     pub revoked_at: Vec<String>,
     /// Institutions that did not (no revocation endpoint, or unreachable): the
@@ -106,7 +110,7 @@ impl Store {
             .filter(erasure::Column::Status.eq(ErasureStatus::Pending.as_str()))
             .one(&txn)
             .await?;
-        if open.is_none() && !self.user_known(tenant, user).await? {
+        if open.is_none() && !user_known(&txn, tenant, user).await? {
             return Err(StoreError::NotFound("user"));
         }
         if let Some(open) = open {
@@ -128,36 +132,26 @@ impl Store {
             requested_at: Set(Utc::now()),
             completed_at: Set(None),
             lease_until: Set(None),
+            lease_owner: Set(None),
             attempts: Set(0),
             result: Set(None),
             last_error: Set(None),
         }
         .insert(&txn)
-        .await?;
+        .await
+        .map_err(|e| match e.sql_err() {
+            // Another request for the same user got there first: ask again.
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => StoreError::Conflict(
+                "an erasure of this user was requested at the same moment".into(),
+            ),
+            _ => e.into(),
+        })?;
         let audit = audit
             .target(format!("tenant:{tenant}/user:{pseudonym}"))
             .detail(serde_json::json!({ "erasure": id }));
         audit::append(&txn, audit).await?;
         txn.commit().await?;
         Ok((to_record(row)?, true))
-    }
-
-    /// Whether the tenant has anything of `user`: a connection or a link session.
-    pub async fn user_known(&self, tenant: TenantId, user: &UserId) -> Result<bool, StoreError> {
-        let connection = connection::Entity::find()
-            .filter(connection::Column::TenantId.eq(tenant.to_string()))
-            .filter(connection::Column::UserId.eq(user.as_str()))
-            .one(self.db())
-            .await?;
-        if connection.is_some() {
-            return Ok(true);
-        }
-        Ok(link_session::Entity::find()
-            .filter(link_session::Column::TenantId.eq(tenant.to_string()))
-            .filter(link_session::Column::UserId.eq(user.as_str()))
-            .one(self.db())
-            .await?
-            .is_some())
     }
 
     /// One erasure, of `tenant` when given (another tenant's is not found).
@@ -196,16 +190,18 @@ impl Store {
             .collect()
     }
 
-    /// Takes the erasure for a run until `until`, if it is pending and nobody's
-    /// lease is live; returns the user to erase.
+    /// Takes the erasure for a run by `owner` until `until`, if it is pending and
+    /// nobody's lease is live; returns the user to erase.
     pub async fn claim_erasure(
         &self,
         id: ErasureId,
+        owner: &str,
         until: DateTime<Utc>,
     ) -> Result<Option<(ErasureRecord, UserId)>, StoreError> {
         let now = Utc::now();
         let claimed = erasure::Entity::update_many()
             .col_expr(erasure::Column::LeaseUntil, Expr::value(until))
+            .col_expr(erasure::Column::LeaseOwner, Expr::value(owner))
             .col_expr(
                 erasure::Column::Attempts,
                 Expr::col(erasure::Column::Attempts).add(1),
@@ -236,11 +232,30 @@ impl Store {
         Ok(Some((to_record(row)?, user)))
     }
 
-    /// A run stopped short: the erasure stays pending, leased until `retry_at`
-    /// so the next run waits a little.
+    /// Extends `owner`'s lease to `until`; `false` when it is no longer theirs (it
+    /// ran out and another run took over: this one must stop).
+    pub async fn renew_erasure(
+        &self,
+        id: ErasureId,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let renewed = erasure::Entity::update_many()
+            .col_expr(erasure::Column::LeaseUntil, Expr::value(until))
+            .filter(erasure::Column::Id.eq(id.to_string()))
+            .filter(erasure::Column::Status.eq(ErasureStatus::Pending.as_str()))
+            .filter(erasure::Column::LeaseOwner.eq(owner))
+            .exec(self.db())
+            .await?;
+        Ok(renewed.rows_affected == 1)
+    }
+
+    /// `owner`'s run stopped short: the erasure stays pending, leased until
+    /// `retry_at` so the next run waits a little. Another run's lease is left alone.
     pub async fn erasure_failed(
         &self,
         id: ErasureId,
+        owner: &str,
         error: &str,
         retry_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
@@ -249,29 +264,26 @@ impl Store {
             .col_expr(erasure::Column::LeaseUntil, Expr::value(retry_at))
             .filter(erasure::Column::Id.eq(id.to_string()))
             .filter(erasure::Column::Status.eq(ErasureStatus::Pending.as_str()))
+            .filter(erasure::Column::LeaseOwner.eq(owner))
             .exec(self.db())
             .await?;
         Ok(())
     }
 
-    /// The last step: deletes the user's connection rows (each must be revoked by
-    /// now, or this fails and the erasure runs again), their runs and pending
+    /// Deletes what is left of `user` once every connection is revoked (or fails,
+    /// and the erasure runs again): the connection rows, their runs and pending
     /// links, the user's consent history, sync requests, link sessions and the
-    /// webhook deliveries
-    /// that name them; closes the erasure, forgetting the user id, and records
-    /// `audit`, all in one transaction.
-    pub async fn finish_erasure(
-        &self,
-        id: ErasureId,
-        tenant: TenantId,
-        user: &UserId,
-        result: &ErasureResult,
-        audit: AuditEntry,
-    ) -> Result<(), StoreError> {
+    /// webhook deliveries that name them, in one transaction. Repeating it finds
+    /// nothing more to delete.
+    pub async fn erase_user_rows(&self, tenant: TenantId, user: &UserId) -> Result<(), StoreError> {
         let txn = self.begin_write().await?;
+        let of_user = || {
+            Condition::all()
+                .add(connection::Column::TenantId.eq(tenant.to_string()))
+                .add(connection::Column::UserId.eq(user.as_str()))
+        };
         let connections = connection::Entity::find()
-            .filter(connection::Column::TenantId.eq(tenant.to_string()))
-            .filter(connection::Column::UserId.eq(user.as_str()))
+            .filter(of_user())
             .all(&txn)
             .await?;
         if let Some(live) = connections
@@ -292,8 +304,21 @@ impl Store {
             .filter(oauth_state::Column::ConnectionId.is_in(ids.clone()))
             .exec(&txn)
             .await?;
-        connection::Entity::delete_many()
-            .filter(connection::Column::Id.is_in(ids))
+        // Only revoked ones: one linked since the look above stays, and is found
+        // next time.
+        let deleted = connection::Entity::delete_many()
+            .filter(of_user())
+            .filter(connection::Column::Status.eq(ConnectionStatus::Revoked.to_string()))
+            .exec(&txn)
+            .await?;
+        if deleted.rows_affected != ids.len() as u64 {
+            return Err(StoreError::Conflict(
+                "the user's connections changed while they were being erased".into(),
+            ));
+        }
+        consent_event::Entity::delete_many()
+            .filter(consent_event::Column::TenantId.eq(tenant.to_string()))
+            .filter(consent_event::Column::UserId.eq(user.as_str()))
             .exec(&txn)
             .await?;
         sync_request::Entity::delete_many()
@@ -301,25 +326,45 @@ impl Store {
             .filter(sync_request::Column::UserId.eq(user.as_str()))
             .exec(&txn)
             .await?;
-        consent_event::Entity::delete_many()
-            .filter(consent_event::Column::TenantId.eq(tenant.to_string()))
-            .filter(consent_event::Column::UserId.eq(user.as_str()))
-            .exec(&txn)
-            .await?;
         link_session::Entity::delete_many()
             .filter(link_session::Column::TenantId.eq(tenant.to_string()))
             .filter(link_session::Column::UserId.eq(user.as_str()))
             .exec(&txn)
             .await?;
-        // Payloads are JSON written by finsync: the user appears as this exact pair.
-        let named =
-            serde_json::to_string(&serde_json::json!({ "user_id": user })).unwrap_or_default();
-        let pair = named.trim_start_matches('{').trim_end_matches('}');
-        webhook_delivery::Entity::delete_many()
+        // Payloads are JSON written by finsync with the user at `data.user_id`. A
+        // LIKE narrows the search (its `_` and `%` and SQLite's case folding may
+        // match more), the parsed payload decides.
+        let candidates = webhook_delivery::Entity::find()
             .filter(webhook_delivery::Column::TenantId.eq(tenant.to_string()))
-            .filter(webhook_delivery::Column::Payload.contains(pair))
+            .filter(webhook_delivery::Column::Payload.contains(user.as_str()))
+            .all(&txn)
+            .await?;
+        let named: Vec<String> = candidates
+            .into_iter()
+            .filter(|d| {
+                serde_json::from_str::<serde_json::Value>(&d.payload)
+                    .is_ok_and(|p| p["data"]["user_id"] == user.as_str())
+            })
+            .map(|d| d.id)
+            .collect();
+        webhook_delivery::Entity::delete_many()
+            .filter(webhook_delivery::Column::Id.is_in(named))
             .exec(&txn)
             .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Closes `owner`'s erasure: done, the user id forgotten, `result` kept, and
+    /// `audit` recorded in the same transaction.
+    pub async fn close_erasure(
+        &self,
+        id: ErasureId,
+        owner: &str,
+        result: &ErasureResult,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        let txn = self.begin_write().await?;
         let done = erasure::Entity::update_many()
             .col_expr(
                 erasure::Column::Status,
@@ -341,15 +386,40 @@ impl Store {
             )
             .filter(erasure::Column::Id.eq(id.to_string()))
             .filter(erasure::Column::Status.eq(ErasureStatus::Pending.as_str()))
+            .filter(erasure::Column::LeaseOwner.eq(owner))
             .exec(&txn)
             .await?;
         if done.rows_affected != 1 {
-            return Err(StoreError::Conflict(format!("erasure {id} is not pending")));
+            return Err(StoreError::Conflict(format!(
+                "erasure {id} is no longer this run's"
+            )));
         }
         audit::append(&txn, audit).await?;
         txn.commit().await?;
         Ok(())
     }
+}
+
+/// Whether the tenant has anything of `user`: a connection or a link session.
+async fn user_known(
+    db: &impl ConnectionTrait,
+    tenant: TenantId,
+    user: &UserId,
+) -> Result<bool, StoreError> {
+    let connection = connection::Entity::find()
+        .filter(connection::Column::TenantId.eq(tenant.to_string()))
+        .filter(connection::Column::UserId.eq(user.as_str()))
+        .one(db)
+        .await?;
+    if connection.is_some() {
+        return Ok(true);
+    }
+    Ok(link_session::Entity::find()
+        .filter(link_session::Column::TenantId.eq(tenant.to_string()))
+        .filter(link_session::Column::UserId.eq(user.as_str()))
+        .one(db)
+        .await?
+        .is_some())
 }
 
 fn to_record(row: erasure::Model) -> Result<ErasureRecord, StoreError> {

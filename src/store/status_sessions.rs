@@ -71,7 +71,8 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes sessions that ended or expired before `before`.
+    /// Deletes sessions that expired before `before` (signed-out ones included:
+    /// they expire too).
     pub async fn purge_status_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         Ok(status_session::Entity::delete_many()
             .filter(status_session::Column::ExpiresAt.lt(before))

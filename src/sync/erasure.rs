@@ -6,10 +6,11 @@
 //!
 //! The request is recorded first ([`request`]) and answered at once; the work runs
 //! in steps that can each be repeated ([`run`]): disconnecting what is still
-//! connected, then one transaction that deletes the rest and closes the request.
-//! A run holds a lease; a run that crashed or failed leaves the request pending,
-//! and the scheduler's tick runs it again ([`resume`]). Nothing is half-erased
-//! without saying so: the request says `pending`, with the last run's error.
+//! connected, one transaction that deletes the rest, dropping the cached view
+//! everywhere, closing the request. A run holds a lease it renews; a run that
+//! crashed or failed leaves the request pending, and the scheduler's erasure loop
+//! runs it again ([`run_due`]). Nothing is half-erased without saying so: the
+//! request says `pending`, with the last run's error.
 
 use chrono::Utc;
 
@@ -33,6 +34,10 @@ pub enum ErasureError {
     Tokens(#[from] TokenError),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error("the cached view could not be dropped everywhere (Redis did not confirm)")]
+    CacheKept,
+    #[error("the erasure's lease ran out and another run took it over")]
+    LeaseLost,
 }
 
 /// Records a request to erase `user` of `tenant` (with `audit`, the requester's
@@ -70,16 +75,35 @@ pub async fn resume(ctx: &Env) -> Result<usize, StoreError> {
     Ok(ran)
 }
 
-/// [`run`], its failure recorded on the erasure for the next run; whether it
-/// finished.
+/// Runs due erasures every `every` until the task is dropped: beside the
+/// scheduler's ticks, so a long erasure holds up no sync.
+pub async fn run_due(ctx: Env, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match resume(&ctx).await {
+            Ok(0) => {}
+            Ok(erased) => tracing::info!(erased, "Resumed erasures finished."),
+            Err(e) => {
+                ctx.store.note(&e);
+                tracing::warn!(error = %e, "Could not look for erasures to resume.");
+            }
+        }
+    }
+}
+
+/// [`run`] as one owner, its failure recorded on the erasure for the next run;
+/// whether it finished.
 async fn run_logged(ctx: &Env, id: ErasureId) -> bool {
-    match run(ctx, id).await {
+    let owner = uuid::Uuid::new_v4().to_string();
+    match run(ctx, id, &owner).await {
         Ok(finished) => finished,
         Err(error) => {
             tracing::warn!(erasure = %id, %error, "Erasure stopped short; it will run again.");
             if let Err(e) = ctx
                 .store
-                .erasure_failed(id, &error.to_string(), Utc::now() + RETRY_AFTER)
+                .erasure_failed(id, &owner, &error.to_string(), Utc::now() + RETRY_AFTER)
                 .await
             {
                 tracing::error!(erasure = %id, error = %e, "Could not note an erasure's failure.");
@@ -89,12 +113,18 @@ async fn run_logged(ctx: &Env, id: ErasureId) -> bool {
     }
 }
 
-/// Carries out one erasure if nobody else is: disconnects each of the user's
-/// connections still connected (revoking the grant at the institution), drops the
-/// user's cached view everywhere, then deletes what is left and closes the
-/// request. Returns whether this run finished it.
-pub async fn run(ctx: &Env, id: ErasureId) -> Result<bool, ErasureError> {
-    let Some((erasure, user)) = ctx.store.claim_erasure(id, Utc::now() + LEASE).await? else {
+/// Carries out one erasure as `owner` if nobody else is: disconnects each of the
+/// user's connections still connected (revoking the grant at the institution),
+/// deletes what is left of the user, drops their cached view everywhere (a view
+/// that cannot be dropped fails the run), then closes the request. Each step can
+/// be repeated; the lease is renewed after each connection. Returns whether this
+/// run finished it.
+pub async fn run(ctx: &Env, id: ErasureId, owner: &str) -> Result<bool, ErasureError> {
+    let Some((erasure, user)) = ctx
+        .store
+        .claim_erasure(id, owner, Utc::now() + LEASE)
+        .await?
+    else {
         return Ok(false);
     };
     let tenant = erasure.tenant_id;
@@ -102,6 +132,7 @@ pub async fn run(ctx: &Env, id: ErasureId) -> Result<bool, ErasureError> {
     for connection in ctx.store.user_connections(tenant, &user).await? {
         result.connections += 1;
         if connection.status == ConnectionStatus::Revoked {
+            result.already_disconnected += 1;
             continue;
         }
         let audit = AuditEntry::new(Actor::system(), "connection.disconnect")
@@ -113,9 +144,23 @@ pub async fn run(ctx: &Env, id: ErasureId) -> Result<bool, ErasureError> {
         } else {
             result.not_confirmed.push(institution);
         }
+        if !ctx
+            .store
+            .renew_erasure(id, owner, Utc::now() + LEASE)
+            .await?
+        {
+            return Err(ErasureError::LeaseLost);
+        }
     }
-    let key = crate::portfolio::cache_key(tenant, &user);
-    ctx.cache.invalidate(&key).await;
+    ctx.store.erase_user_rows(tenant, &user).await?;
+    // After the rows: a reader rebuilding the view now finds nobody to show.
+    if !ctx
+        .cache
+        .invalidate_confirmed(&crate::portfolio::cache_key(tenant, &user))
+        .await
+    {
+        return Err(ErasureError::CacheKept);
+    }
     let audit = AuditEntry::new(Actor::system(), "user.erased")
         .target(format!("tenant:{tenant}/user:{}", erasure.user_pseudonym))
         .detail(serde_json::json!({
@@ -123,12 +168,7 @@ pub async fn run(ctx: &Env, id: ErasureId) -> Result<bool, ErasureError> {
             "connections": result.connections,
             "not_confirmed": result.not_confirmed,
         }));
-    ctx.store
-        .finish_erasure(id, tenant, &user, &result, audit)
-        .await?;
-    // A reader that rebuilt the view between the two would have found nothing to
-    // show; dropping it again costs nothing.
-    ctx.cache.invalidate(&key).await;
+    ctx.store.close_erasure(id, owner, &result, audit).await?;
     tracing::info!(erasure = %id, connections = result.connections, "User erased.");
     Ok(true)
 }

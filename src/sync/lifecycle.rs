@@ -1,8 +1,7 @@
 //! A connection's start and end as the rest of the system sees them: a completed
 //! link ends the app's link session, announces the link (and a repair) and queues
 //! the first sync; a disconnect revokes and
-//! deletes ([`crate::tokens::disconnect`]) and rebuilds the user's cached view;
-//! removing a user disconnects all of theirs.
+//! deletes ([`crate::tokens::disconnect`]) and rebuilds the user's cached view.
 
 use super::{Environment, SyncConnection};
 use crate::domain::{ConnectionId, ConnectionStatus};

@@ -50,7 +50,6 @@ pub struct Environment {
     pub recent_transactions: u64,
     /// A job whose runs stopped their worker this many times is parked as failed.
     pub poison_after: u32,
-    /// How long institutions' webhook events are kept.
     /// How long each class of history is kept.
     pub retention: scheduler::Retention,
     /// How often a connection's sync is a deep one, unless its connector says.

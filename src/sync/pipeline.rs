@@ -301,7 +301,12 @@ async fn leased_sync(
                     // Only an active connection: a disconnect or relink meanwhile wins.
                     if ctx
                         .store
-                        .leave_active(connection.id, ConnectionStatus::ReauthRequired, &public)
+                        .leave_active(
+                            connection.id,
+                            ConnectionStatus::ReauthRequired,
+                            &public,
+                            !failure.is_grant_lacking(),
+                        )
                         .await?
                     {
                         tracing::warn!(from = %connection.status, status = "reauth_required", "Connection needs the user to link again.");
@@ -470,6 +475,16 @@ impl Failure {
             StoreError::Disconnected => Self::NoLongerActive,
             e => Self::Store(e),
         }
+    }
+
+    /// The grant lacks what a new connector version needs, or was lost to our own
+    /// cut-short refresh: the user must link again, though the institution ended
+    /// nothing.
+    fn is_grant_lacking(&self) -> bool {
+        matches!(
+            self,
+            Self::Engine(EngineError::GrantLacks(_)) | Self::Token(TokenError::RotationLost { .. })
+        )
     }
 
     fn needs_reauth(&self) -> bool {

@@ -33,7 +33,11 @@ async fn refresh(ctx: &Env, job: &RefreshToken) -> Result<(), SyncError> {
     {
         return Ok(());
     }
-    let (status, reason) = match ctx.tokens.refreshed_token(&connection).await {
+    let (status, reason, institution_ended_consent) = match ctx
+        .tokens
+        .refreshed_token(&connection)
+        .await
+    {
         Ok(_) => return Ok(()),
         Err(TokenError::Store(e)) => return Err(e.into()),
         Err(TokenError::ReauthRequired(detail)) => {
@@ -41,11 +45,12 @@ async fn refresh(ctx: &Env, job: &RefreshToken) -> Result<(), SyncError> {
             (
                 ConnectionStatus::ReauthRequired,
                 "REAUTH_REQUIRED: the institution needs the user to link again",
+                true,
             )
         }
         Err(e @ TokenError::RotationLost { .. }) => {
             tracing::warn!(error = %e, "A refresh cut short cost the grant.");
-            (ConnectionStatus::ReauthRequired, ROTATION_LOST)
+            (ConnectionStatus::ReauthRequired, ROTATION_LOST, false)
         }
         // Transient: tried again at the next slot.
         Err(e @ (TokenError::Busy | TokenError::Refresh(OAuthError::Unavailable(_)))) => {
@@ -59,12 +64,13 @@ async fn refresh(ctx: &Env, job: &RefreshToken) -> Result<(), SyncError> {
             (
                 ConnectionStatus::Error,
                 "TOKEN_REFRESH_FAILED: the connection's tokens could not be renewed; an admin must look",
+                false,
             )
         }
     };
     if ctx
         .store
-        .leave_active(connection.id, status, reason)
+        .leave_active(connection.id, status, reason, institution_ended_consent)
         .await?
     {
         tracing::warn!(from = %connection.status, status = %status, "Connection left active.");

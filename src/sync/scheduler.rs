@@ -2,8 +2,9 @@
 //!
 //! - each tick ([`tick`]): enqueues one sync for every connection that is due, one
 //!   token refresh for every token due for refresh, deletes institutions'
-//!   webhook events past their retention, and runs erasures that are due (one
-//!   whose run crashed or failed, [`super::erasure`]);
+//!   webhook events past their retention;
+//! - beside them, on the same clock: runs erasures that are due (one whose run
+//!   crashed or failed, [`super::erasure::run_due`]);
 //! - once an hour beside the ticks ([`purge_history`]): deletes each class of
 //!   history past its `[retention]` (finished runs and jobs, settled webhook
 //!   deliveries, expired link sessions, resolved quarantine entries, the oldest
@@ -95,10 +96,6 @@ pub async fn tick(ctx: &Env) -> Result<usize, SchedulerError> {
         ctx.announce_reauth_required(&expired, crate::store::CONSENT_EXPIRED)
             .await;
     }
-    let erased = super::erasure::resume(ctx).await?;
-    if erased > 0 {
-        tracing::info!(erased, "Resumed erasures finished.");
-    }
     Ok(enqueued + refresh_tick(ctx, now).await?)
 }
 
@@ -189,6 +186,9 @@ impl Cutoffs {
     }
 }
 
+/// The purpose the audit trail's purge records are sealed for.
+pub const AUDIT_SEAL: &str = "audit-purged";
+
 /// What [`purge_history`] deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -231,7 +231,11 @@ pub async fn purge_history(ctx: &Env, cutoffs: &Cutoffs) -> Result<Purged, Sched
             .purge_status_sessions(Utc::now() - chrono::Duration::days(1))
             .await?,
         audit_entries: match cutoffs.audit {
-            Some(before) => ctx.store.purge_audit(before).await?,
+            Some(before) => {
+                let vault = &ctx.tokens.vault;
+                let seal = |value: &str| vault.keyed_hash(AUDIT_SEAL, value).ok();
+                ctx.store.purge_audit(before, &seal).await?
+            }
             None => 0,
         },
     };
@@ -286,6 +290,7 @@ pub async fn run(ctx: Env, every: Duration, shutdown: impl std::future::Future<O
             }
         }
     });
+    let erasing = tokio::spawn(super::erasure::run_due(ctx.clone(), every));
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -297,4 +302,5 @@ pub async fn run(ctx: Env, every: Duration, shutdown: impl std::future::Future<O
         }
     }
     purging.abort();
+    erasing.abort();
 }

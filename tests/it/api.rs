@@ -528,6 +528,7 @@ async fn a_connection_that_needs_the_user_shows_why_and_a_relink_url() {
                 connection,
                 ConnectionStatus::ReauthRequired,
                 "REAUTH_REQUIRED: the institution needs the user to link again",
+                true,
             )
             .await
             .unwrap()

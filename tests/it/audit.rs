@@ -370,7 +370,14 @@ async fn admin_changes_are_recorded_with_what_they_changed_and_no_secret() {
         );
     }
     assert!(!dump.contains(ADMIN_TOKEN));
-    assert!(store.verify_audit(None).await.unwrap().broken.is_none());
+    assert!(
+        store
+            .verify_audit(None, &crate::support::audit_seals)
+            .await
+            .unwrap()
+            .broken
+            .is_none()
+    );
 }
 
 /// Five entries, then one tampering at a time: each is named by `verify`.
@@ -388,7 +395,10 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
                 .await
                 .unwrap();
         }
-        let clean = store.verify_audit(None).await.unwrap();
+        let clean = store
+            .verify_audit(None, &crate::support::audit_seals)
+            .await
+            .unwrap();
         assert_eq!(clean.verified, 5);
         assert!(clean.broken.is_none());
         let (head_seq, head_hash) = clean.head.clone().unwrap();
@@ -401,11 +411,24 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
 
         // Edited: the entry's own hash no longer matches.
         sql("UPDATE audit_log SET target = 'thing:x' WHERE seq = 3").await;
-        let (seq, reason) = broken_at(store.verify_audit(None).await.unwrap()).unwrap();
+        let (seq, reason) = broken_at(
+            store
+                .verify_audit(None, &crate::support::audit_seals)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(seq, 3, "{backend:?}: {reason}");
         assert!(reason.contains("altered"), "{reason}");
         sql("UPDATE audit_log SET target = 'thing:3' WHERE seq = 3").await;
-        assert!(store.verify_audit(None).await.unwrap().broken.is_none());
+        assert!(
+            store
+                .verify_audit(None, &crate::support::audit_seals)
+                .await
+                .unwrap()
+                .broken
+                .is_none()
+        );
 
         // Edited and rehashed by someone who knows the scheme (SHA-256 of the
         // fields and the previous hash as one JSON array): entry 3 holds, entry 4
@@ -433,7 +456,13 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
             "UPDATE audit_log SET target = 'thing:forged', hash = '{forged_hash}' WHERE seq = 3"
         ))
         .await;
-        let (seq, reason) = broken_at(store.verify_audit(None).await.unwrap()).unwrap();
+        let (seq, reason) = broken_at(
+            store
+                .verify_audit(None, &crate::support::audit_seals)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(seq, 4, "{reason}");
         assert!(reason.contains("does not follow"), "{reason}");
         sql(&format!(
@@ -441,7 +470,14 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
             third.hash
         ))
         .await;
-        assert!(store.verify_audit(None).await.unwrap().broken.is_none());
+        assert!(
+            store
+                .verify_audit(None, &crate::support::audit_seals)
+                .await
+                .unwrap()
+                .broken
+                .is_none()
+        );
 
         // A row slipped in below the numbering is caught too.
         sql(&format!(
@@ -450,7 +486,13 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
             third.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         ))
         .await;
-        let (seq, _) = broken_at(store.verify_audit(None).await.unwrap()).unwrap();
+        let (seq, _) = broken_at(
+            store
+                .verify_audit(None, &crate::support::audit_seals)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(seq, 0);
         sql("DELETE FROM audit_log WHERE seq = 0").await;
 
@@ -461,13 +503,25 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
             .unwrap()
             .remove(0);
         sql("DELETE FROM audit_log WHERE seq = 2").await;
-        let (seq, reason) = broken_at(store.verify_audit(None).await.unwrap()).unwrap();
+        let (seq, reason) = broken_at(
+            store
+                .verify_audit(None, &crate::support::audit_seals)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(seq, 2, "{reason}");
         assert!(reason.contains("missing"), "{reason}");
 
         // Moved: entry 4 renumbered into the gap.
         sql("UPDATE audit_log SET seq = 2 WHERE seq = 4").await;
-        let (seq, _) = broken_at(store.verify_audit(None).await.unwrap()).unwrap();
+        let (seq, _) = broken_at(
+            store
+                .verify_audit(None, &crate::support::audit_seals)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(seq, 2);
         sql("UPDATE audit_log SET seq = 4 WHERE seq = 2").await;
         sql(&format!(
@@ -486,16 +540,28 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
         ))
         .await;
         assert!(
-            store.verify_audit(None).await.unwrap().broken.is_none(),
+            store
+                .verify_audit(None, &crate::support::audit_seals)
+                .await
+                .unwrap()
+                .broken
+                .is_none(),
             "{backend:?}: restored"
         );
 
         // Cut from the end: the chain holds, the logged head does not.
         sql("DELETE FROM audit_log WHERE seq = 5").await;
-        assert!(store.verify_audit(None).await.unwrap().broken.is_none());
+        assert!(
+            store
+                .verify_audit(None, &crate::support::audit_seals)
+                .await
+                .unwrap()
+                .broken
+                .is_none()
+        );
         let (seq, reason) = broken_at(
             store
-                .verify_audit(Some((head_seq, &head_hash)))
+                .verify_audit(Some((head_seq, &head_hash)), &crate::support::audit_seals)
                 .await
                 .unwrap(),
         )
@@ -503,23 +569,29 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
         assert_eq!(seq, 5, "{reason}");
 
         // The command says the same, and exits 1.
-        let output = finsync(&[("FINSYNC__DATABASE__URL", db.url.clone())])
-            .args([
-                "audit",
-                "verify",
-                "--expect-head",
-                &format!("{head_seq}:{head_hash}"),
-            ])
-            .output()
-            .unwrap();
+        let output = finsync(&[
+            ("FINSYNC__DATABASE__URL", db.url.clone()),
+            ("FINSYNC__VAULT__KEY", crate::support::VAULT_KEY.to_owned()),
+        ])
+        .args([
+            "audit",
+            "verify",
+            "--expect-head",
+            &format!("{head_seq}:{head_hash}"),
+        ])
+        .output()
+        .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(output.status.code(), Some(1), "{stdout}");
         assert!(stdout.contains("broken at entry 5"), "{stdout}");
         sql("UPDATE audit_log SET action = 'nothing' WHERE seq = 1").await;
-        let output = finsync(&[("FINSYNC__DATABASE__URL", db.url.clone())])
-            .args(["audit", "verify"])
-            .output()
-            .unwrap();
+        let output = finsync(&[
+            ("FINSYNC__DATABASE__URL", db.url.clone()),
+            ("FINSYNC__VAULT__KEY", crate::support::VAULT_KEY.to_owned()),
+        ])
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(output.status.code(), Some(1), "{stdout}");
         assert!(stdout.contains("broken at entry 1"), "{stdout}");
@@ -546,7 +618,13 @@ async fn retention_keeps_the_trail_verifiable() {
         .await
         .unwrap();
     // Everything appended before entry 4.
-    assert_eq!(store.purge_audit(entries[3].at).await.unwrap(), 3);
+    assert_eq!(
+        store
+            .purge_audit(entries[3].at, &crate::support::audit_seal)
+            .await
+            .unwrap(),
+        3
+    );
     let left = store
         .audit_entries(&AuditFilter::default(), None, 10)
         .await
@@ -555,12 +633,30 @@ async fn retention_keeps_the_trail_verifiable() {
     assert_eq!(seqs, [4, 5, 6]);
     assert_eq!(left[2].action, "audit.purged");
     assert_eq!(left[2].detail.as_ref().unwrap()["through_seq"], 3);
-    let verified = store.verify_audit(None).await.unwrap();
+    let verified = store
+        .verify_audit(None, &crate::support::audit_seals)
+        .await
+        .unwrap();
     assert_eq!(verified.broken, None);
     assert_eq!(verified.purged_through, Some(3));
     assert_eq!(verified.verified, 3);
     // Nothing is old enough now.
-    assert_eq!(store.purge_audit(entries[0].at).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .purge_audit(entries[0].at, &crate::support::audit_seal)
+            .await
+            .unwrap(),
+        0
+    );
+    // A purge record written by someone without the vault's key is no record.
+    let forged = |_: &str, _: &str| false;
+    let broken = store
+        .verify_audit(None, &forged)
+        .await
+        .unwrap()
+        .broken
+        .unwrap();
+    assert_eq!(broken.seq, 1, "{}", broken.reason);
 
     // Entries deleted without a purge's record are missing, not purged.
     store
@@ -568,7 +664,12 @@ async fn retention_keeps_the_trail_verifiable() {
         .execute_unprepared("DELETE FROM audit_log WHERE seq = 4")
         .await
         .unwrap();
-    let broken = store.verify_audit(None).await.unwrap().broken.unwrap();
+    let broken = store
+        .verify_audit(None, &crate::support::audit_seals)
+        .await
+        .unwrap()
+        .broken
+        .unwrap();
     assert_eq!(broken.seq, 1, "{}", broken.reason);
     assert!(
         broken.reason.contains("no purge recorded"),
@@ -600,7 +701,10 @@ async fn concurrent_appends_make_one_chain() {
     for task in tasks {
         task.await.unwrap();
     }
-    let verification = store.verify_audit(None).await.unwrap();
+    let verification = store
+        .verify_audit(None, &crate::support::audit_seals)
+        .await
+        .unwrap();
     assert!(verification.broken.is_none(), "{verification:?}");
     assert_eq!(verification.verified, 40);
 }

@@ -56,7 +56,7 @@ async fn two_schedulers_enqueue_a_due_connection_once() {
             .await
             .unwrap();
         ctx.store
-            .leave_active(parked.id, ConnectionStatus::ReauthRequired, "test")
+            .leave_active(parked.id, ConnectionStatus::ReauthRequired, "test", true)
             .await
             .unwrap();
 

@@ -1099,3 +1099,19 @@ pub fn csrf_in(html: &str) -> String {
 pub fn by_test() -> finsync::store::AuditEntry {
     finsync::store::AuditEntry::new(finsync::store::Actor::cli(), "test")
 }
+
+/// Checks an `audit.purged` entry's seal with the tests' vault key, as
+/// `finsync audit verify` does with the configured one.
+pub fn audit_seals(value: &str, seal: &str) -> bool {
+    finsync::vault::Vault::single(VAULT_KEY)
+        .unwrap()
+        .keyed_hash_matches(finsync::sync::scheduler::AUDIT_SEAL, value, seal)
+}
+
+/// Seals an `audit.purged` entry with the tests' vault key.
+pub fn audit_seal(value: &str) -> Option<String> {
+    finsync::vault::Vault::single(VAULT_KEY)
+        .unwrap()
+        .keyed_hash(finsync::sync::scheduler::AUDIT_SEAL, value)
+        .ok()
+}

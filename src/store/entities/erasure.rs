@@ -14,6 +14,7 @@ pub struct Model {
     pub requested_at: DateTimeUtc,
     pub completed_at: Option<DateTimeUtc>,
     pub lease_until: Option<DateTimeUtc>,
+    pub lease_owner: Option<String>,
     pub attempts: i32,
     pub result: Option<String>,
     pub last_error: Option<String>,
