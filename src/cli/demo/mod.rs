@@ -51,6 +51,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     settings.server.public_url = public_url.clone();
     // The example app's webhook endpoint is on this machine.
     settings.webhooks.allow_private_targets = true;
+    // The status page and the admin API, for the person running the demo: a
+    // break-glass token of this run's own (audited as `break-glass`), unless one
+    // is configured.
+    if settings.server.admin_token.expose_secret().is_empty() {
+        settings.server.admin_token = crate::vault::Vault::generate_key();
+    }
+    let admin_token = settings.server.admin_token.clone();
     let concurrency = settings.sync.worker_concurrency;
 
     let progress = MultiProgress::new();
@@ -153,6 +160,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     println!(
         "Example:  {example_base}   (an advisory app linking its own users: open it in a browser)"
+    );
+    println!(
+        "Status:   {public_url}status   (the operators' page; sign in with {}, this run's admin token)",
+        admin_token.expose_secret()
     );
     if let Some(sandbox) = &app.sandbox {
         println!(
