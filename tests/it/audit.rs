@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use finsync::store::{AUDIT_GENESIS, Actor, AdminName, AuditEntry, AuditFilter, Role, Store};
 use sea_orm::ConnectionTrait;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, Backend, TestApp, TestDb, by_test, finsync};
+use crate::support::{ADMIN_TOKEN, Backend, TestApp, by_test, finsync, migrated_store};
 
 /// Issues a credential with `role` straight through the store, as
 /// `finsync admins create` does.
@@ -380,21 +380,22 @@ async fn admin_changes_are_recorded_with_what_they_changed_and_no_secret() {
     );
 }
 
+/// Five entries, `thing:1` to `thing:5`.
+async fn five_entries(store: &Store) {
+    for n in 1..=5 {
+        store
+            .record(by_test().target(format!("thing:{n}")))
+            .await
+            .unwrap();
+    }
+}
+
 /// Five entries, then one tampering at a time: each is named by `verify`.
 #[tokio::test]
 async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let db = TestDb::new(backend).await;
-        let store = Store::connect(&SecretString::from(db.url.clone()), 2)
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        for n in 1..=5 {
-            store
-                .record(by_test().target(format!("thing:{n}")))
-                .await
-                .unwrap();
-        }
+        let (db, store) = migrated_store(backend, 2).await;
+        five_entries(&store).await;
         let clean = store
             .verify_audit(None, &crate::support::audit_seals)
             .await
@@ -602,17 +603,8 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
 /// the rest still verifies, and deleting that record is caught.
 #[tokio::test]
 async fn retention_keeps_the_trail_verifiable() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let store = Store::connect(&SecretString::from(db.url.clone()), 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    for n in 1..=5 {
-        store
-            .record(by_test().target(format!("thing:{n}")))
-            .await
-            .unwrap();
-    }
+    let (_db, store) = migrated_store(Backend::Postgres, 2).await;
+    five_entries(&store).await;
     let entries = store
         .audit_entries(&AuditFilter::default(), None, 10)
         .await
@@ -682,11 +674,7 @@ async fn retention_keeps_the_trail_verifiable() {
 /// without gaps: the advisory lock serialises them.
 #[tokio::test]
 async fn concurrent_appends_make_one_chain() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let store = Store::connect(&SecretString::from(db.url.clone()), 8)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let (_db, store) = migrated_store(Backend::Postgres, 8).await;
     let tasks: Vec<_> = (0..40)
         .map(|n| {
             let store = store.clone();

@@ -171,11 +171,7 @@ async fn a_failing_institution_trips_its_breaker_without_touching_the_others_and
 #[tokio::test]
 async fn the_fleet_view_counts_each_worker_that_reported_lately() {
     use finsync::store::{BreakerReport, FleetBreaker};
-    let db = crate::support::TestDb::new(crate::support::Backend::Postgres).await;
-    let store = finsync::store::Store::connect(&SecretString::from(db.url.clone()), 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let (_db, store) = crate::support::migrated_store(crate::support::Backend::Postgres, 2).await;
     let report = |state: &str, degraded| BreakerReport {
         institution: "harbor".into(),
         state: state.into(),

@@ -1115,3 +1115,13 @@ pub fn audit_seal(value: &str) -> Option<String> {
         .keyed_hash(finsync::sync::scheduler::AUDIT_SEAL, value)
         .ok()
 }
+
+/// A database of its own, migrated, and a store on it with `connections` pooled.
+pub async fn migrated_store(backend: Backend, connections: u32) -> (TestDb, finsync::store::Store) {
+    let db = TestDb::new(backend).await;
+    let store = finsync::store::Store::connect(&SecretString::from(db.url.clone()), connections)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    (db, store)
+}
