@@ -305,23 +305,67 @@ async fn an_erased_user_leaves_nothing_but_a_pseudonym() {
 }
 
 /// A run that crashed after it took the erasure and disconnected one of two
-/// connections leaves the erasure pending; the next run (the scheduler's) finishes.
+/// connections leaves the erasure pending; the next run (the scheduler's) finishes,
+/// on either database, the user's webhook payloads going with the rest and another
+/// user's staying, though a LIKE would take one id for the other.
 #[tokio::test]
 async fn an_erasure_cut_off_midway_is_finished_by_the_next_run() {
+    for backend in [
+        crate::support::Backend::Sqlite,
+        crate::support::Backend::Postgres,
+    ] {
+        cut_off_midway(backend).await;
+    }
+}
+
+async fn cut_off_midway(backend: crate::support::Backend) {
     let app = TestApp::builder()
-        .postgres()
+        .backend(backend)
         .tenant("advisor")
         .build()
         .await;
     let ctx = &app.app.ctx;
     let tenant = app.tenant();
-    let user = UserId::parse("demo-alice").unwrap();
+    let user = UserId::parse("demo_alice").unwrap();
+    finsync::webhooks::outbound::register_endpoint(
+        &ctx.store,
+        &app.app.linker.vault,
+        tenant.id,
+        "http://127.0.0.1:9/hook",
+        &[finsync::webhooks::outbound::WebhookEvent::ConnectionLinked],
+        true,
+    )
+    .await
+    .unwrap();
+    // Counted by the parsed payload: a LIKE would take `_` for any character.
+    let payloads_naming = |user: &'static str| {
+        let store = ctx.store.clone();
+        async move {
+            use finsync::store::entities::webhook_delivery as delivery;
+            use sea_orm::EntityTrait;
+            delivery::Entity::find()
+                .all(store.db())
+                .await
+                .unwrap()
+                .iter()
+                .filter(|d| {
+                    serde_json::from_str::<serde_json::Value>(&d.payload).unwrap()["data"]["user_id"]
+                        == user
+                })
+                .count()
+        }
+    };
     let first = app
-        .link_and_sync_at(tenant.id, "demo-alice", "meridian")
+        .link_and_sync_at(tenant.id, "demo_alice", "meridian")
         .await;
-    app.link_and_sync_at(tenant.id, "demo-alice", "harbor")
+    // Another user whose id differs from hers only where her `_` is a LIKE wildcard.
+    app.link_and_sync_at(tenant.id, "demo-alice", "meridian")
+        .await;
+    app.link_and_sync_at(tenant.id, "demo_alice", "harbor")
         .await;
 
+    let others = payloads_naming("demo-alice").await;
+    assert!(others > 0 && payloads_naming("demo_alice").await > 0);
     let pseudonym = ctx.tokens.vault.pseudonym(user.as_str()).unwrap();
     let (erasure, new) = ctx
         .store
@@ -370,6 +414,12 @@ async fn an_erasure_cut_off_midway_is_finished_by_the_next_run() {
             .await
             .unwrap()
             .is_empty()
+    );
+    assert_eq!(payloads_naming("demo_alice").await, 0, "{backend:?}");
+    assert_eq!(
+        payloads_naming("demo-alice").await,
+        others,
+        "{backend:?}: not hers"
     );
     // Done is done: nothing more to run.
     assert_eq!(finsync::sync::erasure::resume(ctx).await.unwrap(), 0);
