@@ -196,38 +196,21 @@ impl Vault {
     /// Whether `mac` is [`Self::keyed_hash`] of `value` for `purpose` under any key
     /// of the ring (so what an earlier key signed still checks after a rotation).
     pub fn keyed_hash_matches(&self, purpose: &str, value: &str, mac: &str) -> bool {
-        use hmac::Mac;
-        self.derived_keys.values().any(|key| {
-            let expected: String = crate::fingerprint::hmac_sha256(
-                key,
-                &[purpose.as_bytes(), b"\0", value.as_bytes()],
-            )
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-            crate::fingerprint::same(&expected, mac)
-        })
+        self.derived_keys
+            .values()
+            .any(|key| crate::fingerprint::same(&keyed_mac(key, purpose, value), mac))
     }
 
     /// HMAC-SHA256 (hex) of `value` for one `purpose`, under a key derived from the
     /// current vault key: what signs values finsync hands out and must recognise
-    /// (status page sessions), with nothing more to configure.
+    /// (status page forms and sessions, the audit trail's purge records), with
+    /// nothing more to configure.
     pub fn keyed_hash(&self, purpose: &str, value: &str) -> Result<String, VaultError> {
-        use hmac::Mac;
         let key = self
             .derived_keys
             .get(&self.current)
             .ok_or(VaultError::NoKey)?;
-        let mac =
-            crate::fingerprint::hmac_sha256(key, &[purpose.as_bytes(), b"\0", value.as_bytes()])
-                .finalize();
-        Ok(mac
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect())
+        Ok(keyed_mac(key, purpose, value))
     }
 
     pub fn current_key_id(&self) -> &str {
@@ -288,6 +271,13 @@ impl Vault {
 }
 
 /// First 8 bytes of SHA-256 of the key, hex: identifies a key without revealing it.
+/// HMAC-SHA256 (hex) of `purpose`, a NUL and `value`, under `key`.
+fn keyed_mac(key: &SecretString, purpose: &str, value: &str) -> String {
+    use hmac::Mac;
+    let mac = crate::fingerprint::hmac_sha256(key, &[purpose.as_bytes(), b"\0", value.as_bytes()]);
+    hex::encode(mac.finalize().into_bytes())
+}
+
 fn key_id(key: &[u8]) -> String {
     let mut id = crate::fingerprint::sha256_hex(key);
     id.truncate(16);

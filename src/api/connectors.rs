@@ -139,20 +139,23 @@ pub(super) struct PublishResponse {
     version: VersionView,
 }
 
+/// Every institution's breakers as the workers that reported lately see them.
+async fn fleet_breakers(state: &ApiState) -> Result<BTreeMap<String, FleetBreaker>, ApiError> {
+    Ok(state
+        .env
+        .store
+        .fleet_breakers(chrono::Utc::now() - state.breaker_window)
+        .await?)
+}
+
 async fn summary(
     state: &ApiState,
     id: &str,
     served: Option<Served>,
     refused: Option<&crate::connectors::Problems>,
+    fleet: FleetBreaker,
 ) -> Result<ConnectorSummary, ApiError> {
     let health = state.env.store.institution_health(id).await?;
-    let fleet = state
-        .env
-        .store
-        .fleet_breakers(chrono::Utc::now() - state.breaker_window)
-        .await?
-        .remove(id)
-        .unwrap_or_default();
     Ok(ConnectorSummary {
         id: id.to_owned(),
         name: served.as_ref().map(|s| s.connector.name.clone()),
@@ -193,10 +196,12 @@ pub(super) async fn list_connectors(
     let ids: std::collections::BTreeSet<String> =
         served.keys().chain(refused.keys()).cloned().collect();
     let (ids, next_cursor) = paging::page_of(ids.into_iter().collect(), &query, String::clone)?;
+    let mut fleet = fleet_breakers(&state).await?;
     let mut connectors = Vec::with_capacity(ids.len());
     for id in ids {
         let this = served.remove(&id);
-        connectors.push(summary(&state, &id, this, refused.get(&id)).await?);
+        let breakers = fleet.remove(&id).unwrap_or_default();
+        connectors.push(summary(&state, &id, this, refused.get(&id), breakers).await?);
     }
     Ok(Json(ConnectorsPage {
         connectors,
@@ -243,7 +248,17 @@ pub(super) async fn get_connector(
             .map(|v| v.content.clone())
     });
     Ok(Json(ConnectorDetail {
-        summary: summary(&state, &id, served, refused.get(&id)).await?,
+        summary: summary(
+            &state,
+            &id,
+            served,
+            refused.get(&id),
+            fleet_breakers(&state)
+                .await?
+                .remove(&id)
+                .unwrap_or_default(),
+        )
+        .await?,
         content,
         versions: versions.iter().map(VersionView::from).collect(),
     }))

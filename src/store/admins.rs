@@ -143,17 +143,8 @@ impl Store {
             .await?
             .is_some();
         if taken {
-            return Err(StoreError::Conflict(format!(
-                "an admin named `{}` exists (names are never reused)",
-                name.as_str()
-            )));
+            return Err(name_taken(name));
         }
-        let taken = || {
-            StoreError::Conflict(format!(
-                "an admin named `{}` exists (names are never reused)",
-                name.as_str()
-            ))
-        };
         let row = admin::ActiveModel {
             id: Set(uuid::Uuid::new_v4().to_string()),
             name: Set(name.as_str().to_owned()),
@@ -168,7 +159,7 @@ impl Store {
         .await
         // Another request took the name since the look above.
         .map_err(|e| match e.sql_err() {
-            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => taken(),
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => name_taken(name),
             _ => StoreError::from(e),
         })?;
         let record = to_record(row)?;
@@ -251,6 +242,13 @@ impl Store {
         }
         to_record(row).map(Some)
     }
+}
+
+fn name_taken(name: &AdminName) -> StoreError {
+    StoreError::Conflict(format!(
+        "an admin named `{}` exists (names are never reused)",
+        name.as_str()
+    ))
 }
 
 fn to_record(row: admin::Model) -> Result<AdminRecord, StoreError> {

@@ -370,14 +370,17 @@ async fn admin_changes_are_recorded_with_what_they_changed_and_no_secret() {
         );
     }
     assert!(!dump.contains(ADMIN_TOKEN));
-    assert!(
-        store
-            .verify_audit(None, &crate::support::audit_seals)
-            .await
-            .unwrap()
-            .broken
-            .is_none()
-    );
+    assert!(broken_now(store).await.is_none());
+}
+
+/// Where `verify` finds the trail broken now, and why; `None` when it holds.
+async fn broken_now(store: &Store) -> Option<(i64, String)> {
+    store
+        .verify_audit(None, &crate::support::audit_seals)
+        .await
+        .unwrap()
+        .broken
+        .map(|b| (b.seq, b.reason))
 }
 
 /// Five entries, `thing:1` to `thing:5`.
@@ -408,28 +411,14 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
             let store = store.clone();
             async move { store.db().execute_unprepared(&statement).await.unwrap() }
         };
-        let broken_at = |v: finsync::store::Verification| v.broken.map(|b| (b.seq, b.reason));
 
         // Edited: the entry's own hash no longer matches.
         sql("UPDATE audit_log SET target = 'thing:x' WHERE seq = 3").await;
-        let (seq, reason) = broken_at(
-            store
-                .verify_audit(None, &crate::support::audit_seals)
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let (seq, reason) = broken_now(&store).await.unwrap();
         assert_eq!(seq, 3, "{backend:?}: {reason}");
         assert!(reason.contains("altered"), "{reason}");
         sql("UPDATE audit_log SET target = 'thing:3' WHERE seq = 3").await;
-        assert!(
-            store
-                .verify_audit(None, &crate::support::audit_seals)
-                .await
-                .unwrap()
-                .broken
-                .is_none()
-        );
+        assert!(broken_now(&store).await.is_none());
 
         // Edited and rehashed by someone who knows the scheme (SHA-256 of the
         // fields and the previous hash as one JSON array): entry 3 holds, entry 4
@@ -457,13 +446,7 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
             "UPDATE audit_log SET target = 'thing:forged', hash = '{forged_hash}' WHERE seq = 3"
         ))
         .await;
-        let (seq, reason) = broken_at(
-            store
-                .verify_audit(None, &crate::support::audit_seals)
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let (seq, reason) = broken_now(&store).await.unwrap();
         assert_eq!(seq, 4, "{reason}");
         assert!(reason.contains("does not follow"), "{reason}");
         sql(&format!(
@@ -471,14 +454,7 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
             third.hash
         ))
         .await;
-        assert!(
-            store
-                .verify_audit(None, &crate::support::audit_seals)
-                .await
-                .unwrap()
-                .broken
-                .is_none()
-        );
+        assert!(broken_now(&store).await.is_none());
 
         // A row slipped in below the numbering is caught too.
         sql(&format!(
@@ -487,13 +463,7 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
             third.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         ))
         .await;
-        let (seq, _) = broken_at(
-            store
-                .verify_audit(None, &crate::support::audit_seals)
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let (seq, _) = broken_now(&store).await.unwrap();
         assert_eq!(seq, 0);
         sql("DELETE FROM audit_log WHERE seq = 0").await;
 
@@ -504,25 +474,13 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
             .unwrap()
             .remove(0);
         sql("DELETE FROM audit_log WHERE seq = 2").await;
-        let (seq, reason) = broken_at(
-            store
-                .verify_audit(None, &crate::support::audit_seals)
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let (seq, reason) = broken_now(&store).await.unwrap();
         assert_eq!(seq, 2, "{reason}");
         assert!(reason.contains("missing"), "{reason}");
 
         // Moved: entry 4 renumbered into the gap.
         sql("UPDATE audit_log SET seq = 2 WHERE seq = 4").await;
-        let (seq, _) = broken_at(
-            store
-                .verify_audit(None, &crate::support::audit_seals)
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let (seq, _) = broken_now(&store).await.unwrap();
         assert_eq!(seq, 2);
         sql("UPDATE audit_log SET seq = 4 WHERE seq = 2").await;
         sql(&format!(
@@ -540,33 +498,18 @@ async fn audit_verify_names_the_entry_edited_deleted_or_moved() {
             saved.hash,
         ))
         .await;
-        assert!(
-            store
-                .verify_audit(None, &crate::support::audit_seals)
-                .await
-                .unwrap()
-                .broken
-                .is_none(),
-            "{backend:?}: restored"
-        );
+        assert!(broken_now(&store).await.is_none(), "{backend:?}: restored");
 
         // Cut from the end: the chain holds, the logged head does not.
         sql("DELETE FROM audit_log WHERE seq = 5").await;
-        assert!(
-            store
-                .verify_audit(None, &crate::support::audit_seals)
-                .await
-                .unwrap()
-                .broken
-                .is_none()
-        );
-        let (seq, reason) = broken_at(
-            store
-                .verify_audit(Some((head_seq, &head_hash)), &crate::support::audit_seals)
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        assert!(broken_now(&store).await.is_none());
+        let cut = store
+            .verify_audit(Some((head_seq, &head_hash)), &crate::support::audit_seals)
+            .await
+            .unwrap()
+            .broken
+            .unwrap();
+        let (seq, reason) = (cut.seq, cut.reason);
         assert_eq!(seq, 5, "{reason}");
 
         // The command says the same, and exits 1.
