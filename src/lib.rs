@@ -7,7 +7,7 @@
 //! - [`domain`]: the canonical model (money, accounts, securities, holdings,
 //!   transactions, connection status). Uses nothing of ours.
 //! - [`fingerprint`]: SHA-256 fingerprints and MACs; [`http`]: the one outbound
-//!   HTTP client.
+//!   HTTP client; [`tracecontext`]: W3C trace context carried across processes.
 //! - [`vault`]: tokens and secrets sealed at rest; [`store`]: SeaORM entities and
 //!   repositories on SQLite or PostgreSQL; [`cache`]: moka in front of Redis, with
 //!   fallback; [`resilience`]: per-institution rate budgets (fleet-wide through
@@ -52,5 +52,6 @@ pub mod status;
 pub mod store;
 pub mod sync;
 pub mod tokens;
+pub mod tracecontext;
 pub mod vault;
 pub mod webhooks;

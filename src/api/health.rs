@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::ApiState;
 
@@ -47,24 +47,31 @@ pub(super) async fn ready(State(state): State<ApiState>) -> (StatusCode, &'stati
     }
 }
 
+/// The answer to a `/metrics` request without the expected bearer token, if one is
+/// expected: every process's `/metrics` asks for the same one.
+pub fn metrics_refusal(expected: Option<&SecretString>, headers: &HeaderMap) -> Option<Response> {
+    let expected = expected?;
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    (!crate::fingerprint::same_secret(expected.expose_secret(), presented)).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "metrics token required",
+        )
+            .into_response()
+    })
+}
+
 /// This process's counters plus gauges that describe the whole fleet: seconds until
 /// the soonest live access token expires per institution, queue depth and how long
 /// the oldest due job has waited, and open quarantine.
 async fn render_metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if let Some(expected) = &state.metrics_token {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !crate::fingerprint::same_secret(expected.expose_secret(), presented) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "metrics token required",
-            )
-                .into_response();
-        }
+    if let Some(refusal) = metrics_refusal(state.metrics_token.as_deref(), &headers) {
+        return refusal;
     }
     match state.env.store.soonest_token_expiry().await {
         Ok(rows) => {

@@ -57,6 +57,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::{KeyCache, KeyLimiter};
 pub use docs::document;
 pub use error::{ApiError, ErrorCode};
+pub use health::metrics_refusal;
 
 use crate::sync::Env;
 use crate::tokens::Linker;
@@ -133,10 +134,14 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(middleware::from_fn(health::observe))
         .layer(middleware::from_fn(error::attach_request_id))
-        // Logged without headers: they carry API keys.
+        // Logged without headers: they carry API keys. A caller's `traceparent`
+        // makes the request, and the sync it may queue, part of the caller's trace.
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
             let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+            let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str());
+            let span = tracing::info_span!("http", otel.name = %format_args!("{} {route}", request.method()), otel.kind = "server", method = %request.method(), path = %request.uri().path(), request_id = %id, trace_id = tracing::field::Empty);
+            crate::tracecontext::continue_from_headers(&span, request.headers());
+            span
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

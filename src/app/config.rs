@@ -38,6 +38,7 @@ pub struct Settings {
     pub institution_webhooks: InstitutionWebhookSettings,
     pub retention: RetentionSettings,
     pub metrics: MetricsSettings,
+    pub tracing: TraceSettings,
     pub log: LogSettings,
 }
 
@@ -117,8 +118,20 @@ pub struct RetentionSettings {
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Where `worker` and `scheduler` processes serve Prometheus metrics (empty:
-    /// nowhere). `serve` always serves them at `/metrics`.
+    /// nowhere). `serve` always serves them at `/metrics` on its own address.
     pub bind: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSettings {
+    /// Base URL of an OTLP/HTTP collector; spans go to `<url>/v1/traces`. Empty:
+    /// spans are exported only if the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+    /// `…_TRACES_ENDPOINT`) variable is set. Trace context is propagated either way.
+    pub otlp_endpoint: String,
+    /// The share of traces begun here that are exported, 0 to 1; a trace begun by
+    /// a caller follows the caller's choice.
+    pub sample_ratio: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -400,6 +413,21 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 key: "sync.deep_sync_interval_days",
                 problem: "must be 1 to 365".into(),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            return Err(SettingsError::Invalid {
+                key: "tracing.sample_ratio",
+                problem: "must be 0 to 1 (e.g. 0.1 exports one trace in ten)".into(),
+            });
+        }
+        let endpoint = &self.tracing.otlp_endpoint;
+        if !endpoint.is_empty()
+            && !url::Url::parse(endpoint).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(SettingsError::Invalid {
+                key: "tracing.otlp_endpoint",
+                problem: "must be an http(s) URL, e.g. http://collector:4318".into(),
             });
         }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {

@@ -30,7 +30,9 @@ where
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(command) {
+    let outcome = runtime.block_on(command);
+    telemetry::shutdown();
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -50,13 +52,17 @@ pub enum Logging {
 }
 
 /// Loads the settings (`FINSYNC_ENV`, else `default_env`, else the base layer) and
-/// starts logging.
-pub fn boot(default_env: Option<&str>, logging: Logging) -> anyhow::Result<Settings> {
+/// starts logging and tracing for the command `service`.
+pub fn boot(
+    default_env: Option<&str>,
+    logging: Logging,
+    service: &str,
+) -> anyhow::Result<Settings> {
     let mut settings = Settings::load(default_env)?;
     if logging == Logging::Quiet {
         settings.log.filter = "warn".into();
     }
-    telemetry::init(&settings.log);
+    telemetry::init(&settings.log, &settings.tracing, service)?;
     Ok(settings)
 }
 

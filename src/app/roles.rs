@@ -14,6 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -63,19 +64,25 @@ pub async fn scheduler(app: &App) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `/metrics` on `metrics.bind` when it is set. The address is bound before
-/// this returns, so a port already taken stops the process at start instead of
-/// going unnoticed.
+/// Serves `/metrics` on `metrics.bind` unless it is empty, asking for
+/// `server.metrics_token` when one is set. The address is bound before this
+/// returns, so a port already taken stops the process at start instead of going
+/// unnoticed.
 async fn spawn_metrics(app: &App) -> anyhow::Result<Option<JoinHandle<()>>> {
     let bind = &app.settings.metrics.bind;
     if bind.is_empty() {
         return Ok(None);
     }
-    let listener = TcpListener::bind(bind.as_str())
-        .await
-        .with_context(|| format!("binding metrics.bind = {bind}"))?;
+    let listener = TcpListener::bind(bind.as_str()).await.with_context(|| {
+        format!(
+            "binding metrics.bind = {bind} (another worker or scheduler on this host? \
+             give each its own port with FINSYNC__METRICS__BIND, or \"\" for none)"
+        )
+    })?;
+    let token = &app.settings.server.metrics_token;
+    let token = (!token.expose_secret().is_empty()).then(|| token.clone());
     Ok(Some(tokio::spawn(async move {
-        if let Err(e) = telemetry::serve_metrics(listener, shutdown_signal()).await {
+        if let Err(e) = telemetry::serve_metrics(listener, token, shutdown_signal()).await {
             tracing::error!(error = %e, "The metrics server stopped.");
         }
     })))

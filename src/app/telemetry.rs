@@ -1,33 +1,111 @@
-//! Logging and metrics. Logging: one `tracing` subscriber per process,
+//! Logging, traces and metrics. Logging: one `tracing` subscriber per process,
 //! human-readable on a terminal and JSON in production; `RUST_LOG` overrides the
-//! configured filter. Metrics: one Prometheus recorder per process, rendered at
-//! `/metrics` by `serve` and, when `metrics.bind` is set, by `worker` and
-//! `scheduler` on an address of their own.
+//! configured filter. Traces: finsync's spans become OpenTelemetry spans (so they
+//! carry W3C trace context, see `tracecontext`), exported over OTLP/HTTP when
+//! `tracing.otlp_endpoint` or the standard `OTEL_EXPORTER_OTLP_*` variables say
+//! where. Metrics: one Prometheus recorder per process, rendered at `/metrics` by
+//! `serve` and, on `metrics.bind`, by `worker` and `scheduler`.
 
 use std::sync::OnceLock;
 
 use axum::Router;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use secrecy::SecretString;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-use tracing_subscriber::EnvFilter;
+use crate::app::config::{LogSettings, TraceSettings};
 
-use crate::app::config::LogSettings;
+/// The process's tracer provider, kept so [`shutdown`] can flush what is buffered.
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
-pub fn init(settings: &LogSettings) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests, the demo after `serve`) keeps the first subscriber.
-    let _ = if settings.format == "json" {
-        builder.json().flatten_event(true).try_init()
+/// Starts logging and tracing for a process of kind `service` (`serve`, `worker`,
+/// …), named `finsync-<service>` in exported traces. Fails only when an exporter
+/// was asked for and cannot be built.
+pub fn init(log: &LogSettings, traces: &TraceSettings, service: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if log.format == "json" {
+        fmt.json().flatten_event(true).boxed()
     } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed()
     };
+    if PROVIDER.get().is_some() {
+        // A second init (tests, the demo after `serve`) keeps the first subscriber.
+        return Ok(());
+    }
+    let provider = tracer_provider(traces, service)?;
+    // Our own spans only, whatever the log filter: trace context must not depend
+    // on how much is logged.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("finsync"))
+        .with_filter(Targets::new().with_target("finsync", tracing::Level::INFO));
+    let installed = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .try_init();
+    if installed.is_ok() {
+        let _ = PROVIDER.set(provider);
+    }
+    Ok(())
+}
+
+/// Exports the spans still buffered; the last thing a process does.
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get() {
+        // Errors here (a collector gone) have nowhere left to be reported.
+        let _ = provider.shutdown();
+    }
+}
+
+/// A tracer provider sampling parent-first, with a batch exporter when one is
+/// configured.
+fn tracer_provider(traces: &TraceSettings, service: &str) -> anyhow::Result<SdkTracerProvider> {
+    let builder = SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            traces.sample_ratio,
+        ))))
+        .with_resource(
+            Resource::builder()
+                .with_service_name(format!("finsync-{service}"))
+                .build(),
+        );
+    let from_env = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    if traces.otlp_endpoint.is_empty() && !from_env {
+        return Ok(builder.build());
+    }
+    let endpoint = (!traces.otlp_endpoint.is_empty())
+        .then(|| format!("{}/v1/traces", traces.otlp_endpoint.trim_end_matches('/')));
+    // The blocking client runs on the batch processor's own thread; it is built
+    // off the async runtime, which it must not be created or dropped on.
+    let exporter = std::thread::spawn(move || {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(crate::http::blocking_client());
+        match endpoint {
+            Some(endpoint) => exporter.with_endpoint(endpoint).build(),
+            None => exporter.build(),
+        }
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("building the OTLP exporter panicked"))?
+    .map_err(|e| anyhow::anyhow!("tracing.otlp_endpoint: cannot export spans: {e}"))?;
+    Ok(builder.with_batch_exporter(exporter).build())
 }
 
 /// Bucket bounds of every `*_duration_seconds` histogram, in seconds.
@@ -60,13 +138,19 @@ pub fn metrics() -> PrometheusHandle {
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` resolves (for processes without
-/// the API).
+/// the API), asking for `token` when there is one.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
+    token: Option<SecretString>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let handle = metrics();
-    let router = Router::new().route("/metrics", get(move || std::future::ready(handle.render())));
+    let render = move |headers: HeaderMap| {
+        let answer = crate::api::metrics_refusal(token.as_ref(), &headers)
+            .unwrap_or_else(|| handle.render().into_response());
+        std::future::ready(answer)
+    };
+    let router = Router::new().route("/metrics", get(render));
     tracing::info!(address = %listener.local_addr()?, "Serving metrics.");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)

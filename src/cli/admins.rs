@@ -37,7 +37,7 @@ impl clap::ValueEnum for Role {
 }
 
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let settings = app::boot(None, Logging::Configured)?;
+    let settings = app::boot(None, Logging::Configured, "admins")?;
     let store = app::open_store(&settings).await?;
     match command {
         Command::Create { name, role } => {

@@ -48,7 +48,7 @@ fn parse_head(text: &str) -> Result<(i64, String), String> {
 const EXPORT_PAGE: u64 = 1000;
 
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let settings = app::boot(None, Logging::Configured)?;
+    let settings = app::boot(None, Logging::Configured, "audit")?;
     let store = app::open_store(&settings).await?;
     match command {
         Command::Verify { expect_head } => {

@@ -42,7 +42,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn check(id: String, user: String, file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let settings = app::boot(None, Logging::Quiet)?;
+    let settings = app::boot(None, Logging::Quiet, "connectors")?;
     let app = App::build(settings).await?;
     let registry = app.catalog.registry();
     let connector = match file {

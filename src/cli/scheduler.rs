@@ -12,7 +12,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let settings = app::boot(None, Logging::Configured)?;
+    let settings = app::boot(None, Logging::Configured, "scheduler")?;
     super::separate_role_allowed(&settings, "scheduler")?;
     let app = App::build(settings).await?;
     if args.once {

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use crate::app::{self, App, Logging, roles};
 
 pub async fn run() -> anyhow::Result<ExitCode> {
-    let settings = app::boot(None, Logging::Configured)?;
+    let settings = app::boot(None, Logging::Configured, "serve")?;
     let listener = TcpListener::bind(settings.server.bind)
         .await
         .with_context(|| format!("binding {}", settings.server.bind))?;

@@ -26,7 +26,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         quarantined: _,
         connector,
     } = command;
-    let settings = app::boot(None, Logging::Configured)?;
+    let settings = app::boot(None, Logging::Configured, "sync")?;
     let store = app::open_store(&settings).await?;
     let queue = crate::sync::Queue::setup(&store).await?;
     let replayed =

@@ -16,7 +16,7 @@ pub enum Command {
 }
 
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let settings = app::boot(None, Logging::Configured)?;
+    let settings = app::boot(None, Logging::Configured, "tenants")?;
     let store = app::open_store(&settings).await?;
     let (tenant, key) = match command {
         Command::Create { name } => store.create_tenant(&name).await?,

@@ -29,7 +29,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn rotate_key() -> anyhow::Result<ExitCode> {
-    let settings = app::boot(None, Logging::Configured)?;
+    let settings = app::boot(None, Logging::Configured, "tokens")?;
     let store = app::open_store(&settings).await?;
     let vault = Vault::from_settings(&settings.vault)?;
     let report = crate::tokens::rotate::reseal_all(&store, &vault).await?;

@@ -37,7 +37,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         status,
         since,
     } = command;
-    let settings = app::boot(None, Logging::Configured)?;
+    let settings = app::boot(None, Logging::Configured, "webhooks")?;
     let window = Duration::from_millis(settings.institution_webhooks.coalesce_ms);
     let since = chrono::Duration::from_std(*since)
         .ok()

@@ -12,7 +12,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let settings = app::boot(None, Logging::Configured)?;
+    let settings = app::boot(None, Logging::Configured, "worker")?;
     super::separate_role_allowed(&settings, "worker")?;
     let concurrency = args
         .concurrency

@@ -20,6 +20,7 @@ use chrono::{NaiveDate, Utc};
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::incremental::{Position, SyncCursor};
 use super::mapping::{self, FieldError, Item, Layers, Mapping, Parent};
@@ -948,7 +949,18 @@ impl Engine {
                     },
                 })?;
             let started = std::time::Instant::now();
-            let result = self.send(connector, request, grant).await;
+            // A client span per request: its traceparent goes to the institution.
+            let span = tracing::info_span!(
+                "institution request",
+                otel.kind = "client",
+                otel.name = %format_args!("{} {}", request.endpoint.method, connector.id),
+                institution = %connector.id,
+                outcome = tracing::field::Empty,
+            );
+            let result = self
+                .send(connector, request, grant)
+                .instrument(span.clone())
+                .await;
             let (outcome, label) = match &result {
                 Err(EngineError::Unavailable(_) | EngineError::UnavailableFor { .. }) => {
                     (Outcome::Unavailable, "unavailable")
@@ -967,6 +979,7 @@ impl Engine {
                 "outcome" => label
             )
             .record(started.elapsed().as_secs_f64());
+            span.record("outcome", label);
             self.resilience.settle(pass, outcome).await;
             result
         };
@@ -1005,6 +1018,9 @@ impl Engine {
             .http
             .request(endpoint.method.clone(), url.clone())
             .timeout(Duration::from_secs(connector.limits.timeout_secs));
+        let mut trace = HeaderMap::new();
+        crate::tracecontext::inject(&tracing::Span::current(), &mut trace);
+        builder = builder.headers(trace);
         if connector.auth.access_token_param.is_none() {
             builder = builder.bearer_auth(grant.access_token.expose_secret());
         }

@@ -60,7 +60,9 @@ pub enum SyncError {
 
 /// Runs one sync; every log line of it carries the connection and the job's key.
 pub async fn run(ctx: Env, job: SyncConnection, attempt: usize) -> Result<SyncOutcome, SyncError> {
-    let span = tracing::info_span!("sync", connection = %job.connection_id, key = %job.idempotency_key, attempt);
+    let span = tracing::info_span!("sync", connection = %job.connection_id, key = %job.idempotency_key, attempt, trace_id = tracing::field::Empty);
+    // Every line the sync logs carries its trace id.
+    crate::tracecontext::record_trace_id(&span);
     sync_connection(&ctx, &job).instrument(span).await
 }
 

@@ -1,6 +1,7 @@
 //! The durable job queue: apalis on SQLite (embedded) or PostgreSQL (fleet), sharing
 //! the store's connection pool. Delivery is at least once; the pipeline makes a
-//! repeated delivery harmless.
+//! repeated delivery harmless. A job keeps the `traceparent` of the span that queued
+//! it in its metadata, and runs as part of that trace.
 
 use std::time::Duration;
 
@@ -9,11 +10,13 @@ use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx;
+use tracing::Instrument;
 
 use super::job::Job;
 use super::{Env, pipeline, refresh};
 use crate::domain::ConnectionId;
 use crate::store::Store;
+use crate::tracecontext;
 
 /// A worker that stops heart-beating for `HEARTBEAT × MISSED_HEARTBEATS` is presumed
 /// dead and its jobs go back to pending. Set explicitly: the defaults differ per
@@ -126,9 +129,15 @@ impl Queue {
         if self.waiting_for(connection, kind).await? > 0 {
             return Ok(false);
         }
+        let mut metadata = MetadataStore::new();
+        if let Some(traceparent) = tracecontext::traceparent(&tracing::Span::current()) {
+            // A new store has no key yet, so this cannot be refused.
+            let _ = metadata.insert(tracecontext::TRACEPARENT, traceparent);
+        }
         let mut task = TaskBuilder::new(job.clone())
             .idempotency_key(job.idempotency_key())
-            .max_attempts(Job::MAX_ATTEMPTS);
+            .max_attempts(Job::MAX_ATTEMPTS)
+            .with_metadata(metadata);
         if let Some(delay) = delay {
             task = task.run_after(delay);
         }
@@ -341,20 +350,32 @@ impl Queue {
 /// would share one thread however many cores there are; each job runs as a task
 /// of its own instead, and the worker waits for it. A panic in it is raised
 /// again here, where the worker's panic guard turns it into a failed attempt.
-async fn run_job(job: Job, ctx: Data<Env>, attempt: Attempt) -> Result<(), BoxDynError> {
+async fn run_job(
+    job: Job,
+    ctx: Data<Env>,
+    attempt: Attempt,
+    metadata: MetadataStore,
+) -> Result<(), BoxDynError> {
     let ctx = Env::clone(&ctx);
     let attempt = attempt.current();
-    let task = tokio::spawn(async move {
-        match job {
-            Job::Sync(job) => pipeline::run(ctx, job, attempt)
-                .await
-                .map(|_| ())
-                .map_err(|e| Box::new(e) as BoxDynError),
-            Job::RefreshToken(job) => refresh::run(ctx, job)
-                .await
-                .map_err(|e| Box::new(e) as BoxDynError),
+    // A root span (not the worker's), continuing the trace of whoever queued it.
+    let span =
+        tracing::info_span!(parent: None, "job", otel.name = %format_args!("job {}", job.kind()));
+    tracecontext::continue_from_value(&span, metadata.get(tracecontext::TRACEPARENT));
+    let task = tokio::spawn(
+        async move {
+            match job {
+                Job::Sync(job) => pipeline::run(ctx, job, attempt)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Box::new(e) as BoxDynError),
+                Job::RefreshToken(job) => refresh::run(ctx, job)
+                    .await
+                    .map_err(|e| Box::new(e) as BoxDynError),
+            }
         }
-    });
+        .instrument(span),
+    );
     match task.await {
         Ok(done) => done,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

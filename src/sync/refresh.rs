@@ -14,8 +14,8 @@ use crate::store::StoreError;
 use crate::tokens::{OAuthError, ROTATION_LOST, TokenError};
 
 pub async fn run(ctx: Env, job: RefreshToken) -> Result<(), SyncError> {
-    let span =
-        tracing::info_span!("refresh", connection = %job.connection_id, key = %job.idempotency_key);
+    let span = tracing::info_span!("refresh", connection = %job.connection_id, key = %job.idempotency_key, trace_id = tracing::field::Empty);
+    crate::tracecontext::record_trace_id(&span);
     refresh(&ctx, &job).instrument(span).await
 }
 

@@ -228,7 +228,9 @@ impl OAuthClient {
             ("token", refresh_token.expose_secret().to_owned()),
             ("token_type_hint", "refresh_token".to_owned()),
         ];
-        let mut request = self.http.post(url.clone());
+        let mut trace = reqwest::header::HeaderMap::new();
+        crate::tracecontext::inject(&tracing::Span::current(), &mut trace);
+        let mut request = self.http.post(url.clone()).headers(trace);
         match self.client_auth {
             // RFC 6749 §2.3.1: credentials are form-encoded before Basic encoding.
             ClientAuth::Basic => {
@@ -344,6 +346,7 @@ async fn send(
         .map_err(|e| AdapterError(e.without_url().to_string()))?;
     // Bounded per attempt: the token lease is sized from it.
     *request.timeout_mut() = Some(TOKEN_REQUEST_TIMEOUT);
+    crate::tracecontext::inject(&tracing::Span::current(), request.headers_mut());
     let response = http
         .execute(request)
         .await

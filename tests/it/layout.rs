@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// announces events through `outbound`; `inbound` queues syncs).
 const LAYERS: &[&[&str]] = &[
     &["domain"],
-    &["fingerprint", "http"],
+    &["fingerprint", "http", "tracecontext"],
     &["vault", "store", "cache", "resilience"],
     &["connectors"],
     &["catalog", "directory"],

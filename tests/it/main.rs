@@ -33,5 +33,6 @@ mod standards;
 mod status_page;
 mod support;
 mod tokens;
+mod traces;
 mod webhooks;
 mod workers;

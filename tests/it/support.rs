@@ -920,6 +920,8 @@ pub fn process_env(database_url: &str, sandbox_url: &str) -> Vec<(&'static str, 
         ("FINSYNC__DATABASE__URL", database_url.to_owned()),
         ("FINSYNC__REDIS__URL", String::new()),
         ("FINSYNC__VAULT__KEY", VAULT_KEY.to_owned()),
+        // Workers and schedulers serve metrics on a port of their own each.
+        ("FINSYNC__METRICS__BIND", "127.0.0.1:0".to_owned()),
         ("FINSYNC__CONNECTORS__BASE_URLS__MERIDIAN", base(Meridian)),
         ("FINSYNC__CONNECTORS__BASE_URLS__HARBOR", base(Harbor)),
         ("FINSYNC__CONNECTORS__BASE_URLS__KEYSTONE", base(Keystone)),

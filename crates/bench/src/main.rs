@@ -103,7 +103,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // Progress and the tables go to the terminal; only problems are logged.
-    app::boot(None, Logging::Quiet)?;
+    app::boot(None, Logging::Quiet, "bench")?;
     match cli.command {
         Command::Api {
             rate,

@@ -925,6 +925,7 @@ mod tests {
         let at = |ms: u64| sandbox::Arrival {
             at: t0 + Duration::from_millis(ms),
             status: 200,
+            traceparent: None,
         };
         let arrivals: Vec<_> = [0, 100, 900, 999, 1000, 1500, 1800, 1950].map(at).into();
         // 900, 999, 1000, 1500, 1800 fall within one second.

@@ -172,11 +172,14 @@ impl Faults {
 
 /// One data API request as the institution saw it, for tests that assert when
 /// requests arrived (a client honouring `Retry-After`, a rate budget).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Arrival {
     pub at: Instant,
     /// The status it was answered with.
     pub status: u16,
+    /// The W3C `traceparent` the caller sent, as institutions log it to match
+    /// their records with a caller's trace.
+    pub traceparent: Option<String>,
 }
 
 /// Arrivals kept per institution; older ones are dropped so a long-running sandbox
@@ -246,7 +249,7 @@ impl FaultInjector {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .copied()
+            .cloned()
             .collect()
     }
 
@@ -385,10 +388,16 @@ pub(super) async fn inject(
     next: Next,
 ) -> Response {
     let at = Instant::now();
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let response = answer(&injector, request, next).await;
     injector.record(Arrival {
         at,
         status: response.status().as_u16(),
+        traceparent,
     });
     response
 }
@@ -535,6 +544,7 @@ mod tests {
             injector.record(Arrival {
                 at: Instant::now(),
                 status,
+                traceparent: None,
             });
         }
         assert_eq!(injector.throttled(), 2);

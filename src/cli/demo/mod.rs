@@ -37,7 +37,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut settings = app::boot(Some("demo"), Logging::Configured)?;
+    let mut settings = app::boot(Some("demo"), Logging::Configured, "demo")?;
     let once = args.once;
     // The configured port if free, else any: a second demo must not fail on it.
     let listener = match TcpListener::bind(settings.server.bind).await {
