@@ -324,6 +324,8 @@ impl Fleet {
             ("FINSYNC__CONNECTORS__DIR", &dir.display().to_string()),
             (base_key.as_str(), base.as_str()),
             ("FINSYNC__LOG__FILTER", "warn"),
+            // Any free port: a worker of an earlier round, or the host's own, may hold the default.
+            ("FINSYNC__METRICS__BIND", "127.0.0.1:0"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
