@@ -5,7 +5,10 @@
 //! say: connections whose latest outcome is a failure that is the institution's
 //! (however long ago: a long outage backs syncs off for an hour) against those that
 //! synced within [`HEALTH_WINDOW`]. Only failing is `down`, both is `degraded`,
-//! otherwise `ok` (no news included).
+//! otherwise `ok` (no news included). The workers' circuit breakers, as they
+//! report them to the fleet, can make it worse, never better: open in every
+//! worker that reported is `down`; open, probing or in adaptive mode in some is
+//! `degraded`. So an outage shows before a connection's sync has failed.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connectors::Registry;
 use crate::domain::TenantId;
-use crate::store::{RecentOutcome, Store, StoreError};
+use crate::store::{FleetBreaker, RecentOutcome, Store, StoreError};
 
 /// How far back an institution's health looks.
 pub const HEALTH_WINDOW: chrono::Duration = chrono::Duration::minutes(30);
@@ -27,14 +30,17 @@ const INSTITUTION_REASONS: [&str; 3] = [
     "RATE_LIMITED",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// Ordered from good to bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Syncing, or nothing says otherwise.
     Ok,
-    /// Some connections failed for the institution's reasons while others synced.
+    /// Some connections failed for the institution's reasons while others synced,
+    /// or some workers' breakers are open, probing, or in adaptive mode.
     Degraded,
-    /// Every connection that tried lately failed for the institution's reasons.
+    /// Every connection that tried lately failed for the institution's reasons,
+    /// or the breaker is open in every worker that reported.
     Down,
 }
 
@@ -68,6 +74,7 @@ pub async fn list(
     products: &[String],
     after: Option<&After>,
     limit: usize,
+    breaker_window: chrono::Duration,
 ) -> Result<Vec<Listed>, StoreError> {
     let offered = store.tenant_institutions(tenant).await?;
     let needle = search
@@ -94,8 +101,8 @@ pub async fn list(
     if served.is_empty() {
         return Ok(Vec::new());
     }
-    let since = Utc::now() - HEALTH_WINDOW;
-    let health = health(&store.recent_outcomes(since).await?, since);
+    let breakers = store.fleet_breakers(Utc::now() - breaker_window).await?;
+    let health = health_all(store, &breakers).await?;
     Ok(served
         .into_iter()
         .map(|c| Listed {
@@ -109,19 +116,47 @@ pub async fn list(
         .collect())
 }
 
-/// How `institution` is doing as the fleet sees it.
-pub async fn health_of(store: &Store, institution: &str) -> Result<Health, StoreError> {
-    Ok(health_all(store)
+/// How `institution` is doing as the fleet sees it; workers' breaker reports
+/// count when younger than `breaker_window`.
+pub async fn health_of(
+    store: &Store,
+    institution: &str,
+    breaker_window: chrono::Duration,
+) -> Result<Health, StoreError> {
+    let breakers = store.fleet_breakers(Utc::now() - breaker_window).await?;
+    Ok(health_all(store, &breakers)
         .await?
         .get(institution)
         .copied()
         .unwrap_or(Health::Ok))
 }
 
-/// How every institution with news is doing (the others are `ok`).
-pub async fn health_all(store: &Store) -> Result<BTreeMap<String, Health>, StoreError> {
+/// How every institution with news is doing (the others are `ok`), from the
+/// connections' outcomes and the workers' `breakers`.
+pub async fn health_all(
+    store: &Store,
+    breakers: &BTreeMap<String, FleetBreaker>,
+) -> Result<BTreeMap<String, Health>, StoreError> {
     let since = Utc::now() - HEALTH_WINDOW;
-    Ok(health(&store.recent_outcomes(since).await?, since))
+    let mut health = health(&store.recent_outcomes(since).await?, since);
+    for (institution, breaker) in breakers {
+        let seen = breaker_health(breaker);
+        let entry = health.entry(institution.clone()).or_insert(Health::Ok);
+        *entry = (*entry).max(seen);
+    }
+    Ok(health)
+}
+
+/// What the workers' breakers say: open in every worker that reported is `down`,
+/// anything but closed and steady in some is `degraded`.
+fn breaker_health(breaker: &FleetBreaker) -> Health {
+    if breaker.processes > 0 && breaker.open == breaker.processes {
+        Health::Down
+    } else if breaker.open + breaker.half_open + breaker.degraded > 0 {
+        Health::Degraded
+    } else {
+        Health::Ok
+    }
 }
 
 /// Each institution's health from its connections' latest outcomes.
@@ -228,6 +263,22 @@ mod tests {
         assert_eq!(found["b"], Health::Degraded);
         assert_eq!(found["c"], Health::Ok);
         assert_eq!(found["d"], Health::Down);
+    }
+
+    #[test]
+    fn the_workers_breakers_can_only_make_health_worse() {
+        let breaker = |processes, open, half_open, degraded| FleetBreaker {
+            processes,
+            open,
+            half_open,
+            degraded,
+        };
+        assert_eq!(breaker_health(&breaker(3, 3, 0, 0)), Health::Down);
+        assert_eq!(breaker_health(&breaker(3, 2, 0, 0)), Health::Degraded);
+        assert_eq!(breaker_health(&breaker(3, 0, 1, 0)), Health::Degraded);
+        assert_eq!(breaker_health(&breaker(3, 0, 0, 1)), Health::Degraded);
+        assert_eq!(breaker_health(&breaker(3, 0, 0, 0)), Health::Ok);
+        assert!(Health::Ok < Health::Degraded && Health::Degraded < Health::Down);
     }
 
     #[test]

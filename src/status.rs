@@ -97,7 +97,7 @@ pub async fn overview(
 ) -> Result<Overview, StoreError> {
     let now = Utc::now();
     let breakers = store.fleet_breakers(now - breaker_window).await?;
-    let health = directory::health_all(store).await?;
+    let health = directory::health_all(store, &breakers).await?;
     let standings = store.connection_standings().await?;
     let runs = store.runs_finished_since(now - WINDOW).await?;
     let quarantine = store.open_quarantine_by_connection(None).await?;

@@ -90,6 +90,7 @@ pub(super) async fn list(
         &products,
         after.as_ref(),
         limit as usize + 1,
+        state.breaker_window,
     )
     .await?;
     let (listed, next_cursor) = paging::page(listed, limit, |i| After {

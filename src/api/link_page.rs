@@ -418,6 +418,7 @@ async fn picker(
         &session.products,
         None,
         PICKER_SIZE,
+        state.breaker_window,
     )
     .await
     {
@@ -471,7 +472,9 @@ async fn consent(
         tracing::info!(session = %session.id, %error, "Link page refused an institution.");
         return not_connectable(session, app_name);
     }
-    let warning = match directory::health_of(&state.env.store, &connector.id).await {
+    let warning = match directory::health_of(&state.env.store, &connector.id, state.breaker_window)
+        .await
+    {
         Ok(Health::Down) => Some(format!(
             "{} is not responding right now. You can try anyway, choose another institution, or come back later.",
             connector.name

@@ -1279,6 +1279,34 @@ async fn apps_list_the_institutions_they_may_offer_with_the_fleets_view_of_their
     app.link_and_sync(tenant.id, "demo-bob").await;
     assert_eq!(health().await, "degraded");
 
+    // The workers' breakers count too, before any sync there has failed: open in
+    // every worker that reported lately is `down`, open in some is `degraded`.
+    let harbor = || async {
+        app.get_json("/v1/institutions?q=harbor", &bearer).await["institutions"][0]["health"]
+            .clone()
+    };
+    assert_eq!(harbor().await, "ok");
+    let report = |state: &str| finsync::store::BreakerReport {
+        institution: "harbor".into(),
+        state: state.into(),
+        degraded: false,
+        consecutive_failures: 5,
+        opened_at: Some(chrono::Utc::now()),
+    };
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(1);
+    for worker in ["worker-1", "worker-2"] {
+        store
+            .report_breakers(worker, &[report("open")], long_ago)
+            .await
+            .unwrap();
+    }
+    assert_eq!(harbor().await, "down");
+    store
+        .report_breakers("worker-2", &[report("closed")], long_ago)
+        .await
+        .unwrap();
+    assert_eq!(harbor().await, "degraded");
+
     // An admin limits the tenant: only those are listed, and links to others are
     // refused.
     let offered = format!("/admin/tenants/{}/institutions", tenant.id);
