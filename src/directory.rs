@@ -56,6 +56,16 @@ pub struct Listed {
     pub health: Health,
 }
 
+/// A page of the directory: institutions whose name or id contains `search`,
+/// serving every one of `products`, from after `after`, at most `limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    pub search: Option<&'a str>,
+    pub products: &'a [String],
+    pub after: Option<&'a After>,
+    pub limit: usize,
+}
+
 /// Where a page of the directory resumes: after this name and id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct After {
@@ -70,12 +80,15 @@ pub async fn list(
     store: &Store,
     registry: &Registry,
     tenant: TenantId,
-    search: Option<&str>,
-    products: &[String],
-    after: Option<&After>,
-    limit: usize,
+    wanted: Wanted<'_>,
     breaker_window: chrono::Duration,
 ) -> Result<Vec<Listed>, StoreError> {
+    let Wanted {
+        search,
+        products,
+        after,
+        limit,
+    } = wanted;
     let offered = store.tenant_institutions(tenant).await?;
     let needle = search
         .map(|s| s.trim().to_lowercase())

@@ -86,10 +86,12 @@ pub(super) async fn list(
         &state.env.store,
         state.catalog.registry(),
         tenant.tenant.id,
-        query.q.as_deref(),
-        &products,
-        after.as_ref(),
-        limit as usize + 1,
+        directory::Wanted {
+            search: query.q.as_deref(),
+            products: &products,
+            after: after.as_ref(),
+            limit: limit as usize + 1,
+        },
         state.breaker_window,
     )
     .await?;

@@ -414,10 +414,12 @@ async fn picker(
         &state.env.store,
         state.catalog.registry(),
         session.tenant_id,
-        query,
-        &session.products,
-        None,
-        PICKER_SIZE,
+        directory::Wanted {
+            search: query,
+            products: &session.products,
+            after: None,
+            limit: PICKER_SIZE,
+        },
         state.breaker_window,
     )
     .await
