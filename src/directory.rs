@@ -73,9 +73,9 @@ pub struct After {
     pub id: String,
 }
 
-/// The institutions `tenant` may offer whose name or id contains `search` (any
-/// case) and that serve every one of `products`, by name, from after `after`, at
-/// most `limit` of them.
+/// The institutions `tenant` may offer, by name, as `wanted` asks (search in any
+/// case), with their health; workers' breaker reports count when younger than
+/// `breaker_window`.
 pub async fn list(
     store: &Store,
     registry: &Registry,
