@@ -1,6 +1,6 @@
-//! W3C trace context (`traceparent`, `tracestate`) across processes: read from an
-//! API request, kept with a queued job, taken up by the worker that runs it, and
-//! sent on to the institution. One trace then shows an app's requested sync end to
+//! W3C trace context across processes: `traceparent` (and `tracestate`) read from
+//! an API request; `traceparent` kept with a queued job and taken up by the worker
+//! that runs it; both sent on to the institution. One trace then shows an app's requested sync end to
 //! end, whichever processes served it.
 //!
 //! Spans are `tracing` spans; the OpenTelemetry layer installed by

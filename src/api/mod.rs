@@ -134,12 +134,17 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(middleware::from_fn(health::observe))
         .layer(middleware::from_fn(error::attach_request_id))
-        // Logged without headers: they carry API keys. A caller's `traceparent`
-        // makes the request, and the sync it may queue, part of the caller's trace.
+        // Logged without headers (they carry API keys) and by route template, not
+        // path (paths name users). A caller's `traceparent` makes the request, and
+        // the sync it may queue, part of the caller's trace. Probes get no span: a
+        // trace per scrape would drown the real ones.
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
             let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
             let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str());
-            let span = tracing::info_span!("http", otel.name = %format_args!("{} {route}", request.method()), otel.kind = "server", method = %request.method(), path = %request.uri().path(), request_id = %id, trace_id = tracing::field::Empty);
+            if matches!(route, "/healthz" | "/readyz" | "/metrics") {
+                return tracing::Span::none();
+            }
+            let span = tracing::info_span!("http", otel.name = %format_args!("{} {route}", request.method()), otel.kind = "server", method = %request.method(), route = %route, request_id = %id, trace_id = tracing::field::Empty);
             crate::tracecontext::continue_from_headers(&span, request.headers());
             span
         }))

@@ -18,7 +18,7 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use secrecy::SecretString;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{FilterExt, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -46,10 +46,15 @@ pub fn init(log: &LogSettings, traces: &TraceSettings, service: &str) -> anyhow:
     }
     let provider = tracer_provider(traces, service)?;
     // Our own spans only, whatever the log filter: trace context must not depend
-    // on how much is logged.
+    // on how much is logged. Spans, not log events: events may name users, and
+    // what leaves for a collector carries ids of connections and routes only.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("finsync"))
-        .with_filter(Targets::new().with_target("finsync", tracing::Level::INFO));
+        .with_filter(
+            Targets::new()
+                .with_target("finsync", tracing::Level::INFO)
+                .and(filter_fn(|metadata| metadata.is_span())),
+        );
     let installed = tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(otel)
@@ -104,7 +109,12 @@ fn tracer_provider(traces: &TraceSettings, service: &str) -> anyhow::Result<SdkT
     })
     .join()
     .map_err(|_| anyhow::anyhow!("building the OTLP exporter panicked"))?
-    .map_err(|e| anyhow::anyhow!("tracing.otlp_endpoint: cannot export spans: {e}"))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot export spans to the OTLP endpoint (tracing.otlp_endpoint or \
+             OTEL_EXPORTER_OTLP_ENDPOINT): {e}"
+        )
+    })?;
     Ok(builder.with_batch_exporter(exporter).build())
 }
 

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::support::{
     ADMIN_TOKEN, Backend, TestDb, eventually, eventually_explained, finsync, free_port,
-    link_through_api, process_env, spawn, spawn_sandbox, wait_ready,
+    link_through_api, process_env, spawn, spawn_sandbox, wait_ready, wait_until,
 };
 
 /// A span as the receiver got it.
@@ -115,6 +115,21 @@ async fn an_app_s_traceparent_follows_its_sync_through_the_queue_to_the_institut
     wait_ready(&format!("{api}/readyz")).await;
     let http = finsync::http::client();
     link_through_api(&api, "traced-advisor", "demo-alice", "meridian").await;
+    // The link's own first sync ends first: a request while it still waits in the
+    // queue would join it rather than queue a job of its own.
+    wait_until("the first sync", Duration::from_secs(60), || async {
+        let portfolio: Value = http
+            .get(format!("{api}/v1/users/demo-alice/portfolio"))
+            .bearer_auth(&api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        portfolio["freshness"]["stale"] == false
+    })
+    .await;
 
     // The app's own trace: a trace id no process could have made up.
     let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
