@@ -28,6 +28,7 @@ mod m20261207_000017_admins_and_audit;
 mod m20261207_000018_erasures;
 mod m20261207_000019_consent_events;
 mod m20261207_000020_institution_breakers;
+mod m20261208_000021_instruments;
 
 pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
@@ -57,6 +58,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000018_erasures::Migration),
             Box::new(m20261207_000019_consent_events::Migration),
             Box::new(m20261207_000020_institution_breakers::Migration),
+            Box::new(m20261208_000021_instruments::Migration),
         ]
     }
 }

@@ -25,7 +25,8 @@ use super::{
         description = "Accounts, holdings and transactions of advisory clients, synced from their institutions. Every answer says how fresh its data is."
     ),
     paths(
-        read::get_portfolio, read::get_accounts, read::get_holdings, read::get_transactions,
+        read::get_portfolio, read::get_accounts, read::get_holdings, read::get_positions,
+        read::get_transactions,
         read::get_connections, institutions::list, link_sessions::create, link_sessions::show,
         user_connections::disconnect, syncs::request_sync, syncs::get_sync, transactions::annotate,
         admin::create_connection, admin::get_connection, admin::update_connection,

@@ -23,7 +23,7 @@ use crate::cache::Hit;
 use crate::domain::{ConnectionStatus, InvestmentType, TransactionStatus, UserId};
 use crate::portfolio::{
     self, AccountView, CachedPortfolio, ConnectionView, Freshness, HoldingView, Portfolio,
-    ReadError, TransactionView,
+    Positions, ReadError, TransactionView,
 };
 use crate::store::{ConnectionRecord, Scope, TransactionFilter, TransactionPosition};
 
@@ -32,6 +32,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/users/{user_id}/portfolio", get(get_portfolio))
         .route("/v1/users/{user_id}/accounts", get(get_accounts))
         .route("/v1/users/{user_id}/holdings", get(get_holdings))
+        .route("/v1/users/{user_id}/positions", get(get_positions))
         .route("/v1/users/{user_id}/transactions", get(get_transactions))
         .route("/v1/users/{user_id}/connections", get(get_connections))
 }
@@ -194,6 +195,30 @@ pub(super) async fn get_holdings(
             holdings: p.holdings,
         }),
     ))
+}
+
+/// A user's positions: holdings summed per instrument of the securities master
+/// across every account and connection (the same ISIN at two brokerages is one
+/// position), each with the holdings it is made of, and the value by asset class,
+/// account and currency.
+#[utoipa::path(
+    get, path = "/v1/users/{user_id}/positions", tag = "read",
+    params(("user_id" = String, Path, description = "The tenant's own id for the user")),
+    responses(
+        (status = 200, body = Positions),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub(super) async fn get_positions(
+    State(state): State<ApiState>,
+    tenant: Tenant,
+    Path(user_id): Path<String>,
+) -> Result<Cached<Positions>, ApiError> {
+    let (p, hit) = parsed(&cached(&state, &tenant, &user_id).await?)?;
+    Ok(([(X_CACHE, hit.as_str())], Json(portfolio::positions(&p))))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -60,7 +60,8 @@ pub fn group(value: Decimal) -> String {
     }
 }
 
-/// The whole portfolio as text: accounts, holdings, recent transactions, totals.
+/// The whole portfolio as text: accounts, positions (one row per instrument, with
+/// the accounts holding it), recent transactions, totals.
 pub fn portfolio(p: &Portfolio) -> String {
     let mut out = String::new();
     let freshness = match (&p.freshness.as_of, p.freshness.stale) {
@@ -103,32 +104,36 @@ pub fn portfolio(p: &Portfolio) -> String {
     }
     out.push_str(&format!("{accounts}\n"));
 
-    if !p.holdings.is_empty() {
-        let mut holdings = table(&[
-            "Security",
-            "Ticker",
-            "Identifier",
-            "Quantity",
-            "Price",
-            "Value",
-        ]);
-        for h in &p.holdings {
-            let identifier = h
-                .security
-                .cusip
-                .as_deref()
-                .or(h.security.isin.as_deref())
-                .unwrap_or("");
-            holdings.add_row(vec![
-                Cell::new(&h.security.name),
-                Cell::new(h.security.ticker.as_deref().unwrap_or("")),
-                Cell::new(identifier),
-                number(h.quantity),
-                h.price.as_ref().map_or_else(|| Cell::new(""), amount),
-                h.value.as_ref().map_or_else(|| Cell::new(""), amount),
+    // One row per instrument, however many accounts hold it, saying which.
+    let positions = crate::portfolio::positions(p);
+    if !positions.positions.is_empty() {
+        let mut table = table(&["Position", "Ticker", "ISIN", "Quantity", "Value", "Held in"]);
+        for position in &positions.positions {
+            let instrument = position.instrument.as_ref();
+            let value: Vec<String> = position
+                .value
+                .iter()
+                .map(|m| format!("{} {}", group(m.amount), m.currency))
+                .collect();
+            let held_in: Vec<String> = if position.holdings.len() == 1 {
+                vec![position.holdings[0].account_name.clone()]
+            } else {
+                position
+                    .holdings
+                    .iter()
+                    .map(|h| format!("{} ({})", h.account_name, group(h.quantity)))
+                    .collect()
+            };
+            table.add_row(vec![
+                Cell::new(&position.name),
+                Cell::new(instrument.and_then(|i| i.ticker.as_deref()).unwrap_or("")),
+                Cell::new(instrument.and_then(|i| i.isin.as_deref()).unwrap_or("")),
+                number(position.quantity),
+                Cell::new(value.join("  |  ")).set_alignment(CellAlignment::Right),
+                Cell::new(held_in.join(", ")),
             ]);
         }
-        out.push_str(&format!("{holdings}\n"));
+        out.push_str(&format!("{table}\n"));
     }
 
     if !p.transactions.is_empty() {

@@ -3,11 +3,13 @@
 //! SQL or any institution; every other module depends on it and it depends on none.
 
 mod coverage;
+mod identifiers;
 mod ids;
 mod model;
 mod money;
 
 pub use coverage::Coverage;
+pub use identifiers::{Identifier, IdentifierIssue, Identifiers};
 pub use ids::{
     ConnectionId, ErasureId, LinkSessionId, TenantId, UserId, UserIdError, WebhookDeliveryId,
     WebhookEndpointId,

@@ -7,12 +7,13 @@ use rust_decimal::Decimal;
 
 use super::views::{
     AccountShare, AccountView, Allocation, BalancesView, ConnectionView, Freshness, HoldingView,
-    Portfolio, SecurityTypeShare, SecurityView, StaleReason, TransactionView,
+    IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare, SecurityView, StaleReason,
+    TransactionView,
 };
 use crate::domain::{
     AccountType, ConnectionStatus, Currency, Money, SecurityType, TenantId, UserId,
 };
-use crate::store::{ConnectionRecord, Store, StoreError};
+use crate::store::{ConnectionRecord, SecurityMatch, Store, StoreError};
 
 /// The portfolio straight from the database.
 pub async fn build(
@@ -48,6 +49,7 @@ pub(super) async fn assemble(
     for connection in &connections {
         let cid = connection.id.to_string();
         let stored = store.portfolio(connection.id, recent_transactions).await?;
+        let matches = store.security_matches(connection.id).await?;
         let mut annotations = store.transaction_annotations(connection.id).await?;
         for a in stored.accounts {
             let sign = match a.account_type {
@@ -90,6 +92,7 @@ pub(super) async fn assemble(
             else {
                 continue;
             };
+            let matched = matches.get(&s.external_id);
             portfolio.holdings.push(HoldingView {
                 connection_id: cid.clone(),
                 account_id: h.account_external_id,
@@ -110,6 +113,19 @@ pub(super) async fn assemble(
                     currency: s.currency,
                     price: s.price,
                     price_as_of: s.price_as_of,
+                    instrument: matched.and_then(instrument_view),
+                    identifier_issues: matched
+                        .map(|m| {
+                            m.issues
+                                .iter()
+                                .map(|i| IdentifierIssueView {
+                                    identifier: i.identifier.to_string(),
+                                    value: i.value.clone(),
+                                    problem: i.problem.clone(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 },
             });
         }
@@ -202,8 +218,26 @@ fn connection_freshness(c: &ConnectionRecord) -> Freshness {
     }
 }
 
+/// The master's instrument a security matched, as the view shows it.
+fn instrument_view(matched: &SecurityMatch) -> Option<InstrumentView> {
+    let instrument = matched.instrument.as_ref()?;
+    Some(InstrumentView {
+        id: instrument.id.clone(),
+        name: instrument.name.clone(),
+        security_type: instrument.security_type.parse().ok()?,
+        currency: instrument.currency.parse().ok()?,
+        ticker: instrument.ticker.clone(),
+        figi: instrument.figi.clone(),
+        isin: instrument.isin.clone(),
+        cusip: instrument.cusip.clone(),
+        sedol: instrument.sedol.clone(),
+        matched_by: matched.matched_by.clone()?,
+        weak: instrument.weak || matched.matched_by.as_deref() == Some("ticker"),
+    })
+}
+
 /// Weights to six decimal places; a currency whose total is zero gets none.
-fn weight(part: Decimal, total: Decimal) -> Decimal {
+pub(super) fn weight(part: Decimal, total: Decimal) -> Decimal {
     if total.is_zero() {
         Decimal::ZERO
     } else {

@@ -1,9 +1,11 @@
 //! The portfolio read model: everything an advisory app sees for one user, across
 //! all their connections, with how fresh it is. Built from the store ([`build`]),
 //! cached as JSON (moka → Redis), and rebuilt after every change so readers rarely
-//! touch the database.
+//! touch the database. The user's [`positions`] (holdings summed per instrument of
+//! the securities master) are derived from it.
 
 mod build;
+mod positions;
 mod views;
 
 use std::sync::Arc;
@@ -11,9 +13,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use build::{build, connection_views};
+pub use positions::{Position, PositionAllocation, PositionHolding, Positions, Share, positions};
 pub use views::{
     AccountShare, AccountView, Allocation, BalancesView, ConnectionView, Freshness, HoldingView,
-    Portfolio, SecurityTypeShare, SecurityView, StaleReason, TransactionView,
+    IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare, SecurityView, StaleReason,
+    TransactionView,
 };
 
 use crate::cache::{Cache, Hit};
@@ -23,7 +27,7 @@ use crate::store::{ConnectionRecord, Store, StoreError};
 /// The cache key of a user's portfolio. The version names the view's shape, so a
 /// deploy that changes it never reads views cached by the previous release.
 pub fn cache_key(tenant: TenantId, user: &UserId) -> String {
-    format!("portfolio:v4:{tenant}:{user}")
+    format!("portfolio:v5:{tenant}:{user}")
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -214,6 +214,45 @@ pub struct SecurityView {
     #[schema(value_type = Option<String>)]
     pub price: Option<Decimal>,
     pub price_as_of: Option<NaiveDate>,
+    /// The one instrument of the securities master this security is, across every
+    /// institution and connection; none when nothing could match it.
+    pub instrument: Option<InstrumentView>,
+    /// Identifiers the institution sent that failed their check digits: shown above
+    /// as sent, never used to match.
+    pub identifier_issues: Vec<IdentifierIssueView>,
+}
+
+/// An instrument of the securities master: identifiers that passed their checks,
+/// gathered from every institution that holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InstrumentView {
+    pub id: String,
+    /// As the first institution that held it named it.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub security_type: SecurityType,
+    pub currency: Currency,
+    pub ticker: Option<String>,
+    pub figi: Option<String>,
+    pub isin: Option<String>,
+    pub cusip: Option<String>,
+    pub sedol: Option<String>,
+    /// What this security was matched by: `figi`, `isin`, `cusip` or `sedol`, or
+    /// `ticker` (ticker and currency alone: a weak match).
+    #[schema(example = "isin")]
+    pub matched_by: String,
+    /// Matched by ticker and currency only; two such may be different instruments.
+    pub weak: bool,
+}
+
+/// An identifier that failed its check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IdentifierIssueView {
+    /// `figi`, `isin`, `cusip` or `sedol`.
+    pub identifier: String,
+    /// As the institution sent it.
+    pub value: String,
+    pub problem: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -623,7 +623,8 @@ impl Store {
         audit: AuditEntry,
     ) -> Result<(), StoreError> {
         use super::entities::{
-            account, holding, institution_event, quarantined_record, security, transaction,
+            account, holding, institution_event, instrument_conflict, quarantined_record, security,
+            transaction,
         };
         let now = Utc::now();
         let conn = id.to_string();
@@ -674,8 +675,14 @@ impl Store {
             .filter(holding::Column::ConnectionId.eq(&conn))
             .exec(&txn)
             .await?;
+        // Securities first: a catch-up matching one of them holds its row, and
+        // its conflicts are committed (and deleted here) by the time this goes on.
         security::Entity::delete_many()
             .filter(security::Column::ConnectionId.eq(&conn))
+            .exec(&txn)
+            .await?;
+        instrument_conflict::Entity::delete_many()
+            .filter(instrument_conflict::Column::ConnectionId.eq(&conn))
             .exec(&txn)
             .await?;
         account::Entity::delete_many()

@@ -16,6 +16,7 @@ mod fleet;
 mod idempotency;
 mod institution_events;
 mod institutions;
+mod instruments;
 mod link_sessions;
 mod quarantine;
 mod records;
@@ -54,6 +55,7 @@ pub use fleet::{BreakerReport, ConnectionStanding, FinishedRun, FleetBreaker};
 pub use idempotency::{Claim, IDEMPOTENCY_KEY_TTL, StoredAnswer, key_id};
 pub use institution_events::{EventFilter, EventPosition, EventStatus, InstitutionEvent, NewEvent};
 pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};
+pub use instruments::{Instrument, SecurityMatch};
 pub use link_sessions::{LinkSessionRecord, NewLinkSession};
 pub use quarantine::{QuarantineEntry, QuarantineFilter, QuarantinePosition, Refusal, Resolution};
 pub use records::{
@@ -296,6 +298,14 @@ impl Store {
             txn.commit().await?;
         } else {
             Migrator::up(&self.db, None).await?;
+        }
+        // Securities stored before the securities master existed get their instrument.
+        let matched = self.match_unmatched().await?;
+        if matched > 0 {
+            tracing::info!(
+                matched,
+                "Matched stored securities to the securities master."
+            );
         }
         Ok(())
     }

@@ -29,6 +29,7 @@ mod outage;
 mod quarantine;
 mod resilience;
 mod scheduler;
+mod securities;
 mod standards;
 mod status_page;
 mod support;

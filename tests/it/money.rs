@@ -182,3 +182,46 @@ async fn applying_the_same_snapshot_twice_changes_nothing() {
         );
     }
 }
+
+/// The tests' extreme persona holds more than 10^15 in cash: every digit reaches the
+/// read API as the institution sent it, on both databases.
+#[tokio::test]
+async fn a_balance_above_ten_to_the_fifteen_arrives_digit_for_digit() {
+    use finsync_sandbox::SandboxConfig;
+    use finsync_sandbox::data::{EXTREME_BALANCE_USER, portfolio};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let builder = crate::support::TestApp::builder().tenant("advisor");
+        let app = match backend {
+            Backend::Sqlite => builder.sqlite(),
+            Backend::Postgres => builder.postgres(),
+        }
+        .build()
+        .await;
+        let tenant = app.tenant();
+        app.link_and_sync(tenant.id, EXTREME_BALANCE_USER).await;
+        let served = app
+            .get_json(
+                &format!("/v1/users/{EXTREME_BALANCE_USER}/accounts"),
+                tenant.bearer(),
+            )
+            .await;
+        let expected = portfolio(
+            SandboxConfig::default().seed,
+            SandboxConfig::default().anchor_date,
+            EXTREME_BALANCE_USER,
+        );
+        let mut largest = 0u32;
+        for account in &expected.accounts {
+            let shown = served["accounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["id"] == account.account_id.as_str())
+                .unwrap_or_else(|| panic!("{} not served: {served}", account.account_id));
+            let sent = account.balances.current.as_str();
+            assert_eq!(shown["balances"]["current"]["amount"], sent, "{backend:?}");
+            largest = largest.max(sent.split('.').next().unwrap().len() as u32);
+        }
+        assert!(largest > 15, "the persona's cash is above 10^15");
+    }
+}

@@ -108,8 +108,9 @@ pub struct Transaction {
     pub price: Option<String>,
 }
 
-/// Personas whose cash account holds more than 10^15, to exercise exact decimals end to end.
-const LARGE_BALANCE_USERS: &[&str] = &["demo-alice"];
+/// A persona for tests, not a demo client: its cash account holds more than 10^15,
+/// to exercise exact decimals end to end.
+pub const EXTREME_BALANCE_USER: &str = "test-exact-extremes";
 
 /// Users whose id starts with this have a large portfolio, for benchmarks: a brokerage
 /// account, an IRA and a checking account, 15 positions in each investment account
@@ -902,7 +903,7 @@ impl<'a> Generator<'a> {
             AccountKind::Brokerage => (plan.invested, Some(plan.swept.unwrap_or(Dec::new(0, 2)))),
             AccountKind::Ira | AccountKind::Roth => (plan.invested, None),
             AccountKind::Checking | AccountKind::Savings => {
-                let current = if LARGE_BALANCE_USERS.contains(&self.user_id) {
+                let current = if self.user_id == EXTREME_BALANCE_USER {
                     // 10^16 .. 2×10^16 with cents: above 10^15 and beyond f64's exact integers.
                     Dec::from_u64(
                         1_000_000_000_000_000_000 + self.rng.below(1_000_000_000_000_000_000),
@@ -1130,12 +1131,20 @@ mod tests {
 
     #[test]
     fn exactness_is_exercised() {
-        let alice = portfolio(SEED, anchor(), "demo-alice");
-        let huge = alice
-            .accounts
-            .iter()
-            .any(|a| units(&a.balances.current, 2) > 10i128.pow(15 + 2));
-        assert!(huge, "demo-alice has a balance above 10^15");
+        let huge = |user: &str| {
+            portfolio(SEED, anchor(), user)
+                .accounts
+                .iter()
+                .any(|a| units(&a.balances.current, 2) > 10i128.pow(15 + 2))
+        };
+        assert!(
+            huge(EXTREME_BALANCE_USER),
+            "the persona has a balance above 10^15"
+        );
+        assert!(
+            !DEMO_USERS.iter().any(|user| huge(user)),
+            "demo clients look like real clients"
+        );
         let all: Vec<Portfolio> = DEMO_USERS
             .map(|user| portfolio(SEED, anchor(), user))
             .into();

@@ -13,6 +13,8 @@ pub mod idempotency_key;
 pub mod institution;
 pub mod institution_breaker;
 pub mod institution_event;
+pub mod instrument;
+pub mod instrument_conflict;
 pub mod link_session;
 pub mod oauth_state;
 pub mod quarantined_record;

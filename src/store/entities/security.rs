@@ -20,6 +20,13 @@ pub struct Model {
     pub price: Option<DbDecimal>,
     pub price_as_of: Option<Date>,
     pub updated_at: DateTimeUtc,
+    /// The securities master's row; none when nothing could match it.
+    pub instrument_id: Option<String>,
+    /// `figi`, `isin`, `cusip`, `sedol`, `ticker` (weak) or `none`; empty until
+    /// matched.
+    pub matched_by: Option<String>,
+    /// JSON list of identifiers that failed their check: `[{identifier, value, problem}]`.
+    pub identifier_issues: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

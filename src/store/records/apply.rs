@@ -9,10 +9,11 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use crate::domain::{
-    Account, ConnectionId, ConnectionStatus, Coverage, Holding, Snapshot, Transaction,
+    Account, ConnectionId, ConnectionStatus, Coverage, Holding, Security, Snapshot, Transaction,
 };
 use crate::store::annotations::carry_to_posted;
-use crate::store::entities::{account, holding, security, transaction};
+use crate::store::entities::{account, holding, instrument_conflict, security, transaction};
+use crate::store::instruments::{Matched, match_security};
 use crate::store::{Store, StoreError};
 
 use super::rows::*;
@@ -76,27 +77,40 @@ impl Store {
                 .insert(row.external_id.clone(), row);
         }
 
-        let mut securities: Writes<_, security::Model> = Writes::default();
+        // (row id, security, the row stored for it if any)
+        let mut to_write: Vec<(String, &Security, Option<security::Model>)> = Vec::new();
         for sec in &snapshot.securities {
             match stored_securities.remove(&sec.external_id) {
                 Some(row) if security_from_row(&row)? == *sec => counts.unchanged += 1,
                 Some(row) => {
-                    securities
-                        .changed
-                        .push(security_row(&conn, row.id, sec, now));
+                    to_write.push((row.id.clone(), sec, Some(row)));
                     counts.modified += 1;
                 }
                 None => {
-                    securities
-                        .fresh
-                        .push(security_row(&conn, new_id(), sec, now));
+                    to_write.push((new_id(), sec, None));
                     counts.added += 1;
                 }
             }
         }
-        if !securities.is_empty() {
+        if !to_write.is_empty() {
             let txn = self.begin_write().await?;
             records_changed(&txn, &conn, true).await?;
+            // Matched to the securities master in the same transaction, so a
+            // security is never stored without its instrument.
+            let mut securities: Writes<_, security::Model> = Writes::default();
+            for (id, sec, stored) in to_write {
+                let kept = stored.as_ref().and_then(|row| Matched::kept(row, sec));
+                let matched = match kept {
+                    Some(kept) => kept,
+                    None => match_security(&txn, &conn, &id, sec).await?,
+                };
+                let row = security_row(&conn, id, sec, &matched, now);
+                if stored.is_some() {
+                    securities.changed.push(row);
+                } else {
+                    securities.fresh.push(row);
+                }
+            }
             securities.write(&txn).await?;
             txn.commit().await?;
         }
@@ -202,6 +216,10 @@ impl Store {
                 for gone in unused {
                     // Checked again under the connection's lock.
                     if !security_in_use(&txn, &conn, &gone.external_id).await? {
+                        instrument_conflict::Entity::delete_many()
+                            .filter(instrument_conflict::Column::SecurityId.eq(&gone.id))
+                            .exec(&txn)
+                            .await?;
                         security::Entity::delete_by_id(gone.id).exec(&txn).await?;
                         counts.removed += 1;
                     }

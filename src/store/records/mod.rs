@@ -9,6 +9,7 @@ mod rows;
 
 pub(super) use apply::{lock_connected, records_changed};
 pub use reads::{PagedTransaction, TransactionFilter, TransactionPosition};
+pub(in crate::store) use rows::security_from_row;
 pub(super) use rows::transaction_from_row;
 
 use std::collections::{BTreeMap, BTreeSet};

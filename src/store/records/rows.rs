@@ -6,6 +6,7 @@ use sea_orm::Set;
 
 use crate::domain::{Account, Balances, Currency, Holding, Money, Security, Transaction};
 use crate::store::entities::{account, holding, security, transaction};
+use crate::store::instruments::Matched;
 use crate::store::{DbDecimal, StoreError};
 
 pub(super) fn corrupt(what: &str, value: &str) -> StoreError {
@@ -64,6 +65,7 @@ pub(super) fn security_row(
     conn: &str,
     id: String,
     s: &Security,
+    matched: &Matched,
     now: chrono::DateTime<Utc>,
 ) -> security::ActiveModel {
     security::ActiveModel {
@@ -81,10 +83,13 @@ pub(super) fn security_row(
         price: Set(s.price.map(DbDecimal)),
         price_as_of: Set(s.price_as_of),
         updated_at: Set(now),
+        instrument_id: Set(matched.instrument_id.clone()),
+        matched_by: Set(Some(matched.matched_by.clone())),
+        identifier_issues: Set(matched.identifier_issues.clone()),
     }
 }
 
-pub(super) fn security_from_row(r: &security::Model) -> Result<Security, StoreError> {
+pub(in crate::store) fn security_from_row(r: &security::Model) -> Result<Security, StoreError> {
     Ok(Security {
         external_id: r.external_id.clone(),
         ticker: r.ticker.clone(),

@@ -1,0 +1,467 @@
+//! The securities master: matching a connection's security to its one instrument
+//! across connections and tenants, inside the transaction that writes the
+//! security. Strong identifiers decide, strongest first (FIGI, ISIN, CUSIP, SEDOL),
+//! and only valid ones (`domain::Identifiers`); a security with none is matched by
+//! ticker and currency, flagged weak, unless an identifier it sent failed its check;
+//! one without a ticker either matches nothing.
+//! An instrument gains identifiers it lacked from later institutions; where an
+//! institution's valid identifier disagrees with the instrument it matched, the
+//! disagreement is recorded in `instrument_conflicts`, never resolved silently.
+//! Rows stored before the master existed are matched by [`Store::match_unmatched`].
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::Utc;
+use sea_orm::sea_query::{Condition, OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, SqlErr, TransactionSession, TransactionTrait,
+};
+
+use super::entities::{instrument, instrument_conflict, security};
+use super::{Store, StoreError};
+use crate::domain::{ConnectionId, Identifier, IdentifierIssue, Identifiers, Security};
+
+/// How a security was matched to its instrument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    pub instrument_id: Option<String>,
+    /// `figi`, `isin`, `cusip`, `sedol`, `ticker` (weak) or `none`.
+    pub matched_by: String,
+    /// JSON list of the identifiers that failed their check, if any did.
+    pub identifier_issues: Option<String>,
+}
+
+impl Matched {
+    /// The match a stored row already has, if what it was matched on (identifiers,
+    /// ticker, currency) is what `sec` says now: a price move needs no new match.
+    pub(super) fn kept(row: &security::Model, sec: &Security) -> Option<Self> {
+        let same = row.figi == sec.figi
+            && row.isin == sec.isin
+            && row.cusip == sec.cusip
+            && row.sedol == sec.sedol
+            && row.ticker == sec.ticker
+            && row.currency == sec.currency.to_string();
+        Some(Self {
+            instrument_id: row.instrument_id.clone(),
+            matched_by: row.matched_by.clone().filter(|_| same)?,
+            identifier_issues: row.identifier_issues.clone(),
+        })
+    }
+}
+
+/// An instrument of the securities master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instrument {
+    pub id: String,
+    pub name: String,
+    pub security_type: String,
+    pub currency: String,
+    pub ticker: Option<String>,
+    pub figi: Option<String>,
+    pub isin: Option<String>,
+    pub cusip: Option<String>,
+    pub sedol: Option<String>,
+    /// Known by ticker and currency only.
+    pub weak: bool,
+}
+
+impl From<instrument::Model> for Instrument {
+    fn from(m: instrument::Model) -> Self {
+        Self {
+            weak: m.weak_key.is_some(),
+            id: m.id,
+            name: m.name,
+            security_type: m.security_type,
+            currency: m.currency,
+            ticker: m.ticker,
+            figi: m.figi,
+            isin: m.isin,
+            cusip: m.cusip,
+            sedol: m.sedol,
+        }
+    }
+}
+
+/// How one of a connection's securities stands in the master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityMatch {
+    pub instrument: Option<Instrument>,
+    /// `figi`, `isin`, `cusip`, `sedol`, `ticker` (weak) or `none`; none until matched.
+    pub matched_by: Option<String>,
+    pub issues: Vec<IdentifierIssue>,
+}
+
+/// Securities matched per transaction when catching up on old rows.
+const CATCH_UP_BATCH: u64 = 200;
+
+/// The advisory lock that lets one process at a time catch up on old rows.
+const CATCH_UP_LOCK: i64 = 0x6673_696e_7374_7275;
+
+impl Store {
+    /// Matches every security stored before the securities master existed, in
+    /// batches; returns how many. Safe to run in several processes at once, and
+    /// beside syncs: each batch is read and matched under a lock the other
+    /// processes wait for, with its rows locked against syncs (PostgreSQL's
+    /// advisory and row locks; SQLite has one writer anyway).
+    pub async fn match_unmatched(&self) -> Result<u64, StoreError> {
+        let mut matched = 0;
+        loop {
+            let txn = self.begin_write().await?;
+            if self.is_postgres() {
+                txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CATCH_UP_LOCK})"))
+                    .await?;
+            }
+            // Locked: a sync writing one of these rows meanwhile is waited for, and
+            // its row, matched by then, drops out of the query.
+            let mut query = security::Entity::find()
+                .filter(security::Column::MatchedBy.is_null())
+                .order_by_asc(security::Column::Id)
+                .limit(CATCH_UP_BATCH);
+            if self.is_postgres() {
+                query = query.lock_exclusive();
+            }
+            let rows = query.all(&txn).await?;
+            if rows.is_empty() {
+                txn.commit().await?;
+                return Ok(matched);
+            }
+            for row in rows {
+                let sec = super::records::security_from_row(&row)?;
+                let found = match_security(&txn, &row.connection_id, &row.id, &sec).await?;
+                let updated = security::Entity::update_many()
+                    .col_expr(
+                        security::Column::InstrumentId,
+                        found.instrument_id.clone().into(),
+                    )
+                    .col_expr(security::Column::MatchedBy, found.matched_by.clone().into())
+                    .col_expr(
+                        security::Column::IdentifierIssues,
+                        found.identifier_issues.clone().into(),
+                    )
+                    .filter(security::Column::Id.eq(&row.id))
+                    .filter(security::Column::MatchedBy.is_null())
+                    .exec(&txn)
+                    .await?;
+                matched += updated.rows_affected;
+            }
+            txn.commit().await?;
+        }
+    }
+
+    /// An instrument of the master, by id.
+    pub async fn instrument(&self, id: &str) -> Result<Option<Instrument>, StoreError> {
+        Ok(instrument::Entity::find_by_id(id)
+            .one(self.db())
+            .await?
+            .map(Instrument::from))
+    }
+
+    /// How each of the connection's securities stands in the master, by the
+    /// security's id at the institution.
+    pub async fn security_matches(
+        &self,
+        connection: ConnectionId,
+    ) -> Result<HashMap<String, SecurityMatch>, StoreError> {
+        let rows = security::Entity::find()
+            .filter(security::Column::ConnectionId.eq(connection.to_string()))
+            .all(self.db())
+            .await?;
+        let ids: BTreeSet<String> = rows
+            .iter()
+            .filter_map(|r| r.instrument_id.clone())
+            .collect();
+        let instruments: HashMap<String, Instrument> = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            instrument::Entity::find()
+                .filter(instrument::Column::Id.is_in(ids))
+                .all(self.db())
+                .await?
+                .into_iter()
+                .map(|m| (m.id.clone(), Instrument::from(m)))
+                .collect()
+        };
+        rows.into_iter()
+            .map(|row| {
+                let issues = match &row.identifier_issues {
+                    Some(json) => serde_json::from_str(json).map_err(|e| {
+                        StoreError::Corrupt(format!("identifier issues of a security: {e}"))
+                    })?,
+                    None => Vec::new(),
+                };
+                let instrument = row
+                    .instrument_id
+                    .as_ref()
+                    .and_then(|id| instruments.get(id).cloned());
+                Ok((
+                    row.external_id,
+                    SecurityMatch {
+                        instrument,
+                        matched_by: row.matched_by,
+                        issues,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The recorded disagreements of one connection's securities with their
+    /// instruments.
+    pub async fn instrument_conflicts(
+        &self,
+        connection: &str,
+    ) -> Result<Vec<instrument_conflict::Model>, StoreError> {
+        Ok(instrument_conflict::Entity::find()
+            .filter(instrument_conflict::Column::ConnectionId.eq(connection))
+            .order_by_asc(instrument_conflict::Column::SecurityId)
+            .order_by_asc(instrument_conflict::Column::Identifier)
+            .all(self.db())
+            .await?)
+    }
+}
+
+/// Matches `sec`, the security stored as `security_id` for `connection`, to its
+/// instrument (creating it when it is new), and records its conflicts afresh.
+pub(super) async fn match_security<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    connection: &str,
+    security_id: &str,
+    sec: &Security,
+) -> Result<Matched, StoreError> {
+    let (valid, issues) = Identifiers::of(sec);
+    let identifier_issues = (!issues.is_empty())
+        .then(|| serde_json::to_string(&issues))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("identifier issues: {e}")))?;
+    instrument_conflict::Entity::delete_many()
+        .filter(instrument_conflict::Column::SecurityId.eq(security_id))
+        .exec(db)
+        .await?;
+    let (instrument_id, matched_by) = if valid.is_empty() {
+        // A security whose identifiers fail their checks is suspect as a whole:
+        // not even its ticker merges it.
+        match weak_key(sec).filter(|_| issues.is_empty()) {
+            Some(key) => (Some(by_ticker(db, sec, &key).await?), "ticker"),
+            None => (None, "none"),
+        }
+    } else {
+        let (instrument, by) = by_identifiers(db, sec, &valid).await?;
+        reconcile(db, connection, security_id, &instrument, &valid).await?;
+        (Some(instrument.id), by.as_str())
+    };
+    Ok(Matched {
+        instrument_id,
+        matched_by: matched_by.to_owned(),
+        identifier_issues,
+    })
+}
+
+/// `TICKER|CURRENCY`, for a security known by its ticker only.
+fn weak_key(sec: &Security) -> Option<String> {
+    Some(format!("{}|{}", normal_ticker(sec)?, sec.currency))
+}
+
+/// The ticker as instruments keep it: trimmed, upper case; none if blank.
+fn normal_ticker(sec: &Security) -> Option<String> {
+    let ticker = sec
+        .ticker
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())?;
+    Some(ticker.to_uppercase())
+}
+
+/// The instrument holding the strongest of `valid`, created if none holds any.
+async fn by_identifiers<C: ConnectionTrait>(
+    db: &C,
+    sec: &Security,
+    valid: &Identifiers,
+) -> Result<(instrument::Model, Identifier), StoreError> {
+    if let Some(found) = strongest(&holders(db, valid).await?, valid) {
+        return Ok(found);
+    }
+    let now = Utc::now();
+    let row = instrument::ActiveModel {
+        id: Set(uuid::Uuid::new_v4().to_string()),
+        figi: Set(valid.figi.clone()),
+        isin: Set(valid.isin.clone()),
+        cusip: Set(valid.cusip.clone()),
+        sedol: Set(valid.sedol.clone()),
+        weak_key: Set(None),
+        ticker: Set(normal_ticker(sec)),
+        name: Set(sec.name.clone()),
+        security_type: Set(sec.security_type.to_string()),
+        currency: Set(sec.currency.to_string()),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    // Another process may create it meanwhile: any unique identifier taken means
+    // "use theirs", found by asking again.
+    instrument::Entity::insert(row)
+        .on_conflict(OnConflict::new().do_nothing().to_owned())
+        .try_insert()
+        .exec(db)
+        .await?;
+    strongest(&holders(db, valid).await?, valid)
+        .ok_or_else(|| StoreError::Corrupt("an instrument just created cannot be found".into()))
+}
+
+/// Every instrument holding any of `valid`.
+async fn holders<C: ConnectionTrait>(
+    db: &C,
+    valid: &Identifiers,
+) -> Result<Vec<instrument::Model>, StoreError> {
+    let mut any = Condition::any();
+    for (identifier, value) in valid.present() {
+        any = any.add(column(identifier).eq(value));
+    }
+    Ok(instrument::Entity::find()
+        .filter(any)
+        .order_by_asc(instrument::Column::CreatedAt)
+        .all(db)
+        .await?)
+}
+
+/// The instrument matching the strongest identifier of `valid`, and which.
+fn strongest(
+    holders: &[instrument::Model],
+    valid: &Identifiers,
+) -> Option<(instrument::Model, Identifier)> {
+    valid.present().find_map(|(identifier, value)| {
+        holders
+            .iter()
+            .find(|i| held(i, identifier) == Some(value))
+            .map(|i| (i.clone(), identifier))
+    })
+}
+
+/// Gives `instrument` the identifiers of `valid` it lacks (and no other instrument
+/// holds), and records each one that disagrees.
+async fn reconcile<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    connection: &str,
+    security_id: &str,
+    instrument: &instrument::Model,
+    valid: &Identifiers,
+) -> Result<(), StoreError> {
+    let others = holders(db, valid).await?;
+    let mut gained = instrument::ActiveModel {
+        id: Set(instrument.id.clone()),
+        ..Default::default()
+    };
+    let mut gains = false;
+    for (identifier, value) in valid.present() {
+        let ours = held(instrument, identifier);
+        if ours == Some(value) {
+            continue;
+        }
+        let held_by = others
+            .iter()
+            .find(|o| o.id != instrument.id && held(o, identifier) == Some(value))
+            .map(|o| o.id.clone());
+        if ours.is_none() && held_by.is_none() {
+            gained.set(column(identifier), Some(value.to_owned()).into());
+            gains = true;
+            continue;
+        }
+        instrument_conflict::ActiveModel {
+            security_id: Set(security_id.to_owned()),
+            identifier: Set(identifier.as_str().to_owned()),
+            connection_id: Set(connection.to_owned()),
+            instrument_id: Set(instrument.id.clone()),
+            instrument_value: Set(ours.map(str::to_owned)),
+            institution_value: Set(value.to_owned()),
+            held_by: Set(held_by),
+            detected_at: Set(Utc::now()),
+        }
+        .insert(db)
+        .await?;
+    }
+    if gains {
+        gained.updated_at = Set(Utc::now());
+        // Another transaction may have given the same identifier to an instrument
+        // of its own meanwhile: then ours stays without it (recorded), and the
+        // sync goes on, which a failed statement outside a savepoint would stop.
+        let savepoint = db.begin().await?;
+        match gained.update(&savepoint).await {
+            Ok(_) => savepoint.commit().await?,
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                savepoint.rollback().await?;
+                tracing::info!(instrument = %instrument.id, "An identifier was taken by another instrument meanwhile; kept as it was.");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The instrument known by `key` (ticker and currency): the oldest with strong
+/// identifiers and that ticker and currency, else one created for the ticker
+/// alone, else a new one.
+async fn by_ticker<C: ConnectionTrait>(
+    db: &C,
+    sec: &Security,
+    key: &str,
+) -> Result<String, StoreError> {
+    let find = || async {
+        let strong = instrument::Entity::find()
+            .filter(instrument::Column::Ticker.eq(normal_ticker(sec)))
+            .filter(instrument::Column::Currency.eq(sec.currency.to_string()))
+            .filter(instrument::Column::WeakKey.is_null())
+            .order_by_asc(instrument::Column::CreatedAt)
+            .one(db)
+            .await?;
+        if strong.is_some() {
+            return Ok::<_, StoreError>(strong);
+        }
+        Ok(instrument::Entity::find()
+            .filter(instrument::Column::WeakKey.eq(key))
+            .one(db)
+            .await?)
+    };
+    if let Some(found) = find().await? {
+        return Ok(found.id);
+    }
+    let now = Utc::now();
+    instrument::Entity::insert(instrument::ActiveModel {
+        id: Set(uuid::Uuid::new_v4().to_string()),
+        figi: Set(None),
+        isin: Set(None),
+        cusip: Set(None),
+        sedol: Set(None),
+        weak_key: Set(Some(key.to_owned())),
+        ticker: Set(normal_ticker(sec)),
+        name: Set(sec.name.clone()),
+        security_type: Set(sec.security_type.to_string()),
+        currency: Set(sec.currency.to_string()),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .on_conflict(OnConflict::new().do_nothing().to_owned())
+    .try_insert()
+    .exec(db)
+    .await?;
+    find()
+        .await?
+        .map(|i| i.id)
+        .ok_or_else(|| StoreError::Corrupt("an instrument just created cannot be found".into()))
+}
+
+fn column(identifier: Identifier) -> instrument::Column {
+    match identifier {
+        Identifier::Figi => instrument::Column::Figi,
+        Identifier::Isin => instrument::Column::Isin,
+        Identifier::Cusip => instrument::Column::Cusip,
+        Identifier::Sedol => instrument::Column::Sedol,
+    }
+}
+
+fn held(instrument: &instrument::Model, identifier: Identifier) -> Option<&str> {
+    match identifier {
+        Identifier::Figi => instrument.figi.as_deref(),
+        Identifier::Isin => instrument.isin.as_deref(),
+        Identifier::Cusip => instrument.cusip.as_deref(),
+        Identifier::Sedol => instrument.sedol.as_deref(),
+    }
+}
