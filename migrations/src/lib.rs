@@ -29,6 +29,7 @@ mod m20261207_000018_erasures;
 mod m20261207_000019_consent_events;
 mod m20261207_000020_institution_breakers;
 mod m20261208_000021_instruments;
+mod m20261208_000022_account_fetches;
 
 pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
@@ -59,6 +60,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000019_consent_events::Migration),
             Box::new(m20261207_000020_institution_breakers::Migration),
             Box::new(m20261208_000021_instruments::Migration),
+            Box::new(m20261208_000022_account_fetches::Migration),
         ]
     }
 }

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 
 use super::views::{
-    AccountShare, AccountView, Allocation, BalancesView, ConnectionView, Freshness, HoldingView,
-    IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare, SecurityView, StaleReason,
-    TransactionView,
+    AccountShare, AccountSync, AccountView, Allocation, BalancesView, ConnectionView, Freshness,
+    HoldingView, IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare, SecurityView,
+    StaleReason, TransactionView,
 };
 use crate::domain::{
     AccountType, ConnectionStatus, Currency, Money, SecurityType, TenantId, UserId,
@@ -50,6 +50,7 @@ pub(super) async fn assemble(
         let cid = connection.id.to_string();
         let stored = store.portfolio(connection.id, recent_transactions).await?;
         let matches = store.security_matches(connection.id).await?;
+        let mut failing = store.account_fetch_failures(connection.id).await?;
         let mut annotations = store.transaction_annotations(connection.id).await?;
         for a in stored.accounts {
             let sign = match a.account_type {
@@ -68,6 +69,20 @@ pub(super) async fn assemble(
                     tracing::warn!(currency = %a.currency, "Portfolio total out of range; left out.")
                 }
             }
+            let sync = match failing.remove(&a.external_id) {
+                Some(failed) => AccountSync {
+                    refreshed_at: failed.refreshed_at,
+                    last_fetch_failed: true,
+                    failing_since: Some(failed.failing_since),
+                    failure: Some(failed.failure),
+                },
+                None => AccountSync {
+                    refreshed_at: connection.last_synced_at,
+                    last_fetch_failed: false,
+                    failing_since: None,
+                    failure: None,
+                },
+            };
             portfolio.accounts.push(AccountView {
                 connection_id: cid.clone(),
                 id: a.external_id,
@@ -77,6 +92,7 @@ pub(super) async fn assemble(
                 subtype: a.subtype,
                 mask: a.mask,
                 currency: a.currency,
+                sync,
                 balances: BalancesView {
                     current: a.balances.current,
                     available: a.balances.available,
@@ -149,6 +165,22 @@ pub(super) async fn assemble(
     (portfolio.freshness, portfolio.connections) = connection_views(&connections);
     portfolio.allocation = allocation(&portfolio);
     Ok(Some(portfolio))
+}
+
+/// Writes each healthy account's freshness (its connection's last sync) into a
+/// view whose records are current; an account whose fetch fails keeps its own.
+pub(super) fn follow_connections(view: &mut Portfolio, connections: &[ConnectionRecord]) {
+    for account in &mut view.accounts {
+        if account.sync.last_fetch_failed {
+            continue;
+        }
+        if let Some(c) = connections
+            .iter()
+            .find(|c| c.id.to_string() == account.connection_id)
+        {
+            account.sync.refreshed_at = c.last_synced_at;
+        }
+    }
 }
 
 /// The user's connections as the API shows them, and their combined freshness:

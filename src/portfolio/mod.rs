@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 pub use build::{build, connection_views};
 pub use positions::{Position, PositionAllocation, PositionHolding, Positions, Share, positions};
 pub use views::{
-    AccountShare, AccountView, Allocation, BalancesView, ConnectionView, Freshness, HoldingView,
-    IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare, SecurityView, StaleReason,
-    TransactionView,
+    AccountShare, AccountSync, AccountView, Allocation, BalancesView, ConnectionView, Freshness,
+    HoldingView, IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare, SecurityView,
+    StaleReason, TransactionView,
 };
 
 use crate::cache::{Cache, Hit};
@@ -27,7 +27,7 @@ use crate::store::{ConnectionRecord, Store, StoreError};
 /// The cache key of a user's portfolio. The version names the view's shape, so a
 /// deploy that changes it never reads views cached by the previous release.
 pub fn cache_key(tenant: TenantId, user: &UserId) -> String {
-    format!("portfolio:v5:{tenant}:{user}")
+    format!("portfolio:v6:{tenant}:{user}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +161,7 @@ async fn patched(cache: &Cache, key: &str, connections: &[ConnectionRecord]) -> 
         return None;
     }
     (view.freshness, view.connections) = connection_views(connections);
+    build::follow_connections(&mut view, connections);
     serde_json::to_vec(&view).ok()
 }
 

@@ -175,6 +175,23 @@ pub struct AccountView {
     pub mask: Option<String>,
     pub currency: Currency,
     pub balances: BalancesView,
+    /// How fresh this account's data is: a connection's accounts are fetched one
+    /// by one, and one may fail while the others are read.
+    pub sync: AccountSync,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccountSync {
+    /// When this account's data was last read from the institution (its
+    /// connection's last sync, unless its own fetch failed since).
+    pub refreshed_at: Option<DateTime<Utc>>,
+    /// Whether the last sync failed to read some of this account's data (what is
+    /// shown is what was read before).
+    pub last_fetch_failed: bool,
+    pub failing_since: Option<DateTime<Utc>>,
+    /// The part that could not be read and why, with a stable code:
+    /// `transactions: INSTITUTION_UNAVAILABLE: …`.
+    pub failure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, NullOrdering};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, EntityTrait, Order, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, EntityTrait, Order, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 
 use super::audit::AuditEntry;
@@ -135,6 +135,108 @@ pub struct SyncSuccess<'a> {
     pub deep_sync_due_at: Option<DateTime<Utc>>,
     /// Whose sync this is: recorded only while it holds the sync lease.
     pub lease_owner: &'a str,
+    /// The accounts whose data this sync could not read.
+    pub unread: &'a [super::UnreadAccount],
+    /// The connection's last successful sync before this one.
+    pub previous: Option<DateTime<Utc>>,
+}
+
+/// Records which of the connection's accounts started or stopped failing to be
+/// read; returns whether any did. A steady sync writes nothing.
+async fn record_account_fetches<C: ConnectionTrait>(
+    db: &C,
+    connection: &str,
+    success: &SyncSuccess<'_>,
+) -> Result<bool, StoreError> {
+    use super::entities::account;
+    use std::collections::BTreeMap;
+    // One failure per account: the first part that could not be read.
+    let mut failing: BTreeMap<&str, String> = BTreeMap::new();
+    for unread in success.unread {
+        failing
+            .entry(unread.account_id.as_str())
+            .or_insert_with(|| format!("{}: {}", unread.endpoint, unread.reason));
+    }
+    let recovered = account::Entity::update_many()
+        .col_expr(
+            account::Column::RefreshedAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(
+            account::Column::FetchFailedAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(
+            account::Column::FetchFailure,
+            Expr::value(Option::<String>::None),
+        )
+        .filter(account::Column::ConnectionId.eq(connection))
+        .filter(account::Column::FetchFailedAt.is_not_null())
+        .filter(account::Column::ExternalId.is_not_in(failing.keys().copied()))
+        .exec(db)
+        .await?
+        .rows_affected;
+    let mut began = 0;
+    for (account_id, failure) in &failing {
+        // Since when and why: kept from the first failing sync; the reason follows
+        // the latest.
+        began += account::Entity::update_many()
+            .col_expr(account::Column::RefreshedAt, Expr::value(success.previous))
+            .col_expr(account::Column::FetchFailedAt, Expr::value(success.at))
+            .col_expr(account::Column::FetchFailure, Expr::value(failure.clone()))
+            .filter(account::Column::ConnectionId.eq(connection))
+            .filter(account::Column::ExternalId.eq(*account_id))
+            .filter(account::Column::FetchFailedAt.is_null())
+            .exec(db)
+            .await?
+            .rows_affected;
+        began += account::Entity::update_many()
+            .col_expr(account::Column::FetchFailure, Expr::value(failure.clone()))
+            .filter(account::Column::ConnectionId.eq(connection))
+            .filter(account::Column::ExternalId.eq(*account_id))
+            .filter(account::Column::FetchFailure.ne(failure.clone()))
+            .exec(db)
+            .await?
+            .rows_affected;
+    }
+    Ok(recovered + began > 0)
+}
+
+/// An account whose data could not be read at its connection's last sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountFetchFailure {
+    /// When its data was last read, if ever.
+    pub refreshed_at: Option<DateTime<Utc>>,
+    pub failing_since: DateTime<Utc>,
+    /// `<part>: <reason>`.
+    pub failure: String,
+}
+
+impl Store {
+    /// The connection's accounts whose last fetch failed, by their institution id.
+    pub async fn account_fetch_failures(
+        &self,
+        connection: ConnectionId,
+    ) -> Result<std::collections::HashMap<String, AccountFetchFailure>, StoreError> {
+        use super::entities::account;
+        Ok(account::Entity::find()
+            .filter(account::Column::ConnectionId.eq(connection.to_string()))
+            .filter(account::Column::FetchFailedAt.is_not_null())
+            .all(self.db())
+            .await?
+            .into_iter()
+            .filter_map(|row| {
+                Some((
+                    row.external_id,
+                    AccountFetchFailure {
+                        refreshed_at: row.refreshed_at,
+                        failing_since: row.fetch_failed_at?,
+                        failure: row.fetch_failure.unwrap_or_default(),
+                    },
+                ))
+            })
+            .collect())
+    }
 }
 
 /// The two things only one process at a time may do to a connection.
@@ -920,13 +1022,22 @@ impl Store {
         if let Some(due) = success.deep_sync_due_at {
             update = update.col_expr(connection::Column::DeepSyncDueAt, Expr::value(due));
         }
+        let txn = self.begin_write().await?;
         let updated = update
             .filter(connection::Column::Id.eq(id.to_string()))
             .filter(connection::Column::Status.eq(ConnectionStatus::Active.to_string()))
             .filter(connection::Column::SyncLeaseOwner.eq(success.lease_owner))
-            .exec(self.db())
+            .exec(&txn)
             .await?;
-        Ok(updated.rows_affected == 1)
+        if updated.rows_affected != 1 {
+            return Ok(false);
+        }
+        if record_account_fetches(&txn, &id.to_string(), &success).await? {
+            // Readers' cached views show each account's state: they are rebuilt.
+            super::records::records_changed(&txn, &id.to_string(), true).await?;
+        }
+        txn.commit().await?;
+        Ok(true)
     }
 
     /// Sets (or, with `None`, clears) the connection's own sync interval.

@@ -45,8 +45,8 @@ pub use audit::{
     Actor, AuditEntry, AuditFilter, AuditRecord, GENESIS as AUDIT_GENESIS, Outcome, Verification,
 };
 pub use connections::{
-    CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState, RecentOutcome, SyncSuccess,
-    TokenColumns,
+    AccountFetchFailure, CONSENT_EXPIRED, ConnectionRecord, Consent, Lease, NewState,
+    RecentOutcome, SyncSuccess, TokenColumns,
 };
 pub use consents::{ActedBy, ConsentEvent, ConsentKind};
 pub use decimal::DbDecimal;

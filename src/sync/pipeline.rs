@@ -620,12 +620,23 @@ async fn fetch_and_store(
         .await
         .map_err(Failure::from_store)?;
     let cursor = fetched.cursor.as_ref().map(SyncCursor::encode);
+    let unread: Vec<UnreadAccount> = fetched
+        .failures
+        .iter()
+        .map(|failure| UnreadAccount {
+            account_id: failure.account.clone(),
+            endpoint: failure.endpoint.clone(),
+            reason: trouble_reason(failure.trouble),
+        })
+        .collect();
     let success = SyncSuccess {
         at: started,
         next_sync_at: started + ctx.interval_for(connection),
         cursor: cursor.as_deref(),
         deep_sync_due_at: next_deep_sync(ctx, connection, deep, started),
         lease_owner: &job.idempotency_key,
+        unread: &unread,
+        previous: connection.last_synced_at,
     };
     // A disconnect during the fetch deleted the records; when this sync wrote
     // none, this is where it finds out.
@@ -636,15 +647,6 @@ async fn fetch_and_store(
     {
         return Err(Failure::NoLongerActive);
     }
-    let unread = fetched
-        .failures
-        .iter()
-        .map(|failure| UnreadAccount {
-            account_id: failure.account.clone(),
-            endpoint: failure.endpoint.clone(),
-            reason: trouble_reason(failure.trouble),
-        })
-        .collect();
     Ok(Stored {
         counts,
         cursor,

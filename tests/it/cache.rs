@@ -313,6 +313,8 @@ async fn a_cached_view_is_patched_only_while_it_holds_the_records_as_they_are() 
                 cursor: None,
                 deep_sync_due_at: None,
                 lease_owner: "test",
+                unread: &[],
+                previous: None,
             };
             assert!(
                 store
@@ -367,7 +369,12 @@ async fn a_cached_view_is_patched_only_while_it_holds_the_records_as_they_are() 
         after.connections[0].records_version,
         before.connections[0].records_version
     );
-    assert_eq!(after.accounts, before.accounts);
+    // The same accounts, each now as fresh as its connection.
+    let mut expected = before.accounts.clone();
+    for account in &mut expected {
+        account.sync.refreshed_at = Some(at);
+    }
+    assert_eq!(after.accounts, expected);
 
     // New records committed by a writer that stopped before refreshing the view;
     // then a sync that finds nothing new.

@@ -282,18 +282,7 @@ impl Fleet {
             ("FINSYNC__SYNC__INTERVAL_SECS", "60".to_owned()),
         ]);
         assert!(finsync(&env).arg("migrate").status().unwrap().success());
-        let output = finsync(&env)
-            .args(["tenants", "create", "faults"])
-            .output()
-            .unwrap();
-        assert!(output.status.success());
-        let api_key = String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("api key: "))
-            .expect("api key printed")
-            .trim()
-            .to_owned();
+        let api_key = crate::support::tenant_via_cli(&env, "faults");
         let store = Store::connect(&SecretString::from(postgres.url()), 4)
             .await
             .unwrap();
@@ -982,11 +971,7 @@ async fn a_fleet_recovers_from_every_fault_without_losing_or_changing_a_record()
 
     // Nothing lost, duplicated or changed: what the faulted fleet holds is what it
     // held before, and what a fresh sync of the same users under another tenant gets.
-    let output = finsync(&fleet.env)
-        .args(["tenants", "create", "fresh"])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
+    crate::support::tenant_via_cli(&fleet.env, "fresh");
     let mut fresh = BTreeMap::new();
     for (user, institution) in connections.values() {
         let link = link_through_api(&fleet.api, "fresh", user, institution).await;

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use crate::support::{
     ADMIN_TOKEN, Backend, RedisPrefix, TestDb, VAULT_KEY, assert_matches_sandbox, eventually,
-    finsync, free_port, link_through_api, process_env, redis_url, spawn, spawn_sandbox_process,
-    unique, wait_ready, wait_until,
+    finsync, free_port, link_through_api, process_env, redis_url, requested_sync, spawn,
+    spawn_sandbox_process, tenant_via_cli, unique, wait_ready, wait_until,
 };
 
 /// The API's address and the environment every process of a test fleet shares: this
@@ -46,18 +46,7 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
     let (api, env) = fleet_env(&db, &prefix, &sandbox_url);
 
     assert!(finsync(&env).arg("migrate").status().unwrap().success());
-    let output = finsync(&env)
-        .args(["tenants", "create", "fleet-advisor"])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let api_key = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("api key: "))
-        .expect("api key printed")
-        .trim()
-        .to_owned();
+    let api_key = tenant_via_cli(&env, "fleet-advisor");
 
     let _serve = spawn("serve", finsync(&env).arg("serve"));
     let _worker_1 = spawn(
@@ -123,29 +112,7 @@ async fn serve_worker_and_sandbox_as_separate_processes_sync_a_user_end_to_end()
 
     // Read after sync across processes: the API process holds the view; a worker
     // runs a requested sync; once the API says it is done, a read shows it.
-    let requested: Value = http
-        .post(format!("{api}/v1/users/demo-alice/sync"))
-        .bearer_auth(&api_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sync_url = format!("{api}/v1/syncs/{}", requested["id"].as_str().unwrap());
-    let status = eventually("the sync to finish", Duration::from_secs(30), || async {
-        let status: Value = http
-            .get(&sync_url)
-            .bearer_auth(&api_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        (status["status"] != "queued" && status["status"] != "running").then_some(status)
-    })
-    .await;
+    let status = requested_sync(&api, &api_key, "demo-alice", Default::default()).await;
     assert_eq!(status["status"], "succeeded", "{status}");
     let synced_at = store
         .connection(link["connection_id"].as_str().unwrap().parse().unwrap())

@@ -390,6 +390,34 @@ async fn one_account_the_institution_cannot_serve_leaves_the_others_synced_and_i
             assert_eq!(unread[0]["endpoint"], "transactions");
             let reason = unread[0]["reason"].as_str().unwrap();
             assert!(reason.starts_with("INSTITUTION_UNAVAILABLE: "), "{reason}");
+            // Each account says how fresh it is: the broken one as of the sync
+            // before, failing since this one; the others as of this one.
+            let synced = store.connection(connection).await.unwrap().last_synced_at;
+            let accounts = app
+                .get_json(&format!("/v1/users/{user}/accounts"), tenant.bearer())
+                .await;
+            for account in accounts["accounts"].as_array().unwrap() {
+                let sync = &account["sync"];
+                if account["id"] == broken.as_str() {
+                    assert_eq!(sync["last_fetch_failed"], true, "{account}");
+                    assert!(
+                        sync["failure"]
+                            .as_str()
+                            .unwrap()
+                            .starts_with("transactions: INSTITUTION_UNAVAILABLE: "),
+                        "{account}"
+                    );
+                    let refreshed: chrono::DateTime<chrono::Utc> =
+                        serde_json::from_value(sync["refreshed_at"].clone()).unwrap();
+                    assert!(Some(refreshed) < synced, "{account}");
+                    assert!(sync["failing_since"].is_string());
+                } else {
+                    assert_eq!(sync["last_fetch_failed"], false, "{account}");
+                    let refreshed: chrono::DateTime<chrono::Utc> =
+                        serde_json::from_value(sync["refreshed_at"].clone()).unwrap();
+                    assert_eq!(Some(refreshed), synced, "{account}");
+                }
+            }
         } else {
             resync(&app, connection, &format!("pinecrest-broken-{round}")).await;
         }
@@ -437,6 +465,17 @@ async fn one_account_the_institution_cannot_serve_leaves_the_others_synced_and_i
     resync(&app, connection, "pinecrest-mended").await;
     let runs = store.runs(connection).await.unwrap();
     assert_eq!(finsync::store::unread_accounts(&runs[0]).unwrap(), []);
+    let accounts = app
+        .get_json(&format!("/v1/users/{user}/accounts"), tenant.bearer())
+        .await;
+    assert!(
+        accounts["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["sync"]["last_fetch_failed"] == false && a["sync"]["failure"].is_null()),
+        "{accounts}"
+    );
     let after = store.full_snapshot(connection).await.unwrap();
     assert_matches_fdx(
         &after,

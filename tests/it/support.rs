@@ -887,6 +887,58 @@ pub async fn link_through_api(
     link
 }
 
+/// Creates a tenant with `finsync tenants create NAME` in `env`, as an admin
+/// would; returns the API key it printed.
+pub fn tenant_via_cli(env: &[(&str, String)], name: &str) -> String {
+    let output = finsync(env)
+        .args(["tenants", "create", name])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("api key: "))
+        .expect("api key printed")
+        .trim()
+        .to_owned()
+}
+
+/// Asks a running API for a user's sync (with `headers`) and waits until it is
+/// neither queued nor running; returns its last status.
+pub async fn requested_sync(
+    api: &str,
+    api_key: &str,
+    user: &str,
+    headers: reqwest::header::HeaderMap,
+) -> serde_json::Value {
+    let http = finsync::http::client();
+    let requested: serde_json::Value = http
+        .post(format!("{api}/v1/users/{user}/sync"))
+        .bearer_auth(api_key)
+        .headers(headers)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sync_url = format!("{api}/v1/syncs/{}", requested["id"].as_str().unwrap());
+    eventually("the sync to end", Duration::from_secs(60), || async {
+        let status: serde_json::Value = http
+            .get(&sync_url)
+            .bearer_auth(api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (status["status"] != "queued" && status["status"] != "running").then_some(status)
+    })
+    .await
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -18,8 +18,8 @@ use prost::Message;
 use serde_json::Value;
 
 use crate::support::{
-    ADMIN_TOKEN, Backend, TestDb, eventually, eventually_explained, finsync, free_port,
-    link_through_api, process_env, spawn, spawn_sandbox, wait_ready, wait_until,
+    ADMIN_TOKEN, Backend, TestDb, eventually_explained, finsync, free_port, link_through_api,
+    process_env, requested_sync, spawn, spawn_sandbox, tenant_via_cli, wait_ready, wait_until,
 };
 
 /// A span as the receiver got it.
@@ -99,16 +99,7 @@ async fn an_app_s_traceparent_follows_its_sync_through_the_queue_to_the_institut
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
     ]);
     assert!(finsync(&env).arg("migrate").status().unwrap().success());
-    let output = finsync(&env)
-        .args(["tenants", "create", "traced-advisor"])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let api_key = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("api key: ").map(|k| k.trim().to_owned()))
-        .expect("api key printed");
+    let api_key = tenant_via_cli(&env, "traced-advisor");
 
     let _serve = spawn("serve", finsync(&env).arg("serve"));
     let worker = spawn("worker", finsync(&env).arg("worker"));
@@ -134,34 +125,12 @@ async fn an_app_s_traceparent_follows_its_sync_through_the_queue_to_the_institut
     // The app's own trace: a trace id no process could have made up.
     let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
     let app_span = "00f067aa0ba902b7";
-    let requested: Value = http
-        .post(format!("{api}/v1/users/demo-alice/sync"))
-        .bearer_auth(&api_key)
-        .header("traceparent", format!("00-{trace_id}-{app_span}-01"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sync_url = format!("{api}/v1/syncs/{}", requested["id"].as_str().unwrap());
-    let status = eventually(
-        "the requested sync to end",
-        Duration::from_secs(60),
-        || async {
-            let status: Value = http
-                .get(&sync_url)
-                .bearer_auth(&api_key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            (status["status"] != "queued" && status["status"] != "running").then_some(status)
-        },
-    )
-    .await;
+    let mut traceparent = reqwest::header::HeaderMap::new();
+    traceparent.insert(
+        "traceparent",
+        format!("00-{trace_id}-{app_span}-01").parse().unwrap(),
+    );
+    let status = requested_sync(&api, &api_key, "demo-alice", traceparent).await;
     assert_eq!(status["status"], "succeeded", "{status}");
 
     // The whole path, in the app's trace: the API's server span under the app's

@@ -217,6 +217,8 @@ async fn seed(app: &App) -> anyhow::Result<SecretString> {
                 cursor: None,
                 deep_sync_due_at: None,
                 lease_owner: "bench",
+                unread: &[],
+                previous: None,
             },
         )
         .await?;

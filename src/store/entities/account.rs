@@ -19,6 +19,13 @@ pub struct Model {
     pub balance_available: Option<DbDecimal>,
     pub balance_as_of: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// While its fetch fails: when its data was last read (else: its connection's
+    /// last sync).
+    pub refreshed_at: Option<DateTimeUtc>,
+    /// Since when its fetch fails; none while it is read.
+    pub fetch_failed_at: Option<DateTimeUtc>,
+    /// `<part>: <reason>` of the failing fetch.
+    pub fetch_failure: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -2,7 +2,7 @@
 //! as stored decimals beside its currency).
 
 use chrono::Utc;
-use sea_orm::Set;
+use sea_orm::{NotSet, Set};
 
 use crate::domain::{Account, Balances, Currency, Holding, Money, Security, Transaction};
 use crate::store::entities::{account, holding, security, transaction};
@@ -37,6 +37,10 @@ pub(super) fn account_row(
         balance_available: Set(a.balances.available.map(|m| m.amount.into())),
         balance_as_of: Set(a.balances.as_of),
         updated_at: Set(now),
+        // The account's fetch state is the sync's to record, not the record's.
+        refreshed_at: NotSet,
+        fetch_failed_at: NotSet,
+        fetch_failure: NotSet,
     }
 }
 
