@@ -183,11 +183,13 @@ pub struct AccountView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AccountSync {
     /// When this account's data was last read from the institution (its
-    /// connection's last sync, unless its own fetch failed since).
+    /// connection's last successful sync, unless its own fetch failed since).
     pub refreshed_at: Option<DateTime<Utc>>,
-    /// Whether the last sync failed to read some of this account's data (what is
-    /// shown is what was read before).
+    /// Whether the connection's last successful sync failed to read some of this
+    /// account's data (what is shown is what was read before). A sync that fails
+    /// as a whole shows on the connection instead.
     pub last_fetch_failed: bool,
+    /// The first successful sync that could not read it, while it fails.
     pub failing_since: Option<DateTime<Utc>>,
     /// The part that could not be read and why, with a stable code:
     /// `transactions: INSTITUTION_UNAVAILABLE: …`.

@@ -137,6 +137,11 @@ pub struct SyncSuccess<'a> {
     pub lease_owner: &'a str,
     /// The accounts whose data this sync could not read.
     pub unread: &'a [super::UnreadAccount],
+    /// The accounts this sync read (listed by the institution this time).
+    pub read: &'a [String],
+    /// Parts left for a later sync (an institution struggling): an account failing
+    /// on one of them was not asked again, so it is not known to have recovered.
+    pub deferred: &'a [&'static str],
     /// The connection's last successful sync before this one.
     pub previous: Option<DateTime<Utc>>,
 }
@@ -157,7 +162,9 @@ async fn record_account_fetches<C: ConnectionTrait>(
             .entry(unread.account_id.as_str())
             .or_insert_with(|| format!("{}: {}", unread.endpoint, unread.reason));
     }
-    let recovered = account::Entity::update_many()
+    // Recovered: read this time, with nothing failing, and not failing on a part
+    // this sync left for later.
+    let mut recovery = account::Entity::update_many()
         .col_expr(
             account::Column::RefreshedAt,
             Expr::value(Option::<DateTime<Utc>>::None),
@@ -172,10 +179,12 @@ async fn record_account_fetches<C: ConnectionTrait>(
         )
         .filter(account::Column::ConnectionId.eq(connection))
         .filter(account::Column::FetchFailedAt.is_not_null())
-        .filter(account::Column::ExternalId.is_not_in(failing.keys().copied()))
-        .exec(db)
-        .await?
-        .rows_affected;
+        .filter(account::Column::ExternalId.is_in(success.read.iter().map(String::as_str)))
+        .filter(account::Column::ExternalId.is_not_in(failing.keys().copied()));
+    for part in success.deferred {
+        recovery = recovery.filter(account::Column::FetchFailure.not_like(format!("{part}:%")));
+    }
+    let recovered = recovery.exec(db).await?.rows_affected;
     let mut began = 0;
     for (account_id, failure) in &failing {
         // Since when and why: kept from the first failing sync; the reason follows
@@ -194,7 +203,11 @@ async fn record_account_fetches<C: ConnectionTrait>(
             .col_expr(account::Column::FetchFailure, Expr::value(failure.clone()))
             .filter(account::Column::ConnectionId.eq(connection))
             .filter(account::Column::ExternalId.eq(*account_id))
-            .filter(account::Column::FetchFailure.ne(failure.clone()))
+            .filter(
+                Condition::any()
+                    .add(account::Column::FetchFailure.ne(failure.clone()))
+                    .add(account::Column::FetchFailure.is_null()),
+            )
             .exec(db)
             .await?
             .rows_affected;
@@ -993,9 +1006,9 @@ impl Store {
         Ok(())
     }
 
-    /// Records a successful sync that started at `at`: schedules the next one and
-    /// stores where it resumes (`cursor`, covering data already committed), in one
-    /// statement. Only while the connection is active and the sync still holds its
+    /// Records a successful sync that started at `at`: schedules the next one,
+    /// stores where it resumes (`cursor`, covering data already committed) and
+    /// which accounts started or stopped failing, in one transaction. Only while the connection is active and the sync still holds its
     /// lease: returns false, changing nothing, if a disconnect (which takes the
     /// lease away) or another sync came between. The sync gives the lease back
     /// once its run is closed.

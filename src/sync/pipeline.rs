@@ -629,6 +629,12 @@ async fn fetch_and_store(
             reason: trouble_reason(failure.trouble),
         })
         .collect();
+    let read: Vec<String> = fetched
+        .snapshot
+        .accounts
+        .iter()
+        .map(|a| a.external_id.clone())
+        .collect();
     let success = SyncSuccess {
         at: started,
         next_sync_at: started + ctx.interval_for(connection),
@@ -636,6 +642,8 @@ async fn fetch_and_store(
         deep_sync_due_at: next_deep_sync(ctx, connection, deep, started),
         lease_owner: &job.idempotency_key,
         unread: &unread,
+        read: &read,
+        deferred: &fetched.deferred,
         previous: connection.last_synced_at,
     };
     // A disconnect during the fetch deleted the records; when this sync wrote

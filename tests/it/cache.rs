@@ -314,6 +314,8 @@ async fn a_cached_view_is_patched_only_while_it_holds_the_records_as_they_are() 
                 deep_sync_due_at: None,
                 lease_owner: "test",
                 unread: &[],
+                read: &[],
+                deferred: &[],
                 previous: None,
             };
             assert!(

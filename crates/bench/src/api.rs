@@ -218,6 +218,8 @@ async fn seed(app: &App) -> anyhow::Result<SecretString> {
                 deep_sync_due_at: None,
                 lease_owner: "bench",
                 unread: &[],
+                read: &[],
+                deferred: &[],
                 previous: None,
             },
         )
