@@ -371,3 +371,59 @@ async fn grouping(
         })
         .collect()
 }
+
+/// The sandbox's `bad_check_digits` fault at Keystone: each ISIN it sends fails its
+/// check. Flagged on the security, it never merges; a valid CUSIP beside it still
+/// matches the instrument (by the CUSIP), and one without matches nothing.
+#[tokio::test]
+async fn an_institution_s_mistyped_isin_is_flagged_and_never_merges() {
+    let (user, _) = user_holding_one_isin_at_two_institutions();
+    let app = TestApp::builder()
+        .postgres()
+        .tenant("advisor")
+        .build()
+        .await;
+    app.sandbox()
+        .set_faults(
+            Institution::Keystone,
+            finsync_sandbox::Faults {
+                bad_check_digits: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let tenant = app.tenant();
+    let meridian = app.link_and_sync_at(tenant.id, user, "meridian").await;
+    let keystone = app.link_and_sync_at(tenant.id, user, "keystone").await;
+    let holdings = app
+        .get_json(&format!("/v1/users/{user}/holdings"), tenant.bearer())
+        .await;
+    let mut checked = 0;
+    for h in holdings["holdings"].as_array().unwrap() {
+        let security = &h["security"];
+        let Some(isin) = security["isin"].as_str() else {
+            continue;
+        };
+        if h["connection_id"] == meridian.to_string().as_str() {
+            assert_eq!(security["identifier_issues"], serde_json::json!([]), "{h}");
+            continue;
+        }
+        assert_eq!(h["connection_id"], keystone.to_string().as_str());
+        let issues = security["identifier_issues"].as_array().unwrap();
+        assert!(
+            issues
+                .iter()
+                .any(|i| i["identifier"] == "isin" && i["value"] == isin),
+            "the mistyped ISIN is flagged: {h}"
+        );
+        let instrument = &security["instrument"];
+        assert_ne!(instrument["isin"], isin, "never merged by it: {h}");
+        if security["cusip"].is_string() {
+            assert_eq!(instrument["matched_by"], "cusip", "{h}");
+        } else {
+            assert!(instrument.is_null(), "{h}");
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "Keystone sent some ISIN: {holdings}");
+}

@@ -82,6 +82,8 @@ const RECORD_TABLES: [&str; 4] = ["accounts", "securities", "holdings", "transac
 struct Phase {
     runs: u64,
     failed: u64,
+    /// Why the failed ones failed, as their runs recorded it.
+    errors: Vec<String>,
     /// From the first run's start to the last run's end.
     elapsed: Duration,
     /// Records the runs added, changed and removed, by their own count.
@@ -460,6 +462,11 @@ impl Fleet {
         Ok(Phase {
             runs: runs.len() as u64,
             failed: runs.iter().filter(|r| r.outcome != "succeeded").count() as u64,
+            errors: runs
+                .iter()
+                .filter(|r| r.outcome != "succeeded")
+                .map(|r| r.error.clone().unwrap_or_else(|| r.outcome.clone()))
+                .collect(),
             elapsed,
             written: runs
                 .iter()
@@ -879,6 +886,17 @@ fn print(bench: &SyncBench, r: &Results) {
         ]);
     }
     println!("{budget}\n");
+    // A failed sync is a finding: say why, so a red run explains itself.
+    for (phase, errors) in [
+        ("(a)", &r.initial.errors),
+        ("(c)", &r.resync.errors),
+        ("(b)", &r.budgeted.phase.errors),
+        ("(d)", &r.fanned.phase.errors),
+    ] {
+        for error in errors {
+            println!("{phase} a sync failed: {error}");
+        }
+    }
 
     let ratio = r.initial.per_second(r.rows) / raw_rate.max(f64::EPSILON);
     let achieved =

@@ -63,6 +63,10 @@ pub struct Faults {
     /// answered `500 Internal Server Error`, every time: one account's data broken at
     /// the institution while the rest is served.
     pub failing_paths: Vec<String>,
+    /// Every ISIN the institution sends (a field named `isin`, or the
+    /// `securityId` of an FDX `securityIdType: ISIN`) has its check digit made
+    /// wrong, as a typo in the institution's security master would.
+    pub bad_check_digits: bool,
 }
 
 impl Default for Faults {
@@ -78,6 +82,7 @@ impl Default for Faults {
             drift: None,
             token_delay_ms: 0,
             failing_paths: Vec::new(),
+            bad_check_digits: false,
         }
     }
 }
@@ -365,6 +370,35 @@ fn records_mut(body: &mut Value) -> Option<&mut Vec<Value>> {
     })
 }
 
+/// Makes the check digit of every ISIN in `value` wrong: the last digit moved on
+/// by one.
+fn mistype_isins(value: &mut Value) {
+    match value {
+        Value::Object(members) => {
+            let typed_isin = members
+                .get("securityIdType")
+                .is_some_and(|t| t.as_str() == Some("ISIN"));
+            for (key, member) in members.iter_mut() {
+                let is_isin =
+                    key.eq_ignore_ascii_case("isin") || (typed_isin && key == "securityId");
+                match member {
+                    Value::String(text) if is_isin => {
+                        if let Some(last) = text.pop() {
+                            let wrong = last.to_digit(10).map_or(last, |d| {
+                                char::from_digit((d + 1) % 10, 10).unwrap_or(last)
+                            });
+                            text.push(wrong);
+                        }
+                    }
+                    other => mistype_isins(other),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mistype_isins),
+        _ => {}
+    }
+}
+
 /// Replaces the number at a dotted `path` of `record`, if there is one, with garbage.
 fn spoil(record: &mut serde_json::Map<String, Value>, path: &str) {
     let mut parts = path.split('.');
@@ -452,7 +486,9 @@ async fn answer(injector: &FaultInjector, request: Request, next: Next) -> Respo
         return refusal(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None);
     }
     let response = next.run(request).await;
-    if (faults.malformed_rate == 0.0 && faults.drift.is_none()) || !response.status().is_success() {
+    if (faults.malformed_rate == 0.0 && faults.drift.is_none() && !faults.bad_check_digits)
+        || !response.status().is_success()
+    {
         return response;
     }
     let (mut parts, body) = response.into_parts();
@@ -469,6 +505,9 @@ async fn answer(injector: &FaultInjector, request: Request, next: Next) -> Respo
         return Response::from_parts(parts, Body::from(bytes));
     };
     injector.corrupt(&mut value, &faults);
+    if faults.bad_check_digits {
+        mistype_isins(&mut value);
+    }
     let Ok(text) = serde_json::to_vec(&value) else {
         return Response::from_parts(parts, Body::from(bytes));
     };
@@ -479,6 +518,20 @@ async fn answer(injector: &FaultInjector, request: Request, next: Next) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mistyped_isins_fail_their_check_digit_wherever_they_sit() {
+        let mut body = serde_json::json!({
+            "holdings": [{"security": {"isin": "US0378331005", "cusip": "037833100"}}],
+            "securityIds": [{"securityId": "US5949181045", "securityIdType": "ISIN"},
+                            {"securityId": "594918104", "securityIdType": "CUSIP"}],
+        });
+        mistype_isins(&mut body);
+        assert_eq!(body["holdings"][0]["security"]["isin"], "US0378331006");
+        assert_eq!(body["holdings"][0]["security"]["cusip"], "037833100");
+        assert_eq!(body["securityIds"][0]["securityId"], "US5949181046");
+        assert_eq!(body["securityIds"][1]["securityId"], "594918104");
+    }
 
     #[test]
     fn records_are_found_at_the_top_or_inside_a_wrapping_document() {

@@ -9,7 +9,8 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use crate::domain::{
-    Account, ConnectionId, ConnectionStatus, Coverage, Holding, Security, Snapshot, Transaction,
+    Account, ConnectionId, ConnectionStatus, Coverage, Holding, Identifiers, Security, Snapshot,
+    Transaction,
 };
 use crate::store::annotations::carry_to_posted;
 use crate::store::entities::{account, holding, instrument_conflict, security, transaction};
@@ -93,6 +94,10 @@ impl Store {
             }
         }
         if !to_write.is_empty() {
+            // Instruments are shared: every sync creates and updates them in one
+            // order (by identifiers), so two syncs of the same securities wait for
+            // each other instead of deadlocking.
+            to_write.sort_by_cached_key(|(_, sec, _)| instrument_order(sec));
             let txn = self.begin_write().await?;
             records_changed(&txn, &conn, true).await?;
             // Matched to the securities master in the same transaction, so a
@@ -351,6 +356,22 @@ where
         }
         Ok(self.gone)
     }
+}
+
+/// The order in which a sync matches its securities: by their valid identifiers,
+/// CUSIP first (a US ISIN yields one, so institutions sending either agree), as
+/// every sync sees them.
+fn instrument_order(sec: &Security) -> Vec<String> {
+    let (valid, _) = Identifiers::of(sec);
+    let text = |id: Option<String>| id.unwrap_or_default();
+    vec![
+        text(valid.cusip),
+        text(valid.isin),
+        text(valid.figi),
+        text(valid.sedol),
+        text(sec.ticker.as_deref().map(|t| t.trim().to_uppercase())),
+        sec.currency.to_string(),
+    ]
 }
 
 fn by_external_id<M>(rows: Vec<M>, key: impl Fn(&M) -> &String) -> HashMap<String, M> {
