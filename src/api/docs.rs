@@ -14,8 +14,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     ApiState, admin, admins, audit, connectors, consents, erasures, health, inbound_webhooks,
-    institutions, link_sessions, quarantine, read, syncs, tenants, transactions, user_connections,
-    webhooks,
+    institutions, instruments, link_sessions, quarantine, read, syncs, tenants, transactions,
+    user_connections, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -36,7 +36,7 @@ use super::{
         tenants::get_redirect_uris, tenants::set_redirect_uris, tenants::get_tenant,
         tenants::create_key, tenants::list_keys, tenants::revoke_key,
         tenants::list_users, erasures::erase_user, erasures::show, erasures::admin_erase_user,
-        erasures::admin_show, consents::list, consents::admin_list,
+        erasures::admin_show, consents::list, consents::admin_list, instruments::list_conflicts,
         webhooks::create_endpoint, webhooks::list_endpoints, webhooks::delete_endpoint,
         webhooks::endpoint_deliveries, webhooks::admin_deliveries,
         quarantine::list_quarantine,

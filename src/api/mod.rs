@@ -32,6 +32,7 @@ mod health;
 mod idempotency;
 mod inbound_webhooks;
 mod institutions;
+mod instruments;
 mod link_page;
 mod link_sessions;
 mod paging;
@@ -121,6 +122,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(audit::routes())
         .merge(connectors::routes())
         .merge(quarantine::routes())
+        .merge(instruments::routes())
         .merge(tenants::routes())
         .merge(webhooks::routes().route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -92,6 +92,27 @@ pub struct SecurityMatch {
     pub issues: Vec<IdentifierIssue>,
 }
 
+/// An institution's identifier that disagrees with the instrument its security
+/// matched, for an operator to look into.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct InstrumentConflict {
+    /// The connection's security (finsync's row id).
+    pub security_id: String,
+    pub connection_id: String,
+    /// `figi`, `isin`, `cusip` or `sedol`.
+    pub identifier: String,
+    pub instrument_id: String,
+    pub instrument_name: String,
+    /// What the instrument holds for it (none: it holds none, and another
+    /// instrument holds the institution's value).
+    pub instrument_value: Option<String>,
+    /// What the institution sent.
+    pub institution_value: String,
+    /// The other instrument holding the institution's value, if one does.
+    pub held_by: Option<String>,
+    pub detected_at: chrono::DateTime<Utc>,
+}
+
 /// Securities matched per transaction when catching up on old rows.
 const CATCH_UP_BATCH: u64 = 200;
 
@@ -204,6 +225,53 @@ impl Store {
                 ))
             })
             .collect()
+    }
+
+    /// Every recorded disagreement, from after `after` (security id, identifier),
+    /// at most `limit`, with its instrument's name.
+    pub async fn instrument_conflict_page(
+        &self,
+        after: Option<&(String, String)>,
+        limit: u64,
+    ) -> Result<Vec<InstrumentConflict>, StoreError> {
+        let mut query = instrument_conflict::Entity::find()
+            .order_by_asc(instrument_conflict::Column::SecurityId)
+            .order_by_asc(instrument_conflict::Column::Identifier)
+            .limit(limit);
+        if let Some((security, identifier)) = after {
+            query = query.filter(
+                Condition::any()
+                    .add(instrument_conflict::Column::SecurityId.gt(security))
+                    .add(
+                        Condition::all()
+                            .add(instrument_conflict::Column::SecurityId.eq(security))
+                            .add(instrument_conflict::Column::Identifier.gt(identifier)),
+                    ),
+            );
+        }
+        let rows = query.all(self.db()).await?;
+        let ids: BTreeSet<String> = rows.iter().map(|r| r.instrument_id.clone()).collect();
+        let names: HashMap<String, String> = instrument::Entity::find()
+            .filter(instrument::Column::Id.is_in(ids))
+            .all(self.db())
+            .await?
+            .into_iter()
+            .map(|i| (i.id, i.name))
+            .collect();
+        Ok(rows
+            .into_iter()
+            .map(|r| InstrumentConflict {
+                instrument_name: names.get(&r.instrument_id).cloned().unwrap_or_default(),
+                security_id: r.security_id,
+                connection_id: r.connection_id,
+                identifier: r.identifier,
+                instrument_id: r.instrument_id,
+                instrument_value: r.instrument_value,
+                institution_value: r.institution_value,
+                held_by: r.held_by,
+                detected_at: r.detected_at,
+            })
+            .collect())
     }
 
     /// The recorded disagreements of one connection's securities with their

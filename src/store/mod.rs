@@ -55,7 +55,7 @@ pub use fleet::{BreakerReport, ConnectionStanding, FinishedRun, FleetBreaker};
 pub use idempotency::{Claim, IDEMPOTENCY_KEY_TTL, StoredAnswer, key_id};
 pub use institution_events::{EventFilter, EventPosition, EventStatus, InstitutionEvent, NewEvent};
 pub use institutions::{ConnectorVersion, InstitutionHealth, Published, VersionSource};
-pub use instruments::{Instrument, SecurityMatch};
+pub use instruments::{Instrument, InstrumentConflict, SecurityMatch};
 pub use link_sessions::{LinkSessionRecord, NewLinkSession};
 pub use quarantine::{QuarantineEntry, QuarantineFilter, QuarantinePosition, Refusal, Resolution};
 pub use records::{
