@@ -252,7 +252,13 @@ async fn identifiers_match_strongest_first_bad_check_digits_never_merge_and_disa
         assert_eq!(listed[0].instrument_id, master);
         assert_eq!(listed[0].institution_value, "594918104");
         let after = (listed[0].security_id.clone(), listed[0].identifier.clone());
-        assert!(store.instrument_conflict_page(Some(&after), 10).await.unwrap().is_empty());
+        assert!(
+            store
+                .instrument_conflict_page(Some(&after), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let apple = store.instrument(&master).await.unwrap().unwrap();
         assert_eq!(
             (apple.isin.as_deref(), apple.cusip.as_deref()),
