@@ -273,20 +273,6 @@ impl Store {
             })
             .collect())
     }
-
-    /// The recorded disagreements of one connection's securities with their
-    /// instruments.
-    pub async fn instrument_conflicts(
-        &self,
-        connection: &str,
-    ) -> Result<Vec<instrument_conflict::Model>, StoreError> {
-        Ok(instrument_conflict::Entity::find()
-            .filter(instrument_conflict::Column::ConnectionId.eq(connection))
-            .order_by_asc(instrument_conflict::Column::SecurityId)
-            .order_by_asc(instrument_conflict::Column::Identifier)
-            .all(self.db())
-            .await?)
-    }
 }
 
 /// Matches `sec`, the security stored as `security_id` for `connection`, to its
@@ -331,7 +317,7 @@ fn weak_key(sec: &Security) -> Option<String> {
 }
 
 /// The ticker as instruments keep it: trimmed, upper case; none if blank.
-fn normal_ticker(sec: &Security) -> Option<String> {
+pub(super) fn normal_ticker(sec: &Security) -> Option<String> {
     let ticker = sec
         .ticker
         .as_deref()
@@ -349,28 +335,7 @@ async fn by_identifiers<C: ConnectionTrait>(
     if let Some(found) = strongest(&holders(db, valid).await?, valid) {
         return Ok(found);
     }
-    let now = Utc::now();
-    let row = instrument::ActiveModel {
-        id: Set(uuid::Uuid::new_v4().to_string()),
-        figi: Set(valid.figi.clone()),
-        isin: Set(valid.isin.clone()),
-        cusip: Set(valid.cusip.clone()),
-        sedol: Set(valid.sedol.clone()),
-        weak_key: Set(None),
-        ticker: Set(normal_ticker(sec)),
-        name: Set(sec.name.clone()),
-        security_type: Set(sec.security_type.to_string()),
-        currency: Set(sec.currency.to_string()),
-        created_at: Set(now),
-        updated_at: Set(now),
-    };
-    // Another process may create it meanwhile: any unique identifier taken means
-    // "use theirs", found by asking again.
-    instrument::Entity::insert(row)
-        .on_conflict(OnConflict::new().do_nothing().to_owned())
-        .try_insert()
-        .exec(db)
-        .await?;
+    create(db, sec, valid, None).await?;
     strongest(&holders(db, valid).await?, valid)
         .ok_or_else(|| StoreError::Corrupt("an instrument just created cannot be found".into()))
 }
@@ -491,14 +456,30 @@ async fn by_ticker<C: ConnectionTrait>(
     if let Some(found) = find().await? {
         return Ok(found.id);
     }
+    create(db, sec, &Identifiers::default(), Some(key)).await?;
+    find()
+        .await?
+        .map(|i| i.id)
+        .ok_or_else(|| StoreError::Corrupt("an instrument just created cannot be found".into()))
+}
+
+/// A new instrument for `sec`, known by `valid` (or, for one known by ticker
+/// alone, by `weak_key`), unless another process created it meanwhile: then any
+/// unique key already taken means "use theirs", and the caller asks again.
+async fn create<C: ConnectionTrait>(
+    db: &C,
+    sec: &Security,
+    valid: &Identifiers,
+    weak_key: Option<&str>,
+) -> Result<(), StoreError> {
     let now = Utc::now();
     instrument::Entity::insert(instrument::ActiveModel {
         id: Set(uuid::Uuid::new_v4().to_string()),
-        figi: Set(None),
-        isin: Set(None),
-        cusip: Set(None),
-        sedol: Set(None),
-        weak_key: Set(Some(key.to_owned())),
+        figi: Set(valid.figi.clone()),
+        isin: Set(valid.isin.clone()),
+        cusip: Set(valid.cusip.clone()),
+        sedol: Set(valid.sedol.clone()),
+        weak_key: Set(weak_key.map(str::to_owned)),
         ticker: Set(normal_ticker(sec)),
         name: Set(sec.name.clone()),
         security_type: Set(sec.security_type.to_string()),
@@ -510,10 +491,7 @@ async fn by_ticker<C: ConnectionTrait>(
     .try_insert()
     .exec(db)
     .await?;
-    find()
-        .await?
-        .map(|i| i.id)
-        .ok_or_else(|| StoreError::Corrupt("an instrument just created cannot be found".into()))
+    Ok(())
 }
 
 fn column(identifier: Identifier) -> instrument::Column {

@@ -14,7 +14,7 @@ use crate::domain::{
 };
 use crate::store::annotations::carry_to_posted;
 use crate::store::entities::{account, holding, instrument_conflict, security, transaction};
-use crate::store::instruments::{Matched, match_security};
+use crate::store::instruments::{Matched, match_security, normal_ticker};
 use crate::store::{Store, StoreError};
 
 use super::rows::*;
@@ -369,7 +369,7 @@ fn instrument_order(sec: &Security) -> Vec<String> {
         text(valid.isin),
         text(valid.figi),
         text(valid.sedol),
-        text(sec.ticker.as_deref().map(|t| t.trim().to_uppercase())),
+        text(normal_ticker(sec)),
         sec.currency.to_string(),
     ]
 }
