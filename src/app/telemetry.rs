@@ -32,6 +32,10 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// …), named `finsync-<service>` in exported traces. Fails only when an exporter
 /// was asked for and cannot be built.
 pub fn init(log: &LogSettings, traces: &TraceSettings, service: &str) -> anyhow::Result<()> {
+    if PROVIDER.get().is_some() {
+        // A second init (tests, the demo after `serve`) keeps the first subscriber.
+        return Ok(());
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if log.format == "json" {
@@ -40,10 +44,6 @@ pub fn init(log: &LogSettings, traces: &TraceSettings, service: &str) -> anyhow:
         fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .boxed()
     };
-    if PROVIDER.get().is_some() {
-        // A second init (tests, the demo after `serve`) keeps the first subscriber.
-        return Ok(());
-    }
     let provider = tracer_provider(traces, service)?;
     // Our own spans only, whatever the log filter: trace context must not depend
     // on how much is logged. Spans, not log events: events may name users, and
