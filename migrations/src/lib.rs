@@ -30,6 +30,7 @@ mod m20261207_000019_consent_events;
 mod m20261207_000020_institution_breakers;
 mod m20261208_000021_instruments;
 mod m20261208_000022_account_fetches;
+mod m20261209_000023_data_quality;
 
 pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
@@ -61,6 +62,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000020_institution_breakers::Migration),
             Box::new(m20261208_000021_instruments::Migration),
             Box::new(m20261208_000022_account_fetches::Migration),
+            Box::new(m20261209_000023_data_quality::Migration),
         ]
     }
 }

@@ -9,8 +9,8 @@ use utoipa::openapi::{ObjectBuilder, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::domain::{
-    AccountType, ConnectionStatus, Currency, DeliveryStatus, InvestmentType, LinkSessionStatus,
-    Money, SecurityType, TransactionStatus, WebhookEvent,
+    AccountType, ConnectionStatus, Currency, DeliveryStatus, FindingCode, FindingScope,
+    InvestmentType, LinkSessionStatus, Money, SecurityType, TransactionStatus, WebhookEvent,
 };
 
 /// A closed vocabulary is a string with its wire names as the enum values.
@@ -37,6 +37,8 @@ vocabulary_schema!(
     AccountType,
     ConnectionStatus,
     DeliveryStatus,
+    FindingCode,
+    FindingScope,
     InvestmentType,
     LinkSessionStatus,
     SecurityType,

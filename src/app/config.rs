@@ -244,6 +244,8 @@ pub struct SyncSettings {
     pub poison_after: u32,
     /// How often a connection's sync re-reads the whole history, unless its connector says.
     pub deep_sync_interval_days: u32,
+    /// A transaction still pending after this many days is a data-quality finding.
+    pub stale_pending_days: u32,
 }
 
 /// Every institution's circuit breaker (per process).

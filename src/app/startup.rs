@@ -169,6 +169,7 @@ impl App {
             poison_after: settings.sync.poison_after.max(1),
             retention: retention(&settings.retention),
             deep_interval: chrono::Duration::days(i64::from(settings.sync.deep_sync_interval_days)),
+            stale_pending_days: settings.sync.stale_pending_days,
         });
         Ok(Self {
             ctx,

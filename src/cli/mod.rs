@@ -7,6 +7,7 @@ pub mod audit;
 pub mod connectors;
 pub mod demo;
 pub mod migrate;
+pub mod reconcile;
 pub mod render;
 pub mod sandbox;
 pub mod scheduler;
@@ -57,6 +58,9 @@ enum Command {
     /// Connector files.
     #[command(subcommand)]
     Connectors(connectors::Command),
+    /// What reconciliation after the syncs found that does not add up (data
+    /// quality), as a table.
+    Reconcile(reconcile::Args),
     /// Tenants (advisory apps) and their API keys.
     #[command(subcommand)]
     Tenants(tenants::Command),
@@ -83,6 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admins(command) => admins::run(command).await,
         Command::Audit(command) => audit::run(command).await,
         Command::Connectors(command) => connectors::run(command).await,
+        Command::Reconcile(args) => reconcile::run(args).await,
         Command::Tenants(command) => tenants::run(command).await,
         Command::Tokens(command) => tokens::run(command).await,
         Command::Sync(command) => sync::run(command).await,

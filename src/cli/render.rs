@@ -310,6 +310,64 @@ pub fn admins(admins: &[crate::store::AdminRecord]) -> String {
     format!("{table}\n")
 }
 
+/// The open data-quality findings: how many per institution and code, then each
+/// one with the record it is about and what was found.
+pub fn findings(report: &[crate::store::ReportedFinding]) -> String {
+    if report.is_empty() {
+        return "No data-quality findings: everything synced adds up.".into();
+    }
+    let mut counts: std::collections::BTreeMap<(&str, &str), usize> =
+        std::collections::BTreeMap::new();
+    for r in report {
+        *counts
+            .entry((r.institution_id.as_str(), r.finding.code.as_str()))
+            .or_default() += 1;
+    }
+    let mut summary = table(&["institution", "code", "findings"]);
+    for ((institution, code), n) in &counts {
+        summary.add_row(vec![
+            Cell::new(institution),
+            Cell::new(code).fg(Color::Yellow),
+            Cell::new(n).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    let mut each = table(&[
+        "institution",
+        "connection",
+        "account",
+        "code",
+        "record",
+        "found",
+        "since (UTC)",
+    ]);
+    for r in report {
+        let f = &r.finding;
+        each.add_row(vec![
+            Cell::new(&r.institution_id),
+            Cell::new(&f.connection_id),
+            Cell::new(&f.account_id),
+            Cell::new(f.code).fg(Color::Yellow),
+            Cell::new(&f.subject),
+            Cell::new(&f.detail),
+            Cell::new(f.first_seen_at.format("%Y-%m-%d %H:%M")),
+        ]);
+    }
+    let accounts: std::collections::BTreeSet<(&str, &str)> = report
+        .iter()
+        .map(|r| {
+            (
+                r.finding.connection_id.as_str(),
+                r.finding.account_id.as_str(),
+            )
+        })
+        .collect();
+    format!(
+        "{} data-quality finding(s) in {} account(s)\n{summary}\n{each}",
+        report.len(),
+        accounts.len()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,6 +190,9 @@ pub struct Fetched {
     pub deferred: Vec<&'static str>,
     /// Accounts some of whose data could not be read, and why.
     pub failures: Vec<AccountFailure>,
+    /// Holdings whose security the institution did not describe (set aside with
+    /// the rejected): (account, security id).
+    pub undescribed: Vec<(String, String)>,
 }
 
 impl Default for Fetched {
@@ -203,6 +206,7 @@ impl Default for Fetched {
             cursor: None,
             deferred: Vec::new(),
             failures: Vec::new(),
+            undescribed: Vec::new(),
         }
     }
 }
@@ -427,7 +431,21 @@ impl Engine {
                 match checked(connector, &item.record)
                     .and_then(|()| mapping::holding(&endpoint.fields, security_mapping, item))
                 {
-                    Ok((holding, security)) => {
+                    Ok((holding, Err(reason))) => {
+                        // Set aside like any record that does not map, and named
+                        // for reconciliation: the account is missing a position.
+                        out.undescribed.push((
+                            holding.account_external_id.clone(),
+                            holding.security_external_id.clone(),
+                        ));
+                        out.rejected.push(Rejected::new(
+                            "holdings",
+                            &[&endpoint.fields, security_mapping],
+                            item,
+                            &reason,
+                        ));
+                    }
+                    Ok((holding, Ok(security))) => {
                         if !out
                             .snapshot
                             .securities

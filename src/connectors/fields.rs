@@ -47,6 +47,7 @@ pub const ACCOUNT: &[FieldDef] = &[
     req("currency", Kind::Currency),
     req("balance_current", Kind::Decimal),
     opt("balance_available", Kind::Decimal),
+    opt("balance_cash", Kind::Decimal),
     opt("balance_as_of", Kind::DateTime),
 ];
 
@@ -61,6 +62,7 @@ pub const ACCOUNT_DETAILS: &[FieldDef] = &[
     opt("currency", Kind::Currency),
     opt("balance_current", Kind::Decimal),
     opt("balance_available", Kind::Decimal),
+    opt("balance_cash", Kind::Decimal),
     opt("balance_as_of", Kind::DateTime),
 ];
 

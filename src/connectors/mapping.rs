@@ -519,17 +519,23 @@ pub fn account(layers: &Layers<'_>, fetched_at: DateTime<Utc>) -> Result<Account
             available: layers
                 .decimal("balance_available")?
                 .map(|a| Money::new(a, currency)),
+            cash: layers
+                .decimal("balance_cash")?
+                .map(|a| Money::new(a, currency)),
             as_of,
         },
     })
 }
 
 /// A holding and the security it holds (embedded in the same record).
+/// A holding, and its security where the institution described it: a holding
+/// whose own fields map is kept apart from a security that does not, so that the
+/// one can be reported without the other being lost from sight.
 pub fn holding(
     m: &Mapping,
     security: &Mapping,
     record: &Item,
-) -> Result<(Holding, Security), FieldError> {
+) -> Result<(Holding, Result<Security, FieldError>), FieldError> {
     let currency = m.currency(record, "currency")?;
     let money = |name| {
         m.decimal(record, name)
@@ -544,10 +550,15 @@ pub fn holding(
         value: money("value")?,
         as_of: m.date(record, "as_of")?,
     };
-    let security = Security {
+    let security = self::security(security, record, &holding.security_external_id);
+    Ok((holding, security))
+}
+
+fn security(security: &Mapping, record: &Item, held: &str) -> Result<Security, FieldError> {
+    Ok(Security {
         external_id: security
             .text(record, "external_id")?
-            .unwrap_or_else(|| holding.security_external_id.clone()),
+            .unwrap_or_else(|| held.to_owned()),
         ticker: security.text(record, "ticker")?,
         cusip: security.text(record, "cusip")?,
         isin: security.text(record, "isin")?,
@@ -560,8 +571,7 @@ pub fn holding(
         currency: security.currency(record, "currency")?,
         price: security.decimal(record, "price")?,
         price_as_of: security.date(record, "price_as_of")?,
-    };
-    Ok((holding, security))
+    })
 }
 
 pub fn transaction(

@@ -7,6 +7,7 @@ mod identifiers;
 mod ids;
 mod model;
 mod money;
+mod quality;
 
 pub use coverage::Coverage;
 pub use identifiers::{Identifier, IdentifierIssue, Identifiers};
@@ -20,3 +21,7 @@ pub use model::{
     TransactionStatus, WebhookEvent,
 };
 pub use money::{Currency, CurrencyError, Money};
+pub use quality::{
+    Finding, FindingCode, FindingScope, Prior, Reconciliation, SyncRead, is_iso_currency,
+    minor_unit, reconcile,
+};

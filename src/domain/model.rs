@@ -2,9 +2,6 @@
 //! the store keeps them; the read API serves them. Every record carries the
 //! institution's own id, which together with the connection is its identity.
 
-use std::fmt;
-use std::str::FromStr;
-
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -15,7 +12,10 @@ use super::money::{Currency, Money};
 macro_rules! vocabulary {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+            ::serde::Serialize, ::serde::Deserialize,
+        )]
         pub enum $name {
             $(#[serde(rename = $text)] $variant),+
         }
@@ -30,7 +30,7 @@ macro_rules! vocabulary {
             }
         }
 
-        impl FromStr for $name {
+        impl ::std::str::FromStr for $name {
             type Err = String;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -44,13 +44,15 @@ macro_rules! vocabulary {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
     };
 }
+
+pub(super) use vocabulary;
 
 vocabulary!(
     /// Where a connection stands; anything but `Active` means syncs are not attempted.
@@ -151,6 +153,10 @@ pub struct Institution {
 pub struct Balances {
     pub current: Money,
     pub available: Option<Money>,
+    /// Cash held in the account outside the positions it lists as holdings, where
+    /// the institution reports it apart (FDX's `availableCashBalance`). An account
+    /// whose cash is a holding of its own (a sweep fund) has none here.
+    pub cash: Option<Money>,
     pub as_of: DateTime<Utc>,
 }
 

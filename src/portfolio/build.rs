@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 
 use super::views::{
-    AccountShare, AccountSync, AccountView, Allocation, BalancesView, ConnectionView, Freshness,
-    HoldingView, IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare, SecurityView,
-    StaleReason, TransactionView,
+    AccountShare, AccountSync, AccountView, Allocation, BalancesView, ConnectionView, FindingView,
+    Freshness, HoldingView, IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare,
+    SecurityView, StaleReason, TransactionView,
 };
 use crate::domain::{
     AccountType, ConnectionStatus, Currency, Money, SecurityType, TenantId, UserId,
@@ -52,6 +52,17 @@ pub(super) async fn assemble(
         let matches = store.security_matches(connection.id).await?;
         let mut failing = store.account_fetch_failures(connection.id).await?;
         let mut annotations = store.transaction_annotations(connection.id).await?;
+        let mut findings: BTreeMap<String, Vec<FindingView>> = BTreeMap::new();
+        for f in store.findings(connection.id).await? {
+            findings.entry(f.account_id).or_default().push(FindingView {
+                code: f.code,
+                scope: f.scope,
+                subject: f.subject,
+                detail: f.detail,
+                first_seen_at: f.first_seen_at,
+                last_seen_at: f.last_seen_at,
+            });
+        }
         for a in stored.accounts {
             let sign = match a.account_type {
                 AccountType::Credit | AccountType::Loan => Decimal::NEGATIVE_ONE,
@@ -85,6 +96,7 @@ pub(super) async fn assemble(
             };
             portfolio.accounts.push(AccountView {
                 connection_id: cid.clone(),
+                data_quality: findings.remove(&a.external_id).unwrap_or_default(),
                 id: a.external_id,
                 name: a.name,
                 official_name: a.official_name,
@@ -96,6 +108,7 @@ pub(super) async fn assemble(
                 balances: BalancesView {
                     current: a.balances.current,
                     available: a.balances.available,
+                    cash: a.balances.cash,
                     as_of: a.balances.as_of,
                 },
             });

@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 pub use build::{build, connection_views};
 pub use positions::{Position, PositionAllocation, PositionHolding, Positions, Share, positions};
 pub use views::{
-    AccountShare, AccountSync, AccountView, Allocation, BalancesView, ConnectionView, Freshness,
-    HoldingView, IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare, SecurityView,
-    StaleReason, TransactionView,
+    AccountShare, AccountSync, AccountView, Allocation, BalancesView, ConnectionView, FindingView,
+    Freshness, HoldingView, IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare,
+    SecurityView, StaleReason, TransactionView,
 };
 
 use crate::cache::{Cache, Hit};
@@ -27,7 +27,7 @@ use crate::store::{ConnectionRecord, Store, StoreError};
 /// The cache key of a user's portfolio. The version names the view's shape, so a
 /// deploy that changes it never reads views cached by the previous release.
 pub fn cache_key(tenant: TenantId, user: &UserId) -> String {
-    format!("portfolio:v6:{tenant}:{user}")
+    format!("portfolio:v7:{tenant}:{user}")
 }
 
 #[derive(Debug, thiserror::Error)]

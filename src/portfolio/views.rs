@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::{
-    AccountType, ConnectionStatus, Currency, InvestmentType, Money, SecurityType, Transaction,
-    TransactionStatus,
+    AccountType, ConnectionStatus, Currency, FindingCode, FindingScope, InvestmentType, Money,
+    SecurityType, Transaction, TransactionStatus,
 };
 use crate::store::Annotations;
 
@@ -178,6 +178,26 @@ pub struct AccountView {
     /// How fresh this account's data is: a connection's accounts are fetched one
     /// by one, and one may fail while the others are read.
     pub sync: AccountSync,
+    /// What reconciliation after the syncs found does not add up in this
+    /// account's data, as the institution sent it (nothing here is corrected).
+    pub data_quality: Vec<FindingView>,
+}
+
+/// One data-quality finding: a stable code, the record it is about, and what was
+/// found, with the figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FindingView {
+    pub code: FindingCode,
+    /// `account`, `holdings` or `transactions`: the part of the account it is about.
+    pub scope: FindingScope,
+    /// The record, by the institution's id: the account's, a holding's
+    /// (`account:security`) or a transaction's.
+    pub subject: String,
+    pub detail: String,
+    pub first_seen_at: DateTime<Utc>,
+    /// The last sync that found it; a sync that reads the part again and finds
+    /// it no longer removes it.
+    pub last_seen_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -200,6 +220,9 @@ pub struct AccountSync {
 pub struct BalancesView {
     pub current: Money,
     pub available: Option<Money>,
+    /// Cash held outside the positions listed as holdings, where the institution
+    /// reports it apart.
+    pub cash: Option<Money>,
     pub as_of: DateTime<Utc>,
 }
 

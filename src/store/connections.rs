@@ -738,8 +738,8 @@ impl Store {
         audit: AuditEntry,
     ) -> Result<(), StoreError> {
         use super::entities::{
-            account, holding, institution_event, instrument_conflict, quarantined_record, security,
-            transaction,
+            account, data_quality_finding, holding, institution_event, instrument_conflict,
+            quarantined_record, security, transaction,
         };
         let now = Utc::now();
         let conn = id.to_string();
@@ -810,6 +810,10 @@ impl Store {
             .await?;
         quarantined_record::Entity::delete_many()
             .filter(quarantined_record::Column::ConnectionId.eq(&conn))
+            .exec(&txn)
+            .await?;
+        data_quality_finding::Entity::delete_many()
+            .filter(data_quality_finding::Column::ConnectionId.eq(&conn))
             .exec(&txn)
             .await?;
         // Events the institution sent about it name its accounts.

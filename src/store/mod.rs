@@ -12,6 +12,7 @@ mod consents;
 mod decimal;
 pub mod entities;
 mod erasures;
+mod findings;
 mod fleet;
 mod idempotency;
 mod institution_events;
@@ -51,6 +52,7 @@ pub use connections::{
 pub use consents::{ActedBy, ConsentEvent, ConsentKind};
 pub use decimal::DbDecimal;
 pub use erasures::{ErasureRecord, ErasureResult, ErasureStatus};
+pub use findings::{ReportedFinding, StoredFinding};
 pub use fleet::{BreakerReport, ConnectionStanding, FinishedRun, FleetBreaker};
 pub use idempotency::{Claim, IDEMPOTENCY_KEY_TTL, StoredAnswer, key_id};
 pub use institution_events::{EventFilter, EventPosition, EventStatus, InstitutionEvent, NewEvent};

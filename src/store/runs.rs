@@ -22,6 +22,8 @@ pub struct RunCounts {
     pub unchanged: u32,
     /// Records set aside: put in quarantine, or pointing at an account that was.
     pub quarantined: u32,
+    /// Data-quality findings the run's reconciliation raised.
+    pub findings: u32,
 }
 
 /// An account whose data a run could not read: what is stored of it stays.
@@ -70,6 +72,7 @@ impl Store {
             deep: Set(deep),
             error: Set(None),
             accounts_unread: Set(None),
+            findings: Set(0),
         }
         .insert(self.db())
         .await?;
@@ -112,6 +115,10 @@ impl Store {
             .col_expr(
                 sync_run::Column::Quarantined,
                 Expr::value(clamp(counts.quarantined)),
+            )
+            .col_expr(
+                sync_run::Column::Findings,
+                Expr::value(clamp(counts.findings)),
             )
             .col_expr(
                 sync_run::Column::Cursor,

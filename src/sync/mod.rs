@@ -54,6 +54,8 @@ pub struct Environment {
     pub retention: scheduler::Retention,
     /// How often a connection's sync is a deep one, unless its connector says.
     pub deep_interval: chrono::Duration,
+    /// A transaction still pending after this many days is a finding.
+    pub stale_pending_days: u32,
 }
 
 impl Environment {

@@ -7,15 +7,17 @@
 //! a backoff; the first success after the institution's trouble brings its other
 //! waiting connections forward.
 
-use chrono::Utc;
+use std::collections::BTreeSet;
 use std::time::Instant;
+
+use chrono::Utc;
 use tracing::Instrument;
 
 use super::Env;
 use super::job::SyncConnection;
 use crate::connectors::engine::Trouble;
-use crate::connectors::{EngineError, Fetched, SyncCursor};
-use crate::domain::{ConnectionId, ConnectionStatus};
+use crate::connectors::{Connector, EngineError, Fetched, SyncCursor};
+use crate::domain::{self, ConnectionId, ConnectionStatus, Coverage, Prior, SyncRead};
 use crate::store::{
     ConnectionRecord, Lease, Refusal, Removals, Resolution, RunCounts, StoreError, SyncSuccess,
     UnreadAccount,
@@ -216,7 +218,7 @@ async fn leased_sync(
         return Ok(SyncOutcome::Failed);
     }
     let started = Instant::now();
-    match fetch_and_store(ctx, job, &connection, deep).await {
+    match fetch_and_store(ctx, job, &connection, &run, deep).await {
         Ok(Stored {
             counts,
             cursor,
@@ -235,12 +237,6 @@ async fn leased_sync(
             ctx.store
                 .finish_run(&run, counts, cursor.as_deref(), None, &unread)
                 .await?;
-            let outcome = if unread.is_empty() {
-                "succeeded"
-            } else {
-                "partial"
-            };
-            observe(&connection.institution_id, outcome, started);
             if let Some(reason) = &connection.last_failure_reason
                 && INSTITUTION_TROUBLE.iter().any(|t| reason.starts_with(t))
             {
@@ -267,6 +263,7 @@ async fn leased_sync(
                 removed = counts.removed,
                 unchanged = counts.unchanged,
                 quarantined = counts.quarantined,
+                findings = counts.findings,
                 "Sync finished."
             );
             // Counted once the run is closed and announced: a sync cut short
@@ -589,6 +586,7 @@ async fn fetch_and_store(
     ctx: &Env,
     job: &SyncConnection,
     connection: &ConnectionRecord,
+    run: &str,
     deep: bool,
 ) -> Result<Stored, Failure> {
     let started = Utc::now();
@@ -615,8 +613,11 @@ async fn fetch_and_store(
         }
         other => other?,
     };
-    let counts = apply(ctx, connection, &fetched).await?;
+    let (mut counts, prior) = apply(ctx, connection, &fetched).await?;
     quarantine(ctx, connection, &connector.hash, &fetched)
+        .await
+        .map_err(Failure::from_store)?;
+    counts.findings = reconcile(ctx, &connector, connection, run, &fetched, &prior)
         .await
         .map_err(Failure::from_store)?;
     let cursor = fetched.cursor.as_ref().map(SyncCursor::encode);
@@ -727,7 +728,7 @@ async fn apply(
     ctx: &Env,
     connection: &ConnectionRecord,
     fetched: &Fetched,
-) -> Result<RunCounts, Failure> {
+) -> Result<(RunCounts, Prior), Failure> {
     for rejected in &fetched.rejected {
         tracing::warn!(endpoint = rejected.endpoint, key = %rejected.key, reason = %rejected.reason, "Record quarantined: it does not map.");
     }
@@ -753,7 +754,7 @@ async fn apply(
         .apply_snapshot(connection.id, &fetched.snapshot, removals)
         .await
         .map_err(Failure::from_store)?;
-    Ok(RunCounts {
+    let counts = RunCounts {
         added: applied.added,
         modified: applied.modified,
         removed: applied.removed,
@@ -761,5 +762,78 @@ async fn apply(
         quarantined: u32::try_from(fetched.rejected.len())
             .unwrap_or(u32::MAX)
             .saturating_add(applied.orphaned),
-    })
+        findings: 0,
+    };
+    Ok((counts, applied.prior))
+}
+
+/// Checks what the sync read against itself and against what was stored before,
+/// and records the findings; the records themselves stay as the institution sent
+/// them. Returns how many findings the run raised.
+async fn reconcile(
+    ctx: &Env,
+    connector: &Connector,
+    connection: &ConnectionRecord,
+    run: &str,
+    fetched: &Fetched,
+    prior: &Prior,
+) -> Result<u32, StoreError> {
+    let snapshot = &fetched.snapshot;
+    let unread_details = fetched.unread("details");
+    let read = |endpoint: &'static str, present: bool| -> BTreeSet<&str> {
+        if !present || fetched.deferred.contains(&endpoint) {
+            return BTreeSet::new();
+        }
+        let unread = fetched.unread(endpoint);
+        snapshot
+            .accounts
+            .iter()
+            .map(|a| a.external_id.as_str())
+            .filter(|a| !unread.contains(*a) && !unread_details.contains(*a))
+            .collect()
+    };
+    let holdings_read = read("holdings", connector.holdings.is_some());
+    let transactions_read = read("transactions", connector.transactions.is_some())
+        .into_iter()
+        .map(|account| {
+            let coverage = fetched
+                .coverage_by_account
+                .get(account)
+                .unwrap_or(&fetched.coverage);
+            let whole = matches!(coverage, Coverage::Everything | Coverage::Dated { .. });
+            (account, whole)
+        })
+        .collect();
+    let found = domain::reconcile(&SyncRead {
+        snapshot,
+        prior,
+        holdings_read,
+        transactions_read,
+        undescribed: &fetched.undescribed,
+        holdings_set_aside: fetched.rejected.iter().any(|r| r.endpoint == "holdings"),
+        transactions_set_aside: fetched
+            .rejected
+            .iter()
+            .any(|r| r.endpoint == "transactions"),
+        today: Utc::now().date_naive(),
+        pending_days: ctx.stale_pending_days,
+    });
+    for finding in &found.findings {
+        metrics::counter!(
+            "finsync_data_quality_findings_total",
+            "institution" => connection.institution_id.clone(),
+            "code" => finding.code.as_str(),
+        )
+        .increment(1);
+    }
+    if !found.findings.is_empty() {
+        tracing::info!(
+            findings = found.findings.len(),
+            "Reconciliation found data that does not add up."
+        );
+    }
+    ctx.store
+        .record_findings(connection.id, run, &found)
+        .await?;
+    Ok(u32::try_from(found.findings.len()).unwrap_or(u32::MAX))
 }

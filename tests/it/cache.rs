@@ -293,6 +293,7 @@ async fn a_cached_view_is_patched_only_while_it_holds_the_records_as_they_are() 
             balances: Balances {
                 current: Money::new(balance.parse().unwrap(), usd),
                 available: None,
+                cash: None,
                 as_of: chrono::DateTime::from_timestamp(1_764_000_000, 0).unwrap(),
             },
         }],

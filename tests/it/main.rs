@@ -26,6 +26,7 @@ mod linking;
 mod money;
 mod observability;
 mod outage;
+mod quality;
 mod quarantine;
 mod resilience;
 mod scheduler;

@@ -25,6 +25,7 @@ fn snapshot() -> Snapshot {
             balances: Balances {
                 current: big,
                 available: Some(Money::new("-0.10".parse().unwrap(), usd)),
+                cash: None,
                 as_of: Utc::now().trunc_subsecs_compat(),
             },
         }],

@@ -130,6 +130,7 @@ fn account() -> Account {
         balances: Balances {
             current: Money::new(Decimal::new(100, 0), "USD".parse::<Currency>().unwrap()),
             available: None,
+            cash: None,
             as_of: chrono::Utc::now(),
         },
     }

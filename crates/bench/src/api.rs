@@ -245,6 +245,7 @@ fn snapshot() -> Snapshot {
             balances: Balances {
                 current: money(12_345_678 + a),
                 available: Some(money(100_000)),
+                cash: None,
                 as_of: Utc::now(),
             },
         });

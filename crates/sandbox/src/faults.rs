@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Institution;
+use super::discrepancies::{self, Discrepancies};
 
 /// Text that looks like a number to a careless parser and is not one.
 pub(super) const GARBAGE_NUMBER: &str = "12,3.4";
@@ -67,6 +68,26 @@ pub struct Faults {
     /// `securityId` of an FDX `securityIdType: ISIN`) has its check digit made
     /// wrong, as a typo in the institution's security master would.
     pub bad_check_digits: bool,
+    /// Every answer moves each account's current balance one more unit of its
+    /// currency on, with no transaction to explain it.
+    pub drifting_balances: bool,
+    /// The first posted transaction of every page is sent twice, the second time
+    /// under a new id, as after an institution re-keys its records.
+    pub rekeyed_transactions: bool,
+    /// The first holding of every page names its security without describing it.
+    pub missing_security: bool,
+    /// Split transactions are left out, while holdings show the split.
+    pub unrecorded_splits: bool,
+    /// The first holding of every page says it is worth one unit more than
+    /// quantity × price.
+    pub misvalued_holdings: bool,
+    /// Every pending transaction is dated 30 days earlier.
+    pub stale_pending: bool,
+    /// The first posted transaction of every page is dated 30 days ahead.
+    pub future_dated: bool,
+    /// The first transaction of every page is in `ZZZ`, three letters that ISO
+    /// 4217 does not list.
+    pub unknown_currency: bool,
 }
 
 impl Default for Faults {
@@ -83,6 +104,14 @@ impl Default for Faults {
             token_delay_ms: 0,
             failing_paths: Vec::new(),
             bad_check_digits: false,
+            drifting_balances: false,
+            rekeyed_transactions: false,
+            missing_security: false,
+            unrecorded_splits: false,
+            misvalued_holdings: false,
+            stale_pending: false,
+            future_dated: false,
+            unknown_currency: false,
         }
     }
 }
@@ -202,6 +231,8 @@ pub(super) struct FaultInjector {
     arrivals: Mutex<VecDeque<Arrival>>,
     /// Requests answered 429, however many arrivals are kept.
     throttled: AtomicU64,
+    /// Answers served while balances drift: how far the next one moves them.
+    drifted: AtomicU64,
 }
 
 /// What happens to one request, decided before it runs.
@@ -229,6 +260,7 @@ impl FaultInjector {
             state: Mutex::new((initial, rng)),
             arrivals: Mutex::default(),
             throttled: AtomicU64::new(0),
+            drifted: AtomicU64::new(0),
         }
     }
 
@@ -319,6 +351,22 @@ impl FaultInjector {
             refused => refused,
         };
         (verdict, delay, faults)
+    }
+
+    /// The discrepancies `faults` asks of the next answer.
+    fn discrepancies(&self, faults: &Faults) -> Discrepancies {
+        Discrepancies {
+            drift: faults
+                .drifting_balances
+                .then(|| self.drifted.fetch_add(1, Ordering::Relaxed) + 1),
+            rekeyed_transactions: faults.rekeyed_transactions,
+            missing_security: faults.missing_security,
+            unrecorded_splits: faults.unrecorded_splits,
+            misvalued_holdings: faults.misvalued_holdings,
+            stale_pending: faults.stale_pending,
+            future_dated: faults.future_dated,
+            unknown_currency: faults.unknown_currency,
+        }
     }
 
     /// Spoils and renames fields of the records in a successful JSON body, as `faults` says.
@@ -486,7 +534,11 @@ async fn answer(injector: &FaultInjector, request: Request, next: Next) -> Respo
         return refusal(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None);
     }
     let response = next.run(request).await;
-    if (faults.malformed_rate == 0.0 && faults.drift.is_none() && !faults.bad_check_digits)
+    let discrepancies = injector.discrepancies(&faults);
+    if (faults.malformed_rate == 0.0
+        && faults.drift.is_none()
+        && !faults.bad_check_digits
+        && !discrepancies.any())
         || !response.status().is_success()
     {
         return response;
@@ -505,6 +557,11 @@ async fn answer(injector: &FaultInjector, request: Request, next: Next) -> Respo
         return Response::from_parts(parts, Body::from(bytes));
     };
     injector.corrupt(&mut value, &faults);
+    if discrepancies.any()
+        && let Some(records) = records_mut(&mut value)
+    {
+        discrepancies::inject(records, discrepancies, Utc::now().date_naive());
+    }
     if faults.bad_check_digits {
         mistype_isins(&mut value);
     }

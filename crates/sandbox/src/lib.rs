@@ -54,6 +54,7 @@ mod admin;
 mod bearer;
 mod changes;
 pub mod data;
+mod discrepancies;
 mod fapi;
 mod faults;
 mod grants;

@@ -17,6 +17,8 @@ pub struct Model {
     pub currency: String,
     pub balance_current: DbDecimal,
     pub balance_available: Option<DbDecimal>,
+    /// Cash outside the positions listed as holdings, where reported apart.
+    pub balance_cash: Option<DbDecimal>,
     pub balance_as_of: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     /// While its fetch fails: when its data was last read (else: its connection's

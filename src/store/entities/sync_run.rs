@@ -24,6 +24,8 @@ pub struct Model {
     pub error: Option<String>,
     /// JSON list of the accounts whose data the run could not read.
     pub accounts_unread: Option<String>,
+    /// Data-quality findings the run's reconciliation raised.
+    pub findings: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

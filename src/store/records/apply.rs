@@ -137,9 +137,23 @@ impl Store {
 
         for acc in &snapshot.accounts {
             let mut account: Writes<_, account::Model> = Writes::default();
-            match stored_accounts.remove(&acc.external_id) {
-                Some(row) if same_account(&account_from_row(&row)?, acc) => counts.unchanged += 1,
+            let stored_account = match stored_accounts.remove(&acc.external_id) {
                 Some(row) => {
+                    let before = account_from_row(&row)?;
+                    counts.prior.balances.insert(
+                        acc.external_id.clone(),
+                        (
+                            before.balances.current.amount,
+                            before.balances.current.currency,
+                        ),
+                    );
+                    Some((row, before))
+                }
+                None => None,
+            };
+            match stored_account {
+                Some((_, before)) if same_account(&before, acc) => counts.unchanged += 1,
+                Some((row, _)) => {
                     account.changed.push(account_row(&conn, row.id, acc, now));
                     counts.modified += 1;
                 }
@@ -148,9 +162,17 @@ impl Store {
                     counts.added += 1;
                 }
             }
+            let before = stored_holdings.remove(&acc.external_id).unwrap_or_default();
+            for row in before.values() {
+                let h = holding_from_row(row)?;
+                counts.prior.holdings.insert(
+                    row.external_id.clone(),
+                    (h.quantity, h.price.map(|p| p.amount)),
+                );
+            }
             let holdings = plan_holdings(
                 &conn,
-                stored_holdings.remove(&acc.external_id).unwrap_or_default(),
+                before,
                 &holdings_by_account
                     .remove(acc.external_id.as_str())
                     .unwrap_or_default(),
@@ -163,6 +185,12 @@ impl Store {
             let coverage = removals.transactions_of(&acc.external_id);
             let stored =
                 stored_transactions(db, &conn, &acc.external_id, &fetched, coverage).await?;
+            counts.prior.known_transactions.extend(
+                fetched
+                    .iter()
+                    .filter(|t| stored.contains_key(&t.external_id))
+                    .map(|t| t.external_id.clone()),
+            );
             let transactions = plan_transactions(&conn, stored, &fetched, coverage, &mut counts)?;
             if account.is_empty() && holdings.is_empty() && transactions.is_empty() {
                 continue;

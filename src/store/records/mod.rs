@@ -14,10 +14,10 @@ pub(super) use rows::transaction_from_row;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::domain::Coverage;
+use crate::domain::{Coverage, Prior};
 
-/// What applying a snapshot changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What applying a snapshot changed, and what was stored before of what it read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyCounts {
     pub added: u32,
     pub modified: u32,
@@ -25,6 +25,8 @@ pub struct ApplyCounts {
     pub unchanged: u32,
     /// Records that point at an account the institution did not return.
     pub orphaned: u32,
+    /// The stored side of the checks that compare two syncs, read on the way.
+    pub prior: Prior,
 }
 
 /// Which stored records a snapshot may remove. A list is only complete — and its
