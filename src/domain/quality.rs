@@ -5,8 +5,10 @@
 //! A check only speaks about what the sync read: [`Reconciliation::checked`] names
 //! each account and part (the account itself, its holdings, its transactions) whose
 //! findings the run replaces. A part it did not read keeps what earlier runs found;
-//! transactions fetched only as changes since a cursor add findings but resolve none,
-//! since the rest of the history was not looked at (a deep sync re-reads it).
+//! transactions fetched only as changes since a cursor, or for a date range, add
+//! findings but resolve none, since the rest of the history was not looked at (a
+//! deep sync re-reads it). An account's value is checked with its holdings and its
+//! balance with its transactions, so those findings belong to those parts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -158,9 +160,11 @@ fn check_account(
     findings: &mut Vec<Finding>,
 ) {
     let id = account.external_id.as_str();
-    let finding = |code, detail| Finding {
+    // The account's value is checked with its holdings and its balance with its
+    // transactions: each finding is resolved by the read that can check it again.
+    let finding = |code, scope, detail| Finding {
         code,
-        scope: FindingScope::Account,
+        scope,
         account: id.to_owned(),
         subject: id.to_owned(),
         detail,
@@ -203,10 +207,13 @@ fn check_account(
         if let Some(values) = values.filter(|v| !v.is_empty()) {
             let sum = values.iter().try_fold(cash, |sum, v| sum.checked_add(*v));
             if let Some(sum) = sum
-                && (sum - current.amount).abs() >= unit
+                && sum
+                    .checked_sub(current.amount)
+                    .is_some_and(|gap| gap.abs() >= unit)
             {
                 findings.push(finding(
                     FindingCode::HoldingsMismatch,
+                    FindingScope::Holdings,
                     format!(
                         "the account's value is {} {} but its {} holdings in {} and its cash of {cash} add up to {sum}",
                         current.amount,
@@ -222,8 +229,10 @@ fn check_account(
     let sign = match account.account_type {
         AccountType::Depository => Decimal::ONE,
         // What is owed goes down when money comes in.
-        AccountType::Credit | AccountType::Loan => Decimal::NEGATIVE_ONE,
-        AccountType::Investment | AccountType::Other => return,
+        AccountType::Credit => Decimal::NEGATIVE_ONE,
+        // A loan payment is part interest, which never moves the principal; an
+        // investment account's balance moves with prices.
+        AccountType::Loan | AccountType::Investment | AccountType::Other => return,
     };
     let Some((before, currency)) = read.prior.balances.get(id) else {
         return;
@@ -249,10 +258,13 @@ fn check_account(
     let Some(expected) = posted.checked_mul(sign).and_then(|p| before.checked_add(p)) else {
         return;
     };
-    let gap = current.amount - expected;
+    let Some(gap) = current.amount.checked_sub(expected) else {
+        return;
+    };
     if gap.abs() >= unit {
         findings.push(finding(
             FindingCode::BalanceDiscontinuity,
+            FindingScope::Transactions,
             format!(
                 "the balance went from {before} to {} {}; the transactions posted since add up to {posted}, which leaves {gap} unexplained",
                 current.amount, current.currency,
@@ -263,10 +275,21 @@ fn check_account(
 
 fn check_holdings(read: &SyncRead<'_>, findings: &mut Vec<Finding>) {
     let snapshot = read.snapshot;
+    // A split transaction explains a jump; so may a trade read in the same sync.
     let split_recorded: HashSet<(&str, &str)> = snapshot
         .transactions
         .iter()
-        .filter(|t| t.investment_type == Some(InvestmentType::Split))
+        .filter(|t| {
+            matches!(
+                t.investment_type,
+                Some(
+                    InvestmentType::Split
+                        | InvestmentType::Buy
+                        | InvestmentType::Sell
+                        | InvestmentType::Transfer
+                )
+            )
+        })
         .filter_map(|t| {
             Some((
                 t.account_external_id.as_str(),
@@ -332,7 +355,10 @@ fn check_holdings(read: &SyncRead<'_>, findings: &mut Vec<Finding>) {
         {
             // Within half a unit: the institution rounded the product to its unit.
             let unit = minor_unit(value.currency);
-            if (product - value.amount).abs() * Decimal::TWO > unit {
+            let off = product
+                .checked_sub(value.amount)
+                .and_then(|gap| gap.abs().checked_mul(Decimal::TWO));
+            if off.is_some_and(|off| off > unit) {
                 findings.push(finding(
                     FindingCode::ValueMismatch,
                     format!(
@@ -342,7 +368,8 @@ fn check_holdings(read: &SyncRead<'_>, findings: &mut Vec<Finding>) {
                 ));
             }
         }
-        let price_now = h.price.map(|p| p.amount).or(security.and_then(|s| s.price));
+        // The holding's own price, as the stored side has it.
+        let price_now = h.price.map(|p| p.amount);
         if let Some((before, price_before)) = read.prior.holdings.get(&subject)
             && !split_recorded.contains(&(account, h.security_external_id.as_str()))
             && let Some(ratio) = split_ratio(*before, h.quantity, *price_before, price_now)
@@ -377,7 +404,7 @@ fn split_ratio(
     let ratio = large.checked_div(small)?;
     let k = ratio.round();
     // Institutions round split quantities to their own precision.
-    let close = (ratio - k).abs() <= Decimal::new(1, 6) * k;
+    let close = (ratio - k).abs() <= k.checked_mul(Decimal::new(1, 6))?;
     if k < Decimal::TWO || k > Decimal::from(MAX_SPLIT_RATIO) || !close {
         return None;
     }
@@ -386,8 +413,12 @@ fn split_ratio(
         && p1 > Decimal::ZERO
     {
         // Prices move between syncs too: within a quarter of the inverse ratio.
-        let implied = if forward { p0 / p1 } else { p1 / p0 };
-        let drift = implied / k;
+        let implied = if forward {
+            p0.checked_div(p1)?
+        } else {
+            p1.checked_div(p0)?
+        };
+        let drift = implied.checked_div(k)?;
         if drift < Decimal::new(75, 2) || drift > Decimal::new(125, 2) {
             return None;
         }
@@ -405,8 +436,15 @@ fn check_transactions(read: &SyncRead<'_>, findings: &mut Vec<Finding>) {
         .today
         .checked_sub_days(Days::new(u64::from(read.pending_days)));
     // Same account, date, amount, status and description under different ids.
-    let mut seen: HashMap<(&str, NaiveDate, Decimal, TransactionStatus, &str), &str> =
-        HashMap::new();
+    type Key<'k> = (
+        &'k str,
+        NaiveDate,
+        Decimal,
+        TransactionStatus,
+        &'k str,
+        Option<&'k str>,
+    );
+    let mut seen: HashMap<Key<'_>, &str> = HashMap::new();
     let mut transactions: Vec<_> = read
         .snapshot
         .transactions
@@ -458,6 +496,7 @@ fn check_transactions(read: &SyncRead<'_>, findings: &mut Vec<Finding>) {
             t.amount.amount,
             t.status,
             t.description.as_str(),
+            t.security_external_id.as_deref(),
         );
         match seen.get(&key) {
             Some(first) => findings.push(finding(

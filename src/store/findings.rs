@@ -116,9 +116,9 @@ impl Store {
         }
 
         let txn = self.begin_write().await?;
-        if touched {
-            records_changed(&txn, &conn, true).await?;
-        }
+        // First, as in every write of the connection's records: a disconnect
+        // meanwhile stops here, and cached views see when findings were last seen.
+        records_changed(&txn, &conn, true).await?;
         for r in resolved {
             row::Entity::delete_by_id(r.id.clone()).exec(&txn).await?;
         }

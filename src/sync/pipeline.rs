@@ -617,9 +617,13 @@ async fn fetch_and_store(
     quarantine(ctx, connection, &connector.hash, &fetched)
         .await
         .map_err(Failure::from_store)?;
+    // Findings describe the data; failing to record them does not undo the sync.
     counts.findings = reconcile(ctx, &connector, connection, run, &fetched, &prior)
         .await
-        .map_err(Failure::from_store)?;
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "Recording data-quality findings failed; the next sync records them.");
+            0
+        });
     let cursor = fetched.cursor.as_ref().map(SyncCursor::encode);
     let unread: Vec<UnreadAccount> = fetched
         .failures
@@ -800,7 +804,8 @@ async fn reconcile(
                 .coverage_by_account
                 .get(account)
                 .unwrap_or(&fetched.coverage);
-            let whole = matches!(coverage, Coverage::Everything | Coverage::Dated { .. });
+            // A date range leaves transactions outside it unread.
+            let whole = matches!(coverage, Coverage::Everything);
             (account, whole)
         })
         .collect();

@@ -146,7 +146,7 @@ async fn a_drifting_balance_breaks_continuity_and_the_sum_of_holdings() {
         .unwrap();
     let finding = &checking["data_quality"][0];
     assert_eq!(finding["code"], "BALANCE_DISCONTINUITY", "{checking}");
-    assert_eq!(finding["scope"], "account");
+    assert_eq!(finding["scope"], "transactions");
     assert_eq!(finding["subject"], checking["id"]);
     assert!(
         finding["detail"]

@@ -68,8 +68,9 @@ pub struct Faults {
     /// `securityId` of an FDX `securityIdType: ISIN`) has its check digit made
     /// wrong, as a typo in the institution's security master would.
     pub bad_check_digits: bool,
-    /// Every answer moves each account's current balance one more unit of its
-    /// currency on, with no transaction to explain it.
+    /// Every answer moves each account's current balance further on, by as many
+    /// units of its currency as answers were served so far, with no transaction
+    /// to explain it.
     pub drifting_balances: bool,
     /// The first posted transaction of every page is sent twice, the second time
     /// under a new id, as after an institution re-keys its records.
