@@ -16,7 +16,7 @@ use chrono::{Days, NaiveDate};
 use rust_decimal::Decimal;
 
 use super::model::vocabulary;
-use super::{AccountType, Currency, InvestmentType, Snapshot, TransactionStatus};
+use super::{Account, AccountType, Currency, InvestmentType, Snapshot, TransactionStatus};
 
 vocabulary!(
     /// What a finding says, as a stable code apps and alerts can branch on.
@@ -154,11 +154,7 @@ fn unknown_currency(
     }
 }
 
-fn check_account(
-    read: &SyncRead<'_>,
-    account: &crate::domain::Account,
-    findings: &mut Vec<Finding>,
-) {
+fn check_account(read: &SyncRead<'_>, account: &Account, findings: &mut Vec<Finding>) {
     let id = account.external_id.as_str();
     // The account's value is checked with its holdings and its balance with its
     // transactions: each finding is resolved by the read that can check it again.

@@ -53,13 +53,12 @@ impl Store {
     /// Records what run `run` of `connection` found: a finding seen again keeps
     /// when it was first seen; one in a part the run checked and no longer found
     /// is resolved (deleted), as is any about an account no longer stored.
-    /// Returns whether anything changed.
     pub async fn record_findings(
         &self,
         connection: ConnectionId,
         run: &str,
         found: &Reconciliation,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let conn = connection.to_string();
         let now = Utc::now();
         let db = self.db();
@@ -72,7 +71,7 @@ impl Store {
             .collect();
         // Clean data on a clean record: nothing more to read or write.
         if stored.is_empty() && found.findings.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         let accounts: BTreeSet<String> = account::Entity::find()
             .select_only()
@@ -101,18 +100,8 @@ impl Store {
             })
             .map(|(_, r)| r)
             .collect();
-        let changed_detail = |f: &crate::domain::Finding, r: &row::Model| {
-            r.detail != f.detail
-                || r.account_external_id != f.account
-                || r.scope != f.scope.as_str()
-        };
-        let is_new = fresh.keys().any(|key| !stored.contains_key(key));
-        let is_changed = fresh
-            .iter()
-            .any(|(key, f)| stored.get(key).is_some_and(|r| changed_detail(f, r)));
-        let touched = is_new || is_changed || !resolved.is_empty();
-        if !touched && fresh.is_empty() {
-            return Ok(false);
+        if fresh.is_empty() && resolved.is_empty() {
+            return Ok(());
         }
 
         let txn = self.begin_write().await?;
@@ -153,7 +142,7 @@ impl Store {
             }
         }
         txn.commit().await?;
-        Ok(touched)
+        Ok(())
     }
 
     /// The open findings of `connection`, by account, code and record.

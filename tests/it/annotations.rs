@@ -5,7 +5,6 @@
 
 use finsync::domain::ConnectionId;
 use finsync::store::{Removals, Scope};
-use finsync::sync::SyncConnection;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -42,13 +41,7 @@ fn find<'a>(transactions: &'a [Value], id: &str) -> Option<&'a Value> {
 
 /// Syncs the connection again and returns the run's counts.
 async fn resync(app: &TestApp, connection: ConnectionId, name: &str) -> (i32, i32, i32) {
-    let since = chrono::Utc::now();
-    let job = SyncConnection {
-        connection_id: connection,
-        idempotency_key: format!("test:{name}"),
-    };
-    crate::support::request_sync(&app.app.ctx.queue, job).await;
-    app.wait_synced(connection, since).await;
+    app.resync(connection, name).await;
     let run = &app.app.ctx.store.runs(connection).await.unwrap()[0];
     assert_eq!(run.outcome, "succeeded");
     (run.added, run.modified, run.removed)

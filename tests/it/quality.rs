@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 
 use finsync::domain::ConnectionId;
-use finsync::sync::SyncConnection;
 use finsync_sandbox::{Faults, Institution};
 
 use crate::support::{TestApp, finsync, process_env};
@@ -25,16 +24,6 @@ async fn findings(app: &TestApp, connection: ConnectionId) -> BTreeSet<(String, 
 
 fn codes(found: &BTreeSet<(String, String)>) -> BTreeSet<&str> {
     found.iter().map(|(code, _)| code.as_str()).collect()
-}
-
-async fn resync(app: &TestApp, connection: ConnectionId, name: &str) {
-    let since = chrono::Utc::now();
-    let job = SyncConnection {
-        connection_id: connection,
-        idempotency_key: format!("test:{name}"),
-    };
-    crate::support::request_sync(&app.app.ctx.queue, job).await;
-    app.wait_synced(connection, since).await;
 }
 
 /// Every institution's data as the sandbox serves it adds up: no finding at any
@@ -68,7 +57,7 @@ async fn clean_data_raises_no_finding_through_the_epochs_and_a_recorded_split() 
     let meridian = connections[0];
     for epoch in 1..=4 {
         assert_eq!(app.sandbox().advance(), epoch);
-        resync(&app, meridian, &format!("epoch-{epoch}")).await;
+        app.resync(meridian, &format!("epoch-{epoch}")).await;
         assert_eq!(
             findings(&app, meridian).await,
             BTreeSet::new(),
@@ -111,7 +100,7 @@ async fn with_fault(faults: Faults, resyncs: u32, advance: bool) -> (TestApp, Co
         if advance {
             app.sandbox().advance();
         }
-        resync(&app, connection, &format!("again-{n}")).await;
+        app.resync(connection, &format!("again-{n}")).await;
     }
     (app, connection)
 }
@@ -245,7 +234,7 @@ async fn a_holding_without_its_security_is_named_and_resolved_when_mended() {
     app.sandbox()
         .set_faults(Institution::Meridian, Faults::default())
         .unwrap();
-    resync(&app, connection, "mended").await;
+    app.resync(connection, "mended").await;
     assert_eq!(findings(&app, connection).await, BTreeSet::new());
 }
 

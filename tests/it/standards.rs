@@ -270,16 +270,6 @@ async fn sync_through_api(app: &TestApp, user: &str) -> serde_json::Value {
     .await
 }
 
-async fn resync(app: &TestApp, connection: ConnectionId, key: &str) {
-    let since = chrono::Utc::now();
-    let job = finsync::sync::SyncConnection {
-        connection_id: connection,
-        idempotency_key: format!("test:{key}"),
-    };
-    crate::support::request_sync(&app.app.ctx.queue, job).await;
-    app.wait_synced(connection, since).await;
-}
-
 #[tokio::test]
 async fn an_fdx_institution_syncs_through_the_shipped_profile_value_for_value() {
     let app = TestApp::builder()
@@ -315,7 +305,7 @@ async fn an_fdx_institution_syncs_through_the_shipped_profile_value_for_value() 
     // own place in the date windows, leaves what the institution serves.
     for epoch in 1..=3 {
         assert_eq!(sandbox.advance(), epoch);
-        resync(&app, connection, &format!("pinecrest-{epoch}")).await;
+        app.resync(connection, &format!("pinecrest-{epoch}")).await;
         let stored = store.full_snapshot(connection).await.unwrap();
         assert_matches_fdx(
             &stored,
@@ -326,7 +316,7 @@ async fn an_fdx_institution_syncs_through_the_shipped_profile_value_for_value() 
     }
     // The deep sync (its time moved, not waited for) reads every window again.
     deep_sync_due(&app, connection).await;
-    resync(&app, connection, "pinecrest-deep").await;
+    app.resync(connection, "pinecrest-deep").await;
     assert_matches_fdx(
         &store.full_snapshot(connection).await.unwrap(),
         &sandbox.portfolio(Institution::Pinecrest, user),
@@ -419,7 +409,8 @@ async fn one_account_the_institution_cannot_serve_leaves_the_others_synced_and_i
                 }
             }
         } else {
-            resync(&app, connection, &format!("pinecrest-broken-{round}")).await;
+            app.resync(connection, &format!("pinecrest-broken-{round}"))
+                .await;
         }
         let after = store.full_snapshot(connection).await.unwrap();
         let moved = sandbox.portfolio(Institution::Pinecrest, user);
@@ -462,7 +453,7 @@ async fn one_account_the_institution_cannot_serve_leaves_the_others_synced_and_i
     sandbox
         .set_faults(Institution::Pinecrest, Faults::default())
         .unwrap();
-    resync(&app, connection, "pinecrest-mended").await;
+    app.resync(connection, "pinecrest-mended").await;
     let runs = store.runs(connection).await.unwrap();
     assert_eq!(finsync::store::unread_accounts(&runs[0]).unwrap(), []);
     let accounts = app
@@ -610,7 +601,7 @@ async fn a_uk_open_banking_institution_syncs_through_the_shipped_profile_value_f
     );
     for epoch in 1..=3 {
         assert_eq!(sandbox.advance(), epoch);
-        resync(&app, connection, &format!("albion-{epoch}")).await;
+        app.resync(connection, &format!("albion-{epoch}")).await;
         assert_matches_uk(
             &store.full_snapshot(connection).await.unwrap(),
             &sandbox.portfolio(Institution::Albion, user),
@@ -618,7 +609,7 @@ async fn a_uk_open_banking_institution_syncs_through_the_shipped_profile_value_f
         );
     }
     deep_sync_due(&app, connection).await;
-    resync(&app, connection, "albion-deep").await;
+    app.resync(connection, "albion-deep").await;
     assert_matches_uk(
         &store.full_snapshot(connection).await.unwrap(),
         &sandbox.portfolio(Institution::Albion, user),
@@ -754,7 +745,7 @@ async fn the_uk_profile_and_the_sandbox_keep_to_the_published_open_banking_spec(
         false,
     );
     sandbox.advance();
-    resync(&app, connection, "albion-contract-1").await;
+    app.resync(connection, "albion-contract-1").await;
     assert_matches_uk(
         &store.full_snapshot(connection).await.unwrap(),
         &sandbox.portfolio(Institution::Albion, user),
@@ -926,7 +917,7 @@ async fn a_plaid_shaped_aggregator_syncs_through_the_shipped_profile_value_for_v
     // exactly what the aggregator holds, however old the change.
     for epoch in 1..=3 {
         assert_eq!(sandbox.advance(), epoch);
-        resync(&app, connection, &format!("larkspur-{epoch}")).await;
+        app.resync(connection, &format!("larkspur-{epoch}")).await;
         assert_matches_plaid(
             &store.full_snapshot(connection).await.unwrap(),
             &sandbox.portfolio(Institution::Larkspur, user),

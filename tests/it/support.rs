@@ -509,6 +509,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Asks the queue for one more sync of `connection` (idempotency key
+    /// `test:<key>`) and waits for it to succeed.
+    pub async fn resync(&self, connection: ConnectionId, key: &str) {
+        let since = chrono::Utc::now();
+        let job = finsync::sync::SyncConnection {
+            connection_id: connection,
+            idempotency_key: format!("test:{key}"),
+        };
+        request_sync(&self.app.ctx.queue, job).await;
+        self.wait_synced(connection, since).await;
+    }
+
     pub async fn wait_synced(
         &self,
         connection: ConnectionId,
