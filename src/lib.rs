@@ -17,6 +17,8 @@
 //! - [`catalog`]: which version of each connector is in service, following the
 //!   connectors directory and the admin API across the fleet; [`directory`]: the
 //!   institutions a tenant may offer, and their health as the fleet sees it;
+//!   [`fx`]: exchange rates for reporting currencies, from a provider (the ECB's by
+//!   default), stored with their date and source;
 //!   [`status`]: the operators' view of the fleet, per institution.
 //! - [`tokens`]: OAuth2 (linking, code exchange, refresh, revocation) and
 //!   disconnecting.
@@ -45,6 +47,7 @@ pub mod connectors;
 pub mod directory;
 pub mod domain;
 pub mod fingerprint;
+pub mod fx;
 pub mod http;
 pub mod portfolio;
 pub mod resilience;

@@ -31,6 +31,8 @@ mod m20261207_000020_institution_breakers;
 mod m20261208_000021_instruments;
 mod m20261208_000022_account_fetches;
 mod m20261209_000023_data_quality;
+mod m20261210_000024_fx_rates;
+mod m20261210_000025_households;
 
 pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
@@ -63,6 +65,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000021_instruments::Migration),
             Box::new(m20261208_000022_account_fetches::Migration),
             Box::new(m20261209_000023_data_quality::Migration),
+            Box::new(m20261210_000024_fx_rates::Migration),
+            Box::new(m20261210_000025_households::Migration),
         ]
     }
 }

@@ -13,9 +13,9 @@ use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    ApiState, admin, admins, audit, connectors, consents, erasures, health, inbound_webhooks,
-    institutions, instruments, link_sessions, quarantine, read, syncs, tenants, transactions,
-    user_connections, webhooks,
+    ApiState, admin, admins, audit, connectors, consents, erasures, health, households,
+    inbound_webhooks, institutions, instruments, link_sessions, quarantine, read, syncs, tenants,
+    transactions, user_connections, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -26,7 +26,8 @@ use super::{
     ),
     paths(
         read::get_portfolio, read::get_accounts, read::get_holdings, read::get_positions,
-        read::get_transactions,
+        read::get_transactions, households::put, households::list, households::show,
+        households::remove, households::positions,
         read::get_connections, institutions::list, link_sessions::create, link_sessions::show,
         user_connections::disconnect, syncs::request_sync, syncs::get_sync, transactions::annotate,
         admin::create_connection, admin::get_connection, admin::update_connection,
@@ -47,6 +48,7 @@ use super::{
     modifiers(&Security),
     tags(
         (name = "read", description = "Portfolios for advisory apps (API key, scope `read`)"),
+        (name = "households", description = "A tenant's groups of its users, read as one (API key; scope `sync` to change)"),
         (name = "syncs", description = "On-demand syncs (API key, scope `sync` to request)"),
         (name = "connections", description = "A tenant's users' connections (API key, scope `sync`)"),
         (name = "annotations", description = "Users' tags and notes on transactions (API key, scope `sync`)"),

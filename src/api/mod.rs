@@ -29,6 +29,7 @@ mod erasures;
 mod error;
 mod extract;
 mod health;
+mod households;
 mod idempotency;
 mod inbound_webhooks;
 mod institutions;
@@ -102,6 +103,7 @@ pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id"
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(read::routes())
+        .merge(households::routes())
         .merge(institutions::routes())
         .merge(syncs::routes().route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -3,6 +3,8 @@
 //! transactions are paged from the database; connections are read live.
 //! A user of another tenant is simply not found.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -20,7 +22,9 @@ use super::extract::{Json, Path, Query};
 use super::paging;
 use super::{ApiError, ApiState};
 use crate::cache::Hit;
-use crate::domain::{ConnectionStatus, InvestmentType, TransactionStatus, UserId};
+use crate::domain::{
+    ConnectionStatus, Currency, InvestmentType, RateTable, TransactionStatus, UserId,
+};
 use crate::portfolio::{
     self, AccountView, CachedPortfolio, ConnectionView, Freshness, HoldingView, Portfolio,
     Positions, ReadError, TransactionView,
@@ -197,18 +201,47 @@ pub(super) async fn get_holdings(
     ))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PositionsQuery {
+    /// A reporting currency (ISO 4217, e.g. `EUR`): every value is also given in
+    /// it, converted at the latest published rates, each figure naming its rate.
+    pub(super) currency: Option<String>,
+}
+
+/// The reporting currency asked for, and the latest rates to convert into it.
+pub(super) async fn reporting_currency(
+    state: &ApiState,
+    raw: Option<&str>,
+) -> Result<Option<(Currency, Option<Arc<RateTable>>)>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let currency = raw
+        .parse::<Currency>()
+        .ok()
+        .filter(|c| c.is_iso())
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "currency `{raw}` is not an ISO 4217 currency code (e.g. EUR, GBP, USD)"
+            ))
+        })?;
+    let rates = state.env.fx.latest(&state.env.store).await?;
+    Ok(Some((currency, rates)))
+}
+
 /// A user's positions: holdings summed per instrument of the securities master
 /// across every account and connection (the same ISIN at two brokerages is one
 /// position), each with the holdings it is made of, and the value by asset class,
-/// account and currency.
+/// account and currency; with `?currency=`, all of it also in one reporting
+/// currency.
 #[utoipa::path(
     get, path = "/v1/users/{user_id}/positions", tag = "read",
-    params(("user_id" = String, Path, description = "The tenant's own id for the user")),
+    params(("user_id" = String, Path, description = "The tenant's own id for the user"), PositionsQuery),
     responses(
         (status = 200, body = Positions),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 429, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -216,9 +249,19 @@ pub(super) async fn get_positions(
     State(state): State<ApiState>,
     tenant: Tenant,
     Path(user_id): Path<String>,
+    Query(query): Query<PositionsQuery>,
 ) -> Result<Cached<Positions>, ApiError> {
+    let reporting = reporting_currency(&state, query.currency.as_deref()).await?;
     let (p, hit) = parsed(&cached(&state, &tenant, &user_id).await?)?;
-    Ok(([(X_CACHE, hit.as_str())], Json(portfolio::positions(&p))))
+    let mut positions = portfolio::positions(&p);
+    if let Some((currency, rates)) = reporting {
+        positions.reporting = Some(portfolio::in_currency(
+            &mut positions.positions,
+            rates.as_deref(),
+            currency,
+        ));
+    }
+    Ok(([(X_CACHE, hit.as_str())], Json(positions)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -37,6 +37,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub institution_webhooks: InstitutionWebhookSettings,
     pub retention: RetentionSettings,
+    pub fx: FxSettings,
     pub metrics: MetricsSettings,
     pub tracing: TraceSettings,
     pub log: LogSettings,
@@ -229,6 +230,22 @@ pub struct SandboxSettings {
     pub token_ttl_secs: u64,
 }
 
+/// `[fx]`: where exchange rates for reporting currencies come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FxSettings {
+    /// The kind of provider: `ecb` (the European Central Bank's euro reference
+    /// rates XML), the only one so far.
+    pub provider: String,
+    /// Where the provider's document is; none: the in-process sandbox's recorded
+    /// copy in embedded mode, the ECB's own address otherwise.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How often the scheduler fetches the rates (the ECB publishes once per
+    /// working day, around 16:00 CET).
+    pub refresh_secs: u64,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncSettings {
@@ -408,6 +425,18 @@ impl Settings {
                     "must be at least retention.audit_min_days ({})",
                     retention.audit_min_days
                 ),
+            });
+        }
+        if self.fx.provider != "ecb" {
+            return Err(SettingsError::Invalid {
+                key: "fx.provider",
+                problem: format!("`{}` is not a provider (known: ecb)", self.fx.provider),
+            });
+        }
+        if !(60..=7 * 86_400).contains(&self.fx.refresh_secs) {
+            return Err(SettingsError::Invalid {
+                key: "fx.refresh_secs",
+                problem: "must be 60 (a minute) to 604800 (a week)".into(),
             });
         }
         if !crate::connectors::DEEP_SYNC_INTERVAL_DAYS.contains(&self.sync.deep_sync_interval_days)

@@ -15,6 +15,7 @@ use crate::app::config::Settings;
 use crate::cache::{Cache, CacheConfig};
 use crate::catalog::Catalog;
 use crate::connectors::{Engine, Registry};
+use crate::fx::{Fx, Provider};
 use crate::resilience::Resilience;
 use crate::store::Store;
 use crate::sync::scheduler::Retention;
@@ -149,7 +150,7 @@ impl App {
             refresh_at_fraction: settings.tokens.refresh_at_fraction,
         };
         // Secrets that connectors' headers name are read where client secrets are.
-        let engine = Engine::with_resilience(http, resilience).with_secrets({
+        let engine = Engine::with_resilience(http.clone(), resilience).with_secrets({
             let registry = registry.clone();
             Arc::new(move |connector: &crate::connectors::Connector, env: &str| {
                 registry.secret(connector, env).ok()
@@ -170,6 +171,17 @@ impl App {
             retention: retention(&settings.retention),
             deep_interval: chrono::Duration::days(i64::from(settings.sync.deep_sync_interval_days)),
             stale_pending_days: settings.sync.stale_pending_days,
+            fx: Fx::new(
+                Provider::Ecb {
+                    url: settings.fx.url.clone().unwrap_or_else(|| {
+                        sandbox
+                            .as_ref()
+                            .map_or_else(|| crate::fx::ecb::DEFAULT_URL.to_owned(), Sandbox::fx_url)
+                    }),
+                },
+                http.clone(),
+                Duration::from_secs(settings.fx.refresh_secs),
+            ),
         });
         Ok(Self {
             ctx,

@@ -6,6 +6,7 @@ pub mod admins;
 pub mod audit;
 pub mod connectors;
 pub mod demo;
+pub mod fx;
 pub mod migrate;
 pub mod reconcile;
 pub mod render;
@@ -58,6 +59,9 @@ enum Command {
     /// Connector files.
     #[command(subcommand)]
     Connectors(connectors::Command),
+    /// Exchange rates for reporting currencies: fetch now, show the latest.
+    #[command(subcommand)]
+    Fx(fx::Command),
     /// What reconciliation after the syncs found that does not add up (data
     /// quality), as a table.
     Reconcile(reconcile::Args),
@@ -87,6 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admins(command) => admins::run(command).await,
         Command::Audit(command) => audit::run(command).await,
         Command::Connectors(command) => connectors::run(command).await,
+        Command::Fx(command) => fx::run(command).await,
         Command::Reconcile(args) => reconcile::run(args).await,
         Command::Tenants(command) => tenants::run(command).await,
         Command::Tokens(command) => tokens::run(command).await,

@@ -312,6 +312,21 @@ pub fn admins(admins: &[crate::store::AdminRecord]) -> String {
 
 /// The open data-quality findings: how many per institution and code, then each
 /// one with the record it is about and what was found.
+/// The latest exchange rates: one row per currency, against the provider's base.
+pub fn rates(latest: &crate::domain::RateTable) -> String {
+    let per = format!("per 1 {}", latest.base());
+    let mut out = table(&["currency", &per, "published", "source"]);
+    for (currency, rate, date) in latest.rates() {
+        out.add_row(vec![
+            Cell::new(currency),
+            Cell::new(rate).set_alignment(CellAlignment::Right),
+            Cell::new(date),
+            Cell::new(latest.source()),
+        ]);
+    }
+    out.to_string()
+}
+
 pub fn findings(report: &[crate::store::ReportedFinding]) -> String {
     if report.is_empty() {
         return "No data-quality findings: everything synced adds up.".into();

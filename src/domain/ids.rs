@@ -79,14 +79,18 @@ pub struct UserId(String);
 #[error("user id must be 1 to 128 characters of letters, digits, '-', '_', '.', '@'")]
 pub struct UserIdError;
 
+/// The rule for ids tenants choose (users, households).
+fn tenant_chosen(raw: &str) -> bool {
+    !raw.is_empty()
+        && raw.len() <= 128
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+}
+
 impl UserId {
     pub fn parse(raw: &str) -> Result<Self, UserIdError> {
-        let valid = !raw.is_empty()
-            && raw.len() <= 128
-            && raw
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
-        if valid {
+        if tenant_chosen(raw) {
             Ok(Self(raw.to_owned()))
         } else {
             Err(UserIdError)
@@ -113,6 +117,50 @@ impl From<UserId> for String {
 }
 
 impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A tenant's own identifier for a household (a group of its users read as
+/// one), under the same rule as [`UserId`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HouseholdId(String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("household id must be 1 to 128 characters of letters, digits, '-', '_', '.', '@'")]
+pub struct HouseholdIdError;
+
+impl HouseholdId {
+    pub fn parse(raw: &str) -> Result<Self, HouseholdIdError> {
+        if tenant_chosen(raw) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(HouseholdIdError)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HouseholdId {
+    type Error = HouseholdIdError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<HouseholdId> for String {
+    fn from(value: HouseholdId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for HouseholdId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }

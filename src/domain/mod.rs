@@ -3,6 +3,7 @@
 //! SQL or any institution; every other module depends on it and it depends on none.
 
 mod coverage;
+mod fx;
 mod identifiers;
 mod ids;
 mod model;
@@ -10,10 +11,11 @@ mod money;
 mod quality;
 
 pub use coverage::Coverage;
+pub use fx::{Conversion, ConversionError, ROUNDING, Rate, RateTable};
 pub use identifiers::{Identifier, IdentifierIssue, Identifiers};
 pub use ids::{
-    ConnectionId, ErasureId, LinkSessionId, TenantId, UserId, UserIdError, WebhookDeliveryId,
-    WebhookEndpointId,
+    ConnectionId, ErasureId, HouseholdId, HouseholdIdError, LinkSessionId, TenantId, UserId,
+    UserIdError, WebhookDeliveryId, WebhookEndpointId,
 };
 pub use model::{
     Account, AccountType, Balances, ConnectionStatus, DeliveryStatus, Holding, Institution,
@@ -21,7 +23,4 @@ pub use model::{
     TransactionStatus, WebhookEvent,
 };
 pub use money::{Currency, CurrencyError, Money};
-pub use quality::{
-    Finding, FindingCode, FindingScope, Prior, Reconciliation, SyncRead, is_iso_currency,
-    minor_unit, reconcile,
-};
+pub use quality::{Finding, FindingCode, FindingScope, Prior, Reconciliation, SyncRead, reconcile};

@@ -21,6 +21,25 @@ impl Currency {
         // Built only from ASCII letters, so always valid UTF-8.
         std::str::from_utf8(&self.0).unwrap_or("XXX")
     }
+
+    /// ISO 4217 knows the code (three letters alone do not make a currency).
+    pub fn is_iso(self) -> bool {
+        iso_currency::Currency::from_code(self.as_str()).is_some()
+    }
+
+    /// The currency's smallest unit (0.01 for USD, 1 for JPY, 0.001 for KWD); 0.01
+    /// where ISO 4217 gives none.
+    pub fn minor_unit(self) -> Decimal {
+        Decimal::new(1, self.minor_digits())
+    }
+
+    /// Decimal places of the currency's minor unit (2 for USD, 0 for JPY).
+    pub fn minor_digits(self) -> u32 {
+        iso_currency::Currency::from_code(self.as_str())
+            .and_then(|c| c.exponent())
+            .map_or(2, u32::from)
+            .min(28)
+    }
 }
 
 impl FromStr for Currency {
@@ -94,6 +113,17 @@ mod tests {
         );
         assert!("US".parse::<Currency>().is_err());
         assert!("U$D".parse::<Currency>().is_err());
+    }
+
+    #[test]
+    fn iso_4217_is_checked_by_its_list_not_its_shape() {
+        let code = |c: &str| c.parse::<Currency>().unwrap();
+        assert!(code("USD").is_iso());
+        assert!(code("KWD").is_iso());
+        assert!(!code("ZZZ").is_iso());
+        assert_eq!(code("JPY").minor_unit(), Decimal::ONE);
+        assert_eq!(code("KWD").minor_unit(), Decimal::new(1, 3));
+        assert_eq!(code("EUR").minor_unit(), Decimal::new(1, 2));
     }
 
     #[test]

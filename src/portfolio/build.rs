@@ -203,15 +203,7 @@ pub fn connection_views(connections: &[ConnectionRecord]) -> (Freshness, Vec<Con
     let mut views = Vec::with_capacity(connections.len());
     for connection in connections {
         let freshness = connection_freshness(connection);
-        if freshness.stale && !combined.stale {
-            combined.stale = true;
-            combined.reason = freshness.reason;
-            combined.message = freshness.message.clone();
-        }
-        combined.as_of = match (combined.as_of, freshness.as_of) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        combined.combine(&freshness);
         views.push(ConnectionView {
             id: connection.id.to_string(),
             institution: connection.institution_id.clone(),

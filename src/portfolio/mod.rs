@@ -2,7 +2,8 @@
 //! all their connections, with how fresh it is. Built from the store ([`build`]),
 //! cached as JSON (moka → Redis), and rebuilt after every change so readers rarely
 //! touch the database. The user's [`positions`] (holdings summed per instrument of
-//! the securities master) are derived from it.
+//! the securities master, optionally [`in_currency`]) are derived from it, and a
+//! [`household`]'s from its members' together.
 
 mod build;
 mod positions;
@@ -13,7 +14,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use build::{build, connection_views};
-pub use positions::{Position, PositionAllocation, PositionHolding, Positions, Share, positions};
+pub use positions::{
+    HouseholdPositions, Position, PositionAllocation, PositionHolding, PositionInCurrency,
+    Positions, RateUsed, Reporting, Share, in_currency, positions,
+};
 pub use views::{
     AccountShare, AccountSync, AccountView, Allocation, BalancesView, ConnectionView, FindingView,
     Freshness, HoldingView, IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare,
@@ -21,7 +25,7 @@ pub use views::{
 };
 
 use crate::cache::{Cache, Hit};
-use crate::domain::{ConnectionId, TenantId, UserId};
+use crate::domain::{ConnectionId, HouseholdId, TenantId, UserId};
 use crate::store::{ConnectionRecord, Store, StoreError};
 
 /// The cache key of a user's portfolio. The version names the view's shape, so a
@@ -95,6 +99,34 @@ pub async fn read(
         Err(e) if matches!(*e, ReadError::NoSuchUser) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Household `id`'s positions: every member's portfolio (each from the cache, as
+/// [`read`] gives it), together. `None` when the tenant has no such household.
+pub async fn household(
+    store: &Store,
+    cache: &Cache,
+    tenant: TenantId,
+    id: &HouseholdId,
+    recent_transactions: u64,
+) -> Result<Option<HouseholdPositions>, Arc<ReadError>> {
+    let Some(household) = store
+        .household(tenant, id)
+        .await
+        .map_err(|e| Arc::new(ReadError::Store(e)))?
+    else {
+        return Ok(None);
+    };
+    let mut portfolios = Vec::with_capacity(household.members.len());
+    for member in &household.members {
+        if let Some(cached) = read(store, cache, tenant, member, recent_transactions).await? {
+            portfolios.push(cached.parse().map_err(|e| Arc::new(e.into()))?);
+        }
+    }
+    Ok(Some(positions::household_positions(
+        &household,
+        &portfolios,
+    )))
 }
 
 /// Brings the cached view up to date after a change (a sync, a status change).

@@ -4,6 +4,12 @@
 //! Sums are exact; amounts in different currencies are never added together (each
 //! figure is a list with one amount per currency), and a sum that some holding
 //! could not contribute to says so (`*_complete: false`) instead of looking whole.
+//!
+//! With a reporting currency ([`in_currency`]), every holding's value and cost
+//! basis is also converted, each rounded once as [`ROUNDING`] says; every sum in
+//! the reporting currency (a position's, an allocation's) adds those converted
+//! figures, so the parts always add up to the totals. Each position names the
+//! rates it used; a currency without a rate is listed, never counted as zero.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::views::{Freshness, HoldingView, InstrumentView, Portfolio};
-use crate::domain::{Currency, Money, SecurityType};
+use crate::domain::{Conversion, Currency, Money, ROUNDING, RateTable, SecurityType};
+use crate::store::Household;
 
 /// What `GET /v1/users/{user_id}/positions` answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -21,6 +28,72 @@ pub struct Positions {
     pub freshness: Freshness,
     pub positions: Vec<Position>,
     pub allocation: PositionAllocation,
+    /// With `?currency=`: the value in that one currency, and how it was converted.
+    pub reporting: Option<Reporting>,
+}
+
+/// The positions in one reporting currency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Reporting {
+    pub currency: Currency,
+    /// How every converted figure was computed and rounded.
+    pub rounding: String,
+    /// Every rate used below, one per currency converted from.
+    pub rates: Vec<RateUsed>,
+    /// Currencies held without a known rate: what is valued in them is in no
+    /// reporting-currency figure, and `complete` is false.
+    pub missing_rates: Vec<Currency>,
+    /// Whether every valued holding could be converted.
+    pub complete: bool,
+    /// The sum of every holding's converted value; absent unless `complete` (a
+    /// total that leaves some holdings out would look whole).
+    pub total_value: Option<Money>,
+    /// The converted value by asset class, by account
+    /// (`<connection_id>/<account_id>`) and by the currency it was held in,
+    /// weighted within what could be converted.
+    pub by_asset_class: Vec<Share>,
+    pub by_account: Vec<Share>,
+    pub by_currency: Vec<Share>,
+}
+
+/// An exchange rate a conversion used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RateUsed {
+    pub from: Currency,
+    pub to: Currency,
+    /// Units of `to` per unit of `from`, exactly as multiplied.
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "0.9487666034155597722960151803")]
+    pub rate: Decimal,
+    /// The day the rate was published for.
+    pub date: chrono::NaiveDate,
+    /// Who published it (`ecb`).
+    pub source: String,
+}
+
+impl From<&Conversion> for RateUsed {
+    fn from(c: &Conversion) -> Self {
+        Self {
+            from: c.from,
+            to: c.to,
+            rate: c.rate,
+            date: c.date,
+            source: c.source.clone(),
+        }
+    }
+}
+
+/// A position in the reporting currency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PositionInCurrency {
+    /// The sum of the holdings' converted values; absent when a holding's value
+    /// is in a currency without a rate.
+    pub value: Option<Money>,
+    /// The same for cost basis, over the holdings that have one.
+    pub cost_basis: Option<Money>,
+    /// The rates used for this position.
+    pub rates: Vec<RateUsed>,
+    pub missing_rates: Vec<Currency>,
 }
 
 /// One instrument held, summed over the accounts that hold it. A security that
@@ -47,11 +120,15 @@ pub struct Position {
     pub cost_basis_complete: bool,
     /// The holdings it is made of, account by account.
     pub holdings: Vec<PositionHolding>,
+    /// With `?currency=`: its value and cost basis in that currency.
+    pub reporting: Option<PositionInCurrency>,
 }
 
 /// One account's part of a position.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PositionHolding {
+    /// The user whose account holds it (in a household, one of its members).
+    pub user_id: String,
     pub connection_id: String,
     pub institution: String,
     pub account_id: String,
@@ -65,6 +142,13 @@ pub struct PositionHolding {
     pub cost_basis: Option<Money>,
     pub price: Option<Money>,
     pub as_of: Option<chrono::NaiveDate>,
+    /// With `?currency=`: `value` and `cost_basis` converted (absent where the
+    /// figure or its rate is).
+    pub reporting_value: Option<Money>,
+    pub reporting_cost_basis: Option<Money>,
+    /// The holding's asset class, for allocations.
+    #[serde(skip)]
+    pub(super) asset_class: Option<SecurityType>,
 }
 
 /// Where the positions' value sits: by asset class and by account, each share
@@ -91,6 +175,93 @@ pub struct Share {
 
 /// The positions of `portfolio`.
 pub fn positions(portfolio: &Portfolio) -> Positions {
+    let (positions, allocation) = gather(portfolio, |_| portfolio.user_id.clone());
+    Positions {
+        user_id: portfolio.user_id.clone(),
+        freshness: portfolio.freshness.clone(),
+        positions,
+        allocation,
+        reporting: None,
+    }
+}
+
+/// What `GET /v1/households/{household_id}/positions` answers: the positions of
+/// every member together, each holding naming its member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HouseholdPositions {
+    pub household_id: String,
+    pub name: String,
+    pub members: Vec<String>,
+    /// Members with no linked institution yet: nothing of theirs is below.
+    pub members_without_data: Vec<String>,
+    /// The members' data together: the oldest `as_of`, stale if any is.
+    pub freshness: Freshness,
+    pub positions: Vec<Position>,
+    pub allocation: PositionAllocation,
+    /// With `?currency=`: the value in that one currency, and how it was converted.
+    pub reporting: Option<Reporting>,
+}
+
+/// The positions of a household's members together, from their portfolios.
+pub fn household_positions(household: &Household, portfolios: &[Portfolio]) -> HouseholdPositions {
+    let owner: BTreeMap<&str, &str> = portfolios
+        .iter()
+        .flat_map(|p| {
+            p.connections
+                .iter()
+                .map(|c| (c.id.as_str(), p.user_id.as_str()))
+        })
+        .collect();
+    let mut merged = Portfolio {
+        user_id: String::new(),
+        freshness: Freshness::current(None),
+        connections: Vec::new(),
+        accounts: Vec::new(),
+        holdings: Vec::new(),
+        transactions: Vec::new(),
+        totals: Vec::new(),
+        allocation: Default::default(),
+    };
+    for (i, p) in portfolios.iter().enumerate() {
+        if i == 0 {
+            merged.freshness = p.freshness.clone();
+        } else {
+            merged.freshness.combine(&p.freshness);
+        }
+        merged.connections.extend(p.connections.iter().cloned());
+        merged.accounts.extend(p.accounts.iter().cloned());
+        merged.holdings.extend(p.holdings.iter().cloned());
+    }
+    let (positions, allocation) = gather(&merged, |connection| {
+        owner
+            .get(connection)
+            .map_or_else(String::new, |u| (*u).to_owned())
+    });
+    let with_data: std::collections::BTreeSet<&str> =
+        portfolios.iter().map(|p| p.user_id.as_str()).collect();
+    HouseholdPositions {
+        household_id: household.id.to_string(),
+        name: household.name.clone(),
+        members: household.members.iter().map(ToString::to_string).collect(),
+        members_without_data: household
+            .members
+            .iter()
+            .filter(|m| !with_data.contains(m.as_str()))
+            .map(ToString::to_string)
+            .collect(),
+        freshness: merged.freshness,
+        positions,
+        allocation,
+        reporting: None,
+    }
+}
+
+/// The holdings of `portfolio` summed per instrument, and where their value sits;
+/// `owner` names the user a connection belongs to.
+fn gather(
+    portfolio: &Portfolio,
+    owner: impl Fn(&str) -> String,
+) -> (Vec<Position>, PositionAllocation) {
     let institution_of: BTreeMap<&str, &str> = portfolio
         .connections
         .iter()
@@ -149,6 +320,7 @@ pub fn positions(portfolio: &Portfolio) -> Positions {
                 holdings: holdings
                     .iter()
                     .map(|h| PositionHolding {
+                        user_id: owner(&h.connection_id),
                         connection_id: h.connection_id.clone(),
                         institution: institution_of
                             .get(h.connection_id.as_str())
@@ -163,18 +335,126 @@ pub fn positions(portfolio: &Portfolio) -> Positions {
                         cost_basis: h.cost_basis,
                         price: h.price,
                         as_of: h.as_of,
+                        reporting_value: None,
+                        reporting_cost_basis: None,
+                        asset_class: Some(
+                            h.security
+                                .instrument
+                                .as_ref()
+                                .map_or(h.security.security_type, |i| i.security_type),
+                        ),
                     })
                     .collect(),
+                reporting: None,
             }
         })
         .collect();
     positions.sort_by(|a, b| a.name.cmp(&b.name));
-    let allocation = allocation(&portfolio.holdings);
-    Positions {
-        user_id: portfolio.user_id.clone(),
-        freshness: portfolio.freshness.clone(),
-        positions,
-        allocation,
+    (positions, allocation(&portfolio.holdings))
+}
+
+/// Adds every figure of `positions` in `to`, converted with `rates` (none: no
+/// rate is known yet, and only what is already in `to` counts), and returns
+/// their total and allocation in `to`.
+pub fn in_currency(
+    positions: &mut [Position],
+    rates: Option<&RateTable>,
+    to: Currency,
+) -> Reporting {
+    let mut all_used: BTreeMap<Currency, RateUsed> = BTreeMap::new();
+    let mut all_missing: std::collections::BTreeSet<Currency> = Default::default();
+    let mut class: BTreeMap<String, Decimal> = BTreeMap::new();
+    let mut account: BTreeMap<String, Decimal> = BTreeMap::new();
+    let mut held_in: BTreeMap<String, Decimal> = BTreeMap::new();
+    let mut total = Decimal::ZERO;
+    for position in positions.iter_mut() {
+        let mut used: BTreeMap<Currency, RateUsed> = BTreeMap::new();
+        let mut missing: std::collections::BTreeSet<Currency> = Default::default();
+        let mut convert = |money: Option<Money>| -> Option<Money> {
+            let money = money?;
+            let converted = match rates {
+                Some(table) => table.convert(money, to).ok(),
+                None if money.currency == to => Some((money, None)),
+                None => None,
+            };
+            match converted {
+                Some((converted, conversion)) => {
+                    if let Some(c) = conversion {
+                        used.entry(c.from).or_insert_with(|| RateUsed::from(&c));
+                    }
+                    Some(converted)
+                }
+                None => {
+                    missing.insert(money.currency);
+                    None
+                }
+            }
+        };
+        let mut value = Some(Decimal::ZERO);
+        let mut cost = Some(Decimal::ZERO);
+        let mut any_cost = false;
+        for h in &mut position.holdings {
+            h.reporting_value = convert(h.value);
+            h.reporting_cost_basis = convert(h.cost_basis);
+            value = match (value, h.value, h.reporting_value) {
+                (Some(sum), Some(_), Some(v)) => sum.checked_add(v.amount),
+                (sum, None, _) => sum,
+                _ => None,
+            };
+            any_cost |= h.cost_basis.is_some();
+            cost = match (cost, h.cost_basis, h.reporting_cost_basis) {
+                (Some(sum), Some(_), Some(c)) => sum.checked_add(c.amount),
+                (sum, None, _) => sum,
+                _ => None,
+            };
+            if let Some(v) = h.reporting_value {
+                let add = |map: &mut BTreeMap<String, Decimal>, key: String| {
+                    let sum = map.entry(key).or_default();
+                    *sum = sum.checked_add(v.amount).unwrap_or(*sum);
+                };
+                let asset_class = h.asset_class.unwrap_or(position.security_type);
+                add(&mut class, asset_class.as_str().to_owned());
+                add(
+                    &mut account,
+                    format!("{}/{}", h.connection_id, h.account_id),
+                );
+                if let Some(original) = h.value {
+                    add(&mut held_in, original.currency.to_string());
+                }
+                total = total.checked_add(v.amount).unwrap_or(total);
+            }
+        }
+        all_missing.extend(missing.iter().copied());
+        for (from, rate) in &used {
+            all_used.entry(*from).or_insert_with(|| rate.clone());
+        }
+        position.reporting = Some(PositionInCurrency {
+            value: value.map(|v| Money::new(v, to)),
+            cost_basis: cost.filter(|_| any_cost).map(|c| Money::new(c, to)),
+            rates: used.into_values().collect(),
+            missing_rates: missing.into_iter().collect(),
+        });
+    }
+    let shares = |map: BTreeMap<String, Decimal>| {
+        map.into_iter()
+            .map(|(key, amount)| Share {
+                key,
+                value: Money::new(amount, to),
+                weight: super::build::weight(amount, total),
+            })
+            .collect()
+    };
+    let complete = all_missing.is_empty();
+    Reporting {
+        currency: to,
+        rounding: ROUNDING.to_owned(),
+        rates: all_used.into_values().collect(),
+        complete,
+        missing_rates: all_missing.into_iter().collect(),
+        total_value: complete.then(|| Money::new(total, to)),
+        by_asset_class: shares(class),
+        by_account: shares(account),
+        by_currency: shares(held_in),
     }
 }
 

@@ -87,8 +87,20 @@ impl Freshness {
         }
     }
 
-    /// Marks an answer given while the shared cache is down, unless it already
-    /// carries a more important reason.
+    /// Folds in another part's freshness: the oldest `as_of`, stale if either is
+    /// (with the first stale part's reason).
+    pub fn combine(&mut self, other: &Freshness) {
+        if other.stale && !self.stale {
+            self.stale = true;
+            self.reason = other.reason;
+            self.message = other.message.clone();
+        }
+        self.as_of = match (self.as_of, other.as_of) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     /// Says the answer came from the cache while the database was away; it wins
     /// over every other reason but the data's own staleness is kept.
     pub fn mark_store_unavailable(&mut self) {
@@ -99,6 +111,8 @@ impl Freshness {
         );
     }
 
+    /// Marks an answer given while the shared cache is down, unless it already
+    /// carries a more important reason.
     pub fn mark_cache_degraded(&mut self) {
         if self.reason.is_none() {
             self.reason = Some(StaleReason::CacheDegraded);

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::{self, AuditEntry};
 use super::entities::{
-    connection, consent_event, erasure, link_session, oauth_state, sync_request, sync_run,
-    webhook_delivery,
+    connection, consent_event, erasure, household_member, link_session, oauth_state, sync_request,
+    sync_run, webhook_delivery,
 };
 use super::{Store, StoreError};
 use crate::domain::{ConnectionStatus, ErasureId, TenantId, UserId};
@@ -272,9 +272,9 @@ impl Store {
 
     /// Deletes what is left of `user` once every connection is revoked (or fails,
     /// and the erasure runs again): the connection rows, their runs and pending
-    /// links, the user's consent history, sync requests, link sessions and the
-    /// webhook deliveries that name them, in one transaction. Repeating it finds
-    /// nothing more to delete.
+    /// links, the user's consent history, sync requests, link sessions, household
+    /// membership and the webhook deliveries that name them, in one transaction.
+    /// Repeating it finds nothing more to delete.
     pub async fn erase_user_rows(&self, tenant: TenantId, user: &UserId) -> Result<(), StoreError> {
         let txn = self.begin_write().await?;
         let of_user = || {
@@ -329,6 +329,11 @@ impl Store {
         link_session::Entity::delete_many()
             .filter(link_session::Column::TenantId.eq(tenant.to_string()))
             .filter(link_session::Column::UserId.eq(user.as_str()))
+            .exec(&txn)
+            .await?;
+        household_member::Entity::delete_many()
+            .filter(household_member::Column::TenantId.eq(tenant.to_string()))
+            .filter(household_member::Column::UserId.eq(user.as_str()))
             .exec(&txn)
             .await?;
         // Payloads are JSON written by finsync with the user at `data.user_id`. A

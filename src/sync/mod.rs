@@ -56,6 +56,9 @@ pub struct Environment {
     pub deep_interval: chrono::Duration,
     /// A transaction still pending after this many days is a finding.
     pub stale_pending_days: u32,
+    /// Exchange rates for reporting currencies: refreshed by the scheduler, read
+    /// by the API.
+    pub fx: crate::fx::Fx,
 }
 
 impl Environment {

@@ -9,12 +9,13 @@
 //!   history past its `[retention]` (finished runs and jobs, settled webhook
 //!   deliveries, expired link sessions, resolved quarantine entries, the oldest
 //!   audit entries), idempotency keys and status page sessions over for a day; then
-//!   logs the audit trail's head.
+//!   logs the audit trail's head;
+//! - on `fx.refresh_secs`: fetches the exchange rates ([`crate::fx::Fx::run`]).
 //!
 //! Safe to run in several processes: a connection's schedule slot is claimed with a
 //! conditional update, so only one scheduler enqueues it, the queue refuses a
 //! second job for a connection that already has one queued or running, and every
-//! purge is idempotent. Which processes run it: [`crate::app::roles`].
+//! purge is idempotent (and so is storing the same rates twice). Which processes run it: [`crate::app::roles`].
 
 use std::time::Duration;
 
@@ -291,6 +292,10 @@ pub async fn run(ctx: Env, every: Duration, shutdown: impl std::future::Future<O
         }
     });
     let erasing = tokio::spawn(super::erasure::run_due(ctx.clone(), every));
+    let rates = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { ctx.fx.run(ctx.store.clone()).await }
+    });
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -303,4 +308,5 @@ pub async fn run(ctx: Env, every: Duration, shutdown: impl std::future::Future<O
     }
     purging.abort();
     erasing.abort();
+    rates.abort();
 }

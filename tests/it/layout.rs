@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["fingerprint", "http", "tracecontext"],
     &["vault", "store", "cache", "resilience"],
     &["connectors"],
-    &["catalog", "directory"],
+    &["catalog", "directory", "fx"],
     &["status"],
     &["tokens"],
     &["portfolio"],

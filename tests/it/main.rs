@@ -28,6 +28,7 @@ mod observability;
 mod outage;
 mod quality;
 mod quarantine;
+mod reporting;
 mod resilience;
 mod scheduler;
 mod securities;

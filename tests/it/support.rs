@@ -167,6 +167,7 @@ pub fn settings(db: &TestDb, redis_prefix: Option<&str>, sandbox: &Sandbox) -> S
             .base_urls
             .insert(institution.id().into(), sandbox.api_base(institution));
     }
+    settings.fx.url = Some(sandbox.fx_url());
     settings
 }
 

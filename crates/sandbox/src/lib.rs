@@ -45,6 +45,9 @@
 //!   (Meridian);
 //! - `http`: the one HTTP client (webhooks, tests); `test_support`: test helpers.
 //!
+//! Beside the institutions, [`fx`] serves a recorded publication of exchange rates in
+//! the ECB's format, for reporting currencies.
+//!
 //! A network fault outside the institutions: [`link`], a TCP link tests and benchmarks
 //! cut between finsync and its database.
 //!
@@ -57,6 +60,7 @@ pub mod data;
 mod discrepancies;
 mod fapi;
 mod faults;
+mod fx;
 mod grants;
 mod http;
 mod institutions;
@@ -356,6 +360,11 @@ impl Sandbox {
         format!("http://{}", self.addr)
     }
 
+    /// Where this sandbox serves its recorded exchange rates (the ECB's format).
+    pub fn fx_url(&self) -> String {
+        format!("{}{}", self.base_url(), fx::ECB_DAILY_PATH)
+    }
+
     /// The base URL `institution`'s connector joins its paths to on this sandbox.
     pub fn api_base(&self, institution: Institution) -> String {
         format!("{}{}", self.base_url(), institution.api_root())
@@ -602,6 +611,7 @@ fn build(config: SandboxConfig, world: Arc<World>) -> (Router, Arc<AppState>) {
     let mut router = router
         .merge(admin::routes())
         .merge(notify::routes())
+        .merge(fx::routes())
         .merge(world::routes());
     for server in &state.servers {
         router = router

@@ -1,0 +1,182 @@
+//! Reporting currencies: where exchange rates come from, keeping them current, and
+//! reading the latest for conversions.
+//!
+//! A [`Provider`] is configured under `[fx]`; the ECB's daily euro reference rates
+//! ([`ecb`]) are the default and, for now, the one kind (another is a variant of
+//! [`Provider`] with its own fetch). [`refresh`] fetches and stores them with
+//! their date and source; the scheduler runs it on `fx.refresh_secs`, and
+//! `finsync fx refresh` on demand. [`Fx`] reads the latest for the API,
+//! keeping them a minute in the process (they change once a day).
+
+pub mod ecb;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use tokio::sync::Mutex;
+
+use crate::domain::{Rate, RateTable};
+use crate::store::{Store, StoreError};
+
+/// How long one process keeps the latest rates before it reads them again.
+const RATES_KEPT: Duration = Duration::from_secs(60);
+
+/// A failed refresh is tried again this soon.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
+
+/// Where rates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provider {
+    /// The ECB's euro reference rates XML at `url` (the ECB's own, or a copy
+    /// served elsewhere, like the sandbox's recorded one).
+    Ecb { url: String },
+}
+
+impl Provider {
+    /// The name its rates are stored and shown under.
+    pub fn source(&self) -> &'static str {
+        match self {
+            Self::Ecb { .. } => ecb::SOURCE,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            Self::Ecb { url } => url,
+        }
+    }
+
+    /// Fetches what the provider publishes now.
+    pub async fn fetch(&self, http: &reqwest::Client) -> Result<Vec<Rate>, FxError> {
+        let url = self.url();
+        let response = http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| FxError::Unreachable(url.to_owned(), e.without_url().to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FxError::Status(url.to_owned(), status.as_u16()));
+        }
+        let body = response
+            .text()
+            .await
+            .map_err(|e| FxError::Unreachable(url.to_owned(), e.without_url().to_string()))?;
+        match self {
+            Self::Ecb { .. } => {
+                ecb::parse(&body).map_err(|e| FxError::Malformed(url.to_owned(), e))
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FxError {
+    #[error("exchange rates from {0}: unreachable: {1}")]
+    Unreachable(String, String),
+    #[error("exchange rates from {0}: answered HTTP {1}")]
+    Status(String, u16),
+    #[error("exchange rates from {0}: {1}")]
+    Malformed(String, String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a refresh stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refreshed {
+    pub rates: usize,
+    pub currencies: usize,
+    pub newest: Option<NaiveDate>,
+}
+
+/// Fetches the provider's rates and stores them; nothing is stored from a
+/// document that does not parse whole.
+pub async fn refresh(
+    store: &Store,
+    http: &reqwest::Client,
+    provider: &Provider,
+) -> Result<Refreshed, FxError> {
+    let outcome = async {
+        let rates = provider.fetch(http).await?;
+        let stored = store.store_rates(&rates).await?;
+        let currencies: std::collections::BTreeSet<_> = rates.iter().map(|r| r.quote).collect();
+        Ok(Refreshed {
+            rates: stored,
+            currencies: currencies.len(),
+            newest: rates.iter().map(|r| r.date).max(),
+        })
+    }
+    .await;
+    let label = if outcome.is_ok() { "ok" } else { "failed" };
+    metrics::counter!("finsync_fx_refreshes_total", "source" => provider.source(), "outcome" => label)
+        .increment(1);
+    outcome
+}
+
+/// The latest rates as one process read them, and when.
+type Kept = (Instant, Option<Arc<RateTable>>);
+
+/// The configured provider: refreshed on the scheduler's clock, read by
+/// conversions.
+#[derive(Clone)]
+pub struct Fx {
+    pub provider: Arc<Provider>,
+    http: reqwest::Client,
+    /// How often the scheduler refreshes the rates.
+    pub every: Duration,
+    kept: Arc<Mutex<Option<Kept>>>,
+}
+
+impl Fx {
+    pub fn new(provider: Provider, http: reqwest::Client, every: Duration) -> Self {
+        Self {
+            provider: Arc::new(provider),
+            http,
+            every,
+            kept: Arc::default(),
+        }
+    }
+
+    /// Fetches and stores the provider's rates now ([`refresh`]).
+    pub async fn refresh(&self, store: &Store) -> Result<Refreshed, FxError> {
+        let refreshed = refresh(store, &self.http, &self.provider).await?;
+        *self.kept.lock().await = None;
+        Ok(refreshed)
+    }
+
+    /// The latest rates; `None` before the first refresh stored any.
+    pub async fn latest(&self, store: &Store) -> Result<Option<Arc<RateTable>>, StoreError> {
+        let mut kept = self.kept.lock().await;
+        if let Some((at, table)) = kept.as_ref()
+            && at.elapsed() < RATES_KEPT
+        {
+            return Ok(table.clone());
+        }
+        let table = store
+            .latest_rates(self.provider.source())
+            .await?
+            .map(Arc::new);
+        *kept = Some((Instant::now(), table.clone()));
+        Ok(table)
+    }
+
+    /// Refreshes the rates every [`Self::every`], sooner again after a failure,
+    /// until the task is dropped.
+    pub async fn run(&self, store: Store) {
+        loop {
+            let wait = match self.refresh(&store).await {
+                Ok(r) => {
+                    tracing::info!(source = self.provider.source(), rates = r.rates, currencies = r.currencies, newest = ?r.newest, "Exchange rates refreshed.");
+                    self.every
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Refreshing exchange rates failed; conversions use the rates stored before.");
+                    self.every.min(RETRY_AFTER_FAILURE)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Reporting currencies and households: positions converted at the provider's
+//! latest rates (the sandbox serves a recorded ECB publication), exactly, with
+//! the rate and date of every conversion named and a missing rate shown, never
+//! counted as zero; and a tenant's households read as one.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde_json::{Value, json};
+
+use crate::support::TestApp;
+
+/// The ECB's euro reference rates of 29 April 2022, as the sandbox's recording
+/// holds them: units per euro.
+const ECB_USD: &str = "1.0540";
+const ECB_GBP: &str = "0.83908";
+
+fn dec(value: &Value) -> Decimal {
+    Decimal::from_str(
+        value
+            .as_str()
+            .unwrap_or_else(|| panic!("a decimal string: {value}")),
+    )
+    .unwrap()
+}
+
+fn lit(text: &str) -> Decimal {
+    Decimal::from_str(text).unwrap()
+}
+
+/// Units of `to` per unit of `from`, by hand from the ECB's figures.
+fn by_hand(from: &str, to: &str) -> Decimal {
+    let per_euro = |c: &str| match c {
+        "EUR" => Decimal::ONE,
+        "USD" => lit(ECB_USD),
+        "GBP" => lit(ECB_GBP),
+        other => panic!("no rate in the recording for {other}"),
+    };
+    per_euro(to) / per_euro(from)
+}
+
+async fn send(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    bearer: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = finsync::http::client()
+        .request(method, format!("{}{path}", app.address))
+        .bearer_auth(bearer);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn positions_convert_to_eur_and_gbp_exactly_naming_each_rate() {
+    let app = TestApp::builder().tenant("advisor").sqlite().build().await;
+    let tenant = app.tenant();
+    app.link_and_sync_at(tenant.id, "demo-alice", "meridian")
+        .await;
+    let refreshed = app.app.ctx.fx.refresh(&app.app.ctx.store).await.unwrap();
+    assert_eq!(refreshed.currencies, 31, "the recording's 31 currencies");
+
+    for to in ["EUR", "GBP"] {
+        let body = app
+            .get_json(
+                &format!("/v1/users/demo-alice/positions?currency={to}"),
+                tenant.bearer(),
+            )
+            .await;
+        let reporting = &body["reporting"];
+        assert_eq!(reporting["currency"], to);
+        assert_eq!(reporting["complete"], true, "{reporting}");
+        assert_eq!(reporting["missing_rates"], json!([]));
+        let mut held_in = std::collections::BTreeSet::new();
+        let mut total = Decimal::ZERO;
+        for position in body["positions"].as_array().unwrap() {
+            let mut sum = Decimal::ZERO;
+            for h in position["holdings"].as_array().unwrap() {
+                let value = &h["value"];
+                let from = value["currency"].as_str().unwrap();
+                held_in.insert(from.to_owned());
+                // By hand: amount × (per-euro of `to` / per-euro of `from`), then
+                // rounded once to 2 places, half to even.
+                let expected = (dec(&value["amount"]) * by_hand(from, to))
+                    .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven);
+                assert_eq!(dec(&h["reporting_value"]["amount"]), expected, "{h}");
+                assert_eq!(h["reporting_value"]["currency"], to);
+                sum += expected;
+            }
+            let converted = &position["reporting"];
+            assert_eq!(dec(&converted["value"]["amount"]), sum, "{position}");
+            // The position names every rate it used, with its date and source.
+            for rate in converted["rates"].as_array().unwrap() {
+                assert_eq!(rate["to"], to);
+                assert_eq!(rate["date"], "2022-04-29");
+                assert_eq!(rate["source"], "ecb");
+                assert_eq!(
+                    dec(&rate["rate"]),
+                    by_hand(rate["from"].as_str().unwrap(), to)
+                );
+            }
+            total += sum;
+        }
+        // The figures add up: the total is the sum of the parts.
+        assert_eq!(dec(&reporting["total_value"]["amount"]), total);
+        let by_account: Decimal = reporting["by_account"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| dec(&s["value"]["amount"]))
+            .sum();
+        assert_eq!(by_account, total);
+        // Demo Alice holds in more than one currency, so something was converted.
+        assert!(held_in.len() > 1, "{held_in:?}");
+        let used: Vec<&str> = reporting["rates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["from"].as_str().unwrap())
+            .collect();
+        let mut foreign: Vec<&str> = held_in
+            .iter()
+            .map(String::as_str)
+            .filter(|c| *c != to)
+            .collect();
+        foreign.sort_unstable();
+        assert_eq!(used, foreign);
+    }
+
+    // A hand-computed figure: 1000.00 USD at the recording's rates.
+    let table = app
+        .app
+        .ctx
+        .fx
+        .latest(&app.app.ctx.store)
+        .await
+        .unwrap()
+        .unwrap();
+    let usd = finsync::domain::Money::new(lit("1000.00"), "USD".parse().unwrap());
+    let eur = table.convert(usd, "EUR".parse().unwrap()).unwrap().0;
+    let gbp = table.convert(usd, "GBP".parse().unwrap()).unwrap().0;
+    assert_eq!((eur.amount, gbp.amount), (lit("948.77"), lit("796.09")));
+}
+
+#[tokio::test]
+async fn a_missing_rate_is_shown_never_counted_as_zero() {
+    let app = TestApp::builder().tenant("advisor").sqlite().build().await;
+    let tenant = app.tenant();
+    app.link_and_sync_at(tenant.id, "demo-alice", "meridian")
+        .await;
+
+    // Before any rate is stored, only what is held in USD converts to USD.
+    let body = app
+        .get_json(
+            "/v1/users/demo-alice/positions?currency=USD",
+            tenant.bearer(),
+        )
+        .await;
+    let reporting = &body["reporting"];
+    assert_eq!(reporting["complete"], false);
+    assert_eq!(
+        reporting["total_value"],
+        Value::Null,
+        "no total that looks whole"
+    );
+    let missing: Vec<&str> = reporting["missing_rates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        !missing.is_empty() && !missing.contains(&"USD"),
+        "{missing:?}"
+    );
+    for position in body["positions"].as_array().unwrap() {
+        for h in position["holdings"].as_array().unwrap() {
+            let from = h["value"]["currency"].as_str().unwrap();
+            if from == "USD" {
+                assert_eq!(h["reporting_value"], h["value"]);
+            } else {
+                assert_eq!(h["reporting_value"], Value::Null, "{h}");
+                assert_eq!(position["reporting"]["value"], Value::Null);
+                assert!(missing.contains(&from));
+            }
+        }
+    }
+
+    // With rates, a currency the provider does not publish is still a gap.
+    app.app.ctx.fx.refresh(&app.app.ctx.store).await.unwrap();
+    let body = app
+        .get_json(
+            "/v1/users/demo-alice/positions?currency=ARS",
+            tenant.bearer(),
+        )
+        .await;
+    assert_eq!(body["reporting"]["complete"], false);
+    assert_eq!(body["reporting"]["total_value"], Value::Null);
+
+    // Codes that are not ISO 4217 are refused by name.
+    for bad in ["ZZZ", "EURO", "12"] {
+        let (status, error) = send(
+            &app,
+            reqwest::Method::GET,
+            &format!("/v1/users/demo-alice/positions?currency={bad}"),
+            tenant.bearer(),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {error}");
+        assert!(error["error"]["message"].as_str().unwrap().contains(bad), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_household_reads_as_one_in_one_currency() {
+    let app = TestApp::builder()
+        .tenant("advisor")
+        .postgres()
+        .build()
+        .await;
+    let tenant = app.tenant();
+    app.link_and_sync_at(tenant.id, "demo-alice", "meridian")
+        .await;
+    app.link_and_sync_at(tenant.id, "demo-bob", "keystone")
+        .await;
+    app.app.ctx.fx.refresh(&app.app.ctx.store).await.unwrap();
+
+    let (status, created) = put(
+        &app,
+        tenant.bearer(),
+        "smiths",
+        json!({"name": "The Smiths", "members": ["demo-bob", "demo-alice", "demo-carol"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        created["members"],
+        json!(["demo-alice", "demo-bob", "demo-carol"])
+    );
+
+    let body = app
+        .get_json(
+            "/v1/households/smiths/positions?currency=EUR",
+            tenant.bearer(),
+        )
+        .await;
+    assert_eq!(body["name"], "The Smiths");
+    assert_eq!(body["members_without_data"], json!(["demo-carol"]));
+    // Every holding of both members is in exactly one position, naming its member.
+    let mut counted: BTreeMap<String, usize> = BTreeMap::new();
+    for position in body["positions"].as_array().unwrap() {
+        let parts = position["holdings"].as_array().unwrap();
+        let sum: Decimal = parts.iter().map(|h| dec(&h["quantity"])).sum();
+        assert_eq!(dec(&position["quantity"]), sum, "{position}");
+        for h in parts {
+            *counted
+                .entry(h["user_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    for user in ["demo-alice", "demo-bob"] {
+        let own = app
+            .get_json(&format!("/v1/users/{user}/holdings"), tenant.bearer())
+            .await;
+        assert_eq!(
+            counted.get(user).copied().unwrap_or_default(),
+            own["holdings"].as_array().unwrap().len(),
+            "{user}"
+        );
+    }
+    assert_eq!(body["reporting"]["complete"], true);
+    assert_eq!(body["reporting"]["currency"], "EUR");
+
+    // A user is in one household at most: the second is refused, nothing changes.
+    let (status, refused) = put(
+        &app,
+        tenant.bearer(),
+        "joneses",
+        json!({"name": "Joneses", "members": ["demo-bob"]}),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("smiths"));
+    let (status, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/v1/households/joneses",
+        tenant.bearer(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Renaming and dropping a member replaces both.
+    let (status, updated) = put(
+        &app,
+        tenant.bearer(),
+        "smiths",
+        json!({"name": "Smith family", "members": ["demo-alice"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(updated["members"], json!(["demo-alice"]));
+    let list = app.get_json("/v1/households", tenant.bearer()).await;
+    assert_eq!(list["households"][0]["name"], "Smith family");
+
+    // Bad input is refused with the reason; another tenant finds nothing.
+    for (id, body, why) in [
+        (
+            "bad id!",
+            json!({"name": "x", "members": []}),
+            "household id",
+        ),
+        ("ok", json!({"name": " ", "members": []}), "name"),
+        (
+            "ok",
+            json!({"name": "x", "members": ["no spaces"]}),
+            "members",
+        ),
+    ] {
+        let (status, error) = put(&app, tenant.bearer(), &urlencoding(id), body).await;
+        assert_eq!(status, 400, "{error}");
+        assert!(error["error"]["message"].as_str().unwrap().contains(why), "{error}");
+    }
+    let (_, other) = app.app.ctx.store.create_tenant("other").await.unwrap();
+    let other = secrecy::ExposeSecret::expose_secret(&other.0).to_owned();
+    let (status, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/v1/households/smiths/positions",
+        &other,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let (status, _) = send(
+        &app,
+        reqwest::Method::DELETE,
+        "/v1/households/smiths",
+        tenant.bearer(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = send(
+        &app,
+        reqwest::Method::GET,
+        "/v1/households/smiths",
+        tenant.bearer(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+async fn put(app: &TestApp, bearer: &str, id: &str, body: Value) -> (u16, Value) {
+    let path = format!("/v1/households/{id}");
+    send(app, reqwest::Method::PUT, &path, bearer, Some(body)).await
+}
+
+fn urlencoding(id: &str) -> String {
+    id.replace(' ', "%20").replace('!', "%21")
+}
