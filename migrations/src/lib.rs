@@ -33,6 +33,7 @@ mod m20261208_000022_account_fetches;
 mod m20261209_000023_data_quality;
 mod m20261210_000024_fx_rates;
 mod m20261210_000025_households;
+mod m20261210_000026_balance_meaning;
 
 pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
 
@@ -67,6 +68,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261209_000023_data_quality::Migration),
             Box::new(m20261210_000024_fx_rates::Migration),
             Box::new(m20261210_000025_households::Migration),
+            Box::new(m20261210_000026_balance_meaning::Migration),
         ]
     }
 }

@@ -9,8 +9,9 @@ use utoipa::openapi::{ObjectBuilder, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::domain::{
-    AccountType, ConnectionStatus, Currency, DeliveryStatus, FindingCode, FindingScope,
-    InvestmentType, LinkSessionStatus, Money, SecurityType, TransactionStatus, WebhookEvent,
+    AccountType, BalanceMeaning, ConnectionStatus, Currency, DeliveryStatus, FindingCode,
+    FindingScope, InvestmentType, LinkSessionStatus, Money, SecurityType, TransactionStatus,
+    WebhookEvent,
 };
 
 /// A closed vocabulary is a string with its wire names as the enum values.
@@ -35,6 +36,7 @@ macro_rules! vocabulary_schema {
 
 vocabulary_schema!(
     AccountType,
+    BalanceMeaning,
     ConnectionStatus,
     DeliveryStatus,
     FindingCode,

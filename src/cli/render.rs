@@ -312,6 +312,102 @@ pub fn admins(admins: &[crate::store::AdminRecord]) -> String {
 
 /// The open data-quality findings: how many per institution and code, then each
 /// one with the record it is about and what was found.
+/// A household's positions in its reporting currency: one row per instrument
+/// with the members and accounts that hold it, the total, and every rate used.
+pub fn household(h: &crate::portfolio::HouseholdPositions) -> String {
+    let mut out = format!(
+        "Household `{}` ({}): {}\n",
+        h.household_id,
+        h.name,
+        h.members.join(", ")
+    );
+    if !h.members_without_data.is_empty() {
+        out.push_str(&format!(
+            "  (no linked institution yet: {})\n",
+            h.members_without_data.join(", ")
+        ));
+    }
+    let Some(reporting) = &h.reporting else {
+        return out;
+    };
+    let to = reporting.currency;
+    let in_to = format!("Value in {to}");
+    let mut rows = table(&[
+        "Position",
+        "ISIN",
+        "Quantity",
+        "Value as held",
+        &in_to,
+        "Held by",
+    ]);
+    for position in &h.positions {
+        let held: Vec<String> = position
+            .value
+            .iter()
+            .map(|m| format!("{} {}", group(m.amount), m.currency))
+            .collect();
+        let by: Vec<String> = position
+            .holdings
+            .iter()
+            .map(|p| format!("{}: {} ({})", p.user_id, p.account_name, group(p.quantity)))
+            .collect();
+        let converted = position.reporting.as_ref().and_then(|r| r.value.as_ref());
+        rows.add_row(vec![
+            Cell::new(&position.name),
+            Cell::new(
+                position
+                    .instrument
+                    .as_ref()
+                    .and_then(|i| i.isin.as_deref())
+                    .unwrap_or(""),
+            ),
+            number(position.quantity),
+            Cell::new(held.join("  |  ")).set_alignment(CellAlignment::Right),
+            converted.map_or_else(
+                || {
+                    Cell::new("no rate")
+                        .fg(Color::Yellow)
+                        .set_alignment(CellAlignment::Right)
+                },
+                amount,
+            ),
+            Cell::new(by.join("\n")),
+        ]);
+    }
+    out.push_str(&format!("{rows}\n"));
+    match &reporting.total_value {
+        Some(total) => out.push_str(&format!(
+            "  Total: {} {}\n",
+            group(total.amount),
+            total.currency
+        )),
+        None => out.push_str(&format!(
+            "  No total: no rate for {}\n",
+            reporting
+                .missing_rates
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+    for rate in &reporting.rates {
+        out.push_str(&format!(
+            "  1 {} = {} {} ({}, published {})\n",
+            rate.from,
+            rate.rate.round_dp(6),
+            rate.to,
+            rate.source,
+            rate.date
+        ));
+    }
+    out.push_str(&format!(
+        "  Rates shown to 6 places; conversions use them in full: {}.\n",
+        reporting.rounding
+    ));
+    out
+}
+
 /// The latest exchange rates: one row per currency, against the provider's base.
 pub fn rates(latest: &crate::domain::RateTable) -> String {
     let per = format!("per 1 {}", latest.base());

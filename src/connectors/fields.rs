@@ -1,7 +1,7 @@
 //! The catalogue of canonical fields a connector can fill, per endpoint: their kind
 //! (which decides how a value is converted) and whether a mapping is required.
 
-use crate::domain::{AccountType, InvestmentType, SecurityType, TransactionStatus};
+use crate::domain::{AccountType, BalanceMeaning, InvestmentType, SecurityType, TransactionStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -48,6 +48,7 @@ pub const ACCOUNT: &[FieldDef] = &[
     req("balance_current", Kind::Decimal),
     opt("balance_available", Kind::Decimal),
     opt("balance_cash", Kind::Decimal),
+    opt("balance_meaning", Kind::Enum(BalanceMeaning::ALL)),
     opt("balance_as_of", Kind::DateTime),
 ];
 
@@ -63,6 +64,7 @@ pub const ACCOUNT_DETAILS: &[FieldDef] = &[
     opt("balance_current", Kind::Decimal),
     opt("balance_available", Kind::Decimal),
     opt("balance_cash", Kind::Decimal),
+    opt("balance_meaning", Kind::Enum(BalanceMeaning::ALL)),
     opt("balance_as_of", Kind::DateTime),
 ];
 

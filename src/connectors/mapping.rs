@@ -17,8 +17,8 @@ use serde_json_path::JsonPath;
 
 use super::SignConvention;
 use crate::domain::{
-    Account, Balances, Currency, Holding, InvestmentType, Money, Security, Transaction,
-    TransactionStatus,
+    Account, BalanceMeaning, Balances, Currency, Holding, InvestmentType, Money, Security,
+    Transaction, TransactionStatus,
 };
 
 #[derive(Debug, Clone)]
@@ -501,6 +501,10 @@ pub fn account(layers: &Layers<'_>, fetched_at: DateTime<Utc>) -> Result<Account
         .ok_or(FieldError::Missing("account_type"))?;
     let (m, item) = layers.pick("balance_as_of");
     let as_of = m.date_time(item, "balance_as_of")?.unwrap_or(fetched_at);
+    let (m, item) = layers.pick("balance_meaning");
+    let meaning = m
+        .parsed(item, "balance_meaning")?
+        .unwrap_or(BalanceMeaning::Total);
     Ok(Account {
         external_id: layers.required_text("external_id")?,
         account_type,
@@ -522,6 +526,7 @@ pub fn account(layers: &Layers<'_>, fetched_at: DateTime<Utc>) -> Result<Account
             cash: layers
                 .decimal("balance_cash")?
                 .map(|a| Money::new(a, currency)),
+            meaning,
             as_of,
         },
     })

@@ -18,8 +18,8 @@ pub use ids::{
     UserIdError, WebhookDeliveryId, WebhookEndpointId,
 };
 pub use model::{
-    Account, AccountType, Balances, ConnectionStatus, DeliveryStatus, Holding, Institution,
-    InvestmentType, LinkSessionStatus, Security, SecurityType, Snapshot, Transaction,
+    Account, AccountType, BalanceMeaning, Balances, ConnectionStatus, DeliveryStatus, Holding,
+    Institution, InvestmentType, LinkSessionStatus, Security, SecurityType, Snapshot, Transaction,
     TransactionStatus, WebhookEvent,
 };
 pub use money::{Currency, CurrencyError, Money};

@@ -10,14 +10,14 @@ use super::money::{Currency, Money};
 
 /// Declares a closed vocabulary: its wire names, parsing and display in one place.
 macro_rules! vocabulary {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(
             Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
             ::serde::Serialize, ::serde::Deserialize,
         )]
         pub enum $name {
-            $(#[serde(rename = $text)] $variant),+
+            $($(#[$vdoc])* #[serde(rename = $text)] $variant),+
         }
 
         impl $name {
@@ -83,6 +83,22 @@ vocabulary!(SecurityType {
     Cash => "cash",
     Other => "other",
 });
+
+vocabulary!(
+    /// What an account's current balance is worth. Institutions disagree: most
+    /// (Plaid, FDX `currentValue`) report the whole account, many private banks
+    /// only its cash. Totals follow it so that no position is left out or counted
+    /// twice.
+    BalanceMeaning {
+        /// The whole account (cash and every position), in its currency.
+        Total => "total",
+        /// Cash and the positions valued in the account's currency; positions
+        /// valued in another currency are outside it, in their own.
+        AccountCurrencyTotal => "account_currency_total",
+        /// Cash only: every position is outside it.
+        Cash => "cash",
+    }
+);
 
 vocabulary!(TransactionStatus {
     Pending => "pending",
@@ -157,6 +173,8 @@ pub struct Balances {
     /// the institution reports it apart (FDX's `availableCashBalance`). An account
     /// whose cash is a holding of its own (a sweep fund) has none here.
     pub cash: Option<Money>,
+    /// What `current` covers; `total` unless the connector says otherwise.
+    pub meaning: BalanceMeaning,
     pub as_of: DateTime<Utc>,
 }
 

@@ -16,7 +16,10 @@ use chrono::{Days, NaiveDate};
 use rust_decimal::Decimal;
 
 use super::model::vocabulary;
-use super::{Account, AccountType, Currency, InvestmentType, Snapshot, TransactionStatus};
+use super::{
+    Account, AccountType, BalanceMeaning, Currency, Holding, InvestmentType, Snapshot,
+    TransactionStatus,
+};
 
 vocabulary!(
     /// What a finding says, as a stable code apps and alerts can branch on.
@@ -162,7 +165,9 @@ fn check_account(read: &SyncRead<'_>, account: &Account, findings: &mut Vec<Find
     let current = account.balances.current;
     let unit = current.currency.minor_unit();
 
+    // A cash-only balance says nothing the holdings could be checked against.
     if account.account_type == AccountType::Investment
+        && account.balances.meaning != BalanceMeaning::Cash
         && read.holdings_read.contains(id)
         && !read.holdings_set_aside
         && !read.undescribed.iter().any(|(a, _)| a == id)
@@ -173,20 +178,25 @@ fn check_account(read: &SyncRead<'_>, account: &Account, findings: &mut Vec<Find
             .iter()
             .filter(|h| h.account_external_id == id)
             .collect();
-        // Positions in another currency are not part of the account's balance;
-        // a holding without a value cannot be added up.
+        let in_own_currency = |h: &&&Holding| {
+            h.value
+                .map_or(h.price.map(|p| p.currency), |v| Some(v.currency))
+                .is_none_or(|c| c == current.currency)
+        };
+        // A whole-account balance holds foreign positions converted at a rate the
+        // institution does not send: only an account without them can be checked.
+        let checkable = account.balances.meaning != BalanceMeaning::Total
+            || holdings.iter().all(|h| in_own_currency(&h));
+        // Otherwise positions in another currency are not part of the account's
+        // balance; a holding without a value cannot be added up.
         let values: Option<Vec<Decimal>> = holdings
             .iter()
-            .filter(|h| {
-                h.value
-                    .map_or(h.price.map(|p| p.currency), |v| Some(v.currency))
-                    .is_none_or(|c| c == current.currency)
-            })
+            .filter(in_own_currency)
             .map(|h| h.value.map(|v| v.amount))
             .collect();
         // Cash reported apart from the holdings is part of the value.
         let cash = account.balances.cash.map_or(Decimal::ZERO, |c| c.amount);
-        if let Some(values) = values.filter(|v| !v.is_empty()) {
+        if let Some(values) = values.filter(|v| checkable && !v.is_empty()) {
             let sum = values.iter().try_fold(cash, |sum, v| sum.checked_add(*v));
             if let Some(sum) = sum
                 && sum

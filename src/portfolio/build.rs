@@ -11,7 +11,8 @@ use super::views::{
     SecurityView, StaleReason, TransactionView,
 };
 use crate::domain::{
-    AccountType, ConnectionStatus, Currency, Money, SecurityType, TenantId, UserId,
+    Account, AccountType, BalanceMeaning, ConnectionStatus, Currency, Holding, Money, SecurityType,
+    TenantId, UserId,
 };
 use crate::store::{ConnectionRecord, SecurityMatch, Store, StoreError};
 
@@ -43,6 +44,7 @@ pub(super) async fn assemble(
         holdings: Vec::new(),
         transactions: Vec::new(),
         totals: Vec::new(),
+        totals_complete: true,
         allocation: Allocation::default(),
     };
     let mut totals: BTreeMap<Currency, Decimal> = BTreeMap::new();
@@ -63,21 +65,34 @@ pub(super) async fn assemble(
                 last_seen_at: f.last_seen_at,
             });
         }
+        let outside = outside_balances(&stored.accounts, &stored.holdings);
         for a in stored.accounts {
             let sign = match a.account_type {
                 AccountType::Credit | AccountType::Loan => Decimal::NEGATIVE_ONE,
                 _ => Decimal::ONE,
             };
-            let total = totals.entry(a.currency).or_default();
-            // Beyond Decimal's range (about 7.9e28) a total means nothing; say so
-            // rather than panic.
-            match sign
-                .checked_mul(a.balances.current.amount)
-                .and_then(|v| total.checked_add(v))
-            {
-                Some(sum) => *total = sum,
-                None => {
-                    tracing::warn!(currency = %a.currency, "Portfolio total out of range; left out.")
+            // What the account is worth: its balance, and the positions its
+            // balance leaves out, each in its own currency.
+            let mut worth: BTreeMap<Currency, Decimal> = BTreeMap::new();
+            worth.insert(a.currency, a.balances.current.amount);
+            let (beside, unvalued) = outside.get(&a.external_id).cloned().unwrap_or_default();
+            for (currency, amount) in beside {
+                let sum = worth.entry(currency).or_default();
+                *sum = sum.checked_add(amount).unwrap_or(*sum);
+            }
+            if unvalued > 0 {
+                portfolio.totals_complete = false;
+            }
+            for (currency, amount) in &worth {
+                let total = totals.entry(*currency).or_default();
+                // Beyond Decimal's range (about 7.9e28) a total means nothing; say
+                // so rather than panic.
+                match sign.checked_mul(*amount).and_then(|v| total.checked_add(v)) {
+                    Some(sum) => *total = sum,
+                    None => {
+                        portfolio.totals_complete = false;
+                        tracing::warn!(currency = %currency, "Portfolio total out of range; left out.");
+                    }
                 }
             }
             let sync = match failing.remove(&a.external_id) {
@@ -105,10 +120,16 @@ pub(super) async fn assemble(
                 mask: a.mask,
                 currency: a.currency,
                 sync,
+                value: worth
+                    .into_iter()
+                    .map(|(currency, amount)| Money::new(amount, currency))
+                    .collect(),
+                value_complete: unvalued == 0,
                 balances: BalancesView {
                     current: a.balances.current,
                     available: a.balances.available,
                     cash: a.balances.cash,
+                    meaning: a.balances.meaning,
                     as_of: a.balances.as_of,
                 },
             });
@@ -178,6 +199,45 @@ pub(super) async fn assemble(
     (portfolio.freshness, portfolio.connections) = connection_views(&connections);
     portfolio.allocation = allocation(&portfolio);
     Ok(Some(portfolio))
+}
+
+/// Per account, the value of the positions its balance leaves out (by its
+/// [`BalanceMeaning`]), per currency, and how many of those had no value.
+fn outside_balances(
+    accounts: &[Account],
+    holdings: &[Holding],
+) -> BTreeMap<String, (BTreeMap<Currency, Decimal>, usize)> {
+    let mut outside: BTreeMap<String, (BTreeMap<Currency, Decimal>, usize)> = BTreeMap::new();
+    for a in accounts {
+        for h in holdings
+            .iter()
+            .filter(|h| h.account_external_id == a.external_id)
+        {
+            let left_out = match a.balances.meaning {
+                BalanceMeaning::Total => false,
+                BalanceMeaning::Cash => true,
+                // A holding with no value says its currency through its price
+                // or cost; with none of them it is taken to be the account's.
+                BalanceMeaning::AccountCurrencyTotal => h
+                    .value
+                    .or(h.price)
+                    .or(h.cost_basis)
+                    .is_some_and(|m| m.currency != a.currency),
+            };
+            if !left_out {
+                continue;
+            }
+            let entry = outside.entry(a.external_id.clone()).or_default();
+            match h.value {
+                Some(value) => {
+                    let sum = entry.0.entry(value.currency).or_default();
+                    *sum = sum.checked_add(value.amount).unwrap_or(*sum);
+                }
+                None => entry.1 += 1,
+            }
+        }
+    }
+    outside
 }
 
 /// Writes each healthy account's freshness (its connection's last sync) into a
@@ -284,6 +344,16 @@ pub(super) fn weight(part: Decimal, total: Decimal) -> Decimal {
     }
 }
 
+/// What an account is worth in its own currency (positions in other currencies
+/// are in `value` beside it).
+fn worth_in_own_currency(a: &AccountView) -> Money {
+    a.value
+        .iter()
+        .find(|m| m.currency == a.currency)
+        .copied()
+        .unwrap_or(a.balances.current)
+}
+
 fn allocation(portfolio: &Portfolio) -> Allocation {
     let mut by_type: BTreeMap<(Currency, &'static str), (SecurityType, Decimal)> = BTreeMap::new();
     let mut type_totals: BTreeMap<Currency, Decimal> = BTreeMap::new();
@@ -303,12 +373,9 @@ fn allocation(portfolio: &Portfolio) -> Allocation {
         .filter(|a| !matches!(a.account_type, AccountType::Credit | AccountType::Loan))
         .collect();
     for a in &assets {
-        let total = account_totals
-            .entry(a.balances.current.currency)
-            .or_default();
-        *total = total
-            .checked_add(a.balances.current.amount)
-            .unwrap_or(*total);
+        let worth = worth_in_own_currency(a);
+        let total = account_totals.entry(worth.currency).or_default();
+        *total = total.checked_add(worth.amount).unwrap_or(*total);
     }
     Allocation {
         by_security_type: by_type
@@ -323,15 +390,97 @@ fn allocation(portfolio: &Portfolio) -> Allocation {
             .collect(),
         by_account: assets
             .into_iter()
-            .map(|a| AccountShare {
-                connection_id: a.connection_id.clone(),
-                account_id: a.id.clone(),
-                value: a.balances.current,
-                weight: weight(
-                    a.balances.current.amount,
-                    account_totals[&a.balances.current.currency],
-                ),
+            .map(|a| {
+                let worth = worth_in_own_currency(a);
+                AccountShare {
+                    connection_id: a.connection_id.clone(),
+                    account_id: a.id.clone(),
+                    value: worth,
+                    weight: weight(worth.amount, account_totals[&worth.currency]),
+                }
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::domain::Balances;
+
+    fn usd(amount: i64) -> Money {
+        Money::new(Decimal::new(amount, 0), "USD".parse().unwrap())
+    }
+
+    fn eur(amount: i64) -> Money {
+        Money::new(Decimal::new(amount, 0), "EUR".parse().unwrap())
+    }
+
+    fn account(id: &str, meaning: BalanceMeaning) -> Account {
+        Account {
+            external_id: id.into(),
+            account_type: AccountType::Investment,
+            subtype: None,
+            name: id.into(),
+            official_name: None,
+            mask: None,
+            currency: "USD".parse().unwrap(),
+            balances: Balances {
+                current: usd(1000),
+                available: None,
+                cash: None,
+                meaning,
+                as_of: Utc::now(),
+            },
+        }
+    }
+
+    fn holding(account: &str, value: Option<Money>, price: Option<Money>) -> Holding {
+        Holding {
+            account_external_id: account.into(),
+            security_external_id: "s".into(),
+            quantity: Decimal::ONE,
+            cost_basis: None,
+            price,
+            value,
+            as_of: None,
+        }
+    }
+
+    #[test]
+    fn positions_a_balance_leaves_out_are_counted_once_each() {
+        let accounts = [
+            account("total", BalanceMeaning::Total),
+            account("own", BalanceMeaning::AccountCurrencyTotal),
+            account("cash", BalanceMeaning::Cash),
+        ];
+        let mut holdings = Vec::new();
+        for a in ["total", "own", "cash"] {
+            holdings.push(holding(a, Some(usd(600)), None));
+            holdings.push(holding(a, Some(eur(300)), None));
+            // No value, priced in euros: outside an own-currency balance, unvalued.
+            holdings.push(holding(a, None, Some(eur(5))));
+        }
+        let outside = outside_balances(&accounts, &holdings);
+        assert!(
+            !outside.contains_key("total"),
+            "a whole-account balance has everything"
+        );
+        assert_eq!(
+            outside["own"],
+            (BTreeMap::from([(eur(0).currency, Decimal::new(300, 0))]), 1)
+        );
+        assert_eq!(
+            outside["cash"],
+            (
+                BTreeMap::from([
+                    (eur(0).currency, Decimal::new(300, 0)),
+                    (usd(0).currency, Decimal::new(600, 0)),
+                ]),
+                1
+            )
+        );
     }
 }

@@ -31,7 +31,7 @@ use crate::store::{ConnectionRecord, Store, StoreError};
 /// The cache key of a user's portfolio. The version names the view's shape, so a
 /// deploy that changes it never reads views cached by the previous release.
 pub fn cache_key(tenant: TenantId, user: &UserId) -> String {
-    format!("portfolio:v7:{tenant}:{user}")
+    format!("portfolio:v8:{tenant}:{user}")
 }
 
 #[derive(Debug, thiserror::Error)]

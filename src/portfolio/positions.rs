@@ -220,6 +220,7 @@ pub fn household_positions(household: &Household, portfolios: &[Portfolio]) -> H
         holdings: Vec::new(),
         transactions: Vec::new(),
         totals: Vec::new(),
+        totals_complete: true,
         allocation: Default::default(),
     };
     for (i, p) in portfolios.iter().enumerate() {

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::{
-    AccountType, ConnectionStatus, Currency, FindingCode, FindingScope, InvestmentType, Money,
-    SecurityType, Transaction, TransactionStatus,
+    AccountType, BalanceMeaning, ConnectionStatus, Currency, FindingCode, FindingScope,
+    InvestmentType, Money, SecurityType, Transaction, TransactionStatus,
 };
 use crate::store::Annotations;
 
@@ -160,8 +160,12 @@ pub struct Portfolio {
     pub accounts: Vec<AccountView>,
     pub holdings: Vec<HoldingView>,
     pub transactions: Vec<TransactionView>,
-    /// Net of account balances per currency: assets add, credit and loans subtract.
+    /// Net worth per currency: each account's `value` (its balance and the
+    /// positions its balance leaves out) adds, credit and loan balances subtract.
     pub totals: Vec<Money>,
+    /// False when a position the totals must add had no value (or a sum left
+    /// Decimal's range): the totals are then short of it.
+    pub totals_complete: bool,
     pub allocation: Allocation,
 }
 
@@ -189,6 +193,11 @@ pub struct AccountView {
     pub mask: Option<String>,
     pub currency: Currency,
     pub balances: BalancesView,
+    /// What the account is worth: its balance, plus the positions the balance
+    /// leaves out (see `balances.meaning`), one amount per currency.
+    pub value: Vec<Money>,
+    /// False when a position outside the balance had no value.
+    pub value_complete: bool,
     /// How fresh this account's data is: a connection's accounts are fetched one
     /// by one, and one may fail while the others are read.
     pub sync: AccountSync,
@@ -237,6 +246,9 @@ pub struct BalancesView {
     /// Cash held outside the positions listed as holdings, where the institution
     /// reports it apart.
     pub cash: Option<Money>,
+    /// What `current` covers: `total` (the whole account), `account_currency_total`
+    /// (cash and the positions valued in the account's currency) or `cash`.
+    pub meaning: BalanceMeaning,
     pub as_of: DateTime<Utc>,
 }
 

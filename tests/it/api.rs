@@ -134,6 +134,10 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
     assert_eq!(status, 202, "{erasure}");
     let erasure_id = erasure["id"].as_str().unwrap();
     app.link_and_sync(owner.id, "demo-bob").await;
+    let family = finsync::domain::HouseholdId::parse("family").unwrap();
+    let members = [finsync::domain::UserId::parse("demo-alice").unwrap()];
+    let make_family = || store.put_household(owner.id, &family, "Family", &members);
+    make_family().await.unwrap();
 
     // Every tenant route in the published contract, with the owner's ids.
     let document = finsync::api::document();
@@ -159,6 +163,7 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
             .replace("{webhook_id}", webhook_id)
             .replace("{transaction_id}", transaction_id)
             .replace("{link_session_id}", link_session_id)
+            .replace("{household_id}", family.as_str())
             .replace("{connection_id}", &connection.to_string());
         for (method, present) in [
             (Method::GET, item.get.is_some()),
@@ -182,10 +187,13 @@ async fn every_route_answers_not_found_for_another_tenants_ids() {
                 status.is_success() || status == 429,
                 "{method} {concrete} for its owner: {status} {body}"
             );
+            if method == Method::DELETE && path.starts_with("/v1/households/") {
+                make_family().await.unwrap();
+            }
             walked += 1;
         }
     }
-    assert_eq!(walked, 16, "every /v1 operation with an id was walked");
+    assert_eq!(walked, 19, "every /v1 operation with an id was walked");
 }
 
 #[tokio::test]

@@ -250,7 +250,9 @@ async fn portfolios_are_served_from_the_database_while_redis_hangs() {
 /// passed off as fresh. Two processes share Redis, as two workers would.
 #[tokio::test]
 async fn a_cached_view_is_patched_only_while_it_holds_the_records_as_they_are() {
-    use finsync::domain::{Account, AccountType, Balances, Money, Snapshot, TenantId, UserId};
+    use finsync::domain::{
+        Account, AccountType, BalanceMeaning, Balances, Money, Snapshot, TenantId, UserId,
+    };
     use finsync::store::{Removals, Store, SyncSuccess, TokenColumns};
     use secrecy::SecretString;
 
@@ -294,6 +296,7 @@ async fn a_cached_view_is_patched_only_while_it_holds_the_records_as_they_are() 
                 current: Money::new(balance.parse().unwrap(), usd),
                 available: None,
                 cash: None,
+                meaning: BalanceMeaning::Total,
                 as_of: chrono::DateTime::from_timestamp(1_764_000_000, 0).unwrap(),
             },
         }],

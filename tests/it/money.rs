@@ -3,7 +3,8 @@
 
 use chrono::{NaiveDate, Utc};
 use finsync::domain::{
-    Account, AccountType, Balances, Holding, Money, Security, SecurityType, Snapshot, UserId,
+    Account, AccountType, BalanceMeaning, Balances, Holding, Money, Security, SecurityType,
+    Snapshot, UserId,
 };
 use finsync::store::{Removals, Store};
 use secrecy::SecretString;
@@ -26,6 +27,7 @@ fn snapshot() -> Snapshot {
                 current: big,
                 available: Some(Money::new("-0.10".parse().unwrap(), usd)),
                 cash: None,
+                meaning: BalanceMeaning::Total,
                 as_of: Utc::now().trunc_subsecs_compat(),
             },
         }],

@@ -216,7 +216,10 @@ async fn a_missing_rate_is_shown_never_counted_as_zero() {
         )
         .await;
         assert_eq!(status, 400, "{bad}: {error}");
-        assert!(error["error"]["message"].as_str().unwrap().contains(bad), "{error}");
+        assert!(
+            error["error"]["message"].as_str().unwrap().contains(bad),
+            "{error}"
+        );
     }
 }
 
@@ -289,7 +292,12 @@ async fn a_household_reads_as_one_in_one_currency() {
     )
     .await;
     assert_eq!(status, 409, "{refused}");
-    assert!(refused["error"]["message"].as_str().unwrap().contains("smiths"));
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("smiths")
+    );
     let (status, _) = send(
         &app,
         reqwest::Method::GET,
@@ -329,7 +337,10 @@ async fn a_household_reads_as_one_in_one_currency() {
     ] {
         let (status, error) = put(&app, tenant.bearer(), &urlencoding(id), body).await;
         assert_eq!(status, 400, "{error}");
-        assert!(error["error"]["message"].as_str().unwrap().contains(why), "{error}");
+        assert!(
+            error["error"]["message"].as_str().unwrap().contains(why),
+            "{error}"
+        );
     }
     let (_, other) = app.app.ctx.store.create_tenant("other").await.unwrap();
     let other = secrecy::ExposeSecret::expose_secret(&other.0).to_owned();
@@ -370,4 +381,63 @@ async fn put(app: &TestApp, bearer: &str, id: &str, body: Value) -> (u16, Value)
 
 fn urlencoding(id: &str) -> String {
     id.replace(' ', "%20").replace('!', "%21")
+}
+
+#[tokio::test]
+async fn totals_add_the_positions_a_balance_leaves_out_once() {
+    let app = TestApp::builder().tenant("advisor").sqlite().build().await;
+    let tenant = app.tenant();
+    app.link_and_sync_at(tenant.id, "demo-alice", "meridian")
+        .await;
+    let body = app
+        .get_json("/v1/users/demo-alice/portfolio", tenant.bearer())
+        .await;
+    // Meridian's balances cover what is valued in the account's currency.
+    let mut expected: BTreeMap<String, Decimal> = BTreeMap::new();
+    for account in body["accounts"].as_array().unwrap() {
+        assert_eq!(account["balances"]["meaning"], "account_currency_total");
+        let own = account["currency"].as_str().unwrap().to_owned();
+        let mut worth: BTreeMap<String, Decimal> =
+            BTreeMap::from([(own.clone(), dec(&account["balances"]["current"]["amount"]))]);
+        for h in body["holdings"].as_array().unwrap() {
+            if h["account_id"] != account["id"] || h["value"]["currency"] == own.as_str() {
+                continue;
+            }
+            *worth
+                .entry(h["value"]["currency"].as_str().unwrap().to_owned())
+                .or_default() += dec(&h["value"]["amount"]);
+        }
+        let shown: BTreeMap<String, Decimal> = account["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["currency"].as_str().unwrap().to_owned(),
+                    dec(&m["amount"]),
+                )
+            })
+            .collect();
+        assert_eq!(shown, worth, "{account}");
+        for (currency, amount) in worth {
+            *expected.entry(currency).or_default() += amount;
+        }
+    }
+    let totals: BTreeMap<String, Decimal> = body["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["currency"].as_str().unwrap().to_owned(),
+                dec(&m["amount"]),
+            )
+        })
+        .collect();
+    assert_eq!(totals, expected);
+    assert!(
+        totals.contains_key("EUR"),
+        "the euro positions are in the totals: {totals:?}"
+    );
+    assert_eq!(body["totals_complete"], true);
 }

@@ -30,8 +30,8 @@ use crate::support::{RedisServer, ScratchDatabase};
 use finsync::app::config::Settings;
 use finsync::app::startup::App;
 use finsync::domain::{
-    Account, AccountType, Balances, Currency, Holding, Money, Security, SecurityType, Snapshot,
-    Transaction, TransactionStatus, UserId,
+    Account, AccountType, BalanceMeaning, Balances, Currency, Holding, Money, Security,
+    SecurityType, Snapshot, Transaction, TransactionStatus, UserId,
 };
 use finsync::store::{Actor, AuditEntry, Removals, SyncSuccess, TokenColumns};
 use finsync::vault::Vault;
@@ -246,6 +246,7 @@ fn snapshot() -> Snapshot {
                 current: money(12_345_678 + a),
                 available: Some(money(100_000)),
                 cash: None,
+                meaning: BalanceMeaning::Total,
                 as_of: Utc::now(),
             },
         });

@@ -1,7 +1,7 @@
 //! `finsync demo`: the whole system in one process on embedded defaults. Starts the
 //! sandbox institutions, links three demo users through the real OAuth redirect
 //! flow over HTTP, syncs them on the job queue with a progress display, prints their
-//! portfolios and keeps serving the API, with the [`example_app`] beside it: an
+//! portfolios and two of them as one household in euros, and keeps serving the API, with the [`example_app`] beside it: an
 //! advisory app that links its own users through link sessions in a browser.
 
 pub mod example_app;
@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::app::{self, App, Logging, shutdown_signal};
 use crate::cli::render;
-use crate::domain::UserId;
+use crate::domain::{HouseholdId, UserId};
 use crate::portfolio;
 use crate::store::{Actor, AuditEntry};
 use crate::sync::wait_for_sync;
@@ -27,6 +27,9 @@ use example_app::ExampleApp;
 pub const DEMO_TENANT: &str = "demo";
 pub const DEMO_USERS: [&str; 3] = ["demo-alice", "demo-bob", "demo-carol"];
 const DEMO_INSTITUTION: &str = "meridian";
+/// Two of the demo users are one family, read as one in one currency.
+const DEMO_HOUSEHOLD: &str = "demo-family";
+const REPORTING_CURRENCY: &str = "EUR";
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, clap::Args)]
@@ -140,6 +143,26 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let rates = step(
+        &progress,
+        "Fetching exchange rates (the ECB's reference rates, as the sandbox recorded them)…",
+    );
+    match app.ctx.fx.refresh(&app.ctx.store).await {
+        Ok(r) => rates.finish_with_message(format!(
+            "Exchange rates: {} currencies, published {}",
+            r.currencies,
+            r.newest
+                .map_or_else(|| "never".to_owned(), |d| d.to_string())
+        )),
+        Err(e) => rates.abandon_with_message(format!("Exchange rates unavailable: {e}")),
+    }
+    // What an advisory app does for a family: group its members.
+    let family = HouseholdId::parse(DEMO_HOUSEHOLD)?;
+    let members = [UserId::parse(DEMO_USERS[0])?, UserId::parse(DEMO_USERS[1])?];
+    app.ctx
+        .store
+        .put_household(tenant.id, &family, "The Demo Family", &members)
+        .await?;
     progress.clear().ok();
 
     for (user, _, _) in &linked {
@@ -151,12 +174,35 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
+    let ctx = &app.ctx;
+    if let Some(mut household) = portfolio::household(
+        &ctx.store,
+        &ctx.cache,
+        tenant.id,
+        &family,
+        ctx.recent_transactions,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("reading the demo household: {e}"))?
+    {
+        let rates = ctx.fx.latest(&ctx.store).await?;
+        household.reporting = Some(portfolio::in_currency(
+            &mut household.positions,
+            rates.as_deref(),
+            REPORTING_CURRENCY.parse()?,
+        ));
+        println!("\n{}", render::household(&household));
+    }
+
     let key = api_key.0.expose_secret();
     println!("API:      {public_url}   (reference: {public_url}docs, {public_url}openapi.json)");
     println!("API key:  {key}   (tenant `{DEMO_TENANT}`; a new key is issued each demo run)");
     println!(
         "Try:      curl -s -H 'Authorization: Bearer {key}' {public_url}v1/users/{}/portfolio",
         DEMO_USERS[0]
+    );
+    println!(
+        "          curl -s -H 'Authorization: Bearer {key}' '{public_url}v1/households/{DEMO_HOUSEHOLD}/positions?currency={REPORTING_CURRENCY}'"
     );
     println!(
         "Example:  {example_base}   (an advisory app linking its own users: open it in a browser)"

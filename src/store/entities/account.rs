@@ -19,6 +19,8 @@ pub struct Model {
     pub balance_available: Option<DbDecimal>,
     /// Cash outside the positions listed as holdings, where reported apart.
     pub balance_cash: Option<DbDecimal>,
+    /// What `balance_current` covers: `total`, `account_currency_total` or `cash`.
+    pub balance_meaning: String,
     pub balance_as_of: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     /// While its fetch fails: when its data was last read (else: its connection's

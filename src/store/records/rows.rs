@@ -36,6 +36,7 @@ pub(super) fn account_row(
         balance_current: Set(a.balances.current.amount.into()),
         balance_available: Set(a.balances.available.map(|m| m.amount.into())),
         balance_cash: Set(a.balances.cash.map(|m| m.amount.into())),
+        balance_meaning: Set(a.balances.meaning.to_string()),
         balance_as_of: Set(a.balances.as_of),
         updated_at: Set(now),
         // The account's fetch state is the sync's to record, not the record's.
@@ -62,6 +63,10 @@ pub(super) fn account_from_row(r: &account::Model) -> Result<Account, StoreError
             current: Money::new(r.balance_current.0, currency),
             available: r.balance_available.map(|d| Money::new(d.0, currency)),
             cash: r.balance_cash.map(|d| Money::new(d.0, currency)),
+            meaning: r
+                .balance_meaning
+                .parse()
+                .map_err(|_| corrupt("balance meaning", &r.balance_meaning))?,
             as_of: r.balance_as_of,
         },
     })
