@@ -23,4 +23,7 @@ pub use model::{
     TransactionStatus, WebhookEvent,
 };
 pub use money::{Currency, CurrencyError, Money};
-pub use quality::{Finding, FindingCode, FindingScope, Prior, Reconciliation, SyncRead, reconcile};
+pub use quality::{
+    Finding, FindingCode, FindingScope, Prior, Reconciliation, Split, SplitRatio, SplitSource,
+    SyncRead, reconcile,
+};

@@ -100,6 +100,8 @@ pub struct SyncRead<'a> {
 pub struct Reconciliation {
     pub findings: Vec<Finding>,
     pub checked: BTreeSet<(String, FindingScope)>,
+    /// Splits the read shows, recorded or detected, once per security and day.
+    pub splits: Vec<Split>,
 }
 
 /// The largest split ratio a quantity jump is compared with.
@@ -117,7 +119,7 @@ pub fn reconcile(read: &SyncRead<'_>) -> Reconciliation {
         out.checked
             .insert(((*account).to_owned(), FindingScope::Holdings));
     }
-    check_holdings(read, &mut out.findings);
+    check_holdings(read, &mut out.findings, &mut out.splits);
     for (account, whole) in &read.transactions_read {
         if *whole {
             out.checked
@@ -265,8 +267,27 @@ fn check_account(read: &SyncRead<'_>, account: &Account, findings: &mut Vec<Find
     }
 }
 
-fn check_holdings(read: &SyncRead<'_>, findings: &mut Vec<Finding>) {
+fn check_holdings(read: &SyncRead<'_>, findings: &mut Vec<Finding>, splits: &mut Vec<Split>) {
     let snapshot = read.snapshot;
+    // Split transactions of this read: (account, security) → (date, shares added).
+    let split_transactions: HashMap<(&str, &str), (NaiveDate, Option<Decimal>)> = snapshot
+        .transactions
+        .iter()
+        .filter(|t| t.investment_type == Some(InvestmentType::Split))
+        .filter_map(|t| {
+            let key = (
+                t.account_external_id.as_str(),
+                t.security_external_id.as_deref()?,
+            );
+            Some((key, (t.date, t.quantity)))
+        })
+        .collect();
+    let mut seen: HashSet<(String, NaiveDate)> = HashSet::new();
+    let mut note = |split: Split| {
+        if seen.insert((split.security_external_id.clone(), split.date)) {
+            splits.push(split);
+        }
+    };
     // A split transaction explains a jump; so may a trade read in the same sync.
     let split_recorded: HashSet<(&str, &str)> = snapshot
         .transactions
@@ -362,7 +383,24 @@ fn check_holdings(read: &SyncRead<'_>, findings: &mut Vec<Finding>) {
         }
         // The holding's own price, as the stored side has it.
         let price_now = h.price.map(|p| p.amount);
-        if let Some((before, price_before)) = read.prior.holdings.get(&subject)
+        let prior = read.prior.holdings.get(&subject);
+        if let Some((date, added)) =
+            split_transactions.get(&(account, h.security_external_id.as_str()))
+        {
+            // The ratio from the quantity before and after: the stored one, else
+            // what the transaction says it added.
+            let before = prior
+                .map(|(q, _)| *q)
+                .or_else(|| added.and_then(|a| h.quantity.checked_sub(a)));
+            if let Some(ratio) = before.and_then(|b| split_ratio(b, h.quantity, None, None)) {
+                note(Split {
+                    security_external_id: h.security_external_id.clone(),
+                    ratio,
+                    date: *date,
+                    source: SplitSource::Institution,
+                });
+            }
+        } else if let Some((before, price_before)) = prior
             && !split_recorded.contains(&(account, h.security_external_id.as_str()))
             && let Some(ratio) = split_ratio(*before, h.quantity, *price_before, price_now)
         {
@@ -373,18 +411,75 @@ fn check_holdings(read: &SyncRead<'_>, findings: &mut Vec<Finding>) {
                     h.quantity
                 ),
             ));
+            note(Split {
+                security_external_id: h.security_external_id.clone(),
+                ratio,
+                date: h.as_of.unwrap_or(read.today),
+                source: SplitSource::Detected,
+            });
         }
     }
 }
 
-/// `"2-for-1"` (or `"1-for-3"`) when the quantity moved by a whole ratio and the
-/// price, where both are known, moved the other way by about as much.
+/// The ratio of a split: `new` shares for every `old` (2-for-1, or 1-for-3 when
+/// shares are consolidated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SplitRatio {
+    pub new: u32,
+    pub old: u32,
+}
+
+impl SplitRatio {
+    /// Shares after the split for one before it.
+    pub fn factor(self) -> Decimal {
+        Decimal::from(self.new) / Decimal::from(self.old)
+    }
+}
+
+impl std::fmt::Display for SplitRatio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-for-{}", self.new, self.old)
+    }
+}
+
+/// Where a split was learnt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SplitSource {
+    /// The institution's own split transaction.
+    Institution,
+    /// A quantity and price jump with no split transaction
+    /// (`POSSIBLE_UNRECORDED_SPLIT`).
+    Detected,
+}
+
+impl SplitSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Institution => "institution",
+            Self::Detected => "detected",
+        }
+    }
+}
+
+/// A split one sync saw, of a security as the institution names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    pub security_external_id: String,
+    pub ratio: SplitRatio,
+    /// The day it took effect: the split transaction's date, else the day the
+    /// jump was seen (the holding's date, or the sync's).
+    pub date: NaiveDate,
+    pub source: SplitSource,
+}
+
+/// The ratio when the quantity moved by a whole ratio and the price, where both
+/// are known, moved the other way by about as much.
 fn split_ratio(
     before: Decimal,
     after: Decimal,
     price_before: Option<Decimal>,
     price_after: Option<Decimal>,
-) -> Option<String> {
+) -> Option<SplitRatio> {
     if before <= Decimal::ZERO || after <= Decimal::ZERO || before == after {
         return None;
     }
@@ -415,10 +510,11 @@ fn split_ratio(
             return None;
         }
     }
+    let k = u32::try_from(k.mantissa() / 10i128.pow(k.scale())).ok()?;
     Some(if forward {
-        format!("{k}-for-1")
+        SplitRatio { new: k, old: 1 }
     } else {
-        format!("1-for-{k}")
+        SplitRatio { new: 1, old: k }
     })
 }
 
@@ -516,15 +612,21 @@ mod tests {
     fn whole_quantity_jumps_with_an_opposite_price_move_look_like_splits() {
         let some = |t: &str| Some(dec(t));
         assert_eq!(
-            split_ratio(dec("10"), dec("20"), some("100"), some("50.8")).as_deref(),
+            split_ratio(dec("10"), dec("20"), some("100"), some("50.8"))
+                .map(|r| r.to_string())
+                .as_deref(),
             Some("2-for-1")
         );
         assert_eq!(
-            split_ratio(dec("30"), dec("10"), some("10"), some("29.5")).as_deref(),
+            split_ratio(dec("30"), dec("10"), some("10"), some("29.5"))
+                .map(|r| r.to_string())
+                .as_deref(),
             Some("1-for-3")
         );
         assert_eq!(
-            split_ratio(dec("10"), dec("20"), None, None).as_deref(),
+            split_ratio(dec("10"), dec("20"), None, None)
+                .map(|r| r.to_string())
+                .as_deref(),
             Some("2-for-1")
         );
         // A purchase doubling the position at an unchanged price is no split.
@@ -535,5 +637,87 @@ mod tests {
         // Neither is a move by a ratio that is not whole.
         assert_eq!(split_ratio(dec("10"), dec("25"), None, None), None);
         assert_eq!(split_ratio(dec("10"), dec("10"), None, None), None);
+    }
+
+    fn snapshot_with_split(added: Option<&str>) -> Snapshot {
+        use crate::domain::{Holding, Money, Security, SecurityType, Transaction};
+        let usd: Currency = "USD".parse().unwrap();
+        Snapshot {
+            securities: vec![Security {
+                external_id: "s".into(),
+                ticker: None,
+                cusip: None,
+                isin: None,
+                sedol: None,
+                figi: None,
+                name: "S".into(),
+                security_type: SecurityType::Equity,
+                currency: usd,
+                price: None,
+                price_as_of: None,
+            }],
+            holdings: vec![Holding {
+                account_external_id: "a".into(),
+                security_external_id: "s".into(),
+                quantity: dec("20"),
+                cost_basis: None,
+                price: None,
+                value: None,
+                as_of: None,
+            }],
+            transactions: vec![Transaction {
+                external_id: "t".into(),
+                account_external_id: "a".into(),
+                amount: Money::new(Decimal::ZERO, usd),
+                date: NaiveDate::from_ymd_opt(2026, 12, 4).unwrap(),
+                status: TransactionStatus::Posted,
+                pending_external_id: None,
+                description: "2-FOR-1 STOCK SPLIT".into(),
+                category: None,
+                investment_type: Some(InvestmentType::Split),
+                security_external_id: Some("s".into()),
+                quantity: added.map(dec),
+                price: None,
+            }],
+            ..Snapshot::default()
+        }
+    }
+
+    fn read(snapshot: &Snapshot, prior: &Prior) -> Reconciliation {
+        reconcile(&SyncRead {
+            snapshot,
+            prior,
+            holdings_read: BTreeSet::from(["a"]),
+            transactions_read: BTreeMap::new(),
+            undescribed: &[],
+            holdings_set_aside: false,
+            transactions_set_aside: false,
+            today: NaiveDate::from_ymd_opt(2026, 12, 5).unwrap(),
+            pending_days: 10,
+        })
+    }
+
+    #[test]
+    fn a_split_transaction_gives_its_ratio_from_the_quantities() {
+        let expected = Split {
+            security_external_id: "s".into(),
+            ratio: SplitRatio { new: 2, old: 1 },
+            date: NaiveDate::from_ymd_opt(2026, 12, 4).unwrap(),
+            source: SplitSource::Institution,
+        };
+        // First sync: the shares the transaction added say what there was before.
+        let first = read(&snapshot_with_split(Some("10")), &Prior::default());
+        assert_eq!(first.splits, vec![expected.clone()]);
+        assert!(first.findings.is_empty(), "{:?}", first.findings);
+        // Later: the quantity stored before says it, whatever the transaction says.
+        let mut prior = Prior::default();
+        prior.holdings.insert("a:s".into(), (dec("10"), None));
+        assert_eq!(
+            read(&snapshot_with_split(None), &prior).splits,
+            vec![expected]
+        );
+        // A 2.5× move is no ratio of whole shares: nothing recorded.
+        prior.holdings.insert("a:s".into(), (dec("8"), None));
+        assert!(read(&snapshot_with_split(None), &prior).splits.is_empty());
     }
 }

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use super::views::{
     AccountShare, AccountSync, AccountView, Allocation, BalancesView, ConnectionView, FindingView,
     Freshness, HoldingView, IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare,
-    SecurityView, StaleReason, TransactionView,
+    SecurityView, SplitView, StaleReason, TransactionView,
 };
 use crate::domain::{
     Account, AccountType, BalanceMeaning, ConnectionStatus, Currency, Holding, Money, SecurityType,
@@ -186,6 +186,7 @@ pub(super) async fn assemble(
                 .push(TransactionView::from_record(cid.clone(), t, annotations));
         }
     }
+    attach_splits(store, &mut portfolio).await?;
     portfolio
         .transactions
         .sort_by(|a, b| b.date.cmp(&a.date).then_with(|| a.id.cmp(&b.id)));
@@ -199,6 +200,38 @@ pub(super) async fn assemble(
     (portfolio.freshness, portfolio.connections) = connection_views(&connections);
     portfolio.allocation = allocation(&portfolio);
     Ok(Some(portfolio))
+}
+
+/// Writes into every holding's instrument the splits recorded against it.
+async fn attach_splits(store: &Store, portfolio: &mut Portfolio) -> Result<(), StoreError> {
+    let mut ids: Vec<String> = portfolio
+        .holdings
+        .iter()
+        .filter_map(|h| h.security.instrument.as_ref().map(|i| i.id.clone()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let splits = store.splits(&ids).await?;
+    if splits.is_empty() {
+        return Ok(());
+    }
+    for h in &mut portfolio.holdings {
+        if let Some(instrument) = h.security.instrument.as_mut()
+            && let Some(recorded) = splits.get(&instrument.id)
+        {
+            instrument.splits = recorded
+                .iter()
+                .map(|r| SplitView {
+                    ratio: r.ratio.to_string(),
+                    new: r.ratio.new,
+                    old: r.ratio.old,
+                    date: r.date,
+                    source: r.source.as_str().to_owned(),
+                })
+                .collect();
+        }
+    }
+    Ok(())
 }
 
 /// Per account, the value of the positions its balance leaves out (by its
@@ -330,6 +363,7 @@ fn instrument_view(matched: &SecurityMatch) -> Option<InstrumentView> {
         sedol: instrument.sedol.clone(),
         matched_by: matched.matched_by.clone()?,
         weak: instrument.weak || matched.matched_by.as_deref() == Some("ticker"),
+        splits: Vec::new(),
     })
 }
 

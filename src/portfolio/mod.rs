@@ -21,7 +21,7 @@ pub use positions::{
 pub use views::{
     AccountShare, AccountSync, AccountView, Allocation, BalancesView, ConnectionView, FindingView,
     Freshness, HoldingView, IdentifierIssueView, InstrumentView, Portfolio, SecurityTypeShare,
-    SecurityView, StaleReason, TransactionView,
+    SecurityView, SplitView, StaleReason, TransactionView,
 };
 
 use crate::cache::{Cache, Hit};
@@ -31,7 +31,7 @@ use crate::store::{ConnectionRecord, Store, StoreError};
 /// The cache key of a user's portfolio. The version names the view's shape, so a
 /// deploy that changes it never reads views cached by the previous release.
 pub fn cache_key(tenant: TenantId, user: &UserId) -> String {
-    format!("portfolio:v8:{tenant}:{user}")
+    format!("portfolio:v9:{tenant}:{user}")
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -118,6 +118,10 @@ pub struct Position {
     pub cost_basis: Vec<Money>,
     /// Whether every holding had a cost basis.
     pub cost_basis_complete: bool,
+    /// Cost basis per unit held (the sum over `quantity`, to six decimal places,
+    /// half to even) where every holding has a cost basis in one currency: it
+    /// follows a split (`instrument.splits`), whose new shares share the old cost.
+    pub cost_basis_per_unit: Option<Money>,
     /// The holdings it is made of, account by account.
     pub holdings: Vec<PositionHolding>,
     /// With `?currency=`: its value and cost basis in that currency.
@@ -140,6 +144,8 @@ pub struct PositionHolding {
     pub quantity: Decimal,
     pub value: Option<Money>,
     pub cost_basis: Option<Money>,
+    /// `cost_basis` over `quantity`, to six decimal places, half to even.
+    pub cost_basis_per_unit: Option<Money>,
     pub price: Option<Money>,
     pub as_of: Option<chrono::NaiveDate>,
     /// With `?currency=`: `value` and `cost_basis` converted (absent where the
@@ -304,7 +310,12 @@ fn gather(
                 value.add(h.value);
                 cost.add(h.cost_basis);
             }
+            let cost_basis_per_unit = match cost.money().as_slice() {
+                [one] if cost.missing == 0 => per_unit(*one, quantity),
+                _ => None,
+            };
             Position {
+                cost_basis_per_unit,
                 name: match &instrument {
                     Some(i) if !weak => i.name.clone(),
                     _ => first.security.name.clone(),
@@ -334,6 +345,7 @@ fn gather(
                         quantity: h.quantity,
                         value: h.value,
                         cost_basis: h.cost_basis,
+                        cost_basis_per_unit: h.cost_basis.and_then(|c| per_unit(c, h.quantity)),
                         price: h.price,
                         as_of: h.as_of,
                         reporting_value: None,
@@ -457,6 +469,18 @@ pub fn in_currency(
         by_account: shares(account),
         by_currency: shares(held_in),
     }
+}
+
+/// `total` shared over `quantity` units, to six decimal places (half to even).
+fn per_unit(total: Money, quantity: Decimal) -> Option<Money> {
+    if quantity <= Decimal::ZERO {
+        return None;
+    }
+    let unit = total
+        .amount
+        .checked_div(quantity)?
+        .round_dp_with_strategy(6, rust_decimal::RoundingStrategy::MidpointNearestEven);
+    Some(Money::new(unit, total.currency))
 }
 
 /// Amounts summed per currency, counting what had none.

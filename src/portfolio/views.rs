@@ -311,6 +311,25 @@ pub struct InstrumentView {
     pub matched_by: String,
     /// Matched by ticker and currency only; two such may be different instruments.
     pub weak: bool,
+    /// Its splits recorded against the master, oldest first, from any
+    /// connection that saw one.
+    pub splits: Vec<SplitView>,
+}
+
+/// A split of an instrument.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SplitView {
+    /// `new` shares for every `old`, e.g. `2-for-1`.
+    #[schema(example = "2-for-1")]
+    pub ratio: String,
+    pub new: u32,
+    pub old: u32,
+    /// The day it took effect.
+    pub date: NaiveDate,
+    /// `institution` (its split transaction) or `detected` (a quantity and
+    /// price jump without one).
+    #[schema(example = "institution")]
+    pub source: String,
 }
 
 /// An identifier that failed its check.

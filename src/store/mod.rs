@@ -9,6 +9,7 @@ mod annotations;
 mod audit;
 mod connections;
 mod consents;
+mod corporate_actions;
 mod decimal;
 pub mod entities;
 mod erasures;
@@ -52,6 +53,7 @@ pub use connections::{
     RecentOutcome, SyncSuccess, TokenColumns,
 };
 pub use consents::{ActedBy, ConsentEvent, ConsentKind};
+pub use corporate_actions::RecordedSplit;
 pub use decimal::DbDecimal;
 pub use erasures::{ErasureRecord, ErasureResult, ErasureStatus};
 pub use findings::{ReportedFinding, StoredFinding};

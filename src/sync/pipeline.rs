@@ -772,8 +772,9 @@ async fn apply(
 }
 
 /// Checks what the sync read against itself and against what was stored before,
-/// and records the findings; the records themselves stay as the institution sent
-/// them. Returns how many findings the run raised.
+/// and records the findings, and the splits it saw against the securities master;
+/// the records themselves stay as the institution sent them. Returns how many
+/// findings the run raised.
 async fn reconcile(
     ctx: &Env,
     connector: &Connector,
@@ -840,5 +841,21 @@ async fn reconcile(
     ctx.store
         .record_findings(connection.id, run, &found)
         .await?;
+    if !found.splits.is_empty() {
+        // Recorded against the master, for every connection holding it; a match
+        // by ticker alone may be another instrument, so it records nothing.
+        let matches = ctx.store.security_matches(connection.id).await?;
+        let splits: Vec<(String, domain::Split)> = found
+            .splits
+            .iter()
+            .filter_map(|split| {
+                let matched = matches.get(&split.security_external_id)?;
+                let instrument = matched.instrument.as_ref()?;
+                let strong = !instrument.weak && matched.matched_by.as_deref() != Some("ticker");
+                strong.then(|| (instrument.id.clone(), split.clone()))
+            })
+            .collect();
+        ctx.store.record_splits(connection.id, &splits).await?;
+    }
     Ok(u32::try_from(found.findings.len()).unwrap_or(u32::MAX))
 }

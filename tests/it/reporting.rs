@@ -441,3 +441,102 @@ async fn totals_add_the_positions_a_balance_leaves_out_once() {
     );
     assert_eq!(body["totals_complete"], true);
 }
+
+/// The position of `isin` in a positions answer.
+fn position<'a>(body: &'a Value, isin: &str) -> &'a Value {
+    body["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["instrument"]["isin"] == isin)
+        .unwrap_or_else(|| panic!("a position in {isin}: {body}"))
+}
+
+#[tokio::test]
+async fn a_split_is_recorded_against_the_master_and_cost_per_unit_follows_it() {
+    let app = TestApp::builder().tenant("advisor").sqlite().build().await;
+    let tenant = app.tenant();
+    let meridian = app
+        .link_and_sync_at(tenant.id, "demo-alice", "meridian")
+        .await;
+    let before = app
+        .get_json("/v1/users/demo-alice/positions", tenant.bearer())
+        .await;
+    for epoch in 1..=3 {
+        assert_eq!(app.sandbox().advance(), epoch);
+        app.resync(meridian, &format!("epoch-{epoch}")).await;
+    }
+    let after = app
+        .get_json("/v1/users/demo-alice/positions", tenant.bearer())
+        .await;
+    let split: Vec<&Value> = after["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["instrument"]["splits"] != json!([]))
+        .collect();
+    assert_eq!(split.len(), 1, "one equity split at epoch 3: {after}");
+    let split = split[0];
+    let recorded = &split["instrument"]["splits"][0];
+    assert_eq!(recorded["ratio"], "2-for-1");
+    assert_eq!(
+        (recorded["new"].as_u64(), recorded["old"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(recorded["source"], "institution");
+    // The day of the institution's split transaction.
+    let transactions = app
+        .get_json(
+            "/v1/users/demo-alice/transactions?type=split",
+            tenant.bearer(),
+        )
+        .await;
+    assert_eq!(recorded["date"], transactions["transactions"][0]["date"]);
+
+    // Twice the shares at the same cost: the cost per unit halves.
+    let isin = split["instrument"]["isin"].as_str().unwrap();
+    let old = position(&before, isin);
+    let old_cost = dec(&old["cost_basis"][0]["amount"]);
+    let new_cost = dec(&split["cost_basis"][0]["amount"]);
+    assert_eq!(
+        dec(&split["quantity"]),
+        dec(&old["quantity"]) * Decimal::TWO
+    );
+    let per_unit = |cost: Decimal, quantity: Decimal| {
+        (cost / quantity).round_dp_with_strategy(6, RoundingStrategy::MidpointNearestEven)
+    };
+    assert_eq!(
+        dec(&split["cost_basis_per_unit"]["amount"]),
+        per_unit(new_cost, dec(&split["quantity"]))
+    );
+    assert_eq!(
+        dec(&old["cost_basis_per_unit"]["amount"]),
+        per_unit(old_cost, dec(&old["quantity"]))
+    );
+    assert_eq!(new_cost, old_cost, "the split moved no money");
+    let halved = per_unit(old_cost, dec(&old["quantity"]) * Decimal::TWO);
+    assert_eq!(dec(&split["cost_basis_per_unit"]["amount"]), halved);
+
+    // Recorded against the master's instrument, which every connection holding
+    // the ISIN shares (see the securities tests), not against this connection.
+    let instrument = split["instrument"]["id"].as_str().unwrap().to_owned();
+    let stored = app
+        .app
+        .ctx
+        .store
+        .splits(std::slice::from_ref(&instrument))
+        .await
+        .unwrap();
+    assert_eq!(stored[&instrument].len(), 1);
+    // Epoch 4 reads the split transaction again: still one split.
+    assert_eq!(app.sandbox().advance(), 4);
+    app.resync(meridian, "epoch-4").await;
+    let stored = app
+        .app
+        .ctx
+        .store
+        .splits(std::slice::from_ref(&instrument))
+        .await
+        .unwrap();
+    assert_eq!(stored[&instrument].len(), 1, "{stored:?}");
+}

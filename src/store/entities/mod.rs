@@ -7,6 +7,7 @@ pub mod audit_entry;
 pub mod connection;
 pub mod connector_version;
 pub mod consent_event;
+pub mod corporate_action;
 pub mod data_quality_finding;
 pub mod erasure;
 pub mod fx_rate;
