@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::auth::Tenant;
 use super::error::{ErrorBody, ErrorCode};
 use super::extract::{Json, Path, Query};
-use super::read::{PositionsQuery, reporting_currency, user_id};
+use super::read::{PositionsQuery, convert, reporting_currency, user_id};
 use super::{ApiError, ApiState};
 use crate::domain::HouseholdId;
 use crate::portfolio::{self, HouseholdPositions, ReadError};
@@ -235,7 +235,7 @@ pub(super) async fn positions(
 ) -> Result<Json<HouseholdPositions>, ApiError> {
     tenant.require(Scope::Read)?;
     let id = household_id(&raw_id)?;
-    let reporting = reporting_currency(&state, query.currency.as_deref()).await?;
+    let reporting = reporting_currency(query.currency.as_deref())?;
     let env = &state.env;
     let mut positions = portfolio::household(
         &env.store,
@@ -253,12 +253,8 @@ pub(super) async fn positions(
         _ => ApiError::internal(e),
     })?
     .ok_or_else(|| no_household(&id))?;
-    if let Some((currency, rates)) = reporting {
-        positions.reporting = Some(portfolio::in_currency(
-            &mut positions.positions,
-            rates.as_deref(),
-            currency,
-        ));
+    if let Some(currency) = reporting {
+        positions.reporting = Some(convert(&state, &mut positions.positions, currency).await?);
     }
     Ok(Json(positions))
 }

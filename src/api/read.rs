@@ -3,8 +3,6 @@
 //! transactions are paged from the database; connections are read live.
 //! A user of another tenant is simply not found.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -22,9 +20,7 @@ use super::extract::{Json, Path, Query};
 use super::paging;
 use super::{ApiError, ApiState};
 use crate::cache::Hit;
-use crate::domain::{
-    ConnectionStatus, Currency, InvestmentType, RateTable, TransactionStatus, UserId,
-};
+use crate::domain::{ConnectionStatus, Currency, InvestmentType, TransactionStatus, UserId};
 use crate::portfolio::{
     self, AccountView, CachedPortfolio, ConnectionView, Freshness, HoldingView, Portfolio,
     Positions, ReadError, TransactionView,
@@ -210,23 +206,33 @@ pub(super) struct PositionsQuery {
     pub(super) currency: Option<String>,
 }
 
-/// The reporting currency asked for, and the latest rates to convert into it.
-pub(super) async fn reporting_currency(
+/// The reporting currency asked for, checked before anything is read.
+pub(super) fn reporting_currency(raw: Option<&str>) -> Result<Option<Currency>, ApiError> {
+    raw.map(|raw| {
+        raw.parse::<Currency>()
+            .ok()
+            .filter(|c| c.is_iso())
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "currency `{raw}` is not an ISO 4217 currency code (e.g. EUR, GBP, USD)"
+                ))
+            })
+    })
+    .transpose()
+}
+
+/// `positions` with every figure also in `currency`, at the latest rates.
+pub(super) async fn convert(
     state: &ApiState,
-    raw: Option<&str>,
-) -> Result<Option<(Currency, Option<Arc<RateTable>>)>, ApiError> {
-    let Some(raw) = raw else { return Ok(None) };
-    let currency = raw
-        .parse::<Currency>()
-        .ok()
-        .filter(|c| c.is_iso())
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "currency `{raw}` is not an ISO 4217 currency code (e.g. EUR, GBP, USD)"
-            ))
-        })?;
+    positions: &mut [portfolio::Position],
+    currency: Currency,
+) -> Result<portfolio::Reporting, ApiError> {
     let rates = state.env.fx.latest(&state.env.store).await?;
-    Ok(Some((currency, rates)))
+    Ok(portfolio::in_currency(
+        positions,
+        rates.as_deref(),
+        currency,
+    ))
 }
 
 /// A user's positions: holdings summed per instrument of the securities master
@@ -251,15 +257,11 @@ pub(super) async fn get_positions(
     Path(user_id): Path<String>,
     Query(query): Query<PositionsQuery>,
 ) -> Result<Cached<Positions>, ApiError> {
-    let reporting = reporting_currency(&state, query.currency.as_deref()).await?;
+    let reporting = reporting_currency(query.currency.as_deref())?;
     let (p, hit) = parsed(&cached(&state, &tenant, &user_id).await?)?;
     let mut positions = portfolio::positions(&p);
-    if let Some((currency, rates)) = reporting {
-        positions.reporting = Some(portfolio::in_currency(
-            &mut positions.positions,
-            rates.as_deref(),
-            currency,
-        ));
+    if let Some(currency) = reporting {
+        positions.reporting = Some(convert(&state, &mut positions.positions, currency).await?);
     }
     Ok(([(X_CACHE, hit.as_str())], Json(positions)))
 }

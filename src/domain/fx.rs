@@ -4,9 +4,9 @@
 //! `source` published it. A provider publishes every rate against one base (the
 //! ECB against the euro), so a conversion between two other currencies crosses
 //! through it: `rate = quote-per-base(to) / quote-per-base(from)`, computed in
-//! `Decimal` to its 28 significant digits. A converted figure is
-//! `amount × rate`, rounded once, at the end, to the target currency's minor unit,
-//! half to even ([`ROUNDING`]). A currency without a rate is an error the caller
+//! `Decimal` to its 28 significant digits (the rate each figure states is that
+//! one). A converted figure is `amount × rate`, rounded once to the target
+//! currency's minor unit, half to even ([`ROUNDING`]). A currency without a rate is an error the caller
 //! shows, never a zero.
 
 use std::collections::BTreeMap;

@@ -411,12 +411,16 @@ fn check_holdings(read: &SyncRead<'_>, findings: &mut Vec<Finding>, splits: &mut
                     h.quantity
                 ),
             ));
-            note(Split {
-                security_external_id: h.security_external_id.clone(),
-                ratio,
-                date: h.as_of.unwrap_or(read.today),
-                source: SplitSource::Detected,
-            });
+            // Recorded against the master, for every tenant, only where the
+            // price moved the other way too: a doubling alone may be a purchase.
+            if price_before.is_some() && price_now.is_some() {
+                note(Split {
+                    security_external_id: h.security_external_id.clone(),
+                    ratio,
+                    date: h.as_of.unwrap_or(read.today),
+                    source: SplitSource::Detected,
+                });
+            }
         }
     }
 }
@@ -427,13 +431,6 @@ fn check_holdings(read: &SyncRead<'_>, findings: &mut Vec<Finding>, splits: &mut
 pub struct SplitRatio {
     pub new: u32,
     pub old: u32,
-}
-
-impl SplitRatio {
-    /// Shares after the split for one before it.
-    pub fn factor(self) -> Decimal {
-        Decimal::from(self.new) / Decimal::from(self.old)
-    }
 }
 
 impl std::fmt::Display for SplitRatio {

@@ -6,15 +6,15 @@
 //! [`Provider`] with its own fetch). [`refresh`] fetches and stores them with
 //! their date and source; the scheduler runs it on `fx.refresh_secs`, and
 //! `finsync fx refresh` on demand. [`Fx`] reads the latest for the API,
-//! keeping them a minute in the process (they change once a day).
+//! keeping them a minute in the process (they change once a day), and longer
+//! while the database cannot be read.
 
 pub mod ecb;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use tokio::sync::Mutex;
 
 use crate::domain::{Rate, RateTable};
 use crate::store::{Store, StoreError};
@@ -126,7 +126,7 @@ pub struct Fx {
     http: reqwest::Client,
     /// How often the scheduler refreshes the rates.
     pub every: Duration,
-    kept: Arc<Mutex<Option<Kept>>>,
+    kept: Arc<RwLock<Option<Kept>>>,
 }
 
 impl Fx {
@@ -142,24 +142,41 @@ impl Fx {
     /// Fetches and stores the provider's rates now ([`refresh`]).
     pub async fn refresh(&self, store: &Store) -> Result<Refreshed, FxError> {
         let refreshed = refresh(store, &self.http, &self.provider).await?;
-        *self.kept.lock().await = None;
+        self.keep(None);
         Ok(refreshed)
     }
 
-    /// The latest rates; `None` before the first refresh stored any.
+    /// The latest rates; `None` before the first refresh stored any. While the
+    /// database cannot be read, the rates read last keep serving.
     pub async fn latest(&self, store: &Store) -> Result<Option<Arc<RateTable>>, StoreError> {
-        let mut kept = self.kept.lock().await;
-        if let Some((at, table)) = kept.as_ref()
+        let kept = self.kept.read().ok().and_then(|k| k.clone());
+        if let Some((at, table)) = &kept
             && at.elapsed() < RATES_KEPT
         {
             return Ok(table.clone());
         }
-        let table = store
-            .latest_rates(self.provider.source())
-            .await?
-            .map(Arc::new);
-        *kept = Some((Instant::now(), table.clone()));
-        Ok(table)
+        match store.latest_rates(self.provider.source()).await {
+            Ok(table) => {
+                let table = table.map(Arc::new);
+                self.keep(Some((Instant::now(), table.clone())));
+                Ok(table)
+            }
+            Err(e) => match kept {
+                Some((_, table)) => {
+                    tracing::warn!(error = %e, "Reading exchange rates failed; the rates read last keep serving.");
+                    // Asked again in a while, not by every request meanwhile.
+                    self.keep(Some((Instant::now(), table.clone())));
+                    Ok(table)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    fn keep(&self, kept: Option<Kept>) {
+        if let Ok(mut slot) = self.kept.write() {
+            *slot = kept;
+        }
     }
 
     /// Refreshes the rates every [`Self::every`], sooner again after a failure,

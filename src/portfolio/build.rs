@@ -1,7 +1,7 @@
 //! Builds the portfolio view from the store: one pass over the user's connections,
 //! with totals per currency, allocations and freshness.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
 
@@ -36,17 +36,7 @@ pub(super) async fn assemble(
     if connections.is_empty() {
         return Ok(None);
     }
-    let mut portfolio = Portfolio {
-        user_id: user.to_string(),
-        freshness: Freshness::current(None),
-        connections: Vec::new(),
-        accounts: Vec::new(),
-        holdings: Vec::new(),
-        transactions: Vec::new(),
-        totals: Vec::new(),
-        totals_complete: true,
-        allocation: Allocation::default(),
-    };
+    let mut portfolio = Portfolio::empty(user.to_string());
     let mut totals: BTreeMap<Currency, Decimal> = BTreeMap::new();
     for connection in &connections {
         let cid = connection.id.to_string();
@@ -65,7 +55,13 @@ pub(super) async fn assemble(
                 last_seen_at: f.last_seen_at,
             });
         }
-        let outside = outside_balances(&stored.accounts, &stored.holdings);
+        let cash_funds: BTreeSet<&str> = stored
+            .securities
+            .iter()
+            .filter(|s| s.security_type == SecurityType::Cash)
+            .map(|s| s.external_id.as_str())
+            .collect();
+        let outside = outside_balances(&stored.accounts, &stored.holdings, &cash_funds);
         for a in stored.accounts {
             let sign = match a.account_type {
                 AccountType::Credit | AccountType::Loan => Decimal::NEGATIVE_ONE,
@@ -78,7 +74,10 @@ pub(super) async fn assemble(
             let (beside, unvalued) = outside.get(&a.external_id).cloned().unwrap_or_default();
             for (currency, amount) in beside {
                 let sum = worth.entry(currency).or_default();
-                *sum = sum.checked_add(amount).unwrap_or(*sum);
+                match sum.checked_add(amount) {
+                    Some(added) => *sum = added,
+                    None => portfolio.totals_complete = false,
+                }
             }
             if unvalued > 0 {
                 portfolio.totals_complete = false;
@@ -235,10 +234,13 @@ async fn attach_splits(store: &Store, portfolio: &mut Portfolio) -> Result<(), S
 }
 
 /// Per account, the value of the positions its balance leaves out (by its
-/// [`BalanceMeaning`]), per currency, and how many of those had no value.
+/// [`BalanceMeaning`]), per currency, and how many of those had no value. A cash
+/// fund (`cash_funds`) held in a cash-only account is the balance's own cash,
+/// not a position beside it.
 fn outside_balances(
     accounts: &[Account],
     holdings: &[Holding],
+    cash_funds: &BTreeSet<&str>,
 ) -> BTreeMap<String, (BTreeMap<Currency, Decimal>, usize)> {
     let mut outside: BTreeMap<String, (BTreeMap<Currency, Decimal>, usize)> = BTreeMap::new();
     for a in accounts {
@@ -248,7 +250,7 @@ fn outside_balances(
         {
             let left_out = match a.balances.meaning {
                 BalanceMeaning::Total => false,
-                BalanceMeaning::Cash => true,
+                BalanceMeaning::Cash => !cash_funds.contains(h.security_external_id.as_str()),
                 // A holding with no value says its currency through its price
                 // or cost; with none of them it is taken to be the account's.
                 BalanceMeaning::AccountCurrencyTotal => h
@@ -378,16 +380,6 @@ pub(super) fn weight(part: Decimal, total: Decimal) -> Decimal {
     }
 }
 
-/// What an account is worth in its own currency (positions in other currencies
-/// are in `value` beside it).
-fn worth_in_own_currency(a: &AccountView) -> Money {
-    a.value
-        .iter()
-        .find(|m| m.currency == a.currency)
-        .copied()
-        .unwrap_or(a.balances.current)
-}
-
 fn allocation(portfolio: &Portfolio) -> Allocation {
     let mut by_type: BTreeMap<(Currency, &'static str), (SecurityType, Decimal)> = BTreeMap::new();
     let mut type_totals: BTreeMap<Currency, Decimal> = BTreeMap::new();
@@ -407,9 +399,10 @@ fn allocation(portfolio: &Portfolio) -> Allocation {
         .filter(|a| !matches!(a.account_type, AccountType::Credit | AccountType::Loan))
         .collect();
     for a in &assets {
-        let worth = worth_in_own_currency(a);
-        let total = account_totals.entry(worth.currency).or_default();
-        *total = total.checked_add(worth.amount).unwrap_or(*total);
+        for worth in &a.value {
+            let total = account_totals.entry(worth.currency).or_default();
+            *total = total.checked_add(worth.amount).unwrap_or(*total);
+        }
     }
     Allocation {
         by_security_type: by_type
@@ -422,16 +415,16 @@ fn allocation(portfolio: &Portfolio) -> Allocation {
                 },
             )
             .collect(),
+        // One share per account and currency it is worth something in.
         by_account: assets
             .into_iter()
-            .map(|a| {
-                let worth = worth_in_own_currency(a);
-                AccountShare {
+            .flat_map(|a| {
+                a.value.iter().map(|worth| AccountShare {
                     connection_id: a.connection_id.clone(),
                     account_id: a.id.clone(),
-                    value: worth,
+                    value: *worth,
                     weight: weight(worth.amount, account_totals[&worth.currency]),
-                }
+                })
             })
             .collect(),
     }
@@ -497,7 +490,7 @@ mod tests {
             // No value, priced in euros: outside an own-currency balance, unvalued.
             holdings.push(holding(a, None, Some(eur(5))));
         }
-        let outside = outside_balances(&accounts, &holdings);
+        let outside = outside_balances(&accounts, &holdings, &BTreeSet::new());
         assert!(
             !outside.contains_key("total"),
             "a whole-account balance has everything"
@@ -516,5 +509,10 @@ mod tests {
                 1
             )
         );
+        // A cash fund in a cash-only account is the balance's own cash.
+        let mut sweep = holding("cash", Some(usd(50)), None);
+        sweep.security_external_id = "sweep".into();
+        let outside = outside_balances(&accounts[2..], &[sweep], &BTreeSet::from(["sweep"]));
+        assert!(outside.is_empty(), "{outside:?}");
     }
 }

@@ -40,10 +40,11 @@ pub struct Reporting {
     pub rounding: String,
     /// Every rate used below, one per currency converted from.
     pub rates: Vec<RateUsed>,
-    /// Currencies held without a known rate: what is valued in them is in no
+    /// Currencies whose figures could not be converted (no rate is known, or a
+    /// figure beyond Decimal's range): what is valued in them is in no
     /// reporting-currency figure, and `complete` is false.
     pub missing_rates: Vec<Currency>,
-    /// Whether every valued holding could be converted.
+    /// Whether every valued holding could be converted and summed.
     pub complete: bool,
     /// The sum of every holding's converted value; absent unless `complete` (a
     /// total that leaves some holdings out would look whole).
@@ -218,17 +219,7 @@ pub fn household_positions(household: &Household, portfolios: &[Portfolio]) -> H
                 .map(|c| (c.id.as_str(), p.user_id.as_str()))
         })
         .collect();
-    let mut merged = Portfolio {
-        user_id: String::new(),
-        freshness: Freshness::current(None),
-        connections: Vec::new(),
-        accounts: Vec::new(),
-        holdings: Vec::new(),
-        transactions: Vec::new(),
-        totals: Vec::new(),
-        totals_complete: true,
-        allocation: Default::default(),
-    };
+    let mut merged = Portfolio::empty(String::new());
     for (i, p) in portfolios.iter().enumerate() {
         if i == 0 {
             merged.freshness = p.freshness.clone();
@@ -380,6 +371,7 @@ pub fn in_currency(
     let mut account: BTreeMap<String, Decimal> = BTreeMap::new();
     let mut held_in: BTreeMap<String, Decimal> = BTreeMap::new();
     let mut total = Decimal::ZERO;
+    let mut overflowed = false;
     for position in positions.iter_mut() {
         let mut used: BTreeMap<Currency, RateUsed> = BTreeMap::new();
         let mut missing: std::collections::BTreeSet<Currency> = Default::default();
@@ -434,7 +426,10 @@ pub fn in_currency(
                 if let Some(original) = h.value {
                     add(&mut held_in, original.currency.to_string());
                 }
-                total = total.checked_add(v.amount).unwrap_or(total);
+                match total.checked_add(v.amount) {
+                    Some(sum) => total = sum,
+                    None => overflowed = true,
+                }
             }
         }
         all_missing.extend(missing.iter().copied());
@@ -457,7 +452,7 @@ pub fn in_currency(
             })
             .collect()
     };
-    let complete = all_missing.is_empty();
+    let complete = all_missing.is_empty() && !overflowed;
     Reporting {
         currency: to,
         rounding: ROUNDING.to_owned(),

@@ -169,6 +169,23 @@ pub struct Portfolio {
     pub allocation: Allocation,
 }
 
+impl Portfolio {
+    /// `user_id`'s portfolio with nothing in it yet.
+    pub(super) fn empty(user_id: String) -> Self {
+        Self {
+            user_id,
+            freshness: Freshness::current(None),
+            connections: Vec::new(),
+            accounts: Vec::new(),
+            holdings: Vec::new(),
+            transactions: Vec::new(),
+            totals: Vec::new(),
+            totals_complete: true,
+            allocation: Allocation::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ConnectionView {
     pub id: String,

@@ -1,17 +1,24 @@
 //! Corporate actions as stored: splits recorded against the instruments of the
-//! securities master, once per instrument and day whichever connection saw them
-//! first (an institution's split transaction and a detected jump of the same day
-//! are one split).
+//! securities master, once whichever connection saw them first: a split of the
+//! same ratio within a week of one recorded is the same split (a jump is detected
+//! on the day a sync sees it, not the day it took effect). And who holds an
+//! instrument, so that their cached views can show a split another connection
+//! recorded.
 
 use std::collections::BTreeMap;
 
-use chrono::{NaiveDate, Utc};
+use chrono::{Days, NaiveDate, Utc};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, TryInsertResult,
+};
 
-use super::entities::corporate_action as row;
+use super::entities::{connection, corporate_action as row, security};
 use super::{Store, StoreError};
-use crate::domain::{ConnectionId, Split, SplitRatio, SplitSource};
+use crate::domain::{ConnectionId, Split, SplitRatio, SplitSource, TenantId, UserId};
+
+/// Splits of the same ratio this close together are one.
+const SAME_SPLIT_DAYS: u64 = 7;
 
 /// A split of an instrument, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,13 +33,15 @@ const SPLIT: &str = "split";
 
 impl Store {
     /// Records `splits` (each with the instrument its security matched) seen by
-    /// `connection`; one already recorded for the instrument and day is kept.
+    /// `connection`; one already recorded (the same ratio within a week) is
+    /// kept. Returns the instruments that gained a split.
     pub async fn record_splits(
         &self,
         connection: ConnectionId,
         splits: &[(String, Split)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let now = Utc::now();
+        let mut gained = Vec::new();
         for (instrument, split) in splits {
             let (Ok(new), Ok(old)) = (
                 i32::try_from(split.ratio.new),
@@ -40,7 +49,30 @@ impl Store {
             ) else {
                 continue;
             };
-            row::Entity::insert(row::ActiveModel {
+            let near = |days: u64, later: bool| {
+                if later {
+                    split.date.checked_add_days(Days::new(days))
+                } else {
+                    split.date.checked_sub_days(Days::new(days))
+                }
+            };
+            let (Some(from), Some(to)) =
+                (near(SAME_SPLIT_DAYS, false), near(SAME_SPLIT_DAYS, true))
+            else {
+                continue;
+            };
+            let known = row::Entity::find()
+                .filter(row::Column::InstrumentId.eq(instrument))
+                .filter(row::Column::Kind.eq(SPLIT))
+                .filter(row::Column::RatioNew.eq(new))
+                .filter(row::Column::RatioOld.eq(old))
+                .filter(row::Column::EffectiveDate.between(from, to))
+                .one(self.db())
+                .await?;
+            if known.is_some() {
+                continue;
+            }
+            let inserted = row::Entity::insert(row::ActiveModel {
                 id: Set(uuid::Uuid::new_v4().to_string()),
                 instrument_id: Set(instrument.clone()),
                 kind: Set(SPLIT.to_owned()),
@@ -63,8 +95,51 @@ impl Store {
             .try_insert()
             .exec(self.db())
             .await?;
+            if matches!(inserted, TryInsertResult::Inserted(_)) {
+                gained.push(instrument.clone());
+            }
         }
-        Ok(())
+        Ok(gained)
+    }
+
+    /// The users holding any of `instruments`, through any connection.
+    pub async fn holders(
+        &self,
+        instruments: &[String],
+    ) -> Result<Vec<(TenantId, UserId)>, StoreError> {
+        if instruments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let connections: Vec<String> = security::Entity::find()
+            .select_only()
+            .column(security::Column::ConnectionId)
+            .distinct()
+            .filter(security::Column::InstrumentId.is_in(instruments.iter().cloned()))
+            .into_tuple::<String>()
+            .all(self.db())
+            .await?;
+        let mut holders = Vec::new();
+        for chunk in connections.chunks(500) {
+            let rows: Vec<(String, String)> = connection::Entity::find()
+                .select_only()
+                .column(connection::Column::TenantId)
+                .column(connection::Column::UserId)
+                .distinct()
+                .filter(connection::Column::Id.is_in(chunk.iter().cloned()))
+                .into_tuple()
+                .all(self.db())
+                .await?;
+            for (tenant, user) in rows {
+                let corrupt = || StoreError::Corrupt(format!("connection of user {user}"));
+                holders.push((
+                    tenant.parse().map_err(|_| corrupt())?,
+                    UserId::parse(&user).map_err(|_| corrupt())?,
+                ));
+            }
+        }
+        holders.sort();
+        holders.dedup();
+        Ok(holders)
     }
 
     /// The splits of `instruments`, oldest first, by instrument.

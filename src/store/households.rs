@@ -1,6 +1,6 @@
 //! Households as stored: a tenant's named groups of its users. A user belongs to at
-//! most one household of their tenant; setting a household's members replaces them
-//! in one transaction, so a reader never sees half a change.
+//! most one household of their tenant; setting a household's name and members
+//! replaces both in one transaction, so a failed change leaves nothing half done.
 
 use std::collections::BTreeMap;
 
@@ -26,7 +26,7 @@ pub struct Household {
 pub enum HouseholdError {
     #[error("user `{user}` already belongs to household `{household}`")]
     MemberElsewhere { user: UserId, household: String },
-    #[error("a member was put in another household at the same moment; try again")]
+    #[error("the household or a member changed at the same moment; try again")]
     Concurrent,
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -35,6 +35,15 @@ pub enum HouseholdError {
 impl From<sea_orm::DbErr> for HouseholdError {
     fn from(e: sea_orm::DbErr) -> Self {
         Self::Store(e.into())
+    }
+}
+
+/// A unique key another request took meanwhile (the same household created, or
+/// a member put in another) is a conflict to retry, not a failure.
+fn concurrent(e: sea_orm::DbErr) -> HouseholdError {
+    match e.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => HouseholdError::Concurrent,
+        _ => e.into(),
     }
 }
 
@@ -94,17 +103,16 @@ impl Store {
                 active.updated_at = Set(now);
                 active.update(&txn).await?
             }
-            None => {
-                household::ActiveModel {
-                    tenant_id: Set(tenant.clone()),
-                    id: Set(id.to_string()),
-                    name: Set(name.to_owned()),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                }
-                .insert(&txn)
-                .await?
+            None => household::ActiveModel {
+                tenant_id: Set(tenant.clone()),
+                id: Set(id.to_string()),
+                name: Set(name.to_owned()),
+                created_at: Set(now),
+                updated_at: Set(now),
             }
+            .insert(&txn)
+            .await
+            .map_err(concurrent)?,
         };
         member::Entity::delete_many()
             .filter(member::Column::TenantId.eq(&tenant))
@@ -119,11 +127,7 @@ impl Store {
             }))
             .exec_without_returning(&txn)
             .await
-            .map_err(|e| match e.sql_err() {
-                // Another request put one of them in another household meanwhile.
-                Some(SqlErr::UniqueConstraintViolation(_)) => HouseholdError::Concurrent,
-                _ => e.into(),
-            })?;
+            .map_err(concurrent)?;
         }
         txn.commit().await?;
         let members = members

@@ -855,7 +855,14 @@ async fn reconcile(
                 strong.then(|| (instrument.id.clone(), split.clone()))
             })
             .collect();
-        ctx.store.record_splits(connection.id, &splits).await?;
+        let gained = ctx.store.record_splits(connection.id, &splits).await?;
+        // Every holder's cached view lists the instrument's splits: theirs are
+        // read again from the store (this user's is rebuilt after the sync).
+        for (tenant, user) in ctx.store.holders(&gained).await? {
+            ctx.cache
+                .invalidate(&crate::portfolio::cache_key(tenant, &user))
+                .await;
+        }
     }
     Ok(u32::try_from(found.findings.len()).unwrap_or(u32::MAX))
 }

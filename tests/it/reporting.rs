@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use chrono::NaiveDate;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::{Value, json};
 
@@ -528,15 +529,42 @@ async fn a_split_is_recorded_against_the_master_and_cost_per_unit_follows_it() {
         .await
         .unwrap();
     assert_eq!(stored[&instrument].len(), 1);
-    // Epoch 4 reads the split transaction again: still one split.
-    assert_eq!(app.sandbox().advance(), 4);
-    app.resync(meridian, "epoch-4").await;
-    let stored = app
-        .app
-        .ctx
-        .store
-        .splits(std::slice::from_ref(&instrument))
+    // The same split seen again within a week (a jump detected days later) is
+    // the same split; another ratio is another.
+    let store = &app.app.ctx.store;
+    let seen = |days: u64, new: u32| finsync::domain::Split {
+        security_external_id: "any".into(),
+        ratio: finsync::domain::SplitRatio { new, old: 1 },
+        date: NaiveDate::parse_from_str(recorded["date"].as_str().unwrap(), "%Y-%m-%d")
+            .unwrap()
+            .checked_add_days(chrono::Days::new(days))
+            .unwrap(),
+        source: finsync::domain::SplitSource::Detected,
+    };
+    let again = store
+        .record_splits(meridian, &[(instrument.clone(), seen(3, 2))])
         .await
         .unwrap();
-    assert_eq!(stored[&instrument].len(), 1, "{stored:?}");
+    assert!(
+        again.is_empty(),
+        "a 2-for-1 three days later is the same split"
+    );
+    let other = store
+        .record_splits(meridian, &[(instrument.clone(), seen(3, 3))])
+        .await
+        .unwrap();
+    assert_eq!(other, vec![instrument.clone()]);
+    let later = store
+        .record_splits(meridian, &[(instrument.clone(), seen(30, 2))])
+        .await
+        .unwrap();
+    assert_eq!(later, vec![instrument.clone()]);
+    assert_eq!(
+        store
+            .splits(std::slice::from_ref(&instrument))
+            .await
+            .unwrap()[&instrument]
+            .len(),
+        3
+    );
 }
