@@ -157,7 +157,13 @@ pub fn portfolio(p: &Portfolio) -> String {
         .iter()
         .map(|m| format!("{} {}", group(m.amount), m.currency))
         .collect();
-    out.push_str(&format!("  Net balance: {}\n", totals.join("  |  ")));
+    // Balances and the positions they leave out: what the client is worth.
+    let short = if p.totals_complete {
+        ""
+    } else {
+        "  (short of positions without a value)"
+    };
+    out.push_str(&format!("  Net worth: {}{short}\n", totals.join("  |  ")));
     out
 }
 

@@ -275,7 +275,7 @@ fn the_demo_prints_three_synced_portfolios() {
             "{user} not synced:\n{stdout}"
         );
     }
-    assert_eq!(stdout.matches("Net balance").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("Net worth").count(), 3, "{stdout}");
     // Amounts grouped for reading, and the sizes of real clients' wealth: no
     // figure of a trillion or more (those belong to the tests' extreme persona).
     assert!(stdout.contains(",") && stdout.contains(" USD"), "{stdout}");
