@@ -118,6 +118,13 @@ async fn an_erased_user_leaves_nothing_but_a_pseudonym() {
             .await,
     ];
     let bob = app.link_and_sync(tenant.id, "demo-bob").await;
+    // She and Bob are one household.
+    let family = finsync::domain::HouseholdId::parse("family").unwrap();
+    let members = ["demo-alice", "demo-bob"].map(|u| finsync::domain::UserId::parse(u).unwrap());
+    store
+        .put_household(tenant.id, &family, "Family", &members)
+        .await
+        .unwrap();
     let deliveries_of = |user: &'static str| {
         let store = store.clone();
         async move {
@@ -235,6 +242,10 @@ async fn an_erased_user_leaves_nothing_but_a_pseudonym() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 400);
+
+    // Her household goes on without her.
+    let household = store.household(tenant.id, &family).await.unwrap().unwrap();
+    assert_eq!(household.members, [members[1].clone()]);
 
     // Nothing of hers anywhere.
     let database = dump_database(&store).await;
