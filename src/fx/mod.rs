@@ -3,7 +3,7 @@
 //!
 //! A [`Provider`] is configured under `[fx]`; the ECB's daily euro reference rates
 //! ([`ecb`]) are the default and, for now, the one kind (another is a variant of
-//! [`Provider`] with its own fetch). [`refresh`] fetches and stores them with
+//! [`Provider`] with its own fetch). [`Fx::refresh`] fetches and stores them with
 //! their date and source; the scheduler runs it on `fx.refresh_secs`, and
 //! `finsync fx refresh` on demand. [`Fx`] reads the latest for the API,
 //! keeping them a minute in the process (they change once a day), and longer
@@ -91,30 +91,6 @@ pub struct Refreshed {
     pub newest: Option<NaiveDate>,
 }
 
-/// Fetches the provider's rates and stores them; nothing is stored from a
-/// document that does not parse whole.
-pub async fn refresh(
-    store: &Store,
-    http: &reqwest::Client,
-    provider: &Provider,
-) -> Result<Refreshed, FxError> {
-    let outcome = async {
-        let rates = provider.fetch(http).await?;
-        let stored = store.store_rates(&rates).await?;
-        let currencies: std::collections::BTreeSet<_> = rates.iter().map(|r| r.quote).collect();
-        Ok(Refreshed {
-            rates: stored,
-            currencies: currencies.len(),
-            newest: rates.iter().map(|r| r.date).max(),
-        })
-    }
-    .await;
-    let label = if outcome.is_ok() { "ok" } else { "failed" };
-    metrics::counter!("finsync_fx_refreshes_total", "source" => provider.source(), "outcome" => label)
-        .increment(1);
-    outcome
-}
-
 /// The latest rates as one process read them, and when.
 type Kept = (Instant, Option<Arc<RateTable>>);
 
@@ -139,11 +115,27 @@ impl Fx {
         }
     }
 
-    /// Fetches and stores the provider's rates now ([`refresh`]).
+    /// Fetches the provider's rates now and stores them; nothing is stored from
+    /// a document that does not parse whole.
     pub async fn refresh(&self, store: &Store) -> Result<Refreshed, FxError> {
-        let refreshed = refresh(store, &self.http, &self.provider).await?;
-        self.keep(None);
-        Ok(refreshed)
+        let outcome = async {
+            let rates = self.provider.fetch(&self.http).await?;
+            let stored = store.store_rates(&rates).await?;
+            let currencies: std::collections::BTreeSet<_> = rates.iter().map(|r| r.quote).collect();
+            Ok(Refreshed {
+                rates: stored,
+                currencies: currencies.len(),
+                newest: rates.iter().map(|r| r.date).max(),
+            })
+        }
+        .await;
+        let label = if outcome.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("finsync_fx_refreshes_total", "source" => self.provider.source(), "outcome" => label)
+            .increment(1);
+        if outcome.is_ok() {
+            self.keep(None);
+        }
+        outcome
     }
 
     /// The latest rates; `None` before the first refresh stored any. While the

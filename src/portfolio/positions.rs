@@ -401,17 +401,9 @@ pub fn in_currency(
         for h in &mut position.holdings {
             h.reporting_value = convert(h.value);
             h.reporting_cost_basis = convert(h.cost_basis);
-            value = match (value, h.value, h.reporting_value) {
-                (Some(sum), Some(_), Some(v)) => sum.checked_add(v.amount),
-                (sum, None, _) => sum,
-                _ => None,
-            };
+            value = add_converted(value, h.value, h.reporting_value);
             any_cost |= h.cost_basis.is_some();
-            cost = match (cost, h.cost_basis, h.reporting_cost_basis) {
-                (Some(sum), Some(_), Some(c)) => sum.checked_add(c.amount),
-                (sum, None, _) => sum,
-                _ => None,
-            };
+            cost = add_converted(cost, h.cost_basis, h.reporting_cost_basis);
             if let Some(v) = h.reporting_value {
                 let add = |map: &mut BTreeMap<String, Decimal>, key: String| {
                     let sum = map.entry(key).or_default();
@@ -463,6 +455,20 @@ pub fn in_currency(
         by_asset_class: shares(class),
         by_account: shares(account),
         by_currency: shares(held_in),
+    }
+}
+
+/// `sum` plus a figure's conversion; `None` from the first figure that has no
+/// conversion (or overflows) on. A missing figure adds nothing.
+fn add_converted(
+    sum: Option<Decimal>,
+    original: Option<Money>,
+    converted: Option<Money>,
+) -> Option<Decimal> {
+    match (original, converted) {
+        (None, _) => sum,
+        (Some(_), Some(c)) => sum?.checked_add(c.amount),
+        (Some(_), None) => None,
     }
 }
 
