@@ -4,7 +4,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// With `--features dhat-heap`, every allocation is counted (see `main`).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> ExitCode {
+    // The heap profile of the whole run, written to `dhat-heap.json` in the working
+    // directory when the process ends normally (a command's end, SIGTERM, Ctrl-C).
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let cli = finsync::cli::Cli::parse();
     finsync::app::run_to_exit(finsync::cli::run(cli))
 }

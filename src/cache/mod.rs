@@ -61,6 +61,9 @@ pub struct Cache {
     /// share one load, so a Redis outage does not turn every read into a query.
     brief: Moka<String, Arc<Vec<u8>>>,
     l2: Option<RedisL2>,
+    /// Whether values are kept in this process at all (`l1_capacity` above zero);
+    /// a process that serves no reads keeps none.
+    local: bool,
     stats: Arc<CacheStats>,
     /// Moves on every change this process makes or hears of. A load that saw it
     /// move may have put an older value over a newer one, so its value is dropped.
@@ -176,6 +179,7 @@ impl Cache {
             l1,
             brief,
             l2,
+            local: config.l1_capacity > 0,
             stats: Arc::default(),
             epoch: Arc::default(),
         })
@@ -252,7 +256,9 @@ impl Cache {
     /// it or counting a read; `None` on a miss or while Redis is skipped. It may be
     /// older than the newest value: for a writer that checks what it gets.
     pub async fn peek(&self, key: &str) -> Option<Arc<Vec<u8>>> {
-        if let Some(value) = self.l1.get(key).await {
+        if self.local
+            && let Some(value) = self.l1.get(key).await
+        {
             return Some(value);
         }
         self.l2_get(key).await
@@ -264,8 +270,10 @@ impl Cache {
     pub async fn put(&self, key: &str, value: Vec<u8>) {
         let value = Arc::new(value);
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.l1.insert(key.to_owned(), value.clone()).await;
-        self.brief.insert(key.to_owned(), value.clone()).await;
+        if self.local {
+            self.l1.insert(key.to_owned(), value.clone()).await;
+            self.brief.insert(key.to_owned(), value.clone()).await;
+        }
         // Writes try Redis even while the breaker is open: skipping one would leave
         // an older value there for every process to serve.
         let Some(l2) = &self.l2 else {

@@ -12,8 +12,13 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let settings = app::boot(None, Logging::Configured, "worker")?;
+    let mut settings = app::boot(None, Logging::Configured, "worker")?;
     super::separate_role_allowed(&settings, "worker")?;
+    // A worker serves no reads: the views it writes are for the API processes,
+    // through Redis, and a copy in this process would only hold memory.
+    if settings.redis_url().is_some() {
+        settings.cache.l1_capacity = 0;
+    }
     let concurrency = args
         .concurrency
         .unwrap_or(settings.sync.worker_concurrency)

@@ -18,12 +18,10 @@ use crate::store::instruments::{Matched, match_security, normal_ticker};
 use crate::store::{Store, StoreError};
 
 use super::rows::*;
-use super::{ApplyCounts, Removals};
+use super::{ApplyCounts, Removals, bulk};
 
-/// Rows one INSERT statement carries: one round trip for a page of new records
-/// instead of one per record, well within both databases' limits on bound
-/// parameters (SQLite's is 32,766; a transaction row binds 16).
-const INSERT_BATCH: usize = 1000;
+/// Rows one statement deletes.
+const DELETE_BATCH: usize = 1000;
 
 impl Store {
     /// Makes the stored records of `connection` equal `snapshot`: inserts new
@@ -378,7 +376,7 @@ where
 {
     /// Inserts and updates; deleting is the caller's, who knows what goes first.
     async fn write<C: ConnectionTrait>(self, db: &C) -> Result<Vec<M>, StoreError> {
-        insert_all(db, self.fresh).await?;
+        bulk::insert_all(db, self.fresh).await?;
         for row in self.changed {
             row.update(db).await?;
         }
@@ -443,7 +441,7 @@ async fn write_holdings<C: ConnectionTrait>(
     writes: HoldingWrites,
 ) -> Result<(), StoreError> {
     let gone = writes.write(db).await?;
-    for rows in gone.chunks(INSERT_BATCH) {
+    for rows in gone.chunks(DELETE_BATCH) {
         holding::Entity::delete_many()
             .filter(holding::Column::Id.is_in(rows.iter().map(|r| r.id.as_str())))
             .exec(db)
@@ -494,7 +492,7 @@ async fn write_transactions<C: ConnectionTrait>(
     for row in &gone {
         carry_to_posted(db, row).await?;
     }
-    for rows in gone.chunks(INSERT_BATCH) {
+    for rows in gone.chunks(DELETE_BATCH) {
         transaction::Entity::delete_many()
             .filter(transaction::Column::Id.is_in(rows.iter().map(|r| r.id.as_str())))
             .exec(db)
@@ -539,10 +537,14 @@ async fn stored_transactions<C: ConnectionTrait>(
             .map(|t| t.external_id.as_str())
             .chain(removed.iter().map(String::as_str))
             .collect();
-        for ids in named.chunks(INSERT_BATCH) {
+        for ids in named.chunks(bulk::BATCH) {
             rows.extend(
                 of_account()
-                    .filter(transaction::Column::ExternalId.is_in(ids.iter().copied()))
+                    .filter(bulk::one_of(
+                        db.get_database_backend(),
+                        transaction::Column::ExternalId,
+                        ids,
+                    ))
                     .all(db)
                     .await?,
             );
@@ -569,20 +571,4 @@ fn new_id() -> String {
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-/// Inserts `rows` in statements of at most [`INSERT_BATCH`] rows each.
-async fn insert_all<A, C>(db: &C, rows: Vec<A>) -> Result<(), StoreError>
-where
-    A: sea_orm::ActiveModelTrait + Send,
-    C: ConnectionTrait,
-{
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let batch: Vec<A> = rows.by_ref().take(INSERT_BATCH).collect();
-        A::Entity::insert_many(batch)
-            .exec_without_returning(db)
-            .await?;
-    }
-    Ok(())
 }

@@ -1,9 +1,11 @@
 //! Synced records: applying a fetched snapshot as a diff ([`apply`]: only what
-//! changed is written, one database transaction per account), the conversions
+//! changed is written, one database transaction per account, new rows in
+//! statements whose text is the same for any number of rows, [`bulk`]), the conversions
 //! between canonical values and rows ([`rows`]), and reading a connection's records
 //! back ([`reads`]: a portfolio, a full snapshot, a page of transactions).
 
 mod apply;
+mod bulk;
 mod reads;
 mod rows;
 

@@ -1,0 +1,127 @@
+//! Statements over many rows whose text does not depend on how many rows they
+//! carry: the rows (or ids) travel as one JSON document in one parameter.
+//!
+//! A statement with a placeholder per value has a different text for every batch
+//! size, so the server parses and plans each anew, and every pooled connection's
+//! statement cache fills with them: a thousand-row insert's text and its sixteen
+//! thousand parameter types, once per size seen, in each connection. That made a
+//! worker's memory grow with the connections it had synced. With one parameter,
+//! there is one statement per table, prepared once per connection.
+
+use sea_orm::sea_query::{Expr, SimpleExpr};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityName, EntityTrait,
+    IdenStatic, Iterable, Statement, Value,
+};
+
+use crate::store::StoreError;
+
+/// Rows one statement carries.
+pub(super) const BATCH: usize = 1000;
+
+/// Inserts `rows` (every one with the same columns set), [`BATCH`] at a time: on
+/// PostgreSQL as `INSERT … SELECT … FROM json_populate_recordset`, which takes each
+/// value's type from the table; on SQLite as `INSERT … SELECT … FROM json_each`.
+pub(super) async fn insert_all<A, C>(db: &C, rows: Vec<A>) -> Result<(), StoreError>
+where
+    A: ActiveModelTrait + Send,
+    C: ConnectionTrait,
+{
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    // The columns the rows set; the others take their defaults, as in an INSERT
+    // that leaves them out.
+    let columns: Vec<<A::Entity as EntityTrait>::Column> =
+        <A::Entity as EntityTrait>::Column::iter()
+            .filter(|c| first.get(*c).is_set())
+            .collect();
+    let names: Vec<String> = columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.as_str()))
+        .collect();
+    let table = A::Entity::default().table_name().to_owned();
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DatabaseBackend::Postgres => format!(
+            "INSERT INTO \"{table}\" ({list}) SELECT {list} \
+             FROM json_populate_recordset(NULL::\"{table}\", $1::json)",
+            list = names.join(", ")
+        ),
+        _ => format!(
+            "INSERT INTO \"{table}\" ({list}) SELECT {fields} FROM json_each(?)",
+            list = names.join(", "),
+            fields = columns
+                .iter()
+                .map(|c| format!("json_extract(value, '$.{}')", c.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    for batch in rows.chunks(BATCH) {
+        let mut document = Vec::with_capacity(batch.len());
+        for row in batch {
+            let mut object = serde_json::Map::with_capacity(columns.len());
+            for column in &columns {
+                let value = row.get(*column).into_value().ok_or_else(|| {
+                    StoreError::Corrupt(format!("{table}.{} not set", column.as_str()))
+                })?;
+                object.insert(column.as_str().to_owned(), json(&value, backend)?);
+            }
+            document.push(serde_json::Value::Object(object));
+        }
+        let text = serde_json::Value::Array(document).to_string();
+        db.execute_raw(Statement::from_sql_and_values(backend, &sql, [text.into()]))
+            .await?;
+    }
+    Ok(())
+}
+
+/// `column IN (the ids)`, the ids bound as one JSON array.
+pub(super) fn one_of(
+    backend: DatabaseBackend,
+    column: impl ColumnTrait,
+    ids: &[&str],
+) -> SimpleExpr {
+    let list = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
+    let name = column.as_str();
+    match backend {
+        DatabaseBackend::Postgres => Expr::cust_with_values(
+            // `= ANY` of an array the planner sees as one value: an index lookup
+            // per id. (`IN (SELECT …)` over the JSON let it scan every row of the
+            // connection and join.)
+            format!("\"{name}\" = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"),
+            [list],
+        ),
+        _ => Expr::cust_with_values(
+            format!("\"{name}\" IN (SELECT value FROM json_each(?))"),
+            [list],
+        ),
+    }
+}
+
+/// A column's value as the JSON the database reads back into that column, as sqlx
+/// would have bound it: text as text (decimals are stored as their exact text),
+/// times to the microsecond on PostgreSQL and as sqlx's text on SQLite.
+fn json(value: &Value, backend: DatabaseBackend) -> Result<serde_json::Value, StoreError> {
+    use serde_json::Value as J;
+    Ok(match value {
+        Value::String(v) => v.as_ref().map_or(J::Null, |s| J::String(s.clone())),
+        Value::Bool(v) => v.map_or(J::Null, J::Bool),
+        Value::Int(v) => v.map_or(J::Null, J::from),
+        Value::BigInt(v) => v.map_or(J::Null, J::from),
+        Value::ChronoDate(v) => v.map_or(J::Null, |d| J::String(d.to_string())),
+        Value::ChronoDateTimeUtc(v) => v.map_or(J::Null, |t| {
+            J::String(match backend {
+                DatabaseBackend::Postgres => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                // As sqlx writes SQLite's times.
+                _ => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false),
+            })
+        }),
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "a bulk insert cannot carry {other:?}"
+            )));
+        }
+    })
+}
