@@ -48,12 +48,14 @@ enum Command {
         servers: Servers,
     },
     /// Syncs at fleet scale against the sandbox, in a worker process of their own:
-    /// (a) first syncs beside a raw bulk upsert of the same rows, (b) the same
-    /// under latency and an institution's rate limit, (c) a second sync with
-    /// nothing changed, and the worker's peak memory. Needs PostgreSQL,
-    /// redis-server and the `finsync` binary.
+    /// (a) first syncs beside a raw bulk upsert of the same rows, and the worker's
+    /// memory, (b) the same under latency and an institution's rate limit, (c) a
+    /// second sync with nothing changed, (d) (b) per account, (e) incremental syncs
+    /// at 1,000 and 10,000 transactions of history, (f) the API's cached
+    /// portfolios closed-loop beside a trivial route, and the capacity a core has
+    /// at four syncs a day. Needs PostgreSQL, redis-server and the `finsync` binary.
     Sync {
-        /// Connections synced in each phase.
+        /// Connections synced in (a), (b) and (c).
         #[arg(long, default_value_t = 1000)]
         connections: usize,
         /// Syncs the worker runs at once.
@@ -69,6 +71,18 @@ enum Command {
         /// per account takes about four times the requests per connection.
         #[arg(long, default_value_t = 200)]
         fanned_connections: usize,
+        /// Connections of each history length in (e).
+        #[arg(long, default_value_t = 100)]
+        incremental_connections: usize,
+        /// Clients reading at once in (f).
+        #[arg(long, default_value_t = 32)]
+        readers: usize,
+        /// Seconds of each of (f)'s four series.
+        #[arg(long, default_value_t = 5)]
+        read_seconds: u64,
+        /// The parts to run, comma-separated; (c) and (f) run (a) too.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
+        parts: Vec<sync::Part>,
         /// The `finsync` binary the workers run (default: the one built beside
         /// this benchmark).
         #[arg(long)]
@@ -126,9 +140,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             latency_ms,
             budget,
             fanned_connections,
+            incremental_connections,
+            readers,
+            read_seconds,
+            parts,
             finsync,
             servers,
         } => {
+            let mut parts: std::collections::BTreeSet<_> = parts.into_iter().collect();
+            if parts.contains(&sync::Part::C) || parts.contains(&sync::Part::F) {
+                parts.insert(sync::Part::A);
+            }
             let finsync = match finsync {
                 Some(path) => path,
                 None => beside_this_binary("finsync")?,
@@ -139,6 +161,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 latency_ms,
                 budget: budget.max(1),
                 fanned_connections: fanned_connections.clamp(1, connections.max(1)),
+                incremental_connections: incremental_connections.max(1),
+                readers: readers.max(1),
+                read_seconds,
+                parts,
                 database_url: servers.database_url,
                 redis_server: servers.redis_server,
                 finsync,

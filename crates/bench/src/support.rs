@@ -141,6 +141,58 @@ impl Drop for RedisServer {
     }
 }
 
+/// Clock ticks per second in `/proc`'s CPU times: Linux reports them in `USER_HZ`,
+/// which its ABI fixes at 100 on every architecture it supports today.
+const USER_HZ: f64 = 100.0;
+
+/// Seconds of CPU the whole machine has spent busy since boot, on all its cores
+/// (everything but idle and waiting on I/O); `None` off Linux.
+pub(crate) fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !matches!(i, 3 | 4) && *i < 8)
+        .map(|(_, t)| t)
+        .sum();
+    Some(busy as f64 / USER_HZ)
+}
+
+/// Cores the machine has, as the kernel counts them.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// Seconds of CPU a process has spent, in user and kernel mode; `None` once it has
+/// gone or off Linux.
+pub(crate) fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it are plain numbers.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after `)`.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / USER_HZ)
+}
+
+/// A line of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`, …).
+pub(crate) fn process_memory(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| {
+        l.strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with(':'))
+    })?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +222,20 @@ mod tests {
         assert!(exists(&admin).await);
         drop(scratch);
         assert!(!exists(&admin).await);
+    }
+
+    #[test]
+    fn this_process_has_a_resident_size_a_peak_and_cpu_time() {
+        let pid = std::process::id();
+        let rss = super::process_memory(pid, "VmRSS").expect("VmRSS");
+        let peak = super::process_memory(pid, "VmHWM").expect("VmHWM");
+        assert!(rss > 0 && peak >= rss, "{rss} {peak}");
+        // Spin until the kernel has charged this process at least one tick.
+        let started = std::time::Instant::now();
+        while super::process_cpu_secs(pid).expect("CPU time") <= 0.0 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        }
+        assert!(super::machine_busy_secs().expect("/proc/stat") > 0.0);
+        assert!(super::process_memory(pid, "NoSuchField").is_none());
     }
 }

@@ -1,7 +1,8 @@
 //! `finsync-bench sync` runs end to end on a few connections: every phase syncs
-//! every connection, the second sync of unchanged data writes no row, and the
-//! institution's own limit is never hit. (The figures themselves are
-//! BENCHMARKS.md's business: no test asserts a time.)
+//! every connection, the second sync of unchanged data writes no row, the
+//! institution's own limit is never hit, incremental syncs write the changes at
+//! either history length, and the API answers every closed-loop read. (The figures
+//! themselves are BENCHMARKS.md's business: no test asserts a time.)
 
 use std::process::Command;
 
@@ -32,6 +33,12 @@ fn the_sync_bench_runs_every_phase_and_a_resync_of_unchanged_data_writes_nothing
             "2",
             "--latency-ms",
             "20",
+            "--incremental-connections",
+            "2",
+            "--readers",
+            "2",
+            "--read-seconds",
+            "1",
             "--database-url",
             &postgres_url(),
         ])
@@ -71,4 +78,33 @@ fn the_sync_bench_runs_every_phase_and_a_resync_of_unchanged_data_writes_nothing
     let first = stdout.lines().find(|l| l.starts_with("│ (a)")).unwrap();
     let records: u64 = first.split('┆').nth(3).unwrap().trim().parse().unwrap();
     assert!(records > 3 * 1033, "{first}");
+
+    // (e): two connections of each history, synced in two rounds, none failed,
+    // and each sync wrote what changed (10 new transactions and more).
+    let incremental: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("│ history of"))
+        .map(|l| l.split('┆').map(str::trim).collect())
+        .collect();
+    assert_eq!(incremental.len(), 2, "{stdout}");
+    for cells in &incremental {
+        assert_eq!((cells[1], cells[2]), ("4", "0"), "{cells:?}");
+        let written: f64 = cells[3].parse().unwrap();
+        assert!(written >= 10.0, "{cells:?}");
+    }
+    // (f): four closed-loop series, every read answered.
+    let reads: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("│ /healthz") || l.starts_with("│ portfolio"))
+        .map(|l| l.split('┆').map(str::trim).collect())
+        .collect();
+    assert_eq!(reads.len(), 4, "{stdout}");
+    for cells in &reads {
+        assert_eq!(cells[2], "0", "{cells:?}");
+        assert!(cells[1].parse::<u64>().unwrap() > 0, "{cells:?}");
+    }
+    assert!(
+        stdout.contains("Capacity: connections one core keeps fresh"),
+        "{stdout}"
+    );
 }

@@ -11,13 +11,11 @@
 //! [`FeedError::Mutation`] and restarts from the cursor it began with. A cursor is bound to
 //! the institution's seed and the user: an edited or another user's cursor is refused.
 
-use std::collections::HashMap;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
-use crate::data::{Portfolio, Transaction};
+use crate::data::{Delta, EpochState, Transaction};
 use crate::{AppState, Institution, institutions};
 
 /// Why a page of changes cannot be given.
@@ -75,19 +73,17 @@ pub(crate) fn page(
             }
         }
     };
-    let view = |epoch: u32| {
-        let state = app.world.state(seed, user_id, epoch);
-        institutions::rebrand(state.portfolio().clone(), institution)
-    };
-    let target = view(position.target);
+    // Compared as the world holds them, and only what is sent is rebranded: an
+    // institution keeps a change log rather than copying a user's history per page.
+    let target = app.world.state(seed, user_id, position.target);
     let base = position
         .base
         .filter(|epoch| *epoch != position.target)
-        .map(view);
+        .map(|epoch| app.world.state(seed, user_id, epoch));
     let changes = match (position.base, &base) {
         // At rest at the current epoch: nothing can have changed since.
         (Some(epoch), None) if epoch == position.target => Changes::none(),
-        _ => Changes::between(base.as_ref(), &target),
+        _ => Changes::between(base.as_deref(), &target),
     };
     let total = changes.len();
     if position.offset > 0 && position.offset >= total {
@@ -104,10 +100,27 @@ pub(crate) fn page(
         Position::at_rest(position.target)
     };
     let (added, modified, removed) = changes.window(position.offset, end);
+    let sent = |list: &[&Transaction]| -> Vec<Transaction> {
+        list.iter()
+            .map(|t| {
+                let mut t = (*t).clone();
+                institutions::rebrand_transaction(&mut t, institution);
+                t
+            })
+            .collect()
+    };
+    let removed = removed
+        .iter()
+        .map(|id| {
+            let mut id = (*id).to_owned();
+            institutions::rebrand_id(&mut id, institution);
+            id
+        })
+        .collect();
     Ok(FeedPage {
-        added: added.iter().map(|t| (*t).clone()).collect(),
-        modified: modified.iter().map(|t| (*t).clone()).collect(),
-        removed: removed.iter().map(|id| (*id).to_owned()).collect(),
+        added: sent(added),
+        modified: sent(modified),
+        removed,
         next_cursor: next.encode(seed, user_id),
         has_more,
     })
@@ -217,32 +230,35 @@ impl<'a> Changes<'a> {
         }
     }
 
-    fn between(base: Option<&'a Portfolio>, target: &'a Portfolio) -> Self {
-        let before: HashMap<&str, &Transaction> = base
-            .iter()
-            .flat_map(|portfolio| &portfolio.transactions)
-            .map(|t| (t.transaction_id.as_str(), t))
-            .collect();
-        let after: HashMap<&str, &Transaction> = target
-            .transactions
-            .iter()
-            .map(|t| (t.transaction_id.as_str(), t))
-            .collect();
-        let mut changes = Self::none();
-        for transaction in &target.transactions {
-            match before.get(transaction.transaction_id.as_str()) {
-                None => changes.added.push(transaction),
-                Some(old) if *old != transaction => changes.modified.push(transaction),
-                Some(_) => {}
+    /// What changed from `base` (nothing, without one) to `target`: from the
+    /// institution's change log when `target` is the epoch right after `base`, else
+    /// by comparing them.
+    fn between(base: Option<&'a EpochState>, target: &'a EpochState) -> Self {
+        let after = &target.portfolio().transactions;
+        let Some(base) = base else {
+            return Self {
+                added: after.iter().collect(),
+                ..Self::none()
+            };
+        };
+        let before = &base.portfolio().transactions;
+        let compared;
+        let delta = match target.since_previous() {
+            Some(delta) if base.epoch() + 1 == target.epoch() => delta,
+            _ => {
+                compared = Delta::between(base.portfolio(), target.portfolio());
+                &compared
             }
+        };
+        Self {
+            added: delta.added.iter().map(|&at| &after[at]).collect(),
+            modified: delta.modified.iter().map(|&at| &after[at]).collect(),
+            removed: delta
+                .removed
+                .iter()
+                .map(|&at| before[at].transaction_id.as_str())
+                .collect(),
         }
-        changes.removed = base
-            .iter()
-            .flat_map(|portfolio| &portfolio.transactions)
-            .map(|t| t.transaction_id.as_str())
-            .filter(|id| !after.contains_key(id))
-            .collect();
-        changes
     }
 
     fn len(&self) -> usize {

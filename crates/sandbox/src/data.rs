@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 mod epochs;
 
-pub use self::epochs::{EpochState, portfolio_at};
+pub use self::epochs::{Delta, EpochState, portfolio_at};
 
 /// Everything one sandbox user can read from Meridian.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -118,10 +118,31 @@ pub const EXTREME_BALANCE_USER: &str = "test-exact-extremes";
 pub const BULK_PREFIX: &str = "bulk-";
 /// Transactions of a bulk user.
 pub const BULK_TRANSACTIONS: usize = 1000;
+/// Users whose id starts with this are bulk users with ten times the history
+/// ([`DEEP_BULK_TRANSACTIONS`]), for measuring whether a sync's cost follows the
+/// history or the changes.
+pub const DEEP_BULK_PREFIX: &str = "bulkdeep-";
+/// Transactions of a deep bulk user.
+pub const DEEP_BULK_TRANSACTIONS: usize = 10_000;
+/// New transactions a bulk user gets at each epoch (see [`epochs`]).
+pub const BULK_NEW_PER_EPOCH: u64 = 10;
 /// Positions in each investment account of a bulk user, the cash sweep included.
 const BULK_POSITIONS: usize = 15;
 /// Records (accounts, holdings, transactions) of a bulk user at epoch 0.
 pub const BULK_RECORDS: usize = 3 + 2 * BULK_POSITIONS + BULK_TRANSACTIONS;
+/// Records of a deep bulk user at epoch 0.
+pub const DEEP_BULK_RECORDS: usize = 3 + 2 * BULK_POSITIONS + DEEP_BULK_TRANSACTIONS;
+
+/// The transactions a bulk or deep bulk user has at epoch 0; `None` for other users.
+pub fn bulk_history(user_id: &str) -> Option<usize> {
+    if user_id.starts_with(DEEP_BULK_PREFIX) {
+        Some(DEEP_BULK_TRANSACTIONS)
+    } else if user_id.starts_with(BULK_PREFIX) {
+        Some(BULK_TRANSACTIONS)
+    } else {
+        None
+    }
+}
 
 /// Transactions fall in this many days before the anchor date.
 const HISTORY_DAYS: u64 = 90;
@@ -481,8 +502,8 @@ struct Generator<'a> {
     anchor: NaiveDate,
     prices_as_of: NaiveDate,
     rng: SplitMix64,
-    /// A bulk user (see [`BULK_PREFIX`]).
-    bulk: bool,
+    /// A bulk user's transactions at epoch 0 (see [`bulk_history`]).
+    history: Option<usize>,
     /// The securities this user may hold: `SECURITIES`, then for a bulk user
     /// `BULK_SECURITIES`, so that an index means the same for every user.
     securities: Vec<&'static SecurityDef>,
@@ -495,8 +516,12 @@ struct Generator<'a> {
 impl<'a> Generator<'a> {
     fn new(seed: u64, anchor: NaiveDate, user_id: &'a str) -> Self {
         let day = anchor.num_days_from_ce().to_le_bytes();
-        let bulk = user_id.starts_with(BULK_PREFIX);
-        let extra: &'static [SecurityDef] = if bulk { BULK_SECURITIES } else { &[] };
+        let history = bulk_history(user_id);
+        let extra: &'static [SecurityDef] = if history.is_some() {
+            BULK_SECURITIES
+        } else {
+            &[]
+        };
         let securities: Vec<&'static SecurityDef> = SECURITIES.iter().chain(extra).collect();
         let closes = securities
             .iter()
@@ -521,7 +546,7 @@ impl<'a> Generator<'a> {
             anchor,
             prices_as_of: previous_weekday(anchor),
             rng: SplitMix64::seeded(&[b"user", &seed.to_le_bytes(), user_id.as_bytes()]),
-            bulk,
+            history,
             securities,
             closes,
             pending_held: Dec::new(0, 2),
@@ -559,7 +584,7 @@ impl<'a> Generator<'a> {
 
     fn plan_accounts(&mut self) -> Vec<PlannedAccount> {
         let mut kinds = vec![AccountKind::Brokerage];
-        if self.bulk {
+        if self.history.is_some() {
             kinds.push(AccountKind::Ira);
         } else if self.rng.below(2) == 1 {
             kinds.push(if self.rng.below(2) == 0 {
@@ -598,7 +623,7 @@ impl<'a> Generator<'a> {
     /// 3–6 positions; a brokerage account always keeps part of them in the cash sweep.
     fn holdings_for(&mut self, plan: &mut PlannedAccount) -> Vec<Holding> {
         let kind = plan.kind;
-        let count = if self.bulk {
+        let count = if self.history.is_some() {
             BULK_POSITIONS
         } else {
             self.rng.between(3, 6) as usize
@@ -688,10 +713,9 @@ impl<'a> Generator<'a> {
     }
 
     fn transactions(&mut self, plans: &[PlannedAccount]) -> Vec<Transaction> {
-        let total = if self.bulk {
-            BULK_TRANSACTIONS
-        } else {
-            self.rng.between(20, 40) as usize
+        let total = match self.history {
+            Some(history) => history,
+            None => self.rng.between(20, 40) as usize,
         };
         // Fixed entries first so every user shows each case; the rest is a random mix.
         let mut planned = vec![
@@ -991,29 +1015,45 @@ mod tests {
     }
 
     #[test]
-    fn bulk_users_have_three_accounts_thirty_holdings_and_a_thousand_transactions() {
-        for user in ["bulk-0001", "bulk-0002"] {
+    fn bulk_users_have_three_accounts_thirty_holdings_and_their_history() {
+        for (user, history, records) in [
+            ("bulk-0001", BULK_TRANSACTIONS, BULK_RECORDS),
+            ("bulk-0002", BULK_TRANSACTIONS, BULK_RECORDS),
+            ("bulkdeep-0001", DEEP_BULK_TRANSACTIONS, DEEP_BULK_RECORDS),
+        ] {
             let data = portfolio(SEED, anchor(), user);
             assert_eq!(data.accounts.len(), 3, "{user}");
             assert_eq!(data.holdings.len(), 30, "{user}");
-            assert_eq!(data.transactions.len(), BULK_TRANSACTIONS, "{user}");
+            assert_eq!(data.transactions.len(), history, "{user}");
             assert_eq!(
                 data.accounts.len() + data.holdings.len() + data.transactions.len(),
-                BULK_RECORDS
+                records
             );
             let ids: HashSet<&str> = data
                 .transactions
                 .iter()
                 .map(|t| t.transaction_id.as_str())
                 .collect();
-            assert_eq!(ids.len(), BULK_TRANSACTIONS, "ids are unique");
+            assert_eq!(ids.len(), history, "ids are unique");
             let held: HashSet<(&str, &str)> = data
                 .holdings
                 .iter()
                 .map(|h| (h.account_id.as_str(), h.security.security_id.as_str()))
                 .collect();
             assert_eq!(held.len(), 30, "one holding per account and security");
-            // They move with the world like everyone else's data.
+            // They move with the world like everyone else's data, ten new
+            // transactions an epoch.
+            let next = epochs::portfolio_at(SEED, anchor(), user, 1);
+            let before: HashSet<&str> = ids.iter().copied().collect();
+            let new = next
+                .transactions
+                .iter()
+                .filter(|t| {
+                    !before.contains(t.transaction_id.as_str())
+                        && t.pending_transaction_id.is_none()
+                })
+                .count();
+            assert_eq!(new as u64, BULK_NEW_PER_EPOCH, "{user}");
             let later = epochs::portfolio_at(SEED, anchor(), user, 4);
             assert_ne!(later.transactions, data.transactions);
         }

@@ -142,8 +142,13 @@ where
 }
 
 /// Sandbox personas: users whose id starts with one of these skip the consent page
-/// (`bulk-` users are the benchmarks' large portfolios).
-const AUTO_APPROVED_PREFIXES: [&str; 3] = ["demo", "test", "bulk-"];
+/// (`bulk-` and `bulkdeep-` users are the benchmarks' large portfolios).
+const AUTO_APPROVED_PREFIXES: [&str; 4] = [
+    "demo",
+    "test",
+    crate::data::BULK_PREFIX,
+    crate::data::DEEP_BULK_PREFIX,
+];
 
 /// Query of `GET /authorize`, all optional so that missing ones get our own errors.
 #[derive(Debug, Deserialize)]

@@ -1,15 +1,19 @@
 //! `finsync-bench sync`: syncs at fleet scale against the sandbox, every figure from
 //! one run. Syncs run in a `finsync worker` process of their own (so that its memory
-//! is its own) on a scratch PostgreSQL database and the bench's own Redis; the bench
-//! process holds the sandbox and the API that links the users through the sandbox's
-//! real OAuth redirect.
+//! and CPU are its own) on a scratch PostgreSQL database and the bench's own Redis;
+//! the bench process holds the sandbox and the API that links the users through the
+//! sandbox's real OAuth redirect. The parts, each chosen with `--parts`:
 //!
 //! - (a) the first sync of N `bulk-` users (3 accounts, 30 holdings and 1,000
 //!   transactions each) with no latency: records committed per second, beside the
 //!   raw rate of bulk-upserting the very same rows into the same PostgreSQL (after
 //!   (c), into the emptied tables, with as many writers as the worker runs syncs);
+//!   the worker's peak resident memory, and its resident memory after a tenth of
+//!   the connections and after all of them;
 //! - (c) a second sync of those connections with nothing changed: rows written and
-//!   time, beside (a);
+//!   time, beside (a), and the CPU a sync costs;
+//! - (f) the API serving those users' cached portfolios closed-loop, beside a
+//!   trivial route of the same server ([`reads`]);
 //! - (b) the first sync again, on a fresh database, with 100 ms latency on every
 //!   request and an institution budget of 50 requests per second, in the connector
 //!   and enforced by the institution too: requests per second achieved over the
@@ -18,8 +22,17 @@
 //!   whose data is asked for per account (Pinecrest, FDX: each connection's accounts,
 //!   then each account's details and transactions): fan-out requests share the
 //!   budget the same way;
-//! - the worker's peak resident memory during (a).
+//! - (e) incremental syncs of 10 new transactions at connections with 1,000 and with
+//!   10,000 transactions of history: time, CPU and database rows read per sync, side
+//!   by side ([`incremental`]).
+//!
+//! From the CPU an incremental sync costs, it derives how many connections a core
+//! keeps fresh at four syncs a day.
 
+mod incremental;
+mod reads;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -37,7 +50,7 @@ use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::support::{RedisServer, ScratchDatabase};
+use crate::support::{self, RedisServer, ScratchDatabase};
 use finsync::app::config::Settings;
 use finsync::app::startup::App;
 use finsync::domain::{ConnectionId, UserId};
@@ -46,8 +59,25 @@ use finsync::sync::SyncConnection;
 use finsync::vault::Vault;
 use finsync_sandbox::{self as sandbox, Faults, Institution, Latency, Sandbox, SandboxConfig};
 
+/// A part of the bench, as `--parts` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Part {
+    /// First syncs beside a raw bulk upsert, and the worker's memory.
+    A,
+    /// First syncs under latency and the institution's budget.
+    B,
+    /// Second syncs with nothing changed (runs (a) first).
+    C,
+    /// First syncs per account (FDX) under the budget.
+    D,
+    /// Incremental syncs at 1,000 and 10,000 transactions of history.
+    E,
+    /// Cached portfolios read closed-loop beside a trivial route (runs (a) first).
+    F,
+}
+
 pub struct SyncBench {
-    /// Connections synced in each phase.
+    /// Connections synced in (a), (b) and (c).
     pub connections: usize,
     /// Syncs the worker runs at once.
     pub concurrency: usize,
@@ -57,6 +87,14 @@ pub struct SyncBench {
     pub budget: u32,
     /// Connections synced in (d).
     pub fanned_connections: usize,
+    /// Connections of each history length in (e).
+    pub incremental_connections: usize,
+    /// Clients reading at once in (f).
+    pub readers: usize,
+    /// Seconds of each of (f)'s four series.
+    pub read_seconds: u64,
+    /// The parts to run.
+    pub parts: BTreeSet<Part>,
     /// A PostgreSQL server where scratch databases may be created.
     pub database_url: String,
     /// The `redis-server` binary the bench starts.
@@ -77,9 +115,11 @@ const REQUESTS_IN_FLIGHT: u32 = 16;
 const PAGE_SIZE: u32 = 500;
 /// The record tables a sync writes.
 const RECORD_TABLES: [&str; 4] = ["accounts", "securities", "holdings", "transactions"];
+/// Syncs a day that keep a connection fresh, for the capacity figure.
+const SYNCS_A_DAY: f64 = 4.0;
 
 /// One phase's syncs, as their runs recorded them.
-struct Phase {
+struct Runs {
     runs: u64,
     failed: u64,
     /// Why the failed ones failed, as their runs recorded it.
@@ -90,10 +130,83 @@ struct Phase {
     written: u64,
 }
 
-impl Phase {
+impl Runs {
     fn per_second(&self, count: u64) -> f64 {
         count as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
+}
+
+/// CPU seconds spent while a phase ran: by the worker process, by this process
+/// (the sandbox institution, and the API the bench reads from), and by the whole
+/// machine (those, PostgreSQL and Redis).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    worker: f64,
+    bench: f64,
+    machine: f64,
+}
+
+impl Cpu {
+    fn sample(worker: &Worker) -> Self {
+        Self {
+            worker: worker.cpu_secs().unwrap_or_default(),
+            bench: support::process_cpu_secs(std::process::id()).unwrap_or_default(),
+            machine: support::machine_busy_secs().unwrap_or_default(),
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            worker: (self.worker - before.worker).max(0.0),
+            bench: (self.bench - before.bench).max(0.0),
+            machine: (self.machine - before.machine).max(0.0),
+        }
+    }
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            worker: self.worker + other.worker,
+            bench: self.bench + other.bench,
+            machine: self.machine + other.machine,
+        }
+    }
+
+    /// The machine's CPU but the institution's: the worker, PostgreSQL and Redis
+    /// (and the bench's own polling, a few queries a second).
+    fn ours(self) -> f64 {
+        (self.machine - self.bench).max(0.0)
+    }
+}
+
+/// The worker's resident memory over (a).
+struct Memory {
+    /// `VmHWM` at the end of (a).
+    peak: Option<u64>,
+    /// `VmRSS` once a tenth of the syncs had finished, and how many had.
+    early: Option<(usize, u64)>,
+    /// `VmRSS` once every sync had finished.
+    last: Option<(usize, u64)>,
+}
+
+/// (a), (c) and what depends on them, on one database.
+struct Fleetwide {
+    rows: u64,
+    initial: Runs,
+    /// CPU while (a) ran.
+    initial_cpu: Cpu,
+    memory: Memory,
+    raw: Raw,
+    resync: Option<Resync>,
+    reads: Option<reads::Reads>,
+}
+
+/// (c): a second sync of every connection with nothing changed.
+struct Resync {
+    runs: Runs,
+    /// Rows inserted, updated or deleted in the record tables during (c), as
+    /// PostgreSQL counted them.
+    pg_written: u64,
+    cpu: Cpu,
 }
 
 pub async fn run_sync(bench: SyncBench) -> anyhow::Result<()> {
@@ -105,73 +218,57 @@ pub async fn run_sync(bench: SyncBench) -> anyhow::Result<()> {
     // The institution keeps every user's data, as a real one serves it from
     // storage: the sandbox generating it again would be charged to the syncs.
     let config = SandboxConfig {
-        // Each user at Meridian and at Pinecrest.
-        cached_records: 2 * bench.connections * sandbox::data::BULK_RECORDS
-            + SandboxConfig::default().cached_records,
+        cached_records: cached_records(&bench),
         ..SandboxConfig::default()
     };
     let sandbox = sandbox::spawn(config, listener).await?;
     let mut redis = RedisServer::start(&bench.redis_server)?;
-    let exe = bench.finsync.clone();
 
-    // (a) and (c), then the raw upsert, on one database.
-    let fleet = Fleet::start(&bench, &sandbox, &redis, Institution::Meridian, None).await?;
-    fleet.link(&users, &progress, "(a) linking").await?;
-    let mut worker = fleet.worker(&exe, bench.concurrency)?;
-    let initial = fleet
-        .wait(&progress, "(a) first sync", "link:", bench.connections)
-        .await?;
-    let peak_rss = worker.peak_rss();
-    worker.stop();
-    let rows = fleet.record_rows().await?;
-
-    let written_before = fleet.rows_written().await?;
-    let queue = &fleet.app.ctx.queue;
-    for connection in fleet.connections().await? {
-        queue
-            .enqueue(SyncConnection {
-                connection_id: connection,
-                idempotency_key: format!("bench:resync:{connection}"),
-            })
-            .await?;
-    }
-    let mut worker = fleet.worker(&exe, bench.concurrency)?;
-    let resync = fleet
-        .wait(
-            &progress,
-            "(c) second sync, nothing changed",
-            "bench:resync:",
-            bench.connections,
-        )
-        .await?;
-    worker.stop();
-    let pg_written = fleet.rows_written().await? - written_before;
-
-    let raw = fleet.raw_upsert(&progress, bench.concurrency).await?;
-    fleet.stop().await?;
-
+    let fleetwide = if bench.parts.contains(&Part::A) {
+        Some(fleetwide(&bench, &sandbox, &redis, &users, &progress).await?)
+    } else {
+        None
+    };
     // (b) on a fresh database, through the latency and the institution's limit; (d)
     // the same at an institution asked per account.
-    let meridian = budgeted(
-        &bench,
-        &sandbox,
-        &redis,
-        &users,
-        &progress,
-        Institution::Meridian,
-        "(b)",
-    )
-    .await?;
-    let fanned = budgeted(
-        &bench,
-        &sandbox,
-        &redis,
-        &users[..bench.fanned_connections.min(users.len())],
-        &progress,
-        Institution::Pinecrest,
-        "(d)",
-    )
-    .await?;
+    let meridian = if bench.parts.contains(&Part::B) {
+        Some(
+            budgeted(
+                &bench,
+                &sandbox,
+                &redis,
+                &users,
+                &progress,
+                Institution::Meridian,
+                "(b)",
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let fanned = if bench.parts.contains(&Part::D) {
+        Some(
+            budgeted(
+                &bench,
+                &sandbox,
+                &redis,
+                &users[..bench.fanned_connections.min(users.len())],
+                &progress,
+                Institution::Pinecrest,
+                "(d)",
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    // Last: it moves the sandbox's world on, for every user.
+    let incremental = if bench.parts.contains(&Part::E) {
+        Some(incremental::run(&bench, &sandbox, &redis, &progress).await?)
+    } else {
+        None
+    };
     redis.stop();
     sandbox.shutdown().await;
     progress.clear().ok();
@@ -179,17 +276,82 @@ pub async fn run_sync(bench: SyncBench) -> anyhow::Result<()> {
     print(
         &bench,
         &Results {
-            rows,
-            initial,
-            raw,
-            resync,
-            pg_written,
+            fleetwide,
             budgeted: meridian,
             fanned,
-            peak_rss,
+            incremental,
         },
     );
     Ok(())
+}
+
+/// Records the sandbox keeps: every user's data at Meridian and at Pinecrest for
+/// (a) to (d), and (e)'s users at the three epochs a change feed compares.
+fn cached_records(bench: &SyncBench) -> usize {
+    let e = if bench.parts.contains(&Part::E) {
+        3 * bench.incremental_connections
+            * (sandbox::data::BULK_RECORDS + sandbox::data::DEEP_BULK_RECORDS)
+    } else {
+        0
+    };
+    2 * bench.connections * sandbox::data::BULK_RECORDS
+        + e
+        + SandboxConfig::default().cached_records
+}
+
+/// (a), then (c) and (f) if asked, then the raw upsert, on one database.
+async fn fleetwide(
+    bench: &SyncBench,
+    sandbox: &Sandbox,
+    redis: &RedisServer,
+    users: &[String],
+    progress: &MultiProgress,
+) -> anyhow::Result<Fleetwide> {
+    let fleet = Fleet::start(bench, sandbox, redis, Institution::Meridian, None).await?;
+    let key = fleet.link(users, progress, "(a) linking").await?;
+    let worker = fleet.worker(&bench.finsync, bench.concurrency)?;
+    // Resident memory once a tenth of the syncs have finished, and at the end: a
+    // worker whose memory follows the connections synced shows it here.
+    let checkpoint = (users.len() / 10).max(1);
+    let mut early = None;
+    let before = Cpu::sample(&worker);
+    let initial = fleet
+        .wait(progress, "(a) first sync", "link:", users.len(), |done| {
+            if early.is_none() && done >= checkpoint {
+                early = worker.rss().map(|rss| (done, rss));
+            }
+        })
+        .await?;
+    let initial_cpu = Cpu::sample(&worker).since(before);
+    let memory = Memory {
+        peak: worker.peak_rss(),
+        early,
+        last: worker.rss().map(|rss| (users.len(), rss)),
+    };
+    worker.stop();
+    let rows = fleet.record_rows().await?;
+
+    let resync = if bench.parts.contains(&Part::C) {
+        Some(fleet.resync(bench, progress).await?)
+    } else {
+        None
+    };
+    let reads = if bench.parts.contains(&Part::F) {
+        Some(reads::run(bench, &fleet, &key, users, progress).await?)
+    } else {
+        None
+    };
+    let raw = fleet.raw_upsert(progress, bench.concurrency).await?;
+    fleet.stop().await?;
+    Ok(Fleetwide {
+        rows,
+        initial,
+        initial_cpu,
+        memory,
+        raw,
+        resync,
+        reads,
+    })
 }
 
 /// The first sync of every user at `institution` on a fresh database, with
@@ -222,7 +384,7 @@ async fn budgeted(
     let (answered_before, throttled_before) =
         (sandbox.stats().api_requests, sandbox.throttled(institution));
     let started = std::time::Instant::now();
-    let mut worker = fleet.worker(&bench.finsync, bench.concurrency)?;
+    let worker = fleet.worker(&bench.finsync, bench.concurrency)?;
     let phase = fleet
         .wait(
             progress,
@@ -232,6 +394,7 @@ async fn budgeted(
             ),
             "link:",
             users.len(),
+            |_| {},
         )
         .await?;
     worker.stop();
@@ -242,6 +405,7 @@ async fn budgeted(
         .into_iter()
         .filter(|a| a.at >= started)
         .collect();
+    sandbox.set_faults(institution, Faults::default())?;
     fleet.stop().await?;
     Ok(Budgeted {
         phase,
@@ -253,7 +417,7 @@ async fn budgeted(
 
 /// A first sync under the institution's budget.
 struct Budgeted {
-    phase: Phase,
+    phase: Runs,
     /// Requests that reached the institution, refused ones included.
     requests: u64,
     throttled: u64,
@@ -262,18 +426,11 @@ struct Budgeted {
 }
 
 struct Results {
-    rows: u64,
-    initial: Phase,
-    raw: Raw,
-    resync: Phase,
-    /// Rows inserted, updated or deleted in the record tables during (c), as
-    /// PostgreSQL counted them.
-    pg_written: u64,
-    budgeted: Budgeted,
+    fleetwide: Option<Fleetwide>,
+    budgeted: Option<Budgeted>,
     /// (d): the same at an institution asked per account.
-    fanned: Budgeted,
-    /// Bytes, when the platform says.
-    peak_rss: Option<u64>,
+    fanned: Option<Budgeted>,
+    incremental: Option<incremental::Incremental>,
 }
 
 /// The raw bulk upsert of the rows (a) committed.
@@ -289,6 +446,8 @@ struct Raw {
 struct Fleet {
     stop: watch::Sender<bool>,
     app: Arc<App>,
+    /// Where the API answers, `http://host:port`.
+    address: String,
     dir: PathBuf,
     env: Vec<(String, String)>,
     scratch: ScratchDatabase,
@@ -348,14 +507,18 @@ impl Fleet {
             .base_urls
             .insert(institution.id().into(), base);
         settings.vault.key = vault_key;
+        // (f) measures the API, not its per-client limit.
+        settings.server.rate_limit_per_second = u32::MAX;
+        settings.server.rate_limit_burst = u32::MAX;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        settings.server.public_url =
-            url::Url::parse(&format!("http://{}/", listener.local_addr()?))?;
+        let address = format!("http://{}", listener.local_addr()?);
+        settings.server.public_url = url::Url::parse(&format!("{address}/"))?;
         let app = Arc::new(App::build(settings).await?);
         let stop = crate::support::serve(&app, listener);
         Ok(Self {
             scratch,
             app,
+            address,
             stop,
             dir,
             env,
@@ -363,16 +526,17 @@ impl Fleet {
         })
     }
 
-    /// Links every user at the fleet's institution over its OAuth redirect; each link
-    /// queues the connection's first sync.
+    /// Links every user at the fleet's institution over its OAuth redirect, for the
+    /// tenant `bench` it creates; each link queues the connection's first sync.
+    /// Returns the tenant's API key.
     async fn link(
         &self,
         users: &[String],
         progress: &MultiProgress,
         what: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<SecretString> {
         let bar = bar(progress, what, users.len());
-        let (tenant, _) = self.app.ctx.store.create_tenant("bench").await?;
+        let (tenant, key) = self.app.ctx.store.create_tenant("bench").await?;
         let http = finsync::http::client();
         futures::stream::iter(users)
             .map(|user| {
@@ -391,7 +555,7 @@ impl Fleet {
             .try_collect::<()>()
             .await?;
         bar.finish_and_clear();
-        Ok(())
+        Ok(key.0)
     }
 
     fn worker(&self, exe: &Path, concurrency: usize) -> anyhow::Result<Worker> {
@@ -414,15 +578,58 @@ impl Fleet {
         })
     }
 
+    /// Queues a sync of each connection, keyed `{prefix}{connection}`.
+    async fn enqueue(&self, connections: &[ConnectionId], prefix: &str) -> anyhow::Result<()> {
+        let queue = &self.app.ctx.queue;
+        for &connection in connections {
+            queue
+                .enqueue(SyncConnection {
+                    connection_id: connection,
+                    idempotency_key: format!("{prefix}{connection}"),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// (c): every connection synced again, nothing having changed at the
+    /// institution, by a worker started for it.
+    async fn resync(&self, bench: &SyncBench, progress: &MultiProgress) -> anyhow::Result<Resync> {
+        let written_before = self.rows_written().await?;
+        let connections = self.connections().await?;
+        self.enqueue(&connections, "bench:resync:").await?;
+        let worker = self.worker(&bench.finsync, bench.concurrency)?;
+        let before = Cpu::sample(&worker);
+        let runs = self
+            .wait(
+                progress,
+                "(c) second sync, nothing changed",
+                "bench:resync:",
+                connections.len(),
+                |_| {},
+            )
+            .await?;
+        let cpu = Cpu::sample(&worker).since(before);
+        worker.stop();
+        let pg_written = self.rows_written().await? - written_before;
+        Ok(Resync {
+            runs,
+            pg_written,
+            cpu,
+        })
+    }
+
     /// Waits until `expected` runs whose key starts with `prefix` have finished,
-    /// then reads their window and counts.
+    /// then reads their window and counts. `progress` hears how many have, as they
+    /// do.
     async fn wait(
         &self,
         progress: &MultiProgress,
         what: &str,
         prefix: &str,
         expected: usize,
-    ) -> anyhow::Result<Phase> {
+        mut finished_so_far: impl FnMut(usize),
+    ) -> anyhow::Result<Runs> {
         let bar = bar(progress, what, expected);
         let db = self.app.ctx.store.db();
         let finished = || {
@@ -440,6 +647,7 @@ impl Fleet {
         loop {
             let done = usize::try_from(finished().count(db).await?).unwrap_or(usize::MAX);
             bar.set_position(done as u64);
+            finished_so_far(done);
             if done >= expected {
                 break;
             }
@@ -459,7 +667,7 @@ impl Fleet {
             _ => Duration::ZERO,
         };
         let count = |n: i32| u64::try_from(n).unwrap_or_default();
-        Ok(Phase {
+        Ok(Runs {
             runs: runs.len() as u64,
             failed: runs.iter().filter(|r| r.outcome != "succeeded").count() as u64,
             errors: runs
@@ -476,6 +684,16 @@ impl Fleet {
     }
 
     async fn connections(&self) -> anyhow::Result<Vec<ConnectionId>> {
+        Ok(self
+            .connections_of_users()
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// The bench tenant's connections and the user of each.
+    async fn connections_of_users(&self) -> anyhow::Result<Vec<(ConnectionId, UserId)>> {
         let tenant = self
             .app
             .ctx
@@ -490,7 +708,7 @@ impl Fleet {
             .tenant_connections(tenant.id)
             .await?
             .into_iter()
-            .map(|c| c.id)
+            .map(|c| (c.id, c.user_id))
             .collect())
     }
 
@@ -506,8 +724,23 @@ impl Fleet {
     /// Rows PostgreSQL has inserted, updated and deleted in the record tables so
     /// far (its own statistics, not ours).
     async fn rows_written(&self) -> anyhow::Result<u64> {
+        self.record_table_statistic("n_tup_ins + n_tup_upd + n_tup_del")
+            .await
+    }
+
+    /// Rows PostgreSQL has read from the record tables so far, by sequential scans
+    /// and by index (its own statistics).
+    async fn rows_read(&self) -> anyhow::Result<u64> {
+        self.record_table_statistic("COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0)")
+            .await
+    }
+
+    /// The sum of `expression` over the record tables' rows of
+    /// `pg_stat_user_tables`.
+    async fn record_table_statistic(&self, expression: &str) -> anyhow::Result<u64> {
         let db = self.app.ctx.store.db();
-        // Statistics reach the shared counters within a second of a transaction.
+        // A backend flushes its statistics to the shared counters at most once a
+        // second.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let tables = RECORD_TABLES
             .iter()
@@ -518,7 +751,7 @@ impl Fleet {
             .query_one_raw(Statement::from_string(
                 db.get_database_backend(),
                 format!(
-                    "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint AS n \
+                    "SELECT COALESCE(SUM({expression}), 0)::bigint AS n \
                      FROM pg_stat_user_tables WHERE relname IN ({tables})"
                 ),
             ))
@@ -718,31 +951,59 @@ struct Worker {
 }
 
 impl Worker {
-    /// The process's peak resident set size so far (Linux's `VmHWM`).
-    fn peak_rss(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                eprintln!("finsync worker exited early ({status}):\n{log}");
+    /// The process's peak resident set size so far (Linux's `VmHWM`).
+    fn peak_rss(&self) -> Option<u64> {
+        support::process_memory(self.pid()?, "VmHWM")
+    }
+
+    /// The process's resident set size now (Linux's `VmRSS`).
+    fn rss(&self) -> Option<u64> {
+        support::process_memory(self.pid()?, "VmRSS")
+    }
+
+    /// CPU seconds the process has used so far.
+    fn cpu_secs(&self) -> Option<f64> {
+        support::process_cpu_secs(self.pid()?)
+    }
+
+    fn stop(mut self) {
+        self.halt();
+    }
+
+    /// Asks the worker to stop as an orchestrator would (SIGTERM), so that it
+    /// finishes as in production (and a heap profile, when built with one, is
+    /// written); kills it if it has not stopped within a minute.
+    fn halt(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("finsync worker exited early ({status}):\n{log}");
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        self.stop();
+        self.halt();
     }
 }
 
@@ -800,17 +1061,51 @@ fn bar(progress: &MultiProgress, what: &str, len: usize) -> ProgressBar {
     bar
 }
 
+fn secs(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64())
+}
+
+fn right(text: String) -> Cell {
+    Cell::new(text).set_alignment(CellAlignment::Right)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
 fn print(bench: &SyncBench, r: &Results) {
-    let secs = |d: Duration| format!("{:.2}", d.as_secs_f64());
-    let right = |text: String| Cell::new(text).set_alignment(CellAlignment::Right);
     println!(
         "finsync-bench sync: {} connections of a bulk user (3 accounts, 30 holdings, {} transactions), \
-         one worker process running {} syncs at once, PostgreSQL and Redis on this machine\n",
+         one worker process running {} syncs at once, PostgreSQL and Redis on this machine ({} cores)\n",
         bench.connections,
         sandbox::data::BULK_TRANSACTIONS,
-        bench.concurrency
+        bench.concurrency,
+        support::cores(),
     );
+    if let Some(fleetwide) = &r.fleetwide {
+        print_fleetwide(fleetwide);
+    }
+    print_budgeted(bench, r);
+    if let Some(incremental) = &r.incremental {
+        incremental::print(bench, incremental);
+    }
+    if let Some(reads) = r.fleetwide.as_ref().and_then(|f| f.reads.as_ref()) {
+        reads::print(bench, reads);
+    }
+    let resync = r.fleetwide.as_ref().and_then(|f| f.resync.as_ref());
+    print_capacity(
+        resync.map(|c| (c.cpu, c.runs.runs)),
+        r.incremental
+            .as_ref()
+            .map(incremental::Incremental::shallow_cost),
+    );
+}
 
+fn print_fleetwide(r: &Fleetwide) {
     let mut rows = Table::new();
     rows.load_preset(UTF8_FULL_CONDENSED).set_header([
         "measured",
@@ -837,16 +1132,97 @@ fn print(bench: &SyncBench, r: &Results) {
         right(secs(r.raw.elapsed)),
         right(format!("{raw_rate:.0}")),
     ]);
-    rows.add_row([
-        Cell::new("(c) second sync, nothing changed"),
-        right(r.resync.runs.to_string()),
-        right(r.resync.failed.to_string()),
-        right(format!("{} written", r.resync.written)),
-        right(secs(r.resync.elapsed)),
-        right("-".into()),
-    ]);
+    if let Some(resync) = &r.resync {
+        rows.add_row([
+            Cell::new("(c) second sync, nothing changed"),
+            right(resync.runs.runs.to_string()),
+            right(resync.runs.failed.to_string()),
+            right(format!("{} written", resync.runs.written)),
+            right(secs(resync.runs.elapsed)),
+            right("-".into()),
+        ]);
+    }
     println!("{rows}\n");
+    for error in &r.initial.errors {
+        println!("(a) a sync failed: {error}");
+    }
+    let ratio = r.initial.per_second(r.rows) / raw_rate.max(f64::EPSILON);
+    println!(
+        "(a) records/s, sync / raw upsert      = {ratio:.2}   (target at least 0.8: {})",
+        verdict(ratio >= 0.8)
+    );
+    if let Some(resync) = &r.resync {
+        for error in &resync.runs.errors {
+            println!("(c) a sync failed: {error}");
+        }
+        let time =
+            resync.runs.elapsed.as_secs_f64() / r.initial.elapsed.as_secs_f64().max(f64::EPSILON);
+        println!(
+            "(c) second sync: rows written         = {} by the runs' counts, {} by PostgreSQL's (target 0: {})",
+            resync.runs.written,
+            resync.pg_written,
+            verdict(resync.runs.written == 0 && resync.pg_written == 0)
+        );
+        println!(
+            "(c) second sync time / first sync time = {time:.3} (target at most 0.1: {})",
+            verdict(time <= 0.1)
+        );
+    }
+    let cpu = r.initial_cpu;
+    println!(
+        "(a) CPU seconds: worker {:.1}, institution and API (this process) {:.1}, PostgreSQL and Redis {:.1}",
+        cpu.worker,
+        cpu.bench,
+        (cpu.machine - cpu.worker - cpu.bench).max(0.0)
+    );
+    let memory = &r.memory;
+    match memory.peak {
+        Some(peak) => println!(
+            "worker peak RSS during (a)            = {} (target at most 150 MiB: {})",
+            mib(peak),
+            verdict(peak <= 150 * 1024 * 1024)
+        ),
+        None => println!("worker peak RSS during (a)            = not available on this platform"),
+    }
+    if let (Some((early_n, early)), Some((last_n, last))) = (memory.early, memory.last) {
+        let growth = last as f64 / early.max(1) as f64;
+        println!(
+            "worker RSS after {last_n} syncs / after {early_n} = {} / {} = {growth:.2} (target at most 1.1: {})",
+            mib(last),
+            mib(early),
+            verdict(growth <= 1.1)
+        );
+    }
+    println!();
+}
 
+fn print_budgeted(bench: &SyncBench, r: &Results) {
+    let runs: Vec<(String, &Budgeted)> = [
+        r.budgeted.as_ref().map(|run| {
+            (
+                format!(
+                    "(b) first sync, {} ms latency, budget {}/s",
+                    bench.latency_ms, bench.budget
+                ),
+                run,
+            )
+        }),
+        r.fanned.as_ref().map(|run| {
+            (
+                format!(
+                    "(d) the same, per account (FDX), {} connections",
+                    bench.fanned_connections
+                ),
+                run,
+            )
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if runs.is_empty() {
+        return;
+    }
     let mut budget = Table::new();
     budget.load_preset(UTF8_FULL_CONDENSED).set_header([
         "measured",
@@ -858,22 +1234,7 @@ fn print(bench: &SyncBench, r: &Results) {
         "busiest second",
         "429s",
     ]);
-    for (label, run) in [
-        (
-            format!(
-                "(b) first sync, {} ms latency, budget {}/s",
-                bench.latency_ms, bench.budget
-            ),
-            &r.budgeted,
-        ),
-        (
-            format!(
-                "(d) the same, per account (FDX), {} connections",
-                bench.fanned_connections
-            ),
-            &r.fanned,
-        ),
-    ] {
+    for (label, run) in &runs {
         budget.add_row([
             Cell::new(label),
             right(run.phase.runs.to_string()),
@@ -886,52 +1247,69 @@ fn print(bench: &SyncBench, r: &Results) {
         ]);
     }
     println!("{budget}\n");
-    // A failed sync is a finding: say why, so a red run explains itself.
-    for (phase, errors) in [
-        ("(a)", &r.initial.errors),
-        ("(c)", &r.resync.errors),
-        ("(b)", &r.budgeted.phase.errors),
-        ("(d)", &r.fanned.phase.errors),
-    ] {
-        for error in errors {
+    for (label, run) in &runs {
+        let phase = &label[..3];
+        // A failed sync is a finding: say why, so a red run explains itself.
+        for error in &run.phase.errors {
             println!("{phase} a sync failed: {error}");
         }
-    }
-
-    let ratio = r.initial.per_second(r.rows) / raw_rate.max(f64::EPSILON);
-    let achieved =
-        |run: &Budgeted| run.phase.per_second(run.requests) / f64::from(bench.budget.max(1));
-    let time = r.resync.elapsed.as_secs_f64() / r.initial.elapsed.as_secs_f64().max(f64::EPSILON);
-    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    println!(
-        "(a) records/s, sync / raw upsert      = {ratio:.2}   (target at least 0.5: {})",
-        verdict(ratio >= 0.5)
-    );
-    for (phase, run) in [("(b)", &r.budgeted), ("(d)", &r.fanned)] {
+        let achieved = run.phase.per_second(run.requests) / f64::from(bench.budget.max(1));
         println!(
-            "{phase} requests/s achieved / budget      = {:.2}   (target at least 0.9: {}); 429s: {} (target 0: {})",
-            achieved(run),
-            verdict(achieved(run) >= 0.9),
+            "{phase} requests/s achieved / budget      = {achieved:.2}   (target at least 0.9: {}); 429s: {} (target 0: {})",
+            verdict(achieved >= 0.9),
             run.throttled,
             verdict(run.throttled == 0)
         );
     }
-    println!(
-        "(c) second sync: rows written         = {} by the runs' counts, {} by PostgreSQL's (target 0: {})",
-        r.resync.written,
-        r.pg_written,
-        verdict(r.resync.written == 0 && r.pg_written == 0)
-    );
-    println!(
-        "(c) second sync time / first sync time = {time:.3} (target at most 0.1: {})",
-        verdict(time <= 0.1)
-    );
-    match r.peak_rss {
-        Some(bytes) => println!(
-            "worker peak RSS during (a)            = {:.1} MiB",
-            bytes as f64 / (1024.0 * 1024.0)
-        ),
-        None => println!("worker peak RSS during (a)            = not available on this platform"),
+    println!();
+}
+
+/// Connections one core keeps fresh at [`SYNCS_A_DAY`], from the CPU the
+/// incremental syncs of (c) and (e) cost: counting the worker's CPU alone, and
+/// counting every busy core of the machine (the worker, PostgreSQL, Redis and the
+/// sandbox institution, whose share a real institution would not put on us).
+fn print_capacity(nothing_changed: Option<(Cpu, u64)>, ten_new: Option<(Cpu, u64)>) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "incremental sync",
+        "syncs",
+        "worker CPU ms/sync",
+        "machine CPU ms/sync",
+        "per core, worker alone",
+        "per core, whole machine",
+    ]);
+    let mut any = false;
+    for (label, measured) in [
+        ("nothing changed, as in (c)", nothing_changed),
+        ("10 new transactions, as in (e)", ten_new),
+    ] {
+        let Some((cpu, syncs)) = measured else {
+            continue;
+        };
+        any = true;
+        let per_sync = |secs: f64| secs / syncs.max(1) as f64;
+        let capacity = |secs: f64| {
+            let per_sync = per_sync(secs);
+            if per_sync > 0.0 {
+                format!("{:.0}", 86_400.0 / SYNCS_A_DAY / per_sync)
+            } else {
+                "-".to_owned()
+            }
+        };
+        table.add_row([
+            Cell::new(label),
+            right(syncs.to_string()),
+            right(format!("{:.1}", per_sync(cpu.worker) * 1000.0)),
+            right(format!("{:.1}", per_sync(cpu.machine) * 1000.0)),
+            right(capacity(cpu.worker)),
+            right(capacity(cpu.machine)),
+        ]);
+    }
+    if any {
+        println!(
+            "Capacity: connections one core keeps fresh at {SYNCS_A_DAY} syncs a day, from the CPU seconds \
+             each sync cost (86,400 / {SYNCS_A_DAY} / CPU seconds per sync)\n{table}\n"
+        );
     }
 }
 

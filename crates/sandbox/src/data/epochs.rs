@@ -5,8 +5,8 @@
 //! 1. every transaction that has been pending for [`PENDING_EPOCHS`] epochs posts: the
 //!    pending record goes, and a posted one with a new id and `pending_transaction_id`
 //!    naming it comes, dated a day later and sometimes grown by a tip;
-//! 2. one to three new cash transactions appear, dated on or before the anchor date, the
-//!    first of them pending;
+//! 2. one to three new cash transactions appear (a bulk user's, [`BULK_NEW_PER_EPOCH`]),
+//!    dated on or before the anchor date, the first of them pending;
 //! 3. one earlier posted cash transaction gets a new description and category;
 //! 4. one earlier transaction disappears;
 //! 5. every market price moves by up to ±2%, the same move for every user;
@@ -16,13 +16,13 @@
 //! Depository balances follow the posted amounts and the holds of pending ones; investment
 //! balances follow the holdings' values. Amounts are computed with [`Dec`], never `f64`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{Datelike, Days, NaiveDate};
 
 use super::{
-    Dec, MERCHANTS, Merchant, Portfolio, SecurityKind, SplitMix64, Transaction, days_before,
-    portfolio, stable_hash,
+    BULK_NEW_PER_EPOCH, Dec, MERCHANTS, Merchant, Portfolio, SecurityKind, SplitMix64, Transaction,
+    days_before, portfolio, stable_hash,
 };
 
 /// A pending transaction posts this many epochs after the one that added it, so clients see
@@ -55,6 +55,52 @@ pub struct EpochState {
     portfolio: Portfolio,
     /// The epoch that added each pending transaction, which decides when it posts.
     pending_since: BTreeMap<String, u32>,
+    /// How the transactions differ from the epoch before (none at epoch 0): the
+    /// institution's change log, so that a change feed need not compare a user's
+    /// whole history on every request.
+    since_previous: Option<Delta>,
+}
+
+/// How one epoch's transactions differ from another's, as positions in their lists:
+/// added and modified in the later epoch's order, removed in the earlier one's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub added: Vec<usize>,
+    pub modified: Vec<usize>,
+    /// Positions in the earlier epoch's list.
+    pub removed: Vec<usize>,
+}
+
+impl Delta {
+    /// Compares every transaction of the two portfolios.
+    pub fn between(before: &Portfolio, after: &Portfolio) -> Self {
+        let earlier: HashMap<&str, &Transaction> = before
+            .transactions
+            .iter()
+            .map(|t| (t.transaction_id.as_str(), t))
+            .collect();
+        let later: HashSet<&str> = after
+            .transactions
+            .iter()
+            .map(|t| t.transaction_id.as_str())
+            .collect();
+        let mut delta = Self::default();
+        for (at, transaction) in after.transactions.iter().enumerate() {
+            match earlier.get(transaction.transaction_id.as_str()) {
+                None => delta.added.push(at),
+                Some(old) if *old != transaction => delta.modified.push(at),
+                Some(_) => {}
+            }
+        }
+        delta.removed = before
+            .transactions
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !later.contains(t.transaction_id.as_str()))
+            .map(|(at, _)| at)
+            .collect();
+        delta
+    }
 }
 
 impl EpochState {
@@ -74,6 +120,7 @@ impl EpochState {
             epoch: 0,
             portfolio,
             pending_since,
+            since_previous: None,
         }
     }
 
@@ -83,6 +130,12 @@ impl EpochState {
 
     pub fn portfolio(&self) -> &Portfolio {
         &self.portfolio
+    }
+
+    /// How this epoch's transactions differ from the epoch before's; `None` at
+    /// epoch 0.
+    pub fn since_previous(&self) -> Option<&Delta> {
+        self.since_previous.as_ref()
     }
 
     /// How many records (accounts, holdings, transactions) the state holds.
@@ -96,6 +149,7 @@ impl EpochState {
         let mut next = self.clone();
         next.epoch += 1;
         next.step();
+        next.since_previous = Some(Delta::between(&self.portfolio, &next.portfolio));
         next
     }
 
@@ -190,7 +244,12 @@ impl EpochState {
             account.account_id.clone(),
             account.balances.iso_currency_code.clone(),
         );
-        for index in 0..rng.between(1, 3) {
+        let new = if super::bulk_history(&self.user_id).is_some() {
+            BULK_NEW_PER_EPOCH
+        } else {
+            rng.between(1, 3)
+        };
+        for index in 0..new {
             let pending = index == 0;
             // Whole cents only, so balances stay in cents; holds are spending, never income.
             let merchants: Vec<&Merchant> = MERCHANTS

@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::Router;
 use sha2::{Digest, Sha256};
 
-use crate::data::Portfolio;
+use crate::data::{Portfolio, Transaction};
 use crate::grants::ScopeSet;
 use crate::oauth::{ClientAuth, TokenQuirks};
 use crate::{AppState, SandboxConfig};
@@ -214,11 +214,7 @@ pub(crate) fn rebrand(mut portfolio: Portfolio, institution: Institution) -> Por
     if !spec.data.rebranded {
         return portfolio;
     }
-    let id = |text: &mut String| {
-        if let Some(rest) = text.strip_prefix(meridian::SPEC.prefix) {
-            *text = format!("{}{rest}", spec.prefix);
-        }
-    };
+    let id = |text: &mut String| rebrand_id(text, institution);
     let name = |text: &mut String| {
         *text = text
             .replace("Meridian", spec.name)
@@ -234,15 +230,39 @@ pub(crate) fn rebrand(mut portfolio: Portfolio, institution: Institution) -> Por
         name(&mut holding.security.name);
     }
     for transaction in &mut portfolio.transactions {
-        id(&mut transaction.transaction_id);
-        id(&mut transaction.account_id);
-        if let Some(pending) = &mut transaction.pending_transaction_id {
-            id(pending);
-        }
-        if let Some(security) = &mut transaction.security_id {
-            id(security);
-        }
-        name(&mut transaction.name);
+        rebrand_transaction(transaction, institution);
     }
     portfolio
+}
+
+/// One transaction of [`rebrand`], for a reply that sends a few of them.
+pub(crate) fn rebrand_transaction(transaction: &mut Transaction, institution: Institution) {
+    let spec = institution.spec();
+    if !spec.data.rebranded {
+        return;
+    }
+    let id = |text: &mut String| rebrand_id(text, institution);
+    id(&mut transaction.transaction_id);
+    id(&mut transaction.account_id);
+    if let Some(pending) = &mut transaction.pending_transaction_id {
+        id(pending);
+    }
+    if let Some(security) = &mut transaction.security_id {
+        id(security);
+    }
+    transaction.name = transaction
+        .name
+        .replace("Meridian", spec.name)
+        .replace("MERIDIAN", &spec.name.to_uppercase());
+}
+
+/// An id of [`rebrand`]: Meridian's prefix becomes the institution's.
+pub(crate) fn rebrand_id(text: &mut String, institution: Institution) {
+    let spec = institution.spec();
+    if !spec.data.rebranded {
+        return;
+    }
+    if let Some(rest) = text.strip_prefix(meridian::SPEC.prefix) {
+        *text = format!("{}{rest}", spec.prefix);
+    }
 }
