@@ -8,6 +8,8 @@
 //! worker's memory grow with the connections it had synced. With one parameter,
 //! there is one statement per table, prepared once per connection.
 
+use std::fmt::Write as _;
+
 use sea_orm::sea_query::{Expr, SimpleExpr};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityName, EntityTrait,
@@ -58,21 +60,36 @@ where
                 .join(", ")
         ),
     };
-    for batch in rows.chunks(BATCH) {
-        let mut document = Vec::with_capacity(batch.len());
-        for row in batch {
-            let mut object = serde_json::Map::with_capacity(columns.len());
-            for column in &columns {
-                let value = row.get(*column).into_value().ok_or_else(|| {
+    let mut rows = rows.into_iter().peekable();
+    let mut text = String::new();
+    while rows.peek().is_some() {
+        // The document is written as text straight away: no map per row.
+        text.clear();
+        text.push('[');
+        for (n, mut row) in rows.by_ref().take(BATCH).enumerate() {
+            text.push_str(if n == 0 { "{" } else { ",{" });
+            for (i, column) in columns.iter().enumerate() {
+                let value = row.take(*column).into_value().ok_or_else(|| {
                     StoreError::Corrupt(format!("{table}.{} not set", column.as_str()))
                 })?;
-                object.insert(column.as_str().to_owned(), json(&value, backend)?);
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push('"');
+                text.push_str(column.as_str());
+                text.push_str("\":");
+                write!(text, "{}", json(&value, backend)?)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             }
-            document.push(serde_json::Value::Object(object));
+            text.push('}');
         }
-        let text = serde_json::Value::Array(document).to_string();
-        db.execute_raw(Statement::from_sql_and_values(backend, &sql, [text.into()]))
-            .await?;
+        text.push(']');
+        db.execute_raw(Statement::from_sql_and_values(
+            backend,
+            &sql,
+            [text.as_str().into()],
+        ))
+        .await?;
     }
     Ok(())
 }
