@@ -197,7 +197,7 @@ impl App {
     pub fn router(&self) -> axum::Router {
         let token = self.settings.server.admin_token.expose_secret();
         let metrics_token = self.settings.server.metrics_token.expose_secret();
-        api::router(ApiState {
+        api::router(ApiState::new(api::Shared {
             metrics_token: (!metrics_token.is_empty())
                 .then(|| Arc::new(self.settings.server.metrics_token.clone())),
             env: self.ctx.clone(),
@@ -228,7 +228,7 @@ impl App {
             inbound_webhook_window: Duration::from_millis(
                 self.settings.institution_webhooks.coalesce_ms,
             ),
-        })
+        }))
     }
 }
 

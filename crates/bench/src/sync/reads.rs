@@ -22,6 +22,8 @@ pub(super) struct Series {
     endpoint: Endpoint,
     answered: u64,
     failed: u64,
+    /// Body bytes of the answers.
+    bytes: u64,
     elapsed: Duration,
 }
 
@@ -95,6 +97,7 @@ async fn closed_loop(
     );
     let client = finsync::http::client();
     let answered = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     // The next portfolio to read, shared so that the clients walk every user.
     let next = Arc::new(AtomicUsize::new(0));
@@ -105,6 +108,7 @@ async fn closed_loop(
     for _ in 0..bench.readers.max(1) {
         let (client, key) = (client.clone(), key.expose_secret().to_owned());
         let (answered, failed, next) = (answered.clone(), failed.clone(), next.clone());
+        let bytes = bytes.clone();
         let (portfolios, trivial) = (portfolios.clone(), trivial.clone());
         clients.spawn(async move {
             while Instant::now() < deadline {
@@ -116,10 +120,16 @@ async fn closed_loop(
                     }
                 };
                 let ok = match client.get(url).bearer_auth(&key).send().await {
-                    Ok(response) => {
-                        response.status().is_success() && response.bytes().await.is_ok()
+                    Ok(response) if response.status().is_success() => {
+                        match response.bytes().await {
+                            Ok(body) => {
+                                bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                                true
+                            }
+                            Err(_) => false,
+                        }
                     }
-                    Err(_) => false,
+                    _ => false,
                 };
                 let counter = if ok { &answered } else { &failed };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -138,6 +148,7 @@ async fn closed_loop(
     Ok(Series {
         endpoint,
         answered: answered.load(Ordering::Relaxed),
+        bytes: bytes.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
         elapsed: start.elapsed(),
     })
@@ -151,6 +162,7 @@ pub(super) fn print(bench: &SyncBench, r: &Reads) {
         "failed",
         "seconds",
         "answered/s",
+        "bytes/answer",
     ]);
     for s in &r.series {
         table.add_row([
@@ -159,6 +171,7 @@ pub(super) fn print(bench: &SyncBench, r: &Reads) {
             right(s.failed.to_string()),
             right(format!("{:.2}", s.elapsed.as_secs_f64())),
             right(format!("{:.0}", s.per_second())),
+            right(format!("{:.0}", s.bytes as f64 / s.answered.max(1) as f64)),
         ]);
     }
     println!(
