@@ -215,11 +215,7 @@ pub(crate) fn rebrand(mut portfolio: Portfolio, institution: Institution) -> Por
         return portfolio;
     }
     let id = |text: &mut String| rebrand_id(text, institution);
-    let name = |text: &mut String| {
-        *text = text
-            .replace("Meridian", spec.name)
-            .replace("MERIDIAN", &spec.name.to_uppercase());
-    };
+    let name = |text: &mut String| rebrand_name(text, spec.name);
     for account in &mut portfolio.accounts {
         id(&mut account.account_id);
         name(&mut account.official_name);
@@ -250,10 +246,14 @@ pub(crate) fn rebrand_transaction(transaction: &mut Transaction, institution: In
     if let Some(security) = &mut transaction.security_id {
         id(security);
     }
-    transaction.name = transaction
-        .name
-        .replace("Meridian", spec.name)
-        .replace("MERIDIAN", &spec.name.to_uppercase());
+    rebrand_name(&mut transaction.name, spec.name);
+}
+
+/// A name of [`rebrand`]: Meridian becomes `institution_name`.
+fn rebrand_name(text: &mut String, institution_name: &str) {
+    *text = text
+        .replace("Meridian", institution_name)
+        .replace("MERIDIAN", &institution_name.to_uppercase());
 }
 
 /// An id of [`rebrand`]: Meridian's prefix becomes the institution's.
