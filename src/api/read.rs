@@ -6,8 +6,8 @@
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::HeaderName;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use axum::http::{HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -78,9 +78,9 @@ async fn cached(
 }
 
 /// Cached bytes handed to the response body without a copy.
-struct SharedJson(std::sync::Arc<Vec<u8>>);
+struct Shared(std::sync::Arc<Vec<u8>>);
 
-impl AsRef<[u8]> for SharedJson {
+impl AsRef<[u8]> for Shared {
     fn as_ref(&self) -> &[u8] {
         self.0.as_slice()
     }
@@ -90,14 +90,44 @@ fn parsed(cached: &CachedPortfolio) -> Result<(Portfolio, Hit), ApiError> {
     Ok((cached.parse().map_err(ApiError::internal)?, cached.hit))
 }
 
+/// Whether the client accepts a gzip-coded answer (RFC 9110, 12.5.3): `gzip` (or
+/// `x-gzip`) listed with a non-zero weight, or `*` with one and gzip not refused.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let mut star = false;
+    for coding in headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let mut parts = coding.split(';');
+        let name = parts.next().unwrap_or_default().trim();
+        let weight = parts
+            .filter_map(|p| p.trim().split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, q)| q.trim().parse::<f32>().unwrap_or(0.0));
+        if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+            return weight > 0.0;
+        }
+        if name == "*" {
+            star = weight > 0.0;
+        }
+    }
+    star
+}
+
 /// A user's portfolio: accounts, holdings with securities, recent transactions,
 /// totals per currency and allocations, with how fresh each connection's data is.
-/// `x-cache` says where the answer came from (`l1`, `l2`, `miss`).
+/// `x-cache` says where the answer came from (`l1`, `l2`, `miss`). A client that
+/// accepts gzip gets the cached view as the cache keeps it, compressed.
 #[utoipa::path(
     get, path = "/v1/users/{user_id}/portfolio", tag = "read",
     params(("user_id" = String, Path, description = "The tenant's own id for the user")),
     responses(
-        (status = 200, body = Portfolio, headers(("x-cache" = String, description = "l1, l2 or miss"))),
+        (status = 200, body = Portfolio, headers(
+            ("x-cache" = String, description = "l1, l2 or miss"),
+            ("content-encoding" = String, description = "gzip when the request's accept-encoding allows it"),
+        )),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 429, body = ErrorBody),
@@ -108,17 +138,33 @@ pub(super) async fn get_portfolio(
     State(state): State<ApiState>,
     tenant: Tenant,
     Path(user_id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let cached = cached(&state, &tenant, &user_id).await?;
     let source = (X_CACHE, cached.hit.as_str());
+    let vary = (VARY, "accept-encoding");
     if cached.needs_notice() {
         let (portfolio, _) = parsed(&cached)?;
-        return Ok(([source], Json(portfolio)).into_response());
+        return Ok(([source, vary], Json(portfolio)).into_response());
     }
-    // The cached bytes are the answer: no parsing on the hot path.
+    // The cached bytes are the answer: no parsing, and no compressing, on the hot
+    // path.
+    if accepts_gzip(&headers) {
+        return Ok((
+            [
+                source,
+                vary,
+                (CONTENT_TYPE, "application/json"),
+                (CONTENT_ENCODING, "gzip"),
+            ],
+            Body::from(Bytes::from_owner(Shared(cached.gzip))),
+        )
+            .into_response());
+    }
+    let json = portfolio::stored::json(&cached.gzip).map_err(ApiError::internal)?;
     Ok((
-        [source, (CONTENT_TYPE, "application/json")],
-        Body::from(Bytes::from_owner(SharedJson(cached.json))),
+        [source, vary, (CONTENT_TYPE, "application/json")],
+        Body::from(json),
     )
         .into_response())
 }

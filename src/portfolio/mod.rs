@@ -1,12 +1,13 @@
 //! The portfolio read model: everything an advisory app sees for one user, across
 //! all their connections, with how fresh it is. Built from the store ([`build`]),
-//! cached as JSON (moka → Redis), and rebuilt after every change so readers rarely
-//! touch the database. The user's [`positions`] (holdings summed per instrument of
+//! cached as gzip-compressed JSON ([`stored`]; moka → Redis), and rebuilt after
+//! every change so readers rarely touch the database. The user's [`positions`] (holdings summed per instrument of
 //! the securities master, optionally [`in_currency`]) are derived from it, and a
 //! [`household`]'s from its members' together.
 
 mod build;
 mod positions;
+pub mod stored;
 mod views;
 
 use std::sync::Arc;
@@ -27,11 +28,12 @@ pub use views::{
 use crate::cache::{Cache, Hit};
 use crate::domain::{ConnectionId, HouseholdId, TenantId, UserId};
 use crate::store::{ConnectionRecord, Store, StoreError};
+use stored::StoredError;
 
 /// The cache key of a user's portfolio. The version names the view's shape, so a
 /// deploy that changes it never reads views cached by the previous release.
 pub fn cache_key(tenant: TenantId, user: &UserId) -> String {
-    format!("portfolio:v9:{tenant}:{user}")
+    format!("portfolio:v10:{tenant}:{user}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,12 +43,13 @@ pub enum ReadError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cached portfolio: {0}")]
-    Serialize(#[from] serde_json::Error),
+    Stored(#[from] StoredError),
 }
 
 /// A portfolio as the cache holds it: serialized, ready to send as it is.
 pub struct CachedPortfolio {
-    pub json: Arc<Vec<u8>>,
+    /// The view as [`stored`] keeps it: gzip-compressed JSON.
+    pub gzip: Arc<Vec<u8>>,
     pub hit: Hit,
     /// The shared cache is unavailable; the answer must say so.
     pub degraded: bool,
@@ -62,8 +65,8 @@ impl CachedPortfolio {
     }
 
     /// The portfolio itself, with the notices applied.
-    pub fn parse(&self) -> Result<Portfolio, serde_json::Error> {
-        let mut portfolio: Portfolio = serde_json::from_slice(&self.json)?;
+    pub fn parse(&self) -> Result<Portfolio, StoredError> {
+        let mut portfolio = stored::decode(&self.gzip)?;
         if self.store_unavailable {
             portfolio.freshness.mark_store_unavailable();
         } else if self.degraded {
@@ -87,11 +90,11 @@ pub async fn read(
         let portfolio = build(store, tenant, user, recent_transactions)
             .await?
             .ok_or(ReadError::NoSuchUser)?;
-        Ok::<_, ReadError>(serde_json::to_vec(&portfolio)?)
+        Ok::<_, ReadError>(stored::encode(&portfolio)?)
     };
     match cache.get_or_load(&key, load).await {
-        Ok((json, hit)) => Ok(Some(CachedPortfolio {
-            json,
+        Ok((gzip, hit)) => Ok(Some(CachedPortfolio {
+            gzip,
             hit,
             degraded: cache.degraded(),
             store_unavailable: !store.reachable(),
@@ -153,8 +156,8 @@ pub async fn refresh(
     let mut connections = store.user_connections(tenant, user).await?;
     for _ in 0..ROUNDS {
         let built_from = versions(&connections);
-        let json = match patched(cache, &key, &connections).await {
-            Some(json) => json,
+        let view = match patched(cache, &key, &connections).await {
+            Some(view) => view,
             None => {
                 let Some(view) =
                     build::assemble(store, user, connections, recent_transactions).await?
@@ -162,10 +165,10 @@ pub async fn refresh(
                     cache.invalidate(&key).await;
                     return Ok(());
                 };
-                serde_json::to_vec(&view).map_err(|e| StoreError::Corrupt(e.to_string()))?
+                stored::encode(&view).map_err(|e| StoreError::Corrupt(e.to_string()))?
             }
         };
-        cache.put(&key, json).await;
+        cache.put(&key, view).await;
         connections = store.user_connections(tenant, user).await?;
         if versions(&connections) == built_from {
             return Ok(());
@@ -182,7 +185,7 @@ pub async fn refresh(
 /// it was built from other connections or older records.
 async fn patched(cache: &Cache, key: &str, connections: &[ConnectionRecord]) -> Option<Vec<u8>> {
     let cached = cache.peek(key).await?;
-    let mut view: Portfolio = serde_json::from_slice(&cached).ok()?;
+    let mut view = stored::decode(&cached).ok()?;
     let current = view.connections.len() == connections.len()
         && view
             .connections
@@ -194,7 +197,7 @@ async fn patched(cache: &Cache, key: &str, connections: &[ConnectionRecord]) -> 
     }
     (view.freshness, view.connections) = connection_views(connections);
     build::follow_connections(&mut view, connections);
-    serde_json::to_vec(&view).ok()
+    stored::encode(&view).ok()
 }
 
 /// What a cached view depends on, per connection: the row (status, freshness)

@@ -524,6 +524,63 @@ async fn stale_data_is_served_with_the_reason_when_the_institution_is_down() {
 }
 
 #[tokio::test]
+async fn a_portfolio_is_sent_gzip_compressed_to_clients_that_accept_it() {
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let key = app.tenant().bearer().to_owned();
+    app.link_and_sync(app.tenant().id, "demo-alice").await;
+    let url = format!("{}/v1/users/demo-alice/portfolio", app.address);
+    let get = |accept: Option<&'static str>| {
+        let mut request = finsync::http::client().get(&url).bearer_auth(&key);
+        if let Some(accept) = accept {
+            request = request.header("accept-encoding", accept);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let headers = response.headers().clone();
+            assert_eq!(headers["vary"], "accept-encoding", "{accept:?}");
+            let encoding = headers
+                .get("content-encoding")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (encoding, response.bytes().await.unwrap().to_vec())
+        }
+    };
+
+    let (encoding, plain) = get(None).await;
+    assert_eq!(encoding, None);
+    let plain: Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(plain["user_id"], "demo-alice");
+
+    for accept in ["gzip", "br;q=1, GZIP;q=0.5", "*", "identity, x-gzip"] {
+        let (encoding, body) = get(Some(accept)).await;
+        assert_eq!(encoding.as_deref(), Some("gzip"), "{accept}");
+        let mut json = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json)
+            .unwrap();
+        assert!(
+            body.len() * 3 < json.len(),
+            "{accept}: {} bytes for {} of JSON",
+            body.len(),
+            json.len()
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&json).unwrap(),
+            plain,
+            "{accept}"
+        );
+    }
+    for refused in ["gzip;q=0", "*, gzip;q=0.000", "br", "*;q=0"] {
+        let (encoding, body) = get(Some(refused)).await;
+        assert_eq!(encoding, None, "{refused}");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            plain,
+            "{refused}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_connection_that_needs_the_user_shows_why_and_a_relink_url() {
     let app = TestApp::builder().sqlite().build().await;
     let ctx = &app.app.ctx;

@@ -342,8 +342,7 @@ async fn a_cached_view_is_patched_only_while_it_holds_the_records_as_they_are() 
                 .unwrap();
             // As cached, without the notice this reader adds for itself (it is
             // not subscribed to invalidations).
-            let cached: finsync::portfolio::Portfolio =
-                serde_json::from_slice(&cached.json).unwrap();
+            let cached = finsync::portfolio::stored::decode(&cached.gzip).unwrap();
             let built = finsync::portfolio::build(&store, tenant, &user, 50)
                 .await
                 .unwrap()

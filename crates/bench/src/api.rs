@@ -357,7 +357,12 @@ async fn measure(
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
-            let ok = match client.get(&url).bearer_auth(&key).send().await {
+            // As HTTP clients do; the portfolio then comes as the cache keeps it.
+            let request = client
+                .get(&url)
+                .bearer_auth(&key)
+                .header(reqwest::header::ACCEPT_ENCODING, "gzip");
+            let ok = match request.send().await {
                 Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
                 Err(_) => false,
             };
