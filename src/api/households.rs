@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use super::auth::Tenant;
 use super::error::{ErrorBody, ErrorCode};
 use super::extract::{Json, Path, Query};
+use super::paging::{self, PageQuery};
 use super::read::{PositionsQuery, convert, reporting_currency, user_id};
 use super::{ApiError, ApiState};
 use crate::domain::HouseholdId;
@@ -68,6 +69,9 @@ impl From<Household> for HouseholdView {
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct HouseholdList {
     households: Vec<HouseholdView>,
+    /// Absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
 fn household_id(raw: &str) -> Result<HouseholdId, ApiError> {
@@ -136,11 +140,12 @@ pub(super) async fn put(
     Ok((status, Json(household.into())))
 }
 
-/// The tenant's households, by id.
+/// The tenant's households in order of id, a page at a time.
 #[utoipa::path(
-    get, path = "/v1/households", tag = "households",
+    get, path = "/v1/households", tag = "households", params(PageQuery),
     responses(
-        (status = 200, body = HouseholdList), (status = 401, body = ErrorBody),
+        (status = 200, body = HouseholdList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -148,11 +153,20 @@ pub(super) async fn put(
 pub(super) async fn list(
     State(state): State<ApiState>,
     tenant: Tenant,
+    Query(query): Query<PageQuery>,
 ) -> Result<Json<HouseholdList>, ApiError> {
     tenant.require(Scope::Read)?;
-    let households = state.env.store.households(tenant.tenant.id).await?;
+    let limit = paging::limit(query.limit, 100, 500)?;
+    let after: Option<String> = query.cursor.as_deref().map(paging::position).transpose()?;
+    let households = state
+        .env
+        .store
+        .households(tenant.tenant.id, after.as_deref(), u64::from(limit) + 1)
+        .await?;
+    let (households, next_cursor) = paging::page(households, limit, |h| h.id.as_str().to_owned());
     Ok(Json(HouseholdList {
         households: households.into_iter().map(Into::into).collect(),
+        next_cursor,
     }))
 }
 

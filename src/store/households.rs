@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, SqlErr};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr,
+};
 
 use super::entities::{household, household_member as member};
 use super::{Store, StoreError};
@@ -162,21 +164,33 @@ impl Store {
         assemble(row, members).map(Some)
     }
 
-    /// Every household of `tenant`, by id.
-    pub async fn households(&self, tenant: TenantId) -> Result<Vec<Household>, StoreError> {
+    /// Up to `limit` households of `tenant` in order of id, after `after` if given.
+    pub async fn households(
+        &self,
+        tenant: TenantId,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<Household>, StoreError> {
         let tenant = tenant.to_string();
-        let rows = household::Entity::find()
-            .filter(household::Column::TenantId.eq(&tenant))
+        let mut rows = household::Entity::find().filter(household::Column::TenantId.eq(&tenant));
+        if let Some(after) = after {
+            rows = rows.filter(household::Column::Id.gt(after));
+        }
+        let rows = rows
             .order_by_asc(household::Column::Id)
+            .limit(limit)
             .all(self.db())
             .await?;
         let mut members: BTreeMap<String, Vec<member::Model>> = BTreeMap::new();
-        for m in member::Entity::find()
-            .filter(member::Column::TenantId.eq(&tenant))
-            .all(self.db())
-            .await?
-        {
-            members.entry(m.household_id.clone()).or_default().push(m);
+        if !rows.is_empty() {
+            for m in member::Entity::find()
+                .filter(member::Column::TenantId.eq(&tenant))
+                .filter(member::Column::HouseholdId.is_in(rows.iter().map(|r| r.id.clone())))
+                .all(self.db())
+                .await?
+            {
+                members.entry(m.household_id.clone()).or_default().push(m);
+            }
         }
         rows.into_iter()
             .map(|row| {

@@ -354,6 +354,49 @@ async fn a_household_reads_as_one_in_one_currency() {
     )
     .await;
     assert_eq!(status, 404);
+    let theirs = app.get_json("/v1/households", &other).await;
+    assert_eq!(theirs["households"], json!([]));
+
+    // The list pages by id, with the members of each household on its page.
+    for id in ["h3", "h1", "h2"] {
+        let (status, _) = put(
+            &app,
+            tenant.bearer(),
+            id,
+            json!({"name": id, "members": []}),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let mut ids = Vec::new();
+    let mut path = "/v1/households?limit=2".to_owned();
+    loop {
+        let page = app.get_json(&path, tenant.bearer()).await;
+        let households = page["households"].as_array().unwrap();
+        assert!(households.len() <= 2, "{page}");
+        for h in households {
+            ids.push(h["id"].as_str().unwrap().to_owned());
+            if h["id"] == "smiths" {
+                assert_eq!(h["members"], json!(["demo-alice"]));
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/households?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(ids, ["h1", "h2", "h3", "smiths"]);
+    for bad in ["limit=0", "limit=501", "cursor=nonsense"] {
+        let (status, _) = send(
+            &app,
+            reqwest::Method::GET,
+            &format!("/v1/households?{bad}"),
+            tenant.bearer(),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}");
+    }
 
     let (status, _) = send(
         &app,
