@@ -103,6 +103,9 @@ pub struct Fx {
     /// How often the scheduler refreshes the rates.
     pub every: Duration,
     kept: Arc<RwLock<Option<Kept>>>,
+    /// Held by the one request reading the rates from the database once the kept
+    /// ones are old; the others wait for it and take what it kept.
+    reading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Fx {
@@ -112,6 +115,7 @@ impl Fx {
             http,
             every,
             kept: Arc::default(),
+            reading: Arc::default(),
         }
     }
 
@@ -141,12 +145,14 @@ impl Fx {
     /// The latest rates; `None` before the first refresh stored any. While the
     /// database cannot be read, the rates read last keep serving.
     pub async fn latest(&self, store: &Store) -> Result<Option<Arc<RateTable>>, StoreError> {
-        let kept = self.kept.read().ok().and_then(|k| k.clone());
-        if let Some((at, table)) = &kept
-            && at.elapsed() < RATES_KEPT
-        {
-            return Ok(table.clone());
+        if let Some(table) = self.fresh() {
+            return Ok(table);
         }
+        let _reading = self.reading.lock().await;
+        if let Some(table) = self.fresh() {
+            return Ok(table);
+        }
+        let kept = self.kept.read().ok().and_then(|k| k.clone());
         match store.latest_rates(self.provider.source()).await {
             Ok(table) => {
                 let table = table.map(Arc::new);
@@ -163,6 +169,12 @@ impl Fx {
                 None => Err(e),
             },
         }
+    }
+
+    /// The kept rates while they are recent enough to serve.
+    fn fresh(&self) -> Option<Option<Arc<RateTable>>> {
+        let (at, table) = self.kept.read().ok()?.clone()?;
+        (at.elapsed() < RATES_KEPT).then_some(table)
     }
 
     fn keep(&self, kept: Option<Kept>) {
