@@ -150,8 +150,11 @@ impl Store {
         id: &HouseholdId,
     ) -> Result<Option<Household>, StoreError> {
         let tenant = tenant.to_string();
+        // The row and its members as of one moment, not a rename from before a
+        // concurrent replacement with the members from after it.
+        let txn = self.begin_snapshot().await?;
         let Some(row) = household::Entity::find_by_id((tenant.clone(), id.to_string()))
-            .one(self.db())
+            .one(&txn)
             .await?
         else {
             return Ok(None);
@@ -159,8 +162,9 @@ impl Store {
         let members = member::Entity::find()
             .filter(member::Column::TenantId.eq(&tenant))
             .filter(member::Column::HouseholdId.eq(id.as_str()))
-            .all(self.db())
+            .all(&txn)
             .await?;
+        txn.commit().await?;
         assemble(row, members).map(Some)
     }
 
@@ -172,6 +176,7 @@ impl Store {
         limit: u64,
     ) -> Result<Vec<Household>, StoreError> {
         let tenant = tenant.to_string();
+        let txn = self.begin_snapshot().await?;
         let mut rows = household::Entity::find().filter(household::Column::TenantId.eq(&tenant));
         if let Some(after) = after {
             rows = rows.filter(household::Column::Id.gt(after));
@@ -179,19 +184,20 @@ impl Store {
         let rows = rows
             .order_by_asc(household::Column::Id)
             .limit(limit)
-            .all(self.db())
+            .all(&txn)
             .await?;
         let mut members: BTreeMap<String, Vec<member::Model>> = BTreeMap::new();
         if !rows.is_empty() {
             for m in member::Entity::find()
                 .filter(member::Column::TenantId.eq(&tenant))
                 .filter(member::Column::HouseholdId.is_in(rows.iter().map(|r| r.id.clone())))
-                .all(self.db())
+                .all(&txn)
                 .await?
             {
                 members.entry(m.household_id.clone()).or_default().push(m);
             }
         }
+        txn.commit().await?;
         rows.into_iter()
             .map(|row| {
                 let of = members.remove(&row.id).unwrap_or_default();

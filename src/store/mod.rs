@@ -37,9 +37,9 @@ use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    AccessMode, ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database,
+    DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait, IsolationLevel,
+    QueryFilter, QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -327,6 +327,22 @@ impl Store {
                 ..TransactionOptions::default()
             })
             .await
+    }
+
+    /// Starts a read-only transaction whose statements all read one snapshot: on
+    /// PostgreSQL `REPEATABLE READ` (its default, `READ COMMITTED`, takes a new
+    /// snapshot per statement); on SQLite any transaction does.
+    pub async fn begin_snapshot(&self) -> Result<DatabaseTransaction, DbErr> {
+        let options = if self.is_postgres() {
+            TransactionOptions {
+                isolation_level: Some(IsolationLevel::RepeatableRead),
+                access_mode: Some(AccessMode::ReadOnly),
+                ..TransactionOptions::default()
+            }
+        } else {
+            TransactionOptions::default()
+        };
+        self.db.begin_with_options(options).await
     }
 
     pub fn db(&self) -> &DatabaseConnection {
