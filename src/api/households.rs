@@ -268,7 +268,9 @@ pub(super) async fn positions(
     })?
     .ok_or_else(|| no_household(&id))?;
     if let Some(currency) = reporting {
-        positions.reporting = Some(convert(&state, &mut positions.positions, currency).await?);
+        let net_worth = (&positions.net_worth[..], positions.net_worth_complete);
+        positions.reporting =
+            Some(convert(&state, &mut positions.positions, net_worth, currency).await?);
     }
     Ok(Json(positions))
 }

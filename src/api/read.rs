@@ -20,7 +20,7 @@ use super::extract::{Json, Path, Query};
 use super::paging;
 use super::{ApiError, ApiState};
 use crate::cache::Hit;
-use crate::domain::{ConnectionStatus, Currency, InvestmentType, TransactionStatus, UserId};
+use crate::domain::{ConnectionStatus, Currency, InvestmentType, Money, TransactionStatus, UserId};
 use crate::portfolio::{
     self, AccountView, CachedPortfolio, ConnectionView, Freshness, HoldingView, Portfolio,
     Positions, ReadError, TransactionView,
@@ -267,15 +267,19 @@ pub(super) fn reporting_currency(raw: Option<&str>) -> Result<Option<Currency>, 
     .transpose()
 }
 
-/// `positions` with every figure also in `currency`, at the latest rates.
+/// `positions` with every figure, and `net_worth`, also in `currency`, at the
+/// latest rates.
 pub(super) async fn convert(
     state: &ApiState,
     positions: &mut [portfolio::Position],
+    (net_worth, complete): (&[Money], bool),
     currency: Currency,
 ) -> Result<portfolio::Reporting, ApiError> {
     let rates = state.env.fx.latest(&state.env.store).await?;
     Ok(portfolio::in_currency(
         positions,
+        net_worth,
+        complete,
         rates.as_deref(),
         currency,
     ))
@@ -307,7 +311,9 @@ pub(super) async fn get_positions(
     let (p, hit) = parsed(&cached(&state, &tenant, &user_id).await?)?;
     let mut positions = portfolio::positions(&p);
     if let Some(currency) = reporting {
-        positions.reporting = Some(convert(&state, &mut positions.positions, currency).await?);
+        let net_worth = (&positions.net_worth[..], positions.net_worth_complete);
+        positions.reporting =
+            Some(convert(&state, &mut positions.positions, net_worth, currency).await?);
     }
     Ok(([(X_CACHE, hit.as_str())], Json(positions)))
 }

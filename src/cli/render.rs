@@ -381,20 +381,40 @@ pub fn household(h: &crate::portfolio::HouseholdPositions) -> String {
         ]);
     }
     out.push_str(&format!("{rows}\n"));
+    let missing = || {
+        reporting
+            .missing_rates
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match &reporting.total_value {
         Some(total) => out.push_str(&format!(
-            "  Total: {} {}\n",
+            "  Positions: {} {}\n",
             group(total.amount),
             total.currency
         )),
-        None => out.push_str(&format!(
-            "  No total: no rate for {}\n",
-            reporting
-                .missing_rates
+        None => out.push_str(&format!("  No total: no rate for {}\n", missing())),
+    }
+    // Cash and the accounts' own values too, credit and loans subtracted.
+    match &reporting.net_worth {
+        Some(worth) => out.push_str(&format!(
+            "  Household net worth: {} {}   (as held: {})\n",
+            group(worth.amount),
+            worth.currency,
+            h.net_worth
                 .iter()
-                .map(ToString::to_string)
+                .map(|m| format!("{} {}", group(m.amount), m.currency))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(" + ")
+        )),
+        None if !h.net_worth_complete => {
+            out.push_str("  No household net worth: an account's positions had no value\n");
+        }
+        None => out.push_str(&format!(
+            "  No household net worth: no rate for {}\n",
+            missing()
         )),
     }
     for rate in &reporting.rates {

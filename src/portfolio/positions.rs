@@ -1,6 +1,8 @@
 //! A user's positions: the portfolio's holdings summed per instrument of the
 //! securities master, across every account and connection, each with the holdings
-//! it is made of; and where the value sits by asset class, currency and account.
+//! it is made of (a holding whose connection last read its data before a split
+//! took effect counted as split); where the value sits by asset class, currency and account; and the
+//! net worth, the portfolio's totals (a household's: its members' added).
 //! Sums are exact; amounts in different currencies are never added together (each
 //! figure is a list with one amount per currency), and a sum that some holding
 //! could not contribute to says so (`*_complete: false`) instead of looking whole.
@@ -28,11 +30,17 @@ pub struct Positions {
     pub freshness: Freshness,
     pub positions: Vec<Position>,
     pub allocation: PositionAllocation,
+    /// What the user's accounts are worth together, one amount per currency: the
+    /// portfolio's `totals` (positions a balance leaves out added once, credit and
+    /// loans subtracted).
+    pub net_worth: Vec<Money>,
+    /// False when a position to add had no value or a sum left Decimal's range.
+    pub net_worth_complete: bool,
     /// With `?currency=`: the value in that one currency, and how it was converted.
     pub reporting: Option<Reporting>,
 }
 
-/// The positions in one reporting currency.
+/// The positions, and the net worth, in one reporting currency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Reporting {
     pub currency: Currency,
@@ -42,7 +50,8 @@ pub struct Reporting {
     pub rates: Vec<RateUsed>,
     /// Currencies whose figures could not be converted (no rate is known, or a
     /// figure beyond Decimal's range): what is valued in them is in no
-    /// reporting-currency figure, and `complete` is false.
+    /// reporting-currency figure; `complete` is false if a holding is valued in
+    /// one, and `net_worth` is absent if the net worth has an amount in one.
     pub missing_rates: Vec<Currency>,
     /// Whether every valued holding could be converted and summed.
     pub complete: bool,
@@ -55,6 +64,9 @@ pub struct Reporting {
     pub by_asset_class: Vec<Share>,
     pub by_account: Vec<Share>,
     pub by_currency: Vec<Share>,
+    /// The net worth's amounts, each converted (rounded once as `rounding` says)
+    /// and added; absent when one could not be, or `net_worth_complete` is false.
+    pub net_worth: Option<Money>,
 }
 
 /// An exchange rate a conversion used.
@@ -107,7 +119,9 @@ pub struct Position {
     pub name: String,
     #[serde(rename = "type")]
     pub security_type: SecurityType,
-    /// Sum of the holdings' quantities, exact.
+    /// Sum of the holdings' quantities as held now, exact: a holding read before
+    /// a split of the instrument took effect counts at its
+    /// `split_adjusted_quantity`.
     #[serde(with = "rust_decimal::serde::str")]
     #[schema(value_type = String, example = "25.5")]
     pub quantity: Decimal,
@@ -143,9 +157,17 @@ pub struct PositionHolding {
     #[serde(with = "rust_decimal::serde::str")]
     #[schema(value_type = String, example = "10.5")]
     pub quantity: Decimal,
+    /// The quantity after the instrument's splits that took effect after the day
+    /// its connection last read the institution's data (recorded from another
+    /// connection's data, or detected since); absent when none did. `quantity`
+    /// stays as sent.
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>, example = "21")]
+    pub split_adjusted_quantity: Option<Decimal>,
     pub value: Option<Money>,
     pub cost_basis: Option<Money>,
-    /// `cost_basis` over `quantity`, to six decimal places, half to even.
+    /// `cost_basis` over the quantity held now (`split_adjusted_quantity` where
+    /// there is one), to six decimal places, half to even.
     pub cost_basis_per_unit: Option<Money>,
     pub price: Option<Money>,
     pub as_of: Option<chrono::NaiveDate>,
@@ -188,8 +210,32 @@ pub fn positions(portfolio: &Portfolio) -> Positions {
         freshness: portfolio.freshness.clone(),
         positions,
         allocation,
+        net_worth: portfolio.totals.clone(),
+        net_worth_complete: portfolio.totals_complete,
         reporting: None,
     }
+}
+
+/// The members' net worth together: their portfolios' totals added per
+/// currency, and whether every one was complete and every sum fits.
+fn summed_totals(portfolios: &[Portfolio]) -> (Vec<Money>, bool) {
+    let mut sums: BTreeMap<Currency, Decimal> = BTreeMap::new();
+    let mut complete = true;
+    for p in portfolios {
+        complete &= p.totals_complete;
+        for total in &p.totals {
+            let sum = sums.entry(total.currency).or_default();
+            match sum.checked_add(total.amount) {
+                Some(added) => *sum = added,
+                None => complete = false,
+            }
+        }
+    }
+    let totals = sums
+        .into_iter()
+        .map(|(currency, amount)| Money::new(amount, currency))
+        .collect();
+    (totals, complete)
 }
 
 /// What `GET /v1/households/{household_id}/positions` answers: the positions of
@@ -205,6 +251,11 @@ pub struct HouseholdPositions {
     pub freshness: Freshness,
     pub positions: Vec<Position>,
     pub allocation: PositionAllocation,
+    /// What the members' accounts are worth together, one amount per currency:
+    /// their portfolios' `totals` added.
+    pub net_worth: Vec<Money>,
+    /// False when a member's totals were incomplete or a sum left Decimal's range.
+    pub net_worth_complete: bool,
     /// With `?currency=`: the value in that one currency, and how it was converted.
     pub reporting: Option<Reporting>,
 }
@@ -237,6 +288,7 @@ pub fn household_positions(household: &Household, portfolios: &[Portfolio]) -> H
     });
     let with_data: std::collections::BTreeSet<&str> =
         portfolios.iter().map(|p| p.user_id.as_str()).collect();
+    let (net_worth, net_worth_complete) = summed_totals(portfolios);
     HouseholdPositions {
         household_id: household.id.to_string(),
         name: household.name.clone(),
@@ -250,6 +302,8 @@ pub fn household_positions(household: &Household, portfolios: &[Portfolio]) -> H
         freshness: merged.freshness,
         positions,
         allocation,
+        net_worth,
+        net_worth_complete,
         reporting: None,
     }
 }
@@ -264,6 +318,13 @@ fn gather(
         .connections
         .iter()
         .map(|c| (c.id.as_str(), c.institution.as_str()))
+        .collect();
+    // The day each connection last read the institution's data: a split that
+    // took effect after it is not in that data's quantities yet.
+    let read_on: BTreeMap<&str, chrono::NaiveDate> = portfolio
+        .connections
+        .iter()
+        .filter_map(|c| Some((c.id.as_str(), c.freshness.as_of?.date_naive())))
         .collect();
     let account_name: BTreeMap<(&str, &str), &str> = portfolio
         .accounts
@@ -293,11 +354,20 @@ fn gather(
                 i.weak = weak;
                 i
             });
+            let splits = instrument.as_ref().map_or(&[][..], |i| &i.splits[..]);
+            let adjusted: Vec<Option<Decimal>> = holdings
+                .iter()
+                .map(|h| {
+                    let read_on = read_on.get(h.connection_id.as_str()).copied();
+                    split_adjusted(h.quantity, read_on, splits)
+                })
+                .collect();
             let mut value = Sums::default();
             let mut cost = Sums::default();
             let mut quantity = Decimal::ZERO;
-            for h in &holdings {
-                quantity = quantity.checked_add(h.quantity).unwrap_or(quantity);
+            for (h, now) in holdings.iter().zip(&adjusted) {
+                let held = now.unwrap_or(h.quantity);
+                quantity = quantity.checked_add(held).unwrap_or(quantity);
                 value.add(h.value);
                 cost.add(h.cost_basis);
             }
@@ -322,7 +392,8 @@ fn gather(
                 cost_basis: cost.money(),
                 holdings: holdings
                     .iter()
-                    .map(|h| PositionHolding {
+                    .zip(adjusted)
+                    .map(|(h, now)| PositionHolding {
                         user_id: owner(&h.connection_id),
                         connection_id: h.connection_id.clone(),
                         institution: institution_of
@@ -334,9 +405,12 @@ fn gather(
                             .map_or_else(String::new, |n| (*n).to_owned()),
                         security_id: h.security.id.clone(),
                         quantity: h.quantity,
+                        split_adjusted_quantity: now,
                         value: h.value,
                         cost_basis: h.cost_basis,
-                        cost_basis_per_unit: h.cost_basis.and_then(|c| per_unit(c, h.quantity)),
+                        cost_basis_per_unit: h
+                            .cost_basis
+                            .and_then(|c| per_unit(c, now.unwrap_or(h.quantity))),
                         price: h.price,
                         as_of: h.as_of,
                         reporting_value: None,
@@ -357,11 +431,28 @@ fn gather(
     (positions, allocation(&portfolio.holdings))
 }
 
+/// `money` in `to` with `rates` (none: no rate is known yet, and only what is
+/// already in `to` converts), and the conversion when one was made.
+fn converted(
+    rates: Option<&RateTable>,
+    money: Money,
+    to: Currency,
+) -> Option<(Money, Option<Conversion>)> {
+    match rates {
+        Some(table) => table.convert(money, to).ok(),
+        None if money.currency == to => Some((money, None)),
+        None => None,
+    }
+}
+
 /// Adds every figure of `positions` in `to`, converted with `rates` (none: no
 /// rate is known yet, and only what is already in `to` counts), and returns
-/// their total and allocation in `to`.
+/// their total and allocation in `to`, with `net_worth` (complete or not, as
+/// `net_worth_complete` says) converted and added.
 pub fn in_currency(
     positions: &mut [Position],
+    net_worth: &[Money],
+    net_worth_complete: bool,
     rates: Option<&RateTable>,
     to: Currency,
 ) -> Reporting {
@@ -377,12 +468,7 @@ pub fn in_currency(
         let mut missing: std::collections::BTreeSet<Currency> = Default::default();
         let mut convert = |money: Option<Money>| -> Option<Money> {
             let money = money?;
-            let converted = match rates {
-                Some(table) => table.convert(money, to).ok(),
-                None if money.currency == to => Some((money, None)),
-                None => None,
-            };
-            match converted {
+            match converted(rates, money, to) {
                 Some((converted, conversion)) => {
                     if let Some(c) = conversion {
                         used.entry(c.from).or_insert_with(|| RateUsed::from(&c));
@@ -445,6 +531,21 @@ pub fn in_currency(
             .collect()
     };
     let complete = all_missing.is_empty() && !overflowed;
+    let mut worth = Some(Decimal::ZERO).filter(|_| net_worth_complete);
+    for money in net_worth {
+        match converted(rates, *money, to) {
+            Some((amount, conversion)) => {
+                if let Some(c) = conversion {
+                    all_used.entry(c.from).or_insert_with(|| RateUsed::from(&c));
+                }
+                worth = worth.and_then(|w| w.checked_add(amount.amount));
+            }
+            None => {
+                all_missing.insert(money.currency);
+                worth = None;
+            }
+        }
+    }
     Reporting {
         currency: to,
         rounding: ROUNDING.to_owned(),
@@ -455,6 +556,7 @@ pub fn in_currency(
         by_asset_class: shares(class),
         by_account: shares(account),
         by_currency: shares(held_in),
+        net_worth: worth.map(|w| Money::new(w, to)),
     }
 }
 
@@ -470,6 +572,28 @@ fn add_converted(
         (Some(_), Some(c)) => sum?.checked_add(c.amount),
         (Some(_), None) => None,
     }
+}
+
+/// `quantity`, read from the institution on `read_on`, after the splits that took
+/// effect after that day: `None` when none did (or the day is unknown, and the
+/// data is taken to be current), or the adjusted quantity would leave Decimal's
+/// range.
+fn split_adjusted(
+    quantity: Decimal,
+    read_on: Option<chrono::NaiveDate>,
+    splits: &[super::views::SplitView],
+) -> Option<Decimal> {
+    let read_on = read_on?;
+    let mut adjusted = None;
+    for split in splits.iter().filter(|s| s.date > read_on && s.old > 0) {
+        let before: Decimal = adjusted.unwrap_or(quantity);
+        adjusted = Some(
+            before
+                .checked_mul(Decimal::from(split.new))?
+                .checked_div(Decimal::from(split.old))?,
+        );
+    }
+    adjusted
 }
 
 /// `total` shared over `quantity` units, to six decimal places (half to even).
@@ -549,5 +673,101 @@ fn allocation(holdings: &[HoldingView]) -> PositionAllocation {
             .iter()
             .map(|(currency, amount)| Money::new(*amount, *currency))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A holding of the master's instrument `i1` (split 2-for-1 on 2026-06-01) at
+    /// `connection`.
+    fn holding(connection: &str, quantity: &str, cost: &str) -> HoldingView {
+        serde_json::from_value(json!({
+            "connection_id": connection, "account_id": "a", "quantity": quantity,
+            "cost_basis": {"amount": cost, "currency": "USD"}, "price": null, "value": null,
+            "as_of": null,
+            "security": {
+                "id": "s", "name": "Example", "type": "equity", "ticker": "EXM",
+                "cusip": null, "isin": "US0000000001", "sedol": null, "figi": null,
+                "currency": "USD", "price": null, "price_as_of": null,
+                "identifier_issues": [],
+                "instrument": {
+                    "id": "i1", "name": "Example", "type": "equity", "currency": "USD",
+                    "ticker": "EXM", "figi": null, "isin": "US0000000001", "cusip": null,
+                    "sedol": null, "matched_by": "isin", "weak": false,
+                    "splits": [{"ratio": "2-for-1", "new": 2, "old": 1,
+                                "date": "2026-06-01", "source": "institution"}]
+                }
+            }
+        }))
+        .unwrap()
+    }
+
+    /// Connection `id`, whose data was last read at `synced` (none: never).
+    fn connection(id: &str, synced: Option<&str>) -> crate::portfolio::ConnectionView {
+        serde_json::from_value(json!({
+            "id": id, "institution": "x", "status": "active", "records_version": 1,
+            "freshness": {"as_of": synced, "stale": false, "reason": null, "message": null}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_holding_read_before_a_split_counts_at_its_adjusted_quantity() {
+        let mut portfolio = Portfolio::empty("u".into());
+        portfolio.connections = vec![
+            // Read after the split: already in new shares.
+            connection("c1", Some("2026-06-02T09:00:00Z")),
+            // An institution down since before it: its 10 old shares are 20 now.
+            connection("c2", Some("2026-05-30T09:00:00Z")),
+            // Read on the day it took effect: taken as already split.
+            connection("c3", Some("2026-06-01T23:00:00Z")),
+        ];
+        portfolio.holdings = vec![
+            holding("c1", "20", "1000.00"),
+            holding("c2", "10", "500.00"),
+            holding("c3", "4", "100.00"),
+        ];
+        let p = positions(&portfolio);
+        let [position] = &p.positions[..] else {
+            panic!("one instrument, one position: {:?}", p.positions);
+        };
+        assert_eq!(position.quantity, Decimal::from(44));
+        let adjusted: Vec<Option<Decimal>> = position
+            .holdings
+            .iter()
+            .map(|h| h.split_adjusted_quantity)
+            .collect();
+        assert_eq!(adjusted, [None, Some(Decimal::from(20)), None]);
+        assert_eq!(position.holdings[1].quantity, Decimal::from(10), "as sent");
+        // 1,600.00 over 44 shares; the older holding's 500.00 over its 20.
+        let per_unit = |m: &Option<Money>| m.map(|m| m.amount);
+        assert_eq!(
+            per_unit(&position.cost_basis_per_unit),
+            Some(Decimal::new(36_363_636, 6))
+        );
+        assert_eq!(
+            per_unit(&position.holdings[1].cost_basis_per_unit),
+            Some(Decimal::from(25))
+        );
+    }
+
+    #[test]
+    fn data_of_an_unknown_day_or_read_after_every_split_is_not_adjusted() {
+        let splits = holding("c", "10", "1").security.instrument.unwrap().splits;
+        let day = |d: &str| d.parse().ok();
+        assert_eq!(split_adjusted(Decimal::TEN, None, &splits), None);
+        assert_eq!(split_adjusted(Decimal::TEN, day("2026-07-01"), &[]), None);
+        assert_eq!(
+            split_adjusted(Decimal::TEN, day("2026-07-01"), &splits),
+            None
+        );
+        assert_eq!(
+            split_adjusted(Decimal::TEN, day("2026-01-01"), &splits),
+            Some(Decimal::from(20))
+        );
     }
 }

@@ -276,6 +276,10 @@ fn the_demo_prints_three_synced_portfolios() {
         );
     }
     assert_eq!(stdout.matches("Net worth").count(), 3, "{stdout}");
+    assert!(
+        stdout.contains("Household net worth: ") && stdout.contains(" EUR   (as held: "),
+        "the household's net worth in one currency:\n{stdout}"
+    );
     // Amounts grouped for reading, and the sizes of real clients' wealth: no
     // figure of a trillion or more (those belong to the tests' extreme persona).
     assert!(stdout.contains(",") && stdout.contains(" USD"), "{stdout}");

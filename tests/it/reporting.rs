@@ -79,6 +79,20 @@ async fn positions_convert_to_eur_and_gbp_exactly_naming_each_rate() {
         let reporting = &body["reporting"];
         assert_eq!(reporting["currency"], to);
         assert_eq!(reporting["complete"], true, "{reporting}");
+        let portfolio = app
+            .get_json("/v1/users/demo-alice/portfolio", tenant.bearer())
+            .await;
+        assert_eq!(body["net_worth"], portfolio["totals"]);
+        let worth: Decimal = portfolio["totals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (dec(&m["amount"]) * by_hand(m["currency"].as_str().unwrap(), to))
+                    .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven)
+            })
+            .sum();
+        assert_eq!(dec(&reporting["net_worth"]["amount"]), worth, "{reporting}");
         assert_eq!(reporting["missing_rates"], json!([]));
         let mut held_in = std::collections::BTreeSet::new();
         let mut total = Decimal::ZERO;
@@ -283,6 +297,44 @@ async fn a_household_reads_as_one_in_one_currency() {
     }
     assert_eq!(body["reporting"]["complete"], true);
     assert_eq!(body["reporting"]["currency"], "EUR");
+
+    // The household's net worth adds the members' portfolio totals per currency,
+    // and in EUR each amount is converted (rounded once) and added.
+    let mut worth: BTreeMap<String, Decimal> = BTreeMap::new();
+    for user in ["demo-alice", "demo-bob"] {
+        let own = app
+            .get_json(&format!("/v1/users/{user}/portfolio"), tenant.bearer())
+            .await;
+        assert_eq!(own["totals_complete"], true, "{user}");
+        for total in own["totals"].as_array().unwrap() {
+            *worth
+                .entry(total["currency"].as_str().unwrap().to_owned())
+                .or_default() += dec(&total["amount"]);
+        }
+    }
+    assert!(worth.len() >= 2, "both dollars and euros: {worth:?}");
+    let listed: BTreeMap<String, Decimal> = body["net_worth"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["currency"].as_str().unwrap().to_owned(),
+                dec(&m["amount"]),
+            )
+        })
+        .collect();
+    assert_eq!(listed, worth);
+    assert_eq!(body["net_worth_complete"], true);
+    let in_eur: Decimal = worth
+        .iter()
+        .map(|(from, amount)| {
+            (amount * by_hand(from, "EUR"))
+                .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven)
+        })
+        .sum();
+    assert_eq!(dec(&body["reporting"]["net_worth"]["amount"]), in_eur);
+    assert_eq!(body["reporting"]["net_worth"]["currency"], "EUR");
 
     // A user is in one household at most: the second is refused, nothing changes.
     let (status, refused) = put(

@@ -188,6 +188,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let rates = ctx.fx.latest(&ctx.store).await?;
         household.reporting = Some(portfolio::in_currency(
             &mut household.positions,
+            &household.net_worth,
+            household.net_worth_complete,
             rates.as_deref(),
             REPORTING_CURRENCY.parse()?,
         ));
