@@ -136,8 +136,18 @@ impl Fx {
         let label = if outcome.is_ok() { "ok" } else { "failed" };
         metrics::counter!("finsync_fx_refreshes_total", "source" => self.provider.source(), "outcome" => label)
             .increment(1);
-        if outcome.is_ok() {
+        if let Ok(refreshed) = &outcome {
             self.keep(None);
+            // A provider that answers but stops publishing fails no fetch: the
+            // age of what it publishes is what alerts (FinsyncExchangeRatesOld).
+            if let Some(newest) = refreshed.newest {
+                let published = newest
+                    .and_time(chrono::NaiveTime::MIN)
+                    .and_utc()
+                    .timestamp();
+                metrics::gauge!("finsync_fx_rates_published_timestamp_seconds", "source" => self.provider.source())
+                    .set(published as f64);
+            }
         }
         outcome
     }

@@ -143,6 +143,13 @@ async fn a_sync_and_api_requests_leave_their_metrics() {
     app.link_and_sync(tenant.id, "demo-alice").await;
     app.get_json("/v1/users/demo-alice/portfolio", tenant.bearer())
         .await;
+    let refreshed = app.app.ctx.fx.refresh(&app.app.ctx.store).await.unwrap();
+    let published = refreshed
+        .newest
+        .unwrap()
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc()
+        .timestamp();
     // A method made up by a client makes no series of its own.
     let made_up = reqwest::Method::from_bytes(b"FOO123").unwrap();
     finsync::http::client()
@@ -189,6 +196,14 @@ async fn a_sync_and_api_requests_leave_their_metrics() {
         "{text}"
     );
     assert!(!text.contains("FOO123"), "{text}");
+    // What the exchange-rate age alert reads: the newest rate's publication day.
+    let age_line = text
+        .lines()
+        .find(|l| l.starts_with("finsync_fx_rates_published_timestamp_seconds{"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(age_line.contains("source=\"ecb\""), "{age_line}");
+    let value: f64 = age_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(value, published as f64, "{age_line}");
     assert!(has_series(
         &text,
         "finsync_http_request_duration_seconds_count",
