@@ -105,7 +105,14 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         let weight = parts
             .filter_map(|p| p.trim().split_once('='))
             .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
-            .map_or(1.0, |(_, q)| q.trim().parse::<f32>().unwrap_or(0.0));
+            // A weight outside 0 to 1, or not a number, refuses the coding.
+            .map_or(1.0, |(_, q)| {
+                q.trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|q| (0.0..=1.0).contains(q))
+                    .unwrap_or(0.0)
+            });
         if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
             return weight > 0.0;
         }

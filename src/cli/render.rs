@@ -410,7 +410,7 @@ pub fn household(h: &crate::portfolio::HouseholdPositions) -> String {
                 .join(" + ")
         )),
         None if !h.net_worth_complete => {
-            out.push_str("  No household net worth: an account's positions had no value\n");
+            out.push_str("  No household net worth: a member's totals are incomplete\n");
         }
         None => out.push_str(&format!(
             "  No household net worth: no rate for {}\n",

@@ -11,6 +11,7 @@
 
 pub mod ecb;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -91,8 +92,13 @@ pub struct Refreshed {
     pub newest: Option<NaiveDate>,
 }
 
-/// The latest rates as one process read them, and when.
-type Kept = (Instant, Option<Arc<RateTable>>);
+/// The latest rates as one process read them: when (none once a refresh stored
+/// newer ones), and what.
+#[derive(Clone)]
+struct Kept {
+    at: Option<Instant>,
+    table: Option<Arc<RateTable>>,
+}
 
 /// The configured provider: refreshed on the scheduler's clock, read by
 /// conversions.
@@ -103,8 +109,11 @@ pub struct Fx {
     /// How often the scheduler refreshes the rates.
     pub every: Duration,
     kept: Arc<RwLock<Option<Kept>>>,
+    /// Moved by each refresh that stored rates: a read begun before it keeps
+    /// nothing, so it cannot put older rates back over the refresh.
+    generation: Arc<AtomicU64>,
     /// Held by the one request reading the rates from the database once the kept
-    /// ones are old; the others wait for it and take what it kept.
+    /// ones are old.
     reading: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -115,6 +124,7 @@ impl Fx {
             http,
             every,
             kept: Arc::default(),
+            generation: Arc::default(),
             reading: Arc::default(),
         }
     }
@@ -137,7 +147,13 @@ impl Fx {
         metrics::counter!("finsync_fx_refreshes_total", "source" => self.provider.source(), "outcome" => label)
             .increment(1);
         if let Ok(refreshed) = &outcome {
-            self.keep(None);
+            // Read again on the next request; served meanwhile if that read fails.
+            if let Ok(mut slot) = self.kept.write() {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                if let Some(kept) = slot.as_mut() {
+                    kept.at = None;
+                }
+            }
             // A provider that answers but stops publishing fails no fetch: the
             // age of what it publishes is what alerts (FinsyncExchangeRatesOld).
             if let Some(newest) = refreshed.newest {
@@ -155,41 +171,50 @@ impl Fx {
     /// The latest rates; `None` before the first refresh stored any. While the
     /// database cannot be read, the rates read last keep serving.
     pub async fn latest(&self, store: &Store) -> Result<Option<Arc<RateTable>>, StoreError> {
-        if let Some(table) = self.fresh() {
-            return Ok(table);
-        }
-        let _reading = self.reading.lock().await;
-        if let Some(table) = self.fresh() {
-            return Ok(table);
-        }
         let kept = self.kept.read().ok().and_then(|k| k.clone());
+        if let Some(kept) = &kept
+            && kept.at.is_some_and(|at| at.elapsed() < RATES_KEPT)
+        {
+            return Ok(kept.table.clone());
+        }
+        // One request reads them from the database; the others serve what was
+        // read last meanwhile, and wait for nothing (a read that fails would only
+        // make them fail one after another). With nothing read yet, each reads.
+        let _reading = match self.reading.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(_) => match &kept {
+                Some(kept) => return Ok(kept.table.clone()),
+                None => None,
+            },
+        };
+        let generation = self.generation.load(Ordering::SeqCst);
         match store.latest_rates(self.provider.source()).await {
             Ok(table) => {
                 let table = table.map(Arc::new);
-                self.keep(Some((Instant::now(), table.clone())));
+                self.keep(generation, table.clone());
                 Ok(table)
             }
             Err(e) => match kept {
-                Some((_, table)) => {
+                Some(kept) => {
                     tracing::warn!(error = %e, "Reading exchange rates failed; the rates read last keep serving.");
                     // Asked again in a while, not by every request meanwhile.
-                    self.keep(Some((Instant::now(), table.clone())));
-                    Ok(table)
+                    self.keep(generation, kept.table.clone());
+                    Ok(kept.table)
                 }
                 None => Err(e),
             },
         }
     }
 
-    /// The kept rates while they are recent enough to serve.
-    fn fresh(&self) -> Option<Option<Arc<RateTable>>> {
-        let (at, table) = self.kept.read().ok()?.clone()?;
-        (at.elapsed() < RATES_KEPT).then_some(table)
-    }
-
-    fn keep(&self, kept: Option<Kept>) {
-        if let Ok(mut slot) = self.kept.write() {
-            *slot = kept;
+    /// Keeps `table`, read now, unless a refresh stored rates since the read began.
+    fn keep(&self, generation: u64, table: Option<Arc<RateTable>>) {
+        if let Ok(mut slot) = self.kept.write()
+            && self.generation.load(Ordering::SeqCst) == generation
+        {
+            *slot = Some(Kept {
+                at: Some(Instant::now()),
+                table,
+            });
         }
     }
 

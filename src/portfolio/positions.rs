@@ -1,7 +1,7 @@
 //! A user's positions: the portfolio's holdings summed per instrument of the
 //! securities master, across every account and connection, each with the holdings
-//! it is made of (a holding whose connection last read its data before a split
-//! took effect counted as split); where the value sits by asset class, currency and account; and the
+//! it is made of (a holding whose connection last read its data before a split an
+//! institution dated counted as split); where the value sits by asset class, currency and account; and the
 //! net worth, the portfolio's totals (a household's: its members' added).
 //! Sums are exact; amounts in different currencies are never added together (each
 //! figure is a list with one amount per currency), and a sum that some holding
@@ -158,9 +158,11 @@ pub struct PositionHolding {
     #[schema(value_type = String, example = "10.5")]
     pub quantity: Decimal,
     /// The quantity after the instrument's splits that took effect after the day
-    /// its connection last read the institution's data (recorded from another
-    /// connection's data, or detected since); absent when none did. `quantity`
-    /// stays as sent.
+    /// its connection last read the institution's data (an institution down
+    /// across a split another institution's split transaction recorded); absent
+    /// when none did. Only splits an institution dated count: a detected one is
+    /// dated the day its jump was seen, which may be after the data already had
+    /// it. `quantity` stays as sent.
     #[serde(with = "rust_decimal::serde::str_option")]
     #[schema(value_type = Option<String>, example = "21")]
     pub split_adjusted_quantity: Option<Decimal>,
@@ -252,7 +254,8 @@ pub struct HouseholdPositions {
     pub positions: Vec<Position>,
     pub allocation: PositionAllocation,
     /// What the members' accounts are worth together, one amount per currency:
-    /// their portfolios' `totals` added.
+    /// their portfolios' `totals` added. Members without data (listed in
+    /// `members_without_data`) add nothing.
     pub net_worth: Vec<Money>,
     /// False when a member's totals were incomplete or a sum left Decimal's range.
     pub net_worth_complete: bool,
@@ -574,8 +577,8 @@ fn add_converted(
     }
 }
 
-/// `quantity`, read from the institution on `read_on`, after the splits that took
-/// effect after that day: `None` when none did (or the day is unknown, and the
+/// `quantity`, read from the institution on `read_on`, after the splits an
+/// institution dated after that day: `None` when none did (or the day is unknown, and the
 /// data is taken to be current), or the adjusted quantity would leave Decimal's
 /// range.
 fn split_adjusted(
@@ -585,7 +588,11 @@ fn split_adjusted(
 ) -> Option<Decimal> {
     let read_on = read_on?;
     let mut adjusted = None;
-    for split in splits.iter().filter(|s| s.date > read_on && s.old > 0) {
+    // A detected split's date is when a sync saw the jump, not when it took effect.
+    let dated = splits
+        .iter()
+        .filter(|s| s.source == "institution" && s.old > 0);
+    for split in dated.filter(|s| s.date > read_on) {
         let before: Decimal = adjusted.unwrap_or(quantity);
         adjusted = Some(
             before
@@ -757,7 +764,7 @@ mod tests {
 
     #[test]
     fn data_of_an_unknown_day_or_read_after_every_split_is_not_adjusted() {
-        let splits = holding("c", "10", "1").security.instrument.unwrap().splits;
+        let mut splits = holding("c", "10", "1").security.instrument.unwrap().splits;
         let day = |d: &str| d.parse().ok();
         assert_eq!(split_adjusted(Decimal::TEN, None, &splits), None);
         assert_eq!(split_adjusted(Decimal::TEN, day("2026-07-01"), &[]), None);
@@ -768,6 +775,13 @@ mod tests {
         assert_eq!(
             split_adjusted(Decimal::TEN, day("2026-01-01"), &splits),
             Some(Decimal::from(20))
+        );
+        // A detected split is dated when its jump was seen: data read before that
+        // day may already have it, so it is not adjusted for.
+        splits[0].source = "detected".into();
+        assert_eq!(
+            split_adjusted(Decimal::TEN, day("2026-01-01"), &splits),
+            None
         );
     }
 }

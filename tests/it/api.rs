@@ -569,7 +569,14 @@ async fn a_portfolio_is_sent_gzip_compressed_to_clients_that_accept_it() {
             "{accept}"
         );
     }
-    for refused in ["gzip;q=0", "*, gzip;q=0.000", "br", "*;q=0"] {
+    for refused in [
+        "gzip;q=0",
+        "*, gzip;q=0.000",
+        "br",
+        "*;q=0",
+        "gzip;q=5",
+        "gzip;q=x",
+    ] {
         let (encoding, body) = get(Some(refused)).await;
         assert_eq!(encoding, None, "{refused}");
         assert_eq!(
