@@ -26,6 +26,20 @@ fn dec(value: &Value) -> Decimal {
     .unwrap()
 }
 
+/// A list of `{amount, currency}` as amounts by currency.
+fn by_currency(list: &Value) -> BTreeMap<String, Decimal> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("a list of amounts: {list}"))
+        .iter()
+        .map(|m| {
+            (
+                m["currency"].as_str().unwrap().to_owned(),
+                dec(&m["amount"]),
+            )
+        })
+        .collect()
+}
+
 fn lit(text: &str) -> Decimal {
     Decimal::from_str(text).unwrap()
 }
@@ -306,24 +320,12 @@ async fn a_household_reads_as_one_in_one_currency() {
             .get_json(&format!("/v1/users/{user}/portfolio"), tenant.bearer())
             .await;
         assert_eq!(own["totals_complete"], true, "{user}");
-        for total in own["totals"].as_array().unwrap() {
-            *worth
-                .entry(total["currency"].as_str().unwrap().to_owned())
-                .or_default() += dec(&total["amount"]);
+        for (currency, amount) in by_currency(&own["totals"]) {
+            *worth.entry(currency).or_default() += amount;
         }
     }
     assert!(worth.len() >= 2, "both dollars and euros: {worth:?}");
-    let listed: BTreeMap<String, Decimal> = body["net_worth"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["currency"].as_str().unwrap().to_owned(),
-                dec(&m["amount"]),
-            )
-        })
-        .collect();
+    let listed = by_currency(&body["net_worth"]);
     assert_eq!(listed, worth);
     assert_eq!(body["net_worth_complete"], true);
     let in_eur: Decimal = worth
@@ -519,17 +521,7 @@ async fn totals_add_the_positions_a_balance_leaves_out_once() {
             *expected.entry(currency).or_default() += amount;
         }
     }
-    let totals: BTreeMap<String, Decimal> = body["totals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["currency"].as_str().unwrap().to_owned(),
-                dec(&m["amount"]),
-            )
-        })
-        .collect();
+    let totals = by_currency(&body["totals"]);
     assert_eq!(totals, expected);
     assert!(
         totals.contains_key("EUR"),
