@@ -165,6 +165,23 @@ pub(crate) fn machine_busy_secs() -> Option<f64> {
     Some(busy as f64 / USER_HZ)
 }
 
+/// Waits until the machine was busy on less than `share` of its cores over a
+/// whole second (what ran before, PostgreSQL's autovacuum after a bulk write,
+/// has settled), or `deadline` has passed. Returns the last second's busy share,
+/// to print; `None` off Linux.
+pub(crate) async fn settled(share: f64, deadline: Duration) -> Option<f64> {
+    let until = Instant::now() + deadline;
+    loop {
+        let (before, start) = (machine_busy_secs()?, Instant::now());
+        // A one-second measurement window, not a wait standing in for a signal.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = (machine_busy_secs()? - before) / start.elapsed().as_secs_f64() / cores() as f64;
+        if busy < share || Instant::now() >= until {
+            return Some(busy);
+        }
+    }
+}
+
 /// Cores the machine has, as the kernel counts them.
 pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)

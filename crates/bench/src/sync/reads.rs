@@ -3,7 +3,10 @@
 //! `read_seconds`, once to the trivial `GET /healthz` and once to the cached
 //! portfolios of every user (in turn, so the reads spread over all of them, as an
 //! advisory app's would), in the order trivial, portfolio, portfolio, trivial, so
-//! that a machine growing warmer or busier weighs on both alike. The worker wrote
+//! that a machine growing warmer or busier weighs on both alike. They start once
+//! the machine has settled after (a) (under a fifth of its cores busy over a
+//! second, or after a minute), since a busy spell early in (f) is no linear trend
+//! that the order cancels. The worker wrote
 //! each portfolio to Redis when it synced it; the API reads it from there once, then
 //! from its own memory until it changes. The clients ask for gzip, as HTTP clients
 //! do, and get the view as the cache keeps it; they do not inflate it, which would
@@ -53,7 +56,13 @@ impl Endpoint {
 pub(super) struct Reads {
     series: Vec<Series>,
     users: usize,
+    /// The machine's busy share over the second before (f) began.
+    busy_before: Option<f64>,
 }
+
+/// The busy share (f) waits for, and for how long at most.
+const SETTLED: f64 = 0.2;
+const SETTLE_WITHIN: Duration = Duration::from_secs(60);
 
 pub(super) async fn run(
     bench: &SyncBench,
@@ -68,6 +77,7 @@ pub(super) async fn run(
             .map(|user| format!("{}/v1/users/{user}/portfolio", fleet.address))
             .collect(),
     );
+    let busy_before = crate::support::settled(SETTLED, SETTLE_WITHIN).await;
     let mut series = Vec::new();
     for endpoint in [
         Endpoint::Trivial,
@@ -80,6 +90,7 @@ pub(super) async fn run(
     Ok(Reads {
         series,
         users: users.len(),
+        busy_before,
     })
 }
 
@@ -190,8 +201,19 @@ pub(super) fn print(bench: &SyncBench, r: &Reads) {
             right(format!("{:.0}", s.bytes as f64 / s.answered.max(1) as f64)),
         ]);
     }
+    let settled = match r.busy_before {
+        Some(busy) if busy < SETTLED => {
+            format!("started with the machine {:.0}% busy", busy * 100.0)
+        }
+        Some(busy) => format!(
+            "the machine was still {:.0}% busy after {} s",
+            busy * 100.0,
+            SETTLE_WITHIN.as_secs()
+        ),
+        None => "the machine's load is not readable here".to_owned(),
+    };
     println!(
-        "(f): {} clients reading closed-loop from the API that served (a), {} users' portfolios\n{table}\n",
+        "(f): {} clients reading closed-loop from the API that served (a), {} users' portfolios; {settled}\n{table}\n",
         bench.readers, r.users
     );
     let rate = |endpoint: Endpoint| {
