@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::views::{Freshness, HoldingView, InstrumentView, Portfolio};
-use crate::domain::{Conversion, Currency, Money, ROUNDING, RateTable, SecurityType};
+use crate::domain::{Conversion, Currency, Money, ROUNDING, RateTable, SecurityType, SplitSource};
 use crate::store::Household;
 
 /// What `GET /v1/users/{user_id}/positions` answers.
@@ -591,7 +591,7 @@ fn split_adjusted(
     // A detected split's date is when a sync saw the jump, not when it took effect.
     let dated = splits
         .iter()
-        .filter(|s| s.source == "institution" && s.old > 0);
+        .filter(|s| s.source == SplitSource::Institution.as_str() && s.old > 0);
     for split in dated.filter(|s| s.date > read_on) {
         let before: Decimal = adjusted.unwrap_or(quantity);
         adjusted = Some(

@@ -21,7 +21,6 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rust_decimal::Decimal;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use finsync_sandbox::link::CuttableLink;
@@ -153,10 +152,7 @@ impl Server {
         // The limiter stays on the request path; only its budget is out of reach.
         settings.server.rate_limit_per_second = u32::MAX;
         settings.server.rate_limit_burst = u32::MAX;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let address = format!("http://{}", listener.local_addr()?);
-        settings.server.public_url = url::Url::parse(&format!("{address}/"))?;
-        let app = Arc::new(App::build(settings).await?);
+        let (app, listener, address) = crate::support::app_on_free_port(settings).await?;
         let key = seed(&app).await?;
         let stop = crate::support::serve(&app, listener);
         Ok(Self {

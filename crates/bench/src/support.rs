@@ -7,6 +7,22 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use sea_orm::{ConnectionTrait, Database};
 
+/// The app `settings` build, with a listener on a free loopback port for [`serve`]
+/// and its address (`http://127.0.0.1:PORT`), which is also its public URL.
+pub(crate) async fn app_on_free_port(
+    mut settings: finsync::app::config::Settings,
+) -> anyhow::Result<(
+    std::sync::Arc<finsync::app::App>,
+    tokio::net::TcpListener,
+    String,
+)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = format!("http://{}", listener.local_addr()?);
+    settings.server.public_url = url::Url::parse(&format!("{address}/"))?;
+    let app = std::sync::Arc::new(finsync::app::App::build(settings).await?);
+    Ok((app, listener, address))
+}
+
 /// Serves `app`'s API on `listener` in the background until the returned sender
 /// says stop (or is dropped).
 pub(crate) fn serve(

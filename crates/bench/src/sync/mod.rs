@@ -510,10 +510,7 @@ impl Fleet {
         // (f) measures the API, not its per-client limit.
         settings.server.rate_limit_per_second = u32::MAX;
         settings.server.rate_limit_burst = u32::MAX;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let address = format!("http://{}", listener.local_addr()?);
-        settings.server.public_url = url::Url::parse(&format!("{address}/"))?;
-        let app = Arc::new(App::build(settings).await?);
+        let (app, listener, address) = crate::support::app_on_free_port(settings).await?;
         let stop = crate::support::serve(&app, listener);
         Ok(Self {
             scratch,
