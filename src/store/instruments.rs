@@ -147,18 +147,28 @@ impl Store {
                 txn.commit().await?;
                 return Ok(matched);
             }
-            for row in rows {
-                let sec = super::records::security_from_row(&row)?;
-                let found = match_security(&txn, &row.connection_id, &row.id, &sec).await?;
+            let securities = rows
+                .iter()
+                .map(super::records::security_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let to_match: Vec<ToMatch> = rows
+                .iter()
+                .zip(&securities)
+                .map(|(row, security)| ToMatch {
+                    connection: &row.connection_id,
+                    security_id: &row.id,
+                    security,
+                    stored: Some(row),
+                })
+                .collect();
+            let found = match_securities(&txn, &to_match).await?;
+            for (row, found) in rows.iter().zip(found) {
                 let updated = security::Entity::update_many()
-                    .col_expr(
-                        security::Column::InstrumentId,
-                        found.instrument_id.clone().into(),
-                    )
-                    .col_expr(security::Column::MatchedBy, found.matched_by.clone().into())
+                    .col_expr(security::Column::InstrumentId, found.instrument_id.into())
+                    .col_expr(security::Column::MatchedBy, found.matched_by.into())
                     .col_expr(
                         security::Column::IdentifierIssues,
-                        found.identifier_issues.clone().into(),
+                        found.identifier_issues.into(),
                     )
                     .filter(security::Column::Id.eq(&row.id))
                     .filter(security::Column::MatchedBy.is_null())
@@ -275,40 +285,131 @@ impl Store {
     }
 }
 
-/// Matches `sec`, the security stored as `security_id` for `connection`, to its
-/// instrument (creating it when it is new), and records its conflicts afresh.
-pub(super) async fn match_security<C: ConnectionTrait + TransactionTrait>(
+/// A security to match: stored (or about to be) as `security_id` for
+/// `connection`.
+pub(super) struct ToMatch<'a> {
+    pub connection: &'a str,
+    pub security_id: &'a str,
+    pub security: &'a Security,
+    /// The row stored for it before, if any: its match stands when what it was
+    /// matched on has not changed.
+    pub stored: Option<&'a security::Model>,
+}
+
+/// Securities whose instruments one query reads: the query's parameters stay
+/// far below PostgreSQL's limit (four identifiers each).
+const MATCH_BATCH: usize = 500;
+
+/// Matches each of `securities` to its instrument (creating it when it is new)
+/// and records its conflicts afresh, unless its stored match stands; the matches
+/// come back in order. One query
+/// reads every instrument holding any of their identifiers, and the securities
+/// are then matched one after another against what it read, as if each had
+/// asked the database itself: an instrument one of them creates or extends is
+/// what the next one finds.
+pub(super) async fn match_securities<C: ConnectionTrait + TransactionTrait>(
     db: &C,
-    connection: &str,
-    security_id: &str,
-    sec: &Security,
-) -> Result<Matched, StoreError> {
-    let (valid, issues) = Identifiers::of(sec);
-    let identifier_issues = (!issues.is_empty())
-        .then(|| serde_json::to_string(&issues))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("identifier issues: {e}")))?;
-    instrument_conflict::Entity::delete_many()
-        .filter(instrument_conflict::Column::SecurityId.eq(security_id))
-        .exec(db)
-        .await?;
-    let (instrument_id, matched_by) = if valid.is_empty() {
-        // A security whose identifiers fail their checks is suspect as a whole:
-        // not even its ticker merges it.
-        match weak_key(sec).filter(|_| issues.is_empty()) {
-            Some(key) => (Some(by_ticker(db, sec, &key).await?), "ticker"),
-            None => (None, "none"),
+    securities: &[ToMatch<'_>],
+) -> Result<Vec<Matched>, StoreError> {
+    let kept: Vec<Option<Matched>> = securities
+        .iter()
+        .map(|s| s.stored.and_then(|row| Matched::kept(row, s.security)))
+        .collect();
+    let rematched: Vec<&str> = securities
+        .iter()
+        .zip(&kept)
+        .filter(|(s, kept)| s.stored.is_some() && kept.is_none())
+        .map(|(s, _)| s.security_id)
+        .collect();
+    for ids in rematched.chunks(MATCH_BATCH) {
+        instrument_conflict::Entity::delete_many()
+            .filter(instrument_conflict::Column::SecurityId.is_in(ids.iter().copied()))
+            .exec(db)
+            .await?;
+    }
+    let checked: Vec<(Identifiers, Vec<IdentifierIssue>)> = securities
+        .iter()
+        .map(|s| Identifiers::of(s.security))
+        .collect();
+    let unmatched: Vec<&Identifiers> = checked
+        .iter()
+        .zip(&kept)
+        .filter(|(_, kept)| kept.is_none())
+        .map(|((valid, _), _)| valid)
+        .collect();
+    let mut known = Known::default();
+    for batch in unmatched.chunks(MATCH_BATCH) {
+        known.add(holders(db, batch.iter().copied()).await?);
+    }
+    let mut matches = Vec::with_capacity(securities.len());
+    for ((to, (valid, issues)), kept) in securities.iter().zip(&checked).zip(kept) {
+        if let Some(kept) = kept {
+            matches.push(kept);
+            continue;
         }
-    } else {
-        let (instrument, by) = by_identifiers(db, sec, &valid).await?;
-        reconcile(db, connection, security_id, &instrument, &valid).await?;
-        (Some(instrument.id), by.as_str())
-    };
-    Ok(Matched {
-        instrument_id,
-        matched_by: matched_by.to_owned(),
-        identifier_issues,
-    })
+        let identifier_issues = (!issues.is_empty())
+            .then(|| serde_json::to_string(issues))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("identifier issues: {e}")))?;
+        let (instrument_id, matched_by) = if valid.is_empty() {
+            // A security whose identifiers fail their checks is suspect as a whole:
+            // not even its ticker merges it.
+            match weak_key(to.security).filter(|_| issues.is_empty()) {
+                Some(key) => (Some(by_ticker(db, to.security, &key).await?), "ticker"),
+                None => (None, "none"),
+            }
+        } else {
+            let (instrument, by) = by_identifiers(db, to.security, valid, &mut known).await?;
+            reconcile(db, to, &instrument, valid, &mut known).await?;
+            (Some(instrument.id), by.as_str())
+        };
+        matches.push(Matched {
+            instrument_id,
+            matched_by: matched_by.to_owned(),
+            identifier_issues,
+        });
+    }
+    Ok(matches)
+}
+
+/// The instruments read so far while matching, oldest first.
+#[derive(Default)]
+struct Known(Vec<instrument::Model>);
+
+impl Known {
+    /// Takes in instruments read (again): a fresher copy replaces the one kept.
+    fn add(&mut self, read: Vec<instrument::Model>) {
+        for instrument in read {
+            match self.0.iter_mut().find(|i| i.id == instrument.id) {
+                Some(kept) => *kept = instrument,
+                None => self.0.push(instrument),
+            }
+        }
+        self.0
+            .sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    }
+
+    /// Every instrument holding any of `valid`.
+    fn holding<'k>(
+        &'k self,
+        valid: &'k Identifiers,
+    ) -> impl Iterator<Item = &'k instrument::Model> {
+        self.0.iter().filter(move |i| {
+            valid
+                .present()
+                .any(|(id, value)| held(i, id) == Some(value))
+        })
+    }
+
+    /// The instrument matching the strongest identifier of `valid`, and which.
+    fn strongest(&self, valid: &Identifiers) -> Option<(instrument::Model, Identifier)> {
+        valid.present().find_map(|(identifier, value)| {
+            self.0
+                .iter()
+                .find(|i| held(i, identifier) == Some(value))
+                .map(|i| (i.clone(), identifier))
+        })
+    }
 }
 
 /// `TICKER|CURRENCY`, for a security known by its ticker only.
@@ -331,23 +432,33 @@ async fn by_identifiers<C: ConnectionTrait>(
     db: &C,
     sec: &Security,
     valid: &Identifiers,
+    known: &mut Known,
 ) -> Result<(instrument::Model, Identifier), StoreError> {
-    if let Some(found) = strongest(&holders(db, valid).await?, valid) {
+    if let Some(found) = known.strongest(valid) {
         return Ok(found);
     }
     create(db, sec, valid, None).await?;
-    strongest(&holders(db, valid).await?, valid)
+    known.add(holders(db, [valid]).await?);
+    known
+        .strongest(valid)
         .ok_or_else(|| StoreError::Corrupt("an instrument just created cannot be found".into()))
 }
 
-/// Every instrument holding any of `valid`.
-async fn holders<C: ConnectionTrait>(
+/// Every instrument holding any identifier of any of `valid`.
+async fn holders<'v, C: ConnectionTrait>(
     db: &C,
-    valid: &Identifiers,
+    valid: impl IntoIterator<Item = &'v Identifiers>,
 ) -> Result<Vec<instrument::Model>, StoreError> {
+    let valid: Vec<&Identifiers> = valid.into_iter().collect();
     let mut any = Condition::any();
-    for (identifier, value) in valid.present() {
-        any = any.add(column(identifier).eq(value));
+    for identifier in Identifier::STRONGEST_FIRST {
+        let values: Vec<&str> = valid.iter().filter_map(|v| v.get(identifier)).collect();
+        if !values.is_empty() {
+            any = any.add(column(identifier).is_in(values));
+        }
+    }
+    if any.is_empty() {
+        return Ok(Vec::new());
     }
     Ok(instrument::Entity::find()
         .filter(any)
@@ -356,29 +467,15 @@ async fn holders<C: ConnectionTrait>(
         .await?)
 }
 
-/// The instrument matching the strongest identifier of `valid`, and which.
-fn strongest(
-    holders: &[instrument::Model],
-    valid: &Identifiers,
-) -> Option<(instrument::Model, Identifier)> {
-    valid.present().find_map(|(identifier, value)| {
-        holders
-            .iter()
-            .find(|i| held(i, identifier) == Some(value))
-            .map(|i| (i.clone(), identifier))
-    })
-}
-
 /// Gives `instrument` the identifiers of `valid` it lacks (and no other instrument
 /// holds), and records each one that disagrees.
 async fn reconcile<C: ConnectionTrait + TransactionTrait>(
     db: &C,
-    connection: &str,
-    security_id: &str,
+    to: &ToMatch<'_>,
     instrument: &instrument::Model,
     valid: &Identifiers,
+    known: &mut Known,
 ) -> Result<(), StoreError> {
-    let others = holders(db, valid).await?;
     let mut gained = instrument::ActiveModel {
         id: Set(instrument.id.clone()),
         ..Default::default()
@@ -389,8 +486,8 @@ async fn reconcile<C: ConnectionTrait + TransactionTrait>(
         if ours == Some(value) {
             continue;
         }
-        let held_by = others
-            .iter()
+        let held_by = known
+            .holding(valid)
             .find(|o| o.id != instrument.id && held(o, identifier) == Some(value))
             .map(|o| o.id.clone());
         if ours.is_none() && held_by.is_none() {
@@ -399,9 +496,9 @@ async fn reconcile<C: ConnectionTrait + TransactionTrait>(
             continue;
         }
         instrument_conflict::ActiveModel {
-            security_id: Set(security_id.to_owned()),
+            security_id: Set(to.security_id.to_owned()),
             identifier: Set(identifier.as_str().to_owned()),
-            connection_id: Set(connection.to_owned()),
+            connection_id: Set(to.connection.to_owned()),
             instrument_id: Set(instrument.id.clone()),
             instrument_value: Set(ours.map(str::to_owned)),
             institution_value: Set(value.to_owned()),
@@ -418,7 +515,10 @@ async fn reconcile<C: ConnectionTrait + TransactionTrait>(
         // sync goes on, which a failed statement outside a savepoint would stop.
         let savepoint = db.begin().await?;
         match gained.update(&savepoint).await {
-            Ok(_) => savepoint.commit().await?,
+            Ok(updated) => {
+                savepoint.commit().await?;
+                known.add(vec![updated]);
+            }
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                 savepoint.rollback().await?;
                 tracing::info!(instrument = %instrument.id, "An identifier was taken by another instrument meanwhile; kept as it was.");

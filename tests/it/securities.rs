@@ -311,6 +311,89 @@ async fn identifiers_match_strongest_first_bad_check_digits_never_merge_and_disa
     }
 }
 
+/// One sync's securities are matched against one read of the master, one after
+/// another in the order instruments are locked: what an earlier one created is
+/// what a later one finds.
+#[tokio::test]
+async fn securities_of_one_sync_find_the_instruments_the_earlier_ones_created() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let (_db, store) = migrated_store(backend, 2).await;
+        let (tenant, _) = store.create_tenant("t").await.unwrap();
+        // Matched in identifier order: "figi" creates its instrument, then "isin"
+        // its own; "both" matches the first by its stronger FIGI, and its ISIN,
+        // taken by the second, is a conflict; "twin" finds the second.
+        let figi = |mut s: Security| {
+            s.figi = Some("BBG000BPH459".into());
+            s
+        };
+        let securities = |both: Security| {
+            vec![
+                both,
+                security("isin", None, Some("DE0007164600"), None),
+                figi(security("figi", None, None, None)),
+                security("twin", Some("SAP"), Some("DE0007164600"), None),
+            ]
+        };
+        let connection = connection_with(
+            &store,
+            tenant.id,
+            "u1",
+            securities(figi(security("both", None, Some("DE0007164600"), None))),
+        )
+        .await;
+        let by_figi = instrument_of(&store, connection, "figi")
+            .await
+            .expect("matched");
+        let by_isin = instrument_of(&store, connection, "isin")
+            .await
+            .expect("matched");
+        assert_ne!(by_figi, by_isin);
+        assert_eq!(
+            instrument_of(&store, connection, "twin").await,
+            Some(by_isin.clone())
+        );
+        assert_eq!(
+            instrument_of(&store, connection, "both").await,
+            Some(by_figi.clone())
+        );
+        let conflicts = conflicts_of(&store, connection).await;
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(conflicts[0].identifier, "isin");
+        assert_eq!(conflicts[0].instrument_id, by_figi);
+        assert_eq!(conflicts[0].held_by.as_deref(), Some(by_isin.as_str()));
+        assert_eq!(
+            store.instrument(&by_figi).await.unwrap().unwrap().isin,
+            None,
+            "the ISIN stays with the instrument that had it first"
+        );
+
+        // Synced again, "both" without its ISIN: it is matched afresh and its
+        // conflict goes; the others' matches stand.
+        let again = Snapshot {
+            accounts: vec![account()],
+            holdings: ["both", "isin", "figi", "twin"]
+                .iter()
+                .map(|s| holding(s, 1))
+                .collect(),
+            securities: securities(figi(security("both", None, None, None))),
+            transactions: Vec::new(),
+        };
+        store
+            .apply_snapshot(connection, &again, Removals::all())
+            .await
+            .unwrap();
+        assert_eq!(conflicts_of(&store, connection).await, Vec::new());
+        assert_eq!(
+            instrument_of(&store, connection, "both").await,
+            Some(by_figi)
+        );
+        assert_eq!(
+            instrument_of(&store, connection, "twin").await,
+            Some(by_isin)
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_migration_matches_every_security_stored_before_the_master_and_keeps_every_record() {
     for backend in [Backend::Sqlite, Backend::Postgres] {

@@ -14,7 +14,7 @@ use crate::domain::{
 };
 use crate::store::annotations::carry_to_posted;
 use crate::store::entities::{account, holding, instrument_conflict, security, transaction};
-use crate::store::instruments::{Matched, match_security, normal_ticker};
+use crate::store::instruments::{ToMatch, match_securities, normal_ticker};
 use crate::store::{Store, StoreError};
 
 use super::rows::*;
@@ -100,14 +100,19 @@ impl Store {
             records_changed(&txn, &conn, true).await?;
             // Matched to the securities master in the same transaction, so a
             // security is never stored without its instrument.
+            let to_match: Vec<ToMatch> = to_write
+                .iter()
+                .map(|(id, sec, stored)| ToMatch {
+                    connection: &conn,
+                    security_id: id,
+                    security: sec,
+                    stored: stored.as_ref(),
+                })
+                .collect();
+            let matches = match_securities(&txn, &to_match).await?;
             let mut securities: Writes<_, security::Model> = Writes::default();
-            for (id, sec, stored) in to_write {
-                let kept = stored.as_ref().and_then(|row| Matched::kept(row, sec));
-                let matched = match kept {
-                    Some(kept) => kept,
-                    None => match_security(&txn, &conn, &id, sec).await?,
-                };
-                let row = security_row(&conn, id, sec, &matched, now);
+            for ((id, sec, stored), matched) in to_write.iter().zip(matches) {
+                let row = security_row(&conn, id.clone(), sec, &matched, now);
                 if stored.is_some() {
                     securities.changed.push(row);
                 } else {
