@@ -155,6 +155,15 @@ impl Cpu {
         }
     }
 
+    /// With no worker: this process and the machine.
+    fn of_this_process() -> Self {
+        Self {
+            worker: 0.0,
+            bench: support::process_cpu_secs(std::process::id()).unwrap_or_default(),
+            machine: support::machine_busy_secs().unwrap_or_default(),
+        }
+    }
+
     fn since(self, before: Self) -> Self {
         Self {
             worker: (self.worker - before.worker).max(0.0),
@@ -437,6 +446,9 @@ struct Results {
 struct Raw {
     rows: u64,
     elapsed: Duration,
+    /// This process's CPU (building the statements) and the machine's while it
+    /// ran.
+    cpu: Cpu,
 }
 
 /// A scratch database with the API that links users to it, and what a worker
@@ -806,6 +818,7 @@ impl Fleet {
             "raw bulk upsert of the same rows",
             by_connection.len(),
         );
+        let cpu = Cpu::of_this_process();
         let start = Instant::now();
         futures::stream::iter(by_connection.into_values())
             .map(|batch| {
@@ -820,12 +833,13 @@ impl Fleet {
             .try_collect::<()>()
             .await?;
         let elapsed = start.elapsed();
+        let cpu = Cpu::of_this_process().since(cpu);
         bar.finish_and_clear();
         let written = self.record_rows().await?;
         if written != rows {
             bail!("the raw upsert wrote {written} rows of {rows}");
         }
-        Ok(Raw { rows, elapsed })
+        Ok(Raw { rows, elapsed, cpu })
     }
 
     async fn stop(self) -> anyhow::Result<()> {
@@ -1171,6 +1185,12 @@ fn print_fleetwide(r: &Fleetwide) {
         cpu.worker,
         cpu.bench,
         (cpu.machine - cpu.worker - cpu.bench).max(0.0)
+    );
+    let cpu = r.raw.cpu;
+    println!(
+        "raw upsert CPU seconds: statements (this process) {:.1}, PostgreSQL {:.1}",
+        cpu.bench,
+        (cpu.machine - cpu.bench).max(0.0)
     );
     let memory = &r.memory;
     match memory.peak {
