@@ -143,6 +143,11 @@ impl RedisServer {
         })
     }
 
+    /// The CPU seconds the server has used so far.
+    pub(crate) fn cpu_secs(&self) -> Option<f64> {
+        process_cpu_secs(self.child.as_ref()?.id())
+    }
+
     pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

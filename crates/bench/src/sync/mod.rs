@@ -203,6 +203,8 @@ struct Fleetwide {
     initial: Runs,
     /// CPU while (a) ran.
     initial_cpu: Cpu,
+    /// The bench's Redis server's CPU seconds while (a) ran.
+    initial_redis_cpu: f64,
     memory: Memory,
     raw: Raw,
     resync: Option<Resync>,
@@ -324,6 +326,7 @@ async fn fleetwide(
     let checkpoint = (users.len() / 10).max(1);
     let mut early = None;
     let before = Cpu::sample(&worker);
+    let redis_before = redis.cpu_secs().unwrap_or_default();
     let initial = fleet
         .wait(progress, "(a) first sync", "link:", users.len(), |done| {
             if early.is_none() && done >= checkpoint {
@@ -332,6 +335,7 @@ async fn fleetwide(
         })
         .await?;
     let initial_cpu = Cpu::sample(&worker).since(before);
+    let initial_redis_cpu = (redis.cpu_secs().unwrap_or_default() - redis_before).max(0.0);
     let memory = Memory {
         peak: worker.peak_rss(),
         early,
@@ -356,6 +360,7 @@ async fn fleetwide(
         rows,
         initial,
         initial_cpu,
+        initial_redis_cpu,
         memory,
         raw,
         resync,
@@ -1181,10 +1186,11 @@ fn print_fleetwide(r: &Fleetwide) {
     }
     let cpu = r.initial_cpu;
     println!(
-        "(a) CPU seconds: worker {:.1}, institution and API (this process) {:.1}, PostgreSQL and Redis {:.1}",
+        "(a) CPU seconds: worker {:.1}, institution and API (this process) {:.1}, Redis {:.1}, PostgreSQL {:.1}",
         cpu.worker,
         cpu.bench,
-        (cpu.machine - cpu.worker - cpu.bench).max(0.0)
+        r.initial_redis_cpu,
+        (cpu.machine - cpu.worker - cpu.bench - r.initial_redis_cpu).max(0.0)
     );
     let cpu = r.raw.cpu;
     println!(
