@@ -296,17 +296,22 @@ pub(super) struct ToMatch<'a> {
     pub stored: Option<&'a security::Model>,
 }
 
-/// Securities whose instruments one query reads: the query's parameters stay
-/// far below PostgreSQL's limit (four identifiers each).
+/// Securities whose instruments one query reads: at most four identifiers each,
+/// 2,000 parameters, well below PostgreSQL's limit (65,535) and SQLite's (32,766
+/// since 3.32, which the bundled SQLite is).
 const MATCH_BATCH: usize = 500;
 
 /// Matches each of `securities` to its instrument (creating it when it is new)
 /// and records its conflicts afresh, unless its stored match stands; the matches
-/// come back in order. One query
-/// reads every instrument holding any of their identifiers, and the securities
-/// are then matched one after another against what it read, as if each had
-/// asked the database itself: an instrument one of them creates or extends is
-/// what the next one finds.
+/// come back in order. One query per 500 securities reads every instrument
+/// holding any of their identifiers, and the securities are then matched one
+/// after another against what was read: an instrument one of them creates or
+/// extends is what the next one finds. That read may be older than what other
+/// syncs committed since (PostgreSQL reads committed data per statement), so a
+/// security whose instrument lacks one of its identifiers, which would extend
+/// the instrument or record a disagreement, is matched again on a fresh read
+/// of its own identifiers' holders: the outcome is the one a query per security
+/// would have had.
 pub(super) async fn match_securities<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     securities: &[ToMatch<'_>],
@@ -359,7 +364,14 @@ pub(super) async fn match_securities<C: ConnectionTrait + TransactionTrait>(
                 None => (None, "none"),
             }
         } else {
-            let (instrument, by) = by_identifiers(db, to.security, valid, &mut known).await?;
+            let mut found = by_identifiers(db, to.security, valid, &mut known).await?;
+            if !holds_all(&found.0, valid) {
+                known.add(holders(db, [valid]).await?);
+                found = known.strongest(valid).ok_or_else(|| {
+                    StoreError::Corrupt("a matched instrument cannot be found again".into())
+                })?;
+            }
+            let (instrument, by) = found;
             reconcile(db, to, &instrument, valid, &mut known).await?;
             (Some(instrument.id), by.as_str())
         };
@@ -372,44 +384,57 @@ pub(super) async fn match_securities<C: ConnectionTrait + TransactionTrait>(
     Ok(matches)
 }
 
-/// The instruments read so far while matching, oldest first.
+/// The instruments read so far while matching, by id and by each identifier they
+/// hold (an identifier's value belongs to one instrument at most: they are
+/// unique). Instruments gain identifiers and never lose them, so what was read
+/// stays true; it may only be incomplete.
 #[derive(Default)]
-struct Known(Vec<instrument::Model>);
+struct Known {
+    by_id: HashMap<String, instrument::Model>,
+    by_value: HashMap<Identifier, HashMap<String, String>>,
+}
 
 impl Known {
     /// Takes in instruments read (again): a fresher copy replaces the one kept.
     fn add(&mut self, read: Vec<instrument::Model>) {
         for instrument in read {
-            match self.0.iter_mut().find(|i| i.id == instrument.id) {
-                Some(kept) => *kept = instrument,
-                None => self.0.push(instrument),
+            for identifier in Identifier::STRONGEST_FIRST {
+                if let Some(value) = held(&instrument, identifier) {
+                    self.by_value
+                        .entry(identifier)
+                        .or_default()
+                        .insert(value.to_owned(), instrument.id.clone());
+                }
             }
+            self.by_id.insert(instrument.id.clone(), instrument);
         }
-        self.0
-            .sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
     }
 
-    /// Every instrument holding any of `valid`.
-    fn holding<'k>(
-        &'k self,
-        valid: &'k Identifiers,
-    ) -> impl Iterator<Item = &'k instrument::Model> {
-        self.0.iter().filter(move |i| {
-            valid
-                .present()
-                .any(|(id, value)| held(i, id) == Some(value))
-        })
+    /// The instrument holding `value` as its `identifier`.
+    fn holder(&self, identifier: Identifier, value: &str) -> Option<&instrument::Model> {
+        let id = self.by_value.get(&identifier)?.get(value)?;
+        self.by_id.get(id)
+    }
+
+    /// The latest copy of `instrument`.
+    fn latest(&self, instrument: &instrument::Model) -> instrument::Model {
+        self.by_id.get(&instrument.id).unwrap_or(instrument).clone()
     }
 
     /// The instrument matching the strongest identifier of `valid`, and which.
     fn strongest(&self, valid: &Identifiers) -> Option<(instrument::Model, Identifier)> {
         valid.present().find_map(|(identifier, value)| {
-            self.0
-                .iter()
-                .find(|i| held(i, identifier) == Some(value))
+            self.holder(identifier, value)
                 .map(|i| (i.clone(), identifier))
         })
     }
+}
+
+/// Whether `instrument` holds every identifier of `valid`, as `valid` has it.
+fn holds_all(instrument: &instrument::Model, valid: &Identifiers) -> bool {
+    valid
+        .present()
+        .all(|(identifier, value)| held(instrument, identifier) == Some(value))
 }
 
 /// `TICKER|CURRENCY`, for a security known by its ticker only.
@@ -476,55 +501,67 @@ async fn reconcile<C: ConnectionTrait + TransactionTrait>(
     valid: &Identifiers,
     known: &mut Known,
 ) -> Result<(), StoreError> {
-    let mut gained = instrument::ActiveModel {
-        id: Set(instrument.id.clone()),
-        ..Default::default()
-    };
-    let mut gains = false;
-    for (identifier, value) in valid.present() {
-        let ours = held(instrument, identifier);
-        if ours == Some(value) {
-            continue;
-        }
-        let held_by = known
-            .holding(valid)
-            .find(|o| o.id != instrument.id && held(o, identifier) == Some(value))
-            .map(|o| o.id.clone());
-        if ours.is_none() && held_by.is_none() {
-            gained.set(column(identifier), Some(value.to_owned()).into());
-            gains = true;
-            continue;
-        }
-        instrument_conflict::ActiveModel {
-            security_id: Set(to.security_id.to_owned()),
-            identifier: Set(identifier.as_str().to_owned()),
-            connection_id: Set(to.connection.to_owned()),
-            instrument_id: Set(instrument.id.clone()),
-            instrument_value: Set(ours.map(str::to_owned)),
-            institution_value: Set(value.to_owned()),
-            held_by: Set(held_by),
-            detected_at: Set(Utc::now()),
-        }
-        .insert(db)
-        .await?;
-    }
-    if gains {
-        gained.updated_at = Set(Utc::now());
-        // Another transaction may have given the same identifier to an instrument
-        // of its own meanwhile: then ours stays without it (recorded), and the
-        // sync goes on, which a failed statement outside a savepoint would stop.
-        let savepoint = db.begin().await?;
-        match gained.update(&savepoint).await {
-            Ok(updated) => {
-                savepoint.commit().await?;
-                known.add(vec![updated]);
+    let mut instrument = instrument.clone();
+    for attempt in 0..2 {
+        let mut gained = instrument::ActiveModel {
+            id: Set(instrument.id.clone()),
+            ..Default::default()
+        };
+        let mut gains = false;
+        let mut conflicts = Vec::new();
+        for (identifier, value) in valid.present() {
+            let ours = held(&instrument, identifier);
+            if ours == Some(value) {
+                continue;
             }
-            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                savepoint.rollback().await?;
-                tracing::info!(instrument = %instrument.id, "An identifier was taken by another instrument meanwhile; kept as it was.");
+            let held_by = known
+                .holder(identifier, value)
+                .filter(|other| other.id != instrument.id)
+                .map(|other| other.id.clone());
+            if ours.is_none() && held_by.is_none() {
+                gained.set(column(identifier), Some(value.to_owned()).into());
+                gains = true;
+                continue;
             }
-            Err(e) => return Err(e.into()),
+            conflicts.push(instrument_conflict::ActiveModel {
+                security_id: Set(to.security_id.to_owned()),
+                identifier: Set(identifier.as_str().to_owned()),
+                connection_id: Set(to.connection.to_owned()),
+                instrument_id: Set(instrument.id.clone()),
+                instrument_value: Set(ours.map(str::to_owned)),
+                institution_value: Set(value.to_owned()),
+                held_by: Set(held_by),
+                detected_at: Set(Utc::now()),
+            });
         }
+        if gains {
+            gained.updated_at = Set(Utc::now());
+            // Another transaction may have given the same identifier to an
+            // instrument of its own meanwhile: then a fresh read shows whose it
+            // is, and the disagreement is recorded instead. A failed statement
+            // outside a savepoint would stop the sync.
+            let savepoint = db.begin().await?;
+            match gained.update(&savepoint).await {
+                Ok(updated) => {
+                    savepoint.commit().await?;
+                    known.add(vec![updated]);
+                }
+                Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                    savepoint.rollback().await?;
+                    if attempt == 0 {
+                        known.add(holders(db, [valid]).await?);
+                        instrument = known.latest(&instrument);
+                        continue;
+                    }
+                    tracing::info!(instrument = %instrument.id, "An identifier was taken by another instrument meanwhile; kept as it was.");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for conflict in conflicts {
+            conflict.insert(db).await?;
+        }
+        break;
     }
     Ok(())
 }

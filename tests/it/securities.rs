@@ -367,8 +367,31 @@ async fn securities_of_one_sync_find_the_instruments_the_earlier_ones_created() 
             "the ISIN stays with the instrument that had it first"
         );
 
-        // Synced again, "both" without its ISIN: it is matched afresh and its
-        // conflict goes; the others' matches stand.
+        // Synced again, "both" renamed: what it is matched on is unchanged, so its
+        // match and its conflict stand.
+        let mut renamed = figi(security("both", None, Some("DE0007164600"), None));
+        renamed.name = "Both, renamed".into();
+        let again = Snapshot {
+            accounts: vec![account()],
+            holdings: ["both", "isin", "figi", "twin"]
+                .iter()
+                .map(|s| holding(s, 1))
+                .collect(),
+            securities: securities(renamed),
+            transactions: Vec::new(),
+        };
+        store
+            .apply_snapshot(connection, &again, Removals::all())
+            .await
+            .unwrap();
+        assert_eq!(conflicts_of(&store, connection).await.len(), 1);
+        assert_eq!(
+            instrument_of(&store, connection, "both").await.as_deref(),
+            Some(by_figi.as_str())
+        );
+
+        // And again without its ISIN: it is matched afresh and its conflict goes;
+        // the others' matches stand.
         let again = Snapshot {
             accounts: vec![account()],
             holdings: ["both", "isin", "figi", "twin"]
