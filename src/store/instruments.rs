@@ -310,8 +310,8 @@ const MATCH_BATCH: usize = 500;
 /// syncs committed since (PostgreSQL reads committed data per statement), so a
 /// security whose instrument lacks one of its identifiers, which would extend
 /// the instrument or record a disagreement, is matched again on a fresh read
-/// of its own identifiers' holders: the outcome is the one a query per security
-/// would have had.
+/// of its own identifiers' holders, and again whenever an identifier it would
+/// give was taken meanwhile.
 pub(super) async fn match_securities<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     securities: &[ToMatch<'_>],
@@ -365,14 +365,20 @@ pub(super) async fn match_securities<C: ConnectionTrait + TransactionTrait>(
             }
         } else {
             let mut found = by_identifiers(db, to.security, valid, &mut known).await?;
-            if !holds_all(&found.0, valid) {
-                known.add(holders(db, [valid]).await?);
-                found = known.strongest(valid).ok_or_else(|| {
-                    StoreError::Corrupt("a matched instrument cannot be found again".into())
-                })?;
+            // Each identifier taken meanwhile shows a new holder on the fresh
+            // read, so this ends.
+            for _ in 0..=valid.present().count() {
+                if !holds_all(&found.0, valid) {
+                    known.add(holders(db, [valid]).await?);
+                    found = known.strongest(valid).ok_or_else(|| {
+                        StoreError::Corrupt("a matched instrument cannot be found again".into())
+                    })?;
+                }
+                if reconcile(db, to, &found.0, valid, &mut known).await? {
+                    break;
+                }
             }
             let (instrument, by) = found;
-            reconcile(db, to, &instrument, valid, &mut known).await?;
             (Some(instrument.id), by.as_str())
         };
         matches.push(Matched {
@@ -414,11 +420,6 @@ impl Known {
     fn holder(&self, identifier: Identifier, value: &str) -> Option<&instrument::Model> {
         let id = self.by_value.get(&identifier)?.get(value)?;
         self.by_id.get(id)
-    }
-
-    /// The latest copy of `instrument`.
-    fn latest(&self, instrument: &instrument::Model) -> instrument::Model {
-        self.by_id.get(&instrument.id).unwrap_or(instrument).clone()
     }
 
     /// The instrument matching the strongest identifier of `valid`, and which.
@@ -493,77 +494,68 @@ async fn holders<'v, C: ConnectionTrait>(
 }
 
 /// Gives `instrument` the identifiers of `valid` it lacks (and no other instrument
-/// holds), and records each one that disagrees.
+/// holds), and records each one that disagrees. Returns `false`, having written
+/// nothing, when an identifier it would give was taken by another instrument
+/// meanwhile: the caller reads again and decides afresh.
 async fn reconcile<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     to: &ToMatch<'_>,
     instrument: &instrument::Model,
     valid: &Identifiers,
     known: &mut Known,
-) -> Result<(), StoreError> {
-    let mut instrument = instrument.clone();
-    for attempt in 0..2 {
-        let mut gained = instrument::ActiveModel {
-            id: Set(instrument.id.clone()),
-            ..Default::default()
-        };
-        let mut gains = false;
-        let mut conflicts = Vec::new();
-        for (identifier, value) in valid.present() {
-            let ours = held(&instrument, identifier);
-            if ours == Some(value) {
-                continue;
-            }
-            let held_by = known
-                .holder(identifier, value)
-                .filter(|other| other.id != instrument.id)
-                .map(|other| other.id.clone());
-            if ours.is_none() && held_by.is_none() {
-                gained.set(column(identifier), Some(value.to_owned()).into());
-                gains = true;
-                continue;
-            }
-            conflicts.push(instrument_conflict::ActiveModel {
-                security_id: Set(to.security_id.to_owned()),
-                identifier: Set(identifier.as_str().to_owned()),
-                connection_id: Set(to.connection.to_owned()),
-                instrument_id: Set(instrument.id.clone()),
-                instrument_value: Set(ours.map(str::to_owned)),
-                institution_value: Set(value.to_owned()),
-                held_by: Set(held_by),
-                detected_at: Set(Utc::now()),
-            });
+) -> Result<bool, StoreError> {
+    let mut gained = instrument::ActiveModel {
+        id: Set(instrument.id.clone()),
+        ..Default::default()
+    };
+    let mut gains = false;
+    let mut conflicts = Vec::new();
+    for (identifier, value) in valid.present() {
+        let ours = held(instrument, identifier);
+        if ours == Some(value) {
+            continue;
         }
-        if gains {
-            gained.updated_at = Set(Utc::now());
-            // Another transaction may have given the same identifier to an
-            // instrument of its own meanwhile: then a fresh read shows whose it
-            // is, and the disagreement is recorded instead. A failed statement
-            // outside a savepoint would stop the sync.
-            let savepoint = db.begin().await?;
-            match gained.update(&savepoint).await {
-                Ok(updated) => {
-                    savepoint.commit().await?;
-                    known.add(vec![updated]);
-                }
-                Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                    savepoint.rollback().await?;
-                    if attempt == 0 {
-                        known.add(holders(db, [valid]).await?);
-                        instrument = known.latest(&instrument);
-                        continue;
-                    }
-                    tracing::info!(instrument = %instrument.id, "An identifier was taken by another instrument meanwhile; kept as it was.");
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let held_by = known
+            .holder(identifier, value)
+            .filter(|other| other.id != instrument.id)
+            .map(|other| other.id.clone());
+        if ours.is_none() && held_by.is_none() {
+            gained.set(column(identifier), Some(value.to_owned()).into());
+            gains = true;
+            continue;
         }
-        for conflict in conflicts {
-            conflict.insert(db).await?;
-        }
-        break;
+        conflicts.push(instrument_conflict::ActiveModel {
+            security_id: Set(to.security_id.to_owned()),
+            identifier: Set(identifier.as_str().to_owned()),
+            connection_id: Set(to.connection.to_owned()),
+            instrument_id: Set(instrument.id.clone()),
+            instrument_value: Set(ours.map(str::to_owned)),
+            institution_value: Set(value.to_owned()),
+            held_by: Set(held_by),
+            detected_at: Set(Utc::now()),
+        });
     }
-    Ok(())
+    if gains {
+        gained.updated_at = Set(Utc::now());
+        // In a savepoint: a failed statement outside one would stop the sync.
+        let savepoint = db.begin().await?;
+        match gained.update(&savepoint).await {
+            Ok(updated) => {
+                savepoint.commit().await?;
+                known.add(vec![updated]);
+            }
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                savepoint.rollback().await?;
+                tracing::info!(instrument = %instrument.id, "An identifier was taken by another instrument meanwhile; matching again.");
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for conflict in conflicts {
+        conflict.insert(db).await?;
+    }
+    Ok(true)
 }
 
 /// The instrument known by `key` (ticker and currency): the oldest with strong

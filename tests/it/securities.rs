@@ -319,9 +319,10 @@ async fn securities_of_one_sync_find_the_instruments_the_earlier_ones_created() 
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let (_db, store) = migrated_store(backend, 2).await;
         let (tenant, _) = store.create_tenant("t").await.unwrap();
-        // Matched in identifier order: "figi" creates its instrument, then "isin"
-        // its own; "both" matches the first by its stronger FIGI, and its ISIN,
-        // taken by the second, is a conflict; "twin" finds the second.
+        // Matched in identifier order ("figi", "isin", "twin", "both"): "figi"
+        // creates its instrument, then "isin" its own, which "twin" finds; "both"
+        // matches the first by its stronger FIGI, and its ISIN, taken by the
+        // second, is a conflict.
         let figi = |mut s: Security| {
             s.figi = Some("BBG000BPH459".into());
             s
@@ -368,7 +369,8 @@ async fn securities_of_one_sync_find_the_instruments_the_earlier_ones_created() 
         );
 
         // Synced again, "both" renamed: what it is matched on is unchanged, so its
-        // match and its conflict stand.
+        // match and its conflict stand as they were recorded.
+        let recorded = conflicts_of(&store, connection).await;
         let mut renamed = figi(security("both", None, Some("DE0007164600"), None));
         renamed.name = "Both, renamed".into();
         let again = Snapshot {
@@ -384,9 +386,11 @@ async fn securities_of_one_sync_find_the_instruments_the_earlier_ones_created() 
             .apply_snapshot(connection, &again, Removals::all())
             .await
             .unwrap();
-        assert_eq!(conflicts_of(&store, connection).await.len(), 1);
+        assert_eq!(conflicts_of(&store, connection).await, recorded);
+        let both = &store.security_matches(connection).await.unwrap()["both"];
+        assert_eq!(both.matched_by.as_deref(), Some("figi"));
         assert_eq!(
-            instrument_of(&store, connection, "both").await.as_deref(),
+            both.instrument.as_ref().map(|i| i.id.as_str()),
             Some(by_figi.as_str())
         );
 
