@@ -174,7 +174,7 @@ impl Validator {
             }
             (Some(p), None) => {
                 let path = self.json_path(&format!("{at}.path"), p)?;
-                Source::Path(path)
+                Source::Path(FieldPath::new(path, p))
             }
             (None, Some(v)) => Source::Const(v.clone()),
             (None, None) if spec.default.is_some() => Source::Const(String::new()),

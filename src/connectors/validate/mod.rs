@@ -19,7 +19,7 @@ use serde_path_to_error::Segment;
 use url::Url;
 
 use super::fields::{self, FieldDef, Kind};
-use super::mapping::{CompiledField, Mapping, Scope, SignFrom, Source, TimeFormat};
+use super::mapping::{CompiledField, FieldPath, Mapping, Scope, SignFrom, Source, TimeFormat};
 use super::profiles;
 use super::spec::{
     ConnectorFile, EndpointSpec, FieldSpec, HeaderSpec, OAuth2Spec, PagingSpec, SignedContent,
