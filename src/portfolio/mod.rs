@@ -1,9 +1,10 @@
 //! The portfolio read model: everything an advisory app sees for one user, across
 //! all their connections, with how fresh it is. Built from the store ([`build`]),
 //! cached as gzip-compressed JSON ([`stored`]; moka → Redis), and rebuilt after
-//! every change so readers rarely touch the database. The user's [`positions`] (holdings summed per instrument of
-//! the securities master, optionally [`in_currency`]) are derived from it, and a
-//! [`household`]'s from its members' together.
+//! every change so readers rarely touch the database. The user's [`positions`]
+//! (holdings summed per instrument of the securities master, optionally
+//! [`in_currency`]) are derived from it, and a [`household`]'s from its members'
+//! together.
 
 mod build;
 mod positions;

@@ -1,8 +1,9 @@
 //! A user's positions: the portfolio's holdings summed per instrument of the
 //! securities master, across every account and connection, each with the holdings
 //! it is made of (a holding whose connection last read its data before a split an
-//! institution dated counted as split); where the value sits by asset class, currency and account; and the
-//! net worth, the portfolio's totals (a household's: its members' added).
+//! institution dated counted as split); where the value sits by asset class,
+//! currency and account; and the net worth, the portfolio's totals (a household's:
+//! its members' added).
 //! Sums are exact; amounts in different currencies are never added together (each
 //! figure is a list with one amount per currency), and a sum that some holding
 //! could not contribute to says so (`*_complete: false`) instead of looking whole.

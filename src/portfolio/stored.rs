@@ -3,7 +3,7 @@
 //! accepts gzip (no compression per request) and Redis holds a fraction of the
 //! size. Clients that do not accept gzip get it inflated.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
@@ -26,7 +26,6 @@ pub enum StoredError {
 pub fn encode(view: &Portfolio) -> Result<Vec<u8>, StoredError> {
     let mut gzip = GzEncoder::new(Vec::new(), Compression::default());
     serde_json::to_writer(&mut gzip, view)?;
-    gzip.flush()?;
     Ok(gzip.finish()?)
 }
 

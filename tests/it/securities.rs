@@ -175,7 +175,16 @@ async fn connection_with(
         .upsert_connection(tenant, &UserId::parse(user).unwrap(), "meridian")
         .await
         .unwrap();
-    let snapshot = Snapshot {
+    store
+        .apply_snapshot(connection.id, &holding_each(securities), Removals::all())
+        .await
+        .unwrap();
+    connection.id
+}
+
+/// One account holding one of each of `securities`.
+fn holding_each(securities: Vec<Security>) -> Snapshot {
+    Snapshot {
         accounts: vec![account()],
         holdings: securities
             .iter()
@@ -183,12 +192,7 @@ async fn connection_with(
             .collect(),
         securities,
         transactions: Vec::new(),
-    };
-    store
-        .apply_snapshot(connection.id, &snapshot, Removals::all())
-        .await
-        .unwrap();
-    connection.id
+    }
 }
 
 /// The recorded conflicts of one connection's securities.
@@ -373,17 +377,12 @@ async fn securities_of_one_sync_find_the_instruments_the_earlier_ones_created() 
         let recorded = conflicts_of(&store, connection).await;
         let mut renamed = figi(security("both", None, Some("DE0007164600"), None));
         renamed.name = "Both, renamed".into();
-        let again = Snapshot {
-            accounts: vec![account()],
-            holdings: ["both", "isin", "figi", "twin"]
-                .iter()
-                .map(|s| holding(s, 1))
-                .collect(),
-            securities: securities(renamed),
-            transactions: Vec::new(),
-        };
         store
-            .apply_snapshot(connection, &again, Removals::all())
+            .apply_snapshot(
+                connection,
+                &holding_each(securities(renamed)),
+                Removals::all(),
+            )
             .await
             .unwrap();
         assert_eq!(conflicts_of(&store, connection).await, recorded);
@@ -396,17 +395,9 @@ async fn securities_of_one_sync_find_the_instruments_the_earlier_ones_created() 
 
         // And again without its ISIN: it is matched afresh and its conflict goes;
         // the others' matches stand.
-        let again = Snapshot {
-            accounts: vec![account()],
-            holdings: ["both", "isin", "figi", "twin"]
-                .iter()
-                .map(|s| holding(s, 1))
-                .collect(),
-            securities: securities(figi(security("both", None, None, None))),
-            transactions: Vec::new(),
-        };
+        let without_isin = holding_each(securities(figi(security("both", None, None, None))));
         store
-            .apply_snapshot(connection, &again, Removals::all())
+            .apply_snapshot(connection, &without_isin, Removals::all())
             .await
             .unwrap();
         assert_eq!(conflicts_of(&store, connection).await, Vec::new());
