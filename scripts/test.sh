@@ -391,11 +391,20 @@ ensure_promtool() {
     apt_install prometheus
 }
 
+# -------------------------------------------------------------- build tools
+
+# The `finsync` binary's allocator, jemalloc, is built from C with `make` (a C
+# compiler is there already: Rust links with it on Linux).
+ensure_build_tools() {
+    command -v make >/dev/null 2>&1 || apt_install make
+}
+
 # ---------------------------------------------------------------------- main
 
 main() {
     cd "$(dirname "${BASH_SOURCE[0]}")/.."
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (https://rustup.rs)"
+    ensure_build_tools
     ensure_postgres
     ensure_redis
     ensure_server_binaries

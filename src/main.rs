@@ -9,6 +9,11 @@ use clap::Parser;
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
+/// jemalloc unless asked otherwise (see the `jemalloc` feature in Cargo.toml).
+#[cfg(all(feature = "jemalloc", not(feature = "dhat-heap")))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // The heap profile of the whole run, written to `dhat-heap.json` in the working
     // directory when the process ends normally (a command's end, SIGTERM, Ctrl-C).
