@@ -20,6 +20,7 @@ use chrono::{NaiveDate, Utc};
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use serde_json_path::JsonPath;
 use tracing::Instrument;
 
 use super::incremental::{Position, SyncCursor};
@@ -877,7 +878,7 @@ impl Engine {
                         self.get_page(connector, &request, grant).await
                     }
                 };
-                let (headers, body) = match answer {
+                let (headers, mut body) = match answer {
                     Err(EngineError::Restart) if restarts < MAX_RESTARTS => {
                         restarts += 1;
                         tracing::info!(institution = %connector.id, restarts, "The data changed while paging; starting again.");
@@ -904,16 +905,6 @@ impl Engine {
                         first_url.path()
                     )));
                 }
-                let mut found: Vec<Value> = endpoint
-                    .records
-                    .query(&body)
-                    .all()
-                    .into_iter()
-                    .cloned()
-                    .collect();
-                if let Some(modified) = &endpoint.modified {
-                    found.extend(modified.query(&body).all().into_iter().cloned());
-                }
                 if let Some(path) = &endpoint.removed {
                     removed.extend(
                         path.query(&body)
@@ -926,15 +917,18 @@ impl Engine {
                             }),
                     );
                 }
-                let count = found.len();
-                records.extend(joined(endpoint, &body, found, account));
+                let count = record_paths(endpoint)
+                    .map(|path| path.query(&body).all().len())
+                    .sum();
                 let more = walk.advance(&PageRead {
                     number: page,
                     headers: &headers,
                     body: &body,
                     count,
-                    so_far: records.len(),
+                    so_far: records.len() + count,
                 })?;
+                let found = page_records(endpoint, &mut body);
+                records.extend(joined(endpoint, &body, found, account));
                 if !more {
                     out.records = records;
                     out.removed = removed;
@@ -1145,6 +1139,46 @@ fn memo_key(request: &Request<'_>) -> String {
 
 /// The page's records as items: with, for each of the endpoint's joins, the element
 /// of the joined list each refers to, or why there is none.
+/// Where an endpoint's pages hold their records: the records, then the modified
+/// ones if the endpoint lists them apart.
+fn record_paths(endpoint: &Endpoint) -> impl Iterator<Item = &JsonPath> {
+    std::iter::once(&endpoint.records).chain(endpoint.modified.as_ref())
+}
+
+/// A page's records, in page order. They are moved out of the page (most syncs read
+/// thousands, and copying each one's fields cost more than mapping them) unless the
+/// page is read again for them: by a join, or because one record lies inside
+/// another.
+fn page_records(endpoint: &Endpoint, body: &mut Value) -> Vec<Value> {
+    let copied = |body: &Value| -> Vec<Value> {
+        record_paths(endpoint)
+            .flat_map(|path| path.query(body).all())
+            .cloned()
+            .collect()
+    };
+    if !endpoint.joins.is_empty() {
+        return copied(body);
+    }
+    let pointers: Vec<String> = record_paths(endpoint)
+        .flat_map(|path| path.query_located(body).into_iter())
+        .map(|node| node.location().to_json_pointer())
+        .collect();
+    let mut sorted: Vec<&str> = pointers.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let nested = sorted.windows(2).any(|pair| {
+        pair[1]
+            .strip_prefix(pair[0])
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    });
+    if nested {
+        return copied(body);
+    }
+    pointers
+        .iter()
+        .filter_map(|pointer| body.pointer_mut(pointer).map(Value::take))
+        .collect()
+}
+
 fn joined(
     endpoint: &Endpoint,
     body: &Value,
@@ -1436,6 +1470,43 @@ description = {{ path = "$.name" }}
             .collect();
         ids.sort();
         ids
+    }
+
+    /// A page's records come out as the connector's paths select them, in order,
+    /// whether they are moved out of the page or (nested or selected twice) copied.
+    #[test]
+    fn page_records_are_what_the_paths_select_in_page_order() {
+        let page = serde_json::json!({
+            "added": [txn("t1", "1.00", "2024-01-01"), txn("t2", "2.00", "2024-01-02")],
+            "modified": [txn("t3", "3.00", "2024-01-03")],
+            "next": "cursor-2",
+        });
+        let selected = |endpoint: &Endpoint| -> Vec<Value> {
+            record_paths(endpoint)
+                .flat_map(|path| path.query(&page).all())
+                .cloned()
+                .collect()
+        };
+        const PAGING: &str = r#"paging = { type = "sync-token", token_param = "cursor", next_token = "$.next", has_more = "$.more" }"#;
+        for lines in [
+            // Moved out: the page keeps what is not a record.
+            "path = \"t\"\nrecords = \"$.added[*]\"\nmodified = \"$.modified[*]\"\n{PAGING}",
+            // The list itself and its first element: one record lies in another.
+            "path = \"t\"\nrecords = \"$.added\"\nmodified = \"$.added[0]\"\n{PAGING}",
+            // The same records twice.
+            "path = \"t\"\nrecords = \"$.added[*]\"\nmodified = \"$.added[*]\"\n{PAGING}",
+        ] {
+            let lines = lines.replace("{PAGING}", PAGING);
+            let connector = connector("http://127.0.0.1:1/", &lines);
+            let endpoint = connector.transactions.as_ref().unwrap();
+            let mut body = page.clone();
+            assert_eq!(
+                page_records(endpoint, &mut body),
+                selected(endpoint),
+                "{lines}"
+            );
+            assert_eq!(body["next"], "cursor-2", "{lines}");
+        }
     }
 
     /// Sync-token pages: added, modified and removed merge into one list; a 409 in
