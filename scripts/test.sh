@@ -396,7 +396,10 @@ ensure_promtool() {
 # The `finsync` binary's allocator, jemalloc, is built from C with `make` (a C
 # compiler is there already: Rust links with it on Linux).
 ensure_build_tools() {
-    command -v make >/dev/null 2>&1 || apt_install make
+    command -v make >/dev/null 2>&1 && return 0
+    command -v apt-get >/dev/null 2>&1 ||
+        die "make not found: install it (jemalloc, the binaries' allocator, is built with it)"
+    apt_install make
 }
 
 # ---------------------------------------------------------------------- main

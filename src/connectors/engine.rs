@@ -1137,8 +1137,6 @@ fn memo_key(request: &Request<'_>) -> String {
     format!("{} {:?} {headers:?}", request.url, request.params)
 }
 
-/// The page's records as items: with, for each of the endpoint's joins, the element
-/// of the joined list each refers to, or why there is none.
 /// Where an endpoint's pages hold their records: the records, then the modified
 /// ones if the endpoint lists them apart.
 fn record_paths(endpoint: &Endpoint) -> impl Iterator<Item = &JsonPath> {
@@ -1163,22 +1161,28 @@ fn page_records(endpoint: &Endpoint, body: &mut Value) -> Vec<Value> {
         .flat_map(|path| path.query_located(body).into_iter())
         .map(|node| node.location().to_json_pointer())
         .collect();
-    let mut sorted: Vec<&str> = pointers.iter().map(String::as_str).collect();
-    sorted.sort_unstable();
-    let nested = sorted.windows(2).any(|pair| {
-        pair[1]
-            .strip_prefix(pair[0])
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    // A `/` in a pointer always starts a segment (one in a key is written `~1`), so
+    // a record lies inside another exactly when a prefix of its pointer ending
+    // before a `/` is another record's pointer.
+    let mut selected = HashSet::new();
+    let twice = pointers.iter().any(|p| !selected.insert(p.as_str()));
+    let nested = pointers.iter().any(|p| {
+        p.match_indices('/')
+            .any(|(end, _)| selected.contains(&p[..end]))
     });
-    if nested {
+    if twice || nested {
         return copied(body);
     }
+    // Every pointer resolves: each was just read from this page, and none is taken
+    // with another.
     pointers
         .iter()
         .filter_map(|pointer| body.pointer_mut(pointer).map(Value::take))
         .collect()
 }
 
+/// The page's records as items: with, for each of the endpoint's joins, the element
+/// of the joined list each refers to, or why there is none.
 fn joined(
     endpoint: &Endpoint,
     body: &Value,
@@ -1479,6 +1483,8 @@ description = {{ path = "$.name" }}
         let page = serde_json::json!({
             "added": [txn("t1", "1.00", "2024-01-01"), txn("t2", "2.00", "2024-01-02")],
             "modified": [txn("t3", "3.00", "2024-01-03")],
+            "held": {"id": "h1", "inner": {"id": "h2"}},
+            "held-2": {"id": "h3"},
             "next": "cursor-2",
         });
         let selected = |endpoint: &Endpoint| -> Vec<Value> {
@@ -1495,6 +1501,9 @@ description = {{ path = "$.name" }}
             "path = \"t\"\nrecords = \"$.added\"\nmodified = \"$.added[0]\"\n{PAGING}",
             // The same records twice.
             "path = \"t\"\nrecords = \"$.added[*]\"\nmodified = \"$.added[*]\"\n{PAGING}",
+            // Records inside others, whose pointers do not sort next to each other
+            // (`/held`, `/held-2`, `/held/inner`).
+            "path = \"t\"\nrecords = \"$..[?@.id]\"\n{PAGING}",
         ] {
             let lines = lines.replace("{PAGING}", PAGING);
             let connector = connector("http://127.0.0.1:1/", &lines);
