@@ -12,7 +12,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::Utc;
-use sea_orm::sea_query::{Condition, OnConflict};
+use sea_orm::sea_query::{Condition, Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set, SqlErr, TransactionSession, TransactionTrait,
@@ -496,7 +496,8 @@ async fn holders<'v, C: ConnectionTrait>(
 /// Gives `instrument` the identifiers of `valid` it lacks (and no other instrument
 /// holds), and records each one that disagrees. Returns `false`, having written
 /// nothing, when an identifier it would give was taken by another instrument
-/// meanwhile: the caller reads again and decides afresh.
+/// meanwhile, or given to this one by another sync: the caller reads again and
+/// decides afresh.
 async fn reconcile<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     to: &ToMatch<'_>,
@@ -504,11 +505,7 @@ async fn reconcile<C: ConnectionTrait + TransactionTrait>(
     valid: &Identifiers,
     known: &mut Known,
 ) -> Result<bool, StoreError> {
-    let mut gained = instrument::ActiveModel {
-        id: Set(instrument.id.clone()),
-        ..Default::default()
-    };
-    let mut gains = false;
+    let mut gained: Vec<(Identifier, &str)> = Vec::new();
     let mut conflicts = Vec::new();
     for (identifier, value) in valid.present() {
         let ours = held(instrument, identifier);
@@ -520,8 +517,7 @@ async fn reconcile<C: ConnectionTrait + TransactionTrait>(
             .filter(|other| other.id != instrument.id)
             .map(|other| other.id.clone());
         if ours.is_none() && held_by.is_none() {
-            gained.set(column(identifier), Some(value.to_owned()).into());
-            gains = true;
+            gained.push((identifier, value));
             continue;
         }
         conflicts.push(instrument_conflict::ActiveModel {
@@ -535,22 +531,37 @@ async fn reconcile<C: ConnectionTrait + TransactionTrait>(
             detected_at: Set(Utc::now()),
         });
     }
-    if gains {
-        gained.updated_at = Set(Utc::now());
+    if !gained.is_empty() {
+        let now = Utc::now();
+        // Each identifier is set only where the instrument still lacks it, so a
+        // value another sync gave it after our read is never overwritten. The
+        // copy kept is ours plus what we set: possibly incomplete, never wrong.
+        let mut update = instrument::Entity::update_many()
+            .col_expr(instrument::Column::UpdatedAt, Expr::value(now))
+            .filter(instrument::Column::Id.eq(&instrument.id));
+        let mut updated = instrument.clone();
+        updated.updated_at = now;
+        for (identifier, value) in &gained {
+            update = update
+                .col_expr(column(*identifier), Expr::value(*value))
+                .filter(column(*identifier).is_null());
+            *held_mut(&mut updated, *identifier) = Some((*value).to_owned());
+        }
         // In a savepoint: a failed statement outside one would stop the sync.
         let savepoint = db.begin().await?;
-        match gained.update(&savepoint).await {
-            Ok(updated) => {
-                savepoint.commit().await?;
-                known.add(vec![updated]);
-            }
-            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                savepoint.rollback().await?;
-                tracing::info!(instrument = %instrument.id, "An identifier was taken by another instrument meanwhile; matching again.");
-                return Ok(false);
-            }
+        let taken = match update.exec(&savepoint).await {
+            Ok(done) if done.rows_affected == 1 => false,
+            Ok(_) => true,
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => true,
             Err(e) => return Err(e.into()),
+        };
+        if taken {
+            savepoint.rollback().await?;
+            tracing::info!(instrument = %instrument.id, "An identifier was given or taken by another sync meanwhile; matching again.");
+            return Ok(false);
         }
+        savepoint.commit().await?;
+        known.add(vec![updated]);
     }
     for conflict in conflicts {
         conflict.insert(db).await?;
@@ -632,11 +643,105 @@ fn column(identifier: Identifier) -> instrument::Column {
     }
 }
 
+fn held_mut(instrument: &mut instrument::Model, identifier: Identifier) -> &mut Option<String> {
+    match identifier {
+        Identifier::Figi => &mut instrument.figi,
+        Identifier::Isin => &mut instrument.isin,
+        Identifier::Cusip => &mut instrument.cusip,
+        Identifier::Sedol => &mut instrument.sedol,
+    }
+}
+
 fn held(instrument: &instrument::Model, identifier: Identifier) -> Option<&str> {
     match identifier {
         Identifier::Figi => instrument.figi.as_deref(),
         Identifier::Isin => instrument.isin.as_deref(),
         Identifier::Cusip => instrument.cusip.as_deref(),
         Identifier::Sedol => instrument.sedol.as_deref(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::domain::{Currency, SecurityType};
+
+    /// A sync that read an instrument before another sync gave it an ISIN must not
+    /// overwrite that ISIN with its own: it reads again and records the
+    /// disagreement instead.
+    #[tokio::test]
+    async fn an_identifier_given_meanwhile_is_not_overwritten() {
+        let dir =
+            std::env::temp_dir().join(format!("finsync-instruments-{}", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}/finsync.db?mode=rwc", dir.display());
+        let store = Store::connect(&SecretString::from(url), 1).await.unwrap();
+        store.migrate().await.unwrap();
+        let db = store.db();
+
+        let now = Utc::now();
+        let read_before = instrument::Model {
+            id: "i1".into(),
+            figi: Some("BBG000B9XRY4".into()),
+            isin: None,
+            cusip: None,
+            sedol: None,
+            weak_key: None,
+            ticker: Some("AAPL".into()),
+            name: "Apple".into(),
+            security_type: "equity".into(),
+            currency: "USD".into(),
+            created_at: now,
+            updated_at: now,
+        };
+        instrument::ActiveModel::from(read_before.clone())
+            .insert(db)
+            .await
+            .unwrap();
+        // Another sync gives the instrument an ISIN after this one read it.
+        let given = "US5949181045";
+        instrument::Entity::update_many()
+            .col_expr(instrument::Column::Isin, Expr::value(given))
+            .filter(instrument::Column::Id.eq("i1"))
+            .exec(db)
+            .await
+            .unwrap();
+
+        let security = Security {
+            external_id: "s1".into(),
+            ticker: Some("AAPL".into()),
+            cusip: None,
+            isin: Some("US0378331005".into()),
+            sedol: None,
+            figi: Some("BBG000B9XRY4".into()),
+            name: "Apple Inc.".into(),
+            security_type: SecurityType::Equity,
+            currency: "USD".parse::<Currency>().unwrap(),
+            price: None,
+            price_as_of: None,
+        };
+        let (valid, _) = Identifiers::of(&security);
+        let to = ToMatch {
+            connection: "c1",
+            security_id: "sec1",
+            security: &security,
+            stored: None,
+        };
+        let mut known = Known::default();
+        known.add(vec![read_before.clone()]);
+        let decided = reconcile(db, &to, &read_before, &valid, &mut known)
+            .await
+            .unwrap();
+
+        assert!(!decided, "the stale read is sent back to be matched again");
+        let stored = instrument::Entity::find_by_id("i1")
+            .one(db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.isin.as_deref(), Some(given));
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
