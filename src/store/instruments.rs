@@ -311,7 +311,7 @@ const MATCH_BATCH: usize = 500;
 /// security whose instrument lacks one of its identifiers, which would extend
 /// the instrument or record a disagreement, is matched again on a fresh read
 /// of its own identifiers' holders, and again whenever an identifier it would
-/// give was taken meanwhile.
+/// give was taken by another instrument, or given to this one, meanwhile.
 pub(super) async fn match_securities<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     securities: &[ToMatch<'_>],
@@ -365,8 +365,8 @@ pub(super) async fn match_securities<C: ConnectionTrait + TransactionTrait>(
             }
         } else {
             let mut found = by_identifiers(db, to.security, valid, &mut known).await?;
-            // Each identifier taken meanwhile shows a new holder on the fresh
-            // read, so this ends.
+            // Each identifier taken or given meanwhile shows on the fresh read,
+            // so this ends.
             for _ in 0..=valid.present().count() {
                 if !holds_all(&found.0, valid) {
                     known.add(holders(db, [valid]).await?);
@@ -669,14 +669,14 @@ mod tests {
     use crate::domain::{Currency, SecurityType};
 
     /// A sync that read an instrument before another sync gave it an ISIN must not
-    /// overwrite that ISIN with its own: it reads again and records the
-    /// disagreement instead.
+    /// overwrite that ISIN with its own: it is sent back to match on a fresh read
+    /// (which records the disagreement).
     #[tokio::test]
     async fn an_identifier_given_meanwhile_is_not_overwritten() {
-        let dir =
-            std::env::temp_dir().join(format!("finsync-instruments-{}", uuid::Uuid::new_v4()));
-        let url = format!("sqlite://{}/finsync.db?mode=rwc", dir.display());
-        let store = Store::connect(&SecretString::from(url), 1).await.unwrap();
+        // One connection: an in-memory database lives as long as its connection.
+        let store = Store::connect(&SecretString::from("sqlite::memory:"), 1)
+            .await
+            .unwrap();
         store.migrate().await.unwrap();
         let db = store.db();
 
@@ -741,7 +741,5 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(stored.isin.as_deref(), Some(given));
-        drop(store);
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
