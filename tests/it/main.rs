@@ -28,6 +28,7 @@ mod observability;
 mod outage;
 mod quality;
 mod quarantine;
+mod records;
 mod reporting;
 mod resilience;
 mod scheduler;

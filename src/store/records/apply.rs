@@ -17,8 +17,9 @@ use crate::store::entities::{account, holding, instrument_conflict, security, tr
 use crate::store::instruments::{ToMatch, match_securities, normal_ticker};
 use crate::store::{Store, StoreError};
 
+use super::bulk::{self, Bulk};
 use super::rows::*;
-use super::{ApplyCounts, Removals, bulk};
+use super::{ApplyCounts, Removals};
 
 /// Rows one statement deletes.
 const DELETE_BATCH: usize = 1000;
@@ -199,7 +200,7 @@ impl Store {
                 continue;
             }
             // Each account with its holdings and transactions, whole or not at all.
-            let txn = self.begin_write().await?;
+            let txn = self.begin_records_write().await?;
             records_changed(&txn, &conn, true).await?;
             account.write(&txn).await?;
             write_holdings(&txn, holdings).await?;
@@ -227,7 +228,7 @@ impl Store {
                         .await?;
                 let transactions =
                     plan_transactions(&conn, stored, &[], &Coverage::Everything, &mut counts)?;
-                let txn = self.begin_write().await?;
+                let txn = self.begin_records_write().await?;
                 records_changed(&txn, &conn, true).await?;
                 write_holdings(&txn, holdings).await?;
                 write_transactions(&txn, transactions).await?;
@@ -380,7 +381,7 @@ where
     <A::Entity as EntityTrait>::Model: sea_orm::IntoActiveModel<A>,
 {
     /// Inserts and updates; deleting is the caller's, who knows what goes first.
-    async fn write<C: ConnectionTrait>(self, db: &C) -> Result<Vec<M>, StoreError> {
+    async fn write<C: Bulk>(self, db: &C) -> Result<Vec<M>, StoreError> {
         bulk::insert_all(db, self.fresh).await?;
         for row in self.changed {
             row.update(db).await?;
@@ -441,10 +442,7 @@ fn plan_holdings(
 type HoldingWrites = Writes<holding::ActiveModel, holding::Model>;
 
 /// Holdings' deletions need nothing before them.
-async fn write_holdings<C: ConnectionTrait>(
-    db: &C,
-    writes: HoldingWrites,
-) -> Result<(), StoreError> {
+async fn write_holdings<C: Bulk>(db: &C, writes: HoldingWrites) -> Result<(), StoreError> {
     let gone = writes.write(db).await?;
     for rows in gone.chunks(DELETE_BATCH) {
         holding::Entity::delete_many()
@@ -489,10 +487,7 @@ fn plan_transactions(
 
 /// Posted transactions are inserted first, so that a pending one they replace can
 /// pass its annotations on before it goes.
-async fn write_transactions<C: ConnectionTrait>(
-    db: &C,
-    writes: TransactionWrites,
-) -> Result<(), StoreError> {
+async fn write_transactions<C: Bulk>(db: &C, writes: TransactionWrites) -> Result<(), StoreError> {
     let gone = writes.write(db).await?;
     for row in &gone {
         carry_to_posted(db, row).await?;

@@ -1,5 +1,7 @@
 //! Statements over many rows whose text does not depend on how many rows they
-//! carry: the rows (or ids) travel as one JSON document in one parameter.
+//! carry: new rows go through `COPY` where the transaction allows it (an account's
+//! records on PostgreSQL, [`RecordsTxn`]); otherwise they, like lists of ids, travel
+//! as one JSON document in one parameter.
 //!
 //! A statement with a placeholder per value has a different text for every batch
 //! size, so the server parses and plans each anew, and every pooled connection's
@@ -12,22 +14,46 @@ use std::fmt::Write as _;
 
 use sea_orm::sea_query::{Expr, SimpleExpr};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, EntityName, EntityTrait,
-    IdenStatic, Iterable, Statement, Value,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction,
+    EntityName, EntityTrait, IdenStatic, Iterable, Statement, Value,
 };
 
 use crate::store::StoreError;
 
-/// Rows one statement carries.
+use super::txn::{PgTxn, RecordsTxn};
+
+/// Rows one statement (or one message of a `COPY`) carries.
 pub(super) const BATCH: usize = 1000;
 
-/// Inserts `rows` (every one with the same columns set), [`BATCH`] at a time: on
+/// A transaction rows are inserted through in bulk.
+pub(super) trait Bulk: ConnectionTrait {
+    /// The transaction to `COPY` into, where this one can.
+    fn copy_target(&self) -> Option<&PgTxn>;
+}
+
+impl Bulk for DatabaseTransaction {
+    fn copy_target(&self) -> Option<&PgTxn> {
+        None
+    }
+}
+
+impl Bulk for RecordsTxn {
+    fn copy_target(&self) -> Option<&PgTxn> {
+        match self {
+            Self::Postgres(txn) => Some(txn),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+/// Inserts `rows` (every one with the same columns set): through one `COPY` where
+/// the transaction can, sent [`BATCH`] rows at a time; else [`BATCH`] at a time on
 /// PostgreSQL as `INSERT … SELECT … FROM json_populate_recordset`, which takes each
-/// value's type from the table; on SQLite as `INSERT … SELECT … FROM json_each`.
+/// value's type from the table, and on SQLite as `INSERT … SELECT … FROM json_each`.
 pub(super) async fn insert_all<A, C>(db: &C, rows: Vec<A>) -> Result<(), StoreError>
 where
     A: ActiveModelTrait + Send,
-    C: ConnectionTrait,
+    C: Bulk,
 {
     let Some(first) = rows.first() else {
         return Ok(());
@@ -44,6 +70,32 @@ where
         .collect();
     let table = A::Entity::default().table_name().to_owned();
     let backend = db.get_database_backend();
+    if let Some(txn) = db.copy_target() {
+        let statement = format!("COPY \"{table}\" ({}) FROM STDIN", names.join(", "));
+        let mut rows = rows.into_iter().peekable();
+        let chunks = std::iter::from_fn(|| {
+            rows.peek()?;
+            let mut text = String::new();
+            for mut row in rows.by_ref().take(BATCH) {
+                for (i, column) in columns.iter().enumerate() {
+                    if i > 0 {
+                        text.push('\t');
+                    }
+                    let value = match row.take(*column).into_value() {
+                        Some(value) => json(value, backend),
+                        None => Err(not_set(&table, *column)),
+                    };
+                    match value {
+                        Ok(value) => copy_field(value, &mut text),
+                        Err(error) => return Some(Err(error)),
+                    }
+                }
+                text.push('\n');
+            }
+            Some(Ok(text))
+        });
+        return txn.copy_in(&statement, chunks).await;
+    }
     let sql = match backend {
         DatabaseBackend::Postgres => format!(
             "INSERT INTO \"{table}\" ({list}) SELECT {list} \
@@ -69,9 +121,10 @@ where
         for (n, mut row) in rows.by_ref().take(BATCH).enumerate() {
             text.push_str(if n == 0 { "{" } else { ",{" });
             for (i, column) in columns.iter().enumerate() {
-                let value = row.take(*column).into_value().ok_or_else(|| {
-                    StoreError::Corrupt(format!("{table}.{} not set", column.as_str()))
-                })?;
+                let value = row
+                    .take(*column)
+                    .into_value()
+                    .ok_or_else(|| not_set(&table, *column))?;
                 if i > 0 {
                     text.push(',');
                 }
@@ -92,6 +145,33 @@ where
         .await?;
     }
     Ok(())
+}
+
+fn not_set(table: &str, column: impl IdenStatic) -> StoreError {
+    StoreError::Corrupt(format!("{table}.{} not set", column.as_str()))
+}
+
+/// A value in `COPY`'s text format, the same text the JSON document would carry:
+/// `\N` for NULL, and in text the characters that end a field or a line escaped.
+fn copy_field(value: serde_json::Value, out: &mut String) {
+    use serde_json::Value as J;
+    match value {
+        J::Null => out.push_str("\\N"),
+        J::String(text) if !text.contains(['\\', '\t', '\n', '\r']) => out.push_str(&text),
+        J::String(text) => {
+            for c in text.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+        }
+        J::Bool(b) => out.push(if b { 't' } else { 'f' }),
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// `column IN (the ids)`, the ids bound as one JSON array.

@@ -1,0 +1,186 @@
+//! Synced records survive a round trip through either database exactly (every
+//! character of their text, every absent value, however many rows), and an
+//! account whose rows the database refuses is written not at all, leaving the
+//! store's connections fit for the next write. On PostgreSQL new rows arrive
+//! through `COPY` in the account's own transaction, so this is also that path's
+//! test: its escaping, its batches and its failure.
+
+use chrono::{NaiveDate, Utc};
+use finsync::domain::{
+    Account, AccountType, BalanceMeaning, Balances, ConnectionId, InvestmentType, Money, Snapshot,
+    Transaction, TransactionStatus, UserId,
+};
+use finsync::store::{Removals, Store};
+use secrecy::SecretString;
+
+use crate::support::{Backend, TestDb};
+
+/// Texts that end a field or a line in `COPY`'s text format, or that look like
+/// its NULL, and some that are merely not ASCII.
+const AWKWARD: [&str; 8] = [
+    "tab\there",
+    "two\nlines",
+    "carriage\rreturn",
+    r"back\slash and \N and \t written out",
+    r"\N",
+    "",
+    "Café ☕ «quoted» \"double\" 'single'",
+    "trailing backslash\\",
+];
+
+fn account(id: &str) -> Account {
+    let usd = "USD".parse().unwrap();
+    Account {
+        external_id: id.into(),
+        account_type: AccountType::Depository,
+        subtype: None,
+        name: "Checking\twith a tab".into(),
+        official_name: Some(r"Official \N name".into()),
+        mask: None,
+        currency: usd,
+        balances: Balances {
+            current: Money::new("10.00".parse().unwrap(), usd),
+            available: None,
+            cash: None,
+            meaning: BalanceMeaning::Total,
+            as_of: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+        },
+    }
+}
+
+/// `count` transactions of `account`, cycling through the awkward texts and
+/// through set and absent optional fields.
+fn transactions(account: &str, count: usize) -> Vec<Transaction> {
+    let usd = "USD".parse().unwrap();
+    (0..count)
+        .map(|i| Transaction {
+            external_id: format!("{account}-t{i}"),
+            account_external_id: account.into(),
+            amount: Money::new(format!("-{i}.0{}", i % 10).parse().unwrap(), usd),
+            date: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + chrono::Days::new(i as u64 % 300),
+            status: if i % 2 == 0 {
+                TransactionStatus::Posted
+            } else {
+                TransactionStatus::Pending
+            },
+            pending_external_id: (i % 3 == 0).then(|| format!("p\t{i}")),
+            description: AWKWARD[i % AWKWARD.len()].to_owned(),
+            category: (i % 4 == 0).then(|| AWKWARD[(i + 1) % AWKWARD.len()].to_owned()),
+            investment_type: (i % 5 == 0).then_some(InvestmentType::Fee),
+            security_external_id: None,
+            quantity: (i % 7 == 0).then(|| "0.000000001".parse().unwrap()),
+            price: None,
+        })
+        .collect()
+}
+
+async fn store(db: &TestDb, pool: u32) -> (Store, ConnectionId) {
+    let store = Store::connect(&SecretString::from(db.url.clone()), pool)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let (tenant, _) = store.create_tenant("t").await.unwrap();
+    let connection = store
+        .upsert_connection(tenant.id, &UserId::parse("u").unwrap(), "meridian")
+        .await
+        .unwrap();
+    (store, connection.id)
+}
+
+fn sorted(mut snapshot: Snapshot) -> Snapshot {
+    snapshot
+        .transactions
+        .sort_by(|a, b| a.external_id.cmp(&b.external_id));
+    snapshot
+}
+
+async fn text_round_trips(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (store, connection) = store(&db, 2).await;
+    // More rows than one statement or one message of a copy carries.
+    let mut transactions = transactions("acc-1", 2_345);
+    transactions.extend(self::transactions("acc-2", 3));
+    let written = Snapshot {
+        accounts: vec![account("acc-1"), account("acc-2")],
+        securities: vec![],
+        holdings: vec![],
+        transactions,
+    };
+    let counts = store
+        .apply_snapshot(connection, &written, Removals::all())
+        .await
+        .unwrap();
+    assert_eq!(counts.added, 2 + 2_348);
+    let read = store.full_snapshot(connection).await.unwrap();
+    assert_eq!(sorted(read), sorted(written.clone()), "{backend:?}");
+
+    // What was written reads back equal, so applying it again writes nothing.
+    let again = store
+        .apply_snapshot(connection, &written, Removals::all())
+        .await
+        .unwrap();
+    assert_eq!((again.added, again.modified, again.removed), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn text_and_absent_values_round_trip_exactly_on_sqlite() {
+    text_round_trips(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn text_and_absent_values_round_trip_exactly_on_postgres() {
+    text_round_trips(Backend::Postgres).await;
+}
+
+async fn refused_account(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    // One pooled connection: the write after the failed one gets the connection
+    // the failure happened on.
+    let (store, connection) = store(&db, 1).await;
+    let mut transactions = transactions("acc-1", 1_500);
+    // The same institution id twice: the database's uniqueness refuses the second.
+    transactions.push(transactions[1_234].clone());
+    let refused = Snapshot {
+        accounts: vec![account("acc-1")],
+        securities: vec![],
+        holdings: vec![],
+        transactions,
+    };
+    let error = store
+        .apply_snapshot(connection, &refused, Removals::all())
+        .await
+        .unwrap_err();
+    assert!(
+        !error.is_unavailable(),
+        "a refused row is not an outage: {error}"
+    );
+    let read = store.full_snapshot(connection).await.unwrap();
+    assert_eq!(
+        read,
+        Snapshot::default(),
+        "{backend:?}: nothing of the account"
+    );
+
+    let good = Snapshot {
+        accounts: vec![account("acc-1")],
+        securities: vec![],
+        holdings: vec![],
+        transactions: self::transactions("acc-1", 10),
+    };
+    store
+        .apply_snapshot(connection, &good, Removals::all())
+        .await
+        .unwrap();
+    let read = store.full_snapshot(connection).await.unwrap();
+    assert_eq!(sorted(read), sorted(good), "{backend:?}");
+}
+
+#[tokio::test]
+async fn a_refused_account_is_written_not_at_all_on_sqlite() {
+    refused_account(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_refused_account_is_written_not_at_all_on_postgres() {
+    refused_account(Backend::Postgres).await;
+}
