@@ -1,9 +1,9 @@
 //! Synced records survive a round trip through either database exactly (every
 //! character of their text, every absent value, however many rows), and an
 //! account whose rows the database refuses is written not at all, leaving the
-//! store's connections fit for the next write. On PostgreSQL new rows arrive
-//! through `COPY` in the account's own transaction, so this is also that path's
-//! test: its escaping, its batches and its failure.
+//! store fit for the next write. On PostgreSQL new rows arrive through `COPY` in
+//! the account's own transaction, so this is also that path's test: its escaping,
+//! its batches and its failure.
 
 use chrono::{NaiveDate, Utc};
 use finsync::domain::{
@@ -134,8 +134,8 @@ async fn text_and_absent_values_round_trip_exactly_on_postgres() {
 
 async fn refused_account(backend: Backend) {
     let db = TestDb::new(backend).await;
-    // One pooled connection: the write after the failed one gets the connection
-    // the failure happened on.
+    // One pooled connection: the write after the failed one gets that connection,
+    // or the one that replaced it.
     let (store, connection) = store(&db, 1).await;
     let mut transactions = transactions("acc-1", 1_500);
     // The same institution id twice: the database's uniqueness refuses the second.

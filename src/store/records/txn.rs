@@ -7,6 +7,7 @@
 //! is sea-orm's own transaction.
 
 use sea_orm::sea_query::Values;
+use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{self, Executor as _, Postgres};
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
@@ -26,19 +27,47 @@ pub(super) enum RecordsTxn {
 
 /// A PostgreSQL transaction on a connection of the store's pool. The lock only
 /// serialises one writer's statements, as sea-orm's transaction does.
-pub(super) struct PgTxn(Mutex<sqlx::Transaction<'static, Postgres>>);
+pub(super) struct PgTxn(Mutex<Held>);
+
+/// The pooled connection, in a transaction until committed.
+struct Held {
+    conn: PoolConnection<Postgres>,
+    committed: bool,
+}
+
+impl Drop for Held {
+    /// Uncommitted, the connection is closed, which ends its transaction, rather
+    /// than returned to the pool: the write failed or was dropped part-way (its
+    /// sync's lease lost, the worker stopping), maybe in the middle of a `COPY`,
+    /// from where sqlx cannot bring a connection back, and the next statement on
+    /// it would read this one's answers. A failed write is rare; a new connection
+    /// is cheap beside it.
+    fn drop(&mut self) {
+        if !self.committed {
+            self.conn.close_on_drop();
+        }
+    }
+}
 
 impl Store {
     /// Starts the transaction an account's records are written in.
     pub(super) async fn begin_records_write(&self) -> Result<RecordsTxn, StoreError> {
         if self.is_postgres() {
-            let txn = self
+            let conn = self
                 .db()
                 .get_postgres_connection_pool()
-                .begin()
+                .acquire()
                 .await
                 .map_err(acquire_err)?;
-            Ok(RecordsTxn::Postgres(PgTxn(Mutex::new(txn))))
+            let mut held = Held {
+                conn,
+                committed: false,
+            };
+            held.conn
+                .execute("BEGIN")
+                .await
+                .map_err(|e| StoreError::from(query_db_err(e)))?;
+            Ok(RecordsTxn::Postgres(PgTxn(Mutex::new(held))))
         } else {
             Ok(RecordsTxn::Other(self.begin_write().await?))
         }
@@ -48,7 +77,14 @@ impl Store {
 impl RecordsTxn {
     pub(super) async fn commit(self) -> Result<(), StoreError> {
         match self {
-            Self::Postgres(PgTxn(txn)) => txn.into_inner().commit().await.map_err(exec_err)?,
+            Self::Postgres(PgTxn(held)) => {
+                let mut held = held.into_inner();
+                held.conn
+                    .execute("COMMIT")
+                    .await
+                    .map_err(|e| StoreError::from(query_db_err(e)))?;
+                held.committed = true;
+            }
             Self::Other(txn) => txn.commit().await?,
         }
         Ok(())
@@ -57,15 +93,15 @@ impl RecordsTxn {
 
 impl PgTxn {
     /// Runs `statement`, a `COPY … FROM STDIN` in text format, with the data
-    /// `chunks` give, each one or more whole lines. A chunk that fails to come
-    /// aborts the copy, and the transaction can then only roll back.
+    /// `chunks` give, each one or more whole lines. After a failure, whether the
+    /// database's or a chunk's, the transaction can only be dropped.
     pub(super) async fn copy_in(
         &self,
         statement: &str,
         chunks: impl Iterator<Item = Result<String, StoreError>>,
     ) -> Result<(), StoreError> {
-        let mut txn = self.0.lock().await;
-        let mut copy = txn.copy_in_raw(statement).await.map_err(exec_err)?;
+        let mut held = self.0.lock().await;
+        let mut copy = held.conn.copy_in_raw(statement).await.map_err(exec_err)?;
         for chunk in chunks {
             match chunk {
                 Ok(text) => {
@@ -95,10 +131,10 @@ impl ConnectionTrait for RecordsTxn {
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         match self {
-            Self::Postgres(PgTxn(txn)) => {
-                let mut txn = txn.lock().await;
+            Self::Postgres(PgTxn(held)) => {
+                let mut held = held.lock().await;
                 query(&stmt)
-                    .execute(&mut **txn)
+                    .execute(&mut *held.conn)
                     .await
                     .map(ExecResult::from)
                     .map_err(exec_db_err)
@@ -109,9 +145,10 @@ impl ConnectionTrait for RecordsTxn {
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         match self {
-            Self::Postgres(PgTxn(txn)) => {
-                let mut txn = txn.lock().await;
-                txn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+            Self::Postgres(PgTxn(held)) => {
+                let mut held = held.lock().await;
+                held.conn
+                    .execute(sqlx::AssertSqlSafe(sql.to_owned()))
                     .await
                     .map(ExecResult::from)
                     .map_err(exec_db_err)
@@ -122,10 +159,10 @@ impl ConnectionTrait for RecordsTxn {
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         match self {
-            Self::Postgres(PgTxn(txn)) => {
-                let mut txn = txn.lock().await;
+            Self::Postgres(PgTxn(held)) => {
+                let mut held = held.lock().await;
                 query(&stmt)
-                    .fetch_optional(&mut **txn)
+                    .fetch_optional(&mut *held.conn)
                     .await
                     .map(|row| row.map(QueryResult::from))
                     .map_err(query_db_err)
@@ -136,10 +173,10 @@ impl ConnectionTrait for RecordsTxn {
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         match self {
-            Self::Postgres(PgTxn(txn)) => {
-                let mut txn = txn.lock().await;
+            Self::Postgres(PgTxn(held)) => {
+                let mut held = held.lock().await;
                 query(&stmt)
-                    .fetch_all(&mut **txn)
+                    .fetch_all(&mut *held.conn)
                     .await
                     .map(|rows| rows.into_iter().map(QueryResult::from).collect())
                     .map_err(query_db_err)
