@@ -213,11 +213,13 @@ impl Catalog {
         Ok(published)
     }
 
-    /// Syncs every `every` until `shutdown` resolves; a failed round is logged and
-    /// the next one tries again.
+    /// Syncs every `every` until `shutdown` resolves, the first time `every` after
+    /// it starts (the process loaded the catalog as it started, and a round at once
+    /// would pick up, at some moment the scheduler chooses, what was published
+    /// since); a failed round is logged and the next one tries again.
     pub async fn run(&self, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut ticks = tokio::time::interval(every);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
