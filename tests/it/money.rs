@@ -4,12 +4,11 @@
 use chrono::{NaiveDate, Utc};
 use finsync::domain::{
     Account, AccountType, BalanceMeaning, Balances, Holding, Money, Security, SecurityType,
-    Snapshot, UserId,
+    Snapshot,
 };
-use finsync::store::{Removals, Store};
-use secrecy::SecretString;
+use finsync::store::Removals;
 
-use crate::support::{Backend, TestDb};
+use crate::support::{Backend, TestDb, store_with_connection};
 
 fn snapshot() -> Snapshot {
     let usd = "USD".parse().unwrap();
@@ -70,21 +69,13 @@ impl TruncCompat for chrono::DateTime<Utc> {
 
 async fn round_trip(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let store = Store::connect(&SecretString::from(db.url.clone()), 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let (tenant, _) = store.create_tenant("t").await.unwrap();
-    let connection = store
-        .upsert_connection(tenant.id, &UserId::parse("u").unwrap(), "meridian")
-        .await
-        .unwrap();
+    let (store, connection) = store_with_connection(&db, 2).await;
     let written = snapshot();
     store
-        .apply_snapshot(connection.id, &written, Removals::all())
+        .apply_snapshot(connection, &written, Removals::all())
         .await
         .unwrap();
-    let read = store.full_snapshot(connection.id).await.unwrap();
+    let read = store.full_snapshot(connection).await.unwrap();
     assert_eq!(read, written);
     assert_eq!(
         read.accounts[0].balances.current.amount.to_string(),
@@ -109,17 +100,9 @@ async fn money_round_trips_exactly_on_postgres() {
 async fn applying_the_same_snapshot_twice_changes_nothing() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let db = TestDb::new(backend).await;
-        let store = Store::connect(&SecretString::from(db.url.clone()), 2)
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        let (tenant, _) = store.create_tenant("t").await.unwrap();
-        let connection = store
-            .upsert_connection(tenant.id, &UserId::parse("u").unwrap(), "m")
-            .await
-            .unwrap();
+        let (store, connection) = store_with_connection(&db, 2).await;
         let first = store
-            .apply_snapshot(connection.id, &snapshot(), Removals::all())
+            .apply_snapshot(connection, &snapshot(), Removals::all())
             .await
             .unwrap();
         assert_eq!(
@@ -128,7 +111,7 @@ async fn applying_the_same_snapshot_twice_changes_nothing() {
             "{backend:?}"
         );
         let second = store
-            .apply_snapshot(connection.id, &snapshot(), Removals::all())
+            .apply_snapshot(connection, &snapshot(), Removals::all())
             .await
             .unwrap();
         assert_eq!(
@@ -152,13 +135,13 @@ async fn applying_the_same_snapshot_twice_changes_nothing() {
             ..Removals::all()
         };
         let partial = store
-            .apply_snapshot(connection.id, &changed, incomplete)
+            .apply_snapshot(connection, &changed, incomplete)
             .await
             .unwrap();
         assert_eq!((partial.modified, partial.removed), (1, 0), "{backend:?}");
         assert_eq!(
             store
-                .full_snapshot(connection.id)
+                .full_snapshot(connection)
                 .await
                 .unwrap()
                 .holdings
@@ -167,7 +150,7 @@ async fn applying_the_same_snapshot_twice_changes_nothing() {
             "{backend:?}"
         );
         let third = store
-            .apply_snapshot(connection.id, &changed, Removals::all())
+            .apply_snapshot(connection, &changed, Removals::all())
             .await
             .unwrap();
         assert_eq!(
@@ -177,7 +160,7 @@ async fn applying_the_same_snapshot_twice_changes_nothing() {
         );
         assert!(
             store
-                .full_snapshot(connection.id)
+                .full_snapshot(connection)
                 .await
                 .unwrap()
                 .holdings

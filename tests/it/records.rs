@@ -1,19 +1,22 @@
 //! Synced records survive a round trip through either database exactly (every
 //! character of their text, every absent value, however many rows), and an
-//! account whose rows the database refuses is written not at all, leaving the
-//! store fit for the next write. On PostgreSQL new rows arrive through `COPY` in
-//! the account's own transaction, so this is also that path's test: its escaping,
-//! its batches and its failure.
+//! account whose rows the database refuses, or whose write is dropped part-way,
+//! is written not at all, leaving the store fit for the next write. On PostgreSQL
+//! new rows arrive through `COPY` in the account's own transaction, so this is
+//! also that path's test: its escaping, its batches, its failure and its
+//! cancellation.
+
+use std::future::Future as _;
+use std::task::Poll;
 
 use chrono::{NaiveDate, Utc};
 use finsync::domain::{
-    Account, AccountType, BalanceMeaning, Balances, ConnectionId, InvestmentType, Money, Snapshot,
-    Transaction, TransactionStatus, UserId,
+    Account, AccountType, BalanceMeaning, Balances, InvestmentType, Money, Snapshot, Transaction,
+    TransactionStatus,
 };
-use finsync::store::{Removals, Store};
-use secrecy::SecretString;
+use finsync::store::Removals;
 
-use crate::support::{Backend, TestDb};
+use crate::support::{Backend, TestDb, store_with_connection};
 
 /// Texts that end a field or a line in `COPY`'s text format, or that look like
 /// its NULL, and some that are merely not ASCII.
@@ -74,19 +77,6 @@ fn transactions(account: &str, count: usize) -> Vec<Transaction> {
         .collect()
 }
 
-async fn store(db: &TestDb, pool: u32) -> (Store, ConnectionId) {
-    let store = Store::connect(&SecretString::from(db.url.clone()), pool)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let (tenant, _) = store.create_tenant("t").await.unwrap();
-    let connection = store
-        .upsert_connection(tenant.id, &UserId::parse("u").unwrap(), "meridian")
-        .await
-        .unwrap();
-    (store, connection.id)
-}
-
 fn sorted(mut snapshot: Snapshot) -> Snapshot {
     snapshot
         .transactions
@@ -96,7 +86,7 @@ fn sorted(mut snapshot: Snapshot) -> Snapshot {
 
 async fn text_round_trips(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let (store, connection) = store(&db, 2).await;
+    let (store, connection) = store_with_connection(&db, 2).await;
     // More rows than one statement or one message of a copy carries.
     let mut transactions = transactions("acc-1", 2_345);
     transactions.extend(self::transactions("acc-2", 3));
@@ -136,7 +126,7 @@ async fn refused_account(backend: Backend) {
     let db = TestDb::new(backend).await;
     // One pooled connection: the write after the failed one gets that connection,
     // or the one that replaced it.
-    let (store, connection) = store(&db, 1).await;
+    let (store, connection) = store_with_connection(&db, 1).await;
     let mut transactions = transactions("acc-1", 1_500);
     // The same institution id twice: the database's uniqueness refuses the second.
     transactions.push(transactions[1_234].clone());
@@ -183,4 +173,63 @@ async fn a_refused_account_is_written_not_at_all_on_sqlite() {
 #[tokio::test]
 async fn a_refused_account_is_written_not_at_all_on_postgres() {
     refused_account(Backend::Postgres).await;
+}
+
+async fn dropped_writes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    // One pooled connection: each write after a dropped one gets the connection
+    // the dropped one used, or the one that replaced it.
+    let (store, connection) = store_with_connection(&db, 1).await;
+    let snapshot = Snapshot {
+        accounts: vec![account("acc-1")],
+        securities: vec![],
+        holdings: vec![],
+        transactions: transactions("acc-1", 2_500),
+    };
+    // The write is dropped at its first wait, then at its second, and so on, until
+    // one finishes: every point where a sync can be cancelled (its lease lost, the
+    // worker stopping) is met, the middle of a `COPY` among them. Each poll after
+    // the first comes when the write is woken, so each is a step of progress.
+    let mut dropped = 0;
+    for polls in 1.. {
+        let mut write = Box::pin(store.apply_snapshot(connection, &snapshot, Removals::all()));
+        let mut waits = 0;
+        let finished = std::future::poll_fn(|cx| match write.as_mut().poll(cx) {
+            Poll::Ready(result) => Poll::Ready(Some(result)),
+            Poll::Pending if waits == polls => Poll::Ready(None),
+            Poll::Pending => {
+                waits += 1;
+                Poll::Pending
+            }
+        })
+        .await;
+        if let Some(result) = finished {
+            result.unwrap_or_else(|e| panic!("{backend:?}: the write failed: {e}"));
+            break;
+        }
+        drop(write);
+        dropped += 1;
+        let stored = store
+            .full_snapshot(connection)
+            .await
+            .unwrap_or_else(|e| panic!("{backend:?}: after a write dropped at poll {polls}: {e}"));
+        assert!(
+            stored == Snapshot::default() || sorted(stored) == sorted(snapshot.clone()),
+            "{backend:?}: dropped after {polls} polls, the account is stored in part"
+        );
+        assert!(polls < 10_000, "{backend:?}: the write never finished");
+    }
+    assert!(dropped > 0, "{backend:?}: no write was dropped");
+    let stored = store.full_snapshot(connection).await.unwrap();
+    assert_eq!(sorted(stored), sorted(snapshot), "{backend:?}");
+}
+
+#[tokio::test]
+async fn a_write_dropped_anywhere_leaves_all_or_nothing_on_sqlite() {
+    dropped_writes(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_write_dropped_anywhere_leaves_all_or_nothing_on_postgres() {
+    dropped_writes(Backend::Postgres).await;
 }

@@ -152,6 +152,24 @@ impl Drop for RedisPrefix {
     }
 }
 
+/// A migrated store on `db` with `pool` connections, and one connection of tenant
+/// `t`'s user `u` to Meridian, for tests of the store alone.
+pub async fn store_with_connection(
+    db: &TestDb,
+    pool: u32,
+) -> (finsync::store::Store, ConnectionId) {
+    let store = finsync::store::Store::connect(&SecretString::from(db.url.clone()), pool)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let (tenant, _) = store.create_tenant("t").await.unwrap();
+    let connection = store
+        .upsert_connection(tenant.id, &UserId::parse("u").unwrap(), "meridian")
+        .await
+        .unwrap();
+    (store, connection.id)
+}
+
 pub async fn spawn_sandbox(config: SandboxConfig) -> Sandbox {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     sandbox::spawn(config, listener).await.unwrap()
