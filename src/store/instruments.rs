@@ -128,6 +128,16 @@ impl Store {
     pub async fn match_unmatched(&self) -> Result<u64, StoreError> {
         let mut matched = 0;
         loop {
+            // Nearly every start finds nothing left to match. A plain read says so
+            // without waiting for the write lock, which on SQLite another process
+            // (a running server, beside a `finsync` command) may hold.
+            let unmatched = security::Entity::find()
+                .filter(security::Column::MatchedBy.is_null())
+                .one(self.db())
+                .await?;
+            if unmatched.is_none() {
+                return Ok(matched);
+            }
             let txn = self.begin_write().await?;
             if self.is_postgres() {
                 txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CATCH_UP_LOCK})"))

@@ -9,7 +9,7 @@ use finsync::sync::SyncConnection;
 use finsync_sandbox::SandboxConfig;
 use serde_json::Value;
 
-use crate::support::{TestApp, assert_matches_sandbox, settings, wait_until};
+use crate::support::{TestApp, assert_matches_sandbox, finsync, process_env, settings, wait_until};
 
 const USERS: [&str; 3] = ["demo-alice", "demo-bob", "demo-carol"];
 
@@ -386,4 +386,38 @@ async fn syncs_follow_the_institution_through_changes_removals_and_postings() {
     );
     assert!(removed > 0, "no removal reached the store");
     assert!(posted > 0, "no pending transaction posted");
+}
+
+/// A `finsync` command beside a running server shares its SQLite file, and must
+/// start while the server holds the write lock (a sync writing) instead of waiting
+/// on it and failing once the busy timeout is up: starting a process writes
+/// nothing when the schema is current and every security is matched.
+#[tokio::test]
+async fn a_command_starts_while_the_server_holds_the_write_lock() {
+    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+
+    let app = TestApp::builder().sqlite().tenant("advisor").build().await;
+    let writer = sea_orm::Database::connect(&app.db().url).await.unwrap();
+    let lock = writer
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        })
+        .await
+        .unwrap();
+    let env = process_env(&app.db().url, &app.sandbox().base_url());
+    let output = tokio::task::spawn_blocking(move || {
+        finsync(&env)
+            .args(["reconcile", "--institution", "meridian"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    lock.rollback().await.unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("No data-quality findings"),
+        "{output:?}"
+    );
 }
