@@ -917,9 +917,8 @@ impl Engine {
                             }),
                     );
                 }
-                let count = record_paths(endpoint)
-                    .map(|path| path.query(&body).all().len())
-                    .sum();
+                let located = record_pointers(endpoint, &body);
+                let count = located.len();
                 let more = walk.advance(&PageRead {
                     number: page,
                     headers: &headers,
@@ -927,7 +926,7 @@ impl Engine {
                     count,
                     so_far: records.len() + count,
                 })?;
-                let found = page_records(endpoint, &mut body);
+                let found = page_records(endpoint, &mut body, &located);
                 records.extend(joined(endpoint, &body, found, account));
                 if !more {
                     out.records = records;
@@ -1143,35 +1142,25 @@ fn record_paths(endpoint: &Endpoint) -> impl Iterator<Item = &JsonPath> {
     std::iter::once(&endpoint.records).chain(endpoint.modified.as_ref())
 }
 
-/// A page's records, in page order. They are moved out of the page (most syncs read
-/// thousands, and copying each one's fields cost more than mapping them) unless the
-/// page is read again for them: by a join, or because one record lies inside
-/// another.
-fn page_records(endpoint: &Endpoint, body: &mut Value) -> Vec<Value> {
-    let copied = |body: &Value| -> Vec<Value> {
-        record_paths(endpoint)
-            .flat_map(|path| path.query(body).all())
-            .cloned()
-            .collect()
-    };
-    if !endpoint.joins.is_empty() {
-        return copied(body);
-    }
-    let pointers: Vec<String> = record_paths(endpoint)
+/// Where a page's records lie, as JSON pointers, in page order: the paths are
+/// evaluated once per page, for the count paging needs and for taking the records.
+fn record_pointers(endpoint: &Endpoint, body: &Value) -> Vec<String> {
+    record_paths(endpoint)
         .flat_map(|path| path.query_located(body).into_iter())
         .map(|node| node.location().to_json_pointer())
-        .collect();
-    // A `/` in a pointer always starts a segment (one in a key is written `~1`), so
-    // a record lies inside another exactly when a prefix of its pointer ending
-    // before a `/` is another record's pointer.
-    let mut selected = HashSet::new();
-    let twice = pointers.iter().any(|p| !selected.insert(p.as_str()));
-    let nested = pointers.iter().any(|p| {
-        p.match_indices('/')
-            .any(|(end, _)| selected.contains(&p[..end]))
-    });
-    if twice || nested {
-        return copied(body);
+        .collect()
+}
+
+/// The page's records at `pointers` ([`record_pointers`]). They are moved out of
+/// the page (most syncs read thousands, and copying each one's fields cost more
+/// than mapping them) unless the page is read again for them: by a join, or
+/// because one record lies inside another.
+fn page_records(endpoint: &Endpoint, body: &mut Value, pointers: &[String]) -> Vec<Value> {
+    if !endpoint.joins.is_empty() || overlapping(pointers) {
+        return pointers
+            .iter()
+            .filter_map(|pointer| body.pointer(pointer).cloned())
+            .collect();
     }
     // Every pointer resolves: each was just read from this page, and none is taken
     // with another.
@@ -1179,6 +1168,20 @@ fn page_records(endpoint: &Endpoint, body: &mut Value) -> Vec<Value> {
         .iter()
         .filter_map(|pointer| body.pointer_mut(pointer).map(Value::take))
         .collect()
+}
+
+/// Whether a record is selected twice, or lies inside another. A `/` in a pointer
+/// always starts a segment (one in a key is written `~1`), so a record lies inside
+/// another exactly when a prefix of its pointer ending before a `/` is another
+/// record's pointer.
+fn overlapping(pointers: &[String]) -> bool {
+    let mut selected = HashSet::new();
+    let twice = pointers.iter().any(|p| !selected.insert(p.as_str()));
+    twice
+        || pointers.iter().any(|p| {
+            p.match_indices('/')
+                .any(|(end, _)| selected.contains(&p[..end]))
+        })
 }
 
 /// The page's records as items: with, for each of the endpoint's joins, the element
@@ -1509,8 +1512,9 @@ description = {{ path = "$.name" }}
             let connector = connector("http://127.0.0.1:1/", &lines);
             let endpoint = connector.transactions.as_ref().unwrap();
             let mut body = page.clone();
+            let pointers = record_pointers(endpoint, &body);
             assert_eq!(
-                page_records(endpoint, &mut body),
+                page_records(endpoint, &mut body, &pointers),
                 selected(endpoint),
                 "{lines}"
             );
