@@ -92,9 +92,8 @@ async fn text_round_trips(backend: Backend) {
     transactions.extend(self::transactions("acc-2", 3));
     let written = Snapshot {
         accounts: vec![account("acc-1"), account("acc-2")],
-        securities: vec![],
-        holdings: vec![],
         transactions,
+        ..Snapshot::default()
     };
     let counts = store
         .apply_snapshot(connection, &written, Removals::all())
@@ -132,9 +131,8 @@ async fn refused_account(backend: Backend) {
     transactions.push(transactions[1_234].clone());
     let refused = Snapshot {
         accounts: vec![account("acc-1")],
-        securities: vec![],
-        holdings: vec![],
         transactions,
+        ..Snapshot::default()
     };
     let error = store
         .apply_snapshot(connection, &refused, Removals::all())
@@ -153,9 +151,8 @@ async fn refused_account(backend: Backend) {
 
     let good = Snapshot {
         accounts: vec![account("acc-1")],
-        securities: vec![],
-        holdings: vec![],
         transactions: self::transactions("acc-1", 10),
+        ..Snapshot::default()
     };
     store
         .apply_snapshot(connection, &good, Removals::all())
@@ -182,9 +179,8 @@ async fn dropped_writes(backend: Backend) {
     let (store, connection) = store_with_connection(&db, 1).await;
     let snapshot = Snapshot {
         accounts: vec![account("acc-1")],
-        securities: vec![],
-        holdings: vec![],
         transactions: transactions("acc-1", 2_500),
+        ..Snapshot::default()
     };
     // The write is dropped at its first wait, then at its second, and so on, until
     // one finishes: every point where a sync can be cancelled (its lease lost, the

@@ -81,11 +81,7 @@ where
                     if i > 0 {
                         text.push('\t');
                     }
-                    let value = match row.take(*column).into_value() {
-                        Some(value) => json(value, backend),
-                        None => Err(not_set(&table, *column)),
-                    };
-                    match value {
+                    match take_json(&mut row, *column, &table, backend) {
                         Ok(value) => copy_field(value, &mut text),
                         Err(error) => return Some(Err(error)),
                     }
@@ -121,18 +117,14 @@ where
         for (n, mut row) in rows.by_ref().take(BATCH).enumerate() {
             text.push_str(if n == 0 { "{" } else { ",{" });
             for (i, column) in columns.iter().enumerate() {
-                let value = row
-                    .take(*column)
-                    .into_value()
-                    .ok_or_else(|| not_set(&table, *column))?;
+                let value = take_json(&mut row, *column, &table, backend)?;
                 if i > 0 {
                     text.push(',');
                 }
                 text.push('"');
                 text.push_str(column.as_str());
                 text.push_str("\":");
-                write!(text, "{}", json(value, backend)?)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                write!(text, "{value}").map_err(|e| StoreError::Corrupt(e.to_string()))?;
             }
             text.push('}');
         }
@@ -147,8 +139,18 @@ where
     Ok(())
 }
 
-fn not_set(table: &str, column: impl IdenStatic) -> StoreError {
-    StoreError::Corrupt(format!("{table}.{} not set", column.as_str()))
+/// A row's value for `column`, taken out of it, as [`json`] writes it.
+fn take_json<A: ActiveModelTrait>(
+    row: &mut A,
+    column: <A::Entity as EntityTrait>::Column,
+    table: &str,
+    backend: DatabaseBackend,
+) -> Result<serde_json::Value, StoreError> {
+    let value = row
+        .take(column)
+        .into_value()
+        .ok_or_else(|| StoreError::Corrupt(format!("{table}.{} not set", column.as_str())))?;
+    json(value, backend)
 }
 
 /// A value in `COPY`'s text format, the same text the JSON document would carry:
