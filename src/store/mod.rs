@@ -152,6 +152,10 @@ pub struct Store {
 /// statement holding the database.
 const PURGE_BATCH: u64 = 1000;
 
+/// A pooled connection idle at least this long is pinged before it is handed out,
+/// so one the server dropped meanwhile is replaced rather than failing a caller.
+const POOL_PING_IDLE: Duration = Duration::from_secs(1);
+
 /// [`Store::reachability`]'s unreachable bit, and one noted failure.
 const UNREACHABLE: u64 = 1;
 const FAILURE: u64 = 2;
@@ -220,6 +224,11 @@ impl Store {
         options
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
+            // sqlx pings a connection when it goes back to the pool, and by default
+            // again when it comes out: two round trips to the server for every
+            // statement run outside a transaction. A connection back from work a
+            // moment ago was pinged then; only one that sat idle is pinged again.
+            .test_before_acquire_if_idle_for(POOL_PING_IDLE)
             .sqlx_logging(false)
             // SQLite is shared by the API, the workers and the job queue of one
             // process: WAL lets readers run during a write, the busy timeout makes
