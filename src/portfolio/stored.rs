@@ -3,7 +3,7 @@
 //! accepts gzip (no compression per request) and Redis holds a fraction of the
 //! size. Clients that do not accept gzip get it inflated.
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
@@ -23,9 +23,14 @@ pub enum StoredError {
 /// The view as the cache keeps it, at zlib's default level: a view is written once
 /// per change and sent many times, and on a 38 KB view level 6 sends about a fifth
 /// fewer bytes than level 1 for a fraction of a millisecond more, once.
+///
+/// The JSON is written out whole and then compressed in one call: the encoder runs
+/// its compressor on every write it is given, and the serializer writes each
+/// token apart, thousands of calls per view.
 pub fn encode(view: &Portfolio) -> Result<Vec<u8>, StoredError> {
-    let mut gzip = GzEncoder::new(Vec::new(), Compression::default());
-    serde_json::to_writer(&mut gzip, view)?;
+    let json = serde_json::to_vec(view)?;
+    let mut gzip = GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::default());
+    gzip.write_all(&json)?;
     Ok(gzip.finish()?)
 }
 
