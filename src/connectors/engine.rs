@@ -10,7 +10,9 @@
 //! passes through the institution's [`Resilience`]: breaker, pauses, concurrency cap
 //! and rate budget.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,7 +10,9 @@
 //! deep sync re-reads it). An account's value is checked with its holdings and its
 //! balance with its transactions, so those findings belong to those parts.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use chrono::{Days, NaiveDate};
 use rust_decimal::Decimal;

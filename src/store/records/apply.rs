@@ -2,7 +2,9 @@
 //! one database transaction per account; what the institution no longer lists is
 //! removed where the fetch covered it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait};
