@@ -73,6 +73,7 @@ where
     if let Some(txn) = db.copy_target() {
         let statement = format!("COPY \"{table}\" ({}) FROM STDIN", names.join(", "));
         let mut rows = rows.into_iter().peekable();
+        let mut times = Times::default();
         let chunks = std::iter::from_fn(|| {
             rows.peek()?;
             let mut text = String::new();
@@ -81,9 +82,10 @@ where
                     if i > 0 {
                         text.push('\t');
                     }
-                    match take_json(&mut row, *column, &table, backend) {
-                        Ok(value) => copy_field(value, &mut text),
-                        Err(error) => return Some(Err(error)),
+                    let written = take(&mut row, *column, &table)
+                        .and_then(|value| copy_field(value, &mut times, &mut text));
+                    if let Err(error) = written {
+                        return Some(Err(error));
                     }
                 }
                 text.push('\n');
@@ -124,7 +126,7 @@ where
                 text.push('"');
                 text.push_str(column.as_str());
                 text.push_str("\":");
-                write!(text, "{value}").map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                written(write!(text, "{value}"))?;
             }
             text.push('}');
         }
@@ -139,6 +141,17 @@ where
     Ok(())
 }
 
+/// A row's value for `column`, taken out of it.
+fn take<A: ActiveModelTrait>(
+    row: &mut A,
+    column: <A::Entity as EntityTrait>::Column,
+    table: &str,
+) -> Result<Value, StoreError> {
+    row.take(column)
+        .into_value()
+        .ok_or_else(|| StoreError::Corrupt(format!("{table}.{} not set", column.as_str())))
+}
+
 /// A row's value for `column`, taken out of it, as [`json`] writes it.
 fn take_json<A: ActiveModelTrait>(
     row: &mut A,
@@ -146,21 +159,43 @@ fn take_json<A: ActiveModelTrait>(
     table: &str,
     backend: DatabaseBackend,
 ) -> Result<serde_json::Value, StoreError> {
-    let value = row
-        .take(column)
-        .into_value()
-        .ok_or_else(|| StoreError::Corrupt(format!("{table}.{} not set", column.as_str())))?;
-    json(value, backend)
+    json(take(row, column, table)?, backend)
+}
+
+/// The text of the last time written: the rows of one write share the moment
+/// they were written at, and formatting it again for every row of a first sync
+/// was a measurable part of building the rows.
+#[derive(Default)]
+struct Times(Option<(chrono::DateTime<chrono::Utc>, String)>);
+
+impl Times {
+    fn text(&mut self, time: chrono::DateTime<chrono::Utc>) -> &str {
+        if self.0.as_ref().is_none_or(|(last, _)| *last != time) {
+            self.0 = Some((time, pg_time(time)));
+        }
+        self.0.as_ref().map_or("", |(_, text)| text)
+    }
+}
+
+/// A time as PostgreSQL reads it back exactly: UTC, to the microsecond.
+fn pg_time(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// A value in `COPY`'s text format, the same text the JSON document would carry:
 /// `\N` for NULL, and in text the characters that end a field or a line escaped.
-fn copy_field(value: serde_json::Value, out: &mut String) {
-    use serde_json::Value as J;
+fn copy_field(value: Value, times: &mut Times, out: &mut String) -> Result<(), StoreError> {
     match value {
-        J::Null => out.push_str("\\N"),
-        J::String(text) if !text.contains(['\\', '\t', '\n', '\r']) => out.push_str(&text),
-        J::String(text) => {
+        Value::String(None)
+        | Value::Bool(None)
+        | Value::Int(None)
+        | Value::BigInt(None)
+        | Value::ChronoDate(None)
+        | Value::ChronoDateTimeUtc(None) => out.push_str("\\N"),
+        Value::String(Some(text)) if !text.contains(['\\', '\t', '\n', '\r']) => {
+            out.push_str(&text);
+        }
+        Value::String(Some(text)) => {
             for c in text.chars() {
                 match c {
                     '\\' => out.push_str("\\\\"),
@@ -171,9 +206,23 @@ fn copy_field(value: serde_json::Value, out: &mut String) {
                 }
             }
         }
-        J::Bool(b) => out.push(if b { 't' } else { 'f' }),
-        other => out.push_str(&other.to_string()),
+        Value::Bool(Some(b)) => out.push(if b { 't' } else { 'f' }),
+        Value::Int(Some(n)) => written(write!(out, "{n}"))?,
+        Value::BigInt(Some(n)) => written(write!(out, "{n}"))?,
+        Value::ChronoDate(Some(date)) => written(write!(out, "{date}"))?,
+        Value::ChronoDateTimeUtc(Some(time)) => out.push_str(times.text(time)),
+        other => return Err(uncarried(&other)),
     }
+    Ok(())
+}
+
+fn written(result: std::fmt::Result) -> Result<(), StoreError> {
+    result.map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// A column type no record table has: a programming error, reported as such.
+fn uncarried(value: &Value) -> StoreError {
+    StoreError::Corrupt(format!("a bulk insert cannot carry {value:?}"))
 }
 
 /// `column IN (the ids)`, the ids bound as one JSON array.
@@ -214,15 +263,11 @@ fn json(value: Value, backend: DatabaseBackend) -> Result<serde_json::Value, Sto
         Value::ChronoDate(v) => v.map_or(J::Null, |d| J::String(d.to_string())),
         Value::ChronoDateTimeUtc(v) => v.map_or(J::Null, |t| {
             J::String(match backend {
-                DatabaseBackend::Postgres => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                DatabaseBackend::Postgres => pg_time(t),
                 // As sqlx writes SQLite's times.
                 _ => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false),
             })
         }),
-        other => {
-            return Err(StoreError::Corrupt(format!(
-                "a bulk insert cannot carry {other:?}"
-            )));
-        }
+        other => return Err(uncarried(&other)),
     })
 }
