@@ -5,6 +5,7 @@
 //! request was for, which fields may read from too; an account may be assembled
 //! from several endpoints' records ([`account`] takes them in layers).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -264,15 +265,16 @@ impl Mapping {
     }
 
     /// The single value a path found, as text; `None` for nothing or null.
-    fn one(
-        found: Result<Option<&Value>, ()>,
+    fn one<'v>(
+        found: Result<Option<&'v Value>, ()>,
         name: &'static str,
-    ) -> Result<Option<String>, FieldError> {
+    ) -> Result<Option<Cow<'v, str>>, FieldError> {
         match found {
             Ok(Some(Value::Null)) | Ok(None) => Ok(None),
-            Ok(Some(Value::String(s))) => Ok(Some(s.clone())),
-            Ok(Some(Value::Number(n))) => Ok(Some(n.to_string())),
-            Ok(Some(Value::Bool(b))) => Ok(Some(b.to_string())),
+            Ok(Some(Value::String(s))) => Ok(Some(Cow::Borrowed(s))),
+            // The digits as the institution sent them (`arbitrary_precision`).
+            Ok(Some(Value::Number(n))) => Ok(Some(Cow::Borrowed(n.as_str()))),
+            Ok(Some(Value::Bool(b))) => Ok(Some(Cow::Borrowed(if *b { "true" } else { "false" }))),
             Ok(Some(_)) => Err(FieldError::Invalid {
                 field: name,
                 problem: "is an object or array, not a value".into(),
@@ -288,20 +290,37 @@ impl Mapping {
     /// The field's value as text, after defaults and the value map; `None` when the
     /// record has nothing there and no default is declared.
     pub fn text(&self, item: &Item, name: &'static str) -> Result<Option<String>, FieldError> {
+        Ok(self.borrowed(item, name)?.map(Cow::into_owned))
+    }
+
+    /// [`Self::text`], borrowed from the record or the connector where it can be:
+    /// most fields are parsed (amounts, dates, codes), and copying each one's text
+    /// first was a good part of mapping a first sync.
+    fn borrowed<'i>(
+        &'i self,
+        item: &'i Item,
+        name: &'static str,
+    ) -> Result<Option<Cow<'i, str>>, FieldError> {
         let Some(field) = self.fields.get(name) else {
             return Ok(None);
         };
         let found = match &field.source {
             Source::Const(c) if c.is_empty() => None,
-            Source::Const(c) => Some(c.clone()),
-            Source::AccountId => item.account.as_ref().map(|p| p.external_id.clone()),
+            Source::Const(c) => Some(Cow::Borrowed(c.as_str())),
+            Source::AccountId => item
+                .account
+                .as_ref()
+                .map(|p| Cow::Borrowed(p.external_id.as_str())),
             Source::Path(path) => match Self::node(item, field, name)? {
                 Some(node) => Self::one(path.at_most_one(node), name)?,
                 None => None,
             },
         };
-        let value = found.or_else(|| field.default.clone());
-        Ok(value.map(|v| field.map.get(&v).cloned().unwrap_or(v)))
+        let value = found.or_else(|| field.default.as_deref().map(Cow::Borrowed));
+        Ok(value.map(|v| match field.map.get(v.as_ref()) {
+            Some(mapped) => Cow::Borrowed(mapped.as_str()),
+            None => v,
+        }))
     }
 
     pub fn required_text(&self, record: &Item, name: &'static str) -> Result<String, FieldError> {
@@ -313,7 +332,7 @@ impl Mapping {
         record: &Item,
         name: &'static str,
     ) -> Result<Option<Decimal>, FieldError> {
-        let Some(text) = self.text(record, name)? else {
+        let Some(text) = self.borrowed(record, name)? else {
             return Ok(None);
         };
         let invalid = |problem: String| FieldError::Invalid {
@@ -343,7 +362,7 @@ impl Mapping {
             };
             let indicator = indicator
                 .ok_or_else(|| invalid("the field that carries its sign is missing".to_owned()))?;
-            let negative = *sign.negative.get(&indicator).ok_or_else(|| {
+            let negative = *sign.negative.get(indicator.as_ref()).ok_or_else(|| {
                 let known: Vec<&str> = sign.negative.keys().map(String::as_str).collect();
                 invalid(format!(
                     "sign indicator `{indicator}` is not one the connector maps ({})",
@@ -368,7 +387,7 @@ impl Mapping {
     }
 
     pub fn date(&self, record: &Item, name: &'static str) -> Result<Option<NaiveDate>, FieldError> {
-        let Some(text) = self.text(record, name)? else {
+        let Some(text) = self.borrowed(record, name)? else {
             return Ok(None);
         };
         let (format, zone) = self.time_format(name);
@@ -385,7 +404,7 @@ impl Mapping {
         record: &Item,
         name: &'static str,
     ) -> Result<Option<DateTime<Utc>>, FieldError> {
-        let Some(text) = self.text(record, name)? else {
+        let Some(text) = self.borrowed(record, name)? else {
             return Ok(None);
         };
         let (format, zone) = self.time_format(name);
@@ -406,7 +425,9 @@ impl Mapping {
     }
 
     pub fn currency(&self, record: &Item, name: &'static str) -> Result<Currency, FieldError> {
-        let text = self.required_text(record, name)?;
+        let text = self
+            .borrowed(record, name)?
+            .ok_or(FieldError::Missing(name))?;
         text.parse()
             .map_err(|e: crate::domain::CurrencyError| FieldError::Invalid {
                 field: name,
@@ -419,7 +440,7 @@ impl Mapping {
         record: &Item,
         name: &'static str,
     ) -> Result<Option<T>, FieldError> {
-        match self.text(record, name)? {
+        match self.borrowed(record, name)? {
             None => Ok(None),
             Some(text) => text
                 .parse()
