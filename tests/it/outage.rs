@@ -2,7 +2,9 @@
 //! `STORE_UNAVAILABLE`), with API keys recognised from memory; what needs the
 //! database answers 503 with `Retry-After` at once; `/readyz` says so within a
 //! second; everything recovers when the database is back. The outage is a cut
-//! TCP link between the app and PostgreSQL, so no shared server is stopped.
+//! TCP link between the app and PostgreSQL, so no shared server is stopped. A
+//! pooled connection the server ended while it sat idle is replaced before a
+//! caller gets it.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use finsync_sandbox::link::CuttableLink;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::support::{TestApp, eventually, postgres_url};
+use crate::support::{Backend, TestApp, TestDb, eventually, postgres_url, store_with_connection};
 
 /// Far below the 10 s a request used to wait for the pool, and far above what a
 /// fast failure takes on a loaded machine.
@@ -136,4 +138,53 @@ async fn with_the_database_away_cached_reads_are_served_and_the_rest_fails_fast(
     .await;
     let ready = get(&app, "/readyz", &key).await;
     assert_eq!(ready.status(), StatusCode::OK);
+}
+
+/// The pool pings a connection only once it has sat idle a while (a connection
+/// back from work a moment ago was pinged on its way back). One the server ended
+/// while it sat idle must still be replaced, not handed to a caller to fail.
+#[tokio::test]
+async fn a_pooled_connection_the_server_ended_while_idle_is_replaced_before_use() {
+    use sea_orm::ConnectionTrait as _;
+    let db = TestDb::new(Backend::Postgres).await;
+    let (store, connection) = store_with_connection(&db, 1).await;
+    store.connection(connection).await.unwrap();
+
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let admin = sea_orm::Database::connect(postgres_url()).await.unwrap();
+    let others =
+        format!("FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()");
+    admin
+        .execute_unprepared(&format!("SELECT pg_terminate_backend(pid) {others}"))
+        .await
+        .unwrap();
+    eventually(
+        "the pooled connection's server process ends",
+        PROMPTLY,
+        || {
+            let (admin, others) = (&admin, &others);
+            async move {
+                let left = admin
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        sea_orm::DbBackend::Postgres,
+                        format!("SELECT count(*) AS n {others}"),
+                    ))
+                    .await
+                    .unwrap()
+                    .and_then(|row| row.try_get::<i64>("", "n").ok());
+                (left == Some(0)).then_some(())
+            }
+        },
+    )
+    .await;
+    // The pool's own threshold, not a wait for something to happen: the ping is
+    // for connections idle at least this long.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let read = store.connection(connection).await;
+    assert!(
+        read.is_ok(),
+        "the first read after the server ended the idle connection failed: {:?}",
+        read.err()
+    );
 }
