@@ -153,8 +153,12 @@ pub struct Store {
 const PURGE_BATCH: u64 = 1000;
 
 /// A pooled connection idle at least this long is pinged before it is handed out,
-/// so one the server dropped meanwhile is replaced rather than failing a caller.
-const POOL_PING_IDLE: Duration = Duration::from_secs(1);
+/// so one the server ended meanwhile is replaced rather than failing a caller.
+/// One back from work more recently was pinged on its way back and is handed out
+/// as it is (HikariCP's "alive bypass window" is the same length): if the server
+/// ended it in between, that one caller gets an error the store reports as the
+/// database being unavailable, and a sync so failed is tried again by the queue.
+pub const POOL_PING_IDLE: Duration = Duration::from_millis(500);
 
 /// [`Store::reachability`]'s unreachable bit, and one noted failure.
 const UNREACHABLE: u64 = 1;
@@ -226,8 +230,8 @@ impl Store {
             .acquire_timeout(acquire_timeout)
             // sqlx pings a connection when it goes back to the pool, and by default
             // again when it comes out: two round trips to the server for every
-            // statement run outside a transaction. A connection back from work a
-            // moment ago was pinged then; only one that sat idle is pinged again.
+            // statement run outside a transaction, which showed in a first sync's
+            // profile. Only a connection that sat idle is pinged again.
             .test_before_acquire_if_idle_for(POOL_PING_IDLE)
             .sqlx_logging(false)
             // SQLite is shared by the API, the workers and the job queue of one

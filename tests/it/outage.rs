@@ -150,36 +150,44 @@ async fn a_pooled_connection_the_server_ended_while_idle_is_replaced_before_use(
     let (store, connection) = store_with_connection(&db, 1).await;
     store.connection(connection).await.unwrap();
 
-    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let name = url::Url::parse(&db.url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
     let admin = sea_orm::Database::connect(postgres_url()).await.unwrap();
     let others =
         format!("FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()");
-    admin
-        .execute_unprepared(&format!("SELECT pg_terminate_backend(pid) {others}"))
-        .await
-        .unwrap();
+    let count = |sql: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    sql,
+                ))
+                .await
+                .unwrap()
+                .and_then(|row| row.try_get::<i64>("", "n").ok())
+        }
+    };
+    let ended = count(format!(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) AS n {others}"
+    ))
+    .await;
+    assert_eq!(ended, Some(1), "the pool's one connection was ended");
     eventually(
         "the pooled connection's server process ends",
         PROMPTLY,
         || {
-            let (admin, others) = (&admin, &others);
-            async move {
-                let left = admin
-                    .query_one_raw(sea_orm::Statement::from_string(
-                        sea_orm::DbBackend::Postgres,
-                        format!("SELECT count(*) AS n {others}"),
-                    ))
-                    .await
-                    .unwrap()
-                    .and_then(|row| row.try_get::<i64>("", "n").ok());
-                (left == Some(0)).then_some(())
-            }
+            let left = count(format!("SELECT count(*) AS n {others}"));
+            async move { (left.await == Some(0)).then_some(()) }
         },
     )
     .await;
     // The pool's own threshold, not a wait for something to happen: the ping is
     // for connections idle at least this long.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(finsync::store::POOL_PING_IDLE).await;
 
     let read = store.connection(connection).await;
     assert!(
