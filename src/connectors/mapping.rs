@@ -5,7 +5,6 @@
 //! request was for, which fields may read from too; an account may be assembled
 //! from several endpoints' records ([`account`] takes them in layers).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -268,13 +267,13 @@ impl Mapping {
     fn one<'v>(
         found: Result<Option<&'v Value>, ()>,
         name: &'static str,
-    ) -> Result<Option<Cow<'v, str>>, FieldError> {
+    ) -> Result<Option<&'v str>, FieldError> {
         match found {
             Ok(Some(Value::Null)) | Ok(None) => Ok(None),
-            Ok(Some(Value::String(s))) => Ok(Some(Cow::Borrowed(s))),
+            Ok(Some(Value::String(s))) => Ok(Some(s)),
             // The digits as the institution sent them (`arbitrary_precision`).
-            Ok(Some(Value::Number(n))) => Ok(Some(Cow::Borrowed(n.as_str()))),
-            Ok(Some(Value::Bool(b))) => Ok(Some(Cow::Borrowed(if *b { "true" } else { "false" }))),
+            Ok(Some(Value::Number(n))) => Ok(Some(n.as_str())),
+            Ok(Some(Value::Bool(b))) => Ok(Some(if *b { "true" } else { "false" })),
             Ok(Some(_)) => Err(FieldError::Invalid {
                 field: name,
                 problem: "is an object or array, not a value".into(),
@@ -290,37 +289,31 @@ impl Mapping {
     /// The field's value as text, after defaults and the value map; `None` when the
     /// record has nothing there and no default is declared.
     pub fn text(&self, item: &Item, name: &'static str) -> Result<Option<String>, FieldError> {
-        Ok(self.borrowed(item, name)?.map(Cow::into_owned))
+        Ok(self.borrowed(item, name)?.map(str::to_owned))
     }
 
-    /// [`Self::text`], borrowed from the record or the connector where it can be:
-    /// most fields are parsed (amounts, dates, codes), and copying each one's text
-    /// first was a good part of mapping a first sync.
+    /// [`Self::text`], borrowed from the record or the connector: most fields are
+    /// parsed (amounts, dates, codes), and copying each one's text first was a good
+    /// part of mapping a first sync.
     fn borrowed<'i>(
         &'i self,
         item: &'i Item,
         name: &'static str,
-    ) -> Result<Option<Cow<'i, str>>, FieldError> {
+    ) -> Result<Option<&'i str>, FieldError> {
         let Some(field) = self.fields.get(name) else {
             return Ok(None);
         };
         let found = match &field.source {
             Source::Const(c) if c.is_empty() => None,
-            Source::Const(c) => Some(Cow::Borrowed(c.as_str())),
-            Source::AccountId => item
-                .account
-                .as_ref()
-                .map(|p| Cow::Borrowed(p.external_id.as_str())),
+            Source::Const(c) => Some(c.as_str()),
+            Source::AccountId => item.account.as_ref().map(|p| p.external_id.as_str()),
             Source::Path(path) => match Self::node(item, field, name)? {
                 Some(node) => Self::one(path.at_most_one(node), name)?,
                 None => None,
             },
         };
-        let value = found.or_else(|| field.default.as_deref().map(Cow::Borrowed));
-        Ok(value.map(|v| match field.map.get(v.as_ref()) {
-            Some(mapped) => Cow::Borrowed(mapped.as_str()),
-            None => v,
-        }))
+        let value = found.or(field.default.as_deref());
+        Ok(value.map(|v| field.map.get(v).map_or(v, String::as_str)))
     }
 
     pub fn required_text(&self, record: &Item, name: &'static str) -> Result<String, FieldError> {
@@ -340,7 +333,7 @@ impl Mapping {
             problem,
         };
         let parsed =
-            parse_decimal(&text).map_err(|e| invalid(format!("`{text}` is not a number ({e})")))?;
+            parse_decimal(text).map_err(|e| invalid(format!("`{text}` is not a number ({e})")))?;
         let Some(field) = self.fields.get(name) else {
             return Ok(Some(parsed));
         };
@@ -362,7 +355,7 @@ impl Mapping {
             };
             let indicator = indicator
                 .ok_or_else(|| invalid("the field that carries its sign is missing".to_owned()))?;
-            let negative = *sign.negative.get(indicator.as_ref()).ok_or_else(|| {
+            let negative = *sign.negative.get(indicator).ok_or_else(|| {
                 let known: Vec<&str> = sign.negative.keys().map(String::as_str).collect();
                 invalid(format!(
                     "sign indicator `{indicator}` is not one the connector maps ({})",
@@ -391,7 +384,7 @@ impl Mapping {
             return Ok(None);
         };
         let (format, zone) = self.time_format(name);
-        parse_date(&text, format, zone)
+        parse_date(text, format, zone)
             .map(Some)
             .ok_or_else(|| FieldError::Invalid {
                 field: name,
@@ -408,7 +401,7 @@ impl Mapping {
             return Ok(None);
         };
         let (format, zone) = self.time_format(name);
-        parse_date_time(&text, format, zone)
+        parse_date_time(text, format, zone)
             .map(Some)
             .ok_or_else(|| FieldError::Invalid {
                 field: name,

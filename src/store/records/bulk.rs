@@ -182,8 +182,9 @@ fn pg_time(time: chrono::DateTime<chrono::Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// A value in `COPY`'s text format, the same text the JSON document would carry:
-/// `\N` for NULL, and in text the characters that end a field or a line escaped.
+/// A value in `COPY`'s text format, the same text [`json`] puts in the JSON
+/// document (a test holds the two to that): `\N` for NULL, and in text the
+/// characters that end a field or a line escaped.
 fn copy_field(value: Value, times: &mut Times, out: &mut String) -> Result<(), StoreError> {
     match value {
         Value::String(None)
@@ -251,8 +252,8 @@ pub(super) fn one_of(
 /// A column's value as the JSON the database reads back into that column, as sqlx
 /// would have bound it: text as text (decimals are stored as their exact text),
 /// times to the microsecond on PostgreSQL and as sqlx's text on SQLite.
-/// The value is taken, not borrowed: a sync writes hundreds of thousands of texts,
-/// and each is moved into the document rather than copied.
+/// The value is taken, not borrowed: a first sync on SQLite writes hundreds of
+/// thousands of texts, and each is moved into the document rather than copied.
 fn json(value: Value, backend: DatabaseBackend) -> Result<serde_json::Value, StoreError> {
     use serde_json::Value as J;
     Ok(match value {
@@ -270,4 +271,56 @@ fn json(value: Value, backend: DatabaseBackend) -> Result<serde_json::Value, Sto
         }),
         other => return Err(uncarried(&other)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveDate, TimeZone, Utc};
+
+    use super::*;
+
+    /// What `COPY` reads back as the JSON document's value: `\N` for null, text
+    /// with the field and line ends escaped, booleans as `t`/`f`, numbers as written.
+    fn copy_text_of(json: serde_json::Value) -> String {
+        match json {
+            serde_json::Value::Null => "\\N".to_owned(),
+            serde_json::Value::String(text) => text
+                .replace('\\', "\\\\")
+                .replace('\t', "\\t")
+                .replace('\n', "\\n")
+                .replace('\r', "\\r"),
+            serde_json::Value::Bool(b) => if b { "t" } else { "f" }.to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    #[test]
+    fn copy_text_carries_what_the_json_document_carries_for_every_column_type() {
+        let moment = Utc.with_ymd_and_hms(2026, 12, 7, 5, 4, 3).unwrap()
+            + chrono::Duration::microseconds(120_450);
+        let values = [
+            Value::String(Some("tab\there, back\\slash, \\N, line\nend\r".into())),
+            Value::String(Some(String::new())),
+            Value::String(None),
+            Value::Bool(Some(true)),
+            Value::Bool(Some(false)),
+            Value::Bool(None),
+            Value::Int(Some(-42)),
+            Value::Int(None),
+            Value::BigInt(Some(9_007_199_254_740_993)),
+            Value::BigInt(None),
+            Value::ChronoDate(Some(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap())),
+            Value::ChronoDate(None),
+            Value::ChronoDateTimeUtc(Some(moment)),
+            Value::ChronoDateTimeUtc(None),
+        ];
+        let mut times = Times::default();
+        for value in values {
+            let expected = copy_text_of(json(value.clone(), DatabaseBackend::Postgres).unwrap());
+            let mut written = String::new();
+            copy_field(value.clone(), &mut times, &mut written).unwrap();
+            assert_eq!(written, expected, "{value:?}");
+        }
+        assert_eq!(times.text(moment), "2026-12-07T05:04:03.120450Z");
+    }
 }
