@@ -149,6 +149,16 @@ async fn a_pooled_connection_the_server_ended_while_idle_is_replaced_before_use(
     let db = TestDb::new(Backend::Postgres).await;
     let (store, connection) = store_with_connection(&db, 1).await;
     store.connection(connection).await.unwrap();
+    // The pool's one connection is back in it (sqlx returns it after pinging it,
+    // in a task of its own); its idle time counts from then, so from no later
+    // than `returned`.
+    let pool = store.db().get_postgres_connection_pool();
+    eventually("the connection is back in the pool", PROMPTLY, || {
+        let idle = pool.num_idle();
+        async move { (idle == 1).then_some(()) }
+    })
+    .await;
+    let returned = Instant::now();
 
     let name = url::Url::parse(&db.url)
         .unwrap()
@@ -185,9 +195,15 @@ async fn a_pooled_connection_the_server_ended_while_idle_is_replaced_before_use(
         },
     )
     .await;
-    // The pool's own threshold, not a wait for something to happen: the ping is
-    // for connections idle at least this long.
-    tokio::time::sleep(finsync::store::POOL_PING_IDLE).await;
+    eventually(
+        "the connection has sat idle as long as the pool waits before pinging",
+        PROMPTLY,
+        || {
+            let idle = returned.elapsed();
+            async move { (idle >= finsync::store::POOL_PING_IDLE).then_some(()) }
+        },
+    )
+    .await;
 
     let read = store.connection(connection).await;
     assert!(
