@@ -170,10 +170,12 @@ struct Times(Option<(chrono::DateTime<chrono::Utc>, String)>);
 
 impl Times {
     fn text(&mut self, time: chrono::DateTime<chrono::Utc>) -> &str {
-        if self.0.as_ref().is_none_or(|(last, _)| *last != time) {
-            self.0 = Some((time, pg_time(time)));
+        let (last, text) = self.0.get_or_insert_with(|| (time, pg_time(time)));
+        if *last != time {
+            *last = time;
+            *text = pg_time(time);
         }
-        self.0.as_ref().map_or("", |(_, text)| text)
+        text
     }
 }
 
