@@ -83,8 +83,9 @@ enum Command {
         /// Clients reading at once in (f).
         #[arg(long, default_value_t = 32)]
         readers: usize,
-        /// Seconds of each of (f)'s four series.
-        #[arg(long, default_value_t = 5)]
+        /// Seconds each endpoint is read in (f), in half-second slices taking
+        /// turns: the trivial route, the portfolios twice, the trivial route.
+        #[arg(long, default_value_t = 10)]
         read_seconds: u64,
         /// The parts to run, comma-separated; (c) and (f) run (a) too.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "a,b,c,d,e,f")]

@@ -91,7 +91,7 @@ pub struct SyncBench {
     pub incremental_connections: usize,
     /// Clients reading at once in (f).
     pub readers: usize,
-    /// Seconds of each of (f)'s four series.
+    /// Seconds each endpoint is read in (f), in half-second slices taking turns.
     pub read_seconds: u64,
     /// The parts to run.
     pub parts: BTreeSet<Part>,

@@ -1,16 +1,18 @@
 //! (f) The API of the fleet (a) synced, read closed-loop: `readers` clients, each
-//! sending its next request as soon as the last one is answered, for
-//! `read_seconds`, once to the trivial `GET /healthz` and once to the cached
-//! portfolios of every user (in turn, so the reads spread over all of them, as an
-//! advisory app's would), in the order trivial, portfolio, portfolio, trivial, so
-//! that a machine growing warmer or busier weighs on both alike. They start once
-//! the machine has settled after (a) (under a fifth of its cores busy over a
-//! second, or after a minute), since a busy spell early in (f) is no linear trend
-//! that the order cancels. The worker wrote
-//! each portfolio to Redis when it synced it; the API reads it from there once, then
-//! from its own memory until it changes. The clients ask for gzip, as HTTP clients
-//! do, and get the view as the cache keeps it; they do not inflate it, which would
-//! be their own machine's work, not the server's.
+//! sending its next request as soon as the last one is answered, either to the
+//! trivial `GET /healthz` or to the cached portfolios of every user (in turn, so
+//! the reads spread over all of them, as an advisory app's would). The two take
+//! turns in half-second slices, in rounds of trivial, portfolio, portfolio,
+//! trivial: this machine's speed moves by a fifth or more from one ten-second
+//! stretch to the next, and slices that short put both endpoints in every
+//! stretch alike, where long series each caught a stretch of their own. Each
+//! round's own ratio is printed too, as the spread. They start once the machine
+//! has settled after (a) (under a fifth of its cores busy over a second, or after
+//! a minute). The worker wrote each portfolio to Redis when it synced it; the API
+//! reads it from there once, then from its own memory until it changes. The
+//! clients ask for gzip, as HTTP clients do, and get the view as the cache keeps
+//! it; they do not inflate it, which would be their own machine's work, not the
+//! server's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,9 +24,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{Fleet, SyncBench, bar, right, verdict};
 
-/// What one series' clients got.
-pub(super) struct Series {
-    endpoint: Endpoint,
+/// What one slice's clients got.
+#[derive(Default, Clone, Copy)]
+struct Tally {
     answered: u64,
     failed: u64,
     /// Body bytes of the answers.
@@ -32,7 +34,14 @@ pub(super) struct Series {
     elapsed: Duration,
 }
 
-impl Series {
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.answered += other.answered;
+        self.failed += other.failed;
+        self.bytes += other.bytes;
+        self.elapsed += other.elapsed;
+    }
+
     fn per_second(&self) -> f64 {
         self.answered as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
@@ -53,11 +62,43 @@ impl Endpoint {
     }
 }
 
+/// One round's slices, in order: a trend within a round weighs on both alike.
+const ROUND: [Endpoint; 4] = [
+    Endpoint::Trivial,
+    Endpoint::Portfolio,
+    Endpoint::Portfolio,
+    Endpoint::Trivial,
+];
+const SLICE: Duration = Duration::from_millis(500);
+
+/// Both endpoints' tallies over one round.
+#[derive(Default, Clone, Copy)]
+struct Round {
+    trivial: Tally,
+    portfolio: Tally,
+}
+
+impl Round {
+    fn ratio(&self) -> f64 {
+        self.portfolio.per_second() / self.trivial.per_second().max(f64::EPSILON)
+    }
+}
+
 pub(super) struct Reads {
-    series: Vec<Series>,
+    rounds: Vec<Round>,
     users: usize,
     /// The machine's busy share over the second before (f) began.
     busy_before: Option<f64>,
+}
+
+impl Reads {
+    fn total(&self) -> Round {
+        self.rounds.iter().fold(Round::default(), |mut sum, r| {
+            sum.trivial.add(r.trivial);
+            sum.portfolio.add(r.portfolio);
+            sum
+        })
+    }
 }
 
 /// The busy share (f) waits for, and for how long at most.
@@ -71,107 +112,115 @@ pub(super) async fn run(
     users: &[String],
     progress: &MultiProgress,
 ) -> anyhow::Result<Reads> {
-    let paths: Arc<Vec<String>> = Arc::new(
-        users
+    let readers = Readers {
+        client: finsync::http::client(),
+        key: Arc::from(key.expose_secret()),
+        portfolios: users
             .iter()
             .map(|user| format!("{}/v1/users/{user}/portfolio", fleet.address))
             .collect(),
-    );
+        trivial: format!("{}/healthz", fleet.address).into(),
+        next: AtomicUsize::new(0),
+        count: bench.readers.max(1),
+    };
+    let readers = Arc::new(readers);
     let busy_before = crate::support::settled(SETTLED, SETTLE_WITHIN).await;
-    let mut series = Vec::new();
-    for endpoint in [
-        Endpoint::Trivial,
-        Endpoint::Portfolio,
-        Endpoint::Portfolio,
-        Endpoint::Trivial,
-    ] {
-        series.push(closed_loop(bench, fleet, key, &paths, endpoint, progress).await?);
+    // A round gives each endpoint two slices: a second.
+    let count = bench.read_seconds.max(1);
+    let bar = bar(
+        progress,
+        "(f) cached portfolios and /healthz, in turn",
+        usize::try_from(count).unwrap_or(usize::MAX),
+    );
+    let mut rounds = Vec::new();
+    for _ in 0..count {
+        let mut round = Round::default();
+        for endpoint in ROUND {
+            let tally = readers.clone().slice(endpoint).await?;
+            match endpoint {
+                Endpoint::Trivial => round.trivial.add(tally),
+                Endpoint::Portfolio => round.portfolio.add(tally),
+            }
+        }
+        rounds.push(round);
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     Ok(Reads {
-        series,
+        rounds,
         users: users.len(),
         busy_before,
     })
 }
 
-async fn closed_loop(
-    bench: &SyncBench,
-    fleet: &Fleet,
-    key: &SecretString,
-    portfolios: &Arc<Vec<String>>,
-    endpoint: Endpoint,
-    progress: &MultiProgress,
-) -> anyhow::Result<Series> {
-    let seconds = bench.read_seconds.max(1);
-    let bar = bar(
-        progress,
-        &format!("(f) {}, closed loop", endpoint.label()),
-        usize::try_from(seconds).unwrap_or(usize::MAX),
-    );
-    let client = finsync::http::client();
-    let answered = Arc::new(AtomicU64::new(0));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    // The next portfolio to read, shared so that the clients walk every user.
-    let next = Arc::new(AtomicUsize::new(0));
-    let trivial = format!("{}/healthz", fleet.address);
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(seconds);
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..bench.readers.max(1) {
-        let (client, key) = (client.clone(), key.expose_secret().to_owned());
-        let (answered, failed, next) = (answered.clone(), failed.clone(), next.clone());
-        let bytes = bytes.clone();
-        let (portfolios, trivial) = (portfolios.clone(), trivial.clone());
-        clients.spawn(async move {
-            while Instant::now() < deadline {
-                let url = match endpoint {
-                    Endpoint::Trivial => &trivial,
-                    Endpoint::Portfolio => {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        &portfolios[i % portfolios.len().max(1)]
-                    }
-                };
-                let request = client
-                    .get(url)
-                    .bearer_auth(&key)
-                    .header(reqwest::header::ACCEPT_ENCODING, "gzip");
-                let ok = match request.send().await {
-                    Ok(response)
-                        if response.status().is_success()
-                            && (endpoint == Endpoint::Trivial || is_gzip(&response)) =>
-                    {
-                        match response.bytes().await {
-                            Ok(body) => {
-                                bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-                                true
-                            }
-                            Err(_) => false,
+/// The clients, kept from slice to slice with their connections.
+struct Readers {
+    client: reqwest::Client,
+    key: Arc<str>,
+    portfolios: Vec<String>,
+    trivial: Arc<str>,
+    /// The next portfolio to read, shared so that the clients walk every user.
+    next: AtomicUsize,
+    count: usize,
+}
+
+impl Readers {
+    /// `count` clients reading `endpoint` closed-loop for a [`SLICE`]; what they
+    /// had in flight at its end is waited for and counted.
+    async fn slice(self: Arc<Self>, endpoint: Endpoint) -> anyhow::Result<Tally> {
+        let answered = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let deadline = start + SLICE;
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..self.count {
+            let (answered, failed, bytes) = (answered.clone(), failed.clone(), bytes.clone());
+            let readers = self.clone();
+            clients.spawn(async move {
+                while Instant::now() < deadline {
+                    let url = match endpoint {
+                        Endpoint::Trivial => &*readers.trivial,
+                        Endpoint::Portfolio => {
+                            let i = readers.next.fetch_add(1, Ordering::Relaxed);
+                            &readers.portfolios[i % readers.portfolios.len().max(1)]
                         }
-                    }
-                    _ => false,
-                };
-                let counter = if ok { &answered } else { &failed };
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
-    while !clients.is_empty() {
-        tokio::select! {
-            _ = clients.join_next() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {
-                bar.set_position(start.elapsed().as_secs());
-            }
+                    };
+                    let request = readers
+                        .client
+                        .get(url)
+                        .bearer_auth(&readers.key)
+                        .header(reqwest::header::ACCEPT_ENCODING, "gzip");
+                    let ok = match request.send().await {
+                        Ok(response)
+                            if response.status().is_success()
+                                && (endpoint == Endpoint::Trivial || is_gzip(&response)) =>
+                        {
+                            match response.bytes().await {
+                                Ok(body) => {
+                                    bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                                    true
+                                }
+                                Err(_) => false,
+                            }
+                        }
+                        _ => false,
+                    };
+                    let counter = if ok { &answered } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
         }
+        while let Some(joined) = clients.join_next().await {
+            joined?;
+        }
+        Ok(Tally {
+            answered: answered.load(Ordering::Relaxed),
+            bytes: bytes.load(Ordering::Relaxed),
+            failed: failed.load(Ordering::Relaxed),
+            elapsed: start.elapsed(),
+        })
     }
-    bar.finish_and_clear();
-    Ok(Series {
-        endpoint,
-        answered: answered.load(Ordering::Relaxed),
-        bytes: bytes.load(Ordering::Relaxed),
-        failed: failed.load(Ordering::Relaxed),
-        elapsed: start.elapsed(),
-    })
 }
 
 fn is_gzip(response: &reqwest::Response) -> bool {
@@ -182,23 +231,33 @@ fn is_gzip(response: &reqwest::Response) -> bool {
 }
 
 pub(super) fn print(bench: &SyncBench, r: &Reads) {
+    let total = r.total();
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header([
-        "(f) closed loop, in this order",
+        "(f) closed loop, slices in turn",
+        "slices",
         "answered",
         "failed",
         "seconds",
         "answered/s",
         "bytes/answer (gzip)",
     ]);
-    for s in &r.series {
+    let slices = 2 * r.rounds.len();
+    for (endpoint, tally) in [
+        (Endpoint::Trivial, total.trivial),
+        (Endpoint::Portfolio, total.portfolio),
+    ] {
         table.add_row([
-            Cell::new(s.endpoint.label()),
-            right(s.answered.to_string()),
-            right(s.failed.to_string()),
-            right(format!("{:.2}", s.elapsed.as_secs_f64())),
-            right(format!("{:.0}", s.per_second())),
-            right(format!("{:.0}", s.bytes as f64 / s.answered.max(1) as f64)),
+            Cell::new(endpoint.label()),
+            right(slices.to_string()),
+            right(tally.answered.to_string()),
+            right(tally.failed.to_string()),
+            right(format!("{:.2}", tally.elapsed.as_secs_f64())),
+            right(format!("{:.0}", tally.per_second())),
+            right(format!(
+                "{:.0}",
+                tally.bytes as f64 / tally.answered.max(1) as f64
+            )),
         ]);
     }
     let settled = match r.busy_before {
@@ -213,24 +272,32 @@ pub(super) fn print(bench: &SyncBench, r: &Reads) {
         None => "the machine's load is not readable here".to_owned(),
     };
     println!(
-        "(f): {} clients reading closed-loop from the API that served (a), {} users' portfolios; {settled}\n{table}\n",
-        bench.readers, r.users
+        "(f): {} clients reading closed-loop from the API that served (a), {} users' portfolios, \
+         in {} rounds of {} ms slices (trivial, portfolio, portfolio, trivial); {settled}\n{table}\n",
+        bench.readers,
+        r.users,
+        r.rounds.len(),
+        SLICE.as_millis()
     );
-    let rate = |endpoint: Endpoint| {
-        let (answered, secs) = r
-            .series
-            .iter()
-            .filter(|s| s.endpoint == endpoint)
-            .fold((0, 0.0), |(n, t), s| {
-                (n + s.answered, t + s.elapsed.as_secs_f64())
-            });
-        answered as f64 / f64::max(secs, f64::EPSILON)
+    let ratio = total.ratio();
+    let mut per_round: Vec<f64> = r.rounds.iter().map(Round::ratio).collect();
+    per_round.sort_by(f64::total_cmp);
+    let spread = match (per_round.first(), per_round.last()) {
+        (Some(low), Some(high)) => {
+            let half = per_round.len() / 2;
+            let median = if per_round.len() % 2 == 0 {
+                f64::midpoint(per_round[half - 1], per_round[half])
+            } else {
+                per_round[half]
+            };
+            format!("; per round: median {median:.2}, from {low:.2} to {high:.2}")
+        }
+        _ => String::new(),
     };
-    let ratio = rate(Endpoint::Portfolio) / rate(Endpoint::Trivial).max(f64::EPSILON);
     println!(
-        "(f) cached portfolio / trivial, answered/s = {ratio:.2} ({:.0} vs {:.0}; target at least 0.7: {})\n",
-        rate(Endpoint::Portfolio),
-        rate(Endpoint::Trivial),
+        "(f) cached portfolio / trivial, answered/s = {ratio:.2} ({:.0} vs {:.0}; target at least 0.7: {}){spread}\n",
+        total.portfolio.per_second(),
+        total.trivial.per_second(),
         verdict(ratio >= 0.7)
     );
 }
