@@ -27,8 +27,8 @@ use crate::store::{
 /// The tenant whose API key authenticated the request, and that key.
 #[derive(Clone)]
 pub struct Tenant {
-    pub tenant: TenantRecord,
-    pub key: ApiKeyRecord,
+    pub tenant: Arc<TenantRecord>,
+    pub key: Arc<ApiKeyRecord>,
     request_id: Option<String>,
 }
 
@@ -108,16 +108,14 @@ impl KeyLimiter {
         })
     }
 
-    fn check(&self, key_id: &str) -> Result<(), ApiError> {
-        self.limiter
-            .check_key(&key_id.to_owned())
-            .map_err(|not_until| {
-                let wait = not_until.wait_time_from(self.clock.now());
-                ApiError::rate_limited(
-                    "too many requests for this API key",
-                    wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-                )
-            })
+    fn check(&self, key: &ApiKeyRecord) -> Result<(), ApiError> {
+        self.limiter.check_key(&key.id).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            ApiError::rate_limited(
+                "too many requests for this API key",
+                wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            )
+        })
     }
 }
 
@@ -131,7 +129,8 @@ impl KeyLimiter {
 /// the outage may then be accepted until the database answers again; once it does,
 /// the database decides again.
 pub struct KeyCache {
-    known: moka::future::Cache<String, (TenantRecord, ApiKeyRecord)>,
+    /// Shared, not copied, into each request that presents the key.
+    known: moka::future::Cache<String, (Arc<TenantRecord>, Arc<ApiKeyRecord>)>,
     /// By key prefix; consulted only while the database is unreachable.
     last_good: moka::future::Cache<String, RememberedKey>,
     outage_grace: Duration,
@@ -165,7 +164,7 @@ impl KeyCache {
         store: &Store,
         cache: &Cache,
         key: &str,
-    ) -> Result<(TenantRecord, ApiKeyRecord), ApiError> {
+    ) -> Result<(Arc<TenantRecord>, Arc<ApiKeyRecord>), ApiError> {
         // By hash: the cache never holds a key itself.
         let id = crate::fingerprint::sha256_hex(key.as_bytes());
         if let Some(found) = self.known.get(&id).await {
@@ -175,6 +174,7 @@ impl KeyCache {
         let before = self.revocations.load(Ordering::SeqCst);
         match store.authenticate(key).await {
             Ok(Some((tenant, record))) => {
+                let (tenant, record) = (Arc::new(tenant), Arc::new(record));
                 self.known
                     .insert(id.clone(), (tenant.clone(), record.clone()))
                     .await;
@@ -186,7 +186,7 @@ impl KeyCache {
                 }
                 self.remember(
                     cache,
-                    RememberedKey::new(key, tenant.clone(), record.clone()),
+                    RememberedKey::new(key, (*tenant).clone(), (*record).clone()),
                 )
                 .await;
                 Ok((tenant, record))
@@ -202,7 +202,7 @@ impl KeyCache {
                 store.note(&e);
                 self.recall(cache, key)
                     .await
-                    .map(|remembered| (remembered.tenant, remembered.key))
+                    .map(|remembered| (Arc::new(remembered.tenant), Arc::new(remembered.key)))
                     .ok_or_else(ApiError::store_unavailable)
             }
             Err(e) => Err(ApiError::internal(e)),
@@ -270,7 +270,7 @@ impl FromRequestParts<ApiState> for Tenant {
             .keys
             .authenticate(&state.env.store, &state.env.cache, key)
             .await?;
-        state.limiter.check(&key.id)?;
+        state.limiter.check(&key)?;
         let request_id = parts
             .headers
             .get(&super::REQUEST_ID)

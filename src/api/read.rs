@@ -5,8 +5,9 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
 use axum::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -90,6 +91,18 @@ fn parsed(cached: &CachedPortfolio) -> Result<(Portfolio, Hit), ApiError> {
     Ok((cached.parse().map_err(ApiError::internal)?, cached.hit))
 }
 
+/// Whether the client accepts a gzip-coded answer, read from the request's
+/// headers where they are (the `HeaderMap` extractor would copy them all).
+pub(super) struct AcceptsGzip(bool);
+
+impl<S: Sync> FromRequestParts<S> for AcceptsGzip {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(accepts_gzip(&parts.headers)))
+    }
+}
+
 /// Whether the client accepts a gzip-coded answer (RFC 9110, 12.5.3): `gzip` (or
 /// `x-gzip`) listed with a non-zero weight, or `*` with one and gzip not refused.
 fn accepts_gzip(headers: &HeaderMap) -> bool {
@@ -145,7 +158,7 @@ pub(super) async fn get_portfolio(
     State(state): State<ApiState>,
     tenant: Tenant,
     Path(user_id): Path<String>,
-    headers: HeaderMap,
+    AcceptsGzip(gzip): AcceptsGzip,
 ) -> Result<Response, ApiError> {
     let cached = cached(&state, &tenant, &user_id).await?;
     let source = (X_CACHE, cached.hit.as_str());
@@ -156,7 +169,7 @@ pub(super) async fn get_portfolio(
     }
     // The cached bytes are the answer: no parsing, and no compressing, on the hot
     // path.
-    if accepts_gzip(&headers) {
+    if gzip {
         return Ok((
             [
                 source,

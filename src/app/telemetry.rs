@@ -48,8 +48,18 @@ pub fn init(log: &LogSettings, traces: &TraceSettings, service: &str) -> anyhow:
     // Our own spans only, whatever the log filter: trace context must not depend
     // on how much is logged. Spans, not log events: events may name users, and
     // what leaves for a collector carries ids of connections and routes only.
+    //
+    // Left out, as they cost every request and say little here: OpenTelemetry
+    // context activation on each enter (finsync reads a span's context from the
+    // span, see `tracecontext`), the thread a span began on (a request's future
+    // moves between the runtime's threads), and busy and idle times (two clock
+    // reads per poll; the span's own start and end, and its children, say where
+    // the time went).
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("finsync"))
+        .with_context_activation(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_filter(
             Targets::new()
                 .with_target("finsync", tracing::Level::INFO)
