@@ -550,3 +550,54 @@ async fn an_institution_s_mistyped_isin_is_flagged_and_never_merges() {
     }
     assert!(checked > 0, "Keystone sent some ISIN: {holdings}");
 }
+
+/// Two syncs meeting the same new securities at once, listed in opposite orders,
+/// both succeed and find one instrument per security: whichever creates it, the
+/// other waits on its key and uses it. PostgreSQL only: SQLite lets one writer in
+/// at a time, so two of its syncs cannot race.
+#[tokio::test]
+async fn two_syncs_meeting_the_same_new_securities_at_once_share_one_instrument_each() {
+    let (_db, store) = migrated_store(Backend::Postgres, 4).await;
+    let (tenant, _) = store.create_tenant("t").await.unwrap();
+    // Fresh securities each round, so that every round races on creating them.
+    for round in 0..5 {
+        let mut securities: Vec<Security> = (0..20)
+            .map(|i| {
+                let isin = isin::build_from_parts("XS", &format!("R{round}{i:07}"))
+                    .unwrap()
+                    .to_string();
+                security(
+                    &format!("s{i}"),
+                    Some(&format!("T{round}X{i}")),
+                    Some(&isin),
+                    None,
+                )
+            })
+            .collect();
+        // And one known by ticker alone, matched by its weak key.
+        securities.push(security("weak", Some(&format!("W{round}")), None, None));
+        let reversed: Vec<Security> = securities.iter().rev().cloned().collect();
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        let (first, second) = tokio::join!(
+            connection_with(&store, tenant.id, &a, securities.clone()),
+            connection_with(&store, tenant.id, &b, reversed),
+        );
+        let (first, second) = (
+            store.security_matches(first).await.unwrap(),
+            store.security_matches(second).await.unwrap(),
+        );
+        for sec in &securities {
+            let id = sec.external_id.as_str();
+            let by = if sec.isin.is_some() { "isin" } else { "ticker" };
+            for matches in [&first, &second] {
+                assert_eq!(matches[id].matched_by.as_deref(), Some(by), "{id}");
+            }
+            let instrument = |m: &std::collections::HashMap<String, _>| {
+                let found: &finsync::store::SecurityMatch = &m[id];
+                found.instrument.as_ref().map(|i| i.id.clone())
+            };
+            assert!(instrument(&first).is_some(), "{id} unmatched");
+            assert_eq!(instrument(&first), instrument(&second), "{id}");
+        }
+    }
+}
