@@ -92,6 +92,11 @@ pub enum StoreError {
     },
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
+    /// finsync asked the database for something its own code cannot express (a
+    /// row missing a column, a value of a type no table has): a bug to report,
+    /// not damaged data.
+    #[error("a defect in finsync: {0}")]
+    Defect(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]

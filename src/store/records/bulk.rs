@@ -149,7 +149,7 @@ fn take<A: ActiveModelTrait>(
 ) -> Result<Value, StoreError> {
     row.take(column)
         .into_value()
-        .ok_or_else(|| StoreError::Corrupt(format!("{table}.{} not set", column.as_str())))
+        .ok_or_else(|| StoreError::Defect(format!("{table}.{} not set", column.as_str())))
 }
 
 /// A row's value for `column`, taken out of it, as [`json`] writes it.
@@ -220,12 +220,12 @@ fn copy_field(value: Value, times: &mut Times, out: &mut String) -> Result<(), S
 }
 
 fn written(result: std::fmt::Result) -> Result<(), StoreError> {
-    result.map_err(|e| StoreError::Corrupt(e.to_string()))
+    result.map_err(|e| StoreError::Defect(format!("a value's text could not be written: {e}")))
 }
 
 /// A column type no record table has: a programming error, reported as such.
 fn uncarried(value: &Value) -> StoreError {
-    StoreError::Corrupt(format!("a bulk insert cannot carry {value:?}"))
+    StoreError::Defect(format!("a bulk insert cannot carry {value:?}"))
 }
 
 /// `column IN (the ids)`, the ids bound as one JSON array.
