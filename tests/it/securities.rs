@@ -589,15 +589,12 @@ async fn two_syncs_meeting_the_same_new_securities_at_once_share_one_instrument_
         for sec in &securities {
             let id = sec.external_id.as_str();
             let by = if sec.isin.is_some() { "isin" } else { "ticker" };
-            for matches in [&first, &second] {
-                assert_eq!(matches[id].matched_by.as_deref(), Some(by), "{id}");
-            }
-            let instrument = |m: &std::collections::HashMap<String, _>| {
-                let found: &finsync::store::SecurityMatch = &m[id];
-                found.instrument.as_ref().map(|i| i.id.clone())
-            };
-            assert!(instrument(&first).is_some(), "{id} unmatched");
-            assert_eq!(instrument(&first), instrument(&second), "{id}");
+            let (one, other) = (&first[id], &second[id]);
+            assert_eq!(one.matched_by.as_deref(), Some(by), "{id}");
+            assert_eq!(other.matched_by.as_deref(), Some(by), "{id}");
+            let instrument = one.instrument.as_ref().map(|i| &i.id);
+            assert!(instrument.is_some(), "{id} unmatched");
+            assert_eq!(instrument, other.instrument.as_ref().map(|i| &i.id), "{id}");
         }
     }
 }

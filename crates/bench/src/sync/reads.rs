@@ -114,6 +114,7 @@ pub(super) async fn run(
     users: &[String],
     progress: &MultiProgress,
 ) -> anyhow::Result<Reads> {
+    anyhow::ensure!(!users.is_empty(), "(f) needs users to read portfolios of");
     let readers = Readers {
         client: finsync::http::client(),
         key: Arc::from(key.expose_secret()),
@@ -126,7 +127,6 @@ pub(super) async fn run(
         count: bench.readers.max(1),
     };
     let readers = Arc::new(readers);
-    anyhow::ensure!(!users.is_empty(), "(f) needs users to read portfolios of");
     let busy_before = crate::support::settled(SETTLED, SETTLE_WITHIN).await;
     // A round gives each endpoint two slices.
     let count = (Duration::from_secs(bench.read_seconds.max(1)).as_millis()
@@ -188,7 +188,7 @@ impl Readers {
                         Endpoint::Trivial => &*readers.trivial,
                         Endpoint::Portfolio => {
                             let i = readers.next.fetch_add(1, Ordering::Relaxed);
-                            &readers.portfolios[i % readers.portfolios.len().max(1)]
+                            &readers.portfolios[i % readers.portfolios.len()]
                         }
                     };
                     let request = readers
