@@ -398,6 +398,18 @@ impl Sandbox {
         self.state.portfolio(institution, user_id)
     }
 
+    /// Makes up `users`' data at `institution` now and keeps it, as far as
+    /// [`SandboxConfig::cached_records`] allows: a real institution has its customers'
+    /// data stored before any client asks, so a bench timing the first syncs should
+    /// not pay for the sandbox generating it.
+    pub fn prepare(&self, institution: Institution, users: &[String]) {
+        let seed = institution.seed(self.state.config.seed);
+        let epoch = self.state.world.epoch();
+        for user in users {
+            self.state.world.state(seed, user, epoch);
+        }
+    }
+
     /// The faults now injected into `institution`'s data API.
     pub fn faults(&self, institution: Institution) -> Faults {
         self.state.faults(institution).get()

@@ -168,9 +168,9 @@ async fn describe(State(app): State<Arc<AppState>>) -> Json<serde_json::Value> {
 mod tests {
     use serde_json::Value;
 
-    use super::super::SandboxConfig;
     use super::super::data::portfolio_at;
     use super::super::test_support::TestSandbox;
+    use super::super::{Institution, SandboxConfig};
     use super::*;
 
     fn anchor() -> NaiveDate {
@@ -209,6 +209,28 @@ mod tests {
         let recent = world.recent.lock().expect("lock");
         assert_eq!(recent.states.len(), 1);
         assert_eq!(recent.records, records);
+    }
+
+    #[tokio::test]
+    async fn prepared_users_are_kept_at_the_epoch_served() {
+        let config = SandboxConfig {
+            start_epoch: 3,
+            ..SandboxConfig::default()
+        };
+        let seed = Institution::Meridian.seed(config.seed);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let sandbox = super::super::spawn(config, listener)
+            .await
+            .expect("spawn sandbox");
+        let users = vec!["bulk-00000".to_owned(), "bulk-00001".to_owned()];
+        sandbox.prepare(Institution::Meridian, &users);
+        let recent = sandbox.state.world.recent.lock().expect("lock");
+        let kept: Vec<(u64, String, u32)> = recent.states.keys().cloned().collect();
+        let expected: Vec<(u64, String, u32)> =
+            users.iter().map(|u| (seed, u.clone(), 3)).collect();
+        assert_eq!(kept, expected);
     }
 
     #[tokio::test]

@@ -226,8 +226,9 @@ pub async fn run_sync(bench: SyncBench) -> anyhow::Result<()> {
         .map(|i| format!("{}{i:05}", sandbox::data::BULK_PREFIX))
         .collect();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    // The institution keeps every user's data, as a real one serves it from
-    // storage: the sandbox generating it again would be charged to the syncs.
+    // The institution keeps every user's data, made up before (a) starts, as a
+    // real one serves it from storage: the sandbox generating it would be charged
+    // to the syncs.
     let config = SandboxConfig {
         cached_records: cached_records(&bench),
         ..SandboxConfig::default()
@@ -320,6 +321,7 @@ async fn fleetwide(
 ) -> anyhow::Result<Fleetwide> {
     let fleet = Fleet::start(bench, sandbox, redis, Institution::Meridian, None).await?;
     let key = fleet.link(users, progress, "(a) linking").await?;
+    sandbox.prepare(Institution::Meridian, users);
     let worker = fleet.worker(&bench.finsync, bench.concurrency)?;
     // Resident memory once a tenth of the syncs have finished, and at the end: a
     // worker whose memory follows the connections synced shows it here.
