@@ -3,8 +3,8 @@
 //! account whose rows the database refuses, or whose write is dropped part-way,
 //! is written not at all, leaving the store fit for the next write. On PostgreSQL
 //! new rows arrive through `COPY` in the account's own transaction, so this is
-//! also that path's test: its escaping, its batches, its failure and its
-//! cancellation.
+//! also that path's test: that it is the path taken, its escaping, its batches,
+//! its failure and its cancellation.
 
 use std::future::Future as _;
 use std::task::Poll;
@@ -15,6 +15,7 @@ use finsync::domain::{
     TransactionStatus,
 };
 use finsync::store::Removals;
+use sea_orm::{ConnectionTrait, Statement};
 
 use crate::support::{Backend, TestDb, store_with_connection};
 
@@ -119,6 +120,74 @@ async fn text_and_absent_values_round_trip_exactly_on_sqlite() {
 #[tokio::test]
 async fn text_and_absent_values_round_trip_exactly_on_postgres() {
     text_round_trips(Backend::Postgres).await;
+}
+
+/// On PostgreSQL a first sync's rows arrive by `COPY`, each table's in one
+/// statement however many batches it sends, and nothing else inserts them. A
+/// statement-level trigger in the test's own database notes the text of each
+/// statement that inserts into a record table.
+#[tokio::test]
+async fn new_records_arrive_by_copy_on_postgres() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (store, connection) = store_with_connection(&db, 2).await;
+    store
+        .db()
+        .execute_unprepared(
+            "CREATE TABLE inserted_by (record_table text, statement text);
+             CREATE FUNCTION note_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO inserted_by VALUES (TG_TABLE_NAME, current_query());
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER note_insert AFTER INSERT ON accounts
+                 FOR EACH STATEMENT EXECUTE FUNCTION note_insert();
+             CREATE TRIGGER note_insert AFTER INSERT ON transactions
+                 FOR EACH STATEMENT EXECUTE FUNCTION note_insert();",
+        )
+        .await
+        .unwrap();
+    let snapshot = Snapshot {
+        accounts: vec![account("acc-1"), account("acc-2")],
+        // More rows than one message of a copy carries.
+        transactions: transactions("acc-1", 2_345),
+        ..Snapshot::default()
+    };
+    store
+        .apply_snapshot(connection, &snapshot, Removals::all())
+        .await
+        .unwrap();
+    let noted: Vec<(String, String)> = store
+        .db()
+        .query_all_raw(Statement::from_string(
+            store.db().get_database_backend(),
+            "SELECT record_table, statement FROM inserted_by ORDER BY record_table",
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            (
+                row.try_get("", "record_table").unwrap(),
+                row.try_get("", "statement").unwrap(),
+            )
+        })
+        .collect();
+    let tables: Vec<&str> = noted.iter().map(|(table, _)| table.as_str()).collect();
+    // One statement per account's transaction for accounts; one for the only
+    // account with transactions.
+    assert_eq!(
+        tables,
+        ["accounts", "accounts", "transactions"],
+        "{noted:?}"
+    );
+    for (table, statement) in &noted {
+        assert!(
+            statement.starts_with(&format!("COPY \"{table}\"")),
+            "{table} was inserted into by: {statement}"
+        );
+    }
+    let stored = store.full_snapshot(connection).await.unwrap();
+    assert_eq!(sorted(stored), sorted(snapshot));
 }
 
 async fn refused_account(backend: Backend) {
