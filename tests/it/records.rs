@@ -122,8 +122,8 @@ async fn text_and_absent_values_round_trip_exactly_on_postgres() {
     text_round_trips(Backend::Postgres).await;
 }
 
-/// On PostgreSQL a first sync's rows arrive by `COPY`, each table's in one
-/// statement however many batches it sends, and nothing else inserts them. A
+/// On PostgreSQL a first sync's rows arrive by `COPY`, one per table and account
+/// however many batches it sends, and nothing else inserts them. A
 /// statement-level trigger in the test's own database notes the text of each
 /// statement that inserts into a record table.
 #[tokio::test]

@@ -398,10 +398,12 @@ impl Sandbox {
         self.state.portfolio(institution, user_id)
     }
 
-    /// Makes up `users`' data at `institution` now and keeps it, as far as
-    /// [`SandboxConfig::cached_records`] allows: a real institution has its customers'
-    /// data stored before any client asks, so a bench timing the first syncs should
-    /// not pay for the sandbox generating it.
+    /// Makes up `users`' data at `institution`, at the epoch served now, and keeps
+    /// it: a real institution has its customers' data stored before any client
+    /// asks, so a bench timing the first syncs should not pay for the sandbox
+    /// generating it. [`SandboxConfig::cached_records`] must hold all of it: the
+    /// oldest-first eviction would drop each user just before it is asked for.
+    /// Runs on the calling thread, about a millisecond per thousand records.
     pub fn prepare(&self, institution: Institution, users: &[String]) {
         let seed = institution.seed(self.state.config.seed);
         let epoch = self.state.world.epoch();

@@ -226,9 +226,9 @@ pub async fn run_sync(bench: SyncBench) -> anyhow::Result<()> {
         .map(|i| format!("{}{i:05}", sandbox::data::BULK_PREFIX))
         .collect();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    // The institution keeps every user's data, made up before (a) starts, as a
-    // real one serves it from storage: the sandbox generating it would be charged
-    // to the syncs.
+    // The institution keeps every user's data (made up before (a) starts, see
+    // `fleetwide`), as a real one serves it from storage: the sandbox generating
+    // it would be charged to the syncs.
     let config = SandboxConfig {
         cached_records: cached_records(&bench),
         ..SandboxConfig::default()
