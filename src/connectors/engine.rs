@@ -919,8 +919,8 @@ impl Engine {
                             }),
                     );
                 }
-                let located = record_pointers(endpoint, &body);
-                let count = located.len();
+                let located = Located::on(endpoint, &body);
+                let count = located.count();
                 let more = walk.advance(&PageRead {
                     number: page,
                     headers: &headers,
@@ -928,7 +928,7 @@ impl Engine {
                     count,
                     so_far: records.len() + count,
                 })?;
-                let found = page_records(endpoint, &mut body, &located);
+                let found = located.take(endpoint, &mut body);
                 records.extend(joined(endpoint, &body, found, account));
                 if !more {
                     out.records = records;
@@ -1142,6 +1142,65 @@ fn memo_key(request: &Request<'_>) -> String {
 /// ones if the endpoint lists them apart.
 fn record_paths(endpoint: &Endpoint) -> impl Iterator<Item = &JsonPath> {
     std::iter::once(&endpoint.records).chain(endpoint.modified.as_ref())
+}
+
+/// Where a page's records lie, found once per page: for the count paging needs,
+/// and then to take them.
+enum Located {
+    /// In the endpoint's plain lists ([`Endpoint::record_lists`]), this many.
+    Lists(usize),
+    /// At these JSON pointers, in page order.
+    Pointers(Vec<String>),
+}
+
+impl Located {
+    fn on(endpoint: &Endpoint, body: &Value) -> Self {
+        if let Some(lists) = endpoint.record_lists.as_ref()
+            && endpoint.joins.is_empty()
+        {
+            let mut count = 0;
+            let mut plain = true;
+            for names in lists {
+                match names.iter().try_fold(body, |node, name| node.get(name)) {
+                    Some(Value::Array(items)) => count += items.len(),
+                    // `[*]` selects an object's members: the general query says which.
+                    Some(Value::Object(_)) => plain = false,
+                    // Nothing there, or a value `[*]` selects nothing in.
+                    _ => {}
+                }
+            }
+            if plain {
+                return Self::Lists(count);
+            }
+        }
+        Self::Pointers(record_pointers(endpoint, body))
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Self::Lists(count) => *count,
+            Self::Pointers(pointers) => pointers.len(),
+        }
+    }
+
+    /// The records, in page order, moved out of the page where nothing reads it
+    /// again for them ([`page_records`]).
+    fn take(self, endpoint: &Endpoint, body: &mut Value) -> Vec<Value> {
+        let count = match self {
+            Self::Pointers(pointers) => return page_records(endpoint, body, &pointers),
+            Self::Lists(count) => count,
+        };
+        let mut records = Vec::with_capacity(count);
+        for names in endpoint.record_lists.iter().flatten() {
+            let list = names
+                .iter()
+                .try_fold(&mut *body, |node, name| node.get_mut(name.as_str()));
+            if let Some(Value::Array(items)) = list {
+                records.append(items);
+            }
+        }
+        records
+    }
 }
 
 /// Where a page's records lie, as JSON pointers, in page order: the paths are
@@ -1482,12 +1541,14 @@ description = {{ path = "$.name" }}
     }
 
     /// A page's records come out as the connector's paths select them, in order,
-    /// whether they are moved out of the page or (nested or selected twice) copied.
+    /// whether they are taken out of plain lists, moved out one by one, or (nested
+    /// or selected twice) copied.
     #[test]
     fn page_records_are_what_the_paths_select_in_page_order() {
         let page = serde_json::json!({
             "added": [txn("t1", "1.00", "2024-01-01"), txn("t2", "2.00", "2024-01-02")],
             "modified": [txn("t3", "3.00", "2024-01-03")],
+            "data": {"items": [txn("t4", "4.00", "2024-01-04")], "count": 1},
             "held": {"id": "h1", "inner": {"id": "h2"}},
             "held-2": {"id": "h3"},
             "next": "cursor-2",
@@ -1499,24 +1560,41 @@ description = {{ path = "$.name" }}
                 .collect()
         };
         const PAGING: &str = r#"paging = { type = "sync-token", token_param = "cursor", next_token = "$.next", has_more = "$.more" }"#;
-        for lines in [
-            // Moved out: the page keeps what is not a record.
-            "path = \"t\"\nrecords = \"$.added[*]\"\nmodified = \"$.modified[*]\"\n{PAGING}",
+        for (lines, plain) in [
+            // Taken list by list: the page keeps what is not a record.
+            (
+                "path = \"t\"\nrecords = \"$.added[*]\"\nmodified = \"$.modified[*]\"\n{PAGING}",
+                true,
+            ),
+            (
+                "path = \"t\"\nrecords = \"$.data.items[*]\"\nmodified = \"$.absent[*]\"\n{PAGING}",
+                true,
+            ),
+            // `[*]` on an object selects its members: moved out one by one.
+            ("path = \"t\"\nrecords = \"$.held[*]\"\n{PAGING}", false),
             // The list itself and its first element: one record lies in another.
-            "path = \"t\"\nrecords = \"$.added\"\nmodified = \"$.added[0]\"\n{PAGING}",
+            (
+                "path = \"t\"\nrecords = \"$.added\"\nmodified = \"$.added[0]\"\n{PAGING}",
+                false,
+            ),
             // The same records twice.
-            "path = \"t\"\nrecords = \"$.added[*]\"\nmodified = \"$.added[*]\"\n{PAGING}",
+            (
+                "path = \"t\"\nrecords = \"$.added[*]\"\nmodified = \"$.added[*]\"\n{PAGING}",
+                false,
+            ),
             // Records inside others, whose pointers do not sort next to each other
             // (`/held`, `/held-2`, `/held/inner`).
-            "path = \"t\"\nrecords = \"$..[?@.id]\"\n{PAGING}",
+            ("path = \"t\"\nrecords = \"$..[?@.id]\"\n{PAGING}", false),
         ] {
             let lines = lines.replace("{PAGING}", PAGING);
             let connector = connector("http://127.0.0.1:1/", &lines);
             let endpoint = connector.transactions.as_ref().unwrap();
             let mut body = page.clone();
-            let pointers = record_pointers(endpoint, &body);
+            let located = Located::on(endpoint, &body);
+            assert_eq!(matches!(located, Located::Lists(_)), plain, "{lines}");
+            assert_eq!(located.count(), selected(endpoint).len(), "{lines}");
             assert_eq!(
-                page_records(endpoint, &mut body, &pointers),
+                located.take(endpoint, &mut body),
                 selected(endpoint),
                 "{lines}"
             );

@@ -66,7 +66,7 @@ impl FieldPath {
 /// The names of a path written as `$.a.b…` with names in the shorthand RFC 9535
 /// allows unquoted (ASCII letters, digits and `_`, not starting with a digit);
 /// `None` for any other path, which the general query reads.
-fn member_names(raw: &str) -> Option<Vec<String>> {
+pub(super) fn member_names(raw: &str) -> Option<Vec<String>> {
     let rest = raw.strip_prefix("$.")?;
     rest.split('.')
         .map(|name| {

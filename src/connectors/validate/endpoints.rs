@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::connectors::SignConvention;
+use crate::connectors::mapping::member_names;
 
 impl Validator {
     #[allow(clippy::too_many_arguments)]
@@ -60,6 +61,11 @@ impl Validator {
             .records
             .strip_suffix("[*]")
             .and_then(|c| JsonPath::parse(c).ok());
+        let record_lists = std::iter::once(&spec.records)
+            .chain(spec.modified.as_ref())
+            .map(|raw| raw.strip_suffix("[*]").and_then(member_names))
+            .collect::<Option<Vec<_>>>()
+            .filter(|lists| lists.len() == 1 || lists[0] != lists[1]);
         let paging = self.paging(&at("paging"), &spec.paging);
         let scopes = Scopes {
             fan_out: fans_out,
@@ -139,6 +145,7 @@ impl Validator {
             paging: paging?,
             records: records?,
             records_container,
+            record_lists,
             fields: fields?,
             security,
             sign: spec.sign_convention,
