@@ -1110,9 +1110,14 @@ impl Engine {
                 &bytes,
             ));
         }
-        let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            EngineError::Unreadable(format!("{described} did not answer JSON: {e}"))
-        })?;
+        // The page is checked to be UTF-8 once, whole: parsed from bytes, every
+        // string in it was checked on its own, at many times the cost.
+        let body: Value = std::str::from_utf8(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str(text).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                EngineError::Unreadable(format!("{described} did not answer JSON: {e}"))
+            })?;
         Ok((headers, body))
     }
 }
@@ -1357,7 +1362,10 @@ async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, EngineErr
             "the response is larger than {MAX_BODY_BYTES} bytes"
         )));
     }
-    let mut body = Vec::new();
+    // Sized once from the declared length (already checked against the limit): a
+    // page grown by doubling was copied about twice over.
+    let declared = response.content_length().unwrap_or(0);
+    let mut body = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
     while let Some(chunk) = response
         .chunk()
         .await
