@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use foldhash::HashMap;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use serde_json_path::JsonPath;
@@ -216,12 +217,15 @@ impl FieldError {
 /// The compiled field mappings of one endpoint.
 #[derive(Debug, Clone)]
 pub struct Mapping {
-    fields: BTreeMap<&'static str, CompiledField>,
+    /// Hashed: every field of every record is looked up here by name.
+    fields: HashMap<&'static str, CompiledField>,
 }
 
 impl Mapping {
     pub fn new(fields: BTreeMap<&'static str, CompiledField>) -> Self {
-        Self { fields }
+        Self {
+            fields: fields.into_iter().collect(),
+        }
     }
 
     /// Where in a record the canonical field `name` is read from, when from a path.
@@ -232,7 +236,7 @@ impl Mapping {
         }
     }
 
-    /// The canonical fields this mapping fills.
+    /// The canonical fields this mapping fills, in no particular order.
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.fields.keys().copied()
     }
