@@ -542,6 +542,9 @@ fn check_transactions(read: &SyncRead<'_>, findings: &mut Vec<Finding>) {
         })
         .collect();
     transactions.sort_by(|a, b| a.external_id.cmp(&b.external_id));
+    // The same few currencies recur on every transaction, and asking ISO 4217
+    // about one is a long string match: each is asked once.
+    let mut iso: Vec<(Currency, bool)> = Vec::new();
     for t in transactions {
         let account = t.account_external_id.as_str();
         let finding = |code, detail| Finding {
@@ -551,7 +554,16 @@ fn check_transactions(read: &SyncRead<'_>, findings: &mut Vec<Finding>) {
             subject: t.external_id.clone(),
             detail,
         };
-        if !t.amount.currency.is_iso() {
+        let currency = t.amount.currency;
+        let known = match iso.iter().find(|(c, _)| *c == currency) {
+            Some(&(_, known)) => known,
+            None => {
+                let known = currency.is_iso();
+                iso.push((currency, known));
+                known
+            }
+        };
+        if !known {
             findings.push(unknown_currency(
                 FindingScope::Transactions,
                 account,
