@@ -42,6 +42,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Largest response body read from an institution; a bigger one is a fault, and
 /// must not exhaust a worker's memory.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// The most a response body's buffer is sized for before it arrives.
+const PRESIZED_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -1362,10 +1364,12 @@ async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, EngineErr
             "the response is larger than {MAX_BODY_BYTES} bytes"
         )));
     }
-    // Sized once from the declared length (already checked against the limit): a
-    // page grown by doubling was copied about twice over.
+    // Sized from the declared length, up to a typical page's: grown by doubling,
+    // a page was copied about twice over. A declared length is not trusted for
+    // more before the bytes come.
     let declared = response.content_length().unwrap_or(0);
-    let mut body = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
+    let mut body =
+        Vec::with_capacity(usize::try_from(declared).map_or(0, |n| n.min(PRESIZED_BODY_BYTES)));
     while let Some(chunk) = response
         .chunk()
         .await
@@ -1557,6 +1561,7 @@ description = {{ path = "$.name" }}
             "added": [txn("t1", "1.00", "2024-01-01"), txn("t2", "2.00", "2024-01-02")],
             "modified": [txn("t3", "3.00", "2024-01-03")],
             "data": {"items": [txn("t4", "4.00", "2024-01-04")], "count": 1},
+            "none": null,
             "held": {"id": "h1", "inner": {"id": "h2"}},
             "held-2": {"id": "h3"},
             "next": "cursor-2",
@@ -1576,6 +1581,15 @@ description = {{ path = "$.name" }}
             ),
             (
                 "path = \"t\"\nrecords = \"$.data.items[*]\"\nmodified = \"$.absent[*]\"\n{PAGING}",
+                true,
+            ),
+            // `[*]` selects nothing in null or a string.
+            (
+                "path = \"t\"\nrecords = \"$.added[*]\"\nmodified = \"$.none[*]\"\n{PAGING}",
+                true,
+            ),
+            (
+                "path = \"t\"\nrecords = \"$.added[*]\"\nmodified = \"$.next[*]\"\n{PAGING}",
                 true,
             ),
             // `[*]` on an object selects its members: moved out one by one.

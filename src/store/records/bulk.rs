@@ -25,6 +25,9 @@ use super::txn::{PgTxn, RecordsTxn};
 /// Rows one statement (or one message of a `COPY`) carries.
 pub(super) const BATCH: usize = 1000;
 
+/// The most a `COPY` message's text is sized for up front (it grows past it).
+const MAX_RESERVED_TEXT: usize = 8 << 20;
+
 /// A transaction rows are inserted through in bulk.
 pub(super) trait Bulk: ConnectionTrait {
     /// The transaction to `COPY` into, where this one can.
@@ -92,8 +95,10 @@ where
                 text.push('\n');
                 if n == 0 {
                     // Sized from the first row, with an eighth to spare: grown by
-                    // doubling, the text was copied about once over.
-                    text.reserve((text.len() + text.len() / 8) * (in_chunk - 1));
+                    // doubling, the text was copied about once over. Capped, as one
+                    // long first row says little about the others.
+                    let estimate = (text.len() + text.len() / 8).saturating_mul(in_chunk - 1);
+                    text.reserve(estimate.min(MAX_RESERVED_TEXT));
                 }
             }
             Some(Ok(text))
