@@ -1162,9 +1162,7 @@ enum Located {
 
 impl Located {
     fn on(endpoint: &Endpoint, body: &Value) -> Self {
-        if let Some(lists) = endpoint.record_lists.as_ref()
-            && endpoint.joins.is_empty()
-        {
+        if let Some(lists) = endpoint.record_lists.as_ref() {
             let mut count = 0;
             let mut plain = true;
             for names in lists {

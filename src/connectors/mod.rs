@@ -144,9 +144,9 @@ pub struct Endpoint {
     /// when it can be derived: a page without it is unreadable, not empty.
     pub records_container: Option<JsonPath>,
     /// The member names leading to each list of records, records first, when every
-    /// records path is a plain list (`$.a.b[*]`) and no two are the same list: a
-    /// page's records are then taken out of it list by list, with no path per
-    /// record.
+    /// records path is a plain list (`$.a.b[*]`), no two are the same list, and no
+    /// join reads the page again: a page's records are then taken out of it list
+    /// by list, with no path per record.
     pub record_lists: Option<Vec<Vec<String>>>,
     pub fields: mapping::Mapping,
     pub security: Option<mapping::Mapping>,

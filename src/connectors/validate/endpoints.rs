@@ -65,7 +65,7 @@ impl Validator {
             .chain(spec.modified.as_ref())
             .map(|raw| raw.strip_suffix("[*]").and_then(member_names))
             .collect::<Option<Vec<_>>>()
-            .filter(|lists| lists.len() == 1 || lists[0] != lists[1]);
+            .filter(|lists| spec.joins.is_empty() && (lists.len() == 1 || lists[0] != lists[1]));
         let paging = self.paging(&at("paging"), &spec.paging);
         let scopes = Scopes {
             fan_out: fans_out,
