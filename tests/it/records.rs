@@ -3,8 +3,8 @@
 //! account whose rows the database refuses, or whose write is dropped part-way,
 //! is written not at all, leaving the store fit for the next write. On PostgreSQL
 //! new rows arrive through `COPY` in the account's own transaction, so this is
-//! also that path's test: that it is the path taken, its escaping, its batches,
-//! its failure and its cancellation.
+//! also that path's test: that it is the path taken, its binary encoding of every
+//! kind of value, its batches, its failure and its cancellation.
 
 use std::future::Future as _;
 use std::task::Poll;
@@ -19,8 +19,8 @@ use sea_orm::{ConnectionTrait, Statement};
 
 use crate::support::{Backend, TestDb, store_with_connection};
 
-/// Texts that end a field or a line in `COPY`'s text format, or that look like
-/// its NULL, and some that are merely not ASCII.
+/// Texts that would end a field or a line in `COPY`'s text format, or look like
+/// its NULL, and some that are merely not ASCII: each arrives as it was sent.
 const AWKWARD: [&str; 8] = [
     "tab\there",
     "two\nlines",
@@ -61,7 +61,9 @@ fn transactions(account: &str, count: usize) -> Vec<Transaction> {
             external_id: format!("{account}-t{i}"),
             account_external_id: account.into(),
             amount: Money::new(format!("-{i}.0{}", i % 10).parse().unwrap(), usd),
-            date: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + chrono::Days::new(i as u64 % 300),
+            // Some before PostgreSQL's epoch (2000-01-01), which `COPY`'s binary
+            // format counts days from.
+            date: NaiveDate::from_ymd_opt(1999, 11, 1).unwrap() + chrono::Days::new(i as u64 % 300),
             status: if i % 2 == 0 {
                 TransactionStatus::Posted
             } else {

@@ -13,6 +13,9 @@
 use std::fmt::Write as _;
 
 use sea_orm::sea_query::{Expr, SimpleExpr};
+use sea_orm::sqlx::encode::IsNull;
+use sea_orm::sqlx::postgres::PgArgumentBuffer;
+use sea_orm::sqlx::{Encode, Postgres};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction,
     EntityName, EntityTrait, IdenStatic, Iterable, Statement, Value,
@@ -25,8 +28,15 @@ use super::txn::{PgTxn, RecordsTxn};
 /// Rows one statement (or one message of a `COPY`) carries.
 pub(super) const BATCH: usize = 1000;
 
-/// The most a `COPY` message's text is sized for up front (it grows past it).
-const MAX_RESERVED_TEXT: usize = 8 << 20;
+/// The most a `COPY` message is sized for up front (it grows past it).
+const MAX_RESERVED_DATA: usize = 8 << 20;
+
+/// What begins `COPY`'s binary format: its signature, no flags, and no header
+/// extension.
+const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// What ends it: a row of -1 fields.
+const COPY_BINARY_TRAILER: i16 = -1;
 
 /// A transaction rows are inserted through in bulk.
 pub(super) trait Bulk: ConnectionTrait {
@@ -74,34 +84,44 @@ where
     let table = A::Entity::default().table_name().to_owned();
     let backend = db.get_database_backend();
     if let Some(txn) = db.copy_target() {
-        let statement = format!("COPY \"{table}\" ({}) FROM STDIN", names.join(", "));
+        let statement = format!(
+            "COPY \"{table}\" ({}) FROM STDIN (FORMAT binary)",
+            names.join(", ")
+        );
+        let fields = i16::try_from(columns.len())
+            .map_err(|_| StoreError::Defect(format!("{table} has too many columns to copy")))?;
         let mut rows = rows.into_iter().peekable();
-        let mut times = Times::default();
+        let mut first = true;
         let chunks = std::iter::from_fn(|| {
             rows.peek()?;
             let in_chunk = rows.len().min(BATCH);
-            let mut text = String::new();
+            let mut data = PgArgumentBuffer::default();
+            if std::mem::take(&mut first) {
+                data.extend_from_slice(COPY_BINARY_HEADER);
+            }
             for (n, mut row) in rows.by_ref().take(BATCH).enumerate() {
-                for (i, column) in columns.iter().enumerate() {
-                    if i > 0 {
-                        text.push('\t');
-                    }
+                let start = data.len();
+                data.extend_from_slice(&fields.to_be_bytes());
+                for column in &columns {
                     let written = take(&mut row, *column, &table)
-                        .and_then(|value| copy_field(value, &mut times, &mut text));
+                        .and_then(|value| copy_field(value, &mut data));
                     if let Err(error) = written {
                         return Some(Err(error));
                     }
                 }
-                text.push('\n');
                 if n == 0 {
                     // Sized from the first row, with an eighth to spare: grown by
-                    // doubling, the text was copied about once over. Capped, as one
+                    // doubling, the data was copied about once over. Capped, as one
                     // long first row says little about the others.
-                    let estimate = (text.len() + text.len() / 8).saturating_mul(in_chunk - 1);
-                    text.reserve(estimate.min(MAX_RESERVED_TEXT));
+                    let row = data.len() - start;
+                    let estimate = (row + row / 8).saturating_mul(in_chunk - 1);
+                    data.reserve(estimate.min(MAX_RESERVED_DATA));
                 }
             }
-            Some(Ok(text))
+            if rows.peek().is_none() {
+                data.extend_from_slice(&COPY_BINARY_TRAILER.to_be_bytes());
+            }
+            Some(Ok(std::mem::take(&mut *data)))
         });
         return txn.copy_in(&statement, chunks).await;
     }
@@ -173,60 +193,47 @@ fn take_json<A: ActiveModelTrait>(
     json(take(row, column, table)?, backend)
 }
 
-/// The text of the last time written: the rows of one write share the moment
-/// they were written at, and formatting it again for every row of a first sync
-/// was a measurable part of building the rows.
-#[derive(Default)]
-struct Times(Option<(chrono::DateTime<chrono::Utc>, String)>);
-
-impl Times {
-    fn text(&mut self, time: chrono::DateTime<chrono::Utc>) -> &str {
-        let (last, text) = self.0.get_or_insert_with(|| (time, pg_time(time)));
-        if *last != time {
-            *last = time;
-            *text = pg_time(time);
-        }
-        text
-    }
-}
-
 /// A time as PostgreSQL reads it back exactly: UTC, to the microsecond.
 fn pg_time(time: chrono::DateTime<chrono::Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// A value in `COPY`'s text format, the same text [`json`] puts in the JSON
-/// document (a test holds the two to that): `\N` for NULL, and in text the
-/// characters that end a field or a line escaped.
-fn copy_field(value: Value, times: &mut Times, out: &mut String) -> Result<(), StoreError> {
-    match value {
+/// A value as a field of `COPY`'s binary format: its length, then its bytes in
+/// the column type's binary form (sqlx's, as when it binds a parameter); a
+/// length of -1 for NULL. Times and dates travel as numbers, so the server
+/// parses no text for them.
+fn copy_field(value: Value, out: &mut PgArgumentBuffer) -> Result<(), StoreError> {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let encoded = match &value {
         Value::String(None)
         | Value::Bool(None)
         | Value::Int(None)
         | Value::BigInt(None)
         | Value::ChronoDate(None)
-        | Value::ChronoDateTimeUtc(None) => out.push_str("\\N"),
-        Value::String(Some(text)) if !text.contains(['\\', '\t', '\n', '\r']) => {
-            out.push_str(&text);
-        }
-        Value::String(Some(text)) => {
-            for c in text.chars() {
-                match c {
-                    '\\' => out.push_str("\\\\"),
-                    '\t' => out.push_str("\\t"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    c => out.push(c),
-                }
-            }
-        }
-        Value::Bool(Some(b)) => out.push(if b { 't' } else { 'f' }),
-        Value::Int(Some(n)) => written(write!(out, "{n}"))?,
-        Value::BigInt(Some(n)) => written(write!(out, "{n}"))?,
-        Value::ChronoDate(Some(date)) => written(write!(out, "{date}"))?,
-        Value::ChronoDateTimeUtc(Some(time)) => out.push_str(times.text(time)),
-        other => return Err(uncarried(&other)),
+        | Value::ChronoDateTimeUtc(None) => Ok(IsNull::Yes),
+        Value::String(Some(text)) => Encode::<Postgres>::encode_by_ref(text, out),
+        Value::Bool(Some(b)) => Encode::<Postgres>::encode_by_ref(b, out),
+        Value::Int(Some(n)) => Encode::<Postgres>::encode_by_ref(n, out),
+        Value::BigInt(Some(n)) => Encode::<Postgres>::encode_by_ref(n, out),
+        Value::ChronoDate(Some(date)) => Encode::<Postgres>::encode_by_ref(date, out),
+        Value::ChronoDateTimeUtc(Some(time)) => Encode::<Postgres>::encode_by_ref(time, out),
+        other => return Err(uncarried(other)),
     }
+    .map_err(|e| {
+        StoreError::Defect(format!(
+            "a value could not be put in COPY's binary form: {e}"
+        ))
+    })?;
+    let length = match encoded {
+        IsNull::Yes => {
+            out.truncate(at + 4);
+            -1
+        }
+        IsNull::No => i32::try_from(out.len() - at - 4)
+            .map_err(|_| StoreError::Defect("a value is too long for COPY".into()))?,
+    };
+    out[at..at + 4].copy_from_slice(&length.to_be_bytes());
     Ok(())
 }
 
@@ -292,48 +299,69 @@ mod tests {
 
     use super::*;
 
-    /// What `COPY` reads back as the JSON document's value: `\N` for null, text
-    /// with the field and line ends escaped, booleans as `t`/`f`, numbers as written.
-    fn copy_text_of(json: serde_json::Value) -> String {
-        match json {
-            serde_json::Value::Null => "\\N".to_owned(),
-            serde_json::Value::String(text) => text
-                .replace('\\', "\\\\")
-                .replace('\t', "\\t")
-                .replace('\n', "\\n")
-                .replace('\r', "\\r"),
-            serde_json::Value::Bool(b) => if b { "t" } else { "f" }.to_owned(),
-            other => other.to_string(),
+    /// The fields `copy_field` wrote, each as its length and bytes.
+    fn fields(mut data: &[u8]) -> Vec<(i32, Vec<u8>)> {
+        let mut fields = Vec::new();
+        while !data.is_empty() {
+            let length = i32::from_be_bytes(data[..4].try_into().unwrap());
+            let bytes = usize::try_from(length).unwrap_or(0);
+            fields.push((length, data[4..4 + bytes].to_vec()));
+            data = &data[4 + bytes..];
         }
+        fields
     }
 
     #[test]
-    fn copy_text_carries_what_the_json_document_carries_for_every_column_type() {
-        let moment = Utc.with_ymd_and_hms(2026, 12, 7, 5, 4, 3).unwrap()
-            + chrono::Duration::microseconds(120_450);
-        let values = [
-            Value::String(Some("tab\there, back\\slash, \\N, line\nend\r".into())),
-            Value::String(Some(String::new())),
-            Value::String(None),
-            Value::Bool(Some(true)),
-            Value::Bool(Some(false)),
-            Value::Bool(None),
-            Value::Int(Some(-42)),
-            Value::Int(None),
-            Value::BigInt(Some(9_007_199_254_740_993)),
-            Value::BigInt(None),
-            Value::ChronoDate(Some(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap())),
-            Value::ChronoDate(None),
-            Value::ChronoDateTimeUtc(Some(moment)),
-            Value::ChronoDateTimeUtc(None),
+    fn copy_fields_are_framed_in_the_binary_format_for_every_column_type() {
+        let text = "tab\there, back\\slash, \\N, Café";
+        let first_microsecond =
+            Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::microseconds(1);
+        let cases: [(Value, i32, Vec<u8>); 14] = [
+            (
+                Value::String(Some(text.into())),
+                text.len() as i32,
+                text.as_bytes().to_vec(),
+            ),
+            (Value::String(Some(String::new())), 0, vec![]),
+            (Value::String(None), -1, vec![]),
+            (Value::Bool(Some(true)), 1, vec![1]),
+            (Value::Bool(None), -1, vec![]),
+            (Value::Int(Some(-2)), 4, (-2i32).to_be_bytes().to_vec()),
+            (Value::Int(None), -1, vec![]),
+            (
+                Value::BigInt(Some(9_007_199_254_740_993)),
+                8,
+                9_007_199_254_740_993i64.to_be_bytes().to_vec(),
+            ),
+            (Value::BigInt(None), -1, vec![]),
+            // Days and microseconds from PostgreSQL's epoch, 2000-01-01.
+            (
+                Value::ChronoDate(NaiveDate::from_ymd_opt(1999, 12, 31)),
+                4,
+                (-1i32).to_be_bytes().to_vec(),
+            ),
+            (
+                Value::ChronoDate(NaiveDate::from_ymd_opt(2000, 1, 2)),
+                4,
+                1i32.to_be_bytes().to_vec(),
+            ),
+            (Value::ChronoDate(None), -1, vec![]),
+            (
+                Value::ChronoDateTimeUtc(Some(first_microsecond)),
+                8,
+                1i64.to_be_bytes().to_vec(),
+            ),
+            (Value::ChronoDateTimeUtc(None), -1, vec![]),
         ];
-        let mut times = Times::default();
-        for value in values {
-            let expected = copy_text_of(json(value.clone(), DatabaseBackend::Postgres).unwrap());
-            let mut written = String::new();
-            copy_field(value.clone(), &mut times, &mut written).unwrap();
-            assert_eq!(written, expected, "{value:?}");
+        let mut data = PgArgumentBuffer::default();
+        for (value, _, _) in &cases {
+            copy_field(value.clone(), &mut data).unwrap();
         }
-        assert_eq!(times.text(moment), "2026-12-07T05:04:03.120450Z");
+        let expected: Vec<(i32, Vec<u8>)> = cases
+            .into_iter()
+            .map(|(_, length, bytes)| (length, bytes))
+            .collect();
+        assert_eq!(fields(&data), expected);
+        assert_eq!(COPY_BINARY_HEADER.len(), 19);
     }
 }

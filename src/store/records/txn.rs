@@ -92,20 +92,20 @@ impl RecordsTxn {
 }
 
 impl PgTxn {
-    /// Runs `statement`, a `COPY … FROM STDIN` in text format, with the data
-    /// `chunks` give, each one or more whole lines. After a failure, whether the
-    /// database's or a chunk's, the transaction can only be dropped.
+    /// Runs `statement`, a `COPY … FROM STDIN`, with the data `chunks` give, in
+    /// the order given. After a failure, whether the database's or a chunk's, the
+    /// transaction can only be dropped.
     pub(super) async fn copy_in(
         &self,
         statement: &str,
-        chunks: impl Iterator<Item = Result<String, StoreError>>,
+        chunks: impl Iterator<Item = Result<Vec<u8>, StoreError>>,
     ) -> Result<(), StoreError> {
         let mut held = self.0.lock().await;
         let mut copy = held.conn.copy_in_raw(statement).await.map_err(exec_err)?;
         for chunk in chunks {
             match chunk {
-                Ok(text) => {
-                    copy.send(text.into_bytes()).await.map_err(exec_err)?;
+                Ok(data) => {
+                    copy.send(data).await.map_err(exec_err)?;
                 }
                 Err(error) => {
                     // The server answers an aborted copy with an error, which is
