@@ -1,6 +1,6 @@
 //! Applying a fetched snapshot as a diff: what changed is written, in batches,
-//! one database transaction per account; what the institution no longer lists is
-//! removed where the fetch covered it.
+//! each account whole in one database transaction (small accounts several to one);
+//! what the institution no longer lists is removed where the fetch covered it.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +26,13 @@ use super::{ApplyCounts, Removals};
 /// Rows one statement deletes.
 const DELETE_BATCH: usize = 1000;
 
+/// The rows the writes of several accounts gather before they are written, in one
+/// transaction: each transaction costs a round trip to begin it, one to move the
+/// records version, one to commit (a flush of the database's log), and each table
+/// a statement, which for a connection of a few small accounts was a good part of
+/// its first sync. An account larger than this is written alone, as before.
+const GROUP_ROWS: usize = 5 * bulk::BATCH;
+
 impl Store {
     /// Makes the stored records of `connection` equal `snapshot`: inserts new
     /// records, updates changed ones, deletes the ones the institution no longer
@@ -34,9 +41,10 @@ impl Store {
     /// attached to transactions is never written here, except that a pending
     /// transaction's annotations pass to the posted one that replaces it.
     ///
-    /// Each account is written in its own transaction with its holdings and
-    /// transactions, and each such transaction moves the connection's records
-    /// version; [`StoreError::Disconnected`] if the connection was disconnected,
+    /// Each account is written whole with its holdings and transactions, in one
+    /// transaction (accounts in order, as many to one as stay within
+    /// [`GROUP_ROWS`] rows), and each such transaction moves the connection's
+    /// records version; [`StoreError::Disconnected`] if the connection was disconnected,
     /// before anything more is written. Securities are upserted first and unused
     /// ones deleted last, so a holding never points at a missing security, even if
     /// a later step fails.
@@ -141,6 +149,7 @@ impl Store {
                 .push(t);
         }
 
+        let mut pending = Pending::default();
         for acc in &snapshot.accounts {
             let mut account: Writes<_, account::Model> = Writes::default();
             let stored_account = match stored_accounts.remove(&acc.external_id) {
@@ -198,17 +207,12 @@ impl Store {
                     .map(|t| t.external_id.clone()),
             );
             let transactions = plan_transactions(&conn, stored, &fetched, coverage, &mut counts)?;
-            if account.is_empty() && holdings.is_empty() && transactions.is_empty() {
-                continue;
+            pending.add(account, holdings, transactions);
+            if pending.rows() >= GROUP_ROWS {
+                std::mem::take(&mut pending).write(self, &conn).await?;
             }
-            // Each account with its holdings and transactions, whole or not at all.
-            let txn = self.begin_records_write().await?;
-            records_changed(&txn, &conn, true).await?;
-            account.write(&txn).await?;
-            write_holdings(&txn, holdings).await?;
-            write_transactions(&txn, transactions).await?;
-            txn.commit().await?;
         }
+        pending.write(self, &conn).await?;
 
         // Accounts the institution no longer returns go, with their records.
         if removals.accounts {
@@ -373,8 +377,54 @@ impl<A, M> Default for Writes<A, M> {
 }
 
 impl<A, M> Writes<A, M> {
-    fn is_empty(&self) -> bool {
-        self.fresh.is_empty() && self.changed.is_empty() && self.gone.is_empty()
+    fn rows(&self) -> usize {
+        self.fresh.len() + self.changed.len() + self.gone.len()
+    }
+
+    fn extend(&mut self, other: Self) {
+        self.fresh.extend(other.fresh);
+        self.changed.extend(other.changed);
+        self.gone.extend(other.gone);
+    }
+}
+
+/// The writes of accounts planned and not yet written: each account's whole, so
+/// that writing them in one transaction leaves every account whole or untouched.
+#[derive(Default)]
+struct Pending {
+    accounts: Writes<account::ActiveModel, account::Model>,
+    holdings: HoldingWrites,
+    transactions: TransactionWrites,
+}
+
+impl Pending {
+    fn add(
+        &mut self,
+        account: Writes<account::ActiveModel, account::Model>,
+        holdings: HoldingWrites,
+        transactions: TransactionWrites,
+    ) {
+        self.accounts.extend(account);
+        self.holdings.extend(holdings);
+        self.transactions.extend(transactions);
+    }
+
+    fn rows(&self) -> usize {
+        self.accounts.rows() + self.holdings.rows() + self.transactions.rows()
+    }
+
+    /// Writes them in one transaction, which nothing opens when there is nothing
+    /// to write: a resync that finds nothing new writes nothing.
+    async fn write(self, store: &Store, conn: &str) -> Result<(), StoreError> {
+        if self.rows() == 0 {
+            return Ok(());
+        }
+        let txn = store.begin_records_write().await?;
+        records_changed(&txn, conn, true).await?;
+        self.accounts.write(&txn).await?;
+        write_holdings(&txn, self.holdings).await?;
+        write_transactions(&txn, self.transactions).await?;
+        txn.commit().await
     }
 }
 

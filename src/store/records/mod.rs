@@ -1,7 +1,7 @@
 //! Synced records: applying a fetched snapshot as a diff ([`apply`]: only what
-//! changed is written, one database transaction per account ([`txn`]), new rows
-//! through `COPY` or in statements whose text is the same for any number of rows,
-//! [`bulk`]), the conversions
+//! changed is written, each account whole in one database transaction ([`txn`]),
+//! new rows through `COPY` or in statements whose text is the same for any number
+//! of rows, [`bulk`]), the conversions
 //! between canonical values and rows ([`rows`]), and reading a connection's records
 //! back ([`reads`]: a portfolio, a full snapshot, a page of transactions).
 

@@ -1,4 +1,4 @@
-//! The transaction an account's records are written in. On PostgreSQL it runs on a
+//! The transaction accounts' records are written in. On PostgreSQL it runs on a
 //! pooled connection the store holds itself, not in a sea-orm transaction, whose
 //! connection sea-orm keeps to itself: `COPY … FROM STDIN` needs the connection,
 //! and a first sync's hundreds of thousands of new rows cost the database about
@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::store::{Store, StoreError};
 
-/// A write transaction of one account's records; dropped uncommitted, it rolls back.
+/// A write transaction of accounts' records; dropped uncommitted, it rolls back.
 pub(super) enum RecordsTxn {
     Postgres(PgTxn),
     /// SQLite: sea-orm's transaction, begun as [`Store::begin_write`] begins one.
@@ -50,7 +50,7 @@ impl Drop for Held {
 }
 
 impl Store {
-    /// Starts the transaction an account's records are written in.
+    /// Starts a transaction accounts' records are written in.
     pub(super) async fn begin_records_write(&self) -> Result<RecordsTxn, StoreError> {
         if self.is_postgres() {
             let conn = self
