@@ -1,10 +1,11 @@
 //! Synced records survive a round trip through either database exactly (every
 //! character of their text, every absent value, however many rows), and an
 //! account whose rows the database refuses, or whose write is dropped part-way,
-//! is written not at all, leaving the store fit for the next write. On PostgreSQL
-//! new rows arrive through `COPY` in the account's own transaction, so this is
-//! also that path's test: that it is the path taken, its binary encoding of every
-//! kind of value, its batches, its failure and its cancellation.
+//! is written not at all, leaving the store fit for the next write; a transaction
+//! moved from one account to another moves. On PostgreSQL new rows arrive through
+//! `COPY` in the transaction the account is written in (small accounts share
+//! one), so this is also that path's test: that it is the path taken, its binary
+//! encoding of every kind of value, its batches, its failure and its cancellation.
 
 use std::future::Future as _;
 use std::task::Poll;
@@ -148,10 +149,12 @@ async fn new_records_arrive_by_copy_on_postgres() {
         )
         .await
         .unwrap();
+    // More rows than one message of a copy carries.
+    let mut transactions = transactions("acc-1", 2_345);
+    transactions.extend(self::transactions("acc-3", 3_000));
     let snapshot = Snapshot {
-        accounts: vec![account("acc-1"), account("acc-2")],
-        // More rows than one message of a copy carries.
-        transactions: transactions("acc-1", 2_345),
+        accounts: vec![account("acc-1"), account("acc-2"), account("acc-3")],
+        transactions,
         ..Snapshot::default()
     };
     store
@@ -175,9 +178,14 @@ async fn new_records_arrive_by_copy_on_postgres() {
         })
         .collect();
     let tables: Vec<&str> = noted.iter().map(|(table, _)| table.as_str()).collect();
-    // The two accounts, 2,347 rows together, share one transaction: one
-    // statement per table, however many batches it sends.
-    assert_eq!(tables, ["accounts", "transactions"], "{noted:?}");
+    // The first two accounts, 2,347 rows together, share one transaction; the
+    // third, 3,001 rows, would take it past 5,000 and has its own. One statement
+    // per table and transaction, however many batches it sends.
+    assert_eq!(
+        tables,
+        ["accounts", "accounts", "transactions", "transactions"],
+        "{noted:?}"
+    );
     for (table, statement) in &noted {
         assert!(
             statement.starts_with(&format!("COPY \"{table}\"")),
@@ -295,4 +303,48 @@ async fn a_write_dropped_anywhere_leaves_all_or_nothing_on_sqlite() {
 #[tokio::test]
 async fn a_write_dropped_anywhere_leaves_all_or_nothing_on_postgres() {
     dropped_writes(Backend::Postgres).await;
+}
+
+/// A transaction the institution moves from one account to a later one is
+/// deleted from the first before it is inserted in the second, though small
+/// accounts are written together in one transaction.
+async fn moved_transaction(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (store, connection) = store_with_connection(&db, 2).await;
+    let mut first = transactions("acc-1", 3);
+    first.extend(transactions("acc-2", 2));
+    let before = Snapshot {
+        accounts: vec![account("acc-1"), account("acc-2")],
+        transactions: first,
+        ..Snapshot::default()
+    };
+    store
+        .apply_snapshot(connection, &before, Removals::all())
+        .await
+        .unwrap();
+
+    let mut after = before.clone();
+    let moved = after
+        .transactions
+        .iter_mut()
+        .find(|t| t.external_id == "acc-1-t2")
+        .unwrap();
+    moved.account_external_id = "acc-2".into();
+    let counts = store
+        .apply_snapshot(connection, &after, Removals::all())
+        .await
+        .unwrap_or_else(|e| panic!("{backend:?}: moving a transaction failed: {e}"));
+    assert_eq!((counts.added, counts.removed), (1, 1), "{backend:?}");
+    let read = store.full_snapshot(connection).await.unwrap();
+    assert_eq!(sorted(read), sorted(after), "{backend:?}");
+}
+
+#[tokio::test]
+async fn a_transaction_moved_to_a_later_account_is_moved_on_sqlite() {
+    moved_transaction(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_transaction_moved_to_a_later_account_is_moved_on_postgres() {
+    moved_transaction(Backend::Postgres).await;
 }

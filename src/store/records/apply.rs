@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use foldhash::{HashMap, HashMapExt as _};
+use foldhash::{HashMap, HashMapExt as _, HashSet};
 
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -30,7 +30,8 @@ const DELETE_BATCH: usize = 1000;
 /// transaction: each transaction costs a round trip to begin it, one to move the
 /// records version, one to commit (a flush of the database's log), and each table
 /// a statement, which for a connection of a few small accounts was a good part of
-/// its first sync. An account larger than this is written alone, as before.
+/// its first sync. An account that would take a group past this starts the next
+/// one, so an account larger than this is written alone, as before.
 const GROUP_ROWS: usize = 5 * bulk::BATCH;
 
 impl Store {
@@ -42,9 +43,8 @@ impl Store {
     /// transaction's annotations pass to the posted one that replaces it.
     ///
     /// Each account is written whole with its holdings and transactions, in one
-    /// transaction (accounts in order, as many to one as stay within
-    /// [`GROUP_ROWS`] rows), and each such transaction moves the connection's
-    /// records version; [`StoreError::Disconnected`] if the connection was disconnected,
+    /// transaction (accounts in order, as many to one as stay within 5,000 rows),
+    /// and each such transaction moves the connection's records version; [`StoreError::Disconnected`] if the connection was disconnected,
     /// before anything more is written. Securities are upserted first and unused
     /// ones deleted last, so a holding never points at a missing security, even if
     /// a later step fails.
@@ -149,7 +149,7 @@ impl Store {
                 .push(t);
         }
 
-        let mut pending = Pending::default();
+        let mut pending = AccountWrites::default();
         for acc in &snapshot.accounts {
             let mut account: Writes<_, account::Model> = Writes::default();
             let stored_account = match stored_accounts.remove(&acc.external_id) {
@@ -207,10 +207,15 @@ impl Store {
                     .map(|t| t.external_id.clone()),
             );
             let transactions = plan_transactions(&conn, stored, &fetched, coverage, &mut counts)?;
-            pending.add(account, holdings, transactions);
-            if pending.rows() >= GROUP_ROWS {
+            let planned = AccountWrites {
+                account,
+                holdings,
+                transactions,
+            };
+            if pending.rows() + planned.rows() > GROUP_ROWS || pending.deletes_any_of(&planned) {
                 std::mem::take(&mut pending).write(self, &conn).await?;
             }
+            pending.extend(planned);
         }
         pending.write(self, &conn).await?;
 
@@ -388,29 +393,51 @@ impl<A, M> Writes<A, M> {
     }
 }
 
-/// The writes of accounts planned and not yet written: each account's whole, so
-/// that writing them in one transaction leaves every account whole or untouched.
+/// The writes planned for one account or more, each account's whole, so that
+/// writing them in one transaction leaves every account whole or untouched.
 #[derive(Default)]
-struct Pending {
-    accounts: Writes<account::ActiveModel, account::Model>,
+struct AccountWrites {
+    account: Writes<account::ActiveModel, account::Model>,
     holdings: HoldingWrites,
     transactions: TransactionWrites,
 }
 
-impl Pending {
-    fn add(
-        &mut self,
-        account: Writes<account::ActiveModel, account::Model>,
-        holdings: HoldingWrites,
-        transactions: TransactionWrites,
-    ) {
-        self.accounts.extend(account);
-        self.holdings.extend(holdings);
-        self.transactions.extend(transactions);
+impl AccountWrites {
+    fn extend(&mut self, other: Self) {
+        self.account.extend(other.account);
+        self.holdings.extend(other.holdings);
+        self.transactions.extend(other.transactions);
     }
 
     fn rows(&self) -> usize {
-        self.accounts.rows() + self.holdings.rows() + self.transactions.rows()
+        self.account.rows() + self.holdings.rows() + self.transactions.rows()
+    }
+
+    /// Whether `next` inserts a holding or transaction these delete: one the
+    /// institution moved from an earlier account to a later one. In one
+    /// transaction the insert would come first and break the id's uniqueness, so
+    /// these are written before `next` is planned in.
+    fn deletes_any_of(&self, next: &Self) -> bool {
+        fn ids<M>(gone: &[M], id: impl Fn(&M) -> &str) -> HashSet<&str> {
+            gone.iter().map(id).collect()
+        }
+        let holdings = ids(&self.holdings.gone, |r| r.external_id.as_str());
+        let transactions = ids(&self.transactions.gone, |r| r.external_id.as_str());
+        let inserted = |gone: &HashSet<&str>, fresh: Option<&String>| {
+            fresh.is_some_and(|id| gone.contains(id.as_str()))
+        };
+        (!holdings.is_empty()
+            && next
+                .holdings
+                .fresh
+                .iter()
+                .any(|r| inserted(&holdings, r.external_id.try_as_ref())))
+            || (!transactions.is_empty()
+                && next
+                    .transactions
+                    .fresh
+                    .iter()
+                    .any(|r| inserted(&transactions, r.external_id.try_as_ref())))
     }
 
     /// Writes them in one transaction, which nothing opens when there is nothing
@@ -421,7 +448,7 @@ impl Pending {
         }
         let txn = store.begin_records_write().await?;
         records_changed(&txn, conn, true).await?;
-        self.accounts.write(&txn).await?;
+        self.account.write(&txn).await?;
         write_holdings(&txn, self.holdings).await?;
         write_transactions(&txn, self.transactions).await?;
         txn.commit().await

@@ -198,10 +198,11 @@ fn pg_time(time: chrono::DateTime<chrono::Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// A value as a field of `COPY`'s binary format: its length, then its bytes in
-/// the column type's binary form (sqlx's, as when it binds a parameter); a
-/// length of -1 for NULL. Times and dates travel as numbers, so the server
-/// parses no text for them.
+/// A value as a field of `COPY`'s binary format: its length, then the value's
+/// binary form as sqlx sends it when it binds a parameter; a length of -1 for
+/// NULL. Times and dates travel as numbers, so the server parses no text for
+/// them. Unlike text, the binary form is not converted: it must be the column's
+/// own type (`String` for text and varchar, dates, times with zone).
 fn copy_field(value: Value, out: &mut PgArgumentBuffer) -> Result<(), StoreError> {
     let at = out.len();
     out.extend_from_slice(&[0; 4]);
