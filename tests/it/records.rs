@@ -305,10 +305,12 @@ async fn a_write_dropped_anywhere_leaves_all_or_nothing_on_postgres() {
     dropped_writes(Backend::Postgres).await;
 }
 
-/// A transaction the institution moves from one account to a later one is
-/// deleted from the first before it is inserted in the second, though small
-/// accounts are written together in one transaction.
-async fn moved_transaction(backend: Backend) {
+/// A transaction the institution moves to another account, earlier or later in
+/// the list, moves: each account's stored rows are read by account, so the move
+/// shows as a delete in one account and an insert in the other, and the insert
+/// must not find the old row still holding the id, though small accounts are
+/// written together in one transaction.
+async fn moved_transaction(backend: Backend, id: &str, to: &str) {
     let db = TestDb::new(backend).await;
     let (store, connection) = store_with_connection(&db, 2).await;
     let mut first = transactions("acc-1", 3);
@@ -327,13 +329,13 @@ async fn moved_transaction(backend: Backend) {
     let moved = after
         .transactions
         .iter_mut()
-        .find(|t| t.external_id == "acc-1-t2")
+        .find(|t| t.external_id == id)
         .unwrap();
-    moved.account_external_id = "acc-2".into();
+    moved.account_external_id = to.into();
     let counts = store
         .apply_snapshot(connection, &after, Removals::all())
         .await
-        .unwrap_or_else(|e| panic!("{backend:?}: moving a transaction failed: {e}"));
+        .unwrap_or_else(|e| panic!("{backend:?}: moving {id} to {to} failed: {e}"));
     assert_eq!((counts.added, counts.removed), (1, 1), "{backend:?}");
     let read = store.full_snapshot(connection).await.unwrap();
     assert_eq!(sorted(read), sorted(after), "{backend:?}");
@@ -341,10 +343,20 @@ async fn moved_transaction(backend: Backend) {
 
 #[tokio::test]
 async fn a_transaction_moved_to_a_later_account_is_moved_on_sqlite() {
-    moved_transaction(Backend::Sqlite).await;
+    moved_transaction(Backend::Sqlite, "acc-1-t2", "acc-2").await;
 }
 
 #[tokio::test]
 async fn a_transaction_moved_to_a_later_account_is_moved_on_postgres() {
-    moved_transaction(Backend::Postgres).await;
+    moved_transaction(Backend::Postgres, "acc-1-t2", "acc-2").await;
+}
+
+#[tokio::test]
+async fn a_transaction_moved_to_an_earlier_account_is_moved_on_sqlite() {
+    moved_transaction(Backend::Sqlite, "acc-2-t1", "acc-1").await;
+}
+
+#[tokio::test]
+async fn a_transaction_moved_to_an_earlier_account_is_moved_on_postgres() {
+    moved_transaction(Backend::Postgres, "acc-2-t1", "acc-1").await;
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use foldhash::{HashMap, HashMapExt as _, HashSet};
+use foldhash::{HashMap, HashMapExt as _};
 
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -31,7 +31,8 @@ const DELETE_BATCH: usize = 1000;
 /// records version, one to commit (a flush of the database's log), and each table
 /// a statement, which for a connection of a few small accounts was a good part of
 /// its first sync. An account that would take a group past this starts the next
-/// one, so an account larger than this is written alone, as before.
+/// one, and a group that reaches it is written at once: an account larger than
+/// this is written alone, as before.
 const GROUP_ROWS: usize = 5 * bulk::BATCH;
 
 impl Store {
@@ -40,12 +41,15 @@ impl Store {
     /// returns (where `removals` allows), and leaves identical ones untouched.
     /// Applying the same snapshot twice changes nothing the second time. What users
     /// attached to transactions is never written here, except that a pending
-    /// transaction's annotations pass to the posted one that replaces it.
+    /// transaction's annotations pass to the posted one that replaces it (and a
+    /// transaction the institution moved to another account is a new row there,
+    /// without them).
     ///
     /// Each account is written whole with its holdings and transactions, in one
     /// transaction (accounts in order, as many to one as stay within 5,000 rows),
-    /// and each such transaction moves the connection's records version; [`StoreError::Disconnected`] if the connection was disconnected,
-    /// before anything more is written. Securities are upserted first and unused
+    /// and each such transaction moves the connection's records version;
+    /// [`StoreError::Disconnected`] if the connection was disconnected, before
+    /// anything more is written. Securities are upserted first and unused
     /// ones deleted last, so a holding never points at a missing security, even if
     /// a later step fails.
     pub async fn apply_snapshot(
@@ -149,6 +153,9 @@ impl Store {
                 .push(t);
         }
 
+        // Transactions can be stored only with their account: with none stored, no
+        // new transaction can be one the institution moved from another account.
+        let resync = !stored_accounts.is_empty();
         let mut pending = AccountWrites::default();
         for acc in &snapshot.accounts {
             let mut account: Writes<_, account::Model> = Writes::default();
@@ -208,16 +215,23 @@ impl Store {
             );
             let transactions = plan_transactions(&conn, stored, &fetched, coverage, &mut counts)?;
             let planned = AccountWrites {
-                account,
+                accounts: account,
                 holdings,
                 transactions,
             };
-            if pending.rows() + planned.rows() > GROUP_ROWS || pending.deletes_any_of(&planned) {
-                std::mem::take(&mut pending).write(self, &conn).await?;
+            if pending.rows() + planned.rows() > GROUP_ROWS {
+                std::mem::take(&mut pending)
+                    .write(self, &conn, resync)
+                    .await?;
             }
             pending.extend(planned);
+            if pending.rows() >= GROUP_ROWS {
+                std::mem::take(&mut pending)
+                    .write(self, &conn, resync)
+                    .await?;
+            }
         }
-        pending.write(self, &conn).await?;
+        pending.write(self, &conn, resync).await?;
 
         // Accounts the institution no longer returns go, with their records.
         if removals.accounts {
@@ -397,58 +411,55 @@ impl<A, M> Writes<A, M> {
 /// writing them in one transaction leaves every account whole or untouched.
 #[derive(Default)]
 struct AccountWrites {
-    account: Writes<account::ActiveModel, account::Model>,
+    accounts: Writes<account::ActiveModel, account::Model>,
     holdings: HoldingWrites,
     transactions: TransactionWrites,
 }
 
 impl AccountWrites {
     fn extend(&mut self, other: Self) {
-        self.account.extend(other.account);
+        self.accounts.extend(other.accounts);
         self.holdings.extend(other.holdings);
         self.transactions.extend(other.transactions);
     }
 
     fn rows(&self) -> usize {
-        self.account.rows() + self.holdings.rows() + self.transactions.rows()
-    }
-
-    /// Whether `next` inserts a holding or transaction these delete: one the
-    /// institution moved from an earlier account to a later one. In one
-    /// transaction the insert would come first and break the id's uniqueness, so
-    /// these are written before `next` is planned in.
-    fn deletes_any_of(&self, next: &Self) -> bool {
-        fn ids<M>(gone: &[M], id: impl Fn(&M) -> &str) -> HashSet<&str> {
-            gone.iter().map(id).collect()
-        }
-        let holdings = ids(&self.holdings.gone, |r| r.external_id.as_str());
-        let transactions = ids(&self.transactions.gone, |r| r.external_id.as_str());
-        let inserted = |gone: &HashSet<&str>, fresh: Option<&String>| {
-            fresh.is_some_and(|id| gone.contains(id.as_str()))
-        };
-        (!holdings.is_empty()
-            && next
-                .holdings
-                .fresh
-                .iter()
-                .any(|r| inserted(&holdings, r.external_id.try_as_ref())))
-            || (!transactions.is_empty()
-                && next
-                    .transactions
-                    .fresh
-                    .iter()
-                    .any(|r| inserted(&transactions, r.external_id.try_as_ref())))
+        self.accounts.rows() + self.holdings.rows() + self.transactions.rows()
     }
 
     /// Writes them in one transaction, which nothing opens when there is nothing
-    /// to write: a resync that finds nothing new writes nothing.
-    async fn write(self, store: &Store, conn: &str) -> Result<(), StoreError> {
+    /// to write: a resync that finds nothing new writes nothing. On a `resync`,
+    /// a new transaction may be one the institution moved from another account
+    /// (each account's stored rows are read by account, so the move shows as a
+    /// delete there and an insert here): the row stored under the other account
+    /// goes first, else the insert would break the id's uniqueness whichever
+    /// account comes first.
+    async fn write(self, store: &Store, conn: &str, resync: bool) -> Result<(), StoreError> {
         if self.rows() == 0 {
             return Ok(());
         }
         let txn = store.begin_records_write().await?;
         records_changed(&txn, conn, true).await?;
-        self.account.write(&txn).await?;
+        if resync {
+            let fresh: Vec<&str> = self
+                .transactions
+                .fresh
+                .iter()
+                .filter_map(|row| row.external_id.try_as_ref().map(String::as_str))
+                .collect();
+            for ids in fresh.chunks(bulk::BATCH) {
+                transaction::Entity::delete_many()
+                    .filter(transaction::Column::ConnectionId.eq(conn))
+                    .filter(bulk::one_of(
+                        txn.get_database_backend(),
+                        transaction::Column::ExternalId,
+                        ids,
+                    ))
+                    .exec(&txn)
+                    .await?;
+            }
+        }
+        self.accounts.write(&txn).await?;
         write_holdings(&txn, self.holdings).await?;
         write_transactions(&txn, self.transactions).await?;
         txn.commit().await

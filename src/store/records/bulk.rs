@@ -201,8 +201,9 @@ fn pg_time(time: chrono::DateTime<chrono::Utc>) -> String {
 /// A value as a field of `COPY`'s binary format: its length, then the value's
 /// binary form as sqlx sends it when it binds a parameter; a length of -1 for
 /// NULL. Times and dates travel as numbers, so the server parses no text for
-/// them. Unlike text, the binary form is not converted: it must be the column's
-/// own type (`String` for text and varchar, dates, times with zone).
+/// them. Unlike text, the binary form is not converted: each value must be of
+/// its column's own type (a `String` for a text or varchar column, a date for a
+/// date column, a time in UTC for a timestamptz column).
 fn copy_field(value: Value, out: &mut PgArgumentBuffer) -> Result<(), StoreError> {
     let at = out.len();
     out.extend_from_slice(&[0; 4]);
