@@ -2,7 +2,8 @@
 //! character of their text, every absent value, however many rows), and an
 //! account whose rows the database refuses, or whose write is dropped part-way,
 //! is written not at all, leaving the store fit for the next write; a transaction
-//! moved from one account to another moves. On PostgreSQL new rows arrive through
+//! moved from one account to another moves, and one listed under two changes
+//! nothing. On PostgreSQL new rows arrive through
 //! `COPY` in the transaction the account is written in (small accounts share
 //! one), so this is also that path's test: that it is the path taken, its binary
 //! encoding of every kind of value, its batches, its failure and its cancellation.
@@ -359,4 +360,50 @@ async fn a_transaction_moved_to_an_earlier_account_is_moved_on_sqlite() {
 #[tokio::test]
 async fn a_transaction_moved_to_an_earlier_account_is_moved_on_postgres() {
     moved_transaction(Backend::Postgres, "acc-2-t1", "acc-1").await;
+}
+
+/// A transaction the institution lists under two accounts at once is not a move:
+/// the write is refused, as on a first sync, and what is stored stays as it was,
+/// rather than the two copies replacing each other on every sync.
+async fn listed_twice(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (store, connection) = store_with_connection(&db, 2).await;
+    let mut first = transactions("acc-1", 3);
+    first.extend(transactions("acc-2", 2));
+    let before = Snapshot {
+        accounts: vec![account("acc-1"), account("acc-2")],
+        transactions: first,
+        ..Snapshot::default()
+    };
+    store
+        .apply_snapshot(connection, &before, Removals::all())
+        .await
+        .unwrap();
+
+    let mut twice = before.clone();
+    let mut copy = twice
+        .transactions
+        .iter()
+        .find(|t| t.external_id == "acc-2-t1")
+        .unwrap()
+        .clone();
+    copy.account_external_id = "acc-1".into();
+    twice.transactions.push(copy);
+    let error = store
+        .apply_snapshot(connection, &twice, Removals::all())
+        .await
+        .unwrap_err();
+    assert!(!error.is_unavailable(), "{backend:?}: {error}");
+    let read = store.full_snapshot(connection).await.unwrap();
+    assert_eq!(sorted(read), sorted(before), "{backend:?}");
+}
+
+#[tokio::test]
+async fn a_transaction_listed_under_two_accounts_changes_nothing_on_sqlite() {
+    listed_twice(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_transaction_listed_under_two_accounts_changes_nothing_on_postgres() {
+    listed_twice(Backend::Postgres).await;
 }

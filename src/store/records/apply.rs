@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use foldhash::{HashMap, HashMapExt as _};
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -155,7 +155,7 @@ impl Store {
 
         // Transactions can be stored only with their account: with none stored, no
         // new transaction can be one the institution moved from another account.
-        let resync = !stored_accounts.is_empty();
+        let moves = (!stored_accounts.is_empty()).then(|| Moves::of(snapshot));
         let mut pending = AccountWrites::default();
         for acc in &snapshot.accounts {
             let mut account: Writes<_, account::Model> = Writes::default();
@@ -221,17 +221,17 @@ impl Store {
             };
             if pending.rows() + planned.rows() > GROUP_ROWS {
                 std::mem::take(&mut pending)
-                    .write(self, &conn, resync)
+                    .write(self, &conn, moves.as_ref())
                     .await?;
             }
             pending.extend(planned);
             if pending.rows() >= GROUP_ROWS {
                 std::mem::take(&mut pending)
-                    .write(self, &conn, resync)
+                    .write(self, &conn, moves.as_ref())
                     .await?;
             }
         }
-        pending.write(self, &conn, resync).await?;
+        pending.write(self, &conn, moves.as_ref()).await?;
 
         // Accounts the institution no longer returns go, with their records.
         if removals.accounts {
@@ -407,6 +407,30 @@ impl<A, M> Writes<A, M> {
     }
 }
 
+/// Which new transactions of a resync may be moves from another account: all but
+/// those the snapshot lists under two accounts or more. Such an id is not a move,
+/// and deleting the stored copy would only swap the two copies on every sync; the
+/// unique index refuses the second copy instead, as on a first sync.
+struct Moves<'s>(HashSet<&'s str>);
+
+impl<'s> Moves<'s> {
+    fn of(snapshot: &'s Snapshot) -> Self {
+        let mut account_of: HashMap<&str, &str> = HashMap::new();
+        let mut twice = HashSet::new();
+        for t in &snapshot.transactions {
+            let account = t.account_external_id.as_str();
+            if *account_of.entry(&t.external_id).or_insert(account) != account {
+                twice.insert(t.external_id.as_str());
+            }
+        }
+        Self(twice)
+    }
+
+    fn possible(&self, id: &str) -> bool {
+        !self.0.contains(id)
+    }
+}
+
 /// The writes planned for one account or more, each account's whole, so that
 /// writing them in one transaction leaves every account whole or untouched.
 #[derive(Default)]
@@ -428,24 +452,30 @@ impl AccountWrites {
     }
 
     /// Writes them in one transaction, which nothing opens when there is nothing
-    /// to write: a resync that finds nothing new writes nothing. On a `resync`,
-    /// a new transaction may be one the institution moved from another account
-    /// (each account's stored rows are read by account, so the move shows as a
-    /// delete there and an insert here): the row stored under the other account
-    /// goes first, else the insert would break the id's uniqueness whichever
-    /// account comes first.
-    async fn write(self, store: &Store, conn: &str, resync: bool) -> Result<(), StoreError> {
+    /// to write: a resync that finds nothing new writes nothing. With `moves` (a
+    /// resync), a new transaction may be one the institution moved from another
+    /// account (each account's stored rows are read by account, so the move shows
+    /// as a delete there and an insert here): the row stored under the other
+    /// account goes first, else the insert would break the id's uniqueness
+    /// whichever account comes first.
+    async fn write(
+        self,
+        store: &Store,
+        conn: &str,
+        moves: Option<&Moves<'_>>,
+    ) -> Result<(), StoreError> {
         if self.rows() == 0 {
             return Ok(());
         }
         let txn = store.begin_records_write().await?;
         records_changed(&txn, conn, true).await?;
-        if resync {
+        if let Some(moves) = moves {
             let fresh: Vec<&str> = self
                 .transactions
                 .fresh
                 .iter()
                 .filter_map(|row| row.external_id.try_as_ref().map(String::as_str))
+                .filter(|id| moves.possible(id))
                 .collect();
             for ids in fresh.chunks(bulk::BATCH) {
                 transaction::Entity::delete_many()
