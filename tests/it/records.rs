@@ -12,11 +12,12 @@ use std::future::Future as _;
 use std::task::Poll;
 
 use chrono::{NaiveDate, Utc};
+use finsync::domain::ConnectionId;
 use finsync::domain::{
     Account, AccountType, BalanceMeaning, Balances, InvestmentType, Money, Snapshot, Transaction,
     TransactionStatus,
 };
-use finsync::store::Removals;
+use finsync::store::{Removals, Store};
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::support::{Backend, TestDb, store_with_connection};
@@ -306,6 +307,24 @@ async fn a_write_dropped_anywhere_leaves_all_or_nothing_on_postgres() {
     dropped_writes(Backend::Postgres).await;
 }
 
+/// A store holding two small accounts of one connection (three transactions and
+/// two), and the snapshot it holds.
+async fn two_accounts_stored(db: &TestDb) -> (Store, ConnectionId, Snapshot) {
+    let (store, connection) = store_with_connection(db, 2).await;
+    let mut stored = transactions("acc-1", 3);
+    stored.extend(transactions("acc-2", 2));
+    let snapshot = Snapshot {
+        accounts: vec![account("acc-1"), account("acc-2")],
+        transactions: stored,
+        ..Snapshot::default()
+    };
+    store
+        .apply_snapshot(connection, &snapshot, Removals::all())
+        .await
+        .unwrap();
+    (store, connection, snapshot)
+}
+
 /// A transaction the institution moves to another account, earlier or later in
 /// the list, moves: each account's stored rows are read by account, so the move
 /// shows as a delete in one account and an insert in the other, and the insert
@@ -313,18 +332,7 @@ async fn a_write_dropped_anywhere_leaves_all_or_nothing_on_postgres() {
 /// written together in one transaction.
 async fn moved_transaction(backend: Backend, id: &str, to: &str) {
     let db = TestDb::new(backend).await;
-    let (store, connection) = store_with_connection(&db, 2).await;
-    let mut first = transactions("acc-1", 3);
-    first.extend(transactions("acc-2", 2));
-    let before = Snapshot {
-        accounts: vec![account("acc-1"), account("acc-2")],
-        transactions: first,
-        ..Snapshot::default()
-    };
-    store
-        .apply_snapshot(connection, &before, Removals::all())
-        .await
-        .unwrap();
+    let (store, connection, before) = two_accounts_stored(&db).await;
 
     let mut after = before.clone();
     let moved = after
@@ -367,18 +375,7 @@ async fn a_transaction_moved_to_an_earlier_account_is_moved_on_postgres() {
 /// rather than the two copies replacing each other on every sync.
 async fn listed_twice(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let (store, connection) = store_with_connection(&db, 2).await;
-    let mut first = transactions("acc-1", 3);
-    first.extend(transactions("acc-2", 2));
-    let before = Snapshot {
-        accounts: vec![account("acc-1"), account("acc-2")],
-        transactions: first,
-        ..Snapshot::default()
-    };
-    store
-        .apply_snapshot(connection, &before, Removals::all())
-        .await
-        .unwrap();
+    let (store, connection, before) = two_accounts_stored(&db).await;
 
     let mut twice = before.clone();
     let mut copy = twice
