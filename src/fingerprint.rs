@@ -1,6 +1,6 @@
-//! SHA-256 fingerprints as lower-case hex: how finsync stores what it must
-//! recognise but never reveal (API keys, OAuth states) and names versions (connector
-//! files, vault keys); the HMAC-SHA256 that signs webhooks both ways; and a
+//! SHA-256 fingerprints, as lower-case hex or as the digest's bytes (for lookups
+//! in memory): how finsync stores what it must recognise but never reveal (API
+//! keys, OAuth states) and names versions (connector files, vault keys); the HMAC-SHA256 that signs webhooks both ways; and a
 //! comparison of secrets that takes as long whatever they hold.
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -20,6 +20,10 @@ pub fn hmac_sha256(secret: &SecretString, parts: &[&[u8]]) -> HmacSha256 {
         mac.update(part);
     }
     mac
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -129,8 +129,9 @@ impl KeyLimiter {
 /// the outage may then be accepted until the database answers again; once it does,
 /// the database decides again.
 pub struct KeyCache {
-    /// Shared, not copied, into each request that presents the key.
-    known: moka::future::Cache<String, (Arc<TenantRecord>, Arc<ApiKeyRecord>)>,
+    /// By the key's SHA-256 digest; shared, not copied, into each request that
+    /// presents the key.
+    known: moka::future::Cache<[u8; 32], (Arc<TenantRecord>, Arc<ApiKeyRecord>)>,
     /// By key prefix; consulted only while the database is unreachable.
     last_good: moka::future::Cache<String, RememberedKey>,
     outage_grace: Duration,
@@ -165,18 +166,33 @@ impl KeyCache {
         cache: &Cache,
         key: &str,
     ) -> Result<(Arc<TenantRecord>, Arc<ApiKeyRecord>), ApiError> {
-        // By hash: the cache never holds a key itself.
-        let id = crate::fingerprint::sha256_hex(key.as_bytes());
+        // By hash: the cache never holds a key itself. The digest's bytes, not its
+        // hex: every authenticated request computes it.
+        let id = crate::fingerprint::sha256(key.as_bytes());
         if let Some(found) = self.known.get(&id).await {
             return Ok(found);
         }
+        // Boxed: a hit, nearly every request, then does not carry the store's
+        // query in its future.
+        Box::pin(self.authenticate_from_store(store, cache, key, id)).await
+    }
+
+    /// [`Self::authenticate`] for a key not seen within the TTL: the store, or
+    /// while it is unreachable, the key remembered for this prefix.
+    async fn authenticate_from_store(
+        &self,
+        store: &Store,
+        cache: &Cache,
+        key: &str,
+        id: [u8; 32],
+    ) -> Result<(Arc<TenantRecord>, Arc<ApiKeyRecord>), ApiError> {
         let unknown = || ApiError::new(ErrorCode::Unauthorized, "unknown or revoked API key");
         let before = self.revocations.load(Ordering::SeqCst);
         match store.authenticate(key).await {
             Ok(Some((tenant, record))) => {
                 let (tenant, record) = (Arc::new(tenant), Arc::new(record));
                 self.known
-                    .insert(id.clone(), (tenant.clone(), record.clone()))
+                    .insert(id, (tenant.clone(), record.clone()))
                     .await;
                 // Inserted first, checked after: a revocation in between either
                 // cleared the entry or shows here.

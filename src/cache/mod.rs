@@ -206,21 +206,20 @@ impl Cache {
     /// The value under `key`: from L1, else L2, else `load` (the database), whose
     /// value is then cached unless a writer cached a newer one meanwhile. Concurrent
     /// misses of one key share one `load`. A `load` error is returned, not cached.
-    pub async fn get_or_load<E, F>(&self, key: &str, load: F) -> Result<(Arc<Vec<u8>>, Hit), Arc<E>>
+    ///
+    /// `load` makes the loading future only on a miss, and the miss path runs
+    /// boxed: a hit, nearly every read, then moves a few hundred bytes of future
+    /// state, not the database query's tens of kilobytes.
+    pub async fn get_or_load<E, F, L>(
+        &self,
+        key: &str,
+        load: L,
+    ) -> Result<(Arc<Vec<u8>>, Hit), Arc<E>>
     where
         E: Send + Sync + 'static,
         F: Future<Output = Result<Vec<u8>, E>>,
+        L: FnOnce() -> F,
     {
-        let through = async {
-            if let Some(value) = self.l2_get(key).await {
-                self.stats.l2_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok((value, Hit::L2));
-            }
-            self.stats.misses.fetch_add(1, Ordering::Relaxed);
-            let value = Arc::new(load.await?);
-            self.l2_fill(key, &value).await;
-            Ok((value, Hit::Miss))
-        };
         let l1 = if self.l1_trusted() {
             &self.l1
         } else {
@@ -230,6 +229,32 @@ impl Cache {
             self.stats.l1_hits.fetch_add(1, Ordering::Relaxed);
             return Ok((value, Hit::L1));
         }
+        Box::pin(self.load_through(l1, key, load)).await
+    }
+
+    /// [`Self::get_or_load`] after an L1 miss: L2, else `load`, coalesced with
+    /// every concurrent miss of `key`.
+    async fn load_through<E, F, L>(
+        &self,
+        l1: &Moka<String, Arc<Vec<u8>>>,
+        key: &str,
+        load: L,
+    ) -> Result<(Arc<Vec<u8>>, Hit), Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<Vec<u8>, E>>,
+        L: FnOnce() -> F,
+    {
+        let through = async {
+            if let Some(value) = self.l2_get(key).await {
+                self.stats.l2_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((value, Hit::L2));
+            }
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            let value = Arc::new(load().await?);
+            self.l2_fill(key, &value).await;
+            Ok((value, Hit::Miss))
+        };
         // Which layer answered is only known to the caller whose loader ran; the
         // others waited on it and count as L1 hits.
         let answered = std::sync::Mutex::new(Hit::L1);

@@ -87,7 +87,7 @@ pub async fn read(
     recent_transactions: u64,
 ) -> Result<Option<CachedPortfolio>, Arc<ReadError>> {
     let key = cache_key(tenant, user);
-    let load = async {
+    let load = || async {
         let portfolio = build(store, tenant, user, recent_transactions)
             .await?
             .ok_or(ReadError::NoSuchUser)?;

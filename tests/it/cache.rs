@@ -42,7 +42,7 @@ async fn read(
 ) -> (Vec<u8>, Hit) {
     let (value, hit) = tokio::time::timeout(
         Duration::from_secs(5),
-        cache.get_or_load("k", loader(calls, b"from-db")),
+        cache.get_or_load("k", || loader(calls, b"from-db")),
     )
     .await
     .expect("no stall")
@@ -120,7 +120,7 @@ async fn concurrent_misses_of_one_key_load_once() {
             asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let all = asked.clone();
             cache
-                .get_or_load("k", async move {
+                .get_or_load("k", || async move {
                     calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     // The load ends only once every reader has asked, so every other
                     // reader finds it in flight.
