@@ -370,6 +370,51 @@ async fn a_transaction_moved_to_an_earlier_account_is_moved_on_postgres() {
     moved_transaction(Backend::Postgres, "acc-2-t1", "acc-1").await;
 }
 
+/// A transaction moved out of an account the institution no longer lists moves,
+/// and the run counts it as one removed and one added, as any move: its old row
+/// goes before its account is planned to go, and counts where it goes.
+async fn moved_out_of_a_closed_account(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (store, connection, before) = two_accounts_stored(&db).await;
+
+    let mut after = Snapshot {
+        accounts: before
+            .accounts
+            .iter()
+            .filter(|a| a.external_id == "acc-1")
+            .cloned()
+            .collect(),
+        transactions: before
+            .transactions
+            .iter()
+            .filter(|t| t.account_external_id == "acc-1" || t.external_id == "acc-2-t0")
+            .cloned()
+            .collect(),
+        ..Snapshot::default()
+    };
+    for t in &mut after.transactions {
+        t.account_external_id = "acc-1".into();
+    }
+    let counts = store
+        .apply_snapshot(connection, &after, Removals::all())
+        .await
+        .unwrap_or_else(|e| panic!("{backend:?}: moving out of a closed account failed: {e}"));
+    // Removed: the moved row, acc-2's other transaction, and acc-2 itself.
+    assert_eq!((counts.added, counts.removed), (1, 3), "{backend:?}");
+    let read = store.full_snapshot(connection).await.unwrap();
+    assert_eq!(sorted(read), sorted(after), "{backend:?}");
+}
+
+#[tokio::test]
+async fn a_transaction_moved_out_of_a_closed_account_is_moved_and_counted_on_sqlite() {
+    moved_out_of_a_closed_account(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_transaction_moved_out_of_a_closed_account_is_moved_and_counted_on_postgres() {
+    moved_out_of_a_closed_account(Backend::Postgres).await;
+}
+
 /// A transaction the institution lists under two accounts at once is not a move:
 /// the write is refused, as on a first sync, and what is stored stays as it was,
 /// rather than the two copies replacing each other on every sync.

@@ -220,18 +220,21 @@ impl Store {
                 transactions,
             };
             if pending.rows() + planned.rows() > GROUP_ROWS {
-                std::mem::take(&mut pending)
+                let deleted = std::mem::take(&mut pending)
                     .write(self, &conn, moves.as_ref())
                     .await?;
+                counts.removed += count(deleted);
             }
             pending.extend(planned);
             if pending.rows() >= GROUP_ROWS {
-                std::mem::take(&mut pending)
+                let deleted = std::mem::take(&mut pending)
                     .write(self, &conn, moves.as_ref())
                     .await?;
+                counts.removed += count(deleted);
             }
         }
-        pending.write(self, &conn, moves.as_ref()).await?;
+        let deleted = pending.write(self, &conn, moves.as_ref()).await?;
+        counts.removed += count(deleted);
 
         // Accounts the institution no longer returns go, with their records.
         if removals.accounts {
@@ -256,7 +259,7 @@ impl Store {
                 let txn = self.begin_records_write().await?;
                 records_changed(&txn, &conn, true).await?;
                 write_holdings(&txn, holdings).await?;
-                write_transactions(&txn, transactions).await?;
+                counts.removed += count(write_transactions(&txn, transactions).await?);
                 account::Entity::delete_by_id(gone.id).exec(&txn).await?;
                 counts.removed += 1;
                 txn.commit().await?;
@@ -457,18 +460,21 @@ impl AccountWrites {
     /// account (each account's stored rows are read by account, so the move shows
     /// as a delete there and an insert here): the row stored under the other
     /// account goes first, else the insert would break the id's uniqueness
-    /// whichever account comes first.
+    /// whichever account comes first. Returns how many transactions were deleted,
+    /// moved ones among them: a move counts as one removed and one added, whether
+    /// its old row goes here or with its own account.
     async fn write(
         self,
         store: &Store,
         conn: &str,
         moves: Option<&Moves<'_>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         if self.rows() == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let txn = store.begin_records_write().await?;
         records_changed(&txn, conn, true).await?;
+        let mut deleted = 0;
         if let Some(moves) = moves {
             let fresh: Vec<&str> = self
                 .transactions
@@ -478,7 +484,7 @@ impl AccountWrites {
                 .filter(|id| moves.possible(id))
                 .collect();
             for ids in fresh.chunks(bulk::BATCH) {
-                transaction::Entity::delete_many()
+                deleted += transaction::Entity::delete_many()
                     .filter(transaction::Column::ConnectionId.eq(conn))
                     .filter(bulk::one_of(
                         txn.get_database_backend(),
@@ -486,13 +492,15 @@ impl AccountWrites {
                         ids,
                     ))
                     .exec(&txn)
-                    .await?;
+                    .await?
+                    .rows_affected;
             }
         }
         self.accounts.write(&txn).await?;
         write_holdings(&txn, self.holdings).await?;
-        write_transactions(&txn, self.transactions).await?;
-        txn.commit().await
+        deleted += write_transactions(&txn, self.transactions).await?;
+        txn.commit().await?;
+        Ok(deleted)
     }
 }
 
@@ -597,28 +605,31 @@ fn plan_transactions(
             }
         }
     }
+    // Counted as they are deleted (see `write_transactions`): a row planned to go
+    // may have gone already, moved to an account written before this one.
     writes.gone = stored
         .into_values()
         .filter(|gone| coverage.removes(&gone.external_id, gone.date))
         .collect();
-    counts.removed += count(writes.gone.len());
     Ok(writes)
 }
 
 /// Posted transactions are inserted first, so that a pending one they replace can
-/// pass its annotations on before it goes.
-async fn write_transactions<C: Bulk>(db: &C, writes: TransactionWrites) -> Result<(), StoreError> {
+/// pass its annotations on before it goes. Returns how many rows were deleted.
+async fn write_transactions<C: Bulk>(db: &C, writes: TransactionWrites) -> Result<u64, StoreError> {
     let gone = writes.write(db).await?;
     for row in &gone {
         carry_to_posted(db, row).await?;
     }
+    let mut deleted = 0;
     for rows in gone.chunks(DELETE_BATCH) {
-        transaction::Entity::delete_many()
+        deleted += transaction::Entity::delete_many()
             .filter(transaction::Column::Id.is_in(rows.iter().map(|r| r.id.as_str())))
             .exec(db)
-            .await?;
+            .await?
+            .rows_affected;
     }
-    Ok(())
+    Ok(deleted)
 }
 
 /// The stored transactions of `account` that applying `transactions` under
@@ -689,6 +700,6 @@ fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-fn count(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
+fn count<N: TryInto<u32>>(n: N) -> u32 {
+    n.try_into().unwrap_or(u32::MAX)
 }
