@@ -1,7 +1,8 @@
 //! SHA-256 fingerprints, as lower-case hex or as the digest's bytes (for lookups
 //! in memory): how finsync stores what it must recognise but never reveal (API
-//! keys, OAuth states) and names versions (connector files, vault keys); the HMAC-SHA256 that signs webhooks both ways; and a
-//! comparison of secrets that takes as long whatever they hold.
+//! keys, OAuth states) and names versions (connector files, vault keys); the
+//! HMAC-SHA256 that signs webhooks both ways; and a comparison of secrets that
+//! takes as long whatever they hold.
 
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
@@ -22,12 +23,14 @@ pub fn hmac_sha256(secret: &SecretString, parts: &[&[u8]]) -> HmacSha256 {
     mac
 }
 
+/// The digest itself, for keys of in-memory maps: no text to format on a hot path.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    // One allocation: every authenticated request hashes its key.
+    // One allocation: API keys the key cache has not seen, and idempotency keys,
+    // are hashed per request.
     hex::encode(Sha256::digest(bytes))
 }
 

@@ -208,8 +208,8 @@ impl Cache {
     /// misses of one key share one `load`. A `load` error is returned, not cached.
     ///
     /// `load` makes the loading future only on a miss, and the miss path runs
-    /// boxed: a hit, nearly every read, then moves a few hundred bytes of future
-    /// state, not the database query's tens of kilobytes.
+    /// boxed: a hit, nearly every read, then carries about a kilobyte of future
+    /// state up the handler's awaits, not the database query's tens of kilobytes.
     pub async fn get_or_load<E, F, L>(
         &self,
         key: &str,

@@ -606,7 +606,8 @@ fn plan_transactions(
         }
     }
     // Counted as they are deleted (see `write_transactions`): a row planned to go
-    // may have gone already, moved to an account written before this one.
+    // may have gone already as a move, taken by the move pre-delete of its own
+    // group or of a group written after this account was read.
     writes.gone = stored
         .into_values()
         .filter(|gone| coverage.removes(&gone.external_id, gone.date))
