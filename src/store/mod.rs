@@ -279,16 +279,13 @@ impl Store {
             tokio::time::timeout(within, self.db.ping()).await,
             Ok(Ok(()))
         );
-        if answered {
-            // Fails, leaving it as it is, once a failure was noted meanwhile.
-            let _ = self
-                .reachability
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |state| {
-                    answered_since(state, before)
-                });
-        } else {
-            self.reachability.fetch_or(UNREACHABLE, Ordering::SeqCst);
-        }
+        // Fails, leaving it as it is, when an answer comes after a failure noted
+        // meanwhile.
+        let _ = self
+            .reachability
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |state| {
+                after_probe(state, before, answered)
+            });
         answered
     }
 
@@ -385,6 +382,17 @@ fn failure_noted(state: u64) -> u64 {
     state.wrapping_add(FAILURE) | UNREACHABLE
 }
 
+/// The reachability after a probe that began at `before`. A failed probe is a
+/// failure noted like any other, so that an older probe's late answer (its
+/// ping answered just before the database went) cannot hide it.
+fn after_probe(state: u64, before: u64, answered: bool) -> Option<u64> {
+    if answered {
+        answered_since(state, before)
+    } else {
+        Some(failure_noted(state))
+    }
+}
+
 /// The reachability after an answer to a probe that began at `before`: reachable,
 /// unless a failure was noted since (`None`: leave it).
 fn answered_since(state: u64, before: u64) -> Option<u64> {
@@ -407,6 +415,21 @@ mod tests {
             answered_since(failed_again, probing).map(|s| s & 1),
             Some(0),
             "a probe begun after the last failure may say it is back"
+        );
+    }
+
+    #[test]
+    fn an_older_probe_answering_late_does_not_hide_a_failed_probe() {
+        use super::after_probe;
+        let start = 0;
+        let older = start;
+        let failed = after_probe(start, start, false).unwrap();
+        assert_eq!(failed & 1, 1, "a failed probe says unreachable");
+        assert_eq!(after_probe(failed, older, true), None, "the failure stands");
+        assert_eq!(
+            after_probe(failed, failed, true).map(|s| s & 1),
+            Some(0),
+            "a probe begun after the failure may say it is back"
         );
     }
 
