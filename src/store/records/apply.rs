@@ -79,16 +79,22 @@ impl Store {
                 .await?,
             |r| &r.external_id,
         );
+        // Holdings and transactions are stored only with their account, written in
+        // its transaction and deleted with it: with no account stored, as on a
+        // connection's first sync, there are none to read.
+        let nothing_stored = stored_accounts.is_empty();
         let mut stored_holdings: HashMap<String, HashMap<String, holding::Model>> = HashMap::new();
-        for row in holding::Entity::find()
-            .filter(holding::Column::ConnectionId.eq(&conn))
-            .all(db)
-            .await?
-        {
-            stored_holdings
-                .entry(row.account_external_id.clone())
-                .or_default()
-                .insert(row.external_id.clone(), row);
+        if !nothing_stored {
+            for row in holding::Entity::find()
+                .filter(holding::Column::ConnectionId.eq(&conn))
+                .all(db)
+                .await?
+            {
+                stored_holdings
+                    .entry(row.account_external_id.clone())
+                    .or_default()
+                    .insert(row.external_id.clone(), row);
+            }
         }
 
         // (row id, security, the row stored for it if any)
@@ -153,9 +159,9 @@ impl Store {
                 .push(t);
         }
 
-        // Transactions can be stored only with their account: with none stored, no
-        // new transaction can be one the institution moved from another account.
-        let moves = (!stored_accounts.is_empty()).then(|| Moves::of(snapshot));
+        // With no account stored, no new transaction can be one the institution
+        // moved from another account.
+        let moves = (!nothing_stored).then(|| Moves::of(snapshot));
         let mut pending = AccountWrites::default();
         for acc in &snapshot.accounts {
             let mut account: Writes<_, account::Model> = Writes::default();
@@ -205,8 +211,11 @@ impl Store {
                 .remove(acc.external_id.as_str())
                 .unwrap_or_default();
             let coverage = removals.transactions_of(&acc.external_id);
-            let stored =
-                stored_transactions(db, &conn, &acc.external_id, &fetched, coverage).await?;
+            let stored = if nothing_stored {
+                HashMap::new()
+            } else {
+                stored_transactions(db, &conn, &acc.external_id, &fetched, coverage).await?
+            };
             counts.prior.known_transactions.extend(
                 fetched
                     .iter()
