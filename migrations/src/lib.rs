@@ -35,8 +35,7 @@ mod m20261210_000024_fx_rates;
 mod m20261210_000025_households;
 mod m20261210_000026_balance_meaning;
 mod m20261210_000027_corporate_actions;
-
-pub use m20261204_000008_annotated_transactions::ANNOTATED as ANNOTATED_TRANSACTIONS;
+mod m20261211_000028_unannotated_rebuilds;
 
 pub struct Migrator;
 
@@ -71,6 +70,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261210_000025_households::Migration),
             Box::new(m20261210_000026_balance_meaning::Migration),
             Box::new(m20261210_000027_corporate_actions::Migration),
+            Box::new(m20261211_000028_unannotated_rebuilds::Migration),
         ]
     }
 }

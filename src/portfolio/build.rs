@@ -14,7 +14,7 @@ use crate::domain::{
     Account, AccountType, BalanceMeaning, ConnectionStatus, Currency, Holding, Money, SecurityType,
     TenantId, UserId,
 };
-use crate::store::{ConnectionRecord, SecurityMatch, Store, StoreError};
+use crate::store::{ConnectionRecord, PortfolioRecords, SecurityMatch, Store, StoreError};
 
 /// The portfolio straight from the database.
 pub async fn build(
@@ -40,10 +40,14 @@ pub(super) async fn assemble(
     let mut totals: BTreeMap<Currency, Decimal> = BTreeMap::new();
     for connection in &connections {
         let cid = connection.id.to_string();
-        let stored = store.portfolio(connection.id, recent_transactions).await?;
-        let matches = store.security_matches(connection.id).await?;
-        let mut failing = store.account_fetch_failures(connection.id).await?;
-        let mut annotations = store.transaction_annotations(connection.id).await?;
+        let PortfolioRecords {
+            records: stored,
+            mut annotations,
+            matches,
+            fetch_failures: mut failing,
+        } = store
+            .portfolio_records(connection.id, recent_transactions)
+            .await?;
         let mut findings: BTreeMap<String, Vec<FindingView>> = BTreeMap::new();
         for f in store.findings(connection.id).await? {
             findings.entry(f.account_id).or_default().push(FindingView {

@@ -4,9 +4,7 @@
 //! one. A transaction is found by the institution's id among a tenant's
 //! connections, as the read API shows it.
 
-use std::collections::HashMap;
-
-use sea_orm::sea_query::{Condition, Expr, Query};
+use sea_orm::sea_query::{Condition, Query};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
 };
@@ -183,23 +181,5 @@ impl Store {
             transaction: transaction_from_row(&row)?,
             annotations,
         })
-    }
-
-    /// The annotations of a connection's annotated transactions, by the
-    /// institution's id; transactions without any are left out.
-    pub async fn transaction_annotations(
-        &self,
-        connection: ConnectionId,
-    ) -> Result<HashMap<String, Annotations>, StoreError> {
-        transaction::Entity::find()
-            .filter(transaction::Column::ConnectionId.eq(connection.to_string()))
-            // Spelled as the partial index's predicate, literal included, so that
-            // the index serves it.
-            .filter(Expr::cust(migrations::ANNOTATED_TRANSACTIONS))
-            .all(self.db())
-            .await?
-            .iter()
-            .map(|row| Ok((row.external_id.clone(), annotations_from_row(row)?)))
-            .collect()
     }
 }

@@ -225,30 +225,14 @@ pub struct AccountFetchFailure {
     pub failure: String,
 }
 
-impl Store {
-    /// The connection's accounts whose last fetch failed, by their institution id.
-    pub async fn account_fetch_failures(
-        &self,
-        connection: ConnectionId,
-    ) -> Result<std::collections::HashMap<String, AccountFetchFailure>, StoreError> {
-        use super::entities::account;
-        Ok(account::Entity::find()
-            .filter(account::Column::ConnectionId.eq(connection.to_string()))
-            .filter(account::Column::FetchFailedAt.is_not_null())
-            .all(self.db())
-            .await?
-            .into_iter()
-            .filter_map(|row| {
-                Some((
-                    row.external_id,
-                    AccountFetchFailure {
-                        refreshed_at: row.refreshed_at,
-                        failing_since: row.fetch_failed_at?,
-                        failure: row.fetch_failure.unwrap_or_default(),
-                    },
-                ))
-            })
-            .collect())
+impl AccountFetchFailure {
+    /// The failure an account's row records, if its last fetch failed.
+    pub(in crate::store) fn of(row: &super::entities::account::Model) -> Option<Self> {
+        Some(Self {
+            refreshed_at: row.refreshed_at,
+            failing_since: row.fetch_failed_at?,
+            failure: row.fetch_failure.clone().unwrap_or_default(),
+        })
     }
 }
 

@@ -208,43 +208,7 @@ impl Store {
             .filter(security::Column::ConnectionId.eq(connection.to_string()))
             .all(self.db())
             .await?;
-        let ids: BTreeSet<String> = rows
-            .iter()
-            .filter_map(|r| r.instrument_id.clone())
-            .collect();
-        let instruments: HashMap<String, Instrument> = if ids.is_empty() {
-            HashMap::new()
-        } else {
-            instrument::Entity::find()
-                .filter(instrument::Column::Id.is_in(ids))
-                .all(self.db())
-                .await?
-                .into_iter()
-                .map(|m| (m.id.clone(), Instrument::from(m)))
-                .collect()
-        };
-        rows.into_iter()
-            .map(|row| {
-                let issues = match &row.identifier_issues {
-                    Some(json) => serde_json::from_str(json).map_err(|e| {
-                        StoreError::Corrupt(format!("identifier issues of a security: {e}"))
-                    })?,
-                    None => Vec::new(),
-                };
-                let instrument = row
-                    .instrument_id
-                    .as_ref()
-                    .and_then(|id| instruments.get(id).cloned());
-                Ok((
-                    row.external_id,
-                    SecurityMatch {
-                        instrument,
-                        matched_by: row.matched_by,
-                        issues,
-                    },
-                ))
-            })
-            .collect()
+        matches_of(self.db(), &rows).await
     }
 
     /// Every recorded disagreement, from after `after` (security id, identifier),
@@ -669,6 +633,51 @@ fn held(instrument: &instrument::Model, identifier: Identifier) -> Option<&str> 
         Identifier::Cusip => instrument.cusip.as_deref(),
         Identifier::Sedol => instrument.sedol.as_deref(),
     }
+}
+
+/// How each of `rows` stands in the master, by the security's id at the
+/// institution: their instruments read in one query.
+pub(in crate::store) async fn matches_of<C: ConnectionTrait>(
+    db: &C,
+    rows: &[security::Model],
+) -> Result<HashMap<String, SecurityMatch>, StoreError> {
+    let ids: BTreeSet<&String> = rows
+        .iter()
+        .filter_map(|r| r.instrument_id.as_ref())
+        .collect();
+    let instruments: HashMap<String, Instrument> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        instrument::Entity::find()
+            .filter(instrument::Column::Id.is_in(ids))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|m| (m.id.clone(), Instrument::from(m)))
+            .collect()
+    };
+    rows.iter()
+        .map(|row| {
+            let issues = match &row.identifier_issues {
+                Some(json) => serde_json::from_str(json).map_err(|e| {
+                    StoreError::Corrupt(format!("identifier issues of a security: {e}"))
+                })?,
+                None => Vec::new(),
+            };
+            let instrument = row
+                .instrument_id
+                .as_ref()
+                .and_then(|id| instruments.get(id).cloned());
+            Ok((
+                row.external_id.clone(),
+                SecurityMatch {
+                    instrument,
+                    matched_by: row.matched_by.clone(),
+                    issues,
+                },
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -66,7 +66,8 @@ pub use instruments::{Instrument, InstrumentConflict, SecurityMatch};
 pub use link_sessions::{LinkSessionRecord, NewLinkSession};
 pub use quarantine::{QuarantineEntry, QuarantineFilter, QuarantinePosition, Refusal, Resolution};
 pub use records::{
-    ApplyCounts, PagedTransaction, Removals, TransactionFilter, TransactionPosition,
+    ApplyCounts, PagedTransaction, PortfolioRecords, Removals, TransactionFilter,
+    TransactionPosition,
 };
 pub use runs::{ABANDONED, RunCounts, UnreadAccount, unread_accounts};
 pub use status_sessions::StatusSession;

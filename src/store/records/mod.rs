@@ -12,7 +12,7 @@ mod rows;
 mod txn;
 
 pub(super) use apply::{lock_connected, records_changed};
-pub use reads::{PagedTransaction, TransactionFilter, TransactionPosition};
+pub use reads::{PagedTransaction, PortfolioRecords, TransactionFilter, TransactionPosition};
 pub(in crate::store) use rows::security_from_row;
 pub(super) use rows::transaction_from_row;
 

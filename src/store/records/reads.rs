@@ -1,15 +1,100 @@
-//! Reading a connection's records back as canonical values: a portfolio, a full
-//! snapshot, and transactions a page at a time.
+//! Reading a connection's records back as canonical values: a portfolio, what a
+//! portfolio view shows of a connection, a full snapshot, and transactions a page
+//! at a time.
+
+use std::collections::HashMap;
 
 use chrono::NaiveDate;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use crate::domain::{ConnectionId, InvestmentType, Snapshot, Transaction, TransactionStatus};
 use crate::store::annotations::{Annotations, annotations_from_row};
 use crate::store::entities::{account, holding, security, transaction};
-use crate::store::{Store, StoreError};
+use crate::store::instruments::{SecurityMatch, matches_of};
+use crate::store::{AccountFetchFailure, Store, StoreError};
 
 use super::rows::*;
+
+/// What a portfolio view shows of one connection, read once: its records with
+/// the newest transactions, and beside them what the view adds to the records.
+#[derive(Debug, Clone)]
+pub struct PortfolioRecords {
+    pub records: Snapshot,
+    /// Each of the newest transactions' annotations, by the institution's id.
+    pub annotations: HashMap<String, Annotations>,
+    /// How each security stands in the master, by the institution's id.
+    pub matches: HashMap<String, SecurityMatch>,
+    /// The accounts whose last fetch failed, by the institution's id.
+    pub fetch_failures: HashMap<String, AccountFetchFailure>,
+}
+
+/// A connection's rows: every account, security and holding, and its
+/// `recent_transactions` newest transactions.
+struct Rows {
+    accounts: Vec<account::Model>,
+    securities: Vec<security::Model>,
+    holdings: Vec<holding::Model>,
+    transactions: Vec<transaction::Model>,
+}
+
+impl Rows {
+    async fn read<C: ConnectionTrait>(
+        db: &C,
+        connection: ConnectionId,
+        recent_transactions: u64,
+    ) -> Result<Self, StoreError> {
+        let conn = connection.to_string();
+        Ok(Self {
+            accounts: account::Entity::find()
+                .filter(account::Column::ConnectionId.eq(&conn))
+                .order_by_asc(account::Column::ExternalId)
+                .all(db)
+                .await?,
+            securities: security::Entity::find()
+                .filter(security::Column::ConnectionId.eq(&conn))
+                .order_by_asc(security::Column::ExternalId)
+                .all(db)
+                .await?,
+            holdings: holding::Entity::find()
+                .filter(holding::Column::ConnectionId.eq(&conn))
+                .order_by_asc(holding::Column::ExternalId)
+                .all(db)
+                .await?,
+            transactions: transaction::Entity::find()
+                .filter(transaction::Column::ConnectionId.eq(&conn))
+                .order_by_desc(transaction::Column::Date)
+                .order_by_asc(transaction::Column::ExternalId)
+                .limit(recent_transactions)
+                .all(db)
+                .await?,
+        })
+    }
+
+    fn records(&self) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot {
+            accounts: self
+                .accounts
+                .iter()
+                .map(account_from_row)
+                .collect::<Result<_, _>>()?,
+            securities: self
+                .securities
+                .iter()
+                .map(security_from_row)
+                .collect::<Result<_, _>>()?,
+            holdings: self
+                .holdings
+                .iter()
+                .map(holding_from_row)
+                .collect::<Result<_, _>>()?,
+            transactions: self
+                .transactions
+                .iter()
+                .map(transaction_from_row)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
 
 impl Store {
     /// A connection's records, with its `recent_transactions` newest transactions.
@@ -18,47 +103,34 @@ impl Store {
         connection: ConnectionId,
         recent_transactions: u64,
     ) -> Result<Snapshot, StoreError> {
-        let conn = connection.to_string();
+        Rows::read(self.db(), connection, recent_transactions)
+            .await?
+            .records()
+    }
+
+    /// What a portfolio view shows of a connection, with its
+    /// `recent_transactions` newest transactions: each table read once, and the
+    /// securities' instruments in one more query.
+    pub async fn portfolio_records(
+        &self,
+        connection: ConnectionId,
+        recent_transactions: u64,
+    ) -> Result<PortfolioRecords, StoreError> {
         let db = self.db();
-        let accounts = account::Entity::find()
-            .filter(account::Column::ConnectionId.eq(&conn))
-            .order_by_asc(account::Column::ExternalId)
-            .all(db)
-            .await?;
-        let securities = security::Entity::find()
-            .filter(security::Column::ConnectionId.eq(&conn))
-            .order_by_asc(security::Column::ExternalId)
-            .all(db)
-            .await?;
-        let holdings = holding::Entity::find()
-            .filter(holding::Column::ConnectionId.eq(&conn))
-            .order_by_asc(holding::Column::ExternalId)
-            .all(db)
-            .await?;
-        let transactions = transaction::Entity::find()
-            .filter(transaction::Column::ConnectionId.eq(&conn))
-            .order_by_desc(transaction::Column::Date)
-            .order_by_asc(transaction::Column::ExternalId)
-            .limit(recent_transactions)
-            .all(db)
-            .await?;
-        Ok(Snapshot {
-            accounts: accounts
+        let rows = Rows::read(db, connection, recent_transactions).await?;
+        Ok(PortfolioRecords {
+            records: rows.records()?,
+            annotations: rows
+                .transactions
                 .iter()
-                .map(account_from_row)
-                .collect::<Result<_, _>>()?,
-            securities: securities
+                .map(|row| Ok((row.external_id.clone(), annotations_from_row(row)?)))
+                .collect::<Result<_, StoreError>>()?,
+            matches: matches_of(db, &rows.securities).await?,
+            fetch_failures: rows
+                .accounts
                 .iter()
-                .map(security_from_row)
-                .collect::<Result<_, _>>()?,
-            holdings: holdings
-                .iter()
-                .map(holding_from_row)
-                .collect::<Result<_, _>>()?,
-            transactions: transactions
-                .iter()
-                .map(transaction_from_row)
-                .collect::<Result<_, _>>()?,
+                .filter_map(|row| Some((row.external_id.clone(), AccountFetchFailure::of(row)?)))
+                .collect(),
         })
     }
 
