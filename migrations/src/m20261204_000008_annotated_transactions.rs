@@ -1,6 +1,6 @@
 //! A partial index of the transactions users annotated. Every rebuild of a cached
-//! portfolio looks them up per connection; they are few, and without this index the
-//! lookup reads every transaction of the connection.
+//! portfolio looked them up per connection then; they are few, and without this
+//! index the lookup read every transaction of the connection.
 
 use sea_orm_migration::prelude::*;
 

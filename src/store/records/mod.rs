@@ -3,7 +3,8 @@
 //! new rows through `COPY` or in statements whose text is the same for any number
 //! of rows, [`bulk`]), the conversions
 //! between canonical values and rows ([`rows`]), and reading a connection's records
-//! back ([`reads`]: a portfolio, a full snapshot, a page of transactions).
+//! back ([`reads`]: a portfolio, what a portfolio view shows of a connection, a full
+//! snapshot, a page of transactions).
 
 mod apply;
 mod bulk;
