@@ -415,6 +415,60 @@ async fn a_transaction_moved_out_of_a_closed_account_is_moved_and_counted_on_pos
     moved_out_of_a_closed_account(Backend::Postgres).await;
 }
 
+/// Moves between accounts written in different database transactions: an account
+/// with more than 5,000 rows to write (here every transaction of it restated) is
+/// written alone, before the small one after it. A transaction moved into the
+/// large account is inserted there while its old row still stands under the small
+/// one, which is written later; one moved out of it is deleted there before the
+/// small account's group inserts it. Both are one removed and one added, and the
+/// stored rows are the snapshot's.
+async fn moved_across_groups(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (store, connection) = store_with_connection(&db, 2).await;
+    let mut stored = transactions("acc-1", 5_001);
+    stored.extend(transactions("acc-2", 2));
+    let before = Snapshot {
+        accounts: vec![account("acc-1"), account("acc-2")],
+        transactions: stored,
+        ..Snapshot::default()
+    };
+    store
+        .apply_snapshot(connection, &before, Removals::all())
+        .await
+        .unwrap();
+
+    let mut after = before.clone();
+    for t in &mut after.transactions {
+        match t.external_id.as_str() {
+            "acc-2-t0" => t.account_external_id = "acc-1".into(),
+            "acc-1-t7" => t.account_external_id = "acc-2".into(),
+            id if id.starts_with("acc-1-") => t.description.push_str(" (restated)"),
+            _ => {}
+        }
+    }
+    let counts = store
+        .apply_snapshot(connection, &after, Removals::all())
+        .await
+        .unwrap_or_else(|e| panic!("{backend:?}: moving across groups failed: {e}"));
+    assert_eq!(
+        (counts.added, counts.removed, counts.modified),
+        (2, 2, 5_000),
+        "{backend:?}"
+    );
+    let read = store.full_snapshot(connection).await.unwrap();
+    assert_eq!(sorted(read), sorted(after), "{backend:?}");
+}
+
+#[tokio::test]
+async fn transactions_moved_between_accounts_written_apart_are_moved_and_counted_on_sqlite() {
+    moved_across_groups(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn transactions_moved_between_accounts_written_apart_are_moved_and_counted_on_postgres() {
+    moved_across_groups(Backend::Postgres).await;
+}
+
 /// A transaction the institution lists under two accounts at once is not a move:
 /// the write is refused, as on a first sync, and what is stored stays as it was,
 /// rather than the two copies replacing each other on every sync.
