@@ -7,7 +7,7 @@ use sea_orm_migration::prelude::*;
 /// The predicate, as the query that used the index spelled it: a partial index is
 /// used only for a query whose condition implies it. Dropped again by
 /// `m20261211_000028_unannotated_rebuilds`.
-pub const ANNOTATED: &str = "(tags <> '[]' OR note IS NOT NULL)";
+const ANNOTATED: &str = "(tags <> '[]' OR note IS NOT NULL)";
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;

@@ -1,10 +1,10 @@
 //! Drops the partial index of annotated transactions: a portfolio rebuild now
 //! takes its transactions' annotations from the rows it reads for the view, and
-//! nothing else looked them up per connection.
+//! nothing else looked them up per connection. The exact inverse of migration 8.
 
 use sea_orm_migration::prelude::*;
 
-use crate::m20261204_000008_annotated_transactions::ANNOTATED;
+use crate::m20261204_000008_annotated_transactions::Migration as AnnotatedIndex;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -12,32 +12,10 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_index(
-                Index::drop()
-                    .name("transactions_annotated")
-                    .table(Transactions::Table)
-                    .to_owned(),
-            )
-            .await
+        AnnotatedIndex.down(manager).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_index(
-                Index::create()
-                    .name("transactions_annotated")
-                    .table(Transactions::Table)
-                    .col(Transactions::ConnectionId)
-                    .and_where(Expr::cust(ANNOTATED))
-                    .to_owned(),
-            )
-            .await
+        AnnotatedIndex.up(manager).await
     }
-}
-
-#[derive(DeriveIden)]
-enum Transactions {
-    Table,
-    ConnectionId,
 }
