@@ -5,6 +5,7 @@
 //! request was for, which fields may read from too; an account may be assembled
 //! from several endpoints' records ([`account`] takes them in layers).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use serde_json::Value;
 use serde_json_path::JsonPath;
 
 use super::SignConvention;
+use super::record::{ManyValues, Node, NotScalar, Record};
 use crate::domain::{
     Account, BalanceMeaning, Balances, Currency, Holding, InvestmentType, Money, Security,
     Transaction, TransactionStatus,
@@ -56,10 +58,12 @@ impl FieldPath {
 
     /// The one value the path selects in `node`, if any; `Err` when it selects
     /// more than one.
-    fn at_most_one<'v>(&self, node: &'v Value) -> Result<Option<&'v Value>, ()> {
+    pub fn at_most_one<'r>(&self, node: &Node<'r>) -> Result<Option<Node<'r>>, ManyValues> {
         match &self.names {
-            Some(names) => Ok(names.iter().try_fold(node, |node, name| node.get(name))),
-            None => self.path.query(node).at_most_one().map_err(|_| ()),
+            Some(names) => Ok(names
+                .iter()
+                .try_fold(node.clone(), |node, name| node.get(name))),
+            None => node.select(&self.path),
         }
     }
 }
@@ -95,7 +99,7 @@ pub enum Scope {
 /// A decimal whose sign is carried by another field.
 #[derive(Debug, Clone)]
 pub struct SignFrom {
-    pub path: JsonPath,
+    pub path: FieldPath,
     /// Indicator value → whether the canonical value is negative.
     pub negative: BTreeMap<String, bool>,
 }
@@ -111,7 +115,7 @@ pub struct Parent {
 /// One record as an endpoint fetched it, with what it may read besides itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
-    pub record: Value,
+    pub record: Record,
     /// Join name → the element the record refers to, or why there is none.
     pub joined: BTreeMap<String, Result<Value, String>>,
     /// The account a fan-out request was for.
@@ -121,6 +125,11 @@ pub struct Item {
 impl Item {
     /// A record that reads nothing besides itself.
     pub fn plain(record: Value) -> Self {
+        Self::read(Record::Tree(record))
+    }
+
+    /// A record as its page held it, reading nothing besides itself.
+    pub fn read(record: Record) -> Self {
         Self {
             record,
             joined: BTreeMap::new(),
@@ -252,12 +261,15 @@ impl Mapping {
         item: &'i Item,
         field: &CompiledField,
         name: &'static str,
-    ) -> Result<Option<&'i Value>, FieldError> {
+    ) -> Result<Option<Node<'i>>, FieldError> {
         match &field.scope {
-            Scope::Record => Ok(Some(&item.record)),
-            Scope::Account => Ok(item.account.as_deref().map(|parent| &parent.record)),
+            Scope::Record => Ok(Some(item.record.node())),
+            Scope::Account => Ok(item
+                .account
+                .as_deref()
+                .map(|parent| Node::Tree(&parent.record))),
             Scope::Join(join) => match item.joined.get(join) {
-                Some(Ok(element)) => Ok(Some(element)),
+                Some(Ok(element)) => Ok(Some(Node::Tree(element))),
                 Some(Err(why)) => Err(FieldError::Invalid {
                     field: name,
                     problem: why.clone(),
@@ -269,20 +281,16 @@ impl Mapping {
 
     /// The single value a path found, as text; `None` for nothing or null.
     fn one<'v>(
-        found: Result<Option<&'v Value>, ()>,
+        found: Result<Option<Node<'v>>, ManyValues>,
         name: &'static str,
-    ) -> Result<Option<&'v str>, FieldError> {
+    ) -> Result<Option<Cow<'v, str>>, FieldError> {
         match found {
-            Ok(Some(Value::Null)) | Ok(None) => Ok(None),
-            Ok(Some(Value::String(s))) => Ok(Some(s)),
-            // The digits as the institution sent them (`arbitrary_precision`).
-            Ok(Some(Value::Number(n))) => Ok(Some(n.as_str())),
-            Ok(Some(Value::Bool(b))) => Ok(Some(if *b { "true" } else { "false" })),
-            Ok(Some(_)) => Err(FieldError::Invalid {
+            Ok(None) => Ok(None),
+            Ok(Some(node)) => node.scalar().map_err(|NotScalar| FieldError::Invalid {
                 field: name,
                 problem: "is an object or array, not a value".into(),
             }),
-            Err(_) => Err(FieldError::Invalid {
+            Err(ManyValues) => Err(FieldError::Invalid {
                 field: name,
                 problem: "the path matches more than one value (a filter must select exactly one)"
                     .into(),
@@ -293,7 +301,7 @@ impl Mapping {
     /// The field's value as text, after defaults and the value map; `None` when the
     /// record has nothing there and no default is declared.
     pub fn text(&self, item: &Item, name: &'static str) -> Result<Option<String>, FieldError> {
-        Ok(self.borrowed(item, name)?.map(str::to_owned))
+        Ok(self.borrowed(item, name)?.map(Cow::into_owned))
     }
 
     /// [`Self::text`], borrowed from the record or the connector: most fields are
@@ -303,21 +311,27 @@ impl Mapping {
         &'i self,
         item: &'i Item,
         name: &'static str,
-    ) -> Result<Option<&'i str>, FieldError> {
+    ) -> Result<Option<Cow<'i, str>>, FieldError> {
         let Some(field) = self.fields.get(name) else {
             return Ok(None);
         };
         let found = match &field.source {
             Source::Const(c) if c.is_empty() => None,
-            Source::Const(c) => Some(c.as_str()),
-            Source::AccountId => item.account.as_ref().map(|p| p.external_id.as_str()),
+            Source::Const(c) => Some(Cow::Borrowed(c.as_str())),
+            Source::AccountId => item
+                .account
+                .as_ref()
+                .map(|p| Cow::Borrowed(p.external_id.as_str())),
             Source::Path(path) => match Self::node(item, field, name)? {
-                Some(node) => Self::one(path.at_most_one(node), name)?,
+                Some(node) => Self::one(path.at_most_one(&node), name)?,
                 None => None,
             },
         };
-        let value = found.or(field.default.as_deref());
-        Ok(value.map(|v| field.map.get(v).map_or(v, String::as_str)))
+        let value = found.or(field.default.as_deref().map(Cow::Borrowed));
+        Ok(value.map(|v| match field.map.get(v.as_ref()) {
+            Some(mapped) => Cow::Borrowed(mapped.as_str()),
+            None => v,
+        }))
     }
 
     pub fn required_text(&self, record: &Item, name: &'static str) -> Result<String, FieldError> {
@@ -337,7 +351,7 @@ impl Mapping {
             problem,
         };
         let parsed =
-            parse_decimal(text).map_err(|e| invalid(format!("`{text}` is not a number ({e})")))?;
+            parse_decimal(&text).map_err(|e| invalid(format!("`{text}` is not a number ({e})")))?;
         let Some(field) = self.fields.get(name) else {
             return Ok(Some(parsed));
         };
@@ -354,12 +368,12 @@ impl Mapping {
         }
         if let Some(sign) = &field.sign {
             let indicator = match Self::node(record, field, name)? {
-                Some(node) => Self::one(sign.path.query(node).at_most_one().map_err(|_| ()), name)?,
+                Some(node) => Self::one(sign.path.at_most_one(&node), name)?,
                 None => None,
             };
             let indicator = indicator
                 .ok_or_else(|| invalid("the field that carries its sign is missing".to_owned()))?;
-            let negative = *sign.negative.get(indicator).ok_or_else(|| {
+            let negative = *sign.negative.get(indicator.as_ref()).ok_or_else(|| {
                 let known: Vec<&str> = sign.negative.keys().map(String::as_str).collect();
                 invalid(format!(
                     "sign indicator `{indicator}` is not one the connector maps ({})",
@@ -388,7 +402,7 @@ impl Mapping {
             return Ok(None);
         };
         let (format, zone) = self.time_format(name);
-        parse_date(text, format, zone)
+        parse_date(&text, format, zone)
             .map(Some)
             .ok_or_else(|| FieldError::Invalid {
                 field: name,
@@ -405,7 +419,7 @@ impl Mapping {
             return Ok(None);
         };
         let (format, zone) = self.time_format(name);
-        parse_date_time(text, format, zone)
+        parse_date_time(&text, format, zone)
             .map(Some)
             .ok_or_else(|| FieldError::Invalid {
                 field: name,
@@ -683,6 +697,19 @@ pub fn transaction(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connectors::record::Page;
+
+    /// `record` both ways a page holds one: parsed, and kept as the page's text.
+    fn both_ways(record: &Value) -> [Item; 2] {
+        let page = serde_json::json!({ "records": [record] }).to_string();
+        let lists = [vec!["records".to_owned()]];
+        let mut kept = Page::parse(&page, Some(&lists)).unwrap().records.unwrap();
+        assert_eq!(kept.len(), 1, "{record} is kept as text");
+        [
+            Item::plain(record.clone()),
+            Item::read(Record::Text(kept.remove(0))),
+        ]
+    }
 
     fn field(path: &str) -> CompiledField {
         CompiledField {
@@ -722,8 +749,15 @@ mod tests {
             let path = FieldPath::new(JsonPath::parse(raw).unwrap(), raw);
             assert!(path.names.is_some(), "{raw} is read by name");
             for node in [&doc, &doc["a"], &doc["list"], &Value::Null] {
-                let general = path.path.query(node).at_most_one().map_err(|_| ());
-                assert_eq!(path.at_most_one(node), general, "{raw} in {node}");
+                let general = path.path.query(node).at_most_one().map_err(|_| ManyValues);
+                let general = general.map(|found| found.cloned());
+                // Read in the tree, and in the value's text as a page keeps it.
+                let text = node.to_string();
+                for read in [Node::Tree(node), Node::Text(&text)] {
+                    let found = path.at_most_one(&read);
+                    let found = found.map(|found| found.map(|node| node.to_value()));
+                    assert_eq!(found, general, "{raw} in {node}");
+                }
             }
         }
         for raw in [
@@ -736,27 +770,28 @@ mod tests {
 
     #[test]
     fn json_numbers_keep_every_digit() {
-        let record = Item::plain(
-            serde_json::from_str(r#"{"a": 12345678901234567.89, "q": 0.000000001, "s": "1e-9"}"#)
-                .unwrap(),
-        );
         let m = Mapping::new(BTreeMap::from([
             ("a", field("$.a")),
             ("q", field("$.q")),
             ("s", field("$.s")),
         ]));
-        assert_eq!(
-            m.required_decimal(&record, "a").unwrap().to_string(),
-            "12345678901234567.89"
-        );
-        assert_eq!(
-            m.required_decimal(&record, "q").unwrap().to_string(),
-            "0.000000001"
-        );
-        assert_eq!(
-            m.required_decimal(&record, "s").unwrap().to_string(),
-            "0.000000001"
-        );
+        let record =
+            serde_json::from_str(r#"{"a": 12345678901234567.89, "q": 0.000000001, "s": "1e-9"}"#)
+                .unwrap();
+        for record in both_ways(&record) {
+            assert_eq!(
+                m.required_decimal(&record, "a").unwrap().to_string(),
+                "12345678901234567.89"
+            );
+            assert_eq!(
+                m.required_decimal(&record, "q").unwrap().to_string(),
+                "0.000000001"
+            );
+            assert_eq!(
+                m.required_decimal(&record, "s").unwrap().to_string(),
+                "0.000000001"
+            );
+        }
     }
 
     #[test]
@@ -813,7 +848,6 @@ mod tests {
 
     #[test]
     fn value_maps_and_defaults_apply() {
-        let record = Item::plain(serde_json::json!({"pending": true}));
         let mut status = field("$.pending");
         status.map = BTreeMap::from([
             ("true".into(), "pending".into()),
@@ -822,17 +856,19 @@ mod tests {
         let mut kind = field("$.kind");
         kind.default = Some("other".into());
         let m = Mapping::new(BTreeMap::from([("status", status), ("kind", kind)]));
-        assert_eq!(
-            m.text(&record, "status").unwrap().as_deref(),
-            Some("pending")
-        );
-        assert_eq!(m.text(&record, "kind").unwrap().as_deref(), Some("other"));
+        for record in both_ways(&serde_json::json!({"pending": true})) {
+            assert_eq!(
+                m.text(&record, "status").unwrap().as_deref(),
+                Some("pending")
+            );
+            assert_eq!(m.text(&record, "kind").unwrap().as_deref(), Some("other"));
+        }
     }
 
     fn signed(path: &str, indicator: &str) -> CompiledField {
         let mut amount = field(path);
         amount.sign = Some(SignFrom {
-            path: JsonPath::parse(indicator).unwrap(),
+            path: FieldPath::new(JsonPath::parse(indicator).unwrap(), indicator),
             negative: BTreeMap::from([
                 ("CREDIT".into(), false),
                 ("DEBIT".into(), true),
@@ -848,7 +884,18 @@ mod tests {
             "amount",
             signed("$.amount", "$.debitCreditMemo"),
         )]));
-        let amount = |record: Value| m.required_decimal(&Item::plain(record), "amount");
+        // Read from the tree and from the text alike.
+        let amount = |record: Value| {
+            let [tree, text] = both_ways(&record);
+            let amount = m.required_decimal(&tree, "amount");
+            let shown = |a: &Result<Decimal, FieldError>| {
+                a.as_ref()
+                    .map(Decimal::to_string)
+                    .map_err(FieldError::clone)
+            };
+            assert_eq!(shown(&amount), shown(&m.required_decimal(&text, "amount")));
+            amount
+        };
         let out = amount(serde_json::json!({"amount": 12.5, "debitCreditMemo": "DEBIT"}));
         assert_eq!(out.unwrap().to_string(), "-12.5");
         // The institution's own sign is dropped: the indicator decides.
@@ -875,25 +922,27 @@ mod tests {
             "balance_current",
             field("$.Balance[?@.Type == 'InterimBooked'].Amount"),
         )]));
-        let one = Item::plain(serde_json::json!({"Balance": [
+        let one = serde_json::json!({"Balance": [
             {"Type": "InterimAvailable", "Amount": "10.00"},
             {"Type": "InterimBooked", "Amount": "7.25"},
-        ]}));
-        assert_eq!(
-            m.required_decimal(&one, "balance_current")
-                .unwrap()
-                .to_string(),
-            "7.25"
-        );
-        let two = Item::plain(serde_json::json!({"Balance": [
+        ]});
+        let two = serde_json::json!({"Balance": [
             {"Type": "InterimBooked", "Amount": "10.00"},
             {"Type": "InterimBooked", "Amount": "7.25"},
-        ]}));
-        let refused = m.required_decimal(&two, "balance_current").unwrap_err();
-        assert!(
-            refused.to_string().contains("more than one value"),
-            "{refused}"
-        );
+        ]});
+        for (one, two) in both_ways(&one).iter().zip(&both_ways(&two)) {
+            assert_eq!(
+                m.required_decimal(one, "balance_current")
+                    .unwrap()
+                    .to_string(),
+                "7.25"
+            );
+            let refused = m.required_decimal(two, "balance_current").unwrap_err();
+            assert!(
+                refused.to_string().contains("more than one value"),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

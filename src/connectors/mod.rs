@@ -14,6 +14,7 @@ pub mod incremental;
 pub mod mapping;
 pub mod paging;
 pub mod profiles;
+pub mod record;
 pub mod redact;
 pub mod registry;
 pub mod spec;
@@ -122,7 +123,8 @@ pub struct OAuth2 {
 pub struct Errors {
     pub spec: spec::ErrorSpec,
     pub code_path: Option<JsonPath>,
-    pub record_error: Option<JsonPath>,
+    /// Read in every record, so looked up by member names where it can be.
+    pub record_error: Option<mapping::FieldPath>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +150,9 @@ pub struct Endpoint {
     /// join reads the page again: a page's records are then taken out of it list
     /// by list, with no path per record.
     pub record_lists: Option<Vec<Vec<String>>>,
+    /// Whether those lists' records are kept as the page's text and read in place
+    /// (see [`record`]): no other path of the page reads into the lists.
+    pub lists_as_text: bool,
     pub fields: mapping::Mapping,
     pub security: Option<mapping::Mapping>,
     pub sign: SignConvention,
@@ -161,6 +166,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The lists whose records a page keeps as text ([`Self::lists_as_text`]).
+    pub fn text_lists(&self) -> Option<&[Vec<String>]> {
+        self.record_lists.as_deref().filter(|_| self.lists_as_text)
+    }
+
     /// The URL of a request about `account` (a fan-out request) or of the endpoint.
     pub fn url(&self, account: Option<&mapping::Parent>) -> Result<Url, String> {
         let path = self.path.render(account, template::Escape::PathSegment)?;

@@ -62,7 +62,8 @@ pub fn redact(
     item: &Item,
     error: &FieldError,
 ) -> Redacted {
-    let record = &item.record;
+    let tree = item.record.to_value();
+    let record = &tree;
     let mut out = masked(record);
     let scalar_at = |name: &str| -> Vec<String> {
         mappings
@@ -118,7 +119,7 @@ fn key(mappings: &[&Mapping], key_fields: &[&'static str], item: &Item) -> Strin
     match parts {
         Some(parts) if !parts.is_empty() => parts.join(":"),
         _ => {
-            let digest = Sha256::digest(item.record.to_string().as_bytes());
+            let digest = Sha256::digest(item.record.to_value().to_string().as_bytes());
             digest.iter().map(|b| format!("{b:02x}")).collect()
         }
     }

@@ -176,7 +176,7 @@ async fn run(engine: &Engine, connector: &Connector, grant: &Grant) -> Vec<Endpo
             if let Ok(Some(id)) = connector.accounts.fields.text(item, "external_id") {
                 parents.push(Arc::new(Parent {
                     external_id: id,
-                    record: item.record.clone(),
+                    record: item.record.to_value(),
                 }));
             }
         }

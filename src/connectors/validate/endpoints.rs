@@ -66,6 +66,9 @@ impl Validator {
             .map(|raw| raw.strip_suffix("[*]").and_then(member_names))
             .collect::<Option<Vec<_>>>()
             .filter(|lists| spec.joins.is_empty() && (lists.len() == 1 || lists[0] != lists[1]));
+        let lists_as_text = record_lists
+            .as_ref()
+            .is_some_and(|lists| lists_apart(lists, spec));
         let paging = self.paging(&at("paging"), &spec.paging);
         let scopes = Scopes {
             fan_out: fans_out,
@@ -146,6 +149,7 @@ impl Validator {
             records: records?,
             records_container,
             record_lists,
+            lists_as_text,
             fields: fields?,
             security,
             sign: spec.sign_convention,
@@ -418,9 +422,108 @@ impl Validator {
     }
 }
 
+/// Whether a page's plain lists may be kept as text ([`Endpoint::lists_as_text`]):
+/// the page's other paths (paging's, the removed ids') each start with member names
+/// that part from every list's, so none of them reads into a list or around one.
+fn lists_apart(lists: &[Vec<String>], spec: &EndpointSpec) -> bool {
+    let paging: Vec<&String> = match &spec.paging {
+        PagingSpec::Cursor { next_cursor, .. } => vec![next_cursor],
+        PagingSpec::Offset { total, .. } => total.iter().collect(),
+        PagingSpec::NextLink { next, .. } => vec![next],
+        PagingSpec::SyncToken {
+            next_token,
+            has_more,
+            ..
+        } => vec![next_token, has_more],
+        PagingSpec::None | PagingSpec::Page { .. } | PagingSpec::LinkHeader { .. } => vec![],
+    };
+    paging.into_iter().chain(&spec.removed).all(|raw| {
+        let names = leading_names(raw);
+        lists.iter().all(|list| {
+            let shared = names
+                .iter()
+                .zip(list)
+                .take_while(|(name, listed)| **name == listed.as_str())
+                .count();
+            shared < names.len() && shared < list.len()
+        })
+    })
+}
+
+/// The member names a path starts with (`$.a.b[*].c` starts with `a`, `b`); none
+/// for a path that starts any other way (`$..a`, `$['a']`, `$.*`).
+fn leading_names(raw: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = raw.strip_prefix('$').unwrap_or_default();
+    while let Some(after) = rest.strip_prefix('.') {
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let name = &after[..end];
+        if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+            break;
+        }
+        names.push(name);
+        rest = &after[end..];
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{HARBOR, changed, has, problems};
+    use super::super::test_support::{HARBOR, MERIDIAN, changed, has, problems};
+
+    /// Whether `text`'s transactions endpoint keeps its lists' records as text.
+    fn as_text(text: &str) -> bool {
+        let connector = super::super::validate_str("draft.toml", "draft", text, None)
+            .expect("the file validates");
+        connector
+            .transactions
+            .expect("a transactions endpoint")
+            .lists_as_text
+    }
+
+    /// A page's lists are kept as text only when no other path of the page reads
+    /// into them: paging and removed ids that part from the lists' names.
+    #[test]
+    fn lists_are_kept_as_text_where_nothing_else_reads_into_them() {
+        assert!(
+            as_text(MERIDIAN),
+            "$.added[*] beside $.next_cursor, $.has_more, $.removed"
+        );
+        for (from, to) in [
+            (
+                "next_token = \"$.next_cursor\"",
+                "next_token = \"$.added[-1:].transaction_id\"",
+            ),
+            ("has_more = \"$.has_more\"", "has_more = \"$..has_more\""),
+            (
+                "removed = \"$.removed[*].transaction_id\"",
+                "removed = \"$.modified[?@.gone].transaction_id\"",
+            ),
+            (
+                "removed = \"$.removed[*].transaction_id\"",
+                "removed = \"$['removed'][*].transaction_id\"",
+            ),
+        ] {
+            assert!(!as_text(&changed(MERIDIAN, from, to)), "{to}");
+        }
+        let nested = changed(
+            MERIDIAN,
+            "records = \"$.added[*]\"",
+            "records = \"$.page.added[*]\"",
+        );
+        assert!(as_text(&nested));
+        let around = changed(
+            &nested,
+            "has_more = \"$.has_more\"",
+            "has_more = \"$.page\"",
+        );
+        assert!(
+            !as_text(&around),
+            "a path that reads the object holding a list"
+        );
+    }
 
     #[test]
     fn only_transactions_page_by_sync_token() {

@@ -139,7 +139,9 @@ impl Validator {
                 return None;
             }
             Some(sign) => {
-                let path = self.json_path(&format!("{at}.sign.path"), &sign.path);
+                let path = self
+                    .json_path(&format!("{at}.sign.path"), &sign.path)
+                    .map(|path| FieldPath::new(path, &sign.path));
                 let mut negative = BTreeMap::new();
                 for (indicator, to) in &sign.map {
                     match to.as_str() {

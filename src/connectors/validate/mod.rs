@@ -262,11 +262,10 @@ impl Validator {
                 .code_path
                 .as_deref()
                 .and_then(|p| self.json_path("errors.code_path", p)),
-            record_error: spec
-                .errors
-                .record_error
-                .as_deref()
-                .and_then(|p| self.json_path("errors.record_error", p)),
+            record_error: spec.errors.record_error.as_deref().and_then(|p| {
+                let path = self.json_path("errors.record_error", p)?;
+                Some(FieldPath::new(path, p))
+            }),
             spec: spec.errors.clone(),
         };
         if let Some(days) = spec
