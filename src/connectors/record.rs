@@ -109,10 +109,20 @@ impl RecordText {
 
     /// The JSON text of the member `name`, if the record has one.
     fn get(&self, name: &str) -> Option<&str> {
+        // Compared as bytes, lengths first: every field of every record is looked
+        // up here, and slicing text checks character boundaries each time.
+        let is = |member: &&Member| match &member.name {
+            Name::At(span) => {
+                (span.end - span.start) as usize == name.len()
+                    && &self.page.as_bytes()[span.start as usize..span.end as usize]
+                        == name.as_bytes()
+            }
+            Name::Unescaped(unescaped) => **unescaped == *name,
+        };
         self.members
             .iter()
             .rev()
-            .find(|member| self.name(member) == name)
+            .find(is)
             .map(|member| member.value.text(&self.page))
     }
 
