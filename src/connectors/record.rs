@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use serde_json_path::JsonPath;
@@ -109,21 +109,7 @@ impl RecordText {
 
     /// The JSON text of the member `name`, if the record has one.
     fn get(&self, name: &str) -> Option<&str> {
-        // Compared as bytes, lengths first: every field of every record is looked
-        // up here, and slicing text checks character boundaries each time.
-        let is = |member: &&Member| match &member.name {
-            Name::At(span) => {
-                (span.end - span.start) as usize == name.len()
-                    && &self.page.as_bytes()[span.start as usize..span.end as usize]
-                        == name.as_bytes()
-            }
-            Name::Unescaped(unescaped) => **unescaped == *name,
-        };
-        self.members
-            .iter()
-            .rev()
-            .find(is)
-            .map(|member| member.value.text(&self.page))
+        find(&self.page, &self.members, name)
     }
 
     fn to_value(&self) -> Value {
@@ -255,53 +241,34 @@ fn text_scalar(text: &str) -> Result<Option<Cow<'_, str>>, NotScalar> {
 }
 
 /// The text of the member `name` of the object `text`; `None` when `text` is not
-/// an object or has no such member. A name given twice counts as its last value.
+/// an object or has no such member.
 fn member<'t>(text: &'t str, name: &str) -> Option<&'t str> {
-    struct Find<'n>(&'n str);
-    impl<'de> Visitor<'de> for Find<'_> {
-        type Value = Option<&'de str>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-            let mut found = None;
-            while let Some(is) = map.next_key_seed(NameIs(self.0))? {
-                if is {
-                    found = Some(map.next_value::<&'de RawValue>()?.get());
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(found)
-        }
-    }
     if !text.starts_with('{') {
         return None;
     }
-    serde_json::Deserializer::from_str(text)
-        .deserialize_map(Find(name))
-        .ok()
-        .flatten()
+    let members = serde_json::Deserializer::from_str(text)
+        .deserialize_map(Members { page: text })
+        .ok()?;
+    find(text, &members, name)
 }
 
-/// Whether a member's name is the one sought, escaped or not.
-struct NameIs<'n>(&'n str);
-
-impl<'de> DeserializeSeed<'de> for NameIs<'_> {
-    type Value = bool;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for NameIs<'_> {
-    type Value = bool;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a member name")
-    }
-    fn visit_str<E: de::Error>(self, name: &str) -> Result<bool, E> {
-        Ok(name == self.0)
-    }
+/// The value of the member `name` among `members`, located in `page`: the last
+/// one so named, as a parsed tree keeps it.
+fn find<'p>(page: &'p str, members: &[Member], name: &str) -> Option<&'p str> {
+    // Compared as bytes, lengths first: every field of every record is looked up
+    // here, and slicing text checks character boundaries each time.
+    let is = |member: &&Member| match &member.name {
+        Name::At(span) => {
+            (span.end - span.start) as usize == name.len()
+                && &page.as_bytes()[span.start as usize..span.end as usize] == name.as_bytes()
+        }
+        Name::Unescaped(unescaped) => **unescaped == *name,
+    };
+    members
+        .iter()
+        .rev()
+        .find(is)
+        .map(|member| member.value.text(page))
 }
 
 /// One page of an endpoint: the document, and the records of its plain lists when

@@ -443,30 +443,21 @@ fn lists_apart(lists: &[Vec<String>], spec: &EndpointSpec) -> bool {
             let shared = names
                 .iter()
                 .zip(list)
-                .take_while(|(name, listed)| **name == listed.as_str())
+                .take_while(|(name, listed)| name == listed)
                 .count();
             shared < names.len() && shared < list.len()
         })
     })
 }
 
-/// The member names a path starts with (`$.a.b[*].c` starts with `a`, `b`); none
-/// for a path that starts any other way (`$..a`, `$['a']`, `$.*`).
-fn leading_names(raw: &str) -> Vec<&str> {
-    let mut names = Vec::new();
-    let mut rest = raw.strip_prefix('$').unwrap_or_default();
-    while let Some(after) = rest.strip_prefix('.') {
-        let end = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        let name = &after[..end];
-        if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
-            break;
-        }
-        names.push(name);
-        rest = &after[end..];
-    }
-    names
+/// The member names a path starts with (`$.a.b[*].c` starts with `a`, `b`), by the
+/// rule of a field's plain form ([`member_names`]); none for a path that starts any
+/// other way (`$..a`, `$['a']`, `$.*`).
+fn leading_names(raw: &str) -> Vec<String> {
+    let end = raw
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '$')))
+        .unwrap_or(raw.len());
+    member_names(&raw[..end]).unwrap_or_default()
 }
 
 #[cfg(test)]
