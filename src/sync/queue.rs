@@ -41,11 +41,6 @@ macro_rules! finished_sql {
     };
 }
 
-/// A job that has surely not started yet (or will be retried): it will read the
-/// connection's state when it runs, so a second one would add nothing. Not a
-/// `Queued` one: apalis marks a job `Queued` when a worker takes it into its
-/// buffer and records that it started, and that it finished, later and in
-/// batches, so a `Queued` job may be running or even done.
 /// Jobs a worker may take: not started, or waiting for a retry.
 macro_rules! due_sql {
     () => {
@@ -53,11 +48,75 @@ macro_rules! due_sql {
     };
 }
 
+/// A job that has surely not started yet (or will be retried): it will read the
+/// connection's state when it runs, so a second one would add nothing. Not a
+/// `Queued` one: apalis marks a job `Queued` when a worker takes it into its
+/// buffer and records that it started, and that it finished, later and in
+/// batches, so a `Queued` job may be running or even done. The indexes below
+/// are partial on exactly this text, which is what lets the planners use them.
 macro_rules! waiting_sql {
     () => {
         "(status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))"
     };
 }
+
+/// The connection a job (apalis keeps it as JSON bytes) is for, on PostgreSQL: a
+/// function of ours, declared immutable so that it can be indexed
+/// (`convert_from` is only stable, as it depends on the database's encoding,
+/// which is fixed for a database's life).
+macro_rules! pg_job_connection {
+    () => {
+        "finsync_job_connection(job)"
+    };
+}
+
+/// The connection a job is for, on SQLite (`json_extract` is deterministic).
+macro_rules! sqlite_job_connection {
+    () => {
+        "json_extract(CAST(job AS TEXT), '$.connection_id')"
+    };
+}
+
+/// Waiting jobs by kind of queue and connection. Before every enqueue the queue
+/// asks whether the connection already has a job waiting; without this index that
+/// read parses every waiting job, so a scheduler tick over a backlog of n due
+/// connections cost O(n²).
+const PG_WAITING_INDEX: &str = concat!(
+    "CREATE OR REPLACE FUNCTION finsync_job_connection(job bytea) RETURNS text ",
+    "LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE ",
+    "AS $$ SELECT convert_from(job, 'UTF8')::jsonb ->> 'connection_id' $$; ",
+    "CREATE INDEX IF NOT EXISTS finsync_jobs_waiting ON apalis.jobs (job_type, ",
+    pg_job_connection!(),
+    ") WHERE ",
+    waiting_sql!()
+);
+const SQLITE_WAITING_INDEX: &str = concat!(
+    "CREATE INDEX IF NOT EXISTS finsync_jobs_waiting ON Jobs (job_type, ",
+    sqlite_job_connection!(),
+    ") WHERE ",
+    waiting_sql!()
+);
+
+/// How many jobs of a kind wait for a connection: `$1`/`?1` the queue, `$2`/`?2`
+/// the connection, `$3`/`?3` the kind of job.
+const WAITING_PG: &str = concat!(
+    "SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1 AND ",
+    waiting_sql!(),
+    " AND ",
+    pg_job_connection!(),
+    " = $2 AND convert_from(job, 'UTF8')::jsonb ->> 'job' = $3"
+);
+const WAITING_SQLITE: &str = concat!(
+    "SELECT COUNT(*) FROM Jobs WHERE job_type = ?1 AND ",
+    waiting_sql!(),
+    " AND ",
+    sqlite_job_connection!(),
+    " = ?2 AND json_extract(CAST(job AS TEXT), '$.job') = ?3"
+);
+
+/// Held while the waiting index is made: processes starting together would
+/// otherwise race to create it.
+const WAITING_INDEX_LOCK: i64 = 0x6673_6a6f_6277_6169;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -75,7 +134,8 @@ pub enum Queue {
 }
 
 impl Queue {
-    /// Creates the queue's tables (idempotent) on the store's own database.
+    /// Creates the queue's tables and our index on them (idempotent) on the store's
+    /// own database.
     pub async fn setup(store: &Store) -> Result<Self, QueueError> {
         let db = store.db();
         if store.is_postgres() {
@@ -83,6 +143,13 @@ impl Queue {
             PostgresStorage::<()>::setup(pool)
                 .await
                 .map_err(|e| QueueError::Backend(e.to_string()))?;
+            let mut txn = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WAITING_INDEX_LOCK)
+                .execute(&mut *txn)
+                .await?;
+            sqlx::raw_sql(PG_WAITING_INDEX).execute(&mut *txn).await?;
+            txn.commit().await?;
             let config = apalis_postgres::Config::default()
                 .queue(Job::QUEUE)
                 .heartbeat_interval(HEARTBEAT)
@@ -98,6 +165,7 @@ impl Queue {
                 .run(pool)
                 .await
                 .map_err(|e| QueueError::Backend(e.to_string()))?;
+            sqlx::raw_sql(SQLITE_WAITING_INDEX).execute(pool).await?;
             let config = apalis_sqlite::Config::default()
                 .queue(Job::QUEUE)
                 .heartbeat_interval(HEARTBEAT)
@@ -142,21 +210,24 @@ impl Queue {
             task = task.run_after(delay);
         }
         let task = task.build();
-        let pushed = match self.clone() {
-            Self::Sqlite(mut storage) => storage.push_task(task).await.map_err(|e| e.to_string()),
+        match self.clone() {
+            Self::Sqlite(mut storage) => {
+                storage
+                    .push_task(task)
+                    .await
+                    .map_err(|e| QueueError::Backend(e.to_string()))?;
+                // SQLite ignores a duplicate key silently: the job is new only if
+                // it is there now.
+                Ok(self.waiting_for(connection, kind).await? > 0)
+            }
             Self::Postgres(mut storage) => match storage.push_task(task).await {
-                Ok(()) => Ok(()),
+                Ok(()) => Ok(true),
                 Err(TaskSinkError::PushError(apalis_postgres::Error::Database(
                     sqlx::Error::Database(e),
-                ))) if e.is_unique_violation() => {
-                    return Ok(false);
-                }
-                Err(e) => Err(e.to_string()),
+                ))) if e.is_unique_violation() => Ok(false),
+                Err(e) => Err(QueueError::Backend(e.to_string())),
             },
-        };
-        pushed.map_err(QueueError::Backend)?;
-        // SQLite ignores a duplicate key silently: the job is new only if it is there now.
-        Ok(self.waiting_for(connection, kind).await? > 0)
+        }
     }
 
     /// Jobs of one kind (see [`Job::kind`]) for the connection that have not
@@ -168,30 +239,20 @@ impl Queue {
     ) -> Result<i64, QueueError> {
         let count = match self {
             Self::Sqlite(storage) => {
-                sqlx::query_scalar(concat!(
-                    "SELECT COUNT(*) FROM Jobs WHERE job_type = ?1 AND ",
-                    waiting_sql!(),
-                    " AND json_extract(CAST(job AS TEXT), '$.connection_id') = ?2",
-                    " AND json_extract(CAST(job AS TEXT), '$.job') = ?3"
-                ))
-                .bind(Job::QUEUE)
-                .bind(connection.to_string())
-                .bind(kind)
-                .fetch_one(storage.pool())
-                .await?
+                sqlx::query_scalar(WAITING_SQLITE)
+                    .bind(Job::QUEUE)
+                    .bind(connection.to_string())
+                    .bind(kind)
+                    .fetch_one(storage.pool())
+                    .await?
             }
             Self::Postgres(storage) => {
-                sqlx::query_scalar(concat!(
-                    "SELECT COUNT(*) FROM apalis.jobs WHERE job_type = $1 AND ",
-                    waiting_sql!(),
-                    " AND convert_from(job, 'UTF8')::jsonb ->> 'connection_id' = $2",
-                    " AND convert_from(job, 'UTF8')::jsonb ->> 'job' = $3"
-                ))
-                .bind(Job::QUEUE)
-                .bind(connection.to_string())
-                .bind(kind)
-                .fetch_one(storage.pool())
-                .await?
+                sqlx::query_scalar(WAITING_PG)
+                    .bind(Job::QUEUE)
+                    .bind(connection.to_string())
+                    .bind(kind)
+                    .fetch_one(storage.pool())
+                    .await?
             }
         };
         Ok(count)
@@ -398,5 +459,121 @@ impl std::fmt::Debug for Queue {
             Self::Sqlite(_) => "Queue::Sqlite",
             Self::Postgres(_) => "Queue::Postgres",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::sqlx::{AssertSqlSafe, Row as _};
+    use sea_orm::{ConnectionTrait, Database};
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::sync::SyncConnection;
+
+    fn sync(connection: ConnectionId) -> SyncConnection {
+        SyncConnection {
+            connection_id: connection,
+            idempotency_key: format!("test:{connection}"),
+        }
+    }
+
+    /// What the planner does with the waiting check, as text.
+    async fn plan(queue: &Queue, connection: ConnectionId) -> String {
+        let lines: Vec<String> = match queue {
+            Queue::Sqlite(storage) => sqlx::query(AssertSqlSafe(format!(
+                "EXPLAIN QUERY PLAN {WAITING_SQLITE}"
+            )))
+            .bind(Job::QUEUE)
+            .bind(connection.to_string())
+            .bind("sync")
+            .fetch_all(storage.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get("detail"))
+            .collect(),
+            Queue::Postgres(storage) => {
+                sqlx::query_scalar::<_, String>(AssertSqlSafe(format!("EXPLAIN {WAITING_PG}")))
+                    .bind(Job::QUEUE)
+                    .bind(connection.to_string())
+                    .bind("sync")
+                    .fetch_all(storage.pool())
+                    .await
+                    .unwrap()
+            }
+        };
+        lines.join("\n")
+    }
+
+    /// A backlog of waiting jobs, then the checks an enqueue makes: answered right,
+    /// and through the index, whatever the backlog.
+    async fn waiting_is_looked_up_not_scanned(store: &Store) {
+        store.migrate().await.unwrap();
+        // Every process sets the queue up at start.
+        Queue::setup(store).await.unwrap();
+        let queue = Queue::setup(store).await.unwrap();
+        let backlog: Vec<ConnectionId> = (0..300).map(|_| ConnectionId::new()).collect();
+        for connection in &backlog {
+            assert!(queue.enqueue(sync(*connection)).await.unwrap());
+        }
+        let first = backlog[0];
+        assert!(
+            !queue.enqueue(sync(first)).await.unwrap(),
+            "a second sync while one waits is not queued"
+        );
+        assert_eq!(queue.waiting_for(first, "sync").await.unwrap(), 1);
+        assert_eq!(queue.waiting_for(first, "refresh_token").await.unwrap(), 0);
+        assert_eq!(
+            queue
+                .waiting_for(ConnectionId::new(), "sync")
+                .await
+                .unwrap(),
+            0
+        );
+        let plan = plan(&queue, first).await;
+        assert!(
+            plan.contains("finsync_jobs_waiting"),
+            "the waiting check reads the backlog:\n{plan}"
+        );
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_a_waiting_job_is_looked_up_not_scanned() {
+        // One connection: an in-memory database lives as long as its connection.
+        let store = Store::connect(&SecretString::from("sqlite::memory:"), 1)
+            .await
+            .unwrap();
+        waiting_is_looked_up_not_scanned(&store).await;
+    }
+
+    #[tokio::test]
+    async fn on_postgres_a_waiting_job_is_looked_up_not_scanned() {
+        let admin_url = std::env::var("FINSYNC_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("finsync_queue_{}", uuid::Uuid::new_v4().simple());
+        let admin = Database::connect(&admin_url).await.unwrap();
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&format!("/{name}"));
+        let store = Store::connect(&SecretString::from(url.to_string()), 2)
+            .await
+            .unwrap();
+        // Run as a task, so the database is dropped whether it passed or not.
+        let checked = tokio::spawn(async move {
+            waiting_is_looked_up_not_scanned(&store).await;
+            store.db().clone().close().await
+        })
+        .await;
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await
+            .unwrap();
+        if let Err(e) = checked {
+            std::panic::resume_unwind(e.into_panic());
+        }
     }
 }
