@@ -1,6 +1,7 @@
 //! `finsync-bench`: finsync's benchmarks, printed as tables with ratios measured
-//! side by side in one run: [`api`] (cached portfolio reads) and [`sync`] (syncs at
-//! fleet scale against the sandbox, in `finsync worker` processes). A workspace
+//! side by side in one run: [`api`] (cached portfolio reads), [`sync`] (syncs at
+//! fleet scale against the sandbox, in `finsync worker` processes) and [`queue`]
+//! (enqueueing over a growing backlog). A workspace
 //! binary of its own, so the product binary carries none of it:
 //!
 //! ```text
@@ -9,6 +10,7 @@
 //! ```
 
 mod api;
+mod queue;
 mod support;
 mod sync;
 
@@ -97,6 +99,26 @@ enum Command {
         #[command(flatten)]
         servers: Servers,
     },
+    /// Enqueueing one scheduler tick's syncs over a small and a large backlog of
+    /// waiting jobs, on PostgreSQL and on SQLite. Needs PostgreSQL.
+    Queue {
+        /// Waiting jobs before the first timed tick.
+        #[arg(long, default_value_t = 1000)]
+        small: usize,
+        /// Waiting jobs before the second timed tick.
+        #[arg(long, default_value_t = 10000)]
+        large: usize,
+        /// Jobs one tick enqueues (the scheduler's batch).
+        #[arg(long, default_value_t = 500)]
+        tick: usize,
+        /// A PostgreSQL server where a scratch database may be created and dropped.
+        #[arg(
+            long,
+            env = "FINSYNC_BENCH_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        database_url: String,
+    },
 }
 
 /// The servers a benchmark uses.
@@ -175,6 +197,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 database_url: servers.database_url,
                 redis_server: servers.redis_server,
                 finsync,
+            })
+            .await
+        }
+        Command::Queue {
+            small,
+            large,
+            tick,
+            database_url,
+        } => {
+            queue::run_queue(queue::QueueBench {
+                small,
+                large,
+                tick: tick.max(1),
+                database_url,
             })
             .await
         }

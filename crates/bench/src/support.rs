@@ -1,10 +1,13 @@
 //! What the benchmarks share: an API served in the background, a scratch
-//! PostgreSQL database and a Redis server of their own.
+//! PostgreSQL database and a Redis server of their own, progress bars and
+//! figures' cells.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use comfy_table::{Cell, CellAlignment};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sea_orm::{ConnectionTrait, Database};
 
 /// The app `settings` build, with a listener on a free loopback port for [`serve`]
@@ -229,6 +232,23 @@ pub(crate) fn process_memory(pid: u32, field: &str) -> Option<u64> {
     })?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// A progress bar for `len` steps of `what`, drawn among `progress`'s bars.
+pub(crate) fn bar(progress: &MultiProgress, what: &str, len: usize) -> ProgressBar {
+    let bar = progress.add(ProgressBar::new(len as u64));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:42} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// A table cell aligned right, as figures are.
+pub(crate) fn right(text: String) -> Cell {
+    Cell::new(text).set_alignment(CellAlignment::Right)
 }
 
 #[cfg(test)]

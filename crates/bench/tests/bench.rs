@@ -1,7 +1,8 @@
 //! `finsync-bench sync` runs end to end on a few connections: every phase syncs
 //! every connection, the second sync of unchanged data writes no row, the
 //! institution's own limit is never hit, incremental syncs write the changes at
-//! either history length, and the API answers every closed-loop read. (The figures
+//! either history length, and the API answers every closed-loop read.
+//! `finsync-bench queue` enqueues what it says on both databases. (The figures
 //! themselves are BENCHMARKS.md's business: no test asserts a time.)
 
 use std::process::Command;
@@ -11,42 +12,41 @@ fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// The bench, with none of the caller's `FINSYNC…` settings: it sets its own.
-fn bench() -> Command {
+/// The bench run with `args`, with none of the caller's `FINSYNC…` settings (it
+/// sets its own); what it printed, once it has succeeded.
+fn bench(args: &[&str]) -> String {
     let mut command = Command::new(env!("CARGO_BIN_EXE_finsync-bench"));
     for (key, _) in std::env::vars() {
         if key.starts_with("FINSYNC") {
             command.env_remove(key);
         }
     }
-    command
+    let output = command.args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    stdout.into_owned()
 }
 
 #[test]
 fn the_sync_bench_runs_every_phase_and_a_resync_of_unchanged_data_writes_nothing() {
-    let output = bench()
-        .args([
-            "sync",
-            "--connections",
-            "3",
-            "--concurrency",
-            "2",
-            "--latency-ms",
-            "20",
-            "--incremental-connections",
-            "2",
-            "--readers",
-            "2",
-            "--read-seconds",
-            "1",
-            "--database-url",
-            &postgres_url(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = bench(&[
+        "sync",
+        "--connections",
+        "3",
+        "--concurrency",
+        "2",
+        "--latency-ms",
+        "20",
+        "--incremental-connections",
+        "2",
+        "--readers",
+        "2",
+        "--read-seconds",
+        "1",
+        "--database-url",
+        &postgres_url(),
+    ]);
     assert!(
         stdout.contains(
             "(c) second sync: rows written         = 0 by the runs' counts, 0 by PostgreSQL's"
@@ -106,6 +106,45 @@ fn the_sync_bench_runs_every_phase_and_a_resync_of_unchanged_data_writes_nothing
     }
     assert!(
         stdout.contains("Capacity: connections one core keeps fresh"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_queue_bench_times_a_tick_over_each_backlog_on_both_databases() {
+    let stdout = bench(&[
+        "queue",
+        "--small",
+        "5",
+        "--large",
+        "20",
+        "--tick",
+        "3",
+        "--database-url",
+        &postgres_url(),
+    ]);
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("│ PostgreSQL") || l.starts_with("│ SQLite"))
+        .map(|l| l.split('┆').map(str::trim).collect())
+        .collect();
+    let backlogs: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|cells| (cells[0].trim_start_matches("│ "), cells[1], cells[2]))
+        .collect();
+    assert_eq!(
+        backlogs,
+        [
+            ("PostgreSQL", "5", "3"),
+            ("PostgreSQL", "20", "3"),
+            ("SQLite", "5", "3"),
+            ("SQLite", "20", "3"),
+        ],
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("ms/enqueue, backlog 20 / 5 = ").count(),
+        2,
         "{stdout}"
     );
 }

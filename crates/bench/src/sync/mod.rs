@@ -39,9 +39,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::{Cell, Table, presets::UTF8_FULL_CONDENSED};
 use futures::{StreamExt, TryStreamExt};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::MultiProgress;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, Statement,
@@ -50,7 +50,7 @@ use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::support::{self, RedisServer, ScratchDatabase};
+use crate::support::{self, RedisServer, ScratchDatabase, bar, right};
 use finsync::app::config::Settings;
 use finsync::app::startup::App;
 use finsync::domain::{ConnectionId, UserId};
@@ -1068,23 +1068,8 @@ fn busiest_second(arrivals: &[sandbox::Arrival]) -> usize {
     busiest
 }
 
-fn bar(progress: &MultiProgress, what: &str, len: usize) -> ProgressBar {
-    let bar = progress.add(ProgressBar::new(len as u64));
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:42} [{bar:30}] {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(what.to_owned());
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
 fn secs(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64())
-}
-
-fn right(text: String) -> Cell {
-    Cell::new(text).set_alignment(CellAlignment::Right)
 }
 
 fn mib(bytes: u64) -> String {
