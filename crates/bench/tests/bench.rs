@@ -53,6 +53,14 @@ fn the_sync_bench_runs_every_phase_and_a_resync_of_unchanged_data_writes_nothing
         ),
         "{stdout}"
     );
+    // What PostgreSQL wrote is shown for (a) and the raw upsert alike.
+    for phase in ["(a) PostgreSQL wrote ", "raw upsert: PostgreSQL wrote "] {
+        let line = stdout.lines().find(|l| l.starts_with(phase));
+        assert!(
+            line.is_some_and(|l| l.contains(" MiB of WAL, ") && !l.contains(" 0.0 MiB")),
+            "{stdout}"
+        );
+    }
     // The budget holds for plain requests (b) and per-account fan-out (d) alike.
     assert_eq!(
         stdout.matches("429s: 0 (target 0: met)").count(),

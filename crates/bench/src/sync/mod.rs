@@ -197,6 +197,58 @@ struct Memory {
     last: Option<(usize, u64)>,
 }
 
+/// What PostgreSQL wrote and did in the background while a phase ran: the work
+/// that moves its CPU from one run to the next for the same rows.
+#[derive(Clone, Copy, Default)]
+struct PgWork {
+    /// From the WAL's insert position, which moves at once (the WAL statistics
+    /// views lag by up to seconds).
+    wal_bytes: i64,
+    checkpoints: i64,
+    /// Autovacuum and autoanalyze runs on the scratch database's tables.
+    autovacuums: i64,
+}
+
+impl PgWork {
+    async fn sample(db: &impl ConnectionTrait) -> anyhow::Result<Self> {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint AS wal_bytes, \
+                        (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter) AS checkpoints, \
+                        (SELECT COALESCE(SUM(autovacuum_count + autoanalyze_count), 0)::bigint \
+                         FROM pg_stat_user_tables) AS autovacuums",
+            ))
+            .await?
+            .context("PostgreSQL's WAL position")?;
+        Ok(Self {
+            wal_bytes: row.try_get("", "wal_bytes")?,
+            checkpoints: row.try_get("", "checkpoints")?,
+            autovacuums: row.try_get("", "autovacuums")?,
+        })
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            wal_bytes: self.wal_bytes - before.wal_bytes,
+            checkpoints: self.checkpoints - before.checkpoints,
+            autovacuums: self.autovacuums - before.autovacuums,
+        }
+    }
+}
+
+impl std::fmt::Display for PgWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} MiB of WAL, {} checkpoint(s), {} autovacuum/analyze run(s)",
+            self.wal_bytes as f64 / (1024.0 * 1024.0),
+            self.checkpoints,
+            self.autovacuums
+        )
+    }
+}
+
 /// (a), (c) and what depends on them, on one database.
 struct Fleetwide {
     rows: u64,
@@ -205,6 +257,8 @@ struct Fleetwide {
     initial_cpu: Cpu,
     /// The bench's Redis server's CPU seconds while (a) ran.
     initial_redis_cpu: f64,
+    /// PostgreSQL's WAL and background work while (a) ran.
+    initial_pg: PgWork,
     memory: Memory,
     raw: Raw,
     resync: Option<Resync>,
@@ -327,6 +381,7 @@ async fn fleetwide(
     // worker whose memory follows the connections synced shows it here.
     let checkpoint = (users.len() / 10).max(1);
     let mut early = None;
+    let pg_before = fleet.pg_work().await?;
     let before = Cpu::sample(&worker);
     let redis_before = redis.cpu_secs().unwrap_or_default();
     let initial = fleet
@@ -345,6 +400,7 @@ async fn fleetwide(
     };
     worker.stop();
     let rows = fleet.record_rows().await?;
+    let initial_pg = fleet.pg_work().await?.since(pg_before);
 
     let resync = if bench.parts.contains(&Part::C) {
         Some(fleet.resync(bench, progress).await?)
@@ -363,6 +419,7 @@ async fn fleetwide(
         initial,
         initial_cpu,
         initial_redis_cpu,
+        initial_pg,
         memory,
         raw,
         resync,
@@ -456,6 +513,8 @@ struct Raw {
     /// This process's CPU (building the statements) and the machine's while it
     /// ran.
     cpu: Cpu,
+    /// PostgreSQL's WAL and background work while it ran.
+    pg: PgWork,
 }
 
 /// A scratch database with the API that links users to it, and what a worker
@@ -825,6 +884,7 @@ impl Fleet {
             "raw bulk upsert of the same rows",
             by_connection.len(),
         );
+        let pg_before = self.pg_work().await?;
         let cpu = Cpu::of_this_process();
         let start = Instant::now();
         futures::stream::iter(by_connection.into_values())
@@ -846,7 +906,17 @@ impl Fleet {
         if written != rows {
             bail!("the raw upsert wrote {written} rows of {rows}");
         }
-        Ok(Raw { rows, elapsed, cpu })
+        let pg = self.pg_work().await?.since(pg_before);
+        Ok(Raw {
+            rows,
+            elapsed,
+            cpu,
+            pg,
+        })
+    }
+
+    async fn pg_work(&self) -> anyhow::Result<PgWork> {
+        PgWork::sample(self.app.ctx.store.db()).await
     }
 
     async fn stop(self) -> anyhow::Result<()> {
@@ -1185,6 +1255,8 @@ fn print_fleetwide(r: &Fleetwide) {
         cpu.bench,
         (cpu.machine - cpu.bench).max(0.0)
     );
+    println!("(a) PostgreSQL wrote {}", r.initial_pg);
+    println!("raw upsert: PostgreSQL wrote {}", r.raw.pg);
     let memory = &r.memory;
     match memory.peak {
         Some(peak) => println!(
