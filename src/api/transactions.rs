@@ -1,7 +1,8 @@
 //! What a user attaches to a transaction: `PATCH /v1/transactions/{transaction_id}`
 //! sets its tags and note. The id is the one the read API shows (the institution's),
-//! looked up among the calling tenant's connections. Syncs keep what was set, and a
-//! posted transaction keeps what was set on the pending one it replaces.
+//! looked up among the calling tenant's connections. Syncs keep what was set: a
+//! posted transaction keeps what was set on the pending one it replaces, and a
+//! transaction the institution moves to another account keeps its own.
 
 use axum::Router;
 use axum::extract::State;
@@ -95,7 +96,8 @@ fn validated(request: AnnotateRequest) -> Result<AnnotationChange, ApiError> {
 /// Sets the tags and note of one of the tenant's transactions and answers with the
 /// transaction as `/transactions` shows it. A write: the API key needs the `sync`
 /// scope. The portfolio shows the change at once; a posted transaction keeps what
-/// was set on the pending one it replaces, and syncs never change it.
+/// was set on the pending one it replaces, a transaction moved to another account
+/// keeps its own, and syncs never change it.
 #[utoipa::path(
     patch, path = "/v1/transactions/{transaction_id}", tag = "annotations",
     params(

@@ -1,7 +1,7 @@
 //! What users attach to synced transactions: tags and a note. Institutions never
 //! send them, so syncs never write them; when a pending transaction posts, the
 //! posted one inherits them in the database transaction that deletes the pending
-//! one. A transaction is found by the institution's id among a tenant's
+//! one, and a transaction moved to another account keeps them (`records::apply`). A transaction is found by the institution's id among a tenant's
 //! connections, as the read API shows it.
 
 use sea_orm::sea_query::{Condition, Query};
@@ -67,7 +67,7 @@ pub(super) fn annotations_from_row(r: &transaction::Model) -> Result<Annotations
     })
 }
 
-async fn write_annotations<C: ConnectionTrait>(
+pub(super) async fn write_annotations<C: ConnectionTrait>(
     db: &C,
     row_id: String,
     annotations: &Annotations,

@@ -2,8 +2,8 @@
 //! character of their text, every absent value, however many rows), and an
 //! account whose rows the database refuses, or whose write is dropped part-way,
 //! is written not at all, leaving the store fit for the next write; a transaction
-//! moved from one account to another moves, and one listed under two changes
-//! nothing. On PostgreSQL new rows arrive through
+//! moved from one account to another moves, keeping what users attached to it,
+//! and one listed under two changes nothing. On PostgreSQL new rows arrive through
 //! `COPY` in the transaction the account is written in (small accounts share
 //! one), so this is also that path's test: that it is the path taken, its binary
 //! encoding of every kind of value, its batches, its failure and its cancellation.
@@ -17,7 +17,7 @@ use finsync::domain::{
     Account, AccountType, BalanceMeaning, Balances, InvestmentType, Money, Snapshot, Transaction,
     TransactionStatus,
 };
-use finsync::store::{Removals, Store};
+use finsync::store::{AnnotationChange, Removals, Store};
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::support::{Backend, TestDb, store_with_connection};
@@ -325,14 +325,69 @@ async fn two_accounts_stored(db: &TestDb) -> (Store, ConnectionId, Snapshot) {
     (store, connection, snapshot)
 }
 
+/// Tags and a note on stored transaction `id`, as a user attaches them.
+async fn annotate(store: &Store, connection: ConnectionId, id: &str) {
+    let tenant = store.connection(connection).await.unwrap().tenant_id;
+    store
+        .annotate_transaction(
+            tenant,
+            id,
+            Some(connection),
+            AnnotationChange {
+                tags: Some(vec!["reviewed".into(), format!("tag of {id}")]),
+                note: Some(Some(format!("note on {id}"))),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// The account, tags and note stored for transaction `id`: one row of it.
+async fn stored_with_annotations(store: &Store, id: &str) -> Vec<(String, String, Option<String>)> {
+    let db = store.db();
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            match db.get_database_backend() {
+                sea_orm::DbBackend::Postgres => {
+                    "SELECT account_external_id, tags, note FROM transactions WHERE external_id = $1"
+                }
+                _ => "SELECT account_external_id, tags, note FROM transactions WHERE external_id = ?",
+            },
+            [id.into()],
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| {
+            (
+                row.try_get("", "account_external_id").unwrap(),
+                row.try_get("", "tags").unwrap(),
+                row.try_get("", "note").unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `id` stored once, under `account`, with the tags and note [`annotate`] gave it.
+async fn assert_moved_with_annotations(store: &Store, id: &str, account: &str, backend: Backend) {
+    let tags = serde_json::to_string(&["reviewed".to_owned(), format!("tag of {id}")]).unwrap();
+    assert_eq!(
+        stored_with_annotations(store, id).await,
+        [(account.to_owned(), tags, Some(format!("note on {id}")))],
+        "{backend:?}: {id} moved to {account} with what the user attached"
+    );
+}
+
 /// A transaction the institution moves to another account, earlier or later in
 /// the list, moves: each account's stored rows are read by account, so the move
 /// shows as a delete in one account and an insert in the other, and the insert
 /// must not find the old row still holding the id, though small accounts are
-/// written together in one transaction.
+/// written together in one transaction. The user's tags and note go with it.
 async fn moved_transaction(backend: Backend, id: &str, to: &str) {
     let db = TestDb::new(backend).await;
     let (store, connection, before) = two_accounts_stored(&db).await;
+    annotate(&store, connection, id).await;
 
     let mut after = before.clone();
     let moved = after
@@ -348,6 +403,7 @@ async fn moved_transaction(backend: Backend, id: &str, to: &str) {
     assert_eq!((counts.added, counts.removed), (1, 1), "{backend:?}");
     let read = store.full_snapshot(connection).await.unwrap();
     assert_eq!(sorted(read), sorted(after), "{backend:?}");
+    assert_moved_with_annotations(&store, id, to, backend).await;
 }
 
 #[tokio::test]
@@ -376,6 +432,7 @@ async fn a_transaction_moved_to_an_earlier_account_is_moved_on_postgres() {
 async fn moved_out_of_a_closed_account(backend: Backend) {
     let db = TestDb::new(backend).await;
     let (store, connection, before) = two_accounts_stored(&db).await;
+    annotate(&store, connection, "acc-2-t0").await;
 
     let mut after = Snapshot {
         accounts: before
@@ -403,6 +460,7 @@ async fn moved_out_of_a_closed_account(backend: Backend) {
     assert_eq!((counts.added, counts.removed), (1, 3), "{backend:?}");
     let read = store.full_snapshot(connection).await.unwrap();
     assert_eq!(sorted(read), sorted(after), "{backend:?}");
+    assert_moved_with_annotations(&store, "acc-2-t0", "acc-1", backend).await;
 }
 
 #[tokio::test]
@@ -419,9 +477,9 @@ async fn a_transaction_moved_out_of_a_closed_account_is_moved_and_counted_on_pos
 /// with more than 5,000 rows to write (here every transaction of it restated) is
 /// written alone, before the small one after it. A transaction moved into the
 /// large account is inserted there while its old row still stands under the small
-/// one, which is written later; one moved out of it is deleted there before the
-/// small account's group inserts it. Both are one removed and one added, and the
-/// stored rows are the snapshot's.
+/// one, which is written later; one moved out of it is left there for the small
+/// account's group to delete before it inserts it. Both are one removed and one
+/// added, the stored rows are the snapshot's, and both keep their annotations.
 async fn moved_across_groups(backend: Backend) {
     let db = TestDb::new(backend).await;
     let (store, connection) = store_with_connection(&db, 2).await;
@@ -436,6 +494,8 @@ async fn moved_across_groups(backend: Backend) {
         .apply_snapshot(connection, &before, Removals::all())
         .await
         .unwrap();
+    annotate(&store, connection, "acc-2-t0").await;
+    annotate(&store, connection, "acc-1-t7").await;
 
     let mut after = before.clone();
     for t in &mut after.transactions {
@@ -457,6 +517,8 @@ async fn moved_across_groups(backend: Backend) {
     );
     let read = store.full_snapshot(connection).await.unwrap();
     assert_eq!(sorted(read), sorted(after), "{backend:?}");
+    assert_moved_with_annotations(&store, "acc-2-t0", "acc-1", backend).await;
+    assert_moved_with_annotations(&store, "acc-1-t7", "acc-2", backend).await;
 }
 
 #[tokio::test]

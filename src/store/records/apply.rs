@@ -14,7 +14,7 @@ use crate::domain::{
     Account, ConnectionId, ConnectionStatus, Coverage, Holding, Identifiers, Security, Snapshot,
     Transaction,
 };
-use crate::store::annotations::carry_to_posted;
+use crate::store::annotations::{annotations_from_row, carry_to_posted, write_annotations};
 use crate::store::entities::{account, holding, instrument_conflict, security, transaction};
 use crate::store::instruments::{ToMatch, match_securities, normal_ticker};
 use crate::store::{Store, StoreError};
@@ -40,10 +40,10 @@ impl Store {
     /// records, updates changed ones, deletes the ones the institution no longer
     /// returns (where `removals` allows), and leaves identical ones untouched.
     /// Applying the same snapshot twice changes nothing the second time. What users
-    /// attached to transactions is never written here, except that a pending
-    /// transaction's annotations pass to the posted one that replaces it (and a
-    /// transaction the institution moved to another account is a new row there,
-    /// without them).
+    /// attached to transactions is never written here, except that it passes on
+    /// with the transaction: a pending transaction's annotations to the posted one
+    /// that replaces it, and a moved transaction's to its new row in the account
+    /// the institution moved it to.
     ///
     /// Each account is written whole with its holdings and transactions, in one
     /// transaction (accounts in order, as many to one as stay within 5,000 rows),
@@ -222,7 +222,14 @@ impl Store {
                     .filter(|t| stored.contains_key(&t.external_id))
                     .map(|t| t.external_id.clone()),
             );
-            let transactions = plan_transactions(&conn, stored, &fetched, coverage, &mut counts)?;
+            let transactions = plan_transactions(
+                &conn,
+                stored,
+                &fetched,
+                coverage,
+                moves.as_ref().map(|m| (m, acc.external_id.as_str())),
+                &mut counts,
+            )?;
             let planned = AccountWrites {
                 accounts: account,
                 holdings,
@@ -263,8 +270,15 @@ impl Store {
                 let stored =
                     stored_transactions(db, &conn, &gone.external_id, &[], &Coverage::Everything)
                         .await?;
-                let transactions =
-                    plan_transactions(&conn, stored, &[], &Coverage::Everything, &mut counts)?;
+                // Moved ones went already, with the group that wrote them anew.
+                let transactions = plan_transactions(
+                    &conn,
+                    stored,
+                    &[],
+                    &Coverage::Everything,
+                    None,
+                    &mut counts,
+                )?;
                 let txn = self.begin_records_write().await?;
                 records_changed(&txn, &conn, true).await?;
                 write_holdings(&txn, holdings).await?;
@@ -423,10 +437,23 @@ impl<A, M> Writes<A, M> {
 /// those the snapshot lists under two accounts or more. Such an id is not a move,
 /// and deleting the stored copy would only swap the two copies on every sync; the
 /// unique index refuses the second copy instead, as on a first sync.
-struct Moves<'s>(HashSet<&'s str>);
+///
+/// A move's old row is deleted by the group that inserts the new one, just before
+/// (see [`AccountWrites::write`]), which carries its annotations over; its own
+/// account leaves it standing for that.
+struct Moves<'s> {
+    /// The account each transaction is listed under, of the accounts written.
+    account_of: HashMap<&'s str, &'s str>,
+    twice: HashSet<&'s str>,
+}
 
 impl<'s> Moves<'s> {
     fn of(snapshot: &'s Snapshot) -> Self {
+        let written: HashSet<&str> = snapshot
+            .accounts
+            .iter()
+            .map(|a| a.external_id.as_str())
+            .collect();
         let mut account_of: HashMap<&str, &str> = HashMap::new();
         let mut twice = HashSet::new();
         for t in &snapshot.transactions {
@@ -435,11 +462,18 @@ impl<'s> Moves<'s> {
                 twice.insert(t.external_id.as_str());
             }
         }
-        Self(twice)
+        account_of.retain(|_, account| written.contains(account));
+        Self { account_of, twice }
     }
 
     fn possible(&self, id: &str) -> bool {
-        !self.0.contains(id)
+        !self.twice.contains(id)
+    }
+
+    /// Whether transaction `id`, stored under `account`, is moving to another
+    /// account written in this apply, whose group will delete the old row.
+    fn leaves(&self, id: &str, account: &str) -> bool {
+        self.possible(id) && self.account_of.get(id).is_some_and(|to| *to != account)
     }
 }
 
@@ -484,30 +518,49 @@ impl AccountWrites {
         let txn = store.begin_records_write().await?;
         records_changed(&txn, conn, true).await?;
         let mut deleted = 0;
+        // The new rows of moved transactions, and what users attached to the old.
+        let mut carried = Vec::new();
         if let Some(moves) = moves {
-            let fresh: Vec<&str> = self
+            let fresh: HashMap<&str, &str> = self
                 .transactions
                 .fresh
                 .iter()
-                .filter_map(|row| row.external_id.try_as_ref().map(String::as_str))
-                .filter(|id| moves.possible(id))
+                .filter_map(|row| {
+                    let external_id = row.external_id.try_as_ref()?.as_str();
+                    Some((external_id, row.id.try_as_ref()?.as_str()))
+                })
+                .filter(|(external_id, _)| moves.possible(external_id))
                 .collect();
-            for ids in fresh.chunks(bulk::BATCH) {
-                deleted += transaction::Entity::delete_many()
+            let ids: Vec<&str> = fresh.keys().copied().collect();
+            for ids in ids.chunks(bulk::BATCH) {
+                // The rows as deleted: an annotation written meanwhile is waited
+                // for, and goes with them.
+                let gone = transaction::Entity::delete_many()
                     .filter(transaction::Column::ConnectionId.eq(conn))
                     .filter(bulk::one_of(
                         txn.get_database_backend(),
                         transaction::Column::ExternalId,
                         ids,
                     ))
-                    .exec(&txn)
-                    .await?
-                    .rows_affected;
+                    .exec_with_returning(&txn)
+                    .await?;
+                deleted += gone.len() as u64;
+                for row in &gone {
+                    let annotations = annotations_from_row(row)?;
+                    if let Some(new) = fresh.get(row.external_id.as_str())
+                        && !annotations.is_empty()
+                    {
+                        carried.push(((*new).to_owned(), annotations));
+                    }
+                }
             }
         }
         self.accounts.write(&txn).await?;
         write_holdings(&txn, self.holdings).await?;
         deleted += write_transactions(&txn, self.transactions).await?;
+        for (row, annotations) in carried {
+            write_annotations(&txn, row, &annotations).await?;
+        }
         txn.commit().await?;
         Ok(deleted)
     }
@@ -592,11 +645,14 @@ async fn write_holdings<C: Bulk>(db: &C, writes: HoldingWrites) -> Result<(), St
 
 type TransactionWrites = Writes<transaction::ActiveModel, transaction::Model>;
 
+/// With `moves` and the account planned: rows moving to another account are
+/// left for that account's group to delete.
 fn plan_transactions(
     conn: &str,
     mut stored: HashMap<String, transaction::Model>,
     transactions: &[&Transaction],
     coverage: &Coverage,
+    moves: Option<(&Moves<'_>, &str)>,
     counts: &mut ApplyCounts,
 ) -> Result<TransactionWrites, StoreError> {
     let now = Utc::now();
@@ -620,6 +676,9 @@ fn plan_transactions(
     writes.gone = stored
         .into_values()
         .filter(|gone| coverage.removes(&gone.external_id, gone.date))
+        .filter(|gone| {
+            !moves.is_some_and(|(moves, account)| moves.leaves(&gone.external_id, account))
+        })
         .collect();
     Ok(writes)
 }
