@@ -6,10 +6,11 @@
 //! from several endpoints' records ([`account`] takes them in layers).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use chrono::format::{Item as FormatItem, Parsed, StrftimeItems};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use foldhash::HashMap;
@@ -143,8 +144,59 @@ pub enum TimeFormat {
     Iso8601,
     EpochSeconds,
     EpochMillis,
-    Pattern(&'static str),
+    Pattern(&'static Pattern),
 }
+
+/// A strftime pattern, read into chrono's items once: every date and time of
+/// every record is parsed with it, and reading the pattern again for each was
+/// about as much work as the parse.
+#[derive(Debug)]
+pub struct Pattern {
+    text: &'static str,
+    items: Box<[FormatItem<'static>]>,
+}
+
+impl Pattern {
+    fn new(text: &'static str) -> Self {
+        let items = StrftimeItems::new(text).collect();
+        Self { text, items }
+    }
+
+    /// The fields `text` gives, or why it does not fit.
+    fn read(&self, text: &str) -> chrono::ParseResult<Parsed> {
+        let mut parsed = Parsed::new();
+        chrono::format::parse(&mut parsed, text, self.items.iter())?;
+        Ok(parsed)
+    }
+
+    // What chrono's `parse_from_str`s make of the fields.
+    fn date(&self, text: &str) -> Option<NaiveDate> {
+        self.read(text).and_then(|p| p.to_naive_date()).ok()
+    }
+
+    fn date_time(&self, text: &str) -> Option<NaiveDateTime> {
+        self.read(text)
+            .and_then(|p| p.to_naive_datetime_with_offset(0))
+            .ok()
+    }
+
+    fn with_offset(&self, text: &str) -> Option<DateTime<chrono::FixedOffset>> {
+        self.read(text).and_then(|p| p.to_datetime()).ok()
+    }
+}
+
+/// Patterns are the same when their text is.
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Pattern {}
+
+/// ISO 8601's date and local date-time, as patterns.
+static ISO_DATE: LazyLock<Pattern> = LazyLock::new(|| Pattern::new("%Y-%m-%d"));
+static ISO_LOCAL: LazyLock<Pattern> = LazyLock::new(|| Pattern::new("%Y-%m-%dT%H:%M:%S"));
 
 impl TimeFormat {
     pub fn parse(raw: &str) -> Result<Self, String> {
@@ -172,17 +224,18 @@ impl TimeFormat {
 /// The one `'static` copy of a date pattern. Connectors are validated again on
 /// every reload, and a pattern is leaked only the first time it is seen, so the
 /// compiled format can be `Copy` without memory growing with each reload.
-fn intern(pattern: &str) -> &'static str {
-    static PATTERNS: std::sync::Mutex<BTreeSet<&'static str>> =
-        std::sync::Mutex::new(BTreeSet::new());
+fn intern(pattern: &str) -> &'static Pattern {
+    static PATTERNS: std::sync::Mutex<BTreeMap<&'static str, &'static Pattern>> =
+        std::sync::Mutex::new(BTreeMap::new());
     let mut patterns = PATTERNS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     match patterns.get(pattern) {
         Some(known) => known,
         None => {
-            let leaked: &'static str = Box::leak(pattern.to_owned().into_boxed_str());
-            patterns.insert(leaked);
+            let text: &'static str = Box::leak(pattern.to_owned().into_boxed_str());
+            let leaked: &'static Pattern = Box::leak(Box::new(Pattern::new(text)));
+            patterns.insert(text, leaked);
             leaked
         }
     }
@@ -478,14 +531,12 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, rust_decimal::Error> {
 /// falls on its date in the declared zone.
 fn parse_date(text: &str, format: TimeFormat, zone: Tz) -> Option<NaiveDate> {
     match format {
-        TimeFormat::Iso8601 => NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .ok()
-            .or_else(|| {
-                DateTime::parse_from_rfc3339(text)
-                    .ok()
-                    .map(|d| d.with_timezone(&zone).date_naive())
-            }),
-        TimeFormat::Pattern(p) => NaiveDate::parse_from_str(text, p).ok().or_else(|| {
+        TimeFormat::Iso8601 => ISO_DATE.date(text).or_else(|| {
+            DateTime::parse_from_rfc3339(text)
+                .ok()
+                .map(|d| d.with_timezone(&zone).date_naive())
+        }),
+        TimeFormat::Pattern(p) => p.date(text).or_else(|| {
             parse_date_time(text, format, zone).map(|d| d.with_timezone(&zone).date_naive())
         }),
         TimeFormat::EpochSeconds | TimeFormat::EpochMillis => {
@@ -505,14 +556,10 @@ fn parse_date_time(text: &str, format: TimeFormat, zone: Tz) -> Option<DateTime<
         TimeFormat::Iso8601 => DateTime::parse_from_rfc3339(text)
             .ok()
             .map(|d| d.with_timezone(&Utc))
+            .or_else(|| ISO_LOCAL.date_time(text).and_then(local))
             .or_else(|| {
-                NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
-                    .ok()
-                    .and_then(local)
-            })
-            .or_else(|| {
-                NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                    .ok()
+                ISO_DATE
+                    .date(text)
                     .and_then(|d| d.and_hms_opt(0, 0, 0))
                     .and_then(local)
             }),
@@ -524,13 +571,12 @@ fn parse_date_time(text: &str, format: TimeFormat, zone: Tz) -> Option<DateTime<
             .parse::<i64>()
             .ok()
             .and_then(DateTime::from_timestamp_millis),
-        TimeFormat::Pattern(p) => DateTime::parse_from_str(text, p)
-            .ok()
+        TimeFormat::Pattern(p) => p
+            .with_offset(text)
             .map(|d| d.with_timezone(&Utc))
-            .or_else(|| NaiveDateTime::parse_from_str(text, p).ok().and_then(local))
+            .or_else(|| p.date_time(text).and_then(local))
             .or_else(|| {
-                NaiveDate::parse_from_str(text, p)
-                    .ok()
+                p.date(text)
                     .and_then(|d| d.and_hms_opt(0, 0, 0))
                     .and_then(local)
             }),
@@ -818,6 +864,59 @@ mod tests {
             NaiveDate::from_ymd_opt(2026, 11, 20)
         );
         assert!(TimeFormat::parse("dd/mm").is_err());
+    }
+
+    /// A pattern read once parses every text as chrono's `parse_from_str`s do,
+    /// and a pattern seen again (a reload) is the one already kept.
+    #[test]
+    fn patterns_read_once_parse_as_chrono_does() {
+        let texts = [
+            "2026-11-20",
+            "2026-11-20 ",
+            " 2026-11-20",
+            "2026-1-2",
+            "2026-02-30",
+            "11/20/2026",
+            "11/20/2026 09:30",
+            "2026-11-20T09:30:00",
+            "2026-11-20T09:30:00+0100",
+            "20.11.2026",
+            "",
+            "not a date",
+        ];
+        for text in [
+            "%Y-%m-%d",
+            "%m/%d/%Y",
+            "%m/%d/%Y %H:%M",
+            "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%dT%H:%M:%S%z",
+            "%d.%m.%Y",
+        ] {
+            let TimeFormat::Pattern(pattern) = TimeFormat::parse(text).unwrap() else {
+                panic!("{text} is a pattern");
+            };
+            for input in texts {
+                assert_eq!(
+                    pattern.date(input),
+                    NaiveDate::parse_from_str(input, text).ok(),
+                    "{text} on {input:?}"
+                );
+                assert_eq!(
+                    pattern.date_time(input),
+                    NaiveDateTime::parse_from_str(input, text).ok(),
+                    "{text} on {input:?}"
+                );
+                assert_eq!(
+                    pattern.with_offset(input),
+                    DateTime::parse_from_str(input, text).ok(),
+                    "{text} on {input:?}"
+                );
+            }
+            let TimeFormat::Pattern(again) = TimeFormat::parse(text).unwrap() else {
+                panic!("{text} is a pattern");
+            };
+            assert!(std::ptr::eq(pattern, again), "{text} kept once");
+        }
     }
 
     #[test]

@@ -247,7 +247,10 @@ fn member<'t>(text: &'t str, name: &str) -> Option<&'t str> {
         return None;
     }
     let members = serde_json::Deserializer::from_str(text)
-        .deserialize_map(Members { page: text })
+        .deserialize_map(Members {
+            page: text,
+            expected: NESTED_MEMBERS,
+        })
         .ok()?;
     find(text, &members, name)
 }
@@ -406,9 +409,14 @@ impl<'de> Visitor<'de> for List<'_> {
         if let Some(size) = seq.size_hint() {
             self.into.reserve(size);
         }
+        // A list's records mostly share one shape: each index is sized as the
+        // record before it was, so it is neither grown nor shrunk.
+        let mut expected = NESTED_MEMBERS;
         while let Some(members) = seq.next_element_seed(Members {
             page: self.page.as_ref(),
+            expected,
         })? {
+            expected = members.len();
             self.into.push(RecordText {
                 page: Arc::clone(self.page),
                 members,
@@ -428,7 +436,12 @@ impl<'de> DeserializeSeed<'de> for List<'_> {
 /// One record's members, located in the page.
 struct Members<'p> {
     page: &'p str,
+    /// How many it likely has (JSON does not say before the end).
+    expected: usize,
 }
+
+/// Members an object is taken to have when nothing says otherwise.
+const NESTED_MEMBERS: usize = 16;
 
 impl<'de> Visitor<'de> for Members<'_> {
     type Value = Box<[Member]>;
@@ -438,7 +451,7 @@ impl<'de> Visitor<'de> for Members<'_> {
     }
 
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(16));
+        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(self.expected));
         while let Some(name) = map.next_key_seed(NameAt { page: self.page })? {
             let value: &'de RawValue = map.next_value()?;
             members.push(Member {
