@@ -228,6 +228,24 @@ pub struct SandboxSettings {
     pub institutions: Vec<String>,
     pub seed: u64,
     pub token_ttl_secs: u64,
+    /// The data's "today"; none: two days before the process started. Processes
+    /// that must serve the same data (a fleet's sandbox and whoever checks it) set
+    /// the same date.
+    #[serde(default)]
+    pub anchor_date: Option<chrono::NaiveDate>,
+}
+
+impl SandboxSettings {
+    /// The sandbox these settings describe.
+    pub fn config(&self) -> finsync_sandbox::SandboxConfig {
+        let defaults = finsync_sandbox::SandboxConfig::default();
+        finsync_sandbox::SandboxConfig {
+            seed: self.seed,
+            access_token_ttl: std::time::Duration::from_secs(self.token_ttl_secs),
+            anchor_date: self.anchor_date.unwrap_or(defaults.anchor_date),
+            ..defaults
+        }
+    }
 }
 
 /// `[fx]`: where exchange rates for reporting currencies come from.

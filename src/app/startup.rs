@@ -23,7 +23,7 @@ use crate::sync::{Env, Environment, Queue};
 use crate::tokens::{Linker, TokenService};
 use crate::vault::Vault;
 use crate::webhooks::outbound::{Deliverer, DeliveryPolicy};
-use finsync_sandbox::{self as sandbox, Sandbox, SandboxConfig};
+use finsync_sandbox::{self as sandbox, Sandbox};
 
 /// One process's finsync: every shared part, built once.
 pub struct App {
@@ -52,16 +52,9 @@ impl App {
             let listener = TcpListener::bind("127.0.0.1:0")
                 .await
                 .context("binding the in-process sandbox")?;
-            let sandbox = sandbox::spawn(
-                SandboxConfig {
-                    seed: settings.sandbox.seed,
-                    access_token_ttl: Duration::from_secs(settings.sandbox.token_ttl_secs),
-                    ..SandboxConfig::default()
-                },
-                listener,
-            )
-            .await
-            .context("starting the in-process sandbox")?;
+            let sandbox = sandbox::spawn(settings.sandbox.config(), listener)
+                .await
+                .context("starting the in-process sandbox")?;
             // The sandbox's Meridian posts its webhooks to this process's API.
             let inbox = public_url.join("webhooks/meridian")?;
             sandbox.set_webhook_url(sandbox::Institution::Meridian, Some(inbox.to_string()))?;

@@ -21,6 +21,10 @@ pub struct Args {
     /// Access-token lifetime in seconds.
     #[arg(long)]
     token_ttl: Option<u64>,
+    /// The data's "today" (YYYY-MM-DD); default `sandbox.anchor_date`, else two
+    /// days before now.
+    #[arg(long)]
+    anchor_date: Option<chrono::NaiveDate>,
     /// Where an institution sends its webhooks, as `INSTITUTION=URL` (only
     /// meridian sends any), e.g. `meridian=http://127.0.0.1:8080/webhooks/meridian`.
     #[arg(long = "webhook", value_parser = parse_webhook)]
@@ -32,13 +36,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let configured = settings.sandbox.config();
     let config = SandboxConfig {
-        seed: args.seed.unwrap_or(settings.sandbox.seed),
-        access_token_ttl: Duration::from_secs(
-            args.token_ttl.unwrap_or(settings.sandbox.token_ttl_secs),
-        ),
+        seed: args.seed.unwrap_or(configured.seed),
+        access_token_ttl: args
+            .token_ttl
+            .map_or(configured.access_token_ttl, Duration::from_secs),
+        anchor_date: args.anchor_date.unwrap_or(configured.anchor_date),
         webhook_urls: args.webhooks.into_iter().collect(),
-        ..SandboxConfig::default()
+        ..configured
     };
     let sandbox = sandbox::spawn(config, listener).await?;
     println!("Sandbox institutions at {}", sandbox.base_url());

@@ -392,3 +392,27 @@ async fn two_schedulers_and_three_workers_sync_each_slot_once() {
         assert!(runs.iter().all(|r| r.outcome != "failed"), "{runs:?}");
     }
 }
+
+/// A sandbox process serves the data of the day it is told (`--anchor-date`, else
+/// `sandbox.anchor_date`), so that processes started on either side of midnight
+/// serve the same data.
+#[tokio::test]
+async fn a_sandbox_process_serves_the_data_of_the_day_it_is_told() {
+    let setting = ("FINSYNC__SANDBOX__ANCHOR_DATE", "2024-02-29".to_owned());
+    for (args, expected) in [
+        (&[][..], "2024-02-29"),
+        (&["--anchor-date", "2023-07-01"][..], "2023-07-01"),
+    ] {
+        let (_sandbox, url) =
+            crate::support::spawn_sandbox_process_with(std::slice::from_ref(&setting), args);
+        let world: Value = finsync::http::client()
+            .get(format!("{url}/sandbox/admin/world"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(world["anchor_date"], expected, "{args:?}: {world}");
+    }
+}

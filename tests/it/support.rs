@@ -825,6 +825,12 @@ impl Drop for Proc {
 pub fn finsync(env: &[(&str, String)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_finsync"));
     command.env_clear_finsync();
+    // The data's "today" is this process's, which the tests' expectations use: a
+    // child started after midnight would otherwise serve the next day's data.
+    command.env(
+        "FINSYNC__SANDBOX__ANCHOR_DATE",
+        SandboxConfig::default().anchor_date.to_string(),
+    );
     for (key, value) in env {
         command.env(key, value);
     }
@@ -857,8 +863,14 @@ pub fn spawn(name: &'static str, command: &mut Command) -> Proc {
 
 /// The sandbox as its own process; returns it and its base URL.
 pub fn spawn_sandbox_process() -> (Proc, String) {
-    let mut child = finsync(&[])
+    spawn_sandbox_process_with(&[], &[])
+}
+
+/// [`spawn_sandbox_process`] with settings `env` and `args` after `--port 0`.
+pub fn spawn_sandbox_process_with(env: &[(&str, String)], args: &[&str]) -> (Proc, String) {
+    let mut child = finsync(env)
         .args(["sandbox", "--port", "0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
