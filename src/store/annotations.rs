@@ -1,8 +1,9 @@
 //! What users attach to synced transactions: tags and a note. Institutions never
 //! send them, so syncs never write them; when a pending transaction posts, the
 //! posted one inherits them in the database transaction that deletes the pending
-//! one, and a transaction moved to another account keeps them (`records::apply`). A transaction is found by the institution's id among a tenant's
-//! connections, as the read API shows it.
+//! one, and a transaction moved to another account keeps them
+//! (`records::apply`). A transaction is found by the institution's id among a
+//! tenant's connections, as the read API shows it.
 
 use sea_orm::sea_query::{Condition, Query};
 use sea_orm::{
