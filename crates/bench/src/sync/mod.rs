@@ -199,7 +199,7 @@ struct Memory {
 
 /// What PostgreSQL wrote and did in the background while a phase ran: the work
 /// that moves its CPU from one run to the next for the same rows.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct PgWork {
     /// From the WAL's insert position, which moves at once (the WAL statistics
     /// views lag by up to seconds).
