@@ -36,6 +36,7 @@ mod m20261210_000025_households;
 mod m20261210_000026_balance_meaning;
 mod m20261210_000027_corporate_actions;
 mod m20261211_000028_unannotated_rebuilds;
+mod m20261212_000029_newest_transactions;
 
 pub struct Migrator;
 
@@ -71,6 +72,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261210_000026_balance_meaning::Migration),
             Box::new(m20261210_000027_corporate_actions::Migration),
             Box::new(m20261211_000028_unannotated_rebuilds::Migration),
+            Box::new(m20261212_000029_newest_transactions::Migration),
         ]
     }
 }

@@ -240,6 +240,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
+                    // Replaced by `m20261212_000029_newest_transactions`.
                     .name("transactions_connection_date")
                     .table(Transactions::Table)
                     .col(Transactions::ConnectionId)

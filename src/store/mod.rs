@@ -25,6 +25,8 @@ mod link_sessions;
 mod quarantine;
 mod records;
 mod runs;
+#[cfg(test)]
+pub(crate) mod scratch;
 mod status_sessions;
 mod sync_requests;
 mod tenants;

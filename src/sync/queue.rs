@@ -465,10 +465,9 @@ impl std::fmt::Debug for Queue {
 #[cfg(test)]
 mod tests {
     use sea_orm::sqlx::{AssertSqlSafe, Row as _};
-    use sea_orm::{ConnectionTrait, Database};
-    use secrecy::SecretString;
 
     use super::*;
+    use crate::store::scratch;
     use crate::sync::SyncConnection;
 
     fn sync(connection: ConnectionId) -> SyncConnection {
@@ -540,40 +539,12 @@ mod tests {
 
     #[tokio::test]
     async fn on_sqlite_a_waiting_job_is_looked_up_not_scanned() {
-        // One connection: an in-memory database lives as long as its connection.
-        let store = Store::connect(&SecretString::from("sqlite::memory:"), 1)
-            .await
-            .unwrap();
-        waiting_is_looked_up_not_scanned(&store).await;
+        waiting_is_looked_up_not_scanned(&scratch::sqlite().await).await;
     }
 
     #[tokio::test]
     async fn on_postgres_a_waiting_job_is_looked_up_not_scanned() {
-        let admin_url = std::env::var("FINSYNC_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("finsync_queue_{}", uuid::Uuid::new_v4().simple());
-        let admin = Database::connect(&admin_url).await.unwrap();
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&admin_url).unwrap();
-        url.set_path(&format!("/{name}"));
-        let store = Store::connect(&SecretString::from(url.to_string()), 2)
-            .await
-            .unwrap();
-        // Run as a task, so the database is dropped whether it passed or not.
-        let checked = tokio::spawn(async move {
-            waiting_is_looked_up_not_scanned(&store).await;
-            store.db().clone().close().await
-        })
-        .await;
-        admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .await
-            .unwrap();
-        if let Err(e) = checked {
-            std::panic::resume_unwind(e.into_panic());
-        }
+        scratch::on_postgres(|store| async move { waiting_is_looked_up_not_scanned(&store).await })
+            .await;
     }
 }

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use chrono::NaiveDate;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+};
 
 use crate::domain::{ConnectionId, InvestmentType, Snapshot, Transaction, TransactionStatus};
 use crate::store::annotations::{Annotations, annotations_from_row};
@@ -60,11 +62,7 @@ impl Rows {
                 .order_by_asc(holding::Column::ExternalId)
                 .all(db)
                 .await?,
-            transactions: transaction::Entity::find()
-                .filter(transaction::Column::ConnectionId.eq(&conn))
-                .order_by_desc(transaction::Column::Date)
-                .order_by_asc(transaction::Column::ExternalId)
-                .limit(recent_transactions)
+            transactions: newest_transactions(&conn, recent_transactions)
                 .all(db)
                 .await?,
         })
@@ -138,6 +136,18 @@ impl Store {
     pub async fn full_snapshot(&self, connection: ConnectionId) -> Result<Snapshot, StoreError> {
         self.portfolio(connection, u64::MAX >> 1).await
     }
+}
+
+/// The connection's `n` newest transactions in the order a view lists them: date
+/// descending, then the institution's id. The index
+/// `transactions_connection_newest` holds them in that order, so the database
+/// reads `n` rows however long and busy the history.
+fn newest_transactions(connection: &str, n: u64) -> Select<transaction::Entity> {
+    transaction::Entity::find()
+        .filter(transaction::Column::ConnectionId.eq(connection))
+        .order_by_desc(transaction::Column::Date)
+        .order_by_asc(transaction::Column::ExternalId)
+        .limit(n)
 }
 
 /// Which transactions a page holds.
@@ -227,5 +237,67 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{QueryTrait as _, Statement, TransactionTrait as _};
+
+    use super::*;
+    use crate::store::scratch;
+
+    /// How the database would read a view's newest transactions, one line a step.
+    /// Sorting is made as dear as it can be, so a plan that still sorts has no
+    /// index in the view's order to read instead.
+    async fn newest_plan(store: &Store) -> String {
+        let db = store.db();
+        let query = newest_transactions("c-1", 25).build(db.get_database_backend());
+        let (explain, column) = if store.is_postgres() {
+            ("EXPLAIN", "QUERY PLAN")
+        } else {
+            ("EXPLAIN QUERY PLAN", "detail")
+        };
+        let txn = db.begin().await.unwrap();
+        if store.is_postgres() {
+            txn.execute_unprepared("SET LOCAL enable_sort = off")
+                .await
+                .unwrap();
+        }
+        let sql = format!("{explain} {}", query.sql);
+        txn.query_all_raw(Statement { sql, ..query })
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get::<String>("", column).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn newest_transactions_come_from_the_index(store: &Store) {
+        store.migrate().await.unwrap();
+        let plan = newest_plan(store).await;
+        assert!(
+            plan.contains("transactions_connection_newest"),
+            "the newest transactions are not read through their index:\n{plan}"
+        );
+        assert!(
+            !plan.contains("Sort") && !plan.contains("TEMP B-TREE"),
+            "the newest transactions are sorted after reading, so a tie at the \
+             oldest date kept reads every transaction of that date:\n{plan}"
+        );
+    }
+
+    #[tokio::test]
+    async fn on_sqlite_a_views_newest_transactions_are_read_in_order_from_the_index() {
+        newest_transactions_come_from_the_index(&scratch::sqlite().await).await;
+    }
+
+    #[tokio::test]
+    async fn on_postgres_a_views_newest_transactions_are_read_in_order_from_the_index() {
+        scratch::on_postgres(|store| async move {
+            newest_transactions_come_from_the_index(&store).await
+        })
+        .await;
     }
 }
