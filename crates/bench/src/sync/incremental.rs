@@ -54,16 +54,17 @@ impl Group {
         }
     }
 
-    /// Syncs every connection of the group once and adds what it cost.
+    /// Syncs every connection of the group once and adds what it cost; `read_before`
+    /// is the rows read so far, and the count after is returned.
     async fn measure(
         &mut self,
         fleet: &Fleet,
         worker: &Worker,
         round: usize,
         progress: &MultiProgress,
-    ) -> anyhow::Result<()> {
+        read_before: u64,
+    ) -> anyhow::Result<u64> {
         let prefix = format!("bench:incremental:{round}:{}:", self.history);
-        let read_before = fleet.rows_read().await?;
         let cpu_before = Cpu::sample(worker);
         fleet.enqueue(&self.connections, &prefix).await?;
         let runs: Runs = fleet
@@ -76,13 +77,14 @@ impl Group {
             )
             .await?;
         self.cpu = self.cpu.add(Cpu::sample(worker).since(cpu_before));
-        self.rows_read += fleet.rows_read().await?.saturating_sub(read_before);
+        let read_after = fleet.rows_read().await?;
+        self.rows_read += read_after.saturating_sub(read_before);
         self.syncs += runs.runs;
         self.failed += runs.failed;
         self.errors.extend(runs.errors);
         self.written += runs.written;
         self.elapsed += runs.elapsed;
-        Ok(())
+        Ok(read_after)
     }
 
     fn per_sync(&self, total: f64) -> f64 {
@@ -138,16 +140,9 @@ pub(super) async fn run(
             first.errors.first().map_or("", String::as_str)
         );
     }
-    // A run is recorded finished before its portfolio view is rebuilt: wait for
-    // the last rebuilds' reads, so that they are not counted as the first round's.
+    // Each reading waits until the worker's last reads are counted, so none of the
+    // first syncs' reads is counted as the first round's.
     let mut read = fleet.rows_read().await?;
-    for _ in 0..20 {
-        let now = fleet.rows_read().await?;
-        if now == read {
-            break;
-        }
-        read = now;
-    }
     let connections = fleet.connections_of_users().await?;
     let of = |prefix: &str| -> Vec<ConnectionId> {
         connections
@@ -177,8 +172,8 @@ pub(super) async fn run(
         }
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for index in order {
-            groups[index]
-                .measure(&fleet, &worker, round, progress)
+            read = groups[index]
+                .measure(&fleet, &worker, round, progress, read)
                 .await?;
         }
     }
