@@ -103,7 +103,6 @@ pub struct SyncBench {
     pub finsync: PathBuf,
 }
 
-/// Rows one raw upsert statement carries, as the sync's own inserts do.
 /// How long PostgreSQL (15 and later) may hold a backend's counters before they
 /// reach `pg_stat_user_tables`: a backend flushes them when it goes idle, but at
 /// most once a second, and one that went idle sooner after its last flush does so
@@ -113,6 +112,7 @@ pub struct SyncBench {
 /// run with a wait of 1.5 s.
 const STATISTICS_SETTLE: Duration = Duration::from_secs(11);
 
+/// Rows one raw upsert statement carries, as the sync's own inserts do.
 const RAW_BATCH: usize = 1000;
 /// Users linked at once.
 const LINKING: usize = 16;
